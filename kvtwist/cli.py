@@ -1,0 +1,3 @@
+"""The kvtwist command line (placeholder, filled in below)."""
+def run():
+    raise SystemExit("not yet")

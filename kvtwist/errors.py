@@ -1,0 +1,119 @@
+"""
+Domain errors: what can go wrong with a request, in kvtwist's own terms.
+
+Nothing here knows about HTTP; L{kvtwist.web.problems} maps each error to a
+status and a problem+json body in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Sequence
+
+from kvtwist.model import CheckFailure
+
+
+class KVError(Exception):
+    """
+    Base of every domain error.
+
+    @ivar code: a stable, machine-readable identifier (it becomes the problem
+        body's C{code}).
+    @ivar detail: a sentence for humans.
+    @ivar extra: further problem fields that help the client (C{limit},
+        C{size}, C{missing}, ...).
+    """
+
+    code = "error"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra: Dict[str, object] = extra
+
+
+class InvalidInput(KVError):
+    """The request is malformed: bad JSON, a bad key, a bad parameter."""
+
+    def __init__(self, code: str, detail: str, **extra: object) -> None:
+        super().__init__(detail, **extra)
+        self.code = code
+
+
+class KeyNotFound(KVError):
+    """One or more keys do not exist (nor are staged, where that counts)."""
+
+    code = "key-not-found"
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        missing = list(missing)
+        super().__init__(
+            "no such key: " + ", ".join(repr(k) for k in missing[:10])
+            + (" and %d more" % (len(missing) - 10) if len(missing) > 10 else ""),
+            missing=missing,
+        )
+        self.missing = missing
+
+
+class TransactionNotFound(KVError):
+    """The transaction id is unknown, finished, expired or someone else's."""
+
+    code = "transaction-not-found"
+
+
+class ConflictError(KVError):
+    """
+    A commit's preconditions or conflict checks failed; nothing was applied.
+
+    @ivar failures: the L{CheckFailure}s, in the order the checks were given.
+    """
+
+    code = "conflict"
+
+    def __init__(self, failures: Iterable[CheckFailure]) -> None:
+        self.failures = list(failures)
+        keys = sorted({f.check.key for f in self.failures})
+        super().__init__(
+            "the commit was not applied: %d check(s) failed on %s"
+            % (len(self.failures), ", ".join(repr(k) for k in keys[:10]))
+        )
+
+
+class PreconditionFailed(KVError):
+    """A conditional request's C{If-Match} / C{If-None-Match} did not hold."""
+
+    code = "precondition-failed"
+
+
+class LimitExceeded(KVError):
+    """
+    A configured limit was passed.
+
+    @ivar too_many: C{True} for a count of live things (open transactions,
+        watchers: HTTP 429), C{False} for the size of the request itself
+        (HTTP 413).
+    """
+
+    code = "limit-exceeded"
+
+    def __init__(
+        self, name: str, limit: int, size: int, too_many: bool = False, hint: str = ""
+    ) -> None:
+        detail = "%s is limited to %d; this request needs %d" % (name, limit, size)
+        if hint:
+            detail += "; " + hint
+        super().__init__(detail, limit_name=name, limit=limit, size=size)
+        self.too_many = too_many
+
+
+class StoreUnavailable(KVError):
+    """The store cannot serve the request now (closed, failing disk, no quorum)."""
+
+    code = "store-unavailable"
+
+
+class StoreCorrupt(Exception):
+    """
+    The data on disk is damaged or is not a kvtwist store. Raised at startup
+    (or on a read that finds a damaged record); never answered as an empty
+    store.
+    """

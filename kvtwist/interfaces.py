@@ -1,0 +1,106 @@
+"""
+The store contract every kvtwist store implements (memory, shelve, etcd).
+
+Resources and services depend on L{IKeyValueStore} only. Every method returns
+a L{Deferred}; its docstring says what the Deferred fires with and which
+L{kvtwist.errors} it fails with.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IKeyValueStore(Interface):
+    """
+    A revisioned key-value store with atomic multi-op commits.
+
+    Revisions: the store has a global C{revision} that increases with every
+    commit that changes at least one key. On the shelve and memory stores it
+    increases by exactly one per such commit; on etcd it may skip numbers.
+    Each key carries C{create_revision}, C{mod_revision} (its ETag) and
+    C{version} (see L{kvtwist.model.Entry}). A deleted key is gone: writing
+    it again creates it anew.
+
+    Expiry: an entry whose C{expires} is at or before the store clock's
+    C{seconds()} is treated as absent by every read, listing and check.
+    """
+
+    revision = Attribute(
+        "The global revision of the last commit this store has acknowledged "
+        "(0 for an empty store). Readable on the reactor thread without I/O."
+    )
+
+    def open():
+        """
+        Open the store, checking its data.
+
+        @return: a Deferred firing with L{None} once the store serves.
+        @raise kvtwist.errors.StoreCorrupt: (in the Deferred) if the data is
+            damaged or not a kvtwist store.
+        """
+
+    def close():
+        """
+        Finish in-flight commits, then release the store's resources.
+
+        @return: a Deferred firing with L{None} when closed. Calls made after
+            close fail with L{kvtwist.errors.StoreUnavailable}.
+        """
+
+    def get(key):
+        """
+        Read one committed key.
+
+        @param key: a L{str}.
+        @return: a Deferred firing with a L{kvtwist.model.Entry}, or L{None}
+            if the key is absent or expired.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def get_many(keys):
+        """
+        Read several committed keys at one revision.
+
+        @param keys: an iterable of L{str}.
+        @return: a Deferred firing with a L{dict} from each key that exists
+            to its L{kvtwist.model.Entry}; absent keys are left out.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def list(prefix, after, limit):
+        """
+        List live keys starting with C{prefix}, in UTF-8 byte order, strictly
+        after the key C{after} (or from the start when it is L{None}).
+
+        @param limit: the most entries to return (at least 1).
+        @return: a Deferred firing with a L{kvtwist.model.Page} read at one
+            revision.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def commit(ops, checks=()):
+        """
+        Apply C{ops} atomically and durably if every check in C{checks} holds.
+
+        Ops apply in order; a later op on the same key overrides an earlier
+        one. The Deferred fires only once the commit is durable (synced to
+        disk for the shelve store, accepted by a quorum for etcd).
+
+        @param ops: a sequence of L{kvtwist.model.Put} and
+            L{kvtwist.model.Delete}.
+        @param checks: a sequence of L{kvtwist.model.Check}, evaluated against
+            the state just before the commit.
+        @return: a Deferred firing with a L{kvtwist.model.CommitResult}.
+        @raise kvtwist.errors.ConflictError: if any check failed; nothing was
+            applied, and the error lists every failed check.
+        @raise kvtwist.errors.StoreUnavailable: if the commit could not be
+            made durable; nothing was applied.
+        """
+
+    def ping():
+        """
+        Make a trivial round trip to the store's backing storage.
+
+        @return: a Deferred firing with L{None} when the store is open and
+            usable.
+        @raise kvtwist.errors.StoreUnavailable: otherwise.
+        """

@@ -1,0 +1,38 @@
+"""
+Every limit kvtwist enforces, with its default, in one place.
+
+L{Limits} is built by L{kvtwist.tap} from the options and handed to the
+Resource tree; C{GET /v1/limits} reports it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kvtwist.strictjson import MAX_DEPTH, MAX_KEY_BYTES
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    @ivar max_body: request body bytes (413 beyond).
+    @ivar max_key_bytes: UTF-8 bytes in a key (400 beyond; fixed).
+    @ivar max_json_depth: nesting of a JSON body (400 beyond; fixed).
+    @ivar max_keys_per_request: keys named by one request (413 beyond).
+    @ivar max_staged_ops: ops staged in one queue or transaction (413 beyond).
+    @ivar max_staged_bytes: key and value bytes staged in one queue or
+        transaction (413 beyond).
+    """
+
+    max_body: int = 1 * MiB
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_json_depth: int = MAX_DEPTH
+    max_keys_per_request: int = 100_000
+    max_staged_ops: int = 100_000
+    max_staged_bytes: int = 64 * MiB
+
+    def as_dict(self) -> dict:
+        """The limits as a JSON-ready dict."""
+        return asdict(self)

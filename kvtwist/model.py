@@ -1,0 +1,207 @@
+"""
+The plain data that crosses the store contract: entries, write operations,
+preconditions and commit results.
+
+Everything here is immutable and holds only builtin data (str, bytes, int,
+float, None), so the same values can be pickled into the shelf, sent to etcd
+or compared in tests without translation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple, Union
+
+#: The Content-Type stored with a value written without one.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+#: The Content-Type of values written through the seed's JSON routes.
+JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    One committed key.
+
+    @ivar create_revision: the global revision of the commit that created the
+        key (a key deleted and written again gets a new one).
+    @ivar mod_revision: the global revision of the commit that last wrote it;
+        this is the key's ETag.
+    @ivar version: how many times it was written since it was created (1 on
+        creation).
+    @ivar expires: absolute expiry in seconds since the epoch, or L{None}.
+    """
+
+    key: str
+    value: bytes
+    content_type: str
+    create_revision: int
+    mod_revision: int
+    version: int
+    expires: Optional[float] = None
+
+    def is_live(self, now: float) -> bool:
+        """
+        Whether the entry is visible at time C{now}: an expired key reads as
+        absent everywhere, before any sweeper has removed it.
+        """
+        return self.expires is None or self.expires > now
+
+    def to_record(self) -> tuple:
+        """
+        The tuple of builtin values stored on disk for this entry; the key is
+        stored beside it, not inside.
+        """
+        return (
+            self.value,
+            self.content_type,
+            self.create_revision,
+            self.mod_revision,
+            self.version,
+            self.expires,
+        )
+
+    @classmethod
+    def from_record(cls, key: str, record: tuple) -> "Entry":
+        """
+        Rebuild an entry from L{to_record}'s tuple.
+
+        @raise ValueError: if the record does not have the expected shape.
+        """
+        if not isinstance(record, tuple) or len(record) != 6:
+            raise ValueError("malformed record for key %r" % (key,))
+        value, content_type, create, mod, version, expires = record
+        if not (
+            isinstance(value, bytes)
+            and isinstance(content_type, str)
+            and all(type(n) is int for n in (create, mod, version))
+            and (expires is None or isinstance(expires, float))
+        ):
+            raise ValueError("malformed record for key %r" % (key,))
+        return cls(key, value, content_type, create, mod, version, expires)
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write C{value} under C{key}; C{expires} is absolute epoch seconds."""
+
+    key: str
+    value: bytes
+    content_type: str = DEFAULT_CONTENT_TYPE
+    expires: Optional[float] = None
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.key.encode("utf-8")) + len(self.value)
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Remove C{key}; deleting an absent key changes nothing."""
+
+    key: str
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.key.encode("utf-8"))
+
+
+Op = Union[Put, Delete]
+
+# The kinds of precondition a commit can carry.
+EQUALS = "equals"
+ABSENT = "absent"
+PRESENT = "present"
+
+
+@dataclass(frozen=True)
+class Check:
+    """
+    A precondition of a commit, evaluated atomically with it.
+
+    @ivar kind: L{EQUALS} (the key's mod_revision is C{revision}; a revision of
+        0 means absent), L{ABSENT} or L{PRESENT}.
+    @ivar tag: opaque, echoed in a L{CheckFailure} so callers can tell which of
+        their checks failed (an op index, a header name).
+    """
+
+    key: str
+    kind: str
+    revision: int = 0
+    tag: object = field(default=None, compare=False)
+
+    @classmethod
+    def equals(cls, key: str, revision: int, tag: object = None) -> "Check":
+        """The key's mod_revision must be C{revision} (0: the key is absent)."""
+        return cls(key, EQUALS, revision, tag)
+
+    @classmethod
+    def absent(cls, key: str, tag: object = None) -> "Check":
+        """The key must not exist."""
+        return cls(key, ABSENT, 0, tag)
+
+    @classmethod
+    def present(cls, key: str, tag: object = None) -> "Check":
+        """The key must exist."""
+        return cls(key, PRESENT, 0, tag)
+
+    def holds(self, mod_revision: int) -> bool:
+        """
+        Whether the check is met by a key whose current mod_revision is
+        C{mod_revision} (0 when absent).
+        """
+        if self.kind == EQUALS:
+            return mod_revision == self.revision
+        if self.kind == ABSENT:
+            return mod_revision == 0
+        return mod_revision != 0
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """A L{Check} that did not hold, with the key's actual mod_revision."""
+
+    check: Check
+    actual: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """
+    One key changed by a commit: C{entry} is the new state (L{None} for a
+    delete), C{previous} the state before (L{None} if it did not exist).
+    """
+
+    kind: str  # "put", "delete" or "expire"
+    key: str
+    entry: Optional[Entry]
+    previous: Optional[Entry]
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """
+    The outcome of a successful commit.
+
+    @ivar revision: the global revision after the commit; unchanged when the
+        commit changed nothing (all its deletes hit absent keys).
+    @ivar changes: one L{Change} per key that changed, in op order.
+    """
+
+    revision: int
+    changes: Tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class Page:
+    """
+    One page of a prefix listing, read at a single revision.
+
+    @ivar more: whether keys after the last one returned match the prefix.
+    """
+
+    revision: int
+    entries: Tuple[Entry, ...]
+    more: bool

@@ -1,0 +1,76 @@
+"""
+The shelf kvtwist keeps its data in: a C{shelve.Shelf} over
+L{SQLiteMapping}, whose unpickling accepts builtin data only.
+
+Records are tuples of bytes, str, int, float and None (see
+L{kvtwist.model.Entry.to_record}); pickles of those need no global lookups,
+so the restricted unpickler refuses every C{find_class} call: a tampered file
+cannot make kvtwist import or call anything.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shelve
+from typing import List, Optional, Tuple
+
+from kvtwist.errors import StoreCorrupt
+from kvtwist.store.sqlitemap import SQLiteMapping
+
+#: Pickle protocol 4 is read by every supported Python (3.10 and newer).
+PICKLE_PROTOCOL = 4
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds builtin data and refuses any class or call."""
+
+    def find_class(self, module: str, name: str) -> object:
+        raise pickle.UnpicklingError(
+            "refusing to load %s.%s from the store: only plain data is stored"
+            % (module, name)
+        )
+
+    def persistent_load(self, pid: object) -> object:
+        raise pickle.UnpicklingError("refusing a persistent id from the store")
+
+
+def load_data(raw: bytes) -> object:
+    """
+    Unpickle C{raw}, allowing builtin data types only.
+
+    @raise StoreCorrupt: if C{raw} is not such a pickle.
+    """
+    try:
+        return DataOnlyUnpickler(io.BytesIO(raw)).load()
+    except Exception as e:
+        raise StoreCorrupt("a stored record cannot be read: %s" % (e,))
+
+
+class DataShelf(shelve.Shelf):
+    """
+    A shelf of plain data over an L{SQLiteMapping}. Runs on the store thread.
+    """
+
+    dict: SQLiteMapping
+
+    def __init__(self, mapping: SQLiteMapping) -> None:
+        super().__init__(mapping, protocol=PICKLE_PROTOCOL, writeback=False)
+
+    def __getitem__(self, key: str) -> object:
+        return load_data(self.dict[key.encode(self.keyencoding)])
+
+    def scan(
+        self, prefix: str, after: Optional[str], limit: int
+    ) -> List[Tuple[str, object]]:
+        """
+        Up to C{limit} C{(key, value)} pairs whose key starts with C{prefix}
+        and sorts after C{after}, in UTF-8 byte order.
+        """
+        encoding = self.keyencoding
+        rows = self.dict.scan(
+            prefix.encode(encoding),
+            after.encode(encoding) if after is not None else None,
+            limit,
+        )
+        return [(key.decode(encoding), load_data(raw)) for key, raw in rows]

@@ -1,0 +1,326 @@
+"""
+The durable embedded store: a L{DataShelf} on SQLite, reached only through
+one dedicated thread.
+
+Public methods run on the reactor thread and return Deferreds; every method
+named C{_sync_*} runs on the store thread (a one-thread pool owned by
+L{kvtwist.service.StoreService}) and is the only code that touches the shelf.
+
+Group commit: commits that arrive while the store thread is busy wait in a
+queue; the next trip to the thread applies all of them, each with its own
+checks and revision, inside one SQLite transaction and one sync. So no
+commit waits for more than the sync in progress plus its own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.store.rules import apply_commit, live
+from kvtwist.store.shelf import DataShelf
+from kvtwist.store.sqlitemap import SQLiteMapping
+
+#: The file name of the shelf inside the data directory.
+DATA_FILE = "kvcache.sqlite3"
+
+# Shelf key prefixes: user keys and the store's own metadata never collide.
+_KEY = "k/"
+_REVISION = "m/revision"
+
+
+class _ShelfTable:
+    """The L{kvtwist.store.rules.Table} view of a shelf (store thread only)."""
+
+    def __init__(self, shelf: DataShelf) -> None:
+        self._shelf = shelf
+
+    def read(self, key: str) -> Optional[Entry]:
+        try:
+            record = self._shelf[_KEY + key]
+        except KeyError:
+            return None
+        try:
+            return Entry.from_record(key, record)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise StoreCorrupt(str(e))
+
+    def write(self, entry: Entry) -> None:
+        self._shelf[_KEY + entry.key] = entry.to_record()
+
+    def remove(self, key: str) -> None:
+        try:
+            del self._shelf[_KEY + key]
+        except KeyError:
+            pass
+
+
+def open_data_dir(directory: str) -> str:
+    """
+    Create C{directory} (mode 0700) if needed and return the data file path.
+    Runs before the reactor or on the store thread.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    return os.path.join(directory, DATA_FILE)
+
+
+def check_data_dir(directory: str) -> int:
+    """
+    Open the store in C{directory} on the calling thread, verify it and close
+    it again; returns its revision. L{kvtwist.tap} calls this before the
+    reactor starts, so a damaged store stops startup with a message.
+
+    @raise StoreCorrupt: if the data is damaged or unreadable.
+    """
+    try:
+        path = open_data_dir(directory)
+        mapping = SQLiteMapping(path, check_integrity=True)
+    except OSError as e:
+        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
+    shelf = DataShelf(mapping)
+    try:
+        return _read_revision(shelf)
+    finally:
+        shelf.close()
+
+
+def _read_revision(shelf: DataShelf) -> int:
+    try:
+        revision = shelf[_REVISION]
+    except KeyError:
+        return 0
+    if type(revision) is not int or revision < 0:
+        raise StoreCorrupt("the store's revision record is damaged")
+    return revision
+
+
+_PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred]
+
+
+@implementer(IKeyValueStore)
+class ShelveStore:
+    """
+    The shelve store in directory C{directory}.
+
+    @param reactor: provides L{IReactorFromThreads} (to come back from the
+        store thread) and L{IReactorTime} (the clock that decides expiry).
+    @param threadpool: the one-thread pool that owns the shelf; started and
+        stopped by its Service, never shared.
+    @param check_integrity: run SQLite's C{quick_check} at open (skip it when
+        a preflight has just done so).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        reactor: IReactorFromThreads,
+        threadpool,
+        check_integrity: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.revision = 0
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor  # type: ignore[assignment]
+        self._pool = threadpool
+        self._check_integrity = check_integrity
+        self._shelf: Optional[DataShelf] = None
+        self._open = False
+        self._queue: List[_PendingCommit] = []
+        self._flushing: Optional[Deferred] = None
+
+    # -- reactor thread --------------------------------------------------
+
+    def _run(self, function, *args) -> Deferred:
+        if not self._open:
+            return fail(StoreUnavailable("the store is closed"))
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def open(self) -> Deferred:
+        d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
+
+        def opened(revision: int) -> None:
+            self.revision = revision
+            self._open = True
+
+        return d.addCallback(opened)
+
+    def close(self) -> Deferred:
+        if not self._open:
+            return succeed(None)
+        d = Deferred.fromCoroutine(self._drain())
+        d.addCallback(lambda _: self._run(self._sync_close))
+
+        def closed(result: object) -> None:
+            self._open = False
+
+        return d.addBoth(closed)
+
+    async def _drain(self) -> None:
+        while self._flushing is not None:
+            await self._flushing
+
+    def get(self, key: str) -> Deferred:
+        return self._run(self._sync_get, key, self._clock.seconds())
+
+    def get_many(self, keys: Iterable[str]) -> Deferred:
+        return self._run(self._sync_get_many, list(keys), self._clock.seconds())
+
+    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
+        return self._run(self._sync_list, prefix, after, limit, self._clock.seconds())
+
+    def ping(self) -> Deferred:
+        return self._run(self._sync_ping)
+
+    def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
+        if not self._open:
+            return fail(StoreUnavailable("the store is closed"))
+        d: Deferred = Deferred()
+        self._queue.append((list(ops), list(checks), d))
+        self._flush()
+        return d
+
+    def _flush(self) -> None:
+        """Send every queued commit to the store thread, unless a trip is on."""
+        if self._flushing is not None or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        flushing: Deferred = Deferred()
+        self._flushing = flushing
+        d = deferToThreadPool(
+            self._reactor,
+            self._pool,
+            self._sync_commit_group,
+            [(ops, checks) for ops, checks, _ in batch],
+            self._clock.seconds(),
+        )
+
+        def applied(outcomes: List[object]) -> None:
+            for (_, _, waiter), outcome in zip(batch, outcomes):
+                if isinstance(outcome, CommitResult):
+                    self.revision = max(self.revision, outcome.revision)
+                    waiter.callback(outcome)
+                else:
+                    waiter.errback(Failure(outcome))
+
+        def failed(reason: Failure) -> None:
+            error = reason.value
+            if not isinstance(error, KVError):
+                error = StoreUnavailable("the commit could not be written: %s" % (error,))
+            for _, _, waiter in batch:
+                waiter.errback(Failure(error))
+
+        def next_trip(_: object) -> None:
+            self._flushing = None
+            flushing.callback(None)
+            self._flush()
+
+        d.addCallbacks(applied, failed).addBoth(next_trip)
+
+    # -- store thread ----------------------------------------------------
+
+    def _sync_open(self) -> int:
+        """Store thread: open (creating if needed) and verify the shelf."""
+        try:
+            path = open_data_dir(self.directory)
+            mapping = SQLiteMapping(path, check_integrity=self._check_integrity)
+        except OSError as e:
+            raise StoreCorrupt(
+                "cannot open the data directory %s: %s" % (self.directory, e)
+            )
+        self._shelf = DataShelf(mapping)
+        return _read_revision(self._shelf)
+
+    def _sync_close(self) -> None:
+        """Store thread: close the shelf (its file is then marked clean)."""
+        if self._shelf is not None:
+            self._shelf.close()
+            self._shelf = None
+
+    def _sync_get(self, key: str, now: float) -> Optional[Entry]:
+        """Store thread: read one live entry."""
+        assert self._shelf is not None
+        return live(_ShelfTable(self._shelf).read(key), now)
+
+    def _sync_get_many(self, keys: List[str], now: float) -> Dict[str, Entry]:
+        """Store thread: read several live entries at one revision."""
+        assert self._shelf is not None
+        table = _ShelfTable(self._shelf)
+        found = {}
+        with self._shelf.dict.snapshot():
+            for key in keys:
+                entry = live(table.read(key), now)
+                if entry is not None:
+                    found[key] = entry
+        return found
+
+    def _sync_list(
+        self, prefix: str, after: Optional[str], limit: int, now: float
+    ) -> Page:
+        """Store thread: one page of live entries, read at one revision."""
+        shelf = self._shelf
+        assert shelf is not None
+        entries: List[Entry] = []
+        more = False
+        cursor = after
+        with shelf.dict.snapshot():
+            revision = _read_revision(shelf)
+            while not more:
+                rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, limit + 1)
+                for shelf_key, record in rows:
+                    key = shelf_key[len(_KEY):]
+                    cursor = key
+                    try:
+                        entry = Entry.from_record(key, record)  # type: ignore[arg-type]
+                    except ValueError as e:
+                        raise StoreCorrupt(str(e))
+                    if not entry.is_live(now):
+                        continue
+                    if len(entries) == limit:
+                        more = True
+                        break
+                    entries.append(entry)
+                if len(rows) < limit + 1:
+                    break
+        return Page(revision, tuple(entries), more)
+
+    def _sync_ping(self) -> None:
+        """Store thread: a trivial write-transaction round trip."""
+        assert self._shelf is not None
+        self._shelf.dict.ping()
+
+    def _sync_commit_group(
+        self, group: List[Tuple[Sequence[Op], Sequence[Check]]], now: float
+    ) -> List[object]:
+        """
+        Store thread: apply each commit of C{group} in order, in one SQLite
+        transaction and one sync. Returns, per commit, its L{CommitResult} or
+        its L{ConflictError}. If the transaction fails, nothing of the group
+        is applied and the exception propagates.
+        """
+        shelf = self._shelf
+        assert shelf is not None
+        table = _ShelfTable(shelf)
+        outcomes: List[object] = []
+        with shelf.dict.transaction():
+            revision = _read_revision(shelf)
+            for ops, checks in group:
+                try:
+                    result = apply_commit(table, revision, ops, checks, now)
+                except ConflictError as e:
+                    outcomes.append(e)
+                    continue
+                revision = result.revision
+                outcomes.append(result)
+            shelf[_REVISION] = revision
+        return outcomes
+

@@ -1,0 +1,140 @@
+"""
+The base of every kvtwist Resource, and the single responder that turns a
+handler's outcome into bytes on the wire.
+
+Handlers are C{render_<METHOD>} methods that return C{self.respond(request,
+handler)}: the handler returns a L{Response} or a Deferred of one, or fails
+with a L{kvtwist.errors.KVError}; the responder maps errors to problem+json
+(L{kvtwist.web.problems}), logs anything unexpected as a 500 without
+internals, and writes nothing to a client that has gone away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Union
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from kvtwist.errors import KVError
+from kvtwist.web.problems import (
+    PROBLEM_CONTENT_TYPE,
+    not_found_body,
+    problem_body,
+    problem_for,
+)
+
+log = Logger()
+
+JSON_CONTENT_TYPE = b"application/json"
+
+
+@dataclass
+class Response:
+    """What a handler answers: a status, a body and headers."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: Optional[bytes] = JSON_CONTENT_TYPE
+    headers: Dict[bytes, bytes] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Union[Response, Deferred]]
+
+
+def write_response(request: Request, response: Response) -> None:
+    """Write C{response} and finish C{request}, unless the client left."""
+    if getattr(request, "_kvtwist_gone", False) or request.finished:
+        return
+    request.setResponseCode(response.status)
+    if response.content_type is not None:
+        request.setHeader(b"content-type", response.content_type)
+    for name, value in response.headers.items():
+        request.setHeader(name, value)
+    if response.status not in (204, 304):
+        request.setHeader(b"content-length", b"%d" % (len(response.body),))
+    if response.body:
+        request.write(response.body)
+    request.finish()
+
+
+def problem_response(status: int, code: str, detail: str, **extra: object) -> Response:
+    """A L{Response} carrying a problem+json body."""
+    return Response(
+        status, problem_body(status, code, detail, **extra), PROBLEM_CONTENT_TYPE
+    )
+
+
+def error_response(reason: Failure) -> Response:
+    """The L{Response} for a failed handler: mapped if known, else a 500."""
+    if reason.check(KVError):
+        status, body = problem_for(reason.value)
+        return Response(status, body, PROBLEM_CONTENT_TYPE)
+    log.failure("unexpected error while answering a request", reason)
+    return problem_response(
+        500, "internal-error", "the server failed to answer; the error is logged"
+    )
+
+
+def _mark_gone(reason: Failure, request: Request) -> None:
+    request._kvtwist_gone = True  # type: ignore[attr-defined]
+
+
+class KVResource(Resource):
+    """
+    Base Resource: unknown children are a problem+json 404, and a method
+    without a C{render_<METHOD>} is answered by L{method_not_allowed}.
+    """
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NOT_FOUND
+
+    def render(self, request: Request) -> Union[bytes, int]:
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, "render_" + method, None)
+        if handler is None and method == "HEAD":
+            handler = getattr(self, "render_GET", None)
+        if handler is None:
+            write_response(request, self.method_not_allowed(request))
+            return NOT_DONE_YET
+        return handler(request)
+
+    def allowed_methods(self) -> list:
+        """The methods this resource answers, for C{Allow}."""
+        methods = sorted(
+            name[len("render_"):] for name in dir(self) if name.startswith("render_")
+        )
+        if "GET" in methods and "HEAD" not in methods:
+            methods.append("HEAD")
+        return methods
+
+    def method_not_allowed(self, request: Request) -> Response:
+        """The seed's rule: any other method is 404. The v1 tree says 405."""
+        return Response(404, not_found_body(), PROBLEM_CONTENT_TYPE)
+
+    def respond(self, request: Request, handler: Handler) -> int:
+        """
+        Run C{handler(request)} and write its outcome when it is ready.
+        Returns C{NOT_DONE_YET} for the render method to return.
+        """
+        request.notifyFinish().addErrback(_mark_gone, request)
+        d = maybeDeferred(handler, request)
+        d.addErrback(error_response)
+        d.addCallback(lambda response: write_response(request, response))
+        d.addErrback(lambda reason: log.failure("failed to write a response", reason))
+        return NOT_DONE_YET
+
+
+class NotFound(KVResource):
+    """Answers 404 to everything below and at it."""
+
+    def render(self, request: Request) -> int:
+        write_response(request, Response(404, not_found_body(), PROBLEM_CONTENT_TYPE))
+        return NOT_DONE_YET
+
+
+NOT_FOUND = NotFound()

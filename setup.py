@@ -1,0 +1,36 @@
+"""
+Packaging for kvtwist. The twistd dropin under twisted/plugins ships as part
+of the C{twisted.plugins} namespace (no __init__.py there, on purpose).
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="kvtwist",
+    version="0.1.0",
+    description="A Twisted HTTP key-value cache with atomic, durable commits",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/kvtwist_kvcache.py"]},
+    install_requires=[
+        "twisted[tls]>=26.4.0",
+        "treq>=24.9.1",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pytest-twisted>=1.14.3",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={"console_scripts": ["kvtwist = kvtwist.cli:run"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
