@@ -31,8 +31,13 @@ extras=""
 [ "$mode" = test ] && extras="[test]"
 stamp="$VENV/.kvtwist-installed$extras-$(cat setup.py | "$py" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
 if [ ! -e "$stamp" ]; then
-    "$py" -m pip install --quiet --upgrade pip >/dev/null
-    "$py" -m pip install --quiet -e ".$extras" --config-settings editable_mode=compat
+    log="$VENV/install.log"
+    if ! { "$py" -m pip install --upgrade pip &&
+           "$py" -m pip install -e ".$extras" --config-settings editable_mode=compat; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "run.sh: installing kvtwist into $VENV failed (log above)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 # Regenerate the dropin cache now, so twistd never writes it at run time.

@@ -29,6 +29,10 @@ class IKeyValueStore(Interface):
         "(0 for an empty store). Readable on the reactor thread without I/O."
     )
 
+    clock = Attribute(
+        "The IReactorTime whose seconds() decides which keys have expired."
+    )
+
     def open():
         """
         Open the store, checking its data.

@@ -130,7 +130,7 @@ class ShelveStore:
         self.directory = directory
         self.revision = 0
         self._reactor = reactor
-        self._clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool = threadpool
         self._check_integrity = check_integrity
         self._shelf: Optional[DataShelf] = None
@@ -170,13 +170,13 @@ class ShelveStore:
             await self._flushing
 
     def get(self, key: str) -> Deferred:
-        return self._run(self._sync_get, key, self._clock.seconds())
+        return self._run(self._sync_get, key, self.clock.seconds())
 
     def get_many(self, keys: Iterable[str]) -> Deferred:
-        return self._run(self._sync_get_many, list(keys), self._clock.seconds())
+        return self._run(self._sync_get_many, list(keys), self.clock.seconds())
 
     def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self._run(self._sync_list, prefix, after, limit, self._clock.seconds())
+        return self._run(self._sync_list, prefix, after, limit, self.clock.seconds())
 
     def ping(self) -> Deferred:
         return self._run(self._sync_ping)
@@ -201,7 +201,7 @@ class ShelveStore:
             self._pool,
             self._sync_commit_group,
             [(ops, checks) for ops, checks, _ in batch],
-            self._clock.seconds(),
+            self.clock.seconds(),
         )
 
         def applied(outcomes: List[object]) -> None:

@@ -1,0 +1,1 @@
+"""kvtwist's test suite."""

@@ -1,0 +1,278 @@
+"""
+The store contract suite: one mixin of behaviours that every
+L{kvtwist.interfaces.IKeyValueStore} must show. Each store's test module
+subclasses L{StoreContract} with a C{make_store} and a C{settle}.
+
+Tests are coroutines; C{settle} turns the coroutine's Deferred into a test
+result: synchronously for stores whose Deferreds fire at once (memory, the
+shelve store on an inline thread pool), or by returning it to trial for
+stores that do real I/O (etcd).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from twisted.internet.defer import Deferred
+from zope.interface.verify import verifyObject
+
+from kvtwist.errors import ConflictError, StoreUnavailable
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.model import Check, Delete, Entry, Put
+
+
+def contract(test):
+    """Run the coroutine test method through the test case's C{settle}."""
+
+    @functools.wraps(test)
+    def run(self):
+        return self.settle(Deferred.fromCoroutine(test(self)))
+
+    return run
+
+
+class StoreContract:
+    """
+    Behaviours of every store. Subclasses provide:
+      - C{make_store()}: an opened store, empty;
+      - C{advance(seconds)}: move the store's clock forward;
+      - C{settle(d)}: wait for the Deferred C{d} and fail the test on error;
+      - C{exact_revisions}: whether revisions advance by exactly one.
+    """
+
+    exact_revisions = True
+
+    def assert_next_revision(self, before: int, after: int) -> None:
+        """Revisions grow; by exactly one where the store promises it."""
+        if self.exact_revisions:
+            self.assertEqual(after, before + 1)
+        else:
+            self.assertGreater(after, before)
+
+    async def expect_conflict(self, d: Deferred) -> ConflictError:
+        try:
+            await d
+        except ConflictError as e:
+            return e
+        self.fail("expected a ConflictError")
+
+    @contract
+    async def test_interface(self):
+        """The store provides IKeyValueStore fully."""
+        store = await self.make_store()
+        self.assertTrue(verifyObject(IKeyValueStore, store))
+
+    @contract
+    async def test_empty(self):
+        """A new store has revision 0, no keys and lists nothing."""
+        store = await self.make_store()
+        self.assertEqual(store.revision, 0)
+        self.assertIsNone(await store.get("a"))
+        self.assertEqual(await store.get_many(["a", "b"]), {})
+        page = await store.list("", None, 10)
+        self.assertEqual((page.entries, page.more), ((), False))
+
+    @contract
+    async def test_put_then_get(self):
+        """A committed put is readable with its value, type and revisions."""
+        store = await self.make_store()
+        result = await store.commit([Put("a", b"\x00\xff", "image/png")])
+        self.assertEqual(store.revision, result.revision)
+        entry = await store.get("a")
+        self.assertEqual(
+            (entry.key, entry.value, entry.content_type, entry.version),
+            ("a", b"\x00\xff", "image/png", 1),
+        )
+        self.assertEqual(entry.create_revision, result.revision)
+        self.assertEqual(entry.mod_revision, result.revision)
+        self.assertEqual([c.kind for c in result.changes], ["put"])
+        self.assertIsNone(result.changes[0].previous)
+
+    @contract
+    async def test_update_keeps_create_revision(self):
+        """An update bumps mod_revision and version, keeps create_revision."""
+        store = await self.make_store()
+        first = await store.commit([Put("a", b"1")])
+        second = await store.commit([Put("a", b"2")])
+        self.assert_next_revision(first.revision, second.revision)
+        entry = await store.get("a")
+        self.assertEqual(entry.value, b"2")
+        self.assertEqual(entry.create_revision, first.revision)
+        self.assertEqual(entry.mod_revision, second.revision)
+        self.assertEqual(entry.version, 2)
+        self.assertEqual(second.changes[0].previous.value, b"1")
+
+    @contract
+    async def test_multi_op_commit_is_one_revision(self):
+        """All ops of one commit share one new revision."""
+        store = await self.make_store()
+        await store.commit([Put("gone", b"x")])
+        before = store.revision
+        result = await store.commit(
+            [Put("a", b"1"), Put("b", b"2"), Delete("gone")]
+        )
+        self.assert_next_revision(before, result.revision)
+        found = await store.get_many(["a", "b", "gone"])
+        self.assertEqual(sorted(found), ["a", "b"])
+        self.assertEqual({e.mod_revision for e in found.values()}, {result.revision})
+        self.assertEqual(
+            [(c.kind, c.key) for c in result.changes],
+            [("put", "a"), ("put", "b"), ("delete", "gone")],
+        )
+
+    @contract
+    async def test_last_op_on_a_key_wins(self):
+        """Within one commit a later op on a key overrides an earlier one."""
+        store = await self.make_store()
+        await store.commit([Put("a", b"1"), Put("a", b"2"), Put("b", b"x"), Delete("b")])
+        self.assertEqual((await store.get("a")).value, b"2")
+        self.assertEqual((await store.get("a")).version, 1)
+        self.assertIsNone(await store.get("b"))
+
+    @contract
+    async def test_delete_absent_changes_nothing(self):
+        """Deleting absent keys neither fails nor creates a revision."""
+        store = await self.make_store()
+        await store.commit([Put("a", b"1")])
+        before = store.revision
+        result = await store.commit([Delete("nope")])
+        self.assertEqual((result.revision, result.changes), (before, ()))
+        self.assertEqual(store.revision, before)
+
+    @contract
+    async def test_delete_then_recreate(self):
+        """A key deleted and written again starts over at version 1."""
+        store = await self.make_store()
+        await store.commit([Put("a", b"1")])
+        await store.commit([Put("a", b"2")])
+        await store.commit([Delete("a")])
+        self.assertIsNone(await store.get("a"))
+        result = await store.commit([Put("a", b"3")])
+        entry = await store.get("a")
+        self.assertEqual((entry.version, entry.create_revision), (1, result.revision))
+
+    @contract
+    async def test_checks_pass(self):
+        """A commit whose checks all hold is applied."""
+        store = await self.make_store()
+        first = await store.commit([Put("a", b"1")])
+        await store.commit(
+            [Put("a", b"2"), Put("b", b"3")],
+            [
+                Check.equals("a", first.revision),
+                Check.present("a"),
+                Check.absent("b"),
+                Check.equals("c", 0),
+            ],
+        )
+        self.assertEqual((await store.get("a")).value, b"2")
+
+    @contract
+    async def test_failed_check_applies_nothing(self):
+        """One failed check rejects the whole commit and names every failure."""
+        store = await self.make_store()
+        first = await store.commit([Put("a", b"1")])
+        before = store.revision
+        error = await self.expect_conflict(
+            store.commit(
+                [Put("a", b"2"), Put("b", b"3")],
+                [
+                    Check.equals("a", first.revision + 100, tag=0),
+                    Check.absent("a", tag=1),
+                    Check.present("b", tag=2),
+                    Check.absent("c", tag=3),
+                ],
+            )
+        )
+        self.assertEqual(
+            [(f.check.tag, f.actual) for f in error.failures],
+            [(0, first.revision), (1, first.revision), (2, 0)],
+        )
+        self.assertEqual(store.revision, before)
+        self.assertEqual((await store.get("a")).value, b"1")
+        self.assertIsNone(await store.get("b"))
+
+    @contract
+    async def test_list_prefix_order_and_pages(self):
+        """Listing filters by prefix, orders by UTF-8 bytes and pages with after."""
+        store = await self.make_store()
+        keys = ["p/b", "p/a", "p/\u00e9", "p/Z", "q/a", "p", "p/a/x"]
+        await store.commit([Put(k, k.encode("utf-8")) for k in keys])
+        page = await store.list("p/", None, 3)
+        self.assertEqual([e.key for e in page.entries], ["p/Z", "p/a", "p/a/x"])
+        self.assertTrue(page.more)
+        self.assertEqual(page.revision, store.revision)
+        page = await store.list("p/", "p/a/x", 3)
+        self.assertEqual([e.key for e in page.entries], ["p/b", "p/\u00e9"])
+        self.assertFalse(page.more)
+        page = await store.list("", None, 100)
+        self.assertEqual(len(page.entries), len(keys))
+
+    @contract
+    async def test_list_exact_limit_has_no_more(self):
+        """A page that ends exactly at the last key says there is no more."""
+        store = await self.make_store()
+        await store.commit([Put("a", b""), Put("b", b"")])
+        page = await store.list("", None, 2)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["a", "b"], False))
+
+    @contract
+    async def test_expired_keys_are_absent(self):
+        """An expired key reads, lists and checks as absent."""
+        store = await self.make_store()
+        now = store.clock.seconds()
+        await store.commit([Put("t", b"1", expires=now + 10), Put("u", b"2")])
+        self.assertIsNotNone(await store.get("t"))
+        self.advance(11)
+        self.assertIsNone(await store.get("t"))
+        self.assertEqual(list(await store.get_many(["t", "u"])), ["u"])
+        page = await store.list("", None, 10)
+        self.assertEqual([e.key for e in page.entries], ["u"])
+        await store.commit([Put("x", b"")], [Check.absent("t")])
+        result = await store.commit([Put("t", b"again")])
+        entry = await store.get("t")
+        self.assertEqual((entry.version, entry.create_revision), (1, result.revision))
+
+    @contract
+    async def test_expiry_is_stored(self):
+        """The absolute expiry comes back as written."""
+        store = await self.make_store()
+        expires = store.clock.seconds() + 1000.5
+        await store.commit([Put("t", b"1", expires=expires)])
+        self.assertEqual((await store.get("t")).expires, expires)
+
+    @contract
+    async def test_unicode_and_odd_keys(self):
+        """Keys with slashes, spaces, UTF-8 and NUL round-trip."""
+        store = await self.make_store()
+        keys = ["a/b", "with space", "\u65e5\u672c", "nul\x00key", "x" * 1024]
+        await store.commit([Put(k, k.encode("utf-8")) for k in keys])
+        found = await store.get_many(keys)
+        self.assertEqual({k: e.value for k, e in found.items()}, {k: k.encode() for k in keys})
+
+    @contract
+    async def test_entries_are_plain_data(self):
+        """Entries read back are Entry values equal field by field."""
+        store = await self.make_store()
+        await store.commit([Put("a", b"v", "text/plain")])
+        entry = await store.get("a")
+        self.assertIsInstance(entry, Entry)
+        self.assertEqual(entry, (await store.get_many(["a"]))["a"])
+
+    @contract
+    async def test_closed_store_is_unavailable(self):
+        """After close, reads and commits fail with StoreUnavailable."""
+        store = await self.make_store()
+        await store.close()
+        for call in (lambda: store.get("a"), lambda: store.commit([Put("a", b"")])):
+            try:
+                await call()
+            except StoreUnavailable:
+                continue
+            self.fail("expected StoreUnavailable")
+
+    @contract
+    async def test_ping(self):
+        """An open store answers ping."""
+        store = await self.make_store()
+        self.assertIsNone(await store.ping())

@@ -1,0 +1,223 @@
+"""
+The store contract run against L{kvtwist.store.shelve_store.ShelveStore},
+plus what only a store on disk has: persistence, file modes, refusal of
+damaged data, group commit and a real store thread.
+"""
+
+import os
+import pickle
+import sqlite3
+import stat
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from kvtwist.errors import ConflictError, StoreCorrupt
+from kvtwist.model import Check, Put
+from kvtwist.service import StoreService, store_thread_pool
+from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir
+from kvtwist.testing import InlineThreadPool, ThreadlessReactor
+from tests.store_contract import StoreContract
+
+
+class InlineShelve:
+    """Open shelve stores on an inline pool: every Deferred fires at once."""
+
+    def open_store(self, directory=None):
+        if directory is None:
+            directory = os.path.join(self.mktemp(), "data")
+        self.reactor = getattr(self, "reactor", None) or ThreadlessReactor()
+        if self.reactor.seconds() == 0:
+            self.reactor.advance(1_700_000_000)
+        store = ShelveStore(directory, self.reactor, InlineThreadPool())
+        self.successResultOf(store.open())
+        self.addCleanup(store.close)
+        return store
+
+
+class ShelveStoreContractTests(InlineShelve, StoreContract, SynchronousTestCase):
+    """ShelveStore keeps the whole store contract."""
+
+    async def make_store(self):
+        return self.open_store()
+
+    def advance(self, seconds):
+        self.reactor.advance(seconds)
+
+    def settle(self, d):
+        self.successResultOf(d)
+
+
+class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
+    """What the shelve store promises about its files."""
+
+    def test_survives_reopen(self):
+        """Committed keys, revisions and expiry are there after a reopen."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.commit([Put("a", b"1", expires=2e9)]))
+        self.successResultOf(store.commit([Put("b", b"2")]))
+        self.successResultOf(store.close())
+        again = self.open_store(directory)
+        self.assertEqual(again.revision, 2)
+        entry = self.successResultOf(again.get("a"))
+        self.assertEqual((entry.value, entry.expires, entry.mod_revision), (b"1", 2e9, 1))
+
+    def test_modes(self):
+        """The data directory is 0700 and every file in it 0600."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        names = os.listdir(directory)
+        self.assertIn(DATA_FILE, names)
+        for name in names:
+            mode = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
+            self.assertEqual(mode, 0o600, name)
+
+    def test_garbage_file_refused(self):
+        """A data file that is not SQLite stops the open with StoreCorrupt."""
+        directory = os.path.join(self.mktemp(), "data")
+        os.makedirs(directory)
+        with open(os.path.join(directory, DATA_FILE), "wb") as f:
+            f.write(b"this is not a database" * 100)
+        self.assertRaises(StoreCorrupt, check_data_dir, directory)
+
+    def test_foreign_sqlite_refused(self):
+        """Another application's SQLite file is not taken for a store."""
+        directory = os.path.join(self.mktemp(), "data")
+        os.makedirs(directory)
+        db = sqlite3.connect(os.path.join(directory, DATA_FILE))
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+        db.close()
+        error = self.assertRaises(StoreCorrupt, check_data_dir, directory)
+        self.assertIn("not a kvtwist store", str(error))
+
+    def _tamper(self, directory, sql, *params):
+        path = os.path.join(directory, DATA_FILE)
+        db = sqlite3.connect(path)
+        db.execute(sql, params)
+        db.commit()
+        db.close()
+
+    def test_flipped_value_never_served(self):
+        """A value changed behind the store's back is refused, not served."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.commit([Put("a", b"precious")]))
+        self.successResultOf(store.close())
+        self._tamper(
+            directory,
+            "UPDATE shelf SET value = ? WHERE key = ?",
+            pickle.dumps((b"garbled!", "application/octet-stream", 1, 1, 1, None), 4),
+            b"k/a",
+        )
+        again = self.open_store(directory)
+        failure = self.failureResultOf(again.get("a"))
+        failure.trap(StoreCorrupt)
+
+    def test_pickled_objects_refused(self):
+        """A record that would unpickle a class is refused."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.close())
+        import zlib
+
+        payload = pickle.dumps(os.system, 4)
+        self._tamper(
+            directory,
+            "INSERT INTO shelf VALUES (?, ?, ?)",
+            b"k/evil",
+            payload,
+            zlib.crc32(payload, zlib.crc32(b"k/evil")),
+        )
+        again = self.open_store(directory)
+        self.failureResultOf(again.get("evil")).trap(StoreCorrupt)
+
+    def test_missing_wal_after_crash_refused(self):
+        """A store whose last run crashed and whose WAL is gone will not open."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        # Simulate a crash: the file stays marked dirty; then lose the WAL.
+        path = os.path.join(directory, DATA_FILE)
+        mapping = store._shelf.dict
+        mapping._closed = True  # no clean-shutdown mark: this is a crash
+        mapping._db.close()
+        store._shelf = None
+        store._open = False
+        if os.path.exists(path + "-wal"):
+            os.unlink(path + "-wal")
+        error = self.assertRaises(StoreCorrupt, check_data_dir, directory)
+        self.assertIn("write-ahead log", str(error))
+
+    def test_group_commit_keeps_each_outcome(self):
+        """Commits queued behind a busy store thread keep their own results."""
+        pool = HeldThreadPool()
+        reactor = ThreadlessReactor()
+        store = ShelveStore(os.path.join(self.mktemp(), "data"), reactor, pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        pool.release_all = False
+        first = store.commit([Put("a", b"1")])
+        second = store.commit([Put("a", b"2")], [Check.equals("a", 1)])
+        third = store.commit([Put("b", b"x")], [Check.equals("a", 99)])
+        fourth = store.commit([Put("c", b"y")])
+        # One trip is in flight (the first commit); the rest wait as a group.
+        self.assertEqual(len(pool.held), 1)
+        pool.run_next()
+        self.assertEqual(self.successResultOf(first).revision, 1)
+        self.assertEqual(len(pool.held), 1)
+        pool.run_next()
+        self.assertEqual(self.successResultOf(second).revision, 2)
+        self.failureResultOf(third).trap(ConflictError)
+        self.assertEqual(self.successResultOf(fourth).revision, 3)
+        self.assertEqual(store.revision, 3)
+        pool.release_all = True
+        self.successResultOf(store.close())
+
+
+class HeldThreadPool(InlineThreadPool):
+    """An inline pool that holds calls until the test runs them."""
+
+    release_all = False
+
+    def __init__(self):
+        self.held = []
+
+    def callInThreadWithCallback(self, onResult, func, *args, **kw):
+        if self.release_all:
+            return super().callInThreadWithCallback(onResult, func, *args, **kw)
+        self.held.append((onResult, func, args, kw))
+
+    def run_next(self):
+        onResult, func, args, kw = self.held.pop(0)
+        super().callInThreadWithCallback(onResult, func, *args, **kw)
+
+
+class RealThreadTests(TestCase):
+    """The shelve store on its real one-thread pool, under the real reactor."""
+
+    async def _exercise(self, directory):
+        pool = store_thread_pool()
+        store = ShelveStore(directory, reactor, pool)
+        service = StoreService(store, pool, reactor)
+        service.startService()
+        await service.ready
+        results = await gatherResults(
+            [store.commit([Put("k%d" % i, b"%d" % i)]) for i in range(50)]
+        )
+        self.assertEqual(sorted(r.revision for r in results), list(range(1, 51)))
+        found = await store.get_many(["k%d" % i for i in range(50)])
+        self.assertEqual(len(found), 50)
+        await service.stopService()
+        self.assertFalse(pool.started)
+
+    def test_real_pool(self):
+        """Concurrent commits on the real store thread all land, each once."""
+        return Deferred.fromCoroutine(
+            self._exercise(os.path.join(self.mktemp(), "data"))
+        )
