@@ -2,6 +2,7 @@
 # The project's two commands:
 #   ./run.sh [twistd kvcache options]   set up .venv and serve on 127.0.0.1:8080
 #   ./run.sh test [pytest args]         set up .venv with test tools and run the suite
+#   ./run.sh bench [benchmark args]     set up .venv with benchmark tools and run benchmarks/
 # PYTHON=/path/to/python3.13 ./run.sh test  uses that interpreter (and its own venv).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,7 +19,25 @@ if [ -z "${VENV:-}" ]; then
 fi
 
 mode=serve
-if [ "${1:-}" = test ]; then mode=test; shift; fi
+case "${1:-}" in
+    test|bench) mode=$1; shift ;;
+esac
+
+# need_deb COMMAND PACKAGE: install a Debian package when its command is
+# missing and we can (root with apt-get); otherwise say what will be skipped.
+need_deb() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing Debian package $2 (for $1)" >&2
+        if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; } >/tmp/kvtwist-apt-$2.log 2>&1; then
+            return 0
+        fi
+        echo "run.sh: could not install $2 (see /tmp/kvtwist-apt-$2.log)" >&2
+    else
+        echo "run.sh: $1 is missing and cannot be installed here" >&2
+    fi
+    return 1
+}
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
@@ -29,6 +48,7 @@ py="$VENV/bin/python"
 # mode: a default editable install hides twisted/plugins from twistd.
 extras=""
 [ "$mode" = test ] && extras="[test]"
+[ "$mode" = bench ] && extras="[test,bench]"
 stamp="$VENV/.kvtwist-installed$extras-$(cat setup.py | "$py" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
 if [ ! -e "$stamp" ]; then
     log="$VENV/install.log"
@@ -44,6 +64,11 @@ fi
 "$py" -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 
 if [ "$mode" = test ]; then
+    need_deb etcd etcd-server || echo "run.sh: etcd tests will be skipped" >&2
     exec "$py" -b -m pytest "$@"
+fi
+if [ "$mode" = bench ]; then
+    need_deb wrk wrk || { echo "run.sh: the benchmark needs wrk" >&2; exit 1; }
+    exec "$py" -m benchmarks "$@"
 fi
 exec "$VENV/bin/twistd" -n --pidfile= kvcache "$@"

@@ -26,6 +26,7 @@ setup(
             "pytest-twisted>=1.14.3",
             "hypothesis>=6.100",
         ],
+        "bench": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["kvtwist = kvtwist.cli:run"]},
     classifiers=[
