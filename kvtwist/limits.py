@@ -24,6 +24,10 @@ class Limits:
     @ivar max_staged_ops: ops staged in one queue or transaction (413 beyond).
     @ivar max_staged_bytes: key and value bytes staged in one queue or
         transaction (413 beyond).
+    @ivar max_open_transactions: transactions open at once (429 beyond).
+    @ivar txn_timeout: seconds an idle transaction lives.
+    @ivar max_list_limit: the largest page a listing returns.
+    @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
     """
 
     max_body: int = 1 * MiB
@@ -32,6 +36,10 @@ class Limits:
     max_keys_per_request: int = 100_000
     max_staged_ops: int = 100_000
     max_staged_bytes: int = 64 * MiB
+    max_open_transactions: int = 1000
+    txn_timeout: float = 300.0
+    max_list_limit: int = 1000
+    max_batch_ops: int = 100_000
 
     def as_dict(self) -> dict:
         """The limits as a JSON-ready dict."""

@@ -11,8 +11,9 @@ internals, and writes nothing to a client that has gone away.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
@@ -44,6 +45,27 @@ class Response:
 
 
 Handler = Callable[[Request], Union[Response, Deferred]]
+
+
+def json_response(status: int, document: Any, **headers: bytes) -> Response:
+    """A JSON L{Response}; keyword headers use C{_} for C{-}."""
+    return Response(
+        status,
+        json.dumps(document, ensure_ascii=False).encode("utf-8"),
+        JSON_CONTENT_TYPE,
+        {name.replace("_", "-").encode("ascii"): value for name, value in headers.items()},
+    )
+
+
+def etag(mod_revision: int) -> bytes:
+    """The ETag of a key: its mod_revision, quoted."""
+    return b'"%d"' % (mod_revision,)
+
+
+def read_body(request: Request) -> bytes:
+    """The request body (already bounded by the site's body limit)."""
+    request.content.seek(0)
+    return request.content.read()
 
 
 def write_response(request: Request, response: Response) -> None:
@@ -99,7 +121,7 @@ class KVResource(Resource):
         if handler is None and method == "HEAD":
             handler = getattr(self, "render_GET", None)
         if handler is None:
-            write_response(request, self.method_not_allowed(request))
+            write_response(request, self.decorate(self.method_not_allowed(request)))
             return NOT_DONE_YET
         return handler(request)
 
@@ -114,7 +136,11 @@ class KVResource(Resource):
 
     def method_not_allowed(self, request: Request) -> Response:
         """The seed's rule: any other method is 404. The v1 tree says 405."""
-        return Response(404, not_found_body(), PROBLEM_CONTENT_TYPE)
+        return not_found_response()
+
+    def decorate(self, response: Response) -> Response:
+        """Add what every answer of this resource carries; a hook for subtrees."""
+        return response
 
     def respond(self, request: Request, handler: Handler) -> int:
         """
@@ -124,16 +150,21 @@ class KVResource(Resource):
         request.notifyFinish().addErrback(_mark_gone, request)
         d = maybeDeferred(handler, request)
         d.addErrback(error_response)
-        d.addCallback(lambda response: write_response(request, response))
+        d.addCallback(lambda response: write_response(request, self.decorate(response)))
         d.addErrback(lambda reason: log.failure("failed to write a response", reason))
         return NOT_DONE_YET
+
+
+def not_found_response() -> Response:
+    """The answer to an unknown path or, on seed routes, an unknown method."""
+    return Response(404, not_found_body(), PROBLEM_CONTENT_TYPE)
 
 
 class NotFound(KVResource):
     """Answers 404 to everything below and at it."""
 
     def render(self, request: Request) -> int:
-        write_response(request, Response(404, not_found_body(), PROBLEM_CONTENT_TYPE))
+        write_response(request, not_found_response())
         return NOT_DONE_YET
 
 

@@ -1,50 +1,86 @@
 """
 The Resource tree: L{make_root} builds the whole of kvcache's URL space.
 
-C{/set} and C{/commit} are static children; every other first segment is a
-key (L{kvtwist.web.seed.SeedKey}).
+    /set, /commit            the seed's operations (static children)
+    /{key}                   the seed's keys (every other first segment)
+    /v1/kv/, /v1/kv/{key}    keys with revisions and CAS, listing
+    /v1/txn, /v1/txn/{id}/…  multi-request transactions
+    /v1/batch                one-request transactions
+    /v1/limits               every limit in force
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
-from kvtwist.queue import PendingQueue
-from kvtwist.web.resource import NOT_FOUND, KVResource
-from kvtwist.web.seed import SeedCommit, SeedKey, SeedSet
+from kvtwist.transactions import Transaction, TransactionManager
+from kvtwist.web.resource import NOT_FOUND, KVResource, json_response
+from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
+from kvtwist.web.v1.base import V1Context, V1Resource
+from kvtwist.web.v1.batch import Batch
+from kvtwist.web.v1.kv import KeyCollection
+from kvtwist.web.v1.txn import TransactionCollection
 
 
 class Root(KVResource):
-    """C{/}: the seed's operations, then keys."""
+    """C{/}: the seed's operations and C{v1}, then keys."""
 
-    def __init__(self, store: IKeyValueStore, queue: PendingQueue) -> None:
+    def __init__(self, context: SeedContext) -> None:
         super().__init__()
-        self._store = store
-        self._queue = queue
+        self._context = context
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path:
             return NOT_FOUND
-        return SeedKey(self._store, self._queue, path)
+        return SeedKey(self._context, path)
 
     def render(self, request: Request) -> int:
         return NOT_FOUND.render(request)
 
 
-def make_root(store: IKeyValueStore, limits: Optional[Limits] = None) -> Resource:
+class LimitsResource(V1Resource):
+    """C{/v1/limits}: every limit in force."""
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(
+            request, lambda request: json_response(200, self.context.limits.as_dict())
+        )
+
+
+def make_root(
+    store: IKeyValueStore,
+    limits: Optional[Limits] = None,
+    clock: Optional[IReactorTime] = None,
+    transactions: Optional[TransactionManager] = None,
+) -> Resource:
     """
     The kvcache Resource tree over C{store}.
 
     @param limits: the limits in force (defaults: L{Limits}()).
+    @param clock: times transactions and TTLs (default: the store's clock).
+    @param transactions: the open transactions (default: a new manager).
     """
     limits = limits if limits is not None else Limits()
-    queue = PendingQueue(store, limits)
-    root = Root(store, queue)
-    root.putChild(b"set", SeedSet(queue))
-    root.putChild(b"commit", SeedCommit(queue))
+    clock = clock if clock is not None else store.clock
+    if transactions is None:
+        transactions = TransactionManager(clock, limits)
+    shared_queue = Transaction("shared", limits, isolated=False)
+    seed = SeedContext(store, shared_queue, limits)
+    root = Root(seed)
+    root.putChild(b"set", SeedSet(seed))
+    root.putChild(b"commit", SeedCommit(seed))
+
+    context = V1Context(store, transactions, limits, clock)
+    v1 = V1Resource(context)
+    v1.putChild(b"kv", KeyCollection(context))
+    v1.putChild(b"txn", TransactionCollection(context))
+    v1.putChild(b"batch", Batch(context))
+    v1.putChild(b"limits", LimitsResource(context))
+    root.putChild(b"v1", v1)
     return root

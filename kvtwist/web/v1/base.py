@@ -1,0 +1,234 @@
+"""
+What every v1 resource shares: the context it works in, 405 with C{Allow},
+C{KV-Revision} on every answer, and the representation of an entry in
+headers and JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from kvtwist.errors import InvalidInput
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.limits import Limits
+from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
+from kvtwist.transactions import TransactionManager
+from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvtwist.web.resource import KVResource, Response, etag, not_found_response
+
+#: The longest TTL accepted (ten years), so expiry stays a sane float.
+MAX_TTL = 10 * 365 * 24 * 3600
+
+
+class V1Context:
+    """The store, transactions, limits and clock the v1 tree works with."""
+
+    def __init__(
+        self,
+        store: IKeyValueStore,
+        transactions: TransactionManager,
+        limits: Limits,
+        clock: IReactorTime,
+    ) -> None:
+        self.store = store
+        self.transactions = transactions
+        self.limits = limits
+        self.clock = clock
+
+
+def owner_of(request: Request) -> Optional[str]:
+    """The identity transactions belong to (the auth token's name, if any)."""
+    return getattr(request, "kvtwist_principal", None)
+
+
+class V1Resource(KVResource):
+    """Base of the v1 tree: 405 + Allow, KV-Revision everywhere."""
+
+    def __init__(self, context: V1Context) -> None:
+        super().__init__()
+        self.context = context
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return V1NotFound(self.context)
+
+    def method_not_allowed(self, request: Request) -> Response:
+        allowed = ", ".join(self.allowed_methods())
+        response = Response(
+            405,
+            problem_body(
+                405,
+                "method-not-allowed",
+                "%s is not allowed here; allowed: %s"
+                % (request.method.decode("ascii", "replace"), allowed),
+            ),
+            PROBLEM_CONTENT_TYPE,
+        )
+        response.headers[b"allow"] = allowed.encode("ascii")
+        return response
+
+    def decorate(self, response: Response) -> Response:
+        response.headers[b"kv-revision"] = b"%d" % (self.context.store.revision,)
+        return response
+
+
+class V1NotFound(V1Resource):
+    """A 404 inside the v1 tree (it still carries KV-Revision)."""
+
+    def render(self, request: Request) -> int:
+        return self.respond(request, lambda request: not_found_response())
+
+
+def rfc3339(timestamp: float) -> str:
+    """C{timestamp} as an RFC 3339 UTC date-time, to the millisecond."""
+    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def entry_headers(entry: Entry) -> Dict[bytes, bytes]:
+    """The headers describing a committed entry."""
+    headers = {
+        b"etag": etag(entry.mod_revision),
+        b"kv-create-revision": b"%d" % (entry.create_revision,),
+        b"kv-version": b"%d" % (entry.version,),
+    }
+    if entry.expires is not None:
+        headers[b"kv-expires"] = rfc3339(entry.expires).encode("ascii")
+    return headers
+
+
+def is_json_type(content_type: str) -> bool:
+    """Whether a Content-Type is JSON (application/json or a +json type)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def describe(entry: Entry, with_value: bool = False) -> Dict[str, Any]:
+    """The JSON description of an entry in listings and batch results."""
+    item: Dict[str, Any] = {
+        "key": entry.key,
+        "create_revision": entry.create_revision,
+        "mod_revision": entry.mod_revision,
+        "version": entry.version,
+        "content_type": entry.content_type,
+        "size": len(entry.value),
+        "expires": rfc3339(entry.expires) if entry.expires is not None else None,
+    }
+    if with_value:
+        item.update(value_fields(entry.value, entry.content_type))
+    return item
+
+
+def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
+    """A value for JSON output: inline if it is JSON, else base64."""
+    if is_json_type(content_type):
+        try:
+            return {"value": json.loads(value)}
+        except ValueError:
+            pass
+    return {"value_base64": base64.b64encode(value).decode("ascii")}
+
+
+def query_arg(request: Request, name: str) -> Optional[str]:
+    """
+    The decoded query argument C{name}, or None.
+
+    @raise InvalidInput: if it is not UTF-8.
+    """
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("bad-parameter", "the %s parameter is not UTF-8" % (name,))
+
+
+def int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """
+    An integer query argument within [low, high].
+
+    @raise InvalidInput: if it is not an integer in range.
+    """
+    raw = query_arg(request, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidInput(
+            "bad-parameter",
+            "%s must be an integer from %d to %d" % (name, low, high),
+            parameter=name,
+        )
+    return value
+
+
+def flag_arg(request: Request, name: str) -> bool:
+    """A boolean query flag: 1/true/yes, 0/false/no, or absent (False)."""
+    raw = query_arg(request, name)
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no", ""):
+        return False
+    raise InvalidInput("bad-parameter", "%s must be 1 or 0" % (name,), parameter=name)
+
+
+def parse_ttl(raw: Any, clock: IReactorTime) -> Optional[float]:
+    """
+    The absolute expiry for a TTL given in seconds (a number or numeric
+    string), or None when no TTL is given.
+
+    @raise InvalidInput: unless 0 < ttl <= ten years.
+    """
+    if raw is None:
+        return None
+    try:
+        ttl = float(raw)
+    except (TypeError, ValueError):
+        ttl = math.nan
+    if isinstance(raw, bool) or not (0 < ttl <= MAX_TTL):
+        raise InvalidInput(
+            "bad-ttl", "ttl must be a number of seconds, above 0 and at most %d" % (MAX_TTL,)
+        )
+    return clock.seconds() + ttl
+
+
+def content_type_of(request: Request) -> str:
+    """
+    The Content-Type a value is stored with (default
+    C{application/octet-stream}).
+
+    @raise InvalidInput: for a non-ASCII or oversized header.
+    """
+    raw = request.getHeader(b"content-type")
+    if raw is None:
+        return DEFAULT_CONTENT_TYPE
+    try:
+        value = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        value = ""
+    if not value or len(value) > 255 or not value.isprintable():
+        raise InvalidInput("bad-content-type", "the Content-Type header is not valid")
+    return value
+
+
+def put_from(request: Request, key: str, body: bytes, clock: IReactorTime) -> Put:
+    """The write a C{PUT} of C{body} to C{key} asks for."""
+    return Put(
+        key,
+        body,
+        content_type_of(request),
+        parse_ttl(query_arg(request, "ttl"), clock),
+    )

@@ -1,0 +1,147 @@
+"""
+C{/v1/kv/}: keys with revisions and CAS, and prefix listing.
+
+The key is the percent-decoded rest of the path and may contain C{/}:
+C{/v1/kv/a%2Fb} and C{/v1/kv/a/b} name the same key. PUT and DELETE are
+one-op commits, as atomic and durable as C{/commit}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from kvtwist.errors import ConflictError, KeyNotFound, PreconditionFailed
+from kvtwist.model import Check, Delete
+from kvtwist.strictjson import check_key, decode_key
+from kvtwist.web.resource import Response, json_response, read_body
+from kvtwist.web.v1.base import (
+    V1Context,
+    V1Resource,
+    describe,
+    entry_headers,
+    flag_arg,
+    int_arg,
+    put_from,
+    query_arg,
+)
+from kvtwist.web.v1.conditional import not_modified, precondition_failures, write_checks
+
+#: Default page size of a listing.
+DEFAULT_PAGE = 100
+
+
+def rest_of_path(name: bytes, request: Request) -> bytes:
+    """
+    Consume the rest of the request path into one key: the key may contain
+    C{/}, so it is everything after C{/v1/kv/}.
+    """
+    segments = [name] + request.postpath
+    request.prepath.extend(request.postpath)
+    request.postpath = []
+    return b"/".join(segments)
+
+
+def precondition_failed(error: ConflictError) -> PreconditionFailed:
+    """The 412 for a conditional write whose header did not hold."""
+    failure = error.failures[0]
+    return PreconditionFailed(
+        "%s did not hold for %r (its current revision is %d)"
+        % (failure.check.tag, failure.check.key, failure.actual),
+        key=failure.check.key,
+        current_revision=failure.actual,
+    )
+
+
+class KeyCollection(V1Resource):
+    """C{/v1/kv}: C{GET} lists keys; each child path is a key."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path and not request.postpath:
+            return self
+        return KeyResource(self.context, rest_of_path(path, request))
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, self._list)
+
+    def _list(self, request: Request) -> Deferred:
+        prefix = query_arg(request, "prefix") or ""
+        after = query_arg(request, "after")
+        if after is not None:
+            check_key(after)
+        limit = int_arg(request, "limit", DEFAULT_PAGE, 1, self.context.limits.max_list_limit)
+        with_values = flag_arg(request, "values")
+
+        def page_response(page) -> Response:
+            items = [describe(entry, with_values) for entry in page.entries]
+            return json_response(
+                200,
+                {
+                    "revision": page.revision,
+                    "items": items,
+                    "next": items[-1]["key"] if page.more else None,
+                },
+            )
+
+        return self.context.store.list(prefix, after, limit).addCallback(page_response)
+
+
+class KeyResource(V1Resource):
+    """C{/v1/kv/{key}}: read, write and delete one key."""
+
+    def __init__(self, context: V1Context, raw_key: bytes) -> None:
+        super().__init__(context)
+        self._raw_key = raw_key
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._get(request)))
+
+    async def _get(self, request: Request) -> Response:
+        key = decode_key(self._raw_key)
+        entry = await self.context.store.get(key)
+        if entry is None:
+            raise KeyNotFound([key])
+        headers = entry_headers(entry)
+        if not_modified(request, entry):
+            return Response(304, content_type=None, headers=headers)
+        return Response(200, entry.value, entry.content_type.encode("utf-8"), headers)
+
+    def render_PUT(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._put(request)))
+
+    async def _put(self, request: Request) -> Response:
+        key = decode_key(self._raw_key)
+        put = put_from(request, key, read_body(request), self.context.clock)
+        checks = write_checks(request, key)
+        try:
+            result = await self.context.store.commit([put], checks)
+        except ConflictError as e:
+            raise precondition_failed(e)
+        change = result.changes[0]
+        created = change.previous is None
+        response = json_response(
+            201 if created else 200,
+            {"key": key, "revision": result.revision, "created": created,
+             "version": change.entry.version},
+        )
+        response.headers.update(entry_headers(change.entry))
+        if created:
+            response.headers[b"location"] = request.uri.split(b"?", 1)[0]
+        return response
+
+    def render_DELETE(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._delete(request)))
+
+    async def _delete(self, request: Request) -> Response:
+        key = decode_key(self._raw_key)
+        checks = write_checks(request, key) + [Check.present(key, tag="exists")]
+        try:
+            await self.context.store.commit([Delete(key)], checks)
+        except ConflictError as e:
+            if precondition_failures(e.failures):
+                raise precondition_failed(
+                    ConflictError([f for f in e.failures if f.check.tag != "exists"])
+                )
+            raise KeyNotFound([key])
+        return Response(204, content_type=None)

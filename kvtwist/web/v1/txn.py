@@ -1,0 +1,207 @@
+"""
+C{/v1/txn}: per-client transactions that span several requests.
+
+C{POST /v1/txn} opens one; C{/v1/txn/{id}/kv/{key}} reads through it and
+stages writes and deletes (preconditions recorded for the commit);
+C{POST /v1/txn/{id}/set} stages the seed's JSON object shape;
+C{GET /v1/txn/{id}} lists what is staged; C{DELETE /v1/txn/{id}} aborts;
+C{POST /v1/txn/{id}/commit} applies everything atomically and durably, or
+answers 409 naming every conflict and applies nothing. A commit attempt that
+conflicts ends the transaction; one that fails because the store is
+unavailable (503) leaves it open to retry.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from kvtwist.errors import ConflictError, KeyNotFound
+from kvtwist.model import Delete, Put
+from kvtwist.operations import read, stage_deletes, stage_pairs, stage_put
+from kvtwist.strictjson import decode_key, parse
+from kvtwist.transactions import Transaction
+from kvtwist.web.resource import Response, json_response, read_body
+from kvtwist.web.seed import pairs_from, set_outcome
+from kvtwist.web.v1.base import (
+    V1Context,
+    V1Resource,
+    entry_headers,
+    owner_of,
+    put_from,
+)
+from kvtwist.web.v1.conditional import write_checks
+from kvtwist.web.v1.kv import rest_of_path
+
+
+def txn_path(txn_id: str) -> bytes:
+    """The URL path of a transaction."""
+    return b"/v1/txn/" + txn_id.encode("ascii")
+
+
+class TransactionCollection(V1Resource):
+    """C{/v1/txn}: open transactions; each child is one."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path:
+            return super().getChild(path, request)
+        return TransactionResource(self.context, path.decode("utf-8", "replace"))
+
+    def render_POST(self, request: Request) -> int:
+        return self.respond(request, self._begin)
+
+    def _begin(self, request: Request) -> Response:
+        txn = self.context.transactions.begin(owner_of(request))
+        response = json_response(
+            201, {"id": txn.id, "expires_in": self.context.transactions.timeout}
+        )
+        response.headers[b"location"] = txn_path(txn.id)
+        return response
+
+
+class TransactionPart(V1Resource):
+    """A resource inside one transaction; finds it (or 404s) per request."""
+
+    def __init__(self, context: V1Context, txn_id: str) -> None:
+        super().__init__(context)
+        self.txn_id = txn_id
+
+    def transaction(self, request: Request) -> Transaction:
+        """The open transaction, if the requester owns it."""
+        return self.context.transactions.find(self.txn_id, owner_of(request))
+
+
+class TransactionResource(TransactionPart):
+    """C{/v1/txn/{id}}: describe (GET) or abort (DELETE)."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"kv":
+            return TransactionKeys(self.context, self.txn_id)
+        if path == b"set":
+            return TransactionSet(self.context, self.txn_id)
+        if path == b"commit":
+            return TransactionCommit(self.context, self.txn_id)
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, self._describe)
+
+    def _describe(self, request: Request) -> Response:
+        txn = self.transaction(request)
+        ops = []
+        for op in txn.staging.ops():
+            if isinstance(op, Put):
+                ops.append({"op": "put", "key": op.key, "content_type": op.content_type,
+                            "size": len(op.value)})
+            else:
+                ops.append({"op": "delete", "key": op.key})
+        return json_response(
+            200,
+            {
+                "id": txn.id,
+                "ops": ops,
+                "observed": txn.observed,
+                "preconditions": [
+                    {"key": c.key, "check": c.kind, "revision": c.revision, "header": c.tag}
+                    for c in txn.preconditions
+                ],
+                "expires_in": self.context.transactions.timeout,
+            },
+        )
+
+    def render_DELETE(self, request: Request) -> int:
+        return self.respond(request, self._abort)
+
+    def _abort(self, request: Request) -> Response:
+        self.transaction(request)
+        self.context.transactions.finish(self.txn_id)
+        return Response(204, content_type=None)
+
+
+class TransactionKeys(TransactionPart):
+    """C{/v1/txn/{id}/kv}: each child path is a key."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path and not request.postpath:
+            return super().getChild(path, request)
+        return TransactionKey(self.context, self.txn_id, rest_of_path(path, request))
+
+
+class TransactionKey(TransactionPart):
+    """C{/v1/txn/{id}/kv/{key}}: read through, stage a write or a delete."""
+
+    def __init__(self, context: V1Context, txn_id: str, raw_key: bytes) -> None:
+        super().__init__(context, txn_id)
+        self._raw_key = raw_key
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._get(request)))
+
+    async def _get(self, request: Request) -> Response:
+        txn = self.transaction(request)
+        key = decode_key(self._raw_key)
+        found = await read(self.context.store, txn, key)
+        if found is None:
+            raise KeyNotFound([key])
+        if isinstance(found, Put):
+            return Response(
+                200, found.value, found.content_type.encode("utf-8"), {b"kv-staged": b"true"}
+            )
+        return Response(200, found.value, found.content_type.encode("utf-8"), entry_headers(found))
+
+    def render_PUT(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._put(request)))
+
+    async def _put(self, request: Request) -> Response:
+        txn = self.transaction(request)
+        key = decode_key(self._raw_key)
+        put = put_from(request, key, read_body(request), self.context.clock)
+        previous = await stage_put(self.context.store, txn, put, write_checks(request, key))
+        return json_response(
+            200, {"key": key, "staged": "put", "committed": previous is not None,
+                  "ops": len(txn.staging)}
+        )
+
+    def render_DELETE(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._delete(request)))
+
+    async def _delete(self, request: Request) -> Response:
+        txn = self.transaction(request)
+        key = decode_key(self._raw_key)
+        checks = write_checks(request, key)
+        await stage_deletes(self.context.store, txn, [key], self.context.limits)
+        txn.preconditions.extend(checks)
+        return json_response(200, {"key": key, "staged": "delete", "ops": len(txn.staging)})
+
+
+class TransactionSet(TransactionPart):
+    """C{/v1/txn/{id}/set}: stage a JSON object of pairs (the seed's shape)."""
+
+    def render_POST(self, request: Request) -> int:
+        return self.respond(request, self._set)
+
+    def _set(self, request: Request) -> Deferred:
+        txn = self.transaction(request)
+        pairs = pairs_from(parse(read_body(request)))
+        d = Deferred.fromCoroutine(
+            stage_pairs(self.context.store, txn, pairs, self.context.limits)
+        )
+        return d.addCallback(set_outcome)
+
+
+class TransactionCommit(TransactionPart):
+    """C{/v1/txn/{id}/commit}: all or nothing."""
+
+    def render_POST(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._commit(request)))
+
+    async def _commit(self, request: Request) -> Response:
+        txn = self.transaction(request)
+        try:
+            result = await txn.commit(self.context.store)
+        except ConflictError:
+            self.context.transactions.finish(txn.id)
+            raise
+        self.context.transactions.finish(txn.id)
+        return json_response(200, {"revision": result.revision, "ops": len(result.changes)})
