@@ -60,7 +60,12 @@ class TreeClient:
             method,
             "http://kv.test" + path,
             data=body,
-            headers={k: [v] for k, v in (headers or {}).items()},
+            # Bytes names: Twisted's header cache mixes str and bytes keys,
+            # which trips -b -W error::BytesWarning with str names.
+            headers={
+                k.encode("latin-1"): [v.encode("latin-1")]
+                for k, v in (headers or {}).items()
+            },
         )
         self.stub.flush()
         response = self.testcase.successResultOf(d)

@@ -117,22 +117,30 @@ class KVResource(Resource):
 
     def render(self, request: Request) -> Union[bytes, int]:
         method = request.method.decode("ascii", "replace")
-        handler = getattr(self, "render_" + method, None)
-        if handler is None and method == "HEAD":
-            handler = getattr(self, "render_GET", None)
+        # HEAD is GET without the body (twisted.web drops it on write).
+        handler = getattr(self, "render_" + ("GET" if method == "HEAD" else method), None)
         if handler is None:
-            write_response(request, self.decorate(self.method_not_allowed(request)))
+            # A resource that answers no method at all is a path, not a
+            # resource: unknown (404), whatever the method.
+            answer = (
+                self.method_not_allowed(request)
+                if self.allowed_methods()
+                else not_found_response()
+            )
+            write_response(request, self.decorate(answer))
             return NOT_DONE_YET
         return handler(request)
 
     def allowed_methods(self) -> list:
         """The methods this resource answers, for C{Allow}."""
-        methods = sorted(
+        # Resource itself defines render_HEAD (delegating to render_GET), so
+        # HEAD counts only where GET does.
+        methods = {
             name[len("render_"):] for name in dir(self) if name.startswith("render_")
-        )
-        if "GET" in methods and "HEAD" not in methods:
-            methods.append("HEAD")
-        return methods
+        } - {"HEAD"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
 
     def method_not_allowed(self, request: Request) -> Response:
         """The seed's rule: any other method is 404. The v1 tree says 405."""

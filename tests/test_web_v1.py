@@ -1,0 +1,518 @@
+"""
+The v1 API in memory (SPEC §5.1, §5.2, §6): keys with revisions and CAS,
+listing, transactions and batches, through StubTreq over a MemoryStore with
+a task.Clock.
+"""
+
+import base64
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist.limits import Limits
+from kvtwist.testing import MemoryStore, memory_root
+from tests.webtest import TreeClient
+
+
+class V1Case(SynchronousTestCase):
+    """A fresh in-memory tree per test."""
+
+    limits = Limits()
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryStore(self.clock)
+        self.client = TreeClient(self, memory_root(self.store, limits=self.limits))
+
+    def put(self, key_path, body=b"v", **headers):
+        return self.client.request("PUT", "/v1/kv/" + key_path, body=body, headers=headers)
+
+
+class KeyTests(V1Case):
+    """GET, HEAD, PUT and DELETE of /v1/kv/{key}."""
+
+    def test_put_get_roundtrip(self):
+        """PUT stores the bytes and type; GET returns them with ETag and KV-Revision."""
+        answer = self.put("a", b"\x00\x01binary", **{"Content-Type": "image/png"})
+        self.assertEqual(answer.status, 201)
+        self.assertEqual(answer.header("etag"), '"1"')
+        self.assertEqual(answer.header("kv-revision"), "1")
+        self.assertEqual(answer.header("location"), "/v1/kv/a")
+        self.assertEqual(answer.json, {"key": "a", "revision": 1, "created": True, "version": 1})
+        answer = self.client.request("GET", "/v1/kv/a")
+        self.assertEqual((answer.status, answer.body), (200, b"\x00\x01binary"))
+        self.assertEqual(answer.content_type, "image/png")
+        self.assertEqual(answer.header("etag"), '"1"')
+        self.assertEqual(answer.header("kv-version"), "1")
+        self.assertEqual(answer.header("kv-revision"), "1")
+        self.assertIsNone(answer.header("kv-expires"))
+
+    def test_default_content_type(self):
+        """A value sent without Content-Type is application/octet-stream."""
+        self.client.request("PUT", "/v1/kv/a", body=b"x")
+        self.assertEqual(
+            self.client.request("GET", "/v1/kv/a").content_type, "application/octet-stream"
+        )
+
+    def test_update_is_200(self):
+        """A PUT over an existing key is 200 with the new ETag and version."""
+        self.put("a")
+        answer = self.put("a", b"w")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.header("etag"), '"2"')
+        self.assertEqual(answer.json["version"], 2)
+
+    def test_head(self):
+        """HEAD answers GET's status and headers without the body."""
+        self.put("a", b"hello")
+        answer = self.client.request("HEAD", "/v1/kv/a")
+        self.assertEqual((answer.status, answer.body), (200, b""))
+        self.assertEqual(answer.header("etag"), '"1"')
+        self.assertEqual(self.client.request("HEAD", "/v1/kv/nope").status, 404)
+
+    def test_missing_key(self):
+        """GET of an absent key is a 404 problem carrying KV-Revision."""
+        self.put("other")
+        answer = self.client.problem("GET", "/v1/kv/a", 404, "key-not-found")
+        self.assertEqual(answer.header("kv-revision"), "1")
+
+    def test_delete(self):
+        """DELETE is 204, then the key is gone; deleting again is 404."""
+        self.put("a")
+        answer = self.client.request("DELETE", "/v1/kv/a")
+        self.assertEqual((answer.status, answer.header("kv-revision")), (204, "2"))
+        self.client.problem("GET", "/v1/kv/a", 404, "key-not-found")
+        self.client.problem("DELETE", "/v1/kv/a", 404, "key-not-found")
+        self.assertEqual(self.store.revision, 2)
+
+    def test_slash_and_percent_2f_are_one_key(self):
+        """/v1/kv/a%2Fb and /v1/kv/a/b name the same key."""
+        self.put("a/b", b"1")
+        self.assertEqual(self.client.request("GET", "/v1/kv/a%2Fb").body, b"1")
+        self.put("x%2Fy", b"2")
+        self.assertEqual(self.client.request("GET", "/v1/kv/x/y").body, b"2")
+        self.assertEqual(self.put("a/b/", b"3").status, 201)
+        self.assertEqual(self.client.request("GET", "/v1/kv/a/b/").body, b"3")
+
+    def test_odd_keys(self):
+        """Spaces, UTF-8, reserved names and leading slashes are ordinary keys."""
+        for path, key in [
+            ("with%20space", "with space"), ("%C3%A9t%C3%A9", "\u00e9t\u00e9"),
+            ("set", "set"), ("commit", "commit"), ("v1", "v1"), ("%2Flead", "/lead"),
+        ]:
+            self.assertEqual(self.put(path, key.encode()).status, 201, path)
+            self.assertEqual(self.client.request("GET", "/v1/kv/" + path).body, key.encode())
+        listed = self.client.request("GET", "/v1/kv/").json["items"]
+        self.assertIn("\u00e9t\u00e9", [item["key"] for item in listed])
+
+    def test_bad_keys(self):
+        """Keys that are not UTF-8 or are over 1024 bytes are 400."""
+        self.client.problem("PUT", "/v1/kv/%FF", 400, "bad-key", body=b"x")
+        self.client.problem("GET", "/v1/kv/" + "k" * 1025, 400, "key-too-long")
+        self.assertEqual(self.store.revision, 0)
+
+    def test_wrong_method_405(self):
+        """A wrong method is 405 with Allow, on every v1 resource."""
+        for method, path, allowed in [
+            ("POST", "/v1/kv/a", "DELETE, GET, HEAD, PUT"),
+            ("PUT", "/v1/kv/", "GET, HEAD"),
+            ("GET", "/v1/txn", "POST"),
+            ("GET", "/v1/batch", "POST"),
+            ("POST", "/v1/limits", "GET, HEAD"),
+            ("HEAD", "/v1/txn", "POST"),
+        ]:
+            answer = self.client.problem(method, path, 405, "method-not-allowed")
+            self.assertEqual(answer.header("allow"), allowed, path)
+            self.assertIsNotNone(answer.header("kv-revision"))
+
+    def test_unknown_v1_paths(self):
+        """Unknown paths under /v1 are 404 problems."""
+        for path in ("/v1", "/v1/", "/v1/nope", "/v1/txn/", "/v1/limits/x"):
+            self.client.problem("GET", path, 404, "not-found")
+
+
+class ConditionalTests(V1Case):
+    """If-Match, If-None-Match: 412 on writes, 304 on reads."""
+
+    def test_if_match_revision(self):
+        """If-Match "<rev>" writes only when the ETag matches."""
+        self.put("a")
+        answer = self.client.problem("PUT", "/v1/kv/a", 412, "precondition-failed",
+                                     body=b"x", headers={"If-Match": '"7"'})
+        self.assertEqual(answer.json["current_revision"], 1)
+        self.assertEqual(self.put("a", b"y", **{"If-Match": '"1"'}).status, 200)
+        self.assertEqual(self.client.request("GET", "/v1/kv/a").body, b"y")
+
+    def test_if_match_star(self):
+        """If-Match: * needs the key to exist."""
+        self.client.problem("PUT", "/v1/kv/a", 412, "precondition-failed",
+                            body=b"x", headers={"If-Match": "*"})
+        self.put("a")
+        self.assertEqual(self.put("a", b"z", **{"If-Match": "*"}).status, 200)
+
+    def test_if_none_match_star(self):
+        """If-None-Match: * creates only (a lock)."""
+        self.assertEqual(self.put("lock", **{"If-None-Match": "*"}).status, 201)
+        self.client.problem("PUT", "/v1/kv/lock", 412, "precondition-failed",
+                            body=b"x", headers={"If-None-Match": "*"})
+        self.assertEqual(self.store.revision, 1)
+
+    def test_unmatchable_if_match(self):
+        """An If-Match tag that names no revision (or a weak one) never matches."""
+        self.put("a")
+        for tag in ('"abc"', 'W/"1"', "1"):
+            self.client.problem("PUT", "/v1/kv/a", 412, "precondition-failed",
+                                body=b"x", headers={"If-Match": tag})
+
+    def test_bad_preconditions(self):
+        """A list in If-Match, or an If-None-Match tag on a write, is 400."""
+        self.put("a")
+        self.client.problem("PUT", "/v1/kv/a", 400, "bad-precondition",
+                            body=b"x", headers={"If-Match": '"1", "2"'})
+        self.client.problem("PUT", "/v1/kv/a", 400, "bad-precondition",
+                            body=b"x", headers={"If-None-Match": '"1"'})
+
+    def test_delete_if_match(self):
+        """DELETE honours If-Match: 412 on mismatch, 204 on match."""
+        self.put("a")
+        self.client.problem("DELETE", "/v1/kv/a", 412, "precondition-failed",
+                            headers={"If-Match": '"9"'})
+        answer = self.client.request("DELETE", "/v1/kv/a", headers={"If-Match": '"1"'})
+        self.assertEqual(answer.status, 204)
+
+    def test_delete_absent_with_if_match(self):
+        """If-Match on an absent key fails the precondition (412, not 404)."""
+        self.client.problem("DELETE", "/v1/kv/a", 412, "precondition-failed",
+                            headers={"If-Match": "*"})
+
+    def test_get_not_modified(self):
+        """If-None-Match with the current ETag (or *) gives 304 with the ETag."""
+        self.put("a")
+        for tag in ('"1"', 'W/"1"', '"5", "1"', "*"):
+            answer = self.client.request("GET", "/v1/kv/a", headers={"If-None-Match": tag})
+            self.assertEqual((answer.status, answer.body), (304, b""), tag)
+            self.assertEqual(answer.header("etag"), '"1"')
+        answer = self.client.request("GET", "/v1/kv/a", headers={"If-None-Match": '"0"'})
+        self.assertEqual(answer.status, 200)
+
+
+class TTLTests(V1Case):
+    """?ttl= on PUT: KV-Expires, and expiry on the injected clock."""
+
+    def test_ttl_expires(self):
+        """A key written with ttl shows KV-Expires and reads as absent after it."""
+        answer = self.client.request("PUT", "/v1/kv/t?ttl=30", body=b"x")
+        self.assertEqual(answer.status, 201)
+        answer = self.client.request("GET", "/v1/kv/t")
+        self.assertEqual(answer.header("kv-expires"), "2023-11-14T22:13:50.000Z")
+        self.clock.advance(29)
+        self.assertEqual(self.client.request("GET", "/v1/kv/t").status, 200)
+        self.clock.advance(1)
+        self.client.problem("GET", "/v1/kv/t", 404, "key-not-found")
+        self.assertEqual(self.client.request("GET", "/v1/kv/").json["items"], [])
+
+    def test_put_without_ttl_clears_it(self):
+        """A PUT without ttl makes the key permanent again."""
+        self.client.request("PUT", "/v1/kv/t?ttl=5", body=b"x")
+        self.client.request("PUT", "/v1/kv/t", body=b"y")
+        self.clock.advance(10)
+        self.assertEqual(self.client.request("GET", "/v1/kv/t").body, b"y")
+
+    def test_bad_ttl(self):
+        """A ttl that is not a positive number of seconds is 400."""
+        for ttl in ("0", "-1", "abc", "nan", "inf", "1e12"):
+            self.client.problem("PUT", "/v1/kv/t?ttl=" + ttl, 400, "bad-ttl", body=b"x")
+        self.assertEqual(self.store.revision, 0)
+
+
+class ListingTests(V1Case):
+    """GET /v1/kv/?prefix=&limit=&after=&values="""
+
+    def test_prefix_and_pages(self):
+        """Pages follow key order, each at one revision, with next as cursor."""
+        for key in ("p/a", "p/b", "p/c", "q/a"):
+            self.put(key, key.encode())
+        page = self.client.request("GET", "/v1/kv/?prefix=p/&limit=2").json
+        self.assertEqual([i["key"] for i in page["items"]], ["p/a", "p/b"])
+        self.assertEqual((page["next"], page["revision"]), ("p/b", 4))
+        page = self.client.request("GET", "/v1/kv/?prefix=p/&limit=2&after=p/b").json
+        self.assertEqual([i["key"] for i in page["items"]], ["p/c"])
+        self.assertIsNone(page["next"])
+        item = page["items"][0]
+        self.assertEqual(
+            item,
+            {"key": "p/c", "create_revision": 3, "mod_revision": 3, "version": 1,
+             "content_type": "application/octet-stream", "size": 3, "expires": None},
+        )
+
+    def test_stable_while_writers_run(self):
+        """Keys written before the cursor do not shift later pages."""
+        for key in ("b", "d", "f"):
+            self.put(key)
+        page = self.client.request("GET", "/v1/kv/?limit=2").json
+        self.put("a")
+        self.put("c")
+        page2 = self.client.request("GET", "/v1/kv/?limit=2&after=" + page["next"]).json
+        self.assertEqual([i["key"] for i in page2["items"]], ["f"])
+
+    def test_values(self):
+        """values=1 inlines JSON values and base64-encodes the rest."""
+        self.put("j", b'{"x": [1]}', **{"Content-Type": "application/json"})
+        self.put("b", b"\xff\x00", **{"Content-Type": "image/png"})
+        self.put("bad", b"{nope", **{"Content-Type": "application/json"})
+        items = {i["key"]: i for i in self.client.request("GET", "/v1/kv/?values=1").json["items"]}
+        self.assertEqual(items["j"]["value"], {"x": [1]})
+        self.assertEqual(base64.b64decode(items["b"]["value_base64"]), b"\xff\x00")
+        self.assertEqual(base64.b64decode(items["bad"]["value_base64"]), b"{nope")
+
+    def test_bad_parameters(self):
+        """Bad limit, values or after parameters are 400."""
+        for query in ("limit=0", "limit=abc", "limit=100000", "values=maybe", "after="):
+            answer = self.client.request("GET", "/v1/kv/?" + query)
+            self.assertEqual(answer.status, 400, query)
+
+    def test_without_trailing_slash(self):
+        """/v1/kv lists too."""
+        self.put("a")
+        self.assertEqual(len(self.client.request("GET", "/v1/kv").json["items"]), 1)
+
+
+class TransactionTests(V1Case):
+    """Multi-request transactions under /v1/txn."""
+
+    def begin(self, client=None):
+        answer = (client or self.client).request("POST", "/v1/txn")
+        self.assertEqual(answer.status, 201)
+        self.assertEqual(answer.header("location"), "/v1/txn/" + answer.json["id"])
+        self.assertEqual(answer.json["expires_in"], 300.0)
+        return "/v1/txn/" + answer.json["id"]
+
+    def test_stage_read_commit(self):
+        """Staged writes are visible in the txn only, until commit applies all."""
+        self.put("old", b"1")
+        txn = self.begin()
+        self.assertEqual(self.client.request("PUT", txn + "/kv/a", body=b"A").status, 200)
+        self.assertEqual(self.client.request("DELETE", txn + "/kv/old").status, 200)
+        answer = self.client.request("POST", txn + "/set", json_body={"j": [1]})
+        self.assertEqual((answer.status, answer.json), (201, {"j": "created"}))
+        self.assertEqual(self.client.request("GET", txn + "/kv/a").body, b"A")
+        self.assertEqual(self.client.request("GET", txn + "/kv/a").header("kv-staged"), "true")
+        self.client.problem("GET", txn + "/kv/old", 404, "key-not-found")
+        self.client.problem("GET", "/v1/kv/a", 404, "key-not-found")
+        self.assertEqual(self.client.request("GET", "/v1/kv/old").body, b"1")
+        listing = self.client.request("GET", txn).json
+        self.assertEqual([(o["op"], o["key"]) for o in listing["ops"]],
+                         [("put", "a"), ("delete", "old"), ("put", "j")])
+        answer = self.client.request("POST", txn + "/commit")
+        self.assertEqual((answer.status, answer.json), (200, {"revision": 2, "ops": 3}))
+        self.assertEqual(self.client.request("GET", "/v1/kv/a").body, b"A")
+        self.assertEqual(self.client.request("GET", "/v1/kv/j").body, b"[1]")
+        self.client.problem("GET", "/v1/kv/old", 404, "key-not-found")
+        self.client.problem("GET", txn, 404, "transaction-not-found")
+
+    def test_read_committed_through_txn(self):
+        """A txn reads committed keys with their ETag when it staged nothing."""
+        self.put("a", b"1")
+        txn = self.begin()
+        answer = self.client.request("GET", txn + "/kv/a")
+        self.assertEqual((answer.body, answer.header("etag")), (b"1", '"1"'))
+
+    def test_conflict_first_committer_wins(self):
+        """A key changed after the txn read it makes the commit 409; nothing applies."""
+        self.put("a", b"1")
+        first, second = self.begin(), self.begin()
+        self.client.request("GET", first + "/kv/a")
+        self.client.request("PUT", first + "/kv/b", body=b"first")
+        self.client.request("PUT", second + "/kv/a", body=b"second")
+        self.assertEqual(self.client.request("POST", second + "/commit").status, 200)
+        answer = self.client.problem("POST", first + "/commit", 409, "conflict")
+        self.assertEqual(
+            answer.json["conflicts"],
+            [{"key": "a", "check": "equals", "expected": 1, "actual": 2, "tag": "observed"}],
+        )
+        self.client.problem("GET", "/v1/kv/b", 404, "key-not-found")
+        self.client.problem("POST", first + "/commit", 404, "transaction-not-found")
+
+    def test_staged_key_created_meanwhile_conflicts(self):
+        """Two txns creating the same key: the second commit is 409."""
+        first, second = self.begin(), self.begin()
+        self.client.request("PUT", first + "/kv/k", body=b"1")
+        self.client.request("PUT", second + "/kv/k", body=b"2")
+        self.client.request("POST", first + "/commit")
+        answer = self.client.problem("POST", second + "/commit", 409, "conflict")
+        self.assertEqual(answer.json["conflicts"][0]["actual"], 1)
+        self.assertEqual(self.client.request("GET", "/v1/kv/k").body, b"1")
+
+    def test_recorded_preconditions(self):
+        """If-Match on a staged write is checked at commit and named in the 409."""
+        self.put("a")
+        txn = self.begin()
+        self.client.request("PUT", txn + "/kv/a", body=b"x", headers={"If-Match": '"5"'})
+        answer = self.client.problem("POST", txn + "/commit", 409, "conflict")
+        self.assertIn({"key": "a", "check": "equals", "expected": 5, "actual": 1,
+                       "tag": "If-Match"}, answer.json["conflicts"])
+
+    def test_abort(self):
+        """DELETE /v1/txn/{id} aborts (204); the id is then 404."""
+        txn = self.begin()
+        self.client.request("PUT", txn + "/kv/a", body=b"x")
+        self.assertEqual(self.client.request("DELETE", txn).status, 204)
+        self.client.problem("PUT", txn + "/kv/a", 404, "transaction-not-found", body=b"x")
+        self.client.problem("GET", "/v1/kv/a", 404, "key-not-found")
+
+    def test_idle_expiry(self):
+        """An idle txn expires after the timeout; use resets the timer."""
+        txn = self.begin()
+        self.clock.advance(299)
+        self.client.request("PUT", txn + "/kv/a", body=b"x")
+        self.clock.advance(299)
+        self.assertEqual(self.client.request("GET", txn).status, 200)
+        self.clock.advance(300)
+        self.client.problem("GET", txn, 404, "transaction-not-found")
+        self.client.problem("POST", txn + "/commit", 404, "transaction-not-found")
+
+    def test_unknown_txn(self):
+        """Unknown ids are 404 on every transaction route."""
+        for method, path in [("GET", "/v1/txn/nope"), ("DELETE", "/v1/txn/nope"),
+                             ("POST", "/v1/txn/nope/commit"), ("GET", "/v1/txn/nope/kv/a"),
+                             ("POST", "/v1/txn/nope/set")]:
+            self.client.problem(method, path, 404, "transaction-not-found", body=b"{}")
+
+    def test_delete_absent_in_txn(self):
+        """Staging a delete of a key absent in the txn's view is 404."""
+        txn = self.begin()
+        self.client.problem("DELETE", txn + "/kv/nope", 404, "key-not-found")
+        self.client.request("PUT", txn + "/kv/new", body=b"x")
+        self.assertEqual(self.client.request("DELETE", txn + "/kv/new").status, 200)
+        self.client.problem("DELETE", txn + "/kv/new", 404, "key-not-found")
+
+    def test_commit_empty_txn(self):
+        """Committing a txn that staged nothing is 200 at the current revision."""
+        self.put("a")
+        txn = self.begin()
+        self.assertEqual(self.client.request("POST", txn + "/commit").json["revision"], 1)
+
+    def test_ten_thousand_keys_atomic(self):
+        """A 10,000-key transaction commits as one revision (no 128-op cap)."""
+        txn = self.begin()
+        pairs = {"bulk/%05d" % i: i for i in range(10_000)}
+        self.assertEqual(self.client.request("POST", txn + "/set", json_body=pairs).status, 201)
+        answer = self.client.request("POST", txn + "/commit")
+        self.assertEqual(answer.json, {"revision": 1, "ops": 10_000})
+        page = self.client.request("GET", "/v1/kv/?prefix=bulk/&limit=1000").json
+        self.assertEqual({i["mod_revision"] for i in page["items"]}, {1})
+
+
+class TransactionLimitTests(V1Case):
+    """Caps on transactions: 429 for count, 413 for size, limit in the body."""
+
+    limits = Limits(max_open_transactions=2, max_staged_ops=3, max_staged_bytes=100)
+
+    def test_open_transactions_cap(self):
+        """Beyond max_open_transactions, POST /v1/txn is 429 naming the limit."""
+        self.client.request("POST", "/v1/txn")
+        self.client.request("POST", "/v1/txn")
+        answer = self.client.problem("POST", "/v1/txn", 429, "limit-exceeded")
+        self.assertEqual((answer.json["limit_name"], answer.json["limit"]),
+                         ("max_open_transactions", 2))
+
+    def test_ops_cap(self):
+        """A txn holds at most max_staged_ops ops; the overflow stages nothing."""
+        txn = "/v1/txn/" + self.client.request("POST", "/v1/txn").json["id"]
+        self.client.request("POST", txn + "/set", json_body={"a": 1, "b": 2})
+        answer = self.client.problem("POST", txn + "/set", 413, "limit-exceeded",
+                                     json_body={"c": 1, "d": 2})
+        self.assertEqual((answer.json["limit"], answer.json["size"]), (3, 4))
+        self.assertEqual(len(self.client.request("GET", txn).json["ops"]), 2)
+
+    def test_bytes_cap(self):
+        """A txn holds at most max_staged_bytes of keys and values."""
+        txn = "/v1/txn/" + self.client.request("POST", "/v1/txn").json["id"]
+        answer = self.client.problem("PUT", txn + "/kv/big", 413, "limit-exceeded", body=b"x" * 200)
+        self.assertEqual(answer.json["limit_name"], "max_staged_bytes")
+
+    def test_limits_route(self):
+        """/v1/limits reports every limit in force."""
+        limits = self.client.request("GET", "/v1/limits").json
+        self.assertEqual(limits["max_open_transactions"], 2)
+        self.assertEqual(limits["max_staged_ops"], 3)
+        self.assertEqual(limits["max_body"], 1048576)
+
+
+class BatchTests(V1Case):
+    """POST /v1/batch: one-request transactions."""
+
+    def batch(self, ops):
+        return self.client.request("POST", "/v1/batch", json_body={"ops": ops})
+
+    def test_all_op_kinds(self):
+        """set, delete, check, check-absent and get apply atomically with results."""
+        self.put("old", b"1")
+        answer = self.batch([
+            {"op": "check", "key": "old", "revision": 1},
+            {"op": "check-absent", "key": "new"},
+            {"op": "get", "key": "old"},
+            {"op": "set", "key": "new", "value": {"x": 1}, "ttl": 60},
+            {"op": "set", "key": "bin", "value_base64": "AAE=", "content_type": "image/png"},
+            {"op": "delete", "key": "old"},
+            {"op": "get", "key": "new"},
+            {"op": "get", "key": "old"},
+        ])
+        self.assertEqual(answer.status, 200, answer.body)
+        body = answer.json
+        self.assertEqual(body["revision"], 2)
+        results = body["results"]
+        self.assertEqual(results[2]["value_base64"], "MQ==")
+        self.assertEqual(results[3], {"op": "set", "key": "new", "created": True})
+        self.assertEqual(results[5], {"op": "delete", "key": "old", "deleted": True})
+        self.assertEqual(results[6]["value"], {"x": 1})
+        self.assertEqual(results[7], {"op": "get", "key": "old", "found": False})
+        self.assertEqual(self.client.request("GET", "/v1/kv/bin").body, b"\x00\x01")
+
+    def test_conflict_names_indexes(self):
+        """A failed check is 409 with the failing op indexes; nothing applies."""
+        self.put("a")
+        answer = self.client.problem("POST", "/v1/batch", 409, "conflict", json_body={"ops": [
+            {"op": "set", "key": "x", "value": 1},
+            {"op": "check", "key": "a", "revision": 9},
+            {"op": "check-absent", "key": "a"},
+            {"op": "check-absent", "key": "free"},
+        ]})
+        self.assertEqual(answer.json["failed"], [1, 2])
+        self.client.problem("GET", "/v1/kv/x", 404, "key-not-found")
+
+    def test_large_batch(self):
+        """A batch over 128 ops is one atomic commit."""
+        answer = self.batch([{"op": "set", "key": "k%d" % i, "value": i} for i in range(500)])
+        self.assertEqual(answer.json["revision"], 1)
+
+    def test_bad_batches(self):
+        """Malformed batches are 400 naming the op; nothing applies."""
+        for ops in (
+            "nope",
+            [{"op": "explode", "key": "a"}],
+            [{"op": "set", "key": "a"}],
+            [{"op": "set", "key": "a", "value": 1, "value_base64": "AA=="}],
+            [{"op": "set", "key": "a", "value_base64": "!!"}],
+            [{"op": "check", "key": "a", "revision": "1"}],
+            [{"op": "get", "key": ""}],
+            [{"op": "get"}],
+            [{"op": "set", "key": "a", "value": 1, "ttl": -5}],
+        ):
+            answer = self.client.request("POST", "/v1/batch", json_body={"ops": ops})
+            self.assertEqual(answer.status, 400, ops)
+        self.assertEqual(self.client.request("POST", "/v1/batch", json_body=[]).status, 400)
+        self.assertEqual(self.store.revision, 0)
+
+
+class BatchLimitTests(V1Case):
+    """The batch op cap."""
+
+    limits = Limits(max_batch_ops=2)
+
+    def test_batch_cap(self):
+        """More ops than max_batch_ops is a 413 naming the limit."""
+        answer = self.client.problem("POST", "/v1/batch", 413, "limit-exceeded", json_body={
+            "ops": [{"op": "get", "key": "a"}] * 3})
+        self.assertEqual((answer.json["limit"], answer.json["size"]), (2, 3))
