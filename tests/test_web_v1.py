@@ -120,11 +120,15 @@ class KeyTests(V1Case):
             ("GET", "/v1/txn", "POST"),
             ("GET", "/v1/batch", "POST"),
             ("POST", "/v1/limits", "GET, HEAD"),
-            ("HEAD", "/v1/txn", "POST"),
         ]:
             answer = self.client.problem(method, path, 405, "method-not-allowed")
             self.assertEqual(answer.header("allow"), allowed, path)
             self.assertIsNotNone(answer.header("kv-revision"))
+
+    def test_head_without_get_is_405(self):
+        """HEAD where there is no GET is 405 too (no body), not a 500."""
+        answer = self.client.request("HEAD", "/v1/txn")
+        self.assertEqual((answer.status, answer.header("allow")), (405, "POST"))
 
     def test_unknown_v1_paths(self):
         """Unknown paths under /v1 are 404 problems."""
