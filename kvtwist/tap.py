@@ -13,7 +13,8 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from kvtwist.errors import StoreCorrupt
-from kvtwist.limits import Limits
+from kvtwist.limits import Limits, MiB
+from kvtwist.store.cache import CachedStore
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.web.http import KVSite
@@ -48,6 +49,13 @@ class Options(usage.Options):
             None,
             Limits.max_body,
             "Largest request body in bytes (413 beyond).",
+            _positive_int,
+        ],
+        [
+            "cache-size",
+            None,
+            64,
+            "Read cache bound in MiB (committed values served from memory).",
             _positive_int,
         ],
     ]
@@ -96,7 +104,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
     limits = Limits(max_body=options["max-body"])
     pool = store_thread_pool()
     # The preflight above has just run SQLite's integrity check.
-    store = ShelveStore(options["data"], reactor, pool, check_integrity=False)
+    store = CachedStore(
+        ShelveStore(options["data"], reactor, pool, check_integrity=False),
+        options["cache-size"] * MiB,
+    )
     top = MultiService()
     StoreService(store, pool, reactor).setServiceParent(top)
     site = KVSite(make_root(store, limits), max_body=limits.max_body)

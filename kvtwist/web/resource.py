@@ -21,7 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from kvtwist.errors import KVError
+from kvtwist.errors import InvalidInput, KVError
+from kvtwist.model import Entry
+from kvtwist.strictjson import decode_key
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -100,6 +102,22 @@ def error_response(reason: Failure) -> Response:
     return problem_response(
         500, "internal-error", "the server failed to answer; the error is logged"
     )
+
+
+def peek_entry(store: Any, raw_key: bytes) -> Optional[Entry]:
+    """
+    The live entry for C{raw_key} if the store's read cache holds it, read
+    without any Deferred, else None (then take the ordinary path, which also
+    reports bad keys and absent ones).
+    """
+    peek = getattr(store, "peek", None)
+    if peek is None:
+        return None
+    try:
+        key = decode_key(raw_key)
+    except InvalidInput:
+        return None
+    return peek(key)[1]
 
 
 def _mark_gone(reason: Failure, request: Request) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from kvtwist.errors import ConflictError, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key
-from kvtwist.web.resource import Response, json_response, read_body
+from kvtwist.model import Entry
+from kvtwist.web.resource import Response, json_response, peek_entry, read_body, write_response
 from kvtwist.web.v1.base import (
     V1Context,
     V1Resource,
@@ -95,6 +96,11 @@ class KeyResource(V1Resource):
         self._raw_key = raw_key
 
     def render_GET(self, request: Request) -> int:
+        # The hot path: a cache hit is answered at once, with no Deferred.
+        entry = peek_entry(self.context.store, self._raw_key)
+        if entry is not None:
+            write_response(request, self.decorate(self._found(request, entry)))
+            return NOT_DONE_YET
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._get(request)))
 
     async def _get(self, request: Request) -> Response:
@@ -102,6 +108,10 @@ class KeyResource(V1Resource):
         entry = await self.context.store.get(key)
         if entry is None:
             raise KeyNotFound([key])
+        return self._found(request, entry)
+
+    @staticmethod
+    def _found(request: Request, entry: Entry) -> Response:
         headers = entry_headers(entry)
         if not_modified(request, entry):
             return Response(304, content_type=None, headers=headers)

@@ -1,0 +1,209 @@
+"""
+The read cache (L{kvtwist.store.cache.CachedStore}): hits never leave the
+reactor thread, and no read is ever staler than the last acknowledged
+commit, nor sees a staged write.
+"""
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist.model import Delete, Put
+from kvtwist.store.cache import ABSENT, ENTRY_OVERHEAD, CachedStore
+from kvtwist.testing import MemoryStore, memory_root
+from tests.store_contract import StoreContract
+# Modules, not classes: names imported here would be collected twice.
+from tests import test_web_seed as seed_tests
+from tests import test_web_v1 as v1_tests
+from tests.webtest import TreeClient
+
+
+class SlowStore(MemoryStore):
+    """A MemoryStore whose reads wait until the test releases them."""
+
+    def __init__(self, clock=None):
+        super().__init__(clock)
+        self.reads = []
+
+    def get(self, key):
+        d = Deferred()
+        self.reads.append((key, d))
+        return d
+
+    def release(self):
+        """Answer every held read with the store's current state."""
+        reads, self.reads = self.reads, []
+        for key, d in reads:
+            d.callback(MemoryStore.get(self, key).result)
+
+
+class CachedStoreContractTests(StoreContract, SynchronousTestCase):
+    """A cached MemoryStore still keeps the whole store contract."""
+
+    async def make_store(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        return CachedStore(MemoryStore(self.clock), 1 << 20)
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    def settle(self, d):
+        self.successResultOf(d)
+
+
+class CacheTests(SynchronousTestCase):
+    """Coherence, bounds and read sharing."""
+
+    def setUp(self):
+        self.inner = SlowStore()
+        self.cache = CachedStore(self.inner, 1 << 20)
+
+    def test_hit_after_miss(self):
+        """A miss reads the store once; later reads are hits with no store read."""
+        self.successResultOf(self.inner.commit([Put("a", b"1")]))
+        d = self.cache.get("a")
+        self.assertEqual(len(self.inner.reads), 1)
+        self.inner.release()
+        self.assertEqual(self.successResultOf(d).value, b"1")
+        self.assertEqual(self.successResultOf(self.cache.get("a")).value, b"1")
+        self.assertEqual((self.cache.hits, self.cache.misses, len(self.inner.reads)), (1, 1, 0))
+
+    def test_concurrent_misses_share_one_read(self):
+        """Three reads of one uncached key make one store read."""
+        ds = [self.cache.get("a") for _ in range(3)]
+        self.assertEqual(len(self.inner.reads), 1)
+        self.inner.release()
+        self.assertEqual([self.successResultOf(d) for d in ds], [None] * 3)
+        self.assertEqual(self.cache.peek("a"), (True, None))
+
+    def test_no_stale_read_after_commit(self):
+        """After a commit is acknowledged, reads see it, with no store read."""
+        self.successResultOf(self.cache.commit([Put("a", b"1")]))
+        self.successResultOf(self.cache.commit([Put("a", b"2")]))
+        self.assertEqual(self.successResultOf(self.cache.get("a")).value, b"2")
+        self.successResultOf(self.cache.commit([Delete("a")]))
+        self.assertIsNone(self.successResultOf(self.cache.get("a")))
+        self.assertEqual(self.inner.reads, [])
+
+    def test_inflight_miss_does_not_refill_old_value(self):
+        """A miss in flight across a commit does not put the old value back."""
+        self.successResultOf(self.inner.commit([Put("a", b"old")]))
+        self.inner.get = lambda key: succeed_later(self.inner, key, b"old")
+        d = self.cache.get("a")
+        self.successResultOf(self.cache.commit([Put("a", b"new")]))
+        self.inner.release()
+        self.successResultOf(d)
+        self.assertEqual(self.successResultOf(self.cache.get("a")).value, b"new")
+
+    def test_get_many_across_commit_does_not_fill(self):
+        """A batch read overlapping a commit leaves the commit's state cached."""
+        inner = MemoryStore()
+        cache = CachedStore(inner, 1 << 20)
+        held = Deferred()
+        inner.get_many = lambda keys: held
+        d = cache.get_many(["a"])
+        self.successResultOf(cache.commit([Put("a", b"new")]))
+        held.callback({})
+        self.successResultOf(d)
+        self.assertEqual(cache.peek("a")[1].value, b"new")
+
+    def test_staged_never_visible(self):
+        """Writes staged through the tree are not in the cache until committed."""
+        store = CachedStore(MemoryStore(), 1 << 20)
+        client = TreeClient(self, memory_root(store))
+        client.request("GET", "/a")  # cache the absence
+        client.request("POST", "/set", json_body={"a": 1})
+        self.assertEqual(client.request("GET", "/a").status, 404)
+        client.request("POST", "/commit")
+        self.assertEqual(client.request("GET", "/a").body, b"1")
+
+    def test_eviction_respects_bound(self):
+        """The cache never holds more than max_bytes; least recently used go first."""
+        cost = len("k0") + ENTRY_OVERHEAD + 100 + len("application/octet-stream")
+        cache = CachedStore(MemoryStore(), cost * 3)
+        for i in range(5):
+            self.successResultOf(cache.commit([Put("k%d" % i, b"x" * 100)]))
+            self.assertLessEqual(cache.size, cache.max_bytes)
+        self.assertEqual(list(cache._cache), ["k2", "k3", "k4"])
+        cache.peek("k2")
+        self.successResultOf(cache.commit([Put("k5", b"y" * 100)]))
+        self.assertEqual(list(cache._cache), ["k4", "k2", "k5"])
+
+    def test_oversized_value_not_cached(self):
+        """A value bigger than the whole cache is served from the store."""
+        cache = CachedStore(MemoryStore(), 1000)
+        self.successResultOf(cache.commit([Put("big", b"x" * 5000)]))
+        self.assertEqual(cache.peek("big"), (False, None))
+        self.assertEqual(len(self.successResultOf(cache.get("big")).value), 5000)
+
+    def test_expired_hit_is_absent(self):
+        """A cached entry past its expiry reads as absent."""
+        clock = Clock()
+        cache = CachedStore(MemoryStore(clock), 1 << 20)
+        self.successResultOf(cache.commit([Put("t", b"1", expires=10.0)]))
+        self.assertIsNotNone(self.successResultOf(cache.get("t")))
+        clock.advance(10)
+        self.assertIsNone(self.successResultOf(cache.get("t")))
+
+    def test_invalidate_all(self):
+        """invalidate_all empties the cache and marks in-flight reads stale."""
+        self.successResultOf(self.cache.commit([Put("a", b"1")]))
+        d = self.cache.get("b")
+        self.cache.invalidate_all()
+        self.inner.release()
+        self.successResultOf(d)
+        self.assertEqual((len(self.cache), self.cache.size), (0, 0))
+        self.assertIs(self.cache._cache.get("b", ABSENT), ABSENT)
+
+
+def succeed_later(store, key, value):
+    """A held read that answers C{value} when the store releases reads."""
+    d = Deferred()
+    store.reads.append((key, d))
+    return d
+
+
+class CachedTree:
+    """Run a web test class over a cached store."""
+
+    def setUp(self):
+        super().setUp()
+        self.client = TreeClient(
+            self,
+            memory_root(
+                CachedStore(self.store, 1 << 20), limits=getattr(self, "limits", None)
+            ),
+        )
+
+
+class CachedSeedRouteTests(CachedTree, seed_tests.SeedRouteTests):
+    """The seed routes behave the same over the read cache."""
+
+
+class CachedBadInputTests(CachedTree, seed_tests.BadInputTests):
+    """Bad input is refused the same over the read cache."""
+
+
+class CachedKeyTests(CachedTree, v1_tests.KeyTests):
+    """v1 keys behave the same over the read cache."""
+
+
+class CachedConditionalTests(CachedTree, v1_tests.ConditionalTests):
+    """Conditional requests behave the same over the read cache."""
+
+
+class CachedTTLTests(CachedTree, v1_tests.TTLTests):
+    """TTLs behave the same over the read cache."""
+
+
+class CachedListingTests(CachedTree, v1_tests.ListingTests):
+    """Listings behave the same over the read cache."""
+
+
+class CachedTransactionTests(CachedTree, v1_tests.TransactionTests):
+    """Transactions behave the same over the read cache."""
+
+
+class CachedBatchTests(CachedTree, v1_tests.BatchTests):
+    """Batches behave the same over the read cache."""
