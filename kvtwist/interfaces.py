@@ -100,6 +100,26 @@ class IKeyValueStore(Interface):
             made durable; nothing was applied.
         """
 
+    def add_listener(listener):
+        """
+        Call C{listener(result)} on the reactor thread with the
+        L{kvtwist.model.CommitResult} of every commit that changed something,
+        in revision order: for a commit made through this store, before the
+        committer's Deferred fires (so caches are current when the client
+        hears back); for changes made elsewhere (other etcd clients), when
+        the store learns of them.
+        """
+
+    def expired(limit):
+        """
+        Keys whose expiry has passed and that this store must remove itself
+        (etcd removes them through leases, so its list is always empty).
+
+        @return: a Deferred firing with up to C{limit} C{(key, mod_revision)}
+            pairs, soonest expiry first; commit them as
+            L{kvtwist.model.Expire} ops.
+        """
+
     def ping():
         """
         Make a trivial round trip to the store's backing storage.

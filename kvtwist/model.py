@@ -108,7 +108,24 @@ class Delete:
         return len(self.key.encode("utf-8"))
 
 
-Op = Union[Put, Delete]
+@dataclass(frozen=True)
+class Expire:
+    """
+    Remove C{key} because it expired: only if its stored mod_revision is
+    still C{mod_revision} and its expiry has passed (the sweeper's op; the
+    change it makes is an C{expire}, not a C{delete}).
+    """
+
+    key: str
+    mod_revision: int
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.key.encode("utf-8"))
+
+
+Op = Union[Put, Delete, Expire]
 
 # The kinds of precondition a commit can carry.
 EQUALS = "equals"

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, Entry, Op, Page
+from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, live
 
 __all__ = [
@@ -64,6 +65,7 @@ class MemoryStore:
         self.fail_commits: Optional[Exception] = None
         self.commits: List[Sequence[Op]] = []
         self.closed = False
+        self._listeners = Listeners()
 
     def _guard(self) -> Optional[Deferred]:
         if self.closed:
@@ -120,10 +122,23 @@ class MemoryStore:
             return fail(e)
         self.revision = result.revision
         self.commits.append(list(ops))
+        self._listeners.notify(result)
         return succeed(result)
 
     def ping(self) -> Deferred:
         return self._guard() or succeed(None)
+
+    def add_listener(self, listener) -> None:
+        self._listeners.add(listener)
+
+    def expired(self, limit: int) -> Deferred:
+        now = self.clock.seconds()
+        due = sorted(
+            (entry.expires, entry.key, entry.mod_revision)
+            for entry in self.rows.values()
+            if not entry.is_live(now)
+        )
+        return self._guard() or succeed([(key, rev) for _, key, rev in due[:limit]])
 
 
 class InlineThreadPool:

@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from kvtwist.errors import ConflictError, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Check, Delete, Entry, Put
+from kvtwist.model import Check, Delete, Entry, Expire, Put
 
 
 def contract(test):
@@ -41,6 +41,9 @@ class StoreContract:
     """
 
     exact_revisions = True
+    #: Whether expired keys are swept by kvtwist (local stores) rather than
+    #: by the backend itself (etcd leases); only then does expired() list.
+    sweeps_itself = True
 
     def assert_next_revision(self, before: int, after: int) -> None:
         """Revisions grow; by exactly one where the store promises it."""
@@ -276,3 +279,55 @@ class StoreContract:
         """An open store answers ping."""
         store = await self.make_store()
         self.assertIsNone(await store.ping())
+
+    @contract
+    async def test_listeners_see_commits_in_order(self):
+        """Listeners hear every changing commit, in order, before the committer."""
+        store = await self.make_store()
+        heard = []
+        store.add_listener(lambda result: heard.append(result))
+        first = await store.commit([Put("a", b"1")])
+        self.assertEqual(heard[-1].revision, first.revision)
+        await store.commit([Delete("absent")])
+        second = await store.commit([Put("a", b"2"), Delete("a")])
+        revisions = [r.revision for r in heard]
+        self.assertEqual(revisions, sorted(revisions))
+        self.assertEqual(revisions[-1], second.revision)
+        self.assertNotIn(0, [len(r.changes) for r in heard])
+
+    @contract
+    async def test_expire_op_sweeps_only_expired_versions(self):
+        """Expire removes a key only if expired and unchanged, as an expire change."""
+        store = await self.make_store()
+        if not self.sweeps_itself:
+            self.assertEqual(await store.expired(10), [])
+            return
+        now = store.clock.seconds()
+        await store.commit([Put("soon", b"1", expires=now + 5), Put("later", b"2", expires=now + 50),
+                            Put("forever", b"3")])
+        self.assertEqual(await store.expired(10), [])
+        self.advance(6)
+        due = await store.expired(10)
+        self.assertEqual([key for key, _ in due], ["soon"])
+        stale = await store.commit([Expire("soon", due[0][1] + 1), Expire("forever", 1)])
+        self.assertEqual(stale.changes, ())
+        before = store.revision
+        result = await store.commit([Expire(key, rev) for key, rev in due])
+        self.assert_next_revision(before, result.revision)
+        self.assertEqual([(c.kind, c.key) for c in result.changes], [("expire", "soon")])
+        self.assertEqual(await store.expired(10), [])
+        self.advance(100)
+        self.assertEqual([key for key, _ in await store.expired(10)], ["later"])
+
+    @contract
+    async def test_rewrite_moves_expiry(self):
+        """A rewrite without ttl clears the expiry; with one, moves it."""
+        store = await self.make_store()
+        if not self.sweeps_itself:
+            return
+        now = store.clock.seconds()
+        await store.commit([Put("a", b"1", expires=now + 5), Put("b", b"1", expires=now + 5)])
+        await store.commit([Put("a", b"2"), Put("b", b"2", expires=now + 500)])
+        self.advance(10)
+        self.assertEqual(await store.expired(10), [])
+        self.assertEqual((await store.get("a")).value, b"2")

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Change, Check, CommitResult, Entry, Op
+from kvtwist.model import Check, CommitResult, Entry, Op
 
 #: Bytes charged per cached key beyond its key and value (object overhead).
 ENTRY_OVERHEAD = 160
@@ -70,6 +70,7 @@ class CachedStore:
         # Bumped whenever cached state changes under readers: a batch read
         # started in an older generation may predate the change.
         self._generation = 0
+        store.add_listener(self.apply_changes)
 
     # -- the wrapped store's state -----------------------------------------
 
@@ -118,10 +119,13 @@ class CachedStore:
             return True, cached
         return True, None
 
-    def apply_changes(self, changes: Iterable[Change]) -> None:
-        """Bring cached keys up to date with acknowledged C{changes}."""
+    def apply_changes(self, result: CommitResult) -> None:
+        """
+        Bring cached keys up to date with an acknowledged commit: the inner
+        store calls this before the committer hears back.
+        """
         self._generation += 1
-        for change in changes:
+        for change in result.changes:
             if change.key in self._inflight:
                 self._stale.add(change.key)
             self._store(change.key, change.entry if change.entry is not None else ABSENT)
@@ -201,8 +205,11 @@ class CachedStore:
         return self.store.get_many(missing).addCallback(fill)
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
-        def acknowledged(result: CommitResult) -> CommitResult:
-            self.apply_changes(result.changes)
-            return result
+        # The cache is brought up to date by apply_changes, as a listener.
+        return self.store.commit(ops, checks)
 
-        return self.store.commit(ops, checks).addCallback(acknowledged)
+    def add_listener(self, listener) -> None:
+        self.store.add_listener(listener)
+
+    def expired(self, limit: int) -> Deferred:
+        return self.store.expired(limit)

@@ -19,6 +19,7 @@ from kvtwist.model import (
     CommitResult,
     Delete,
     Entry,
+    Expire,
     Op,
     Put,
 )
@@ -86,7 +87,16 @@ def apply_commit(
         raise ConflictError(failures)
     planned = []
     for op in final_ops(ops).values():
-        previous = live(table.read(op.key), now)
+        stored = table.read(op.key)
+        if isinstance(op, Expire):
+            if (
+                stored is not None
+                and stored.mod_revision == op.mod_revision
+                and not stored.is_live(now)
+            ):
+                planned.append((op, stored))
+            continue
+        previous = live(stored, now)
         if isinstance(op, Put) or previous is not None:
             planned.append((op, previous))
     if not planned:
@@ -94,9 +104,10 @@ def apply_commit(
     new_revision = revision + 1
     changes = []
     for op, previous in planned:
-        if isinstance(op, Delete):
+        if isinstance(op, (Delete, Expire)):
             table.remove(op.key)
-            changes.append(Change("delete", op.key, None, previous))
+            kind = "expire" if isinstance(op, Expire) else "delete"
+            changes.append(Change(kind, op.key, None, previous))
             continue
         entry = Entry(
             key=op.key,

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, live
 from kvtwist.store.shelf import DataShelf
 from kvtwist.store.sqlitemap import SQLiteMapping
@@ -33,9 +34,16 @@ from kvtwist.store.sqlitemap import SQLiteMapping
 #: The file name of the shelf inside the data directory.
 DATA_FILE = "kvcache.sqlite3"
 
-# Shelf key prefixes: user keys and the store's own metadata never collide.
+# Shelf key prefixes: user keys, the expiry index and the store's own
+# metadata never collide.
 _KEY = "k/"
+_EXPIRY = "x/"
 _REVISION = "m/revision"
+
+
+def _expiry_key(expires: float, key: str) -> str:
+    # Fixed-width so that the index sorts by time (to year 5138).
+    return "%s%017.3f/%s" % (_EXPIRY, expires, key)
 
 
 class _ShelfTable:
@@ -54,14 +62,36 @@ class _ShelfTable:
         except ValueError as e:
             raise StoreCorrupt(str(e))
 
+    def _unindex(self, key: str) -> None:
+        stored = self.read(key)
+        if stored is not None and stored.expires is not None:
+            try:
+                del self._shelf[_expiry_key(stored.expires, key)]
+            except KeyError:
+                pass
+
     def write(self, entry: Entry) -> None:
+        self._unindex(entry.key)
         self._shelf[_KEY + entry.key] = entry.to_record()
+        if entry.expires is not None:
+            self._shelf[_expiry_key(entry.expires, entry.key)] = entry.mod_revision
 
     def remove(self, key: str) -> None:
+        self._unindex(key)
         try:
             del self._shelf[_KEY + key]
         except KeyError:
             pass
+
+    def expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
+        """Up to C{limit} C{(key, mod_revision)} whose expiry is at or before C{now}."""
+        due = []
+        for index_key, mod_revision in self._shelf.scan(_EXPIRY, None, limit):
+            stamp, _, key = index_key[len(_EXPIRY):].partition("/")
+            if float(stamp) > now:
+                break
+            due.append((key, mod_revision))
+        return due
 
 
 def open_data_dir(directory: str) -> str:
@@ -137,6 +167,7 @@ class ShelveStore:
         self._open = False
         self._queue: List[_PendingCommit] = []
         self._flushing: Optional[Deferred] = None
+        self._listeners = Listeners()
 
     # -- reactor thread --------------------------------------------------
 
@@ -181,6 +212,12 @@ class ShelveStore:
     def ping(self) -> Deferred:
         return self._run(self._sync_ping)
 
+    def add_listener(self, listener) -> None:
+        self._listeners.add(listener)
+
+    def expired(self, limit: int) -> Deferred:
+        return self._run(self._sync_expired, self.clock.seconds(), limit)
+
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
@@ -208,6 +245,7 @@ class ShelveStore:
             for (_, _, waiter), outcome in zip(batch, outcomes):
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
+                    self._listeners.notify(outcome)
                     waiter.callback(outcome)
                 else:
                     waiter.errback(Failure(outcome))
@@ -292,6 +330,12 @@ class ShelveStore:
                 if len(rows) < limit + 1:
                     break
         return Page(revision, tuple(entries), more)
+
+    def _sync_expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
+        """Store thread: the expiry index's entries that are due."""
+        assert self._shelf is not None
+        with self._shelf.dict.snapshot():
+            return _ShelfTable(self._shelf).expired(now, limit)
 
     def _sync_ping(self) -> None:
         """Store thread: a trivial write-transaction round trip."""
