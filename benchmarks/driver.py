@@ -1,0 +1,75 @@
+"""
+A one-client driver for durable seed cycles: C{POST /set} of one key, then
+C{POST /commit}, over one keep-alive connection, each request timed on its
+own. wrk's histogram mixes the two requests; this gives the commit's own
+latency, which is what the store-size comparison is about.
+
+The client's own cost (tens of microseconds of Python per request) is the
+same at every store size, so it cancels in the size ratio.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import time
+from typing import Dict, List
+
+from benchmarks.procs import HOST
+
+
+def _percentile(sorted_values: List[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def seed_cycles(port: int, duration: float, key: str = "bench-size-probe", max_cycles: int = 1_000_000) -> Dict[str, object]:
+    """
+    Run set+commit cycles for C{duration} seconds; latencies in ms.
+
+    Non-2xx answers are counted as errors and do not stop the run.
+    """
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    commit_ms: List[float] = []
+    set_ms: List[float] = []
+    errors = 0
+    started = time.perf_counter()
+    deadline = started + duration
+    try:
+        n = 0
+        while time.perf_counter() < deadline and n < max_cycles:
+            n += 1
+            t0 = time.perf_counter()
+            conn.request("POST", "/set", body=json.dumps({key: n}).encode(), headers=headers)
+            r = conn.getresponse()
+            r.read()
+            errors += r.status not in (200, 201)
+            t1 = time.perf_counter()
+            conn.request("POST", "/commit", body=b"", headers=headers)
+            r = conn.getresponse()
+            r.read()
+            errors += r.status != 204
+            t2 = time.perf_counter()
+            set_ms.append((t1 - t0) * 1e3)
+            commit_ms.append((t2 - t1) * 1e3)
+    finally:
+        conn.close()
+    elapsed = time.perf_counter() - started
+    commits = sorted(commit_ms)
+    return {
+        "cycles": len(commit_ms),
+        "seconds": elapsed,
+        "cycles_per_s": len(commit_ms) / elapsed if elapsed else 0.0,
+        "errors": errors,
+        "commit_ms": {
+            "p50": statistics.median(commits) if commits else float("nan"),
+            "p90": _percentile(commits, 90),
+            "p99": _percentile(commits, 99),
+            "max": commits[-1] if commits else float("nan"),
+        },
+        "set_ms_p50": statistics.median(set_ms) if set_ms else float("nan"),
+    }

@@ -1,0 +1,332 @@
+"""
+The benchmark run: start every target, measure them in interleaved rounds,
+then the store-size and (opt-in) soak benchmarks, and write the results.
+
+Interleaving (round 1: A, B, C...; round 2: A, B, C...) spreads whatever
+else the machine is doing over all targets alike; medians over rounds are
+reported, and every ratio is taken between numbers of this one run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+from benchmarks import config as config_module
+from benchmarks import driver, machine, profile, report, summary
+from benchmarks.config import Config
+from benchmarks.populate import key_name
+from benchmarks.procs import HttpRequest, ProcessSet, rss_kib
+from benchmarks.targets import (
+    REPO,
+    KvcacheTarget,
+    Target,
+    all_targets,
+    child_env,
+    kvcache_help,
+    kvcache_nolog_args,
+)
+from benchmarks.wrk import (
+    CYCLE_SCRIPT,
+    WrkError,
+    finish_wrk,
+    fixed_request_script,
+    run_wrk,
+    soak_script,
+    wrk_binary,
+    write_script,
+)
+
+#: Seconds allowed to build a store of N keys: generous, but bounded.
+POPULATE_TIMEOUT = 1800.0
+
+
+def say(message: str) -> None:
+    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), message), flush=True)
+
+
+def _raise_exit(signum, frame):
+    # SIGTERM becomes an exception so every `finally` (and ProcessSet's
+    # __exit__) runs and no server is left behind.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: List[str]) -> int:
+    cfg = config_module.parse(argv)
+    if wrk_binary() is None:
+        print("benchmarks: wrk is not installed (Debian: apt-get install wrk; ./run.sh bench does it)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_exit)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    results: Dict[str, object] = {
+        "schema": 1,
+        "stamp": stamp,
+        "command": {
+            "python": " ".join(shlex.quote(a) for a in ["python", "-m", "benchmarks"] + cfg.argv),
+            "run_sh": " ".join(shlex.quote(a) for a in ["./run.sh", "bench"] + cfg.argv),
+            "argv": [sys.executable, "-m", "benchmarks"] + cfg.argv,
+        },
+        "config": _config_dict(cfg),
+        "machine": machine.describe(),
+        "targets": {},
+        "skipped": {},
+        "pending": [],
+        "raw": {"get": [], "cycles": [], "sizes": []},
+        "populate": {},
+        "soak": None,
+        "profiles": {},
+        "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    run_dir = tempfile.mkdtemp(prefix="kvtwist-bench-")
+    started = time.monotonic()
+    try:
+        with ProcessSet() as procs:
+            if cfg.wants("get") or cfg.wants("cycles"):
+                _peer_rounds(cfg, procs, run_dir, results)
+            if cfg.wants("sizes") and cfg.wants_target("kvcache"):
+                _store_sizes(cfg, procs, run_dir, results)
+            if cfg.soak or "soak" in cfg.only:
+                _soak(cfg, procs, run_dir, results)
+    finally:
+        if cfg.keep_tmp:
+            say("kept %s" % run_dir)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    results["elapsed_s"] = time.monotonic() - started
+    results["machine"]["load_average_at_end"] = machine.load_average()  # type: ignore[index]
+    results["summary"] = summary.summarise(results)
+    results["checks"] = summary.checks(results)
+    paths = report.write_all(results, cfg.out, cfg.report_to)
+    say("wrote %s" % ", ".join(paths))
+    print(report.checks_table(results["checks"]))  # type: ignore[arg-type]
+    return 0
+
+
+def _config_dict(cfg: Config) -> dict:
+    return {k: v for k, v in vars(cfg).items() if k != "argv"}
+
+
+# -- GET and seed cycles, all targets side by side --------------------------
+
+
+def _peer_rounds(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) -> None:
+    nolog = cfg.kvcache_nolog_args
+    if nolog is None:
+        nolog = kvcache_nolog_args(kvcache_help())
+    skipped = results["skipped"]
+    targets = [t for t in all_targets(nolog, skipped) if cfg.wants_target(t.name)]
+    for t in targets:
+        if isinstance(t, KvcacheTarget):
+            t.extra_args = cfg.kvcache_args + t.extra_args
+    if "kvcache-nolog" in skipped:
+        results["pending"].append(
+            "kvcache without an access log: compared with ceiling-nolog once twistd kvcache "
+            "can turn its access log off (issue 5's --access-log off)"
+        )
+
+    # Start them all at once (startup overlaps), then wait for each.
+    for t in targets:
+        t.start(procs, run_dir)
+    running: List[Target] = []
+    for t in targets:
+        info = {"description": t.description, "access_log": t.access_log, "seed_api": t.seed_api,
+                "argv": t.server.process.args if t.server else None}
+        try:
+            info["startup_s"] = t.wait_ready()
+            info["rss_kib_ready"] = rss_kib(t.server.pid)
+            running.append(t)
+            say("%s ready on port %d (%.2f s)" % (t.name, t.server.port, info["startup_s"]))
+        except Exception as e:  # a target that cannot start is reported, not fatal
+            info["error"] = str(e)
+            skipped[t.name] = "failed to start: %s" % (str(e).splitlines()[0],)
+            say("%s failed to start: %s" % (t.name, e))
+            procs.stop(t.server)
+        results["targets"][t.name] = info
+
+    scripts = {t.name: write_script(run_dir, "get-" + t.name, fixed_request_script(t.read_request())) for t in running}
+    cycle_script = write_script(run_dir, "cycles", CYCLE_SCRIPT)
+    seed_targets = [t for t in running if t.seed_api]
+
+    if cfg.warmup > 0:
+        for t in running:
+            _try_wrk(lambda: run_wrk(t.server.port, scripts[t.name], 50, cfg.warmup))
+        say("warm-up done")
+
+    for round_no in range(1, cfg.rounds + 1):
+        if cfg.wants("get"):
+            for conns in cfg.get_connections:
+                for t in running:
+                    # One wrk thread: wrk keeps one core, the server the other.
+                    run = _try_wrk(lambda: run_wrk(t.server.port, scripts[t.name], conns, cfg.duration, threads=1))
+                    results["raw"]["get"].append(dict(run, round=round_no, target=t.name, connections=conns))
+                    _say_run("GET", t.name, conns, run)
+        if cfg.wants("cycles"):
+            for clients in cfg.cycle_clients:
+                for t in seed_targets:
+                    # One connection per wrk thread makes the script's
+                    # set/commit toggle a per-client one.
+                    run = _try_wrk(lambda: run_wrk(t.server.port, cycle_script, clients, cfg.duration, threads=clients))
+                    if "rate" in run:
+                        run["cycles_per_s"] = run["rate"] / 2
+                    results["raw"]["cycles"].append(dict(run, round=round_no, target=t.name, clients=clients))
+                    _say_run("cycles", t.name, clients, run)
+
+    if cfg.profile:
+        _profile(cfg, [t for t in running if t.name == "kvcache"], scripts, cycle_script, run_dir, results)
+
+    for t in running:
+        results["targets"][t.name]["rss_kib_end"] = rss_kib(t.server.pid)
+        results["targets"][t.name]["exit_status"] = procs.stop(t.server)
+
+
+def _try_wrk(call) -> dict:
+    try:
+        return call().as_dict()
+    except WrkError as e:
+        return {"error": str(e)}
+
+
+def _say_run(kind: str, name: str, n: int, run: dict) -> None:
+    if "error" in run:
+        say("%s %s x%d: ERROR %s" % (kind, name, n, run["error"].splitlines()[0]))
+        return
+    lat = run["latency_us"]
+    say("%-6s %-14s x%-3d %9.0f req/s  p50 %7.2f ms  p99 %7.2f ms  errors %d" % (
+        kind, name, n, run["rate"], lat["p50"] / 1e3, lat["p99"] / 1e3, sum(run["errors"].values())))
+
+
+def _profile(cfg: Config, targets: List[Target], scripts: dict, cycle_script: str, run_dir: str, results: dict) -> None:
+    if profile.py_spy_binary() is None:
+        results["profiles"]["skipped"] = "py-spy is not installed"
+        return
+    duration = max(cfg.duration, 5.0)
+    for t in targets:
+        for label, script, conns, idle in (
+            ("get-50", scripts[t.name], 50, False),
+            ("cycles-1", cycle_script, 1, True),
+        ):
+            output = os.path.join(run_dir, "profile-%s-%s.txt" % (t.name, label))
+            spy = profile.start_py_spy(t.server.pid, duration, output, idle=idle)
+            try:
+                time.sleep(0.5)  # let py-spy attach before the load starts
+                run = _try_wrk(lambda: run_wrk(t.server.port, script, conns, duration - 1, threads=conns if label.startswith("cycles") else 1))
+                spy_out, _ = spy.communicate(timeout=duration + 30)
+            finally:
+                if spy.poll() is None:
+                    spy.kill()
+                    spy.wait()
+            entry = {"load": run, "idle_included": idle}
+            if os.path.exists(output):
+                entry.update(profile.summarise(output))
+            else:
+                entry["error"] = (spy_out or "py-spy wrote nothing")[-1000:]
+            results["profiles"]["%s %s" % (t.name, label)] = entry
+            say("profiled %s under %s" % (t.name, label))
+
+
+# -- a one-key commit into stores of growing size ---------------------------
+
+
+def _populate(size: int, directory: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.populate", directory, str(size)],
+        capture_output=True, text=True, timeout=POPULATE_TIMEOUT, cwd=REPO, env=child_env(),
+    )
+    if out.returncode != 0:
+        raise RuntimeError("populating %d keys failed:\n%s" % (size, out.stderr[-2000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _store_sizes(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) -> None:
+    dirs = {}
+    for size in cfg.sizes:
+        directory = os.path.join(run_dir, "store-%d" % size)
+        say("populating %d keys" % size)
+        try:
+            results["populate"][str(size)] = _populate(size, directory)
+            dirs[size] = directory
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            results["populate"][str(size)] = {"error": str(e)}
+    probe = HttpRequest("GET", "/" + key_name(0))
+    for round_no in range(1, cfg.rounds + 1):
+        for size, directory in dirs.items():
+            target = KvcacheTarget("kvcache-%d" % size, "", True, True, list(cfg.kvcache_args))
+            server = target.start(procs, run_dir, data_dir=directory)
+            entry: Dict[str, object] = {"round": round_no, "keys": size}
+            try:
+                entry["startup_s"] = server.wait_ready(probe, POPULATE_TIMEOUT)
+                entry["rss_kib_ready"] = rss_kib(server.pid)
+                entry.update(driver.seed_cycles(server.port, cfg.size_duration))
+                entry["rss_kib_after"] = rss_kib(server.pid)
+            except Exception as e:
+                entry["error"] = str(e)
+            finally:
+                entry["exit_status"] = procs.stop(server)
+            results["raw"]["sizes"].append(entry)
+            if "error" in entry:
+                say("store of %d keys: ERROR %s" % (size, str(entry["error"]).splitlines()[0]))
+            else:
+                say("store of %d keys: startup %.2f s, RSS %.1f MiB, commit p50 %.2f ms, %.0f cycles/s" % (
+                    size, entry["startup_s"], (entry["rss_kib_ready"] or 0) / 1024,
+                    entry["commit_ms"]["p50"], entry["cycles_per_s"]))
+
+
+# -- the soak ---------------------------------------------------------------
+
+
+def _soak(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) -> None:
+    soak: Dict[str, object] = {
+        "duration_s": cfg.soak_duration, "keys": cfg.soak_keys,
+        "connections": cfg.soak_connections, "get_share": 0.9, "keys_per_commit": 100,
+        "interval_s": cfg.soak_interval,
+    }
+    results["soak"] = soak
+    directory = os.path.join(run_dir, "soak-store")
+    say("soak: populating %d keys" % cfg.soak_keys)
+    try:
+        soak["populate"] = _populate(cfg.soak_keys, directory)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        soak["error"] = str(e)
+        return
+    target = KvcacheTarget("kvcache-soak", "", True, True, list(cfg.kvcache_args))
+    server = target.start(procs, run_dir, data_dir=directory)
+    port = server.port
+    try:
+        soak["startup_s"] = server.wait_ready(HttpRequest("GET", "/" + key_name(0)), POPULATE_TIMEOUT)
+        script = write_script(run_dir, "soak", soak_script(cfg.soak_keys, 0.9, 100))
+        samples: List[List[float]] = []
+        soak["rss_samples"] = samples
+        t0 = time.monotonic()
+        samples.append([0.0, rss_kib(server.pid) or 0])
+        wrk = run_wrk(port, script, cfg.soak_connections, cfg.soak_duration,
+                      threads=cfg.soak_connections, background=True)
+        try:
+            next_sample = t0 + cfg.soak_interval
+            while wrk.poll() is None:
+                time.sleep(max(0.0, min(1.0, next_sample - time.monotonic())))
+                if time.monotonic() >= next_sample:
+                    samples.append([round(time.monotonic() - t0, 1), rss_kib(server.pid) or 0])
+                    next_sample += cfg.soak_interval
+                    if samples[-1][1] == 0:
+                        break  # the server is gone; wrk's errors will say the rest
+            soak["load"] = finish_wrk(wrk, cfg.soak_duration + 60).as_dict()
+        finally:
+            if wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
+        samples.append([round(time.monotonic() - t0, 1), rss_kib(server.pid) or 0])
+        soak["server_alive_at_end"] = server.process.poll() is None
+    except Exception as e:
+        soak["error"] = str(e)
+    finally:
+        soak["exit_status"] = procs.stop(server)
+    say("soak done: %s" % json.dumps({k: soak.get(k) for k in ("exit_status", "error") if soak.get(k) is not None}))
