@@ -213,6 +213,7 @@ def _profile(cfg: Config, targets: List[Target], scripts: dict, cycle_script: st
         for label, script, conns, idle in (
             ("get-50", scripts[t.name], 50, False),
             ("cycles-1", cycle_script, 1, True),
+            ("cycles-16", cycle_script, 16, True),
         ):
             output = os.path.join(run_dir, "profile-%s-%s.txt" % (t.name, label))
             spy = profile.start_py_spy(t.server.pid, duration, output, idle=idle)

@@ -214,7 +214,25 @@ def checks(results: dict) -> List[dict]:
                      "reference": soak["rss_mib_at_mark"], "unit": "MiB", "ratio": soak["rss_ratio"],
                      "against": "RSS at %.0f s" % soak["mark_s"], "target": "<= %.1f" % SOAK_RSS_MAX,
                      "status": _status(None if soak["rss_ratio"] is None else soak["rss_ratio"] <= SOAK_RSS_MAX)})
+    _add_shortfall(rows)
     return rows
+
+
+def _add_shortfall(rows: List[dict]) -> None:
+    """Say in each MISS row by how much the target was missed."""
+    for row in rows:
+        ratio, target = row.get("ratio"), row.get("target", "")
+        if row["status"] != "MISS" or ratio is None:
+            continue
+        try:
+            bound = float(target.split()[1])
+        except (IndexError, ValueError):
+            continue
+        if target.startswith(">="):
+            text = "%.0f %% short of %.1f x" % (100 * (1 - ratio / bound), bound)
+        else:
+            text = "%.0f %% over %.1f x" % (100 * (ratio / bound - 1), bound)
+        row["note"] = text + ("; " + row["note"] if row.get("note") else "")
 
 
 def _keys(n: int) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,9 +71,9 @@ def kvcache_nolog_args(help_text: str) -> Optional[List[str]]:
     The kvcache arguments that turn its access log off, if its options have
     any (issue 5 plans C{--access-log off|clf|json}); None otherwise.
     """
-    if "--access-log" in help_text:
+    if re.search(r"--access-log\b(?!-)", help_text):
         return ["--access-log", "off"]
-    if "--no-access-log" in help_text:
+    if re.search(r"--no-access-log\b(?!-)", help_text):
         return ["--no-access-log"]
     return None
 

@@ -18,8 +18,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: The quick run takes about 25 s on the project's 2-core machines.
-TIMEOUT = 55
+#: The quick run takes about 25 s on the project's 2-core machines (40 s
+#: with other test suites running beside it); the timeout only stops a hung
+#: run, it is not a performance assertion.
+TIMEOUT = 110
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk; ./run.sh bench installs it)")
