@@ -4,38 +4,109 @@ The C{kvtwist} command: kvcache from the shell, built on L{kvtwist.client}.
     kvtwist [--url URL] [--token TOKEN] [--output json|text] [--timeout S]
             COMMAND ...
 
-    kvtwist get KEY             print the committed value of KEY
+The seed's routes (JSON values, one staging queue shared by every client):
+
+    kvtwist get KEY             print the committed JSON value of KEY
     kvtwist set KEY JSON        stage KEY = JSON (parsed strictly) in the
                                 server's shared queue
     kvtwist delete KEY [KEY..]  stage deletes (all or none) in the queue
     kvtwist commit              apply the shared queue atomically
 
+The v1 routes (values are bytes with a content type; every write is its
+own atomic, durable commit):
+
+    kvtwist put KEY (VALUE | - | --file F) [--content-type CT | --json]
+                [--ttl S] [--if-match REV|*] [--if-none-match]
+                                write KEY; '-' reads the value from stdin
+    kvtwist cat KEY             print the value of KEY exactly (text) or
+                                with its metadata (json)
+    kvtwist rm KEY [--if-match REV|*]
+                                delete KEY
+    kvtwist list [PREFIX] [--limit N] [--after KEY] [--values] [--all]
+                                list keys (one page, or --all of them)
+    kvtwist batch [FILE|-]      apply ops in one request, all or nothing
+    kvtwist txn [FILE|-]        apply ops through a multi-request
+                                transaction, all or nothing
+
+C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
+C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
+C{set} and C{commit} included, and values of any type).
+
+C{batch} and C{txn} read a JSON list of ops, or C{{"ops": [...]}}, from
+FILE, or from stdin when FILE is C{-} or missing. Ops are those of
+C{POST /v1/batch}:
+
+    {"op": "set", "key": K, "value": <JSON>, "ttl": S}      (ttl optional)
+    {"op": "set", "key": K, "value_base64": B64, "content_type": CT}
+    {"op": "delete", "key": K}
+    {"op": "check", "key": K, "revision": N}     (N = 0: K is absent)
+    {"op": "check-absent", "key": K}
+    {"op": "get", "key": K}
+
+C{batch} sends them in one request, and the server checks them (a bad op is
+its 400, exit 1). C{txn} checks them first (a bad op is exit 2, nothing
+sent), then opens a transaction, stages one request per op, and commits;
+see L{kvtwist.client.transact} for how each op maps to the transaction API.
+The transaction API has no bare check, so a C{check} op reads the key
+through the transaction and compares the revision the server recorded with
+the expected one before committing; the commit then fails if the key
+changes after that read, so the check holds when the commit applies. On
+any failure C{txn} aborts its transaction; nothing is applied.
+
 Global options may come before or after the command. C{--url} defaults to
 C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}; C{--token} defaults to
 C{$KVTWIST_TOKEN} (prefer the variable: a command line is visible to every
-user of the machine).
+user of the machine). C{--timeout} bounds the whole command (every request
+of a C{txn} or of C{list --all}).
 
 Output (stdout): with C{--output json} (the default) each result is one
-line of JSON: C{get} prints the value, C{set} and C{delete} the server's
-per-key outcome (C{{"a": "created"}}), C{commit} prints nothing. With
-C{--output text}: C{get} prints a string value without quotes (other
+line of JSON:
+
+    - C{get}: the value; C{set}, C{delete}: the server's per-key outcome
+      (C{{"a": "created"}}); C{commit}: nothing.
+    - C{put}: C{{"key", "revision", "created", "version", "etag",
+      "mod_revision", "expires"}}.
+    - C{cat}: C{{"key", "create_revision", "mod_revision", "version",
+      "content_type", "size", "expires", "value" | "value_base64",
+      "revision"}}: C{value} for JSON content types, else base64.
+    - C{rm}: C{{"key", "deleted": true, "revision"}}.
+    - C{list}: the page C{{"revision", "items", "next"}}; with C{--all},
+      every item in one such object (C{revision} is the last page's).
+    - C{batch}: the server's C{{"revision", "results"}}; C{txn}: C{{"id",
+      "revision", "ops", "results"}}, results in the batch's shape.
+
+With C{--output text}: C{get} prints a string value without quotes (other
 values as JSON), C{set} and C{delete} print one C{<outcome> <key>} line
-per key, C{commit} prints C{committed}. Errors go to stderr as one line,
-e.g. C{kvtwist: 404 key-not-found: no such key: 'a'}, never a traceback.
+per key, C{commit} prints C{committed}; C{put} prints C{created KEY
+(revision N)} or C{updated ...}; C{cat} writes the value's bytes exactly,
+with nothing added; C{rm} prints C{deleted KEY}; C{list} prints one key per
+line (C{KEY<tab>VALUE} with C{--values}: JSON, or C{base64:...}) and, when
+more keys follow, a hint naming the C{--after} key on stderr; C{batch} and
+C{txn} print one C{<op> <key>: <outcome>} line per op, then C{committed
+revision N}.
+
+Errors go to stderr as one line, e.g. C{kvtwist: 404 key-not-found: no
+such key: 'a'}, never a traceback; a conflict adds one line per failed
+check.
 
 Exit codes:
 
     - 0: success.
     - 1: the server answered with an error (the problem is printed).
-    - 2: usage error: bad arguments, a value that is not strict JSON, a bad
-      URL, a key or token that cannot be sent. Nothing was sent.
+    - 2: usage error: bad arguments, a value or ops file that is not strict
+      JSON, a file that cannot be read, a bad URL, a key or token that
+      cannot be sent. Nothing was sent.
     - 3: cannot reach the server: connection refused, unknown host, timeout,
-      connection lost before the whole answer arrived (for C{commit} the
+      connection lost before the whole answer arrived (for a commit the
       outcome is then unknown).
+    - 4: conflict: a transaction or batch was refused (409: another commit
+      changed a key it read, or a check op did not hold), or a C{put} or
+      C{rm} precondition (C{--if-match}, C{--if-none-match}) did not hold
+      (412). Nothing was applied; re-reading and retrying may succeed.
 
 L{main} is the entry point under L{twisted.internet.task.react}; L{run} is
-the console script. Tests call L{main} with C{http=StubTreq(...)} and
-C{io.StringIO} streams.
+the console script. Tests call L{main} with C{http=StubTreq(...)},
+C{io.StringIO} output streams and an C{io.BytesIO} stdin.
 """
 
 from __future__ import annotations
@@ -44,7 +115,19 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+from dataclasses import dataclass
+from typing import (
+    Any,
+    BinaryIO,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    TextIO,
+    Tuple,
+    Union,
+)
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, error
@@ -60,13 +143,14 @@ from twisted.web.client import (
 import kvtwist
 from kvtwist import client
 
-__all__ = ["main", "run", "make_http", "EXIT_OK", "EXIT_SERVER_ERROR",
-           "EXIT_USAGE", "EXIT_CONNECTION"]
+__all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
+           "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
+EXIT_CONFLICT = 4
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 60.0
@@ -79,13 +163,28 @@ environment:
 exit codes:
   0  success
   1  the server answered with an error
-  2  usage error (bad arguments, value not strict JSON, bad URL); nothing sent
+  2  usage error (bad arguments, value or ops not strict JSON, unreadable
+     file, bad URL); nothing sent
   3  cannot reach the server (refused, unknown host, timeout, connection lost)
+  4  conflict: a txn or batch was refused (409) or a put/rm precondition did
+     not hold (412); nothing applied
 
 Global options may come before or after the command.
-Staged writes sit in the server's shared queue until someone commits.
+Staged writes (set, delete) sit in the server's shared queue until someone
+commits; put, rm, batch and txn commit on their own.
 Use -- before a key or value that starts with '-':  kvtwist set -- -k -1.5e3
 """ % {"url": DEFAULT_URL}
+
+_OPS_HELP = """\
+ops (a JSON list, or {"ops": [...]}):
+  {"op": "set", "key": K, "value": JSON}           optional "ttl": seconds
+  {"op": "set", "key": K, "value_base64": B64, "content_type": CT}
+  {"op": "delete", "key": K}
+  {"op": "check", "key": K, "revision": N}          N = 0 means absent
+  {"op": "check-absent", "key": K}
+  {"op": "get", "key": K}
+
+"""
 
 #: Failures that mean the server could not be reached or stopped answering.
 _CONNECTION_ERRORS = (
@@ -189,10 +288,31 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> Union[int, float]:
+    """A TTL: seconds above 0; an int when it is whole (C{?ttl=30}, not 30.0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % (text,))
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return int(value) if value.is_integer() else value
+
+
+def _page_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % (text,))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _parser(out: TextIO, err: TextIO) -> _Parser:
     parser = _Parser(
         prog="kvtwist",
-        description="Read, stage and commit keys on a kvcache server.",
+        description="Read, write, stage and commit keys on a kvcache server.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         out=out,
@@ -202,15 +322,15 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     _add_global_options(parser, hidden=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str) -> _Parser:
+    def command(name: str, help_text: str, epilog: str = "") -> _Parser:
         sub = commands.add_parser(
-            name, help=help_text, description=help_text, epilog=_EPILOG,
+            name, help=help_text, description=help_text, epilog=epilog + _EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter, out=out, err=err,
         )
         _add_global_options(sub, hidden=True)
         return sub
 
-    sub = command("get", "print the committed value of KEY as JSON")
+    sub = command("get", "print the committed JSON value of KEY (seed route)")
     sub.add_argument("key", metavar="KEY")
     sub = command("set", "stage KEY = JSON in the shared queue (see commit)")
     sub.add_argument("key", metavar="KEY")
@@ -218,6 +338,60 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     sub = command("delete", "stage a delete of each KEY (all or none)")
     sub.add_argument("keys", metavar="KEY", nargs="+")
     command("commit", "apply the shared queue atomically and durably")
+
+    sub = command(
+        "put", "write KEY = VALUE now, as its own atomic commit (v1)",
+        "VALUE is sent as given (its UTF-8 bytes); '-' or --file - reads the\n"
+        "value's bytes from stdin (to store a lone '-', put it in a file).\n\n",
+    )
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("value", metavar="VALUE", nargs="?",
+                     help="the value; '-' reads it from stdin")
+    sub.add_argument("--file", "-f", metavar="FILE", help="read the value from FILE ('-': stdin)")
+    kind = sub.add_mutually_exclusive_group()
+    kind.add_argument("--content-type", "-t", metavar="CT",
+                      help="stored with the value (default: %s)" % (client.DEFAULT_CONTENT_TYPE,))
+    kind.add_argument("--json", action="store_true",
+                      help="check that the value is strict JSON and store it as application/json")
+    sub.add_argument("--ttl", metavar="SECONDS", type=_positive_seconds,
+                     help="the key expires after this long")
+    sub.add_argument("--if-match", metavar="REV", dest="if_match",
+                     help="write only if KEY's revision is REV (or, with '*', if it exists)")
+    sub.add_argument("--if-none-match", action="store_true", dest="if_none_match",
+                     help="write only if KEY does not exist")
+
+    sub = command("cat", "print the value of KEY (v1; text: its exact bytes)")
+    sub.add_argument("key", metavar="KEY")
+
+    sub = command("rm", "delete KEY now, as its own atomic commit (v1)")
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("--if-match", metavar="REV", dest="if_match",
+                     help="delete only if KEY's revision is REV (or '*')")
+
+    sub = command("list", "list the keys that start with PREFIX, in order (v1)")
+    sub.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    sub.add_argument("--limit", "-n", metavar="N", type=_page_size,
+                     help="keys per page (default: the server's, 100)")
+    sub.add_argument("--after", metavar="KEY", help="start after KEY (a page's next)")
+    sub.add_argument("--values", action="store_true", help="include the values")
+    sub.add_argument("--all", "-a", action="store_true", dest="all",
+                     help="read every page, not only the first")
+
+    sub = command(
+        "batch", "apply ops from FILE (or stdin) in one atomic request (v1)", _OPS_HELP
+    )
+    sub.add_argument("source", metavar="FILE", nargs="?", default="-",
+                     help="a JSON file of ops; '-' or nothing: stdin")
+    sub = command(
+        "txn",
+        "apply ops from FILE (or stdin) through a multi-request transaction (v1)",
+        _OPS_HELP
+        + "A check op reads the key through the transaction; the revision read must\n"
+        "be the expected one, and the commit fails if it changes afterwards.\n"
+        "On any failure the transaction is aborted.\n\n",
+    )
+    sub.add_argument("source", metavar="FILE", nargs="?", default="-",
+                     help="a JSON file of ops; '-' or nothing: stdin")
     return parser
 
 
@@ -246,6 +420,34 @@ def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return result
 
 
+def _strict_loads(text: str, subject: str) -> Any:
+    """
+    Parse C{text} as strict JSON: no NaN or Infinity, no duplicate object
+    keys, no lone surrogates.
+
+    @param subject: what is parsed, with its verb (C{"the value is"}), for
+        the messages.
+    @raise UsageError: C{"<subject> not strict JSON: ..."}.
+    @raise json.JSONDecodeError: for a syntax error, so the caller can add
+        a hint (a ValueError too).
+    """
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
+    except RecursionError:
+        raise UsageError("%s not strict JSON: it is nested too deeply" % (subject,))
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:
+        raise UsageError("%s not strict JSON: %s" % (subject, e))
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            "%s not strict JSON: it holds a lone surrogate (\\ud800-\\udfff)" % (subject,)
+        )
+    return value
+
+
 def parse_json_value(text: str) -> Any:
     """
     Parse a JSON value given on the command line, as strictly as the server
@@ -256,24 +458,13 @@ def parse_json_value(text: str) -> Any:
     """
     _check_text(text, "the JSON value")
     try:
-        value = json.loads(
-            text, parse_constant=_reject_constant, object_pairs_hook=_unique
-        )
-    except RecursionError:
-        raise UsageError("the value is not strict JSON: it is nested too deeply")
-    except ValueError as e:
+        return _strict_loads(text, "the value is")
+    except json.JSONDecodeError as e:
         hint = ""
-        if isinstance(e, json.JSONDecodeError) and e.pos == 0 and text.strip():
+        if e.pos == 0 and text.strip():
             # The usual slip: a bare word where a JSON string was meant.
             hint = " (a string needs JSON quotes: '\"%s\"')" % (text,)
         raise UsageError("the value is not strict JSON: %s%s" % (e, hint))
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError(
-            "the value is not strict JSON: it holds a lone surrogate (\\ud800-\\udfff)"
-        )
-    return value
 
 
 def _base_url(text: str) -> str:
@@ -305,18 +496,125 @@ def make_http(reactor: Any) -> Any:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
+@dataclass
+class _Invocation:
+    """One command to run: its arguments and where it reads and sends."""
+
+    http: Any
+    url: str
+    token: Optional[str]
+    args: argparse.Namespace
+    stdin: Optional[BinaryIO]
+
+    def read(self, source: str) -> bytes:
+        """
+        The bytes of C{source}: a file's path, or C{-} for stdin.
+
+        @raise UsageError: if it cannot be read.
+        """
+        if source == "-":
+            stream: Any = self.stdin
+            if stream is None:
+                stream = getattr(sys.stdin, "buffer", None)
+                if stream is None:
+                    raise UsageError("there is no stdin to read")
+            try:
+                data = stream.read()
+            except OSError as e:
+                raise UsageError("cannot read stdin: %s" % (e.strerror or e,))
+            # A text stream (a test's StringIO) is taken as UTF-8.
+            return data.encode("utf-8") if isinstance(data, str) else data
+        _check_text(source, "the file name")
+        try:
+            with open(source, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise UsageError("cannot read %s: %s" % (source, e.strerror or e))
+
+
+def _source_name(source: str) -> str:
+    return "stdin" if source == "-" else repr(source)
+
+
+def _read_ops(inv: _Invocation) -> List[Any]:
+    """
+    The ops in the JSON file or stdin: a list, or C{{"ops": [...]}}.
+
+    @raise UsageError: if it is not UTF-8, not strict JSON, or neither
+        shape.
+    """
+    source = inv.args.source
+    what = "the ops in %s" % (_source_name(source),)
+    data = inv.read(source)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("%s are not valid UTF-8" % (what,))
+    try:
+        document = _strict_loads(text, what + " are")
+    except json.JSONDecodeError as e:
+        raise UsageError("%s are not strict JSON: %s" % (what, e))
+    if isinstance(document, dict) and isinstance(document.get("ops"), list):
+        return document["ops"]
+    if isinstance(document, list):
+        return document
+    raise UsageError('%s must be a JSON list of ops or {"ops": [...]}' % (what,))
+
+
+def _put_value(inv: _Invocation) -> bytes:
+    """
+    The value of C{put}: VALUE, stdin (VALUE C{-}), or C{--file}; checked
+    as strict JSON with C{--json}.
+
+    @raise UsageError: for none or both, an unreadable file, or (with
+        C{--json}) a value that is not strict JSON.
+    """
+    args = inv.args
+    if args.value is not None and args.file is not None:
+        raise UsageError("put takes either VALUE or --file, not both")
+    if args.file is not None:
+        data = inv.read(args.file)
+    elif args.value == "-":
+        data = inv.read("-")
+    elif args.value is not None:
+        data = _check_text(args.value, "VALUE").encode("utf-8")
+    else:
+        raise UsageError("put needs a VALUE, - (stdin) or --file FILE")
+    if args.json:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("the value is not strict JSON: it is not UTF-8")
+        parse_json_value(text)
+    return data
+
+
 def _print_json(out: TextIO, value: Any) -> None:
     out.write(json.dumps(value, ensure_ascii=False) + "\n")
 
 
-def _show_value(out: TextIO, output: str, value: Any) -> None:
+def _write_bytes(out: TextIO, data: bytes) -> None:
+    """
+    Write C{data} exactly: through the stream's binary buffer when it has
+    one (a real stdout), else decoded (a test's StringIO).
+    """
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        out.write(data.decode("utf-8", "replace"))
+        return
+    out.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def _show_value(out: TextIO, err: TextIO, output: str, value: Any) -> None:
     if output == "text" and isinstance(value, str):
         out.write(value + "\n")
     else:
         _print_json(out, value)
 
 
-def _show_outcomes(out: TextIO, output: str, outcomes: Dict[str, str]) -> None:
+def _show_outcomes(out: TextIO, err: TextIO, output: str, outcomes: Dict[str, str]) -> None:
     if output == "json":
         _print_json(out, outcomes)
         return
@@ -324,38 +622,201 @@ def _show_outcomes(out: TextIO, output: str, outcomes: Dict[str, str]) -> None:
         out.write("%s %s\n" % (outcome, key))
 
 
-def _show_commit(out: TextIO, output: str, result: None) -> None:
+def _show_commit(out: TextIO, err: TextIO, output: str, result: None) -> None:
     if output == "text":
         out.write("committed\n")
 
 
-#: command -> (start the request; raises UsageError/ValueError before any
-#: I/O), (print the result).
-_Start = Callable[[Any, str, argparse.Namespace, Optional[str]], Deferred]
-_COMMANDS: Dict[str, Tuple[_Start, Callable[[TextIO, str, Any], None]]] = {
+def _show_put(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
+    if output == "json":
+        _print_json(out, result)
+        return
+    out.write(
+        "%s %s (revision %s)\n"
+        % ("created" if result.get("created") else "updated", result.get("key"),
+           result.get("mod_revision"))
+    )
+
+
+def _show_entry(out: TextIO, err: TextIO, output: str, entry: client.KeyValue) -> None:
+    if output == "text":
+        _write_bytes(out, entry.value)
+        return
+    item = entry.as_item()
+    item["revision"] = entry.revision
+    _print_json(out, item)
+
+
+def _show_removed(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
+    if output == "json":
+        _print_json(out, result)
+    else:
+        out.write("deleted %s\n" % (result.get("key"),))
+
+
+def _text_value(item: Mapping[str, Any]) -> str:
+    """A value of a listing item or get result on one line of text."""
+    if "value" in item:
+        return json.dumps(item["value"], ensure_ascii=False)
+    return "base64:" + str(item.get("value_base64", ""))
+
+
+def _show_page(out: TextIO, err: TextIO, output: str, page: Dict[str, Any]) -> None:
+    if output == "json":
+        _print_json(out, page)
+        return
+    for item in page["items"]:
+        if "value" in item or "value_base64" in item:
+            out.write("%s\t%s\n" % (item.get("key"), _text_value(item)))
+        else:
+            out.write("%s\n" % (item.get("key"),))
+    if page.get("next") is not None:
+        err.write("kvtwist: more keys follow; next page: --after %s (or use --all)\n"
+                  % (json.dumps(page["next"], ensure_ascii=False),))
+
+
+def _result_line(result: Mapping[str, Any]) -> str:
+    op = result.get("op")
+    if op == "set":
+        outcome = "created" if result.get("created") else "updated"
+    elif op == "delete":
+        outcome = "deleted" if result.get("deleted") else "absent"
+    elif op == "get":
+        outcome = _text_value(result) if result.get("found") else "absent"
+    else:
+        outcome = "ok" if result.get("ok") else "failed"
+    return "%s %s: %s" % (op, result.get("key"), outcome)
+
+
+def _show_results(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
+    if output == "json":
+        _print_json(out, result)
+        return
+    for item in result.get("results") or []:
+        out.write(_result_line(item) + "\n")
+    out.write("committed revision %s\n" % (result.get("revision"),))
+
+
+def _describe_revision(revision: Any) -> str:
+    if revision == 0:
+        return "absent"
+    if revision is None:
+        return "unknown"
+    return "revision %s" % (revision,)
+
+
+def _describe_conflict(conflict: Mapping[str, Any]) -> str:
+    """One failed check of a 409, for people."""
+    check = conflict.get("check")
+    if check == "absent":
+        expected = "absent"
+    elif check == "present":
+        expected = "present"
+    else:
+        expected = _describe_revision(conflict.get("expected"))
+    tag = conflict.get("tag")
+    if type(tag) is int:
+        where = " (op %d)" % (tag,)
+    elif tag == "observed":
+        where = " (changed by another commit)"
+    elif isinstance(tag, str):
+        where = " (%s)" % (tag,)
+    else:
+        where = ""
+    return "conflict on %s%s: expected %s, found %s" % (
+        json.dumps(conflict.get("key"), ensure_ascii=False), where, expected,
+        _describe_revision(conflict.get("actual")),
+    )
+
+
+#: command -> (start the request; raises UsageError/ValueError/TypeError
+#: before any I/O), (print the result on stdout, hints on stderr).
+_Start = Callable[[_Invocation], Deferred]
+_Show = Callable[[TextIO, TextIO, str, Any], None]
+
+
+def _start_put(inv: _Invocation) -> Deferred:
+    args = inv.args
+    value = _put_value(inv)
+    if args.json:
+        content_type = "application/json"
+    elif args.content_type is not None:
+        content_type = _check_text(args.content_type, "the content type")
+    else:
+        content_type = client.DEFAULT_CONTENT_TYPE
+    if_match = None if args.if_match is None else _check_text(args.if_match, "--if-match")
+    return client.put(
+        inv.http, inv.url, _check_text(args.key, "KEY"), value,
+        content_type=content_type, ttl=args.ttl, if_match=if_match,
+        if_none_match=args.if_none_match, token=inv.token,
+    )
+
+
+def _start_rm(inv: _Invocation) -> Deferred:
+    args = inv.args
+    if_match = None if args.if_match is None else _check_text(args.if_match, "--if-match")
+    return client.remove(
+        inv.http, inv.url, _check_text(args.key, "KEY"), if_match=if_match, token=inv.token
+    )
+
+
+def _start_list(inv: _Invocation) -> Deferred:
+    args = inv.args
+    prefix = _check_text(args.prefix, "PREFIX")
+    after = None if args.after is None else _check_text(args.after, "--after")
+    if args.all:
+        return client.list_all(
+            inv.http, inv.url, prefix, limit=args.limit, after=after, values=args.values,
+            token=inv.token,
+        )
+    return client.list_keys(
+        inv.http, inv.url, prefix, limit=args.limit, after=after, values=args.values,
+        token=inv.token,
+    )
+
+
+_COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "get": (
-        lambda http, url, args, token: client.get(
-            http, url, _check_text(args.key, "KEY"), token=token
+        lambda inv: client.get(
+            inv.http, inv.url, _check_text(inv.args.key, "KEY"), token=inv.token
         ),
         _show_value,
     ),
     "set": (
-        lambda http, url, args, token: client.set_many(
-            http, url,
-            {_check_text(args.key, "KEY"): parse_json_value(args.value)},
-            token=token,
+        lambda inv: client.set_many(
+            inv.http, inv.url,
+            {_check_text(inv.args.key, "KEY"): parse_json_value(inv.args.value)},
+            token=inv.token,
         ),
         _show_outcomes,
     ),
     "delete": (
-        lambda http, url, args, token: client.delete(
-            http, url, *[_check_text(k, "KEY") for k in args.keys], token=token
+        lambda inv: client.delete(
+            inv.http, inv.url, *[_check_text(k, "KEY") for k in inv.args.keys],
+            token=inv.token,
         ),
         _show_outcomes,
     ),
     "commit": (
-        lambda http, url, args, token: client.commit(http, url, token=token),
+        lambda inv: client.commit(inv.http, inv.url, token=inv.token),
         _show_commit,
+    ),
+    "put": (_start_put, _show_put),
+    "cat": (
+        lambda inv: client.get_entry(
+            inv.http, inv.url, _check_text(inv.args.key, "KEY"), token=inv.token
+        ),
+        _show_entry,
+    ),
+    "rm": (_start_rm, _show_removed),
+    "list": (_start_list, _show_page),
+    "batch": (
+        lambda inv: client.batch(inv.http, inv.url, _read_ops(inv), token=inv.token),
+        _show_results,
+    ),
+    "txn": (
+        lambda inv: client.transact(inv.http, inv.url, _read_ops(inv), token=inv.token),
+        _show_results,
     ),
 }
 
@@ -376,6 +837,7 @@ async def _run(
     out: TextIO,
     err: TextIO,
     environ: Mapping[str, str],
+    stdin: Optional[BinaryIO],
 ) -> int:
     try:
         args = _parser(out, err).parse_args(list(argv))
@@ -390,7 +852,7 @@ async def _run(
             http = make_http(reactor)
         # The client functions check their arguments before any I/O and
         # raise at once, so this catches only input errors.
-        d = start(http, url, args, token)
+        d = start(_Invocation(http, url, token, args, stdin))
     except (UsageError, ValueError, TypeError) as e:
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_USAGE
@@ -398,13 +860,19 @@ async def _run(
         d.addTimeout(args.timeout, reactor)
     try:
         result = await d
+    except (client.ConflictError, client.PreconditionFailedError) as e:
+        err.write("kvtwist: %s\n" % (e,))
+        if isinstance(e, client.ConflictError):
+            for conflict in e.conflicts:
+                err.write("kvtwist: %s\n" % (_describe_conflict(conflict),))
+        return EXIT_CONFLICT
     except client.KVClientError as e:
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_SERVER_ERROR
     except _CONNECTION_ERRORS as e:
         err.write("kvtwist: cannot reach %s: %s\n" % (url, _describe_connection_error(e)))
         return EXIT_CONNECTION
-    show(out, args.output, result)
+    show(out, err, args.output, result)
     return EXIT_OK
 
 
@@ -415,6 +883,7 @@ def main(
     stdout: Optional[TextIO] = None,
     stderr: Optional[TextIO] = None,
     environ: Optional[Mapping[str, str]] = None,
+    stdin: Optional[BinaryIO] = None,
 ) -> Deferred:
     """
     Run one C{kvtwist} command; the shape L{react} expects.
@@ -423,10 +892,14 @@ def main(
         the connection.
     @param argv: the arguments, without the program name.
     @param http: the treq-like client; L{make_http}C{(reactor)} by default.
-    @param stdout: where results go (default C{sys.stdout}).
+    @param stdout: where results go (default C{sys.stdout}). C{cat} in text
+        mode writes through its C{buffer} when it has one, so the value's
+        bytes arrive exactly.
     @param stderr: where errors go (default C{sys.stderr}).
     @param environ: where C{KVTWIST_URL} and C{KVTWIST_TOKEN} are read
         (default C{os.environ}).
+    @param stdin: a binary stream that C{put -}, C{batch} and C{txn} read
+        (default C{sys.stdin.buffer}, read only when a command needs it).
     @return: a Deferred firing with L{None} on success, or failing with
         C{SystemExit(code)} for a non-zero exit code (see the module
         docstring).
@@ -439,7 +912,7 @@ def main(
         if code != EXIT_OK:
             raise SystemExit(code)
 
-    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env))
+    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env, stdin))
     return d.addCallback(exit_with)
 
 

@@ -10,16 +10,24 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 from treq.testing import StubTreq
-from twisted.internet.defer import fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist import client
-from kvtwist.client import KVClientError, NotFoundError
+from kvtwist.client import (
+    ConflictError,
+    KVClientError,
+    NotFoundError,
+    PreconditionFailedError,
+)
 from kvtwist.errors import StoreUnavailable
+from kvtwist.limits import Limits
+from kvtwist.model import Put
 from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.transactions import TransactionManager
 
 URL = "http://kv.test"
 
@@ -455,3 +463,955 @@ class ErrorTests(SynchronousTestCase):
         problem["code"] = "y"
         self.assertEqual(e.problem, {"code": "x"})
         self.assertEqual(e.args, (400, {"code": "x"}))
+
+
+# -- the v1 API ----------------------------------------------------------------
+
+
+class Interloper:
+    """
+    A treq-like client that forwards to C{http}, but first calls C{before}
+    when it sees the first request whose URL ends with C{trigger}: another
+    client's write landing between two requests of a transaction.
+
+    @ivar requests: C{(method, url)} of every request forwarded.
+    """
+
+    def __init__(self, http, trigger: str, before) -> None:
+        self._http = http
+        self._trigger = trigger
+        self._before = before
+        self.requests: List[Tuple[str, str]] = []
+
+    def request(self, method, url, **kwargs):
+        if self._before is not None and url.endswith(self._trigger):
+            before, self._before = self._before, None
+            before()
+        self.requests.append((method, url))
+        return self._http.request(method, url, **kwargs)
+
+
+class FailAfter:
+    """
+    A treq-like client that forwards the first C{count} requests to C{http};
+    later ones fail with C{exception}, or never answer if it is L{None}.
+
+    @ivar requests: C{(method, url)} of every request, forwarded or not.
+    @ivar cancelled: how many unanswered requests were cancelled.
+    """
+
+    def __init__(self, http, count: int, exception: Optional[Exception] = None) -> None:
+        self._http = http
+        self._count = count
+        self._exception = exception
+        self.requests: List[Tuple[str, str]] = []
+        self.cancelled = 0
+
+    def request(self, method, url, **kwargs):
+        self.requests.append((method, url))
+        if len(self.requests) <= self._count:
+            return self._http.request(method, url, **kwargs)
+        if self._exception is not None:
+            return fail(self._exception)
+
+        def cancel(d) -> None:
+            self.cancelled += 1
+
+        return Deferred(cancel)
+
+
+class V1TestCase(SynchronousTestCase):
+    """The whole tree in memory, with its transactions and clock at hand."""
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.clock = self.store.clock
+        self.transactions = TransactionManager(self.clock, Limits())
+        self.http = StubTreq(memory_root(self.store, transactions=self.transactions))
+
+    def result(self, d):
+        self.http.flush()
+        return self.successResultOf(d)
+
+    def error(self, d, *types):
+        self.http.flush()
+        return self.failureResultOf(d, *types).value
+
+    def put(self, key: str, value: bytes = b"v", **kwargs):
+        return self.result(client.put(self.http, URL, key, value, **kwargs))
+
+    def run_coroutine(self, coroutine):
+        d = Deferred.fromCoroutine(coroutine)
+        self.http.flush()
+        return d
+
+
+class PutTests(V1TestCase):
+    """put(): one-op commits with content types, TTLs and preconditions."""
+
+    def test_put_creates(self) -> None:
+        """A first put fires with created, revision, version 1, the ETag and no expiry."""
+        result = self.put("a", b"\x00\xffbytes", content_type="image/png")
+        self.assertEqual(
+            result,
+            {"key": "a", "revision": 1, "created": True, "version": 1, "etag": '"1"',
+             "mod_revision": 1, "expires": None},
+        )
+        entry = self.store.rows["a"]
+        self.assertEqual((entry.value, entry.content_type), (b"\x00\xffbytes", "image/png"))
+
+    def test_put_updates(self) -> None:
+        """A second put says created False, with the next revision and version 2."""
+        self.put("a")
+        self.put("other")
+        result = self.put("a", b"2")
+        self.assertEqual(
+            (result["created"], result["revision"], result["version"], result["etag"]),
+            (False, 3, 2, '"3"'),
+        )
+
+    def test_default_content_type(self) -> None:
+        """Without content_type the value is stored as application/octet-stream."""
+        self.put("a")
+        self.assertEqual(self.store.rows["a"].content_type, "application/octet-stream")
+        self.assertEqual(client.DEFAULT_CONTENT_TYPE, "application/octet-stream")
+
+    def test_empty_value(self) -> None:
+        """An empty value is stored and read back as empty bytes."""
+        self.put("a", b"")
+        self.assertEqual(self.result(client.get_entry(self.http, URL, "a")).value, b"")
+
+    def test_bytes_like_values(self) -> None:
+        """bytearray and memoryview values are sent as their bytes."""
+        self.put("a", bytearray(b"ba"))
+        self.put("b", memoryview(b"mv"))
+        self.assertEqual((self.store.rows["a"].value, self.store.rows["b"].value), (b"ba", b"mv"))
+
+    def test_ttl(self) -> None:
+        """ttl= makes the key expire: expires is RFC 3339, and the key is gone after it."""
+        self.clock.advance(1000)
+        result = self.put("a", ttl=30)
+        self.assertEqual(result["expires"], "1970-01-01T00:17:10.000Z")
+        self.put("b", ttl=0.5)
+        self.assertEqual(self.store.rows["b"].expires, 1000.5)
+        self.clock.advance(30)
+        self.error(client.get_entry(self.http, URL, "a"), NotFoundError)
+
+    def test_if_match_revision_and_etag(self) -> None:
+        """if_match= accepts the revision as an int, as '"N"' and as 'N'."""
+        etag = self.put("a")["etag"]
+        second = self.put("a", b"2", if_match=etag)
+        third = self.put("a", b"3", if_match=second["mod_revision"])
+        self.put("a", b"4", if_match=str(third["mod_revision"]))
+        self.assertEqual(self.store.rows["a"].value, b"4")
+
+    def test_if_match_stale_is_412(self) -> None:
+        """A stale if_match fails with PreconditionFailedError naming the key and revision."""
+        self.put("a")
+        self.put("a", b"2")
+        e = self.error(client.put(self.http, URL, "a", b"3", if_match=1), PreconditionFailedError)
+        self.assertEqual((e.status, e.code, e.key, e.current_revision), (412, "precondition-failed", "a", 2))
+        self.assertIsInstance(e, KVClientError)
+        self.assertEqual(self.store.rows["a"].value, b"2")
+
+    def test_if_match_star(self) -> None:
+        """if_match='*' writes only a key that exists."""
+        e = self.error(client.put(self.http, URL, "a", b"1", if_match="*"), PreconditionFailedError)
+        self.assertEqual(e.current_revision, 0)
+        self.assertNotIn("a", self.store.rows)
+        self.put("a")
+        self.assertFalse(self.put("a", b"2", if_match="*")["created"])
+
+    def test_if_none_match(self) -> None:
+        """if_none_match=True creates a key but refuses to overwrite it (412)."""
+        self.assertTrue(self.put("lock", b"me", if_none_match=True)["created"])
+        self.error(
+            client.put(self.http, URL, "lock", b"you", if_none_match=True), PreconditionFailedError
+        )
+        self.assertEqual(self.store.rows["lock"].value, b"me")
+
+    def test_bad_arguments_raise_at_once(self) -> None:
+        """Bad values, content types, TTLs and if_match raise before anything is sent."""
+        http = NoNetwork(self)
+        for kwargs, exception in (
+            ({"value": "text"}, TypeError),
+            ({"content_type": ""}, ValueError),
+            ({"content_type": "text/plain\r\nX-Evil: 1"}, ValueError),
+            ({"content_type": "t\u00e9xt/plain"}, ValueError),
+            ({"content_type": b"text/plain"}, TypeError),
+            ({"ttl": 0}, ValueError),
+            ({"ttl": -1}, ValueError),
+            ({"ttl": float("nan")}, ValueError),
+            ({"ttl": float("inf")}, ValueError),
+            ({"ttl": True}, TypeError),
+            ({"ttl": "30"}, TypeError),
+            ({"if_match": "abc"}, ValueError),
+            ({"if_match": '"1'}, ValueError),
+            ({"if_match": "W/\"1\""}, ValueError),
+            ({"if_match": -1}, ValueError),
+            ({"if_match": True}, TypeError),
+            ({"if_match": 1.0}, TypeError),
+        ):
+            arguments = {"value": b"v"}
+            arguments.update(kwargs)
+            value = arguments.pop("value")
+            self.assertRaises(exception, client.put, http, URL, "a", value, **arguments)
+        self.assertRaises(ValueError, client.put, http, URL, "", b"v")
+        self.assertRaises(TypeError, client.put, http, URL, b"a", b"v")
+
+    def test_server_refuses_long_key(self) -> None:
+        """A key over 1024 UTF-8 bytes is the server's 400 key-too-long."""
+        e = self.error(client.put(self.http, URL, "\u00e9" * 513, b"v"), KVClientError)
+        self.assertEqual((e.status, e.code), (400, "key-too-long"))
+
+
+class GetEntryTests(V1TestCase):
+    """get_entry(): v1 reads with metadata."""
+
+    def test_entry_fields(self) -> None:
+        """get_entry() fires with a KeyValue carrying the value and every revision."""
+        self.put("a", b"1")
+        self.put("a", b"\x00\xff", content_type="application/x-thing; v=1", ttl=60)
+        self.put("b")
+        entry = self.result(client.get_entry(self.http, URL, "a"))
+        self.assertEqual(
+            entry,
+            client.KeyValue(
+                key="a", value=b"\x00\xff", content_type="application/x-thing; v=1",
+                mod_revision=2, version=2, create_revision=1,
+                expires="1970-01-01T00:01:00.000Z", revision=3, staged=False,
+            ),
+        )
+        self.assertEqual(entry.etag, '"2"')
+
+    def test_missing_is_not_found(self) -> None:
+        """get_entry() of an absent key fails with NotFoundError key-not-found."""
+        e = self.error(client.get_entry(self.http, URL, "nope"), NotFoundError)
+        self.assertEqual((e.code, e.missing), ("key-not-found", ["nope"]))
+
+    def test_reserved_names(self) -> None:
+        """Keys named set, commit and v1 are reachable on the v1 routes."""
+        for key in ("set", "commit", "v1", "v1/kv"):
+            self.put(key, key.encode("ascii"))
+            self.assertEqual(self.result(client.get_entry(self.http, URL, key)).value,
+                             key.encode("ascii"))
+
+    def test_awkward_keys_round_trip(self) -> None:
+        """Keys with '/', spaces, '%', '?', '#', UTF-8 and dots are one key each on v1."""
+        for i, key in enumerate(AWKWARD_KEYS):
+            self.put(key, b"%d" % (i,))
+        self.assertEqual(set(self.store.rows), set(AWKWARD_KEYS))
+        for i, key in enumerate(AWKWARD_KEYS):
+            entry = self.result(client.get_entry(self.http, URL, key))
+            self.assertEqual((entry.key, entry.value), (key, b"%d" % (i,)), key)
+
+    def test_slash_and_encoded_slash_are_one_key(self) -> None:
+        """A key with '/' put by the client is the key a raw 'GET /v1/kv/a/b' reads."""
+        self.put("a/b", b"slash")
+        response = self.result(self.http.get(URL + "/v1/kv/a/b"))
+        self.assertEqual(self.result(response.content()), b"slash")
+
+    def test_staged_is_false_and_as_item(self) -> None:
+        """as_item() gives the listing shape: JSON values inline, others base64."""
+        self.put("j", b'{"x": [1]}', content_type="application/json")
+        self.put("p", b"\xff", content_type="text/plain")
+        self.put("broken", b"{", content_type="application/problem+json")
+        self.assertEqual(
+            self.result(client.get_entry(self.http, URL, "j")).as_item(),
+            {"key": "j", "create_revision": 1, "mod_revision": 1, "version": 1,
+             "content_type": "application/json", "size": 10, "expires": None,
+             "value": {"x": [1]}},
+        )
+        self.assertEqual(self.result(client.get_entry(self.http, URL, "p")).as_item()["value_base64"], "/w==")
+        self.assertEqual(self.result(client.get_entry(self.http, URL, "broken")).as_item()["value_base64"], "ew==")
+
+
+class RemoveTests(V1TestCase):
+    """remove(): v1 one-op deletes."""
+
+    def test_remove(self) -> None:
+        """remove() fires with the key, deleted and the new revision; the key is gone."""
+        self.put("a/b c")
+        self.assertEqual(
+            self.result(client.remove(self.http, URL, "a/b c")),
+            {"key": "a/b c", "deleted": True, "revision": 2},
+        )
+        self.assertEqual(self.store.rows, {})
+
+    def test_remove_missing(self) -> None:
+        """remove() of an absent key fails with NotFoundError."""
+        e = self.error(client.remove(self.http, URL, "nope"), NotFoundError)
+        self.assertEqual(e.code, "key-not-found")
+
+    def test_remove_if_match(self) -> None:
+        """remove(if_match=) deletes only at that revision; a stale one is 412 and keeps the key."""
+        etag = self.put("a")["etag"]
+        self.put("a", b"2")
+        self.error(client.remove(self.http, URL, "a", if_match=etag), PreconditionFailedError)
+        self.assertIn("a", self.store.rows)
+        self.result(client.remove(self.http, URL, "a", if_match=2))
+        self.assertNotIn("a", self.store.rows)
+
+    def test_remove_bad_arguments(self) -> None:
+        """remove() raises at once for an empty key or a bad if_match."""
+        self.assertRaises(ValueError, client.remove, NoNetwork(self), URL, "")
+        self.assertRaises(ValueError, client.remove, NoNetwork(self), URL, "a", if_match="x")
+
+
+class ListTests(V1TestCase):
+    """list_keys(), iter_pages() and list_all()."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        for key in ("a/1", "a/2", "a/3", "a/4", "a/5", "b"):
+            self.put(key, b'"%s"' % (key.encode("ascii"),), content_type="application/json")
+
+    def test_one_page(self) -> None:
+        """list_keys() fires with the server's page: revision, items in order, next."""
+        page = self.result(client.list_keys(self.http, URL, "a/", limit=2))
+        self.assertEqual(page["revision"], 6)
+        self.assertEqual([item["key"] for item in page["items"]], ["a/1", "a/2"])
+        self.assertEqual(page["next"], "a/2")
+        self.assertEqual(
+            page["items"][0],
+            {"key": "a/1", "create_revision": 1, "mod_revision": 1, "version": 1,
+             "content_type": "application/json", "size": 5, "expires": None},
+        )
+
+    def test_pages_follow_next(self) -> None:
+        """Passing next as after= reads the following page; the last page's next is None."""
+        keys = []
+        after = None
+        for _ in range(3):
+            page = self.result(client.list_keys(self.http, URL, "a/", limit=2, after=after))
+            keys.extend(item["key"] for item in page["items"])
+            after = page["next"]
+        self.assertEqual(keys, ["a/1", "a/2", "a/3", "a/4", "a/5"])
+        self.assertIsNone(after)
+
+    def test_whole_store_and_values(self) -> None:
+        """Without a prefix every key is listed; values=True adds the values."""
+        page = self.result(client.list_keys(self.http, URL, values=True))
+        self.assertEqual([(i["key"], i["value"]) for i in page["items"]][-1], ("b", "b"))
+        self.assertIsNone(page["next"])
+
+    def test_binary_values_are_base64(self) -> None:
+        """A non-JSON value is listed as value_base64."""
+        self.put("bin", b"\x00\x01", content_type="application/octet-stream")
+        page = self.result(client.list_keys(self.http, URL, "bin", values=True))
+        self.assertEqual(page["items"][0]["value_base64"], "AAE=")
+
+    def test_empty_listing(self) -> None:
+        """A prefix with no keys gives no items and no next."""
+        page = self.result(client.list_keys(self.http, URL, "zzz"))
+        self.assertEqual((page["items"], page["next"]), ([], None))
+
+    def test_awkward_prefix(self) -> None:
+        """A prefix with spaces, '&', '=' and UTF-8 is sent as one query value."""
+        for key in ("x y&z=1/\u00e9", "x y&z=1/\u2603", "x y"):
+            self.put(key)
+        page = self.result(client.list_keys(self.http, URL, "x y&z=1/"))
+        self.assertEqual([i["key"] for i in page["items"]], ["x y&z=1/\u00e9", "x y&z=1/\u2603"])
+
+    def test_list_all(self) -> None:
+        """list_all() reads every page and fires with every item and the page count."""
+        listing = self.result(client.list_all(self.http, URL, "a/", limit=2))
+        self.assertEqual([i["key"] for i in listing["items"]], ["a/1", "a/2", "a/3", "a/4", "a/5"])
+        self.assertEqual((listing["pages"], listing["next"], listing["revision"]), (3, None, 6))
+
+    def test_list_all_exact_multiple(self) -> None:
+        """A listing whose size is a multiple of the page size ends without an empty page."""
+        listing = self.result(client.list_all(self.http, URL, "a/", limit=5))
+        self.assertEqual((len(listing["items"]), listing["pages"]), (5, 1))
+
+    def test_list_all_after(self) -> None:
+        """list_all(after=) starts after that key."""
+        listing = self.result(client.list_all(self.http, URL, "a/", limit=2, after="a/3"))
+        self.assertEqual([i["key"] for i in listing["items"]], ["a/4", "a/5"])
+
+    def test_iter_pages(self) -> None:
+        """iter_pages() yields each page in turn, for async for."""
+
+        async def collect():
+            return [page async for page in client.iter_pages(self.http, URL, "a/", limit=2)]
+
+        pages = self.successResultOf(self.run_coroutine(collect()))
+        self.assertEqual(
+            [[i["key"] for i in page["items"]] for page in pages],
+            [["a/1", "a/2"], ["a/3", "a/4"], ["a/5"]],
+        )
+
+    def test_bad_arguments_raise_at_once(self) -> None:
+        """Bad limits, prefixes and after= raise before anything is sent, for every function."""
+        for function in (client.list_keys, client.iter_pages, client.list_all):
+            for kwargs, exception in (
+                ({"limit": 0}, ValueError),
+                ({"limit": True}, TypeError),
+                ({"limit": "2"}, TypeError),
+                ({"after": ""}, ValueError),
+                ({"after": 1}, TypeError),
+            ):
+                self.assertRaises(exception, function, NoNetwork(self), URL, **kwargs)
+            self.assertRaises(TypeError, function, NoNetwork(self), URL, b"a/")
+
+    def test_limit_over_server_maximum(self) -> None:
+        """A page size above the server's maximum is its 400 bad-parameter."""
+        e = self.error(client.list_keys(self.http, URL, limit=10 ** 6), KVClientError)
+        self.assertEqual((e.status, e.code), (400, "bad-parameter"))
+
+    def test_next_that_does_not_advance(self) -> None:
+        """A server whose next never moves forward fails iteration with bad-response."""
+        recorder = Recorder(200, b'{"revision": 1, "items": [], "next": "a"}')
+        http = StubTreq(recorder)
+        d = client.list_all(http, URL)
+        http.flush()
+        e = self.failureResultOf(d, KVClientError).value
+        self.assertEqual(e.code, "bad-response")
+        self.assertEqual(len(recorder.requests), 2)
+
+    def test_page_that_is_not_a_listing(self) -> None:
+        """A 200 without items, or with a non-string next, is a bad-response."""
+        for body in (b"{}", b'{"items": [], "next": 3}', b"[]"):
+            http = StubTreq(Recorder(200, body))
+            d = client.list_keys(http, URL)
+            http.flush()
+            self.assertEqual(self.failureResultOf(d, KVClientError).value.code, "bad-response")
+
+
+class TransactionTests(V1TestCase):
+    """begin() and the Transaction's methods."""
+
+    def begin(self) -> client.Transaction:
+        return self.result(client.begin(self.http, URL))
+
+    def test_begin(self) -> None:
+        """begin() fires with an open Transaction: its id and the server's idle timeout."""
+        txn = self.begin()
+        self.assertIsInstance(txn, client.Transaction)
+        self.assertEqual((txn.expires_in, txn.finished), (300.0, False))
+        self.assertEqual(len(self.transactions), 1)
+        self.assertIn(txn.id, repr(txn))
+
+    def test_reads_its_own_writes_and_commits(self) -> None:
+        """A staged put is visible to the transaction only, until commit applies it."""
+        txn = self.begin()
+        staged = self.result(txn.put("a/b c", b"\xff", content_type="image/x", ttl=10))
+        self.assertEqual(staged, {"key": "a/b c", "staged": "put", "committed": False, "ops": 1})
+        entry = self.result(txn.get("a/b c"))
+        self.assertEqual(
+            (entry.value, entry.content_type, entry.staged, entry.mod_revision, entry.etag),
+            (b"\xff", "image/x", True, None, None),
+        )
+        self.assertEqual(entry.as_item(), {
+            "key": "a/b c", "staged": True, "content_type": "image/x", "size": 1,
+            "expires": None, "value_base64": "/w=="})
+        self.error(client.get_entry(self.http, URL, "a/b c"), NotFoundError)
+        self.assertEqual(self.result(txn.commit()), {"revision": 1, "ops": 1})
+        self.assertTrue(txn.finished)
+        self.assertEqual(self.store.rows["a/b c"].value, b"\xff")
+        self.assertEqual(self.store.rows["a/b c"].expires, 10)
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_get_committed_and_absent(self) -> None:
+        """get() through a transaction reads committed values with revisions; absent is 404."""
+        self.put("a", b"1")
+        txn = self.begin()
+        entry = self.result(txn.get("a"))
+        self.assertEqual((entry.value, entry.mod_revision, entry.staged), (b"1", 1, False))
+        e = self.error(txn.get("nope"), NotFoundError)
+        self.assertEqual(e.code, "key-not-found")
+
+    def test_delete(self) -> None:
+        """delete() stages a delete the transaction sees at once and commit applies."""
+        self.put("a")
+        txn = self.begin()
+        self.assertEqual(self.result(txn.delete("a")), {"key": "a", "staged": "delete", "ops": 1})
+        self.error(txn.get("a"), NotFoundError)
+        self.assertIn("a", self.store.rows)
+        self.result(txn.commit())
+        self.assertNotIn("a", self.store.rows)
+
+    def test_delete_absent(self) -> None:
+        """delete() of a key that exists nowhere fails with NotFoundError key-not-found."""
+        txn = self.begin()
+        self.assertEqual(self.error(txn.delete("nope"), NotFoundError).code, "key-not-found")
+
+    def test_set_many_and_describe(self) -> None:
+        """set_many() stages JSON pairs; describe() lists ops, observed revisions and preconditions."""
+        self.put("b")
+        txn = self.begin()
+        self.assertEqual(
+            self.result(txn.set_many({"a": [1], "b": None})), {"a": "created", "b": "updated"}
+        )
+        self.result(txn.put("c", b"x", if_none_match=True))
+        description = self.result(txn.describe())
+        self.assertEqual(description["id"], txn.id)
+        self.assertEqual(
+            [(op["op"], op["key"]) for op in description["ops"]],
+            [("put", "a"), ("put", "b"), ("put", "c")],
+        )
+        self.assertEqual(description["observed"], {"a": 0, "b": 1, "c": 0})
+        self.assertEqual(
+            description["preconditions"],
+            [{"key": "c", "check": "absent", "revision": 0, "header": "If-None-Match"}],
+        )
+        self.result(txn.commit())
+        self.assertEqual(self.store.rows["a"].content_type, "application/json")
+        self.assertEqual(self.store.rows["a"].value, b"[1]")
+
+    def test_abort(self) -> None:
+        """abort() drops the staged ops and ends the transaction; it is 404 afterwards."""
+        txn = self.begin()
+        self.result(txn.put("a", b"1"))
+        self.assertIsNone(self.result(txn.abort()))
+        self.assertTrue(txn.finished)
+        self.assertEqual(len(self.transactions), 0)
+        e = self.error(txn.commit(), NotFoundError)
+        self.assertEqual(e.code, "transaction-not-found")
+        self.assertEqual(self.store.rows, {})
+
+    def test_conflict(self) -> None:
+        """A key changed by another commit after the transaction read it gives ConflictError."""
+        self.put("a", b"1")
+        txn = self.begin()
+        self.result(txn.get("a"))
+        self.result(txn.put("b", b"mine"))
+        self.put("a", b"theirs")
+        e = self.error(txn.commit(), ConflictError)
+        self.assertEqual((e.status, e.code, e.failed), (409, "conflict", []))
+        self.assertEqual(
+            e.conflicts,
+            [{"key": "a", "check": "equals", "expected": 1, "actual": 2, "tag": "observed"}],
+        )
+        self.assertTrue(txn.finished)
+        self.assertNotIn("b", self.store.rows)
+
+    def test_staged_precondition_fails_at_commit(self) -> None:
+        """A stale if_match on a staged put is accepted now and fails the commit (409)."""
+        self.put("a")
+        txn = self.begin()
+        self.result(txn.put("a", b"2", if_match=7))
+        e = self.error(txn.commit(), ConflictError)
+        self.assertEqual([c["tag"] for c in e.conflicts], ["If-Match"])
+        self.assertEqual(self.store.rows["a"].value, b"v")
+
+    def test_staged_delete_precondition(self) -> None:
+        """delete(if_match=) records the precondition for the commit."""
+        self.put("a")
+        txn = self.begin()
+        self.result(txn.delete("a", if_match=5))
+        e = self.error(txn.commit(), ConflictError)
+        self.assertEqual(e.conflicts[0]["tag"], "If-Match")
+        self.assertIn("a", self.store.rows)
+
+    def test_two_transactions_first_committer_wins(self) -> None:
+        """Two transactions staging the same key: each sees only its own write; the second gets 409."""
+        one, two = self.begin(), self.begin()
+        self.result(one.put("k", b"one"))
+        self.result(two.put("k", b"two"))
+        self.assertEqual(self.result(one.get("k")).value, b"one")
+        self.assertEqual(self.result(two.get("k")).value, b"two")
+        self.result(one.commit())
+        self.error(two.commit(), ConflictError)
+        self.assertEqual(self.store.rows["k"].value, b"one")
+
+    def test_expiry(self) -> None:
+        """An idle transaction expires after the server's timeout: 404 transaction-not-found."""
+        txn = self.begin()
+        self.clock.advance(299)
+        self.result(txn.put("a", b"1"))
+        self.clock.advance(299)
+        self.result(txn.describe())
+        self.clock.advance(301)
+        e = self.error(txn.commit(), NotFoundError)
+        self.assertEqual(e.code, "transaction-not-found")
+        self.assertFalse(txn.finished)
+
+    def test_store_unavailable_leaves_it_open(self) -> None:
+        """A 503 on commit leaves the transaction open (not finished) to retry."""
+        txn = self.begin()
+        self.result(txn.put("a", b"1"))
+        self.store.fail_commits = StoreUnavailable("the disk is gone")
+        e = self.error(txn.commit(), KVClientError)
+        self.assertEqual(e.status, 503)
+        self.assertFalse(txn.finished)
+        self.store.fail_commits = None
+        self.result(txn.commit())
+        self.assertEqual(self.store.rows["a"].value, b"1")
+
+    def test_bad_arguments_raise_at_once(self) -> None:
+        """Transaction methods check keys, values and pairs before sending."""
+        txn = client.Transaction(NoNetwork(self), URL, "t")
+        self.assertRaises(ValueError, txn.put, "", b"v")
+        self.assertRaises(TypeError, txn.put, "a", "v")
+        self.assertRaises(ValueError, txn.put, "a", b"v", ttl=-1)
+        self.assertRaises(ValueError, txn.delete, "a", if_match="?")
+        self.assertRaises(ValueError, txn.get, "")
+        self.assertRaises(ValueError, txn.set_many, {"a": float("nan")})
+
+
+class BatchTests(V1TestCase):
+    """batch(): one atomic request."""
+
+    def test_batch(self) -> None:
+        """Every op kind applies atomically and gives its result."""
+        self.put("old", b"1")
+        self.put("keep", b'{"k": 1}', content_type="application/json")
+        result = self.result(client.batch(self.http, URL, [
+            {"op": "check", "key": "keep", "revision": 2},
+            {"op": "check-absent", "key": "new/\u00e9 x"},
+            {"op": "set", "key": "new/\u00e9 x", "value": {"a": [1, None]}},
+            {"op": "set", "key": "bin", "value_base64": "AP8=", "content_type": "image/x", "ttl": 5},
+            {"op": "delete", "key": "old"},
+            {"op": "delete", "key": "never"},
+            {"op": "get", "key": "keep"},
+            {"op": "get", "key": "new/\u00e9 x"},
+            {"op": "get", "key": "never"},
+        ]))
+        self.assertEqual(result["revision"], 3)
+        self.assertEqual(
+            [(r["op"], r["key"]) for r in result["results"]],
+            [("check", "keep"), ("check-absent", "new/\u00e9 x"), ("set", "new/\u00e9 x"),
+             ("set", "bin"), ("delete", "old"), ("delete", "never"), ("get", "keep"),
+             ("get", "new/\u00e9 x"), ("get", "never")],
+        )
+        self.assertEqual(result["results"][6]["value"], {"k": 1})
+        self.assertEqual(result["results"][7]["value"], {"a": [1, None]})
+        self.assertFalse(result["results"][8]["found"])
+        self.assertEqual((result["results"][4]["deleted"], result["results"][5]["deleted"]), (True, False))
+        self.assertEqual(self.store.rows["bin"].value, b"\x00\xff")
+        self.assertEqual(self.store.rows["new/\u00e9 x"].value, b'{"a":[1,null]}')
+        self.assertNotIn("old", self.store.rows)
+
+    def test_conflict_applies_nothing(self) -> None:
+        """Failed checks give ConflictError with the failed op indexes; nothing is applied."""
+        self.put("a")
+        e = self.error(client.batch(self.http, URL, [
+            {"op": "set", "key": "b", "value": 1},
+            {"op": "check", "key": "a", "revision": 9},
+            {"op": "check-absent", "key": "a"},
+        ]), ConflictError)
+        self.assertEqual(e.failed, [1, 2])
+        self.assertEqual(
+            e.conflicts,
+            [{"key": "a", "check": "equals", "expected": 9, "actual": 1, "tag": 1},
+             {"key": "a", "check": "absent", "expected": 0, "actual": 1, "tag": 2}],
+        )
+        self.assertNotIn("b", self.store.rows)
+
+    def test_bad_op_is_400(self) -> None:
+        """A malformed op is the server's 400 bad-op naming its index, not a conflict."""
+        e = self.error(client.batch(self.http, URL, [{"op": "set", "key": "a"}]), KVClientError)
+        self.assertNotIsInstance(e, ConflictError)
+        self.assertEqual((e.status, e.code, e.problem["index"]), (400, "bad-op", 0))
+
+    def test_tuple_and_empty(self) -> None:
+        """A tuple of ops works; an empty batch commits nothing."""
+        self.result(client.batch(self.http, URL, ({"op": "set", "key": "a", "value": 1},)))
+        self.assertEqual(self.result(client.batch(self.http, URL, []))["results"], [])
+
+    def test_bad_arguments_raise_at_once(self) -> None:
+        """ops that are not a list, or hold NaN, raise before sending."""
+        self.assertRaises(TypeError, client.batch, NoNetwork(self), URL, {"ops": []})
+        self.assertRaises(
+            ValueError, client.batch, NoNetwork(self), URL,
+            [{"op": "set", "key": "a", "value": float("nan")}],
+        )
+
+
+class TransactTests(V1TestCase):
+    """transact(): batch-shaped ops through a multi-request transaction."""
+
+    def test_every_op_kind(self) -> None:
+        """set, delete, get, check and check-absent are staged in order and committed at once."""
+        self.put("old", b"1")
+        self.put("keep", b"\x00", content_type="image/x")
+        result = self.result(client.transact(self.http, URL, [
+            {"op": "check", "key": "keep", "revision": 2},
+            {"op": "check-absent", "key": "new/\u00e9 x"},
+            {"op": "set", "key": "new/\u00e9 x", "value": {"a": 1}},
+            {"op": "set", "key": "bin", "value_base64": "AP8=", "content_type": "image/y", "ttl": 5},
+            {"op": "set", "key": "old", "value": "replaced"},
+            {"op": "delete", "key": "old"},
+            {"op": "delete", "key": "never"},
+            {"op": "get", "key": "keep"},
+            {"op": "get", "key": "new/\u00e9 x"},
+            {"op": "get", "key": "never"},
+        ]))
+        self.assertEqual((result["revision"], result["ops"]), (3, 3))
+        self.assertEqual(
+            result["results"],
+            [
+                {"op": "check", "key": "keep", "ok": True},
+                {"op": "check-absent", "key": "new/\u00e9 x", "ok": True},
+                {"op": "set", "key": "new/\u00e9 x", "created": True},
+                {"op": "set", "key": "bin", "created": True},
+                {"op": "set", "key": "old", "created": False},
+                {"op": "delete", "key": "old", "deleted": True},
+                {"op": "delete", "key": "never", "deleted": False},
+                {"op": "get", "found": True, "key": "keep", "create_revision": 2,
+                 "mod_revision": 2, "version": 1, "content_type": "image/x", "size": 1,
+                 "expires": None, "value_base64": "AA=="},
+                {"op": "get", "found": True, "key": "new/\u00e9 x", "staged": True,
+                 "content_type": "application/json", "size": 7, "expires": None,
+                 "value": {"a": 1}},
+                {"op": "get", "key": "never", "found": False},
+            ],
+        )
+        self.assertEqual(self.store.rows["new/\u00e9 x"].value, b'{"a":1}')
+        self.assertEqual(
+            (self.store.rows["bin"].value, self.store.rows["bin"].content_type,
+             self.store.rows["bin"].expires),
+            (b"\x00\xff", "image/y", 5),
+        )
+        self.assertNotIn("old", self.store.rows)
+        self.assertEqual(len(self.store.commits), 3)
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_awkward_keys(self) -> None:
+        """Keys with '/', spaces, '%', UTF-8 and reserved names go through a transaction intact."""
+        ops = [{"op": "set", "key": key, "value": i} for i, key in enumerate(AWKWARD_KEYS)]
+        self.result(client.transact(self.http, URL, ops))
+        self.assertEqual(set(self.store.rows), set(AWKWARD_KEYS))
+
+    def test_check_after_staging_uses_committed_revision(self) -> None:
+        """A check after a set of the same key compares the committed revision, as a batch does."""
+        self.put("a")
+        self.result(client.transact(self.http, URL, [
+            {"op": "set", "key": "a", "value": 2},
+            {"op": "check", "key": "a", "revision": 1},
+        ]))
+        self.assertEqual(self.store.rows["a"].value, b"2")
+
+    def test_failed_check_aborts(self) -> None:
+        """A check that does not hold raises ConflictError (detected by the client) and aborts."""
+        self.put("a")
+        recorder = Interloper(self.http, "", None)
+        d = client.transact(recorder, URL, [
+            {"op": "set", "key": "b", "value": 1},
+            {"op": "check", "key": "a", "revision": 7},
+            {"op": "check-absent", "key": "a"},
+            {"op": "check", "key": "c", "revision": 0},
+        ])
+        e = self.error(d, ConflictError)
+        self.assertEqual((e.status, e.failed, e.problem["detected"]), (409, [1, 2], "client"))
+        self.assertEqual(
+            e.conflicts,
+            [{"key": "a", "check": "equals", "expected": 7, "actual": 1, "tag": 1},
+             {"key": "a", "check": "absent", "expected": 0, "actual": 1, "tag": 2}],
+        )
+        self.assertEqual(
+            str(e), "409 conflict: the transaction was aborted: 2 check(s) failed on 'a', 'a'"
+        )
+        self.assertEqual(recorder.requests[-1][0], "DELETE")
+        self.assertNotIn("/kv/", recorder.requests[-1][1])
+        self.assertEqual(len(self.transactions), 0)
+        self.assertNotIn("b", self.store.rows)
+
+    def test_check_guarded_until_commit(self) -> None:
+        """A key changed after a check read it makes the commit fail (409), not pass silently."""
+
+        def theirs() -> None:
+            self.successResultOf(self.store.commit([Put("a", b"theirs", "text/plain")]))
+
+        self.put("a")
+        http = Interloper(self.http, "/commit", theirs)
+        d = client.transact(http, URL, [
+            {"op": "check", "key": "a", "revision": 1},
+            {"op": "set", "key": "b", "value": 1},
+        ])
+        e = self.error(d, ConflictError)
+        self.assertNotIn("detected", e.problem)
+        self.assertEqual(e.conflicts[0]["tag"], "observed")
+        self.assertNotIn("b", self.store.rows)
+        # The server ended the transaction: no abort is sent after a refused commit.
+        self.assertEqual(http.requests[-1][0], "POST")
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_server_error_mid_way_aborts(self) -> None:
+        """A refused op aborts the transaction: nothing staged before it is applied."""
+        http = Interloper(self.http, "", None)
+        d = client.transact(http, URL, [
+            {"op": "set", "key": "a", "value": 1},
+            {"op": "set", "key": "x" * 1025, "value": 2},
+            {"op": "set", "key": "c", "value": 3},
+        ])
+        e = self.error(d, KVClientError)
+        self.assertEqual((e.status, e.code), (400, "key-too-long"))
+        self.assertEqual([m for m, _ in http.requests], ["POST", "PUT", "PUT", "DELETE"])
+        self.assertEqual(len(self.transactions), 0)
+        self.assertEqual(self.store.rows, {})
+
+    def test_failed_abort_keeps_the_first_error(self) -> None:
+        """If the abort fails too, the error that caused it is the one raised."""
+        http = FailAfter(self.http, 2, ConnectionRefusedError("gone"))
+        d = client.transact(http, URL, [
+            {"op": "set", "key": "a", "value": 1},
+            {"op": "set", "key": "b", "value": 2},
+        ])
+        self.error(d, ConnectionRefusedError)
+        self.assertEqual([m for m, _ in http.requests], ["POST", "PUT", "PUT", "DELETE"])
+
+    def test_cancel_sends_no_abort(self) -> None:
+        """Cancelling (a timeout) stops at once: no abort is sent; the server expires it."""
+        http = FailAfter(self.http, 2)
+        d = client.transact(http, URL, [
+            {"op": "set", "key": "a", "value": 1},
+            {"op": "set", "key": "b", "value": 2},
+        ])
+        self.http.flush()
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(http.cancelled, 1)
+        self.assertEqual(len(http.requests), 3)
+        self.assertEqual(len(self.transactions), 1)
+        self.clock.advance(301)
+        self.assertEqual(len(self.transactions), 0)
+
+    def test_empty(self) -> None:
+        """No ops: the transaction is opened and committed with nothing in it."""
+        result = self.result(client.transact(self.http, URL, []))
+        self.assertEqual((result["results"], result["ops"]), ([], 0))
+
+    def test_bad_ops_raise_at_once(self) -> None:
+        """Ops that are not the batch shapes raise ValueError naming the op; nothing is sent."""
+        for ops, message in (
+            ([1], "op 0: each op is an object"),
+            ([{"op": "frob", "key": "a"}], "op 0: each op is an object"),
+            ([{"op": "get", "key": "a"}, {"op": "get"}], "op 1: key must be a non-empty string"),
+            ([{"op": "get", "key": ""}], "op 0: key must be"),
+            ([{"op": "get", "key": "\ud800"}], "op 0: the key holds a lone surrogate"),
+            ([{"op": "set", "key": "a"}], "op 0: a set takes exactly one of value and value_base64"),
+            ([{"op": "set", "key": "a", "value": 1, "value_base64": ""}], "op 0: a set takes exactly"),
+            ([{"op": "set", "key": "a", "value_base64": "!!"}], "op 0: value_base64 is not valid base64"),
+            ([{"op": "set", "key": "a", "value_base64": 5}], "op 0: value_base64 is not valid base64"),
+            ([{"op": "set", "key": "a", "value_base64": "", "content_type": ""}], "op 0: content_type"),
+            ([{"op": "set", "key": "a", "value": 1, "ttl": 0}], "op 0: ttl must be above 0"),
+            ([{"op": "set", "key": "a", "value": float("nan")}], "op 0: the value is not strict JSON"),
+            ([{"op": "check", "key": "a"}], "op 0: revision must be a non-negative integer"),
+            ([{"op": "check", "key": "a", "revision": -1}], "op 0: revision must be"),
+            ([{"op": "check", "key": "a", "revision": True}], "op 0: revision must be"),
+        ):
+            e = self.assertRaises(ValueError, client.transact, NoNetwork(self), URL, ops)
+            self.assertTrue(str(e).startswith(message), (ops, str(e)))
+        self.assertRaises(TypeError, client.transact, NoNetwork(self), URL, {"ops": []})
+        self.assertRaises(
+            ValueError, client.transact, NoNetwork(self), URL,
+            [{"op": "set", "key": "a", "value": 1, "ttl": True}],
+        )
+
+
+class V1WireTests(SynchronousTestCase):
+    """What the v1 functions send, and how they read odd answers."""
+
+    def sent(self, status: int, body: bytes, call) -> Tuple[Recorder, object]:
+        recorder = Recorder(status, body)
+        http = StubTreq(recorder)
+        d = call(http)
+        http.flush()
+        return recorder, d
+
+    def test_put_on_the_wire(self) -> None:
+        """put() sends PUT /v1/kv/<one segment>?ttl=, the raw body, its type and conditions as bytes."""
+        recorder, d = self.sent(201, b'{"revision": 5}', lambda http: client.put(
+            http, URL, "a/b c\u00e9", b"\x00raw", content_type="text/x; q=1", ttl=30,
+            if_match=5, if_none_match=True,
+        ))
+        method, uri, headers, body = recorder.requests[0]
+        self.assertEqual((method, uri, body), (b"PUT", b"/v1/kv/a%2Fb%20c%C3%A9?ttl=30", b"\x00raw"))
+        self.assertEqual(recorder.header(0, b"content-type"), b"text/x; q=1")
+        self.assertEqual(recorder.header(0, b"if-match"), b'"5"')
+        self.assertEqual(recorder.header(0, b"if-none-match"), b"*")
+        self.assertEqual(self.successResultOf(d)["mod_revision"], 5)
+
+    def test_put_float_ttl_and_star(self) -> None:
+        """A float TTL is sent as Python writes it; if_match='*' as '*'."""
+        recorder, d = self.sent(200, b"{}", lambda http: client.put(
+            http, URL, "k", b"", ttl=0.25, if_match="*"))
+        self.assertEqual(recorder.requests[0][1], b"/v1/kv/k?ttl=0.25")
+        self.assertEqual(recorder.header(0, b"if-match"), b"*")
+        self.assertIsNone(recorder.header(0, b"if-none-match"))
+        self.assertEqual(self.successResultOf(d)["mod_revision"], None)
+
+    def test_get_entry_accepts_anything(self) -> None:
+        """get_entry() asks for any type, and reads missing metadata headers as None."""
+        recorder, d = self.sent(200, b"raw", lambda http: client.get_entry(http, URL, "k"))
+        self.assertEqual(recorder.requests[0][:2], (b"GET", b"/v1/kv/k"))
+        self.assertEqual(recorder.header(0, b"accept"), b"*/*")
+        entry = self.successResultOf(d)
+        self.assertEqual(
+            (entry.value, entry.content_type, entry.mod_revision, entry.version, entry.revision),
+            (b"raw", "application/json", None, None, None),
+        )
+
+    def test_list_query(self) -> None:
+        """list_keys() encodes every query value; defaults are left out."""
+        recorder, d = self.sent(200, b'{"items": [], "next": null}', lambda http: client.list_keys(
+            http, URL, "a/b c&d=\u00e9", limit=10, after="a/b c&d=\u00e9 x", values=True))
+        self.assertEqual(
+            recorder.requests[0][1],
+            b"/v1/kv/?prefix=a%2Fb%20c%26d%3D%C3%A9&limit=10&after=a%2Fb%20c%26d%3D%C3%A9%20x&values=1",
+        )
+        recorder, d = self.sent(200, b'{"items": [], "next": null}', lambda http: client.list_keys(http, URL))
+        self.assertEqual(recorder.requests[0][1], b"/v1/kv/")
+
+    def test_transaction_urls(self) -> None:
+        """Transaction methods address /v1/txn/<id>/..., the id and key each one segment."""
+        recorder = Recorder(200, b"{}")
+        http = StubTreq(recorder)
+        txn = client.Transaction(http, URL + "/prefix/", "t/1 x", token="tok")
+        txn.put("a/b", b"v")
+        txn.delete("a b", if_match="*")
+        txn.get("\u00e9")
+        txn.set_many({"k": 1})
+        txn.describe()
+        txn.commit()
+        http.flush()
+        self.assertEqual(
+            [(m, u) for m, u, _, _ in recorder.requests],
+            [
+                (b"PUT", b"/prefix/v1/txn/t%2F1%20x/kv/a%2Fb"),
+                (b"DELETE", b"/prefix/v1/txn/t%2F1%20x/kv/a%20b"),
+                (b"GET", b"/prefix/v1/txn/t%2F1%20x/kv/%C3%A9"),
+                (b"POST", b"/prefix/v1/txn/t%2F1%20x/set"),
+                (b"GET", b"/prefix/v1/txn/t%2F1%20x"),
+                (b"POST", b"/prefix/v1/txn/t%2F1%20x/commit"),
+            ],
+        )
+        self.assertEqual(recorder.header(1, b"if-match"), b"*")
+        self.assertEqual(
+            {recorder.header(i, b"authorization") for i in range(6)}, {b"Bearer tok"}
+        )
+
+    def test_begin_and_batch_on_the_wire(self) -> None:
+        """begin() posts to /v1/txn; batch() posts {"ops": [...]} to /v1/batch."""
+        recorder, d = self.sent(201, b'{"id": "t1", "expires_in": 9}', lambda http: client.begin(http, URL))
+        self.assertEqual(recorder.requests[0][:2], (b"POST", b"/v1/txn"))
+        self.assertEqual(self.successResultOf(d).expires_in, 9)
+        recorder, d = self.sent(200, b"{}", lambda http: client.batch(
+            http, URL, [{"op": "get", "key": "k"}]))
+        self.assertEqual(
+            recorder.requests[0][1:4:2], (b"/v1/batch", b'{"ops":[{"op":"get","key":"k"}]}')
+        )
+
+    def test_begin_without_an_id(self) -> None:
+        """A begin answer without a string id is a bad-response; a bad expires_in is None."""
+        for body in (b"{}", b'{"id": 3}', b'{"id": ""}'):
+            recorder, d = self.sent(201, body, lambda http: client.begin(http, URL))
+            self.assertEqual(self.failureResultOf(d, KVClientError).value.code, "bad-response")
+        recorder, d = self.sent(201, b'{"id": "t", "expires_in": true}', lambda http: client.begin(http, URL))
+        self.assertIsNone(self.successResultOf(d).expires_in)
+
+    def test_conflict_and_precondition_errors(self) -> None:
+        """409 is a ConflictError and 412 a PreconditionFailedError, read defensively."""
+        recorder, d = self.sent(409, b'{"code": "conflict", "conflicts": [{"key": "a"}, 3], "failed": [1, "x"]}',
+                                lambda http: client.batch(http, URL, []))
+        e = self.failureResultOf(d, ConflictError).value
+        self.assertEqual((e.conflicts, e.failed), ([{"key": "a"}], [1]))
+        recorder, d = self.sent(409, b"<html>", lambda http: client.batch(http, URL, []))
+        e = self.failureResultOf(d, ConflictError).value
+        self.assertEqual((e.conflicts, e.failed, e.code), ([], [], "http-409"))
+        recorder, d = self.sent(412, b"{}", lambda http: client.remove(http, URL, "a"))
+        e = self.failureResultOf(d, PreconditionFailedError).value
+        self.assertEqual((e.key, e.current_revision), (None, None))
