@@ -105,6 +105,20 @@ class LimitExceeded(KVError):
         self.too_many = too_many
 
 
+class HistoryGone(KVError):
+    """A watch's resume point has left the event history."""
+
+    code = "history-gone"
+
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(
+            "events after revision %d are no longer in the history; resume "
+            "from revision %d or later (list the keys again first)" % (requested, oldest),
+            oldest_revision=oldest,
+            requested_revision=requested,
+        )
+
+
 class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 

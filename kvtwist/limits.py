@@ -28,6 +28,15 @@ class Limits:
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
     @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
+    @ivar max_watchers: open long-polls and event streams (429 beyond).
+    @ivar watch_history: events kept for resuming event streams.
+    @ivar heartbeat: seconds between event-stream heartbeat comments.
+    @ivar default_wait: seconds a long-poll waits when C{wait} is not given.
+    @ivar max_wait: the longest C{wait} a long-poll may ask for.
+    @ivar watch_buffer: bytes queued for a slow event-stream reader before
+        it is disconnected.
+    @ivar sweep_interval: seconds between expiry sweeps.
+    @ivar sweep_batch: expired keys removed per sweep commit.
     """
 
     max_body: int = 1 * MiB
@@ -40,6 +49,14 @@ class Limits:
     txn_timeout: float = 300.0
     max_list_limit: int = 1000
     max_batch_ops: int = 100_000
+    max_watchers: int = 1000
+    watch_history: int = 10_000
+    heartbeat: float = 15.0
+    default_wait: float = 60.0
+    max_wait: float = 600.0
+    watch_buffer: int = 1 * MiB
+    sweep_interval: float = 1.0
+    sweep_batch: int = 1000
 
     def as_dict(self) -> dict:
         """The limits as a JSON-ready dict."""

@@ -17,6 +17,7 @@ from kvtwist.limits import Limits, MiB
 from kvtwist.store.cache import CachedStore
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
+from kvtwist.sweeper import Sweeper
 from kvtwist.web.http import KVSite
 from kvtwist.web.root import make_root
 
@@ -110,6 +111,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     top = MultiService()
     StoreService(store, pool, reactor).setServiceParent(top)
+    # After the store: stopped before it, so no sweep hits a closed store.
+    Sweeper(store, reactor, limits).setServiceParent(top)
     site = KVSite(make_root(store, limits), max_body=limits.max_body)
     for endpoint in options.endpoints():
         strports.service(endpoint, site, reactor=reactor).setServiceParent(top)

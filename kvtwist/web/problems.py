@@ -12,6 +12,7 @@ from twisted.web.http import RESPONSES
 
 from kvtwist.errors import (
     ConflictError,
+    HistoryGone,
     InvalidInput,
     KeyNotFound,
     KVError,
@@ -63,6 +64,8 @@ def status_for(error: KVError) -> int:
         return 409
     if isinstance(error, PreconditionFailed):
         return 412
+    if isinstance(error, HistoryGone):
+        return 410
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
     if isinstance(error, StoreUnavailable):

@@ -6,17 +6,20 @@ The Resource tree: L{make_root} builds the whole of kvcache's URL space.
     /v1/kv/, /v1/kv/{key}    keys with revisions and CAS, listing
     /v1/txn, /v1/txn/{id}/…  multi-request transactions
     /v1/batch                one-request transactions
+    /v1/watch                Server-Sent Events of changes
     /v1/limits               every limit in force
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import random as _random
+from typing import Callable, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.transactions import Transaction, TransactionManager
@@ -26,6 +29,7 @@ from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.txn import TransactionCollection
+from kvtwist.web.v1.watch import Watch
 
 
 class Root(KVResource):
@@ -58,6 +62,8 @@ def make_root(
     limits: Optional[Limits] = None,
     clock: Optional[IReactorTime] = None,
     transactions: Optional[TransactionManager] = None,
+    hub: Optional[ChangeHub] = None,
+    random: Optional[Callable[[], float]] = None,
 ) -> Resource:
     """
     The kvcache Resource tree over C{store}.
@@ -65,6 +71,8 @@ def make_root(
     @param limits: the limits in force (defaults: L{Limits}()).
     @param clock: times transactions and TTLs (default: the store's clock).
     @param transactions: the open transactions (default: a new manager).
+    @param hub: the change feed (default: a new one listening to C{store}).
+    @param random: the jitter source of long-polls (default: random.random).
     """
     limits = limits if limits is not None else Limits()
     clock = clock if clock is not None else store.clock
@@ -76,11 +84,14 @@ def make_root(
     root.putChild(b"set", SeedSet(seed))
     root.putChild(b"commit", SeedCommit(seed))
 
-    context = V1Context(store, transactions, limits, clock)
+    if hub is None:
+        hub = ChangeHub(store, limits.watch_history)
+    context = V1Context(store, transactions, limits, clock, hub, random or _random.random)
     v1 = V1Resource(context)
     v1.putChild(b"kv", KeyCollection(context))
     v1.putChild(b"txn", TransactionCollection(context))
     v1.putChild(b"batch", Batch(context))
     v1.putChild(b"limits", LimitsResource(context))
+    v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)
     return root

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import math
+import random
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -24,12 +25,19 @@ from kvtwist.transactions import TransactionManager
 from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
 from kvtwist.web.resource import KVResource, Response, etag, not_found_response
 
+if TYPE_CHECKING:
+    from kvtwist.events import ChangeHub
+
 #: The longest TTL accepted (ten years), so expiry stays a sane float.
 MAX_TTL = 10 * 365 * 24 * 3600
 
 
 class V1Context:
-    """The store, transactions, limits and clock the v1 tree works with."""
+    """
+    What the v1 tree works with: the store, transactions, the change feed
+    and watcher slots, limits, the clock, and a random source (for
+    long-poll jitter; injectable so tests can pin it).
+    """
 
     def __init__(
         self,
@@ -37,11 +45,18 @@ class V1Context:
         transactions: TransactionManager,
         limits: Limits,
         clock: IReactorTime,
+        hub: "ChangeHub",
+        random: Callable[[], float] = random.random,
     ) -> None:
+        from kvtwist.web.v1.watch import WatcherCount
+
         self.store = store
         self.transactions = transactions
         self.limits = limits
         self.clock = clock
+        self.hub = hub
+        self.watchers = WatcherCount(limits.max_watchers)
+        self.random = random
 
 
 def owner_of(request: Request) -> Optional[str]:

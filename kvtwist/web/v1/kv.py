@@ -8,11 +8,13 @@ one-op commits, as atomic and durable as C{/commit}.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from kvtwist.errors import ConflictError, KeyNotFound, PreconditionFailed
+from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key
 from kvtwist.model import Entry
@@ -27,6 +29,7 @@ from kvtwist.web.v1.base import (
     put_from,
     query_arg,
 )
+from kvtwist.web.v1.watch import wait_for_change, wait_seconds
 from kvtwist.web.v1.conditional import not_modified, precondition_failures, write_checks
 
 #: Default page size of a listing.
@@ -96,8 +99,9 @@ class KeyResource(V1Resource):
         self._raw_key = raw_key
 
     def render_GET(self, request: Request) -> int:
-        # The hot path: a cache hit is answered at once, with no Deferred.
-        entry = peek_entry(self.context.store, self._raw_key)
+        # The hot path: a plain read that hits the cache is answered at once,
+        # with no Deferred. Reads with parameters (long-polls) go the full way.
+        entry = None if request.args else peek_entry(self.context.store, self._raw_key)
         if entry is not None:
             write_response(request, self.decorate(self._found(request, entry)))
             return NOT_DONE_YET
@@ -105,10 +109,33 @@ class KeyResource(V1Resource):
 
     async def _get(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
+        index = query_arg(request, "index")
         entry = await self.context.store.get(key)
+        if index is not None:
+            entry = await self._long_poll(request, key, entry, index)
         if entry is None:
             raise KeyNotFound([key])
         return self._found(request, entry)
+
+    async def _long_poll(
+        self, request: Request, key: str, entry: Optional[Entry], raw_index: str
+    ) -> Optional[Entry]:
+        """
+        Hold the read until the key changes after revision C{index} (its
+        mod_revision passes it, or it is deleted or expires after it), or
+        the wait ends; then return its state. A missing key wakes only when
+        it appears.
+        """
+        if not raw_index.isdigit():
+            raise InvalidInput("bad-parameter", "index must be a revision", parameter="index")
+        index = int(raw_index)
+        wait = wait_seconds(request, self.context)
+        if entry is not None and entry.mod_revision > index:
+            return entry
+        if entry is None and self.context.hub.removed_since(key, index):
+            return None
+        await wait_for_change(request, self.context, key, wait)
+        return await self.context.store.get(key)
 
     @staticmethod
     def _found(request: Request, entry: Entry) -> Response:

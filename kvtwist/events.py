@@ -1,0 +1,136 @@
+"""
+The change feed: every committed change as an event, a bounded history to
+resume from, and subscriptions for long-polls and event streams.
+
+L{ChangeHub} listens to the store (L{IKeyValueStore.add_listener}), so it
+sees each commit once, in revision order, after the read cache has been
+updated: a woken watcher that reads the key sees the new state.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, List, Optional, Set, Tuple
+
+from kvtwist.errors import HistoryGone
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.model import CommitResult, Entry
+
+
+@dataclass(frozen=True)
+class Event:
+    """One key changed by one commit: C{kind} is put, delete or expire."""
+
+    revision: int
+    kind: str
+    key: str
+    entry: Optional[Entry]
+
+
+Deliver = Callable[[int, Tuple[Event, ...]], None]
+
+
+class Subscription:
+    """A subscriber's interest: events whose key C{matches}."""
+
+    def __init__(self, hub: "ChangeHub", matches: Callable[[str], bool], deliver: Deliver):
+        self._hub = hub
+        self.matches = matches
+        self._deliver = deliver
+
+    def deliver(self, revision: int, events: Tuple[Event, ...]) -> None:
+        """Pass on the events of one commit that match, if any."""
+        wanted = tuple(event for event in events if self.matches(event.key))
+        if wanted:
+            self._deliver(revision, wanted)
+
+    def cancel(self) -> None:
+        """Stop receiving events (idempotent)."""
+        self._hub._subscriptions.discard(self)
+
+
+class ChangeHub:
+    """
+    Events of the last C{max_events} changes (whole commits), and the
+    subscriptions to future ones.
+    """
+
+    def __init__(self, store: IKeyValueStore, max_events: int) -> None:
+        self._store = store
+        self._max_events = max_events
+        self._commits: Deque[Tuple[int, Tuple[Event, ...]]] = deque()
+        self._count = 0
+        self._horizon: Optional[int] = None
+        self._subscriptions: Set[Subscription] = set()
+        store.add_listener(self.on_commit)
+
+    @property
+    def horizon(self) -> int:
+        """
+        Every event after this revision is in the history. Before any event
+        it is the store's current revision: nothing older is known here.
+        """
+        if self._horizon is None:
+            return self._store.revision
+        return self._horizon
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscriptions are live."""
+        return len(self._subscriptions)
+
+    def on_commit(self, result: CommitResult) -> None:
+        """Record a commit's events and deliver them (a store listener)."""
+        if self._horizon is None:
+            self._horizon = result.revision - 1
+        events = tuple(
+            Event(result.revision, change.kind, change.key, change.entry)
+            for change in result.changes
+        )
+        self._commits.append((result.revision, events))
+        self._count += len(events)
+        # Trim whole commits, so a commit is never half in the history.
+        while self._count > self._max_events and len(self._commits) > 1:
+            revision, dropped = self._commits.popleft()
+            self._count -= len(dropped)
+            self._horizon = revision
+        for subscription in list(self._subscriptions):
+            subscription.deliver(result.revision, events)
+
+    def since(self, revision: int, matches: Callable[[str], bool]) -> List[Event]:
+        """
+        The events after C{revision} whose key C{matches}, in order.
+
+        @raise HistoryGone: if events after C{revision} have been dropped.
+        """
+        if revision < self.horizon:
+            raise HistoryGone(revision, self.horizon)
+        return [
+            event
+            for commit_revision, events in self._commits
+            if commit_revision > revision
+            for event in events
+            if matches(event.key)
+        ]
+
+    def removed_since(self, key: str, revision: int) -> bool:
+        """
+        Whether C{key} was deleted or expired after C{revision} (or that
+        cannot be ruled out because the history no longer reaches back).
+        """
+        if revision < self.horizon:
+            return True
+        for commit_revision, events in reversed(self._commits):
+            if commit_revision <= revision:
+                break
+            for event in events:
+                if event.key == key and event.kind != "put":
+                    return True
+        return False
+
+    def subscribe(self, matches: Callable[[str], bool], deliver: Deliver) -> Subscription:
+        """Deliver future events whose key C{matches}; cancel when done."""
+        subscription = Subscription(self, matches, deliver)
+        self._subscriptions.add(subscription)
+        return subscription
