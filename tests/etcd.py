@@ -1,0 +1,458 @@
+"""
+Real etcd clusters for tests (a harness, not a test module).
+
+L{EtcdCluster} starts one or three etcd members from Debian's C{etcd-server}
+as child processes, each on free 127.0.0.1 ports with its data in a temporary
+directory; it waits for them to be healthy with bounded polling, kills and
+restarts members, and always cleans up: L{EtcdCluster.stop} in every path,
+a context manager, and an C{atexit} hook for clusters a test forgot, and on
+Linux every member gets SIGKILL should the test process itself die.
+
+L{etcd_available} says whether the tests can run here, and if not, why.
+
+The methods block (they run before a test, or where a test may wait);
+L{EtcdCluster.when_healthy} waits in a thread for tests running under a
+reactor that must keep turning meanwhile.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import weakref
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+#: The etcd binary: C{$KVTWIST_ETCD}, else the one on C{PATH}, else Debian's.
+ETCD = os.environ.get("KVTWIST_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
+#: The oldest etcd whose v3 JSON gateway answers under C{/v3/}.
+MIN_VERSION = (3, 4)
+
+# How long a member may take to become healthy; a cold start with fsync on a
+# loaded CI machine takes a few seconds.
+START_TIMEOUT = 30.0
+# How long a killed or stopped process may take to exit.
+EXIT_TIMEOUT = 10.0
+# Pause between health polls, and the timeout of one poll.
+POLL_INTERVAL = 0.05
+POLL_TIMEOUT = 1.0
+# Fresh ports are tried this many times when another process takes one
+# between our probe and etcd's bind.
+START_ATTEMPTS = 3
+
+_live_clusters: "weakref.WeakSet[EtcdCluster]" = weakref.WeakSet()
+
+
+class EtcdHarnessError(Exception):
+    """A member would not start, become healthy or stop in time."""
+
+
+def etcd_available() -> Tuple[bool, str]:
+    """
+    Whether etcd can be run here: C{(True, "etcd 3.4.23 at /usr/bin/etcd")}
+    or C{(False, why not)}.
+    """
+    if not os.path.isfile(ETCD) or not os.access(ETCD, os.X_OK):
+        return False, (
+            "etcd is not installed (Debian package etcd-server; "
+            "./run.sh test installs it when run as root)"
+        )
+    try:
+        out = subprocess.run(
+            [ETCD, "--version"],
+            capture_output=True,
+            timeout=10,
+            env=_clean_env(),
+            check=False,
+        ).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, "%s --version failed: %s" % (ETCD, e)
+    match = re.search(r"etcd Version: (\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        return False, "%s --version printed no version" % (ETCD,)
+    version = tuple(int(n) for n in match.groups())
+    if version[:2] < MIN_VERSION:
+        return False, "etcd %d.%d.%d at %s is older than 3.4" % (version + (ETCD,))
+    return True, "etcd %d.%d.%d at %s" % (version + (ETCD,))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> List[int]:
+    """C{count} distinct TCP ports on 127.0.0.1 that were free a moment ago."""
+    sockets = []
+    try:
+        # All held open together, so the kernel cannot hand out one twice.
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _clean_env() -> Dict[str, str]:
+    # etcd reads ETCD_* variables as flags: one in the test's environment
+    # must not reconfigure the members.
+    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+
+
+def _prctl():
+    """libc's prctl, resolved in the parent (a forked child must not dlopen)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl() if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """
+    In the child before exec: have the kernel SIGKILL this member when the
+    thread that started it dies (so spawn from the main thread), so that a
+    test run killed with -9 leaves no etcd behind.
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Member:
+    """
+    One etcd member: its name, ports, data directory, log file and process.
+    """
+
+    def __init__(self, name: str, directory: str) -> None:
+        self.name = name
+        self.data_dir = os.path.join(directory, name + ".etcd")
+        self.log_path = os.path.join(directory, name + ".log")
+        self.client_port = 0
+        self.peer_port = 0
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def client_url(self) -> str:
+        """The member's client (and JSON gateway) URL."""
+        return "http://127.0.0.1:%d" % (self.client_port,)
+
+    @property
+    def peer_url(self) -> str:
+        """The member's peer (raft) URL."""
+        return "http://127.0.0.1:%d" % (self.peer_port,)
+
+    @property
+    def running(self) -> bool:
+        """Whether its process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of its log, to explain a failure."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class EtcdCluster:
+    """
+    A cluster of C{size} etcd members (1, or 3 to lose one or two) under
+    C{base_dir} (a new temporary directory when L{None}; removed by L{stop}
+    if it made it).
+
+    Typical use::
+
+        cluster = EtcdCluster(3)
+        cluster.start()
+        try:
+            ...cluster.client_urls..., cluster.kill(0), cluster.restart(0)
+        finally:
+            cluster.stop()
+
+    @param extra_args: more etcd flags for every member (e.g.
+        C{["--max-txn-ops", "256"]}).
+    @param fast_election: shorten heartbeat and election timeouts so a
+        member elects itself in a fraction of a second. The default does so
+        for one member only, which has no peer to lose; several members keep
+        etcd's defaults, so a loaded machine does not cause elections.
+    """
+
+    def __init__(
+        self,
+        size: int = 1,
+        base_dir: Optional[str] = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = START_TIMEOUT,
+        fast_election: Optional[bool] = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one member")
+        self.size = size
+        self.extra_args = list(extra_args)
+        if fast_election if fast_election is not None else size == 1:
+            self.extra_args = [
+                "--heartbeat-interval", "20", "--election-timeout", "200",
+            ] + self.extra_args
+        self.start_timeout = start_timeout
+        self._own_dir = base_dir is None
+        self.base_dir = base_dir or tempfile.mkdtemp(prefix="kvtwist-etcd-")
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.token = "kvtwist-test-%d-%d" % (os.getpid(), id(self))
+        self.members = [Member("m%d" % i, self.base_dir) for i in range(size)]
+        self.started = False
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def client_urls(self) -> List[str]:
+        """Every member's client URL, in member order."""
+        return [m.client_url for m in self.members]
+
+    def __enter__(self) -> "EtcdCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> "EtcdCluster":
+        """
+        Start every member and wait until all are healthy.
+
+        @raise EtcdHarnessError: if they would not; nothing is left running.
+        """
+        if self.started:
+            return self
+        _live_clusters.add(self)
+        last = ""
+        for attempt in range(START_ATTEMPTS):
+            ports = free_ports(2 * self.size)
+            for member in self.members:
+                member.client_port, member.peer_port = ports.pop(), ports.pop()
+                shutil.rmtree(member.data_dir, ignore_errors=True)
+                # A fresh log per attempt, so an old "address already in
+                # use" does not decide about this one.
+                if os.path.exists(member.log_path):
+                    os.unlink(member.log_path)
+            try:
+                for member in self.members:
+                    self._spawn(member, "new")
+                self.wait_healthy(timeout=self.start_timeout)
+            except BaseException as e:
+                if not isinstance(e, EtcdHarnessError):
+                    # OSError from exec, KeyboardInterrupt...: clean up.
+                    self.stop()
+                    raise
+                last = str(e)
+                in_use = any(
+                    "address already in use" in m.log_tail(50) for m in self.members
+                )
+                self._kill_all()
+                if in_use:
+                    continue
+                self.stop()
+                raise
+            self.started = True
+            return self
+        self.stop()
+        raise EtcdHarnessError(
+            "etcd would not start after %d tries with fresh ports: %s"
+            % (START_ATTEMPTS, last)
+        )
+
+    def _initial_cluster(self) -> str:
+        return ",".join("%s=%s" % (m.name, m.peer_url) for m in self.members)
+
+    def _spawn(self, member: Member, state: str) -> None:
+        """Start C{member}'s process (it must not be running)."""
+        if member.running:
+            raise EtcdHarnessError("%s is already running" % (member.name,))
+        args = [
+            ETCD,
+            "--name", member.name,
+            "--data-dir", member.data_dir,
+            "--listen-client-urls", member.client_url,
+            "--advertise-client-urls", member.client_url,
+            "--listen-peer-urls", member.peer_url,
+            "--initial-advertise-peer-urls", member.peer_url,
+            "--initial-cluster", self._initial_cluster(),
+            "--initial-cluster-state", state,
+            "--initial-cluster-token", self.token,
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+        ] + self.extra_args
+        log = open(member.log_path, "ab")
+        try:
+            member.process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_clean_env(),
+                cwd=self.base_dir,
+                # Its own session: a ^C meant for the test runner does not
+                # reach it half-way; stop() ends it.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            )
+        finally:
+            log.close()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL member C{index} and wait (bounded) until it is gone."""
+        member = self.members[index]
+        process = member.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL)
+        try:
+            process.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise EtcdHarnessError("%s did not die after SIGKILL" % (member.name,))
+
+    def restart(self, index: int, wait: bool = True, timeout: Optional[float] = None) -> None:
+        """
+        Start member C{index} again on its ports and data (killing it first
+        if it runs). With C{wait}, return once it is healthy, which needs a
+        quorum of the cluster running. Call it (like L{start}) from the main
+        thread: members die with the thread that started them.
+        """
+        member = self.members[index]
+        self.kill(index)
+        # With its data directory in place etcd rejoins from its WAL and
+        # ignores the initial-cluster flags.
+        self._spawn(member, "existing")
+        if wait:
+            self.wait_healthy([index], timeout=timeout or self.start_timeout)
+
+    def stop(self, graceful: bool = False) -> None:
+        """
+        Stop every member and remove the data if this cluster made the
+        directory. Safe to call more than once and after a failed start.
+
+        @param graceful: SIGTERM first and wait a moment. By default members
+            get SIGKILL at once: a cluster member shutting down gracefully
+            waits seconds for peers that are stopping too, and etcd's WAL
+            survives SIGKILL anyway.
+        """
+        if graceful:
+            for member in self.members:
+                if member.running:
+                    member.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + EXIT_TIMEOUT / 2
+            for member in self.members:
+                if member.process is None:
+                    continue
+                try:
+                    member.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        self._kill_all()
+        self.started = False
+        _live_clusters.discard(self)
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _kill_all(self) -> None:
+        for index, member in enumerate(self.members):
+            try:
+                self.kill(index)
+            except EtcdHarnessError:
+                pass
+
+    # -- health ------------------------------------------------------------
+
+    def is_healthy(self, index: int) -> bool:
+        """
+        One poll of member C{index}'s C{/health}: true when it runs, has a
+        leader and serves a read through raft.
+        """
+        member = self.members[index]
+        if not member.running:
+            return False
+        try:
+            with urllib.request.urlopen(member.client_url + "/health", timeout=POLL_TIMEOUT) as r:
+                body = json.loads(r.read().decode("utf-8"))
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return isinstance(body, dict) and body.get("health") == "true"
+
+    def wait_healthy(
+        self, members: Optional[Iterable[int]] = None, timeout: float = START_TIMEOUT
+    ) -> None:
+        """
+        Poll until every member in C{members} (all by default) is healthy.
+
+        @raise EtcdHarnessError: after C{timeout} seconds, or as soon as one
+            of them has exited, with the end of its log.
+        """
+        indexes = list(range(self.size)) if members is None else list(members)
+        deadline = time.monotonic() + timeout
+        pending = set(indexes)
+        while pending:
+            for index in sorted(pending):
+                member = self.members[index]
+                if member.process is not None and member.process.poll() is not None:
+                    raise EtcdHarnessError(
+                        "etcd %s exited with %s:\n%s"
+                        % (member.name, member.process.returncode, member.log_tail())
+                    )
+                if self.is_healthy(index):
+                    pending.discard(index)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(self.members[i].name for i in sorted(pending))
+                tails = "\n".join(
+                    "--- %s\n%s" % (self.members[i].name, self.members[i].log_tail())
+                    for i in sorted(pending)
+                )
+                raise EtcdHarnessError(
+                    "etcd %s not healthy after %gs:\n%s" % (names, timeout, tails)
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def when_healthy(
+        self, members: Optional[Iterable[int]] = None, timeout: float = START_TIMEOUT
+    ):
+        """
+        L{wait_healthy} in a thread: a Deferred for tests whose reactor must
+        keep running while they wait.
+        """
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(self.wait_healthy, members, timeout)
+
+
+@atexit.register
+def _stop_forgotten_clusters() -> None:
+    """Kill the members of any cluster a test did not stop."""
+    for cluster in list(_live_clusters):
+        try:
+            cluster.stop()
+        except Exception:
+            pass
