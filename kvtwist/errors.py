@@ -54,6 +54,18 @@ class KeyNotFound(KVError):
         self.missing = missing
 
 
+class Unauthorized(KVError):
+    """No bearer token, or one that matches none configured."""
+
+    code = "unauthorized"
+
+
+class Forbidden(KVError):
+    """The token may not do this (to these keys)."""
+
+    code = "forbidden"
+
+
 class TransactionNotFound(KVError):
     """The transaction id is unknown, finished, expired or someone else's."""
 

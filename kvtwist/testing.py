@@ -22,7 +22,7 @@ from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, Entry, Op, Page
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, live
+from kvtwist.store.rules import apply_commit, count_delta, live
 
 __all__ = [
     "MemoryStore",
@@ -63,6 +63,7 @@ class MemoryStore:
         self.rows: Dict[str, Entry] = {}
         self.clock = clock if clock is not None else Clock()
         self.fail_commits: Optional[Exception] = None
+        self.key_count = 0
         self.commits: List[Sequence[Op]] = []
         self.closed = False
         self._listeners = Listeners()
@@ -121,6 +122,7 @@ class MemoryStore:
         except KVError as e:
             return fail(e)
         self.revision = result.revision
+        self.key_count += count_delta(result)
         self.commits.append(list(ops))
         self._listeners.notify(result)
         return succeed(result)

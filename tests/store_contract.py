@@ -331,3 +331,13 @@ class StoreContract:
         self.advance(10)
         self.assertEqual(await store.expired(10), [])
         self.assertEqual((await store.get("a")).value, b"2")
+
+    @contract
+    async def test_key_count(self):
+        """Stores that count keys follow creates, deletes and expiries."""
+        store = await self.make_store()
+        if not hasattr(store, "key_count"):
+            return
+        await store.commit([Put("a", b""), Put("b", b""), Put("c", b"")])
+        await store.commit([Put("a", b"again"), Delete("b"), Delete("nope")])
+        self.assertEqual(store.key_count, 2)

@@ -61,7 +61,7 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.commit([Put("b", b"2")]))
         self.successResultOf(store.close())
         again = self.open_store(directory)
-        self.assertEqual(again.revision, 2)
+        self.assertEqual((again.revision, again.key_count), (2, 2))
         entry = self.successResultOf(again.get("a"))
         self.assertEqual((entry.value, entry.expires, entry.mod_revision), (b"1", 2e9, 1))
 
@@ -162,6 +162,8 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         pool.release_all = True
         self.successResultOf(store.open())
         pool.release_all = False
+        syncs = []
+        store.sync_observer = lambda seconds, count: syncs.append((seconds, count))
         first = store.commit([Put("a", b"1")])
         second = store.commit([Put("a", b"2")], [Check.equals("a", 1)])
         third = store.commit([Put("b", b"x")], [Check.equals("a", 99)])
@@ -177,6 +179,8 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.assertEqual(self.successResultOf(fourth).revision, 3)
         self.assertEqual(store.revision, 3)
         pool.release_all = True
+        self.assertEqual(len(syncs), 2)
+        self.assertEqual([count for _, count in syncs], [1, 3])
         self.successResultOf(store.close())
 
 

@@ -119,7 +119,7 @@ class LongPollTests(WatchCase):
         response = self.successResultOf(d)
         self.assertEqual(response.code, 200)
         self.assertEqual(self.successResultOf(treq.content(response)), b"2")
-        self.assertEqual(self.root.children[b"v1"].children[b"watch"].context.watchers.active, 0)
+        self.assertEqual(self.root.root.children[b"v1"].context.watchers.active, 0)
 
     def test_timeout_answers_unchanged_state(self):
         """At the end of the wait the unchanged value comes back."""
@@ -187,7 +187,7 @@ class LongPollTests(WatchCase):
     def test_disconnect_releases(self):
         """A client that leaves releases its subscription, timer and slot."""
         self.put("a")
-        hub = self.root.children[b"v1"].children[b"watch"].context.hub
+        hub = self.root.root.children[b"v1"].context.hub
         d = self.start("GET", "/v1/kv/a?index=1&wait=30")
         self.assertEqual(hub.subscribers, 1)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)

@@ -83,6 +83,11 @@ class CachedStore:
         return self.store.clock
 
     @property
+    def key_count(self) -> int:
+        """The wrapped store's key count, where it keeps one."""
+        return getattr(self.store, "key_count", 0)
+
+    @property
     def size(self) -> int:
         """Bytes the cache holds, by its own accounting."""
         return self._bytes

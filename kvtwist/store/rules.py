@@ -69,6 +69,17 @@ def final_ops(ops: Iterable[Op]) -> Dict[str, Op]:
     return result
 
 
+def count_delta(result: CommitResult) -> int:
+    """How a commit changed the number of stored keys."""
+    delta = 0
+    for change in result.changes:
+        if change.kind == "put" and change.previous is None:
+            delta += 1
+        elif change.kind != "put":
+            delta -= 1
+    return delta
+
+
 def apply_commit(
     table: Table,
     revision: int,

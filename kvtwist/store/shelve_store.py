@@ -15,7 +15,7 @@ commit waits for more than the sync in progress plus its own.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -27,7 +27,7 @@ from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailabl
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, live
+from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf
 from kvtwist.store.sqlitemap import SQLiteMapping
 
@@ -168,6 +168,12 @@ class ShelveStore:
         self._queue: List[_PendingCommit] = []
         self._flushing: Optional[Deferred] = None
         self._listeners = Listeners()
+        #: Live and not-yet-swept keys, kept from commit changes.
+        self.key_count = 0
+        #: Called on the reactor thread after each group commit with the
+        #: seconds its SQLite COMMIT (the sync) took and how many commits
+        #: it carried; for metrics.
+        self.sync_observer: Optional[Callable[[float, int], None]] = None
 
     # -- reactor thread --------------------------------------------------
 
@@ -179,8 +185,8 @@ class ShelveStore:
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
 
-        def opened(revision: int) -> None:
-            self.revision = revision
+        def opened(state: Tuple[int, int]) -> None:
+            self.revision, self.key_count = state
             self._open = True
 
         return d.addCallback(opened)
@@ -241,10 +247,14 @@ class ShelveStore:
             self.clock.seconds(),
         )
 
-        def applied(outcomes: List[object]) -> None:
+        def applied(done: Tuple[List[object], float]) -> None:
+            outcomes, sync_seconds = done
+            if self.sync_observer is not None:
+                self.sync_observer(sync_seconds, len(batch))
             for (_, _, waiter), outcome in zip(batch, outcomes):
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
+                    self.key_count += count_delta(outcome)
                     self._listeners.notify(outcome)
                     waiter.callback(outcome)
                 else:
@@ -266,8 +276,11 @@ class ShelveStore:
 
     # -- store thread ----------------------------------------------------
 
-    def _sync_open(self) -> int:
-        """Store thread: open (creating if needed) and verify the shelf."""
+    def _sync_open(self) -> Tuple[int, int]:
+        """
+        Store thread: open (creating if needed) and verify the shelf; return
+        its revision and how many keys it holds.
+        """
         try:
             path = open_data_dir(self.directory)
             mapping = SQLiteMapping(path, check_integrity=self._check_integrity)
@@ -276,7 +289,7 @@ class ShelveStore:
                 "cannot open the data directory %s: %s" % (self.directory, e)
             )
         self._shelf = DataShelf(mapping)
-        return _read_revision(self._shelf)
+        return _read_revision(self._shelf), mapping.count_prefix(_KEY.encode("ascii"))
 
     def _sync_close(self) -> None:
         """Store thread: close the shelf (its file is then marked clean)."""
@@ -344,18 +357,19 @@ class ShelveStore:
 
     def _sync_commit_group(
         self, group: List[Tuple[Sequence[Op], Sequence[Check]]], now: float
-    ) -> List[object]:
+    ) -> Tuple[List[object], float]:
         """
         Store thread: apply each commit of C{group} in order, in one SQLite
         transaction and one sync. Returns, per commit, its L{CommitResult} or
-        its L{ConflictError}. If the transaction fails, nothing of the group
-        is applied and the exception propagates.
+        its L{ConflictError}, and the seconds the sync took. If the
+        transaction fails, nothing of the group is applied and the exception
+        propagates.
         """
         shelf = self._shelf
         assert shelf is not None
         table = _ShelfTable(shelf)
         outcomes: List[object] = []
-        with shelf.dict.transaction():
+        with shelf.dict.transaction() as timing:
             revision = _read_revision(shelf)
             for ops, checks in group:
                 try:
@@ -366,5 +380,5 @@ class ShelveStore:
                 revision = result.revision
                 outcomes.append(result)
             shelf[_REVISION] = revision
-        return outcomes
+        return outcomes, timing.sync_seconds
 

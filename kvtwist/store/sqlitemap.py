@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import zlib
 from contextlib import contextmanager
 from typing import Iterator, List, MutableMapping, Optional, Tuple
@@ -51,6 +52,12 @@ def prefix_upper_bound(prefix: bytes) -> Optional[bytes]:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class CommitTiming:
+    """How long a transaction's COMMIT took (a measurement, not logic)."""
+
+    sync_seconds = 0.0
 
 
 class SQLiteMapping(MutableMapping[bytes, bytes]):
@@ -146,19 +153,23 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator["CommitTiming"]:
         """
         Run the block as one durable write transaction: on a normal exit it is
         committed and synced (WAL, C{synchronous=FULL}); on an exception it is
-        rolled back and the exception propagates.
+        rolled back and the exception propagates. The yielded
+        L{CommitTiming} holds, afterwards, how long the COMMIT (the sync) took.
         """
+        timing = CommitTiming()
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield
+            yield timing
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        started = time.perf_counter()
         self._db.execute("COMMIT")
+        timing.sync_seconds = time.perf_counter() - started
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -229,6 +240,15 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             (key, self._checked(key, value, crc))
             for key, value, crc in self._db.execute(sql, params)
         ]
+
+    def count_prefix(self, prefix: bytes) -> int:
+        """How many keys start with C{prefix}."""
+        upper = prefix_upper_bound(prefix)
+        if upper is None:
+            return self._db.execute("SELECT count(*) FROM shelf WHERE key >= ?", (prefix,)).fetchone()[0]
+        return self._db.execute(
+            "SELECT count(*) FROM shelf WHERE key >= ? AND key < ?", (prefix, upper)
+        ).fetchone()[0]
 
     def ping(self) -> None:
         """Prove the file is readable and writable, changing nothing."""

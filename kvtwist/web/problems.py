@@ -12,6 +12,8 @@ from twisted.web.http import RESPONSES
 
 from kvtwist.errors import (
     ConflictError,
+    Forbidden,
+    Unauthorized,
     HistoryGone,
     InvalidInput,
     KeyNotFound,
@@ -58,6 +60,10 @@ def status_for(error: KVError) -> int:
     """The HTTP status a domain error is answered with."""
     if isinstance(error, InvalidInput):
         return 400
+    if isinstance(error, Unauthorized):
+        return 401
+    if isinstance(error, Forbidden):
+        return 403
     if isinstance(error, (KeyNotFound, TransactionNotFound)):
         return 404
     if isinstance(error, ConflictError):

@@ -97,7 +97,10 @@ def error_response(reason: Failure) -> Response:
     """The L{Response} for a failed handler: mapped if known, else a 500."""
     if reason.check(KVError):
         status, body = problem_for(reason.value)
-        return Response(status, body, PROBLEM_CONTENT_TYPE)
+        response = Response(status, body, PROBLEM_CONTENT_TYPE)
+        if status == 401:
+            response.headers[b"www-authenticate"] = b'Bearer realm="kvtwist"'
+        return response
     log.failure("unexpected error while answering a request", reason)
     return problem_response(
         500, "internal-error", "the server failed to answer; the error is logged"
@@ -128,12 +131,18 @@ class KVResource(Resource):
     """
     Base Resource: unknown children are a problem+json 404, and a method
     without a C{render_<METHOD>} is answered by L{method_not_allowed}.
+
+    @cvar route: the route template this resource serves, recorded on the
+        request (C{kvtwist_route}) for metrics and logs.
     """
+
+    route = "(unknown)"
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NOT_FOUND
 
     def render(self, request: Request) -> Union[bytes, int]:
+        request.kvtwist_route = self.route  # type: ignore[attr-defined]
         method = request.method.decode("ascii", "replace")
         # HEAD is GET without the body (twisted.web drops it on write).
         handler = getattr(self, "render_" + ("GET" if method == "HEAD" else method), None)
@@ -190,6 +199,7 @@ class NotFound(KVResource):
     """Answers 404 to everything below and at it."""
 
     def render(self, request: Request) -> int:
+        request.kvtwist_route = self.route  # type: ignore[attr-defined]
         write_response(request, not_found_response())
         return NOT_DONE_YET
 

@@ -13,13 +13,16 @@ The Resource tree: L{make_root} builds the whole of kvcache's URL space.
 from __future__ import annotations
 
 import random as _random
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
+from twisted.internet.defer import fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from kvtwist.auth import Authorizer
 from kvtwist.events import ChangeHub
+from kvtwist.errors import Unauthorized
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.transactions import Transaction, TransactionManager
@@ -29,11 +32,13 @@ from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.txn import TransactionCollection
-from kvtwist.web.v1.watch import Watch
+from kvtwist.web.v1.watch import Watch, WatcherCount
 
 
 class Root(KVResource):
     """C{/}: the seed's operations and C{v1}, then keys."""
+
+    route = "/"
 
     def __init__(self, context: SeedContext) -> None:
         super().__init__()
@@ -51,6 +56,8 @@ class Root(KVResource):
 class LimitsResource(V1Resource):
     """C{/v1/limits}: every limit in force."""
 
+    route = "/v1/limits"
+
     def render_GET(self, request: Request) -> int:
         return self.respond(
             request, lambda request: json_response(200, self.context.limits.as_dict())
@@ -64,6 +71,9 @@ def make_root(
     transactions: Optional[TransactionManager] = None,
     hub: Optional[ChangeHub] = None,
     random: Optional[Callable[[], float]] = None,
+    authorizer: Optional[Authorizer] = None,
+    watchers: Optional[WatcherCount] = None,
+    extra_children: Optional[Dict[bytes, Resource]] = None,
 ) -> Resource:
     """
     The kvcache Resource tree over C{store}.
@@ -73,6 +83,11 @@ def make_root(
     @param transactions: the open transactions (default: a new manager).
     @param hub: the change feed (default: a new one listening to C{store}).
     @param random: the jitter source of long-polls (default: random.random).
+    @param authorizer: who may do what (default: auth off).
+    @param watchers: the long-poll and stream slots (default: a new count
+        of C{limits.max_watchers}).
+    @param extra_children: more top-level routes (the operations
+        endpoints), mounted as given.
     """
     limits = limits if limits is not None else Limits()
     clock = clock if clock is not None else store.clock
@@ -86,7 +101,9 @@ def make_root(
 
     if hub is None:
         hub = ChangeHub(store, limits.watch_history)
-    context = V1Context(store, transactions, limits, clock, hub, random or _random.random)
+    context = V1Context(
+        store, transactions, limits, clock, hub, random or _random.random, watchers
+    )
     v1 = V1Resource(context)
     v1.putChild(b"kv", KeyCollection(context))
     v1.putChild(b"txn", TransactionCollection(context))
@@ -94,4 +111,55 @@ def make_root(
     v1.putChild(b"limits", LimitsResource(context))
     v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)
-    return root
+    for name, child in (extra_children or {}).items():
+        root.putChild(name, child)
+    return Authenticating(root, authorizer or Authorizer())
+
+
+class Authenticating(Resource):
+    """
+    The top of the tree: authenticates every request (when auth is on)
+    before any route sees it, recording the token as
+    C{request.kvtwist_principal}. C{/healthz} stays open for probes.
+    """
+
+    def __init__(self, root: Resource, authorizer: Authorizer) -> None:
+        super().__init__()
+        self.root = root
+        self.authorizer = authorizer
+
+    def _authenticated(self, request: Request) -> Optional[Resource]:
+        try:
+            request.kvtwist_principal = self.authorizer.authenticate(  # type: ignore[attr-defined]
+                request.getHeader(b"authorization")
+            )
+        except Unauthorized as error:
+            return Refused(error)
+        return None
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if path == b"healthz" and not request.postpath:
+            return self.root.getChildWithDefault(path, request)
+        refused = self._authenticated(request)
+        if refused is not None:
+            return refused
+        return self.root.getChildWithDefault(path, request)
+
+    def render(self, request: Request) -> int:
+        refused = self._authenticated(request)
+        return (refused or self.root).render(request)
+
+
+class Refused(KVResource):
+    """Answers a request that failed authentication, wherever it was going."""
+
+    isLeaf = True
+    route = "(unauthenticated)"
+
+    def __init__(self, error: Unauthorized) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: Request) -> int:
+        request.kvtwist_route = self.route  # type: ignore[attr-defined]
+        return self.respond(request, lambda request: fail(self._error))

@@ -85,6 +85,8 @@ class SeedContext:
 class SeedKey(KVResource):
     """C{/{key}}: read a committed value, or stage its delete."""
 
+    route = "/{key}"
+
     def __init__(self, context: SeedContext, raw_key: bytes) -> None:
         super().__init__()
         self._context = context
@@ -123,6 +125,8 @@ class SeedKey(KVResource):
 class SeedSet(KVResource):
     """C{/set}: stage writes (POST) or deletes (DELETE) in the shared queue."""
 
+    route = "/set"
+
     def __init__(self, context: SeedContext) -> None:
         super().__init__()
         self._context = context
@@ -147,6 +151,8 @@ class SeedSet(KVResource):
 
 class SeedCommit(KVResource):
     """C{/commit}: apply the shared queue atomically and durably."""
+
+    route = "/commit"
 
     def __init__(self, context: SeedContext) -> None:
         super().__init__()

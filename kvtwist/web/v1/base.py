@@ -27,6 +27,7 @@ from kvtwist.web.resource import KVResource, Response, etag, not_found_response
 
 if TYPE_CHECKING:
     from kvtwist.events import ChangeHub
+    from kvtwist.web.v1.watch import WatcherCount
 
 #: The longest TTL accepted (ten years), so expiry stays a sane float.
 MAX_TTL = 10 * 365 * 24 * 3600
@@ -47,6 +48,7 @@ class V1Context:
         clock: IReactorTime,
         hub: "ChangeHub",
         random: Callable[[], float] = random.random,
+        watchers: "Optional[WatcherCount]" = None,
     ) -> None:
         from kvtwist.web.v1.watch import WatcherCount
 
@@ -55,7 +57,7 @@ class V1Context:
         self.limits = limits
         self.clock = clock
         self.hub = hub
-        self.watchers = WatcherCount(limits.max_watchers)
+        self.watchers = watchers if watchers is not None else WatcherCount(limits.max_watchers)
         self.random = random
 
 

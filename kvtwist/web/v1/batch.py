@@ -114,6 +114,8 @@ def _put(index: int, raw: Dict[str, Any], key: str, clock) -> Put:
 class Batch(V1Resource):
     """C{/v1/batch}."""
 
+    route = "/v1/batch"
+
     def render_POST(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._batch(request)))
 

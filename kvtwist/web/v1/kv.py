@@ -61,6 +61,8 @@ def precondition_failed(error: ConflictError) -> PreconditionFailed:
 class KeyCollection(V1Resource):
     """C{/v1/kv}: C{GET} lists keys; each child path is a key."""
 
+    route = "/v1/kv/"
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path and not request.postpath:
             return self
@@ -93,6 +95,8 @@ class KeyCollection(V1Resource):
 
 class KeyResource(V1Resource):
     """C{/v1/kv/{key}}: read, write and delete one key."""
+
+    route = "/v1/kv/{key}"
 
     def __init__(self, context: V1Context, raw_key: bytes) -> None:
         super().__init__(context)

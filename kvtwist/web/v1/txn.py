@@ -43,6 +43,8 @@ def txn_path(txn_id: str) -> bytes:
 class TransactionCollection(V1Resource):
     """C{/v1/txn}: open transactions; each child is one."""
 
+    route = "/v1/txn"
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path:
             return super().getChild(path, request)
@@ -74,6 +76,8 @@ class TransactionPart(V1Resource):
 
 class TransactionResource(TransactionPart):
     """C{/v1/txn/{id}}: describe (GET) or abort (DELETE)."""
+
+    route = "/v1/txn/{id}"
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"kv":
@@ -122,6 +126,8 @@ class TransactionResource(TransactionPart):
 class TransactionKeys(TransactionPart):
     """C{/v1/txn/{id}/kv}: each child path is a key."""
 
+    route = "/v1/txn/{id}/kv"
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path and not request.postpath:
             return super().getChild(path, request)
@@ -130,6 +136,8 @@ class TransactionKeys(TransactionPart):
 
 class TransactionKey(TransactionPart):
     """C{/v1/txn/{id}/kv/{key}}: read through, stage a write or a delete."""
+
+    route = "/v1/txn/{id}/kv/{key}"
 
     def __init__(self, context: V1Context, txn_id: str, raw_key: bytes) -> None:
         super().__init__(context, txn_id)
@@ -178,6 +186,8 @@ class TransactionKey(TransactionPart):
 class TransactionSet(TransactionPart):
     """C{/v1/txn/{id}/set}: stage a JSON object of pairs (the seed's shape)."""
 
+    route = "/v1/txn/{id}/set"
+
     def render_POST(self, request: Request) -> int:
         return self.respond(request, self._set)
 
@@ -192,6 +202,8 @@ class TransactionSet(TransactionPart):
 
 class TransactionCommit(TransactionPart):
     """C{/v1/txn/{id}/commit}: all or nothing."""
+
+    route = "/v1/txn/{id}/commit"
 
     def render_POST(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._commit(request)))

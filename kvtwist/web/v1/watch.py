@@ -224,6 +224,8 @@ def resume_point(request: Request) -> Optional[int]:
 class Watch(V1Resource):
     """C{GET /v1/watch?prefix=P&values=1}: a Server-Sent Events stream."""
 
+    route = "/v1/watch"
+
     def render_GET(self, request: Request) -> int:
         try:
             prefix = query_arg(request, "prefix") or ""
