@@ -10,6 +10,7 @@ Twisted's C{adbapi.ConnectionPool}).
 from __future__ import annotations
 
 import os
+import signal
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -27,6 +28,40 @@ def store_thread_pool() -> ThreadPool:
     and SQLite connections must not be shared between threads.
     """
     return ThreadPool(minthreads=1, maxthreads=1, name="kvtwist-store")
+
+
+class GracefulSignals(Service):
+    """
+    Make SIGTERM and SIGINT a clean stop with exit status 0.
+
+    twistd's own handlers stop the reactor and then re-raise the signal at
+    exit, so the process dies with status -15/-2 even after a clean
+    shutdown. These handlers only ask the reactor to stop: services stop in
+    order (listeners, sweeper, then the store, which finishes in-flight
+    commits), and twistd exits 0.
+    """
+
+    name = "kvtwist-signals"
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        # Signal handlers run between bytecodes of the main thread: hand the
+        # stop to the reactor rather than stopping from inside the handler.
+        self._reactor.callFromThread(self._stop_once)
+
+    def _stop_once(self) -> None:
+        if self._reactor.running:
+            self._reactor.stop()
 
 
 class StoreService(Service):

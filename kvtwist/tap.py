@@ -15,7 +15,7 @@ from twisted.python import usage
 from kvtwist.errors import StoreCorrupt
 from kvtwist.limits import Limits, MiB
 from kvtwist.store.cache import CachedStore
-from kvtwist.service import StoreService, store_thread_pool
+from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.web.http import KVSite
@@ -110,6 +110,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         options["cache-size"] * MiB,
     )
     top = MultiService()
+    GracefulSignals(reactor).setServiceParent(top)
     StoreService(store, pool, reactor).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
     Sweeper(store, reactor, limits).setServiceParent(top)

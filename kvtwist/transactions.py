@@ -21,8 +21,9 @@ from __future__ import annotations
 import secrets
 from typing import Dict, Iterable, List, Optional
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from kvtwist.errors import LimitExceeded, TransactionNotFound
 from kvtwist.interfaces import IKeyValueStore
@@ -54,6 +55,11 @@ class Transaction:
         self.staging = StagingArea(limits)
         self.observed: Dict[str, int] = {}
         self.preconditions: List[Check] = []
+        # Store commits of this transaction not yet answered. Only the shared
+        # queue has several at once: one client's commit may carry another
+        # client's staged writes, so every commit must wait for the earlier
+        # ones before it may say those writes are durable.
+        self._inflight: List[_InFlight] = []
 
     def needs_observation(self, key: str) -> bool:
         """Whether C{key} has not been touched yet (so must be read first)."""
@@ -94,9 +100,11 @@ class Transaction:
             put back, behind anything staged meanwhile, and the error
             propagates.
         """
+        earlier = [inflight.wait() for inflight in self._inflight]
         if not len(self.staging) and not (self.isolated and (self.observed or self.preconditions)):
-            # Nothing to apply or verify: no trip to the store (and no sync).
-            return succeed(CommitResult(store.revision, ()))
+            # Nothing to apply or verify: no trip to the store (and no sync),
+            # but what earlier commits carried must be durable first.
+            return _all_of(earlier, CommitResult(store.revision, ()))
         ops = self.staging.take()
         checks = self.checks()
         preconditions = self.preconditions
@@ -110,7 +118,71 @@ class Transaction:
                 self.preconditions = preconditions + self.preconditions
             return reason
 
-        return d.addErrback(failed)
+        d.addErrback(failed)
+        if not earlier and self.isolated:
+            return d
+        inflight = _InFlight(d, self._inflight)
+        return _all_of(earlier + [inflight.wait()], None)
+
+
+class _InFlight:
+    """
+    One store commit in flight: anyone may wait for its outcome without
+    taking it from the committer.
+    """
+
+    def __init__(self, d: Deferred, registry: List["_InFlight"]) -> None:
+        self._registry = registry
+        self._outcome: Optional[object] = None
+        self._done = False
+        self._waiters: List[Deferred] = []
+        registry.append(self)
+        d.addBoth(self._finished)
+
+    def _finished(self, outcome: object) -> object:
+        self._done = True
+        self._outcome = outcome
+        self._registry.remove(self)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            self._fire(waiter)
+        # Consumed here: the committer hears the outcome through wait().
+        return None
+
+    def _fire(self, waiter: Deferred) -> None:
+        if isinstance(self._outcome, Failure):
+            waiter.errback(self._outcome)
+        else:
+            waiter.callback(self._outcome)
+
+    def wait(self) -> Deferred:
+        """A Deferred firing like the commit, once it is answered."""
+        waiter: Deferred = Deferred()
+        if self._done:
+            self._fire(waiter)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+
+def _all_of(waits: List[Deferred], otherwise: object) -> Deferred:
+    """
+    Once every one of C{waits} is answered: fail with the first failure if
+    any failed, else fire with the last one's result (C{otherwise} if it gave
+    none). Waiting for all, even after a failure, means a commit is never
+    reported failed while its own write may still land.
+    """
+    if not waits:
+        return succeed(otherwise)
+
+    def settle(results: list) -> object:
+        for ok, result in results:
+            if not ok:
+                return result
+        last = results[-1][1]
+        return last if last is not None else otherwise
+
+    return DeferredList(waits, consumeErrors=True).addCallback(settle)
 
 
 class TransactionManager:

@@ -204,19 +204,6 @@ def check_writer(
         )
 
 
-#: Why the "lost" half is expected to fail for now (see the report of
-#: issue 2): on the seed's shared queue, C{POST /commit} answers 204 at once
-#: when nothing is staged, even while another client's commit that carries
-#: this client's staged batch is still on its way to disk. A kill -9 in that
-#: window loses a batch its writer saw acknowledged.
-SHARED_QUEUE_ACK_BUG = (
-    "kvtwist bug: POST /commit with an empty shared queue answers 204 before "
-    "the in-flight commit holding the caller's staged writes is synced "
-    "(kvtwist/transactions.py Transaction.commit, the early succeed()); "
-    "acknowledged batches are lost on kill -9. Drop this mark once fixed."
-)
-
-
 class _LoopOutcome:
     """The figures of one run of the loop, shared by the tests below."""
 
@@ -272,7 +259,6 @@ class CrashLoopTests(SynchronousTestCase):
         self.assertGreater(tally.acknowledged, tally.cycles, outcome.summary)
         self.assertGreater(tally.kills_in_flight, tally.cycles // 2, outcome.summary)
 
-    @pytest.mark.xfail(reason=SHARED_QUEUE_ACK_BUG, strict=True)
     def test_acknowledged_batches_survive(self):
         """
         Every batch whose commit answered 204 is on disk after each kill -9

@@ -101,38 +101,14 @@ def shutdown_state(data_dir: str, scratch: str) -> str:
     return row[0] if row else "missing"
 
 
-#: Why the exit-status tests are expected to fail for now: kvtwist lets
-#: twistd's default signal handling stand, and twistd re-raises the signal
-#: that stopped the reactor after a clean shutdown (Twisted's
-#: C{app._exitWithSignal}), so the process ends with -SIGTERM / -SIGINT
-#: instead of the 0 that SPEC section 7 requires.
-EXIT_STATUS_BUG = (
-    "kvtwist bug: twistd re-raises SIGTERM/SIGINT after a clean shutdown, so "
-    "the exit status is -15/-2, not 0 (SPEC section 7); fix in kvtwist.tap / "
-    "kvtwist.service, then drop this mark"
-)
-
-
-#: Why the shutdown-race test is expected to fail for now: ShelveStore
-#: refuses new work only once its close has finished on the store thread,
-#: so a read queued behind the close runs on a closed shelf and trips
-#: C{assert self._shelf is not None}: a 500 and a logged traceback.
-SHUTDOWN_RACE_BUG = (
-    "kvtwist bug: reads queued behind ShelveStore.close() run on the closed "
-    "shelf (AssertionError in _sync_get_many), answered 500 instead of 503; "
-    "fix in kvtwist/store/shelve_store.py, then drop this mark"
-)
-
-
 def assert_graceful_stop(testcase, server, code, signum=signal.SIGTERM):
     """
     C{server} went through its shutdown path rather than dying: twistd's
-    shutdown finished and nothing was logged as a traceback. The exit status
-    0 itself is pinned by L{SignalTests}; here C{-signum} is tolerated too
-    (see L{EXIT_STATUS_BUG}) so the other behaviours stay checked.
+    shutdown finished with exit status 0 and nothing was logged as a
+    traceback.
     """
     log = server.log_text()
-    testcase.assertIn(code, (0, -signum), log)
+    testcase.assertEqual(code, 0, log)
     testcase.assertIn("Server Shut Down.", log)
     testcase.assertNotIn("Traceback", log)
 
@@ -242,13 +218,11 @@ class SignalTests(TestCase):
         """SIGINT (^C) runs the shutdown path and closes the store cleanly."""
         await self._stop_with(signal.SIGINT)
 
-    @pytest.mark.xfail(reason=EXIT_STATUS_BUG, strict=True)
     @as_deferred
     async def test_sigterm_exits_zero(self):
         """After SIGTERM the process exits with status 0 (SPEC section 7)."""
         self.assertEqual(await self._stop_with(signal.SIGTERM), 0)
 
-    @pytest.mark.xfail(reason=EXIT_STATUS_BUG, strict=True)
     @as_deferred
     async def test_sigint_exits_zero(self):
         """After SIGINT the process exits with status 0 (SPEC section 7)."""
@@ -351,7 +325,6 @@ class ShutdownRaceTests(SynchronousTestCase):
                 answers.append(int(first_line.split()[1]))
         return answers, server.log_text()
 
-    @pytest.mark.xfail(reason=SHUTDOWN_RACE_BUG, strict=False)
     def test_requests_meeting_shutdown_get_no_500(self):
         """
         Requests caught by a SIGTERM are answered (201, or 503

@@ -240,3 +240,74 @@ class StoreFailureTests(SynchronousTestCase):
         self.assertNotIn(b"secret", answer.body)
         self.assertNotIn(b"Traceback", answer.body)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class HeldStore(MemoryStore):
+    """A MemoryStore whose commits are applied at once but answered later."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def commit(self, ops, checks=()):
+        from twisted.internet.defer import Deferred
+
+        outcome = super().commit(ops, checks)
+        d = Deferred()
+        self.held.append((outcome, d))
+        return d
+
+    def answer(self, index=0, error=None):
+        """Answer the held commit C{index}: its outcome, or C{error}."""
+        outcome, d = self.held.pop(index)
+        if error is not None:
+            outcome.addErrback(lambda _: None)
+            d.errback(error)
+        else:
+            outcome.chainDeferred(d)
+
+
+class SharedQueueDurabilityTests(SynchronousTestCase):
+    """A seed commit answers only once every write it covers is durable."""
+
+    def setUp(self):
+        self.store = HeldStore()
+        self.client = TreeClient(self, memory_root(self.store))
+        self.stub = self.client.stub
+
+    def start(self, method, path, body=None):
+        d = self.stub.request(method, "http://kv.test" + path, data=body)
+        self.stub.flush()
+        return d
+
+    def test_empty_commit_waits_for_inflight(self):
+        """B's commit that finds the queue emptied by A's waits for A's sync."""
+        self.client.request("POST", "/set", json_body={"b": 1})
+        first = self.start("POST", "/commit")  # carries B's write
+        second = self.start("POST", "/commit")  # B's own: nothing left to send
+        self.assertNoResult(second)
+        self.store.answer()
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(first).code, 204)
+        self.assertEqual(self.successResultOf(second).code, 204)
+
+    def test_later_commit_fails_if_earlier_fails(self):
+        """If the commit carrying B's write fails, B's commit fails too (503)."""
+        self.client.request("POST", "/set", json_body={"b": 1})
+        first = self.start("POST", "/commit")
+        self.client.request("POST", "/set", json_body={"c": 2})
+        second = self.start("POST", "/commit")
+        self.store.answer(0, StoreUnavailable("disk gone"))
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(first).code, 503)
+        self.assertNoResult(second)
+        self.store.answer(0)
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(second).code, 503)
+        # B's write was put back in the queue: the next commit carries it.
+        self.assertEqual(self.client.request("POST", "/set", json_body={}).status, 200)
+        third = self.start("POST", "/commit")
+        self.store.answer(0)
+        self.stub.flush()
+        self.assertEqual(self.successResultOf(third).code, 204)
+        self.assertEqual(self.client.request("GET", "/b").body, b"1")

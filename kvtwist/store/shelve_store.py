@@ -194,13 +194,14 @@ class ShelveStore:
     def close(self) -> Deferred:
         if not self._open:
             return succeed(None)
+        # From now on new reads and commits are refused (503); commits
+        # already queued still finish before the shelf closes.
+        self._open = False
         d = Deferred.fromCoroutine(self._drain())
-        d.addCallback(lambda _: self._run(self._sync_close))
-
-        def closed(result: object) -> None:
-            self._open = False
-
-        return d.addBoth(closed)
+        d.addCallback(
+            lambda _: deferToThreadPool(self._reactor, self._pool, self._sync_close)
+        )
+        return d
 
     async def _drain(self) -> None:
         while self._flushing is not None:
@@ -291,6 +292,12 @@ class ShelveStore:
         self._shelf = DataShelf(mapping)
         return _read_revision(self._shelf), mapping.count_prefix(_KEY.encode("ascii"))
 
+    def _sync_shelf(self) -> DataShelf:
+        """Store thread: the open shelf, or StoreUnavailable once closed."""
+        if self._shelf is None:
+            raise StoreUnavailable("the store is closed")
+        return self._shelf
+
     def _sync_close(self) -> None:
         """Store thread: close the shelf (its file is then marked clean)."""
         if self._shelf is not None:
@@ -299,15 +306,14 @@ class ShelveStore:
 
     def _sync_get(self, key: str, now: float) -> Optional[Entry]:
         """Store thread: read one live entry."""
-        assert self._shelf is not None
-        return live(_ShelfTable(self._shelf).read(key), now)
+        return live(_ShelfTable(self._sync_shelf()).read(key), now)
 
     def _sync_get_many(self, keys: List[str], now: float) -> Dict[str, Entry]:
         """Store thread: read several live entries at one revision."""
-        assert self._shelf is not None
-        table = _ShelfTable(self._shelf)
+        shelf = self._sync_shelf()
+        table = _ShelfTable(shelf)
         found = {}
-        with self._shelf.dict.snapshot():
+        with shelf.dict.snapshot():
             for key in keys:
                 entry = live(table.read(key), now)
                 if entry is not None:
@@ -318,8 +324,7 @@ class ShelveStore:
         self, prefix: str, after: Optional[str], limit: int, now: float
     ) -> Page:
         """Store thread: one page of live entries, read at one revision."""
-        shelf = self._shelf
-        assert shelf is not None
+        shelf = self._sync_shelf()
         entries: List[Entry] = []
         more = False
         cursor = after
@@ -346,14 +351,13 @@ class ShelveStore:
 
     def _sync_expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Store thread: the expiry index's entries that are due."""
-        assert self._shelf is not None
-        with self._shelf.dict.snapshot():
-            return _ShelfTable(self._shelf).expired(now, limit)
+        shelf = self._sync_shelf()
+        with shelf.dict.snapshot():
+            return _ShelfTable(shelf).expired(now, limit)
 
     def _sync_ping(self) -> None:
         """Store thread: a trivial write-transaction round trip."""
-        assert self._shelf is not None
-        self._shelf.dict.ping()
+        self._sync_shelf().dict.ping()
 
     def _sync_commit_group(
         self, group: List[Tuple[Sequence[Op], Sequence[Check]]], now: float
@@ -365,8 +369,7 @@ class ShelveStore:
         transaction fails, nothing of the group is applied and the exception
         propagates.
         """
-        shelf = self._shelf
-        assert shelf is not None
+        shelf = self._sync_shelf()
         table = _ShelfTable(shelf)
         outcomes: List[object] = []
         with shelf.dict.transaction() as timing:

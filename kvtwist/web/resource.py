@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError
 from kvtwist.model import Entry
 from kvtwist.strictjson import decode_key
@@ -107,11 +108,11 @@ def error_response(reason: Failure) -> Response:
     )
 
 
-def peek_entry(store: Any, raw_key: bytes) -> Optional[Entry]:
+def peek_entry(store: Any, raw_key: bytes, request: Request) -> Optional[Entry]:
     """
-    The live entry for C{raw_key} if the store's read cache holds it, read
-    without any Deferred, else None (then take the ordinary path, which also
-    reports bad keys and absent ones).
+    The live entry for C{raw_key} if the store's read cache holds it and the
+    requester may read it, without any Deferred; else None (then take the
+    ordinary path, which also reports bad keys, absent keys and refusals).
     """
     peek = getattr(store, "peek", None)
     if peek is None:
@@ -119,6 +120,8 @@ def peek_entry(store: Any, raw_key: bytes) -> Optional[Entry]:
     try:
         key = decode_key(raw_key)
     except InvalidInput:
+        return None
+    if not principal_of(request).may_read(key):
         return None
     return peek(key)[1]
 

@@ -15,6 +15,7 @@ from typing import Any, List
 from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET, Request
 
+from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import InvalidInput, KeyNotFound
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
@@ -76,8 +77,9 @@ class SeedContext:
         self.queue = queue
         self.limits = limits
 
-    def delete(self, keys: List[str]) -> Deferred:
+    def delete(self, request: Request, keys: List[str]) -> Deferred:
         """Stage deletes in the shared queue; 200 with the outcome."""
+        Authorizer.require_write(principal_of(request), keys)
         d = Deferred.fromCoroutine(stage_deletes(self.store, self.queue, keys, self.limits))
         return d.addCallback(lambda result: json_response(200, result))
 
@@ -94,11 +96,11 @@ class SeedKey(KVResource):
 
     def render_GET(self, request: Request) -> int:
         # The hot path: a cache hit is answered at once, with no Deferred.
-        entry = peek_entry(self._context.store, self._raw_key)
+        entry = peek_entry(self._context.store, self._raw_key, request)
         if entry is not None:
             write_response(request, self._found(entry))
             return NOT_DONE_YET
-        return self.respond(request, lambda request: Deferred.fromCoroutine(self._read()))
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._read(request)))
 
     @staticmethod
     def _found(entry: Entry) -> Response:
@@ -109,8 +111,9 @@ class SeedKey(KVResource):
             {b"etag": etag(entry.mod_revision)},
         )
 
-    async def _read(self) -> Response:
+    async def _read(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
+        Authorizer.require_read(principal_of(request), [key])
         entry = await self._context.store.get(key)
         if entry is None:
             raise KeyNotFound([key])
@@ -118,7 +121,7 @@ class SeedKey(KVResource):
 
     def render_DELETE(self, request: Request) -> int:
         return self.respond(
-            request, lambda request: self._context.delete([decode_key(self._raw_key)])
+            request, lambda request: self._context.delete(request, [decode_key(self._raw_key)])
         )
 
 
@@ -136,6 +139,7 @@ class SeedSet(KVResource):
 
     def _set(self, request: Request) -> Deferred:
         pairs = pairs_from(parse(read_body(request)))
+        Authorizer.require_write(principal_of(request), list(pairs))
         context = self._context
         d = Deferred.fromCoroutine(
             stage_pairs(context.store, context.queue, pairs, context.limits)
@@ -145,7 +149,9 @@ class SeedSet(KVResource):
     def render_DELETE(self, request: Request) -> int:
         return self.respond(
             request,
-            lambda request: self._context.delete(keys_to_delete(parse(read_body(request)))),
+            lambda request: self._context.delete(
+                request, keys_to_delete(parse(read_body(request)))
+            ),
         )
 
 
@@ -162,5 +168,9 @@ class SeedCommit(KVResource):
         return self.respond(request, self._commit)
 
     def _commit(self, request: Request) -> Deferred:
-        d = self._context.queue.commit(self._context.store)
+        # The shared queue holds everyone's staged writes: committing them
+        # publishes them, so the committer must be allowed to write them all.
+        queue = self._context.queue
+        Authorizer.require_write(principal_of(request), [op.key for op in queue.staging.ops()])
+        d = queue.commit(self._context.store)
         return d.addCallback(lambda result: Response(204, content_type=None))

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
@@ -62,8 +63,11 @@ class V1Context:
 
 
 def owner_of(request: Request) -> Optional[str]:
-    """The identity transactions belong to (the auth token's name, if any)."""
-    return getattr(request, "kvtwist_principal", None)
+    """
+    The identity transactions belong to: the auth token's name (everyone
+    is the same "anyone" when auth is off).
+    """
+    return principal_of(request).name
 
 
 class V1Resource(KVResource):

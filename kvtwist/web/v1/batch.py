@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
+from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded
 from kvtwist.model import JSON_CONTENT_TYPE, Check, CheckFailure, Delete, Entry, Op, Put
 from kvtwist.strictjson import check_key, encode, parse
@@ -121,6 +122,9 @@ class Batch(V1Resource):
 
     async def _batch(self, request: Request) -> Response:
         ops = parse_ops(parse(read_body(request)), self.context.clock, self.context.limits)
+        token = principal_of(request)
+        Authorizer.require_write(token, [f["key"] for kind, f in ops if kind in ("set", "delete")])
+        Authorizer.require_read(token, [f["key"] for kind, f in ops if kind not in ("set", "delete")])
         for attempt in range(GET_RETRIES):
             try:
                 return await self._attempt(ops)

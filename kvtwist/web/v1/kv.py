@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key
@@ -79,14 +80,22 @@ class KeyCollection(V1Resource):
         limit = int_arg(request, "limit", DEFAULT_PAGE, 1, self.context.limits.max_list_limit)
         with_values = flag_arg(request, "values")
 
+        token = principal_of(request)
+
         def page_response(page) -> Response:
-            items = [describe(entry, with_values) for entry in page.entries]
+            # Keys the token may not read are left out; the cursor still
+            # moves past them, so paging stays stable.
+            items = [
+                describe(entry, with_values)
+                for entry in page.entries
+                if token.may_read(entry.key)
+            ]
             return json_response(
                 200,
                 {
                     "revision": page.revision,
                     "items": items,
-                    "next": items[-1]["key"] if page.more else None,
+                    "next": page.entries[-1].key if page.more else None,
                 },
             )
 
@@ -105,7 +114,7 @@ class KeyResource(V1Resource):
     def render_GET(self, request: Request) -> int:
         # The hot path: a plain read that hits the cache is answered at once,
         # with no Deferred. Reads with parameters (long-polls) go the full way.
-        entry = None if request.args else peek_entry(self.context.store, self._raw_key)
+        entry = None if request.args else peek_entry(self.context.store, self._raw_key, request)
         if entry is not None:
             write_response(request, self.decorate(self._found(request, entry)))
             return NOT_DONE_YET
@@ -113,6 +122,7 @@ class KeyResource(V1Resource):
 
     async def _get(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
+        Authorizer.require_read(principal_of(request), [key])
         index = query_arg(request, "index")
         entry = await self.context.store.get(key)
         if index is not None:
@@ -153,6 +163,7 @@ class KeyResource(V1Resource):
 
     async def _put(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
+        Authorizer.require_write(principal_of(request), [key])
         put = put_from(request, key, read_body(request), self.context.clock)
         checks = write_checks(request, key)
         try:
@@ -176,6 +187,7 @@ class KeyResource(V1Resource):
 
     async def _delete(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
+        Authorizer.require_write(principal_of(request), [key])
         checks = write_checks(request, key) + [Check.present(key, tag="exists")]
         try:
             await self.context.store.commit([Delete(key)], checks)

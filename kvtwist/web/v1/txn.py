@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError, KeyNotFound
 from kvtwist.model import Delete, Put
 from kvtwist.operations import read, stage_deletes, stage_pairs, stage_put
@@ -149,6 +150,7 @@ class TransactionKey(TransactionPart):
     async def _get(self, request: Request) -> Response:
         txn = self.transaction(request)
         key = decode_key(self._raw_key)
+        Authorizer.require_read(principal_of(request), [key])
         found = await read(self.context.store, txn, key)
         if found is None:
             raise KeyNotFound([key])
@@ -164,6 +166,7 @@ class TransactionKey(TransactionPart):
     async def _put(self, request: Request) -> Response:
         txn = self.transaction(request)
         key = decode_key(self._raw_key)
+        Authorizer.require_write(principal_of(request), [key])
         put = put_from(request, key, read_body(request), self.context.clock)
         previous = await stage_put(self.context.store, txn, put, write_checks(request, key))
         return json_response(
@@ -177,6 +180,7 @@ class TransactionKey(TransactionPart):
     async def _delete(self, request: Request) -> Response:
         txn = self.transaction(request)
         key = decode_key(self._raw_key)
+        Authorizer.require_write(principal_of(request), [key])
         checks = write_checks(request, key)
         await stage_deletes(self.context.store, txn, [key], self.context.limits)
         txn.preconditions.extend(checks)
@@ -194,6 +198,7 @@ class TransactionSet(TransactionPart):
     def _set(self, request: Request) -> Deferred:
         txn = self.transaction(request)
         pairs = pairs_from(parse(read_body(request)))
+        Authorizer.require_write(principal_of(request), list(pairs))
         d = Deferred.fromCoroutine(
             stage_pairs(self.context.store, txn, pairs, self.context.limits)
         )

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError, LimitExceeded
 from kvtwist.events import Event
 from kvtwist.web.v1.base import V1Context, V1Resource, flag_arg, query_arg, value_fields
@@ -231,7 +232,12 @@ class Watch(V1Resource):
             prefix = query_arg(request, "prefix") or ""
             with_values = flag_arg(request, "values")
             resume = resume_point(request)
-            matches = lambda key: key.startswith(prefix)  # noqa: E731
+            token = principal_of(request)
+
+            def matches(key: str) -> bool:
+                # Streams carry only keys the token may read.
+                return key.startswith(prefix) and token.may_read(key)
+
             backlog = self.context.hub.since(resume, matches) if resume is not None else []
             if self.context.watchers.active >= self.context.watchers.limit:
                 self.context.watchers.admit()  # raises the 429
