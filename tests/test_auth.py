@@ -1,0 +1,162 @@
+"""
+Bearer tokens and prefix rules on every route (SPEC §8), in memory: the
+matrix of no token, a bad token, a read-only token, and a write token on an
+allowed and on a forbidden prefix.
+"""
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist.auth import Authorizer, Token
+from kvtwist.testing import MemoryStore, memory_root
+from tests.webtest import TreeClient
+
+READER = Token("reader", "r-secret", read=("app/",))
+WRITER = Token("writer", "w-secret", read=("app/",), write=("app/",))
+OPS = Token("ops", "o-secret", ops=True)
+
+#: Each route with its method, body, and the permission it needs on app/x.
+ROUTES = [
+    ("GET", "/app%2Fx", None, "read"),
+    ("DELETE", "/app%2Fx", None, "write"),
+    ("POST", "/set", {"app/x": 1}, "write"),
+    ("DELETE", "/set", ["app/x"], "write"),
+    ("GET", "/v1/kv/app/x", None, "read"),
+    ("PUT", "/v1/kv/app/x", "raw", "write"),
+    ("DELETE", "/v1/kv/app/x", None, "write"),
+    ("POST", "/v1/batch", {"ops": [{"op": "get", "key": "app/x"}]}, "read"),
+    ("POST", "/v1/batch", {"ops": [{"op": "set", "key": "app/x", "value": 1}]}, "write"),
+]
+
+
+class AuthCase(SynchronousTestCase):
+    """A tree with auth on and app/x committed."""
+
+    def setUp(self):
+        self.store = MemoryStore()
+        self.client = TreeClient(
+            self, memory_root(self.store, authorizer=Authorizer([READER, WRITER, OPS]))
+        )
+        self.as_token(WRITER, "PUT", "/v1/kv/app/x", body=b"1")
+
+    def as_token(self, token, method, path, body=None, secret=None, **kw):
+        headers = kw.pop("headers", {})
+        if token is not None or secret is not None:
+            headers["Authorization"] = "Bearer " + (secret or token.secret)
+        if body is not None and not isinstance(body, bytes):
+            body = b"raw" if body == "raw" else json.dumps(body).encode()
+        return self.client.request(method, path, body=body, headers=headers, **kw)
+
+
+class MatrixTests(AuthCase):
+    """Every route against every kind of caller."""
+
+    def test_no_token_is_401(self):
+        """Without a token every route is 401 with WWW-Authenticate."""
+        for method, path, body, _ in ROUTES + [("POST", "/commit", None, ""),
+                                               ("GET", "/v1/kv/", None, ""),
+                                               ("POST", "/v1/txn", None, "")]:
+            answer = self.as_token(None, method, path, body)
+            self.assertEqual(answer.status, 401, (method, path))
+            self.assertEqual(answer.header("www-authenticate"), 'Bearer realm="kvtwist"')
+            self.assertEqual(answer.json["code"], "unauthorized")
+
+    def test_bad_token_is_401(self):
+        """A token that matches none, or a non-Bearer scheme, is 401."""
+        for method, path, body, _ in ROUTES:
+            self.assertEqual(self.as_token(None, method, path, body, secret="nope").status, 401)
+        answer = self.client.request("GET", "/v1/kv/app/x",
+                                     headers={"Authorization": "Basic " + WRITER.secret})
+        self.assertEqual(answer.status, 401)
+
+    def test_read_only_token(self):
+        """A read-only token reads its prefix and is 403 on every write."""
+        for method, path, body, need in ROUTES:
+            answer = self.as_token(READER, method, path, body)
+            if need == "read":
+                self.assertIn(answer.status, (200,), (method, path, answer.body))
+            else:
+                self.assertEqual(answer.status, 403, (method, path))
+                self.assertEqual(answer.json["code"], "forbidden")
+        self.assertEqual(self.store.revision, 1)
+
+    def test_write_token_allowed_prefix(self):
+        """A write token does reads and writes on its prefix."""
+        for method, path, body, need in ROUTES:
+            answer = self.as_token(WRITER, method, path, body)
+            self.assertLess(answer.status, 400, (method, path, answer.body))
+            if path == "/v1/kv/app/x" and method == "DELETE":
+                self.as_token(WRITER, "PUT", "/v1/kv/app/x", body=b"1")
+
+    def test_write_token_forbidden_prefix(self):
+        """Outside its prefixes a write token is 403 and changes nothing."""
+        before = self.store.revision
+        for method, path, body, _ in ROUTES:
+            path = path.replace("app%2Fx", "other%2Fx").replace("app/x", "other/x")
+            if isinstance(body, dict):
+                body = json.loads(json.dumps(body).replace("app/x", "other/x"))
+            if isinstance(body, list):
+                body = ["other/x"]
+            answer = self.as_token(WRITER, method, path, body)
+            self.assertEqual(answer.status, 403, (method, path))
+        self.assertEqual(self.store.revision, before)
+
+    def test_tokens_compared_whole(self):
+        """A prefix or extension of a secret is not that secret."""
+        for secret in (WRITER.secret[:-1], WRITER.secret + "x", WRITER.secret.upper()):
+            self.assertEqual(self.as_token(None, "GET", "/v1/kv/app/x", secret=secret).status, 401)
+
+
+class ScopedViewsTests(AuthCase):
+    """Listings, streams and transactions see only what the token may."""
+
+    def test_listing_filtered(self):
+        """A listing leaves out keys the token may not read; paging goes on."""
+        other = Token("other", "x-secret", read=("",), write=("",))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([READER, other])))
+        for key in ("app/y", "zzz/1", "zzz/2"):
+            client.request("PUT", "/v1/kv/" + key, body=b"1",
+                           headers={"Authorization": "Bearer x-secret"})
+        answer = client.request("GET", "/v1/kv/?limit=2",
+                                headers={"Authorization": "Bearer r-secret"}).json
+        self.assertEqual([i["key"] for i in answer["items"]], ["app/x", "app/y"])
+        answer = client.request("GET", "/v1/kv/?limit=2&after=app/y",
+                                headers={"Authorization": "Bearer r-secret"}).json
+        self.assertEqual(answer["items"], [])
+
+    def test_transactions_belong_to_their_token(self):
+        """Another token sees someone else's transaction as 404."""
+        txn = self.as_token(WRITER, "POST", "/v1/txn").json["id"]
+        self.assertEqual(self.as_token(WRITER, "GET", "/v1/txn/" + txn).status, 200)
+        answer = self.as_token(READER, "GET", "/v1/txn/" + txn)
+        self.assertEqual(answer.status, 404)
+        self.assertEqual(self.as_token(READER, "POST", "/v1/txn/%s/commit" % txn).status, 404)
+
+    def test_seed_commit_needs_write_on_everything_queued(self):
+        """Committing the shared queue needs write access to every staged key."""
+        other = Token("other", "x-secret", read=("",), write=("zzz/",))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([WRITER, other])))
+        client.request("POST", "/set", body=b'{"app/x": 2}',
+                       headers={"Authorization": "Bearer w-secret"})
+        answer = client.request("POST", "/commit", headers={"Authorization": "Bearer x-secret"})
+        self.assertEqual(answer.status, 403)
+        self.assertEqual(
+            client.request("POST", "/commit", headers={"Authorization": "Bearer w-secret"}).status,
+            204,
+        )
+
+    def test_healthz_needs_no_token(self):
+        """/healthz is outside authentication (probes carry no token)."""
+        answer = self.as_token(None, "GET", "/healthz")
+        self.assertNotEqual(answer.status, 401)
+
+
+class AuthOffTests(SynchronousTestCase):
+    """With no tokens configured, nothing asks for one."""
+
+    def test_open(self):
+        """Every route works without Authorization."""
+        client = TreeClient(self, memory_root(MemoryStore()))
+        self.assertEqual(client.request("PUT", "/v1/kv/a", body=b"1").status, 201)
+        self.assertEqual(client.request("GET", "/a").status, 200)
