@@ -19,12 +19,16 @@ setup(
         "twisted[tls]>=26.4.0",
         "treq>=24.9.1",
         "zope.interface>=6.0",
+        "prometheus_client>=0.17",
+        'tomli>=2.0; python_version < "3.11"',
     ],
     extras_require={
         "test": [
             "pytest>=8.0",
             "pytest-twisted>=1.14.3",
             "hypothesis>=6.100",
+            "jsonschema>=4.17",
+            "pyyaml>=6.0",
         ],
         "bench": ["matplotlib>=3.7"],
     },
