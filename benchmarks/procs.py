@@ -175,6 +175,16 @@ class ProcessSet:
             self._servers.remove(server)
         return process.returncode
 
+    def stop_many(self, servers: List[Server], grace: float = 10.0) -> Dict[str, Optional[int]]:
+        """
+        Stop several servers at once: SIGTERM to all first, so their
+        shutdowns overlap; their exit statuses by name.
+        """
+        for server in servers:
+            if server.process.poll() is None:
+                _signal_group(server.process.pid, signal.SIGTERM)
+        return {server.name: self.stop(server, grace) for server in servers}
+
     def stop_all(self) -> None:
         for server in list(self._servers):
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,31 @@ PLUMBING = (
     "twisted/_threads/",
     "threading.py",
 )
+
+
+#: Where the time goes, in the terms the performance issue asks about: the
+#: share of samples whose stack passes through each of these.
+CATEGORIES = {
+    "access log (Site.log and the log observer)": re.compile(r"^\w*Site\.log \(|^\w*Factory\.log \(|FileLogObserver"),
+    "under kvtwist's Resources (render)": re.compile(r"^\w+\.render(_\w+)? \(kvtwist/"),
+    "socket writes (writeSomeData)": re.compile(r"writeSomeData "),
+    "SQLite commit and sync (SQLiteMapping.transaction)": re.compile(r"^SQLiteMapping\.transaction "),
+    "store thread idle (waiting for work)": re.compile(r"^Queue\.get "),
+    "reactor idle (epoll wait)": re.compile(r"^EPollReactor\.doPoll .*epollreactor\.py:227"),
+}
+
+
+def _package(frame: str) -> str:
+    """The package a frame's file belongs to: kvtwist/web, twisted/web, ..."""
+    match = re.search(r"\(([^:()]+):\d+\)$", frame)
+    if not match:
+        return "other"
+    parts = match.group(1).split("/")
+    if parts[0] in ("kvtwist", "twisted") and len(parts) > 2:
+        return "/".join(parts[:2])
+    if parts[0] in ("kvtwist", "twisted"):
+        return parts[0]
+    return "stdlib and others"
 
 
 def py_spy_binary() -> Optional[str]:
@@ -60,6 +86,8 @@ def summarise(path: str, top: int = 12) -> Dict[str, object]:
     the total samples and the C{top} frames by self and inclusive samples
     (the inclusive ranking without L{PLUMBING}).
     """
+    categories: Dict[str, int] = collections.Counter()
+    packages: Dict[str, int] = collections.Counter()
     own: Dict[str, int] = collections.Counter()
     inclusive: Dict[str, int] = collections.Counter()
     total = 0
@@ -72,8 +100,12 @@ def summarise(path: str, top: int = 12) -> Dict[str, object]:
             total += count
             frames = stack.split(";")
             own[frames[-1]] += count
+            packages[_package(frames[-1])] += count
             for frame in set(frames):
                 inclusive[frame] += count
+            for name, pattern in CATEGORIES.items():
+                if any(pattern.search(frame) for frame in frames):
+                    categories[name] += count
 
     for frame in list(inclusive):
         if any(marker in frame for marker in PLUMBING):
@@ -85,4 +117,10 @@ def summarise(path: str, top: int = 12) -> Dict[str, object]:
             for frame, n in counter.most_common(top)
         ]
 
-    return {"samples": total, "self": rows(own), "inclusive": rows(inclusive)}
+    return {
+        "samples": total,
+        "self": rows(own),
+        "inclusive": rows(inclusive),
+        "categories": {name: categories[name] / total if total else 0.0 for name in CATEGORIES},
+        "self_by_package": {name: n / total for name, n in packages.most_common()} if total else {},
+    }

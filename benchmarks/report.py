@@ -138,6 +138,14 @@ def _profiles_section(results: dict) -> str:
         load = p.get("load", {})
         parts.append("%s samples%s; load while profiled: %s req/s.\n" % (
             p["samples"], " (idle included)" if p.get("idle_included") else "", _num(load.get("rate"))))
+        if p.get("categories"):
+            parts.append("| where | share of samples |\n|---|---|")
+            for category, share in p["categories"].items():
+                parts.append("| %s | %.1f %% |" % (category, 100 * share))
+            parts.append("")
+        if p.get("self_by_package"):
+            parts.append("Own (self) samples by package: " + ", ".join(
+                "%s %.1f %%" % (name, 100 * share) for name, share in p["self_by_package"].items()) + ".\n")
         for kind in ("self", "inclusive"):
             parts.append("Top frames by %s samples:\n" % kind)
             parts.append("| share | frame |\n|---|---|")
@@ -240,7 +248,11 @@ def markdown(results: dict, image: Optional[str], plot_note: Optional[str]) -> s
         "",
     ]
     for name, t in results["targets"].items():
-        out.append("- `%s`: %s%s" % (name, t["description"], " (failed: %s)" % t["error"].splitlines()[0] if t.get("error") else ""))
+        if t.get("error"):
+            state = " (failed: %s)" % t["error"].splitlines()[0]
+        else:
+            state = " (started in %s s, exit status %s after SIGTERM)" % (_num(t.get("startup_s")), t.get("exit_status"))
+        out.append("- `%s`: %s%s" % (name, t["description"], state))
     out += ["", "## Machine", "", _machine_section(results), "",
             "Raw numbers of every round: `%s.json`." % results["stamp"], ""]
     return "\n".join(out)
