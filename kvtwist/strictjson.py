@@ -9,7 +9,8 @@ those is a 400 here (L{kvtwist.errors.InvalidInput}), and nothing is staged.
 from __future__ import annotations
 
 import json
-from typing import Any, List, Tuple
+import math
+from typing import Any, List, Optional, Tuple
 
 from kvtwist.errors import InvalidInput
 
@@ -34,8 +35,19 @@ def _unique_object(pairs: List[Tuple[str, Any]]) -> dict:
     return result
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidInput(
+            "bad-json", "the number %s is too large (it overflows to infinity)" % (text[:40],)
+        )
+    return value
+
+
 _decoder = json.JSONDecoder(
-    parse_constant=_reject_constant, object_pairs_hook=_unique_object
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+    object_pairs_hook=_unique_object,
 )
 
 
@@ -97,6 +109,17 @@ def encode(value: Any) -> bytes:
     @raise UnicodeEncodeError: if C{value} holds a lone surrogate.
     """
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def parse_revision(text: str) -> Optional[int]:
+    """
+    A revision written as ASCII decimal digits (at most 19, so it fits etcd's
+    int64), or None. C{str.isdigit} alone would admit superscripts and other
+    digits that C{int} then refuses.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        return int(text)
+    return None
 
 
 def check_key(key: str) -> str:

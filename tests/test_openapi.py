@@ -27,10 +27,8 @@ an example that exists). Routes that only C{kvtwist.tap} mounts (through
 C{make_root(extra_children=...)}) are outside L{memory_root}, so they are
 checked only once the tree these tests build includes them.
 
-Server bugs found by these checks are pinned in L{KnownServerBugTests} with
-C{xfail(strict=True)}; while they are open the generator avoids exactly
-those inputs (see L{known_bug_free}), so the property test stays meaningful
-for everything else.
+Server bugs found by these checks are kept as regression tests in
+L{FoundServerBugTests}.
 """
 
 from __future__ import annotations
@@ -751,7 +749,7 @@ MEDIA_TYPES = (
     b"application/json", b"text/plain; charset=utf-8", b"application/octet-stream",
     b"image/png", b"application/vnd.kv+json",
 )
-#: Texts that json.loads accepts but JSON does not (see known_bug_free).
+#: Texts that json.loads accepts but JSON does not.
 NON_FINITE = {b"NaN", b"Infinity", b"-Infinity"}
 
 
@@ -914,12 +912,12 @@ def json_body(schema: Any) -> Choices:
     )
 
 
-#: Any bytes are a valid value; JSON texts too, so values=1 inlines some.
-#: Texts json.loads takes for non-finite numbers are left out while
-#: test_listing_values_are_json is open (see known_bug_free).
+#: Any bytes are a valid value; JSON texts too, so values=1 inlines some,
+#: and the texts json.loads takes for non-finite numbers (which must not).
 VALUE_BODY = Choices(
-    (st.binary(max_size=48) | ANY_JSON.map(lambda v: json.dumps(v).encode("utf-8"))).filter(
-        lambda body: body.strip() not in NON_FINITE),
+    st.binary(max_size=48)
+    | ANY_JSON.map(lambda v: json.dumps(v).encode("utf-8"))
+    | st.sampled_from(sorted(NON_FINITE)),
     st.nothing(),
 )
 VALUE_CONTENT_TYPE = Choices(st.none() | st.sampled_from(MEDIA_TYPES), JUNK_HEADER)
@@ -1011,60 +1009,6 @@ def generators_for(op: Operation) -> Generators:
 
 
 GENERATORS = {op.name: generators_for(op) for op in OPERATIONS + UNLISTED}
-#: The pattern a batch set's content_type must match (see known_bug_free).
-BATCH_CONTENT_TYPE = re.compile(
-    inline({"$ref": "#/components/schemas/BatchOp"})["oneOf"][1]["properties"][
-        "content_type"]["pattern"]
-)
-
-
-def int_trap(text: str) -> bool:
-    """
-    Whether the server takes C{text} for a number (C{str.isdigit}) that
-    C{int()} then refuses: superscripts such as U+00B2, or over 4300 digits.
-    """
-    text = text.strip()
-    return text.isdigit() and (not text.isdecimal() or len(text) > 4000)
-
-
-#: Where the server checks a number with isdigit() before int() (see
-#: test_numbers_that_are_not_integers_are_400).
-INT_HEADERS = (b"if-match", b"if-none-match", b"last-event-id")
-INT_QUERY = ("index", "after")
-
-
-def known_bug_free(op: Operation, call: Call) -> bool:
-    """
-    Whether C{call} avoids the server bugs pinned in L{KnownServerBugTests}
-    (remove each rule here when its bug is fixed and its xfail removed).
-    """
-    # test_numbers_that_are_not_integers_are_400: a 500 instead.
-    for name in INT_HEADERS:
-        raw = call.headers.get(name)
-        if raw is not None:
-            for tag in raw.decode("latin-1").split(","):
-                tag = tag.strip()
-                tag = tag[2:] if tag.startswith("W/") else tag
-                if int_trap(tag.strip('"')):
-                    return False
-    query = call.target.partition("?")[2]
-    for name, values in parse_qs(query, keep_blank_values=True).items():
-        if name in INT_QUERY and any(int_trap(v) for v in values):
-            return False
-    if op.path == "/v1/batch" and call.body:
-        # test_batch_content_type_is_validated: a batch stores any
-        # content_type string, which later GETs answer garbled.
-        try:
-            ops = json.loads(call.body).get("ops")
-        except (ValueError, AttributeError):
-            return True
-        for item in ops if isinstance(ops, list) else ():
-            if isinstance(item, dict) and isinstance(item.get("content_type"), str):
-                if not BATCH_CONTENT_TYPE.fullmatch(item["content_type"]):
-                    return False
-    return True
-
-
 def draw_call(data, op: Operation, world: World) -> Call:
     """
     Draw one request for C{op} in C{world}: mostly a valid one (so that
@@ -1304,7 +1248,6 @@ class SpecPropertyTests(SynchronousTestCase):
                     continue
                 op = data.draw(targets, label="operation")
                 call = draw_call(data, op, world)
-                assume(known_bug_free(op, call))
                 before = world.snapshot()
                 answer = world.send(call)
                 status = check_answer(op, call, answer, before, world)
@@ -1341,11 +1284,10 @@ class SpecPropertyTests(SynchronousTestCase):
         self.assertGreater(succeeded, stats["requests"] // 4, "too few success answers")
 
 
-class KnownServerBugTests(SynchronousTestCase):
+class FoundServerBugTests(SynchronousTestCase):
     """
-    Server bugs these checks found, pinned until fixed: each test states the
-    right behaviour and is an expected failure (strict, so a fix makes it
-    fail until the marker, and the matching rule in L{known_bug_free}, go).
+    Server bugs these checks found (all fixed), kept as regression tests:
+    each states the right behaviour.
     """
 
     def setUp(self):
@@ -1357,10 +1299,6 @@ class KnownServerBugTests(SynchronousTestCase):
         except ValueError as e:
             self.fail("not JSON (%s): %r" % (e, body))
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "kvtwist.strictjson.parse lets a number that overflows a float "
-        "through as inf; /set, /v1/txn/{id}/set and /v1/batch then store "
-        "'Infinity', which GET answers as application/json"))
     def test_overflowing_number_is_bad_json(self):
         """A JSON number that overflows to infinity is a 400 bad-json, like Infinity itself."""
         answer = self.world.send(Call("POST", "/set", {b"content-type": b"application/json"},
@@ -1368,10 +1306,6 @@ class KnownServerBugTests(SynchronousTestCase):
         self.assertEqual(answer.status, 400, repr(answer.body))
         self.assertEqual(json.loads(answer.body)["code"], "bad-json")
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "kvtwist.web.v1.base.value_fields inlines with json.loads, which "
-        "accepts NaN/Infinity: a value PUT as application/json 'NaN' makes "
-        "the listing body invalid JSON"))
     def test_listing_values_are_json(self):
         """GET /v1/kv/?values=1 is valid JSON even when a stored 'JSON' value is NaN."""
         self.world.send(Call("PUT", "/v1/kv/n", {b"content-type": b"application/json"}, b"NaN"))
@@ -1379,8 +1313,6 @@ class KnownServerBugTests(SynchronousTestCase):
         self.assertEqual(answer.status, 200)
         self.assertStrictJSON(answer.body)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "same as test_listing_values_are_json, in Batch._get_result"))
     def test_batch_get_values_are_json(self):
         """A batch get of a value stored as application/json 'Infinity' answers valid JSON."""
         self.world.send(Call("PUT", "/v1/kv/n", {b"content-type": b"application/json"},
@@ -1390,11 +1322,6 @@ class KnownServerBugTests(SynchronousTestCase):
         self.assertEqual(answer.status, 200)
         self.assertStrictJSON(answer.body)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "str.isdigit() then int(): conditional._revision (If-Match, "
-        "If-None-Match), KeyResource._long_poll (index) and "
-        "watch.resume_point (after, Last-Event-ID) raise ValueError for "
-        "superscript digits or over 4300 digits"))
     def test_numbers_that_are_not_integers_are_400(self):
         """
         Revisions written with non-ASCII digits, or with too many digits,
@@ -1418,10 +1345,6 @@ class KnownServerBugTests(SynchronousTestCase):
             if answer.status >= 400:
                 self.assertEqual(answer.media_type, PROBLEM_MEDIA)
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "kvtwist.web.v1.batch._put checks only that content_type is a "
-        "non-empty string of at most 255 characters; PUT refuses the same "
-        "values (bad-content-type)"))
     def test_batch_content_type_is_validated(self):
         """A batch set whose content_type is not printable ASCII is a 400 bad-op, as PUT's 400."""
         for content_type in ("\u00e9", "a\nb", " "):

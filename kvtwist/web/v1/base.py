@@ -7,7 +7,6 @@ headers and JSON.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import random
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from twisted.web.server import Request
 
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput
+from kvtwist.strictjson import parse
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
@@ -148,11 +148,15 @@ def describe(entry: Entry, with_value: bool = False) -> Dict[str, Any]:
 
 
 def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
-    """A value for JSON output: inline if it is JSON, else base64."""
+    """
+    A value for JSON output: inline if it is strict JSON (a value stored as
+    C{application/json} may still be NaN or malformed: those go as base64,
+    so the answer itself stays valid JSON), else base64.
+    """
     if is_json_type(content_type):
         try:
-            return {"value": json.loads(value)}
-        except ValueError:
+            return {"value": parse(value)}
+        except InvalidInput:
             pass
     return {"value_base64": base64.b64encode(value).decode("ascii")}
 
@@ -237,11 +241,22 @@ def content_type_of(request: Request) -> str:
     if raw is None:
         return DEFAULT_CONTENT_TYPE
     try:
-        value = raw.decode("ascii").strip()
+        text = raw.decode("ascii")
     except UnicodeDecodeError:
-        value = ""
-    if not value or len(value) > 255 or not value.isprintable():
-        raise InvalidInput("bad-content-type", "the Content-Type header is not valid")
+        raise InvalidInput("bad-content-type", "the content type is not ASCII")
+    return check_content_type(text)
+
+
+def check_content_type(value: str) -> str:
+    """
+    A content type fit to store and send back as a header: printable ASCII,
+    1 to 255 characters, no surrounding spaces.
+
+    @raise InvalidInput: otherwise.
+    """
+    value = value.strip()
+    if not value or len(value) > 255 or not (value.isascii() and value.isprintable()):
+        raise InvalidInput("bad-content-type", "the content type is not valid")
     return value
 
 

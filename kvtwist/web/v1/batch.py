@@ -31,7 +31,7 @@ from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded
 from kvtwist.model import JSON_CONTENT_TYPE, Check, CheckFailure, Delete, Entry, Op, Put
 from kvtwist.strictjson import check_key, encode, parse
 from kvtwist.web.resource import Response, json_response, read_body
-from kvtwist.web.v1.base import V1Resource, describe, parse_ttl, value_fields
+from kvtwist.web.v1.base import V1Resource, check_content_type, describe, parse_ttl, value_fields
 
 #: How often a batch with gets is retried when a concurrent commit changes
 #: a key it read.
@@ -103,8 +103,12 @@ def _put(index: int, raw: Dict[str, Any], key: str, clock) -> Put:
     if has_json:
         return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires)
     content_type = raw.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str) or not content_type or len(content_type) > 255:
-        raise _bad(index, "content_type must be a non-empty string")
+    if not isinstance(content_type, str):
+        raise _bad(index, "content_type must be a string")
+    try:
+        content_type = check_content_type(content_type)
+    except InvalidInput as e:
+        raise _bad(index, e.detail)
     try:
         value = base64.b64decode(raw["value_base64"], validate=True)
     except (binascii.Error, TypeError, ValueError):

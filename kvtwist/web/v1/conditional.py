@@ -16,6 +16,7 @@ from twisted.web.server import Request
 
 from kvtwist.errors import InvalidInput
 from kvtwist.model import Check, Entry
+from kvtwist.strictjson import parse_revision
 
 IF_MATCH = "If-Match"
 IF_NONE_MATCH = "If-None-Match"
@@ -29,8 +30,8 @@ def _revision(tag: str) -> Optional[int]:
     """The revision an entity tag names, or None if it names none."""
     if tag.startswith("W/"):
         tag = tag[2:]
-    if len(tag) >= 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
-        return int(tag[1:-1])
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        return parse_revision(tag[1:-1])
     return None
 
 

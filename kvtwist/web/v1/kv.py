@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
-from kvtwist.strictjson import check_key, decode_key
+from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
 from kvtwist.web.resource import Response, json_response, peek_entry, read_body, write_response
 from kvtwist.web.v1.base import (
@@ -140,9 +140,9 @@ class KeyResource(V1Resource):
         the wait ends; then return its state. A missing key wakes only when
         it appears.
         """
-        if not raw_index.isdigit():
+        index = parse_revision(raw_index)
+        if index is None:
             raise InvalidInput("bad-parameter", "index must be a revision", parameter="index")
-        index = int(raw_index)
         wait = wait_seconds(request, self.context)
         if entry is not None and entry.mod_revision > index:
             return entry

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError, LimitExceeded
+from kvtwist.strictjson import parse_revision
 from kvtwist.events import Event
 from kvtwist.web.v1.base import V1Context, V1Resource, flag_arg, query_arg, value_fields
 
@@ -217,9 +218,10 @@ def resume_point(request: Request) -> Optional[int]:
     text = raw.decode("latin-1") if raw is not None else query_arg(request, "after")
     if text is None:
         return None
-    if not text.strip().isdigit():
+    revision = parse_revision(text.strip())
+    if revision is None:
         raise InvalidInput("bad-parameter", "the resume point must be a revision")
-    return int(text)
+    return revision
 
 
 class Watch(V1Resource):
