@@ -14,13 +14,19 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests*", "benchmarks*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/kvtwist_kvcache.py"]},
+    package_data={
+        "twisted": ["plugins/kvtwist_kvcache.py"],
+        # The admin page: HTML, CSS and JS modules served by GET /ui/.
+        "kvtwist": ["web/static/*", "web/static/**/*"],
+    },
     install_requires=[
         "twisted[tls]>=26.4.0",
         "treq>=24.9.1",
         "zope.interface>=6.0",
         "prometheus_client>=0.17",
         'tomli>=2.0; python_version < "3.11"',
+        # The progress bar of `kvtwist load`.
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": [
@@ -29,10 +35,19 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.17",
             "pyyaml>=6.0",
+            # The admin page's browser tests.
+            "selenium>=4.15",
+            # tests/test_packaging.py: build the sdist and wheel, check them.
+            "build>=1.0",
+            "twine>=5.0",
         ],
         "bench": ["matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["kvtwist = kvtwist.cli:run"]},
+    entry_points={
+        "console_scripts": ["kvtwist = kvtwist.cli:run"],
+        # kvtwist's fixtures (kvcache_url, ...) for downstream pytest suites.
+        "pytest11": ["kvtwist = kvtwist.pytest_plugin"],
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

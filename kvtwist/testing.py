@@ -6,14 +6,27 @@ Test doubles shipped with kvtwist, for kvtwist's own tests and for yours.
 - L{InlineThreadPool} and L{ThreadlessReactor}: make code that defers to a
   thread pool run synchronously, so unit tests stay deterministic.
 - L{memory_root}: a whole kvcache Resource tree over a L{MemoryStore}, ready
-  for C{treq.testing.StubTreq}.
+  for C{treq.testing.StubTreq}; L{memory_client} gives the C{StubTreq} and
+  the store together. No network, no reactor: the Deferreds fire at once.
+- L{KVCacheServer}: a real kvcache served in process on a free 127.0.0.1
+  port (a L{MemoryStore}, or the on-disk shelve store), for code that needs
+  a real HTTP connection (streams, long-polls, other HTTP clients).
+- L{KVCacheServerMixin}: a trial C{TestCase} mixin that starts one with
+  C{start_kvcache()} and stops it when the test ends.
+
+The pytest-twisted fixtures (C{kvcache_url}, C{kvcache_store},
+C{kvcache_server}, C{kvcache_stub}) are in L{kvtwist.pytest_plugin}, which
+pytest loads by itself once kvtwist is installed. C{docs/testing.md} has
+copy-paste examples for each.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
@@ -29,6 +42,9 @@ __all__ = [
     "InlineThreadPool",
     "ThreadlessReactor",
     "memory_root",
+    "memory_client",
+    "KVCacheServer",
+    "KVCacheServerMixin",
 ]
 
 
@@ -188,3 +204,306 @@ def memory_root(store: Optional[IKeyValueStore] = None, **options):
     from kvtwist.web.root import make_root
 
     return make_root(store if store is not None else MemoryStore(), **options)
+
+
+def memory_client(store: Optional[IKeyValueStore] = None, **options) -> Tuple[Any, Any]:
+    """
+    An in-memory kvcache and a treq-like client for it, with no network:
+    C{(StubTreq(memory_root(store, **options)), store)}. Pass the client
+    wherever your code takes treq (every L{kvtwist.client} function does).
+
+    @param store: the store to serve (a fresh L{MemoryStore} by default);
+        returned as the second item, to seed it or look into it.
+    @param options: more keyword arguments of L{kvtwist.web.root.make_root}
+        (C{limits}, C{authorizer}, ...).
+    """
+    from treq.testing import StubTreq
+
+    if store is None:
+        store = MemoryStore()
+    return StubTreq(memory_root(store, **options)), store
+
+
+class _ReactorThreadCalls:
+    """
+    The real reactor, except that C{callFromThread} runs the call at once.
+
+    With L{InlineThreadPool}, a store that defers to its thread pool then
+    does its work on the reactor thread, synchronously: the on-disk store of
+    L{KVCacheServer} opens before C{start} returns, and still has exactly
+    one thread touching its files. Time (C{seconds}, C{callLater}) is the
+    real reactor's, so TTLs expire in real time.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def callFromThread(self, f, *args, **kw) -> None:
+        f(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def _tracked_channel(base: type) -> type:
+    """
+    A subclass of the HTTP channel class C{base} that registers each
+    connection with its site, so L{KVCacheServer.stop} can close the
+    connections clients keep alive (stopListening alone leaves them open,
+    and trial would report the test's reactor as unclean).
+    """
+
+    class TrackedChannel(base):  # type: ignore[valid-type, misc]
+        def connectionMade(self) -> None:
+            self.factory.kvtwist_connections[self] = Deferred()
+            super().connectionMade()
+
+        def connectionLost(self, reason) -> None:
+            try:
+                super().connectionLost(reason)
+            finally:
+                lost = self.factory.kvtwist_connections.pop(self, None)
+                if lost is not None:
+                    lost.callback(None)
+
+    TrackedChannel.__name__ = "Tracked" + base.__name__
+    return TrackedChannel
+
+
+class KVCacheServer:
+    """
+    A kvcache served in process over real TCP on 127.0.0.1: the whole
+    Resource tree of L{kvtwist.web.root.make_root} behind kvcache's own
+    HTTP site (body cap and other limits included), on the running reactor.
+
+        server = KVCacheServer()
+        url = server.start()          # "http://127.0.0.1:<free port>"
+        ...
+        await server.stop()
+
+    Differences from C{twistd kvcache}: the store is a L{MemoryStore} by
+    default; with C{data_dir} it is the on-disk shelve store, whose SQLite
+    calls then run on the reactor thread (fine for tests, too slow for
+    production). There are no C{/healthz}-style operations routes unless
+    you pass them in C{extra_children}, and the access log is Twisted's.
+
+    @param store: serve this store (already open); the server never closes
+        a store it was given. By default it makes its own L{MemoryStore}
+        (timed by the real reactor), or, with C{data_dir}, a shelve store.
+    @param data_dir: keep the data on disk in this directory (created if
+        missing), in the same format as C{twistd kvcache --data}.
+    @param limits: a L{kvtwist.limits.Limits} (the defaults otherwise).
+    @param sweep: run the expiry sweeper, so expired keys are removed as
+        commits and watchers get C{expire} events, as in the real server.
+    @param reactor: the reactor to listen on (the global one by default).
+    @param root_options: more keyword arguments of C{make_root}
+        (C{authorizer}, C{extra_children}, ...).
+
+    @ivar url: the base URL, without a trailing slash, once started.
+    @ivar port: the TCP port, once started.
+    @ivar store: the store served (for seeding and inspecting it).
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        store: Optional[IKeyValueStore] = None,
+        *,
+        data_dir: Optional[str] = None,
+        limits=None,
+        sweep: bool = True,
+        reactor: Any = None,
+        **root_options: Any,
+    ) -> None:
+        if store is not None and data_dir is not None:
+            raise ValueError("pass either a store or a data_dir, not both")
+        if reactor is None:
+            # Imported here, not at module level: importing the reactor
+            # installs it, and pytest-twisted must choose it first.
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        from kvtwist.limits import Limits
+
+        self._reactor = reactor
+        self.limits = limits if limits is not None else Limits()
+        self._data_dir = data_dir
+        self._owns_store = store is None
+        self.store: Any = store
+        self._sweep = sweep
+        self._root_options = root_options
+        self._listening: Any = None
+        self._site: Any = None
+        self._sweeper: Any = None
+        self._transactions: Any = None
+        self.port: Optional[int] = None
+
+    @property
+    def url(self) -> str:
+        """The base URL (C{http://127.0.0.1:PORT}); only once started."""
+        if self.port is None:
+            raise RuntimeError("the kvcache server has not been started")
+        return "http://%s:%d" % (self.host, self.port)
+
+    def _open_store(self) -> Any:
+        if self._data_dir is None:
+            return MemoryStore(clock=self._reactor)
+        from kvtwist.store.cache import CachedStore
+        from kvtwist.store.shelve_store import ShelveStore
+
+        store = CachedStore(
+            ShelveStore(self._data_dir, _ReactorThreadCalls(self._reactor), InlineThreadPool()),
+            self.limits.cache_bytes,
+        )
+        from twisted.python.failure import Failure
+
+        opened: List[Any] = []
+        store.open().addBoth(opened.append)
+        # Inline threads: the open has finished (or failed) by now.
+        if not opened:
+            raise RuntimeError("the on-disk store did not open synchronously")
+        if isinstance(opened[0], Failure):
+            opened[0].raiseException()
+        return store
+
+    def start(self) -> str:
+        """
+        Open the store, listen on a free port of 127.0.0.1 and return the
+        base URL. Synchronous: the server answers as soon as the reactor
+        runs.
+
+        @raise kvtwist.errors.StoreCorrupt: if C{data_dir} holds a damaged
+            store.
+        """
+        if self._listening is not None:
+            raise RuntimeError("the kvcache server is already running")
+        from kvtwist.sweeper import Sweeper
+        from kvtwist.transactions import TransactionManager
+        from kvtwist.web.http import KVSite
+        from kvtwist.web.root import make_root
+
+        if self.store is None:
+            self.store = self._open_store()
+        # Our own transaction manager: its idle timers run on the real
+        # reactor, and stop() cancels them (a timer left pending would make
+        # trial report an unclean reactor).
+        self._transactions = TransactionManager(self._reactor, self.limits)
+        root = make_root(
+            self.store,
+            self.limits,
+            clock=self._reactor,
+            transactions=self._transactions,
+            **self._root_options,
+        )
+        site = KVSite(root, max_body=self.limits.max_body)
+        site.protocol = _tracked_channel(site.protocol)
+        site.kvtwist_connections = {}
+        self._site = site
+        self._listening = self._reactor.listenTCP(0, site, interface=self.host)
+        self.port = self._listening.getHost().port
+        if self._sweep:
+            self._sweeper = Sweeper(self.store, self._reactor, self.limits)
+            self._sweeper.startService()
+        return self.url
+
+    def stop(self) -> Deferred:
+        """
+        Stop listening, close every open connection, stop the sweeper,
+        forget open transactions and close the store (unless it was given).
+        Idempotent.
+
+        @return: a Deferred that fires when all of that is done.
+        """
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return
+        await listening.stopListening()
+        connections = self._site.kvtwist_connections
+        lost = list(connections.values())
+        for channel in list(connections):
+            channel.transport.abortConnection()
+        if lost:
+            await DeferredList(lost, consumeErrors=True)
+        # Code under test often calls the treq module itself, whose global
+        # pool keeps each idle connection with a 240 s timer, even after the
+        # peer has closed it: trial would call that timer an unclean
+        # reactor. Drop the pool's idle connections (it reconnects as needed).
+        pool = _treq_global_pool()
+        if pool is not None:
+            await pool.closeCachedConnections()
+        if self._sweeper is not None:
+            await _maybe(self._sweeper.stopService())
+            self._sweeper = None
+        self._transactions.abort_all()
+        if self._owns_store:
+            await self.store.close()
+        # One more turn of the reactor: clients see their end of the
+        # aborted connections close (and a pool cancels its idle timers).
+        from twisted.internet.task import deferLater
+
+        await deferLater(self._reactor, 0, lambda: None)
+
+
+def _treq_global_pool() -> Any:
+    """The connection pool of the C{treq} module's functions, if made yet."""
+    try:
+        from treq.api import get_global_pool
+    except ImportError:  # a treq without it: nothing to clean
+        return None
+    return get_global_pool()
+
+
+def _maybe(result: Any) -> Deferred:
+    return result if isinstance(result, Deferred) else succeed(result)
+
+
+class KVCacheServerMixin:
+    """
+    Mix into a trial C{twisted.trial.unittest.TestCase} for a real kvcache
+    in the test's process:
+
+        class FlagTests(KVCacheServerMixin, TestCase):
+            async def test_flag(self):
+                url = self.start_kvcache()
+                http = self.kvcache_client()
+                await client.put(http, url, "flags/beta", b"true")
+
+    Every server started is stopped when the test ends (C{addCleanup}):
+    listener, open connections, sweeper, store.
+    """
+
+    def start_kvcache(self, **options: Any) -> str:
+        """
+        Start a L{KVCacheServer} for this test and return its base URL.
+        The server is kept as C{self.kvcache} (the last one started).
+
+        @param options: those of L{KVCacheServer}; and C{on_disk=True} for
+            the shelve store in a temporary directory removed afterwards.
+        """
+        if options.pop("on_disk", False) and options.get("data_dir") is None:
+            data_dir = tempfile.mkdtemp(prefix="kvtwist-kit-")
+            self.addCleanup(shutil.rmtree, data_dir, True)  # type: ignore[attr-defined]
+            options["data_dir"] = data_dir
+        server = KVCacheServer(**options)
+        url = server.start()
+        self.addCleanup(server.stop)  # type: ignore[attr-defined]
+        self.kvcache = server
+        return url
+
+    def kvcache_client(self) -> Any:
+        """
+        A real treq C{HTTPClient} whose connections are closed when the
+        test ends, so no socket outlives it. (Code that uses the C{treq}
+        module's own pool works too: stopping the server closes its end.)
+        """
+        from treq.client import HTTPClient
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)  # type: ignore[attr-defined]
+        return HTTPClient(Agent(reactor, pool=pool))

@@ -1,0 +1,1151 @@
+"""
+C{kvtwist dump} and C{kvtwist load}: copy keys out of a kvcache as JSON
+lines, and back in, with treq.
+
+The format is one JSON object per line, one line per key, in key order:
+
+    {"key": "flags/beta", "value": true, "content_type": "application/json", "expires": null}
+    {"key": "logo", "value_base64": "iVBORw0K...", "content_type": "image/png",
+     "expires": "2030-01-01T00:00:00.000Z"}
+
+C{value} holds a value stored with a JSON content type, as JSON; every
+other value is C{value_base64}. C{expires} is the key's expiry as the
+server reports it (RFC 3339, UTC) or C{null}.
+
+L{dump} reads the listing (C{GET /v1/kv/?values=1}) page by page. Each
+page is read at one revision, but the pages of a long listing are not: so
+L{dump} notes the revision of the first page and, if a later page was read
+at another revision (some commit happened in between), throws away what it
+has and starts again, up to C{attempts} times with a growing pause. What it
+writes is therefore exactly the store at one revision, which it returns. A
+store that is written to all the time may never hold still for a whole
+listing; the dump then fails with L{client.ConflictError}
+(C{revision-changed}) rather than write a mixture.
+
+By default a JSON value is written as JSON, so a dump is easy to read and
+edit, and L{load} writes it back as compact JSON: equal as JSON, but not
+byte for byte if it was stored with other spacing or spelling (C{1e3}
+becomes C{1000.0}). With C{exact=True} every value is written as
+C{value_base64}, the bytes exactly as stored: for JSON values that takes
+one extra C{GET} per key, whose ETag must be the revision the listing gave
+(else the store changed, and the attempt starts again). A JSON value that
+strict JSON cannot hold (C{NaN}) is always fetched that way.
+
+L{load} reads such lines and writes them in transactions of C{batch} keys
+(C{POST /v1/txn}, one C{PUT} per key, C{concurrency} of them in flight at
+once, then the commit): each batch is applied whole or not at all. Within a
+batch the last record of a key wins, as it would one after the other. A key with an expiry gets the TTL that is left of it; one
+that has already expired is skipped. Keys the input does not name are left
+alone. Loading is idempotent (a key written twice holds the same value),
+so a batch whose commit was cut off can simply be sent again. Conflicting
+commits (another client writing the same keys) and a store that is briefly
+unavailable (503) are retried, C{retries} times per batch.
+
+Resuming: after each committed batch, L{load} writes a checkpoint file
+(atomically: written beside it, then renamed) with the number of input
+lines done, a SHA-256 of those lines, and the server's URL. A later load
+with the same checkpoint skips those lines, after checking that the input
+starts with exactly the lines the checkpoint hashed and goes to the same
+URL (else it refuses with L{CheckpointMismatch}; C{restart=True} starts
+from the first line, which is always safe). A load that finishes removes
+its checkpoint.
+
+The C{kvtwist} command's glue is here too: L{add_dump_load_commands} adds
+the two subcommands to its parser and L{COMMANDS} holds their handlers;
+C{python -m kvtwist.dumpload} runs them on their own (L{main}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.task import deferLater
+
+from kvtwist import client
+
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_BATCH",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_RETRIES",
+    "CheckpointMismatch",
+    "DumpFormatError",
+    "Record",
+    "dump",
+    "load",
+    "parse_record",
+    "record_line",
+    "scan",
+    "add_dump_load_commands",
+    "COMMANDS",
+    "main",
+]
+
+#: Keys per listing page: the server's default maximum (C{max_list_limit}).
+DEFAULT_PAGE_SIZE = 1000
+#: Listings a dump tries before it gives up on a store that keeps changing.
+DEFAULT_ATTEMPTS = 5
+#: Keys per load transaction.
+DEFAULT_BATCH = 1000
+#: Further tries of a load batch that met a conflict or a 503.
+DEFAULT_RETRIES = 3
+#: Requests a load keeps in flight while it stages a batch.
+DEFAULT_CONCURRENCY = 8
+#: Seconds before the second try of a dump or a load batch; doubled each time.
+FIRST_PAUSE = 0.1
+#: What a checkpoint file says it is.
+CHECKPOINT_FORMAT = "kvtwist-load-checkpoint/1"
+#: A dump to stdout is held in memory up to this size, then in a temp file.
+SPOOL_BYTES = 16 * 1024 * 1024
+
+
+class DumpFormatError(ValueError):
+    """
+    A line of a dump is not a record: not strict JSON, not an object, or
+    without a usable C{key}, value, C{content_type} or C{expires}.
+
+    @ivar line: the 1-based line number.
+    """
+
+    def __init__(self, line: int, detail: str) -> None:
+        super().__init__("line %d: %s" % (line, detail))
+        self.line = line
+
+
+class CheckpointMismatch(ValueError):
+    """
+    A checkpoint does not belong to this load: a different input, or a
+    different server. Start again with C{restart=True} (C{--restart}).
+    """
+
+
+# -- records ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """
+    One key of a dump.
+
+    @ivar expires: when it expires, in seconds since the epoch, or L{None}.
+    """
+
+    key: str
+    value: bytes
+    content_type: str
+    expires: Optional[float] = None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("%s is not JSON" % (name,))
+
+
+def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError("the object repeats the key %r" % (key,))
+        result[key] = value
+    return result
+
+
+def _strict_loads(text: str) -> Any:
+    """JSON without NaN, Infinity or duplicate object keys."""
+    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
+
+
+def _strict_dumps(value: Any) -> str:
+    """
+    Compact JSON; raises C{ValueError} for what strict JSON cannot hold
+    (NaN, Infinity, lone surrogates).
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
+    return text
+
+
+def _parse_time(text: str) -> float:
+    """An RFC 3339 date-time (C{Z} or an offset required) as epoch seconds."""
+    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    if moment.tzinfo is None:
+        raise ValueError("no time zone")
+    return moment.timestamp()
+
+
+def parse_record(line: bytes, number: int) -> Optional[Record]:
+    """
+    The record on one line of a dump (L{None} for a blank line).
+
+    Fields: C{key} (a non-empty string); exactly one of C{value} (JSON) and
+    C{value_base64}; C{content_type} (default C{application/json} with
+    C{value}, C{application/octet-stream} with C{value_base64});
+    C{expires} (RFC 3339 or null, default null). Other fields are ignored.
+
+    @param number: the line's number, for error messages.
+    @raise DumpFormatError: if the line is not such a record.
+    """
+    if not line.strip():
+        return None
+    try:
+        document = _strict_loads(line.decode("utf-8"))
+    except RecursionError:
+        raise DumpFormatError(number, "nested too deeply")
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise DumpFormatError(number, "not strict JSON: %s" % (e,))
+    if not isinstance(document, dict):
+        raise DumpFormatError(number, "a record is a JSON object")
+    key = document.get("key")
+    if not isinstance(key, str) or not key:
+        raise DumpFormatError(number, "key must be a non-empty string")
+    has_json = "value" in document
+    has_b64 = "value_base64" in document
+    if has_json == has_b64:
+        raise DumpFormatError(number, "a record has exactly one of value and value_base64")
+    if has_json:
+        try:
+            value = _strict_dumps(document["value"]).encode("utf-8")
+        except ValueError as e:
+            raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
+        default_type = "application/json"
+    else:
+        encoded = document["value_base64"]
+        try:
+            if not isinstance(encoded, str):
+                raise TypeError("not a string")
+            value = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise DumpFormatError(number, "value_base64 is not valid base64")
+        default_type = client.DEFAULT_CONTENT_TYPE
+    content_type = document.get("content_type", default_type)
+    if (
+        not isinstance(content_type, str)
+        or not content_type.strip()
+        or not all(0x20 <= ord(c) <= 0x7E for c in content_type)
+    ):
+        raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
+    expires = document.get("expires")
+    if expires is not None:
+        if not isinstance(expires, str):
+            raise DumpFormatError(number, "expires must be an RFC 3339 date-time or null")
+        try:
+            expires = _parse_time(expires)
+        except (ValueError, OverflowError):
+            raise DumpFormatError(number, "expires is not an RFC 3339 date-time: %r" % (expires,))
+    return Record(key, value, content_type, expires)
+
+
+def record_line(item: Mapping[str, Any], exact_value: Optional[bytes] = None) -> bytes:
+    """
+    The dump line (with its newline) of a listing item with values.
+
+    @param exact_value: the value's bytes as stored, to write as
+        C{value_base64} whatever the item carries.
+    @raise ValueError: if the item's inline value cannot be written as
+        strict JSON (pass C{exact_value} then).
+    """
+    record: Dict[str, Any] = {"key": item["key"]}
+    if exact_value is not None:
+        record["value_base64"] = base64.b64encode(exact_value).decode("ascii")
+    elif "value" in item:
+        _strict_dumps(item["value"])
+        record["value"] = item["value"]
+    else:
+        record["value_base64"] = item["value_base64"]
+    record["content_type"] = item.get("content_type", client.DEFAULT_CONTENT_TYPE)
+    record["expires"] = item.get("expires")
+    return (_strict_dumps(record) + "\n").encode("utf-8")
+
+
+# -- dump ---------------------------------------------------------------------
+
+
+def dump(
+    http: Any,
+    url: str,
+    out: BinaryIO,
+    *,
+    prefix: str = "",
+    page_size: int = DEFAULT_PAGE_SIZE,
+    attempts: int = DEFAULT_ATTEMPTS,
+    exact: bool = False,
+    token: Optional[str] = None,
+    clock: Any = None,
+) -> Deferred:
+    """
+    Write every key that starts with C{prefix}, as the store held it at one
+    revision, to C{out} as JSON lines (see the module docstring).
+
+    Nothing reaches C{out} until a whole consistent listing has been read
+    (attempts are spooled to memory or a temporary file), so a failed dump
+    writes nothing.
+
+    @param http: the treq-like client.
+    @param out: a binary stream.
+    @param page_size: keys per listing request (at most the server's
+        C{max_list_limit}).
+    @param attempts: listings tried before giving up on a changing store.
+    @param exact: write every value as C{value_base64}, its exact bytes.
+    @param clock: an C{IReactorTime} for the pause between attempts (none
+        without it).
+    @return: a Deferred firing with C{{"keys": <count>, "revision": <the
+        revision dumped>, "attempts": <listings read>}}.
+    @raise TypeError, ValueError: at once, for bad arguments.
+    @raise client.ConflictError: (in the Deferred) with code
+        C{revision-changed} if every attempt saw the store change.
+    @raise client.KVClientError: (in the Deferred) for an error answer.
+    """
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError("attempts must be a positive integer")
+    client.iter_pages(http, url, prefix, limit=page_size, values=True)  # checks the arguments
+    return Deferred.fromCoroutine(
+        _dump(http, url, out, prefix, page_size, attempts, exact, token, clock)
+    )
+
+
+class _Changed(Exception):
+    """The store changed during this listing."""
+
+
+async def _dump(
+    http: Any,
+    url: str,
+    out: BinaryIO,
+    prefix: str,
+    page_size: int,
+    attempts: int,
+    exact: bool,
+    token: Optional[str],
+    clock: Any,
+) -> Dict[str, Any]:
+    seen: List[int] = []
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+        for attempt in range(1, attempts + 1):
+            if attempt > 1 and clock is not None:
+                await deferLater(clock, FIRST_PAUSE * 2 ** (attempt - 2), lambda: None)
+            spool.seek(0)
+            spool.truncate()
+            try:
+                revision, count = await _list_once(
+                    http, url, spool, prefix, page_size, exact, token
+                )
+            except _Changed as changed:
+                seen.extend(r for r in changed.args if r not in seen)
+                continue
+            spool.seek(0)
+            shutil.copyfileobj(spool, out)
+            return {"keys": count, "revision": revision, "attempts": attempt}
+    raise client.ConflictError(
+        409,
+        {
+            "status": 409,
+            "title": "Conflict",
+            "code": "revision-changed",
+            "detail": "the store changed during each of %d listings (revisions %s); "
+            "nothing was written: retry when it is quieter, or with more attempts"
+            % (attempts, ", ".join(str(r) for r in seen[:10])),
+            "revisions": seen,
+            "detected": "client",
+        },
+    )
+
+
+async def _list_once(
+    http: Any,
+    url: str,
+    spool: Any,
+    prefix: str,
+    page_size: int,
+    exact: bool,
+    token: Optional[str],
+) -> Tuple[int, int]:
+    """One listing into C{spool}: C{(revision, keys)}, or L{_Changed}."""
+    revision: Optional[int] = None
+    count = 0
+    pages = client.iter_pages(http, url, prefix, limit=page_size, values=True, token=token)
+    try:
+        async for page in pages:
+            if revision is None:
+                revision = page.get("revision")
+            elif page.get("revision") != revision:
+                raise _Changed(revision, page.get("revision"))
+            for item in page["items"]:
+                spool.write(await _line(http, url, item, exact, token, revision))
+                count += 1
+    finally:
+        await pages.aclose()  # type: ignore[attr-defined]
+    return (revision if revision is not None else 0), count
+
+
+async def _line(
+    http: Any, url: str, item: Mapping[str, Any], exact: bool, token: Optional[str], revision: Any
+) -> bytes:
+    """The dump line of one item, fetching its exact bytes when needed."""
+    if not exact or "value_base64" in item:
+        try:
+            return record_line(item)
+        except ValueError:
+            if "value" not in item:
+                raise
+            # An inline value strict JSON cannot hold (NaN): fetch the bytes.
+    entry = await client.get_entry(http, url, item["key"], token=token)
+    if entry.mod_revision != item.get("mod_revision"):
+        # Written after the listing's revision: this attempt is stale.
+        raise _Changed(revision, entry.revision)
+    return record_line(item, exact_value=entry.value)
+
+
+# -- load ---------------------------------------------------------------------
+
+
+def scan(source: BinaryIO) -> Dict[str, int]:
+    """
+    Check every line of C{source} (a seekable binary stream) before a load
+    sends anything, and go back to its start.
+
+    @return: C{{"lines", "records"}}.
+    @raise DumpFormatError: for the first line that is not a record.
+    """
+    source.seek(0)
+    lines = records = 0
+    for lines, line in enumerate(source, 1):
+        if parse_record(line, lines) is not None:
+            records += 1
+    source.seek(0)
+    return {"lines": lines, "records": records}
+
+
+class Checkpoint:
+    """
+    The checkpoint file of a resumable load: a small JSON document written
+    atomically (a temporary file beside it, fsynced, then renamed), so a
+    load killed at any instant leaves the previous checkpoint or the new
+    one, never half of one.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self) -> Optional[Dict[str, Any]]:
+        """
+        The saved state, or L{None} if there is none.
+
+        @raise CheckpointMismatch: if the file is not a load checkpoint.
+        """
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CheckpointMismatch("cannot read the checkpoint %s: %s" % (self.path, e))
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except ValueError:
+            state = None
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != CHECKPOINT_FORMAT
+            or type(state.get("lines")) is not int
+            or not isinstance(state.get("sha256"), str)
+        ):
+            raise CheckpointMismatch("%s is not a kvtwist load checkpoint" % (self.path,))
+        return state
+
+    def write(self, state: Mapping[str, Any]) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, temporary = tempfile.mkstemp(prefix=".kvtwist-checkpoint-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(dict(state, format=CHECKPOINT_FORMAT)).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _resume(
+    source: BinaryIO, checkpoint: Optional[Checkpoint], url: str, restart: bool
+) -> Tuple[int, Any, Dict[str, Any]]:
+    """
+    Where a load starts: C{(lines to skip, the hash of those lines, the
+    checkpoint's state)}, with C{source} positioned after them.
+
+    @raise CheckpointMismatch: if the checkpoint is for another input or
+        server.
+    """
+    hasher = hashlib.sha256()
+    state = checkpoint.read() if checkpoint is not None and not restart else None
+    if state is None:
+        return 0, hasher, {}
+    if state.get("url") != url:
+        raise CheckpointMismatch(
+            "the checkpoint %s is for a load into %s, not %s: pass --restart "
+            "(restart=True) to load everything again (loads are idempotent)"
+            % (checkpoint.path, state.get("url"), url)  # type: ignore[union-attr]
+        )
+    done = state["lines"]
+    for _ in range(done):
+        line = source.readline()
+        if not line:
+            break
+        hasher.update(line)
+    if hasher.hexdigest() != state["sha256"]:
+        raise CheckpointMismatch(
+            "the input does not start with the %d lines the checkpoint %s recorded: "
+            "pass --restart (restart=True) to load it from the first line"
+            % (done, checkpoint.path)  # type: ignore[union-attr]
+        )
+    return done, hasher, state
+
+
+def load(
+    http: Any,
+    url: str,
+    source: BinaryIO,
+    *,
+    batch: int = DEFAULT_BATCH,
+    checkpoint: Optional[str] = None,
+    restart: bool = False,
+    retries: int = DEFAULT_RETRIES,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    token: Optional[str] = None,
+    clock: Any = None,
+    on_progress: Optional[Callable[[int], None]] = None,
+) -> Deferred:
+    """
+    Write the records of C{source} (dump lines) to the server, C{batch}
+    keys per transaction (see the module docstring).
+
+    @param source: a binary stream of dump lines, read once from its
+        current position (or from after the lines a checkpoint covers).
+    @param checkpoint: the checkpoint file's path, to resume from and to
+        keep up to date; L{None} for a load that cannot be resumed.
+    @param restart: ignore an existing checkpoint (and overwrite it).
+    @param retries: further tries of a batch after a conflict or a 503.
+    @param concurrency: staging requests in flight at once.
+    @param clock: the C{IReactorTime} that decides what is left of each
+        TTL and times the pause before a retry; the global reactor by
+        default.
+    @param on_progress: called with the number of records handled (loaded,
+        or skipped as expired) after each batch; at the start, with the
+        number a checkpoint says are done already.
+    @return: a Deferred firing with C{{"lines", "records", "loaded",
+        "expired", "transactions", "resumed_at_line", "revision"}}: lines
+        and records read in all (this run and the runs it resumes), keys
+        loaded, expired records skipped and transactions committed in this
+        run, the line it started after, and the revision of its last
+        commit (L{None} if it committed nothing).
+    @raise ValueError: at once, for a bad C{batch}, C{retries} or
+        C{concurrency}.
+    @raise CheckpointMismatch: at once, if the checkpoint is for another
+        input or server.
+    @raise DumpFormatError: (in the Deferred) at the first bad line; the
+        batches before it are committed and checkpointed. (L{scan} finds
+        bad lines before anything is sent.)
+    @raise client.KVClientError: (in the Deferred) for an error answer
+        (after the retries, for a conflict or a 503).
+    """
+    for name, number, low in (
+        ("batch", batch, 1), ("retries", retries, 0), ("concurrency", concurrency, 1)
+    ):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise ValueError("%s must be an integer of at least %d" % (name, low))
+    if clock is None:
+        from twisted.internet import reactor as clock
+    keeper = Checkpoint(checkpoint) if checkpoint is not None else None
+    skipped, hasher, state = _resume(source, keeper, url, restart)
+    return Deferred.fromCoroutine(
+        _load(http, url, source, batch, keeper, skipped, hasher, state, retries, concurrency,
+              token, clock, on_progress)
+    )
+
+
+async def _load(
+    http: Any,
+    url: str,
+    source: BinaryIO,
+    batch: int,
+    keeper: Optional[Checkpoint],
+    skipped: int,
+    hasher: Any,
+    state: Dict[str, Any],
+    retries: int,
+    concurrency: int,
+    token: Optional[str],
+    clock: Any,
+    on_progress: Optional[Callable[[int], None]],
+) -> Dict[str, Any]:
+    records = state.get("records", 0)
+    if on_progress is not None and records:
+        on_progress(records)
+    result: Dict[str, Any] = {
+        "lines": skipped,
+        "records": records,
+        "loaded": 0,
+        "expired": 0,
+        "transactions": 0,
+        "resumed_at_line": skipped,
+        "revision": None,
+    }
+    pending: List[Record] = []
+    number = skipped
+
+    async def flush() -> None:
+        live: List[Tuple[Record, Optional[float]]] = []
+        now = clock.seconds()
+        for record in pending:
+            ttl = None if record.expires is None else record.expires - now
+            if ttl is not None and ttl <= 0:
+                result["expired"] += 1
+            else:
+                live.append((record, ttl))
+        if live:
+            committed = await _commit_batch(http, url, live, retries, concurrency, token, clock)
+            result["loaded"] += len(live)
+            result["transactions"] += 1
+            result["revision"] = committed.get("revision")
+        if keeper is not None:
+            keeper.write(
+                {
+                    "url": url,
+                    "lines": number,
+                    "sha256": hasher.hexdigest(),
+                    "records": result["records"],
+                    "revision": result["revision"],
+                }
+            )
+        if on_progress is not None:
+            on_progress(len(pending))
+        pending.clear()
+
+    for line in source:
+        number += 1
+        hasher.update(line)
+        record = parse_record(line, number)
+        if record is None:
+            continue
+        result["records"] += 1
+        pending.append(record)
+        if len(pending) >= batch:
+            await flush()
+    if pending:
+        await flush()
+    result["lines"] = number
+    if keeper is not None:
+        keeper.remove()
+    return result
+
+
+def _retryable(error: client.KVClientError) -> bool:
+    """A conflict with another writer, or a store briefly unavailable."""
+    return isinstance(error, client.ConflictError) or error.status == 503
+
+
+async def _commit_batch(
+    http: Any,
+    url: str,
+    live: List[Tuple[Record, Optional[float]]],
+    retries: int,
+    concurrency: int,
+    token: Optional[str],
+    clock: Any,
+) -> Dict[str, Any]:
+    """Write C{live} in one transaction, retrying conflicts and 503s."""
+    # The last record of a key wins, so the puts can go out in any order.
+    latest: Dict[str, Tuple[Record, Optional[float]]] = {}
+    for record, ttl in live:
+        latest.pop(record.key, None)
+        latest[record.key] = (record, ttl)
+    for attempt in range(retries + 1):
+        if attempt:
+            await deferLater(clock, FIRST_PAUSE * 2 ** (attempt - 1), lambda: None)
+        txn = await client.begin(http, url, token=token)
+        try:
+            await _stage_all(txn, list(latest.values()), concurrency)
+            return await txn.commit()
+        except CancelledError:
+            raise
+        except client.KVClientError as error:
+            await _abort(txn)
+            if attempt < retries and _retryable(error):
+                continue
+            raise
+        except Exception:
+            await _abort(txn)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _stage_all(
+    txn: client.Transaction, writes: List[Tuple[Record, Optional[float]]], concurrency: int
+) -> None:
+    """
+    Stage every write in C{txn}, C{concurrency} requests at a time (one
+    after another, each request waits a round trip). After the first
+    failure no new request starts; it is raised once those in flight end.
+    """
+    queue = iter(writes)
+    errors: List[BaseException] = []
+
+    async def worker() -> None:
+        # One shared iterator: each worker takes the next write when free.
+        for record, ttl in queue:
+            if errors:
+                return
+            try:
+                await txn.put(record.key, record.value, content_type=record.content_type,
+                              ttl=ttl)
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    await DeferredList(
+        [Deferred.fromCoroutine(worker()) for _ in range(min(concurrency, len(writes)))],
+        consumeErrors=True,
+    )
+    if errors:
+        raise errors[0]
+
+
+async def _abort(txn: client.Transaction) -> None:
+    """Abort C{txn} if it is still open; an abort that fails is ignored."""
+    if txn.finished:
+        return
+    try:
+        await txn.abort()
+    except Exception:
+        pass  # it expires on the server anyway; the first error matters
+
+
+# -- the kvtwist command's glue ------------------------------------------------
+
+DUMP_HELP = "write the keys (at one revision) as JSON lines to FILE or stdout"
+LOAD_HELP = "write JSON lines from FILE or stdin back, in transactions (resumable)"
+
+DUMP_EPILOG = """\
+Each line: {"key", "value" (JSON types) or "value_base64", "content_type",
+"expires"}. The keys are those of one revision: a listing that saw the store
+change is read again (--attempts). To FILE the dump is written to a temporary
+file (mode 0600) that replaces FILE only once complete.
+With --exact every value is written as base64, exactly the stored bytes;
+otherwise JSON values are written as JSON (and loaded back as compact JSON).
+
+"""
+
+LOAD_EPILOG = """\
+Records are written --batch keys per transaction, each batch all or nothing;
+a key whose expiry has passed is skipped, others get the TTL that is left.
+Keys not in the input are left alone; loading the same input twice gives the
+same keys and values. After each batch a checkpoint (FILE.checkpoint, or
+--checkpoint PATH) records how far the load got; if the load fails, run the
+same command again to resume there (it checks that the input and the URL
+are the same; --restart starts over). A finished load removes it.
+The whole input is checked before anything is sent (a bad line: exit 2).
+A progress bar goes to stderr when it is a terminal (--progress to force).
+
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % (text,))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an integer: %r" % (text,))
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def add_dump_load_commands(
+    subparsers: Any, command: Optional[Callable[..., argparse.ArgumentParser]] = None
+) -> None:
+    """
+    Add C{dump} and C{load} to the C{kvtwist} command's subparsers.
+
+    @param subparsers: the result of C{parser.add_subparsers()}.
+    @param command: the CLI's own subcommand factory, C{command(name, help,
+        epilog)} returning the new subparser (so the subcommands get its
+        hidden global options and output streams); plain
+        C{subparsers.add_parser} without it.
+    """
+
+    def make(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+        if command is not None:
+            return command(name, help_text, epilog)
+        return subparsers.add_parser(
+            name, help=help_text, description=help_text, epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    sub = make("dump", DUMP_HELP, DUMP_EPILOG)
+    sub.add_argument("file", metavar="FILE", nargs="?", default="-",
+                     help="where to write; '-' or nothing: stdout")
+    sub.add_argument("--prefix", default="", help="only keys that start with PREFIX")
+    sub.add_argument("--exact", action="store_true",
+                     help="write every value as base64, byte for byte")
+    sub.add_argument("--page-size", type=_positive_int, default=DEFAULT_PAGE_SIZE,
+                     metavar="N", help="keys per listing request (default: %(default)s)")
+    sub.add_argument("--attempts", type=_positive_int, default=DEFAULT_ATTEMPTS, metavar="N",
+                     help="listings to try while the store keeps changing (default: %(default)s)")
+    sub.set_defaults(dumpload_streams=_parser_streams(sub))
+
+    sub = make("load", LOAD_HELP, LOAD_EPILOG)
+    sub.add_argument("file", metavar="FILE", nargs="?", default="-",
+                     help="JSON lines from `kvtwist dump`; '-' or nothing: stdin")
+    sub.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
+                     help="keys per transaction (default: %(default)s)")
+    sub.add_argument("--checkpoint", metavar="PATH",
+                     help="the resume file (default: FILE.checkpoint; none for stdin)")
+    sub.add_argument("--no-checkpoint", action="store_true",
+                     help="keep no checkpoint (the load cannot resume)")
+    sub.add_argument("--restart", action="store_true",
+                     help="ignore an existing checkpoint and start at the first line")
+    sub.add_argument("--retries", type=_count, default=DEFAULT_RETRIES, metavar="N",
+                     help="retries of a batch after a conflict or 503 (default: %(default)s)")
+    sub.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+                     metavar="N", help="requests in flight at once (default: %(default)s)")
+    progress = sub.add_mutually_exclusive_group()
+    progress.add_argument("--progress", action="store_true", default=None,
+                          help="always show the progress bar")
+    progress.add_argument("--no-progress", action="store_false", dest="progress",
+                          help="never show it")
+    sub.set_defaults(dumpload_streams=_parser_streams(sub))
+
+
+def _parser_streams(parser: Any) -> Tuple[Optional[TextIO], Optional[TextIO]]:
+    """The output streams the CLI gave its parser (L{None}: sys's)."""
+    return getattr(parser, "out", None), getattr(parser, "err", None)
+
+
+def _streams(args: argparse.Namespace) -> Tuple[TextIO, TextIO]:
+    out, err = getattr(args, "dumpload_streams", (None, None))
+    return out if out is not None else sys.stdout, err if err is not None else sys.stderr
+
+
+class _Timed:
+    """A treq-like client whose every request gives up after C{timeout} s."""
+
+    def __init__(self, http: Any, timeout: float, clock: Any) -> None:
+        self._http = http
+        self._timeout = timeout
+        self._clock = clock
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred:
+        return self._http.request(method, url, **kwargs).addTimeout(self._timeout, self._clock)
+
+
+def _reactor(inv: Any) -> Any:
+    """
+    The invocation's reactor (the clock of TTLs, pauses and timeouts), else
+    the global one: C{kvtwist.cli}'s invocations do not carry theirs.
+    """
+    reactor = getattr(inv, "reactor", None)
+    if reactor is None:
+        from twisted.internet import reactor
+    return reactor
+
+
+def _client_for(inv: Any) -> Any:
+    """
+    The invocation's client, with C{--timeout} applied to each request: a
+    dump or load may run much longer than any one request should.
+    """
+    timeout = getattr(inv.args, "timeout", 0) or 0
+    return _Timed(inv.http, timeout, _reactor(inv)) if timeout else inv.http
+
+
+class _TextSink:
+    """A binary sink over a text stream (a test's StringIO)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        self._stream.write(data.decode("utf-8"))
+        return len(data)
+
+
+def start_dump(inv: Any) -> Deferred:
+    """
+    The C{dump} command: checks at once (C{ValueError} for a FILE whose
+    directory does not exist), then dumps.
+    """
+    args = inv.args
+    out, _ = _streams(args)
+    http = _client_for(inv)
+    options = dict(prefix=args.prefix, page_size=args.page_size, attempts=args.attempts,
+                   exact=args.exact, token=inv.token, clock=_reactor(inv))
+    if args.file == "-":
+        buffer = getattr(out, "buffer", None)
+        sink: Any = buffer if buffer is not None else _TextSink(out)
+        if buffer is not None:
+            out.flush()
+        d = dump(http, inv.url, sink, **options)
+
+        def written(result: Dict[str, Any]) -> Dict[str, Any]:
+            if buffer is not None:
+                buffer.flush()
+            return dict(result, file=None)
+
+        return d.addCallback(written)
+    directory = os.path.dirname(os.path.abspath(args.file))
+    if not os.path.isdir(directory):
+        raise ValueError("cannot write %s: no such directory" % (args.file,))
+    return Deferred.fromCoroutine(_dump_to_file(http, inv.url, args.file, options))
+
+
+async def _dump_to_file(http: Any, url: str, path: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    fd, temporary = tempfile.mkstemp(
+        prefix=".%s." % (os.path.basename(path),), dir=os.path.dirname(os.path.abspath(path))
+    )
+    try:
+        with os.fdopen(fd, "wb") as f:
+            result = await dump(http, url, f, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return dict(result, file=path)
+
+
+def show_dump(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
+    """Report a dump: on stderr when the dump itself went to stdout."""
+    if result.get("file") is None:
+        err.write("kvtwist: dumped %d keys at revision %s\n" % (result["keys"], result["revision"]))
+    elif output == "json":
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    else:
+        out.write("dumped %d keys at revision %s to %s\n"
+                  % (result["keys"], result["revision"], result["file"]))
+
+
+def _open_source(inv: Any) -> Tuple[BinaryIO, Optional[str]]:
+    """
+    The load's input as a seekable binary stream, and its path (L{None}
+    for stdin, which is copied to a temporary file first: the input is
+    checked whole before anything is sent).
+
+    @raise ValueError: if it cannot be read.
+    """
+    path = inv.args.file
+    if path != "-":
+        try:
+            return open(path, "rb"), path
+        except OSError as e:
+            raise ValueError("cannot read %s: %s" % (path, e.strerror or e))
+    stream = inv.stdin if inv.stdin is not None else getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise ValueError("there is no stdin to read")
+    copy = tempfile.TemporaryFile()
+    try:
+        while True:
+            chunk = stream.read(1024 * 1024)
+            if not chunk:
+                break
+            copy.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+    except OSError as e:
+        copy.close()
+        raise ValueError("cannot read stdin: %s" % (e.strerror or e,))
+    copy.seek(0)
+    return copy, None  # type: ignore[return-value]
+
+
+def start_load(inv: Any) -> Deferred:
+    """
+    The C{load} command: reads and checks the whole input and the
+    checkpoint at once (C{ValueError}s: bad lines, a checkpoint for another
+    input), then loads with a progress bar on stderr.
+    """
+    from tqdm import tqdm
+
+    args = inv.args
+    _, err = _streams(args)
+    source, path = _open_source(inv)
+    try:
+        counts = scan(source)
+        if args.no_checkpoint:
+            checkpoint = None
+        elif args.checkpoint is not None:
+            checkpoint = args.checkpoint
+        else:
+            checkpoint = None if path is None else path + ".checkpoint"
+        show = args.progress
+        if show is None:
+            show = bool(getattr(err, "isatty", lambda: False)())
+        bar = tqdm(total=counts["records"], unit="key", desc="load", file=err,
+                   disable=not show, dynamic_ncols=True)
+        try:
+            d = load(_client_for(inv), inv.url, source, batch=args.batch,
+                     checkpoint=checkpoint, restart=args.restart, retries=args.retries,
+                     concurrency=args.concurrency, token=inv.token, clock=_reactor(inv), on_progress=bar.update)
+        except BaseException:
+            bar.close()
+            raise
+    except BaseException:
+        source.close()
+        raise
+
+    def finished(result: Any) -> Any:
+        bar.close()
+        source.close()
+        return result
+
+    return d.addBoth(finished)
+
+
+def show_load(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
+    """Report a load on stdout."""
+    if output == "json":
+        out.write(json.dumps(result) + "\n")
+        return
+    line = "loaded %d keys in %d transactions" % (result["loaded"], result["transactions"])
+    if result["revision"] is not None:
+        line += " (revision %s)" % (result["revision"],)
+    if result["resumed_at_line"]:
+        line += ", resumed after line %d" % (result["resumed_at_line"],)
+    if result["expired"]:
+        line += ", %d expired keys skipped" % (result["expired"],)
+    out.write(line + "\n")
+
+
+#: command -> (start, show), the shape of C{kvtwist.cli}'s command table.
+COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {
+    "dump": (start_dump, show_dump),
+    "load": (start_load, show_load),
+}
+
+
+# -- python -m kvtwist.dumpload ------------------------------------------------
+
+
+@dataclass
+class _Invocation:
+    """What a handler needs: the shape of C{kvtwist.cli}'s invocation."""
+
+    http: Any
+    url: str
+    token: Optional[str]
+    args: argparse.Namespace
+    stdin: Optional[BinaryIO]
+    reactor: Any = None
+
+
+async def _main(
+    reactor: Any, argv: Tuple[str, ...], http: Any, out: TextIO, err: TextIO,
+    environ: Mapping[str, str], stdin: Optional[BinaryIO],
+) -> int:
+    from twisted.internet import defer, error
+    from twisted.web.client import RequestTransmissionFailed, ResponseFailed
+
+    from kvtwist import cli
+
+    parser = argparse.ArgumentParser(prog="python -m kvtwist.dumpload",
+                                     description="kvtwist dump and load.")
+    parser.add_argument("--url", default=None)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--output", "-o", choices=("json", "text"), default="json")
+    parser.add_argument("--timeout", type=float, default=cli.DEFAULT_TIMEOUT)
+    add_dump_load_commands(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as e:
+        return int(e.code or 0)
+    args.dumpload_streams = (out, err)
+    start, show = COMMANDS[args.command]
+    url = args.url or environ.get("KVTWIST_URL") or cli.DEFAULT_URL
+    token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
+    try:
+        d = start(_Invocation(http or cli.make_http(reactor), url, token, args, stdin, reactor))
+    except (ValueError, TypeError) as e:
+        err.write("kvtwist: %s\n" % (e,))
+        return cli.EXIT_USAGE
+    try:
+        result = await d
+    except client.ConflictError as e:
+        err.write("kvtwist: %s\n" % (e,))
+        return cli.EXIT_CONFLICT
+    except client.KVClientError as e:
+        err.write("kvtwist: %s\n" % (e,))
+        return cli.EXIT_SERVER_ERROR
+    except DumpFormatError as e:
+        err.write("kvtwist: %s\n" % (e,))
+        return cli.EXIT_USAGE
+    except (error.ConnectError, error.DNSLookupError, error.ConnectionLost,
+            ResponseFailed, RequestTransmissionFailed, defer.TimeoutError) as e:
+        err.write("kvtwist: cannot reach %s: %s\n" % (url, e))
+        return cli.EXIT_CONNECTION
+    show(out, err, args.output, result)
+    return cli.EXIT_OK
+
+
+def main(
+    reactor: Any,
+    *argv: str,
+    http: Any = None,
+    stdout: Optional[TextIO] = None,
+    stderr: Optional[TextIO] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    stdin: Optional[BinaryIO] = None,
+) -> Deferred:
+    """
+    C{python -m kvtwist.dumpload [--url URL] [--token T] [--output json|text]
+    [--timeout S] dump|load ...}: the two commands on their own, with the
+    exit codes of C{kvtwist} (0 ok, 1 error answer, 2 usage or bad input,
+    3 cannot reach the server, 4 conflict). The shape L{react} expects.
+    """
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    env = environ if environ is not None else os.environ
+
+    def exit_with(code: int) -> None:
+        if code:
+            raise SystemExit(code)
+
+    d = Deferred.fromCoroutine(_main(reactor, argv, http, out, err, env, stdin))
+    return d.addCallback(exit_with)
+
+
+if __name__ == "__main__":
+    from twisted.internet.task import react
+
+    react(main, sys.argv[1:])
