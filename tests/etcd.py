@@ -13,6 +13,10 @@ L{etcd_available} says whether the tests can run here, and if not, why.
 The methods block (they run before a test, or where a test may wait);
 L{EtcdCluster.when_healthy} waits in a thread for tests running under a
 reactor that must keep turning meanwhile.
+
+For tests that run under the reactor: L{wait_for} polls a condition with a
+bound, and L{WatchGate} is an HTTP client for the etcd store that can refuse
+watches, as if the members could not be reached for them.
 """
 
 from __future__ import annotations
@@ -446,6 +450,53 @@ class EtcdCluster:
         from twisted.internet.threads import deferToThread
 
         return deferToThread(self.wait_healthy, members, timeout)
+
+
+async def wait_for(condition, what: str, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """
+    Let the reactor run until C{condition()} is true, checking every
+    C{interval} seconds; fail with C{what} after C{timeout} seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError("waited %gs in vain for %s" % (timeout, what))
+        await deferLater(reactor, interval)
+
+
+class WatchGate:
+    """
+    A treq-like client (C{post}) over its own connection pool that refuses
+    C{/v3/watch} requests while C{blocked}, as an unreachable member would
+    (connection refused), and passes everything else through.
+    """
+
+    def __init__(self) -> None:
+        from treq.client import HTTPClient
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 10
+        self.http = HTTPClient(Agent(reactor, pool=self.pool))
+        self.blocked = False
+        self.refused = 0
+
+    def post(self, url: str, **kw):
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+
+        if self.blocked and url.endswith("/v3/watch"):
+            self.refused += 1
+            return fail(ConnectionRefusedError("the test blocks watches"))
+        return self.http.post(url, **kw)
+
+    def close(self):
+        """Close the pooled connections (add as a cleanup)."""
+        return self.pool.closeCachedConnections()
 
 
 @atexit.register

@@ -2,8 +2,13 @@
 The store contract run against L{kvtwist.store.etcd_store.EtcdStore} on a
 real one-member etcd, plus what only the etcd store has: its key and value
 encoding, etcd's transaction limits, leases for expiring keys, failover
-between endpoints, answers lost on the way back, concurrent writers and a
-cluster that loses its quorum.
+between endpoints, answers lost on the way back, concurrent writers, the
+watch that tells listeners about other clients' changes (lost, resumed,
+compacted away), linearizable reads, and a cluster that loses its quorum.
+
+How the watch's events become listener calls (grouping, deduplication
+against the store's own commits, lost history, stalls) is also pinned
+without etcd, by feeding watch documents to a store directly.
 
 Each test gets a fresh etcd process (about a third of a second to start), so
 no test sees another's revisions or leases. Without an etcd binary every
@@ -24,19 +29,21 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from kvtwist.errors import ConflictError, LimitExceeded, StoreCorrupt, StoreUnavailable
-from kvtwist.model import Check, Delete, Expire, Put
+from kvtwist.model import Change, Check, CommitResult, Delete, Entry, Expire, Put
 from kvtwist.store.etcd_store import (
     EtcdError,
     EtcdStore,
+    WatchReset,
+    _WatchStream,
     decode_value,
     encode_value,
     prefix_end,
 )
-from tests.etcd import EtcdCluster, etcd_available, free_port
+from tests.etcd import EtcdCluster, WatchGate, etcd_available, free_port, wait_for
 from tests.store_contract import StoreContract, contract
 
 _AVAILABLE, _REASON = etcd_available()
@@ -214,6 +221,243 @@ class ListenerOrderTests(SynchronousTestCase):
         self.assertEqual(heard, [11, 12, 13])
 
 
+def watch_kv(key, value=b"v", mod=5, create=None, version=1, expires=None):
+    """An etcd kv of the default prefix, as the gateway's watch sends it."""
+    return {
+        "key": b64(b"/kvtwist/kv/" + key.encode("utf-8")),
+        "value": b64(encode_value(value, "text/plain", expires, "c0")),
+        "create_revision": str(create or mod),
+        "mod_revision": str(mod),
+        "version": str(version),
+    }
+
+
+def watch_put(key, mod, prev=None, **kw):
+    event = {"kv": watch_kv(key, mod=mod, **kw)}
+    if prev is not None:
+        event["prev_kv"] = prev
+    return event
+
+
+def watch_delete(key, mod, prev=None):
+    event = {
+        "type": "DELETE",
+        "kv": {"key": b64(b"/kvtwist/kv/" + key.encode("utf-8")), "mod_revision": str(mod)},
+    }
+    if prev is not None:
+        event["prev_kv"] = prev
+    return event
+
+
+class FakeTransport:
+    """Records that a watch stream was told to stop."""
+
+    def __init__(self):
+        self.stopped = False
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+class WatchDeliveryTests(SynchronousTestCase):
+    """
+    Watch documents fed to a store whose watch is marked running (no etcd,
+    no sockets): what listeners and reset listeners hear.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = EtcdStore(["http://127.0.0.1:1"], self.clock, timeout=5.0)
+        self.heard = []
+        self.resets = []
+        self.store.add_listener(self.heard.append)
+        self.store.add_reset_listener(self.resets.append)
+        # What open() and a created watch would have set up.
+        self.store._watch_task = Deferred()
+        self.store._watch_live = True
+        self.stream = self.new_stream()
+
+    def new_stream(self):
+        stream = _WatchStream(self.store._watch_document)
+        stream.makeConnection(FakeTransport())
+        self.store._watch_stream = stream
+        return stream
+
+    def feed(self, *events, header=None):
+        """One watch response carrying C{events}."""
+        result = {"header": {"revision": str(header or 0)}, "events": list(events)}
+        self.stream.dataReceived(json.dumps({"result": result}).encode("ascii") + b"\n")
+
+    def own(self, revision, key="own"):
+        """Settle one of the store's own commits at C{revision}; its waiter."""
+        self.store._unsettled[revision] = revision - 1
+        entry = Entry(key, b"mine", "text/plain", revision, revision, 1)
+        return self.store._settle(revision, [CommitResult(revision, (Change("put", key, entry, None),))])
+
+    def test_events_grouped_per_revision(self):
+        """
+        Events become one CommitResult per revision, in order: puts with their
+        previous value, deletes, and deletes of expired values as expire.
+        """
+        a3 = watch_kv("a", b"old", mod=3)
+        t4 = watch_kv("t", b"ttl", mod=4, expires=900.0)
+        self.feed(
+            watch_put("a", 5, prev=a3, create=3, version=2),
+            watch_put("b", 5),
+            watch_delete("a", 6, prev=watch_kv("a", mod=5, create=3, version=2)),
+            watch_delete("t", 7, prev=t4),
+            header=7,
+        )
+        self.assertEqual([r.revision for r in self.heard], [5, 6, 7])
+        five = self.heard[0]
+        self.assertEqual([(c.kind, c.key) for c in five.changes], [("put", "a"), ("put", "b")])
+        self.assertEqual(
+            five.changes[0].entry, Entry("a", b"v", "text/plain", 3, 5, 2, None)
+        )
+        self.assertEqual(five.changes[0].previous.value, b"old")
+        self.assertIsNone(five.changes[1].previous)
+        self.assertEqual(
+            [(c.kind, c.key, c.entry) for c in self.heard[1].changes], [("delete", "a", None)]
+        )
+        self.assertEqual(self.heard[1].changes[0].previous.mod_revision, 5)
+        # t expired at 900 by the store's clock (1000): etcd's lease removed it.
+        self.assertEqual([(c.kind, c.key) for c in self.heard[2].changes], [("expire", "t")])
+        self.assertEqual(self.heard[2].changes[0].previous.value, b"ttl")
+        self.assertEqual(self.store.revision, 7)
+        # A response repeating processed revisions (a resumed watch) is
+        # not heard twice.
+        self.feed(watch_put("b", 5), watch_delete("a", 6))
+        self.assertEqual(len(self.heard), 3)
+
+    def test_own_commit_waits_for_the_watch(self):
+        """
+        While the watch runs, an own commit is heard when the watch reaches its
+        revision, after other clients' earlier changes, with its own result, once.
+        """
+        waiter = self.own(6)
+        self.assertEqual(self.heard, [])
+        self.assertNoResult(waiter)
+        self.feed(watch_put("theirs", 5), watch_put("own", 6), header=6)
+        self.assertEqual([r.revision for r in self.heard], [5, 6])
+        self.assertEqual(self.heard[1].changes[0].entry.value, b"mine")
+        self.successResultOf(waiter)
+        self.assertEqual(self.resets, [])
+
+    def test_watch_before_answer(self):
+        """
+        When the watch delivers an own commit before its answer arrives, the
+        answer only wakes the committer: listeners hear the revision once.
+        """
+        self.store._unsettled[99] = 4
+        self.feed(watch_put("own", 5), header=5)
+        self.assertEqual([r.revision for r in self.heard], [5])
+        waiter = self.own(5)
+        self.successResultOf(waiter)
+        self.assertEqual(len(self.heard), 1)
+
+    def test_lost_watch_delivers_directly_and_resumes(self):
+        """
+        With the watch lost, own commits are heard directly; the resumed watch
+        skips them, and another client's change below them is reported as lost
+        history, not delivered out of order.
+        """
+        self.store._watch_seen = self.store._delivered = 4
+        self.store._watch_lost("test")
+        self.assertEqual(
+            self.resets, [WatchReset(False, False, 4, "the etcd watch was lost: test")]
+        )
+        self.successResultOf(self.own(7))
+        self.assertEqual([r.revision for r in self.heard], [7])
+        # The watch comes back from revision 5 and replays 5..7.
+        self.stream = self.new_stream()
+        self.store._watch_started("http://127.0.0.1:1", 5, "")
+        self.assertEqual(self.resets[-1].watching, True)
+        self.assertEqual(self.resets[-1].history_lost, False)
+        self.assertEqual(self.resets[-1].revision, 4)
+        self.feed(watch_put("theirs", 6), watch_put("own", 7), watch_put("later", 8))
+        self.assertEqual([r.revision for r in self.heard], [7, 8])
+        lost = self.resets[-1]
+        self.assertEqual((lost.watching, lost.history_lost, lost.revision), (True, True, 7))
+        self.assertIn("revision 6", lost.reason)
+        self.assertEqual(len(self.resets), 3)
+
+    def test_resume_without_own_commits_loses_nothing(self):
+        """A watch resumed after a loss delivers what it missed, in order, with no lost history."""
+        self.store._watch_seen = self.store._delivered = 4
+        self.store._watch_lost("test")
+        self.stream = self.new_stream()
+        self.store._watch_started("http://127.0.0.1:1", 5, "")
+        self.feed(watch_put("x", 5), watch_put("y", 6))
+        self.assertEqual([r.revision for r in self.heard], [5, 6])
+        self.assertEqual([r.history_lost for r in self.resets], [False, False])
+
+    def test_stalled_watch_is_dropped(self):
+        """
+        An own commit the running watch has not delivered within the timeout ends
+        the watch; once lost, the commit is delivered directly.
+        """
+        waiter = self.own(6)
+        self.clock.advance(4.9)
+        self.assertFalse(self.stream.transport.stopped)
+        self.clock.advance(0.2)
+        self.assertTrue(self.stream.transport.stopped)
+        self.assertIn("did not deliver revision 6 within 5s", self.stream.reason)
+        self.assertNoResult(waiter)
+        # The watch loop reports the loss when the connection is gone.
+        self.store._watch_lost(self.stream.reason)
+        self.successResultOf(waiter)
+        self.assertEqual([r.revision for r in self.heard], [6])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_undecodable_change_is_lost_history(self):
+        """
+        A change whose value is not a kvtwist value cannot be described: it is
+        reported as lost history and delivery goes on.
+        """
+        bad = watch_put("x", 5)
+        bad["kv"]["value"] = b64(b"not an envelope")
+        self.feed(bad, watch_put("y", 6))
+        self.assertEqual([r.revision for r in self.heard], [6])
+        self.assertEqual([(r.history_lost, r.revision) for r in self.resets], [(True, 5)])
+
+    def test_compaction_and_errors_end_the_stream(self):
+        """
+        A canceled watch records the compact revision; an error document or a
+        line that is not JSON ends the stream with the reason.
+        """
+        cancel = {"result": {"header": {}, "canceled": True, "compact_revision": "9"}}
+        self.stream.dataReceived(json.dumps(cancel).encode("ascii") + b"\n")
+        self.assertEqual(self.stream.compacted, 9)
+        self.assertTrue(self.stream.transport.stopped)
+        self.assertIn("revision 9 is compacted", self.stream.reason)
+        stream = self.new_stream()
+        stream.dataReceived(b'{"error":{"grpc_code":14,"message":"etcdserver: no leader"}}')
+        # The gateway ends the body after an error without a newline.
+        stream.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(stream.done), "etcd ended the watch: etcdserver: no leader")
+        self.failureResultOf(stream.created, StoreUnavailable)
+        stream = self.new_stream()
+        stream.dataReceived(b"<html>\n")
+        self.assertIn("not JSON", stream.reason)
+
+    def test_stream_reassembles_lines(self):
+        """Documents split across reads, or several in one read, arrive whole, in order."""
+        lines = []
+        stream = _WatchStream(lambda _, line: lines.append(json.loads(line)))
+        stream.makeConnection(FakeTransport())
+        created = {"result": {"header": {"revision": "3"}, "created": True}}
+        data = json.dumps(created).encode() + b"\n" + json.dumps({"n": 1}).encode() + b"\n"
+        for i in range(0, len(data), 7):
+            stream.dataReceived(data[i:i + 7])
+        stream.dataReceived(b'{"n": 2}\n{"n": 3}\n{"n"')
+        stream.dataReceived(b": 4}\n")
+        self.assertEqual(lines, [created, {"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}])
+        stream.connectionLost(Failure(ResponseDone()))
+        self.assertEqual(self.successResultOf(stream.done), "etcd ended the watch stream")
+        self.failureResultOf(stream.created, StoreUnavailable)
+
+
 class FakeGateway(Resource):
     """
     An in-memory stand-in for etcd's JSON gateway answering each path with a
@@ -246,6 +490,9 @@ class GatewayAnswerTests(SynchronousTestCase):
     def open_store(self, answers, **kw):
         self.clock = Clock()
         self.gateway = FakeGateway(answers)
+        # The fake answers single requests only; the watch is tested on a
+        # real etcd and through WatchDeliveryTests.
+        kw.setdefault("watch", False)
         store = EtcdStore(
             ["http://etcd.invalid:2379"], self.clock, http=StubTreq(self.gateway), **kw
         )
@@ -405,9 +652,12 @@ class EtcdStoreTests(EtcdTestCase):
     @contract
     async def test_ttl_put_attaches_lease(self):
         """
-        A Put with an expiry gets a lease, and etcd removes the key after it expires.
+        A Put with an expiry gets a lease, and etcd removes the key after it expires;
+        the watch tells listeners, as an expire change.
         """
         store = await self.open_store(clock=reactor)
+        heard = []
+        store.add_listener(lambda result: heard.extend((c.kind, c.key) for c in result.changes))
         now = reactor.seconds()
         await store.commit([Put("t", b"1", expires=now + 1), Put("keep", b"2")])
         [kv] = await self.raw.kvs(b"/kvtwist/kv/t")
@@ -425,6 +675,8 @@ class EtcdStoreTests(EtcdTestCase):
             self.fail("etcd did not remove the expired key within 10 s")
         self.assertIsNone(await store.get("t"))
         self.assertEqual((await store.get("keep")).value, b"2")
+        await wait_for(lambda: ("expire", "t") in heard, "the expiry to reach listeners")
+        self.assertEqual(heard, [("put", "t"), ("put", "keep"), ("expire", "t")])
 
     @contract
     async def test_leases_shared_and_detached(self):
@@ -481,13 +733,149 @@ class EtcdStoreTests(EtcdTestCase):
 
     @contract
     async def test_etcd_gone_after_open(self):
-        """Reads, commits and pings fail with StoreUnavailable once etcd is gone."""
+        """
+        Reads, commits and pings fail with StoreUnavailable once etcd is gone; reset
+        listeners hear the watch was lost; close ends the watch's retries.
+        """
         store = await self.open_store(timeout=0.5)
-        await store.commit([Put("a", b"1")])
+        resets = []
+        store.add_reset_listener(resets.append)
+        result = await store.commit([Put("a", b"1")])
         self.cluster.kill(0)
         await self.expect(StoreUnavailable, store.get("a"))
         await self.expect(StoreUnavailable, store.commit([Put("a", b"2")]))
         await self.expect(StoreUnavailable, store.ping())
+        await wait_for(lambda: resets, "the watch to be reported lost")
+        self.assertFalse(store.watching)
+        self.assertEqual(resets[0].watching, False)
+        self.assertEqual(resets[0].revision, result.revision)
+        self.assertIn("the etcd watch was lost", resets[0].reason)
+        # The watch keeps retrying (with pauses) until close, which stops it
+        # at once and leaves nothing behind (trial checks the reactor).
+        await deferLater(reactor, 0.5)
+        began = reactor.seconds()
+        await store.close()
+        self.assertLess(reactor.seconds() - began, 1.0)
+        self.assertEqual(len(resets), 1)
+
+    @contract
+    async def test_watch_delivers_other_clients_changes(self):
+        """
+        A store's listeners hear commits made through another store on the same etcd,
+        as the same CommitResult the committer got, each once, in order; revision follows.
+        """
+        a = await self.open_store()
+        b = await self.open_store()
+        self.assertTrue(b.watching)
+        self.assertEqual(b.watch_endpoint, self.cluster.client_urls[0])
+        heard = []
+        b.add_listener(heard.append)
+        results = [await a.commit([Put("k", b"1", "text/plain"), Put("j", b"x")])]
+        results.append(await a.commit([Put("k", b"2")], [Check.equals("k", results[0].revision)]))
+        results.append(await a.commit([Delete("j")]))
+        own = await b.commit([Put("from-b", b"")])
+        await wait_for(lambda: len(heard) >= 4, "four commits to reach b's listener")
+        self.assertEqual(heard, results + [own])
+        self.assertEqual(b.revision, own.revision)
+        # a hears b's commit too, and its own ones exactly once.
+        await wait_for(lambda: a.revision == own.revision, "a to see b's commit")
+
+    @contract
+    async def test_linearizable_read(self):
+        """get_linearizable reads etcd at once: another store's acknowledged commit is there."""
+        a = await self.open_store()
+        b = await self.open_store(watch=False)
+        for i in range(5):
+            result = await b.commit([Put("k", b"%d" % i)])
+            entry = await a.get_linearizable("k")
+            self.assertEqual((entry.value, entry.mod_revision), (b"%d" % i, result.revision))
+        await b.commit([Delete("k")])
+        self.assertIsNone(await a.get_linearizable("k"))
+
+    async def gated_store(self):
+        """A store whose watches the test can refuse, its listeners' logs, and another store."""
+        gate = WatchGate()
+        self.addCleanup(gate.close)
+        store = await self.open_store(http=gate)
+        heard = []
+        resets = []
+        store.add_listener(lambda result: heard.append(result.revision))
+        store.add_reset_listener(resets.append)
+        other = await self.open_store(watch=False)
+        return gate, store, heard, resets, other
+
+    async def drop_watch(self, gate, store, resets):
+        """Refuse watches and end the running one; wait until it is reported lost."""
+        gate.blocked = True
+        count = len(resets)
+        store._watch_stream.abort("the test drops the watch")
+        await wait_for(lambda: len(resets) > count, "the watch to be reported lost")
+        self.assertEqual(resets[-1].watching, False)
+        self.assertFalse(store.watching)
+
+    @contract
+    async def test_watch_lost_and_resumed(self):
+        """
+        While the watch is down own commits are still heard at once; the resumed watch
+        delivers what others committed meanwhile, unless it lies below an own commit
+        already heard: then it is reported as lost history.
+        """
+        gate, store, heard, resets, other = await self.gated_store()
+        await self.drop_watch(gate, store, resets)
+        missed = await other.commit([Put("theirs", b"")])
+        self.assertNotIn(missed.revision, heard)
+        mine = await store.commit([Put("mine", b"")])
+        self.assertEqual(heard, [mine.revision])
+        gate.blocked = False
+        await wait_for(lambda: store.watching, "the watch to resume")
+        later = await other.commit([Put("later", b"")])
+        await wait_for(lambda: later.revision in heard, "the watch to deliver a new commit")
+        self.assertEqual(heard, [mine.revision, later.revision])
+        # Lost after revision 1 (a fresh etcd), resumed after it, and the
+        # other client's commit turned up below ours.
+        self.assertEqual(
+            [(r.watching, r.history_lost, r.revision) for r in resets],
+            [(False, False, 1), (True, False, 1), (True, True, mine.revision)],
+        )
+        self.assertIn("revision %d" % (missed.revision,), resets[-1].reason)
+        # Down again, with only other clients committing: nothing is lost.
+        await self.drop_watch(gate, store, resets)
+        missed = [await other.commit([Put("x%d" % i, b"")]) for i in range(3)]
+        gate.blocked = False
+        await wait_for(lambda: store.watching, "the watch to resume")
+        await wait_for(lambda: missed[-1].revision in heard, "the missed commits")
+        self.assertEqual(heard[2:], [r.revision for r in missed])
+        self.assertEqual(resets[-1], WatchReset(
+            True, False, later.revision, resets[-1].reason
+        ))
+        self.assertIn("watching from revision %d" % (later.revision + 1), resets[-1].reason)
+
+    @contract
+    async def test_watch_resumes_after_compaction(self):
+        """
+        When etcd compacted the revisions a watch must resume from, reset listeners
+        hear that history up to the current revision is lost, and the watch goes on
+        from there.
+        """
+        gate, store, heard, resets, other = await self.gated_store()
+        await self.drop_watch(gate, store, resets)
+        gone = [await other.commit([Put("gone", b"%d" % i)]) for i in range(2)]
+        current = await self.raw.revision()
+        await self.raw.post("/v3/kv/compaction", {"revision": str(current), "physical": True})
+        gate.blocked = False
+        # etcd first creates the watch, then cancels it as compacted: the
+        # store starts afresh from the current revision.
+        await wait_for(lambda: resets[-1].history_lost, "the watch to resume after compaction")
+        reset = resets[-1]
+        self.assertEqual((reset.watching, reset.history_lost, reset.revision), (True, True, current))
+        self.assertTrue(store.watching)
+        self.assertIn("compacted", reset.reason)
+        after = await other.commit([Put("after", b"")])
+        await wait_for(lambda: after.revision in heard, "the watch to deliver a new commit")
+        self.assertEqual(heard, [after.revision])
+        self.assertEqual(store.revision, after.revision)
+        self.assertEqual((await store.get("gone")).value, b"1")
+        self.assertNotIn(gone[0].revision, heard)
 
     def hung_endpoint(self):
         """A listening port that accepts connections and never answers."""
@@ -769,11 +1157,15 @@ class QuorumTests(TestCase):
         """Test coroutines are run by trial (see L{contract})."""
         return d
 
+    expect = EtcdTestCase.expect
+
     @contract
     async def test_quorum_loss_and_return(self):
         """
-        Without quorum commits and ping fail with StoreUnavailable; service returns with
-        the members.
+        With one member of three killed, writes and linearizable reads go on; with
+        two, commits, linearizable reads and ping fail with StoreUnavailable saying
+        etcd has no leader, and the watch is reported lost; once the members are
+        back, service and the watch resume by themselves.
         """
         cluster = EtcdCluster(3)
         self.addCleanup(cluster.stop)
@@ -782,29 +1174,51 @@ class QuorumTests(TestCase):
         store = EtcdStore(cluster.client_urls, reactor, timeout=3)
         await store.open()
         self.addCleanup(store.close)
+        other = EtcdStore(cluster.client_urls[::-1], reactor, timeout=3, watch=False)
+        await other.open()
+        self.addCleanup(other.close)
+        heard = []
+        resets = []
+        store.add_listener(lambda result: heard.append(result.revision))
+        store.add_reset_listener(resets.append)
         await store.commit([Put("a", b"1")])
-        cluster.kill(0)
+        # Kill a member that does not carry the watch, then one that does
+        # not answer first: what remains is the watch's member alone.
+        watched = cluster.client_urls.index(store.watch_endpoint)
+        first, second = [i for i in range(3) if i != watched]
+        cluster.kill(first)
         # One member down: the majority serves.
         await store.commit([Put("a", b"2")])
-        self.assertEqual((await store.get("a")).value, b"2")
-        cluster.kill(1)
+        self.assertEqual((await store.get_linearizable("a")).value, b"2")
+        await store.ping()
+        cluster.kill(second)
         try:
             await store.commit([Put("a", b"3")])
         except StoreUnavailable as e:
-            self.assertIn(cluster.client_urls[2], e.detail)
+            self.assertIn(cluster.client_urls[watched], e.detail)
         else:
             self.fail("a commit without quorum succeeded")
-        # The survivor steps down once it misses the others (bounded wait).
-        for _ in range(50):
+        # The survivor steps down once it misses the others (bounded wait);
+        # then everything says why.
+        for _ in range(100):
             try:
                 await store.ping()
-            except StoreUnavailable:
+            except StoreUnavailable as e:
+                self.assertIn("etcd has no leader", e.detail)
+                self.assertIn("(no quorum)", e.detail)
                 break
             await deferLater(reactor, 0.1)
         else:
             self.fail("ping kept succeeding without quorum")
-        cluster.restart(0, wait=False)
-        cluster.restart(1, wait=False)
+        error = await self.expect(StoreUnavailable, store.commit([Put("a", b"4")]))
+        self.assertIn("no leader", error.detail)
+        error = await self.expect(StoreUnavailable, store.get_linearizable("a"))
+        self.assertIn("etcd has no leader", error.detail)
+        # The member cancels the watch when it loses its leader.
+        await wait_for(lambda: not store.watching, "the watch to be reported lost", timeout=15)
+        self.assertEqual([r.watching for r in resets], [False])
+        cluster.restart(first, wait=False)
+        cluster.restart(second, wait=False)
         await cluster.when_healthy(timeout=30)
         # The members may hold one more election once all are back: a
         # client retrying for a few seconds is served.
@@ -818,5 +1232,9 @@ class QuorumTests(TestCase):
         else:
             self.fail("no service 10 s after quorum returned")
         self.assertEqual((await store.get("b")).mod_revision, result.revision)
-        self.assertIn((await store.get("a")).value, (b"2", b"3"))
-
+        self.assertIn((await store.get_linearizable("a")).value, (b"2", b"3"))
+        await wait_for(lambda: store.watching, "the watch to resume", timeout=15)
+        self.assertEqual(resets[-1].watching, True)
+        theirs = await other.commit([Put("c", b"from other")])
+        await wait_for(lambda: theirs.revision in heard, "the resumed watch to deliver")
+        self.assertEqual(heard, sorted(heard))

@@ -71,15 +71,85 @@ learned, the commit fails with L{StoreUnavailable} whose C{outcome} field is
 C{"unknown"}. When no endpoint answers, or etcd has no leader, calls fail
 with L{StoreUnavailable} naming each endpoint's reason.
 
+Reads
+=====
+Every read (C{get}, C{get_many}, C{list}, and the reads inside a commit) is
+linearizable: etcd serves it through its leader's read index
+(C{serializable: false}), so it needs a quorum and sees every commit that
+was acknowledged before it began. L{EtcdStore.get_linearizable} is C{get}
+under a name that says so, for C{?consistent=1}: a caller that puts a read
+cache in front of the store (L{kvtwist.store.cache.CachedStore}) calls it on
+the store itself to bypass the cache.
+
+No quorum
+=========
+When a majority of etcd's members is down or cut off, writes and reads fail
+with L{StoreUnavailable} saying that etcd has no leader (or that no member
+answered in time); L{EtcdStore.ping} fails once no endpoint reports a
+leader, so C{/readyz} answers 503. Nothing has to be restarted: the next
+call after the quorum is back succeeds, and the watch resumes by itself.
+
+Watch
+=====
+After L{EtcdStore.open} the store watches its key range (C{POST /v3/watch}
+through the gateway, with C{prev_kv}, from the revision after the one open
+saw) on one endpoint, and requires that member to have a leader (gRPC
+metadata C{hasleader}), so a member cut off from the quorum ends the watch
+instead of going silent. Each etcd revision that touched the range becomes
+one L{CommitResult} (events grouped by C{mod_revision}): a PUT is a C{put}
+change, a DELETE is C{expire} when the deleted value's C{exp} had passed by
+C{clock.seconds()} (etcd's lease did it, or a sweep) and C{delete}
+otherwise; C{previous} comes from C{prev_kv}. The watch advances
+C{revision}.
+
 Listeners
 =========
-Listeners hear every commit made through this store that changed something
-(including the removal of expired keys, as C{expire} changes), in revision
-order, before the committer does: a result that arrives early waits for
-concurrent commits that could still take a lower revision. Changes made by
-other etcd clients need a watch, which this module does not run.
-C{expired()} is always empty: etcd's leases do the sweeping.
+Listeners hear every change to the key range, this store's own commits and
+other etcd clients' (other kvcache nodes', lease expiries), each revision
+once, in revision order:
 
+ - While the watch runs, it is the sequencer: a commit made through this
+   store is delivered when the watch reaches its revision (with the
+   commit's own result if it has arrived, else the watch's), and its
+   committer hears back only after that. A commit the watch has not
+   delivered within C{timeout} seconds means the watch is stalled: it is
+   dropped and restarted.
+ - While the watch is down, this store's own commits are delivered
+   directly, in revision order, before their committer hears back (a
+   result that arrives early waits for concurrent commits that could still
+   take a lower revision). Other clients' changes wait for the watch.
+ - When the watch comes back it resumes from the last revision it had
+   delivered, on the next endpoint; revisions listeners already heard are
+   skipped (deduplicated by revision). A change by another client that
+   turns up below a revision already delivered cannot be delivered in
+   order: it is dropped and reported as lost history (see below).
+
+C{expired()} is always empty: etcd's leases do the sweeping, and the watch
+reports what they removed.
+
+Reset hook
+==========
+L{EtcdStore.add_reset_listener} registers C{listener(reset)}, called with a
+L{WatchReset} whenever listeners may not have heard every change:
+
+ - C{WatchReset(watching=False, ...)} when the watch is lost (connection
+   dropped, member killed, member without leader, stalled): other clients'
+   changes after C{reset.revision} may be missing until the watch runs
+   again. A read cache must drop everything
+   (L{kvtwist.store.cache.CachedStore.invalidate_all}).
+ - C{WatchReset(watching=True, history_lost=False, ...)} when the watch
+   runs (again), resuming after C{reset.revision}; the changes it missed
+   follow, in order. A read cache drops everything again (what it cached
+   meanwhile may be stale).
+ - C{history_lost=True} when listeners did not and will never hear some
+   change at or below C{reset.revision}: etcd compacted the revisions the
+   watch had to resume from (the watch then resumes from the current
+   revision), or another client's change turned up below a revision
+   already delivered. A change feed must treat its history up to
+   C{reset.revision} as gone (resumes from before it answer 410); a read
+   cache drops everything.
+
+L{EtcdStore.watching} says whether the watch runs now.
 Everything here runs on the reactor thread; nothing blocks.
 """
 
@@ -91,15 +161,24 @@ import itertools
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -120,7 +199,16 @@ from kvtwist.model import (
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import final_ops, live
 
-__all__ = ["EtcdStore", "EtcdError", "encode_value", "decode_value", "prefix_end"]
+__all__ = [
+    "EtcdStore",
+    "EtcdError",
+    "WatchReset",
+    "encode_value",
+    "decode_value",
+    "prefix_end",
+]
+
+log = Logger()
 
 #: etcd's default C{--max-txn-ops}.
 DEFAULT_MAX_TXN_OPS = 128
@@ -151,6 +239,15 @@ _LEASE_CACHE_SIZE = 1024
 # Rough protobuf overheads, to estimate a transaction's size before sending.
 _OP_OVERHEAD = 32
 _TXN_OVERHEAD = 64
+# Pauses between attempts to (re)start the watch once every endpoint has
+# failed in a row: doubling from the first to the second, so a restarted
+# member or a returning quorum is found within a second without spinning.
+_WATCH_RETRY_FIRST = 0.1
+_WATCH_RETRY_MAX = 1.0
+# One line of the watch stream (one etcd watch response) may not be bigger:
+# etcd sends at most 1000 revisions per response, each under its request
+# limit, so this only stops a broken peer from exhausting memory.
+_WATCH_LINE_MAX = 256 * 1024 * 1024
 
 # etcd error messages that mean a write was refused before it was proposed,
 # so it surely did not apply.
@@ -287,6 +384,30 @@ class _Compacted(Exception):
     """A read at a fixed revision found that revision compacted away."""
 
 
+@dataclass(frozen=True)
+class WatchReset:
+    """
+    What reset listeners hear (see L{EtcdStore.add_reset_listener} and the
+    module docstring).
+
+    @ivar watching: C{False} when the watch was just lost; C{True} when it
+        runs (again), or when lost history was found while it runs.
+    @ivar history_lost: listeners did not, and will never, hear some change
+        at or below C{revision}: a change feed must drop its history up to
+        C{revision} (resumes from before it are gone).
+    @ivar revision: with C{watching=False}, the last revision the watch had
+        covered (other clients' changes after it may be missing); with
+        C{watching=True}, the watch delivers every change after it (and with
+        C{history_lost}, not every change up to it was delivered).
+    @ivar reason: a sentence for logs and readiness reports.
+    """
+
+    watching: bool
+    history_lost: bool
+    revision: int
+    reason: str
+
+
 class _LeaseGone(Exception):
     """A put referred to a lease etcd no longer has."""
 
@@ -317,6 +438,10 @@ class EtcdStore:
         is sent.
     @param max_request_bytes: etcd's C{--max-request-bytes}: no commit whose
         transaction would be bigger is sent.
+    @param watch: run the watch (see the module docstring); without it,
+        listeners hear only this store's own commits and no reset listener
+        is ever called (for a store nobody else writes to, and for tests of
+        the request layer).
 
     @ivar revision: the largest etcd revision seen (see the module docstring).
     @ivar active_endpoint: the endpoint the next request goes to first.
@@ -332,6 +457,7 @@ class EtcdStore:
         timeout: float = 5.0,
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        watch: bool = True,
     ) -> None:
         endpoints = [e.rstrip("/") for e in endpoints]
         if not endpoints:
@@ -358,8 +484,29 @@ class EtcdStore:
         # and results waiting for them.
         self._unsettled: Dict[int, int] = {}
         self._tokens = itertools.count()
-        self._held: List[Tuple[int, int, CommitResult, Deferred]] = []
+        # (revision, tie-breaker, result, waiter, reactor time it was held)
+        self._held: List[Tuple[int, int, CommitResult, Deferred, float]] = []
+        # The largest revision listeners heard (or were told they missed).
         self._delivered = 0
+        self._resets: List[Callable[[WatchReset], None]] = []
+        # The watch (see _watch_loop): whether to run one, its task, the
+        # stream and request in flight, the pause between attempts.
+        self._watch_wanted = watch
+        self._watch_task: Optional[Deferred] = None
+        self._watch_stopping = False
+        self._watch_stream: Optional[_WatchStream] = None
+        self._watch_request: Optional[Deferred] = None
+        self._watch_sleep: Optional[Deferred] = None
+        self._watch_live = False
+        self._watch_endpoint: Optional[str] = None
+        # The largest revision whose watch events were processed.
+        self._watch_seen = 0
+        # Own commits delivered directly (watch down) above _watch_seen: the
+        # resumed watch skips them instead of calling them lost history.
+        self._own_direct: Set[int] = set()
+        # Lost history already reported up to this revision.
+        self._gap_reported = 0
+        self._stall_call: Any = None
         self._key_prefix = (prefix + "kv/").encode("utf-8")
         # expiry bucket (whole second the lease must outlive) -> (lease id,
         # clock time the lease ends)
@@ -369,6 +516,16 @@ class EtcdStore:
     def active_endpoint(self) -> str:
         """The endpoint tried first: the last one that answered."""
         return self.endpoints[self._current]
+
+    @property
+    def watching(self) -> bool:
+        """Whether the watch runs now (listeners hear other clients' changes)."""
+        return self._watch_live
+
+    @property
+    def watch_endpoint(self) -> Optional[str]:
+        """The endpoint the running watch is on, or L{None}."""
+        return self._watch_endpoint if self._watch_live else None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -391,29 +548,52 @@ class EtcdStore:
             # Concurrent commits each hold a connection; the default of 2
             # per host would queue them behind each other.
             self._pool.maxPersistentPerHost = 10
-            agent = Agent(
-                self._reactor, pool=self._pool, connectTimeout=self.timeout / 2
-            )
+            if all(e.startswith("http://") for e in self.endpoints):
+                agent = Agent.usingEndpointFactory(
+                    self._reactor,
+                    _PlainEndpoints(self._reactor, self.timeout / 2),
+                    pool=self._pool,
+                )
+            else:
+                agent = Agent(
+                    self._reactor, pool=self._pool, connectTimeout=self.timeout / 2
+                )
             self._http = HTTPClient(agent)
         self._open = True
 
-        d = Deferred.fromCoroutine(self._ping())
+        d = Deferred.fromCoroutine(self._open_async())
 
         def failed(reason):
             self._open = False
-            return self._release().addCallback(lambda _: reason)
+            d = self._stop_watch()
+            d.addCallback(lambda _: self._release())
+            return d.addCallback(lambda _: reason)
 
         return d.addErrback(failed)
+
+    async def _open_async(self) -> None:
+        """Check etcd, then start the watch and wait until it runs."""
+        await self._ping(patient=True)
+        if not self._watch_wanted:
+            return
+        self._watch_stopping = False
+        self._watch_seen = self._delivered = max(self._delivered, self.revision)
+        self._gap_reported = self._watch_seen
+        ready: Deferred = Deferred()
+        self._watch_task = Deferred.fromCoroutine(self._watch_loop(ready))
+        await ready
 
     def close(self) -> Deferred:
         """
         Refuse new calls, let in-flight ones finish (each is bounded by the
-        request timeout), then close the pooled connections.
+        request timeout), then stop the watch and close the pooled
+        connections.
         """
         if not self._open:
             return succeed(None)
         self._open = False
         waiting = DeferredList(list(self._inflight), consumeErrors=True)
+        waiting.addCallback(lambda _: self._stop_watch())
         return waiting.addCallback(lambda _: self._release())
 
     def _release(self) -> Deferred:
@@ -443,7 +623,22 @@ class EtcdStore:
     # -- the contract -------------------------------------------------------
 
     def get(self, key: str) -> Deferred:
-        """Read one live key; see L{IKeyValueStore.get}."""
+        """
+        Read one live key, linearizably (see the module docstring); see
+        L{IKeyValueStore.get}.
+        """
+        return self._run(self._get(key))
+
+    def get_linearizable(self, key: str) -> Deferred:
+        """
+        Read one live key from etcd through its leader's read index, for
+        C{?consistent=1}: the result reflects every commit acknowledged (by
+        any node) before the call. Call it on this store, not on a cache in
+        front of it.
+
+        @return: a Deferred firing with an L{Entry} or L{None}.
+        @raise StoreUnavailable: (in the Deferred) without a quorum.
+        """
         return self._run(self._get(key))
 
     def get_many(self, keys: Iterable[str]) -> Deferred:
@@ -460,12 +655,21 @@ class EtcdStore:
 
     def add_listener(self, listener) -> None:
         """
-        Call C{listener(result)} for every commit made through this store
-        that changed something, in revision order, before its committer
-        hears back. Changes made by other etcd clients reach listeners only
-        through a watch, which this store does not run.
+        Call C{listener(result)} for every revision that changed the key
+        range, in revision order, each once: this store's commits before
+        their committer hears back, other clients' changes when the watch
+        delivers them (see the module docstring).
         """
         self._listeners.add(listener)
+
+    def add_reset_listener(self, listener: Callable[[WatchReset], None]) -> None:
+        """
+        Call C{listener(reset)} with a L{WatchReset} each time the watch is
+        lost, runs again, or finds that listeners missed changes (see the
+        module docstring for what a cache and a change feed should do).
+        Called on the reactor thread; an exception is logged and ignored.
+        """
+        self._resets.append(listener)
 
     def expired(self, limit: int) -> Deferred:
         """
@@ -479,8 +683,9 @@ class EtcdStore:
 
     def ping(self) -> Deferred:
         """
-        Ask an endpoint for its status; fails with L{StoreUnavailable} when
-        none answers, the member knows no leader or has raised an alarm.
+        Ask the endpoints for their status, in turn, until one reports a
+        leader and no alarm; fails with L{StoreUnavailable} saying why when
+        none does (no quorum: no member knows a leader).
         """
         return self._run(self._ping())
 
@@ -500,7 +705,16 @@ class EtcdStore:
             response = await self._http.post(
                 endpoint + path,
                 data=data,
-                headers=Headers({b"Content-Type": [b"application/json"]}),
+                headers=Headers(
+                    {
+                        b"Content-Type": [b"application/json"],
+                        # A member without a leader refuses at once ("no
+                        # leader", before any proposal, so a write surely did
+                        # not apply) instead of timing out: failover and the
+                        # no-quorum answer come quickly.
+                        b"Grpc-Metadata-Hasleader": [b"true"],
+                    }
+                ),
                 unbuffered=True,
             )
             content = await _read_body(response)
@@ -591,9 +805,7 @@ class EtcdStore:
                 self._current = index
                 self._saw(document.get("header"))
                 return document
-        raise StoreUnavailable(
-            "no etcd endpoint could serve the request: " + "; ".join(reasons)
-        )
+        raise StoreUnavailable(_unavailable(reasons))
 
     def _translate(self, answer: _Answered, body: dict) -> Exception:
         """
@@ -643,15 +855,18 @@ class EtcdStore:
     def _etcd_key(self, key: str) -> bytes:
         return self._key_prefix + key.encode("utf-8")
 
-    def _row(self, kv: dict) -> _Row:
-        """Decode one etcd kv of this store into a L{_Row}."""
-        raw_key = _unb64(kv["key"])
+    def _decode_key(self, raw_key: bytes) -> str:
+        """The kvtwist key of an etcd key in this store's range."""
         if not raw_key.startswith(self._key_prefix):
             raise EtcdError("etcd returned a key outside the range asked for")
         try:
-            key = raw_key[len(self._key_prefix):].decode("utf-8")
+            return raw_key[len(self._key_prefix):].decode("utf-8")
         except UnicodeDecodeError:
             raise StoreCorrupt("a key under %r in etcd is not UTF-8" % (self.prefix,))
+
+    def _row(self, kv: dict) -> _Row:
+        """Decode one etcd kv of this store into a L{_Row}."""
+        key = self._decode_key(_unb64(kv["key"]))
         value, content_type, expires, commit_id = decode_value(
             key, _unb64(kv.get("value", ""))
         )
@@ -775,14 +990,46 @@ class EtcdStore:
             "not removed them yet" % (prefix,)
         )
 
-    async def _ping(self) -> None:
-        document = await self._call("/v3/maintenance/status", {})
-        if document.get("errors"):
-            raise StoreUnavailable(
-                "etcd reports: %s" % ("; ".join(map(str, document["errors"])),)
-            )
-        if str(document.get("leader", "0")) == "0":
-            raise StoreUnavailable("the etcd member %s has no leader" % (self.active_endpoint,))
+    async def _ping(self, patient: bool = False) -> None:
+        """
+        Succeed once one member reports a leader and no alarm, trying each
+        endpoint in turn from the current one. C{patient} (for open) goes
+        round again for up to a timeout, so an election is waited out.
+        """
+        count = len(self.endpoints)
+        began = self._reactor.seconds()
+        reasons: List[str] = []
+        for round_ in range(_READ_ROUNDS if patient else 1):
+            if round_:
+                if self._reactor.seconds() - began >= self.timeout:
+                    break
+                await deferLater(self._reactor, _READ_RETRY_PAUSE)
+            reasons = []
+            start = self._current
+            for step in range(count):
+                index = (start + step) % count
+                endpoint = self.endpoints[index]
+                try:
+                    document = await self._post(endpoint, "/v3/maintenance/status", {})
+                except (_NotSent, _Ambiguous) as e:
+                    reasons.append("%s: %s" % (endpoint, e))
+                    continue
+                except _Answered as e:
+                    reasons.append("%s: %s" % (endpoint, e.message))
+                    continue
+                if document.get("errors"):
+                    reasons.append(
+                        "%s: etcd reports: %s"
+                        % (endpoint, "; ".join(map(str, document["errors"])))
+                    )
+                    continue
+                if str(document.get("leader", "0")) == "0":
+                    reasons.append("%s: etcdserver: no leader" % (endpoint,))
+                    continue
+                self._current = index
+                self._saw(document.get("header"))
+                return
+        raise StoreUnavailable(_unavailable(reasons))
 
     # -- committing ---------------------------------------------------------
 
@@ -848,37 +1095,55 @@ class EtcdStore:
         Commit C{token} is over; queue its C{results} for the listeners.
 
         Listeners must hear commits in revision order, but concurrent
-        commits' answers arrive in any order. A commit whose transaction may
-        still apply was registered with the revision seen before sending it;
-        its revision will be above that. A result is delivered once no
-        unsettled commit could take a revision below it.
+        commits' answers arrive in any order, and other clients' changes
+        arrive through the watch. See L{_deliver}.
 
-        @return: a Deferred that fires once C{results} were delivered.
+        @return: a Deferred that fires once C{results} were delivered (or
+            the watch delivered their revisions first).
         """
         self._unsettled.pop(token, None)
         waiter: Deferred = succeed(None)
+        now = self._reactor.seconds()
         for result in results:
             if result.changes:
                 waiter = Deferred()
                 heapq.heappush(
-                    self._held, (result.revision, next(self._tokens), result, waiter)
+                    self._held, (result.revision, next(self._tokens), result, waiter, now)
                 )
         self._deliver()
         return waiter
 
     def _deliver(self) -> None:
-        """Tell listeners every held result no unsettled commit can precede."""
+        """
+        Release held results of this store's own commits.
+
+        One whose revision listeners already heard (the watch delivered it)
+        only wakes its committer. While the watch runs, the rest wait for it:
+        it delivers them in order among other clients' changes. Otherwise a
+        result is delivered once no unsettled commit could take a revision
+        below it: an unsettled commit was registered with the revision seen
+        before it was sent, and its revision will be above that.
+        """
         if self._unsettled:
-            # An unsettled commit's revision is above its floor, and a revision
-            # belongs to one transaction only: floor + 1 is safe to pass.
-            limit = min(self._unsettled.values()) + 1
+            # A revision belongs to one transaction only: floor + 1 is safe.
+            limit: Optional[int] = min(self._unsettled.values()) + 1
         else:
             limit = None
-        while self._held and (limit is None or self._held[0][0] <= limit):
-            revision, _, result, waiter = heapq.heappop(self._held)
-            self._delivered = max(self._delivered, revision)
+        while self._held:
+            revision, _, result, waiter, _ = self._held[0]
+            if revision <= self._delivered:
+                heapq.heappop(self._held)
+                waiter.callback(None)
+                continue
+            if self._watch_live or (limit is not None and revision > limit):
+                break
+            heapq.heappop(self._held)
+            self._delivered = revision
+            if self._watch_task is not None:
+                self._own_direct.add(revision)
             self._listeners.notify(result)
             waiter.callback(None)
+        self._arm_stall_timer()
 
     async def _attempt(
         self,
@@ -1063,6 +1328,400 @@ class EtcdStore:
         return lease
 
 
+    # -- the watch ------------------------------------------------------------
+
+    async def _watch_loop(self, ready: Deferred) -> None:
+        """
+        Keep a watch running until L{_stop_watch}: start one on the current
+        endpoint, and whenever it ends, tell reset listeners and start the
+        next one on the next endpoint, from the last revision processed.
+        C{ready} fires once the first watch runs, or fails once every
+        endpoint has failed in a row (then L{open} fails).
+        """
+        failures = 0
+        index = self._current
+        count = len(self.endpoints)
+        reasons: List[str] = []
+        # After a compaction: the next watch starts from the current revision
+        # (fresh), and its reset says history was lost (lost, the reason).
+        fresh = False
+        lost = ""
+        try:
+            while not self._watch_stopping:
+                endpoint = self.endpoints[index]
+                compacted = 0
+                if fresh:
+                    reason = await self._skip_to_current()
+                    if not reason:
+                        fresh = False
+                        continue
+                else:
+                    reason, compacted = await self._watch_attempt(endpoint, ready, lost)
+                    if self._watch_live:
+                        if self._watch_stopping:
+                            break
+                        # It ran: whatever ended it, the next attempt
+                        # begins a fresh round over the endpoints.
+                        failures = 0
+                        reasons = []
+                        lost = ""
+                        self._watch_lost(reason)
+                if self._watch_stopping:
+                    break
+                if compacted:
+                    fresh = True
+                    lost = (
+                        "etcd compacted its history up to revision %d before the "
+                        "watch could resume after revision %d"
+                        % (compacted, self._watch_seen)
+                    )
+                    log.warn("etcd watch: {lost}; resuming from the current revision", lost=lost)
+                    continue
+                failures += 1
+                reasons.append(reason)
+                if failures >= count and not ready.called:
+                    ready.errback(
+                        Failure(StoreUnavailable(
+                            "the etcd watch could not be started: " + "; ".join(reasons[-count:])
+                        ))
+                    )
+                    if self._watch_stopping:
+                        break
+                index = (index + 1) % count
+                delay = 0.0
+                if failures >= count:
+                    delay = min(
+                        _WATCH_RETRY_FIRST * 2 ** min(failures - count, 8), _WATCH_RETRY_MAX
+                    )
+                self._watch_sleep = deferLater(self._reactor, delay)
+                try:
+                    await self._watch_sleep
+                except CancelledError:
+                    break
+                finally:
+                    self._watch_sleep = None
+        except Exception:
+            log.failure("the etcd watch loop failed")
+            if not ready.called:
+                ready.errback(Failure(StoreUnavailable("the etcd watch failed to start")))
+        finally:
+            self._watch_live = False
+            self._watch_endpoint = None
+
+    async def _skip_to_current(self) -> str:
+        """
+        After a compaction: learn the current revision and treat everything
+        up to it as delivered (it is lost history). Returns why it failed,
+        or the empty string.
+        """
+        try:
+            document = await self._call(
+                "/v3/kv/range", {"key": _b64(self._key_prefix), "count_only": True}
+            )
+            current = int(document["header"]["revision"])
+        except Exception as e:
+            return "the current revision could not be read: %s" % (_describe(e),)
+        if current > self._watch_seen:
+            self._watch_seen = current
+        if current > self._delivered:
+            self._delivered = current
+        self._own_direct = {r for r in self._own_direct if r > self._watch_seen}
+        self._deliver()
+        return ""
+
+    async def _watch_attempt(self, endpoint: str, ready: Deferred, lost: str) -> Tuple[str, int]:
+        """
+        Run one watch on C{endpoint} from the revision after C{_watch_seen}
+        until it ends.
+
+        @return: why it ended (or could not start), and the compacted
+            revision when etcd refused it for that, else 0.
+        """
+        start = self._watch_seen + 1
+        body = {
+            "create_request": {
+                "key": _b64(self._key_prefix),
+                "range_end": _b64(prefix_end(self._key_prefix)),
+                "start_revision": str(start),
+                "prev_kv": True,
+            }
+        }
+        request = self._http.post(
+            endpoint + "/v3/watch",
+            data=json.dumps(body, separators=(",", ":")).encode("ascii"),
+            headers=Headers(
+                {
+                    b"Content-Type": [b"application/json"],
+                    # etcd cancels the watch when its member loses the
+                    # leader, rather than leaving it silent in a minority.
+                    b"Grpc-Metadata-Hasleader": [b"true"],
+                }
+            ),
+            unbuffered=True,
+        )
+        request.addTimeout(self.timeout, self._reactor)
+        self._watch_request = request
+        try:
+            response = await request
+        except Exception as e:
+            if isinstance(e, CancelledError) and not self._watch_stopping:
+                return "%s: no answer to the watch within %gs" % (endpoint, self.timeout), 0
+            return "%s: %s" % (endpoint, _describe(e)), 0
+        finally:
+            self._watch_request = None
+        stream = _WatchStream(self._watch_document)
+        self._watch_stream = stream
+        timer = None
+        try:
+            response.deliverBody(stream)
+            if response.code != 200:
+                stream.http_error = response.code
+            else:
+                timer = self._reactor.callLater(
+                    self.timeout,
+                    stream.abort,
+                    "no watch created within %gs" % (self.timeout,),
+                )
+            try:
+                await stream.created
+            except Exception:
+                await stream.done
+                return "%s: %s" % (endpoint, stream.reason or "the watch ended at once"), (
+                    stream.compacted
+                )
+            finally:
+                if timer is not None and timer.active():
+                    timer.cancel()
+            if self._watch_stopping:
+                stream.abort("the store is closing")
+            else:
+                self._watch_started(endpoint, start, lost)
+                if not ready.called:
+                    ready.callback(None)
+            reason = await stream.done
+            return "%s: %s" % (endpoint, reason), stream.compacted
+        finally:
+            if not stream.done.called:
+                stream.abort("the store is closing")
+                await stream.done
+            self._watch_stream = None
+
+    def _watch_started(self, endpoint: str, start: int, lost: str) -> None:
+        """A watch was created: listeners will hear every change from C{start}."""
+        self._watch_live = True
+        self._watch_endpoint = endpoint
+        reason = "watching from revision %d on %s" % (start, endpoint)
+        if lost:
+            reason += "; " + lost
+            self._gap_reported = max(self._gap_reported, start - 1)
+        self._notify_resets(WatchReset(True, bool(lost), start - 1, reason))
+        self._deliver()
+
+    def _watch_lost(self, reason: str) -> None:
+        """The running watch ended: say so, and deliver own commits directly."""
+        self._watch_live = False
+        self._watch_endpoint = None
+        log.info("etcd watch lost: {reason}", reason=reason)
+        self._notify_resets(
+            WatchReset(False, False, self._watch_seen, "the etcd watch was lost: " + reason)
+        )
+        self._deliver()
+
+    def _notify_resets(self, reset: WatchReset) -> None:
+        for listener in list(self._resets):
+            try:
+                listener(reset)
+            except Exception:
+                log.failure("a watch reset listener failed")
+
+    def _stop_watch(self) -> Deferred:
+        """
+        End the watch (for close or a failed open).
+
+        @return: a Deferred firing once its connection is gone.
+        """
+        self._watch_stopping = True
+        if self._stall_call is not None and self._stall_call.active():
+            self._stall_call.cancel()
+        self._stall_call = None
+        for pending in (self._watch_request, self._watch_sleep):
+            if pending is not None and not pending.called:
+                pending.cancel()
+        if self._watch_stream is not None:
+            self._watch_stream.abort("the store is closing")
+        task, self._watch_task = self._watch_task, None
+        self._own_direct.clear()
+        if task is None:
+            return succeed(None)
+        finished: Deferred = Deferred()
+
+        def ended(result: object) -> None:
+            # Let the aborted connection's last callbacks run before the
+            # caller closes the pool.
+            self._reactor.callLater(0, finished.callback, None)
+
+        task.addBoth(ended)
+        return finished
+
+    def _arm_stall_timer(self) -> None:
+        """
+        While the watch runs and own results wait for it, make sure they do
+        not wait longer than a timeout (see L{_watch_stalled}).
+        """
+        if self._watch_live and self._held:
+            if self._stall_call is None or not self._stall_call.active():
+                oldest = min(item[4] for item in self._held)
+                delay = max(0.0, oldest + self.timeout - self._reactor.seconds())
+                self._stall_call = self._reactor.callLater(delay, self._watch_stalled)
+        elif self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+
+    def _watch_stalled(self) -> None:
+        """
+        An own commit has waited a timeout for the watch: the watch is stuck
+        (e.g. on a member that cannot see etcd's leader but was not told so).
+        End it; the loop starts another on the next endpoint, and own
+        commits are delivered directly meanwhile.
+        """
+        self._stall_call = None
+        if not (self._watch_live and self._held):
+            return
+        oldest = min(item[4] for item in self._held)
+        if self._reactor.seconds() - oldest < self.timeout:
+            self._arm_stall_timer()
+            return
+        revision = min(item[0] for item in self._held)
+        reason = "the watch did not deliver revision %d within %gs of its commit" % (
+            revision,
+            self.timeout,
+        )
+        if self._watch_stream is not None:
+            self._watch_stream.abort(reason)
+        else:
+            self._watch_lost(reason)
+
+    def _watch_document(self, stream: "_WatchStream", line: bytes) -> None:
+        """Handle one document of a watch stream (see L{_WatchStream})."""
+        try:
+            document = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            stream.abort("the watch sent a line that is not JSON")
+            return
+        if not isinstance(document, dict):
+            stream.abort("the watch sent a document that is not an object")
+            return
+        error = document.get("error")
+        if error is not None:
+            # The gateway's stream error (e.g. "no leader"); the connection
+            # ends with it.
+            message = error.get("message") if isinstance(error, dict) else error
+            stream.abort("etcd ended the watch: %s" % (message,))
+            return
+        result = document.get("result")
+        if not isinstance(result, dict):
+            stream.abort("the watch sent a document without a result")
+            return
+        if result.get("canceled"):
+            compacted = int(result.get("compact_revision") or 0)
+            stream.compacted = compacted
+            why = result.get("cancel_reason") or (
+                "revision %d is compacted" % (compacted,) if compacted else "no reason given"
+            )
+            stream.abort("etcd canceled the watch: %s" % (why,))
+            return
+        if result.get("created") and not stream.created.called:
+            stream.created.callback(None)
+        events = result.get("events")
+        if events:
+            try:
+                self._watch_events(events)
+            except (KeyError, TypeError, ValueError) as e:
+                stream.abort("the watch sent a malformed event: %s" % (_describe(e),))
+                return
+        self._saw(result.get("header"))
+
+    def _watch_events(self, events: List[dict]) -> None:
+        """
+        Deliver watch events, one L{CommitResult} per revision, in order,
+        skipping revisions already processed or already delivered.
+        """
+        groups: Dict[int, List[dict]] = {}
+        for event in events:
+            groups.setdefault(int(event["kv"]["mod_revision"]), []).append(event)
+        for revision in sorted(groups):
+            if revision <= self._watch_seen:
+                continue
+            self._watch_seen = revision
+            if revision > self.revision:
+                self.revision = revision
+            if revision <= self._delivered:
+                if revision in self._own_direct:
+                    # Delivered directly while the watch was down.
+                    self._own_direct.discard(revision)
+                elif revision > self._gap_reported:
+                    self._lost_history(
+                        "another client's change at revision %d reached the watch "
+                        "after this store's commits up to revision %d had been "
+                        "delivered" % (revision, self._delivered)
+                    )
+                continue
+            own = self._held_result(revision)
+            if own is None:
+                try:
+                    own = self._watch_result(revision, groups[revision])
+                except (StoreCorrupt, EtcdError) as e:
+                    # The change happened, but listeners cannot be told
+                    # what it was: they must treat what they know as stale.
+                    log.error("etcd watch: revision {revision}: {e}", revision=revision, e=e)
+                    self._delivered = revision
+                    self._lost_history(
+                        "the change at revision %d could not be decoded: %s" % (revision, e)
+                    )
+                    continue
+            self._delivered = revision
+            self._listeners.notify(own)
+        self._own_direct = {r for r in self._own_direct if r > self._watch_seen}
+        self._deliver()
+
+    def _lost_history(self, reason: str) -> None:
+        """Tell reset listeners that changes up to C{_delivered} were missed."""
+        self._gap_reported = self._delivered
+        log.warn("etcd watch: history lost: {reason}", reason=reason)
+        self._notify_resets(WatchReset(self._watch_live, True, self._delivered, reason))
+
+    def _held_result(self, revision: int) -> Optional[CommitResult]:
+        """The held result of this store's own commit at C{revision}, if any."""
+        for item in self._held:
+            if item[0] == revision:
+                return item[2]
+        return None
+
+    def _watch_result(self, revision: int, events: List[dict]) -> CommitResult:
+        """
+        The L{CommitResult} of one revision's watch events: PUT is C{put};
+        DELETE is C{expire} when the deleted value had expired by the
+        store's clock, else C{delete}; C{previous} from C{prev_kv}.
+        """
+        now = self.clock.seconds()
+        changes = []
+        for event in events:
+            kv = event["kv"]
+            prev = event.get("prev_kv")
+            previous = self._row(prev).entry if prev else None
+            if event.get("type", "PUT") == "DELETE":
+                key = self._decode_key(_unb64(kv["key"]))
+                if previous is not None and not previous.is_live(now):
+                    changes.append(Change("expire", key, None, previous))
+                else:
+                    changes.append(Change("delete", key, None, previous))
+            else:
+                entry = self._row(kv).entry
+                changes.append(Change("put", entry.key, entry, live(previous, now)))
+        return CommitResult(revision, tuple(changes))
+
+
 # -- helpers ----------------------------------------------------------------
 
 
@@ -1109,6 +1768,17 @@ def _result(plan: List[Tuple[Op, Optional[Entry]]], revision: int) -> CommitResu
         )
         changes.append(Change("put", op.key, entry, previous))
     return CommitResult(revision, tuple(changes))
+
+
+def _unavailable(reasons: List[str]) -> str:
+    """The detail of a L{StoreUnavailable} after every endpoint failed."""
+    detail = "; ".join(reasons) or "no endpoint was tried"
+    if any("no leader" in r for r in reasons):
+        return (
+            "etcd has no leader: a majority of its members is down or cut off "
+            "(no quorum), or an election is under way; " + detail
+        )
+    return "no etcd endpoint could serve the request: " + detail
 
 
 def _unknown_outcome(reason: str, why: str) -> StoreUnavailable:
@@ -1166,3 +1836,112 @@ def _describe(error: BaseException) -> str:
             "%s: %s" % (type(r.value).__name__, r.getErrorMessage()) for r in reasons
         )
     return "%s: %s" % (type(error).__name__, error)
+
+
+@implementer(IAgentEndpointFactory)
+class _PlainEndpoints:
+    """
+    Plain-HTTP connections to etcd members. An IP address is connected to
+    directly: Twisted's default (HostnameEndpoint) reports a refused
+    connection only after its 0.3 s attempt delay, which every dead member
+    would add to a failover.
+    """
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host = uri.host.decode("ascii")
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        return HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+
+
+class _WatchStream(Protocol):
+    """
+    The body of one C{/v3/watch} answer: etcd's gateway sends one JSON
+    document per line (an error document may end the body without a
+    newline). Each goes to C{on_document(stream, line)} as it arrives.
+
+    @ivar created: fires when etcd says the watch was created; fails if the
+        stream ends first.
+    @ivar done: fires (never fails) with why the stream ended, once its
+        connection is gone.
+    @ivar reason: why the stream was aborted, if it was.
+    @ivar compacted: the compact revision when etcd canceled the watch for
+        it, else 0.
+    @ivar http_error: the status when the answer was not 200 (its body is
+        then the reason).
+    """
+
+    def __init__(self, on_document: Callable[["_WatchStream", bytes], None]) -> None:
+        self._on_document = on_document
+        self._chunks: List[bytes] = []
+        self._size = 0
+        self.created: Deferred = Deferred(lambda _: self.abort("cancelled"))
+        self.done: Deferred = Deferred()
+        self.reason: Optional[str] = None
+        self.compacted = 0
+        self.http_error = 0
+        self.closing = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.http_error:
+            self._keep(data)
+            return
+        if b"\n" not in data:
+            self._keep(data)
+            return
+        self._chunks.append(data)
+        lines = b"".join(self._chunks).split(b"\n")
+        rest = lines.pop()
+        self._chunks, self._size = ([rest], len(rest)) if rest else ([], 0)
+        for line in lines:
+            if self.closing:
+                return
+            if line.strip():
+                self._on_document(self, line)
+
+    def _keep(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _WATCH_LINE_MAX:
+            self.abort("a watch response over %d bytes" % (_WATCH_LINE_MAX,))
+
+    def abort(self, reason: str) -> None:
+        """Stop reading, remember why, and drop the connection."""
+        if self.reason is None:
+            self.reason = reason
+        if self.closing:
+            return
+        self.closing = True
+        stop = getattr(self.transport, "stopProducing", None)
+        if stop is not None:
+            stop()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        rest = b"".join(self._chunks).strip()
+        self._chunks = []
+        if rest and not self.closing:
+            if self.http_error:
+                self.reason = "HTTP %d: %s" % (
+                    self.http_error,
+                    rest[:200].decode("utf-8", "replace"),
+                )
+            else:
+                self._on_document(self, rest)
+        if self.reason is None:
+            if reason is None or reason.check(ResponseDone):
+                self.reason = "etcd ended the watch stream"
+            else:
+                self.reason = "the watch connection was lost (%s)" % (
+                    _describe(reason.value),
+                )
+        if not self.created.called:
+            self.created.errback(Failure(StoreUnavailable(self.reason)))
+        self.done.callback(self.reason)
