@@ -37,6 +37,19 @@ class Limits:
         it is disconnected.
     @ivar sweep_interval: seconds between expiry sweeps.
     @ivar sweep_batch: expired keys removed per sweep commit.
+    @ivar cache_bytes: the read cache's bound, in bytes (C{--cache-size}
+        is in MiB).
+    @ivar request_timeout: seconds from a request's first byte until it
+        must be complete, body included (408 and close beyond). Twisted's
+        idle timeout alone is reset by every byte, so a client dripping one
+        byte a second would hold its connection for ever.
+    @ivar idle_timeout: seconds a connection may sit without sending a
+        byte, between requests or before the first one (closed beyond).
+    @ivar max_connections: connections open at once, over every listener;
+        further ones are closed at once.
+    @ivar max_header_bytes: bytes of a request line, and of the request
+        line and headers together (414 or 431 beyond).
+    @ivar max_headers: header lines in one request (431 beyond).
     """
 
     max_body: int = 1 * MiB
@@ -57,6 +70,12 @@ class Limits:
     watch_buffer: int = 1 * MiB
     sweep_interval: float = 1.0
     sweep_batch: int = 1000
+    cache_bytes: int = 64 * MiB
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 1024
+    max_header_bytes: int = 16384
+    max_headers: int = 100
 
     def as_dict(self) -> dict:
         """The limits as a JSON-ready dict."""

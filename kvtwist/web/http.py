@@ -1,32 +1,90 @@
 """
-The HTTP server kvcache runs: a L{twisted.web.server.Site} whose requests
-refuse an oversized body before reading it.
+The HTTP server kvcache runs: a L{twisted.web.server.Site} that holds its
+own limits against hostile clients before any Resource sees a request.
 
-Twisted itself accepts bodies of any size (measured: 100 MiB, and a
-C{Content-Length: 10^12} left waiting). Here the declared length is checked
-when the headers end, before any C{100 Continue}, and the received bytes as
-they arrive; past the limit the client gets a 413 problem and the
-connection is closed.
+What plain twisted.web does not do (measured on Twisted 26.10), and this
+module does:
+
+  - a body cap: Twisted accepts bodies of any size (100 MiB, and a
+    C{Content-Length: 10^12} left waiting). Here the declared length is
+    checked when the headers end, before any C{100 Continue}, and the
+    received bytes as they arrive: past C{max_body} the client gets 413;
+  - a whole-request deadline: Twisted's idle timeout is reset by every
+    byte, so a client sending one byte a second holds a connection as long
+    as it likes. Here a request must be complete C{request_timeout} seconds
+    after its first byte, or the client gets 408;
+  - a connection cap over every listener: beyond C{max_connections} a new
+    connection is closed at once;
+  - answers instead of silent closes: an overlong request line is a 414,
+    overlong or too many headers a 431, bare LF line endings and every
+    other malformed head a 400, each a problem+json body naming the limit.
+
+Every refusal is written directly on the transport, followed by a
+half-close: the client can read the answer, what it still sends is
+discarded, and the connection is aborted after L{REFUSED_LINGER} seconds
+(closing with unread input would reset the connection and could destroy
+the answer before the client reads it).
+
+Everything here runs on the reactor thread.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import datetime, timezone
+from typing import Optional
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from kvtwist.limits import Limits
 from kvtwist.web.problems import problem_body
 
+log = Logger()
 
 #: Seconds a refused connection stays half-open, so the client can read the
-#: 413 before the socket closes (closing with unread input would reset it).
+#: answer before the socket closes.
 REFUSED_LINGER = 2.0
+
+#: A line feed not preceded by a carriage return.
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+#: Methods counted under their own name in metrics; any other is "other",
+#: so a client cannot grow the label set without bound.
+KNOWN_METHODS = frozenset(
+    [b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"PATCH", b"OPTIONS"]
+)
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+def _number(value: float) -> object:
+    """A limit as JSON shows it: an integer when it is one."""
+    return int(value) if float(value).is_integer() else value
 
 
 class KVRequest(Request):
-    """A request that counts its body against C{site.max_body}."""
+    """
+    A request that counts its body against C{site.max_body}, and records
+    when it started and which limit refused it, for metrics.
+    """
 
     _body_received = 0
+    _kv_started: Optional[float] = None
+    #: The C{limit_name} of a 413/429 problem the application answered.
+    kvtwist_limit: Optional[str] = None
 
     def gotLength(self, length) -> None:
         limit = self.channel.site.max_body
@@ -44,31 +102,83 @@ class KVRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._kv_started = self.channel.site.reactor.seconds()
+        super().requestReceived(command, path, version)
+
+    def write(self, data: bytes) -> None:
+        if (
+            self.code in (413, 429)
+            and data
+            and not self.startedWriting
+            and self.kvtwist_limit is None
+        ):
+            # The application's limit refusals carry the limit's name in
+            # their problem body; keep it for the rejected-requests metric.
+            try:
+                self.kvtwist_limit = str(json.loads(data).get("limit_name") or "other")
+            except (ValueError, AttributeError):
+                self.kvtwist_limit = "other"
+        super().write(data)
+
 
 class KVChannel(HTTPChannel):
-    """An HTTP channel that can refuse a request body mid-stream."""
+    """
+    An HTTP/1.1 channel with a whole-request deadline, header limits that
+    answer, and refusals that close cleanly.
+
+    @ivar refused: set once an answer has refused the request; from then
+        on nothing more is read or dispatched.
+    """
 
     refused = False
+    _deadline: Optional[IDelayedCall] = None
+    _counted = False
 
-    def refuse_body(self, limit: int, size: int) -> None:
-        """Answer 413 naming the limit and the size, then close."""
+    def connectionMade(self) -> None:
+        site = self.site
+        # Twisted checks one line against MAX_LENGTH and the whole head
+        # against totalHeadersSize; one limit covers both here.
+        self.MAX_LENGTH = site.max_header_bytes
+        self.totalHeadersSize = site.max_header_bytes
+        self.maxHeaders = site.max_headers
+        super().connectionMade()
+
+    # -- refusing ------------------------------------------------------------
+
+    def refuse(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        limit_name: Optional[str] = None,
+        **extra: object,
+    ) -> None:
+        """
+        Answer C{status} with a problem+json body, read nothing more, and
+        close: at once for writing, for good after L{REFUSED_LINGER}.
+        """
         if self.refused:
             return
         self.refused = True
-        body = problem_body(
-            413,
-            "body-too-large",
-            "request bodies are limited to %d bytes; this one has %s%d"
-            % (limit, "at least " if size == limit + 1 else "", size),
-            limit_name="max_body",
-            limit=limit,
-            size=size,
-        )
+        self._cancel_deadline()
+        self.setTimeout(None)
+        # Stops LineReceiver's loop over what is already buffered.
+        self.clearLineBuffer()
+        metrics = self.site.metrics
+        if metrics is not None:
+            if limit_name is not None:
+                metrics.reject(limit_name)
+            else:
+                metrics.bad_request()
+        if limit_name is not None:
+            extra["limit_name"] = limit_name
+        body = problem_body(status, code, detail, **extra)
         self.transport.write(
-            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/problem+json\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),)
+            b"Connection: close\r\n\r\n" % (status, _REASONS[status], len(body))
             + body
         )
         # Half-close: the client reads the whole answer; what it still sends
@@ -79,26 +189,328 @@ class KVChannel(HTTPChannel):
         else:
             self.transport.loseConnection()
 
+    def refuse_body(self, limit: int, size: int) -> None:
+        """Answer 413 naming the limit and the size, then close."""
+        self.refuse(
+            413,
+            "body-too-large",
+            "request bodies are limited to %d bytes; this one has %s%d"
+            % (limit, "at least " if size == limit + 1 else "", size),
+            limit_name="max_body",
+            limit=limit,
+            size=size,
+        )
+
+    def _refuse_head(self, size: int) -> None:
+        # The request line alone too long is a URI too long; anything later
+        # is the header section.
+        if self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            self.refuse(
+                414,
+                "uri-too-long",
+                "the request line is limited to %d bytes; this one has at least %d"
+                % (self.MAX_LENGTH, size),
+                limit_name="max_header_bytes",
+                limit=self.MAX_LENGTH,
+                size=size,
+            )
+        else:
+            self.refuse(
+                431,
+                "headers-too-large",
+                "the request line and headers are limited to %d bytes; these have at least %d"
+                % (self.totalHeadersSize, size),
+                limit_name="max_header_bytes",
+                limit=self.totalHeadersSize,
+                size=size,
+            )
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer is a bare "400 Bad Request" with no body.
+        self.refuse(
+            400,
+            "bad-request",
+            "the request is not valid HTTP/1.1 (request line, header syntax, "
+            "Content-Length, Transfer-Encoding or chunked body)",
+        )
+
+    # -- the whole-request deadline -------------------------------------------
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _request_timed_out(self) -> None:
+        self._deadline = None
+        limit = self.site.request_timeout
+        self.refuse(
+            408,
+            "request-timeout",
+            "a request must arrive whole within %s seconds of its first byte"
+            % (_number(limit),),
+            limit_name="request_timeout",
+            limit=_number(limit),
+        )
+
+    # -- parsing ---------------------------------------------------------------
+
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
+        if self._deadline is None and not self._handlingRequest and data:
+            # The first byte of a request: from now on it must be complete
+            # within the deadline, however slowly the bytes trickle in.
+            self._deadline = self.callLater(
+                self.site.request_timeout, self._request_timed_out
+            )
+        nested = self._busyReceiving
         super().dataReceived(data)
+        if (
+            not nested
+            and self.line_mode
+            and not self.refused
+            and not self._handlingRequest
+            and not self.transport.disconnecting
+            and _BARE_LF.search(self._buffer)
+        ):
+            # What is left in line mode is an unfinished line of the head;
+            # a bare LF there would only wait for a CRLF until the deadline.
+            self._bare_line_ending()
+
+    def _bare_line_ending(self) -> None:
+        self.refuse(
+            400,
+            "bad-request",
+            "lines of the request head must end with CRLF, not a bare LF or CR",
+        )
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.refused:
+            return
+        if b"\n" in line or b"\r" in line:
+            self._bare_line_ending()
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head(self._receivedHeaderSize + len(line))
+            return
+        if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            # Twisted joins folded header lines; a proxy in front may not,
+            # and two readings of one head are how requests get smuggled.
+            # RFC 9112 5.2 allows rejecting them.
+            self.refuse(400, "bad-request", "obsolete line folding in headers is not accepted")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if not self.refused:
+            self._refuse_head(self._receivedHeaderSize + len(line))
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self.refused:
+            return False
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self.refuse(
+                431,
+                "too-many-headers",
+                "a request may have at most %d header lines" % (self.maxHeaders,),
+                limit_name="max_headers",
+                limit=self.maxHeaders,
+                size=self._receivedHeaderCount + 1,
+            )
+            return False
+        name, colon, value = line.partition(b":")
+        if (
+            colon
+            and name.lower() == b"transfer-encoding"
+            and value.strip(b" \t").lower() != b"chunked"
+        ):
+            # Twisted silently ignores "identity" (then reads no body at
+            # all); anything but plain chunked is refused here.
+            self.refuse(
+                400,
+                "bad-request",
+                "Transfer-Encoding must be exactly chunked (got %s)"
+                % (value.strip().decode("latin-1")[:40],),
+            )
+            return False
+        return super().headerReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().rawDataReceived(data)
+        decoder = self._transferDecoder
+        if (
+            not self.refused
+            and not self._handlingRequest
+            and decoder is not None
+            and getattr(decoder, "state", None) == "BODY"
+            and self.requests
+        ):
+            # A chunk size is a declaration like Content-Length: refuse one
+            # that passes the cap at once rather than wait for its bytes.
+            # (Reads Twisted's decoder state; if that changes, the streamed
+            # count in KVRequest still holds the cap.)
+            declared = getattr(decoder, "length", None)
+            received = getattr(self.requests[-1], "_body_received", 0)
+            limit = self.site.max_body
+            if isinstance(declared, int) and received + declared > limit:
+                self.refuse_body(limit, received + declared)
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        self._cancel_deadline()
+        super().allContentReceived()
 
     def _send100Continue(self) -> None:
         if not self.refused:
             super()._send100Continue()
 
+    def connectionLost(self, reason) -> None:
+        self._cancel_deadline()
+        if self._counted:
+            self._counted = False
+            self.site.connection_closed()
+        super().connectionLost(reason)
+
+
+class _Refused(Protocol):
+    """A connection over the cap: closed as soon as it is made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
+def json_log_formatter(timestamp: str, request: Request) -> str:
+    """
+    One access-log line as a JSON object (an L{IAccessLogFormatter}):
+    time, client, method, path, protocol, status, bytes, route, duration,
+    token name (never its secret), referer and user agent.
+    """
+    address = request.getClientAddress()
+    started = getattr(request, "_kv_started", None)
+    now = request.channel.site.reactor.seconds() if request.channel is not None else None
+    principal = getattr(request, "kvtwist_principal", None)
+    document = {
+        "time": datetime.fromtimestamp(
+            now if now is not None else 0, timezone.utc
+        ).isoformat(timespec="milliseconds"),
+        "remote": getattr(address, "host", None) or getattr(address, "name", None) or "-",
+        "method": request.method.decode("latin-1"),
+        "path": request.uri.decode("latin-1"),
+        "protocol": request.clientproto.decode("latin-1"),
+        "status": request.code,
+        "bytes": request.sentLength,
+        "route": getattr(request, "kvtwist_route", None),
+        "duration": round(now - started, 6) if now is not None and started is not None else None,
+        "token": getattr(principal, "name", None),
+        "referer": (request.getHeader(b"referer") or b"").decode("latin-1") or None,
+        "user_agent": (request.getHeader(b"user-agent") or b"").decode("latin-1") or None,
+    }
+    if isinstance(document["remote"], bytes):
+        document["remote"] = document["remote"].decode("latin-1")
+    return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
+
 
 class KVSite(Site):
     """
-    The kvcache site: L{KVChannel} connections, L{KVRequest} requests.
+    The kvcache site: L{KVChannel} connections, L{KVRequest} requests, the
+    connection cap, access logging and request metrics.
 
-    @ivar max_body: the largest request body accepted, in bytes.
+    @param limits: the limits in force (body, deadline, idle timeout,
+        connection cap, header limits).
+    @param metrics: a L{kvtwist.metrics.Metrics} to record requests and
+        refusals in, or None.
+    @param access_log: C{off}, C{clf} (Combined Log Format, the default)
+        or C{json}.
+    @param access_log_file: where access lines go (default: the twistd
+        log, through Twisted's logging).
+    @param max_body: overrides C{limits.max_body} (kept for callers that
+        only set the body cap).
+
+    @ivar open_connections: connections open now, over every listener.
     """
 
     protocol = KVChannel
     requestFactory = KVRequest
 
-    def __init__(self, resource: IResource, max_body: int, **kwargs) -> None:
-        super().__init__(resource, requestFactory=KVRequest, **kwargs)
-        self.max_body = max_body
+    def __init__(
+        self,
+        resource: IResource,
+        limits: Optional[Limits] = None,
+        metrics=None,
+        access_log: str = "clf",
+        access_log_file: Optional[str] = None,
+        max_body: Optional[int] = None,
+        **kwargs,
+    ) -> None:
+        if access_log not in ("off", "clf", "json"):
+            raise ValueError("access_log must be off, clf or json")
+        limits = limits if limits is not None else Limits()
+        kwargs.setdefault("timeout", limits.idle_timeout)
+        if access_log == "json":
+            kwargs.setdefault("logFormatter", json_log_formatter)
+        super().__init__(
+            resource, requestFactory=KVRequest, logPath=access_log_file, **kwargs
+        )
+        self.limits = limits
+        self.max_body = max_body if max_body is not None else limits.max_body
+        self.request_timeout = limits.request_timeout
+        self.max_connections = limits.max_connections
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.metrics = metrics
+        self.access_log = access_log
+        self.open_connections = 0
+        self._refused_while_full = 0
+
+    def buildProtocol(self, addr):
+        if self.open_connections >= self.max_connections:
+            if self._refused_while_full == 0:
+                log.warn(
+                    "connection cap reached ({count} open): refusing new connections",
+                    count=self.open_connections,
+                )
+            self._refused_while_full += 1
+            if self.metrics is not None:
+                self.metrics.reject("max_connections")
+            return _Refused()
+        channel = super().buildProtocol(addr)
+        self.open_connections += 1
+        channel._counted = True
+        return channel
+
+    def connection_closed(self) -> None:
+        """A counted connection has gone: one more may be accepted."""
+        self.open_connections -= 1
+        if self._refused_while_full and self.open_connections < self.max_connections:
+            log.info(
+                "below the connection cap again; {refused} connections were refused",
+                refused=self._refused_while_full,
+            )
+            self._refused_while_full = 0
+
+    def _openLogFile(self, path):
+        # A plain append-mode file (what HTTPFactory does), not Site's
+        # LogFile, which rotates by itself every megabyte: rotation is the
+        # operator's logrotate's job.
+        return http.HTTPFactory._openLogFile(self, path)
+
+    def log(self, request: Request) -> None:
+        if self.metrics is not None:
+            started = getattr(request, "_kv_started", None)
+            elapsed = self.reactor.seconds() - started if started is not None else 0.0
+            method = request.method if request.method in KNOWN_METHODS else b"other"
+            self.metrics.observe_request(
+                getattr(request, "kvtwist_route", "(none)"),
+                method,
+                request.code,
+                elapsed,
+            )
+            if request.code in (413, 429):
+                self.metrics.reject(getattr(request, "kvtwist_limit", None) or "other")
+        if self.access_log != "off":
+            super().log(request)
