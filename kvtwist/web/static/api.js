@@ -1,0 +1,161 @@
+/**
+ * The kvtwist v1 API over fetch(): every call carries the bearer token kept
+ * in sessionStorage, and every non-2xx answer becomes an ApiError holding the
+ * problem+json document (detail, code, conflicts, ...).
+ */
+
+const TOKEN_KEY = "kvtwist.token";
+
+/* The page lives at <base>/ui/, the API at <base>/v1/: resolving against this
+   module's own URL keeps the page working behind a path prefix. */
+const API_BASE = new URL("../", import.meta.url);
+
+const unauthorizedHandlers = [];
+
+/** The token entered for this tab ("" when none). */
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+/** Keep `token` for this tab only (sessionStorage); "" forgets it. */
+export function setToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** Call `handler(error)` whenever the server answers 401. */
+export function onUnauthorized(handler) {
+  unauthorizedHandlers.push(handler);
+}
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+/** The URL path of a key (a key may contain "/": it is sent as %2F). */
+export function keyPath(key) {
+  return "v1/kv/" + encodeURIComponent(key);
+}
+
+/**
+ * One request; resolves to the Response when it is 2xx (or in `accept`),
+ * rejects with an ApiError otherwise.
+ */
+export async function call(method, path, { body, headers = {}, params, signal, accept = [] } = {}) {
+  const url = new URL(path, API_BASE);
+  for (const [name, value] of Object.entries(params || {})) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
+  }
+  const sent = new Headers(headers);
+  const token = getToken();
+  if (token) sent.set("Authorization", "Bearer " + token);
+  let response;
+  try {
+    response = await fetch(url, { method, body, headers: sent, signal, cache: "no-store", credentials: "omit" });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, { detail: `the server cannot be reached (${error.message})`, code: "network" });
+  }
+  if (response.ok || accept.includes(response.status)) return response;
+  let problem;
+  try {
+    problem = await response.json();
+  } catch {
+    problem = { detail: `${response.status} ${response.statusText}` };
+  }
+  const error = new ApiError(response.status, problem);
+  if (response.status === 401) unauthorizedHandlers.forEach((handler) => handler(error));
+  throw error;
+}
+
+/** One page of keys: {revision, items, next}. */
+export async function listKeys(prefix, limit, after) {
+  const response = await call("GET", "v1/kv/", { params: { prefix, limit, after } });
+  return response.json();
+}
+
+/** A committed key: its bytes, content type, revision (ETag) and expiry. */
+export async function getKey(key) {
+  const response = await call("GET", keyPath(key));
+  return {
+    key,
+    bytes: new Uint8Array(await response.arrayBuffer()),
+    contentType: response.headers.get("Content-Type") || "application/octet-stream",
+    revision: revisionOf(response.headers.get("ETag")),
+    version: Number(response.headers.get("KV-Version")),
+    expires: response.headers.get("KV-Expires"),
+  };
+}
+
+/** The revision an ETag names ("7" -> 7), or null. */
+export function revisionOf(etag) {
+  const match = /^"(\d+)"$/.exec(etag || "");
+  return match ? Number(match[1]) : null;
+}
+
+/* Write preconditions: the revision the user saw (If-Match), or "must not
+   exist yet" for a new key (If-None-Match: *), so that nobody's concurrent
+   change is overwritten silently. */
+function writeHeaders({ contentType, revision, create }) {
+  const headers = {};
+  if (contentType) headers["Content-Type"] = contentType;
+  if (create) headers["If-None-Match"] = "*";
+  else if (revision !== null && revision !== undefined) headers["If-Match"] = `"${revision}"`;
+  return headers;
+}
+
+/** Write a key now; resolves to its new revision. */
+export async function putKey(key, body, options) {
+  const response = await call("PUT", keyPath(key), {
+    body, headers: writeHeaders(options), params: { ttl: options.ttl },
+  });
+  return revisionOf(response.headers.get("ETag"));
+}
+
+/** Delete a key now, if it is still at `revision`. */
+export async function deleteKey(key, revision) {
+  await call("DELETE", keyPath(key), { headers: writeHeaders({ revision }) });
+}
+
+/** Open a transaction; resolves to its id. */
+export async function beginTxn() {
+  const response = await call("POST", "v1/txn");
+  return (await response.json()).id;
+}
+
+function txnPath(id, rest = "") {
+  return "v1/txn/" + encodeURIComponent(id) + rest;
+}
+
+/** Stage a write in transaction `id` (checked against `revision` at commit). */
+export async function stagePut(id, key, body, options) {
+  await call("PUT", txnPath(id, "/kv/" + encodeURIComponent(key)), {
+    body, headers: writeHeaders(options), params: { ttl: options.ttl },
+  });
+}
+
+/** Stage a delete in transaction `id`. */
+export async function stageDelete(id, key, revision) {
+  await call("DELETE", txnPath(id, "/kv/" + encodeURIComponent(key)), {
+    headers: writeHeaders({ revision }),
+  });
+}
+
+/** What transaction `id` has staged: {id, ops, ...}. */
+export async function describeTxn(id) {
+  return (await call("GET", txnPath(id))).json();
+}
+
+/** Commit transaction `id`: {revision, ops}, or an ApiError 409 with conflicts. */
+export async function commitTxn(id) {
+  return (await call("POST", txnPath(id, "/commit"))).json();
+}
+
+/** Abort transaction `id`. */
+export async function abortTxn(id) {
+  await call("DELETE", txnPath(id));
+}

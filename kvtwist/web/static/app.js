@@ -1,0 +1,577 @@
+/**
+ * The kvtwist admin page: browse keys by prefix, view and edit values with
+ * If-Match (a concurrent change is a clear conflict, never a silent
+ * overwrite), create and delete keys with a TTL, stage edits in a
+ * multi-request transaction, and follow live changes.
+ *
+ * Everything on screen is built with textContent, never innerHTML: keys and
+ * values are user data.
+ */
+
+import * as api from "./api.js";
+import { Watcher } from "./watch.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** How many entries the live log keeps (oldest dropped first). */
+const LOG_LIMIT = 200;
+/** Live events arrive in bursts (one per key of a commit): refresh once. */
+const REFRESH_DELAY_MS = 250;
+
+const state = {
+  prefix: "",
+  pageSize: 20,
+  cursors: [null], // the `after` of each page visited so far
+  page: 0,
+  next: null,
+  editing: null, // {key, revision, contentType, binary} or null for a new key
+  busyKey: null, // a key whose direct write is in flight (its own events are expected)
+  txn: null,
+};
+
+// ---------------------------------------------------------------- helpers
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  node.append(...children);
+  return node;
+}
+
+/** Show a message box: kind is ok | error | warn; `items` become a list. */
+function say(box, kind, text, items = []) {
+  box.replaceChildren(el("span", { text }));
+  if (items.length) box.append(el("ul", {}, ...items.map((item) => el("li", { text: item }))));
+  box.className = "message " + kind;
+  box.hidden = false;
+}
+
+function quiet(box) {
+  box.hidden = true;
+  box.replaceChildren();
+}
+
+function isJsonType(contentType) {
+  const media = (contentType || "").split(";")[0].trim().toLowerCase();
+  return media === "application/json" || media.endsWith("+json");
+}
+
+function formatBytes(size) {
+  return size < 1024 ? `${size} B` : `${(size / 1024).toFixed(1)} KiB`;
+}
+
+function formatExpiry(expires) {
+  if (!expires) return "";
+  const seconds = Math.round((Date.parse(expires) - Date.now()) / 1000);
+  const clock = new Date(expires).toLocaleTimeString();
+  return seconds > 0 ? `${clock} (in ${seconds} s)` : `${clock} (due)`;
+}
+
+function base64(bytes) {
+  let text = "";
+  for (const byte of bytes) text += String.fromCharCode(byte);
+  return btoa(text);
+}
+
+/** A value as editable text: pretty JSON, UTF-8 text, or base64 (read-only). */
+function present(bytes, contentType) {
+  let text;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    return { text: base64(bytes), binary: true };
+  }
+  if (isJsonType(contentType)) {
+    try {
+      return { text: JSON.stringify(JSON.parse(text), null, 2), binary: false };
+    } catch {
+      // Stored with a JSON type but not JSON: show it as it is.
+    }
+  }
+  return { text, binary: false };
+}
+
+/** What failed, in words; 401 is also announced by the auth prompt. */
+function describeError(error) {
+  if (!(error instanceof api.ApiError)) return String(error);
+  if (error.status === 401) return "The server needs a valid access token (see above).";
+  if (error.status === 403) return `Not allowed with this token: ${error.message}`;
+  return error.message;
+}
+
+// ------------------------------------------------------------------ token
+
+function showTokenState() {
+  const set = api.getToken() !== "";
+  $("token-state").textContent = set ? "token set for this tab" : "";
+  $("token").placeholder = set ? "\u2022\u2022\u2022\u2022\u2022\u2022 (set)" : "none (auth off)";
+  $("token-forget").disabled = !set;
+}
+
+api.onUnauthorized((error) => {
+  const prompt = $("auth-prompt");
+  $("auth-detail").textContent = api.getToken()
+    ? `The token was refused (${error.message}).`
+    : "";
+  if (prompt.hidden) {
+    prompt.hidden = false;
+    $("token").focus();
+  }
+});
+
+function useToken(token) {
+  api.setToken(token);
+  $("token").value = "";
+  $("auth-prompt").hidden = true;
+  showTokenState();
+  loadPage();
+  restartLive();
+}
+
+// ---------------------------------------------------------------- listing
+
+async function loadPage() {
+  const status = $("list-status");
+  try {
+    const page = await api.listKeys(state.prefix, state.pageSize, state.cursors[state.page]);
+    state.next = page.next;
+    renderRows(page.items);
+    const where = state.prefix ? `under \u201c${state.prefix}\u201d` : "";
+    status.textContent = `${page.items.length} key${page.items.length === 1 ? "" : "s"} ${where} at revision ${page.revision}`;
+  } catch (error) {
+    state.next = null;
+    renderRows([]);
+    status.textContent = "Could not list keys: " + describeError(error);
+  }
+  $("page-label").textContent = `Page ${state.page + 1}`;
+  $("page-next").disabled = state.next === null;
+  $("page-prev").disabled = state.page === 0;
+  $("page-first").disabled = state.page === 0;
+}
+
+function renderRows(items) {
+  const rows = items.map((item) =>
+    el(
+      "tr",
+      { "data-key": item.key, class: state.editing && state.editing.key === item.key ? "selected" : "" },
+      el("td", {}, el("button", { type: "button", class: "key", text: item.key, onclick: () => openKey(item.key) })),
+      el("td", { class: "num", text: String(item.version) }),
+      el("td", { class: "num", text: formatBytes(item.size) }),
+      el("td", { text: formatExpiry(item.expires) }),
+    ),
+  );
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
+  $("key-rows").replaceChildren(...rows);
+}
+
+function listFrom(prefix) {
+  state.prefix = prefix;
+  state.pageSize = Number($("page-size").value);
+  state.cursors = [null];
+  state.page = 0;
+  history.replaceState(null, "", prefix ? "#prefix=" + encodeURIComponent(prefix) : location.pathname);
+  loadPage();
+  restartLive();
+}
+
+let refreshTimer = null;
+function refreshSoon() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(loadPage, REFRESH_DELAY_MS);
+}
+
+// ----------------------------------------------------------------- editor
+
+function editorMessage() {
+  return $("editor-message");
+}
+
+function setEditing(editing) {
+  state.editing = editing;
+  const key = $("edit-key");
+  key.readOnly = editing !== null;
+  $("delete").disabled = editing === null;
+  $("reload").disabled = editing === null;
+  $("save").disabled = editing !== null && editing.binary;
+  $("edit-value").readOnly = editing !== null && editing.binary;
+  updateTxnButtons();
+  for (const row of $("key-rows").children) {
+    row.classList.toggle("selected", editing !== null && row.dataset.key === editing.key);
+  }
+}
+
+function newKey() {
+  setEditing(null);
+  $("edit-key").value = state.prefix;
+  $("edit-type").value = "application/json";
+  $("edit-ttl").value = "";
+  $("edit-value").value = "";
+  $("edit-meta").textContent = "A new key: it is created only if it does not exist yet.";
+  quiet(editorMessage());
+  $("edit-key").focus();
+}
+
+async function openKey(key, { keepMessage = false } = {}) {
+  if (!keepMessage) quiet(editorMessage());
+  let entry;
+  try {
+    entry = await api.getKey(key);
+  } catch (error) {
+    if (error.status === 404) {
+      say(editorMessage(), "warn", `\u201c${key}\u201d does not exist (any more).`);
+      refreshSoon();
+    } else {
+      say(editorMessage(), "error", describeError(error));
+    }
+    return;
+  }
+  const shown = present(entry.bytes, entry.contentType);
+  $("edit-key").value = key;
+  $("edit-type").value = entry.contentType;
+  $("edit-value").value = shown.text;
+  // Keep the key's TTL on save: prefill what is left of it.
+  const left = entry.expires ? Math.ceil((Date.parse(entry.expires) - Date.now()) / 1000) : 0;
+  $("edit-ttl").value = left > 0 ? String(left) : "";
+  const meta = [
+    `revision ${entry.revision}`,
+    `version ${entry.version}`,
+    formatBytes(entry.bytes.length),
+    entry.expires ? `expires ${formatExpiry(entry.expires)}` : "no TTL",
+  ];
+  $("edit-meta").textContent = meta.join(" \u00b7 ");
+  setEditing({ key, revision: entry.revision, contentType: entry.contentType, binary: shown.binary });
+  if (shown.binary) say(editorMessage(), "warn", "A binary value, shown as base64: it cannot be edited here.");
+}
+
+/** The editor's contents as a write, or null (after saying why) when invalid. */
+function draft() {
+  const key = $("edit-key").value;
+  const contentType = $("edit-type").value.trim() || "application/octet-stream";
+  const body = $("edit-value").value;
+  const ttl = $("edit-ttl").value.trim();
+  if (!key) {
+    say(editorMessage(), "error", "Enter a key.");
+    return null;
+  }
+  if (isJsonType(contentType)) {
+    try {
+      JSON.parse(body);
+    } catch (error) {
+      say(editorMessage(), "error", `Not saved: the value is not valid JSON (${error.message}).`);
+      return null;
+    }
+  }
+  if (ttl && !(Number(ttl) > 0)) {
+    say(editorMessage(), "error", "The TTL must be a number of seconds above 0 (or empty for none).");
+    return null;
+  }
+  const create = state.editing === null;
+  return { key, body, contentType, ttl, create, revision: create ? null : state.editing.revision };
+}
+
+/** The 412 of a conditional write, in words. */
+function conflictText(action, write, error) {
+  const now = error.problem.current_revision;
+  if (write.create) {
+    return `Not ${action}: \u201c${write.key}\u201d already exists (revision ${now}). Open it from the list to edit it.`;
+  }
+  const since = now ? `it is now at revision ${now}` : "it has since been deleted";
+  return (
+    `Conflict: not ${action}. \u201c${write.key}\u201d was changed by someone else after you opened it ` +
+    `(you had revision ${write.revision}; ${since}). Reload to see the current value; your text stays in the editor until then.`
+  );
+}
+
+async function save() {
+  const write = draft();
+  if (!write) return;
+  state.busyKey = write.key;
+  try {
+    const revision = await api.putKey(write.key, write.body, write);
+    setEditing({ key: write.key, revision, contentType: write.contentType, binary: false });
+    say(editorMessage(), "ok", `Saved \u201c${write.key}\u201d at revision ${revision}.`);
+    $("edit-meta").textContent = `revision ${revision}` + (write.ttl ? ` \u00b7 TTL ${write.ttl} s` : "");
+    refreshSoon();
+  } catch (error) {
+    say(editorMessage(), "error", error.status === 412 ? conflictText("saved", write, error) : describeError(error));
+  } finally {
+    state.busyKey = null;
+  }
+}
+
+async function remove() {
+  const editing = state.editing;
+  if (!editing || !window.confirm(`Delete \u201c${editing.key}\u201d?`)) return;
+  state.busyKey = editing.key;
+  try {
+    await api.deleteKey(editing.key, editing.revision);
+    newKey();
+    say(editorMessage(), "ok", `Deleted \u201c${editing.key}\u201d.`);
+    refreshSoon();
+  } catch (error) {
+    const write = { key: editing.key, revision: editing.revision, create: false };
+    say(
+      editorMessage(),
+      "error",
+      error.status === 412
+        ? conflictText("deleted", write, error)
+        : error.status === 404
+          ? `\u201c${editing.key}\u201d was already deleted.`
+          : describeError(error),
+    );
+  } finally {
+    state.busyKey = null;
+  }
+}
+
+function formatJson() {
+  const box = $("edit-value");
+  try {
+    box.value = JSON.stringify(JSON.parse(box.value), null, 2);
+    quiet(editorMessage());
+  } catch (error) {
+    say(editorMessage(), "error", `Not valid JSON: ${error.message}`);
+  }
+}
+
+// ------------------------------------------------------------ transaction
+
+function txnMessage() {
+  return $("txn-message");
+}
+
+function updateTxnButtons() {
+  const open = state.txn !== null;
+  $("txn-begin").disabled = open;
+  $("txn-commit").disabled = !open;
+  $("txn-abort").disabled = !open;
+  $("stage-put").disabled = !open || (state.editing !== null && state.editing.binary);
+  $("stage-delete").disabled = !open || state.editing === null;
+}
+
+function closeTxn() {
+  state.txn = null;
+  $("txn-state").textContent = "No transaction open. Edits are saved one by one.";
+  $("txn-ops").replaceChildren();
+  updateTxnButtons();
+}
+
+/** A transaction that the server no longer knows (expired, finished). */
+function txnLost(error) {
+  if (error.status === 404 && error.problem.code === "transaction-not-found") {
+    closeTxn();
+    say(txnMessage(), "error", "The transaction has expired or ended; nothing of it was applied. Begin a new one.");
+    return true;
+  }
+  return false;
+}
+
+async function beginTxn() {
+  quiet(txnMessage());
+  try {
+    state.txn = await api.beginTxn();
+  } catch (error) {
+    say(txnMessage(), "error", describeError(error));
+    return;
+  }
+  $("txn-state").textContent = `Transaction ${state.txn} is open: use Stage save and Stage delete, then Commit or Abort.`;
+  $("txn-ops").replaceChildren();
+  updateTxnButtons();
+}
+
+async function showStaged() {
+  const described = await api.describeTxn(state.txn);
+  $("txn-ops").replaceChildren(
+    ...described.ops.map((op) =>
+      el("li", { text: op.op === "put" ? `put ${op.key} (${formatBytes(op.size)})` : `delete ${op.key}` }),
+    ),
+  );
+}
+
+async function stage(kind) {
+  if (state.txn === null) return;
+  let write;
+  if (kind === "put") {
+    write = draft();
+    if (!write) return;
+  } else if (state.editing) {
+    write = { key: state.editing.key, revision: state.editing.revision };
+  } else {
+    return;
+  }
+  try {
+    if (kind === "put") await api.stagePut(state.txn, write.key, write.body, write);
+    else await api.stageDelete(state.txn, write.key, write.revision);
+    say(txnMessage(), "ok", `Staged: ${kind} \u201c${write.key}\u201d. Commit to apply everything at once.`);
+    await showStaged();
+  } catch (error) {
+    if (!txnLost(error)) say(txnMessage(), "error", describeError(error));
+  }
+}
+
+/** The 409 of a commit: each key someone else changed, in words. */
+function conflictItems(conflicts) {
+  const seen = new Set();
+  const items = [];
+  for (const conflict of conflicts || []) {
+    const now = conflict.actual ? `now at revision ${conflict.actual}` : "now deleted";
+    let text;
+    if (conflict.check === "absent") text = `${conflict.key}: was expected not to exist; ${now}`;
+    else if (conflict.check === "present") text = `${conflict.key}: was expected to exist; ${now}`;
+    else if (conflict.expected) text = `${conflict.key}: you had revision ${conflict.expected}; ${now}`;
+    else text = `${conflict.key}: did not exist when staged; ${now}`;
+    if (!seen.has(text)) items.push(text);
+    seen.add(text);
+  }
+  return items;
+}
+
+async function commitTxn() {
+  const id = state.txn;
+  try {
+    const result = await api.commitTxn(id);
+    closeTxn();
+    say(txnMessage(), "ok", `Committed ${result.ops} change${result.ops === 1 ? "" : "s"} at revision ${result.revision}.`);
+    refreshSoon();
+    if (state.editing) openKey(state.editing.key, { keepMessage: true });
+  } catch (error) {
+    if (error.status === 409) {
+      closeTxn();
+      say(
+        txnMessage(),
+        "error",
+        "Conflict: the transaction was not committed and nothing was applied. Someone else changed these keys after the transaction read or staged them:",
+        conflictItems(error.problem.conflicts),
+      );
+    } else if (!txnLost(error)) {
+      say(txnMessage(), "error", describeError(error));
+    }
+  }
+}
+
+async function abortTxn() {
+  try {
+    await api.abortTxn(state.txn);
+  } catch (error) {
+    if (txnLost(error)) return;
+    say(txnMessage(), "error", describeError(error));
+    return;
+  }
+  closeTxn();
+  say(txnMessage(), "ok", "Transaction aborted: nothing was applied.");
+}
+
+// ------------------------------------------------------------------- live
+
+function liveState(name, error) {
+  const pill = $("live-state");
+  const words = { on: "live", off: "off", connecting: "connecting\u2026", retry: "reconnecting\u2026", denied: "no access" };
+  pill.textContent = words[name] || name;
+  pill.className = "pill" + (name === "on" ? " on" : name === "denied" || name === "retry" ? " error" : "");
+  if (name === "retry" && error) logNote(`stream dropped (${describeError(error)}); reconnecting`);
+}
+
+function logLine(node) {
+  const log = $("live-log");
+  log.prepend(node);
+  while (log.children.length > LOG_LIMIT) log.lastElementChild.remove();
+}
+
+function logNote(text) {
+  logLine(el("li", { class: "note", text: `${new Date().toLocaleTimeString()} ${text}` }));
+}
+
+function onChange(event) {
+  const data = event.data || {};
+  const details = event.type === "put" ? ` (v${data.version}, ${formatBytes(data.size || 0)})` : "";
+  logLine(
+    el("li", {
+      class: event.type,
+      text: `${new Date().toLocaleTimeString()} #${data.revision} ${event.type} ${data.key}${details}`,
+    }),
+  );
+  refreshSoon();
+  const editing = state.editing;
+  if (editing && data.key === editing.key && data.revision > editing.revision && state.busyKey !== data.key) {
+    const what = event.type === "put" ? `changed (revision ${data.revision})` : event.type === "expire" ? "expired" : "deleted";
+    say(editorMessage(), "warn", `\u201c${data.key}\u201d was ${what} by someone else. Reload to see it; saving your text now would be refused as a conflict.`);
+  }
+}
+
+const watcher = new Watcher(onChange, liveState);
+
+function restartLive() {
+  if ($("live-on").checked) watcher.start(state.prefix);
+  else watcher.stop();
+}
+
+// ------------------------------------------------------------------ start
+
+function start() {
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    useToken($("token").value.trim());
+  });
+  $("token-forget").addEventListener("click", () => useToken(""));
+  $("list-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    listFrom($("prefix").value);
+  });
+  $("page-size").addEventListener("change", () => listFrom(state.prefix));
+  $("page-next").addEventListener("click", () => {
+    if (state.next === null) return;
+    state.cursors[state.page + 1] = state.next;
+    state.page += 1;
+    loadPage();
+  });
+  $("page-prev").addEventListener("click", () => {
+    state.page = Math.max(0, state.page - 1);
+    loadPage();
+  });
+  $("page-first").addEventListener("click", () => {
+    state.page = 0;
+    loadPage();
+  });
+  $("new-key").addEventListener("click", newKey);
+  $("editor-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    save();
+  });
+  $("delete").addEventListener("click", remove);
+  $("reload").addEventListener("click", () => state.editing && openKey(state.editing.key));
+  $("format").addEventListener("click", formatJson);
+  $("stage-put").addEventListener("click", () => stage("put"));
+  $("stage-delete").addEventListener("click", () => stage("delete"));
+  $("txn-begin").addEventListener("click", beginTxn);
+  $("txn-commit").addEventListener("click", commitTxn);
+  $("txn-abort").addEventListener("click", abortTxn);
+  $("live-on").addEventListener("change", restartLive);
+  $("live-clear").addEventListener("click", () => $("live-log").replaceChildren());
+  // Leaving the page must close the stream: a page kept in the back/forward
+  // cache would otherwise hold its connection open, and browsers allow only
+  // a few connections per server.
+  window.addEventListener("pagehide", () => watcher.stop());
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) {
+      loadPage();
+      restartLive();
+    }
+  });
+
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("prefix");
+  state.prefix = fromHash || "";
+  $("prefix").value = state.prefix;
+  showTokenState();
+  newKey();
+  $("edit-key").blur();
+  loadPage();
+  restartLive();
+  document.body.dataset.ready = "true";
+}
+
+start();
