@@ -41,7 +41,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -49,8 +48,11 @@ from zope.interface import implementer
 from kvtwist.errors import ConflictError
 from kvtwist.interfaces import IKeyValueStore
 
-#: The C{Content-Type} of the exposition.
-CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("ascii")
+#: The C{Content-Type} of the exposition: the classic text format 0.0.4,
+#: which C{generate_latest} writes and every Prometheus version reads
+#: (newer prometheus_client releases announce 1.0.0 by default, which
+#: Prometheus 2 does not know).
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 #: Request latency buckets (seconds): a cached GET takes well under a
 #: millisecond, a commit a few, long-polls up to minutes.

@@ -1,0 +1,149 @@
+"""
+The operations endpoints, mounted at the top of the tree by
+L{kvtwist.tap} (through C{make_root(extra_children=...)}):
+
+    /healthz   200 while the process is alive; no token needed (probes)
+    /readyz    200 when the store is open and a write round trip succeeds,
+               else 503 problem+json with the reason; ops token
+    /metrics   Prometheus text exposition; ops token
+
+Authentication happens above them (L{kvtwist.web.root.Authenticating});
+here only the C{ops} permission of the authenticated token is checked.
+Other methods than GET and HEAD answer 405 with C{Allow}.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from kvtwist.auth import Authorizer, principal_of
+from kvtwist.errors import KVError
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.metrics import CONTENT_TYPE, Metrics
+from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
+from kvtwist.web.resource import KVResource, Response, json_response, problem_response
+
+log = Logger()
+
+#: Seconds /readyz waits for the store's round trip: a store thread stuck
+#: behind a huge commit for longer is not ready for traffic.
+READY_TIMEOUT = 5.0
+
+
+class OpsResource(KVResource):
+    """Base of the operations endpoints: GET and HEAD only, 405 otherwise."""
+
+    def method_not_allowed(self, request: Request) -> Response:
+        allowed = ", ".join(self.allowed_methods())
+        response = Response(
+            405,
+            problem_body(
+                405,
+                "method-not-allowed",
+                "%s is not allowed here; allowed: %s"
+                % (request.method.decode("ascii", "replace"), allowed),
+            ),
+            PROBLEM_CONTENT_TYPE,
+        )
+        response.headers[b"allow"] = allowed.encode("ascii")
+        return response
+
+    def decorate(self, response: Response) -> Response:
+        # Probes and scrapers must never see a cached answer.
+        response.headers[b"cache-control"] = b"no-store"
+        return response
+
+
+class Healthz(OpsResource):
+    """C{/healthz}: the process is alive and its reactor answers."""
+
+    route = "/healthz"
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, lambda request: json_response(200, {"status": "alive"}))
+
+
+class Readyz(OpsResource):
+    """
+    C{/readyz}: ready for traffic when the store is open and a trivial
+    write transaction round trip (L{IKeyValueStore.ping}) succeeds within
+    C{timeout} seconds.
+    """
+
+    route = "/readyz"
+
+    def __init__(
+        self, store: IKeyValueStore, clock: IReactorTime, timeout: float = READY_TIMEOUT
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._clock = clock
+        self._timeout = timeout
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, self._check)
+
+    def _check(self, request: Request) -> Deferred:
+        Authorizer.require_ops(principal_of(request))
+        d = self._store.ping()
+        d.addTimeout(self._timeout, self._clock)
+        d.addCallbacks(self._ready, self._not_ready)
+        return d
+
+    def _ready(self, result: object) -> Response:
+        return json_response(200, {"status": "ready", "revision": self._store.revision})
+
+    def _not_ready(self, reason: Failure) -> Response:
+        if reason.check(TimeoutError):
+            detail = "the store did not answer within %g seconds" % (self._timeout,)
+        elif reason.check(KVError):
+            detail = reason.value.detail
+        else:
+            # A disk or SQLite error: its class and message say what is
+            # wrong; never a traceback.
+            detail = "the store failed its check: %s: %s" % (
+                reason.type.__name__,
+                reason.getErrorMessage(),
+            )
+        log.warn("not ready: {detail}", detail=detail)
+        return problem_response(503, "store-unavailable", detail)
+
+
+class MetricsResource(OpsResource):
+    """C{/metrics}: the Prometheus text exposition of L{Metrics}."""
+
+    route = "/metrics"
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, self._expose)
+
+    def _expose(self, request: Request) -> Response:
+        Authorizer.require_ops(principal_of(request))
+        return Response(200, self._metrics.exposition(), CONTENT_TYPE)
+
+
+def ops_children(
+    store: IKeyValueStore,
+    metrics: Optional[Metrics],
+    clock: IReactorTime,
+    ready_timeout: float = READY_TIMEOUT,
+) -> "dict[bytes, Resource]":
+    """The C{extra_children} for L{kvtwist.web.root.make_root}."""
+    children: "dict[bytes, Resource]" = {
+        b"healthz": Healthz(),
+        b"readyz": Readyz(store, clock, ready_timeout),
+    }
+    if metrics is not None:
+        children[b"metrics"] = MetricsResource(metrics)
+    return children
