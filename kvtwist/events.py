@@ -64,6 +64,8 @@ class ChangeHub:
         self._horizon: Optional[int] = None
         self._subscriptions: Set[Subscription] = set()
         store.add_listener(self.on_commit)
+        if hasattr(store, "add_reset_listener"):
+            store.add_reset_listener(self.on_reset)
 
     @property
     def horizon(self) -> int:
@@ -97,6 +99,16 @@ class ChangeHub:
             self._horizon = revision
         for subscription in list(self._subscriptions):
             subscription.deliver(result.revision, events)
+
+    def on_reset(self, reset) -> None:
+        """
+        The store's change feed missed changes up to C{reset.revision}
+        (etcd compaction, a lost watch): resuming from before it is gone.
+        """
+        if getattr(reset, "history_lost", False):
+            self._commits.clear()
+            self._count = 0
+            self._horizon = max(self.horizon, reset.revision)
 
     def since(self, revision: int, matches: Callable[[str], bool]) -> List[Event]:
         """

@@ -211,3 +211,35 @@ class CachedTransactionTests(CachedTree, v1_tests.TransactionTests):
 
 class CachedBatchTests(CachedTree, v1_tests.BatchTests):
     """Batches behave the same over the read cache."""
+
+
+class ResetTests(SynchronousTestCase):
+    """A store whose change feed can be lost (etcd) resets the cache."""
+
+    def test_cache_bypassed_while_watch_is_down(self):
+        """While the watch is down the cache neither answers nor fills."""
+        from kvtwist.store.etcd_store import WatchReset
+
+        inner = MemoryStore()
+        resets = []
+        inner.add_reset_listener = resets.append
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(cache.commit([Put("a", b"1")]))
+        self.assertEqual(cache.peek("a")[0], True)
+        resets[0](WatchReset(False, False, 1, "lost"))
+        self.assertEqual(cache.peek("a"), (False, None))
+        self.successResultOf(cache.get("a"))
+        self.assertEqual(cache.peek("a"), (False, None))
+        resets[0](WatchReset(True, False, 1, "back"))
+        self.successResultOf(cache.get("a"))
+        self.assertEqual(cache.peek("a")[0], True)
+
+    def test_linearizable_read_skips_cache(self):
+        """get_linearizable reads the store even when the key is cached."""
+        inner = SlowStore()
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(cache.commit([Put("a", b"1")]))
+        d = cache.get_linearizable("a")
+        self.assertEqual(len(inner.reads), 1)
+        inner.release()
+        self.assertEqual(self.successResultOf(d).value, b"1")

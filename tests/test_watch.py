@@ -382,3 +382,23 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(self.store.commit([Put("late", b"x")]))
         self.assertEqual(self.request.written, [])
+
+
+class HistoryResetTests(SynchronousTestCase):
+    """A change feed that lost history (etcd compaction) refuses old resumes."""
+
+    def test_lost_history_moves_horizon(self):
+        """After a reset with history lost, resuming from before it is a 410."""
+        from kvtwist.errors import HistoryGone
+        from kvtwist.store.etcd_store import WatchReset
+
+        store = MemoryStore()
+        resets = []
+        store.add_reset_listener = resets.append
+        hub = ChangeHub(store, 100)
+        for key in ("a", "b"):
+            self.successResultOf(store.commit([Put(key, b"")]))
+        self.assertEqual(len(hub.since(0, lambda key: True)), 2)
+        resets[0](WatchReset(True, True, 7, "compacted"))
+        self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
+        self.assertEqual(hub.since(7, lambda key: True), [])

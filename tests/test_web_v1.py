@@ -520,3 +520,14 @@ class BatchLimitTests(V1Case):
         answer = self.client.problem("POST", "/v1/batch", 413, "limit-exceeded", json_body={
             "ops": [{"op": "get", "key": "a"}] * 3})
         self.assertEqual((answer.json["limit"], answer.json["size"]), (2, 3))
+
+
+class ConsistentReadTests(V1Case):
+    """?consistent=1 reads past the cache."""
+
+    def test_consistent_read(self):
+        """A consistent read returns the committed value like a plain read."""
+        self.put("a", b"1")
+        answer = self.client.request("GET", "/v1/kv/a?consistent=1")
+        self.assertEqual((answer.status, answer.body), (200, b"1"))
+        self.client.problem("GET", "/v1/kv/nope?consistent=1", 404, "key-not-found")

@@ -70,7 +70,12 @@ class CachedStore:
         # Bumped whenever cached state changes under readers: a batch read
         # started in an older generation may predate the change.
         self._generation = 0
+        # While the store cannot tell us about others' changes (an etcd
+        # watch that is down), the cache neither answers nor fills.
+        self._bypass = False
         store.add_listener(self.apply_changes)
+        if hasattr(store, "add_reset_listener"):
+            store.add_reset_listener(self._on_reset)
 
     # -- the wrapped store's state -----------------------------------------
 
@@ -97,7 +102,14 @@ class CachedStore:
 
     # -- cache bookkeeping ---------------------------------------------------
 
+    def _on_reset(self, reset) -> None:
+        """The store's change feed was lost or came back: start afresh."""
+        self.invalidate_all()
+        self._bypass = not reset.watching
+
     def _store(self, key: str, cached: Cached) -> None:
+        if self._bypass:
+            return
         old = self._cache.pop(key, None)
         if old is not None:
             self._bytes -= _cost(key, old)
@@ -156,6 +168,14 @@ class CachedStore:
 
     def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
         return self.store.list(prefix, after, limit)
+
+    def get_linearizable(self, key: str) -> Deferred:
+        """
+        Read C{key} from the store itself, never from memory, reflecting
+        every commit acknowledged before the call (for C{?consistent=1}).
+        """
+        read = getattr(self.store, "get_linearizable", self.store.get)
+        return read(key)
 
     def get(self, key: str) -> Deferred:
         hit, entry = self.peek(key)

@@ -124,7 +124,13 @@ class KeyResource(V1Resource):
         key = decode_key(self._raw_key)
         Authorizer.require_read(principal_of(request), [key])
         index = query_arg(request, "index")
-        entry = await self.context.store.get(key)
+        store = self.context.store
+        if flag_arg(request, "consistent"):
+            # Past every cache: what a quorum has acknowledged (etcd), or
+            # the store itself (shelve).
+            entry = await getattr(store, "get_linearizable", store.get)(key)
+        else:
+            entry = await store.get(key)
         if index is not None:
             entry = await self._long_poll(request, key, entry, index)
         if entry is None:
