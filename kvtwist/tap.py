@@ -1,88 +1,144 @@
 """
 The C{twistd kvcache} command: its L{Options} and L{makeService}.
 
-The dropin in C{twisted/plugins/kvtwist_kvcache.py} only points here.
+The dropin in C{twisted/plugins/kvtwist_kvcache.py} only points here. The
+options are built from L{kvtwist.config.SETTINGS}; L{Options.postOptions}
+merges them with the config file and the environment
+(L{kvtwist.config.resolve}), so after parsing every option holds its final
+value whatever layer set it.
 """
 
 from __future__ import annotations
 
-from typing import List
+import os
+from typing import Any, Dict, List, Mapping, Optional
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
+from kvtwist.auth import Authorizer
+from kvtwist.config import CLI, SETTINGS, Config, ConfigError, resolve, secret_files
 from kvtwist.errors import StoreCorrupt
-from kvtwist.limits import Limits, MiB
-from kvtwist.store.cache import CachedStore
+from kvtwist.events import ChangeHub
+from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
+from kvtwist.store.cache import CachedStore
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.sweeper import Sweeper
+from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
+from kvtwist.web.ops import ops_children
 from kvtwist.web.root import make_root
+from kvtwist.web.v1.watch import WatcherCount
+
+log = Logger()
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive integer")
-    return number
+def _option_help(setting) -> str:
+    default = setting.default
+    if setting.name == "listen":
+        default = None
+    shown = "" if default in (None, False, ()) else " [default: %s]" % (default,)
+    return "%s%s [env %s]" % (setting.help, shown, setting.env)
 
 
-_positive_int.coerceDoc = "A positive integer."  # type: ignore[attr-defined]
+def _refuse_token_option() -> None:
+    raise usage.UsageError(
+        "tokens are never accepted on the command line; "
+        "use --token-file or [tokens.NAME] tables in --config"
+    )
 
 
 class Options(usage.Options):
-    """Options of C{twistd kvcache}."""
+    """
+    Options of C{twistd kvcache}: one per L{kvtwist.config.SETTINGS}
+    entry (no token options: tokens never go on the command line).
+
+    @param environ: where C{KVCACHE_*} variables are read (default:
+        C{os.environ}); tests pass their own.
+    @ivar config: the resolved L{kvtwist.config.Config}, after parsing.
+    """
 
     synopsis = "[options]"
     longdesc = (
         "Serve a kvtwist key-value cache over HTTP. By default it listens on "
-        "127.0.0.1:8080 and keeps its data in ./kvcache-data."
+        "127.0.0.1:8080 and keeps its data in ./kvcache-data. Every option "
+        "can also be set in a TOML file (--config, keys spelled like the "
+        "options: max-body = 1048576) or as an environment variable "
+        "(KVCACHE_MAX_BODY); the command line overrides the environment, "
+        "which overrides the file. Tokens are [tokens.NAME] tables in the "
+        "config file or in --token-file. See docs/configuration.md."
     )
 
+    optFlags = [
+        [s.name, None, _option_help(s)] for s in SETTINGS if s.name == "allow-open"
+    ]
+    # Defaults are None here so that only what was really given counts as
+    # the command line's; the real defaults are applied by resolve().
     optParameters = [
-        ["port", "p", 8080, "TCP port to listen on (with --host).", int],
-        ["host", None, "127.0.0.1", "Interface for --port (default: loopback only)."],
-        ["data", "d", "./kvcache-data", "Directory of the durable store."],
-        [
-            "max-body",
-            None,
-            Limits.max_body,
-            "Largest request body in bytes (413 beyond).",
-            _positive_int,
-        ],
-        [
-            "cache-size",
-            None,
-            64,
-            "Read cache bound in MiB (committed values served from memory).",
-            _positive_int,
-        ],
+        [s.name, s.short, None, _option_help(s)]
+        for s in SETTINGS
+        if s.name not in ("allow-open", "listen")
     ]
 
-    def __init__(self) -> None:
+    config: Optional[Config] = None
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
+        self.environ = os.environ if environ is None else environ
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
         Listen on a Twisted server endpoint string (repeatable), e.g.
-        tcp:8080:interface=127.0.0.1, unix:/run/kvcache.sock. Replaces
-        --port/--host.
+        tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem,
+        unix:/run/kvcache.sock. Replaces --port/--host. [env KVCACHE_LISTEN,
+        whitespace-separated]
         """
         self["listen"].append(endpoint)
 
+    def opt_token(self, value: str) -> None:
+        """
+        Refused: tokens never go on the command line, which every local
+        user can read (use --token-file or [tokens.NAME] in --config).
+        """
+        # Defined so that "--token SECRET" does not match --token-file as
+        # an abbreviation (getopt accepts unique prefixes) and get the
+        # secret echoed back as a file name; the value is never shown.
+        _refuse_token_option()
+
+    def opt_secret(self, value: str) -> None:
+        """Refused, like --token."""
+        _refuse_token_option()
+
+    def given(self) -> Dict[str, Any]:
+        """The settings given on the command line, raw."""
+        given: Dict[str, Any] = {}
+        for setting in SETTINGS:
+            value = self.get(setting.name)
+            if value is None or value == [] or (setting.name == "allow-open" and not value):
+                continue
+            given[setting.name] = True if setting.name == "allow-open" else value
+        return given
+
     def postOptions(self) -> None:
-        if not 0 < self["port"] < 65536:
-            raise usage.UsageError("--port must be between 1 and 65535")
+        try:
+            self.config = resolve(self.given(), self.environ)
+        except ConfigError as e:
+            if e.layer == CLI:
+                raise usage.UsageError(str(e))
+            # Not a usage problem: say what is wrong, without the whole
+            # --help, and exit non-zero.
+            raise SystemExit("kvcache: configuration error: %s" % (e,))
+        self.update(self.config.values)
+        self["tokens"] = self.config.tokens
+        self["endpoints"] = list(self.config.endpoints)
 
     def endpoints(self) -> List[str]:
         """The endpoint strings to listen on."""
-        if self["listen"]:
-            return list(self["listen"])
-        host = self["host"].replace(":", "\\:")
-        return ["tcp:%d:interface=%s" % (self["port"], host)]
+        return list(self["endpoints"])
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -92,29 +148,82 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     The data directory is opened and checked here, before the reactor and
     the store thread start, so a damaged store ends startup with a message
-    and a non-zero exit instead of serving an empty store.
+    and a non-zero exit instead of serving an empty store; so does an
+    endpoint that cannot be built (a missing certificate, a bad string).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    config = options.config
+    assert config is not None, "parseOptions() first"
+    for path in secret_files(config):
+        log.warn(
+            "{path} holds tokens and is readable by other users; chmod 600 it",
+            path=path,
+        )
     try:
-        check_data_dir(options["data"])
+        check_data_dir(config["data"])
     except StoreCorrupt as e:
         raise SystemExit("kvcache: cannot start: %s" % (e,))
-    limits = Limits(max_body=options["max-body"])
+    limits = config.limits
+    metrics = Metrics()
     pool = store_thread_pool()
     # The preflight above has just run SQLite's integrity check.
-    store = CachedStore(
-        ShelveStore(options["data"], reactor, pool, check_integrity=False),
-        options["cache-size"] * MiB,
-    )
+    shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
+    shelf.sync_observer = metrics.observe_sync
+    # Commits are timed under the cache, so cached reads pass no wrapper.
+    store = CachedStore(TimedStore(shelf, metrics, reactor), limits.cache_bytes)
+    transactions = TransactionManager(reactor, limits)
+    hub = ChangeHub(store, limits.watch_history)
+    watchers = WatcherCount(limits.max_watchers)
+
     top = MultiService()
     GracefulSignals(reactor).setServiceParent(top)
     StoreService(store, pool, reactor).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
-    Sweeper(store, reactor, limits).setServiceParent(top)
-    site = KVSite(make_root(store, limits), max_body=limits.max_body)
-    for endpoint in options.endpoints():
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(top)
+    sweeper = Sweeper(store, reactor, limits)
+    sweeper.setServiceParent(top)
+    root = make_root(
+        store,
+        limits,
+        clock=reactor,
+        transactions=transactions,
+        hub=hub,
+        authorizer=Authorizer(config.tokens),
+        watchers=watchers,
+        extra_children=ops_children(store, metrics, reactor),
+    )
+    site = KVSite(
+        root,
+        limits,
+        metrics=metrics,
+        access_log=config["access-log"],
+        access_log_file=config["access-log-file"],
+        reactor=reactor,
+    )
+    metrics.watch(
+        store=store,
+        transactions=transactions,
+        watchers=watchers,
+        hub=hub,
+        sweeper=sweeper,
+        site=site,
+    )
+    for endpoint in config.endpoints:
+        try:
+            listener = strports.service(endpoint, site, reactor=reactor)
+        except Exception as e:
+            # Parsing builds TLS contexts, so a missing or unreadable
+            # certificate or key ends startup here, in one line.
+            raise SystemExit(
+                "kvcache: cannot start: bad endpoint %r: %s: %s"
+                % (endpoint, type(e).__name__, e)
+            )
+        listener.setServiceParent(top)
+    log.info(
+        "kvcache: auth {auth}; {limits}",
+        auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",
+        limits=", ".join("%s=%s" % item for item in sorted(limits.as_dict().items())),
+    )
     return top

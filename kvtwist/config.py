@@ -1,0 +1,686 @@
+"""
+kvcache's configuration: every setting with its default, read from a TOML
+file, C{KVCACHE_*} environment variables and the command line (each one
+overriding the one before), plus the bearer tokens and protected mode.
+
+One table, L{SETTINGS}, names every setting once: its long option
+(C{--max-body}), its key in the config file (C{max-body}, the same
+spelling), its environment variable (C{KVCACHE_MAX_BODY}), its default and
+how its value is read. L{kvtwist.tap} builds its twistd options from it and
+calls L{resolve}; C{docs/configuration.md} documents it.
+
+Tokens never come from the command line (argv is visible to every local
+user): they are C{[tokens.<name>]} tables in the config file or in a token
+file (C{--token-file}, C{token-file} in the config, or
+C{$KVCACHE_TOKENS_FILE}).
+
+Everything here runs before the reactor starts; a bad setting raises
+L{ConfigError} with a message naming the setting and where it came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from kvtwist.auth import Token
+from kvtwist.limits import Limits, MiB
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: The prefix of every environment variable kvcache reads.
+ENV_PREFIX = "KVCACHE_"
+
+#: The shortest secret a token may have: a guessable token is no token.
+MIN_SECRET_LENGTH = 16
+
+#: Where a value came from, lowest precedence first.
+DEFAULT, FILE, ENV, CLI = range(4)
+
+
+class ConfigError(Exception):
+    """
+    A setting is unknown, malformed or contradicts another.
+
+    @ivar layer: where the offending value came from (L{FILE}, L{ENV},
+        L{CLI}, or L{DEFAULT} for a problem of the combination).
+    """
+
+    def __init__(self, message: str, layer: int = DEFAULT) -> None:
+        super().__init__(message)
+        self.layer = layer
+
+
+# -- value readers -------------------------------------------------------
+#
+# Each takes the value as TOML gives it (int, float, bool, str, list) or as
+# a string (the command line and the environment), and returns the value
+# or raises ValueError with a phrase saying what was expected.
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    raise ValueError("must be an integer")
+
+
+def count(value: Any) -> int:
+    """A positive integer."""
+    number = _integer(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def port(value: Any) -> int:
+    """A TCP port number."""
+    number = _integer(value)
+    if not 0 < number < 65536:
+        raise ValueError("must be a port number between 1 and 65535")
+    return number
+
+
+_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": MiB, "mib": MiB, "g": 1024 * MiB, "gib": 1024 * MiB}
+
+
+def size(value: Any) -> int:
+    """A positive number of bytes: an integer, or a string like C{"64KiB"}."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError("must be a number of bytes, optionally with KiB, MiB or GiB")
+        number = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    else:
+        number = _integer(value)
+    if number <= 0:
+        raise ValueError("must be a positive number of bytes")
+    return number
+
+
+def seconds(value: Any) -> float:
+    """A positive, finite number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds, not a boolean")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+    else:
+        raise ValueError("must be a number of seconds")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a positive, finite number of seconds")
+    return number
+
+
+def text(value: Any) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def flag(value: Any) -> bool:
+    """A boolean (C{true}/C{false}; in the environment also 1/0, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+    raise ValueError("must be true or false")
+
+
+def endpoints(value: Any) -> Tuple[str, ...]:
+    """
+    Twisted server endpoint strings: a list (TOML, repeated options) or,
+    in the environment, one string of them separated by whitespace.
+    """
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("must be a non-empty list of endpoint strings")
+    for item in value:
+        if not isinstance(item, str) or not item.strip() or ":" not in item:
+            raise ValueError(
+                "must be endpoint strings like tcp:8080:interface=127.0.0.1 (got %r)"
+                % (item,)
+            )
+    return tuple(value)
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    """One of C{choices}."""
+
+    def read(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("must be one of %s" % (", ".join(choices),))
+        return value
+
+    read.__doc__ = "One of %s." % (", ".join(choices),)
+    return read
+
+
+# -- the settings ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One setting.
+
+    @ivar name: the long option and the config-file key (C{max-body}).
+    @ivar read: turns a raw value into the setting's value (see above).
+    @ivar default: the value when no layer sets it.
+    @ivar help: one line for C{--help} and the docs.
+    @ivar short: the one-letter option, if any.
+    @ivar limit: the L{Limits} field it sets, if it is a limit.
+    @ivar in_file: whether the config file may set it.
+    """
+
+    name: str
+    read: Callable[[Any], Any]
+    default: Any
+    help: str
+    short: Optional[str] = None
+    limit: Optional[str] = None
+    in_file: bool = True
+
+    @property
+    def env(self) -> str:
+        """Its environment variable."""
+        if self.name == "token-file":
+            # Named by the issue; it names a file of tokens.
+            return ENV_PREFIX + "TOKENS_FILE"
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+_L = Limits()
+
+
+def _limit(name: str, read: Callable[[Any], Any], help: str) -> Setting:
+    field_name = name.replace("-", "_")
+    return Setting(name, read, getattr(_L, field_name), help, limit=field_name)
+
+
+#: Every setting, in the order of C{--help} and the docs.
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("config", text, None, "TOML config file (keys mirror these options).", in_file=False),
+    Setting("port", port, 8080, "TCP port to listen on (with --host).", short="p"),
+    Setting("host", text, "127.0.0.1", "Interface for --port (default: loopback only)."),
+    Setting(
+        "listen",
+        endpoints,
+        (),
+        "Twisted endpoint to listen on, repeatable (tcp:PORT:interface=IP, "
+        "ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH); replaces --port/--host.",
+    ),
+    Setting("data", text, "./kvcache-data", "Directory of the durable store.", short="d"),
+    Setting("token-file", text, None, "TOML file of [tokens.NAME] tables (never tokens on argv)."),
+    Setting(
+        "allow-open",
+        flag,
+        False,
+        "Serve beyond loopback with no token configured (protected mode off).",
+    ),
+    Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
+    Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
+    _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
+    _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),
+    _limit("max-staged-bytes", size, "Bytes staged in one queue or transaction (413 beyond)."),
+    _limit("max-open-transactions", count, "Transactions open at once (429 beyond)."),
+    _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
+    _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
+    _limit("max-list-limit", count, "Largest page a listing returns."),
+    _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),
+    _limit("watch-history", count, "Events kept for resuming event streams."),
+    _limit("heartbeat", seconds, "Seconds between event-stream heartbeats."),
+    _limit("default-wait", seconds, "Seconds a long-poll waits without ?wait=."),
+    _limit("max-wait", seconds, "Longest ?wait= a long-poll may ask for."),
+    _limit("watch-buffer", size, "Bytes queued for a slow event-stream reader before it is cut off."),
+    _limit("sweep-interval", seconds, "Seconds between expiry sweeps."),
+    _limit("sweep-batch", count, "Expired keys removed per sweep commit."),
+    Setting(
+        "cache-size",
+        count,
+        _L.cache_bytes // MiB,
+        "Read cache bound in MiB (committed values served from memory).",
+        limit="cache_bytes",
+    ),
+    _limit("request-timeout", seconds, "Seconds from a request's first byte to its last (408 beyond)."),
+    _limit("idle-timeout", seconds, "Seconds a connection may stay silent (closed beyond)."),
+    _limit("max-connections", count, "Connections open at once; more are closed at once."),
+    _limit("max-header-bytes", size, "Bytes of request line plus headers (414/431 beyond)."),
+    _limit("max-headers", count, "Header lines in one request (431 beyond)."),
+)
+
+BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+BY_ENV: Dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
+#: The old spelling of the token-file variable is accepted too.
+BY_ENV[ENV_PREFIX + "TOKEN_FILE"] = BY_NAME["token-file"]
+
+#: Keys of a C{[tokens.<name>]} table.
+TOKEN_KEYS = ("secret", "read", "write", "ops")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+# -- the result ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The configuration in force.
+
+    @ivar values: every setting's final value, by name.
+    @ivar sources: where each non-default value came from (a file path,
+        C{$VARIABLE} or C{--option}), for messages.
+    """
+
+    values: Mapping[str, Any]
+    tokens: Tuple[Token, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def endpoints(self) -> Tuple[str, ...]:
+        """The endpoint strings to listen on."""
+        return listen_endpoints(self.values, self.sources)
+
+    @property
+    def limits(self) -> Limits:
+        """The L{Limits} these settings make."""
+        fields = {}
+        for setting in SETTINGS:
+            if setting.limit is None:
+                continue
+            value = self.values[setting.name]
+            if setting.name == "cache-size":
+                value *= MiB
+            fields[setting.limit] = value
+        return Limits(**fields)
+
+
+def listen_endpoints(values: Mapping[str, Any], sources: Mapping[str, str]) -> Tuple[str, ...]:
+    """
+    The endpoints: C{listen} if it is set, else C{tcp:PORT:interface=HOST}.
+    L{resolve} has already refused C{--port}/C{--host} set at a higher
+    precedence than C{listen}.
+    """
+    if values["listen"]:
+        return tuple(values["listen"])
+    host = values["host"].replace(":", "\\:")
+    return ("tcp:%d:interface=%s" % (values["port"], host),)
+
+
+# -- reading the layers --------------------------------------------------------
+
+
+def _describe(layer: int, setting: Setting, path: Optional[str]) -> str:
+    if layer == FILE:
+        return "%s: key %r" % (path, setting.name)
+    if layer == ENV:
+        return "environment variable %s" % (setting.env,)
+    return "option --%s" % (setting.name,)
+
+
+def _read_value(setting: Setting, raw: Any, layer: int, path: Optional[str]) -> Any:
+    try:
+        return setting.read(raw)
+    except ValueError as e:
+        raise ConfigError(
+            "%s %s (got %r)" % (_describe(layer, setting, path), e, raw), layer
+        ) from None
+
+
+def read_toml(path: str, what: str) -> Dict[str, Any]:
+    """
+    The TOML document at C{path}.
+
+    @raise ConfigError: if it cannot be read or is not TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read the %s %s: %s" % (what, path, e.strerror or e), FILE)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("%s: not valid TOML: %s" % (path, e), FILE)
+
+
+def _suggest(name: str) -> str:
+    spelled = name.replace("_", "-").lower()
+    if spelled in BY_NAME and spelled != name:
+        return " (did you mean %r?)" % (spelled,)
+    return ""
+
+
+def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """
+    The settings and the raw C{tokens} table of the config file at C{path}.
+
+    @raise ConfigError: naming the key and the file, for an unknown key or
+        a bad value.
+    """
+    document = read_toml(path, "config file")
+    values: Dict[str, Any] = {}
+    tokens: Dict[str, Any] = {}
+    for key, raw in document.items():
+        if key == "tokens":
+            if not isinstance(raw, dict):
+                raise ConfigError("%s: 'tokens' must be a table of [tokens.NAME] tables" % (path,), FILE)
+            tokens = raw
+            continue
+        setting = BY_NAME.get(key)
+        if setting is None or not setting.in_file:
+            raise ConfigError(
+                "%s: unknown key %r%s" % (path, key, _suggest(key) if setting is None else ""),
+                FILE,
+            )
+        if isinstance(raw, str) and setting.read is endpoints:
+            # Only the environment has to pack several into one string.
+            raise ConfigError(
+                "%s: key %r must be a list of endpoint strings (got %r)" % (path, key, raw), FILE
+            )
+        values[key] = _read_value(setting, raw, FILE, path)
+    return values, tokens
+
+
+def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
+    """
+    The settings given as C{KVCACHE_*} environment variables.
+
+    @raise ConfigError: for an unknown C{KVCACHE_} variable (a typo would
+        otherwise be silently ignored) or a bad value.
+    """
+    values: Dict[str, Any] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        setting = BY_ENV.get(variable)
+        if setting is None:
+            raise ConfigError("unknown environment variable %s" % (variable,), ENV)
+        value = _read_value(setting, environ[variable], ENV, None)
+        if setting.name in values and values[setting.name] != value:
+            raise ConfigError(
+                "%s and %s disagree; set one of them"
+                % (setting.env, ENV_PREFIX + "TOKEN_FILE"),
+                ENV,
+            )
+        values[setting.name] = value
+    return values
+
+
+def cli_layer(given: Mapping[str, Any]) -> Dict[str, Any]:
+    """The settings given on the command line (raw strings, or lists for C{listen})."""
+    values: Dict[str, Any] = {}
+    for name, raw in given.items():
+        setting = BY_NAME[name]
+        values[name] = _read_value(setting, raw, CLI, None)
+    return values
+
+
+# -- tokens ------------------------------------------------------------------
+
+
+def _prefixes(raw: Any, where: str) -> Tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+        raise ConfigError('%s must be a list of key prefixes ("" means every key)' % (where,), FILE)
+    return tuple(raw)
+
+
+def parse_tokens(table: Mapping[str, Any], path: str) -> List[Token]:
+    """
+    The L{Token}s of a C{tokens} table read from C{path}.
+
+    @raise ConfigError: naming the token and the file, for a missing or
+        short secret, an unknown key or a bad rule. Secrets are never put
+        in a message.
+    """
+    tokens = []
+    for name, spec in table.items():
+        where = "%s: token %r" % (path, name)
+        if not _TOKEN_NAME.fullmatch(name):
+            raise ConfigError(
+                "%s: token name %r must be 1-64 letters, digits, '.', '_' or '-'" % (path, name),
+                FILE,
+            )
+        if not isinstance(spec, dict):
+            raise ConfigError("%s must be a table (secret, read, write, ops)" % (where,), FILE)
+        for key in spec:
+            if key not in TOKEN_KEYS:
+                raise ConfigError(
+                    "%s: unknown key %r (known: %s)" % (where, key, ", ".join(TOKEN_KEYS)), FILE
+                )
+        secret = spec.get("secret")
+        if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                "%s: 'secret' must be a string of at least %d characters"
+                % (where, MIN_SECRET_LENGTH),
+                FILE,
+            )
+        if secret != secret.strip() or any(ord(c) < 0x21 or ord(c) > 0x7E for c in secret):
+            # It travels in an HTTP header: printable ASCII, no spaces.
+            raise ConfigError(
+                "%s: 'secret' must be printable ASCII without spaces" % (where,), FILE
+            )
+        ops = spec.get("ops", False)
+        if not isinstance(ops, bool):
+            raise ConfigError("%s: 'ops' must be true or false" % (where,), FILE)
+        tokens.append(
+            Token(
+                name,
+                secret,
+                read=_prefixes(spec.get("read", []), where + ": 'read'"),
+                write=_prefixes(spec.get("write", []), where + ": 'write'"),
+                ops=ops,
+            )
+        )
+    return tokens
+
+
+def token_file_tokens(path: str) -> List[Token]:
+    """
+    The tokens of a token file: a TOML document holding only
+    C{[tokens.<name>]} tables.
+    """
+    document = read_toml(path, "token file")
+    for key in document:
+        if key != "tokens":
+            raise ConfigError("%s: unknown key %r (a token file holds only [tokens.NAME] tables)" % (path, key), FILE)
+    table = document.get("tokens", {})
+    if not isinstance(table, dict):
+        raise ConfigError("%s: 'tokens' must be a table of [tokens.NAME] tables" % (path,), FILE)
+    return parse_tokens(table, path)
+
+
+def readable_by_others(path: str) -> bool:
+    """Whether the file at C{path} can be read by its group or by anyone."""
+    try:
+        return bool(os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
+    except OSError:
+        return False
+
+
+def _check_unique(tokens: Sequence[Token]) -> None:
+    names: Dict[str, Token] = {}
+    secrets: Dict[str, str] = {}
+    for token in tokens:
+        if token.name in names:
+            raise ConfigError("token %r is defined twice" % (token.name,))
+        names[token.name] = token
+        other = secrets.get(token.secret)
+        if other is not None:
+            # Which of the two a request is could not be told apart.
+            raise ConfigError("tokens %r and %r have the same secret" % (other, token.name))
+        secrets[token.secret] = token.name
+
+
+# -- protected mode --------------------------------------------------------------
+
+
+def _split_endpoint(description: str) -> Tuple[List[str], Dict[str, str]]:
+    """
+    An endpoint string's positional and keyword arguments, with Twisted's
+    quoting (a backslash escapes the next character).
+    """
+    parts: List[str] = []
+    current: List[str] = []
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    args: List[str] = []
+    kwargs: Dict[str, str] = {}
+    for part in parts:
+        name, equals, value = part.partition("=")
+        if equals and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            kwargs[name] = value
+        else:
+            args.append(part)
+    return args, kwargs
+
+
+def _loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def is_local_endpoint(description: str) -> bool:
+    """
+    Whether an endpoint can only be reached from this machine: a unix
+    socket, or TCP/TLS bound to a loopback address (127.0.0.0/8, ::1).
+    An empty interface (all interfaces) or an endpoint type not known here
+    counts as reaching beyond.
+    """
+    args, kwargs = _split_endpoint(description)
+    kind = args[0].lower() if args else ""
+    if kind == "unix":
+        return True
+    if kind in ("tcp", "tcp6", "ssl"):
+        default = "::" if kind == "tcp6" else ""
+        return _loopback(kwargs.get("interface", default))
+    return False
+
+
+def check_protected(endpoints: Sequence[str], tokens: Sequence[Token], allow_open: bool) -> None:
+    """
+    Protected mode: refuse to listen beyond loopback with no token.
+
+    @raise ConfigError: naming the first such endpoint.
+    """
+    if tokens or allow_open:
+        return
+    for endpoint in endpoints:
+        if not is_local_endpoint(endpoint):
+            raise ConfigError(
+                "protected mode: refusing to listen on %s, which is reachable "
+                "beyond this machine, with no token configured (anyone who "
+                "reaches it could read and write every key). Configure tokens "
+                "([tokens.NAME] tables in --config or --token-file), listen on "
+                "127.0.0.1 or a unix socket, or give --allow-open to serve "
+                "without authentication." % (endpoint,)
+            )
+
+
+# -- putting it together -----------------------------------------------------------
+
+
+def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """
+    The configuration from the defaults, the config file, the environment
+    and the command line, each overriding the one before.
+
+    @param cli: the options given on the command line, by setting name,
+        as raw strings (a list for C{listen}); absent when not given.
+    @param environ: the environment (C{KVCACHE_*} variables are read).
+    @raise ConfigError: for anything unknown, malformed or contradictory.
+    """
+    env = env_layer(environ)
+    command = cli_layer(cli)
+    config_path = command.get("config", env.get("config"))
+    file_values: Dict[str, Any] = {}
+    file_tokens: Dict[str, Any] = {}
+    if config_path is not None:
+        file_values, file_tokens = file_layer(config_path)
+
+    layers = [(FILE, file_values), (ENV, env), (CLI, command)]
+    values = {setting.name: setting.default for setting in SETTINGS}
+    sources: Dict[str, str] = {}
+    origin: Dict[str, int] = {}
+    for layer, settings in layers:
+        for name, value in settings.items():
+            values[name] = value
+            origin[name] = layer
+            sources[name] = (
+                config_path if layer == FILE else
+                BY_NAME[name].env if layer == ENV else "--" + name
+            )
+    values["listen"] = tuple(values["listen"])
+
+    # listen replaces --port/--host, unless those were set with a higher
+    # precedence (e.g. --port on the command line over a file's listen).
+    if values["listen"]:
+        address_layer = max(origin.get("port", DEFAULT), origin.get("host", DEFAULT))
+        if address_layer > origin["listen"]:
+            values["listen"] = ()
+
+    tokens: List[Token] = []
+    if config_path is not None:
+        tokens.extend(parse_tokens(file_tokens, config_path))
+    if values["token-file"] is not None:
+        tokens.extend(token_file_tokens(values["token-file"]))
+    _check_unique(tokens)
+
+    config = Config(values, tuple(tokens), sources)
+    check_protected(config.endpoints, config.tokens, values["allow-open"])
+    return config
+
+
+def secret_files(config: Config) -> List[str]:
+    """
+    The files holding secrets that other users can read (for a warning):
+    the config file when it defines tokens, and the token file.
+    """
+    found = []
+    path = config["config"]
+    if path is not None and config.tokens and readable_by_others(path):
+        found.append(path)
+    token_file = config["token-file"]
+    if token_file is not None and readable_by_others(token_file):
+        found.append(token_file)
+    return found

@@ -1,0 +1,614 @@
+"""
+Configuration (SPEC 8; issue 5, Config and Auth): the options of
+C{twistd kvcache}, the TOML config file, C{KVCACHE_*} environment variables
+and their precedence, tokens and token files, protected mode, and how
+L{kvtwist.tap.makeService} turns all of it into listeners, limits and auth.
+
+Option parsing is checked by comparing the whole parsed result (as
+magic-wormhole-mailbox-server's C{test_config.py} does), so a new option or
+a changed default shows up here. Everything runs in memory except the files
+written to a temporary directory and one real C{twistd} start that must
+fail.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvtwist.auth import Token
+from kvtwist.config import (
+    SETTINGS,
+    ConfigError,
+    is_local_endpoint,
+    resolve,
+    secret_files,
+)
+from kvtwist.limits import Limits, MiB
+from kvtwist.tap import Options, makeService
+from kvtwist.web.http import KVSite
+from tests.e2e import run_twistd, temp_dir
+
+#: Every parsed option with its default: the whole result of parsing no
+#: arguments with an empty environment.
+DEFAULTS = {
+    "config": None,
+    "port": 8080,
+    "host": "127.0.0.1",
+    "listen": (),
+    "data": "./kvcache-data",
+    "token-file": None,
+    "allow-open": False,
+    "access-log": "clf",
+    "access-log-file": None,
+    "max-body": 1048576,
+    "max-keys-per-request": 100000,
+    "max-staged-ops": 100000,
+    "max-staged-bytes": 67108864,
+    "max-open-transactions": 1000,
+    "txn-timeout": 300.0,
+    "max-batch-ops": 100000,
+    "max-list-limit": 1000,
+    "max-watchers": 1000,
+    "watch-history": 10000,
+    "heartbeat": 15.0,
+    "default-wait": 60.0,
+    "max-wait": 600.0,
+    "watch-buffer": 1048576,
+    "sweep-interval": 1.0,
+    "sweep-batch": 1000,
+    "cache-size": 64,
+    "request-timeout": 10.0,
+    "idle-timeout": 60.0,
+    "max-connections": 1024,
+    "max-header-bytes": 16384,
+    "max-headers": 100,
+    "tokens": (),
+    "endpoints": ["tcp:8080:interface=127.0.0.1"],
+}
+
+SECRET_A = "a" * 8 + "-secret-A-0123"
+SECRET_B = "b" * 8 + "-secret-B-4567"
+
+
+def parse(argv=(), environ=None) -> Options:
+    """Parse C{argv} with C{environ} (empty by default) and return the options."""
+    options = Options(environ=environ if environ is not None else {})
+    options.parseOptions(list(argv))
+    return options
+
+
+def expected(**changes) -> dict:
+    """L{DEFAULTS} with C{changes} (underscores in names become dashes)."""
+    result = dict(DEFAULTS)
+    for name, value in changes.items():
+        result[name.replace("_", "-")] = value
+    return result
+
+
+class FileMixin:
+    """Writes files into a temporary directory of the test."""
+
+    def write(self, name: str, text: str, mode: int = 0o600) -> str:
+        """Write C{text} (dedented) to C{name} and return its path."""
+        base = getattr(self, "_base", None)
+        if base is None:
+            base = self._base = temp_dir(self, "config")
+        path = os.path.join(base, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(textwrap.dedent(text))
+        os.chmod(path, mode)
+        return path
+
+
+class DefaultsAndCommandLineTests(SynchronousTestCase):
+    """The options with nothing set, and set on the command line."""
+
+    def test_defaults(self):
+        """With no argument and no environment every option has its documented default."""
+        self.assertEqual(parse(), DEFAULTS)
+
+    def test_every_setting_is_in_defaults(self):
+        """The pinned defaults above name every setting there is (so none is undocumented here)."""
+        self.assertEqual(
+            {s.name for s in SETTINGS} | {"tokens", "endpoints"}, set(DEFAULTS)
+        )
+
+    def test_command_line_sets_every_kind(self):
+        """Each kind of value is read from the command line: ints, sizes with units, seconds, choices, flags."""
+        options = parse(
+            [
+                "--port", "9000",
+                "--data", "/srv/kv",
+                "--max-body", "64KiB",
+                "--txn-timeout", "2.5",
+                "--access-log", "json",
+                "--max-connections", "7",
+                "--cache-size", "8",
+                "--request-timeout", "3",
+                "--allow-open",
+            ]
+        )
+        self.assertEqual(
+            options,
+            expected(
+                port=9000,
+                data="/srv/kv",
+                max_body=65536,
+                txn_timeout=2.5,
+                access_log="json",
+                max_connections=7,
+                cache_size=8,
+                request_timeout=3.0,
+                allow_open=True,
+                endpoints=["tcp:9000:interface=127.0.0.1"],
+            ),
+        )
+
+    def test_every_limit_on_the_command_line(self):
+        """Every limit has an option, and the option reaches L{Limits} (cache-size in MiB)."""
+        argv = []
+        changes = {}
+        for index, setting in enumerate(s for s in SETTINGS if s.limit):
+            value = DEFAULTS[setting.name] + index + 1
+            argv += ["--" + setting.name, str(value)]
+            changes[setting.name] = type(DEFAULTS[setting.name])(value)
+        options = parse(argv)
+        self.assertEqual(options, dict(DEFAULTS, **changes))
+        limits = options.config.limits
+        for setting in SETTINGS:
+            if setting.limit is None:
+                continue
+            scale = MiB if setting.name == "cache-size" else 1
+            self.assertEqual(getattr(limits, setting.limit), changes[setting.name] * scale)
+
+    def test_listen_repeatable(self):
+        """--listen may be given several times; it replaces --port/--host."""
+        options = parse(
+            ["--listen", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/kv.sock"]
+        )
+        endpoints = ["tcp:1:interface=127.0.0.1", "unix:/tmp/kv.sock"]
+        self.assertEqual(options, expected(listen=tuple(endpoints), endpoints=endpoints))
+
+    def test_ipv6_host_is_escaped(self):
+        """An IPv6 --host has its colons escaped in the endpoint string."""
+        self.assertEqual(parse(["--host", "::1"])["endpoints"], ["tcp:8080:interface=\\:\\:1"])
+
+    def test_bad_command_line_value_is_a_usage_error(self):
+        """A bad value on the command line is a usage error naming the option."""
+        for argv, word in [
+            (["--port", "0"], "--port"),
+            (["--port", "http"], "--port"),
+            (["--max-body", "-5"], "--max-body"),
+            (["--max-body", "12 parsecs"], "--max-body"),
+            (["--txn-timeout", "nan"], "--txn-timeout"),
+            (["--access-log", "verbose"], "--access-log"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(argv)
+            self.assertIn(word, str(caught.exception))
+
+    def test_no_token_option(self):
+        """
+        Tokens cannot be given on the command line (argv is public), not
+        even as an abbreviation of --token-file, and the refusal never
+        echoes the value.
+        """
+        for option in ("--token", "--tok", "--secret"):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse([option, SECRET_A])
+            self.assertNotIn(SECRET_A, str(caught.exception))
+
+    def test_help_lists_every_option_with_its_variable(self):
+        """--help names every option and its environment variable."""
+        text = str(Options(environ={}))
+        for setting in SETTINGS:
+            self.assertIn("--" + setting.name, text)
+            if setting.name != "listen":
+                self.assertIn(setting.env, text)
+
+
+class ConfigFileTests(FileMixin, SynchronousTestCase):
+    """The TOML file given with --config (or $KVCACHE_CONFIG)."""
+
+    def test_file_sets_values(self):
+        """Keys spelled like the long options set the settings."""
+        path = self.write(
+            "kv.toml",
+            """
+            port = 9001
+            data = "/var/lib/kv"
+            max-body = "2MiB"
+            heartbeat = 5
+            max-wait = 30.5
+            access-log = "off"
+            """,
+        )
+        self.assertEqual(
+            parse(["--config", path]),
+            expected(
+                config=path,
+                port=9001,
+                data="/var/lib/kv",
+                max_body=2 * MiB,
+                heartbeat=5.0,
+                max_wait=30.5,
+                access_log="off",
+                endpoints=["tcp:9001:interface=127.0.0.1"],
+            ),
+        )
+
+    def test_config_from_environment(self):
+        """$KVCACHE_CONFIG names the file when --config does not."""
+        path = self.write("kv.toml", "port = 9002\n")
+        options = parse(environ={"KVCACHE_CONFIG": path})
+        self.assertEqual(options["port"], 9002)
+        self.assertEqual(options["config"], path)
+
+    def assertConfigError(self, argv, environ=None, *needles):
+        """Parsing stops the process with a message holding every needle."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(argv, environ)
+        message = str(caught.exception.code)
+        self.assertTrue(message.startswith("kvcache: configuration error: "), message)
+        for needle in needles:
+            self.assertIn(needle, message)
+        return message
+
+    def test_unknown_key_names_key_and_file(self):
+        """An unknown key stops startup with a message naming the key and the file."""
+        path = self.write("kv.toml", "port = 9000\nmax-bodyy = 5\n")
+        self.assertConfigError(["--config", path], None, path, "'max-bodyy'", "unknown key")
+
+    def test_underscore_spelling_is_unknown_with_a_hint(self):
+        """Keys use dashes, like the options; max_body is unknown and the message suggests max-body."""
+        path = self.write("kv.toml", "max_body = 5\n")
+        self.assertConfigError(["--config", path], None, "'max_body'", "did you mean 'max-body'")
+
+    def test_bad_values_name_key_and_file(self):
+        """A value of the wrong type or range stops startup naming the key and the file."""
+        for text, key in [
+            ('port = "eighty"', "port"),
+            ("port = 70000", "port"),
+            ("max-body = -1", "max-body"),
+            ("max-body = true", "max-body"),
+            ("txn-timeout = 0", "txn-timeout"),
+            ("txn-timeout = inf", "txn-timeout"),
+            ('access-log = "loud"', "access-log"),
+            ('listen = "tcp:1"', "listen"),
+            ("listen = []", "listen"),
+            ("allow-open = 1", "allow-open"),
+            ('data = ""', "data"),
+        ]:
+            path = self.write("bad.toml", text + "\n")
+            self.assertConfigError(["--config", path], None, path, repr(key))
+
+    def test_config_key_not_allowed_in_file(self):
+        """A config file cannot name another config file."""
+        path = self.write("kv.toml", 'config = "other.toml"\n')
+        self.assertConfigError(["--config", path], None, "'config'")
+
+    def test_not_toml(self):
+        """A file that is not TOML is refused with its path."""
+        path = self.write("kv.toml", "port = = 1\n")
+        self.assertConfigError(["--config", path], None, path, "not valid TOML")
+
+    def test_missing_file(self):
+        """A config file that cannot be read is refused with its path."""
+        path = os.path.join(temp_dir(self), "absent.toml")
+        self.assertConfigError(["--config", path], None, path, "cannot read")
+
+
+class PrecedenceTests(FileMixin, SynchronousTestCase):
+    """Defaults < config file < environment < command line."""
+
+    def test_each_layer_overrides_the_one_below(self):
+        """A setting in every layer takes the command line's value; one in file and env, the env's; the file alone, the file's."""
+        path = self.write(
+            "kv.toml",
+            """
+            max-body = 1000
+            max-watchers = 11
+            sweep-batch = 12
+            """,
+        )
+        environ = {"KVCACHE_MAX_BODY": "2000", "KVCACHE_MAX_WATCHERS": "21"}
+        options = parse(["--config", path, "--max-body", "3000"], environ)
+        self.assertEqual(
+            options,
+            expected(config=path, max_body=3000, max_watchers=21, sweep_batch=12),
+        )
+        self.assertEqual(
+            options.config.sources,
+            {
+                "config": "--config",
+                "max-body": "--max-body",
+                "max-watchers": "KVCACHE_MAX_WATCHERS",
+                "sweep-batch": path,
+            },
+        )
+
+    def test_environment_values(self):
+        """Environment variables are read like the command line: sizes, seconds, flags, endpoint lists."""
+        options = parse(
+            environ={
+                "KVCACHE_WATCH_BUFFER": "1KiB",
+                "KVCACHE_HEARTBEAT": "0.5",
+                "KVCACHE_ALLOW_OPEN": "yes",
+                "KVCACHE_LISTEN": "tcp:1:interface=127.0.0.1  unix:/tmp/kv.sock",
+                "OTHER": "ignored",
+            }
+        )
+        endpoints = ["tcp:1:interface=127.0.0.1", "unix:/tmp/kv.sock"]
+        self.assertEqual(
+            options,
+            expected(
+                watch_buffer=1024,
+                heartbeat=0.5,
+                allow_open=True,
+                listen=tuple(endpoints),
+                endpoints=endpoints,
+            ),
+        )
+
+    def test_bad_environment_value_names_the_variable(self):
+        """A bad value in the environment stops startup naming the variable."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(environ={"KVCACHE_MAX_HEADERS": "many"})
+        self.assertIn("KVCACHE_MAX_HEADERS", str(caught.exception.code))
+
+    def test_unknown_environment_variable(self):
+        """An unknown KVCACHE_ variable stops startup (a typo must not be silently ignored)."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(environ={"KVCACHE_MAX_BDY": "5"})
+        self.assertIn("KVCACHE_MAX_BDY", str(caught.exception.code))
+
+    def test_port_on_command_line_beats_listen_in_file(self):
+        """--port on the command line replaces a listen list from the file."""
+        path = self.write("kv.toml", 'listen = ["unix:/tmp/a.sock"]\nhost = "127.0.0.2"\n')
+        options = parse(["--config", path, "--port", "9100"])
+        self.assertEqual(
+            options,
+            expected(
+                config=path, port=9100, host="127.0.0.2", endpoints=["tcp:9100:interface=127.0.0.2"]
+            ),
+        )
+
+    def test_listen_beats_port_in_same_layer(self):
+        """In one layer, listen replaces port and host."""
+        path = self.write("kv.toml", 'listen = ["unix:/tmp/a.sock"]\nport = 9000\n')
+        options = parse(["--config", path])
+        self.assertEqual(options["endpoints"], ["unix:/tmp/a.sock"])
+
+    def test_listen_on_command_line_beats_port_in_file(self):
+        """--listen on the command line replaces a port from the file."""
+        path = self.write("kv.toml", "port = 9000\n")
+        options = parse(["--config", path, "--listen", "unix:/tmp/b.sock"])
+        self.assertEqual(options["endpoints"], ["unix:/tmp/b.sock"])
+
+
+class TokenTests(FileMixin, SynchronousTestCase):
+    """Tokens from the config file and from a token file."""
+
+    TOKENS = """
+        [tokens.app]
+        secret = "%s"
+        read = ["app/", "shared/"]
+        write = ["app/"]
+
+        [tokens.ops]
+        secret = "%s"
+        ops = true
+        """ % (SECRET_A, SECRET_B)
+
+    APP = Token("app", SECRET_A, read=("app/", "shared/"), write=("app/",))
+    OPS = Token("ops", SECRET_B, ops=True)
+
+    def test_tokens_in_config_file(self):
+        """[tokens.NAME] tables in the config file become tokens, with their rules."""
+        path = self.write("kv.toml", self.TOKENS)
+        self.assertEqual(parse(["--config", path]), expected(config=path, tokens=(self.APP, self.OPS)))
+
+    def test_token_file_option(self):
+        """--token-file reads a file of [tokens.NAME] tables."""
+        path = self.write("tokens.toml", self.TOKENS)
+        self.assertEqual(
+            parse(["--token-file", path]),
+            expected(token_file=path, tokens=(self.APP, self.OPS)),
+        )
+
+    def test_token_file_from_environment(self):
+        """$KVCACHE_TOKENS_FILE names the token file."""
+        path = self.write("tokens.toml", self.TOKENS)
+        options = parse(environ={"KVCACHE_TOKENS_FILE": path})
+        self.assertEqual(options["tokens"], (self.APP, self.OPS))
+
+    def test_token_file_from_config_file(self):
+        """token-file in the config file is read too, with the config's own tokens."""
+        tokens = self.write(
+            "tokens.toml", '[tokens.ops]\nsecret = "%s"\nops = true\n' % (SECRET_B,)
+        )
+        config = self.write(
+            "kv.toml",
+            'token-file = "%s"\n[tokens.app]\nsecret = "%s"\nread = ["app/", "shared/"]\nwrite = ["app/"]\n'
+            % (tokens, SECRET_A),
+        )
+        self.assertEqual(parse(["--config", config])["tokens"], (self.APP, self.OPS))
+
+    def test_single_prefix_string(self):
+        """A rule may be one prefix as a string; "" means every key."""
+        path = self.write("t.toml", '[tokens.all]\nsecret = "%s"\nread = ""\n' % (SECRET_A,))
+        self.assertEqual(parse(["--token-file", path])["tokens"], (Token("all", SECRET_A, read=("",)),))
+
+    def assertTokenError(self, text, *needles):
+        """The token file C{text} stops startup with a message holding every needle and never the secret."""
+        path = self.write("t.toml", text)
+        with self.assertRaises(SystemExit) as caught:
+            parse(["--token-file", path])
+        message = str(caught.exception.code)
+        for needle in needles:
+            self.assertIn(needle, message)
+        self.assertNotIn(SECRET_A, message)
+        self.assertNotIn(SECRET_B, message)
+
+    def test_bad_tokens(self):
+        """Short or missing secrets, unknown keys, bad rules and bad names are refused, naming the token."""
+        self.assertTokenError('[tokens.x]\nsecret = "short"\n', "'x'", "at least 16")
+        self.assertTokenError("[tokens.x]\nread = []\n", "'x'", "secret")
+        self.assertTokenError('[tokens.x]\nsecret = "%s"\nadmin = true\n' % SECRET_A, "'admin'")
+        self.assertTokenError('[tokens.x]\nsecret = "%s"\nread = [1]\n' % SECRET_A, "'read'")
+        self.assertTokenError('[tokens.x]\nsecret = "%s"\nops = "yes"\n' % SECRET_A, "'ops'")
+        self.assertTokenError('[tokens."a b"]\nsecret = "%s"\n' % SECRET_A, "'a b'")
+        self.assertTokenError('[tokens.x]\nsecret = "with space %s"\n' % SECRET_A, "printable")
+        self.assertTokenError('port = 1\n[tokens.x]\nsecret = "%s"\n' % SECRET_A, "'port'")
+
+    def test_same_secret_twice(self):
+        """Two tokens with one secret are refused (requests could not be told apart)."""
+        self.assertTokenError(
+            '[tokens.x]\nsecret = "%s"\n[tokens.y]\nsecret = "%s"\n' % (SECRET_A, SECRET_A),
+            "'x'",
+            "'y'",
+        )
+
+    def test_same_name_in_config_and_token_file(self):
+        """A token defined in both the config file and the token file is refused."""
+        tokens = self.write("tokens.toml", '[tokens.app]\nsecret = "%s"\n' % (SECRET_B,))
+        config = self.write("kv.toml", '[tokens.app]\nsecret = "%s"\n' % (SECRET_A,))
+        with self.assertRaises(SystemExit) as caught:
+            parse(["--config", config, "--token-file", tokens])
+        self.assertIn("'app' is defined twice", str(caught.exception.code))
+
+    def test_readable_secret_files_are_reported(self):
+        """Files holding secrets that others can read are listed (makeService warns about them)."""
+        private = self.write("private.toml", self.TOKENS, mode=0o600)
+        shared = self.write("shared.toml", self.TOKENS, mode=0o644)
+        self.assertEqual(secret_files(parse(["--token-file", private]).config), [])
+        self.assertEqual(secret_files(parse(["--token-file", shared]).config), [shared])
+
+
+class ProtectedModeTests(FileMixin, SynchronousTestCase):
+    """Listening beyond loopback with no token needs --allow-open."""
+
+    def assertRefused(self, argv, environ=None):
+        """Parsing stops with the protected-mode message."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(argv, environ)
+        message = str(caught.exception.code)
+        self.assertIn("protected mode", message)
+        self.assertIn("--allow-open", message)
+        return message
+
+    def test_public_host_refused(self):
+        """--host 0.0.0.0 with no token is refused, naming the endpoint."""
+        message = self.assertRefused(["--host", "0.0.0.0"])
+        self.assertIn("interface=0.0.0.0", message)
+
+    def test_listen_without_interface_refused(self):
+        """A tcp/ssl endpoint without interface= binds every interface: refused; so are unknown endpoint types."""
+        for endpoint in ("tcp:8080", "tcp6:8080", "ssl:8443:privateKey=k.pem", "systemd:domain=INET:index=0"):
+            self.assertRefused(["--listen", endpoint])
+
+    def test_loopback_and_unix_allowed(self):
+        """127.0.0.0/8, ::1, localhost and unix sockets need no token."""
+        for endpoint in (
+            "tcp:8080:interface=127.0.0.1",
+            "tcp:8080:interface=127.1.2.3",
+            "tcp6:8080:interface=\\:\\:1",
+            "ssl:8443:privateKey=k.pem:interface=127.0.0.1",
+            "tcp:8080:interface=localhost",
+            "unix:/tmp/kv.sock",
+        ):
+            self.assertTrue(is_local_endpoint(endpoint), endpoint)
+            parse(["--listen", endpoint])
+
+    def test_allow_open(self):
+        """--allow-open (or allow-open in the file or environment) serves without tokens."""
+        parse(["--host", "0.0.0.0", "--allow-open"])
+        parse(["--host", "0.0.0.0"], {"KVCACHE_ALLOW_OPEN": "true"})
+        path = self.write("kv.toml", 'host = "0.0.0.0"\nallow-open = true\n')
+        parse(["--config", path])
+
+    def test_token_lifts_protected_mode(self):
+        """With a token configured, listening beyond loopback is allowed."""
+        path = self.write("kv.toml", 'host = "0.0.0.0"\n[tokens.a]\nsecret = "%s"\n' % (SECRET_A,))
+        self.assertEqual(len(parse(["--config", path])["tokens"]), 1)
+
+
+class ResolveTests(SynchronousTestCase):
+    """L{resolve} directly: where an error came from."""
+
+    def test_error_layers(self):
+        """Errors say which layer the bad value came from (the tap turns CLI ones into usage errors)."""
+        from kvtwist.config import CLI, ENV
+
+        with self.assertRaises(ConfigError) as caught:
+            resolve({"port": "x"}, {})
+        self.assertEqual(caught.exception.layer, CLI)
+        with self.assertRaises(ConfigError) as caught:
+            resolve({}, {"KVCACHE_PORT": "x"})
+        self.assertEqual(caught.exception.layer, ENV)
+
+    def test_limits(self):
+        """The resolved limits are L{Limits} with the settings applied."""
+        config = resolve({"max-body": "10", "cache-size": "2"}, {})
+        self.assertEqual(config.limits, Limits(max_body=10, cache_bytes=2 * MiB))
+
+
+class MakeServiceTests(FileMixin, SynchronousTestCase):
+    """L{makeService} builds what the configuration says (nothing is started)."""
+
+    def make(self, argv):
+        data = os.path.join(temp_dir(self), "data")
+        return makeService(parse(["--data", data] + list(argv)))
+
+    def listeners(self, service):
+        return [s for s in service if isinstance(s, StreamServerEndpointService)]
+
+    def test_one_listener_per_endpoint_with_limits(self):
+        """Each endpoint gets a listener serving one KVSite that holds the configured limits."""
+        service = self.make(
+            [
+                "--listen", "tcp:0:interface=127.0.0.1",
+                "--listen", "unix:" + os.path.join(temp_dir(self), "kv.sock"),
+                "--max-body", "123",
+                "--request-timeout", "4",
+                "--max-connections", "9",
+                "--access-log", "off",
+            ]
+        )
+        listeners = self.listeners(service)
+        self.assertEqual(len(listeners), 2)
+        sites = {id(listener.factory): listener.factory for listener in listeners}
+        self.assertEqual(len(sites), 1)
+        site = listeners[0].factory
+        self.assertIsInstance(site, KVSite)
+        self.assertEqual(
+            (site.max_body, site.request_timeout, site.max_connections, site.access_log),
+            (123, 4.0, 9, "off"),
+        )
+
+    def test_bad_endpoint_stops_startup(self):
+        """An endpoint that cannot be built (a missing certificate) stops startup with one line."""
+        missing = os.path.join(temp_dir(self), "missing.pem")
+        with self.assertRaises(SystemExit) as caught:
+            self.make(["--listen", "ssl:0:privateKey=%s:interface=127.0.0.1" % missing])
+        self.assertIn("bad endpoint", str(caught.exception.code))
+
+
+class TwistdConfigErrorTests(FileMixin, SynchronousTestCase):
+    """The real twistd refuses a bad configuration before serving."""
+
+    def test_unknown_key_exits_non_zero(self):
+        """twistd kvcache --config with an unknown key exits non-zero naming the key and the file, without a traceback."""
+        path = self.write("kv.toml", "max-boddy = 5\n")
+        result = run_twistd(["-n", "--pidfile=", "kvcache", "--config", path])
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertIn("'max-boddy'", output)
+        self.assertIn(path, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("starting on", output)
