@@ -120,7 +120,10 @@ class Authenticating(Resource):
     """
     The top of the tree: authenticates every request (when auth is on)
     before any route sees it, recording the token as
-    C{request.kvtwist_principal}. C{/healthz} stays open for probes.
+    C{request.kvtwist_principal}. C{/healthz} stays open for probes, and
+    C{/ui/} for browsers, which cannot send a bearer token when they load a
+    page (the page holds no data: every API call it makes carries the token
+    and is checked as usual).
     """
 
     def __init__(self, root: Resource, authorizer: Authorizer) -> None:
@@ -138,7 +141,7 @@ class Authenticating(Resource):
         return None
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
-        if path == b"healthz" and not request.postpath:
+        if (path == b"healthz" and not request.postpath) or path == b"ui":
             return self.root.getChildWithDefault(path, request)
         refused = self._authenticated(request)
         if refused is not None:
