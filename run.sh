@@ -65,6 +65,9 @@ fi
 
 if [ "$mode" = test ]; then
     need_deb etcd etcd-server || echo "run.sh: etcd tests will be skipped" >&2
+    # The admin page is tested in a real headless Chromium.
+    { need_deb chromium chromium && need_deb chromedriver chromium-driver; } \
+        || echo "run.sh: browser tests will be skipped" >&2
     exec "$py" -b -m pytest "$@"
 fi
 if [ "$mode" = bench ]; then
