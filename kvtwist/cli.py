@@ -28,6 +28,16 @@ own atomic, durable commit):
     kvtwist txn [FILE|-]        apply ops through a multi-request
                                 transaction, all or nothing
 
+Watching (SPEC section 5.3):
+
+    kvtwist watch [PREFIX] [--after REV] [--values]
+                                print every change to keys under PREFIX
+                                as it is committed, until interrupted
+                                (or for --timeout seconds)
+    kvtwist wait KEY --index N [--wait S]
+                                wait until KEY changes after revision N
+                                (or S seconds pass), then print it
+
 C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
 C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
 C{set} and C{commit} included, and values of any type).
@@ -57,7 +67,9 @@ Global options may come before or after the command. C{--url} defaults to
 C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}; C{--token} defaults to
 C{$KVTWIST_TOKEN} (prefer the variable: a command line is visible to every
 user of the machine). C{--timeout} bounds the whole command (every request
-of a C{txn} or of C{list --all}).
+of a C{txn} or of C{list --all}); it defaults to 60 s, except for C{wait}
+(its wait plus 1/16 jitter plus 10 s) and C{watch} (no limit; with
+C{--timeout} it watches that long and exits 0).
 
 Output (stdout): with C{--output json} (the default) each result is one
 line of JSON:
@@ -74,6 +86,12 @@ line of JSON:
       every item in one such object (C{revision} is the last page's).
     - C{batch}: the server's C{{"revision", "results"}}; C{txn}: C{{"id",
       "revision", "ops", "results"}}, results in the batch's shape.
+    - C{watch}: one line per event as it arrives, C{{"revision", "kind"
+      ("put" | "delete" | "expire"), "key", "version", "content_type",
+      "size"}} (puts), plus C{"value"} or C{"value_base64"} with
+      C{--values}.
+    - C{wait}: what C{cat} prints, plus C{"found": true}; C{{"key",
+      "found": false}} if the key does not exist.
 
 With C{--output text}: C{get} prints a string value without quotes (other
 values as JSON), C{set} and C{delete} print one C{<outcome> <key>} line
@@ -83,7 +101,18 @@ with nothing added; C{rm} prints C{deleted KEY}; C{list} prints one key per
 line (C{KEY<tab>VALUE} with C{--values}: JSON, or C{base64:...}) and, when
 more keys follow, a hint naming the C{--after} key on stderr; C{batch} and
 C{txn} print one C{<op> <key>: <outcome>} line per op, then C{committed
-revision N}.
+revision N}; C{watch} prints C{<revision> <kind> <key>} per event; C{wait}
+writes the value's bytes exactly, as C{cat} does (nothing, and a note on
+stderr, when the key does not exist).
+
+C{watch} runs until interrupted (^C ends it with exit 0), or for
+C{--timeout} seconds. It resumes by itself after a dropped connection
+(with C{Last-Event-ID}, missing nothing and repeating nothing; see
+L{kvtwist.client.watch}), and says so on stderr (C{kvtwist: <why>;
+resuming after revision N in S s}). It exits 1 if the server can no
+longer replay what it missed (410 history-gone: list the keys again and
+watch with C{--after} the listing's revision), and 3 if it cannot
+reconnect.
 
 Errors go to stderr as one line, e.g. C{kvtwist: 404 key-not-found: no
 such key: 'a'}, never a traceback; a conflict adds one line per failed
@@ -98,7 +127,8 @@ Exit codes:
       cannot be sent. Nothing was sent.
     - 3: cannot reach the server: connection refused, unknown host, timeout,
       connection lost before the whole answer arrived (for a commit the
-      outcome is then unknown).
+      outcome is then unknown); for C{watch}, reconnecting failed too
+      often in a row.
     - 4: conflict: a transaction or batch was refused (409: another commit
       changed a key it read, or a check op did not hold), or a C{put} or
       C{rm} precondition (C{--if-match}, C{--if-none-match}) did not hold
@@ -133,6 +163,7 @@ from urllib.parse import urlsplit
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -271,10 +302,13 @@ def _add_global_options(parser: argparse.ArgumentParser, hidden: bool) -> None:
         "--output", "-o", choices=("json", "text"),
         **spec("result format on stdout (default: json)", "json"),
     )
+    # Default None, resolved per command by _command_timeout: wait and
+    # watch need other defaults than one request does.
     parser.add_argument(
         "--timeout", metavar="SECONDS", type=_timeout,
-        **spec("give up after this long; 0 waits forever (default: %g)"
-               % (DEFAULT_TIMEOUT,), DEFAULT_TIMEOUT),
+        **spec("give up after this long; 0 waits forever (default: %g; for wait, "
+               "its wait plus a margin; watch runs until interrupted)"
+               % (DEFAULT_TIMEOUT,), None),
     )
 
 
@@ -296,6 +330,19 @@ def _positive_seconds(text: str) -> Union[int, float]:
         raise argparse.ArgumentTypeError("not a number: %r" % (text,))
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return int(value) if value.is_integer() else value
+
+
+def _revision_arg(text: str) -> int:
+    """A revision: ASCII digits only (no sign, no superscripts)."""
+    if not (text.isdigit() and text.isascii()):
+        raise argparse.ArgumentTypeError("not a revision (0 or more): %r" % (text,))
+    return int(text)
+
+
+def _wait_seconds(text: str) -> Union[int, float]:
+    """A long-poll's wait: 0 or more seconds; an int when whole."""
+    value = _timeout(text)
     return int(value) if value.is_integer() else value
 
 
@@ -392,6 +439,32 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     )
     sub.add_argument("source", metavar="FILE", nargs="?", default="-",
                      help="a JSON file of ops; '-' or nothing: stdin")
+
+    sub = command(
+        "watch", "print each change to keys that start with PREFIX, as it happens",
+        "One line per event until interrupted (or for --timeout seconds): JSON\n"
+        "{revision, kind, key, ...}, or '<revision> <kind> <key>' with -o text.\n"
+        "A dropped connection is resumed where it stopped, without gaps or\n"
+        "repeats; exit 1 if the server's history no longer reaches back that\n"
+        "far (list the keys again, then watch --after their revision).\n\n",
+    )
+    sub.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
+    sub.add_argument("--after", metavar="REV", type=_revision_arg,
+                     help="first replay the changes after revision REV")
+    sub.add_argument("--values", action="store_true",
+                     help="include small values in the events")
+
+    sub = command(
+        "wait", "wait until KEY changes after revision N, then print it (long-poll)",
+        "Prints what cat prints (JSON adds \"found\": true), or {\"key\", \"found\":\n"
+        "false} when KEY does not exist. At the end of the wait the unchanged\n"
+        "state is printed: compare its mod_revision with N.\n\n",
+    )
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("--index", metavar="N", type=_revision_arg, required=True,
+                     help="the revision to wait past (0: wait for KEY to exist)")
+    sub.add_argument("--wait", metavar="SECONDS", type=_wait_seconds,
+                     help="hold at most this long (default: the server's, 60)")
     return parser
 
 
@@ -505,6 +578,11 @@ class _Invocation:
     token: Optional[str]
     args: argparse.Namespace
     stdin: Optional[BinaryIO]
+    #: For the commands that print as they go (watch) and time themselves.
+    reactor: Any = None
+    out: Optional[TextIO] = None
+    err: Optional[TextIO] = None
+    duration: float = 0.0
 
     def read(self, source: str) -> bytes:
         """
@@ -775,6 +853,87 @@ def _start_list(inv: _Invocation) -> Deferred:
     )
 
 
+def _show_event(out: TextIO, output: str, event: client.WatchEvent) -> None:
+    if output == "json":
+        _print_json(out, event.as_item())
+    else:
+        out.write("%d %s %s\n" % (event.revision, event.kind, event.key))
+    # Each line as it happens, also into a pipe (block-buffered otherwise).
+    out.flush()
+
+
+async def _follow(inv: _Invocation, events: client.Watch) -> None:
+    """Print every event of C{events} until it ends, fails, or C{inv.duration} passes."""
+    assert inv.out is not None
+    stop = None
+    if inv.duration:
+        stop = inv.reactor.callLater(inv.duration, events.close)
+    try:
+        async for event in events:
+            _show_event(inv.out, inv.args.output, event)
+    finally:
+        if stop is not None and stop.active():
+            stop.cancel()
+        # Also when cancelled or failing: no connection outlives the command.
+        await events.close()
+
+
+def _start_watch(inv: _Invocation) -> Deferred:
+    args = inv.args
+    events: List[client.Watch] = []
+
+    def retrying(failure: Optional[Failure], delay: float) -> None:
+        # A watch resumes by itself; say so on stderr, so that a server that
+        # stays away is not a silent hang.
+        if failure is None:
+            reason = "the server ended the event stream"
+        elif isinstance(failure.value, client.KVClientError):
+            reason = "the event stream was refused: %s" % (failure.value,)
+        else:
+            reason = "the event stream from %s failed: %s" % (
+                inv.url, _describe_connection_error(failure.value))
+        where = events[0].last_revision if events else None
+        assert inv.err is not None
+        inv.err.write("kvtwist: %s; resuming%s in %.1f s\n" % (
+            reason, "" if where is None else " after revision %d" % (where,), delay))
+
+    events.append(client.watch(
+        inv.http, inv.url, _check_text(args.prefix, "PREFIX"), after=args.after,
+        values=args.values, token=inv.token, clock=inv.reactor, on_retry=retrying,
+    ))
+    return Deferred.fromCoroutine(_follow(inv, events[0]))
+
+
+def _show_nothing(out: TextIO, err: TextIO, output: str, result: None) -> None:
+    """For commands that printed as they went."""
+
+
+def _start_wait(inv: _Invocation) -> Deferred:
+    args = inv.args
+    key = _check_text(args.key, "KEY")
+    d = client.wait_for(inv.http, inv.url, key, args.index, wait=args.wait, token=inv.token)
+    return d.addCallback(lambda entry: (key, entry))
+
+
+def _show_waited(
+    out: TextIO, err: TextIO, output: str, result: Tuple[str, Optional[client.KeyValue]]
+) -> None:
+    key, entry = result
+    if entry is None:
+        if output == "json":
+            _print_json(out, {"key": key, "found": False})
+        else:
+            err.write("kvtwist: %s does not exist\n" % (json.dumps(key, ensure_ascii=False),))
+        return
+    if output == "text":
+        _write_bytes(out, entry.value)
+        return
+    item: Dict[str, Any] = {"key": key, "found": True}
+    item.update(entry.as_item())
+    item["revision"] = entry.revision
+    _print_json(out, item)
+
+
 _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "get": (
         lambda inv: client.get(
@@ -818,7 +977,27 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
         lambda inv: client.transact(inv.http, inv.url, _read_ops(inv), token=inv.token),
         _show_results,
     ),
+    "watch": (_start_watch, _show_nothing),
+    "wait": (_start_wait, _show_waited),
 }
+
+#: A long-poll's wait when C{--wait} is not given: the server's default.
+DEFAULT_WAIT = 60.0
+#: How much longer than its wait C{wait} gives the server by default:
+#: the server adds up to 1/16 of the wait as jitter, then the network.
+_WAIT_MARGIN = 10.0
+
+
+def _command_timeout(args: argparse.Namespace) -> float:
+    """The command's C{--timeout}, or its default (0: none)."""
+    if args.timeout is not None:
+        return args.timeout
+    if args.command == "watch":
+        return 0.0
+    if args.command == "wait":
+        wait = DEFAULT_WAIT if args.wait is None else args.wait
+        return wait * 17 / 16 + _WAIT_MARGIN
+    return DEFAULT_TIMEOUT
 
 
 def _describe_connection_error(e: BaseException) -> str:
@@ -846,18 +1025,26 @@ async def _run(
     start, show = _COMMANDS[args.command]
     url = args.url or environ.get("KVTWIST_URL") or DEFAULT_URL
     token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
+    timeout = _command_timeout(args)
+    # watch times itself: the end of its --timeout is a normal end (exit 0).
+    streaming = args.command == "watch"
     try:
         url = _base_url(url)
         if http is None:
             http = make_http(reactor)
         # The client functions check their arguments before any I/O and
         # raise at once, so this catches only input errors.
-        d = start(_Invocation(http, url, token, args, stdin))
+        d = start(
+            _Invocation(
+                http, url, token, args, stdin, reactor, out, err,
+                timeout if streaming else 0.0,
+            )
+        )
     except (UsageError, ValueError, TypeError) as e:
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_USAGE
-    if args.timeout:
-        d.addTimeout(args.timeout, reactor)
+    if timeout and not streaming:
+        d.addTimeout(timeout, reactor)
     try:
         result = await d
     except (client.ConflictError, client.PreconditionFailedError) as e:

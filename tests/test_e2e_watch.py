@@ -1,0 +1,498 @@
+"""
+End to end: TTLs, long-polls and the Server-Sent Events feed (SPEC §5.1 TTL,
+§5.3) through the real C{twistd -n kvcache} on a free loopback port, with
+L{kvtwist.client} over treq.
+
+What only a real process shows: the sweeper's expiry reaching a watcher on
+its own clock, a long-poll woken by a commit on another connection, a
+watcher that survives real TCP disconnects without losing or repeating an
+event, and the server giving back every file descriptor (and not growing
+its memory) once a crowd of watchers leaves. The latency and memory figures
+are printed (run pytest with C{-s}); only generous bounds are asserted, so
+that a busy machine does not make the suite flaky.
+
+Servers run with the defaults (1,000 watchers at most, an event history of
+10,000, a heartbeat every 15 s, a sweep every second) except where a test
+says otherwise: a fast sweep for the TTL test, a fast heartbeat for the
+resume test (so that both kinds of resume point are used), a short history
+for the 410 test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Set
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, ProxyFactory, ProxyServer
+from twisted.trial.unittest import TestCase
+
+from kvtwist import client
+from tests.e2e import HOST, start_server, treq_client
+
+#: Commits in the resume test, and how often its connection is cut.
+RESUME_COMMITS = 1000
+RESUME_CUT_EVERY = 100
+RESUME_WRITERS = 8
+
+#: The crowd of the resource test, and how many times it comes and goes.
+LONG_POLLS = 100
+STREAMS = 20
+CROWD_CYCLES = 3
+
+#: Commits measured by the latency test.
+LATENCY_COMMITS = 200
+
+#: Bounded waits, in seconds.
+SETTLE_TIMEOUT = 15.0
+POLL_INTERVAL = 0.05
+#: How long a test lets requests reach the server before it measures or
+#: commits (they are on other connections, and the machine may be busy).
+HOLD_DELAY = 0.02
+SETTLE_DELAY = 0.25
+
+
+def as_deferred(coroutine_function):
+    """Run an C{async def} test method as a Deferred, for trial."""
+
+    def wrapper(self):
+        return Deferred.fromCoroutine(coroutine_function(self))
+
+    wrapper.__name__ = coroutine_function.__name__
+    wrapper.__doc__ = coroutine_function.__doc__
+    return wrapper
+
+
+def sleep(seconds: float) -> Deferred:
+    """Wait on the reactor (never block it: the watch must keep reading)."""
+    return deferLater(reactor, seconds, lambda: None)
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process C{pid} has open."""
+    return len(os.listdir("/proc/%d/fd" % (pid,)))
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of process C{pid}, in KiB (VmRSS)."""
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % (pid,))
+
+
+def percentile(values: List[float], fraction: float) -> float:
+    """The nearest-rank percentile of C{values} (not empty)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def describe_ms(name: str, seconds: List[float]) -> str:
+    """One line: p50, p99 and max of C{seconds}, in milliseconds."""
+    return "%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms (N=%d)" % (
+        name, 1000 * percentile(seconds, 0.5), 1000 * percentile(seconds, 0.99),
+        1000 * max(seconds), len(seconds),
+    )
+
+
+async def wait_until(predicate, timeout: float = SETTLE_TIMEOUT, what: str = "") -> float:
+    """
+    Poll C{predicate} on the reactor until it is true; the seconds it took.
+
+    @raise AssertionError: if it is still false after C{timeout} seconds.
+    """
+    start = time.monotonic()
+    for _ in range(int(timeout / POLL_INTERVAL) + 1):
+        if predicate():
+            return time.monotonic() - start
+        await sleep(POLL_INTERVAL)
+    raise AssertionError("not within %.0f s: %s" % (timeout, what))
+
+
+class Consumer:
+    """
+    Drains a L{client.Watch} in the background, recording each event and
+    when it arrived (C{time.perf_counter}), so a test can go on writing.
+    """
+
+    def __init__(self, watch: client.Watch) -> None:
+        self.watch = watch
+        self.events: List[client.WatchEvent] = []
+        self.arrivals: List[float] = []
+        self.done = Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        async for event in self.watch:
+            self.arrivals.append(time.perf_counter())
+            self.events.append(event)
+
+    def close(self) -> Deferred:
+        """Close the watch; fires once the iteration has ended (for addCleanup)."""
+
+        async def close() -> None:
+            await self.watch.close()
+            await self.done
+
+        return Deferred.fromCoroutine(close())
+
+
+class _CountedProxyClient(ProxyClient):
+    """The proxy's leg to the server, counted so cleanup can wait for it."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.peer.factory.legs.add(self)
+
+    def connectionLost(self, reason) -> None:
+        self.peer.factory.legs.discard(self)
+        super().connectionLost(reason)
+
+
+class _CountedProxyClientFactory(ProxyClientFactory):
+    protocol = _CountedProxyClient
+
+
+class _CuttableProxyServer(ProxyServer):
+    clientProtocolFactory = _CountedProxyClientFactory
+
+    def connectionMade(self) -> None:
+        self.factory.legs.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason) -> None:
+        self.factory.legs.discard(self)
+        super().connectionLost(reason)
+
+
+class CuttableProxy(ProxyFactory):
+    """
+    A TCP proxy on 127.0.0.1 whose connections the test can break at
+    once (both legs aborted, data in flight lost), as a crashed router or a
+    restarted load balancer would: the watch sees a real network failure.
+    """
+
+    protocol = _CuttableProxyServer
+
+    def __init__(self, port: int) -> None:
+        super().__init__(HOST, port)
+        self.legs: Set[Any] = set()
+        self.cuts = 0
+        self.listening = reactor.listenTCP(0, self, interface=HOST)
+
+    @property
+    def url(self) -> str:
+        return "http://%s:%d" % (HOST, self.listening.getHost().port)
+
+    def cut(self) -> None:
+        """Abort every connection through the proxy."""
+        self.cuts += 1
+        for leg in list(self.legs):
+            leg.transport.abortConnection()
+
+    async def stop(self) -> None:
+        """Stop listening and wait until no connection is left."""
+        await self.listening.stopListening()
+        self.cut()
+        await wait_until(lambda: not self.legs, what="the proxy's connections to close")
+
+
+class ExpiryTests(TestCase):
+    """A key with a TTL, end to end."""
+
+    @as_deferred
+    async def test_ttl_expires_with_an_event(self):
+        """
+        PUT ?ttl=1 is readable at once (with KV-Expires), 404 after 2.5 s, and
+        the sweeper's removal reaches a watcher as an expire event.
+        """
+        # A fast sweep: the expire event follows the expiry within 0.2 s.
+        server = start_server(self, extra_args=["--sweep-interval", "0.2"])
+        http = treq_client(self)
+        watcher = Consumer(client.watch(http, server.url, "ttl/", clock=reactor))
+        self.addCleanup(watcher.close)
+        await watcher.watch.when_open()
+        written = await client.put(http, server.url, "ttl/k", b"soon gone", ttl=1)
+        start = time.monotonic()
+        entry = await client.get_entry(http, server.url, "ttl/k")
+        self.assertEqual(entry.value, b"soon gone")
+        self.assertIsNotNone(entry.expires)
+        await sleep(max(0.0, 2.5 - (time.monotonic() - start)))
+        with self.assertRaises(client.NotFoundError):
+            await client.get_entry(http, server.url, "ttl/k")
+        # Swept within a sweep interval of expiring: long gone by now, but
+        # the event may still be on the wire; wait a little for it.
+        await wait_until(lambda: len(watcher.events) >= 2, timeout=5.0, what="the expire event")
+        kinds = [(e.kind, e.key) for e in watcher.events]
+        self.assertEqual(kinds, [("put", "ttl/k"), ("expire", "ttl/k")])
+        self.assertGreater(watcher.events[1].revision, written["revision"])
+        print("\nttl=1: expire event %.2f s after the put"
+              % (watcher.arrivals[1] - watcher.arrivals[0],))
+
+
+class LongPollTests(TestCase):
+    """GET /v1/kv/{key}?index=N&wait=S, end to end."""
+
+    @as_deferred
+    async def test_wakes_on_a_commit_from_another_connection(self):
+        """
+        A held long-poll answers with the new value soon after a PUT made on
+        another connection (the issue asks for 200 ms; asserted with a 2 s
+        margin for busy machines, and the measured figure printed).
+        """
+        server = start_server(self)
+        http = treq_client(self)
+        first = await client.put(http, server.url, "lp/k", b"one")
+        woken: Dict[str, float] = {}
+
+        def arrived(entry):
+            woken["at"] = time.perf_counter()
+            return entry
+
+        poll = client.wait_for(http, server.url, "lp/k", first["revision"], wait=30)
+        poll.addCallback(arrived)
+        # Give the long-poll time to reach the server and be held there.
+        await sleep(0.3)
+        self.assertFalse(poll.called, "the long-poll answered before any change")
+        sent = time.perf_counter()
+        # treq_client keeps no connection alive: the PUT has its own.
+        second = await client.put(http, server.url, "lp/k", b"two")
+        acked = time.perf_counter()
+        entry = await poll
+        self.assertEqual((entry.value, entry.mod_revision), (b"two", second["revision"]))
+        latency = woken["at"] - sent
+        print("\nlong-poll woken %.2f ms after the PUT was sent (%.2f ms after its answer)"
+              % (1000 * latency, 1000 * (woken["at"] - acked)))
+        self.assertLess(latency, 2.0)
+
+
+class ResumeTests(TestCase):
+    """A watcher through real network failures."""
+
+    @as_deferred
+    async def test_no_gap_no_duplicate_across_disconnects(self):
+        """
+        1,000 commits while the watcher's connection is cut every 100
+        commits: it resumes with Last-Event-ID each time and sees every
+        commit exactly once, in order.
+        """
+        # Heartbeats every 0.2 s: some cuts come after one (resume from the
+        # last revision), some right after an event (resume from the one
+        # before, dropping what is replayed twice).
+        server = start_server(self, extra_args=["--heartbeat", "0.2"])
+        http = treq_client(self)
+        proxy = CuttableProxy(server.port)
+        self.addCleanup(proxy.stop)
+        watcher = Consumer(client.watch(http, proxy.url, "r/", clock=reactor, retry_delay=0.05))
+        self.addCleanup(watcher.close)
+        opened_at = await watcher.watch.when_open()
+        revisions: List[int] = []
+        counter = iter(range(RESUME_COMMITS))
+        start = time.monotonic()
+
+        async def writer() -> None:
+            # Several writers at once, so commits also share syncs; each
+            # commit is one key, so its revision is one event.
+            for n in counter:
+                result = await client.put(http, server.url, "r/%d" % (n % 50,), b"%d" % (n,))
+                revisions.append(result["revision"])
+                if len(revisions) % RESUME_CUT_EVERY == 0 and len(revisions) < RESUME_COMMITS:
+                    proxy.cut()
+
+        await gatherResults([Deferred.fromCoroutine(writer()) for _ in range(RESUME_WRITERS)])
+        written = time.monotonic() - start
+        last = max(revisions)
+        await wait_until(
+            lambda: watcher.watch.last_revision == last and len(watcher.events) >= RESUME_COMMITS,
+            what="the watcher to catch up",
+        )
+        seen = [e.revision for e in watcher.events]
+        print("\nresume: %d commits in %.2f s, %d cuts, %d reconnects, %d events"
+              % (RESUME_COMMITS, written, proxy.cuts, watcher.watch.reconnects, len(seen)))
+        expected = list(range(opened_at + 1, opened_at + RESUME_COMMITS + 1))
+        self.assertEqual(sorted(revisions), expected)
+        self.assertEqual(seen, sorted(revisions))
+        self.assertGreaterEqual(watcher.watch.reconnects, RESUME_COMMITS // RESUME_CUT_EVERY - 1)
+
+
+class HistoryGoneTests(TestCase):
+    """A resume point older than the server's history."""
+
+    @as_deferred
+    async def test_history_gone(self):
+        """
+        With a history of 5 events, watching after revision 1 of 10 is a
+        410 that the client raises as HistoryGone, naming revision 5 as the
+        oldest it can resume from.
+        """
+        server = start_server(self, extra_args=["--watch-history", "5"])
+        http = treq_client(self)
+        for n in range(10):
+            await client.put(http, server.url, "h/%d" % (n,), b"x")
+        watcher = Consumer(client.watch(http, server.url, "h/", after=1, clock=reactor))
+        self.addCleanup(watcher.close)
+        error = await self.assertFailure(watcher.done, client.HistoryGone)
+        self.assertEqual(
+            (error.status, error.oldest_revision, error.requested_revision), (410, 5, 1)
+        )
+        # From the oldest revision it offers, the replay works.
+        again = Consumer(client.watch(http, server.url, "h/", after=5, clock=reactor))
+        self.addCleanup(again.close)
+        await wait_until(lambda: len(again.events) == 5, what="the replay")
+        self.assertEqual([e.revision for e in again.events], [6, 7, 8, 9, 10])
+
+
+class CrowdTests(TestCase):
+    """Many watchers come and go; the server gives everything back."""
+
+    @as_deferred
+    async def test_fds_and_memory_return_after_a_crowd_leaves(self):
+        """
+        100 concurrent long-polls and 20 event streams, then all of them
+        disconnect, three times over: each time the server's open file
+        descriptors return exactly to the baseline, and its RSS does not
+        grow from one crowd to the next. Prints the memory per idle watcher.
+        """
+        server = start_server(self)
+        pid = server.process.pid
+        http = treq_client(self)
+        # Warm up every code path once (imports, caches, the hub), so the
+        # baseline is the server at rest, not a server yet to allocate.
+        await client.put(http, server.url, "crowd/warm", b"x")
+        await self._crowd(http, server.url, 1, 1)
+        base_fds = await self._settled_fds(pid)
+        base_rss = rss_kib(pid)
+        after: List[int] = []
+        print("\ncrowd baseline: %d fds, RSS %d KiB" % (base_fds, base_rss))
+        for cycle in range(CROWD_CYCLES):
+            figures = await self._crowd(http, server.url, LONG_POLLS, STREAMS, pid, base_fds)
+            left = await wait_until(lambda: open_fds(pid) == base_fds,
+                                    what="the fd count to return to %d" % (base_fds,))
+            after.append(rss_kib(pid))
+            print("crowd %d: %d fds with %d long-polls, %d with %d streams too; RSS %d KiB, "
+                  "%d KiB with long-polls, %d KiB with streams (%.1f KiB per long-poll, "
+                  "%.1f KiB per stream, %.1f KiB per watcher); fds back to %d in %.2f s, "
+                  "RSS after %d KiB"
+                  % (cycle + 1, figures["lp_fds"], LONG_POLLS, figures["all_fds"], STREAMS,
+                     figures["before_rss"], figures["lp_rss"], figures["all_rss"],
+                     (figures["lp_rss"] - figures["before_rss"]) / LONG_POLLS,
+                     (figures["all_rss"] - figures["lp_rss"]) / STREAMS,
+                     (figures["all_rss"] - figures["before_rss"]) / (LONG_POLLS + STREAMS),
+                     base_fds, left, after[-1]))
+        # Python keeps freed memory for reuse, so the first crowd may leave
+        # RSS above the baseline; a leak would grow it with every crowd.
+        self.assertLess(after[0] - base_rss, 64 * 1024, "RSS after the first crowd")
+        self.assertLess(after[-1] - after[0], 4 * 1024, "RSS growth from crowd to crowd")
+
+    async def _settled_fds(self, pid: int) -> int:
+        """The fd count once it has not changed for a settle delay."""
+        previous = open_fds(pid)
+        for _ in range(int(SETTLE_TIMEOUT / SETTLE_DELAY)):
+            await sleep(SETTLE_DELAY)
+            current = open_fds(pid)
+            if current == previous:
+                return current
+            previous = current
+        raise AssertionError("the server's fd count did not settle")
+
+    async def _crowd(
+        self,
+        http: Any,
+        url: str,
+        long_polls: int,
+        streams: int,
+        pid: Optional[int] = None,
+        base_fds: int = 0,
+    ) -> Dict[str, int]:
+        """
+        Open C{long_polls} long-polls (on missing keys: they hold until
+        cancelled) and C{streams} event streams, measure the server (if
+        C{pid}), then disconnect them all.
+        """
+        figures: Dict[str, int] = {}
+        if pid is not None:
+            figures["before_rss"] = rss_kib(pid)
+        polls = [
+            client.wait_for(http, url, "crowd/missing-%d" % (i,), 0, wait=60)
+            for i in range(long_polls)
+        ]
+        for poll in polls:
+            poll.addErrback(lambda failure: None)  # cancelled below
+        if pid is not None:
+            await wait_until(lambda: open_fds(pid) >= base_fds + long_polls,
+                             what="%d long-poll connections" % (long_polls,))
+            await sleep(SETTLE_DELAY)  # let the last ones be parsed and held
+            figures["lp_fds"] = open_fds(pid)
+            figures["lp_rss"] = rss_kib(pid)
+        watchers = [Consumer(client.watch(http, url, "crowd/s%d/" % (i,), clock=reactor))
+                    for i in range(streams)]
+        await gatherResults([w.watch.when_open() for w in watchers])
+        if pid is not None:
+            await sleep(SETTLE_DELAY)
+            figures["all_fds"] = open_fds(pid)
+            figures["all_rss"] = rss_kib(pid)
+            self.assertGreaterEqual(figures["all_fds"], base_fds + long_polls + streams)
+        for poll in polls:
+            poll.cancel()
+        await gatherResults([w.close() for w in watchers])
+        for poll in polls:
+            self.assertTrue(poll.called)
+        return figures
+
+
+class LatencyTests(TestCase):
+    """How soon watchers hear of a commit."""
+
+    @as_deferred
+    async def test_wake_up_latency(self):
+        """
+        Over 200 commits, the time from sending a PUT (and from its answer)
+        to a held long-poll's answer and to the event on a stream; p50 and
+        p99 are printed, with only a loose sanity bound asserted.
+        """
+        server = start_server(self)
+        http = treq_client(self)
+        watcher = Consumer(client.watch(http, server.url, "lat/", clock=reactor))
+        self.addCleanup(watcher.close)
+        await watcher.watch.when_open()
+        sent: Dict[int, float] = {}
+        acked: Dict[int, float] = {}
+        polled: Dict[int, float] = {}
+        early = 0
+        index = 0
+        for n in range(LATENCY_COMMITS):
+            arrival: List[float] = []
+            poll = client.wait_for(http, server.url, "lat/k", index, wait=30)
+            # The moment it arrives, not when this loop gets to look.
+            poll.addCallback(lambda entry: arrival.append(time.perf_counter()) or entry)
+            # Long enough for the long-poll to reach the server and be held.
+            await sleep(HOLD_DELAY)
+            if poll.called:
+                early += 1
+            t0 = time.perf_counter()
+            result = await client.put(http, server.url, "lat/k", b"%d" % (n,))
+            t1 = time.perf_counter()
+            revision = result["revision"]
+            sent[revision], acked[revision] = t0, t1
+            entry = await poll
+            polled[revision] = arrival[0]
+            self.assertEqual(entry.mod_revision, revision)
+            index = revision
+        await wait_until(lambda: len(watcher.events) >= LATENCY_COMMITS, what="every event")
+        streamed = {e.revision: t for e, t in zip(watcher.events, watcher.arrivals)}
+        self.assertEqual(sorted(streamed), sorted(sent))
+        lines = [
+            describe_ms("long-poll after PUT sent", [polled[r] - sent[r] for r in sent]),
+            describe_ms("long-poll after PUT answered", [polled[r] - acked[r] for r in sent]),
+            describe_ms("SSE event after PUT sent", [streamed[r] - sent[r] for r in sent]),
+            describe_ms("SSE event after PUT answered", [streamed[r] - acked[r] for r in sent]),
+        ]
+        print("\nwake-up latency (%d long-polls answered before the commit):\n  %s"
+              % (early, "\n  ".join(lines)))
+        # Loose: only a wake-up that waited for something else would miss it.
+        self.assertLess(percentile([polled[r] - sent[r] for r in sent], 0.5), 1.0)
+        self.assertLess(percentile([streamed[r] - sent[r] for r in sent], 0.5), 1.0)
