@@ -58,10 +58,14 @@ a bigger request than C{--max-request-bytes}, fails with L{LimitExceeded}.
 Failover
 ========
 Endpoints are tried in order, starting from the last one that answered. A
-request that surely did not reach etcd (connection refused, connect timeout)
-or a read that failed in any way moves on to the next endpoint; a read goes
-round the endpoints again (pausing briefly) until one timeout has passed, so
-an election or a member restart is not seen by clients. A write whose
+request that surely did not reach etcd (connection refused, connect timeout,
+a member without a leader: every request asks etcd to refuse at once then,
+through the gRPC metadata C{hasleader}) or a read that failed in any way
+moves on to the next endpoint; requests go round the endpoints again
+(pausing briefly) until one timeout has passed, so an election or a member
+restart is not seen by clients. IP-address endpoints are connected to
+directly, so a dead member costs a refused connection, not Twisted's 0.3 s
+attempt delay. A write whose
 answer was lost (timeout, dropped connection, etcd's "request timed out")
 may or may not have been applied: the commit then reads the touched keys
 again and learns the outcome from the commit id in the values it wrote, or
@@ -166,6 +170,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -760,17 +765,21 @@ class EtcdStore:
 
         A read goes to the next endpoint after any failure; a write only
         after failures that prove it was not applied, otherwise it raises
-        L{_Ambiguous}. The endpoint that answers becomes the first to try.
+        L{_Ambiguous}. Both go round the endpoints again, with a pause,
+        for up to a timeout. The endpoint that answers becomes the first to
+        try.
 
         @raise StoreUnavailable: when no endpoint could serve it.
         """
         reasons: List[str] = []
         count = len(self.endpoints)
-        # A read goes round the endpoints again while its first round began
-        # less than a timeout ago: a pooled connection that a restarted
-        # member closed, or an election ("leader changed"), is over in a
-        # moment, and a client should not see it.
-        rounds = 1 if write else _READ_ROUNDS
+        # A request goes round the endpoints again while its first round
+        # began less than a timeout ago: a pooled connection that a restarted
+        # member closed, or an election ("leader changed", "no leader"), is
+        # over in a moment, and a client should not see it. A write gets to
+        # the end of a round only if no endpoint can have applied it (an
+        # ambiguous failure raises at once), so it may go round as safely.
+        rounds = _READ_ROUNDS
         began = self._reactor.seconds()
         for round_ in range(rounds):
             if round_:
@@ -1464,24 +1473,21 @@ class EtcdStore:
         try:
             response = await request
         except Exception as e:
-            if isinstance(e, CancelledError) and not self._watch_stopping:
+            if isinstance(e, (CancelledError, DeferTimeoutError)) and not self._watch_stopping:
                 return "%s: no answer to the watch within %gs" % (endpoint, self.timeout), 0
             return "%s: %s" % (endpoint, _describe(e)), 0
         finally:
             self._watch_request = None
         stream = _WatchStream(self._watch_document)
         self._watch_stream = stream
-        timer = None
+        if response.code != 200:
+            stream.http_error = response.code
+        # Bounds the wait for etcd's "created" (or for an error body's end).
+        timer = self._reactor.callLater(
+            self.timeout, stream.abort, "no watch created within %gs" % (self.timeout,)
+        )
         try:
             response.deliverBody(stream)
-            if response.code != 200:
-                stream.http_error = response.code
-            else:
-                timer = self._reactor.callLater(
-                    self.timeout,
-                    stream.abort,
-                    "no watch created within %gs" % (self.timeout,),
-                )
             try:
                 await stream.created
             except Exception:
@@ -1490,7 +1496,7 @@ class EtcdStore:
                     stream.compacted
                 )
             finally:
-                if timer is not None and timer.active():
+                if timer.active():
                     timer.cancel()
             if self._watch_stopping:
                 stream.abort("the store is closing")
@@ -1501,7 +1507,10 @@ class EtcdStore:
             reason = await stream.done
             return "%s: %s" % (endpoint, reason), stream.compacted
         finally:
-            if not stream.done.called:
+            if timer.active():
+                timer.cancel()
+            if not stream.done.called and stream.transport is not None:
+                # Wait for the connection to go, so close() leaves nothing.
                 stream.abort("the store is closing")
                 await stream.done
             self._watch_stream = None
