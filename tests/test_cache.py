@@ -243,3 +243,31 @@ class ResetTests(SynchronousTestCase):
         self.assertEqual(len(inner.reads), 1)
         inner.release()
         self.assertEqual(self.successResultOf(d).value, b"1")
+
+
+class ReplayTests(SynchronousTestCase):
+    """Changes replayed after a watch reset never overwrite newer reads."""
+
+    def test_older_change_does_not_overwrite_newer_entry(self):
+        """A replayed put older than the cached entry is ignored."""
+        from kvtwist.model import Change, CommitResult
+
+        inner = MemoryStore()
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(cache.commit([Put("a", b"1")]))
+        self.successResultOf(cache.commit([Put("a", b"2")]))
+        old = Entry("a", b"1", "application/octet-stream", 1, 1, 1)
+        cache.apply_changes(CommitResult(1, (Change("put", "a", old, None),)))
+        self.assertEqual(cache.peek("a")[1].value, b"2")
+
+    def test_older_put_does_not_resurrect_absent(self):
+        """A replayed put older than a cached absence is ignored."""
+        from kvtwist.model import Change, CommitResult
+
+        inner = MemoryStore()
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(cache.commit([Put("a", b"1")]))
+        self.successResultOf(cache.commit([Delete("a")]))
+        old = Entry("a", b"1", "application/octet-stream", 1, 1, 1)
+        cache.apply_changes(CommitResult(1, (Change("put", "a", old, None),)))
+        self.assertEqual(cache.peek("a"), (True, None))

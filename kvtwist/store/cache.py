@@ -31,15 +31,29 @@ from kvtwist.model import Check, CommitResult, Entry, Op
 ENTRY_OVERHEAD = 160
 
 
-class _Absent:
-    """The cached fact that a key does not exist."""
+class Absent:
+    """
+    The cached fact that a key does not exist, as of revision C{seen_at}
+    (at least): a change older than that must not overwrite it.
+    """
+
+    __slots__ = ("seen_at",)
+
+    def __init__(self, seen_at: int) -> None:
+        self.seen_at = seen_at
 
     def __repr__(self) -> str:
-        return "ABSENT"
+        return "Absent(%d)" % (self.seen_at,)
 
 
-ABSENT = _Absent()
-Cached = Union[Entry, _Absent]
+#: Absent since the beginning: what the cache assumes of nothing.
+ABSENT = Absent(0)
+Cached = Union[Entry, Absent]
+
+
+def _as_of(cached: Cached) -> int:
+    """The revision up to which C{cached} is known to be current."""
+    return cached.mod_revision if isinstance(cached, Entry) else cached.seen_at
 
 
 def _cost(key: str, cached: Cached) -> int:
@@ -145,7 +159,12 @@ class CachedStore:
         for change in result.changes:
             if change.key in self._inflight:
                 self._stale.add(change.key)
-            self._store(change.key, change.entry if change.entry is not None else ABSENT)
+            cached = self._cache.get(change.key)
+            if cached is not None and _as_of(cached) > result.revision:
+                # A change replayed after a watch reset, older than what a
+                # read has since put here: keep the newer state.
+                continue
+            self._store(change.key, change.entry or Absent(result.revision))
 
     def invalidate_all(self) -> None:
         """Forget everything (when changes may have been missed)."""
@@ -188,15 +207,15 @@ class CachedStore:
             waiters.append(waiter)
             return waiter
         self._inflight[key] = [waiter]
-        self.store.get(key).addBoth(self._filled, key)
+        self.store.get(key).addBoth(self._filled, key, self.store.revision)
         return waiter
 
-    def _filled(self, result: object, key: str) -> None:
+    def _filled(self, result: object, key: str, started_at: int) -> None:
         waiters = self._inflight.pop(key, [])
         if key in self._stale:
             self._stale.discard(key)
         elif isinstance(result, Entry) or result is None:
-            self._store(key, result if result is not None else ABSENT)
+            self._store(key, result if result is not None else Absent(started_at))
         for waiter in waiters:
             if isinstance(result, Failure):
                 waiter.errback(result)
@@ -217,13 +236,14 @@ class CachedStore:
             return succeed(found)
         self.misses += len(missing)
         generation = self._generation
+        started_at = self.store.revision
 
         def fill(fetched: Dict[str, Entry]) -> Dict[str, Entry]:
             # Fill only if nothing changed meanwhile: the batch read may
             # predate the change.
             if self._generation == generation:
                 for key in missing:
-                    self._store(key, fetched.get(key, ABSENT))
+                    self._store(key, fetched.get(key) or Absent(started_at))
             found.update(fetched)
             return found
 
