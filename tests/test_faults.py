@@ -1,0 +1,450 @@
+"""
+Fault behaviour of the real C{twistd kvcache} (SPEC 7; issue 5, Fault
+behaviour).
+
+A damaged, truncated or unreadable data file, a write-ahead log deleted
+after a crash, and a data directory that cannot be one each make startup
+fail with a one-line message and a non-zero exit: the server never starts
+listening, never serves an empty store, never answers a garbled value, and
+leaves the damaged file as it found it. Where kvcache does not yet refuse
+at startup, the gap is pinned with C{xfail(strict=True)} next to a test of
+what does hold (no garbled value is ever served).
+
+Last, the durability order is shown under C{strace} (skipped when strace
+is missing or cannot trace): for every acknowledged commit, the sync of the
+write-ahead log comes after its last write and before the first byte of
+the answer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.e2e import ServerProcess, connect, http_request, temp_dir
+
+DATA_FILE = "kvcache.sqlite3"
+KEYS = 300
+#: Seconds a start that must fail is given to exit.
+EXIT_TIMEOUT = 30.0
+
+
+def pairs() -> Dict[str, str]:
+    """The keys and values every damaged store starts with."""
+    return {"key%03d" % i: ("value-%03d-" % i) * 10 for i in range(KEYS)}
+
+
+class FaultTestCase(SynchronousTestCase):
+    """Copy a pristine store, damage it, and start a server on it."""
+
+    #: Pristine data directories, made once per run: C{"terminate"} (a
+    #: clean stop) and C{"kill"} (kill -9 after the commit).
+    _pristine: Dict[str, str] = {}
+
+    @classmethod
+    def pristine(cls, stop: str) -> str:
+        """The data directory of a store holding L{pairs}, stopped by C{stop}."""
+        found = FaultTestCase._pristine.get(stop)
+        if found is not None:
+            return found
+        base = tempfile.mkdtemp(prefix="kvtwist-faults-pristine-")
+        server = ServerProcess(os.path.join(base, "data"), log_dir=base)
+        try:
+            server.start()
+            status, _, _ = http_request(server.url, "POST", "/set", json.dumps(pairs()).encode())
+            assert status in (200, 201), status
+            assert http_request(server.url, "POST", "/commit")[0] == 204
+            if stop == "kill":
+                server.kill()
+            else:
+                assert server.terminate() == 0, server.log_text()
+        finally:
+            server.stop()
+        FaultTestCase._pristine[stop] = server.data_dir
+        atexit.register(shutil.rmtree, base, True)
+        return server.data_dir
+
+    def make_store(self, stop: str = "terminate") -> ServerProcess:
+        """
+        A server (not started) on a fresh copy of a store holding L{pairs},
+        committed and then stopped (SIGTERM, or kill -9 with C{stop="kill"}).
+        """
+        base = temp_dir(self, "faults")
+        data = os.path.join(base, "data")
+        shutil.copytree(self.pristine(stop), data)
+        server = ServerProcess(data, log_dir=base)
+        self.addCleanup(server.stop)
+        return server
+
+    def data_file(self, server: ServerProcess) -> str:
+        return os.path.join(server.data_dir, DATA_FILE)
+
+    def outcome(self, server: ServerProcess) -> Optional[int]:
+        """
+        Launch C{server} and return its exit status, or None as soon as it
+        serves (bounded by L{EXIT_TIMEOUT}).
+        """
+        server.launch()
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        for _ in range(int(EXIT_TIMEOUT / 0.05) + 1):
+            code = server.process.poll()
+            if code is not None:
+                server.wait()
+                return code
+            if server._logged_listening() and server._answers():
+                return None
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        server.kill()
+        self.fail("the server neither exited nor served:\n" + server.log_text()[-2000:])
+
+    def assertRefused(self, server: ServerProcess, *needles: str) -> str:
+        """
+        Starting C{server} fails: non-zero exit, a one-line "cannot start"
+        message (holding every needle), no traceback, never listening, and
+        the data file (if any) unchanged.
+        """
+        path = self.data_file(server)
+        before = _read(path)
+        code = self.outcome(server)
+        log = server.log_text()
+        if code is None:
+            server.kill()
+            self.fail("the damaged store was served:\n" + log[-2000:])
+        self.assertNotEqual(code, 0, log)
+        self.assertIn("kvcache: cannot start", log)
+        for needle in needles:
+            self.assertIn(needle, log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn(" starting on ", log)
+        self.assertEqual(_read(path), before, "startup changed the damaged file")
+        return log
+
+    def assertNeverGarbled(self, server: ServerProcess) -> None:
+        """
+        If C{server} starts at all, every key reads as its exact value or
+        as an error: never as anything else, never as absent.
+        """
+        if self.outcome(server) is not None:
+            return  # refused: nothing can be served
+        expected = pairs()
+        connection = connect(server.url)
+        try:
+            for key, value in expected.items():
+                status, _, body = http_request(server.url, "GET", "/" + key, connection=connection)
+                if status == 200:
+                    self.assertEqual(json.loads(body), value, key)
+                else:
+                    self.assertGreaterEqual(status, 500, (key, status, body[:200]))
+        finally:
+            connection.close()
+            server.kill()
+
+
+def _read(path: str) -> Optional[bytes]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+#: What kvcache does not check at startup yet (kvtwist/store, see the
+#: issue 5 report): SQLite's quick_check walks the b-trees but reads no
+#: payload and accepts a file cut inside its last page or cut to nothing.
+STARTUP_GAP = (
+    "check_data_dir runs only PRAGMA quick_check: a flipped byte inside a "
+    "value, a file cut inside its last page, or a file cut to 0 bytes (read "
+    "as a new store) start the server; the damaged key answers 500."
+)
+
+
+class DamagedFileTests(FaultTestCase):
+    """Truncations, flipped bytes and a lost write-ahead log."""
+
+    def test_truncated_to_half(self):
+        """A data file cut to half its pages is refused at startup."""
+        server = self.make_store()
+        path = self.data_file(server)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        self.assertRefused(server, DATA_FILE)
+
+    def test_truncated_to_first_page(self):
+        """A data file cut to its first page is refused at startup."""
+        server = self.make_store()
+        with open(self.data_file(server), "r+b") as f:
+            f.truncate(4096)
+        self.assertRefused(server, DATA_FILE)
+
+    def test_truncated_inside_header(self):
+        """A data file cut inside the SQLite header is refused at startup."""
+        server = self.make_store()
+        with open(self.data_file(server), "r+b") as f:
+            f.truncate(100)
+        self.assertRefused(server, DATA_FILE)
+
+    def test_flipped_bytes_in_pages(self):
+        """Flipped bytes in b-tree page headers are refused at startup."""
+        server = self.make_store()
+        path = self.data_file(server)
+        with open(path, "r+b") as f:
+            for offset in (4096, 4097, 4099, 8192 + 3):
+                f.seek(offset)
+                byte = f.read(1)
+                f.seek(offset)
+                f.write(bytes([byte[0] ^ 0xFF]))
+        self.assertRefused(server, DATA_FILE)
+
+    def test_deleted_wal_after_crash(self):
+        """
+        kill -9 leaves committed data in the write-ahead log; deleting it
+        then is refused at startup with a message about the log, never a
+        silent start on older data.
+        """
+        server = self.make_store(stop="kill")
+        wal = self.data_file(server) + "-wal"
+        self.assertTrue(os.path.exists(wal))
+        os.remove(wal)
+        self.assertRefused(server, "write-ahead log")
+
+    def test_flipped_byte_in_value_never_served(self):
+        """A flipped byte inside a value is never served: the key reads as an error, the others intact."""
+        server = self.make_store()
+        _flip_in_value(self.data_file(server))
+        self.assertNeverGarbled(server)
+
+    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
+    def test_flipped_byte_in_value_refused(self):
+        """A flipped byte inside a value is refused at startup."""
+        server = self.make_store()
+        _flip_in_value(self.data_file(server))
+        self.assertRefused(server, DATA_FILE)
+
+    def test_truncated_inside_last_page_never_served(self):
+        """A file cut inside its last page never serves a garbled value."""
+        server = self.make_store()
+        path = self.data_file(server)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 100)
+        self.assertNeverGarbled(server)
+
+    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
+    def test_truncated_inside_last_page_refused(self):
+        """A file cut inside its last page (not a whole number of pages) is refused at startup."""
+        server = self.make_store()
+        path = self.data_file(server)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 100)
+        self.assertRefused(server, DATA_FILE)
+
+    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
+    def test_truncated_to_nothing_refused(self):
+        """A data file cut to 0 bytes is refused, not taken for a new, empty store."""
+        server = self.make_store()
+        with open(self.data_file(server), "r+b") as f:
+            f.truncate(0)
+        self.assertRefused(server, DATA_FILE)
+
+
+def _flip_in_value(path: str) -> None:
+    """Flip one bit inside the stored bytes of key005's value."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        offset = data.find(b"value-005-")
+        assert offset > 0, "value not found in the data file"
+        f.seek(offset + 3)
+        f.write(bytes([data[offset + 3] ^ 0x20]))
+
+
+class DataDirectoryTests(FaultTestCase):
+    """Data directories that cannot be used (these fail even for root)."""
+
+    def server_for(self, data_dir: str) -> ServerProcess:
+        server = ServerProcess(data_dir, log_dir=temp_dir(self, "faults-log"))
+        self.addCleanup(server.stop)
+        return server
+
+    def test_data_dir_is_a_file(self):
+        """A --data path that is a regular file is refused with its path."""
+        path = os.path.join(temp_dir(self), "data")
+        with open(path, "w") as f:
+            f.write("not a directory\n")
+        self.assertRefused(self.server_for(path), path)
+
+    def test_data_dir_under_a_file(self):
+        """A --data path below a regular file is refused."""
+        parent = os.path.join(temp_dir(self), "file")
+        with open(parent, "w") as f:
+            f.write("x")
+        self.assertRefused(self.server_for(os.path.join(parent, "data")), "Not a directory")
+
+    def test_data_file_is_a_directory(self):
+        """A data directory whose kvcache.sqlite3 is a directory is refused."""
+        data = os.path.join(temp_dir(self), "data")
+        os.makedirs(os.path.join(data, DATA_FILE), mode=0o700)
+        self.assertRefused(self.server_for(data), DATA_FILE)
+
+    def test_unreadable_data_file(self):
+        """A data file without permissions is refused (not meaningful as root, who ignores them)."""
+        if os.geteuid() == 0:
+            raise SkipTest("root reads files whatever their mode")
+        server = self.make_store()
+        os.chmod(self.data_file(server), 0)
+        self.addCleanup(os.chmod, self.data_file(server), 0o600)
+        self.assertRefused(server, DATA_FILE)
+
+
+# -- durability order under strace ----------------------------------------------
+
+#: The syscalls traced: SQLite writes its log with pwrite64, syncs it with
+#: fdatasync (fsync where that is missing); Twisted answers with send
+#: (sendto) or, for several buffers, sendmsg/writev/write.
+TRACED = "fdatasync,fsync,write,pwrite64,pwritev,sendto,sendmsg,writev"
+COMMITS = 5
+
+_LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<time>[\d:.]+)\s+(?P<rest>.*)$")
+_CALL = re.compile(r"^(?P<name>\w+)\((?P<fd>\d+)<(?P<path>[^>]*)>")
+_RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>")
+
+
+class StraceServer(ServerProcess):
+    """A kvcache run under C{strace -f}, writing the trace to C{trace_path}."""
+
+    trace_path = ""
+
+    def command(self, port: int) -> List[str]:
+        return [
+            "strace", "-f", "-tt", "-yy", "-s", "64",
+            "-e", "trace=" + TRACED,
+            "-o", self.trace_path,
+        ] + super().command(port)
+
+    def twistd_pid(self) -> Optional[int]:
+        """The traced twistd's pid (the child of strace)."""
+        assert self.process is not None
+        try:
+            with open("/proc/%d/task/%d/children" % (self.process.pid, self.process.pid)) as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+
+def parse_trace(text: str) -> List[Tuple[int, str, str, str, str]]:
+    """
+    The traced events in the order strace saw them: C{(index, kind, name,
+    path, text)} where C{kind} is C{start} or C{end}. A complete line is
+    both; an unfinished call starts at its line and ends at its
+    "resumed" line (found by pid and name).
+    """
+    events = []
+    open_calls: Dict[Tuple[str, str], Tuple[str, str]] = {}
+    for index, line in enumerate(text.splitlines()):
+        match = _LINE.match(line)
+        if match is None:
+            continue
+        pid, rest = match.group("pid"), match.group("rest")
+        resumed = _RESUMED.match(rest)
+        if resumed is not None:
+            name = resumed.group("name")
+            path, start_text = open_calls.pop((pid, name), ("", ""))
+            events.append((index, "end", name, path, start_text + rest))
+            continue
+        call = _CALL.match(rest)
+        if call is None:
+            continue
+        name, path = call.group("name"), call.group("path")
+        if rest.endswith("<unfinished ...>"):
+            open_calls[(pid, name)] = (path, rest)
+            events.append((index, "start", name, path, rest))
+        else:
+            events.append((index, "start", name, path, rest))
+            events.append((index, "end", name, path, rest))
+    return events
+
+
+class StraceDurabilityTests(SynchronousTestCase):
+    """The sync of an acknowledged commit, seen by the kernel."""
+
+    def test_sync_between_last_wal_write_and_answer(self):
+        """
+        For each of several acknowledged PUTs (each a commit), in the
+        kernel's order of events: the last write to the write-ahead log
+        before the answer is followed by a completed fdatasync/fsync of the
+        log, and that sync completes before the first byte of the 201 is
+        sent.
+        """
+        if shutil.which("strace") is None:
+            raise SkipTest("strace is not installed")
+        probe = subprocess.run(
+            ["strace", "-f", "-e", "trace=fsync", "true"], capture_output=True, text=True
+        )
+        if probe.returncode != 0:
+            raise SkipTest("strace cannot trace here: %s" % (probe.stderr.strip()[:200],))
+        base = temp_dir(self, "strace")
+        server = StraceServer(os.path.join(base, "data"), log_dir=base, start_timeout=60)
+        server.trace_path = os.path.join(base, "trace.txt")
+        self.addCleanup(server.stop)
+        server.start()
+
+        connection = connect(server.url, timeout=30)
+        try:
+            for i in range(COMMITS):
+                status, _, _ = http_request(
+                    server.url, "PUT", "/v1/kv/durable-%d" % i, b"marker-%d" % i, connection=connection
+                )
+                self.assertIn(status, (200, 201))
+        finally:
+            connection.close()
+        pid = server.twistd_pid()
+        if pid is not None:
+            os.kill(pid, 15)
+        server.wait(30)
+
+        with open(server.trace_path, encoding="utf-8", errors="replace") as f:
+            events = parse_trace(f.read())
+        wal = os.path.join(server.data_dir, DATA_FILE) + "-wal"
+        answers = [
+            index
+            for index, kind, name, path, text in events
+            if kind == "start"
+            and name in ("sendto", "sendmsg", "writev", "write")
+            and path.startswith("TCP:")
+            and "HTTP/1.1 201 " in text
+        ]
+        self.assertEqual(len(answers), COMMITS, "expected one 201 per PUT in the trace")
+        summary = []
+        for answer in answers:
+            writes = [
+                index
+                for index, kind, name, path, _ in events
+                if kind == "start" and name in ("pwrite64", "pwritev", "write") and path == wal and index < answer
+            ]
+            self.assertTrue(writes, "no write to the log before an acknowledged commit")
+            last_write = writes[-1]
+            syncs = [
+                index
+                for index, kind, name, path, _ in events
+                if kind == "end" and name in ("fdatasync", "fsync") and path == wal and last_write < index < answer
+            ]
+            self.assertTrue(
+                syncs,
+                "no completed sync of %s between its last write (trace event %d) and the answer (event %d)"
+                % (wal, last_write, answer),
+            )
+            summary.append((last_write, syncs[0], answer))
+        print(
+            "\nstrace: %d acknowledged commits; (last WAL write, WAL sync done, 201 sent) "
+            "trace events: %s" % (len(answers), summary)
+        )
