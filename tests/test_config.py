@@ -14,6 +14,7 @@ fail.
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 
 from twisted.application.internet import StreamServerEndpointService
@@ -612,3 +613,24 @@ class TwistdConfigErrorTests(FileMixin, SynchronousTestCase):
         self.assertIn(path, output)
         self.assertNotIn("Traceback", output)
         self.assertNotIn("starting on", output)
+
+
+class DocumentedConfigTests(FileMixin, SynchronousTestCase):
+    """The config files shown in the docs are valid."""
+
+    def toml_blocks(self, name: str) -> list:
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", name)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return re.findall(r"```toml\n(.*?)```", text, re.S)
+
+    def test_documented_files_parse(self):
+        """Every TOML example in the configuration docs and the README snippet parses, tokens included."""
+        checked = 0
+        for name in ("configuration.md", "production-snippet.md"):
+            for block in self.toml_blocks(name):
+                path = self.write("doc.toml", block)
+                options = parse(["--config", path])
+                self.assertEqual(len(options["tokens"]), 2, name)
+                checked += 1
+        self.assertEqual(checked, 2)
