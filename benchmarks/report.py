@@ -178,6 +178,20 @@ def _machine_section(results: dict) -> str:
     return "\n".join("- %s: %s" % (k, m.get(k)) for k in keys)
 
 
+def _busy_warning(m: dict) -> List[str]:
+    """A warning when other work had the cores: ratios then carry noise too."""
+    loads = [l[0] for l in (m.get("load_average_at_start"), m.get("load_average_at_end")) if l]
+    cores = m.get("cores") or 1
+    if not loads or max(loads) < cores / 2:
+        return []
+    return [
+        "**The machine was busy** (load average up to %.1f on %d cores, from other work): "
+        "interleaving spreads that over all targets, but single numbers and even ratios "
+        "are noisy; compare runs on a quiet machine before acting on a small difference." % (max(loads), cores),
+        "",
+    ]
+
+
 def markdown(results: dict, image: Optional[str], plot_note: Optional[str]) -> str:
     cfg = results["config"]
     skipped = results.get("skipped") or {}
@@ -194,6 +208,9 @@ def markdown(results: dict, image: Optional[str], plot_note: Optional[str]) -> s
            results["machine"].get("cores"), results["machine"].get("load_average_at_start"),
            results["machine"].get("load_average_at_end")),
         "",
+    ]
+    out += _busy_warning(results["machine"])
+    out += [
         "## SPEC §10 targets",
         "",
         checks_table(results["checks"]),

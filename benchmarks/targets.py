@@ -48,8 +48,12 @@ def twistd_argv() -> List[str]:
 
 
 def child_env() -> Dict[str, str]:
-    """The environment of our servers: the repo importable, output unbuffered."""
-    env = dict(os.environ)
+    """
+    The environment of our servers: the repo importable, and no
+    C{KVCACHE_*} settings, so kvcache runs with its defaults plus exactly the
+    arguments the report names.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVCACHE_")}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
