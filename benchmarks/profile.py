@@ -111,16 +111,17 @@ def summarise(path: str, top: int = 12) -> Dict[str, object]:
         if any(marker in frame for marker in PLUMBING):
             del inclusive[frame]
 
-    def rows(counter) -> List[Dict[str, object]]:
+    def rows(counter, count: int) -> List[Dict[str, object]]:
         return [
             {"frame": frame, "samples": n, "share": n / total if total else 0.0}
-            for frame, n in counter.most_common(top)
+            for frame, n in counter.most_common(count)
         ]
 
     return {
         "samples": total,
-        "self": rows(own),
-        "inclusive": rows(inclusive),
+        "self": rows(own, top),
+        # Deeper: the first inclusive rows are the HTTP dispatch chain.
+        "inclusive": rows(inclusive, 2 * top),
         "categories": {name: categories[name] / total if total else 0.0 for name in CATEGORIES},
         "self_by_package": {name: n / total for name, n in packages.most_common()} if total else {},
     }
