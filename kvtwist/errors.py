@@ -137,9 +137,11 @@ class StoreUnavailable(KVError):
     code = "store-unavailable"
 
 
-class StoreCorrupt(Exception):
+class StoreCorrupt(KVError):
     """
     The data on disk is damaged or is not a kvtwist store. Raised at startup
-    (or on a read that finds a damaged record); never answered as an empty
-    store.
+    (which then fails), or by a read that finds a damaged record (answered
+    503, never with the garbled value, never as an empty store).
     """
+
+    code = "store-corrupt"

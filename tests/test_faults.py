@@ -6,9 +6,9 @@ A damaged, truncated or unreadable data file, a write-ahead log deleted
 after a crash, and a data directory that cannot be one each make startup
 fail with a one-line message and a non-zero exit: the server never starts
 listening, never serves an empty store, never answers a garbled value, and
-leaves the damaged file as it found it. Where kvcache does not yet refuse
-at startup, the gap is pinned with C{xfail(strict=True)} next to a test of
-what does hold (no garbled value is ever served).
+leaves the damaged file as it found it. Where a damage could slip past the
+startup check, a second test pins what must hold anyway: no garbled value
+is ever served.
 
 Last, the durability order is shown under C{strace} (skipped when strace
 is missing or cannot trace): for every acknowledged commit, the sync of the
@@ -28,7 +28,6 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
-import pytest
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests.e2e import ServerProcess, connect, http_request, temp_dir
@@ -159,16 +158,6 @@ def _read(path: str) -> Optional[bytes]:
         return f.read()
 
 
-#: What kvcache does not check at startup yet (kvtwist/store, see the
-#: issue 5 report): SQLite's quick_check walks the b-trees but reads no
-#: payload and accepts a file cut inside its last page or cut to nothing.
-STARTUP_GAP = (
-    "check_data_dir runs only PRAGMA quick_check: a flipped byte inside a "
-    "value, a file cut inside its last page, or a file cut to 0 bytes (read "
-    "as a new store) start the server; the damaged key answers 500."
-)
-
-
 class DamagedFileTests(FaultTestCase):
     """Truncations, flipped bytes and a lost write-ahead log."""
 
@@ -224,7 +213,6 @@ class DamagedFileTests(FaultTestCase):
         _flip_in_value(self.data_file(server))
         self.assertNeverGarbled(server)
 
-    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
     def test_flipped_byte_in_value_refused(self):
         """A flipped byte inside a value is refused at startup."""
         server = self.make_store()
@@ -239,7 +227,6 @@ class DamagedFileTests(FaultTestCase):
             f.truncate(os.path.getsize(path) - 100)
         self.assertNeverGarbled(server)
 
-    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
     def test_truncated_inside_last_page_refused(self):
         """A file cut inside its last page (not a whole number of pages) is refused at startup."""
         server = self.make_store()
@@ -248,7 +235,6 @@ class DamagedFileTests(FaultTestCase):
             f.truncate(os.path.getsize(path) - 100)
         self.assertRefused(server, DATA_FILE)
 
-    @pytest.mark.xfail(reason=STARTUP_GAP, strict=True)
     def test_truncated_to_nothing_refused(self):
         """A data file cut to 0 bytes is refused, not taken for a new, empty store."""
         server = self.make_store()

@@ -77,6 +77,26 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
             mode = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
             self.assertEqual(mode, 0o600, name)
 
+    def test_empty_file_refused(self):
+        """A data file cut to nothing is refused, not taken for a new store."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.close())
+        with open(os.path.join(directory, DATA_FILE), "r+b") as f:
+            f.truncate(0)
+        error = self.assertRaises(StoreCorrupt, check_data_dir, directory)
+        self.assertIn("is empty", str(error))
+
+    def test_partial_page_refused(self):
+        """A data file that is not a whole number of pages is refused."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.successResultOf(store.close())
+        with open(os.path.join(directory, DATA_FILE), "ab") as f:
+            f.write(b"x" * 100)
+        error = self.assertRaises(StoreCorrupt, check_data_dir, directory)
+        self.assertIn("truncated", str(error))
+
     def test_garbage_file_refused(self):
         """A data file that is not SQLite stops the open with StoreCorrupt."""
         directory = os.path.join(self.mktemp(), "data")
@@ -115,9 +135,13 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
             pickle.dumps((b"garbled!", "application/octet-stream", 1, 1, 1, None), 4),
             b"k/a",
         )
-        again = self.open_store(directory)
-        failure = self.failureResultOf(again.get("a"))
-        failure.trap(StoreCorrupt)
+        error = self.assertRaises(StoreCorrupt, check_data_dir, directory)
+        self.assertIn("checksum", str(error))
+        # Past the startup check (if the damage came later), reads refuse it.
+        again = ShelveStore(directory, self.reactor, InlineThreadPool(), check_integrity=False)
+        self.successResultOf(again.open())
+        self.addCleanup(again.close)
+        self.failureResultOf(again.get("a")).trap(StoreCorrupt)
 
     def test_pickled_objects_refused(self):
         """A record that would unpickle a class is refused."""
@@ -134,7 +158,9 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
             payload,
             zlib.crc32(payload, zlib.crc32(b"k/evil")),
         )
-        again = self.open_store(directory)
+        again = ShelveStore(directory, self.reactor, InlineThreadPool(), check_integrity=False)
+        self.successResultOf(again.open())
+        self.addCleanup(again.close)
         self.failureResultOf(again.get("evil")).trap(StoreCorrupt)
 
     def test_missing_wal_after_crash_refused(self):

@@ -20,6 +20,7 @@ from kvtwist.errors import (
     KVError,
     LimitExceeded,
     PreconditionFailed,
+    StoreCorrupt,
     StoreUnavailable,
     TransactionNotFound,
 )
@@ -74,7 +75,7 @@ def status_for(error: KVError) -> int:
         return 410
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
-    if isinstance(error, StoreUnavailable):
+    if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400
 
