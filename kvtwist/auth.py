@@ -36,11 +36,17 @@ class Token:
     write: Tuple[str, ...] = ()
     ops: bool = False
 
+    def __post_init__(self) -> None:
+        # Prefix tuples are matched with one str.startswith call (C, no
+        # generator); "" (every key) short-cuts it on the GET hot path.
+        object.__setattr__(self, "_read_all", "" in self.read)
+        object.__setattr__(self, "_write_all", "" in self.write)
+
     def may_read(self, key: str) -> bool:
-        return any(key.startswith(prefix) for prefix in self.read)
+        return self._read_all or key.startswith(self.read)  # type: ignore[attr-defined]
 
     def may_write(self, key: str) -> bool:
-        return any(key.startswith(prefix) for prefix in self.write)
+        return self._write_all or key.startswith(self.write)  # type: ignore[attr-defined]
 
 
 #: The principal of every request when auth is off.

@@ -66,7 +66,8 @@ class GracefulSignals(Service):
 
 class StoreService(Service):
     """
-    Runs C{store} on C{threadpool} for as long as the service runs.
+    Runs C{store} on C{threadpool} for as long as the service runs (a store
+    that needs no thread, like etcd's, passes C{None}).
 
     If the store cannot be opened the process stops with exit status 1: a
     kvcache that cannot read its data must not serve an empty store.
@@ -82,7 +83,8 @@ class StoreService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.threadpool.start()
+        if self.threadpool is not None:
+            self.threadpool.start()
         d = self.store.open()
         d.addCallbacks(self.ready.callback, self._cannot_open)
 
@@ -99,7 +101,8 @@ class StoreService(Service):
         d = self.store.close()
 
         def stop_pool(result: object) -> object:
-            self.threadpool.stop()
+            if self.threadpool is not None:
+                self.threadpool.stop()
             return result
 
         return d.addBoth(stop_pool)
