@@ -166,6 +166,26 @@ def endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def store_spec(value: Any) -> str:
+    """
+    C{shelve} (the embedded store in --data) or C{etcd://HOST:PORT[,...]}
+    (several kvcache nodes on one etcd cluster).
+    """
+    spec = text(value)
+    if spec == "shelve":
+        return spec
+    if spec.startswith("etcd://") and all(
+        part.strip() and ":" in part for part in spec[len("etcd://"):].split(",")
+    ):
+        return spec
+    raise ValueError("expected shelve or etcd://HOST:PORT[,HOST:PORT...]")
+
+
+def etcd_endpoints(spec: str) -> List[str]:
+    """The etcd client URLs named by an C{etcd://...} store spec."""
+    return ["http://" + part.strip() for part in spec[len("etcd://"):].split(",")]
+
+
 def choice(*choices: str) -> Callable[[Any], str]:
     """One of C{choices}."""
 
@@ -233,6 +253,14 @@ SETTINGS: Tuple[Setting, ...] = (
         "ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH); replaces --port/--host.",
     ),
     Setting("data", text, "./kvcache-data", "Directory of the durable store.", short="d"),
+    Setting(
+        "store",
+        store_spec,
+        "shelve",
+        "shelve (the embedded store in --data) or etcd://HOST:PORT[,HOST:PORT...].",
+    ),
+    Setting("etcd-prefix", text, "/kvtwist/", "Key prefix of this kvcache's data in etcd."),
+    Setting("ui", choice("on", "off"), "on", "Serve the admin page at /ui/: on or off."),
     Setting("token-file", text, None, "TOML file of [tokens.NAME] tables (never tokens on argv)."),
     Setting(
         "allow-open",

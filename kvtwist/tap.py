@@ -19,18 +19,28 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from kvtwist.auth import Authorizer
-from kvtwist.config import CLI, SETTINGS, Config, ConfigError, resolve, secret_files
+from kvtwist.config import (
+    CLI,
+    SETTINGS,
+    Config,
+    ConfigError,
+    etcd_endpoints,
+    resolve,
+    secret_files,
+)
 from kvtwist.errors import StoreCorrupt
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
+from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
 from kvtwist.web.ops import ops_children
 from kvtwist.web.root import make_root
+from kvtwist.web.ui import make_ui_resource
 from kvtwist.web.v1.watch import WatcherCount
 
 log = Logger()
@@ -141,6 +151,38 @@ class Options(usage.Options):
         return list(self["endpoints"])
 
 
+def open_backing_store(config: Config, reactor, metrics: Metrics):
+    """
+    The store C{--store} names, and the thread pool it needs (None for etcd).
+
+    For shelve, the data directory is opened and checked here, before the
+    reactor and the store thread start, so a damaged store ends startup with
+    a message and a non-zero exit instead of serving an empty store.
+    """
+    spec = config["store"]
+    if spec.startswith("etcd://"):
+        # Several nodes share the cluster; transactions and the seed's queue
+        # stay on the node that holds them (docs/scale-out.md).
+        return EtcdStore(etcd_endpoints(spec), reactor, prefix=config["etcd-prefix"]), None
+    try:
+        check_data_dir(config["data"])
+    except StoreCorrupt as e:
+        raise SystemExit("kvcache: cannot start: %s" % (e,))
+    pool = store_thread_pool()
+    # The preflight above has just run the integrity check.
+    shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
+    shelf.sync_observer = metrics.observe_sync
+    return shelf, pool
+
+
+def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, Any]:
+    """The top-level routes beyond the API: operations, and the admin page."""
+    extras = dict(ops_children(store, metrics, reactor))
+    if config["ui"] == "on":
+        extras[b"ui"] = make_ui_resource()
+    return extras
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     """
     Build kvcache: the store Service first (so it stops last, after the
@@ -162,18 +204,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
             "{path} holds tokens and is readable by other users; chmod 600 it",
             path=path,
         )
-    try:
-        check_data_dir(config["data"])
-    except StoreCorrupt as e:
-        raise SystemExit("kvcache: cannot start: %s" % (e,))
     limits = config.limits
     metrics = Metrics()
-    pool = store_thread_pool()
-    # The preflight above has just run SQLite's integrity check.
-    shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
-    shelf.sync_observer = metrics.observe_sync
+    backing, pool = open_backing_store(config, reactor, metrics)
     # Commits are timed under the cache, so cached reads pass no wrapper.
-    store = CachedStore(TimedStore(shelf, metrics, reactor), limits.cache_bytes)
+    store = CachedStore(TimedStore(backing, metrics, reactor), limits.cache_bytes)
     transactions = TransactionManager(reactor, limits)
     hub = ChangeHub(store, limits.watch_history)
     watchers = WatcherCount(limits.max_watchers)
@@ -192,7 +227,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         hub=hub,
         authorizer=Authorizer(config.tokens),
         watchers=watchers,
-        extra_children=ops_children(store, metrics, reactor),
+        extra_children=web_extras(config, store, metrics, reactor),
     )
     site = KVSite(
         root,

@@ -42,6 +42,9 @@ DEFAULTS = {
     "host": "127.0.0.1",
     "listen": (),
     "data": "./kvcache-data",
+    "store": "shelve",
+    "etcd-prefix": "/kvtwist/",
+    "ui": "on",
     "token-file": None,
     "allow-open": False,
     "access-log": "clf",
@@ -634,3 +637,22 @@ class DocumentedConfigTests(FileMixin, SynchronousTestCase):
                 self.assertEqual(len(options["tokens"]), 2, name)
                 checked += 1
         self.assertEqual(checked, 2)
+
+
+class StoreOptionTests(SynchronousTestCase):
+    """--store names the embedded store or an etcd cluster."""
+
+    def test_etcd_store(self):
+        """An etcd:// spec with its endpoints is accepted and split into URLs."""
+        from kvtwist.config import etcd_endpoints
+
+        self.assertEqual(parse(["--store", "etcd://127.0.0.1:2379,127.0.0.1:22379"])["store"],
+                         "etcd://127.0.0.1:2379,127.0.0.1:22379")
+        self.assertEqual(etcd_endpoints("etcd://h1:2379, h2:2379"),
+                         ["http://h1:2379", "http://h2:2379"])
+
+    def test_bad_store(self):
+        """Anything but shelve or etcd://HOST:PORT stops with a usage error naming it."""
+        for spec in ("redis://x", "etcd://", "etcd://nohost"):
+            error = self.assertRaises(usage.UsageError, parse, ["--store", spec])
+            self.assertIn("store", str(error))
