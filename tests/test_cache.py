@@ -4,7 +4,7 @@ reactor thread, and no read is ever staler than the last acknowledged
 commit, nor sees a staged write.
 """
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 

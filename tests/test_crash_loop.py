@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
 from urllib.parse import quote
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e import ServerProcess, connect, http_request, temp_dir

@@ -15,7 +15,6 @@ import signal
 import socket
 import sqlite3
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase

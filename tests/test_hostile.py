@@ -29,7 +29,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 

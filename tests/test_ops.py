@@ -16,7 +16,7 @@ from typing import Dict, Optional
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,7 +24,7 @@ from kvtwist.auth import Authorizer, Token
 from kvtwist.errors import ConflictError
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics, RequestStats, TimedStore
-from kvtwist.model import Check, CheckFailure, Put
+from kvtwist.model import Check, Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.testing import MemoryStore
 from kvtwist.web.ops import ops_children

@@ -11,7 +11,6 @@ import stat
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist.errors import ConflictError, StoreCorrupt

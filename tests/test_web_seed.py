@@ -7,7 +7,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.errors import StoreUnavailable
 from kvtwist.limits import Limits
-from kvtwist.model import Put
 from kvtwist.testing import MemoryStore, memory_root
 from tests.webtest import TreeClient
 

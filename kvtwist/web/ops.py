@@ -27,8 +27,7 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import KVError
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.metrics import CONTENT_TYPE, Metrics
-from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
-from kvtwist.web.resource import KVResource, Response, json_response, problem_response
+from kvtwist.web.resource import Answers405, Response, json_response, problem_response
 
 log = Logger()
 
@@ -37,23 +36,8 @@ log = Logger()
 READY_TIMEOUT = 5.0
 
 
-class OpsResource(KVResource):
+class OpsResource(Answers405):
     """Base of the operations endpoints: GET and HEAD only, 405 otherwise."""
-
-    def method_not_allowed(self, request: Request) -> Response:
-        allowed = ", ".join(self.allowed_methods())
-        response = Response(
-            405,
-            problem_body(
-                405,
-                "method-not-allowed",
-                "%s is not allowed here; allowed: %s"
-                % (request.method.decode("ascii", "replace"), allowed),
-            ),
-            PROBLEM_CONTENT_TYPE,
-        )
-        response.headers[b"allow"] = allowed.encode("ascii")
-        return response
 
     def decorate(self, response: Response) -> Response:
         # Probes and scrapers must never see a cached answer.

@@ -198,6 +198,28 @@ def not_found_response() -> Response:
     return Response(404, not_found_body(), PROBLEM_CONTENT_TYPE)
 
 
+class Answers405(KVResource):
+    """
+    A resource that answers an unsupported method with 405 and C{Allow}
+    (the v1 API's rule, also the operations endpoints' and the UI's),
+    rather than the seed's 404.
+    """
+
+    def method_not_allowed(self, request: Request) -> Response:
+        allowed = ", ".join(self.allowed_methods())
+        return Response(
+            405,
+            problem_body(
+                405,
+                "method-not-allowed",
+                "%s is not allowed here; allowed: %s"
+                % (request.method.decode("ascii", "replace"), allowed),
+            ),
+            PROBLEM_CONTENT_TYPE,
+            {b"allow": allowed.encode("ascii")},
+        )
+
+
 class NotFound(KVResource):
     """Answers 404 to everything below and at it."""
 

@@ -32,8 +32,7 @@ from typing import Dict, Mapping, Optional
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
-from kvtwist.web.resource import KVResource, Response, not_found_response, write_response
+from kvtwist.web.resource import Answers405, Response, not_found_response, write_response
 
 __all__ = ["CONTENT_SECURITY_POLICY", "load_assets", "make_ui_resource", "UIResource", "StaticFile"]
 
@@ -111,7 +110,7 @@ def _matches(if_none_match: Optional[bytes], tag: bytes) -> bool:
     return b"*" in tags or tag in tags or b"W/" + tag in tags
 
 
-class UIPart(KVResource):
+class UIPart(Answers405):
     """
     Base of the UI tree: security headers on every answer, and 405 with
     C{Allow} for methods other than GET and HEAD (these are plain web
@@ -124,20 +123,6 @@ class UIPart(KVResource):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
-
-    def method_not_allowed(self, request: Request) -> Response:
-        allowed = ", ".join(self.allowed_methods())
-        return Response(
-            405,
-            problem_body(
-                405,
-                "method-not-allowed",
-                "%s is not allowed here; allowed: %s"
-                % (request.method.decode("ascii", "replace"), allowed),
-            ),
-            PROBLEM_CONTENT_TYPE,
-            {b"allow": allowed.encode("ascii")},
-        )
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return UI_NOT_FOUND

@@ -23,8 +23,7 @@ from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
 from kvtwist.transactions import TransactionManager
-from kvtwist.web.problems import PROBLEM_CONTENT_TYPE, problem_body
-from kvtwist.web.resource import KVResource, Response, etag, not_found_response
+from kvtwist.web.resource import Answers405, Response, etag, not_found_response
 
 if TYPE_CHECKING:
     from kvtwist.events import ChangeHub
@@ -70,7 +69,7 @@ def owner_of(request: Request) -> Optional[str]:
     return principal_of(request).name
 
 
-class V1Resource(KVResource):
+class V1Resource(Answers405):
     """Base of the v1 tree: 405 + Allow, KV-Revision everywhere."""
 
     def __init__(self, context: V1Context) -> None:
@@ -79,21 +78,6 @@ class V1Resource(KVResource):
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return V1NotFound(self.context)
-
-    def method_not_allowed(self, request: Request) -> Response:
-        allowed = ", ".join(self.allowed_methods())
-        response = Response(
-            405,
-            problem_body(
-                405,
-                "method-not-allowed",
-                "%s is not allowed here; allowed: %s"
-                % (request.method.decode("ascii", "replace"), allowed),
-            ),
-            PROBLEM_CONTENT_TYPE,
-        )
-        response.headers[b"allow"] = allowed.encode("ascii")
-        return response
 
     def decorate(self, response: Response) -> Response:
         response.headers[b"kv-revision"] = b"%d" % (self.context.store.revision,)

@@ -19,7 +19,7 @@ from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError, KeyNotFound
-from kvtwist.model import Delete, Put
+from kvtwist.model import Put
 from kvtwist.operations import read, stage_deletes, stage_pairs, stage_put
 from kvtwist.strictjson import decode_key, parse
 from kvtwist.transactions import Transaction

@@ -10,7 +10,6 @@ away (C{notifyFinish}).
 from __future__ import annotations
 
 import json
-import random
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail
@@ -244,7 +243,8 @@ class Watch(V1Resource):
             if self.context.watchers.active >= self.context.watchers.limit:
                 self.context.watchers.admit()  # raises the 429
         except KVError as error:
-            return self.respond(request, lambda request: fail(error))
+            refusal = fail(error)
+            return self.respond(request, lambda request: refusal)
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
