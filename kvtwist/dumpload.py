@@ -111,6 +111,8 @@ FIRST_PAUSE = 0.1
 CHECKPOINT_FORMAT = "kvtwist-load-checkpoint/1"
 #: A dump to stdout is held in memory up to this size, then in a temp file.
 SPOOL_BYTES = 16 * 1024 * 1024
+#: Seconds each request of the commands may take without C{--timeout}.
+DEFAULT_REQUEST_TIMEOUT = 60.0
 
 
 class DumpFormatError(ValueError):
@@ -800,8 +802,7 @@ def add_dump_load_commands(
     @param subparsers: the result of C{parser.add_subparsers()}.
     @param command: the CLI's own subcommand factory, C{command(name, help,
         epilog)} returning the new subparser (so the subcommands get its
-        hidden global options and output streams); plain
-        C{subparsers.add_parser} without it.
+        hidden global options); plain C{subparsers.add_parser} without it.
     """
 
     def make(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
@@ -822,7 +823,6 @@ def add_dump_load_commands(
                      metavar="N", help="keys per listing request (default: %(default)s)")
     sub.add_argument("--attempts", type=_positive_int, default=DEFAULT_ATTEMPTS, metavar="N",
                      help="listings to try while the store keeps changing (default: %(default)s)")
-    sub.set_defaults(dumpload_streams=_parser_streams(sub))
 
     sub = make("load", LOAD_HELP, LOAD_EPILOG)
     sub.add_argument("file", metavar="FILE", nargs="?", default="-",
@@ -844,16 +844,12 @@ def add_dump_load_commands(
                           help="always show the progress bar")
     progress.add_argument("--no-progress", action="store_false", dest="progress",
                           help="never show it")
-    sub.set_defaults(dumpload_streams=_parser_streams(sub))
 
 
-def _parser_streams(parser: Any) -> Tuple[Optional[TextIO], Optional[TextIO]]:
-    """The output streams the CLI gave its parser (L{None}: sys's)."""
-    return getattr(parser, "out", None), getattr(parser, "err", None)
-
-
-def _streams(args: argparse.Namespace) -> Tuple[TextIO, TextIO]:
-    out, err = getattr(args, "dumpload_streams", (None, None))
+def _streams(inv: Any) -> Tuple[TextIO, TextIO]:
+    """The invocation's output streams (C{sys}'s if it has none)."""
+    out = getattr(inv, "out", None)
+    err = getattr(inv, "err", None)
     return out if out is not None else sys.stdout, err if err is not None else sys.stderr
 
 
@@ -882,10 +878,14 @@ def _reactor(inv: Any) -> Any:
 
 def _client_for(inv: Any) -> Any:
     """
-    The invocation's client, with C{--timeout} applied to each request: a
-    dump or load may run much longer than any one request should.
+    The invocation's client, with C{--timeout} (default
+    L{DEFAULT_REQUEST_TIMEOUT}; 0: none) applied to each request: a dump or
+    load may run much longer than any one request should, so the command
+    as a whole has no timeout.
     """
-    timeout = getattr(inv.args, "timeout", 0) or 0
+    timeout = getattr(inv.args, "timeout", None)
+    if timeout is None:
+        timeout = DEFAULT_REQUEST_TIMEOUT
     return _Timed(inv.http, timeout, _reactor(inv)) if timeout else inv.http
 
 
@@ -906,7 +906,7 @@ def start_dump(inv: Any) -> Deferred:
     directory does not exist), then dumps.
     """
     args = inv.args
-    out, _ = _streams(args)
+    out, _ = _streams(inv)
     http = _client_for(inv)
     options = dict(prefix=args.prefix, page_size=args.page_size, attempts=args.attempts,
                    exact=args.exact, token=inv.token, clock=_reactor(inv))
@@ -999,7 +999,7 @@ def start_load(inv: Any) -> Deferred:
     from tqdm import tqdm
 
     args = inv.args
-    _, err = _streams(args)
+    _, err = _streams(inv)
     source, path = _open_source(inv)
     try:
         counts = scan(source)
@@ -1068,6 +1068,8 @@ class _Invocation:
     args: argparse.Namespace
     stdin: Optional[BinaryIO]
     reactor: Any = None
+    out: Optional[TextIO] = None
+    err: Optional[TextIO] = None
 
 
 async def _main(
@@ -1084,18 +1086,20 @@ async def _main(
     parser.add_argument("--url", default=None)
     parser.add_argument("--token", default=None)
     parser.add_argument("--output", "-o", choices=("json", "text"), default="json")
-    parser.add_argument("--timeout", type=float, default=cli.DEFAULT_TIMEOUT)
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per request; 0: none (default: %g)"
+                        % (DEFAULT_REQUEST_TIMEOUT,))
     add_dump_load_commands(parser.add_subparsers(dest="command", required=True))
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as e:
         return int(e.code or 0)
-    args.dumpload_streams = (out, err)
     start, show = COMMANDS[args.command]
     url = args.url or environ.get("KVTWIST_URL") or cli.DEFAULT_URL
     token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
     try:
-        d = start(_Invocation(http or cli.make_http(reactor), url, token, args, stdin, reactor))
+        d = start(_Invocation(http or cli.make_http(reactor), url, token, args, stdin, reactor,
+                              out, err))
     except (ValueError, TypeError) as e:
         err.write("kvtwist: %s\n" % (e,))
         return cli.EXIT_USAGE
@@ -1129,7 +1133,8 @@ def main(
 ) -> Deferred:
     """
     C{python -m kvtwist.dumpload [--url URL] [--token T] [--output json|text]
-    [--timeout S] dump|load ...}: the two commands on their own, with the
+    [--timeout S] dump|load ...}: the two commands on their own (C{--timeout}
+    bounds each request, not the whole run), with the
     exit codes of C{kvtwist} (0 ok, 1 error answer, 2 usage or bad input,
     3 cannot reach the server, 4 conflict). The shape L{react} expects.
     """

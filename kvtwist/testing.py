@@ -284,8 +284,9 @@ class KVCacheServer:
     Differences from C{twistd kvcache}: the store is a L{MemoryStore} by
     default; with C{data_dir} it is the on-disk shelve store, whose SQLite
     calls then run on the reactor thread (fine for tests, too slow for
-    production). There are no C{/healthz}-style operations routes unless
-    you pass them in C{extra_children}, and the access log is Twisted's.
+    production). C{/healthz} and C{/readyz} are there, C{/metrics} and the
+    admin page are not (add routes with C{extra_children}); there is no
+    access log, and auth is off unless you pass an C{authorizer}.
 
     @param store: serve this store (already open); the server never closes
         a store it was given. By default it makes its own L{MemoryStore}
@@ -381,6 +382,7 @@ class KVCacheServer:
         from kvtwist.sweeper import Sweeper
         from kvtwist.transactions import TransactionManager
         from kvtwist.web.http import KVSite
+        from kvtwist.web.ops import ops_children
         from kvtwist.web.root import make_root
 
         if self.store is None:
@@ -389,14 +391,22 @@ class KVCacheServer:
         # reactor, and stop() cancels them (a timer left pending would make
         # trial report an unclean reactor).
         self._transactions = TransactionManager(self._reactor, self.limits)
+        options = dict(self._root_options)
+        # /healthz and /readyz as twistd serves them (no /metrics: no
+        # registry here); routes the caller passes come on top.
+        children = ops_children(self.store, None, self._reactor)
+        children.update(options.pop("extra_children", None) or {})
         root = make_root(
             self.store,
             self.limits,
             clock=self._reactor,
             transactions=self._transactions,
-            **self._root_options,
+            extra_children=children,
+            **options,
         )
-        site = KVSite(root, max_body=self.limits.max_body)
+        # kvcache's own site: body cap, request deadline, idle timeout and
+        # connection cap as in production; no access log lines in tests.
+        site = KVSite(root, self.limits, access_log="off", reactor=self._reactor)
         site.protocol = _tracked_channel(site.protocol)
         site.kvtwist_connections = {}
         self._site = site

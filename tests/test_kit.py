@@ -154,6 +154,30 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(points, {("kvtwist", "kvtwist.pytest_plugin")})
 
 
+class DocsTests(SynchronousTestCase):
+    """docs/testing.md shows tested code and states the right counts."""
+
+    def setUp(self) -> None:
+        with open(os.path.join(REPO, "docs", "testing.md"), encoding="utf-8") as f:
+            self.text = f.read()
+
+    def test_examples_are_the_tested_ones(self) -> None:
+        """Every test function shown in the docs exists in tests/kit/."""
+        shown = set(re.findall(r"def (test_\w+)", self.text))
+        self.assertTrue(shown)
+        defined = set()
+        for name in ("trial_example.py", "test_pytest_example.py"):
+            with open(os.path.join(KIT, name), encoding="utf-8") as f:
+                defined.update(re.findall(r"def (test_\w+)", f.read()))
+        self.assertEqual(shown - defined, set())
+
+    def test_counts(self) -> None:
+        """The test counts the docs give are those of the example modules."""
+        for name in ("trial_example.py", "test_pytest_example.py"):
+            count = test_count(os.path.join(KIT, name))
+            self.assertIn("`tests/kit/%s` (%d tests)" % (name, count), self.text)
+
+
 class MemoryClientTests(SynchronousTestCase):
     """L{memory_client}: StubTreq over the whole tree and its store."""
 
@@ -276,6 +300,20 @@ class MixinTests(KVCacheServerMixin, TestCase):
         http = self.kvcache_client()
         await client.put(http, url, "k", b"v")
         self.assertEqual(self.kvcache.store.rows["k"].value, b"v")
+
+    async def test_ops_routes(self) -> None:
+        """/healthz and /readyz answer as on twistd kvcache (readyz checks the store)."""
+        url = self.start_kvcache()
+        http = self.kvcache_client()
+        for path in ("/healthz", "/readyz"):
+            response = await http.get(url + path)
+            await response.content()
+            self.assertEqual(response.code, 200, path)
+        self.kvcache.store.closed = True
+        response = await http.get(url + "/readyz")
+        await response.content()
+        self.assertEqual(response.code, 503)
+        self.kvcache.store.closed = False
 
     async def test_on_disk_temp_dir(self) -> None:
         """on_disk=True serves the shelve store from a temporary directory."""
