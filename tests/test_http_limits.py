@@ -242,6 +242,31 @@ class DeadlineTests(SiteTestCase):
         self.drip(channel, request, interval=0.25)
         self.assertEqual(statuses(transport.value()), [404, 404])
 
+    def test_deadline_counts_from_each_request_start(self):
+        """
+        A request that starts late in the deadline period of an earlier one
+        still gets its full deadline from its own first byte, no more.
+        """
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(9)
+        channel.dataReceived(b"GET /v1/kv/a HTTP/1.1\r\n")
+        self.clock.advance(9.9)
+        self.assertEqual(statuses(transport.value()), [404])
+        self.clock.advance(0.1)
+        self.assertEqual(statuses(transport.value()), [404, 408])
+
+    def test_one_timer_for_many_requests(self):
+        """Many quick requests on one connection leave at most one deadline timer pending."""
+        channel, transport = self.connect()
+        for _ in range(50):
+            channel.dataReceived(b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadlines = [call for call in self.clock.getDelayedCalls() if "_check_deadline" in repr(call.func)]
+        self.assertEqual(len(deadlines), 1)
+        self.clock.advance(10)
+        self.assertEqual(statuses(transport.value()), [404] * 50)
+        self.assertFalse(transport.disconnecting)
+
     def test_long_answer_not_cut(self):
         """The deadline ends when the request is whole: a 30 s long-poll is answered, not cut."""
         channel, transport = self.connect()

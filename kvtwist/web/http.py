@@ -133,6 +133,9 @@ class KVChannel(HTTPChannel):
 
     refused = False
     _deadline: Optional[IDelayedCall] = None
+    #: When the first byte of the request being received came, or None
+    #: between requests.
+    _request_started: Optional[float] = None
     _counted = False
 
     def connectionMade(self) -> None:
@@ -235,15 +238,40 @@ class KVChannel(HTTPChannel):
         )
 
     # -- the whole-request deadline -------------------------------------------
+    #
+    # One timer per connection, not one per request: a request only notes
+    # when its first byte came (_request_started) and when it is whole
+    # clears it. The timer, armed when a request starts and none is pending,
+    # checks on firing whether the request in progress (if any) is past its
+    # deadline, and re-arms itself for the rest of it if not. A kept-alive
+    # connection thus schedules at most one timer per deadline period
+    # instead of a schedule and a cancel per request (2 % of a cached GET).
+
+    def _start_request_clock(self) -> None:
+        self._request_started = self.site.reactor.seconds()
+        if self._deadline is None:
+            self._deadline = self.callLater(self.site.request_timeout, self._check_deadline)
 
     def _cancel_deadline(self) -> None:
+        self._request_started = None
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
 
-    def _request_timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self._deadline = None
+        started = self._request_started
+        if started is None or self.refused:
+            return
+        remaining = started + self.site.request_timeout - self.site.reactor.seconds()
+        if remaining > 1e-6:
+            # A request that began after the timer was armed.
+            self._deadline = self.callLater(remaining, self._check_deadline)
+            return
+        self._request_timed_out()
+
+    def _request_timed_out(self) -> None:
         limit = self.site.request_timeout
         self.refuse(
             408,
@@ -259,12 +287,10 @@ class KVChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
-        if self._deadline is None and not self._handlingRequest and data:
+        if self._request_started is None and not self._handlingRequest and data:
             # The first byte of a request: from now on it must be complete
             # within the deadline, however slowly the bytes trickle in.
-            self._deadline = self.callLater(
-                self.site.request_timeout, self._request_timed_out
-            )
+            self._start_request_clock()
         nested = self._busyReceiving
         super().dataReceived(data)
         if (
@@ -362,7 +388,9 @@ class KVChannel(HTTPChannel):
     def allContentReceived(self) -> None:
         if self.refused:
             return
-        self._cancel_deadline()
+        # Whole: the deadline no longer applies (the timer, if pending,
+        # finds no request in progress and lapses).
+        self._request_started = None
         super().allContentReceived()
 
     def _send100Continue(self) -> None:
