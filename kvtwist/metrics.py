@@ -26,7 +26,7 @@ Resource.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from prometheus_client import (
     CollectorRegistry,
@@ -97,13 +97,13 @@ class RequestStats:
 
     def __init__(self, buckets: Sequence[float] = REQUEST_BUCKETS) -> None:
         self._bounds = tuple(buckets)
-        self._counts: Dict[Tuple[str, str, int], int] = {}
+        self._counts: Dict[Tuple[str, Union[str, bytes], int], int] = {}
         # Per route: one count per bucket plus +Inf, and the sum.
         self._histograms: Dict[str, List[int]] = {}
         self._sums: Dict[str, float] = {}
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one finished request."""
+    def observe(self, route: str, method: Union[str, bytes], status: int, seconds: float) -> None:
+        """Count one finished request (C{method} as bytes is decoded only when collected)."""
         key = (route, method, status)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
@@ -121,7 +121,13 @@ class RequestStats:
             "HTTP requests answered, by route template, method and status.",
             labels=["route", "method", "status"],
         )
-        for (route, method, status), value in sorted(self._counts.items()):
+        merged: Dict[Tuple[str, str, int], int] = {}
+        for (route, method, status), value in self._counts.items():
+            if isinstance(method, bytes):
+                method = method.decode("ascii", "replace")
+            key = (route, method, status)
+            merged[key] = merged.get(key, 0) + value
+        for (route, method, status), value in sorted(merged.items()):
             requests.add_metric([route, method, str(status)], value)
         yield requests
         latency = HistogramMetricFamily(
@@ -287,7 +293,7 @@ class Metrics:
 
     def observe_request(self, route: str, method: bytes, status: int, seconds: float) -> None:
         """Count one answered request."""
-        self.requests.observe(route, method.decode("ascii", "replace"), status, seconds)
+        self.requests.observe(route, method, status, seconds)
 
     def reject(self, limit: str) -> None:
         """Count one request or connection refused by C{limit}."""
