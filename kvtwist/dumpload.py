@@ -61,7 +61,6 @@ import argparse
 import base64
 import binascii
 import hashlib
-import io
 import json
 import os
 import shutil

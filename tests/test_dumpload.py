@@ -8,7 +8,6 @@ with SIGKILL half way and resumed.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import os
 import select
 import subprocess
 import sys
 import time
 from types import ModuleType
-from typing import Any, List, Optional
+from typing import Any, List
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

@@ -43,13 +43,10 @@ KIT = os.path.join(HERE, "kit")
 RUN_TIMEOUT = 120
 
 
-def test_count(path: str) -> int:
+def count_tests(path: str) -> int:
     """How many test functions or methods a module defines."""
     with open(path, encoding="utf-8") as f:
         return len(re.findall(r"^\s*(?:async\s+)?def test_", f.read(), re.M))
-
-
-test_count.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 def clean_env(**extra: str) -> Dict[str, str]:
@@ -95,7 +92,7 @@ class RunnerTests(SynchronousTestCase):
 
     def assert_pytest_passed(self, result: subprocess.CompletedProcess) -> None:
         output = result.stdout + result.stderr
-        expected = test_count(os.path.join(KIT, "test_pytest_example.py"))
+        expected = count_tests(os.path.join(KIT, "test_pytest_example.py"))
         self.assertEqual(result.returncode, 0, output)
         summary = output.strip().splitlines()[-1]
         self.assertRegex(summary, r"\b%d passed\b" % (expected,), output)
@@ -117,7 +114,7 @@ class RunnerTests(SynchronousTestCase):
             env=clean_env(PYTHONPATH=REPO),
         )
         output = result.stdout + result.stderr
-        expected = test_count(os.path.join(KIT, "trial_example.py"))
+        expected = count_tests(os.path.join(KIT, "trial_example.py"))
         self.assertEqual(result.returncode, 0, output)
         self.assertIn("PASSED (successes=%d)" % (expected,), output)
         self.assertNotIn("DirtyReactor", output)
@@ -174,7 +171,7 @@ class DocsTests(SynchronousTestCase):
     def test_counts(self) -> None:
         """The test counts the docs give are those of the example modules."""
         for name in ("trial_example.py", "test_pytest_example.py"):
-            count = test_count(os.path.join(KIT, name))
+            count = count_tests(os.path.join(KIT, name))
             self.assertIn("`tests/kit/%s` (%d tests)" % (name, count), self.text)
 
 
