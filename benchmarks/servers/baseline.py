@@ -8,13 +8,16 @@ C{sync()}, which flushes to the OS but never fsyncs.
 
 It keeps http.server's defaults on purpose, because that is what the seed
 was: HTTP/1.0 (one connection per request), a listen backlog of 5, one new
-thread per connection, and an access-log line per request on stderr.
+thread per connection, and an access-log line per request on stderr. The
+shelf sits on C{dbm.dumb} explicitly, as the seed's did on Python 3.11
+(3.13's default, dbm.sqlite3, refuses use from the handler threads).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import dbm.dumb
 import shelve
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +32,7 @@ class SeedState:
 
     def __init__(self, path: str) -> None:
         self.lock = threading.Lock()
-        self.shelf = shelve.open(path)
+        self.shelf = shelve.Shelf(dbm.dumb.open(path, "c"))
         self.pending: Dict[str, object] = {}
 
 

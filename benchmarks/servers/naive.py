@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import dbm.dumb
 import shelve
 import threading
 from typing import List, Optional
@@ -32,7 +33,7 @@ class ShelfReader:
     """
 
     def __init__(self, path: str) -> None:
-        self._shelf = shelve.open(path)
+        self._shelf = shelve.Shelf(dbm.dumb.open(path, "c"))
         self._lock = threading.Lock()
 
     def put(self, key: str, value: object) -> None:
