@@ -338,6 +338,7 @@ class KVCacheServer:
         self._site: Any = None
         self._sweeper: Any = None
         self._transactions: Any = None
+        self._stopped = False
         self.port: Optional[int] = None
 
     @property
@@ -372,13 +373,17 @@ class KVCacheServer:
         """
         Open the store, listen on a free port of 127.0.0.1 and return the
         base URL. Synchronous: the server answers as soon as the reactor
-        runs.
+        runs. A server starts once; after L{stop}, make a new one (on the
+        same C{data_dir} to see the same data).
 
         @raise kvtwist.errors.StoreCorrupt: if C{data_dir} holds a damaged
             store.
         """
         if self._listening is not None:
             raise RuntimeError("the kvcache server is already running")
+        if self._stopped:
+            # Its own store is closed by now: a new server is the honest way.
+            raise RuntimeError("a stopped kvcache server cannot start again; make a new one")
         from kvtwist.sweeper import Sweeper
         from kvtwist.transactions import TransactionManager
         from kvtwist.web.http import KVSite
@@ -431,6 +436,7 @@ class KVCacheServer:
         listening, self._listening = self._listening, None
         if listening is None:
             return
+        self._stopped = True
         await listening.stopListening()
         connections = self._site.kvtwist_connections
         lost = list(connections.values())

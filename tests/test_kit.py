@@ -222,6 +222,14 @@ class ServerTests(TestCase):
         with self.assertRaises(RuntimeError):
             server.start()
 
+    async def test_no_restart(self) -> None:
+        """A stopped server refuses to start again (its own store is closed)."""
+        server = self.make_server()
+        server.start()
+        await server.stop()
+        with self.assertRaises(RuntimeError):
+            server.start()
+
     def test_loopback_only(self) -> None:
         """It listens on 127.0.0.1, on the port its URL names."""
         server = self.make_server()
