@@ -35,6 +35,7 @@ setup(
             "hypothesis>=6.100",
             "jsonschema>=4.17",
             "pyyaml>=6.0",
+            "openapi-spec-validator>=0.7",
             # The admin page's browser tests.
             "selenium>=4.15",
             # tests/test_packaging.py: build the sdist and wheel, check them.

@@ -172,7 +172,7 @@ from twisted.web.client import (
 )
 
 import kvtwist
-from kvtwist import client
+from kvtwist import client, dumpload
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
@@ -465,6 +465,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
                      help="the revision to wait past (0: wait for KEY to exist)")
     sub.add_argument("--wait", metavar="SECONDS", type=_wait_seconds,
                      help="hold at most this long (default: the server's, 60)")
+    dumpload.add_dump_load_commands(commands, command)
     return parser
 
 
@@ -980,6 +981,7 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "watch": (_start_watch, _show_nothing),
     "wait": (_start_wait, _show_waited),
 }
+_COMMANDS.update(dumpload.COMMANDS)
 
 #: A long-poll's wait when C{--wait} is not given: the server's default.
 DEFAULT_WAIT = 60.0
@@ -997,6 +999,8 @@ def _command_timeout(args: argparse.Namespace) -> float:
     if args.command == "wait":
         wait = DEFAULT_WAIT if args.wait is None else args.wait
         return wait * 17 / 16 + _WAIT_MARGIN
+    if args.command in dumpload.COMMANDS:
+        return 0.0  # dump and load bound each request, not the whole run
     return DEFAULT_TIMEOUT
 
 
