@@ -14,6 +14,7 @@ import signal
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -60,8 +61,11 @@ class GracefulSignals(Service):
         self._reactor.callFromThread(self._stop_once)
 
     def _stop_once(self) -> None:
-        if self._reactor.running:
+        # A second signal during shutdown finds the reactor already stopping.
+        try:
             self._reactor.stop()
+        except ReactorNotRunning:
+            pass
 
 
 class StoreService(Service):

@@ -6,6 +6,7 @@ place where domain errors become HTTP statuses.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Dict, Optional, Tuple
 
 from twisted.web.http import RESPONSES
@@ -31,11 +32,22 @@ PROBLEM_CONTENT_TYPE = b"application/problem+json"
 TYPE_BASE = "urn:kvtwist:error:"
 
 
+def _title(status: int) -> str:
+    """The reason phrase of C{status} (Twisted's table lacks some, like 431)."""
+    phrase = RESPONSES.get(status)
+    if phrase is not None:
+        return phrase.decode("ascii")
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def problem_body(status: int, code: str, detail: str, **extra: object) -> bytes:
     """The problem+json document for one error."""
     document: Dict[str, object] = {
         "type": TYPE_BASE + code,
-        "title": RESPONSES.get(status, b"Error").decode("ascii"),
+        "title": _title(status),
         "status": status,
         "detail": detail,
         "code": code,
