@@ -622,7 +622,7 @@ class DocumentedConfigTests(FileMixin, SynchronousTestCase):
     """The config files shown in the docs are valid."""
 
     def toml_blocks(self, name: str) -> list:
-        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", name)
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), name)
         with open(path, encoding="utf-8") as f:
             text = f.read()
         return re.findall(r"```toml\n(.*?)```", text, re.S)
@@ -630,7 +630,7 @@ class DocumentedConfigTests(FileMixin, SynchronousTestCase):
     def test_documented_files_parse(self):
         """Every TOML example in the configuration docs and the README snippet parses, tokens included."""
         checked = 0
-        for name in ("configuration.md", "production-snippet.md"):
+        for name in ("docs/configuration.md", "README.md"):
             for block in self.toml_blocks(name):
                 path = self.write("doc.toml", block)
                 options = parse(["--config", path])
