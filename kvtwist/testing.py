@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
@@ -179,8 +180,6 @@ class InlineThreadPool:
         try:
             result = func(*args, **kw)
         except BaseException:
-            from twisted.python.failure import Failure
-
             onResult(False, Failure())
         else:
             onResult(True, result)
@@ -358,8 +357,6 @@ class KVCacheServer:
             ShelveStore(self._data_dir, _ReactorThreadCalls(self._reactor), InlineThreadPool()),
             self.limits.cache_bytes,
         )
-        from twisted.python.failure import Failure
-
         opened: List[Any] = []
         store.open().addBoth(opened.append)
         # Inline threads: the open has finished (or failed) by now.
