@@ -1,9 +1,11 @@
 """
-The store contract every kvtwist store implements (memory, shelve, etcd).
+The contracts kvtwist's parts are written against: the store every backend
+implements (memory, shelve, etcd), and the transactions clients stage into
+(kept in node memory, or in etcd so that every node sees them).
 
-Resources and services depend on L{IKeyValueStore} only. Every method returns
-a L{Deferred}; its docstring says what the Deferred fires with and which
-L{kvtwist.errors} it fails with.
+Resources and services depend on these interfaces only. Every method that
+may wait returns a L{Deferred}; its docstring says what the Deferred fires
+with and which L{kvtwist.errors} it fails with.
 """
 
 from zope.interface import Attribute, Interface
@@ -128,3 +130,117 @@ class IKeyValueStore(Interface):
             usable.
         @raise kvtwist.errors.StoreUnavailable: otherwise.
         """
+
+
+class ITransactionView(Interface):
+    """
+    What a transaction holds at one moment: its staged ops, the revisions it
+    observed and the preconditions it recorded. Read-only; reactor thread.
+    """
+
+    isolated = Attribute(
+        "Whether observed revisions are recorded and checked at commit "
+        "(False for the seed's shared queue: last writer wins)."
+    )
+    observed = Attribute(
+        "C{{key: mod_revision}} at each key's first touch (0: absent)."
+    )
+    preconditions = Attribute(
+        "The L{kvtwist.model.Check}s clients sent with their writes, in order."
+    )
+
+    def __len__():
+        """The number of keys with a staged op."""
+
+    def staged(key):
+        """The L{kvtwist.model.Put} or L{kvtwist.model.Delete} staged for C{key}, or L{None}."""
+
+    def ops():
+        """The staged ops in commit order (one per key)."""
+
+
+class ITransaction(Interface):
+    """
+    One transaction: a client's own (isolated) or the seed's shared queue.
+    """
+
+    id = Attribute("The transaction's id (in URLs).")
+    owner = Attribute("The name of the token that began it, or L{None}.")
+    isolated = Attribute("See L{ITransactionView.isolated}.")
+
+    def view():
+        """
+        @return: a Deferred firing with the current L{ITransactionView}.
+        @raise kvtwist.errors.TransactionNotFound: if it ended meanwhile.
+        @raise kvtwist.errors.StoreUnavailable: if its state cannot be read.
+        """
+
+    def record(ops=(), observed=None, preconditions=()):
+        """
+        Stage C{ops}, keep the revisions in C{observed} for the keys touched
+        for the first time (only if isolated), and add C{preconditions}: all
+        of it or none of it.
+
+        @return: a Deferred firing with the L{ITransactionView} after it.
+        @raise kvtwist.errors.LimitExceeded: past a staging limit.
+        @raise kvtwist.errors.TransactionNotFound: if it ended meanwhile.
+        @raise kvtwist.errors.StoreUnavailable: if it cannot be recorded.
+        """
+
+    def commit(vet=None):
+        """
+        Commit everything staged, with a check per observed revision and
+        every precondition, atomically and durably; C{vet(ops)} is called
+        with the exact ops about to be committed and may raise to refuse.
+
+        @return: a Deferred firing with a L{kvtwist.model.CommitResult} once
+            the commit (and, for the shared queue, every earlier commit that
+            carried its writes) is durable.
+        @raise kvtwist.errors.ConflictError: a check failed; nothing applied.
+        @raise kvtwist.errors.StoreUnavailable: nothing applied, the staged
+            ops are still there to retry.
+        @raise kvtwist.errors.TransactionNotFound: if it ended meanwhile.
+        """
+
+
+class ITransactionManager(Interface):
+    """
+    The open transactions: begun, found by id and owner, ended; plus the
+    seed's shared queue.
+    """
+
+    timeout = Attribute("Seconds of idleness after which a transaction ends.")
+    queue = Attribute("The seed's shared, non-isolated L{ITransaction}.")
+
+    def __len__():
+        """Transactions this manager knows to be open (for the metrics gauge)."""
+
+    def begin(owner=None):
+        """
+        @return: a Deferred firing with a new L{ITransaction} of C{owner}.
+        @raise kvtwist.errors.LimitExceeded: (too many) past
+            C{max_open_transactions}.
+        @raise kvtwist.errors.StoreUnavailable: if it cannot be recorded.
+        """
+
+    def find(txn_id, owner=None):
+        """
+        The open transaction C{txn_id} of C{owner}; finding it counts as
+        activity (its idle timer starts again).
+
+        @return: a Deferred firing with the L{ITransaction}.
+        @raise kvtwist.errors.TransactionNotFound: unknown, ended, expired,
+            or someone else's (which is not revealed).
+        @raise kvtwist.errors.StoreUnavailable: if it cannot be looked up.
+        """
+
+    def finish(txn_id):
+        """
+        End C{txn_id} (committed, aborted or conflicted), dropping whatever
+        it still holds.
+
+        @return: a Deferred firing with L{None}.
+        """
+
+    def abort_all():
+        """Forget the transactions held in this process (at shutdown)."""

@@ -3,20 +3,20 @@ What clients do with a transaction, over a store: read through it, stage
 JSON pairs, stage deletes, stage one value with preconditions.
 
 The seed routes use these on the shared queue (a non-isolated
-L{Transaction}); the v1 transaction routes use them on a client's own
-transaction. One way to stage and commit, not two.
+transaction); the v1 transaction routes use them on a client's own
+transaction, whichever L{ITransaction} holds it (node memory or etcd). One
+way to stage and commit, not two.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from kvtwist.errors import KeyNotFound, LimitExceeded
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, ITransaction, ITransactionView
 from kvtwist.limits import Limits
 from kvtwist.model import JSON_CONTENT_TYPE, Check, Delete, Entry, Put
 from kvtwist.strictjson import check_key, encode
-from kvtwist.transactions import Transaction
 
 
 def check_key_count(limits: Limits, count: int) -> None:
@@ -27,19 +27,21 @@ def check_key_count(limits: Limits, count: int) -> None:
         raise LimitExceeded("max_keys_per_request", limits.max_keys_per_request, count)
 
 
-async def observe(store: IKeyValueStore, txn: Transaction, keys: Iterable[str]) -> Dict[str, Entry]:
-    """
-    Read the committed state of C{keys}, record it in C{txn} for the keys it
-    touches for the first time, and return the live entries found.
-    """
-    found = await store.get_many(list(dict.fromkeys(keys)))
-    for key in keys:
-        txn.observe(key, found.get(key))
-    return found
+def _revisions(
+    txn: ITransactionView, keys: Iterable[str], found: Dict[str, Entry]
+) -> Dict[str, int]:
+    """The revisions of C{keys} as committed (0: absent), for keys C{txn} has not touched yet."""
+    if not txn.isolated:
+        return {}
+    return {
+        key: found[key].mod_revision if key in found else 0
+        for key in keys
+        if key not in txn.observed
+    }
 
 
 async def read(
-    store: IKeyValueStore, txn: Transaction, key: str
+    store: IKeyValueStore, txn: ITransaction, key: str
 ) -> Union[Put, Entry, None]:
     """
     Read C{key} as C{txn} sees it: its staged op over the committed state.
@@ -47,18 +49,21 @@ async def read(
     @return: the staged L{Put}, or the committed L{Entry}, or L{None} when
         the key is absent or its delete is staged.
     """
-    staged = txn.staged(key)
+    view = await txn.view()
+    staged = view.staged(key)
     if isinstance(staged, Put):
         return staged
     if isinstance(staged, Delete):
         return None
     entry = await store.get(key)
-    txn.observe(key, entry)
+    observed = _revisions(view, [key], {key: entry} if entry is not None else {})
+    if observed:
+        await txn.record(observed=observed)
     return entry
 
 
 async def stage_pairs(
-    store: IKeyValueStore, txn: Transaction, pairs: Dict[str, Any], limits: Limits
+    store: IKeyValueStore, txn: ITransaction, pairs: Dict[str, Any], limits: Limits
 ) -> Dict[str, str]:
     """
     Stage a JSON value for each key of C{pairs} (the seed's C{/set} shape).
@@ -70,51 +75,65 @@ async def stage_pairs(
     """
     check_key_count(limits, len(pairs))
     ops = [Put(check_key(key), encode(value), JSON_CONTENT_TYPE) for key, value in pairs.items()]
-    committed = await observe(store, txn, pairs)
-    txn.stage(ops)
+    view = await txn.view()
+    committed = await store.get_many(list(pairs))
+    await txn.record(ops, _revisions(view, pairs, committed))
     return {key: "updated" if key in committed else "created" for key in pairs}
 
 
 async def stage_deletes(
-    store: IKeyValueStore, txn: Transaction, keys: Sequence[str], limits: Limits
-) -> Dict[str, str]:
+    store: IKeyValueStore,
+    txn: ITransaction,
+    keys: Sequence[str],
+    limits: Limits,
+    preconditions: Sequence[Check] = (),
+) -> ITransactionView:
     """
-    Stage a delete of each of C{keys}.
+    Stage a delete of each of C{keys}, recording C{preconditions}.
 
-    @return: C{{key: "deleted"}}.
+    @return: the transaction's view after staging.
     @raise KeyNotFound: naming every key that is neither committed nor
         staged as a write; nothing is staged then.
     """
     check_key_count(limits, len(keys))
     for key in keys:
         check_key(key)
-    committed = await observe(store, txn, keys)
+    unique = list(dict.fromkeys(keys))
+    view = await txn.view()
+    committed = await store.get_many(unique)
     missing: List[str] = []
-    for key in dict.fromkeys(keys):
-        staged = txn.staged(key)
+    for key in unique:
+        staged = view.staged(key)
         # A transaction sees its own staged delete (the key is gone for it);
         # the seed's shared queue only asked "committed or staged".
-        hidden = isinstance(staged, Delete) and txn.isolated
+        hidden = isinstance(staged, Delete) and view.isolated
         exists = isinstance(staged, Put) or (key in committed and not hidden)
         if not exists:
             missing.append(key)
     if missing:
+        # What was read still counts as seen, as it would for a GET.
+        observed = _revisions(view, unique, committed)
+        if observed:
+            await txn.record(observed=observed)
         raise KeyNotFound(missing)
-    txn.stage(Delete(key) for key in keys)
-    return {key: "deleted" for key in keys}
+    return await txn.record(
+        [Delete(key) for key in unique], _revisions(view, unique, committed), preconditions
+    )
 
 
 async def stage_put(
     store: IKeyValueStore,
-    txn: Transaction,
+    txn: ITransaction,
     put: Put,
     preconditions: Sequence[Check] = (),
-) -> Optional[Entry]:
+) -> Tuple[Optional[Entry], ITransactionView]:
     """
     Stage one write, recording C{preconditions} for the commit.
 
-    @return: the committed entry the write will replace, if any.
+    @return: the committed entry the write will replace (if any), and the
+        transaction's view after staging.
     """
-    found = await observe(store, txn, [put.key])
-    txn.stage([put], preconditions)
-    return found.get(put.key)
+    view = await txn.view()
+    found = await store.get_many([put.key])
+    after = await txn.record([put], _revisions(view, [put.key], found), preconditions)
+    return found.get(put.key), after

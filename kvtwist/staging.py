@@ -2,13 +2,15 @@
 Staged writes: the ordered, bounded set of ops a queue or transaction holds
 until it is committed.
 
-Staged writes live in memory on the reactor thread and are volatile by
-design: a restart loses them (only commits are durable).
+Staged writes live in memory on the reactor thread. In one process they are
+volatile by design: a restart loses them (only commits are durable). On
+etcd, the staging area is a node's copy of what etcd holds
+(L{kvtwist.store.etcd_transactions}).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from kvtwist.errors import LimitExceeded
 from kvtwist.limits import Limits
@@ -49,6 +51,30 @@ class StagingArea:
         @raise LimitExceeded: if the area would pass C{max_staged_ops} or
             C{max_staged_bytes}; nothing is staged then.
         """
+        incoming, size = self._admit(ops)
+        self._ops.update(incoming)
+        self._bytes = size
+
+    def admit(self, ops: Iterable[Op]) -> None:
+        """
+        Check that C{ops} could be staged, staging nothing.
+
+        @raise LimitExceeded: as L{stage} would.
+        """
+        self._admit(ops)
+
+    def replay(self, ops: Iterable[Op]) -> None:
+        """
+        Stage C{ops} without checking limits: ops that were admitted when
+        they were first staged (a node replaying a transaction kept in etcd).
+        """
+        for op in ops:
+            previous = self._ops.get(op.key)
+            self._bytes += op.size - (previous.size if previous is not None else 0)
+            self._ops[op.key] = op
+
+    def _admit(self, ops: Iterable[Op]) -> Tuple[Dict[str, Op], int]:
+        """The ops by key and the staged bytes after staging them; raises past a limit."""
         incoming: Dict[str, Op] = {}
         for op in ops:
             incoming[op.key] = op
@@ -61,8 +87,7 @@ class StagingArea:
         )
         if size > self._limits.max_staged_bytes:
             raise LimitExceeded("max_staged_bytes", self._limits.max_staged_bytes, size)
-        self._ops.update(incoming)
-        self._bytes = size
+        return incoming, size
 
     def take(self) -> List[Op]:
         """Remove and return every staged op, in commit order."""

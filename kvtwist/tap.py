@@ -34,6 +34,7 @@ from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.etcd_store import EtcdStore
+from kvtwist.store.etcd_transactions import EtcdTransactions
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
@@ -161,8 +162,6 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     """
     spec = config["store"]
     if spec.startswith("etcd://"):
-        # Several nodes share the cluster; transactions and the seed's queue
-        # stay on the node that holds them (docs/scale-out.md).
         return EtcdStore(etcd_endpoints(spec), reactor, prefix=config["etcd-prefix"]), None
     try:
         check_data_dir(config["data"])
@@ -173,6 +172,16 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
     shelf.sync_observer = metrics.observe_sync
     return shelf, pool
+
+
+def transaction_manager(backing, store, reactor, limits):
+    """
+    Where transactions and the seed's queue live: in etcd when the store is
+    (every node sees them), else in this process.
+    """
+    if isinstance(backing, EtcdStore):
+        return EtcdTransactions(backing, reactor, limits)
+    return TransactionManager(reactor, limits, store)
 
 
 def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, Any]:
@@ -209,7 +218,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     backing, pool = open_backing_store(config, reactor, metrics)
     # Commits are timed under the cache, so cached reads pass no wrapper.
     store = CachedStore(TimedStore(backing, metrics, reactor), limits.cache_bytes)
-    transactions = TransactionManager(reactor, limits)
+    transactions = transaction_manager(backing, store, reactor, limits)
     hub = ChangeHub(store, limits.watch_history)
     watchers = WatcherCount(limits.max_watchers)
 

@@ -392,7 +392,7 @@ class KVCacheServer:
         # Our own transaction manager: its idle timers run on the real
         # reactor, and stop() cancels them (a timer left pending would make
         # trial report an unclean reactor).
-        self._transactions = TransactionManager(self._reactor, self.limits)
+        self._transactions = TransactionManager(self._reactor, self.limits, self.store)
         options = dict(self._root_options)
         # /healthz and /readyz as twistd serves them (no /metrics: no
         # registry here); routes the caller passes come on top.

@@ -1,6 +1,6 @@
 """
-Transactions: staged writes plus what the client has seen, committed all
-or nothing with optimistic conflict checks.
+Transactions kept in this process: staged writes plus what the client has
+seen, committed all or nothing with optimistic conflict checks.
 
 A L{Transaction} records, for every key it reads or stages, the key's
 mod_revision when it first touched it (0 if absent). Its commit carries one
@@ -12,46 +12,80 @@ in between, the store refuses the whole commit and every conflict is named
 The seed's shared queue is a transaction too, one that records nothing
 (C{isolated=False}): last writer wins, as the seed did.
 
-Transactions live in memory on the reactor thread; they are volatile, and
-idle ones expire after C{Limits.txn_timeout} seconds of the injected clock.
+These transactions live in memory on the reactor thread; they are volatile,
+and idle ones expire after C{Limits.txn_timeout} seconds of the injected
+clock. Several nodes on etcd share theirs through etcd instead
+(L{kvtwist.store.etcd_transactions}); both implement
+L{kvtwist.interfaces.ITransactionManager}.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kvtwist.errors import LimitExceeded, TransactionNotFound
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import (
+    IKeyValueStore,
+    ITransaction,
+    ITransactionManager,
+    ITransactionView,
+)
 from kvtwist.limits import Limits
-from kvtwist.model import Check, CommitResult, Entry, Op
+from kvtwist.model import Check, CommitResult, Op
 from kvtwist.staging import StagingArea
 
 #: The C{tag} of the checks a transaction adds for what it read or staged.
 OBSERVED = "observed"
 
+#: C{vet(ops)}: refuses (raises) a commit of C{ops}, e.g. for lack of rights.
+Vet = Callable[[Sequence[Op]], None]
 
+
+def observation_checks(observed: Mapping[str, int], preconditions: Iterable[Check]) -> List[Check]:
+    """Every check a commit must pass: observations, then preconditions."""
+    return [
+        Check.equals(key, revision, tag=OBSERVED) for key, revision in observed.items()
+    ] + list(preconditions)
+
+
+def not_found(txn_id: str) -> TransactionNotFound:
+    """The error for a transaction that is not (or no longer) there."""
+    return TransactionNotFound(
+        "no open transaction %r (finished, expired or never begun)" % (txn_id,)
+    )
+
+
+@implementer(ITransaction, ITransactionView)
 class Transaction:
     """
-    One client's staged ops and observed revisions; reactor thread only.
+    One client's staged ops and observed revisions, in memory; reactor
+    thread only. It is its own L{ITransactionView}: views are live.
 
     @ivar isolated: record observed revisions and check them at commit.
+    @ivar ended: set by the manager once it ended; recording into or
+        committing an ended transaction fails with L{TransactionNotFound}
+        (a request that found it may still be waiting for a read).
     """
 
     def __init__(
         self,
         txn_id: str,
         limits: Limits,
+        store: IKeyValueStore,
         owner: Optional[str] = None,
         isolated: bool = True,
     ) -> None:
         self.id = txn_id
         self.owner = owner
         self.isolated = isolated
+        self.ended = False
+        self._store = store
         self.staging = StagingArea(limits)
         self.observed: Dict[str, int] = {}
         self.preconditions: List[Check] = []
@@ -61,37 +95,47 @@ class Transaction:
         # ones before it may say those writes are durable.
         self._inflight: List[_InFlight] = []
 
-    def needs_observation(self, key: str) -> bool:
-        """Whether C{key} has not been touched yet (so must be read first)."""
-        return self.isolated and key not in self.observed
-
-    def observe(self, key: str, entry: Optional[Entry]) -> None:
-        """Record the committed state of C{key} as seen now, if first touch."""
-        if self.needs_observation(key):
-            self.observed[key] = entry.mod_revision if entry is not None else 0
+    def __len__(self) -> int:
+        return len(self.staging)
 
     def staged(self, key: str) -> Optional[Op]:
         """The op staged for C{key}, if any."""
         return self.staging.staged(key)
 
-    def stage(self, ops: Iterable[Op], preconditions: Iterable[Check] = ()) -> None:
-        """
-        Stage C{ops} and record C{preconditions} for the commit.
+    def ops(self) -> List[Op]:
+        """The staged ops in commit order."""
+        return self.staging.ops()
 
-        @raise LimitExceeded: past a staging limit; nothing is staged then.
-        """
-        self.staging.stage(ops)
+    def view(self) -> Deferred:
+        """This transaction itself (see L{ITransaction.view})."""
+        if self.ended:
+            return fail(not_found(self.id))
+        return succeed(self)
+
+    def record(
+        self,
+        ops: Iterable[Op] = (),
+        observed: Optional[Mapping[str, int]] = None,
+        preconditions: Iterable[Check] = (),
+    ) -> Deferred:
+        """See L{ITransaction.record}; answered at once."""
+        if self.ended:
+            return fail(not_found(self.id))
+        try:
+            self.staging.stage(ops)
+        except LimitExceeded:
+            return fail()
+        if self.isolated and observed:
+            for key, revision in observed.items():
+                self.observed.setdefault(key, revision)
         self.preconditions.extend(preconditions)
+        return succeed(self)
 
     def checks(self) -> List[Check]:
         """Every check the commit must pass: observations, then preconditions."""
-        observed = [
-            Check.equals(key, revision, tag=OBSERVED)
-            for key, revision in self.observed.items()
-        ]
-        return observed + self.preconditions
+        return observation_checks(self.observed, self.preconditions)
 
-    def commit(self, store: IKeyValueStore) -> Deferred:
+    def commit(self, vet: Optional[Vet] = None) -> Deferred:
         """
         Commit everything staged so far, atomically and durably.
 
@@ -100,6 +144,14 @@ class Transaction:
             put back, behind anything staged meanwhile, and the error
             propagates.
         """
+        if self.ended:
+            return fail(not_found(self.id))
+        if vet is not None:
+            try:
+                vet(self.staging.ops())
+            except Exception:
+                return fail()
+        store = self._store
         earlier = [inflight.wait() for inflight in self._inflight]
         if not len(self.staging) and not (self.isolated and (self.observed or self.preconditions)):
             # Nothing to apply or verify: no trip to the store (and no sync),
@@ -185,18 +237,23 @@ def _all_of(waits: List[Deferred], otherwise: object) -> Deferred:
     return DeferredList(waits, consumeErrors=True).addCallback(settle)
 
 
+@implementer(ITransactionManager)
 class TransactionManager:
     """
-    The open transactions, their owners and idle timers.
+    The open transactions of this process, their owners and idle timers,
+    and the seed's shared queue.
 
     @param clock: the L{IReactorTime} that times idle transactions out.
+    @param store: where their commits go.
     """
 
-    def __init__(self, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(self, clock: IReactorTime, limits: Limits, store: IKeyValueStore) -> None:
         self._clock = clock
         self._limits = limits
+        self._store = store
         self._open: Dict[str, Transaction] = {}
         self._timers: Dict[str, IDelayedCall] = {}
+        self.queue = Transaction("shared", limits, store, isolated=False)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -206,13 +263,11 @@ class TransactionManager:
         """Seconds of idleness after which a transaction expires."""
         return self._limits.txn_timeout
 
-    def begin(self, owner: Optional[str] = None) -> Transaction:
-        """
-        Open a transaction for C{owner}.
+    def begin(self, owner: Optional[str] = None) -> Deferred:
+        """See L{ITransactionManager.begin}; answered at once."""
+        return maybeDeferred(self._begin, owner)
 
-        @raise LimitExceeded: (too many) when C{max_open_transactions} are
-            already open.
-        """
+    def _begin(self, owner: Optional[str]) -> Transaction:
         if len(self._open) >= self._limits.max_open_transactions:
             raise LimitExceeded(
                 "max_open_transactions",
@@ -220,36 +275,32 @@ class TransactionManager:
                 len(self._open) + 1,
                 too_many=True,
             )
-        txn = Transaction(secrets.token_urlsafe(12), self._limits, owner)
+        txn = Transaction(secrets.token_urlsafe(12), self._limits, self._store, owner)
         self._open[txn.id] = txn
-        self._timers[txn.id] = self._clock.callLater(self.timeout, self._expire, txn.id)
+        self._timers[txn.id] = self._clock.callLater(self.timeout, self._end, txn.id)
         return txn
 
-    def find(self, txn_id: str, owner: Optional[str] = None) -> Transaction:
-        """
-        The open transaction C{txn_id} of C{owner}, with its idle timer reset.
-
-        @raise TransactionNotFound: if it is unknown, finished, expired, or
-            someone else's (which is not revealed).
-        """
+    def find(self, txn_id: str, owner: Optional[str] = None) -> Deferred:
+        """See L{ITransactionManager.find}; answered at once."""
         txn = self._open.get(txn_id)
         if txn is None or txn.owner != owner:
-            raise TransactionNotFound(
-                "no open transaction %r (finished, expired or never begun)" % (txn_id,)
-            )
+            return fail(not_found(txn_id))
         self._timers[txn_id].reset(self.timeout)
-        return txn
+        return succeed(txn)
 
-    def finish(self, txn_id: str) -> None:
+    def finish(self, txn_id: str) -> Deferred:
         """Forget C{txn_id} (committed, aborted or conflicted)."""
-        self._open.pop(txn_id, None)
-        timer = self._timers.pop(txn_id, None)
+        timer = self._timers.get(txn_id)
         if timer is not None and timer.active():
             timer.cancel()
+        self._end(txn_id)
+        return succeed(None)
 
-    def _expire(self, txn_id: str) -> None:
+    def _end(self, txn_id: str) -> None:
         self._timers.pop(txn_id, None)
-        self._open.pop(txn_id, None)
+        txn = self._open.pop(txn_id, None)
+        if txn is not None:
+            txn.ended = True
 
     def abort_all(self) -> None:
         """Forget every open transaction (at shutdown)."""

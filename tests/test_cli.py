@@ -483,7 +483,7 @@ class V1CLITestCase(CLITestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         self.clock = self.store.clock
-        self.transactions = TransactionManager(self.clock, Limits())
+        self.transactions = TransactionManager(self.clock, Limits(), self.store)
         self.http = StubTreq(memory_root(self.store, transactions=self.transactions))
 
     def cli(self, *argv: str, code: int = 0, http: object = None,

@@ -541,7 +541,7 @@ class V1TestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         self.clock = self.store.clock
-        self.transactions = TransactionManager(self.clock, Limits())
+        self.transactions = TransactionManager(self.clock, Limits(), self.store)
         self.http = StubTreq(memory_root(self.store, transactions=self.transactions))
 
     def result(self, d):

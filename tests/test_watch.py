@@ -347,7 +347,7 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.limits = Limits(watch_buffer=1000)
         self.hub = ChangeHub(self.store, 100)
         self.context = V1Context(
-            self.store, TransactionManager(self.clock, self.limits), self.limits,
+            self.store, TransactionManager(self.clock, self.limits, self.store), self.limits,
             self.clock, self.hub,
         )
         self.request = FakeRequest()

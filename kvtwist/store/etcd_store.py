@@ -10,7 +10,8 @@ A kvtwist key C{k} lives at the etcd key C{prefix + "kv/" + k.encode("utf-8")}
 (the prefix defaults to C{/kvtwist/}). etcd orders keys by their bytes, so a
 range over C{prefix + "kv/" + p} lists kvtwist keys starting with C{p} in
 UTF-8 byte order, as the contract asks. Other subtrees of the prefix (not
-C{kv/}) are left for kvtwist's other shared state.
+C{kv/}) hold kvtwist's other shared state: C{txn/} and C{queue/} the
+transactions and the seed's queue (L{kvtwist.store.etcd_transactions}).
 
 Value encoding
 ==============
@@ -207,6 +208,8 @@ from kvtwist.store.rules import final_ops, live
 __all__ = [
     "EtcdStore",
     "EtcdError",
+    "Rider",
+    "RiderBroken",
     "WatchReset",
     "encode_value",
     "decode_value",
@@ -419,6 +422,59 @@ class _LeaseGone(Exception):
 
 # Failures of an HTTP request that happen before any byte was sent.
 _CONNECT_ERRORS = (net_error.ConnectError, net_error.DNSLookupError)
+
+
+class RiderBroken(Exception):
+    """
+    A L{Rider}'s guard key no longer had the expected mod_revision: the
+    commit was not applied.
+
+    @ivar mod_revision: the guard key's mod_revision found (0: absent).
+    """
+
+    def __init__(self, mod_revision: int) -> None:
+        super().__init__("the guard key changed (mod_revision %d)" % (mod_revision,))
+        self.mod_revision = mod_revision
+
+
+class Rider:
+    """
+    State kept beside the data that must change in the very etcd
+    transaction of a commit: the transaction manager's staged ops, deleted
+    when their commit applies (L{kvtwist.store.etcd_transactions}).
+
+    The rider's C{requests} (etcd C{RequestOp} documents) are added to the
+    commit's transaction, guarded by a compare of C{guard_key}'s
+    mod_revision with C{guard_mod}; if that compare is what failed, the
+    commit fails with L{RiderBroken} instead of being retried.
+    """
+
+    def __init__(self, guard_key: bytes, guard_mod: int, requests: Sequence[dict]) -> None:
+        self.guard_key = guard_key
+        self.guard_mod = guard_mod
+        self.requests = list(requests)
+
+    def weight(self) -> Tuple[int, int]:
+        """The etcd operations and (roughly) the bytes the rider adds."""
+        size = sum(len(json.dumps(r)) for r in self.requests) + len(self.guard_key) + _OP_OVERHEAD
+        return 1 + len(self.requests), size
+
+    def ride(self, txn: dict) -> None:
+        """Add the guard and the requests to C{txn}, an etcd txn request."""
+        txn["compare"].append(_mod_compare(self.guard_key, self.guard_mod))
+        txn["success"].extend(self.requests)
+        txn["failure"] = [{"request_range": {"key": _b64(self.guard_key)}}]
+
+    def check(self, document: dict) -> None:
+        """
+        @raise RiderBroken: if the failed transaction C{document} shows the
+            guard key changed.
+        """
+        responses = document.get("responses") or [{}]
+        kvs = responses[0].get("response_range", {}).get("kvs") or []
+        found = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+        if found != self.guard_mod:
+            raise RiderBroken(found)
 
 
 @implementer(IKeyValueStore)
@@ -657,6 +713,18 @@ class EtcdStore:
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         """One etcd transaction; see L{IKeyValueStore.commit}."""
         return self._run(self._commit(list(ops), list(checks)))
+
+    def commit_with(self, ops: Sequence[Op], checks: Sequence[Check], rider: "Rider") -> Deferred:
+        """
+        L{commit}, with C{rider}'s requests applied in the same etcd
+        transaction and only while its guard holds (see L{Rider}).
+
+        @return: like L{commit}; a commit that changed nothing (no ops to
+            send) did not apply the rider either.
+        @raise RiderBroken: (in the Deferred) the guard no longer held;
+            nothing was applied.
+        """
+        return self._run(self._commit(list(ops), list(checks), rider))
 
     def add_listener(self, listener) -> None:
         """
@@ -1054,21 +1122,24 @@ class EtcdStore:
                 size += len(op.value) + len(op.content_type) + 96
         return size
 
-    async def _commit(self, ops: List[Op], checks: List[Check]) -> CommitResult:
+    async def _commit(
+        self, ops: List[Op], checks: List[Check], rider: Optional["Rider"] = None
+    ) -> CommitResult:
         final = final_ops(ops)
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
-        if len(touched) > self.max_txn_ops:
+        extra = rider.weight() if rider is not None else (0, 0)
+        if len(touched) + extra[0] > self.max_txn_ops:
             raise LimitExceeded(
                 "etcd max-txn-ops",
                 self.max_txn_ops,
-                len(touched),
+                len(touched) + extra[0],
                 hint="a commit is one etcd transaction with one compare per "
                 "checked or written key; raise etcd's --max-txn-ops (and "
                 "kvtwist's setting with it)",
             )
-        size = self._estimate_size(final, touched)
+        size = self._estimate_size(final, touched) + extra[1]
         if size > self.max_request_bytes:
             raise LimitExceeded(
                 "etcd max-request-bytes",
@@ -1085,7 +1156,9 @@ class EtcdStore:
         # Expired keys removed on the way (see _purge), to tell listeners.
         purged: List[CommitResult] = []
         try:
-            result = await self._attempt(final, touched, checks, commit_id, lost, token, purged)
+            result = await self._attempt(
+                final, touched, checks, commit_id, lost, token, purged, rider
+            )
         except (StoreUnavailable, ConflictError) as e:
             self._settle(token, purged)
             if lost and e.extra.get("outcome") != "unknown":
@@ -1163,12 +1236,13 @@ class EtcdStore:
         lost: List[Tuple[List[Tuple[Op, Optional[Entry]]], Dict[str, int], str]],
         token: int,
         purged: List[CommitResult],
+        rider: Optional["Rider"] = None,
     ) -> CommitResult:
         """
         The read-decide-transact loop of L{_commit}; appends to C{lost} each
         attempt whose answer was lost, to C{purged} the removals of expired
         keys it made, and registers C{token} as unsettled before its first
-        write.
+        write. C{rider} goes into the transaction that applies the plan.
         """
         for attempt in range(_COMMIT_ATTEMPTS):
             rows, _ = await self._read_rows(touched)
@@ -1227,6 +1301,8 @@ class EtcdStore:
             self._unsettled.setdefault(token, self.revision)
             try:
                 txn = await self._transaction(plan, guards, commit_id, now)
+                if rider is not None:
+                    rider.ride(txn)
                 document = await self._call("/v3/kv/txn", txn, write=True)
             except _Ambiguous as e:
                 lost.append((plan, guards, str(e)))
@@ -1238,6 +1314,8 @@ class EtcdStore:
                 continue
             if document.get("succeeded"):
                 return _result(plan, int(document["header"]["revision"]))
+            if rider is not None:
+                rider.check(document)
             # A compare failed: another commit changed a touched key between
             # our read and our transaction. Read again and decide again.
         raise StoreUnavailable(

@@ -25,7 +25,8 @@ from kvtwist.events import ChangeHub
 from kvtwist.errors import Unauthorized
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
-from kvtwist.transactions import Transaction, TransactionManager
+from kvtwist.interfaces import ITransactionManager
+from kvtwist.transactions import TransactionManager
 from kvtwist.web.resource import NOT_FOUND, KVResource, json_response
 from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
@@ -68,7 +69,7 @@ def make_root(
     store: IKeyValueStore,
     limits: Optional[Limits] = None,
     clock: Optional[IReactorTime] = None,
-    transactions: Optional[TransactionManager] = None,
+    transactions: Optional[ITransactionManager] = None,
     hub: Optional[ChangeHub] = None,
     random: Optional[Callable[[], float]] = None,
     authorizer: Optional[Authorizer] = None,
@@ -80,7 +81,8 @@ def make_root(
 
     @param limits: the limits in force (defaults: L{Limits}()).
     @param clock: times transactions and TTLs (default: the store's clock).
-    @param transactions: the open transactions (default: a new manager).
+    @param transactions: the open transactions and the seed's queue
+        (default: a new in-memory manager).
     @param hub: the change feed (default: a new one listening to C{store}).
     @param random: the jitter source of long-polls (default: random.random).
     @param authorizer: who may do what (default: auth off).
@@ -92,9 +94,8 @@ def make_root(
     limits = limits if limits is not None else Limits()
     clock = clock if clock is not None else store.clock
     if transactions is None:
-        transactions = TransactionManager(clock, limits)
-    shared_queue = Transaction("shared", limits, isolated=False)
-    seed = SeedContext(store, shared_queue, limits)
+        transactions = TransactionManager(clock, limits, store)
+    seed = SeedContext(store, transactions.queue, limits)
     root = Root(seed)
     root.putChild(b"set", SeedSet(seed))
     root.putChild(b"commit", SeedCommit(seed))

@@ -4,7 +4,7 @@ C{POST /set}, C{DELETE /set}, C{POST /commit}. Any other path or method is
 a 404 (the seed's rule; the v1 tree answers 405 instead).
 
 Values here are JSON. C{{key}} is one percent-decoded path segment. The
-pending queue is the shared, non-isolated L{Transaction} every seed client
+pending queue is the shared, non-isolated L{ITransaction} every seed client
 stages into and commits (see L{kvtwist.transactions}).
 """
 
@@ -17,11 +17,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import InvalidInput, KeyNotFound
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, ITransaction
 from kvtwist.limits import Limits
 from kvtwist.operations import stage_deletes, stage_pairs
 from kvtwist.strictjson import decode_key, parse
-from kvtwist.transactions import Transaction
 from kvtwist.model import Entry
 from kvtwist.web.resource import (
     KVResource,
@@ -72,7 +71,7 @@ def set_outcome(result: dict) -> Response:
 class SeedContext:
     """What every seed route needs: the store, the shared queue, the limits."""
 
-    def __init__(self, store: IKeyValueStore, queue: Transaction, limits: Limits):
+    def __init__(self, store: IKeyValueStore, queue: ITransaction, limits: Limits):
         self.store = store
         self.queue = queue
         self.limits = limits
@@ -81,7 +80,7 @@ class SeedContext:
         """Stage deletes in the shared queue; 200 with the outcome."""
         Authorizer.require_write(principal_of(request), keys)
         d = Deferred.fromCoroutine(stage_deletes(self.store, self.queue, keys, self.limits))
-        return d.addCallback(lambda result: json_response(200, result))
+        return d.addCallback(lambda _: json_response(200, {key: "deleted" for key in keys}))
 
 
 class SeedKey(KVResource):
@@ -170,7 +169,8 @@ class SeedCommit(KVResource):
     def _commit(self, request: Request) -> Deferred:
         # The shared queue holds everyone's staged writes: committing them
         # publishes them, so the committer must be allowed to write them all.
-        queue = self._context.queue
-        Authorizer.require_write(principal_of(request), [op.key for op in queue.staging.ops()])
-        d = queue.commit(self._context.store)
+        principal = principal_of(request)
+        d = self._context.queue.commit(
+            vet=lambda ops: Authorizer.require_write(principal, [op.key for op in ops])
+        )
         return d.addCallback(lambda result: Response(204, content_type=None))

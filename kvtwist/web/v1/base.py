@@ -19,10 +19,9 @@ from twisted.web.server import Request
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput
 from kvtwist.strictjson import parse
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, ITransactionManager
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
-from kvtwist.transactions import TransactionManager
 from kvtwist.web.resource import Answers405, Response, etag, not_found_response
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ class V1Context:
     def __init__(
         self,
         store: IKeyValueStore,
-        transactions: TransactionManager,
+        transactions: ITransactionManager,
         limits: Limits,
         clock: IReactorTime,
         hub: "ChangeHub",

@@ -22,7 +22,6 @@ from kvtwist.errors import ConflictError, KeyNotFound
 from kvtwist.model import Put
 from kvtwist.operations import read, stage_deletes, stage_pairs, stage_put
 from kvtwist.strictjson import decode_key, parse
-from kvtwist.transactions import Transaction
 from kvtwist.web.resource import Response, json_response, read_body
 from kvtwist.web.seed import pairs_from, set_outcome
 from kvtwist.web.v1.base import (
@@ -52,10 +51,10 @@ class TransactionCollection(V1Resource):
         return TransactionResource(self.context, path.decode("utf-8", "replace"))
 
     def render_POST(self, request: Request) -> int:
-        return self.respond(request, self._begin)
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._begin(request)))
 
-    def _begin(self, request: Request) -> Response:
-        txn = self.context.transactions.begin(owner_of(request))
+    async def _begin(self, request: Request) -> Response:
+        txn = await self.context.transactions.begin(owner_of(request))
         response = json_response(
             201, {"id": txn.id, "expires_in": self.context.transactions.timeout}
         )
@@ -70,8 +69,8 @@ class TransactionPart(V1Resource):
         super().__init__(context)
         self.txn_id = txn_id
 
-    def transaction(self, request: Request) -> Transaction:
-        """The open transaction, if the requester owns it."""
+    def transaction(self, request: Request) -> Deferred:
+        """A Deferred firing with the open transaction, if the requester owns it."""
         return self.context.transactions.find(self.txn_id, owner_of(request))
 
 
@@ -90,12 +89,13 @@ class TransactionResource(TransactionPart):
         return super().getChild(path, request)
 
     def render_GET(self, request: Request) -> int:
-        return self.respond(request, self._describe)
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._describe(request)))
 
-    def _describe(self, request: Request) -> Response:
-        txn = self.transaction(request)
+    async def _describe(self, request: Request) -> Response:
+        txn = await self.transaction(request)
+        view = await txn.view()
         ops = []
-        for op in txn.staging.ops():
+        for op in view.ops():
             if isinstance(op, Put):
                 ops.append({"op": "put", "key": op.key, "content_type": op.content_type,
                             "size": len(op.value)})
@@ -106,21 +106,21 @@ class TransactionResource(TransactionPart):
             {
                 "id": txn.id,
                 "ops": ops,
-                "observed": txn.observed,
+                "observed": dict(view.observed),
                 "preconditions": [
                     {"key": c.key, "check": c.kind, "revision": c.revision, "header": c.tag}
-                    for c in txn.preconditions
+                    for c in view.preconditions
                 ],
                 "expires_in": self.context.transactions.timeout,
             },
         )
 
     def render_DELETE(self, request: Request) -> int:
-        return self.respond(request, self._abort)
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._abort(request)))
 
-    def _abort(self, request: Request) -> Response:
-        self.transaction(request)
-        self.context.transactions.finish(self.txn_id)
+    async def _abort(self, request: Request) -> Response:
+        await self.transaction(request)
+        await self.context.transactions.finish(self.txn_id)
         return Response(204, content_type=None)
 
 
@@ -148,7 +148,7 @@ class TransactionKey(TransactionPart):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._get(request)))
 
     async def _get(self, request: Request) -> Response:
-        txn = self.transaction(request)
+        txn = await self.transaction(request)
         key = decode_key(self._raw_key)
         Authorizer.require_read(principal_of(request), [key])
         found = await read(self.context.store, txn, key)
@@ -164,27 +164,27 @@ class TransactionKey(TransactionPart):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._put(request)))
 
     async def _put(self, request: Request) -> Response:
-        txn = self.transaction(request)
+        txn = await self.transaction(request)
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
         put = put_from(request, key, read_body(request), self.context.clock)
-        previous = await stage_put(self.context.store, txn, put, write_checks(request, key))
+        checks = write_checks(request, key)
+        previous, view = await stage_put(self.context.store, txn, put, checks)
         return json_response(
             200, {"key": key, "staged": "put", "committed": previous is not None,
-                  "ops": len(txn.staging)}
+                  "ops": len(view)}
         )
 
     def render_DELETE(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._delete(request)))
 
     async def _delete(self, request: Request) -> Response:
-        txn = self.transaction(request)
+        txn = await self.transaction(request)
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
         checks = write_checks(request, key)
-        await stage_deletes(self.context.store, txn, [key], self.context.limits)
-        txn.preconditions.extend(checks)
-        return json_response(200, {"key": key, "staged": "delete", "ops": len(txn.staging)})
+        view = await stage_deletes(self.context.store, txn, [key], self.context.limits, checks)
+        return json_response(200, {"key": key, "staged": "delete", "ops": len(view)})
 
 
 class TransactionSet(TransactionPart):
@@ -193,16 +193,13 @@ class TransactionSet(TransactionPart):
     route = "/v1/txn/{id}/set"
 
     def render_POST(self, request: Request) -> int:
-        return self.respond(request, self._set)
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._set(request)))
 
-    def _set(self, request: Request) -> Deferred:
-        txn = self.transaction(request)
+    async def _set(self, request: Request) -> Response:
+        txn = await self.transaction(request)
         pairs = pairs_from(parse(read_body(request)))
         Authorizer.require_write(principal_of(request), list(pairs))
-        d = Deferred.fromCoroutine(
-            stage_pairs(self.context.store, txn, pairs, self.context.limits)
-        )
-        return d.addCallback(set_outcome)
+        return set_outcome(await stage_pairs(self.context.store, txn, pairs, self.context.limits))
 
 
 class TransactionCommit(TransactionPart):
@@ -214,11 +211,11 @@ class TransactionCommit(TransactionPart):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._commit(request)))
 
     async def _commit(self, request: Request) -> Response:
-        txn = self.transaction(request)
+        txn = await self.transaction(request)
         try:
-            result = await txn.commit(self.context.store)
+            result = await txn.commit()
         except ConflictError:
-            self.context.transactions.finish(txn.id)
+            await self.context.transactions.finish(txn.id)
             raise
-        self.context.transactions.finish(txn.id)
+        await self.context.transactions.finish(txn.id)
         return json_response(200, {"revision": result.revision, "ops": len(result.changes)})
