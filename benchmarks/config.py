@@ -15,7 +15,7 @@ from typing import List, Optional
 from benchmarks.targets import REPO
 
 #: Measurement names accepted by C{--only} besides target names.
-MEASUREMENTS = ("get", "cycles", "sizes", "soak")
+MEASUREMENTS = ("get", "cycles", "sizes", "soak", "scaleout")
 TARGET_NAMES = ("kvcache", "kvcache-nolog", "ceiling-log", "ceiling-nolog", "baseline", "naive", "etcd")
 
 
@@ -44,6 +44,10 @@ class Config:
     kvcache_args: List[str]
     kvcache_nolog_args: Optional[List[str]]
     keep_tmp: bool
+    scaleout: bool = False
+    scaleout_members: int = 1
+    scaleout_read_keys: int = 1000
+    scaleout_section_to: Optional[str] = None
     skipped_measurements: List[str] = field(default_factory=list)
 
     def wants_target(self, name: str) -> bool:
@@ -78,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-interval", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     p.add_argument("--soak-keys", type=int, default=100_000, help="keys in the soak store (default 100000)")
     p.add_argument("--soak-connections", type=int, default=8, help="soak clients (default 8)")
+    p.add_argument("--scaleout", action="store_true",
+                   help="also measure 1 vs 2 kvcache nodes on one etcd (issue 7; with --only scaleout, nothing else)")
+    p.add_argument("--scaleout-members", type=int, choices=(1, 3), default=1,
+                   help="etcd members under the scale-out nodes (default 1)")
+    p.add_argument("--scaleout-section-to", metavar="PATH",
+                   help="write the scale-out tables into the marked section of PATH (e.g. docs/scale-out.md)")
     p.add_argument("--profile", action="store_true", help="record kvcache with py-spy under GET and commit load; top frames go in the report")
     p.add_argument("--kvcache-args", default="", help="extra twistd kvcache arguments for every kvcache started (one string)")
     p.add_argument("--kvcache-nolog-args", help="kvcache arguments that turn the access log off (default: found from its --help)")
@@ -95,6 +105,8 @@ def parse(argv: List[str]) -> Config:
     unknown = [n for n in args.only if n not in TARGET_NAMES + MEASUREMENTS]
     if unknown:
         parser().error("--only: unknown name(s) %s" % ", ".join(unknown))
+    if args.scaleout_section_to and not (args.scaleout or "scaleout" in args.only):
+        parser().error("--scaleout-section-to needs --scaleout or --only scaleout")
     rounds = pick(args.rounds, 3, 1)
     duration = pick(args.duration, 10.0, 1.0)
     if rounds < 1 or duration < 1:
@@ -122,4 +134,9 @@ def parse(argv: List[str]) -> Config:
         kvcache_args=shlex.split(args.kvcache_args),
         kvcache_nolog_args=shlex.split(args.kvcache_nolog_args) if args.kvcache_nolog_args is not None else None,
         keep_tmp=args.keep_tmp,
+        scaleout=args.scaleout,
+        scaleout_members=args.scaleout_members,
+        # Fewer keys when quick: every fresh node reads them all once to fill its cache.
+        scaleout_read_keys=100 if quick else 1000,
+        scaleout_section_to=args.scaleout_section_to,
     )

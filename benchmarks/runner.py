@@ -22,7 +22,7 @@ import time
 from typing import Dict, List
 
 from benchmarks import config as config_module
-from benchmarks import driver, machine, profile, report, summary
+from benchmarks import driver, machine, profile, report, scaleout, summary
 from benchmarks.config import Config
 from benchmarks.populate import key_name
 from benchmarks.procs import HttpRequest, ProcessSet, rss_kib
@@ -65,6 +65,13 @@ def main(argv: List[str]) -> int:
     if wrk_binary() is None:
         print("benchmarks: wrk is not installed (Debian: apt-get install wrk; ./run.sh bench does it)", file=sys.stderr)
         return 2
+    if cfg.scaleout_section_to:
+        # Checked before the run, not after minutes of it.
+        try:
+            scaleout.check_section(cfg.scaleout_section_to)
+        except (OSError, ValueError) as e:
+            print("benchmarks: --scaleout-section-to: %s" % (e,), file=sys.stderr)
+            return 2
     signal.signal(signal.SIGTERM, _raise_exit)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     results: Dict[str, object] = {
@@ -83,6 +90,7 @@ def main(argv: List[str]) -> int:
         "raw": {"get": [], "cycles": [], "sizes": []},
         "populate": {},
         "soak": None,
+        "scaleout": None,
         "profiles": {},
         "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
@@ -96,6 +104,8 @@ def main(argv: List[str]) -> int:
                 _store_sizes(cfg, procs, run_dir, results)
             if cfg.soak or "soak" in cfg.only:
                 _soak(cfg, procs, run_dir, results)
+            if cfg.scaleout or "scaleout" in cfg.only:
+                scaleout.run(cfg, procs, run_dir, results, say)
     finally:
         if cfg.keep_tmp:
             say("kept %s" % run_dir)
@@ -106,8 +116,14 @@ def main(argv: List[str]) -> int:
     results["summary"] = summary.summarise(results)
     results["checks"] = summary.checks(results)
     paths = report.write_all(results, cfg.out, cfg.report_to)
+    if cfg.scaleout_section_to and results["scaleout"]:
+        scaleout.write_section(cfg.scaleout_section_to, scaleout.section(results))
+        paths.append(cfg.scaleout_section_to)
     say("wrote %s" % ", ".join(paths))
-    print(report.checks_table(results["checks"]))  # type: ignore[arg-type]
+    if any(c["status"] != "NOT RUN" for c in results["checks"]):  # type: ignore[union-attr]
+        print(report.checks_table(results["checks"]))  # type: ignore[arg-type]
+    if results["scaleout"]:
+        print(scaleout.section(results))
     return 0
 
 

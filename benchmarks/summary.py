@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 from typing import Dict, List, Optional
 
+from benchmarks import scaleout
+
 #: SPEC section 10's thresholds.
 GET_RATE_MIN = 0.9
 GET_P99_MAX = 2.0
@@ -32,7 +34,8 @@ def _ok_runs(runs: List[dict]) -> List[dict]:
 def summarise(results: dict) -> dict:
     """Medians over rounds for every measurement of C{results}."""
     raw = results["raw"]
-    out: Dict[str, object] = {"get": {}, "cycles": {}, "sizes": {}, "soak": None}
+    out: Dict[str, object] = {"get": {}, "cycles": {}, "sizes": {}, "soak": None,
+                              "scaleout": scaleout.summarise(results.get("scaleout"))}
 
     groups: Dict[tuple, List[dict]] = {}
     for r in raw["get"]:

@@ -195,6 +195,81 @@ end
 """ % (keys, get_share, keys_per_commit) + _DONE
 
 
+def _spread_setup(ports: List[int]) -> str:
+    """
+    A setup() that aims thread N at C{ports[(N - 1) % len(ports)]}: wrk
+    connects every thread to the URL's address unless setup() gives the
+    thread another one, and splits the connections evenly over threads. So
+    one wrk of the same shape can load one server or several, and its
+    latency percentiles cover all of them together.
+    """
+    return r"""
+threads = {}
+local next_id = 1
+local PORTS = {%s}
+function setup(thread)
+  thread:set("id", next_id)
+  thread.addr = wrk.lookup(%s, tostring(PORTS[(next_id - 1) %% #PORTS + 1]))[1]
+  next_id = next_id + 1
+  threads[#threads + 1] = thread
+end
+function init(args)
+  math.randomseed(id * 7919)
+end
+""" % (", ".join(str(p) for p in ports), _lua_string(HOST))
+
+
+def spread_kv_script(
+    ports: List[int],
+    get_share: float,
+    read_path: str,
+    read_keys: int,
+    write_path: str,
+    write_keys: int,
+    value: bytes,
+) -> str:
+    """
+    GETs and PUTs of random keys, threads spread over C{ports} (see
+    L{_spread_setup}). C{read_path} and C{write_path} are Lua
+    C{string.format} patterns taking one key number (below C{read_keys},
+    C{write_keys}); C{get_share} of the requests are GETs (1.0: only GETs,
+    0.0: only PUTs of C{value} as JSON). No response() hook: it would make
+    wrk parse every answer in Lua, and wrk shares the cores with the servers.
+    """
+    return _spread_setup(ports) + r"""
+local GET_SHARE = %r
+local READ_PATH, READ_KEYS = %s, %d
+local WRITE_PATH, WRITE_KEYS = %s, %d
+local VALUE = %s
+local put_headers = {["Content-Type"] = "application/json"}
+function request()
+  if GET_SHARE >= 1 or (GET_SHARE > 0 and math.random() < GET_SHARE) then
+    return wrk.format("GET", string.format(READ_PATH, math.random(0, READ_KEYS - 1)))
+  end
+  return wrk.format("PUT", string.format(WRITE_PATH, math.random(0, WRITE_KEYS - 1)), put_headers, VALUE)
+end
+""" % (float(get_share), _lua_string(read_path), read_keys, _lua_string(write_path), write_keys,
+       _lua_string(value.decode("utf-8"))) + _DONE
+
+
+def spread_post_script(ports: List[int], path: str, bodies: List[str]) -> str:
+    """
+    C{POST path} with a body picked at random from C{bodies} (JSON, e.g.
+    etcd's C{/v3/kv/range} or C{/v3/kv/put}), threads spread over C{ports}.
+    """
+    table = ",\n  ".join(_lua_string(b) for b in bodies)
+    return _spread_setup(ports) + r"""
+local PATH = %s
+local BODIES = {
+  %s
+}
+local json_headers = {["Content-Type"] = "application/json"}
+function request()
+  return wrk.format("POST", PATH, json_headers, BODIES[math.random(#BODIES)])
+end
+""" % (_lua_string(path), table) + _DONE
+
+
 @dataclass
 class WrkRun:
     """What one wrk run measured."""

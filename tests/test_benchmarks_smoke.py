@@ -69,3 +69,69 @@ def test_quick_benchmark_writes_its_report(tmp_path):
     assert results["command"]["run_sh"] in text
     for check in checks:
         assert check["check"] in text
+
+
+#: The quick scale-out run takes about 20 s here; as above, this only stops a hung run.
+SCALEOUT_TIMEOUT = 90
+
+DOC_BEFORE = "# A page\n\nText the run must keep.\n\n<!-- BEGIN scaleout results: generated -->\nold figures\n"
+DOC_AFTER = "<!-- END scaleout results -->\n\nMore text to keep.\n"
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk; ./run.sh bench installs it)")
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (Debian package etcd-server)")
+def test_quick_scaleout_fills_its_doc_section(tmp_path):
+    """
+    C{--quick --only scaleout}: 1 and 2 kvcache nodes and etcd alone, every
+    workload, each with its CPU accounting, and the tables written into the
+    marked section of a page, the rest of the page untouched.
+    """
+    out = tmp_path / "results"
+    doc = tmp_path / "page.md"
+    doc.write_text(DOC_BEFORE + DOC_AFTER)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "scaleout", "--out", str(out),
+         "--scaleout-section-to", str(doc)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SCALEOUT_TIMEOUT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    [json_path] = glob.glob(str(out / "*.json"))
+    with open(json_path) as f:
+        results = json.load(f)
+    scaleout = results["scaleout"]
+    assert "error" not in scaleout, scaleout["error"]
+    assert scaleout["nproc"] >= 1 and len(scaleout["load_average_at_start"]) == 3
+    seen = {(r["layout"], r["workload"]) for r in scaleout["raw"]}
+    kv_workloads = {"get", "get-consistent", "put", "mix"}
+    assert seen == {(layout, w) for layout in ("1", "2") for w in kv_workloads} | {
+        ("etcd", "etcd-range"), ("etcd", "etcd-put")}
+    for r in scaleout["raw"]:
+        assert "error" not in r, r["error"]
+        assert r["requests"] > 0
+        assert {"etcd", "node-a", "wrk", "others", "idle"} <= set(r["cpu_s"])
+        assert ("node-b" in r["cpu_s"]) == (r["layout"] == "2")
+    # Both nodes served in the 2-node runs; the cache-hit GETs were hits.
+    for r in scaleout["raw"]:
+        if r["layout"] == "2":
+            assert r["nodes"]["a"]["kv_requests"] > 0 and r["nodes"]["b"]["kv_requests"] > 0
+        if r["workload"] == "get":
+            # Warmed until a whole pass hit; a watch restart would empty a cache.
+            hits = sum(n["cache_hits"] for n in r["nodes"].values())
+            assert hits >= 0.99 * sum(n["kv_requests"] for n in r["nodes"].values())
+    summary = results["summary"]["scaleout"]
+    assert set(summary["ratios"]) == kv_workloads
+    assert all(ratio["rate"] > 0 for ratio in summary["ratios"].values())
+
+    text = doc.read_text()
+    assert text.startswith(DOC_BEFORE.replace("old figures\n", ""))
+    assert text.endswith(DOC_AFTER)
+    assert "old figures" not in text
+    assert "| workload | conns | 1 node req/s | 2 nodes req/s | 2 / 1 |" in text
+    assert results["command"]["run_sh"] in text
+    [md_path] = glob.glob(str(out / "*.md"))
+    with open(md_path) as f:
+        assert "## Scale-out: 1 vs 2 kvcache nodes on one etcd" in f.read()
