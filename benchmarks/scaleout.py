@@ -269,6 +269,27 @@ def scrape(port: int) -> Dict[str, float]:
     return out
 
 
+def scrape_etcd(members: List[Server]) -> Dict[str, float]:
+    """
+    From every member's C{/metrics}, summed: gRPC calls started by method
+    (the JSON gateway's requests become gRPC calls inside etcd) and WAL
+    syncs, so a run can say how many etcd operations one request cost.
+    """
+    out: Dict[str, float] = {}
+    for member in members:
+        status, body = http_call(member.port, HttpRequest("GET", "/metrics"))
+        if status != 200:
+            raise RuntimeError("etcd GET /metrics answered %d" % (status,))
+        for line in body.decode("utf-8", "replace").splitlines():
+            series, _, value = line.rpartition(" ")
+            if series.startswith("grpc_server_started_total{"):
+                method = series.split('grpc_method="', 1)[1].split('"', 1)[0]
+                out[method] = out.get(method, 0.0) + float(value)
+            elif series == "etcd_disk_wal_fsync_duration_seconds_count":
+                out["wal-sync"] = out.get("wal-sync", 0.0) + float(value)
+    return out
+
+
 # -- one run -----------------------------------------------------------------
 
 
@@ -279,6 +300,7 @@ def measure(script: str, port: int, connections: int, duration: float,
     with the CPU each process used and, per node, what its metrics counted.
     """
     before = {name: scrape(s.port) for name, s in nodes.items()}
+    etcd_before = scrape_etcd(etcd)
     watched = {"etcd": [m.pid for m in etcd]}
     watched.update({"node-" + name: [s.pid] for name, s in nodes.items()})
 
@@ -301,6 +323,8 @@ def measure(script: str, port: int, connections: int, duration: float,
     entry["wall_s"] = wall
     entry["cpu_s"] = used
     entry["load_average"] = load_average()
+    etcd_after = scrape_etcd(etcd)
+    entry["etcd_ops"] = {k: v - etcd_before.get(k, 0.0) for k, v in etcd_after.items() if v != etcd_before.get(k, 0.0)}
     entry["nodes"] = {}
     for name, s in nodes.items():
         after = scrape(s.port)
@@ -460,6 +484,13 @@ def summarise(scaleout: Optional[dict]) -> Optional[dict]:
             "cores": {role: _median([r["cpu_s"].get(role, 0.0) / r["wall_s"] for r in ok]) for role in roles},
             "node_requests": node_requests,
             "node_cpu_us_per_request": _median([1e6 * c / n if n else None for c, n in zip(node_cpu, total_node_requests)]),
+            # etcd operations per request wrk completed (wal-sync: on every member).
+            "etcd_ops_per_request": {
+                op: _median([r.get("etcd_ops", {}).get(op, 0.0) / r["requests"] for r in ok if r["requests"]])
+                for op in sorted({op for r in ok for op in r.get("etcd_ops", {})})},
+            # Per request wrk completed: etcd alone has no node to count them.
+            "etcd_cpu_us_per_request": _median([1e6 * r["cpu_s"]["etcd"] / r["requests"] if r["requests"] else None
+                                                for r in ok]),
             "cache_hit_share": hits / (hits + misses) if hits + misses else None,
             "load_average_1m": _median([r["load_average"][0] for r in ok if r.get("load_average")]),
         }
@@ -514,6 +545,21 @@ def _reading(workload: Workload, ratio: Optional[float], one: dict, two: dict, n
         text += ": saturated, so the ratio is bounded by the cores this machine had left, not by kvcache."
     else:
         text += ": CPU was not the only limit."
+    others1, others2 = c1.get("others"), c2.get("others")
+    if others1 is not None and others2 is not None and others1 - others2 >= 0.15:
+        text += (" Other work got %s cores during the 1-node runs and %s during the 2-node runs: on a"
+                 " contended machine the scheduler shares the cores among runnable processes, so a"
+                 " second busy node also takes CPU from other work, which inflates the ratio."
+                 % (_n(others1), _n(others2)))
+    node1, node2 = one.get("node_cpu_us_per_request"), two.get("node_cpu_us_per_request")
+    if node1 and node2:
+        text += (" Per request the nodes spent %s µs of CPU with 1 node and %s µs with 2 (so one node"
+                 " on one core of this CPU serves about %s requests/s of this kind)" % (
+                     _n(node1, 0), _n(node2, 0), _n(1e6 / node2, 0)))
+        etcd2 = two.get("etcd_cpu_us_per_request")
+        if etcd2 and etcd2 >= 20:
+            text += ", and etcd spent %s µs (about %s requests/s per etcd core)" % (_n(etcd2, 0), _n(1e6 / etcd2, 0))
+        text += "."
     return text
 
 
@@ -572,10 +618,15 @@ def section(results: dict) -> str:
         "wrk from `getrusage`); *others* is the rest of the machine's busy time (`/proc/stat`): other "
         "people's processes and kernel work not charged to ours. *steal* is time the hypervisor gave "
         "our virtual cores to someone else. Node CPU per request = the nodes' CPU time / the requests "
-        "their metrics counted." % (nproc,),
+        "their metrics counted; etcd CPU per request = etcd's CPU time / the requests wrk completed; etcd ops = gRPC calls "
+        "started in etcd (its JSON gateway's requests become gRPC calls) and WAL syncs (`wal-sync`, "
+        "counted on every member), per request wrk completed (from etcd's `/metrics`; requests still "
+        "in flight when a run ends make both per-request etcd figures read a little high). "
+        "Per-request CPU does not depend on how many cores the run got, so it is the figure to "
+        "carry to other machines." % (nproc,),
         "",
-        "| workload | layout | etcd | node A | node B | wrk | others | steal | idle | node CPU µs / request | node B's share of requests | cache hits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workload | layout | etcd | node A | node B | wrk | others | steal | idle | node CPU µs / request | etcd CPU µs / request | etcd ops / request | node B's share of requests | cache hits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w in WORKLOADS:
         for layout, name in (("1", "1 node"), ("2", "2 nodes")):
@@ -607,10 +658,12 @@ def _cpu_row(workload: str, layout: str, m: dict) -> str:
     total = sum(v for v in requests.values() if v)
     share = "%.0f %%" % (100 * requests["b"] / total) if requests.get("b") is not None and total else "-"
     hits = "%.1f %%" % (100 * m["cache_hit_share"]) if m.get("cache_hit_share") is not None else "-"
-    return "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+    # Operations under 0.01 per request (watch setups, the scrapes' own) are noise here.
+    ops = ", ".join("%s %.2f" % (op, v) for op, v in (m.get("etcd_ops_per_request") or {}).items() if v and v >= 0.01)
+    return "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
         workload, layout, _n(c.get("etcd")), _n(c.get("node-a")), _n(c.get("node-b")) if "node-b" in c else "-",
         _n(c.get("wrk")), _n(c.get("others")), _n(c.get("steal")), _n(c.get("idle")),
-        _n(m.get("node_cpu_us_per_request"), 0), share, hits)
+        _n(m.get("node_cpu_us_per_request"), 0), _n(m.get("etcd_cpu_us_per_request"), 0), ops or "-", share, hits)
 
 
 def check_section(path: str) -> None:
