@@ -61,8 +61,29 @@ def not_found(txn_id: str) -> TransactionNotFound:
     )
 
 
+class StagedView:
+    """
+    The staged-ops part of L{ITransactionView}, over a C{staging} attribute
+    (a L{StagingArea}); shared by the in-memory transaction and a node's
+    copy of one kept in etcd.
+    """
+
+    staging: StagingArea
+
+    def __len__(self) -> int:
+        return len(self.staging)
+
+    def staged(self, key: str) -> Optional[Op]:
+        """The op staged for C{key}, if any."""
+        return self.staging.staged(key)
+
+    def ops(self) -> List[Op]:
+        """The staged ops in commit order."""
+        return self.staging.ops()
+
+
 @implementer(ITransaction, ITransactionView)
-class Transaction:
+class Transaction(StagedView):
     """
     One client's staged ops and observed revisions, in memory; reactor
     thread only. It is its own L{ITransactionView}: views are live.
@@ -94,17 +115,6 @@ class Transaction:
         # client's staged writes, so every commit must wait for the earlier
         # ones before it may say those writes are durable.
         self._inflight: List[_InFlight] = []
-
-    def __len__(self) -> int:
-        return len(self.staging)
-
-    def staged(self, key: str) -> Optional[Op]:
-        """The op staged for C{key}, if any."""
-        return self.staging.staged(key)
-
-    def ops(self) -> List[Op]:
-        """The staged ops in commit order."""
-        return self.staging.ops()
 
     def view(self) -> Deferred:
         """This transaction itself (see L{ITransaction.view})."""

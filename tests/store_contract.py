@@ -31,7 +31,19 @@ def contract(test):
     return run
 
 
-class StoreContract:
+class ExpectFailure:
+    """C{expect}: await a Deferred that must fail with a given error."""
+
+    async def expect(self, error_type, d):
+        """The C{error_type} C{d} fails with; the test fails if it does not."""
+        try:
+            await d
+        except error_type as e:
+            return e
+        self.fail("expected %s" % (error_type.__name__,))
+
+
+class StoreContract(ExpectFailure):
     """
     Behaviours of every store. Subclasses provide:
       - C{make_store()}: an opened store, empty;
@@ -53,11 +65,7 @@ class StoreContract:
             self.assertGreater(after, before)
 
     async def expect_conflict(self, d: Deferred) -> ConflictError:
-        try:
-            await d
-        except ConflictError as e:
-            return e
-        self.fail("expected a ConflictError")
+        return await self.expect(ConflictError, d)
 
     @contract
     async def test_interface(self):

@@ -38,6 +38,7 @@ from kvtwist.model import Check, CommitResult, Delete, Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.etcd_store import EtcdStore, WatchReset
 from tests.etcd import EtcdCluster, etcd_available, wait_for
+from tests.store_contract import ExpectFailure
 
 _AVAILABLE, _REASON = etcd_available()
 SKIP = None if _AVAILABLE else _REASON
@@ -150,7 +151,7 @@ class ModelWriter:
         return self.done
 
 
-class CoherenceTestCase(TestCase):
+class CoherenceTestCase(ExpectFailure, TestCase):
     """Helpers: nodes on a cluster, and the model check."""
 
     skip = SKIP
@@ -452,13 +453,6 @@ class ThreeMemberTests(CoherenceTestCase):
                 resumed_after(b.resets, count),
             )
         )
-
-    async def expect(self, error_type, d):
-        try:
-            await d
-        except error_type as e:
-            return e
-        self.fail("expected %s" % (error_type.__name__,))
 
 
 def resumed_after(resets: List[tuple], index: int) -> float:

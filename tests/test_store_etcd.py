@@ -44,7 +44,7 @@ from kvtwist.store.etcd_store import (
     prefix_end,
 )
 from tests.etcd import EtcdCluster, WatchGate, etcd_available, free_port, wait_for
-from tests.store_contract import StoreContract, contract
+from tests.store_contract import ExpectFailure, StoreContract, contract
 
 _AVAILABLE, _REASON = etcd_available()
 SKIP = None if _AVAILABLE else _REASON
@@ -90,7 +90,7 @@ class RawEtcd:
         return self.pool.closeCachedConnections()
 
 
-class EtcdTestCase(TestCase):
+class EtcdTestCase(ExpectFailure, TestCase):
     """A fresh one-member etcd per test, and helpers to open stores on it."""
 
     skip = SKIP
@@ -118,13 +118,6 @@ class EtcdTestCase(TestCase):
     def settle(self, d):
         """Test coroutines are run by trial (see L{contract})."""
         return d
-
-    async def expect(self, error_type, d):
-        try:
-            await d
-        except error_type as e:
-            return e
-        self.fail("expected %s" % (error_type.__name__,))
 
 
 class EtcdStoreContractTests(StoreContract, EtcdTestCase):

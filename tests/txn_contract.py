@@ -13,10 +13,10 @@ from zope.interface.verify import verifyObject
 from kvtwist.errors import ConflictError, LimitExceeded, TransactionNotFound
 from kvtwist.interfaces import ITransaction, ITransactionManager, ITransactionView
 from kvtwist.model import Check, Delete, Put
-from tests.store_contract import contract
+from tests.store_contract import ExpectFailure, contract
 
 
-class TransactionContract:
+class TransactionContract(ExpectFailure):
     """
     Behaviours of every transaction manager. Subclasses provide:
       - C{make_managers(count, limits)}: C{(store, [manager, ...])}: C{count}
@@ -28,13 +28,6 @@ class TransactionContract:
 
     #: Whether managers made together see each other's transactions.
     shared = False
-
-    async def expect(self, error_type, d):
-        try:
-            await d
-        except error_type as e:
-            return e
-        self.fail("expected %s" % (error_type.__name__,))
 
     async def one(self, **limits):
         store, managers = await self.make_managers(1, **limits)

@@ -85,7 +85,7 @@ from kvtwist.store.etcd_store import (
     _LeaseGone,
     prefix_end,
 )
-from kvtwist.transactions import Vet, not_found, observation_checks
+from kvtwist.transactions import StagedView, Vet, not_found, observation_checks
 
 log = Logger()
 
@@ -152,7 +152,7 @@ class _Slot:
 
 
 @implementer(ITransactionView)
-class TxnState:
+class TxnState(StagedView):
     """
     A node's copy of one transaction's state, as of the head's
     C{head_mod} (0: no head in etcd, an empty queue).
@@ -168,17 +168,6 @@ class TxnState:
         self.seq = 0
         self.head_create = 0
         self.head_mod = 0
-
-    def __len__(self) -> int:
-        return len(self.staging)
-
-    def staged(self, key: str) -> Optional[Op]:
-        """The op staged for C{key}, or L{None}."""
-        return self.staging.staged(key)
-
-    def ops(self) -> List[Op]:
-        """The staged ops in commit order."""
-        return self.staging.ops()
 
     def apply(self, ops: Sequence[Op], observed: Mapping[str, int], preconditions: Sequence[Check]) -> None:
         """Replay one record (limits were checked when it was written)."""
