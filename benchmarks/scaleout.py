@@ -88,7 +88,7 @@ class Workload:
 WORKLOADS = (
     Workload("get", "GET of a committed key (cache hit)", 50, 1.0),
     Workload("get-consistent", "GET `?consistent=1` (a linearizable etcd read)", 50, 1.0, True, "etcd-range"),
-    Workload("put", "`PUT /v1/kv/{key}`, small value (one etcd transaction)", 16, 0.0, direct="etcd-put"),
+    Workload("put", "`PUT /v1/kv/{key}`, small value (a one-op commit)", 16, 0.0, direct="etcd-put"),
     Workload("mix", "90 % cache-hit GET / 10 % PUT", 50, 0.9),
 )
 #: etcd alone: what each request is, and the connections (those of the
