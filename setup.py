@@ -21,6 +21,9 @@ setup(
     },
     install_requires=[
         "twisted[tls]>=26.4.0",
+        # Reads etcd client keys without ever prompting for a passphrase
+        # (kvtwist.store.etcd_gateway); also the tests' certificates.
+        "cryptography>=41.0",
         "treq>=24.9.1",
         "zope.interface>=6.0",
         "prometheus_client>=0.17",

@@ -12,7 +12,9 @@ calls L{resolve}; C{docs/configuration.md} documents it.
 Tokens never come from the command line (argv is visible to every local
 user): they are C{[tokens.<name>]} tables in the config file or in a token
 file (C{--token-file}, C{token-file} in the config, or
-C{$KVCACHE_TOKENS_FILE}).
+C{$KVCACHE_TOKENS_FILE}). Nor does the etcd password: it comes from a file
+(C{--etcd-password-file}), the config file or the environment, and is held
+as a L{Secret}, which no repr or message shows.
 
 Everything here runs before the reactor starts; a bad setting raises
 L{ConfigError} with a message naming the setting and where it came from.
@@ -166,24 +168,75 @@ def endpoints(value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
+#: The store-spec schemes of etcd, and the URL scheme each one means.
+ETCD_SCHEMES = {"etcd://": "http://", "etcds://": "https://"}
+
+
+def _etcd_scheme(spec: str) -> Optional[str]:
+    for scheme in ETCD_SCHEMES:
+        if spec.startswith(scheme):
+            return scheme
+    return None
+
+
 def store_spec(value: Any) -> str:
     """
-    C{shelve} (the embedded store in --data) or C{etcd://HOST:PORT[,...]}
-    (several kvcache nodes on one etcd cluster).
+    C{shelve} (the embedded store in --data), C{etcd://HOST:PORT[,...]}
+    (several kvcache nodes on one etcd cluster) or C{etcds://HOST:PORT[,...]}
+    (the same over TLS).
     """
     spec = text(value)
     if spec == "shelve":
         return spec
-    if spec.startswith("etcd://") and all(
-        part.strip() and ":" in part for part in spec[len("etcd://"):].split(",")
+    scheme = _etcd_scheme(spec)
+    if scheme is not None and all(
+        part.strip() and ":" in part for part in spec[len(scheme):].split(",")
     ):
         return spec
-    raise ValueError("expected shelve or etcd://HOST:PORT[,HOST:PORT...]")
+    raise ValueError(
+        "expected shelve, etcd://HOST:PORT[,HOST:PORT...] or etcds://HOST:PORT[,...] (TLS)"
+    )
+
+
+def is_etcd_store(spec: str) -> bool:
+    """Whether a store spec names an etcd cluster (C{etcd://} or C{etcds://})."""
+    return _etcd_scheme(spec) is not None
 
 
 def etcd_endpoints(spec: str) -> List[str]:
-    """The etcd client URLs named by an C{etcd://...} store spec."""
-    return ["http://" + part.strip() for part in spec[len("etcd://"):].split(",")]
+    """
+    The etcd client URLs named by an C{etcd://...} store spec (C{http}) or
+    an C{etcds://...} one (C{https}).
+    """
+    scheme = _etcd_scheme(spec)
+    if scheme is None:
+        raise ValueError("not an etcd store: %r" % (spec,))
+    return [ETCD_SCHEMES[scheme] + part.strip() for part in spec[len(scheme):].split(",")]
+
+
+def etcd_remote_plain_hosts(spec: str) -> List[str]:
+    """
+    The hosts of a plain C{etcd://} spec that are not loopback: what is sent
+    to them (a password, a token) crosses the network unencrypted.
+    """
+    if _etcd_scheme(spec) != "etcd://":
+        return []
+    hosts = [part.strip().rsplit(":", 1)[0] for part in spec[len("etcd://"):].split(",")]
+    return [host for host in hosts if not _loopback(host)]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret setting (the etcd password): no repr or message shows it."""
+
+    value: str = field(repr=False)
+
+
+def secret_text(value: Any) -> Secret:
+    """A non-empty string, kept as a L{Secret}."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return Secret(value)
 
 
 def choice(*choices: str) -> Callable[[Any], str]:
@@ -213,6 +266,9 @@ class Setting:
     @ivar short: the one-letter option, if any.
     @ivar limit: the L{Limits} field it sets, if it is a limit.
     @ivar in_file: whether the config file may set it.
+    @ivar on_argv: whether it has a command-line option (a secret has not:
+        every local user can read argv).
+    @ivar secret: its value is never shown in a message.
     """
 
     name: str
@@ -222,6 +278,8 @@ class Setting:
     short: Optional[str] = None
     limit: Optional[str] = None
     in_file: bool = True
+    on_argv: bool = True
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -260,6 +318,35 @@ SETTINGS: Tuple[Setting, ...] = (
         "shelve (the embedded store in --data) or etcd://HOST:PORT[,HOST:PORT...].",
     ),
     Setting("etcd-prefix", text, "/kvtwist/", "Key prefix of this kvcache's data in etcd."),
+    Setting(
+        "etcd-ca",
+        text,
+        None,
+        "PEM file of the CA certificates etcd's must chain to (etcds:// only; "
+        "default: the system's).",
+    ),
+    Setting(
+        "etcd-cert",
+        text,
+        None,
+        "PEM client certificate presented to etcd (etcds://, with --etcd-key).",
+    ),
+    Setting("etcd-key", text, None, "PEM private key (unencrypted) of --etcd-cert."),
+    Setting("etcd-user", text, None, "etcd user to authenticate as (with a password)."),
+    Setting(
+        "etcd-password-file",
+        text,
+        None,
+        "File holding the password of --etcd-user (one line; never the password on argv).",
+    ),
+    Setting(
+        "etcd-password",
+        secret_text,
+        None,
+        "Password of --etcd-user: in the config file or the environment only.",
+        on_argv=False,
+        secret=True,
+    ),
     Setting("ui", choice("on", "off"), "on", "Serve the admin page at /ui/: on or off."),
     Setting("token-file", text, None, "TOML file of [tokens.NAME] tables (never tokens on argv)."),
     Setting(
@@ -336,6 +423,15 @@ class Config:
         return listen_endpoints(self.values, self.sources)
 
     @property
+    def etcd_credentials(self) -> Optional[Tuple[str, str]]:
+        """The etcd user and password, when both are set."""
+        password = self.values.get("etcd-password")
+        user = self.values.get("etcd-user")
+        if user is None or password is None:
+            return None
+        return user, password.value
+
+    @property
     def limits(self) -> Limits:
         """The L{Limits} these settings make."""
         fields = {}
@@ -376,8 +472,9 @@ def _read_value(setting: Setting, raw: Any, layer: int, path: Optional[str]) -> 
     try:
         return setting.read(raw)
     except ValueError as e:
+        shown = "" if setting.secret else " (got %r)" % (raw,)
         raise ConfigError(
-            "%s %s (got %r)" % (_describe(layer, setting, path), e, raw), layer
+            "%s %s%s" % (_describe(layer, setting, path), e, shown), layer
         ) from None
 
 
@@ -694,21 +791,121 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         tokens.extend(token_file_tokens(values["token-file"]))
     _check_unique(tokens)
 
+    _resolve_etcd(values, origin, config_path)
+
     config = Config(values, tuple(tokens), sources)
     check_protected(config.endpoints, config.tokens, values["allow-open"])
     return config
 
 
+#: The settings of TLS and authentication towards etcd.
+ETCD_TLS_SETTINGS = ("etcd-ca", "etcd-cert", "etcd-key")
+ETCD_AUTH_SETTINGS = ("etcd-user", "etcd-password", "etcd-password-file")
+
+
+def _resolve_etcd(values: Dict[str, Any], origin: Mapping[str, int], path: Optional[str]) -> None:
+    """
+    Check the etcd TLS and auth settings against the store and each other,
+    and put the password (read from its file, if it comes from one) in
+    C{values["etcd-password"]}.
+
+    @raise ConfigError: naming the setting and where it came from.
+    """
+
+    def where(name: str) -> str:
+        return _describe(origin.get(name, DEFAULT), BY_NAME[name], path)
+
+    def refuse(name: str, message: str) -> None:
+        raise ConfigError("%s %s" % (where(name), message), origin.get(name, DEFAULT))
+
+    spec = values["store"]
+    given = [n for n in ETCD_TLS_SETTINGS + ETCD_AUTH_SETTINGS if values[n] is not None]
+    if not is_etcd_store(spec):
+        for name in given:
+            refuse(
+                name,
+                "applies only to an etcd store (store etcd://HOST:PORT,... or "
+                "etcds://HOST:PORT,...); the store is %r" % (spec,),
+            )
+        return
+    for name in ETCD_TLS_SETTINGS:
+        if values[name] is not None and not spec.startswith("etcds://"):
+            refuse(
+                name,
+                "needs TLS towards etcd: write the store as etcds://%s (it is %r)"
+                % (spec[len("etcd://"):], spec),
+            )
+    for name, other in (("etcd-cert", "etcd-key"), ("etcd-key", "etcd-cert")):
+        if values[name] is not None and values[other] is None:
+            refuse(name, "needs %s too (a client certificate and its private key)" % (other,))
+
+    password, password_file = values["etcd-password"], values["etcd-password-file"]
+    if password is not None and password_file is not None:
+        # The higher layer wins, as for any setting; one layer must not say both.
+        if origin["etcd-password"] == origin["etcd-password-file"]:
+            refuse("etcd-password", "and etcd-password-file are both set; keep one")
+        if origin["etcd-password"] > origin["etcd-password-file"]:
+            password_file = values["etcd-password-file"] = None
+        else:
+            password = None
+    if password_file is not None:
+        password = read_password_file(password_file)
+    values["etcd-password"] = password
+    if values["etcd-user"] is not None and password is None:
+        refuse(
+            "etcd-user",
+            "needs a password: etcd-password-file, or etcd-password in the config "
+            "file or %sETCD_PASSWORD" % (ENV_PREFIX,),
+        )
+    if password is not None and values["etcd-user"] is None:
+        name = "etcd-password-file" if password_file is not None else "etcd-password"
+        refuse(name, "gives a password but no etcd-user")
+
+
+def read_password_file(path: str) -> Secret:
+    """
+    The password in the file at C{path}: its one line, without the line
+    end (so C{echo pw > file} works); spaces are part of the password.
+
+    @raise ConfigError: naming the file (never showing its content).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(
+            "cannot read the etcd password file %s: %s" % (path, e.strerror or e), FILE
+        )
+    try:
+        password = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("the etcd password file %s is not UTF-8 text" % (path,), FILE)
+    for end in ("\r\n", "\n"):
+        if password.endswith(end):
+            password = password[: -len(end)]
+            break
+    if not password:
+        raise ConfigError("the etcd password file %s is empty" % (path,), FILE)
+    if "\n" in password or "\r" in password:
+        raise ConfigError(
+            "the etcd password file %s must hold the password on one line" % (path,), FILE
+        )
+    return Secret(password)
+
+
 def secret_files(config: Config) -> List[str]:
     """
     The files holding secrets that other users can read (for a warning):
-    the config file when it defines tokens, and the token file.
+    the config file when it defines tokens or the etcd password, the token
+    file, the etcd password file and the etcd client key.
     """
     found = []
     path = config["config"]
-    if path is not None and config.tokens and readable_by_others(path):
+    holds_password = config.sources.get("etcd-password") == path
+    if path is not None and (config.tokens or holds_password) and readable_by_others(path):
         found.append(path)
-    token_file = config["token-file"]
-    if token_file is not None and readable_by_others(token_file):
-        found.append(token_file)
+    for name in ("token-file", "etcd-password-file", "etcd-key"):
+        other = config[name]
+        if other is not None and readable_by_others(other):
+            found.append(other)
     return found

@@ -25,6 +25,8 @@ from kvtwist.config import (
     Config,
     ConfigError,
     etcd_endpoints,
+    etcd_remote_plain_hosts,
+    is_etcd_store,
     resolve,
     secret_files,
 )
@@ -33,6 +35,7 @@ from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
+from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.etcd_transactions import EtcdTransactions
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir
@@ -91,7 +94,7 @@ class Options(usage.Options):
     optParameters = [
         [s.name, s.short, None, _option_help(s)]
         for s in SETTINGS
-        if s.name not in ("allow-open", "listen")
+        if s.name not in ("allow-open", "listen") and s.on_argv
     ]
 
     config: Optional[Config] = None
@@ -124,6 +127,19 @@ class Options(usage.Options):
         """Refused, like --token."""
         _refuse_token_option()
 
+    def opt_etcd_password(self, value: str) -> None:
+        """
+        Refused: the etcd password never goes on the command line; use
+        --etcd-password-file, etcd-password in --config, or [env
+        KVCACHE_ETCD_PASSWORD].
+        """
+        # Defined so that it does not match --etcd-password-file as an
+        # abbreviation and get the password echoed as a file name.
+        raise usage.UsageError(
+            "the etcd password is never accepted on the command line; use "
+            "--etcd-password-file, etcd-password in --config, or $KVCACHE_ETCD_PASSWORD"
+        )
+
     def given(self) -> Dict[str, Any]:
         """The settings given on the command line, raw."""
         given: Dict[str, Any] = {}
@@ -152,6 +168,38 @@ class Options(usage.Options):
         return list(self["endpoints"])
 
 
+def open_etcd_store(config: Config, reactor) -> EtcdStore:
+    """
+    The etcd store C{--store etcd://...} (or C{etcds://...}, over TLS)
+    names, with its CA, client certificate and credentials. A TLS file that
+    cannot be used ends startup here, in one line naming it.
+    """
+    spec = config["store"]
+    tls = None
+    if spec.startswith("etcds://"):
+        try:
+            tls = EtcdTLS.from_files(config["etcd-ca"], config["etcd-cert"], config["etcd-key"])
+        except ValueError as e:
+            raise SystemExit("kvcache: cannot start: %s" % (e,))
+    credentials = None
+    if config.etcd_credentials is not None:
+        credentials = EtcdCredentials(*config.etcd_credentials)
+        plain = etcd_remote_plain_hosts(spec)
+        if plain:
+            log.warn(
+                "the etcd password and auth token go unencrypted to {hosts}; "
+                "use etcds:// (TLS) beyond this machine",
+                hosts=", ".join(plain),
+            )
+    return EtcdStore(
+        etcd_endpoints(spec),
+        reactor,
+        prefix=config["etcd-prefix"],
+        tls=tls,
+        credentials=credentials,
+    )
+
+
 def open_backing_store(config: Config, reactor, metrics: Metrics):
     """
     The store C{--store} names, and the thread pool it needs (None for etcd).
@@ -161,8 +209,8 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     a message and a non-zero exit instead of serving an empty store.
     """
     spec = config["store"]
-    if spec.startswith("etcd://"):
-        return EtcdStore(etcd_endpoints(spec), reactor, prefix=config["etcd-prefix"]), None
+    if is_etcd_store(spec):
+        return open_etcd_store(config, reactor), None
     try:
         check_data_dir(config["data"])
     except StoreCorrupt as e:

@@ -17,17 +17,29 @@ reactor that must keep turning meanwhile.
 For tests that run under the reactor: L{wait_for} polls a condition with a
 bound, and L{WatchGate} is an HTTP client for the etcd store that can refuse
 watches, as if the members could not be reached for them.
+
+TLS and auth: L{make_pki} writes a test CA, a certificate for the members
+(127.0.0.1), a client certificate and an unrelated CA, made with
+C{cryptography}; C{EtcdCluster(tls=...)} serves the client port over TLS
+(requiring client certificates by default), and L{EtcdCluster.enable_auth}
+creates etcd's root user, a user with read and write on one key prefix, and
+turns auth on, through the JSON gateway (Debian ships no C{etcdctl} with
+C{etcd-server}).
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
+import datetime
+import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,7 +47,8 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 #: The etcd binary: C{$KVTWIST_ETCD}, else the one on C{PATH}, else Debian's.
 ETCD = os.environ.get("KVTWIST_ETCD") or shutil.which("etcd") or "/usr/bin/etcd"
@@ -110,6 +123,138 @@ def free_ports(count: int) -> List[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """
+    The PEM files of a test PKI (L{make_pki}): C{ca} signed the members'
+    certificate (C{server_cert}, for 127.0.0.1) and two client
+    certificates of one key (C{client_key}): C{client_cert} has no
+    CommonName (etcd's JSON gateway refuses one that has, when auth is on),
+    C{cn_client_cert} has CN C{kvtwist}. C{other_ca} signed nothing here.
+    """
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    cn_client_cert: str
+    client_key: str
+    other_ca: str
+
+
+def make_pki(directory: str) -> TLSFiles:
+    """Write a test CA, a member and a client certificate, and another CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write(file_name: str, data: bytes, mode: int = 0o644) -> str:
+        path = os.path.join(directory, file_name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        return path
+
+    def write_key(file_name: str, key) -> str:
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return write(file_name, data, 0o600)
+
+    def certificate(subject: x509.Name, key, issuer_name, issuer_key, ca: bool, extensions=()):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def pem(cert) -> bytes:
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    paths = {}
+    for label in ("ca", "other_ca"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = name("kvtwist test %s" % (label,))
+        cert = certificate(subject, key, subject, key, True)
+        paths[label] = (key, cert, write(label + ".pem", pem(cert)))
+    ca_key, ca_cert, _ = paths["ca"]
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = certificate(
+        name("etcd test member"),
+        server_key,
+        ca_cert.subject,
+        ca_key,
+        False,
+        [
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            # etcd's JSON gateway dials etcd's own gRPC server with the
+            # member's certificate, so with --client-cert-auth it must be
+            # good for client authentication too.
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+        ],
+    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client, cn_client = (
+        certificate(
+            subject,
+            client_key,
+            ca_cert.subject,
+            ca_key,
+            False,
+            [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])],
+        )
+        for subject in (
+            x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kvtwist")]),
+            name("kvtwist"),
+        )
+    )
+    return TLSFiles(
+        ca=paths["ca"][2],
+        server_cert=write("member.pem", pem(server)),
+        server_key=write_key("member-key.pem", server_key),
+        client_cert=write("client.pem", pem(client)),
+        cn_client_cert=write("client-cn.pem", pem(cn_client)),
+        client_key=write_key("client-key.pem", client_key),
+        other_ca=paths["other_ca"][2],
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _prefix_end(key: bytes) -> bytes:
+    """etcd's range end of every key starting with C{key} (non-empty, not all 0xff)."""
+    end = bytearray(key)
+    while end[-1] == 0xFF:
+        end.pop()
+    end[-1] += 1
+    return bytes(end)
+
+
 def _clean_env() -> Dict[str, str]:
     # etcd reads ETCD_* variables as flags: one in the test's environment
     # must not reconfigure the members.
@@ -145,8 +290,9 @@ class Member:
     One etcd member: its name, ports, data directory, log file and process.
     """
 
-    def __init__(self, name: str, directory: str) -> None:
+    def __init__(self, name: str, directory: str, scheme: str = "http") -> None:
         self.name = name
+        self.scheme = scheme
         self.data_dir = os.path.join(directory, name + ".etcd")
         self.log_path = os.path.join(directory, name + ".log")
         self.client_port = 0
@@ -155,8 +301,8 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        """The member's client (and JSON gateway) URL."""
-        return "http://127.0.0.1:%d" % (self.client_port,)
+        """The member's client (and JSON gateway) URL: https with TLS."""
+        return "%s://127.0.0.1:%d" % (self.scheme, self.client_port)
 
     @property
     def peer_url(self) -> str:
@@ -201,6 +347,14 @@ class EtcdCluster:
         member elects itself in a fraction of a second. The default does so
         for one member only, which has no peer to lose; several members keep
         etcd's defaults, so a loaded machine does not cause elections.
+    @param tls: serve the client port over TLS with these files (the peer
+        port stays plain: tests run on loopback).
+    @param client_cert_auth: with C{tls}, require a client certificate
+        signed by the CA (etcd's C{--client-cert-auth} and
+        C{--trusted-ca-file}; without them any client may connect).
+
+    @ivar root_password: the password of etcd's root user, once
+        L{enable_auth} made it.
     """
 
     def __init__(
@@ -210,6 +364,8 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         start_timeout: float = START_TIMEOUT,
         fast_election: Optional[bool] = None,
+        tls: Optional[TLSFiles] = None,
+        client_cert_auth: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one member")
@@ -224,8 +380,16 @@ class EtcdCluster:
         self.base_dir = base_dir or tempfile.mkdtemp(prefix="kvtwist-etcd-")
         os.makedirs(self.base_dir, exist_ok=True)
         self.token = "kvtwist-test-%d-%d" % (os.getpid(), id(self))
-        self.members = [Member("m%d" % i, self.base_dir) for i in range(size)]
+        self.tls = tls
+        if tls is not None:
+            self.extra_args += ["--cert-file", tls.server_cert, "--key-file", tls.server_key]
+            if client_cert_auth:
+                # A trusted CA alone already makes etcd ask for certificates.
+                self.extra_args += ["--trusted-ca-file", tls.ca, "--client-cert-auth"]
+        scheme = "https" if tls is not None else "http"
+        self.members = [Member("m%d" % i, self.base_dir, scheme) for i in range(size)]
         self.started = False
+        self.root_password: Optional[str] = None
 
     # -- properties --------------------------------------------------------
 
@@ -399,7 +563,9 @@ class EtcdCluster:
         if not member.running:
             return False
         try:
-            with urllib.request.urlopen(member.client_url + "/health", timeout=POLL_TIMEOUT) as r:
+            with urllib.request.urlopen(
+                member.client_url + "/health", timeout=POLL_TIMEOUT, context=self.ssl_context()
+            ) as r:
                 body = json.loads(r.read().decode("utf-8"))
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -439,6 +605,75 @@ class EtcdCluster:
                     "etcd %s not healthy after %gs:\n%s" % (names, timeout, tails)
                 )
             time.sleep(POLL_INTERVAL)
+
+    # -- the JSON gateway, TLS and auth ----------------------------------
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """A client context trusting the test CA, with the client certificate."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        return context
+
+    def post(self, path: str, body: dict, token: Optional[str] = None, index: int = 0) -> Any:
+        """
+        POST C{body} to member C{index}'s JSON gateway (blocking) and return
+        the answer's document.
+
+        @raise EtcdHarnessError: for an error answer, with its message.
+        """
+        request = urllib.request.Request(
+            self.members[index].client_url + path,
+            data=json.dumps(body).encode("utf-8"),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        if token is not None:
+            request.add_header("Authorization", token)
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.ssl_context()) as r:
+                return json.loads(r.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            answer = e.read().decode("utf-8", "replace")
+            raise EtcdHarnessError("etcd refused %s: %s" % (path, answer))
+
+    def enable_auth(self, user: str, password: str, prefix: str = "/kvtwist/") -> None:
+        """
+        Create etcd's root user, a role with read and write on C{prefix}
+        and every key under it (the range C{prefix} to its range end), and
+        C{user} with that role; then turn etcd's auth on.
+        """
+        self.root_password = "root-%d-%d" % (os.getpid(), id(self))
+        role = user + "-rw"
+        key = prefix.encode("utf-8")
+        for path, body in [
+            ("/v3/auth/user/add", {"name": "root", "password": self.root_password}),
+            # etcd's root role exists without being added.
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/role/add", {"name": role}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": role,
+                    "perm": {
+                        "key": _b64(key),
+                        "range_end": _b64(_prefix_end(key)),
+                        "permType": "READWRITE",
+                    },
+                },
+            ),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": role}),
+            ("/v3/auth/enable", {}),
+        ]:
+            self.post(path, body)
+
+    def admin(self, path: str, body: dict) -> Any:
+        """POST as etcd's root user (after L{enable_auth})."""
+        assert self.root_password is not None, "enable_auth() first"
+        token = self.post("/v3/auth/authenticate", {"name": "root", "password": self.root_password})
+        return self.post(path, body, token=token["token"])
 
     def when_healthy(
         self, members: Optional[Iterable[int]] = None, timeout: float = START_TIMEOUT

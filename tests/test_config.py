@@ -18,6 +18,7 @@ import re
 import textwrap
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,7 @@ from kvtwist.auth import Token
 from kvtwist.config import (
     SETTINGS,
     ConfigError,
+    Secret,
     is_local_endpoint,
     resolve,
     secret_files,
@@ -44,6 +46,12 @@ DEFAULTS = {
     "data": "./kvcache-data",
     "store": "shelve",
     "etcd-prefix": "/kvtwist/",
+    "etcd-ca": None,
+    "etcd-cert": None,
+    "etcd-key": None,
+    "etcd-user": None,
+    "etcd-password-file": None,
+    "etcd-password": None,
     "ui": "on",
     "token-file": None,
     "allow-open": False,
@@ -656,3 +664,193 @@ class StoreOptionTests(SynchronousTestCase):
         for spec in ("redis://x", "etcd://", "etcd://nohost"):
             error = self.assertRaises(usage.UsageError, parse, ["--store", spec])
             self.assertIn("store", str(error))
+
+
+class EtcdSecurityOptionTests(FileMixin, SynchronousTestCase):
+    """TLS and auth towards etcd: etcds://, CA, client certificate, user and password."""
+
+    PASSWORD = "etcd pass-word 42"
+    STORE = "etcds://127.0.0.1:2379,127.0.0.1:22379"
+
+    def write_raw(self, name: str, content: str) -> str:
+        """Write C{content} as it is (no dedent: spaces matter in a password)."""
+        path = self.write(name, "")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(content)
+        return path
+
+    def assertStops(self, argv, environ=None, needles=(), hidden=None):
+        """Parsing stops (usage error or exit) with every needle, never showing C{hidden}."""
+        with self.assertRaises((SystemExit, usage.UsageError)) as caught:
+            parse(argv, environ)
+        error = caught.exception
+        message = str(error.code if isinstance(error, SystemExit) else error)
+        for needle in needles:
+            self.assertIn(needle, message)
+        if hidden is not None:
+            self.assertNotIn(hidden, message)
+        return message
+
+    def test_every_option(self):
+        """The TLS files, the user and a password file are read from the command line; the password from its file."""
+        password_file = self.write("pw", self.PASSWORD + "\n")
+        argv = [
+            "--store", self.STORE,
+            "--etcd-ca", "ca.pem",
+            "--etcd-cert", "client.pem",
+            "--etcd-key", "client-key.pem",
+            "--etcd-user", "kvtwist",
+            "--etcd-password-file", password_file,
+        ]
+        options = parse(argv)
+        self.assertEqual(
+            options,
+            expected(
+                store=self.STORE,
+                etcd_ca="ca.pem",
+                etcd_cert="client.pem",
+                etcd_key="client-key.pem",
+                etcd_user="kvtwist",
+                etcd_password_file=password_file,
+                etcd_password=Secret(self.PASSWORD),
+            ),
+        )
+        self.assertEqual(options.config.etcd_credentials, ("kvtwist", self.PASSWORD))
+        self.assertNotIn(self.PASSWORD, repr(options.config))
+        self.assertNotIn(self.PASSWORD, repr(dict(options)))
+
+    def test_etcds_endpoints(self):
+        """etcds:// names https endpoints; etcd:// stays plain http."""
+        from kvtwist.config import etcd_endpoints, etcd_remote_plain_hosts
+
+        self.assertEqual(
+            etcd_endpoints(self.STORE), ["https://127.0.0.1:2379", "https://127.0.0.1:22379"]
+        )
+        self.assertEqual(etcd_endpoints("etcd://h:1"), ["http://h:1"])
+        self.assertEqual(etcd_remote_plain_hosts("etcd://127.0.0.1:1,10.0.0.1:2"), ["10.0.0.1"])
+        self.assertEqual(etcd_remote_plain_hosts("etcds://10.0.0.1:2"), [])
+        for spec in ("etcds://", "etcds://nohost"):
+            self.assertRaises(usage.UsageError, parse, ["--store", spec])
+
+    def test_password_from_file_and_environment(self):
+        """The password may be in the config file or the environment; the environment wins."""
+        config = self.write(
+            "kv.toml",
+            """
+            store = "etcds://127.0.0.1:2379"
+            etcd-user = "kvtwist"
+            etcd-password = "from the file"
+            """,
+        )
+        self.assertEqual(
+            parse(["--config", config]).config.etcd_credentials, ("kvtwist", "from the file")
+        )
+        options = parse(["--config", config], {"KVCACHE_ETCD_PASSWORD": self.PASSWORD})
+        self.assertEqual(options.config.etcd_credentials, ("kvtwist", self.PASSWORD))
+        # A password file on a higher layer beats a password on a lower one.
+        password_file = self.write("pw", "from the password file")
+        options = parse(["--config", config, "--etcd-password-file", password_file])
+        self.assertEqual(options.config.etcd_credentials[1], "from the password file")
+
+    def test_password_never_on_the_command_line(self):
+        """--etcd-password is refused, spelled out or abbreviated, without echoing the value."""
+        for argv in (
+            ["--etcd-password", self.PASSWORD],
+            ["--etcd-password=" + self.PASSWORD],
+            ["--etcd-passw", self.PASSWORD],
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(argv)
+            self.assertNotIn(self.PASSWORD, str(caught.exception))
+
+    def test_password_file_rules(self):
+        """One line; a final newline is dropped, spaces kept; an empty, multi-line or missing file is named."""
+        for content, password in (("pw\n", "pw"), ("pw\r\n", "pw"), (" pw \n", " pw ")):
+            path = self.write_raw("pw", content)
+            argv = ["--store", self.STORE, "--etcd-user", "u", "--etcd-password-file", path]
+            self.assertEqual(parse(argv).config.etcd_credentials, ("u", password))
+        for content, needle in (("", "is empty"), ("\n", "is empty"), ("a\nb\n", "on one line")):
+            path = self.write_raw("pw", content)
+            argv = ["--store", self.STORE, "--etcd-user", "u", "--etcd-password-file", path]
+            self.assertStops(argv, needles=[path, needle], hidden="a\nb")
+        missing = os.path.join(temp_dir(self), "missing")
+        argv = ["--store", self.STORE, "--etcd-user", "u", "--etcd-password-file", missing]
+        self.assertStops(argv, needles=["cannot read the etcd password file", missing])
+
+    def test_bad_password_value_is_not_echoed(self):
+        """A password of the wrong type stops startup naming the key, not showing the value."""
+        config = self.write("kv.toml", 'store = "etcds://h:1"\netcd-user = "u"\netcd-password = 4711\n')
+        self.assertStops(["--config", config], needles=["'etcd-password'", config], hidden="4711")
+
+    def test_only_with_an_etcd_store(self):
+        """The etcd TLS and auth settings are refused with the shelve store, naming where they came from."""
+        self.assertStops(["--etcd-ca", "ca.pem"], needles=["--etcd-ca", "applies only to an etcd store"])
+        self.assertStops(
+            [], {"KVCACHE_ETCD_USER": "u"}, needles=["KVCACHE_ETCD_USER", "only to an etcd store"]
+        )
+
+    def test_tls_files_need_etcds(self):
+        """A CA or client certificate with a plain etcd:// store says to write etcds://."""
+        for option in ("--etcd-ca", "--etcd-cert"):
+            self.assertStops(
+                ["--store", "etcd://10.0.0.1:2379", option, "x.pem"],
+                needles=[option, "etcds://10.0.0.1:2379"],
+            )
+
+    def test_incomplete_pairs(self):
+        """A certificate needs its key (and back); a user needs a password (and back); one layer may not give two passwords."""
+        base = ["--store", self.STORE]
+        self.assertStops(base + ["--etcd-cert", "c.pem"], needles=["--etcd-cert", "etcd-key"])
+        self.assertStops(base + ["--etcd-key", "k.pem"], needles=["--etcd-key", "etcd-cert"])
+        self.assertStops(base + ["--etcd-user", "u"], needles=["--etcd-user", "needs a password"])
+        password_file = self.write("pw", "pw")
+        self.assertStops(
+            base + ["--etcd-password-file", password_file], needles=["no etcd-user"]
+        )
+        self.assertStops(
+            base + ["--etcd-user", "u"],
+            {"KVCACHE_ETCD_PASSWORD": "pw", "KVCACHE_ETCD_PASSWORD_FILE": password_file},
+            needles=["KVCACHE_ETCD_PASSWORD", "keep one"],
+            hidden="'pw'",
+        )
+
+    def test_readable_secret_files_are_reported(self):
+        """The password file, the client key and a config file holding the password are warned about when others can read them."""
+        password_file = self.write("pw", "pw", mode=0o644)
+        key = self.write("key.pem", "", mode=0o640)
+        config = self.write(
+            "kv.toml",
+            'store = "etcds://h:1"\netcd-user = "u"\netcd-password = "pw"\n'
+            'etcd-cert = "c.pem"\netcd-key = "%s"\n' % (key,),
+            mode=0o644,
+        )
+        self.assertEqual(secret_files(parse(["--config", config]).config), [config, key])
+        options = parse(["--store", "etcds://h:1", "--etcd-user", "u", "--etcd-password-file", password_file])
+        self.assertEqual(secret_files(options.config), [password_file])
+
+    def test_store_built_with_tls_and_credentials(self):
+        """makeService gives the etcd store https endpoints, the TLS policy and the credentials; an unreadable CA stops startup."""
+        from kvtwist.store.etcd_store import EtcdStore
+        from kvtwist.tap import open_etcd_store
+        from tests.etcd import make_pki
+
+        pki = make_pki(temp_dir(self, "pki"))
+        password_file = self.write("pw", "pw")
+        argv = [
+            "--store", self.STORE,
+            "--etcd-ca", pki.ca,
+            "--etcd-cert", pki.client_cert,
+            "--etcd-key", pki.client_key,
+            "--etcd-user", "u",
+            "--etcd-password-file", password_file,
+        ]
+        store = open_etcd_store(parse(argv).config, Clock())
+        self.assertIsInstance(store, EtcdStore)
+        self.assertEqual(store.endpoints, ["https://127.0.0.1:2379", "https://127.0.0.1:22379"])
+        self.assertIsNotNone(store.gateway._tls)
+        self.assertEqual(store.gateway._credentials.user, "u")
+        missing = os.path.join(temp_dir(self), "ca.pem")
+        argv[argv.index(pki.ca)] = missing
+        with self.assertRaises(SystemExit) as caught:
+            open_etcd_store(parse(argv).config, Clock())
+        self.assertIn("cannot read the etcd CA file %s" % (missing,), str(caught.exception.code))

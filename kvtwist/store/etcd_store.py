@@ -56,17 +56,15 @@ L{ConflictError}. Deletes of absent or expired keys are not sent. A commit
 is never split: one needing more operations than etcd's C{--max-txn-ops}, or
 a bigger request than C{--max-request-bytes}, fails with L{LimitExceeded}.
 
-Failover
-========
-Endpoints are tried in order, starting from the last one that answered. A
-request that surely did not reach etcd (connection refused, connect timeout,
-a member without a leader: every request asks etcd to refuse at once then,
-through the gRPC metadata C{hasleader}) or a read that failed in any way
-moves on to the next endpoint; requests go round the endpoints again
-(pausing briefly) until one timeout has passed, so an election or a member
-restart is not seen by clients. IP-address endpoints are connected to
-directly, so a dead member costs a refused connection, not Twisted's 0.3 s
-attempt delay. A write whose
+Failover, TLS and authentication
+================================
+The HTTP transport is L{kvtwist.store.etcd_gateway.EtcdGateway}: endpoints
+are tried in order from the last one that answered; a request that surely
+did not reach etcd, or a read, moves on to the next one, and requests go
+round the endpoints for up to a timeout, so an election or a member restart
+is not seen by clients. C{https} endpoints are spoken to over TLS (a CA,
+optionally a client certificate), and with credentials every request and
+the watch carry an auth token, renewed when etcd refuses it. A write whose
 answer was lost (timeout, dropped connection, etcd's "request timed out")
 may or may not have been applied: the commit then reads the touched keys
 again and learns the outcome from the commit id in the values it wrote, or
@@ -169,23 +167,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
-from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
-from twisted.web.iweb import IAgentEndpointFactory
-from twisted.web.http_headers import Headers
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from kvtwist.errors import ConflictError, LimitExceeded, StoreCorrupt, StoreUnavailable
@@ -201,6 +191,18 @@ from kvtwist.model import (
     Op,
     Page,
     Put,
+)
+from kvtwist.store.etcd_gateway import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TXN_OPS,
+    EtcdCredentials,
+    EtcdError,
+    EtcdGateway,
+    _Ambiguous,
+    _Compacted,
+    _describe,
+    _LeaseGone,
+    is_token_refusal,
 )
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import final_ops, live
@@ -218,10 +220,6 @@ __all__ = [
 
 log = Logger()
 
-#: etcd's default C{--max-txn-ops}.
-DEFAULT_MAX_TXN_OPS = 128
-#: etcd's default C{--max-request-bytes} (1.5 MiB).
-DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 #: Seconds a lease outlives the expiry it collects: covers clock skew between
 #: nodes and etcd's lease-check interval, so etcd never removes a key that a
 #: node's clock still sees as live.
@@ -234,10 +232,6 @@ ENVELOPE_VERSION = 1
 _COMMIT_ATTEMPTS = 10
 # How often a multi-request read restarts when etcd compacted its revision.
 _READ_ATTEMPTS = 3
-# At most this many rounds over the endpoints for one read (and no new round
-# once a timeout has passed since the first), with this pause between them.
-_READ_ROUNDS = 10
-_READ_RETRY_PAUSE = 0.25
 # Bounds on one listing: rounds of range requests and keys per request (the
 # batch grows when expired keys are skipped).
 _LIST_ROUNDS = 64
@@ -256,22 +250,6 @@ _WATCH_RETRY_MAX = 1.0
 # etcd sends at most 1000 revisions per response, each under its request
 # limit, so this only stops a broken peer from exhausting memory.
 _WATCH_LINE_MAX = 256 * 1024 * 1024
-
-# etcd error messages that mean a write was refused before it was proposed,
-# so it surely did not apply.
-_SAFE_UNAVAILABLE = ("no leader", "too many requests")
-# gRPC status codes (etcd's gateway puts them in "code").
-_GRPC_DEADLINE_EXCEEDED = 4
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_UNAVAILABLE = 14
-_GRPC_UNAUTHENTICATED = 16
-
-
-class EtcdError(Exception):
-    """
-    etcd answered with an error kvtwist does not expect (a bug or a
-    misconfiguration, not a client mistake): answered as a 500 and logged.
-    """
 
 
 # -- encodings ------------------------------------------------------------
@@ -351,47 +329,6 @@ class _Row:
         self.commit_id = commit_id
 
 
-# -- transport outcomes ---------------------------------------------------
-
-
-class _NotSent(Exception):
-    """The request surely did not reach etcd (or etcd refused it unapplied)."""
-
-
-class _Ambiguous(Exception):
-    """The request may or may not have been applied: its answer was lost."""
-
-
-class _TimedOut(_Ambiguous):
-    """No answer came within the request timeout."""
-
-
-class _Answered(Exception):
-    """
-    etcd answered with an error document.
-
-    @ivar code: the gRPC status code; @ivar message: etcd's message.
-    """
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    @property
-    def unavailable(self) -> bool:
-        """Whether etcd could not serve it now (no quorum, timeouts)."""
-        return (
-            self.code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED)
-            or self.status in (503, 504)
-        )
-
-
-class _Compacted(Exception):
-    """A read at a fixed revision found that revision compacted away."""
-
-
 @dataclass(frozen=True)
 class WatchReset:
     """
@@ -416,12 +353,16 @@ class WatchReset:
     reason: str
 
 
-class _LeaseGone(Exception):
-    """A put referred to a lease etcd no longer has."""
+def _gateway_setting(name: str, doc: str) -> property:
+    """An L{EtcdStore} attribute that is its gateway's C{name}."""
 
+    def get(store: "EtcdStore") -> Any:
+        return getattr(store._gateway, name)
 
-# Failures of an HTTP request that happen before any byte was sent.
-_CONNECT_ERRORS = (net_error.ConnectError, net_error.DNSLookupError)
+    def set_(store: "EtcdStore", value: Any) -> None:
+        setattr(store._gateway, name, value)
+
+    return property(get, set_, doc=doc)
 
 
 class RiderBroken(Exception):
@@ -483,7 +424,7 @@ class EtcdStore:
     A store on the etcd cluster reached through C{endpoints}.
 
     @param endpoints: base URLs of etcd members' client ports
-        (C{"http://127.0.0.1:2379"}), tried in order.
+        (C{"http://127.0.0.1:2379"}, or C{https://} for TLS), tried in order.
     @param reactor: the reactor that does the HTTP requests and times them
         out (L{IReactorTime} and TCP).
     @param prefix: every key this store owns lives under it (see the module
@@ -503,6 +444,12 @@ class EtcdStore:
         listeners hear only this store's own commits and no reset listener
         is ever called (for a store nobody else writes to, and for tests of
         the request layer).
+    @param tls: the TLS policy for C{https} endpoints
+        (L{kvtwist.store.etcd_gateway.EtcdTLS}: CA, client certificate); by
+        default the platform's trust store and no client certificate.
+    @param credentials: the etcd user and password to authenticate as
+        (L{kvtwist.store.etcd_gateway.EtcdCredentials}), when etcd's auth is
+        on.
 
     @ivar revision: the largest etcd revision seen (see the module docstring).
     @ivar active_endpoint: the endpoint the next request goes to first.
@@ -519,24 +466,25 @@ class EtcdStore:
         max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         watch: bool = True,
+        tls: Optional[IPolicyForHTTPS] = None,
+        credentials: Optional[EtcdCredentials] = None,
     ) -> None:
-        endpoints = [e.rstrip("/") for e in endpoints]
-        if not endpoints:
-            raise ValueError("the etcd store needs at least one endpoint")
         if not prefix:
             raise ValueError("the etcd key prefix must not be empty")
-        self.endpoints: List[str] = endpoints
+        self._gateway = EtcdGateway(
+            endpoints,
+            reactor,
+            timeout=timeout,
+            http=http,
+            tls=tls,
+            credentials=credentials,
+            max_txn_ops=max_txn_ops,
+            max_request_bytes=max_request_bytes,
+        )
         self.prefix = prefix
-        self.timeout = timeout
-        self.max_txn_ops = max_txn_ops
-        self.max_request_bytes = max_request_bytes
         self.revision = 0
         self.clock: IReactorTime = clock if clock is not None else reactor
         self._reactor = reactor
-        self._given_http = http
-        self._http: Any = None
-        self._pool: Optional[HTTPConnectionPool] = None
-        self._current = 0
         self._open = False
         self._inflight: Set[Deferred] = set()
         self._listeners = Listeners()
@@ -573,10 +521,31 @@ class EtcdStore:
         # clock time the lease ends)
         self._leases: Dict[int, Tuple[str, float]] = {}
 
+    # The request settings live in the gateway, which applies them (and
+    # words etcd's own refusals with the limits).
+    timeout = _gateway_setting("timeout", "Seconds one request to one endpoint may take.")
+    max_txn_ops = _gateway_setting(
+        "max_txn_ops", "etcd's --max-txn-ops: the most keys a commit touches."
+    )
+    max_request_bytes = _gateway_setting(
+        "max_request_bytes", "etcd's --max-request-bytes: the largest commit sent."
+    )
+    _current = _gateway_setting("current", "The index of the endpoint tried first.")
+
+    @property
+    def gateway(self) -> EtcdGateway:
+        """The HTTP transport to etcd (endpoints, TLS, auth token)."""
+        return self._gateway
+
+    @property
+    def endpoints(self) -> List[str]:
+        """The etcd endpoints, in order of preference."""
+        return self._gateway.endpoints
+
     @property
     def active_endpoint(self) -> str:
         """The endpoint tried first: the last one that answered."""
-        return self.endpoints[self._current]
+        return self._gateway.active_endpoint
 
     @property
     def watching(self) -> bool:
@@ -592,34 +561,16 @@ class EtcdStore:
 
     def open(self) -> Deferred:
         """
-        Set up the HTTP client and check that etcd answers with a leader;
-        learns the current revision.
+        Set up the HTTP client and check that etcd answers with a leader
+        (authenticating first when there are credentials); learns the
+        current revision.
 
         @return: a Deferred firing with L{None}, or failing with
             L{StoreUnavailable} (then nothing stays open).
         """
         if self._open:
             return succeed(None)
-        if self._given_http is not None:
-            self._http = self._given_http
-        else:
-            from treq.client import HTTPClient
-
-            self._pool = HTTPConnectionPool(self._reactor, persistent=True)
-            # Concurrent commits each hold a connection; the default of 2
-            # per host would queue them behind each other.
-            self._pool.maxPersistentPerHost = 10
-            if all(e.startswith("http://") for e in self.endpoints):
-                agent = Agent.usingEndpointFactory(
-                    self._reactor,
-                    _PlainEndpoints(self._reactor, self.timeout / 2),
-                    pool=self._pool,
-                )
-            else:
-                agent = Agent(
-                    self._reactor, pool=self._pool, connectTimeout=self.timeout / 2
-                )
-            self._http = HTTPClient(agent)
+        self._gateway.start()
         self._open = True
 
         d = Deferred.fromCoroutine(self._open_async())
@@ -658,12 +609,8 @@ class EtcdStore:
         return waiting.addCallback(lambda _: self._release())
 
     def _release(self) -> Deferred:
-        pool, self._pool = self._pool, None
-        self._http = None
         self._leases.clear()
-        if pool is None:
-            return succeed(None)
-        return pool.closeCachedConnections()
+        return self._gateway.stop()
 
     def _run(self, coroutine) -> Deferred:
         """Start one public call, unless the store is closed; track it."""
@@ -766,159 +713,29 @@ class EtcdStore:
 
     async def _post(self, endpoint: str, path: str, body: dict) -> dict:
         """
-        One request to one endpoint, bounded by the timeout.
+        One request to one endpoint, bounded by the timeout, with the auth
+        token when there are credentials (see L{EtcdGateway.request}).
 
         @raise _NotSent: nothing reached etcd.
         @raise _Ambiguous: the answer was lost.
         @raise _Answered: etcd answered with an error document.
         """
-        data = json.dumps(body, separators=(",", ":")).encode("ascii")
-
-        async def exchange():
-            response = await self._http.post(
-                endpoint + path,
-                data=data,
-                headers=Headers(
-                    {
-                        b"Content-Type": [b"application/json"],
-                        # A member without a leader refuses at once ("no
-                        # leader", before any proposal, so a write surely did
-                        # not apply) instead of timing out: failover and the
-                        # no-quorum answer come quickly.
-                        b"Grpc-Metadata-Hasleader": [b"true"],
-                    }
-                ),
-                unbuffered=True,
-            )
-            content = await _read_body(response)
-            return response.code, content
-
-        def timed_out(result, timeout):
-            # Whatever the cancellation turned into (CancelledError, or
-            # ResponseNeverReceived wrapping it), it was our timeout.
-            return Failure(_TimedOut("no answer within %gs" % (timeout,)))
-
-        d = Deferred.fromCoroutine(exchange())
-        d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=timed_out)
-        try:
-            status, content = await d
-        except _TimedOut:
-            raise
-        except _CONNECT_ERRORS as e:
-            raise _NotSent(_describe(e))
-        except Exception as e:
-            # ResponseNeverReceived, ResponseFailed, connection lost...: the
-            # request may have reached etcd.
-            raise _Ambiguous(_describe(e))
-        try:
-            document = json.loads(content.decode("utf-8"))
-        except ValueError:
-            document = None
-        if not isinstance(document, dict):
-            message = "not an etcd v3 gateway (HTTP %d, %d bytes)" % (status, len(content))
-            if status >= 500 or status == 200:
-                raise _Ambiguous(message)
-            raise _NotSent(message)
-        if status == 200 and "code" not in document:
-            return document
-        code = document.get("code")
-        message = document.get("message") or document.get("error")
-        if not isinstance(code, int) or not isinstance(message, str):
-            raise _Ambiguous("unexpected etcd answer (HTTP %d)" % (status,))
-        raise _Answered(status, code, message)
+        return await self._gateway.request(endpoint, path, body)
 
     async def _call(self, path: str, body: dict, write: bool = False) -> dict:
         """
-        Send one request, failing over between endpoints.
+        Send one request, failing over between endpoints (see
+        L{EtcdGateway.call}), and keep the revision of its answer.
 
         A read goes to the next endpoint after any failure; a write only
         after failures that prove it was not applied, otherwise it raises
-        L{_Ambiguous}. Both go round the endpoints again, with a pause,
-        for up to a timeout. The endpoint that answers becomes the first to
-        try.
+        L{_Ambiguous}. The endpoint that answers becomes the first to try.
 
         @raise StoreUnavailable: when no endpoint could serve it.
         """
-        reasons: List[str] = []
-        count = len(self.endpoints)
-        # A request goes round the endpoints again while its first round
-        # began less than a timeout ago: a pooled connection that a restarted
-        # member closed, or an election ("leader changed", "no leader"), is
-        # over in a moment, and a client should not see it. A write gets to
-        # the end of a round only if no endpoint can have applied it (an
-        # ambiguous failure raises at once), so it may go round as safely.
-        rounds = _READ_ROUNDS
-        began = self._reactor.seconds()
-        for round_ in range(rounds):
-            if round_:
-                if self._reactor.seconds() - began >= self.timeout:
-                    break
-                await deferLater(self._reactor, _READ_RETRY_PAUSE)
-            reasons = []
-            start = self._current
-            for step in range(count):
-                index = (start + step) % count
-                endpoint = self.endpoints[index]
-                try:
-                    document = await self._post(endpoint, path, body)
-                except _NotSent as e:
-                    reasons.append("%s: %s" % (endpoint, e))
-                    continue
-                except _Ambiguous as e:
-                    if write:
-                        self._current = (index + 1) % count
-                        raise _Ambiguous("%s: %s" % (endpoint, e))
-                    reasons.append("%s: %s" % (endpoint, e))
-                    continue
-                except _Answered as e:
-                    if e.unavailable:
-                        if write and not any(s in e.message for s in _SAFE_UNAVAILABLE):
-                            self._current = (index + 1) % count
-                            raise _Ambiguous("%s: %s" % (endpoint, e.message))
-                        reasons.append("%s: %s" % (endpoint, e.message))
-                        continue
-                    self._current = index
-                    raise self._translate(e, body)
-                self._current = index
-                self._saw(document.get("header"))
-                return document
-        raise StoreUnavailable(_unavailable(reasons))
-
-    def _translate(self, answer: _Answered, body: dict) -> Exception:
-        """
-        The exception for an etcd error that is not about availability;
-        C{body} is the request it answers (to tell how big it was).
-        """
-        message = answer.message
-        if "too many operations in txn request" in message:
-            # etcd's own limit is lower than kvtwist was told: say so.
-            ops = max(len(body.get(part, ())) for part in ("compare", "success", "failure"))
-            return LimitExceeded(
-                "etcd max-txn-ops",
-                min(self.max_txn_ops, ops - 1),
-                ops,
-                hint="etcd itself refused %d operations in one transaction "
-                "(kvtwist is set to allow %d); raise etcd's --max-txn-ops"
-                % (ops, self.max_txn_ops),
-            )
-        if "request is too large" in message:
-            # base64 in JSON weighs about 4/3 of the bytes etcd counts
-            size = len(json.dumps(body)) * 3 // 4
-            return LimitExceeded(
-                "etcd max-request-bytes",
-                min(self.max_request_bytes, size - 1),
-                size,
-                hint="etcd itself refused a request of about %d bytes (kvtwist "
-                "is set to allow %d); raise etcd's --max-request-bytes"
-                % (size, self.max_request_bytes),
-            )
-        if "compacted" in message:
-            return _Compacted(message)
-        if "requested lease not found" in message:
-            return _LeaseGone(message)
-        if answer.code in (_GRPC_UNAUTHENTICATED, _GRPC_PERMISSION_DENIED):
-            return StoreUnavailable("etcd refused access: %s" % (message,))
-        return EtcdError("etcd answered HTTP %d: %s" % (answer.status, message))
+        document = await self._gateway.call(path, body, write)
+        self._saw(document.get("header"))
+        return document
 
     def _saw(self, header: Any) -> None:
         """Keep the largest revision of any answer."""
@@ -1073,40 +890,8 @@ class EtcdStore:
         endpoint in turn from the current one. C{patient} (for open) goes
         round again for up to a timeout, so an election is waited out.
         """
-        count = len(self.endpoints)
-        began = self._reactor.seconds()
-        reasons: List[str] = []
-        for round_ in range(_READ_ROUNDS if patient else 1):
-            if round_:
-                if self._reactor.seconds() - began >= self.timeout:
-                    break
-                await deferLater(self._reactor, _READ_RETRY_PAUSE)
-            reasons = []
-            start = self._current
-            for step in range(count):
-                index = (start + step) % count
-                endpoint = self.endpoints[index]
-                try:
-                    document = await self._post(endpoint, "/v3/maintenance/status", {})
-                except (_NotSent, _Ambiguous) as e:
-                    reasons.append("%s: %s" % (endpoint, e))
-                    continue
-                except _Answered as e:
-                    reasons.append("%s: %s" % (endpoint, e.message))
-                    continue
-                if document.get("errors"):
-                    reasons.append(
-                        "%s: etcd reports: %s"
-                        % (endpoint, "; ".join(map(str, document["errors"])))
-                    )
-                    continue
-                if str(document.get("leader", "0")) == "0":
-                    reasons.append("%s: etcdserver: no leader" % (endpoint,))
-                    continue
-                self._current = index
-                self._saw(document.get("header"))
-                return
-        raise StoreUnavailable(_unavailable(reasons))
+        document = await self._gateway.ping(patient)
+        self._saw(document.get("header"))
 
     # -- committing ---------------------------------------------------------
 
@@ -1519,10 +1304,23 @@ class EtcdStore:
     async def _watch_attempt(self, endpoint: str, ready: Deferred, lost: str) -> Tuple[str, int]:
         """
         Run one watch on C{endpoint} from the revision after C{_watch_seen}
-        until it ends.
+        until it ends. If etcd refused its auth token before it began (it
+        expired), it is tried once more with a new one.
 
         @return: why it ended (or could not start), and the compacted
             revision when etcd refused it for that, else 0.
+        """
+        reason, compacted, refused = await self._watch_once(endpoint, ready, lost)
+        if refused and not self._watch_stopping:
+            reason, compacted, _ = await self._watch_once(endpoint, ready, lost)
+        return reason, compacted
+
+    async def _watch_once(
+        self, endpoint: str, ready: Deferred, lost: str
+    ) -> Tuple[str, int, bool]:
+        """
+        L{_watch_attempt}'s one watch; also says whether etcd refused the
+        auth token before the watch began (the gateway then gets a new one).
         """
         start = self._watch_seen + 1
         body = {
@@ -1533,27 +1331,18 @@ class EtcdStore:
                 "prev_kv": True,
             }
         }
-        request = self._http.post(
-            endpoint + "/v3/watch",
-            data=json.dumps(body, separators=(",", ":")).encode("ascii"),
-            headers=Headers(
-                {
-                    b"Content-Type": [b"application/json"],
-                    # etcd cancels the watch when its member loses the
-                    # leader, rather than leaving it silent in a minority.
-                    b"Grpc-Metadata-Hasleader": [b"true"],
-                }
-            ),
-            unbuffered=True,
-        )
+        # The gateway sends it over its TLS, with the auth token, and asks
+        # etcd to cancel it when its member loses the leader, rather than
+        # leave it silent in a minority.
+        request = self._gateway.open_stream(endpoint, "/v3/watch", body)
         request.addTimeout(self.timeout, self._reactor)
         self._watch_request = request
         try:
-            response = await request
+            response, token = await request
         except Exception as e:
             if isinstance(e, (CancelledError, DeferTimeoutError)) and not self._watch_stopping:
-                return "%s: no answer to the watch within %gs" % (endpoint, self.timeout), 0
-            return "%s: %s" % (endpoint, _describe(e)), 0
+                return "%s: no answer to the watch within %gs" % (endpoint, self.timeout), 0, False
+            return "%s: %s" % (endpoint, _describe(e)), 0, False
         finally:
             self._watch_request = None
         stream = _WatchStream(self._watch_document)
@@ -1570,8 +1359,12 @@ class EtcdStore:
                 await stream.created
             except Exception:
                 await stream.done
-                return "%s: %s" % (endpoint, stream.reason or "the watch ended at once"), (
-                    stream.compacted
+                if stream.token_refused:
+                    self._gateway.token_refused(token)
+                return (
+                    "%s: %s" % (endpoint, stream.reason or "the watch ended at once"),
+                    stream.compacted,
+                    stream.token_refused,
                 )
             finally:
                 if timer.active():
@@ -1583,7 +1376,7 @@ class EtcdStore:
                 if not ready.called:
                     ready.callback(None)
             reason = await stream.done
-            return "%s: %s" % (endpoint, reason), stream.compacted
+            return "%s: %s" % (endpoint, reason), stream.compacted, False
         finally:
             if timer.active():
                 timer.cancel()
@@ -1704,6 +1497,7 @@ class EtcdStore:
             # The gateway's stream error (e.g. "no leader"); the connection
             # ends with it.
             message = error.get("message") if isinstance(error, dict) else error
+            stream.token_refused = is_token_refusal(str(message))
             stream.abort("etcd ended the watch: %s" % (message,))
             return
         result = document.get("result")
@@ -1716,6 +1510,14 @@ class EtcdStore:
             why = result.get("cancel_reason") or (
                 "revision %d is compacted" % (compacted,) if compacted else "no reason given"
             )
+            # e.g. "rpc error: code = Unauthenticated desc = etcdserver:
+            # invalid auth token", for a token that expired.
+            stream.token_refused = is_token_refusal(str(why))
+            if "PermissionDenied" in str(why):
+                why = (
+                    "%s (kvtwist's etcd user may not read its key prefix, or etcd's "
+                    "auth is on and kvtwist has no credentials)" % (why,)
+                )
             stream.abort("etcd canceled the watch: %s" % (why,))
             return
         if result.get("created") and not stream.created.called:
@@ -1857,94 +1659,12 @@ def _result(plan: List[Tuple[Op, Optional[Entry]]], revision: int) -> CommitResu
     return CommitResult(revision, tuple(changes))
 
 
-def _unavailable(reasons: List[str]) -> str:
-    """The detail of a L{StoreUnavailable} after every endpoint failed."""
-    detail = "; ".join(reasons) or "no endpoint was tried"
-    if any("no leader" in r for r in reasons):
-        return (
-            "etcd has no leader: a majority of its members is down or cut off "
-            "(no quorum), or an election is under way; " + detail
-        )
-    return "no etcd endpoint could serve the request: " + detail
-
-
 def _unknown_outcome(reason: str, why: str) -> StoreUnavailable:
     return StoreUnavailable(
         "the commit's answer was lost (%s) and whether it was applied cannot "
         "be told (%s); read the keys before retrying" % (reason, why),
         outcome="unknown",
     )
-
-
-class _BodyReader(Protocol):
-    """Collects a response body for L{_read_body}."""
-
-    def __init__(self, done: Deferred) -> None:
-        self.done = done
-        self.chunks: List[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.chunks.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        # etcd's gateway always frames its bodies: an end without framing
-        # (PotentialDataLoss) may be a truncated answer.
-        if reason is None or reason.check(ResponseDone):
-            self.done.callback(b"".join(self.chunks))
-        else:
-            self.done.errback(reason)
-
-
-def _read_body(response: Any) -> Deferred:
-    """
-    The whole body of C{response}. Unlike treq's C{content}, cancelling it
-    (our timeout) stops the transfer and closes the connection, so a member
-    that stalls mid-body does not keep a connection busy.
-    """
-
-    def cancel(_: Deferred) -> None:
-        transport = reader.transport
-        stop = getattr(transport, "stopProducing", None)
-        if stop is not None:
-            stop()
-
-    done: Deferred = Deferred(cancel)
-    reader = _BodyReader(done)
-    response.deliverBody(reader)
-    return done
-
-
-def _describe(error: BaseException) -> str:
-    """A short, str-only description of a transport error."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        # ResponseFailed and friends wrap a list of Failures.
-        return "; ".join(
-            "%s: %s" % (type(r.value).__name__, r.getErrorMessage()) for r in reasons
-        )
-    return "%s: %s" % (type(error).__name__, error)
-
-
-@implementer(IAgentEndpointFactory)
-class _PlainEndpoints:
-    """
-    Plain-HTTP connections to etcd members. An IP address is connected to
-    directly: Twisted's default (HostnameEndpoint) reports a refused
-    connection only after its 0.3 s attempt delay, which every dead member
-    would add to a failover.
-    """
-
-    def __init__(self, reactor: Any, timeout: float) -> None:
-        self._reactor = reactor
-        self._timeout = timeout
-
-    def endpointForURI(self, uri: Any) -> Any:
-        host = uri.host.decode("ascii")
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
-        return HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
 
 
 class _WatchStream(Protocol):
@@ -1962,6 +1682,7 @@ class _WatchStream(Protocol):
         it, else 0.
     @ivar http_error: the status when the answer was not 200 (its body is
         then the reason).
+    @ivar token_refused: whether etcd refused the auth token (or wanted one).
     """
 
     def __init__(self, on_document: Callable[["_WatchStream", bytes], None]) -> None:
@@ -1973,6 +1694,7 @@ class _WatchStream(Protocol):
         self.reason: Optional[str] = None
         self.compacted = 0
         self.http_error = 0
+        self.token_refused = False
         self.closing = False
 
     def dataReceived(self, data: bytes) -> None:
