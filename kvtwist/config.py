@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kvtwist.auth import Token
-from kvtwist.limits import Limits, MiB
+from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, Limits, MiB
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -347,6 +347,18 @@ SETTINGS: Tuple[Setting, ...] = (
         on_argv=False,
         secret=True,
     ),
+    Setting(
+        "etcd-max-txn-ops",
+        count,
+        ETCD_MAX_TXN_OPS,
+        "etcd's --max-txn-ops: keys one commit may touch on etcd (413 beyond).",
+    ),
+    Setting(
+        "etcd-max-request-bytes",
+        size,
+        ETCD_MAX_REQUEST_BYTES,
+        "etcd's --max-request-bytes: the largest commit request sent to etcd (413 beyond).",
+    ),
     Setting("ui", choice("on", "off"), "on", "Serve the admin page at /ui/: on or off."),
     Setting("token-file", text, None, "TOML file of [tokens.NAME] tables (never tokens on argv)."),
     Setting(
@@ -442,6 +454,10 @@ class Config:
             if setting.name == "cache-size":
                 value *= MiB
             fields[setting.limit] = value
+        if is_etcd_store(self.values["store"]):
+            # etcd's own caps on one commit, reported with kvtwist's.
+            fields["etcd_max_txn_ops"] = self.values["etcd-max-txn-ops"]
+            fields["etcd_max_request_bytes"] = self.values["etcd-max-request-bytes"]
         return Limits(**fields)
 
 
@@ -801,6 +817,8 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
 #: The settings of TLS and authentication towards etcd.
 ETCD_TLS_SETTINGS = ("etcd-ca", "etcd-cert", "etcd-key")
 ETCD_AUTH_SETTINGS = ("etcd-user", "etcd-password", "etcd-password-file")
+#: etcd's limits on one request, which kvtwist must be told when raised.
+ETCD_LIMIT_SETTINGS = ("etcd-max-txn-ops", "etcd-max-request-bytes")
 
 
 def _resolve_etcd(values: Dict[str, Any], origin: Mapping[str, int], path: Optional[str]) -> None:
@@ -820,6 +838,7 @@ def _resolve_etcd(values: Dict[str, Any], origin: Mapping[str, int], path: Optio
 
     spec = values["store"]
     given = [n for n in ETCD_TLS_SETTINGS + ETCD_AUTH_SETTINGS if values[n] is not None]
+    given += [n for n in ETCD_LIMIT_SETTINGS if origin.get(n, DEFAULT) != DEFAULT]
     if not is_etcd_store(spec):
         for name in given:
             refuse(

@@ -8,10 +8,16 @@ Resource tree; C{GET /v1/limits} reports it as is.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from kvtwist.strictjson import MAX_DEPTH, MAX_KEY_BYTES
 
 MiB = 1024 * 1024
+
+#: etcd's default C{--max-txn-ops}.
+ETCD_MAX_TXN_OPS = 128
+#: etcd's default C{--max-request-bytes} (1.5 MiB).
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class Limits:
     @ivar max_header_bytes: bytes of a request line, and of the request
         line and headers together (414 or 431 beyond).
     @ivar max_headers: header lines in one request (431 beyond).
+    @ivar etcd_max_txn_ops: on an etcd store, etcd's C{--max-txn-ops}: one
+        commit is one etcd transaction, so it may touch (check or write) at
+        most this many keys (413 beyond); L{None} on other stores.
+    @ivar etcd_max_request_bytes: on an etcd store, etcd's
+        C{--max-request-bytes}: the largest commit request (413 beyond).
     """
 
     max_body: int = 1 * MiB
@@ -76,7 +87,9 @@ class Limits:
     max_connections: int = 1024
     max_header_bytes: int = 16384
     max_headers: int = 100
+    etcd_max_txn_ops: Optional[int] = None
+    etcd_max_request_bytes: Optional[int] = None
 
     def as_dict(self) -> dict:
-        """The limits as a JSON-ready dict."""
-        return asdict(self)
+        """The limits in force as a JSON-ready dict (the etcd ones only on etcd)."""
+        return {name: value for name, value in asdict(self).items() if value is not None}

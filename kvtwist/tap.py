@@ -197,6 +197,8 @@ def open_etcd_store(config: Config, reactor) -> EtcdStore:
         prefix=config["etcd-prefix"],
         tls=tls,
         credentials=credentials,
+        max_txn_ops=config["etcd-max-txn-ops"],
+        max_request_bytes=config["etcd-max-request-bytes"],
     )
 
 

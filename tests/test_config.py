@@ -52,6 +52,8 @@ DEFAULTS = {
     "etcd-user": None,
     "etcd-password-file": None,
     "etcd-password": None,
+    "etcd-max-txn-ops": 128,
+    "etcd-max-request-bytes": 1572864,
     "ui": "on",
     "token-file": None,
     "allow-open": False,
@@ -664,6 +666,30 @@ class StoreOptionTests(SynchronousTestCase):
         for spec in ("redis://x", "etcd://", "etcd://nohost"):
             error = self.assertRaises(usage.UsageError, parse, ["--store", spec])
             self.assertIn("store", str(error))
+
+    def test_etcd_limits(self):
+        """etcd's request limits are kvtwist limits on an etcd store: defaults, or as given; absent on shelve."""
+        limits = parse(["--store", "etcd://127.0.0.1:2379"]).config.limits.as_dict()
+        self.assertEqual(
+            (limits["etcd_max_txn_ops"], limits["etcd_max_request_bytes"]), (128, 1536 * 1024)
+        )
+        given = parse(
+            ["--store", "etcd://127.0.0.1:2379", "--etcd-max-txn-ops", "1000",
+             "--etcd-max-request-bytes", "10MiB"]
+        ).config.limits
+        self.assertEqual((given.etcd_max_txn_ops, given.etcd_max_request_bytes), (1000, 10 << 20))
+        shelve = parse().config.limits.as_dict()
+        self.assertNotIn("etcd_max_txn_ops", shelve)
+        self.assertNotIn("etcd_max_request_bytes", shelve)
+
+    def test_etcd_limits_need_etcd(self):
+        """Setting an etcd limit with the shelve store stops startup naming the setting."""
+        with self.assertRaises((SystemExit, usage.UsageError)) as caught:
+            parse(["--etcd-max-txn-ops", "500"])
+        error = caught.exception
+        message = str(error.code if isinstance(error, SystemExit) else error)
+        self.assertIn("etcd-max-txn-ops", message)
+        self.assertIn("applies only to an etcd store", message)
 
 
 class EtcdSecurityOptionTests(FileMixin, SynchronousTestCase):

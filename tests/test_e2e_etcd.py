@@ -5,6 +5,7 @@ C{?consistent=1} and from its cache once its watch delivers it; revisions
 and ETags come from etcd.
 """
 
+import json
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -63,3 +64,40 @@ class TwoNodesTests(SynchronousTestCase):
         status, headers, body = http_request(self.nodes[0].url, "GET", "/ui/")
         self.assertEqual(status, 200)
         self.assertIn("text/html", headers["content-type"])
+
+
+class EtcdLimitsTests(SynchronousTestCase):
+    """etcd's request limits, as a node is told them, are reported and enforced as 413s."""
+
+    if not AVAILABLE:
+        skip = WHY
+
+    def setUp(self):
+        self.etcd = EtcdCluster(1).start()
+        self.addCleanup(self.etcd.stop)
+        store = "etcd://" + self.etcd.client_urls[0].split("//", 1)[1]
+        self.node = start_server(
+            self, extra_args=["--store", store, "--etcd-prefix", "/limits/", "--etcd-max-txn-ops", "4"]
+        )
+
+    def test_reported_and_enforced(self):
+        """/v1/limits shows etcd_max_txn_ops; a batch or transaction touching more keys is a 413 that applies nothing."""
+        url = self.node.url
+        status, _, body = http_request(url, "GET", "/v1/limits")
+        limits = json.loads(body)
+        self.assertEqual((status, limits["etcd_max_txn_ops"]), (200, 4))
+        self.assertEqual(limits["etcd_max_request_bytes"], 1536 * 1024)
+        ops = [{"op": "set", "key": "k%d" % n, "value": n} for n in range(5)]
+        status, _, body = http_request(url, "POST", "/v1/batch", json.dumps({"ops": ops}).encode(),
+                                       {"Content-Type": "application/json"})
+        problem = json.loads(body)
+        self.assertEqual((status, problem["limit_name"], problem["limit"]), (413, "etcd max-txn-ops", 4))
+        self.assertIn("--max-txn-ops", problem["detail"])
+        self.assertEqual(http_request(url, "GET", "/v1/kv/k0?consistent=1")[0], 404)
+        txn = "/v1/txn/" + json.loads(http_request(url, "POST", "/v1/txn")[2])["id"]
+        self.assertEqual(http_request(url, "POST", txn + "/set", json.dumps({"k%d" % n: n for n in range(5)}).encode())[0], 201)
+        status, _, body = http_request(url, "POST", txn + "/commit")
+        self.assertEqual((status, json.loads(body)["limit_name"]), (413, "etcd max-txn-ops"))
+        self.assertEqual(http_request(url, "GET", "/v1/kv/k0?consistent=1")[0], 404)
+        # Not a conflict: the transaction stays open to be cut down.
+        self.assertEqual(http_request(url, "GET", txn)[0], 200)

@@ -92,6 +92,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from kvtwist.errors import LimitExceeded, StoreUnavailable
+from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -105,10 +106,9 @@ __all__ = [
 
 log = Logger()
 
-#: etcd's default C{--max-txn-ops}.
-DEFAULT_MAX_TXN_OPS = 128
-#: etcd's default C{--max-request-bytes} (1.5 MiB).
-DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+#: etcd's defaults (C{--max-txn-ops}, C{--max-request-bytes}).
+DEFAULT_MAX_TXN_OPS = ETCD_MAX_TXN_OPS
+DEFAULT_MAX_REQUEST_BYTES = ETCD_MAX_REQUEST_BYTES
 
 # At most this many rounds over the endpoints for one request (and no new
 # round once a timeout has passed since the first), with this pause between.
