@@ -9,6 +9,11 @@ a 409 naming the keys in conflict while nothing it staged is applied; keys,
 conditional requests, listing and batch behave as specified over real
 sockets; and a 10,000-key transaction commits atomically, as one revision,
 with the staging and commit times printed (run with C{pytest -s}).
+
+Every suite runs on the shelve store and on an etcd-backed server
+(C{...OnShelve} / C{...OnEtcd} classes over one body, tests/e2e_stores.py),
+except the 10,000-key transactions: etcd caps one transaction at its
+C{--max-txn-ops}, which L{TooBigForEtcdTests} pins instead.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.e2e import start_server, treq_client
+from tests.e2e_stores import OnEtcd, OnShelve
 
 PROBLEM = "application/problem+json"
 
@@ -149,8 +155,12 @@ async def list_prefix(
     testcase.fail("listing %r did not end" % (prefix,))
 
 
-class TwoClientTransactionTests(TestCase):
-    """Two clients with overlapping transactions, through the real server."""
+class TwoClientTransactionTests:
+    """
+    Two clients with overlapping transactions, through the real server (the
+    body of L{TwoClientTransactionTestsOnShelve} and
+    L{TwoClientTransactionTestsOnEtcd}).
+    """
 
     @as_deferred
     async def test_isolation_and_second_commit_conflicts(self):
@@ -164,7 +174,7 @@ class TwoClientTransactionTests(TestCase):
         applied, and B's transaction is gone (404). A third transaction on
         disjoint keys still commits after A.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         url = server.url
         a, b, c = treq_client(self), treq_client(self), treq_client(self)
         for key, value in [("x", b"x0"), ("y", b"y0"), ("gone", b"g0")]:
@@ -263,7 +273,7 @@ class TwoClientTransactionTests(TestCase):
         that key; the key holds the winner's value and the loser's private
         key was not written.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         url = server.url
         clients = [treq_client(self), treq_client(self)]
         self.assertEqual((await call(clients[0], "PUT", url + "/v1/kv/k", b"0")).code, 201)
@@ -294,8 +304,11 @@ class TwoClientTransactionTests(TestCase):
             self.assertEqual(answer.code, code, index)
 
 
-class KeySmokeTests(TestCase):
-    """Keys, listing and batch over real sockets."""
+class KeySmokeTests:
+    """
+    Keys, listing and batch over real sockets (the body of
+    L{KeySmokeTestsOnShelve} and L{KeySmokeTestsOnEtcd}).
+    """
 
     @as_deferred
     async def test_put_get_conditional_delete(self):
@@ -307,7 +320,7 @@ class KeySmokeTests(TestCase):
         and change nothing; the current If-Match succeeds; DELETE with a
         stale If-Match is 412, then 204, then 404; the key is gone.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         url = server.url
         client = treq_client(self)
         key_url = url + "/v1/kv/app/config%2Fmain"
@@ -373,7 +386,7 @@ class KeySmokeTests(TestCase):
         without gaps or repeats; C{values=1} gives JSON values inline and
         other types base64 with their content type.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         url = server.url
         client = treq_client(self)
         for i in range(7):
@@ -416,7 +429,7 @@ class KeySmokeTests(TestCase):
         with one failing check is a 409 naming its index and applies none
         of its sets or deletes.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         url = server.url
         client = treq_client(self)
         first = (await call(client, "PUT", url + "/v1/kv/b/old", b"1")).json()["revision"]
@@ -452,8 +465,31 @@ class KeySmokeTests(TestCase):
         self.assertEqual((await call(client, "GET", url + "/v1/kv/b/new")).code, 200)
 
 
+class TwoClientTransactionTestsOnShelve(OnShelve, TwoClientTransactionTests, TestCase):
+    """Overlapping transactions on the shelve store."""
+
+
+class TwoClientTransactionTestsOnEtcd(OnEtcd, TwoClientTransactionTests, TestCase):
+    """Overlapping transactions on an etcd-backed server."""
+
+
+class KeySmokeTestsOnShelve(OnShelve, KeySmokeTests, TestCase):
+    """Keys, listing and batch on the shelve store."""
+
+
+class KeySmokeTestsOnEtcd(OnEtcd, KeySmokeTests, TestCase):
+    """Keys, listing and batch on an etcd-backed server."""
+
+
 class BigTransactionTests(TestCase):
-    """A 10,000-key transaction: atomic, one revision, and timed."""
+    """
+    A 10,000-key transaction: atomic, one revision, and timed.
+
+    Shelve only: etcd refuses a transaction of more operations than its
+    C{--max-txn-ops} (128 by default) and kvcache never splits a commit, so
+    on etcd such a commit is a 413 naming the limit by design
+    (docs/scale-out.md); L{TooBigForEtcdTests} pins that answer.
+    """
 
     async def _check_all_at(self, client, url: str, prefix: str, revision: int, value) -> None:
         """Each of the 10,000 keys holds C{value} at mod_revision C{revision}."""
@@ -574,3 +610,45 @@ class BigTransactionTests(TestCase):
                SINGLE_PUT_CONCURRENCY, BIG_KEYS * stage_seconds / SINGLE_PUTS,
                commit_seconds)
         )
+
+
+class TooBigForEtcdTests(OnEtcd, TestCase):
+    """
+    Etcd only: the limit that keeps L{BigTransactionTests} off etcd, as an
+    HTTP client meets it.
+    """
+
+    @as_deferred
+    async def test_transaction_over_max_txn_ops_is_413(self):
+        """
+        On etcd (default C{--max-txn-ops} 128) a 200-key transaction stages
+        fine, and its commit is a 413 problem naming the limit (128) and a
+        size of at least 200; nothing is applied, and a 100-key one commits
+        at one revision.
+        """
+        server = self.start_kvcache()
+        url = server.url
+        client = treq_client(self)
+        txn_id = await begin(self, client, url)
+        body = json.dumps({"over/%03d" % (i,): i for i in range(200)}).encode("ascii")
+        staged = await call(client, "POST", url + "/v1/txn/%s/set" % (txn_id,), body)
+        self.assertEqual(staged.code, 201, staged)
+        refused = await call(client, "POST", url + "/v1/txn/%s/commit" % (txn_id,))
+        self.assertEqual((refused.code, refused.content_type), (413, PROBLEM), refused)
+        problem = refused.json()
+        self.assertEqual((problem["code"], problem["limit"]), ("limit-exceeded", 128))
+        # The size counts etcd operations: the 200 keys plus the few that
+        # retire the shared transaction record in the same etcd txn.
+        self.assertGreaterEqual(problem["size"], 200)
+        self.assertEqual(await list_prefix(self, client, url, "over/"), [])
+
+        txn_id = await begin(self, client, url)
+        body = json.dumps({"under/%03d" % (i,): i for i in range(100)}).encode("ascii")
+        self.assertEqual(
+            (await call(client, "POST", url + "/v1/txn/%s/set" % (txn_id,), body)).code, 201
+        )
+        committed = await call(client, "POST", url + "/v1/txn/%s/commit" % (txn_id,))
+        self.assertEqual(committed.code, 200, committed)
+        items = await list_prefix(self, client, url, "under/")
+        self.assertEqual({item["mod_revision"] for item in items}, {committed.json()["revision"]})
+        self.assertEqual(len(items), 100)

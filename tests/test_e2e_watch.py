@@ -16,6 +16,12 @@ Servers run with the defaults (1,000 watchers at most, an event history of
 says otherwise: a fast sweep for the TTL test, a fast heartbeat for the
 resume test (so that both kinds of resume point are used), a short history
 for the 410 test.
+
+Every suite runs on the shelve store and on an etcd-backed server
+(C{...OnShelve} / C{...OnEtcd} classes over one body, tests/e2e_stores.py).
+On etcd, revisions increase but may skip, expiry is etcd's lease (seconds
+after the expiry, while kvcache already reads the key as absent), and the
+node's own connections to etcd are not counted as the crowd's.
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Collection, Dict, List, Optional, Set
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, ProxyFactory, ProxyServer
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from kvtwist import client
-from tests.e2e import HOST, start_server, treq_client
+from tests.e2e import HOST, treq_client
+from tests.e2e_stores import OnEtcd, OnShelve
 
 #: Commits in the resume test, and how often its connection is cut.
 RESUME_COMMITS = 1000
@@ -46,6 +53,22 @@ CROWD_CYCLES = 3
 
 #: Commits measured by the latency test.
 LATENCY_COMMITS = 200
+
+#: Why the etcd variant of the index-0 long-poll test is skipped (a product
+#: bug, reported): L{kvtwist.events.ChangeHub.removed_since} cannot rule
+#: out a deletion after revision 0 when its history starts later, and on
+#: etcd it always does (a fresh etcd is at revision 1, and other prefixes'
+#: writes move it), so C{GET /v1/kv/never-written?index=0&wait=30} answers
+#: 404 at once instead of waiting for the key to appear as docs/api.md and
+#: L{client.wait_for} promise. (A shelve server restarted on a store with
+#: commits answers at once too; a fresh one, as in this suite, waits.) The
+#: crowd and latency tests wait from a current revision instead, which
+#: holds on every store.
+INDEX_ZERO_BUG = (
+    "product bug: on etcd a long-poll with index=0 on a never-written key "
+    "answers 404 at once instead of waiting for the key (ChangeHub.removed_since "
+    "with a history horizon above 0)"
+)
 
 #: Bounded waits, in seconds.
 SETTLE_TIMEOUT = 15.0
@@ -72,9 +95,65 @@ def sleep(seconds: float) -> Deferred:
     return deferLater(reactor, seconds, lambda: None)
 
 
-def open_fds(pid: int) -> int:
-    """How many file descriptors process C{pid} has open."""
-    return len(os.listdir("/proc/%d/fd" % (pid,)))
+def open_fds(pid: int, except_peers: Collection[int] = ()) -> int:
+    """
+    How many file descriptors process C{pid} has open; with
+    C{except_peers} (the backing store's ports), not counting its outgoing
+    connections to the store: those to one of those ports, and sockets that
+    are in no TCP table yet (Twisted creates an outgoing socket one reactor
+    turn before it connects it, and the store is the server's only
+    outgoing peer).
+    """
+    fds = os.listdir("/proc/%d/fd" % (pid,))
+    if not except_peers:
+        return len(fds)
+    return sum(1 for kind in classify_fds(pid, fds, except_peers) if kind == "own")
+
+
+#: 127.0.0.1 as C{/proc/net/tcp} writes it (little-endian hex).
+LOOPBACK_HEX = "0100007F"
+
+
+def classify_fds(pid: int, fds: List[str], peer_ports: Collection[int]) -> List[str]:
+    """
+    For each of C{fds} of process C{pid}: C{"store"} for a TCP connection to
+    127.0.0.1 on one of C{peer_ports} or a socket in no TCP table (not
+    connected yet, or closed), else C{"own"}. Read after listing the fds, so
+    a connection made meanwhile is in the table.
+    """
+    sockets = [_socket_inode(pid, fd) for fd in fds]
+    hashed: Dict[str, bool] = {}
+    # The namespace's tables (other processes' sockets are there too).
+    for table in ("tcp", "tcp6"):
+        with open("/proc/%d/net/%s" % (pid, table)) as f:
+            next(f)  # the column titles
+            for line in f:
+                fields = line.split()
+                address, port = fields[2].split(":")
+                hashed[fields[9]] = address == LOOPBACK_HEX and int(port, 16) in peer_ports
+    return [
+        "own" if inode is None or hashed.get(inode) is False else "store"
+        for inode in sockets
+    ]
+
+
+def _socket_inode(pid: int, fd: str) -> Optional[str]:
+    """The inode of socket C{fd} of process C{pid} (None if not a socket)."""
+    try:
+        target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+    except OSError:  # closed meanwhile
+        return None
+    if target.startswith("socket:["):
+        return target[len("socket:["):-1]
+    return None
+
+
+def backend_connections(pid: int, peer_ports: Collection[int]) -> int:
+    """How many sockets of process C{pid} L{classify_fds} gives to the store."""
+    if not peer_ports:
+        return 0
+    fds = os.listdir("/proc/%d/fd" % (pid,))
+    return sum(1 for kind in classify_fds(pid, fds, peer_ports) if kind == "store")
 
 
 def rss_kib(pid: int) -> int:
@@ -201,17 +280,25 @@ class CuttableProxy(ProxyFactory):
         await wait_until(lambda: not self.legs, what="the proxy's connections to close")
 
 
-class ExpiryTests(TestCase):
-    """A key with a TTL, end to end."""
+class ExpiryTests:
+    """
+    A key with a TTL, end to end; a body, run on each store by
+    ExpiryTestsOnShelve and ExpiryTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_ttl_expires_with_an_event(self):
         """
         PUT ?ttl=1 is readable at once (with KV-Expires), 404 after 2.5 s, and
-        the sweeper's removal reaches a watcher as an expire event.
+        the removal reaches a watcher as an expire event: kvcache's sweeper
+        removes it on shelve; on etcd the key reads as absent by kvcache's
+        clock at once and etcd's lease removes it a few seconds later.
         """
-        # A fast sweep: the expire event follows the expiry within 0.2 s.
-        server = start_server(self, extra_args=["--sweep-interval", "0.2"])
+        # A fast sweep: on shelve the expire event follows the expiry within
+        # 0.2 s. On etcd there is nothing to sweep: the lease ends about
+        # two seconds after the expiry second (LEASE_MARGIN) and etcd checks
+        # its leases twice a second, so the event comes 3-5 s after the put.
+        server = self.start_kvcache(extra_args=["--sweep-interval", "0.2"])
         http = treq_client(self)
         watcher = Consumer(client.watch(http, server.url, "ttl/", clock=reactor))
         self.addCleanup(watcher.close)
@@ -224,9 +311,9 @@ class ExpiryTests(TestCase):
         await sleep(max(0.0, 2.5 - (time.monotonic() - start)))
         with self.assertRaises(client.NotFoundError):
             await client.get_entry(http, server.url, "ttl/k")
-        # Swept within a sweep interval of expiring: long gone by now, but
-        # the event may still be on the wire; wait a little for it.
-        await wait_until(lambda: len(watcher.events) >= 2, timeout=5.0, what="the expire event")
+        # Swept within a sweep interval of expiring (long gone by now, but
+        # the event may still be on the wire), or an etcd lease's end away.
+        await wait_until(lambda: len(watcher.events) >= 2, timeout=10.0, what="the expire event")
         kinds = [(e.kind, e.key) for e in watcher.events]
         self.assertEqual(kinds, [("put", "ttl/k"), ("expire", "ttl/k")])
         self.assertGreater(watcher.events[1].revision, written["revision"])
@@ -234,8 +321,11 @@ class ExpiryTests(TestCase):
               % (watcher.arrivals[1] - watcher.arrivals[0],))
 
 
-class LongPollTests(TestCase):
-    """GET /v1/kv/{key}?index=N&wait=S, end to end."""
+class LongPollTests:
+    """
+    GET /v1/kv/{key}?index=N&wait=S, end to end; a body, run on each store
+    by LongPollTestsOnShelve and LongPollTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_wakes_on_a_commit_from_another_connection(self):
@@ -244,7 +334,7 @@ class LongPollTests(TestCase):
         another connection (the issue asks for 200 ms; asserted with a 2 s
         margin for busy machines, and the measured figure printed).
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         http = treq_client(self)
         first = await client.put(http, server.url, "lp/k", b"one")
         woken: Dict[str, float] = {}
@@ -270,8 +360,32 @@ class LongPollTests(TestCase):
         self.assertLess(latency, 2.0)
 
 
-class ResumeTests(TestCase):
-    """A watcher through real network failures."""
+    @as_deferred
+    async def test_index_zero_waits_for_a_missing_key(self):
+        """
+        A long-poll with index 0 on a key that was never written ("0: wait
+        for the key to exist", L{client.wait_for}) is held until the key
+        is created, and then answers with it.
+        """
+        if self.store_name == "etcd":
+            raise SkipTest(INDEX_ZERO_BUG)
+        server = self.start_kvcache()
+        http = treq_client(self)
+        # Some other key first, so the store's revision is past 0.
+        await client.put(http, server.url, "lp/other", b"x")
+        poll = client.wait_for(http, server.url, "lp/new", 0, wait=30)
+        await sleep(0.3)
+        self.assertFalse(poll.called, "the long-poll answered before the key existed")
+        created = await client.put(http, server.url, "lp/new", b"here")
+        entry = await poll
+        self.assertEqual((entry.value, entry.mod_revision), (b"here", created["revision"]))
+
+
+class ResumeTests:
+    """
+    A watcher through real network failures; a body, run on each store by
+    ResumeTestsOnShelve and ResumeTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_no_gap_no_duplicate_across_disconnects(self):
@@ -283,7 +397,7 @@ class ResumeTests(TestCase):
         # Heartbeats every 0.2 s: some cuts come after one (resume from the
         # last revision), some right after an event (resume from the one
         # before, dropping what is replayed twice).
-        server = start_server(self, extra_args=["--heartbeat", "0.2"])
+        server = self.start_kvcache(extra_args=["--heartbeat", "0.2"])
         http = treq_client(self)
         proxy = CuttableProxy(server.port)
         self.addCleanup(proxy.stop)
@@ -313,41 +427,61 @@ class ResumeTests(TestCase):
         seen = [e.revision for e in watcher.events]
         print("\nresume: %d commits in %.2f s, %d cuts, %d reconnects, %d events"
               % (RESUME_COMMITS, written, proxy.cuts, watcher.watch.reconnects, len(seen)))
-        expected = list(range(opened_at + 1, opened_at + RESUME_COMMITS + 1))
-        self.assertEqual(sorted(revisions), expected)
+        if self.exact_revisions:
+            expected = list(range(opened_at + 1, opened_at + RESUME_COMMITS + 1))
+            self.assertEqual(sorted(revisions), expected)
+        else:
+            # etcd: one distinct revision per commit, all after the open,
+            # not necessarily contiguous (docs/api.md).
+            self.assertEqual(len(set(revisions)), RESUME_COMMITS)
+            self.assertGreater(min(revisions), opened_at)
         self.assertEqual(seen, sorted(revisions))
         self.assertGreaterEqual(watcher.watch.reconnects, RESUME_COMMITS // RESUME_CUT_EVERY - 1)
 
 
-class HistoryGoneTests(TestCase):
-    """A resume point older than the server's history."""
+class HistoryGoneTests:
+    """
+    A resume point older than the server's history; a body, run on each
+    store by HistoryGoneTestsOnShelve and HistoryGoneTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_history_gone(self):
         """
-        With a history of 5 events, watching after revision 1 of 10 is a
-        410 that the client raises as HistoryGone, naming revision 5 as the
-        oldest it can resume from.
+        With a history of 5 events, watching after the first of 10 commits
+        is a 410 that the client raises as HistoryGone, naming the fifth
+        commit's revision as the oldest it can resume from; from there the
+        last five replay. On shelve, a fresh store, those are revisions 1
+        to 10 exactly.
         """
-        server = start_server(self, extra_args=["--watch-history", "5"])
+        server = self.start_kvcache(extra_args=["--watch-history", "5"])
         http = treq_client(self)
+        revisions = []
         for n in range(10):
-            await client.put(http, server.url, "h/%d" % (n,), b"x")
-        watcher = Consumer(client.watch(http, server.url, "h/", after=1, clock=reactor))
+            revisions.append((await client.put(http, server.url, "h/%d" % (n,), b"x"))["revision"])
+        if self.exact_revisions:
+            self.assertEqual(revisions, list(range(1, 11)))
+        watcher = Consumer(
+            client.watch(http, server.url, "h/", after=revisions[0], clock=reactor)
+        )
         self.addCleanup(watcher.close)
         error = await self.assertFailure(watcher.done, client.HistoryGone)
         self.assertEqual(
-            (error.status, error.oldest_revision, error.requested_revision), (410, 5, 1)
+            (error.status, error.oldest_revision, error.requested_revision),
+            (410, revisions[4], revisions[0]),
         )
         # From the oldest revision it offers, the replay works.
-        again = Consumer(client.watch(http, server.url, "h/", after=5, clock=reactor))
+        again = Consumer(client.watch(http, server.url, "h/", after=revisions[4], clock=reactor))
         self.addCleanup(again.close)
         await wait_until(lambda: len(again.events) == 5, what="the replay")
-        self.assertEqual([e.revision for e in again.events], [6, 7, 8, 9, 10])
+        self.assertEqual([e.revision for e in again.events], revisions[5:])
 
 
-class CrowdTests(TestCase):
-    """Many watchers come and go; the server gives everything back."""
+class CrowdTests:
+    """
+    Many watchers come and go; the server gives everything back; a body, run
+    on each store by CrowdTestsOnShelve and CrowdTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_fds_and_memory_return_after_a_crowd_leaves(self):
@@ -356,23 +490,34 @@ class CrowdTests(TestCase):
         disconnect, three times over: each time the server's open file
         descriptors return exactly to the baseline, and its RSS does not
         grow from one crowd to the next. Prints the memory per idle watcher.
+        On etcd the node's connections to etcd are not counted in the
+        baseline (its connection pool keeps some of those the crowd's reads
+        opened); their number must not grow from one crowd to the next.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         pid = server.process.pid
+        backend = self.backend_ports()
         http = treq_client(self)
         # Warm up every code path once (imports, caches, the hub), so the
         # baseline is the server at rest, not a server yet to allocate.
-        await client.put(http, server.url, "crowd/warm", b"x")
-        await self._crowd(http, server.url, 1, 1)
-        base_fds = await self._settled_fds(pid)
+        warm = await client.put(http, server.url, "crowd/warm", b"x")
+        # The long-polls wait on missing keys from this revision: from 0
+        # they would answer at once on etcd (INDEX_ZERO_BUG).
+        since = warm["revision"]
+        await self._crowd(http, server.url, since, 1, 1)
+        base_fds = await self._settled_fds(pid, backend)
         base_rss = rss_kib(pid)
         after: List[int] = []
+        backend_after: List[int] = []
         print("\ncrowd baseline: %d fds, RSS %d KiB" % (base_fds, base_rss))
         for cycle in range(CROWD_CYCLES):
-            figures = await self._crowd(http, server.url, LONG_POLLS, STREAMS, pid, base_fds)
-            left = await wait_until(lambda: open_fds(pid) == base_fds,
+            figures = await self._crowd(
+                http, server.url, since, LONG_POLLS, STREAMS, pid, base_fds, backend
+            )
+            left = await wait_until(lambda: open_fds(pid, backend) == base_fds,
                                     what="the fd count to return to %d" % (base_fds,))
             after.append(rss_kib(pid))
+            backend_after.append(backend_connections(pid, backend))
             print("crowd %d: %d fds with %d long-polls, %d with %d streams too; RSS %d KiB, "
                   "%d KiB with long-polls, %d KiB with streams (%.1f KiB per long-poll, "
                   "%.1f KiB per stream, %.1f KiB per watcher); fds back to %d in %.2f s, "
@@ -387,13 +532,19 @@ class CrowdTests(TestCase):
         # RSS above the baseline; a leak would grow it with every crowd.
         self.assertLess(after[0] - base_rss, 64 * 1024, "RSS after the first crowd")
         self.assertLess(after[-1] - after[0], 4 * 1024, "RSS growth from crowd to crowd")
+        if backend:
+            print("connections to the backing store after each crowd: %r" % (backend_after,))
+        self.assertLessEqual(backend_after[-1], backend_after[0], "connections to the store")
 
-    async def _settled_fds(self, pid: int) -> int:
-        """The fd count once it has not changed for a settle delay."""
-        previous = open_fds(pid)
+    async def _settled_fds(self, pid: int, backend: Collection[int]) -> int:
+        """
+        The fd count (without connections to C{backend} ports) once it has
+        not changed for a settle delay.
+        """
+        previous = open_fds(pid, backend)
         for _ in range(int(SETTLE_TIMEOUT / SETTLE_DELAY)):
             await sleep(SETTLE_DELAY)
-            current = open_fds(pid)
+            current = open_fds(pid, backend)
             if current == previous:
                 return current
             previous = current
@@ -403,37 +554,40 @@ class CrowdTests(TestCase):
         self,
         http: Any,
         url: str,
+        since: int,
         long_polls: int,
         streams: int,
         pid: Optional[int] = None,
         base_fds: int = 0,
+        backend: Collection[int] = (),
     ) -> Dict[str, int]:
         """
-        Open C{long_polls} long-polls (on missing keys: they hold until
-        cancelled) and C{streams} event streams, measure the server (if
-        C{pid}), then disconnect them all.
+        Open C{long_polls} long-polls (on missing keys, from revision
+        C{since}: they hold until cancelled) and C{streams} event streams,
+        measure the server (if C{pid}; its fds without its connections to
+        C{backend} ports), then disconnect them all.
         """
         figures: Dict[str, int] = {}
         if pid is not None:
             figures["before_rss"] = rss_kib(pid)
         polls = [
-            client.wait_for(http, url, "crowd/missing-%d" % (i,), 0, wait=60)
+            client.wait_for(http, url, "crowd/missing-%d" % (i,), since, wait=60)
             for i in range(long_polls)
         ]
         for poll in polls:
             poll.addErrback(lambda failure: None)  # cancelled below
         if pid is not None:
-            await wait_until(lambda: open_fds(pid) >= base_fds + long_polls,
+            await wait_until(lambda: open_fds(pid, backend) >= base_fds + long_polls,
                              what="%d long-poll connections" % (long_polls,))
             await sleep(SETTLE_DELAY)  # let the last ones be parsed and held
-            figures["lp_fds"] = open_fds(pid)
+            figures["lp_fds"] = open_fds(pid, backend)
             figures["lp_rss"] = rss_kib(pid)
         watchers = [Consumer(client.watch(http, url, "crowd/s%d/" % (i,), clock=reactor))
                     for i in range(streams)]
         await gatherResults([w.watch.when_open() for w in watchers])
         if pid is not None:
             await sleep(SETTLE_DELAY)
-            figures["all_fds"] = open_fds(pid)
+            figures["all_fds"] = open_fds(pid, backend)
             figures["all_rss"] = rss_kib(pid)
             self.assertGreaterEqual(figures["all_fds"], base_fds + long_polls + streams)
         for poll in polls:
@@ -444,8 +598,11 @@ class CrowdTests(TestCase):
         return figures
 
 
-class LatencyTests(TestCase):
-    """How soon watchers hear of a commit."""
+class LatencyTests:
+    """
+    How soon watchers hear of a commit; a body, run on each store by
+    LatencyTestsOnShelve and LatencyTestsOnEtcd below.
+    """
 
     @as_deferred
     async def test_wake_up_latency(self):
@@ -454,16 +611,18 @@ class LatencyTests(TestCase):
         to a held long-poll's answer and to the event on a stream; p50 and
         p99 are printed, with only a loose sanity bound asserted.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         http = treq_client(self)
         watcher = Consumer(client.watch(http, server.url, "lat/", clock=reactor))
         self.addCleanup(watcher.close)
-        await watcher.watch.when_open()
+        # The first long-poll waits for the missing key from the revision the
+        # stream opened at (0 on a fresh shelve store); from 0 it would
+        # answer at once on etcd (INDEX_ZERO_BUG).
+        index = await watcher.watch.when_open()
         sent: Dict[int, float] = {}
         acked: Dict[int, float] = {}
         polled: Dict[int, float] = {}
         early = 0
-        index = 0
         for n in range(LATENCY_COMMITS):
             arrival: List[float] = []
             poll = client.wait_for(http, server.url, "lat/k", index, wait=30)
@@ -496,3 +655,55 @@ class LatencyTests(TestCase):
         # Loose: only a wake-up that waited for something else would miss it.
         self.assertLess(percentile([polled[r] - sent[r] for r in sent], 0.5), 1.0)
         self.assertLess(percentile([streamed[r] - sent[r] for r in sent], 0.5), 1.0)
+
+
+# Each body above on each store (tests/e2e_stores.py): pytest -k OnEtcd runs
+# only the etcd variants.
+
+
+class ExpiryTestsOnShelve(OnShelve, ExpiryTests, TestCase):
+    """TTLs on the shelve store (expired by kvcache's sweeper)."""
+
+
+class ExpiryTestsOnEtcd(OnEtcd, ExpiryTests, TestCase):
+    """TTLs on etcd (absent at once by kvcache's clock, removed by etcd's lease)."""
+
+
+class LongPollTestsOnShelve(OnShelve, LongPollTests, TestCase):
+    """Long-polls on the shelve store."""
+
+
+class LongPollTestsOnEtcd(OnEtcd, LongPollTests, TestCase):
+    """Long-polls on etcd (woken through the node's etcd watch)."""
+
+
+class ResumeTestsOnShelve(OnShelve, ResumeTests, TestCase):
+    """Resuming event streams on the shelve store."""
+
+
+class ResumeTestsOnEtcd(OnEtcd, ResumeTests, TestCase):
+    """Resuming event streams on etcd."""
+
+
+class HistoryGoneTestsOnShelve(OnShelve, HistoryGoneTests, TestCase):
+    """The event history's bound on the shelve store."""
+
+
+class HistoryGoneTestsOnEtcd(OnEtcd, HistoryGoneTests, TestCase):
+    """The event history's bound on etcd."""
+
+
+class CrowdTestsOnShelve(OnShelve, CrowdTests, TestCase):
+    """A crowd of watchers on the shelve store."""
+
+
+class CrowdTestsOnEtcd(OnEtcd, CrowdTests, TestCase):
+    """A crowd of watchers on etcd."""
+
+
+class LatencyTestsOnShelve(OnShelve, LatencyTests, TestCase):
+    """Wake-up latency on the shelve store."""
+
+
+class LatencyTestsOnEtcd(OnEtcd, LatencyTests, TestCase):
+    """Wake-up latency on etcd."""

@@ -28,11 +28,13 @@ Under it, a key that was absent at first touch and absent again at commit
 counted and printed, since a literal reading of "changed after first touch"
 would call them conflicts (the outcome is serializable either way).
 
-The server is started once for the module; every example works in a fresh
-key namespace, so no reset is needed. HTTP is plain blocking C{http.client}
-(hypothesis and a running reactor do not mix). Run with C{pytest -s} to see
-the case count and figures; C{KVTWIST_MODEL_EXAMPLES} sets the number of
-cases.
+The server is started once for the module on each store: the test runs
+twice, C{[OnShelve]} and C{[OnEtcd]} (a single-member etcd, where revisions
+increase but may skip; revisions are only ever checked to increase). Every
+example works in a fresh key namespace, so no reset is needed. HTTP is
+plain blocking C{http.client} (hypothesis and a running reactor do not
+mix). Run with C{pytest -s} to see the case count and figures;
+C{KVTWIST_MODEL_EXAMPLES} sets the number of cases.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.e2e import ServerProcess, connect, http_request
+from tests.e2e_stores import ETCD_AVAILABLE, ETCD_WHY, STORES, etcd_server_args
+from tests.etcd import EtcdCluster
 
 #: Examples hypothesis runs (each a short program; 0.05-0.15 s each here).
 #: C{KVTWIST_MODEL_EXAMPLES} raises it for a longer soak.
@@ -288,16 +292,29 @@ def decode_item(item: Dict[str, Any]) -> Value:
 # -- the test -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def model_server():
-    """One kvcache for the whole module, killed and removed at the end."""
+@pytest.fixture(scope="module", params=STORES)
+def model_server(request):
+    """
+    One kvcache for the whole module on each store (tests/e2e_stores.py):
+    on the shelve store, and on a single-member etcd of its own; killed and
+    removed at the end. Without etcd the etcd variant is skipped.
+    """
+    cluster = None
+    extra_args: List[str] = []
+    if request.param == "OnEtcd":
+        if not ETCD_AVAILABLE:
+            pytest.skip(ETCD_WHY)
+        cluster = EtcdCluster(1).start()
+        extra_args = etcd_server_args(cluster, "model")
     base = tempfile.mkdtemp(prefix="kvtwist-model-")
-    process = ServerProcess(os.path.join(base, "data"), log_dir=base)
+    process = ServerProcess(os.path.join(base, "data"), extra_args, log_dir=base)
     try:
         process.start()
         yield process
     finally:
         process.stop()
+        if cluster is not None:
+            cluster.stop()
         if not os.environ.get("KVTWIST_KEEP_E2E"):
             shutil.rmtree(base, True)
 
