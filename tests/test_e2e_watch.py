@@ -35,7 +35,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, ProxyFactory, ProxyServer
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from kvtwist import client
 from tests.e2e import HOST, treq_client
@@ -53,22 +53,6 @@ CROWD_CYCLES = 3
 
 #: Commits measured by the latency test.
 LATENCY_COMMITS = 200
-
-#: Why the etcd variant of the index-0 long-poll test is skipped (a product
-#: bug, reported): L{kvtwist.events.ChangeHub.removed_since} cannot rule
-#: out a deletion after revision 0 when its history starts later, and on
-#: etcd it always does (a fresh etcd is at revision 1, and other prefixes'
-#: writes move it), so C{GET /v1/kv/never-written?index=0&wait=30} answers
-#: 404 at once instead of waiting for the key to appear as docs/api.md and
-#: L{client.wait_for} promise. (A shelve server restarted on a store with
-#: commits answers at once too; a fresh one, as in this suite, waits.) The
-#: crowd and latency tests wait from a current revision instead, which
-#: holds on every store.
-INDEX_ZERO_BUG = (
-    "product bug: on etcd a long-poll with index=0 on a never-written key "
-    "answers 404 at once instead of waiting for the key (ChangeHub.removed_since "
-    "with a history horizon above 0)"
-)
 
 #: Bounded waits, in seconds.
 SETTLE_TIMEOUT = 15.0
@@ -367,8 +351,6 @@ class LongPollTests:
         for the key to exist", L{client.wait_for}) is held until the key
         is created, and then answers with it.
         """
-        if self.store_name == "etcd":
-            raise SkipTest(INDEX_ZERO_BUG)
         server = self.start_kvcache()
         http = treq_client(self)
         # Some other key first, so the store's revision is past 0.
@@ -501,8 +483,7 @@ class CrowdTests:
         # Warm up every code path once (imports, caches, the hub), so the
         # baseline is the server at rest, not a server yet to allocate.
         warm = await client.put(http, server.url, "crowd/warm", b"x")
-        # The long-polls wait on missing keys from this revision: from 0
-        # they would answer at once on etcd (INDEX_ZERO_BUG).
+        # The long-polls wait on missing keys from this revision.
         since = warm["revision"]
         await self._crowd(http, server.url, since, 1, 1)
         base_fds = await self._settled_fds(pid, backend)
@@ -616,8 +597,7 @@ class LatencyTests:
         watcher = Consumer(client.watch(http, server.url, "lat/", clock=reactor))
         self.addCleanup(watcher.close)
         # The first long-poll waits for the missing key from the revision the
-        # stream opened at (0 on a fresh shelve store); from 0 it would
-        # answer at once on etcd (INDEX_ZERO_BUG).
+        # stream opened at.
         index = await watcher.watch.when_open()
         sent: Dict[int, float] = {}
         acked: Dict[int, float] = {}

@@ -162,6 +162,24 @@ class LongPollTests(WatchCase):
         self.client.stub.flush()
         self.assertEqual(self.successResultOf(treq.content(self.successResultOf(d))), b"here")
 
+    def test_index_zero_waits_past_the_history(self):
+        """
+        index=0 on a missing key waits for it to appear even when the event
+        history no longer reaches revision 0 (a restarted store, or etcd,
+        whose revisions start at 1): absence is not news to a client that
+        never saw the key.
+        """
+        for n in range(self.limits.watch_history + 2):
+            self.put("filler%d" % n)
+        self.put("gone")
+        self.client.request("DELETE", "/v1/kv/gone")
+        for key in ("new", "gone"):
+            d = self.start("GET", "/v1/kv/%s?index=0&wait=30" % key)
+            self.assertNoResult(d)
+            self.put(key, b"here")
+            self.client.stub.flush()
+            self.assertEqual(self.successResultOf(treq.content(self.successResultOf(d))), b"here")
+
     def test_deleted_after_index_answers_404_at_once(self):
         """A key deleted after the index answers 404 immediately."""
         self.put("a")

@@ -152,7 +152,9 @@ class KeyResource(V1Resource):
         wait = wait_seconds(request, self.context)
         if entry is not None and entry.mod_revision > index:
             return entry
-        if entry is None and self.context.hub.removed_since(key, index):
+        # index 0 means "never seen it": its absence is not news, however
+        # short the history (etcd's starts at 1, a restarted shelve's later).
+        if entry is None and index and self.context.hub.removed_since(key, index):
             return None
         await wait_for_change(request, self.context, key, wait)
         return await self.context.store.get(key)
