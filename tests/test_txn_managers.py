@@ -96,6 +96,29 @@ class EtcdTransactionContractTests(TransactionContract, EtcdTestCase):
         self.assertEqual((await store.get("k")).mod_revision, before + 1)
 
 
+class EtcdTransactionLimitTests(EtcdTestCase):
+    """A transaction's commit is one etcd transaction, within etcd's --max-txn-ops."""
+
+    async def test_commit_counts_its_state_removal(self):
+        """
+        etcd counts compares and requests apart: a commit of N observed keys
+        needs N + 1 compares (the head) and N + 2 requests (removing head and
+        records), so with max-txn-ops 5, three keys commit and four are a 413.
+        """
+        store = await self.open_store(prefix="/l/", max_txn_ops=5)
+        manager = EtcdTransactions(store, reactor, Limits())
+        fits = await manager.begin()
+        await fits.record([Put("k%d" % n, b"") for n in range(3)], {"k%d" % n: 0 for n in range(3)})
+        await (await manager.find(fits.id)).commit()
+        too_big = await manager.begin()
+        await too_big.record([Put("j%d" % n, b"") for n in range(4)], {"j%d" % n: 0 for n in range(4)})
+        error = await self.expect(LimitExceeded, (await manager.find(too_big.id)).commit())
+        self.assertEqual((error.extra["limit"], error.extra["size"]), (5, 6))
+        self.assertIn("staged state", error.detail)
+        self.assertEqual(len(await (await manager.find(too_big.id)).view()), 4)
+        self.assertIsNone(await store.get("j0"))
+
+
 class SharedTransactionTests(EtcdTestCase):
     """One etcd, three nodes (managers with their own etcd clients)."""
 

@@ -395,10 +395,10 @@ class Rider:
         self.guard_mod = guard_mod
         self.requests = list(requests)
 
-    def weight(self) -> Tuple[int, int]:
-        """The etcd operations and (roughly) the bytes the rider adds."""
+    def weight(self) -> Tuple[int, int, int]:
+        """The compares, the requests and (roughly) the bytes the rider adds."""
         size = sum(len(json.dumps(r)) for r in self.requests) + len(self.guard_key) + _OP_OVERHEAD
-        return 1 + len(self.requests), size
+        return 1, len(self.requests), size
 
     def ride(self, txn: dict) -> None:
         """Add the guard and the requests to C{txn}, an etcd txn request."""
@@ -914,17 +914,21 @@ class EtcdStore:
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
-        extra = rider.weight() if rider is not None else (0, 0)
-        if len(touched) + extra[0] > self.max_txn_ops:
+        # etcd counts the compares and the requests of each branch apart.
+        compares, requests, extra_bytes = rider.weight() if rider is not None else (0, 0, 0)
+        operations = max(len(touched) + compares, len(final) + requests)
+        if operations > self.max_txn_ops:
             raise LimitExceeded(
                 "etcd max-txn-ops",
                 self.max_txn_ops,
-                len(touched) + extra[0],
+                operations,
                 hint="a commit is one etcd transaction with one compare per "
-                "checked or written key; raise etcd's --max-txn-ops (and "
-                "kvtwist's setting with it)",
+                "checked or written key%s; raise etcd's --max-txn-ops (and "
+                "kvtwist's setting with it)"
+                % (" and two requests that remove the transaction's staged state"
+                   if rider is not None else ""),
             )
-        size = self._estimate_size(final, touched) + extra[1]
+        size = self._estimate_size(final, touched) + extra_bytes
         if size > self.max_request_bytes:
             raise LimitExceeded(
                 "etcd max-request-bytes",
