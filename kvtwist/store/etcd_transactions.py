@@ -72,7 +72,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kvtwist.errors import InvalidInput, LimitExceeded, StoreUnavailable, TransactionNotFound
+from kvtwist.errors import LimitExceeded, StoreUnavailable
 from kvtwist.interfaces import ITransaction, ITransactionManager, ITransactionView
 from kvtwist.limits import Limits
 from kvtwist.model import Check, CommitResult, Delete, Op, Put
