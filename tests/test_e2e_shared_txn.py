@@ -5,11 +5,15 @@ etcd://...} nodes. A transaction begun on node A is staged and committed on
 node B; C{POST /set} on both nodes is committed by C{POST /commit} on one;
 a conflict made through one node is seen by a commit on the other; a node
 killed with C{kill -9} loses nothing staged, since the state is in etcd.
+And the failures of etcd members as clients see them: one member of three
+killed changes nothing, two make writes 503 and C{/readyz} fail, restarting
+them restores both, and no acknowledged write is lost.
 
 Skipped, with the reason, when etcd is not installed.
 """
 
 import json
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -105,3 +109,62 @@ class SharedTransactionNodesTests(SynchronousTestCase):
         self.assertEqual(self.call(self.b, "POST", "/commit")[0], 204)
         self.assertEqual(self.call(self.b, "GET", "/v1/kv/survivor"), (200, b"staged-on-a"))
         self.assertEqual(self.call(self.b, "GET", "/queued"), (200, b'"on-a"'))
+
+    def put(self, node, key):
+        """PUT C{key} = C{key} through C{node}; the status (0 if the node did not answer)."""
+        try:
+            return http_request(node, "PUT", "/v1/kv/" + key, key.encode(), timeout=15)[0]
+        except OSError:
+            return 0
+
+    def until(self, condition, what, timeout=30.0):
+        """Poll C{condition} (bounded) until it holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.2)
+
+    def test_etcd_members_killed_and_restarted(self):
+        """
+        kill -9 of one etcd member of three: writes through both nodes go on.
+        Of two: writes answer 503 problems and /readyz fails, saying etcd has
+        no leader. Restarting them restores writes and /readyz by themselves.
+        Throughout, every acknowledged write is there at the end and none
+        refused is.
+        """
+        acked, refused = [], []
+
+        def write(tag, count):
+            for n in range(count):
+                for name, node in (("a", self.a), ("b", self.b)):
+                    key = "fail/%s/%s%d" % (tag, name, n)
+                    status = self.put(node, key)
+                    (acked if status in (200, 201) else refused).append((key, status))
+
+        write("healthy", 5)
+        self.etcd.kill(0)
+        write("one-down", 5)
+        self.assertEqual([s for _, s in refused], [], "writes failed with one member of three down")
+        self.etcd.kill(1)
+        status, _, body = http_request(self.b, "PUT", "/v1/kv/fail/no-quorum", b"x", timeout=15)
+        problem = json.loads(body)
+        self.assertEqual((status, problem["status"]), (503, 503))
+        refused.append(("fail/no-quorum", status))
+        for node in (self.a, self.b):
+            status, _, body = http_request(node, "GET", "/readyz", timeout=15)
+            self.assertEqual(status, 503)
+            self.assertIn("no leader", json.loads(body)["detail"])
+        self.etcd.restart(0, wait=False)
+        self.etcd.restart(1, wait=False)
+        self.etcd.wait_healthy(timeout=30)
+        for node in (self.a, self.b):
+            self.until(lambda: http_request(node, "GET", "/readyz", timeout=15)[0] == 200, "/readyz back")
+        write("restored", 3)
+        self.assertEqual([k for k, s in refused if k != "fail/no-quorum"], [], "writes failed after restart")
+        for key, _ in acked:
+            self.assertEqual(
+                http_request(self.a, "GET", "/v1/kv/%s?consistent=1" % key)[:3:2], (200, key.encode()), key
+            )
+        for key, _ in refused:
+            self.assertEqual(http_request(self.b, "GET", "/v1/kv/%s?consistent=1" % key)[0], 404, key)
