@@ -4,12 +4,17 @@ reactor thread, and no read is ever staler than the last acknowledged
 commit, nor sees a staged write.
 """
 
+import gc
+import pickle
+import sys
+import tracemalloc
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.model import Delete, Entry, Put
-from kvtwist.store.cache import ABSENT, ENTRY_OVERHEAD, CachedStore
+from kvtwist.model import Change, CommitResult, Delete, Entry, Put
+from kvtwist.store.cache import ABSENT, Absent, CachedStore, cost
 from kvtwist.testing import MemoryStore, memory_root
 from tests.store_contract import StoreContract
 # Modules, not classes: names imported here would be collected twice.
@@ -124,8 +129,8 @@ class CacheTests(SynchronousTestCase):
 
     def test_eviction_respects_bound(self):
         """The cache never holds more than max_bytes; least recently used go first."""
-        cost = len("k0") + ENTRY_OVERHEAD + 100 + len("application/octet-stream")
-        cache = CachedStore(MemoryStore(), cost * 3)
+        one = cost("k0", Entry("k0", b"x" * 100, "application/octet-stream", 1, 1, 1))
+        cache = CachedStore(MemoryStore(), one * 3)
         for i in range(5):
             self.successResultOf(cache.commit([Put("k%d" % i, b"x" * 100)]))
             self.assertLessEqual(cache.size, cache.max_bytes)
@@ -159,6 +164,184 @@ class CacheTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual((len(self.cache), self.cache.size), (0, 0))
         self.assertIs(self.cache._cache.get("b", ABSENT), ABSENT)
+
+
+def doubled(entry):
+    """An encoder for the tests: any function of the entry alone."""
+    return entry.value * 2
+
+
+def other_encoder(entry):
+    """A second encoder, whose results must never be mixed with the first's."""
+    return entry.value + b"!"
+
+
+def put_change(revision, entry):
+    """The CommitResult of a commit that wrote C{entry}."""
+    return CommitResult(revision, (Change("put", entry.key, entry, None),))
+
+
+class EncodedTests(SynchronousTestCase):
+    """peek_encoded: answers built once per cached entry, never stale."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.cache = CachedStore(MemoryStore(self.clock), 1 << 20)
+        self.calls = []
+
+    def encode(self, entry):
+        self.calls.append(entry.value)
+        return doubled(entry)
+
+    def test_built_once_per_entry(self):
+        """The encoder runs on the first hit only; later hits reuse its result."""
+        self.successResultOf(self.cache.commit([Put("a", b"1")]))
+        encode = self.encode
+        self.assertEqual([self.cache.peek_encoded("a", encode) for _ in range(3)], [b"11"] * 3)
+        self.assertEqual(self.calls, [b"1"])
+        self.assertEqual(self.cache.hits, 3)
+
+    def test_rebuilt_after_commit(self):
+        """A commit to the key drops its encoded answer with the old entry."""
+        encode = self.encode
+        self.successResultOf(self.cache.commit([Put("a", b"1")]))
+        self.assertEqual(self.cache.peek_encoded("a", encode), b"11")
+        self.successResultOf(self.cache.commit([Put("a", b"22")]))
+        self.assertEqual(self.cache.peek_encoded("a", encode), b"2222")
+        self.successResultOf(self.cache.commit([Delete("a")]))
+        self.assertIsNone(self.cache.peek_encoded("a", encode))
+        self.assertEqual(self.calls, [b"1", b"22"])
+
+    def test_other_encoder_not_served(self):
+        """An encoder never gets another encoder's result for the same entry."""
+        self.successResultOf(self.cache.commit([Put("a", b"1")]))
+        self.assertEqual(self.cache.peek_encoded("a", doubled), b"11")
+        self.assertEqual(self.cache.peek_encoded("a", other_encoder), b"1!")
+        self.assertEqual(self.cache.peek_encoded("a", doubled), b"11")
+
+    def test_absent_expired_and_uncached_are_not_answered(self):
+        """
+        Absent, expired and uncached keys give None and count no hit: the
+        ordinary read answers (and counts) them.
+        """
+        self.successResultOf(self.cache.commit([Put("t", b"1", expires=10.0)]))
+        self.successResultOf(self.cache.get("gone"))
+        self.clock.advance(10)
+        for key in ("t", "gone", "never-read"):
+            self.assertIsNone(self.cache.peek_encoded(key, self.encode))
+        self.assertEqual((self.cache.hits, self.calls), (0, []))
+
+    def test_charged_and_released(self):
+        """An encoded answer is charged when built and released with its entry."""
+        self.successResultOf(self.cache.commit([Put("a", b"x" * 1000)]))
+        before = self.cache.size
+        encoded = self.cache.peek_encoded("a", doubled)
+        self.assertEqual(self.cache.size, before + sys.getsizeof(encoded))
+        self.cache.peek_encoded("a", other_encoder)
+        self.assertEqual(self.cache.size, before + sys.getsizeof(b"x" * 1000 + b"!"))
+        self.successResultOf(self.cache.commit([Delete("a")]))
+        self.assertEqual(self.cache.size, cost("a", Absent(2)))
+
+    def test_bound_holds_with_encoded_answers(self):
+        """Charging encoded answers evicts the least recently used keys, never the bound."""
+        one = cost("k0", Entry("k0", b"x" * 100, "application/octet-stream", 1, 1, 1))
+        cache = CachedStore(MemoryStore(), one * 3)
+        for i in range(3):
+            self.successResultOf(cache.commit([Put("k%d" % i, b"x" * 100)]))
+        self.assertEqual(cache.peek_encoded("k0", doubled), b"x" * 200)
+        self.assertLessEqual(cache.size, cache.max_bytes)
+        # k0 became the most recently used; k1, now the least, made room.
+        self.assertEqual(list(cache._cache), ["k2", "k0"])
+        self.assertIsNone(cache.peek_encoded("k1", doubled))
+
+    def test_alone_over_the_bound(self):
+        """An answer that makes its own key pass the bound is still right, then dropped."""
+        cache = CachedStore(MemoryStore(), cost("a", Entry("a", b"x" * 100, "application/octet-stream", 1, 1, 1)) + 50)
+        self.successResultOf(cache.commit([Put("a", b"x" * 100)]))
+        self.assertEqual(cache.peek_encoded("a", doubled), b"x" * 200)
+        self.assertEqual((len(cache), cache.size), (0, 0))
+
+
+class MemoryBoundTests(SynchronousTestCase):
+    """
+    The cache charges what its keys really take in memory (every Python
+    object, measured with tracemalloc), so --cache-size bounds the process
+    and not only the key and value bytes.
+    """
+
+    def filled(self, records, encode=None):
+        """
+        Fill a cache with entries rebuilt from pickled records, as the
+        shelve store makes them (every string and int its own object), and
+        return the bytes they keep allocated and the cache.
+        """
+        cache = CachedStore(MemoryStore(), 1 << 40)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for revision, (key, record) in enumerate(records, 1):
+                key = pickle.loads(key)
+                if record is None:
+                    cache.apply_changes(
+                        CommitResult(revision, (Change("delete", key, None, None),))
+                    )
+                    continue
+                cache.apply_changes(put_change(revision, Entry.from_record(key, pickle.loads(record))))
+                if encode is not None:
+                    cache.peek_encoded(key, encode)
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        return used, cache
+
+    def assertCharged(self, records, encode=None):
+        used, cache = self.filled(records, encode)
+        self.assertEqual(len(cache), len(records))
+        # Never less than the real memory; not so much more that the cache
+        # holds far fewer keys than its bound allows.
+        self.assertLessEqual(used, cache.size)
+        self.assertLessEqual(cache.size, 1.5 * used)
+
+    @staticmethod
+    def records(count, key, value, expires=None):
+        """Pickled (key, record) pairs of C{count} entries."""
+        return [
+            (
+                pickle.dumps(key % i),
+                pickle.dumps(
+                    Entry(key % i, value(i), "application/json", 1000 + i, 1000 + i, 7, expires).to_record()
+                ),
+            )
+            for i in range(count)
+        ]
+
+    def test_small_values(self):
+        """Small JSON values (the soak's): object overhead is most of the cost."""
+        self.assertCharged(
+            self.records(2000, "k%08d", lambda i: b'{"n":%d,"s":"populated value"}' % i)
+        )
+
+    def test_large_values(self):
+        """10 KiB values: the value bytes are most of the cost."""
+        self.assertCharged(self.records(200, "big/%d", lambda i: b"v" * 10240))
+
+    def test_ttl_and_non_ascii_keys(self):
+        """Keys with an expiry and keys that are not ASCII."""
+        self.assertCharged(
+            self.records(2000, "clé-ü-%d", lambda i: b"%d" % i, expires=2e9)
+        )
+
+    def test_absent_keys(self):
+        """Known-absent keys."""
+        self.assertCharged([(pickle.dumps("gone-%d" % i), None) for i in range(2000)])
+
+    def test_with_encoded_answers(self):
+        """Encoded answers built on hits are charged too."""
+        self.assertCharged(
+            self.records(2000, "k%08d", lambda i: b'{"n":%d}' % i), encode=doubled
+        )
 
 
 def succeed_later(store, key, value):
@@ -250,8 +433,6 @@ class ReplayTests(SynchronousTestCase):
 
     def test_older_change_does_not_overwrite_newer_entry(self):
         """A replayed put older than the cached entry is ignored."""
-        from kvtwist.model import Change, CommitResult
-
         inner = MemoryStore()
         cache = CachedStore(inner, 1 << 20)
         self.successResultOf(cache.commit([Put("a", b"1")]))
@@ -262,8 +443,6 @@ class ReplayTests(SynchronousTestCase):
 
     def test_older_put_does_not_resurrect_absent(self):
         """A replayed put older than a cached absence is ignored."""
-        from kvtwist.model import Change, CommitResult
-
         inner = MemoryStore()
         cache = CachedStore(inner, 1 << 20)
         self.successResultOf(cache.commit([Put("a", b"1")]))

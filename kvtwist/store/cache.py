@@ -13,12 +13,22 @@ A miss read that was in flight while a commit changed its key is not used
 to fill the cache (it may predate the commit). Stores whose data also
 changes elsewhere (etcd, other nodes) call L{CachedStore.apply_changes} or
 L{CachedStore.invalidate_all} from their watch.
+
+Hot keys also keep what answering them takes, encoded once: the web layer
+passes an encoder to L{CachedStore.peek_encoded}, whose result (header
+bytes, say) lives and dies with the cached entry, so a commit that changes
+the key drops it with the old entry and no answer is ever stale.
+
+The bound is on real memory: each key is charged what its Python objects
+take (L{cost}), not only its key and value bytes, so C{--cache-size} bounds
+the process's growth.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -27,8 +37,19 @@ from zope.interface import implementer
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op
 
-#: Bytes charged per cached key beyond its key and value (object overhead).
-ENTRY_OVERHEAD = 160
+# What one cached key costs beyond the strings and bytes it holds, from
+# tracemalloc on CPython 3.11 (tests/test_cache.py checks the sums against
+# it), rounded up because tracemalloc counts the bytes asked for and the
+# allocator hands out 16-byte multiples.
+#: Bytes of the key's OrderedDict item (about 92 with the table's slack)
+#: and of its _Slot (64).
+SLOT_OVERHEAD = 192
+#: Bytes of an L{Entry} beyond its key, value and content type: the object
+#: and its attribute values (136), three revision ints (32 each) and an
+#: expiry float (24), charged whether or not they are small or shared.
+ENTRY_OVERHEAD = 272
+#: Bytes of an L{Absent} (40) and its revision int (32).
+ABSENT_OVERHEAD = 96
 
 
 class Absent:
@@ -56,11 +77,36 @@ def _as_of(cached: Cached) -> int:
     return cached.mod_revision if isinstance(cached, Entry) else cached.seen_at
 
 
-def _cost(key: str, cached: Cached) -> int:
-    size = len(key) + ENTRY_OVERHEAD
+def cost(key: str, cached: Cached) -> int:
+    """
+    The bytes the cache charges for holding C{cached} under C{key}: every
+    Python object behind it (an encoded answer built later is charged when
+    it is built).
+    """
     if isinstance(cached, Entry):
-        size += len(cached.value) + len(cached.content_type)
-    return size
+        held = (
+            ENTRY_OVERHEAD
+            + sys.getsizeof(cached.value)
+            + sys.getsizeof(cached.content_type)
+        )
+    else:
+        held = ABSENT_OVERHEAD
+    return SLOT_OVERHEAD + sys.getsizeof(key) + held
+
+
+class _Slot:
+    """
+    One cached key: its state, the bytes charged for it, and the answer an
+    encoder built from it (with the encoder, so another one never reuses it).
+    """
+
+    __slots__ = ("cached", "cost", "encoded", "encoder")
+
+    def __init__(self, cached: Cached, cost: int) -> None:
+        self.cached = cached
+        self.cost = cost
+        self.encoded: Any = None
+        self.encoder: Optional[Callable[[Entry], Any]] = None
 
 
 @implementer(IKeyValueStore)
@@ -77,7 +123,7 @@ class CachedStore:
         self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        self._cache: "OrderedDict[str, Cached]" = OrderedDict()
+        self._cache: "OrderedDict[str, _Slot]" = OrderedDict()
         self._bytes = 0
         self._inflight: Dict[str, List[Deferred]] = {}
         self._stale: Set[str] = set()
@@ -126,29 +172,74 @@ class CachedStore:
             return
         old = self._cache.pop(key, None)
         if old is not None:
-            self._bytes -= _cost(key, old)
-        cost = _cost(key, cached)
-        if cost > self.max_bytes:
+            self._bytes -= old.cost
+        charge = cost(key, cached)
+        if charge > self.max_bytes:
             return
-        self._cache[key] = cached
-        self._bytes += cost
+        self._cache[key] = _Slot(cached, charge)
+        self._bytes += charge
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used keys until the cache is within its bound."""
         while self._bytes > self.max_bytes:
-            evicted_key, evicted = self._cache.popitem(last=False)
-            self._bytes -= _cost(evicted_key, evicted)
+            _, evicted = self._cache.popitem(last=False)
+            self._bytes -= evicted.cost
 
     def peek(self, key: str) -> Tuple[bool, Optional[Entry]]:
         """
         Answer a read from memory if possible: C{(True, entry or None)} on a
         hit, C{(False, None)} on a miss. Never does I/O.
         """
-        cached = self._cache.get(key)
-        if cached is None:
+        slot = self._cache.get(key)
+        if slot is None:
             return False, None
         self._cache.move_to_end(key)
         self.hits += 1
+        cached = slot.cached
         if isinstance(cached, Entry) and cached.is_live(self.store.clock.seconds()):
             return True, cached
         return True, None
+
+    def peek_encoded(self, key: str, encode: Callable[[Entry], Any]) -> Any:
+        """
+        C{encode(entry)} for the live cached entry of C{key}, built on its
+        first hit and kept (and charged) with the entry; None unless the key
+        is cached and live (then read it the ordinary way, which also answers
+        absent keys). Never does I/O; counts a hit only when it answers.
+
+        @param encode: a function of an L{Entry} only, whose result does not
+            change while the entry does not (the result's C{sys.getsizeof}
+            is charged to the cache).
+        """
+        slot = self._cache.get(key)
+        if slot is None:
+            return None
+        entry = slot.cached
+        if type(entry) is not Entry:
+            return None
+        # Most keys never expire: no clock read for them.
+        expires = entry.expires
+        if expires is not None and expires <= self.store.clock.seconds():
+            return None
+        self._cache.move_to_end(key)
+        self.hits += 1
+        if slot.encoder is encode:
+            return slot.encoded
+        encoded = encode(entry)
+        charge = sys.getsizeof(encoded)
+        if slot.encoder is not None:
+            # Another encoder's answer: replaced, and no longer charged.
+            charge -= sys.getsizeof(slot.encoded)
+        slot.encoded = encoded
+        slot.encoder = encode
+        slot.cost += charge
+        self._bytes += charge
+        # The key is the most recently used: others go first, and it goes
+        # itself only if it alone passes the bound (this answer is still
+        # right: it was built from the live entry).
+        self._evict()
+        return encoded
 
     def apply_changes(self, result: CommitResult) -> None:
         """
@@ -159,8 +250,8 @@ class CachedStore:
         for change in result.changes:
             if change.key in self._inflight:
                 self._stale.add(change.key)
-            cached = self._cache.get(change.key)
-            if cached is not None and _as_of(cached) > result.revision:
+            slot = self._cache.get(change.key)
+            if slot is not None and _as_of(slot.cached) > result.revision:
                 # A change replayed after a watch reset, older than what a
                 # read has since put here: keep the newer state.
                 continue
