@@ -22,15 +22,8 @@ from kvtwist.limits import Limits
 from kvtwist.operations import stage_deletes, stage_pairs
 from kvtwist.strictjson import decode_key, parse
 from kvtwist.model import Entry
-from kvtwist.web.resource import (
-    KVResource,
-    Response,
-    etag,
-    json_response,
-    peek_entry,
-    read_body,
-    write_response,
-)
+from kvtwist.web.encoded import peek_encoded, seed_response, write_entry
+from kvtwist.web.resource import KVResource, Response, json_response, read_body
 
 
 def keys_to_delete(document: Any) -> List[str]:
@@ -94,21 +87,17 @@ class SeedKey(KVResource):
         self._raw_key = raw_key
 
     def render_GET(self, request: Request) -> int:
-        # The hot path: a cache hit is answered at once, with no Deferred.
-        entry = peek_entry(self._context.store, self._raw_key, request)
-        if entry is not None:
-            write_response(request, self._found(entry))
+        # The hot path: a cache hit is answered at once, with no Deferred,
+        # its headers encoded once while the entry stays cached.
+        encoded = peek_encoded(self._context.store, self._raw_key, request)
+        if encoded is not None:
+            write_entry(request, encoded)
             return NOT_DONE_YET
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._read(request)))
 
     @staticmethod
     def _found(entry: Entry) -> Response:
-        return Response(
-            200,
-            entry.value,
-            entry.content_type.encode("utf-8"),
-            {b"etag": etag(entry.mod_revision)},
-        )
+        return seed_response(entry)
 
     async def _read(self, request: Request) -> Response:
         key = decode_key(self._raw_key)

@@ -1,0 +1,173 @@
+"""
+The answer to a read of a cached key, encoded once and written many times:
+the GET hot path of C{GET /{key}} and C{GET /v1/kv/{key}}.
+
+A hit on the read cache (L{kvtwist.store.cache.CachedStore.peek_encoded})
+gives an L{EncodedEntry}: the header lines of both routes' 200 answers for
+that entry (content type, ETag, revisions, length), built by
+L{encode_entry} on the key's first hit and dropped with the entry when a
+commit changes the key. L{write_entry} then puts the status line, the
+request's own headers (Server, Date, Connection), those lines and the
+stored value on the wire in one write, instead of setting each header
+through twisted.web and having it encode them again for every request.
+
+Everything here runs on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable, Optional, Tuple
+
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from kvtwist.auth import principal_of
+from kvtwist.model import Entry
+from kvtwist.strictjson import MAX_KEY_BYTES
+from kvtwist.web.resource import Response, etag, write_response
+from kvtwist.web.v1.base import entry_headers
+
+_STATUS_200 = b" 200 OK\r\n"
+
+
+def encode_headers(headers: Iterable[Tuple[bytes, bytes]]) -> bytes:
+    """
+    Header lines, each ending in CRLF, as twisted.web writes them: names in
+    its canonical case, values sanitised, in the order given.
+    """
+    canonical = Headers()
+    for name, value in headers:
+        canonical.addRawHeader(name, value)
+    return b"".join(
+        name + b": " + value + b"\r\n"
+        for name, values in canonical.getAllRawHeaders()
+        for value in values
+    )
+
+
+class EncodedEntry:
+    """
+    The header lines of the 200 answers to a read of C{entry}.
+
+    @ivar seed_head: C{GET /{key}}'s: Content-Type, ETag, Content-Length.
+    @ivar v1_head: C{GET /v1/kv/{key}}'s: the same plus KV-Create-Revision,
+        KV-Version and KV-Expires (KV-Revision, the store's revision, is
+        added per answer).
+    """
+
+    __slots__ = ("entry", "seed_head", "v1_head")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        content_type = (b"content-type", entry.content_type.encode("utf-8"))
+        length = (b"content-length", b"%d" % (len(entry.value),))
+        self.seed_head = encode_headers(
+            [content_type, (b"etag", etag(entry.mod_revision)), length]
+        )
+        self.v1_head = encode_headers(
+            [content_type, *entry_headers(entry).items(), length]
+        )
+
+    def __sizeof__(self) -> int:
+        # What the cache charges for it: the header bytes too (the entry
+        # is charged on its own).
+        return (
+            object.__sizeof__(self)
+            + sys.getsizeof(self.seed_head)
+            + sys.getsizeof(self.v1_head)
+        )
+
+
+def encode_entry(entry: Entry) -> EncodedEntry:
+    """The encoder the read routes give the cache (one function, so one
+    encoded form per cached entry serves both routes)."""
+    return EncodedEntry(entry)
+
+
+def peek_encoded(store: Any, raw_key: bytes, request: Request) -> Optional[EncodedEntry]:
+    """
+    The L{EncodedEntry} of C{raw_key} if the store's read cache holds it
+    live and the requester may read it, without any Deferred; else None
+    (then take the ordinary path, which also answers bad keys, absent and
+    expired keys, and refusals).
+    """
+    peek = getattr(store, "peek_encoded", None)
+    if peek is None:
+        return None
+    # What decode_key accepts, checked more cheaply: strict UTF-8 (which
+    # has no lone surrogates) of 1 to MAX_KEY_BYTES bytes. The rest is
+    # answered (400) by the ordinary path.
+    if not 0 < len(raw_key) <= MAX_KEY_BYTES:
+        return None
+    try:
+        key = raw_key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not principal_of(request).may_read(key):
+        return None
+    return peek(key, encode_entry)
+
+
+def seed_response(entry: Entry) -> Response:
+    """The L{Response} of C{GET /{key}} for C{entry}."""
+    return Response(
+        200,
+        entry.value,
+        entry.content_type.encode("utf-8"),
+        {b"etag": etag(entry.mod_revision)},
+    )
+
+
+def write_entry(request: Request, encoded: EncodedEntry, revision: Optional[int] = None) -> None:
+    """
+    Answer C{request} 200 with C{encoded}'s entry, and finish it: the seed
+    route's headers, or with C{revision} (the store's, as KV-Revision) the
+    v1 route's. HEAD gets the same headers and no body.
+
+    This writes what twisted.web's C{Request.write} and C{finish} would for
+    the same answer (the status line, the headers already set on the
+    request, then these), and keeps the request's bookkeeping as they do
+    (C{code}, C{sentLength}, C{startedWriting}), so the access log, metrics
+    and keep-alive see an ordinary answer. A request that twisted.web would
+    alter on its first write (a content encoder, cookies, Last-Modified or
+    an ETag set through its own API: kvtwist sets none) takes the ordinary
+    path instead.
+    """
+    if request.finished or request._disconnected:
+        return
+    entry = encoded.entry
+    if (
+        request._encoder is not None
+        or request.cookies
+        or request.lastModified is not None
+        or request.etag is not None
+    ):
+        response = seed_response(entry) if revision is None else v1_response(entry, revision)
+        write_response(request, response)
+        return
+    if request.code != 200:
+        # Only ever the class default here; set like setResponseCode would.
+        request.setResponseCode(200)
+    request.startedWriting = 1
+    lines = [request.clientproto, _STATUS_200]
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        for value in values:
+            lines += (name, b": ", value, b"\r\n")
+    if revision is None:
+        lines.append(encoded.seed_head)
+    else:
+        lines += (encoded.v1_head, b"Kv-Revision: %d\r\n" % (revision,))
+    lines.append(b"\r\n")
+    if request.method != b"HEAD":
+        lines.append(entry.value)
+        request.sentLength = len(entry.value)
+    request.channel.writeSequence(lines)
+    request.finish()
+
+
+def v1_response(entry: Entry, revision: int) -> Response:
+    """The L{Response} of C{GET /v1/kv/{key}} for C{entry} at C{revision}."""
+    headers = entry_headers(entry)
+    headers[b"kv-revision"] = b"%d" % (revision,)
+    return Response(200, entry.value, entry.content_type.encode("utf-8"), headers)
