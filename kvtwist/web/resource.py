@@ -146,9 +146,12 @@ class KVResource(Resource):
 
     def render(self, request: Request) -> Union[bytes, int]:
         request.kvtwist_route = self.route  # type: ignore[attr-defined]
-        method = request.method.decode("ascii", "replace")
+        method = request.method
         # HEAD is GET without the body (twisted.web drops it on write).
-        handler = getattr(self, "render_" + ("GET" if method == "HEAD" else method), None)
+        if method == b"GET" or method == b"HEAD":
+            handler = getattr(self, "render_GET", None)
+        else:
+            handler = getattr(self, "render_" + method.decode("ascii", "replace"), None)
         if handler is None:
             # A resource that answers no method at all is a path, not a
             # resource: unknown (404), whatever the method.
