@@ -85,6 +85,15 @@ class FreshnessTests(SynchronousTestCase):
         )
         self.assertEqual(answer.body, b"xyz")
 
+    def test_both_routes_in_turn(self):
+        """A key read on the seed route and on v1 in turn gets each route's own headers."""
+        self.commit(Put("a", b"1", JSON))
+        for _ in range(2):
+            seed = self.client.request("GET", "/a")
+            v1 = self.client.request("GET", "/v1/kv/a")
+            self.assertEqual((seed.body, seed.header("etag"), seed.header("kv-version")), (b"1", '"1"', None))
+            self.assertEqual((v1.body, v1.header("etag"), v1.header("kv-version")), (b"1", '"1"', "1"))
+
     def test_v1_conditional_on_cached_key(self):
         """If-None-Match on a cached key still answers 304 with the entry's headers."""
         self.commit(Put("a", b"x"))

@@ -3,9 +3,9 @@ The answer to a read of a cached key, encoded once and written many times:
 the GET hot path of C{GET /{key}} and C{GET /v1/kv/{key}}.
 
 A hit on the read cache (L{kvtwist.store.cache.CachedStore.peek_encoded})
-gives an L{EncodedEntry}: the header lines of both routes' 200 answers for
-that entry (content type, ETag, revisions, length), built by
-L{encode_entry} on the key's first hit and dropped with the entry when a
+gives an L{EncodedEntry}: the header lines of the route's 200 answer for
+that entry (content type, ETag, revisions, length), built by L{encode_seed}
+or L{encode_v1} on the key's first hit and dropped with the entry when a
 commit changes the key. L{write_entry} then puts the status line, the
 request's own headers (Server, Date, Connection), those lines and the
 stored value on the wire in one write, instead of setting each header
@@ -17,7 +17,7 @@ Everything here runs on the reactor thread.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Tuple
 
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
@@ -48,49 +48,59 @@ def encode_headers(headers: Iterable[Tuple[bytes, bytes]]) -> bytes:
 
 class EncodedEntry:
     """
-    The header lines of the 200 answers to a read of C{entry}.
-
-    @ivar seed_head: C{GET /{key}}'s: Content-Type, ETag, Content-Length.
-    @ivar v1_head: C{GET /v1/kv/{key}}'s: the same plus KV-Create-Revision,
-        KV-Version and KV-Expires (KV-Revision, the store's revision, is
-        added per answer).
+    The header lines of one route's 200 answer to a read of C{entry}, each
+    ending in CRLF, Content-Length included (v1's KV-Revision, the store's
+    revision, is added per answer).
     """
 
-    __slots__ = ("entry", "seed_head", "v1_head")
+    __slots__ = ("entry", "head")
 
-    def __init__(self, entry: Entry) -> None:
+    def __init__(self, entry: Entry, head: bytes) -> None:
         self.entry = entry
-        content_type = (b"content-type", entry.content_type.encode("utf-8"))
-        length = (b"content-length", b"%d" % (len(entry.value),))
-        self.seed_head = encode_headers(
-            [content_type, (b"etag", etag(entry.mod_revision)), length]
-        )
-        self.v1_head = encode_headers(
-            [content_type, *entry_headers(entry).items(), length]
-        )
+        self.head = head
 
     def __sizeof__(self) -> int:
         # What the cache charges for it: the header bytes too (the entry
         # is charged on its own).
-        return (
-            object.__sizeof__(self)
-            + sys.getsizeof(self.seed_head)
-            + sys.getsizeof(self.v1_head)
-        )
+        return object.__sizeof__(self) + sys.getsizeof(self.head)
 
 
-def encode_entry(entry: Entry) -> EncodedEntry:
-    """The encoder the read routes give the cache (one function, so one
-    encoded form per cached entry serves both routes)."""
-    return EncodedEntry(entry)
+def _content_headers(entry: Entry) -> Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]]:
+    return (
+        (b"content-type", entry.content_type.encode("utf-8")),
+        (b"content-length", b"%d" % (len(entry.value),)),
+    )
 
 
-def peek_encoded(store: Any, raw_key: bytes, request: Request) -> Optional[EncodedEntry]:
+def encode_seed(entry: Entry) -> EncodedEntry:
+    """C{GET /{key}}'s headers: Content-Type, ETag, Content-Length."""
+    content_type, length = _content_headers(entry)
+    return EncodedEntry(
+        entry, encode_headers([content_type, (b"etag", etag(entry.mod_revision)), length])
+    )
+
+
+def encode_v1(entry: Entry) -> EncodedEntry:
     """
-    The L{EncodedEntry} of C{raw_key} if the store's read cache holds it
-    live and the requester may read it, without any Deferred; else None
-    (then take the ordinary path, which also answers bad keys, absent and
-    expired keys, and refusals).
+    C{GET /v1/kv/{key}}'s headers: Content-Type, ETag, KV-Create-Revision,
+    KV-Version, KV-Expires, Content-Length.
+    """
+    content_type, length = _content_headers(entry)
+    return EncodedEntry(
+        entry, encode_headers([content_type, *entry_headers(entry).items(), length])
+    )
+
+
+def peek_encoded(
+    store: Any, raw_key: bytes, request: Request, encode: Callable[[Entry], EncodedEntry]
+) -> Optional[EncodedEntry]:
+    """
+    C{encode}'s L{EncodedEntry} (L{encode_seed} or L{encode_v1}) of
+    C{raw_key} if the store's read cache holds it live and the requester
+    may read it, without any Deferred; else None (then take the ordinary
+    path, which also answers bad keys, absent and expired keys, and
+    refusals). The cache keeps one encoded form per key: a key read on
+    both routes in turn is encoded again at each switch.
     """
     peek = getattr(store, "peek_encoded", None)
     if peek is None:
@@ -106,7 +116,7 @@ def peek_encoded(store: Any, raw_key: bytes, request: Request) -> Optional[Encod
         return None
     if not principal_of(request).may_read(key):
         return None
-    return peek(key, encode_entry)
+    return peek(key, encode)
 
 
 def seed_response(entry: Entry) -> Response:
@@ -121,9 +131,9 @@ def seed_response(entry: Entry) -> Response:
 
 def write_entry(request: Request, encoded: EncodedEntry, revision: Optional[int] = None) -> None:
     """
-    Answer C{request} 200 with C{encoded}'s entry, and finish it: the seed
-    route's headers, or with C{revision} (the store's, as KV-Revision) the
-    v1 route's. HEAD gets the same headers and no body.
+    Answer C{request} 200 with C{encoded}'s entry, and finish it; with
+    C{revision} (v1: the store's, as KV-Revision) after its headers. HEAD
+    gets the same headers and no body.
 
     This writes what twisted.web's C{Request.write} and C{finish} would for
     the same answer (the status line, the headers already set on the
@@ -155,10 +165,9 @@ def write_entry(request: Request, encoded: EncodedEntry, revision: Optional[int]
         for value in values:
             lines += (name, b": ", value, b"\r\n")
     if revision is None:
-        lines.append(encoded.seed_head)
+        lines += (encoded.head, b"\r\n")
     else:
-        lines += (encoded.v1_head, b"Kv-Revision: %d\r\n" % (revision,))
-    lines.append(b"\r\n")
+        lines += (encoded.head, b"Kv-Revision: %d\r\n\r\n" % (revision,))
     if request.method != b"HEAD":
         lines.append(entry.value)
         request.sentLength = len(entry.value)

@@ -22,7 +22,7 @@ from kvtwist.limits import Limits
 from kvtwist.operations import stage_deletes, stage_pairs
 from kvtwist.strictjson import decode_key, parse
 from kvtwist.model import Entry
-from kvtwist.web.encoded import peek_encoded, seed_response, write_entry
+from kvtwist.web.encoded import encode_seed, peek_encoded, seed_response, write_entry
 from kvtwist.web.resource import KVResource, Response, json_response, read_body
 
 
@@ -89,7 +89,7 @@ class SeedKey(KVResource):
     def render_GET(self, request: Request) -> int:
         # The hot path: a cache hit is answered at once, with no Deferred,
         # its headers encoded once while the entry stays cached.
-        encoded = peek_encoded(self._context.store, self._raw_key, request)
+        encoded = peek_encoded(self._context.store, self._raw_key, request, encode_seed)
         if encoded is not None:
             write_entry(request, encoded)
             return NOT_DONE_YET

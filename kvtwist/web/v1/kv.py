@@ -19,7 +19,7 @@ from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, Preconditio
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
-from kvtwist.web.encoded import peek_encoded, write_entry
+from kvtwist.web.encoded import encode_v1, peek_encoded, write_entry
 from kvtwist.web.resource import Response, json_response, peek_entry, read_body, write_response
 from kvtwist.web.v1.base import (
     V1Context,
@@ -120,7 +120,7 @@ class KeyResource(V1Resource):
         if not request.args:
             store = self.context.store
             if request.getHeader(b"if-none-match") is None:
-                encoded = peek_encoded(store, self._raw_key, request)
+                encoded = peek_encoded(store, self._raw_key, request, encode_v1)
                 if encoded is not None:
                     write_entry(request, encoded, store.revision)
                     return NOT_DONE_YET
