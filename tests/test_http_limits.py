@@ -14,22 +14,24 @@ site records. No port is bound and no real time passes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 from typing import List, Optional
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import combinedLogFormatter
 
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
 from kvtwist.testing import MemoryStore, memory_root
-from kvtwist.web.http import REFUSED_LINGER, KVSite, _Refused
+from kvtwist.web.http import REFUSED_LINGER, KVSite, _Refused, clf_log_formatter
 
 LIMITS = Limits(
     max_body=100,
@@ -487,3 +489,44 @@ class AccessLogTests(SiteTestCase):
     def test_bad_format(self):
         """Only off, clf and json are formats."""
         self.assertRaises(ValueError, KVSite, memory_root(), access_log="loud")
+
+    def test_clf_is_twisted_combined_log_format(self):
+        """
+        kvtwist's cheaper clf formatter writes exactly twisted.web's
+        combinedLogFormatter line, for plain fields and for every kind of
+        field that needs escaping (quotes, backslashes, control bytes,
+        non-ASCII), over IPv4, IPv6 and UNIX peers.
+        """
+        fields = [
+            b"plain", b'quo"te', b"sin'gle", b"both'\"", b"back\\slash",
+            b"\x00ctl\x1b", b"caf\xc3\xa9", b"\xff", b"tab\there", b"", b"'", b'"',
+        ]
+        peers = [PEER, IPv6Address("TCP", "::1", 1), UNIXAddress(b"/run/kv.sock")]
+        for field, peer in itertools.product(fields, peers):
+            for request in (
+                FormattedRequest(peer, field or b"GET", b"/p" + field, b"HTTP/1.1", 200, len(field), field, field),
+                FormattedRequest(peer, b"GET", field, field, 404, 0, None, None),
+            ):
+                self.assertEqual(
+                    clf_log_formatter("[28/Nov/2026:04:00:00 +0000]", request),
+                    combinedLogFormatter("[28/Nov/2026:04:00:00 +0000]", request),
+                )
+
+
+class FormattedRequest:
+    """What an access-log formatter reads of a request."""
+
+    def __init__(self, peer, method, uri, protocol, code, length, referer, agent):
+        self._peer = peer
+        self.method = method
+        self.uri = uri
+        self.clientproto = protocol
+        self.code = code
+        self.sentLength = length
+        self._headers = {b"referer": referer or None, b"user-agent": agent or None}
+
+    def getClientAddress(self):
+        return self._peer
+
+    def getHeader(self, name):
+        return self._headers.get(name)

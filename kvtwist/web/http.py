@@ -35,6 +35,7 @@ import re
 from datetime import datetime, timezone
 from typing import Optional
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -420,6 +421,48 @@ class _Refused(Protocol):
         self.transport.abortConnection()
 
 
+#: What twisted.web's access-log escaping changes: anything but printable
+#: ASCII, and the double quote and backslash.
+_NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
+
+
+def _clf_escape(value) -> str:
+    """
+    A field as twisted.web's Combined Log Format escapes it (a Python
+    repr, always as if between double quotes); plain printable ASCII, what
+    nearly every field is, skips the repr.
+    """
+    if not isinstance(value, bytes):
+        value = value.encode("ascii")
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value.decode("ascii")
+    text = repr(value)[1:]
+    if text.startswith("'"):
+        return text[1:-1].replace('"', '\\"').replace("\\'", "'")
+    return text[1:-1]
+
+
+def clf_log_formatter(timestamp: str, request: Request) -> str:
+    """
+    One access-log line in the Combined Log Format (an
+    L{IAccessLogFormatter}): the very line twisted.web's
+    C{combinedLogFormatter} writes, made without a repr per field.
+    """
+    address = request.getClientAddress()
+    ip = address.host if isinstance(address, (IPv4Address, IPv6Address)) else b"-"
+    return '"%s" - - %s "%s %s %s" %d %s "%s" "%s"' % (
+        _clf_escape(ip),
+        timestamp,
+        _clf_escape(request.method),
+        _clf_escape(request.uri),
+        _clf_escape(request.clientproto),
+        request.code,
+        request.sentLength or "-",
+        _clf_escape(request.getHeader(b"referer") or b"-"),
+        _clf_escape(request.getHeader(b"user-agent") or b"-"),
+    )
+
+
 def json_log_formatter(timestamp: str, request: Request) -> str:
     """
     One access-log line as a JSON object (an L{IAccessLogFormatter}):
@@ -487,8 +530,9 @@ class KVSite(Site):
             raise ValueError("access_log must be off, clf or json")
         limits = limits if limits is not None else Limits()
         kwargs.setdefault("timeout", limits.idle_timeout)
-        if access_log == "json":
-            kwargs.setdefault("logFormatter", json_log_formatter)
+        kwargs.setdefault(
+            "logFormatter", json_log_formatter if access_log == "json" else clf_log_formatter
+        )
         super().__init__(
             resource, requestFactory=KVRequest, logPath=access_log_file, **kwargs
         )
