@@ -182,6 +182,22 @@ def make_pki(directory: str) -> TLSFiles:
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
+            # Python 3.13's default TLS context verifies strictly (RFC 5280):
+            # every certificate names its issuer's key, and says what its
+            # own key is for.
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                critical=False,
+            )
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False,
+                    key_encipherment=False, data_encipherment=False,
+                    key_agreement=not ca, key_cert_sign=ca, crl_sign=ca,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
         )
         for extension in extensions:
             builder = builder.add_extension(extension, critical=False)
