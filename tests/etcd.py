@@ -123,6 +123,19 @@ def free_ports(count: int) -> List[int]:
             s.close()
 
 
+def refused_port(testcase) -> int:
+    """
+    A port on 127.0.0.1 that refuses connections until C{testcase} ends: a
+    socket is bound to it and never listens. Unlike a port L{free_port}
+    found free, no other process (a parallel test worker's server, say) can
+    take it meanwhile and answer.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    testcase.addCleanup(s.close)
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """

@@ -35,7 +35,7 @@ from kvtwist.model import Check, Put
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd_store import EtcdStore
 from tests.e2e import ServerProcess, http_request, start_server, temp_dir
-from tests.etcd import EtcdCluster, etcd_available, free_port, make_pki, wait_for
+from tests.etcd import EtcdCluster, etcd_available, make_pki, refused_port, wait_for
 from tests.store_contract import ExpectFailure, contract
 
 _AVAILABLE, _REASON = etcd_available()
@@ -176,7 +176,7 @@ class TLSTests(SecureEtcdTestCase):
     @contract
     async def test_failover_from_dead_tls_endpoint(self):
         """A dead https endpoint is skipped like a plain one: the store works through the next."""
-        dead = "https://127.0.0.1:%d" % (free_port(),)
+        dead = "https://127.0.0.1:%d" % (refused_port(self),)
         store = await self.open_store(endpoints=[dead] + self.cluster.client_urls)
         await store.commit([Put("a", b"1")])
         self.assertEqual(store.active_endpoint, self.cluster.client_urls[0])

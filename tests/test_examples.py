@@ -156,14 +156,20 @@ class JobLockTests(KVCacheServerMixin, TestCase):
         self.assertEqual(await job_lock.holder(http, url, "nightly"), "w2")
 
     async def test_run_locked_renews(self) -> None:
-        """Work longer than the TTL keeps the lock through renewals, then releases it."""
+        """
+        Work longer than the TTL keeps the lock through renewals, then releases it.
+
+        The TTL is long enough that a renewal made 0.8 s before the expiry
+        is not missed when the loaded machine stalls this process: with a
+        TTL of 0.3 s (0.2 s of margin) it failed under a parallel run.
+        """
         url = self.start_kvcache()
         http = self.kvcache_client()
         out = Lines()
-        code = await job_lock.run_locked(http, url, "nightly", "w1", 0.3, 0.5, reactor, out)
+        code = await job_lock.run_locked(http, url, "nightly", "w1", 1.2, 2.0, reactor, out)
         self.assertEqual(code, 0)
         self.assertEqual(out.lines(), ["acquired locks/nightly as w1", "released locks/nightly"])
-        # 0.5 s of work in slices of at most 0.1 s: the acquire, five
+        # 2 s of work in slices of at most 0.4 s: the acquire, five
         # renewals and the release, each a commit of the lock's key.
         commits = self.kvcache.store.commits
         self.assertEqual([[op.key for op in ops] for ops in commits], [["locks/nightly"]] * 7)

@@ -43,7 +43,7 @@ from kvtwist.store.etcd_store import (
     encode_value,
     prefix_end,
 )
-from tests.etcd import EtcdCluster, WatchGate, etcd_available, free_port, wait_for
+from tests.etcd import EtcdCluster, WatchGate, etcd_available, refused_port, wait_for
 from tests.store_contract import ExpectFailure, StoreContract, contract
 
 _AVAILABLE, _REASON = etcd_available()
@@ -701,7 +701,7 @@ class EtcdStoreTests(EtcdTestCase):
         With the first endpoint refusing connections, the store works through the second
         and stays there.
         """
-        dead = "http://127.0.0.1:%d" % (free_port(),)
+        dead = "http://127.0.0.1:%d" % (refused_port(self),)
         live = self.cluster.client_urls[0]
         store = await self.open_store([dead, live])
         self.assertEqual(store.active_endpoint, live)
@@ -715,7 +715,7 @@ class EtcdStoreTests(EtcdTestCase):
         When no endpoint answers, open fails with StoreUnavailable naming each
         endpoint's reason.
         """
-        dead = ["http://127.0.0.1:%d" % (free_port(),) for _ in range(2)]
+        dead = ["http://127.0.0.1:%d" % (refused_port(self),) for _ in range(2)]
         store = EtcdStore(dead, reactor, clock=self.clock, timeout=0.5)
         error = await self.expect(StoreUnavailable, store.open())
         for url in dead:
