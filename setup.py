@@ -35,6 +35,9 @@ setup(
         "test": [
             "pytest>=8.0",
             "pytest-twisted>=1.14.3",
+            # ./run.sh test runs the suite on two workers; 3.8 brought
+            # --no-loadscope-reorder, which keeps the order tests/conftest.py sets.
+            "pytest-xdist>=3.8.0",
             "hypothesis>=6.100",
             "jsonschema>=4.17",
             "pyyaml>=6.0",

@@ -67,6 +67,10 @@ READY_PATH = "/readyz"
 #: Set to keep the temporary directories of end-to-end tests for inspection.
 KEEP_ENV = "KVTWIST_KEEP_E2E"
 
+#: C{KVTWIST_THOROUGH=1}: tests that measure or repeat more than their
+#: assertions need run their full counts (docs/testing.md lists them).
+THOROUGH = os.environ.get("KVTWIST_THOROUGH", "") not in ("", "0")
+
 
 def twistd_command() -> List[str]:
     """
@@ -495,6 +499,7 @@ class BytesProducer:
 __all__ = [
     "HOST",
     "ServerFailed",
+    "THOROUGH",
     "ServerProcess",
     "connect",
     "free_port",

@@ -3,6 +3,10 @@ The benchmark suite's smoke test: C{python -m benchmarks --quick} runs end
 to end (every target it can start, every measurement but the soak) and
 writes its JSON and Markdown. No timing is asserted: this only keeps the
 benchmark code from rotting. Skipped where wrk is not installed.
+
+A trial test case, not pytest functions: tests/conftest.py runs trial cases
+first, so these two long runs start early on a pytest-xdist worker instead of
+being left together at the end of one worker's share.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import unittest
+from pathlib import Path
 
-import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,8 +31,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 110
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk; ./run.sh bench installs it)")
-def test_quick_benchmark_writes_its_report(tmp_path):
+NO_WRK = "wrk is not installed (Debian package wrk; ./run.sh bench installs it)"
+
+
+class BenchmarkSmokeTests(SynchronousTestCase):
+    """The quick benchmark runs end to end and writes its results."""
+
+    def make_tmp_path(self) -> Path:
+        """A temporary directory removed after the test (pytest's tmp_path)."""
+        path = tempfile.mkdtemp(prefix="kvtwist-bench-smoke-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return Path(path)
+
+    @unittest.skipIf(shutil.which("wrk") is None, NO_WRK)
+    def test_quick_benchmark_writes_its_report(self):
+        """
+        C{--quick}: every target starts, every measurement but the soak runs
+        without errors, and the JSON, Markdown report and SPEC target table
+        are written.
+        """
+        tmp_path = self.make_tmp_path()
+        check_quick_benchmark(tmp_path)
+
+    @unittest.skipIf(shutil.which("wrk") is None, NO_WRK)
+    @unittest.skipIf(shutil.which("etcd") is None, "etcd is not installed (Debian package etcd-server)")
+    def test_quick_scaleout_fills_its_doc_section(self):
+        """
+        C{--quick --only scaleout}: 1 and 2 kvcache nodes and etcd alone, every
+        workload, each with its CPU accounting, and the tables written into the
+        marked section of a page, the rest of the page untouched.
+        """
+        tmp_path = self.make_tmp_path()
+        check_quick_scaleout(tmp_path)
+
+
+def check_quick_benchmark(tmp_path: Path) -> None:
+    """The body of L{BenchmarkSmokeTests.test_quick_benchmark_writes_its_report}."""
     out = tmp_path / "results"
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
@@ -78,14 +119,8 @@ DOC_BEFORE = "# A page\n\nText the run must keep.\n\n<!-- BEGIN scaleout results
 DOC_AFTER = "<!-- END scaleout results -->\n\nMore text to keep.\n"
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian package wrk; ./run.sh bench installs it)")
-@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (Debian package etcd-server)")
-def test_quick_scaleout_fills_its_doc_section(tmp_path):
-    """
-    C{--quick --only scaleout}: 1 and 2 kvcache nodes and etcd alone, every
-    workload, each with its CPU accounting, and the tables written into the
-    marked section of a page, the rest of the page untouched.
-    """
+def check_quick_scaleout(tmp_path: Path) -> None:
+    """The body of L{BenchmarkSmokeTests.test_quick_scaleout_fills_its_doc_section}."""
     out = tmp_path / "results"
     doc = tmp_path / "page.md"
     doc.write_text(DOC_BEFORE + DOC_AFTER)

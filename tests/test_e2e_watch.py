@@ -38,7 +38,7 @@ from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, Proxy
 from twisted.trial.unittest import TestCase
 
 from kvtwist import client
-from tests.e2e import HOST, treq_client
+from tests.e2e import HOST, THOROUGH, treq_client
 from tests.e2e_stores import OnEtcd, OnShelve
 
 #: Commits in the resume test, and how often its connection is cut.
@@ -51,8 +51,9 @@ LONG_POLLS = 100
 STREAMS = 20
 CROWD_CYCLES = 3
 
-#: Commits measured by the latency test.
-LATENCY_COMMITS = 200
+#: Commits measured by the latency test: 50 give the median its bound is
+#: asserted on; KVTWIST_THOROUGH=1 measures 200, for steadier printed p99s.
+LATENCY_COMMITS = 200 if THOROUGH else 50
 
 #: Bounded waits, in seconds.
 SETTLE_TIMEOUT = 15.0
@@ -588,9 +589,12 @@ class LatencyTests:
     @as_deferred
     async def test_wake_up_latency(self):
         """
-        Over 200 commits, the time from sending a PUT (and from its answer)
-        to a held long-poll's answer and to the event on a stream; p50 and
-        p99 are printed, with only a loose sanity bound asserted.
+        Over 50 commits (200 with KVTWIST_THOROUGH=1), the time from
+        sending a PUT (and from its answer) to a held long-poll's answer and
+        to the event on a stream; p50 and p99 are printed, with only a loose
+        sanity bound asserted: a median wake-up under a second, which the
+        median of 50 samples checks as well as that of 200 (the extra
+        samples only steady the printed p99).
         """
         server = self.start_kvcache()
         http = treq_client(self)
