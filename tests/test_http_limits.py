@@ -27,6 +27,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import combinedLogFormatter
+from twisted.web.resource import Resource
 
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
@@ -377,6 +378,46 @@ class HeadLimitTests(SiteTestCase):
             b"DELETE /v1/kv/a HTTP/1.1\r\n\r\n"
         )
         self.assertEqual(statuses(output), [201, 200, 404, 204])
+
+
+class QueryArgsTests(SynchronousTestCase):
+    """C{request.args} is the query string, whatever the body is."""
+
+    def args_seen(self, head: bytes, body: bytes) -> dict:
+        """The C{request.args} a resource sees for a POST of C{body}."""
+        seen = {}
+
+        class Recorder(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                seen.update(request.args)
+                return b"ok"
+
+        site = KVSite(Recorder(), LIMITS, reactor=Clock())
+        channel = site.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        channel.makeConnection(transport)
+        channel.dataReceived(head + b"Content-Length: %d\r\n\r\n" % (len(body),) + body)
+        self.assertEqual(statuses(transport.value()), [200])
+        return seen
+
+    def test_form_body_is_not_parsed_into_args(self):
+        """
+        A POST with an HTML-form body (urlencoded or multipart) leaves
+        C{request.args} to the query string: no route takes a form, and a
+        body's fields never pose as query parameters.
+        """
+        urlencoded = self.args_seen(
+            b"POST /x?ttl=5 HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+            b"ttl=0&wait=1",
+        )
+        self.assertEqual(urlencoded, {b"ttl": [b"5"]})
+        multipart = self.args_seen(
+            b"POST /x HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\n",
+            b'--b\r\nContent-Disposition: form-data; name="wait"\r\n\r\n1\r\n--b--\r\n',
+        )
+        self.assertEqual(multipart, {})
 
 
 class ConnectionCapTests(SiteTestCase):
