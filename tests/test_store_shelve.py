@@ -209,6 +209,53 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.close())
 
 
+class StatementCountTests(InlineShelve, SynchronousTestCase):
+    """
+    A group commit costs a fixed number of SQLite statements, whatever the
+    number of keys: on the store thread each statement waits for the GIL
+    (see L{kvtwist.store.sqlitemap.SQLiteMapping.get_many}).
+    """
+
+    def statements_for(self, store, ops):
+        """The SQL statements a commit of C{ops} runs, and its result."""
+        statements = []
+        connection = store._shelf.dict._db
+        connection.set_trace_callback(statements.append)
+        try:
+            result = self.successResultOf(store.commit(ops))
+        finally:
+            connection.set_trace_callback(None)
+        return statements, result
+
+    def test_statements_do_not_grow_with_keys(self):
+        """
+        Committing 10 keys and committing 100 keys (overwriting keys with
+        TTLs, so their expiry index moves) run the same number of
+        statements, at most eight; the data, revisions and index are right.
+        """
+        store = self.open_store()
+        expires = self.reactor.seconds() + 100
+        for count in (10, 100):
+            names = ["k%d-%d" % (count, i) for i in range(count)]
+            self.successResultOf(store.commit([Put(name, b"old", expires=expires) for name in names]))
+        counts = {}
+        for count in (10, 100):
+            names = ["k%d-%d" % (count, i) for i in range(count)]
+            statements, result = self.statements_for(
+                store, [Put(name, b"new", expires=expires + 50) for name in names]
+            )
+            counts[count] = len(statements)
+            self.assertEqual([change.entry.version for change in result.changes], [2] * count)
+        self.assertEqual(counts[10], counts[100])
+        self.assertLessEqual(counts[100], 8)
+        self.assertEqual(self.successResultOf(store.get("k100-99")).value, b"new")
+        self.reactor.advance(120)
+        # Only the moved index entries remain: nothing is due before +150 s.
+        self.assertEqual(self.successResultOf(store.expired(1000)), [])
+        self.reactor.advance(40)
+        self.assertEqual(len(self.successResultOf(store.expired(1000))), 110)
+
+
 class HeldThreadPool(InlineThreadPool):
     """An inline pool that holds calls until the test runs them."""
 

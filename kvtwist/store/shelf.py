@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 import shelve
-from typing import List, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from kvtwist.errors import StoreCorrupt
 from kvtwist.store.sqlitemap import SQLiteMapping
@@ -59,6 +59,26 @@ class DataShelf(shelve.Shelf):
 
     def __getitem__(self, key: str) -> object:
         return load_data(self.dict[key.encode(self.keyencoding)])
+
+    def read_many(self, keys: Iterable[str]) -> Dict[str, object]:
+        """The records of those of C{keys} that exist, in one read (see L{SQLiteMapping.get_many})."""
+        encoding = self.keyencoding
+        rows = self.dict.get_many(key.encode(encoding) for key in keys)
+        return {key.decode(encoding): load_data(raw) for key, raw in rows.items()}
+
+    def write_many(self, records: Mapping[str, object], deletes: Iterable[str] = ()) -> None:
+        """
+        Store every record of C{records} and remove every key of
+        C{deletes}, in one write (see L{SQLiteMapping.update_many}).
+        """
+        encoding = self.keyencoding
+        self.dict.update_many(
+            {
+                key.encode(encoding): pickle.dumps(record, self._protocol)
+                for key, record in records.items()
+            },
+            [key.encode(encoding) for key in deletes],
+        )
 
     def scan(
         self, prefix: str, after: Optional[str], limit: int

@@ -14,6 +14,7 @@ commit waits for more than the sync in progress plus its own.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -46,42 +47,73 @@ def _expiry_key(expires: float, key: str) -> str:
     return "%s%017.3f/%s" % (_EXPIRY, expires, key)
 
 
+#: In L{_ShelfTable}'s pending writes: the shelf key is to be removed.
+_REMOVED = object()
+
+
 class _ShelfTable:
-    """The L{kvtwist.store.rules.Table} view of a shelf (store thread only)."""
+    """
+    The L{kvtwist.store.rules.Table} view of a shelf (store thread only),
+    for one read or one group commit.
+
+    Rows read are remembered, and writes are held back until L{flush}, which
+    applies all of them in one statement or so: a group commit reads its keys
+    in one statement (L{prefetch}) and writes in one, not three statements a
+    key (see L{kvtwist.store.sqlitemap.SQLiteMapping.get_many} for why the
+    number of statements is what counts). Reads see the writes held back.
+    """
 
     def __init__(self, shelf: DataShelf) -> None:
         self._shelf = shelf
+        #: Each key read or written: its entry as the table stands now, or
+        #: None when absent.
+        self._rows: Dict[str, Optional[Entry]] = {}
+        #: Shelf keys changed and not yet flushed: their record, or _REMOVED.
+        self._pending: Dict[str, object] = {}
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read every one of C{keys} not read yet, in one go."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._rows]
+        if not wanted:
+            return
+        records = self._shelf.read_many(_KEY + key for key in wanted)
+        for key in wanted:
+            record = records.get(_KEY + key)
+            self._rows[key] = _entry(key, record) if record is not None else None
 
     def read(self, key: str) -> Optional[Entry]:
-        try:
-            record = self._shelf[_KEY + key]
-        except KeyError:
-            return None
-        try:
-            return Entry.from_record(key, record)  # type: ignore[arg-type]
-        except ValueError as e:
-            raise StoreCorrupt(str(e))
+        if key not in self._rows:
+            self.prefetch([key])
+        return self._rows[key]
 
     def _unindex(self, key: str) -> None:
         stored = self.read(key)
         if stored is not None and stored.expires is not None:
-            try:
-                del self._shelf[_expiry_key(stored.expires, key)]
-            except KeyError:
-                pass
+            self._pending[_expiry_key(stored.expires, key)] = _REMOVED
 
     def write(self, entry: Entry) -> None:
         self._unindex(entry.key)
-        self._shelf[_KEY + entry.key] = entry.to_record()
+        self._rows[entry.key] = entry
+        self._pending[_KEY + entry.key] = entry.to_record()
         if entry.expires is not None:
-            self._shelf[_expiry_key(entry.expires, entry.key)] = entry.mod_revision
+            self._pending[_expiry_key(entry.expires, entry.key)] = entry.mod_revision
 
     def remove(self, key: str) -> None:
         self._unindex(key)
-        try:
-            del self._shelf[_KEY + key]
-        except KeyError:
-            pass
+        self._rows[key] = None
+        self._pending[_KEY + key] = _REMOVED
+
+    def set_revision(self, revision: int) -> None:
+        """Record the store's revision (written by the next L{flush})."""
+        self._pending[_REVISION] = revision
+
+    def flush(self) -> None:
+        """Write everything held back, inside the caller's transaction."""
+        pending, self._pending = self._pending, {}
+        self._shelf.write_many(
+            {key: record for key, record in pending.items() if record is not _REMOVED},
+            [key for key, record in pending.items() if record is _REMOVED],
+        )
 
     def expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Up to C{limit} C{(key, mod_revision)} whose expiry is at or before C{now}."""
@@ -92,6 +124,14 @@ class _ShelfTable:
                 break
             due.append((key, mod_revision))
         return due
+
+
+def _entry(key: str, record: object) -> Entry:
+    """The L{Entry} a stored record describes; a damaged one is L{StoreCorrupt}."""
+    try:
+        return Entry.from_record(key, record)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise StoreCorrupt(str(e))
 
 
 def open_data_dir(directory: str) -> str:
@@ -314,6 +354,7 @@ class ShelveStore:
         table = _ShelfTable(shelf)
         found = {}
         with shelf.dict.snapshot():
+            table.prefetch(keys)
             for key in keys:
                 entry = live(table.read(key), now)
                 if entry is not None:
@@ -335,10 +376,7 @@ class ShelveStore:
                 for shelf_key, record in rows:
                     key = shelf_key[len(_KEY):]
                     cursor = key
-                    try:
-                        entry = Entry.from_record(key, record)  # type: ignore[arg-type]
-                    except ValueError as e:
-                        raise StoreCorrupt(str(e))
+                    entry = _entry(key, record)
                     if not entry.is_live(now):
                         continue
                     if len(entries) == limit:
@@ -374,6 +412,11 @@ class ShelveStore:
         outcomes: List[object] = []
         with shelf.dict.transaction() as timing:
             revision = _read_revision(shelf)
+            table.prefetch(
+                key
+                for ops, checks in group
+                for key in itertools.chain((op.key for op in ops), (check.key for check in checks))
+            )
             for ops, checks in group:
                 try:
                     result = apply_commit(table, revision, ops, checks, now)
@@ -382,6 +425,7 @@ class ShelveStore:
                     continue
                 revision = result.revision
                 outcomes.append(result)
-            shelf[_REVISION] = revision
+            table.set_revision(revision)
+            table.flush()
         return outcomes, timing.sync_seconds
 

@@ -20,7 +20,7 @@ import sqlite3
 import time
 import zlib
 from contextlib import contextmanager
-from typing import Iterator, List, MutableMapping, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 from kvtwist.errors import StoreCorrupt
 
@@ -52,6 +52,17 @@ def prefix_upper_bound(prefix: bytes) -> Optional[bytes]:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+#: Rows per statement in L{SQLiteMapping.get_many} and
+#: L{SQLiteMapping.update_many}: three parameters a row stays under the 999
+#: that SQLite before 3.32 allowed in one statement.
+ROWS_PER_STATEMENT = 300
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class CommitTiming:
@@ -233,6 +244,45 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             "INSERT OR REPLACE INTO shelf (key, value, crc) VALUES (?, ?, ?)",
             (key, value, _crc(key, value)),
         )
+
+    # The many-row methods exist for the store thread's sake: every sqlite3
+    # call gives up the GIL, and under load each one then waits for the
+    # reactor thread to hand it back (about 0.3 ms, measured), so a group
+    # commit costs what its number of statements costs, far more than its
+    # I/O. One statement per 300 rows instead of one per row.
+
+    def get_many(self, keys: Iterable[bytes]) -> Dict[bytes, bytes]:
+        """
+        The stored values of those of C{keys} that exist (checksums
+        verified), read with one statement per L{ROWS_PER_STATEMENT} keys.
+        """
+        found: Dict[bytes, bytes] = {}
+        for chunk in _chunks(list(dict.fromkeys(keys)), ROWS_PER_STATEMENT):
+            sql = "SELECT key, value, crc FROM shelf WHERE key IN (%s)" % ",".join("?" * len(chunk))
+            for key, value, crc in self._db.execute(sql, chunk):
+                found[key] = self._checked(key, value, crc)
+        return found
+
+    def update_many(self, puts: Mapping[bytes, bytes], deletes: Iterable[bytes] = ()) -> None:
+        """
+        Store every value of C{puts} under its key and remove every key of
+        C{deletes} (absent ones included), with one statement per
+        L{ROWS_PER_STATEMENT} rows. A key in both ends up stored.
+        """
+        removed = [key for key in dict.fromkeys(deletes) if key not in puts]
+        for chunk in _chunks(removed, ROWS_PER_STATEMENT):
+            self._db.execute(
+                "DELETE FROM shelf WHERE key IN (%s)" % ",".join("?" * len(chunk)), chunk
+            )
+        for chunk in _chunks(list(puts.items()), ROWS_PER_STATEMENT):
+            params: list = []
+            for key, value in chunk:
+                params += (key, value, _crc(key, value))
+            self._db.execute(
+                "INSERT OR REPLACE INTO shelf (key, value, crc) VALUES %s"
+                % ",".join(["(?, ?, ?)"] * len(chunk)),
+                params,
+            )
 
     def __delitem__(self, key: bytes) -> None:
         if self._db.execute("DELETE FROM shelf WHERE key = ?", (key,)).rowcount == 0:
