@@ -48,7 +48,8 @@ setup(
             "build>=1.0",
             "twine>=5.0",
         ],
-        "bench": ["matplotlib>=3.7"],
+        # The plot, and --profile's py-spy (the top frames of a missed target).
+        "bench": ["matplotlib>=3.7", "py-spy>=0.3.14"],
     },
     entry_points={
         "console_scripts": ["kvtwist = kvtwist.cli:run"],

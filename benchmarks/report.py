@@ -109,13 +109,15 @@ def _soak_section(results: dict) -> str:
     samples = ", ".join("%.0fs: %.1f" % (t, kib / 1024) for t, kib in soak["rss_samples"])
     return (
         "%.0f s, %d clients, 90 %% GET of random keys / 10 %% 100-key `POST /set` + `POST /commit`, "
-        "on a %s-key store.\n\n"
+        "on a %s-key store, started after one GET of every key (%s s) filled the read cache.\n\n"
+        "- RSS before that warm-up: %s MiB, after it: %s MiB\n"
         "- requests: %s (%s req/s), GETs %s, commits %s\n"
         "- errors: %s (wrk: %s), non-2xx answers: %s, server alive at the end: %s\n"
         "- RSS at %.0f s: %s MiB, at the end: %s MiB, ratio %s\n"
         "- RSS samples (s: MiB): %s"
     ) % (
-        soak["duration_s"], soak["connections"], "{:,}".format(soak["keys"]),
+        soak["duration_s"], soak["connections"], "{:,}".format(soak["keys"]), _num(s.get("warm_up_s"), 1),
+        _num(s.get("rss_mib_before_warm_up"), 1), _num(s.get("rss_mib_after_warm_up"), 1),
         s["requests"], _num(s["rate"]), s["gets"], s["commits"],
         s["errors"], json.dumps(s["wrk_errors"]), s["bad_answers"], s["server_alive_at_end"],
         s["mark_s"], _num(s["rss_mib_at_mark"], 1), _num(s["rss_mib_end"], 1), _num(s["rss_ratio"]),

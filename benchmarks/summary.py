@@ -114,6 +114,9 @@ def _soak_summary(soak: dict) -> dict:
         "commits": counters.get("commit"),
         "bad_answers": sum(counters.get(k, 0) for k in ("get_bad", "set_bad", "commit_bad")),
         "server_alive_at_end": soak.get("server_alive_at_end"),
+        "warm_up_s": soak.get("warm_up_s"),
+        "rss_mib_before_warm_up": soak.get("rss_mib_before_warm_up"),
+        "rss_mib_after_warm_up": soak.get("rss_mib_after_warm_up"),
     }
 
 
