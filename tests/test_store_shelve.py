@@ -6,18 +6,26 @@ damaged data, group commit and a real store thread.
 
 import os
 import pickle
+import shutil
 import sqlite3
 import stat
+import tempfile
+from typing import Optional
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist.errors import ConflictError, StoreCorrupt
-from kvtwist.model import Check, Put
+from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir
-from kvtwist.testing import InlineThreadPool, ThreadlessReactor
+from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
 from tests.store_contract import StoreContract
 
 
@@ -254,6 +262,115 @@ class StatementCountTests(InlineShelve, SynchronousTestCase):
         self.assertEqual(self.successResultOf(store.expired(1000)), [])
         self.reactor.advance(40)
         self.assertEqual(len(self.successResultOf(store.expired(1000))), 110)
+
+
+#: The model test's world: a few keys, so commits collide.
+MODEL_KEYS = ("a", "b", "c")
+MODEL_START = 1_700_000_000.0
+
+
+def _model_op(kind: str, key: str, value: bytes, ttl: Optional[float], mod_revision: int):
+    if kind == "put":
+        return Put(key, value, expires=MODEL_START + ttl if ttl is not None else None)
+    if kind == "delete":
+        return Delete(key)
+    return Expire(key, mod_revision)
+
+
+_keys = st.sampled_from(MODEL_KEYS)
+model_ops = st.builds(
+    _model_op,
+    st.sampled_from(["put", "put", "delete", "expire"]),
+    _keys,
+    st.sampled_from([b"1", b"22"]),
+    st.sampled_from([None, 30.0, 60.0]),
+    st.integers(1, 6),
+)
+model_checks = st.one_of(
+    st.builds(Check.equals, _keys, st.integers(0, 6)),
+    st.builds(Check.absent, _keys),
+    st.builds(Check.present, _keys),
+)
+model_commits = st.tuples(
+    st.lists(model_ops, max_size=4), st.lists(model_checks, max_size=2)
+)
+
+
+class GroupCommitModelTests(SynchronousTestCase):
+    """
+    Commits grouped into one trip of the store thread (one SQLite
+    transaction, reads prefetched, writes held back and applied at the end)
+    give exactly what the same commits give applied one by one to the memory
+    store, which shares the commit rules: each outcome (revision, changes,
+    or the conflict's failed checks), the data, the expiry index, and all
+    of it again after a reopen.
+    """
+
+    def outcome(self, d):
+        """A commit's result, or its conflict's failures, for comparison."""
+        results = []
+        d.addBoth(results.append)
+        [result] = results
+        if isinstance(result, Failure):
+            result.trap(ConflictError)
+            return ("conflict", result.value.failures)
+        return ("ok", result.revision, result.changes)
+
+    def state(self, store, clock):
+        """Every model key's entry, and the expiry index up to 100 s on."""
+        entries = {}
+        for key in MODEL_KEYS:
+            entries[key] = self.successResultOf(store.get(key))
+        clock.advance(100)
+        due = sorted(self.successResultOf(store.expired(100)))
+        clock.advance(-100)
+        return entries, due
+
+    @settings(max_examples=150, deadline=None)
+    @given(history=st.lists(model_commits, max_size=4), group=st.lists(model_commits, min_size=1, max_size=6))
+    def test_grouped_commits_match_one_by_one(self, history, group):
+        """
+        A history of single commits, then a group queued behind a busy
+        store thread: outcomes, data and expiry index equal the memory
+        store's, before and after reopening.
+        """
+        directory = os.path.join(tempfile.mkdtemp(prefix="kvtwist-group-"), "data")
+        self.addCleanup(shutil.rmtree, os.path.dirname(directory), True)
+        pool = HeldThreadPool()
+        reactor = ThreadlessReactor()
+        reactor.advance(MODEL_START)
+        store = ShelveStore(directory, reactor, pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        memory = MemoryStore(Clock())
+        memory.clock.advance(MODEL_START)
+
+        for ops, checks in history:
+            self.assertEqual(
+                self.outcome(store.commit(ops, checks)), self.outcome(memory.commit(ops, checks))
+            )
+        # One commit holds the store thread; the group queues behind it and
+        # goes in the next trip, as one.
+        pool.release_all = False
+        busy = store.commit([Put("busy", b"x")])
+        pending = [store.commit(ops, checks) for ops, checks in group]
+        pool.run_next()
+        self.assertEqual(len(pool.held), 1)
+        pool.run_next()
+        expected_busy = self.outcome(memory.commit([Put("busy", b"x")]))
+        self.assertEqual(self.outcome(busy), expected_busy)
+        for (ops, checks), d in zip(group, pending):
+            self.assertEqual(self.outcome(d), self.outcome(memory.commit(ops, checks)))
+        pool.release_all = True
+        expected = self.state(memory, memory.clock)
+        self.assertEqual(self.state(store, reactor), expected)
+        self.successResultOf(store.close())
+
+        reopened = ShelveStore(directory, reactor, InlineThreadPool())
+        self.successResultOf(reopened.open())
+        self.assertEqual(reopened.revision, memory.revision)
+        self.assertEqual(self.state(reopened, reactor), expected)
+        self.successResultOf(reopened.close())
 
 
 class HeldThreadPool(InlineThreadPool):
