@@ -363,7 +363,17 @@ class TimedStore:
         return self.store.ping()
 
     def commit(self, ops, checks=()) -> Deferred:
-        started = self._clock.seconds()
+        return self._timed(self._clock.seconds(), self.store.commit(ops, checks))
+
+    def commit_with(self, ops, checks, rider) -> Deferred:
+        """
+        An etcd store's commit that also carries a transaction's own keys
+        (L{kvtwist.store.etcd_store.EtcdStore.commit_with}, how transactions
+        kept in etcd commit), counted and timed as L{commit} is.
+        """
+        return self._timed(self._clock.seconds(), self.store.commit_with(ops, checks, rider))
+
+    def _timed(self, started: float, d: Deferred) -> Deferred:
         metrics = self._metrics
 
         def done(result: object) -> object:
@@ -375,4 +385,4 @@ class TimedStore:
             metrics.commits.labels("conflict" if reason.check(ConflictError) else "error").inc()
             return reason
 
-        return self.store.commit(ops, checks).addCallbacks(done, failed)
+        return d.addCallbacks(done, failed)

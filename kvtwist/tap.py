@@ -224,13 +224,15 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     return shelf, pool
 
 
-def transaction_manager(backing, store, reactor, limits):
+def transaction_manager(backing, timed, store, reactor, limits):
     """
     Where transactions and the seed's queue live: in etcd when the store is
-    (every node sees them), else in this process.
+    (every node sees them; they commit through C{timed}, the backing store
+    with its commits timed), else in this process (committing through
+    C{store}, the whole stack).
     """
     if isinstance(backing, EtcdStore):
-        return EtcdTransactions(backing, reactor, limits)
+        return EtcdTransactions(timed, reactor, limits)
     return TransactionManager(reactor, limits, store)
 
 
@@ -267,8 +269,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     metrics = Metrics()
     backing, pool = open_backing_store(config, reactor, metrics)
     # Commits are timed under the cache, so cached reads pass no wrapper.
-    store = CachedStore(TimedStore(backing, metrics, reactor), limits.cache_bytes)
-    transactions = transaction_manager(backing, store, reactor, limits)
+    timed = TimedStore(backing, metrics, reactor)
+    store = CachedStore(timed, limits.cache_bytes)
+    transactions = transaction_manager(backing, timed, store, reactor, limits)
     hub = ChangeHub(store, limits.watch_history)
     watchers = WatcherCount(limits.max_watchers)
 

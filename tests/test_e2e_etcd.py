@@ -59,6 +59,31 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertEqual(http_request(b, "PUT", "/v1/kv/k", b"2", {"If-Match": etag})[0], 200)
         self.assertEqual(http_request(a, "PUT", "/v1/kv/k", b"3", {"If-Match": etag})[0], 412)
 
+    def test_transaction_commits_are_timed(self):
+        """
+        Commits of transactions kept in etcd (the seed queue, a v1
+        transaction, a conflicted one) are counted and timed in /metrics
+        as a PUT's commit is.
+        """
+        a, b = (node.url for node in self.nodes)
+        self.assertEqual(http_request(a, "POST", "/set", b'{"timed": 1}')[0], 201)
+        self.assertEqual(http_request(a, "POST", "/commit")[0], 204)
+        status, _, body = http_request(a, "POST", "/v1/txn")
+        self.assertEqual(status, 201)
+        txn = json.loads(body)["id"]
+        self.assertEqual(http_request(a, "GET", "/v1/txn/%s/kv/timed" % txn)[0], 200)
+        self.assertEqual(http_request(a, "PUT", "/v1/txn/%s/kv/timed" % txn, b"3")[0], 200)
+        self.assertEqual(http_request(b, "PUT", "/v1/kv/timed", b"2")[0], 200)
+        self.assertEqual(http_request(a, "POST", "/v1/txn/%s/commit" % txn)[0], 409)
+        samples = {}
+        for line in http_request(a, "GET", "/metrics")[2].decode().splitlines():
+            if line.startswith(("kvtwist_commit_duration_seconds_count", "kvtwist_commits_total")):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        self.assertEqual(samples["kvtwist_commit_duration_seconds_count"], 1)
+        self.assertEqual(samples['kvtwist_commits_total{outcome="ok"}'], 1)
+        self.assertEqual(samples['kvtwist_commits_total{outcome="conflict"}'], 1)
+
     def test_ui_is_served(self):
         """The admin page is mounted by twistd kvcache (--ui on by default)."""
         status, headers, body = http_request(self.nodes[0].url, "GET", "/ui/")

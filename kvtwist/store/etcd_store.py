@@ -722,10 +722,13 @@ class EtcdStore:
         """
         return await self._gateway.request(endpoint, path, body)
 
-    async def _call(self, path: str, body: dict, write: bool = False) -> dict:
+    async def call(self, path: str, body: dict, write: bool = False) -> dict:
         """
-        Send one request, failing over between endpoints (see
-        L{EtcdGateway.call}), and keep the revision of its answer.
+        Send one etcd v3 gateway request (C{path}, JSON C{body}), failing
+        over between endpoints (see L{EtcdGateway.call}), and keep the
+        revision of its answer. Public for what keeps its own keys in the
+        same etcd under this store's prefix
+        (L{kvtwist.store.etcd_transactions}).
 
         A read goes to the next endpoint after any failure; a write only
         after failures that prove it was not applied, otherwise it raises
@@ -776,7 +779,7 @@ class EtcdStore:
         return _Row(entry, commit_id)
 
     async def _get(self, key: str) -> Optional[Entry]:
-        document = await self._call("/v3/kv/range", {"key": _b64(self._etcd_key(key))})
+        document = await self.call("/v3/kv/range", {"key": _b64(self._etcd_key(key))})
         kvs = document.get("kvs") or []
         if not kvs:
             return None
@@ -812,7 +815,7 @@ class EtcdStore:
                         if revision:
                             request["revision"] = str(revision)
                         ranges.append({"request_range": request})
-                    document = await self._call("/v3/kv/txn", {"success": ranges})
+                    document = await self.call("/v3/kv/txn", {"success": ranges})
                     if not revision:
                         revision = int(document["header"]["revision"])
                     for response in document.get("responses") or []:
@@ -864,7 +867,7 @@ class EtcdStore:
                 # Later rounds read the same revision as the first, so the
                 # page is one consistent snapshot.
                 body["revision"] = str(revision)
-            document = await self._call("/v3/kv/range", body)
+            document = await self.call("/v3/kv/range", body)
             if not revision:
                 revision = int(document["header"]["revision"])
             kvs = document.get("kvs") or []
@@ -1092,7 +1095,7 @@ class EtcdStore:
                 txn = await self._transaction(plan, guards, commit_id, now)
                 if rider is not None:
                     rider.ride(txn)
-                document = await self._call("/v3/kv/txn", txn, write=True)
+                document = await self.call("/v3/kv/txn", txn, write=True)
             except _Ambiguous as e:
                 lost.append((plan, guards, str(e)))
                 continue
@@ -1145,7 +1148,7 @@ class EtcdStore:
             ],
         }
         try:
-            document = await self._call("/v3/kv/txn", body, write=True)
+            document = await self.call("/v3/kv/txn", body, write=True)
         except _Ambiguous:
             # Either way the next read tells what is there.
             return None
@@ -1194,7 +1197,7 @@ class EtcdStore:
         if cached is not None and cached[1] > now + 1:
             return cached[0]
         ttl = max(bucket - math.floor(now), LEASE_MARGIN)
-        document = await self._call("/v3/lease/grant", {"TTL": str(ttl)})
+        document = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
         lease = str(document["ID"])
         for old in [b for b, (_, ends) in self._leases.items() if ends <= now]:
             del self._leases[old]
@@ -1291,7 +1294,7 @@ class EtcdStore:
         or the empty string.
         """
         try:
-            document = await self._call(
+            document = await self.call(
                 "/v3/kv/range", {"key": _b64(self._key_prefix), "count_only": True}
             )
             current = int(document["header"]["revision"])

@@ -78,7 +78,6 @@ from kvtwist.limits import Limits
 from kvtwist.model import Check, CommitResult, Delete, Op, Put
 from kvtwist.staging import StagingArea
 from kvtwist.store.etcd_store import (
-    EtcdStore,
     Rider,
     RiderBroken,
     _Ambiguous,
@@ -278,13 +277,16 @@ class EtcdTransactions:
     Transactions and the seed's queue in etcd, through C{store}'s
     connection to it (see the module docstring).
 
-    @param store: the L{EtcdStore} (not a cache in front of it): commits go
-        to it directly so the staged state can ride along; its listeners
-        (a node's cache, its change feed) hear them as usual.
+    @param store: the L{EtcdStore}, or a wrapper that passes its
+        C{commit_with}, C{call} and attributes through (kvcache gives the
+        L{kvtwist.metrics.TimedStore} that times its commits), not a cache
+        in front of it: commits go to it directly so the staged state can
+        ride along; its listeners (a node's cache, its change feed) hear
+        them as usual.
     @param clock: times this node's estimate of its open transactions.
     """
 
-    def __init__(self, store: EtcdStore, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(self, store: Any, clock: IReactorTime, limits: Limits) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits
@@ -315,7 +317,7 @@ class EtcdTransactions:
 
     async def _begin(self, owner: Optional[str]) -> EtcdTransaction:
         heads = self._prefix + b"txn/h/"
-        document = await self._call(
+        document = await self._store.call(
             "/v3/kv/range",
             {"key": _b64(heads), "range_end": _b64(prefix_end(heads)), "count_only": True},
         )
@@ -328,11 +330,11 @@ class EtcdTransactions:
                 too_many=True,
             )
         ttl = max(1, math.ceil(self.timeout))
-        grant = await self._call("/v3/lease/grant", {"TTL": str(ttl)})
+        grant = await self._store.call("/v3/lease/grant", {"TTL": str(ttl)})
         lease = str(grant["ID"])
         slot = _Slot(self._prefix, secrets.token_urlsafe(12))
         head = {"owner": owner, "seq": 0, "lease": lease}
-        document = await self._call(
+        document = await self._store.call(
             "/v3/kv/txn",
             {
                 "compare": [_create_compare(slot.head, 0)],
@@ -363,7 +365,7 @@ class EtcdTransactions:
             raise not_found(txn_id)
         if state.lease is not None:
             try:
-                answer = await self._call("/v3/lease/keepalive", {"ID": state.lease})
+                answer = await self._store.call("/v3/lease/keepalive", {"ID": state.lease})
             except _LeaseGone:
                 answer = {}
             if int(answer.get("result", {}).get("TTL", 0)) <= 0:
@@ -382,7 +384,7 @@ class EtcdTransactions:
         state = self._states.get(txn_id)
         self._forget(txn_id)
         slot = _Slot(self._prefix, txn_id)
-        await self._call("/v3/kv/txn", {"compare": [], "success": slot.drop()}, write=True)
+        await self._store.call("/v3/kv/txn", {"compare": [], "success": slot.drop()}, write=True)
         if state is not None and state.lease is not None:
             self._revoke(state.lease)
 
@@ -423,12 +425,12 @@ class EtcdTransactions:
         """
         cached = self._states.get(slot.id)
         after = cached.seq if cached is not None else 0
-        document = await self._call("/v3/kv/txn", {"compare": [], "success": slot.read_after(after)})
+        document = await self._store.call("/v3/kv/txn", {"compare": [], "success": slot.read_after(after)})
         try:
             return self._refresh(slot, cached, document.get("responses") or [])
         except _Stale:
             # Another incarnation of it (the queue after a commit): all again.
-            document = await self._call("/v3/kv/txn", {"compare": [], "success": slot.read_after(0)})
+            document = await self._store.call("/v3/kv/txn", {"compare": [], "success": slot.read_after(0)})
             return self._refresh(slot, None, document.get("responses") or [])
 
     def _refresh(self, slot: _Slot, cached: Optional[TxnState], responses: List[dict]) -> TxnState:
@@ -499,7 +501,7 @@ class EtcdTransactions:
                 "failure": slot.read_after(state.seq),
             }
             try:
-                document = await self._call("/v3/kv/txn", body, write=True)
+                document = await self._store.call("/v3/kv/txn", body, write=True)
             except _LeaseGone:
                 self._forget(slot.id)
                 raise not_found(slot.id)
@@ -571,7 +573,7 @@ class EtcdTransactions:
         """Delete the state if its head is still C{state}'s; whether it was."""
         if not state.head_mod:
             return True
-        document = await self._call(
+        document = await self._store.call(
             "/v3/kv/txn",
             {"compare": [_mod_compare(slot.head, state.head_mod)], "success": slot.drop()},
             write=True,
@@ -579,9 +581,6 @@ class EtcdTransactions:
         return bool(document.get("succeeded"))
 
     # -- helpers ----------------------------------------------------------------
-
-    async def _call(self, path: str, body: dict, write: bool = False) -> dict:
-        return await self._store._call(path, body, write=write)
 
     def _check_size(self, record: bytes) -> None:
         """
@@ -611,7 +610,7 @@ class EtcdTransactions:
 
     def _revoke(self, lease: str) -> None:
         """Revoke C{lease} in the background: its keys are gone already."""
-        d = Deferred.fromCoroutine(self._call("/v3/lease/revoke", {"ID": lease}))
+        d = Deferred.fromCoroutine(self._store.call("/v3/lease/revoke", {"ID": lease}))
         d.addErrback(lambda f: log.debug("lease revoke failed: {f}", f=f.value))
 
 
