@@ -51,8 +51,8 @@ from the first line, which is always safe). A load that finishes removes
 its checkpoint.
 
 The C{kvtwist} command's glue is here too: L{add_dump_load_commands} adds
-the two subcommands to its parser and L{COMMANDS} holds their handlers;
-C{python -m kvtwist.dumpload} runs them on their own (L{main}).
+the two subcommands to its parser and L{COMMANDS} holds their handlers,
+which L{kvtwist.cli} runs like its own commands.
 """
 
 from __future__ import annotations
@@ -91,7 +91,6 @@ __all__ = [
     "scan",
     "add_dump_load_commands",
     "COMMANDS",
-    "main",
 ]
 
 #: Keys per listing page: the server's default maximum (C{max_list_limit}).
@@ -1051,104 +1050,3 @@ COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {
     "dump": (start_dump, show_dump),
     "load": (start_load, show_load),
 }
-
-
-# -- python -m kvtwist.dumpload ------------------------------------------------
-
-
-@dataclass
-class _Invocation:
-    """What a handler needs: the shape of C{kvtwist.cli}'s invocation."""
-
-    http: Any
-    url: str
-    token: Optional[str]
-    args: argparse.Namespace
-    stdin: Optional[BinaryIO]
-    reactor: Any = None
-    out: Optional[TextIO] = None
-    err: Optional[TextIO] = None
-
-
-async def _main(
-    reactor: Any, argv: Tuple[str, ...], http: Any, out: TextIO, err: TextIO,
-    environ: Mapping[str, str], stdin: Optional[BinaryIO],
-) -> int:
-    from twisted.internet import defer, error
-    from twisted.web.client import RequestTransmissionFailed, ResponseFailed
-
-    from kvtwist import cli
-
-    parser = argparse.ArgumentParser(prog="python -m kvtwist.dumpload",
-                                     description="kvtwist dump and load.")
-    parser.add_argument("--url", default=None)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--output", "-o", choices=("json", "text"), default="json")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds per request; 0: none (default: %g)"
-                        % (DEFAULT_REQUEST_TIMEOUT,))
-    add_dump_load_commands(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    start, show = COMMANDS[args.command]
-    url = args.url or environ.get("KVTWIST_URL") or cli.DEFAULT_URL
-    token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
-    try:
-        d = start(_Invocation(http or cli.make_http(reactor), url, token, args, stdin, reactor,
-                              out, err))
-    except (ValueError, TypeError) as e:
-        err.write("kvtwist: %s\n" % (e,))
-        return cli.EXIT_USAGE
-    try:
-        result = await d
-    except client.ConflictError as e:
-        err.write("kvtwist: %s\n" % (e,))
-        return cli.EXIT_CONFLICT
-    except client.KVClientError as e:
-        err.write("kvtwist: %s\n" % (e,))
-        return cli.EXIT_SERVER_ERROR
-    except DumpFormatError as e:
-        err.write("kvtwist: %s\n" % (e,))
-        return cli.EXIT_USAGE
-    except (error.ConnectError, error.DNSLookupError, error.ConnectionLost,
-            ResponseFailed, RequestTransmissionFailed, defer.TimeoutError) as e:
-        err.write("kvtwist: cannot reach %s: %s\n" % (url, e))
-        return cli.EXIT_CONNECTION
-    show(out, err, args.output, result)
-    return cli.EXIT_OK
-
-
-def main(
-    reactor: Any,
-    *argv: str,
-    http: Any = None,
-    stdout: Optional[TextIO] = None,
-    stderr: Optional[TextIO] = None,
-    environ: Optional[Mapping[str, str]] = None,
-    stdin: Optional[BinaryIO] = None,
-) -> Deferred:
-    """
-    C{python -m kvtwist.dumpload [--url URL] [--token T] [--output json|text]
-    [--timeout S] dump|load ...}: the two commands on their own (C{--timeout}
-    bounds each request, not the whole run), with the
-    exit codes of C{kvtwist} (0 ok, 1 error answer, 2 usage or bad input,
-    3 cannot reach the server, 4 conflict). The shape L{react} expects.
-    """
-    out = stdout if stdout is not None else sys.stdout
-    err = stderr if stderr is not None else sys.stderr
-    env = environ if environ is not None else os.environ
-
-    def exit_with(code: int) -> None:
-        if code:
-            raise SystemExit(code)
-
-    d = Deferred.fromCoroutine(_main(reactor, argv, http, out, err, env, stdin))
-    return d.addCallback(exit_with)
-
-
-if __name__ == "__main__":
-    from twisted.internet.task import react
-
-    react(main, sys.argv[1:])

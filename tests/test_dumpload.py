@@ -515,7 +515,7 @@ class ResumeTests(MemoryTestCase):
 
 
 class GlueTests(MemoryTestCase):
-    """The command glue, as kvtwist.cli and python -m kvtwist.dumpload use it."""
+    """The command glue: C{kvtwist dump} and C{kvtwist load} through L{kvtwist.cli.main}."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -525,7 +525,9 @@ class GlueTests(MemoryTestCase):
     def run_main(self, *argv: str, http: Any = None, code: int = 0,
                  stdin: Optional[bytes] = None) -> Tuple[str, str]:
         out, err = io.StringIO(), io.StringIO()
-        d = dumpload.main(
+        from kvtwist import cli
+
+        d = cli.main(
             self.clock, "--url", URL, *argv, http=http or self.http, stdout=out, stderr=err,
             environ={}, stdin=io.BytesIO(stdin) if stdin is not None else None,
         )
@@ -656,8 +658,8 @@ class GlueTests(MemoryTestCase):
 
 
 def dumpload_command(url: str, *args: str) -> List[str]:
-    """The command line of `python -m kvtwist.dumpload --url URL ARGS`."""
-    return [sys.executable, "-b", "-m", "kvtwist.dumpload", "--url", url] + list(args)
+    """The command line of `kvtwist --url URL ARGS` (the console script's entry point, run with -b)."""
+    return [sys.executable, "-b", "-c", "from kvtwist.cli import run; run()", "--url", url] + list(args)
 
 
 def run_command(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
