@@ -26,7 +26,7 @@ from benchmarks import config as config_module
 from benchmarks import driver, machine, profile, report, scaleout, summary
 from benchmarks.config import Config
 from benchmarks.populate import key_name
-from benchmarks.procs import HttpRequest, ProcessSet, rss_kib
+from benchmarks.procs import HttpRequest, ProcessSet, http_call, rss_kib
 from benchmarks.targets import (
     REPO,
     KvcacheTarget,
@@ -206,13 +206,44 @@ def _peer_rounds(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) ->
                     results["raw"]["cycles"].append(dict(run, round=round_no, target=t.name, clients=clients))
                     _say_run("cycles", t.name, clients, run)
 
+    kvcache = [t for t in running if t.name == "kvcache"]
+    if kvcache and cfg.wants("cycles"):
+        try:
+            results["group_commit"] = _syncs_waited(kvcache[0].server.port)
+        except (OSError, RuntimeError) as e:
+            results["group_commit"] = {"error": str(e)}
+
     if cfg.profile:
-        _profile(cfg, [t for t in running if t.name == "kvcache"], scripts, cycle_script, run_dir, results)
+        _profile(cfg, kvcache, scripts, cycle_script, run_dir, results)
 
     for t in running:
         results["targets"][t.name]["rss_kib_end"] = rss_kib(t.server.pid)
     for name, status in procs.stop_many([t.server for t in running]).items():
         results["targets"][name]["exit_status"] = status
+
+
+def _syncs_waited(port: int) -> dict:
+    """
+    From kvcache's C{/metrics} after its seed cycles: how many commits it
+    answered and how many waited for more syncs than the one in progress
+    and their own (group commit promises none;
+    C{kvtwist_commit_syncs_waited}).
+    """
+    status, body = http_call(port, HttpRequest("GET", "/metrics"))
+    if status != 200:
+        raise RuntimeError("GET /metrics answered %d" % (status,))
+    buckets: Dict[str, float] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("kvtwist_commit_syncs_waited_bucket{"):
+            series, _, value = line.rpartition(" ")
+            buckets[series.split('le="', 1)[1].split('"', 1)[0]] = float(value)
+    if "+Inf" not in buckets or "2.0" not in buckets:
+        raise RuntimeError("no kvtwist_commit_syncs_waited histogram in /metrics")
+    return {
+        "commits": int(buckets["+Inf"]),
+        "own_sync_only": int(buckets.get("1.0", 0)),
+        "waited_longer": int(buckets["+Inf"] - buckets["2.0"]),
+    }
 
 
 def _try_wrk(call) -> dict:

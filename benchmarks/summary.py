@@ -182,6 +182,17 @@ def checks(results: dict) -> List[dict]:
                     clients, base16["cycles_per_s"], _ratio(mine["cycles_per_s"], base16["cycles_per_s"]) or 0)
         rows.append(row)
 
+    waits = results.get("group_commit")
+    name = "Group commit: no commit waits more than one sync behind another"
+    if waits and "commits" in waits:
+        rows.append({"check": name, "measured": waits["waited_longer"], "unit": "commits",
+                     "target": "0 of the commits answered during the cycles",
+                     "status": _status(waits["waited_longer"] == 0),
+                     "note": "%d commits, %d with the store thread idle (their own sync only), the rest "
+                             "behind the sync in progress" % (waits["commits"], waits["own_sync_only"])})
+    elif waits:
+        rows.append({"check": name, "status": "ERROR", "target": "0", "note": waits.get("error", "")})
+
     sizes = s["sizes"]
     measured_sizes = sorted(int(k) for k, v in sizes.items() if v.get("commit_p50_ms") is not None)
     if len(measured_sizes) >= 2:

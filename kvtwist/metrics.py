@@ -280,6 +280,14 @@ class Metrics:
             buckets=GROUP_BUCKETS,
             registry=self.registry,
         )
+        self.syncs_waited = Histogram(
+            "kvtwist_commit_syncs_waited",
+            "Syncs each commit waited for, its own included: 1 (the store "
+            "thread was idle) or 2 (a group commit was in progress); group "
+            "commit promises never more.",
+            buckets=(1, 2, 3, 4),
+            registry=self.registry,
+        )
         if process:
             # CPU, memory and file descriptors of this process (Linux /proc).
             ProcessCollector(registry=self.registry)
@@ -307,6 +315,10 @@ class Metrics:
         """A C{ShelveStore.sync_observer}: one group commit was synced."""
         self.sync_seconds.observe(seconds)
         self.sync_commits.observe(commits)
+
+    def observe_syncs_waited(self, syncs: int) -> None:
+        """A C{ShelveStore.syncs_waited_observer}: one commit was answered."""
+        self.syncs_waited.observe(syncs)
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

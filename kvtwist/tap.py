@@ -221,6 +221,7 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     # The preflight above has just run the integrity check.
     shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
     shelf.sync_observer = metrics.observe_sync
+    shelf.syncs_waited_observer = metrics.observe_syncs_waited
     return shelf, pool
 
 

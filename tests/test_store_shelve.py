@@ -188,7 +188,11 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.assertIn("write-ahead log", str(error))
 
     def test_group_commit_keeps_each_outcome(self):
-        """Commits queued behind a busy store thread keep their own results."""
+        """
+        Commits queued behind a busy store thread keep their own results,
+        and none waits for more than the sync in progress and its own (the
+        syncs-waited count metrics report).
+        """
         pool = HeldThreadPool()
         reactor = ThreadlessReactor()
         store = ShelveStore(os.path.join(self.mktemp(), "data"), reactor, pool)
@@ -197,6 +201,8 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         pool.release_all = False
         syncs = []
         store.sync_observer = lambda seconds, count: syncs.append((seconds, count))
+        waited = []
+        store.syncs_waited_observer = waited.append
         first = store.commit([Put("a", b"1")])
         second = store.commit([Put("a", b"2")], [Check.equals("a", 1)])
         third = store.commit([Put("b", b"x")], [Check.equals("a", 99)])
@@ -214,6 +220,11 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         pool.release_all = True
         self.assertEqual(len(syncs), 2)
         self.assertEqual([count for _, count in syncs], [1, 3])
+        # The first went at once (its own sync); the others waited for it.
+        self.assertEqual(waited, [1, 2, 2, 2])
+        # Submitted while the store thread is idle again: its own sync only.
+        self.successResultOf(store.commit([Put("d", b"z")]))
+        self.assertEqual(waited[-1], 1)
         self.successResultOf(store.close())
 
 

@@ -174,7 +174,9 @@ def _read_revision(shelf: DataShelf) -> int:
     return revision
 
 
-_PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred]
+#: A queued commit: its ops, checks, the Deferred of its answer, and how
+#: many trips had finished when it was submitted.
+_PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
 
 
 @implementer(IKeyValueStore)
@@ -214,6 +216,13 @@ class ShelveStore:
         #: seconds its SQLite COMMIT (the sync) took and how many commits
         #: it carried; for metrics.
         self.sync_observer: Optional[Callable[[float, int], None]] = None
+        #: Called on the reactor thread for each commit answered, with how
+        #: many trips to the store thread (each one sync) finished between
+        #: its submission and its answer, its own included: 1 if the thread
+        #: was idle, 2 if it had to wait for the trip in progress, never
+        #: more (the group-commit promise, measured); for metrics.
+        self.syncs_waited_observer: Optional[Callable[[int], None]] = None
+        self._trips_done = 0
 
     # -- reactor thread --------------------------------------------------
 
@@ -269,7 +278,7 @@ class ShelveStore:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
         d: Deferred = Deferred()
-        self._queue.append((list(ops), list(checks), d))
+        self._queue.append((list(ops), list(checks), d, self._trips_done))
         self._flush()
         return d
 
@@ -284,15 +293,22 @@ class ShelveStore:
             self._reactor,
             self._pool,
             self._sync_commit_group,
-            [(ops, checks) for ops, checks, _ in batch],
+            [(ops, checks) for ops, checks, _, _ in batch],
             self.clock.seconds(),
         )
+
+        def waited() -> None:
+            # This trip is the (_trips_done + 1)th to finish.
+            if self.syncs_waited_observer is not None:
+                for _, _, _, done_before in batch:
+                    self.syncs_waited_observer(self._trips_done + 1 - done_before)
 
         def applied(done: Tuple[List[object], float]) -> None:
             outcomes, sync_seconds = done
             if self.sync_observer is not None:
                 self.sync_observer(sync_seconds, len(batch))
-            for (_, _, waiter), outcome in zip(batch, outcomes):
+            waited()
+            for (_, _, waiter, _), outcome in zip(batch, outcomes):
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
                     self.key_count += count_delta(outcome)
@@ -305,10 +321,12 @@ class ShelveStore:
             error = reason.value
             if not isinstance(error, KVError):
                 error = StoreUnavailable("the commit could not be written: %s" % (error,))
-            for _, _, waiter in batch:
+            waited()
+            for _, _, waiter, _ in batch:
                 waiter.errback(Failure(error))
 
         def next_trip(_: object) -> None:
+            self._trips_done += 1
             self._flushing = None
             flushing.callback(None)
             self._flush()
