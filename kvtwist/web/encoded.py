@@ -22,10 +22,8 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from kvtwist.auth import principal_of
 from kvtwist.model import Entry
-from kvtwist.strictjson import MAX_KEY_BYTES
-from kvtwist.web.resource import Response, etag, write_response
+from kvtwist.web.resource import Response, etag, readable_key, write_response
 from kvtwist.web.v1.base import entry_headers
 
 _STATUS_200 = b" 200 OK\r\n"
@@ -105,18 +103,8 @@ def peek_encoded(
     peek = getattr(store, "peek_encoded", None)
     if peek is None:
         return None
-    # What decode_key accepts, checked more cheaply: strict UTF-8 (which
-    # has no lone surrogates) of 1 to MAX_KEY_BYTES bytes. The rest is
-    # answered (400) by the ordinary path.
-    if not 0 < len(raw_key) <= MAX_KEY_BYTES:
-        return None
-    try:
-        key = raw_key.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if not principal_of(request).may_read(key):
-        return None
-    return peek(key, encode)
+    key = readable_key(raw_key, request)
+    return peek(key, encode) if key is not None else None
 
 
 def seed_response(entry: Entry) -> Response:

@@ -22,9 +22,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kvtwist.auth import principal_of
-from kvtwist.errors import InvalidInput, KVError
+from kvtwist.errors import KVError
 from kvtwist.model import Entry
-from kvtwist.strictjson import decode_key
+from kvtwist.strictjson import MAX_KEY_BYTES
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -108,6 +108,23 @@ def error_response(reason: Failure) -> Response:
     )
 
 
+def readable_key(raw_key: bytes, request: Request) -> Optional[str]:
+    """
+    The key C{raw_key} names if it is a valid key the requester may read,
+    else None: the check of the cached-read fast paths, which leave bad keys
+    and refusals to the ordinary path to answer. What C{decode_key}
+    accepts, checked more cheaply: strict UTF-8 (which has no lone
+    surrogates) of 1 to C{MAX_KEY_BYTES} bytes.
+    """
+    if not 0 < len(raw_key) <= MAX_KEY_BYTES:
+        return None
+    try:
+        key = raw_key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return key if principal_of(request).may_read(key) else None
+
+
 def peek_entry(store: Any, raw_key: bytes, request: Request) -> Optional[Entry]:
     """
     The live entry for C{raw_key} if the store's read cache holds it and the
@@ -117,13 +134,8 @@ def peek_entry(store: Any, raw_key: bytes, request: Request) -> Optional[Entry]:
     peek = getattr(store, "peek", None)
     if peek is None:
         return None
-    try:
-        key = decode_key(raw_key)
-    except InvalidInput:
-        return None
-    if not principal_of(request).may_read(key):
-        return None
-    return peek(key)[1]
+    key = readable_key(raw_key, request)
+    return peek(key)[1] if key is not None else None
 
 
 def _mark_gone(reason: Failure, request: Request) -> None:
