@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import Dict, List
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from benchmarks import config as config_module
 from benchmarks import driver, machine, profile, report, scaleout, summary
 from benchmarks.config import Config
@@ -232,11 +234,13 @@ def _syncs_waited(port: int) -> dict:
     status, body = http_call(port, HttpRequest("GET", "/metrics"))
     if status != 200:
         raise RuntimeError("GET /metrics answered %d" % (status,))
-    buckets: Dict[str, float] = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        if line.startswith("kvtwist_commit_syncs_waited_bucket{"):
-            series, _, value = line.rpartition(" ")
-            buckets[series.split('le="', 1)[1].split('"', 1)[0]] = float(value)
+    buckets = {
+        sample.labels["le"]: sample.value
+        for family in text_string_to_metric_families(body.decode("utf-8", "replace"))
+        if family.name == "kvtwist_commit_syncs_waited"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
     if "+Inf" not in buckets or "2.0" not in buckets:
         raise RuntimeError("no kvtwist_commit_syncs_waited histogram in /metrics")
     return {

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e import http_request, start_server
 from tests.etcd import EtcdCluster, etcd_available
+from tests.test_ops import parse_exposition
 
 AVAILABLE, WHY = etcd_available()
 
@@ -75,14 +76,10 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertEqual(http_request(a, "PUT", "/v1/txn/%s/kv/timed" % txn, b"3")[0], 200)
         self.assertEqual(http_request(b, "PUT", "/v1/kv/timed", b"2")[0], 200)
         self.assertEqual(http_request(a, "POST", "/v1/txn/%s/commit" % txn)[0], 409)
-        samples = {}
-        for line in http_request(a, "GET", "/metrics")[2].decode().splitlines():
-            if line.startswith(("kvtwist_commit_duration_seconds_count", "kvtwist_commits_total")):
-                name, value = line.rsplit(" ", 1)
-                samples[name] = float(value)
-        self.assertEqual(samples["kvtwist_commit_duration_seconds_count"], 1)
-        self.assertEqual(samples['kvtwist_commits_total{outcome="ok"}'], 1)
-        self.assertEqual(samples['kvtwist_commits_total{outcome="conflict"}'], 1)
+        samples = parse_exposition(http_request(a, "GET", "/metrics")[2].decode())
+        self.assertEqual(samples[("kvtwist_commit_duration_seconds_count", ())], 1)
+        self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "ok"),))], 1)
+        self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "conflict"),))], 1)
 
     def test_ui_is_served(self):
         """The admin page is mounted by twistd kvcache (--ui on by default)."""
