@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import hashlib
 import json
 import os
@@ -222,13 +221,10 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
             raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
         default_type = "application/json"
     else:
-        encoded = document["value_base64"]
         try:
-            if not isinstance(encoded, str):
-                raise TypeError("not a string")
-            value = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise DumpFormatError(number, "value_base64 is not valid base64")
+            value = client.decode_value_base64(document["value_base64"])
+        except ValueError as e:
+            raise DumpFormatError(number, str(e))
         default_type = client.DEFAULT_CONTENT_TYPE
     content_type = document.get("content_type", default_type)
     if (

@@ -99,6 +99,7 @@ from kvtwist.client._wire import (
     DEFAULT_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     KeyValue,
+    decode_value_base64,
     is_json_type,
     value_fields,
 )
@@ -125,6 +126,7 @@ __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "JSON_CONTENT_TYPE",
     "OP_KINDS",
+    "decode_value_base64",
     "is_json_type",
     "value_fields",
     "get",

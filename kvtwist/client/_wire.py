@@ -8,6 +8,7 @@ read returns.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Collection, Dict, Iterable, Optional, Tuple
@@ -93,6 +94,21 @@ def is_json_type(content_type: str) -> bool:
     """Whether a Content-Type is JSON (C{application/json} or a C{+json} type)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
+
+
+def decode_value_base64(encoded: Any) -> bytes:
+    """
+    The bytes of a C{value_base64} field (strict base64, as the server
+    checks it): the way back from L{value_fields}.
+
+    @raise ValueError: if C{encoded} is not a string of valid base64.
+    """
+    try:
+        if not isinstance(encoded, str):
+            raise TypeError("not a string")
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise ValueError("value_base64 is not valid base64")
 
 
 def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:

@@ -6,8 +6,6 @@ transaction (what C{kvtwist txn} does); L{check_ops} validates them first.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -15,6 +13,7 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from kvtwist.client._wire import (
     _decode_object,
+    decode_value_base64,
     DEFAULT_CONTENT_TYPE,
     _join,
     _json_body,
@@ -140,13 +139,10 @@ def _set_op(index: int, raw: Mapping[str, Any], key: str) -> _Op:
         _content_type(content_type)
     except (TypeError, ValueError) as e:
         raise _bad_op(index, str(e))
-    encoded = raw["value_base64"]
     try:
-        if not isinstance(encoded, str):
-            raise TypeError("not a string")
-        value = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise _bad_op(index, "value_base64 is not valid base64")
+        value = decode_value_base64(raw["value_base64"])
+    except ValueError as e:
+        raise _bad_op(index, str(e))
     return _Op("set", key, value, content_type, ttl)
 
 
