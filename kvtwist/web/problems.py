@@ -16,6 +16,8 @@ from kvtwist.errors import (
     Forbidden,
     Unauthorized,
     HistoryGone,
+    HistoryUnsupported,
+    RevisionCompacted,
     InvalidInput,
     KeyNotFound,
     KVError,
@@ -83,8 +85,10 @@ def status_for(error: KVError) -> int:
         return 409
     if isinstance(error, PreconditionFailed):
         return 412
-    if isinstance(error, HistoryGone):
+    if isinstance(error, (HistoryGone, RevisionCompacted)):
         return 410
+    if isinstance(error, HistoryUnsupported):
+        return 501
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
