@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from kvtwist.auth import Token
-from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, Limits, MiB
+from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, HistoryRetention, Limits, MiB
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -397,6 +397,12 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-connections", count, "Connections open at once; more are closed at once."),
     _limit("max-header-bytes", size, "Bytes of request line plus headers (414/431 beyond)."),
     _limit("max-headers", count, "Header lines in one request (431 beyond)."),
+    _limit(
+        "history-retention",
+        HistoryRetention.parse,
+        "History kept before automatic compaction: an age (30m, 1h, 7d), a "
+        "number of revisions, both (the stricter wins), or forever.",
+    ),
 )
 
 BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

@@ -46,7 +46,8 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from kvtwist.errors import ConflictError
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.store.history import keeps_history_of
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -196,6 +197,17 @@ class StateCollector:
             yield GaugeMetricFamily(
                 "kvtwist_store_revision", "The store's revision.", value=store.revision
             )
+            if IHistoricalStore.providedBy(store):
+                yield GaugeMetricFamily(
+                    "kvtwist_compact_revision",
+                    "The oldest revision the history still answers reads at.",
+                    value=store.compact_revision,
+                )
+                yield GaugeMetricFamily(
+                    "kvtwist_history_records",
+                    "History records kept (one per key a commit changed, until compaction).",
+                    value=store.history_size,
+                )
         if self.transactions is not None:
             yield GaugeMetricFamily(
                 "kvtwist_open_transactions", "Multi-request transactions open now.", value=len(self.transactions)
@@ -337,6 +349,8 @@ class TimedStore:
         self.store = store
         self._metrics = metrics
         self._clock = clock
+        # get_at, list_at, compact and the rest pass through __getattr__.
+        keeps_history_of(self, store)
 
     def __getattr__(self, name: str) -> Any:
         # Store-specific extras (key_count, sync_observer, directory, ...).

@@ -30,7 +30,9 @@ from kvtwist.config import (
     resolve,
     secret_files,
 )
+from kvtwist.compactor import Compactor
 from kvtwist.errors import StoreCorrupt
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
@@ -282,6 +284,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
+    if IHistoricalStore.providedBy(store):
+        # Compaction runs on the store thread through the store, like the
+        # sweeper's commits; stopped before the store too.
+        Compactor(store, reactor, limits).setServiceParent(top)
     root = make_root(
         store,
         limits,

@@ -33,6 +33,7 @@ from kvtwist.config import (
 )
 from kvtwist.limits import Limits, MiB
 from kvtwist.tap import Options, makeService
+from kvtwist.limits import HistoryRetention
 from kvtwist.web.http import KVSite
 from tests.e2e import run_twistd, temp_dir
 
@@ -81,6 +82,7 @@ DEFAULTS = {
     "max-connections": 1024,
     "max-header-bytes": 16384,
     "max-headers": 100,
+    "history-retention": HistoryRetention(1_000_000, 3600.0),
     "tokens": (),
     "endpoints": ["tcp:8080:interface=127.0.0.1"],
 }
@@ -167,18 +169,40 @@ class DefaultsAndCommandLineTests(SynchronousTestCase):
         """Every limit has an option, and the option reaches L{Limits} (cache-size in MiB)."""
         argv = []
         changes = {}
-        for index, setting in enumerate(s for s in SETTINGS if s.limit):
+        numeric = [s for s in SETTINGS if s.limit and s.name != "history-retention"]
+        for index, setting in enumerate(numeric):
             value = DEFAULTS[setting.name] + index + 1
             argv += ["--" + setting.name, str(value)]
             changes[setting.name] = type(DEFAULTS[setting.name])(value)
         options = parse(argv)
         self.assertEqual(options, dict(DEFAULTS, **changes))
         limits = options.config.limits
-        for setting in SETTINGS:
-            if setting.limit is None:
-                continue
+        for setting in numeric:
             scale = MiB if setting.name == "cache-size" else 1
             self.assertEqual(getattr(limits, setting.limit), changes[setting.name] * scale)
+
+    def test_history_retention(self):
+        """
+        --history-retention takes an age, a number of revisions, both, or
+        forever, from every layer, and reaches L{Limits}; anything else is
+        refused naming the option.
+        """
+        options = parse(["--history-retention", "30m,500"])
+        self.assertEqual(options, expected(history_retention=HistoryRetention(500, 1800.0)))
+        self.assertEqual(options.config.limits.history_retention, HistoryRetention(500, 1800.0))
+        self.assertEqual(
+            parse(environ={"KVCACHE_HISTORY_RETENTION": "forever"})["history-retention"],
+            HistoryRetention(None, None),
+        )
+        path = os.path.join(temp_dir(self), "kv.toml")
+        with open(path, "w") as f:
+            f.write("history-retention = 100000\n")
+        self.assertEqual(
+            parse(["--config", path])["history-retention"], HistoryRetention(100000, None)
+        )
+        for bad in ("", "1y", "0", "1h,2h", "-5"):
+            error = self.assertRaises(usage.UsageError, parse, ["--history-retention", bad])
+            self.assertIn("history-retention", str(error))
 
     def test_listen_repeatable(self):
         """--listen may be given several times; it replaces --port/--host."""

@@ -236,6 +236,18 @@ class MetricsObjectTests(SynchronousTestCase):
         self.assertEqual(self.sample(metrics, "kvtwist_store_revision"), 1)
         self.assertRaises(TypeError, metrics.watch, nonsense=1)
 
+    def test_history_gauges(self):
+        """A store with history (through TimedStore and the cache) shows its compact revision and records."""
+        clock = Clock()
+        metrics = Metrics(process=False)
+        store = CachedStore(TimedStore(MemoryStore(clock), metrics, clock), 1 << 20)
+        metrics.watch(store=store)
+        for value in (b"1", b"2", b"3"):
+            self.successResultOf(store.commit([Put("a", value)]))
+        self.successResultOf(store.compact(2, 100))
+        self.assertEqual(self.sample(metrics, "kvtwist_compact_revision"), 2)
+        self.assertEqual(self.sample(metrics, "kvtwist_history_records"), 2)
+
 
 class MetricsEndToEndTests(SynchronousTestCase):
     """A real kvcache's /metrics moves with what it does."""

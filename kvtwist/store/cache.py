@@ -32,10 +32,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op
+from kvtwist.store.history import keeps_history_of
 
 # What one cached key costs beyond the strings and bytes it holds, from
 # tracemalloc on CPython 3.11 (tests/test_cache.py checks the sums against
@@ -134,9 +135,8 @@ class CachedStore:
         # watch that is down), the cache neither answers nor fills.
         self._bypass = False
         store.add_listener(self.apply_changes)
-        if IHistoricalStore.providedBy(store):
-            # History passes through uncached: the cache holds the present.
-            alsoProvides(self, IHistoricalStore)
+        # History passes through uncached: the cache holds the present.
+        keeps_history_of(self, store)
         if hasattr(store, "add_reset_listener"):
             store.add_reset_listener(self._on_reset)
 

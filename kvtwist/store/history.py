@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
+from zope.interface import alsoProvides
+
 from kvtwist.errors import FutureRevision, RevisionCompacted
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.model import CommitResult, Entry
 
 #: History record kinds, as the change kinds of L{kvtwist.model.Change}.
@@ -27,6 +30,16 @@ EXPIRE = "expire"
 #: The small integer each kind is stored as on disk.
 KIND_CODES = {PUT: 0, DELETE: 1, EXPIRE: 2}
 KINDS = {code: kind for kind, code in KIND_CODES.items()}
+
+
+def keeps_history_of(wrapper: object, store: object) -> None:
+    """
+    Declare that C{wrapper} provides L{IHistoricalStore} when the C{store}
+    it wraps (and forwards history calls to) does: a wrapper keeps history
+    exactly when what it wraps does.
+    """
+    if IHistoricalStore.providedBy(store):
+        alsoProvides(wrapper, IHistoricalStore)
 
 
 def check_readable(revision: int, compact_revision: int, current: int) -> None:

@@ -23,14 +23,15 @@ from twisted.web.server import Request
 from kvtwist.auth import ANYONE, Authorizer
 from kvtwist.events import ChangeHub
 from kvtwist.errors import Unauthorized
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.interfaces import ITransactionManager
 from kvtwist.transactions import TransactionManager
-from kvtwist.web.resource import NOT_FOUND, KVResource, json_response
+from kvtwist.web.resource import NOT_FOUND, KVResource, Response, json_response
 from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
+from kvtwist.web.v1.compact import Compact, history_state
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.txn import TransactionCollection
 from kvtwist.web.v1.watch import Watch, WatcherCount
@@ -64,9 +65,18 @@ class LimitsResource(V1Resource):
     route = "/v1/limits"
 
     def render_GET(self, request: Request) -> int:
-        return self.respond(
-            request, lambda request: json_response(200, self.context.limits.as_dict())
-        )
+        return self.respond(request, self._limits)
+
+    def _limits(self, request: Request) -> Response:
+        limits = self.context.limits.as_dict()
+        store = self.context.store
+        if IHistoricalStore.providedBy(store):
+            limits["history"] = history_state(store)
+        else:
+            # Compaction settings mean nothing to a store without history.
+            for name in ("history_retention", "compact_batch", "compact_interval"):
+                limits.pop(name, None)
+        return json_response(200, limits)
 
 
 def make_root(
@@ -114,6 +124,7 @@ def make_root(
     v1.putChild(b"txn", TransactionCollection(context))
     v1.putChild(b"batch", Batch(context))
     v1.putChild(b"limits", LimitsResource(context))
+    v1.putChild(b"compact", Compact(context))
     v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():
