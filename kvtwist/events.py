@@ -20,12 +20,25 @@ from kvtwist.model import CommitResult, Entry
 
 @dataclass(frozen=True)
 class Event:
-    """One key changed by one commit: C{kind} is put, delete or expire."""
+    """
+    One key changed by one commit: C{kind} is put, delete or expire;
+    C{entry} the key after it (L{None} when removed), C{previous} before it
+    (L{None} when it did not exist).
+    """
 
     revision: int
     kind: str
     key: str
     entry: Optional[Entry]
+    previous: Optional[Entry] = None
+
+
+def commit_events(result: CommitResult) -> Tuple[Event, ...]:
+    """The events of one commit, in its change order."""
+    return tuple(
+        Event(result.revision, change.kind, change.key, change.entry, change.previous)
+        for change in result.changes
+    )
 
 
 Deliver = Callable[[int, Tuple[Event, ...]], None]
@@ -62,6 +75,7 @@ class ChangeHub:
         self._commits: Deque[Tuple[int, Tuple[Event, ...]]] = deque()
         self._count = 0
         self._horizon: Optional[int] = None
+        self._position: Optional[int] = None
         self._subscriptions: Set[Subscription] = set()
         store.add_listener(self.on_commit)
         if hasattr(store, "add_reset_listener"):
@@ -78,6 +92,16 @@ class ChangeHub:
         return self._horizon
 
     @property
+    def position(self) -> int:
+        """
+        The revision every subscriber has been given the events up to: the
+        last commit delivered, or the store's revision before any.
+        """
+        if self._position is None:
+            return self._store.revision
+        return self._position
+
+    @property
     def subscribers(self) -> int:
         """How many subscriptions are live."""
         return len(self._subscriptions)
@@ -86,10 +110,7 @@ class ChangeHub:
         """Record a commit's events and deliver them (a store listener)."""
         if self._horizon is None:
             self._horizon = result.revision - 1
-        events = tuple(
-            Event(result.revision, change.kind, change.key, change.entry)
-            for change in result.changes
-        )
+        events = commit_events(result)
         self._commits.append((result.revision, events))
         self._count += len(events)
         # Trim whole commits, so a commit is never half in the history.
@@ -97,6 +118,7 @@ class ChangeHub:
             revision, dropped = self._commits.popleft()
             self._count -= len(dropped)
             self._horizon = revision
+        self._position = max(self.position, result.revision)
         for subscription in list(self._subscriptions):
             subscription.deliver(result.revision, events)
 

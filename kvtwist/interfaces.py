@@ -186,6 +186,22 @@ class IHistoricalStore(IKeyValueStore):
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
         """
 
+    def changes(after, upto, max_records):
+        """
+        Replay the history: the commits after revision C{after}, up to
+        C{upto}, in revision order (to resume a watch from the past).
+
+        @param max_records: the most changes to return, except that a commit
+            is never split (one commit with more comes whole).
+        @return: a Deferred firing with a L{list} of
+            L{kvtwist.model.CommitResult}, each with its changes (in key
+            order) carrying the entry after and the entry before
+            (C{previous}); empty once nothing is left after C{after}.
+        @raise kvtwist.errors.RevisionCompacted: C{after} is older than
+            C{compact_revision}: events after it are gone.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
     def compact(revision, max_records):
         """
         Compact the history towards C{revision}, in one bounded step: the

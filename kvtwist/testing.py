@@ -35,7 +35,7 @@ from zope.interface import implementer
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import Check, Entry, Op, Page
-from kvtwist.store.history import MemoryHistory, check_compactable, check_readable
+from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 
@@ -125,40 +125,47 @@ class MemoryStore:
         page = _page(self.rows, prefix, after, limit, self.revision, self.clock.seconds())
         return self._guard() or succeed(page)
 
-    def get_at(self, key: str, revision: int) -> Deferred:
+    def _from_history(self, check: Callable[[], None], answer: Callable[[], Any]) -> Deferred:
+        """C{answer()} if the store is open and C{check()} passes, else their failure."""
         guard = self._guard()
         if guard is not None:
             return guard
         try:
-            check_readable(revision, self.compact_revision, self.revision)
+            check()
         except KVError as e:
             return fail(e)
-        return succeed(live(self.history.entry_at(key, revision), self.clock.seconds()))
+        return succeed(answer())
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return self._from_history(
+            lambda: check_readable(revision, self.compact_revision, self.revision),
+            lambda: live(self.history.entry_at(key, revision), self.clock.seconds()),
+        )
 
     def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
-        try:
-            check_readable(revision, self.compact_revision, self.revision)
-        except KVError as e:
-            return fail(e)
-        rows = {}
-        for key in self.history.keys():
-            entry = self.history.entry_at(key, revision)
-            if entry is not None:
-                rows[key] = entry
-        return succeed(_page(rows, prefix, after, limit, revision, self.clock.seconds()))
+        def page() -> Page:
+            rows = {}
+            for key in self.history.keys():
+                entry = self.history.entry_at(key, revision)
+                if entry is not None:
+                    rows[key] = entry
+            return _page(rows, prefix, after, limit, revision, self.clock.seconds())
+
+        return self._from_history(
+            lambda: check_readable(revision, self.compact_revision, self.revision), page
+        )
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        return self._from_history(
+            lambda: check_replayable(after, self.compact_revision),
+            lambda: self.history.changes(after, min(upto, self.revision), max_records),
+        )
 
     def compact(self, revision: int, max_records: int) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
-        try:
-            check_compactable(revision, self.revision)
-        except KVError as e:
-            return fail(e)
-        return succeed(self.history.compact(revision, max_records))
+        return self._from_history(
+            lambda: check_compactable(revision, self.revision),
+            lambda: self.history.compact(revision, max_records),
+        )
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         guard = self._guard()

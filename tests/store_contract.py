@@ -497,3 +497,34 @@ class StoreContract(ExpectFailure):
             swept = await store.commit([Expire(key, rev) for key, rev in due])
             self.assertIsNone(await store.get_at("t", swept.revision))
             self.assertEqual(store.history_size, 2)
+
+    @contract
+    async def test_replay_changes(self):
+        """
+        changes() replays whole commits after a revision, in order, each
+        change with the entry after and before it; bounded by the record
+        budget but never splitting a commit.
+        """
+        store = await self.historical_store()
+        if store is None:
+            return
+        first = await store.commit([Put("b", b"1"), Put("a", b"1")])
+        second = await store.commit([Put("a", b"2"), Delete("b")])
+        third = await store.commit([Put("c", b"3")])
+        replay = await store.changes(0, store.revision, 1000)
+        self.assertEqual([r.revision for r in replay], [first.revision, second.revision, third.revision])
+        self.assertEqual(
+            [(c.kind, c.key, c.entry and c.entry.value, c.previous and c.previous.value)
+             for c in replay[1].changes],
+            [("put", "a", b"2", b"1"), ("delete", "b", None, b"1")],
+        )
+        self.assertEqual(replay[1].changes[0].entry, await store.get_at("a", second.revision))
+        bounded = await store.changes(0, store.revision, 1)
+        self.assertEqual([(r.revision, len(r.changes)) for r in bounded], [(first.revision, 2)])
+        self.assertEqual([r.revision for r in await store.changes(first.revision, second.revision, 1000)],
+                         [second.revision])
+        self.assertEqual(await store.changes(third.revision, store.revision, 1000), [])
+        await store.compact(second.revision, 1000)
+        await self.expect(RevisionCompacted, store.changes(first.revision, store.revision, 1000))
+        after = await store.changes(second.revision, store.revision, 1000)
+        self.assertEqual([(c.key, c.previous) for c in after[0].changes], [("c", None)])

@@ -20,7 +20,7 @@ from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.v1.base import V1Context
 from kvtwist.web.v1.watch import EventStream
-from tests.webtest import TreeClient
+from tests.webtest import StoreWithoutHistory, TreeClient
 
 
 def parse_sse(data: bytes):
@@ -283,21 +283,74 @@ class EventStreamTests(WatchCase):
         self.client.stub.flush()
         self.assertEqual([i for i, _, _ in parse_sse(b"".join(chunks))], [4])
 
-    def test_history_overflow_is_410(self):
-        """A resume point that has left the history is 410 naming the oldest."""
+    def test_resume_from_the_store_history(self):
+        """
+        A resume point older than the in-memory feed keeps is replayed from
+        the store's history; only a compacted one is 410, naming the
+        compact revision.
+        """
         for i in range(8):
             self.put("k%d" % i)
-        answer = self.client.problem("GET", "/v1/watch?after=1", 410, "history-gone")
-        self.assertEqual(answer.json["oldest_revision"], 3)
-        self.assertEqual(self.stream("/v1/watch?after=3")[0].code, 200)
+        _, chunks, _ = self.stream("/v1/watch?after=1")
+        self.put("k8")
+        self.client.stub.flush()
+        self.assertEqual([i for i, _, _ in parse_sse(b"".join(chunks))], list(range(2, 10)))
+        self.successResultOf(self.store.compact(4, 100))
+        answer = self.client.problem("GET", "/v1/watch?after=3", 410, "history-gone")
+        self.assertEqual(answer.json["oldest_revision"], 4)
+        self.assertEqual(self.stream("/v1/watch?after=4")[0].code, 200)
 
-    def test_heartbeats(self):
-        """A heartbeat comment goes out every heartbeat interval."""
+    def test_previous_values(self):
+        """prev=1 adds each key's previous metadata and value, live and replayed."""
+        self.put("a", b"1", **{"Content-Type": "text/plain"})
+        _, chunks, _ = self.stream("/v1/watch?prev=1")
+        self.put("a", b"2")
+        self.client.request("DELETE", "/v1/kv/a")
+        self.put("b", b"new")
+        _, replayed, _ = self.stream("/v1/watch?prev=1", {"Last-Event-ID": "1"})
+        self.client.stub.flush()
+        for received in (chunks, replayed):
+            events = parse_sse(b"".join(received))
+            self.assertEqual(
+                [(kind, d["key"], d["prev"] and d["prev"]["value_base64"]) for _, kind, d in events],
+                [("put", "a", "MQ=="), ("delete", "a", "Mg=="), ("put", "b", None)],
+            )
+            self.assertEqual(
+                events[0][2]["prev"],
+                {"key": "a", "create_revision": 1, "mod_revision": 1, "version": 1,
+                 "content_type": "text/plain", "size": 1, "expires": None, "value_base64": "MQ=="},
+            )
+
+    def test_commits_marked_whole(self):
+        """Every event but the last of its commit says more_in_commit, live and replayed."""
         _, chunks, _ = self.stream("/v1/watch")
+        self.client.request("POST", "/v1/batch", json_body={"ops": [
+            {"op": "set", "key": "a", "value": 1}, {"op": "set", "key": "b", "value": 2}]})
+        self.put("c")
+        _, replayed, _ = self.stream("/v1/watch?after=0")
+        self.client.stub.flush()
+        for received in (chunks, replayed):
+            self.assertEqual(
+                [(i, d.get("more_in_commit", False)) for i, _, d in parse_sse(b"".join(received))],
+                [(1, True), (1, False), (2, False)],
+            )
+
+    def test_heartbeats_are_progress(self):
+        """
+        Every heartbeat interval a progress event goes out whose id is the
+        revision the stream is complete up to: the store's, on a quiet prefix.
+        """
+        self.put("before")
+        _, chunks, _ = self.stream("/v1/watch?prefix=quiet/")
         self.clock.advance(15)
+        self.put("elsewhere")
+        self.put("again")
         self.clock.advance(15)
         self.client.stub.flush()
-        self.assertEqual(b"".join(chunks).count(b": heartbeat\n\n"), 2)
+        self.assertEqual(
+            parse_sse(b"".join(chunks)),
+            [(1, "progress", {"revision": 1}), (3, "progress", {"revision": 3})],
+        )
 
     def test_watcher_cap(self):
         """Beyond max_watchers, a stream is 429."""
@@ -400,6 +453,100 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(self.store.commit([Put("late", b"x")]))
         self.assertEqual(self.request.written, [])
+
+
+class _UnfiredChanges:
+    """A store whose history reads wait until the test fires them."""
+
+    def __init__(self, store):
+        self._store = store
+        self.reads = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def changes(self, after, upto, max_records):
+        d = Deferred()
+        self.reads.append((d, self._store.changes(after, upto, max_records)))
+        return d
+
+    def fire(self):
+        d, answer = self.reads.pop(0)
+        answer.chainDeferred(d)
+
+
+class InMemoryFeedTests(WatchCase):
+    """On a store without history, streams resume from the change feed's memory."""
+
+    def setUp(self):
+        super().setUp()
+        self.store = CachedStore(StoreWithoutHistory(self.clock), 1 << 20)
+        self.root = memory_root(self.store, limits=self.limits, random=lambda: self.jitter)
+        self.client = TreeClient(self, self.root)
+
+    def test_history_overflow_is_410(self):
+        """A resume point that has left the feed's bounded memory is 410 naming the oldest."""
+        for i in range(8):
+            self.put("k%d" % i)
+        answer = self.client.problem("GET", "/v1/watch?after=1", 410, "history-gone")
+        self.assertEqual(answer.json["oldest_revision"], 3)
+        _, chunks, _ = self.stream("/v1/watch?after=3&prev=1")
+        self.client.stub.flush()
+        events = parse_sse(b"".join(chunks))
+        self.assertEqual([i for i, _, _ in events], [4, 5, 6, 7, 8])
+        self.assertIsNone(events[0][2]["prev"])
+
+
+class ReplayTests(SynchronousTestCase):
+    """A resumed stream replays the history while live commits are held back."""
+
+    def test_live_commits_wait_for_the_replay(self):
+        """
+        Commits made while the history is read come after it, each event
+        once, in revision order: no gap, no repeat.
+        """
+        from kvtwist.web.v1.watch import replay
+
+        clock = Clock()
+        store = MemoryStore(clock)
+        limits = Limits()
+        hub = ChangeHub(store, 100)
+        context = V1Context(store, TransactionManager(clock, limits, store), limits, clock, hub)
+        for key in ("a", "b", "c"):
+            self.successResultOf(store.commit([Put(key, b"x")]))
+        request = FakeRequest()
+        slow = _UnfiredChanges(store)
+        stream = EventStream(request, context, lambda key: True, False, replaying=True, position=1)
+        done = Deferred.fromCoroutine(replay(stream, slow, 1, hub.position))
+        self.successResultOf(store.commit([Put("d", b"x")]))
+        self.successResultOf(store.commit([Put("b", b"y")]))
+        self.assertEqual(request.written, [])
+        clock.advance(15)  # a heartbeat while replaying: still at the resume point
+        slow.fire()
+        self.successResultOf(done)
+        self.assertEqual(slow.reads, [])
+        self.successResultOf(store.commit([Put("e", b"x")]))
+        events = parse_sse(b"".join(request.written))
+        self.assertEqual(
+            [(i, kind, d.get("key")) for i, kind, d in events],
+            [(1, "progress", None), (2, "put", "b"), (3, "put", "c"), (4, "put", "d"),
+             (5, "put", "b"), (6, "put", "e")],
+        )
+        self.assertEqual(stream.position, 6)
+
+    def test_held_events_are_bounded(self):
+        """Past watch_buffer bytes held during a replay, the stream is cut off."""
+        clock = Clock()
+        store = MemoryStore(clock)
+        limits = Limits(watch_buffer=500)
+        hub = ChangeHub(store, 100)
+        context = V1Context(store, TransactionManager(clock, limits, store), limits, clock, hub)
+        request = FakeRequest()
+        EventStream(request, context, lambda key: True, False, replaying=True, position=0)
+        for i in range(10):
+            self.successResultOf(store.commit([Put("k%d" % i, b"x" * 50)]))
+        self.assertTrue(request.channel.transport.aborted)
+        self.assertEqual((hub.subscribers, context.watchers.active), (0, 0))
 
 
 class HistoryResetTests(SynchronousTestCase):

@@ -6,14 +6,12 @@ problems for compacted and future revisions and for a store without history.
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer_only
-
 from kvtwist.auth import Authorizer, Token
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.store.cache import CachedStore
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.v1.history import decode_cursor, encode_cursor
-from tests.webtest import TreeClient
+from tests.webtest import StoreWithoutHistory, TreeClient
 
 
 class HistoryCase(SynchronousTestCase):
@@ -83,7 +81,7 @@ class ReadAtRevisionTests(HistoryCase):
 
     def test_store_without_history(self):
         """A store that keeps no history answers 501 history-unsupported, changing nothing."""
-        plain = _StoreWithoutHistory(self.clock)
+        plain = StoreWithoutHistory(self.clock)
         self.assertFalse(IHistoricalStore.providedBy(plain))
         client = TreeClient(self, memory_root(plain))
         client.request("PUT", "/v1/kv/a", body=b"1")
@@ -98,9 +96,6 @@ class ReadAtRevisionTests(HistoryCase):
         self.assertEqual([i["key"] for i in rest["items"]], ["b"])
 
 
-@implementer_only(IKeyValueStore)
-class _StoreWithoutHistory(MemoryStore):
-    """A memory store that does not claim IHistoricalStore (as the etcd store)."""
 
 
 class ListingAtRevisionTests(HistoryCase):
@@ -205,7 +200,7 @@ class CompactRouteTests(HistoryCase):
 
     def test_without_history(self):
         """A store without history answers 501 and its limits leave compaction out."""
-        client = TreeClient(self, memory_root(_StoreWithoutHistory(self.clock)))
+        client = TreeClient(self, memory_root(StoreWithoutHistory(self.clock)))
         client.problem("POST", "/v1/compact", 501, "history-unsupported", json_body={"revision": 0})
         limits = client.request("GET", "/v1/limits").json
         self.assertNotIn("history", limits)

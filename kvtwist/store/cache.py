@@ -296,6 +296,9 @@ class CachedStore:
     def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
         return self.store.list_at(prefix, after, limit, revision)
 
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        return self.store.changes(after, upto, max_records)
+
     def compact(self, revision: int, max_records: int) -> Deferred:
         return self.store.compact(revision, max_records)
 

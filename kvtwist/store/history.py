@@ -21,7 +21,7 @@ from zope.interface import alsoProvides
 
 from kvtwist.errors import FutureRevision, RevisionCompacted
 from kvtwist.interfaces import IHistoricalStore
-from kvtwist.model import CommitResult, Entry
+from kvtwist.model import Change, CommitResult, Entry
 
 #: History record kinds, as the change kinds of L{kvtwist.model.Change}.
 PUT = "put"
@@ -53,6 +53,14 @@ def check_readable(revision: int, compact_revision: int, current: int) -> None:
         raise FutureRevision(revision, current)
     if revision < compact_revision:
         raise RevisionCompacted(revision, compact_revision)
+
+
+def check_replayable(after: int, compact_revision: int) -> None:
+    """
+    @raise RevisionCompacted: events after C{after} are no longer all kept.
+    """
+    if after < compact_revision:
+        raise RevisionCompacted(after, compact_revision)
 
 
 def check_compactable(revision: int, current: int) -> None:
@@ -118,6 +126,24 @@ class MemoryHistory:
                 break
             found = entry
         return found
+
+    def changes(self, after: int, upto: int, max_records: int) -> List[CommitResult]:
+        """The commits in C{(after, upto]}, whole, about C{max_records} changes at most."""
+        grouped: Dict[int, List[Change]] = {}
+        count = 0
+        for revision, key in self._log:
+            if revision <= after:
+                continue
+            if revision > upto or (count >= max_records and revision not in grouped):
+                break
+            kind, entry = next((v[1], v[2]) for v in self._versions[key] if v[0] == revision)
+            previous = self.entry_at(key, revision - 1)
+            grouped.setdefault(revision, []).append(Change(kind, key, entry, previous))
+            count += 1
+        return [
+            CommitResult(revision, tuple(sorted(changes, key=lambda c: c.key.encode("utf-8"))))
+            for revision, changes in grouped.items()
+        ]
 
     def keys(self) -> List[str]:
         """Every key with a record."""

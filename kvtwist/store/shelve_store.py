@@ -31,8 +31,8 @@ from zope.interface import implementer
 
 from kvtwist.errors import ConflictError, FutureRevision, KVError, StoreCorrupt, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore
-from kvtwist.model import Check, CommitResult, Entry, Op, Page
-from kvtwist.store.history import PUT, check_compactable, check_readable
+from kvtwist.model import Change, Check, CommitResult, Entry, Op, Page
+from kvtwist.store.history import PUT, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf, HistoryRecord
@@ -355,6 +355,10 @@ class ShelveStore:
             return fail(FutureRevision(revision, self.revision))
         return self._run(function, *args)
 
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        # Only acknowledged commits are replayed.
+        return self._run(self._sync_changes, after, min(upto, self.revision), max_records)
+
     def compact(self, revision: int, max_records: int) -> Deferred:
         try:
             check_compactable(revision, self.revision)
@@ -567,6 +571,19 @@ class ShelveStore:
         with shelf.dict.snapshot():
             self._sync_check_readable(revision)
             return _collect_page(fetch, revision, after, limit, now)
+
+    def _sync_changes(self, after: int, upto: int, max_records: int) -> List[CommitResult]:
+        """Store thread: the commits in C{(after, upto]} from the history, whole."""
+        shelf = self._sync_shelf()
+        grouped: Dict[int, List[Change]] = {}
+        with shelf.dict.snapshot():
+            check_replayable(after, _read_compact_revision(shelf))
+            for record, previous in shelf.history_changes(after, upto, max_records):
+                key, revision, kind, _ = record
+                grouped.setdefault(revision, []).append(
+                    Change(kind, key, _history_entry(record), _history_entry(previous))
+                )
+        return [CommitResult(revision, tuple(changes)) for revision, changes in grouped.items()]
 
     def _sync_compact(self, revision: int, max_records: int) -> Tuple[int, int]:
         """

@@ -422,6 +422,56 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         params.append(limit)
         return [self._checked_history(row) for row in self._db.execute(sql, params)]
 
+    def _step(self, lower: int, target: int, max_records: int) -> int:
+        """
+        Where a walk of the history in revision order from C{lower}
+        towards C{target} stops after about C{max_records} rows (see
+        L{kvtwist.store.history.step_end}).
+        """
+        db = self._db
+        first = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1",
+            (lower,),
+        ).fetchone()
+        beyond = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1 OFFSET ?",
+            (lower, max_records),
+        ).fetchone()
+        return step_end(
+            target,
+            beyond[0] if beyond is not None else None,
+            first[0] if first is not None else None,
+        )
+
+    def history_changes(
+        self, after: int, upto: int, max_records: int
+    ) -> List[Tuple[HistoryRow, Optional[HistoryRow]]]:
+        """
+        The history rows after C{after} up to C{upto}, whole revisions,
+        about C{max_records} at most, in revision then key order: each with
+        its key's row before it (L{None} if none is kept).
+        """
+        end = self._step(after, upto, max_records)
+        rows = self._db.execute(
+            """
+            SELECT h.key, h.revision, h.kind, h.record, h.crc,
+                   p.key, p.revision, p.kind, p.record, p.crc
+            FROM history AS h LEFT JOIN history AS p ON p.key = h.key AND p.revision = (
+                SELECT max(revision) FROM history WHERE key = h.key AND revision < h.revision
+            )
+            WHERE h.revision > ? AND h.revision <= ?
+            ORDER BY h.revision, h.key
+            """,
+            (after, end),
+        )
+        return [
+            (
+                self._checked_history(row[:5]),
+                self._checked_history(row[5:]) if row[5] is not None else None,
+            )
+            for row in rows
+        ]
+
     def history_count(self) -> int:
         """How many history rows are kept."""
         return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
@@ -437,23 +487,10 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         transaction. Returns the new compact revision and how many rows
         were removed.
         """
-        db = self._db
-        first = db.execute(
-            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1",
-            (lower,),
-        ).fetchone()
-        beyond = db.execute(
-            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1 OFFSET ?",
-            (lower, max_records),
-        ).fetchone()
-        end = step_end(
-            target,
-            beyond[0] if beyond is not None else None,
-            first[0] if first is not None else None,
-        )
+        end = self._step(lower, target, max_records)
         # Per key changed in (lower, end]: every older row, and its last
         # row in the step if that is a tombstone.
-        removed = db.execute(
+        removed = self._db.execute(
             """
             DELETE FROM history WHERE (key, revision) IN (
                 SELECT h.key, h.revision FROM history AS h JOIN (
