@@ -42,6 +42,18 @@ def keeps_history_of(wrapper: object, store: object) -> None:
         alsoProvides(wrapper, IHistoricalStore)
 
 
+def replayed_change(kind: str, key: str, entry: Optional[Entry], before: Optional[Entry]) -> Change:
+    """
+    The L{Change} a history record replays, given the key's record before
+    it (C{before}): as the commit reported it. A put that created its key
+    (a new create revision) had no previous entry, even if an expired one
+    was still stored then.
+    """
+    if kind == PUT and entry is not None and entry.create_revision == entry.mod_revision:
+        before = None
+    return Change(kind, key, entry, before)
+
+
 def check_readable(revision: int, compact_revision: int, current: int) -> None:
     """
     Refuse a read at C{revision} that the history cannot answer.
@@ -137,8 +149,9 @@ class MemoryHistory:
             if revision > upto or (count >= max_records and revision not in grouped):
                 break
             kind, entry = next((v[1], v[2]) for v in self._versions[key] if v[0] == revision)
-            previous = self.entry_at(key, revision - 1)
-            grouped.setdefault(revision, []).append(Change(kind, key, entry, previous))
+            grouped.setdefault(revision, []).append(
+                replayed_change(kind, key, entry, self.entry_at(key, revision - 1))
+            )
             count += 1
         return [
             CommitResult(revision, tuple(sorted(changes, key=lambda c: c.key.encode("utf-8"))))

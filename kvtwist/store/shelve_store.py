@@ -32,7 +32,13 @@ from zope.interface import implementer
 from kvtwist.errors import ConflictError, FutureRevision, KVError, StoreCorrupt, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.model import Change, Check, CommitResult, Entry, Op, Page
-from kvtwist.store.history import PUT, check_compactable, check_readable, check_replayable
+from kvtwist.store.history import (
+    PUT,
+    check_compactable,
+    check_readable,
+    check_replayable,
+    replayed_change,
+)
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf, HistoryRecord
@@ -581,7 +587,7 @@ class ShelveStore:
             for record, previous in shelf.history_changes(after, upto, max_records):
                 key, revision, kind, _ = record
                 grouped.setdefault(revision, []).append(
-                    Change(kind, key, _history_entry(record), _history_entry(previous))
+                    replayed_change(kind, key, _history_entry(record), _history_entry(previous))
                 )
         return [CommitResult(revision, tuple(changes)) for revision, changes in grouped.items()]
 
