@@ -68,6 +68,24 @@ class GracefulSignals(Service):
             pass
 
 
+class DataLockService(Service):
+    """
+    Keeps the data directory's lock (L{kvtwist.store.datalock}) and, once
+    running (after twistd has daemonized, if it does), writes this
+    process's PID into the lock file. The lock is never released here: the
+    kernel drops it when the process exits, after the store has closed.
+    """
+
+    name = "kvtwist-data-lock"
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+
+    def startService(self) -> None:
+        super().startService()
+        self.lock.record_pid()
+
+
 class StoreService(Service):
     """
     Runs C{store} on C{threadpool} for as long as the service runs (a store

@@ -291,6 +291,42 @@ class DataDirectoryTests(FaultTestCase):
         self.assertRefused(server, DATA_FILE)
 
 
+class DataDirectoryLockTests(FaultTestCase):
+    """One server owns a data directory: a kernel lock on DIR/lock."""
+
+    def test_second_server_refused_until_first_killed(self):
+        """A second server on a running one's data directory exits non-zero naming the holder's PID and the directory; after kill -9 of the first, a new one starts at once and has its data."""
+        base = temp_dir(self, "lock")
+        data = os.path.join(base, "data")
+        first = ServerProcess(data, log_dir=temp_dir(self, "lock-first"))
+        self.addCleanup(first.stop)
+        first.start()
+        self.assertEqual(http_request(first.url, "PUT", "/v1/kv/owner", b"first")[0], 201)
+        lock = os.path.join(data, "lock")
+        with open(lock) as f:
+            self.assertEqual(f.read().strip(), str(first.process.pid))
+        self.assertEqual(os.stat(lock).st_mode & 0o777, 0o600)
+
+        second = ServerProcess(data, log_dir=temp_dir(self, "lock-second"))
+        self.addCleanup(second.stop)
+        self.assertRefused(
+            second, "in use by process %d" % (first.process.pid,), data
+        )
+        refusal = [line for line in second.log_text().splitlines() if "cannot start" in line]
+        self.assertEqual(len(refusal), 1, second.log_text())
+        # The first server never noticed.
+        self.assertEqual(http_request(first.url, "GET", "/v1/kv/owner")[2], b"first")
+
+        first.kill()
+        third = ServerProcess(data, log_dir=temp_dir(self, "lock-third"))
+        self.addCleanup(third.stop)
+        third.start()
+        self.assertEqual(http_request(third.url, "GET", "/v1/kv/owner")[2], b"first")
+        with open(lock) as f:
+            self.assertEqual(f.read().strip(), str(third.process.pid))
+        self.assertEqual(third.terminate(), 0)
+
+
 # -- durability order under strace ----------------------------------------------
 
 #: The syscalls traced: SQLite writes its log with pwrite64, syncs it with

@@ -4,6 +4,7 @@ plus what only a store on disk has: persistence, file modes, refusal of
 damaged data, group commit and a real store thread.
 """
 
+import fcntl
 import os
 import pickle
 import shutil
@@ -24,7 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from kvtwist.errors import ConflictError, StoreCorrupt
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
-from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir
+from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
+from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
 from tests.store_contract import StoreContract
 
@@ -226,6 +228,54 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.commit([Put("d", b"z")]))
         self.assertEqual(waited[-1], 1)
         self.successResultOf(store.close())
+
+
+def _lockable_elsewhere(directory: str) -> bool:
+    """Whether a new open of DIR/lock could take its flock (as another process would)."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+class DataDirectoryLockTests(InlineShelve, SynchronousTestCase):
+    """The store holds its data directory's lock while open, shared within the process."""
+
+    def test_held_while_open(self):
+        """An open store holds DIR/lock (with this PID); closing it releases the lock."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.assertFalse(_lockable_elsewhere(directory))
+        with open(os.path.join(directory, LOCK_FILE)) as f:
+            self.assertEqual(f.read(), "%d\n" % (os.getpid(),))
+        self.successResultOf(store.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_shared_within_the_process(self):
+        """The startup check and two stores in one process share the lock; it is freed when the last lets go."""
+        directory = os.path.join(self.mktemp(), "data")
+        held = hold_data_dir(directory)
+        self.assertEqual(check_data_dir(directory), 0)
+        first = self.open_store(directory)
+        second = self.open_store(directory)
+        self.successResultOf(first.close())
+        held.release()
+        self.assertFalse(_lockable_elsewhere(directory))
+        self.successResultOf(second.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_busy_names_the_holder(self):
+        """The refusal names the holder's PID and the directory."""
+        error = DataDirectoryBusy("/srv/kv", 4242)
+        self.assertEqual(
+            str(error),
+            "the data directory /srv/kv is in use by process 4242 (it holds "
+            "/srv/kv/lock); one server owns a data directory at a time",
+        )
 
 
 class StatementCountTests(InlineShelve, SynchronousTestCase):

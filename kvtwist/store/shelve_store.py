@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -27,6 +28,7 @@ from zope.interface import implementer
 from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf
@@ -151,17 +153,50 @@ def check_data_dir(directory: str) -> int:
     reactor starts, so a damaged store stops startup with a message.
 
     @raise StoreCorrupt: if the data is damaged or unreadable.
+    @raise DataDirectoryBusy: if another process owns the directory.
+    """
+    with _locked(directory):
+        shelf = DataShelf(_open_mapping(directory, check_integrity=True))
+        try:
+            return _read_revision(shelf)
+        finally:
+            shelf.close()
+
+
+def _open_mapping(directory: str, check_integrity: bool) -> SQLiteMapping:
+    """
+    The data file of C{directory}, opened (the caller holds the lock).
+
+    @raise StoreCorrupt: if the data is damaged or unreadable.
     """
     try:
-        path = open_data_dir(directory)
-        mapping = SQLiteMapping(path, check_integrity=True)
+        return SQLiteMapping(open_data_dir(directory), check_integrity=check_integrity)
     except OSError as e:
         raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
-    shelf = DataShelf(mapping)
+
+
+def hold_data_dir(directory: str) -> DataDirectoryLock:
+    """
+    Take (or share, within this process) C{directory}'s lock; see
+    L{kvtwist.store.datalock}.
+
+    @raise DataDirectoryBusy: if another process owns the directory.
+    @raise StoreCorrupt: if the directory or its lock file cannot be made.
+    """
     try:
-        return _read_revision(shelf)
+        return lock_data_dir(directory)
+    except OSError as e:
+        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
+
+
+@contextmanager
+def _locked(directory: str) -> Iterator[DataDirectoryLock]:
+    """Hold C{directory}'s lock for the block (L{hold_data_dir})."""
+    lock = hold_data_dir(directory)
+    try:
+        yield lock
     finally:
-        shelf.close()
+        lock.release()
 
 
 def _read_revision(shelf: DataShelf) -> int:
@@ -206,6 +241,7 @@ class ShelveStore:
         self._pool = threadpool
         self._check_integrity = check_integrity
         self._shelf: Optional[DataShelf] = None
+        self._lock: Optional[DataDirectoryLock] = None
         self._open = False
         self._queue: List[_PendingCommit] = []
         self._flushing: Optional[Deferred] = None
@@ -340,13 +376,14 @@ class ShelveStore:
         Store thread: open (creating if needed) and verify the shelf; return
         its revision and how many keys it holds.
         """
+        # Held until the shelf closes: no other process writes the file.
+        lock = hold_data_dir(self.directory)
         try:
-            path = open_data_dir(self.directory)
-            mapping = SQLiteMapping(path, check_integrity=self._check_integrity)
-        except OSError as e:
-            raise StoreCorrupt(
-                "cannot open the data directory %s: %s" % (self.directory, e)
-            )
+            mapping = _open_mapping(self.directory, self._check_integrity)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
         self._shelf = DataShelf(mapping)
         return _read_revision(self._shelf), mapping.count_prefix(_KEY.encode("ascii"))
 
@@ -359,8 +396,13 @@ class ShelveStore:
     def _sync_close(self) -> None:
         """Store thread: close the shelf (its file is then marked clean)."""
         if self._shelf is not None:
-            self._shelf.close()
-            self._shelf = None
+            try:
+                self._shelf.close()
+            finally:
+                self._shelf = None
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
 
     def _sync_get(self, key: str, now: float) -> Optional[Entry]:
         """Store thread: read one live entry."""
