@@ -137,6 +137,15 @@ class StoreUnavailable(KVError):
     code = "store-unavailable"
 
 
+class InsufficientStorage(StoreUnavailable):
+    """
+    The disk is full: nothing of the write was applied, and writes work
+    again, without a restart, once space returns.
+    """
+
+    code = "insufficient-storage"
+
+
 class StoreCorrupt(KVError):
     """
     The data on disk is damaged or is not a kvtwist store. Raised at startup

@@ -99,7 +99,8 @@ class IKeyValueStore(Interface):
         @raise kvtwist.errors.ConflictError: if any check failed; nothing was
             applied, and the error lists every failed check.
         @raise kvtwist.errors.StoreUnavailable: if the commit could not be
-            made durable; nothing was applied.
+            made durable; nothing was applied. A full disk is its subclass
+            L{kvtwist.errors.InsufficientStorage}.
         """
 
     def add_listener(listener):
@@ -124,10 +125,14 @@ class IKeyValueStore(Interface):
 
     def ping():
         """
-        Make a trivial round trip to the store's backing storage.
+        Prove the store can take a commit now: a small durable write of the
+        store's own bookkeeping (no revision, no key, no event), which fails
+        as a commit would, so a full disk or a failing disk is seen even
+        when no client writes, and is seen to pass once it has passed.
 
         @return: a Deferred firing with L{None} when the store is open and
-            usable.
+            writable.
+        @raise kvtwist.errors.InsufficientStorage: if the disk is full.
         @raise kvtwist.errors.StoreUnavailable: otherwise.
         """
 

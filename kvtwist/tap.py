@@ -30,7 +30,7 @@ from kvtwist.config import (
     resolve,
     secret_files,
 )
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
@@ -221,7 +221,8 @@ def open_backing_store(config: Config, reactor, metrics: Metrics, parent: MultiS
         # the life of the process (the kernel drops it at exit).
         lock = hold_data_dir(config["data"])
         check_data_dir(config["data"])
-    except (StoreCorrupt, DataDirectoryBusy) as e:
+    except (KVError, DataDirectoryBusy) as e:
+        # Damage, a full disk, or another owner: one line, no traceback.
         raise SystemExit("kvcache: cannot start: %s" % (e,))
     DataLockService(lock).setServiceParent(parent)
     pool = store_thread_pool()

@@ -327,6 +327,108 @@ class DataDirectoryLockTests(FaultTestCase):
         self.assertEqual(third.terminate(), 0)
 
 
+#: The size of the small file system a full disk is made on.
+SMALL_FS = "8m"
+
+
+def small_file_system(testcase) -> str:
+    """
+    A fresh tmpfs of L{SMALL_FS}, unmounted when C{testcase} ends; skips
+    the test where this process may not mount (not root, no privilege).
+    """
+    path = temp_dir(testcase, "smallfs")
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % (SMALL_FS,), "tmpfs", path],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SkipTest("cannot mount a tmpfs here: %s" % (e,))
+    if result.returncode != 0:
+        raise SkipTest("cannot mount a tmpfs here: %s" % (result.stderr.decode().strip(),))
+    testcase.addCleanup(subprocess.run, ["umount", "-l", path], capture_output=True, timeout=10)
+    return path
+
+
+def fill_disk(directory: str) -> str:
+    """Fill C{directory}'s file system to the last byte; returns the filler file."""
+    filler = os.path.join(directory, "filler")
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        for _ in range(1 << 20):  # bounded: 64 GiB at most
+            try:
+                f.write(chunk)
+            except OSError:
+                break
+        for size in (4096, 512, 1):
+            for _ in range(64):
+                try:
+                    f.write(b"\0" * size)
+                except OSError:
+                    break
+    return filler
+
+
+class DiskFullTests(SynchronousTestCase):
+    """A full disk: 507 for commits, 503 readiness, recovery without a restart, a clear refusal at startup."""
+
+    def test_full_disk_then_space_returns(self):
+        """On a full disk commits are 507 insufficient-storage and change nothing, reads go on, /readyz is 503 with the store's error; once space returns /readyz turns 200 with no client write, writes work, and a restart has every acknowledged commit."""
+        mount = small_file_system(self)
+        data = os.path.join(mount, "data")
+        server = ServerProcess(data, log_dir=temp_dir(self, "diskfull-log"))
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/kept", b"before")[0], 201)
+        filler = fill_disk(mount)
+
+        status, headers, body = http_request(server.url, "PUT", "/v1/kv/big", b"x" * 200_000)
+        self.assertEqual(status, 507, body)
+        problem = json.loads(body)
+        self.assertEqual(headers["content-type"], "application/problem+json")
+        self.assertEqual((problem["code"], problem["status"]), ("insufficient-storage", 507))
+        self.assertIn("disk full", problem["detail"])
+        self.assertEqual(http_request(server.url, "POST", "/set", b'{"seed": 1}')[0], 201)
+        self.assertEqual(http_request(server.url, "POST", "/commit")[0], 507)
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/kept")[2], b"before")
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/big")[0], 404)
+
+        status, _, body = http_request(server.url, "GET", "/readyz")
+        self.assertEqual(status, 503, body)
+        self.assertEqual(json.loads(body)["code"], "insufficient-storage")
+        self.assertIn("disk full", json.loads(body)["detail"])
+
+        os.unlink(filler)
+        # No client writes in between: the probe alone turns it ready.
+        self.assertEqual(http_request(server.url, "GET", "/readyz")[0], 200)
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/big", b"x" * 200_000)[0], 201)
+        self.assertEqual(server.terminate(), 0, server.log_text())
+        server.start()
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/kept")[2], b"before")
+        self.assertEqual(len(http_request(server.url, "GET", "/v1/kv/big")[2]), 200_000)
+        self.assertEqual(http_request(server.url, "GET", "/seed")[0], 404)
+        self.assertEqual(server.terminate(), 0, server.log_text())
+
+    def test_startup_on_a_full_disk(self):
+        """Starting on a full disk is refused with "disk full", not as an unreadable store."""
+        mount = small_file_system(self)
+        data = os.path.join(mount, "data")
+        server = ServerProcess(data, log_dir=temp_dir(self, "diskfull-log"))
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/kept", b"before")[0], 201)
+        self.assertEqual(server.terminate(), 0, server.log_text())
+        fill_disk(mount)
+        server.launch()
+        self.assertNotEqual(server.wait(EXIT_TIMEOUT), 0)
+        log = server.log_text()
+        self.assertIn("kvcache: cannot start", log)
+        self.assertIn("disk full", log)
+        self.assertNotIn("not a readable kvtwist store", log)
+        self.assertNotIn("Traceback", log)
+
+
 # -- durability order under strace ----------------------------------------------
 
 #: The syscalls traced: SQLite writes its log with pwrite64, syncs it with

@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvtwist.errors import ConflictError, StoreCorrupt
+from kvtwist.errors import ConflictError, InsufficientStorage, StoreCorrupt
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
@@ -276,6 +276,25 @@ class DataDirectoryLockTests(InlineShelve, SynchronousTestCase):
             "the data directory /srv/kv is in use by process 4242 (it holds "
             "/srv/kv/lock); one server owns a data directory at a time",
         )
+
+
+class FullDiskTests(InlineShelve, SynchronousTestCase):
+    """SQLite's "database or disk is full" (here its page-count cap) is InsufficientStorage, and passes."""
+
+    def test_full_then_space_returns(self):
+        """A commit past the space left fails with InsufficientStorage and applies nothing; once there is room the same commit succeeds."""
+        store = self.open_store()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        db = store._shelf.dict._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute("PRAGMA max_page_count = %d" % (pages,))
+        failure = self.failureResultOf(store.commit([Put("big", b"x" * 100_000)]), InsufficientStorage)
+        self.assertIn("disk full", failure.value.detail)
+        self.assertIsNone(self.successResultOf(store.get("big")))
+        db.execute("PRAGMA max_page_count = %d" % (pages * 100,))
+        self.successResultOf(store.ping())
+        self.successResultOf(store.commit([Put("big", b"x" * 100_000)]))
+        self.assertEqual(store.revision, 2)
 
 
 class StatementCountTests(InlineShelve, SynchronousTestCase):

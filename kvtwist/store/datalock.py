@@ -55,9 +55,16 @@ class DataDirectoryLock:
         self._holders = 1
 
     def record_pid(self) -> None:
-        """Write this process's PID into the lock file (after a fork too)."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, b"%d\n" % (os.getpid(),), 0)
+        """
+        Write this process's PID into the lock file (after a fork too). The
+        PID is only a note for the message, so a full disk is not an error
+        here: the store's own open says so.
+        """
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, b"%d\n" % (os.getpid(),), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         """Give up one hold; the last one unlocks and closes the file."""

@@ -25,14 +25,20 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
+from kvtwist.errors import (
+    ConflictError,
+    InsufficientStorage,
+    KVError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf
-from kvtwist.store.sqlitemap import SQLiteMapping
+from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
 #: The file name of the shelf inside the data directory.
 DATA_FILE = "kvcache.sqlite3"
@@ -172,7 +178,24 @@ def _open_mapping(directory: str, check_integrity: bool) -> SQLiteMapping:
     try:
         return SQLiteMapping(open_data_dir(directory), check_integrity=check_integrity)
     except OSError as e:
-        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
+
+
+def _write_failure(
+    error: BaseException, what: str, directory: str, other=StoreUnavailable
+) -> KVError:
+    """
+    The domain error for a write into C{directory} that failed with
+    C{error}: itself if it is one, L{InsufficientStorage} for a full disk,
+    else C{other}; C{what} says what could not be done.
+    """
+    if isinstance(error, KVError):
+        return error
+    if is_disk_full(error, directory):
+        return InsufficientStorage("%s: disk full (%s)" % (what, error))
+    return other("%s: %s" % (what, error))
 
 
 def hold_data_dir(directory: str) -> DataDirectoryLock:
@@ -186,7 +209,9 @@ def hold_data_dir(directory: str) -> DataDirectoryLock:
     try:
         return lock_data_dir(directory)
     except OSError as e:
-        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
 
 
 @contextmanager
@@ -302,7 +327,14 @@ class ShelveStore:
         return self._run(self._sync_list, prefix, after, limit, self.clock.seconds())
 
     def ping(self) -> Deferred:
-        return self._run(self._sync_ping)
+        d = self._run(self._sync_ping)
+
+        def failed(reason: Failure) -> Failure:
+            return Failure(
+                _write_failure(reason.value, "the store cannot write", self.directory)
+            )
+
+        return d.addErrback(failed)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -354,9 +386,9 @@ class ShelveStore:
                     waiter.errback(Failure(outcome))
 
         def failed(reason: Failure) -> None:
-            error = reason.value
-            if not isinstance(error, KVError):
-                error = StoreUnavailable("the commit could not be written: %s" % (error,))
+            error = _write_failure(
+                reason.value, "the commit could not be written", self.directory
+            )
             waited()
             for _, _, waiter, _ in batch:
                 waiter.errback(Failure(error))
@@ -454,7 +486,7 @@ class ShelveStore:
             return _ShelfTable(shelf).expired(now, limit)
 
     def _sync_ping(self) -> None:
-        """Store thread: a trivial write-transaction round trip."""
+        """Store thread: a small durable write (L{SQLiteMapping.ping})."""
         self._sync_shelf().dict.ping()
 
     def _sync_commit_group(

@@ -15,6 +15,7 @@ with C{check_same_thread}).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
@@ -22,7 +23,7 @@ import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import InsufficientStorage, StoreCorrupt
 
 #: Written into the SQLite header so a random database is not taken for ours.
 APPLICATION_ID = 0x6B767477  # "kvtw"
@@ -35,6 +36,42 @@ CREATE TABLE IF NOT EXISTS shelf (
     crc INTEGER NOT NULL
 ) WITHOUT ROWID
 """
+
+
+#: SQLite's extended code for "could not grow the -shm file", which is
+#: what opening a store on a full disk fails with.
+_SQLITE_IOERR_SHMSIZE = 4874
+
+
+def _out_of_space(path: str) -> bool:
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
+    """
+    Whether C{error} says the file system is out of space (or the owner's
+    quota): SQLite's C{SQLITE_FULL} or C{SQLITE_IOERR_SHMSIZE}, C{ENOSPC}
+    or C{EDQUOT} from the OS, or, with the C{path} written to, an SQLite
+    I/O error while that file system has no space left (SQLite reports
+    some failed writes as plain I/O errors).
+    """
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and newer
+    if code is None:
+        if "disk is full" in str(error):
+            return True
+        io_error = "disk I/O error" in str(error)
+    else:
+        if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE:
+            return True
+        io_error = code & 0xFF == sqlite3.SQLITE_IOERR
+    return io_error and path is not None and _out_of_space(path)
 
 
 def _crc(key: bytes, value: bytes) -> int:
@@ -104,6 +141,13 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self._setup(check_integrity, wal_existed)
         except sqlite3.DatabaseError as e:
             self._close_quietly()
+            if is_disk_full(e, os.path.dirname(path) or "."):
+                # Opening writes (the shutdown mark, a checkpoint): a full
+                # disk is not damage.
+                raise InsufficientStorage(
+                    "%s: disk full (%s); free space on its file system and "
+                    "start again" % (path, e)
+                )
             raise StoreCorrupt("%s: not a readable kvtwist store (%s)" % (path, e))
         except StoreCorrupt:
             self._close_quietly()
@@ -211,7 +255,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self._db.execute("ROLLBACK")
             raise
         started = time.perf_counter()
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # SQLite rolls back by itself on most failed COMMITs (a full
+            # disk); make sure, so the next write can BEGIN again.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         timing.sync_seconds = time.perf_counter() - started
 
     @contextmanager
@@ -333,9 +384,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         ).fetchone()[0]
 
     def ping(self) -> None:
-        """Prove the file is readable and writable, changing nothing."""
+        """
+        Prove a write can be made durable now: rewrite the shutdown mark
+        (already "dirty" while open) in a synced transaction. Its page goes
+        to the write-ahead log like a commit's, so a full or failing disk
+        fails it as it fails commits; no data changes.
+        """
         with self.transaction():
-            self._db.execute("SELECT count(*) FROM state").fetchone()
+            self._mark("dirty")
 
     def close(self) -> None:
         """Mark a clean shutdown, checkpoint, and close the file (once)."""

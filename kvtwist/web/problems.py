@@ -16,6 +16,7 @@ from kvtwist.errors import (
     Forbidden,
     Unauthorized,
     HistoryGone,
+    InsufficientStorage,
     InvalidInput,
     KeyNotFound,
     KVError,
@@ -87,6 +88,8 @@ def status_for(error: KVError) -> int:
         return 410
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
+    if isinstance(error, InsufficientStorage):
+        return 507
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400
