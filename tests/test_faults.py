@@ -429,6 +429,61 @@ class DiskFullTests(SynchronousTestCase):
         self.assertNotIn("Traceback", log)
 
 
+def _immutable(testcase, path: str) -> None:
+    """C{chattr +i path} (undone at cleanup); skips where chattr cannot."""
+    try:
+        result = subprocess.run(["chattr", "+i", path], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SkipTest("chattr is not available: %s" % (e,))
+    if result.returncode != 0:
+        raise SkipTest("chattr +i does not work here: %s" % (result.stderr.decode().strip(),))
+    testcase.addCleanup(subprocess.run, ["chattr", "-i", path], capture_output=True, timeout=10)
+
+
+class UnwritableSideFileTests(FaultTestCase):
+    """A store file, -wal or -shm kvcache cannot write stops startup with a message, never SIGBUS."""
+
+    def test_immutable_shm_refused(self):
+        """An immutable -shm (chattr +i) after a crash is refused with one line naming it."""
+        server = self.make_store("kill")
+        shm = self.data_file(server) + "-shm"
+        with open(shm, "wb") as f:
+            f.write(b"\0" * 32768)
+        _immutable(self, shm)
+        log = self.assertRefused(server, shm, "cannot be opened for writing", "chattr -i")
+        self.assertNotIn("not a readable kvtwist store", log)
+
+    def test_immutable_wal_refused(self):
+        """An immutable -wal after a crash is refused with one line naming it."""
+        server = self.make_store("kill")
+        wal = self.data_file(server) + "-wal"
+        self.assertTrue(os.path.exists(wal))
+        _immutable(self, wal)
+        self.assertRefused(server, wal, "cannot be opened for writing")
+
+    def test_shm_directory_refused(self):
+        """A -shm that is a directory is refused with one line naming it (no chattr needed)."""
+        server = self.make_store("kill")
+        shm = self.data_file(server) + "-shm"
+        os.mkdir(shm)
+        self.assertRefused(server, shm, "is not a regular file")
+
+    def test_shm_made_immutable_while_serving(self):
+        """kvcache never maps a -shm (exclusive locking), so one made immutable while it serves cannot kill it: it goes on writing and stops cleanly."""
+        server = self.make_store()
+        server.start()
+        shm = self.data_file(server) + "-shm"
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/a", b"1")[0], 201)
+        self.assertFalse(os.path.exists(shm))
+        with open(shm, "wb") as f:
+            f.write(b"\0" * 32768)
+        _immutable(self, shm)
+        for i in range(5):
+            self.assertEqual(http_request(server.url, "PUT", "/v1/kv/b%d" % i, b"2")[0], 201)
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/b4")[2], b"2")
+        self.assertEqual(server.terminate(), 0, server.log_text())
+
+
 # -- durability order under strace ----------------------------------------------
 
 #: The syscalls traced: SQLite writes its log with pwrite64, syncs it with

@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvtwist.errors import ConflictError, InsufficientStorage, StoreCorrupt
+from kvtwist.errors import ConflictError, InsufficientStorage, StoreCorrupt, StoreUnavailable
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
@@ -256,17 +256,23 @@ class DataDirectoryLockTests(InlineShelve, SynchronousTestCase):
         self.assertTrue(_lockable_elsewhere(directory))
 
     def test_shared_within_the_process(self):
-        """The startup check and two stores in one process share the lock; it is freed when the last lets go."""
+        """A hold for the process's life (as twistd takes it), the startup check and the store share the lock; it is freed when the last lets go."""
         directory = os.path.join(self.mktemp(), "data")
         held = hold_data_dir(directory)
         self.assertEqual(check_data_dir(directory), 0)
-        first = self.open_store(directory)
-        second = self.open_store(directory)
-        self.successResultOf(first.close())
+        store = self.open_store(directory)
         held.release()
         self.assertFalse(_lockable_elsewhere(directory))
-        self.successResultOf(second.close())
+        self.successResultOf(store.close())
         self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_one_open_store_per_file(self):
+        """A second store opened on a directory while one is open in the same process is refused (it would serve stale reads)."""
+        directory = os.path.join(self.mktemp(), "data")
+        self.open_store(directory)
+        second = ShelveStore(directory, self.reactor, InlineThreadPool())
+        failure = self.failureResultOf(second.open(), StoreUnavailable)
+        self.assertIn("in use by another connection", failure.value.detail)
 
     def test_busy_names_the_holder(self):
         """The refusal names the holder's PID and the directory."""

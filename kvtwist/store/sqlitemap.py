@@ -18,12 +18,13 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 import time
 import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from kvtwist.errors import InsufficientStorage, StoreCorrupt
+from kvtwist.errors import InsufficientStorage, StoreCorrupt, StoreUnavailable
 
 #: Written into the SQLite header so a random database is not taken for ours.
 APPLICATION_ID = 0x6B767477  # "kvtw"
@@ -72,6 +73,40 @@ def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
             return True
         io_error = code & 0xFF == sqlite3.SQLITE_IOERR
     return io_error and path is not None and _out_of_space(path)
+
+
+#: The files SQLite keeps next to the database in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
+
+
+def check_writable(path: str) -> None:
+    """
+    Refuse a store whose file, write-ahead log or shared-memory file exists
+    but is not a regular file this process can open for writing: an
+    immutable file (C{chattr +i}, which stops root too), a directory, a
+    read-only mount. SQLite would otherwise fail with a misleading
+    "readonly database", or die of SIGBUS touching a mapped C{-shm} it
+    cannot write.
+
+    @raise StoreUnavailable: naming the file and what is wrong with it.
+    """
+    for name in (path,) + tuple(path + suffix for suffix in SIDE_FILES):
+        try:
+            mode = os.lstat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise StoreUnavailable(
+                "%s is not a regular file; kvcache must be able to write it" % (name,)
+            )
+        try:
+            os.close(os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError as e:
+            raise StoreUnavailable(
+                "%s cannot be opened for writing (%s); kvcache must be able to "
+                "write it: is it immutable (lsattr, chattr -i), owned by another "
+                "user, or on a read-only mount?" % (name, e.strerror or e)
+            )
 
 
 def _crc(key: bytes, value: bytes) -> int:
@@ -123,6 +158,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
 
     def __init__(self, path: str, check_integrity: bool = True) -> None:
         self.path = path
+        check_writable(path)
         wal_existed = os.path.exists(path + "-wal")
         created = not os.path.exists(path)
         if created:
@@ -148,6 +184,9 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
                     "%s: disk full (%s); free space on its file system and "
                     "start again" % (path, e)
                 )
+            if "database is locked" in str(e):
+                # Exclusive locking: another connection has the file open.
+                raise StoreUnavailable("%s is in use by another connection (%s)" % (path, e))
             raise StoreCorrupt("%s: not a readable kvtwist store (%s)" % (path, e))
         except StoreCorrupt:
             self._close_quietly()
@@ -161,6 +200,12 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
 
     def _setup(self, check_integrity: bool, wal_existed: bool) -> None:
         db = self._db
+        # Before the first read: in exclusive locking mode SQLite keeps the
+        # WAL index in its own memory instead of mapping the -shm file, so
+        # no -shm (made immutable or truncated by someone, even while we
+        # run) can kill the process with SIGBUS. One connection at a time
+        # uses the file anyway (the data directory's lock sees to that).
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'"
