@@ -374,6 +374,13 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
     Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting(
+        "stop-timeout",
+        seconds,
+        10.0,
+        "Seconds a graceful stop (SIGTERM/SIGINT) waits for the store's work in "
+        "progress before it is cut short.",
+    ),
     _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),

@@ -137,6 +137,20 @@ class IKeyValueStore(Interface):
         """
 
 
+class IWorkInFlight(Interface):
+    """
+    A store that can say what work it still has running, for the log line
+    of a graceful stop that was cut short (L{kvtwist.service.StoreService}).
+    """
+
+    def work_in_flight():
+        """
+        On the reactor thread: a short phrase naming the operations started
+        and not finished, e.g. C{"a group of 2 commits (100000 ops) on the
+        store thread and 3 queued commits (12 ops)"}, or C{"nothing"}.
+        """
+
+
 class ITransactionView(Interface):
     """
     What a transaction holds at one moment: its staged ops, the revisions it

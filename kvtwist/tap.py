@@ -32,6 +32,7 @@ from kvtwist.config import (
 )
 from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
@@ -286,7 +287,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     watchers = WatcherCount(limits.max_watchers)
 
     GracefulSignals(reactor).setServiceParent(top)
-    StoreService(store, pool, reactor).setServiceParent(top)
+    StoreService(
+        store,
+        pool,
+        reactor,
+        stop_timeout=config["stop-timeout"],
+        work_in_flight=backing if IWorkInFlight.providedBy(backing) else None,
+    ).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)

@@ -63,6 +63,7 @@ DEFAULTS = {
     "allow-open": False,
     "access-log": "clf",
     "access-log-file": None,
+    "stop-timeout": 10.0,
     "max-body": 1048576,
     "max-keys-per-request": 100000,
     "max-staged-ops": 100000,

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -475,6 +476,73 @@ class HeldThreadPool(InlineThreadPool):
     def run_next(self):
         onResult, func, args, kw = self.held.pop(0)
         super().callInThreadWithCallback(onResult, func, *args, **kw)
+
+
+class BoundedStopTests(SynchronousTestCase):
+    """A graceful stop waits for the store, but at most --stop-timeout seconds."""
+
+    def held_store(self):
+        """A shelve store on a held pool, open, with nothing run yet."""
+        pool = HeldThreadPool()
+        store = ShelveStore(os.path.join(self.mktemp(), "data"), ThreadlessReactor(), pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        pool.release_all = False
+        self.addCleanup(self._release, store, pool)
+        return store, pool
+
+    def _release(self, store, pool):
+        pool.release_all = True
+        while pool.held:
+            pool.run_next()
+        store._sync_close()
+
+    def test_work_in_flight(self):
+        """The store names the group commit on its thread, the commits queued behind it, and reads not answered."""
+        store, pool = self.held_store()
+        self.assertEqual(store.work_in_flight(), "nothing")
+        store.commit([Put("a", b"1"), Put("b", b"2")])
+        store.commit([Put("c", b"3")])
+        store.commit([Delete("a")])
+        store.get("a")
+        self.assertEqual(
+            store.work_in_flight(),
+            "a group of 1 commit (2 ops) on the store thread and 2 commits (2 ops) queued and 1 read",
+        )
+
+    def test_cut_short_after_the_timeout(self):
+        """A store close that outlasts the stop timeout is logged as cut short, naming the work abandoned, and the process exits 0."""
+        store, pool = self.held_store()
+        store.commit([Put("a", b"1")])
+        clock, exits = Clock(), []
+        service = StoreService(
+            store, None, clock, stop_timeout=3, work_in_flight=store, exit=exits.append
+        )
+        service.running = True
+        with capturedLogs() as events:
+            d = service.stopService()
+            clock.advance(2.9)
+            self.assertEqual(exits, [])
+            clock.advance(0.1)
+        self.assertNoResult(d)
+        self.assertEqual(exits, [0])
+        text = [formatEvent(event) for event in events]
+        self.assertEqual(len(text), 1, text)
+        self.assertIn("graceful stop cut short after 3 s", text[0])
+        self.assertIn("abandoning a group of 1 commit (1 ops) on the store thread", text[0])
+
+    def test_stop_in_time_is_not_cut(self):
+        """A store that closes within the timeout stops normally: no exit, no warning later."""
+        store, pool = self.held_store()
+        clock, exits = Clock(), []
+        service = StoreService(store, None, clock, stop_timeout=3, exit=exits.append)
+        service.running = True
+        d = service.stopService()
+        pool.release_all = True
+        pool.run_next()
+        self.successResultOf(d)
+        clock.advance(10)
+        self.assertEqual(exits, [])
 
 
 class RealThreadTests(TestCase):

@@ -32,7 +32,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, IWorkInFlight
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
@@ -239,7 +239,11 @@ def _read_revision(shelf: DataShelf) -> int:
 _PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
 
 
-@implementer(IKeyValueStore)
+def _commits(count: int, ops: int) -> str:
+    return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
+
+
+@implementer(IKeyValueStore, IWorkInFlight)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -284,13 +288,36 @@ class ShelveStore:
         #: more (the group-commit promise, measured); for metrics.
         self.syncs_waited_observer: Optional[Callable[[int], None]] = None
         self._trips_done = 0
+        #: Commits and ops of the group commit on the store thread now.
+        self._trip_size: Optional[Tuple[int, int]] = None
+        #: Reads sent to the store thread and not answered yet.
+        self._reads = 0
+        self._closing = False
 
     # -- reactor thread --------------------------------------------------
 
     def _run(self, function, *args) -> Deferred:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        self._reads += 1
+
+        def answered(result: object) -> object:
+            self._reads -= 1
+            return result
+
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(answered)
+
+    def work_in_flight(self) -> str:
+        parts = []
+        if self._trip_size is not None:
+            parts.append("a group of %s on the store thread" % (_commits(*self._trip_size),))
+        if self._queue:
+            parts.append("%s queued" % (_commits(len(self._queue), sum(len(ops) for ops, _, _, _ in self._queue)),))
+        if self._reads:
+            parts.append("%d read%s" % (self._reads, "" if self._reads == 1 else "s"))
+        if self._closing:
+            parts.append("closing the store file")
+        return " and ".join(parts) or "nothing"
 
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
@@ -308,10 +335,12 @@ class ShelveStore:
         # already queued still finish before the shelf closes.
         self._open = False
         d = Deferred.fromCoroutine(self._drain())
-        d.addCallback(
-            lambda _: deferToThreadPool(self._reactor, self._pool, self._sync_close)
-        )
-        return d
+
+        def close_file(_: object) -> Deferred:
+            self._closing = True
+            return deferToThreadPool(self._reactor, self._pool, self._sync_close)
+
+        return d.addCallback(close_file)
 
     async def _drain(self) -> None:
         while self._flushing is not None:
@@ -357,6 +386,7 @@ class ShelveStore:
         batch, self._queue = self._queue, []
         flushing: Deferred = Deferred()
         self._flushing = flushing
+        self._trip_size = (len(batch), sum(len(ops) for ops, _, _, _ in batch))
         d = deferToThreadPool(
             self._reactor,
             self._pool,
@@ -395,6 +425,7 @@ class ShelveStore:
 
         def next_trip(_: object) -> None:
             self._trips_done += 1
+            self._trip_size = None
             self._flushing = None
             flushing.callback(None)
             self._flush()
