@@ -374,14 +374,18 @@ def fill_disk(directory: str) -> str:
 class DiskFullTests(SynchronousTestCase):
     """A full disk: 507 for commits, 503 readiness, recovery without a restart, a clear refusal at startup."""
 
-    def test_full_disk_then_space_returns(self):
-        """On a full disk commits are 507 insufficient-storage and change nothing, reads go on, /readyz is 503 with the store's error; once space returns /readyz turns 200 with no client write, writes work, and a restart has every acknowledged commit."""
+    def serving_on_small_fs(self) -> Tuple[str, ServerProcess]:
+        """A small file system, and a server on it holding the key C{kept}."""
         mount = small_file_system(self)
-        data = os.path.join(mount, "data")
-        server = ServerProcess(data, log_dir=temp_dir(self, "diskfull-log"))
+        server = ServerProcess(os.path.join(mount, "data"), log_dir=temp_dir(self, "diskfull-log"))
         self.addCleanup(server.stop)
         server.start()
         self.assertEqual(http_request(server.url, "PUT", "/v1/kv/kept", b"before")[0], 201)
+        return mount, server
+
+    def test_full_disk_then_space_returns(self):
+        """On a full disk commits are 507 insufficient-storage and change nothing, reads go on, /readyz is 503 with the store's error; once space returns /readyz turns 200 with no client write, writes work, and a restart has every acknowledged commit."""
+        mount, server = self.serving_on_small_fs()
         filler = fill_disk(mount)
 
         status, headers, body = http_request(server.url, "PUT", "/v1/kv/big", b"x" * 200_000)
@@ -413,12 +417,7 @@ class DiskFullTests(SynchronousTestCase):
 
     def test_startup_on_a_full_disk(self):
         """Starting on a full disk is refused with "disk full", not as an unreadable store."""
-        mount = small_file_system(self)
-        data = os.path.join(mount, "data")
-        server = ServerProcess(data, log_dir=temp_dir(self, "diskfull-log"))
-        self.addCleanup(server.stop)
-        server.start()
-        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/kept", b"before")[0], 201)
+        mount, server = self.serving_on_small_fs()
         self.assertEqual(server.terminate(), 0, server.log_text())
         fill_disk(mount)
         server.launch()
