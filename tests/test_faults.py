@@ -10,10 +10,18 @@ leaves the damaged file as it found it. Where a damage could slip past the
 startup check, a second test pins what must hold anyway: no garbled value
 is ever served.
 
-Last, the durability order is shown under C{strace} (skipped when strace
-is missing or cannot trace): for every acknowledged commit, the sync of the
+The durability order is shown under C{strace} (skipped when strace is
+missing or cannot trace): for every acknowledged commit, the sync of the
 write-ahead log comes after its last write and before the first byte of
 the answer.
+
+Then operators' faults: a second server on a data directory another one
+owns (two real processes and a C{kill -9}); a full disk, made by filling a
+small tmpfs (skipped where this process may not mount); a store file,
+C{-wal} or C{-shm} that cannot be written (C{chattr +i}, skipped where it
+does not work, or a directory in its place); and a SIGTERM while a sync
+hangs (every C{fdatasync} held by an attached C{strace}), which the
+graceful-stop bound must cut short.
 """
 
 from __future__ import annotations
