@@ -23,7 +23,10 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from zope.interface.verify import verifyObject
+
 from kvtwist.errors import ConflictError, InsufficientStorage, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
@@ -500,6 +503,7 @@ class BoundedStopTests(SynchronousTestCase):
     def test_work_in_flight(self):
         """The store names the group commit on its thread, the commits queued behind it, and reads not answered."""
         store, pool = self.held_store()
+        self.assertTrue(verifyObject(IWorkInFlight, store))
         self.assertEqual(store.work_in_flight(), "nothing")
         store.commit([Put("a", b"1"), Put("b", b"2")])
         store.commit([Put("c", b"3")])
