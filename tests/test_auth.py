@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
 from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.web.ops import ops_children
+from kvtwist.web.ui import make_ui_resource
 from tests.webtest import TreeClient
 
 READER = Token("reader", "r-secret", read=("app/",))
@@ -147,9 +149,56 @@ class ScopedViewsTests(AuthCase):
         )
 
     def test_healthz_needs_no_token(self):
-        """/healthz is outside authentication (probes carry no token)."""
-        answer = self.as_token(None, "GET", "/healthz")
-        self.assertNotEqual(answer.status, 401)
+        """/healthz, when mounted, is outside authentication (probes carry no token)."""
+        client = TreeClient(
+            self,
+            memory_root(
+                self.store,
+                authorizer=Authorizer([READER]),
+                extra_children=ops_children(self.store, None, self.store.clock),
+            ),
+        )
+        answer = client.request("GET", "/healthz")
+        self.assertEqual(answer.status, 200, answer.body)
+
+
+class OpenRoutesTests(AuthCase):
+    """
+    Only routes really mounted skip authentication: with the admin page or
+    the probes off, their names are keys, and keys need a token.
+    """
+
+    def test_unmounted_names_are_keys_behind_auth(self):
+        """
+        Without /ui and /healthz mounted, the keys ui and healthz are read,
+        deleted and written only with a token: 401 without one, and the
+        keys stay as they were.
+        """
+        other = Token("all", "a-secret", read=("",), write=("",))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([other])))
+        for name in ("ui", "healthz"):
+            client.request("PUT", "/v1/kv/" + name, body=b"secret",
+                           headers={"Authorization": "Bearer a-secret"})
+            for method in ("GET", "DELETE"):
+                for path in ("/" + name, "/" + name + "/"):
+                    answer = client.request(method, path)
+                    self.assertEqual(answer.status, 401, (method, path, answer.body))
+                    self.assertEqual(answer.json["code"], "unauthorized")
+            answer = client.request("GET", "/" + name, headers={"Authorization": "Bearer a-secret"})
+            self.assertEqual((answer.status, answer.body), (200, b"secret"))
+
+    def test_mounted_ui_is_open(self):
+        """With the admin page mounted, its files load without a token."""
+        client = TreeClient(
+            self,
+            memory_root(
+                self.store,
+                authorizer=Authorizer([READER]),
+                extra_children={b"ui": make_ui_resource()},
+            ),
+        )
+        self.assertEqual(client.request("GET", "/ui/").status, 200)
+        self.assertEqual(client.request("GET", "/v1/kv/app/x").status, 401)
 
 
 class AuthOffTests(SynchronousTestCase):

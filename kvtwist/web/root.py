@@ -135,7 +135,7 @@ class Authenticating(Resource):
     C{request.kvtwist_principal}. C{/healthz} stays open for probes, and
     C{/ui/} for browsers, which cannot send a bearer token when they load a
     page (the page holds no data: every API call it makes carries the token
-    and is checked as usual).
+    and is checked as usual); each only while it is mounted.
     """
 
     def __init__(self, root: Resource, authorizer: Authorizer) -> None:
@@ -162,7 +162,11 @@ class Authenticating(Resource):
         if self._open:
             request.kvtwist_principal = ANYONE  # type: ignore[attr-defined]
             return self.root.getChildWithDefault(path, request)
-        if (path == b"healthz" and not request.postpath) or path == b"ui":
+        if path in self.root.children and (
+            path == b"ui" or (path == b"healthz" and not request.postpath)
+        ):
+            # Only routes really mounted: an unmounted name is a key (the
+            # admin page off, say), and keys need a token like any other.
             return self.root.getChildWithDefault(path, request)
         refused = self._authenticated(request)
         if refused is not None:
