@@ -127,6 +127,43 @@ class ScopedViewsTests(AuthCase):
                                 headers={"Authorization": "Bearer r-secret"}).json
         self.assertEqual(answer["items"], [])
 
+    def test_listing_cursor_names_only_readable_keys(self):
+        """
+        A token limited to app/ listing another prefix gets no items and no
+        cursor; listing everything, each page is full of readable keys, and
+        following the cursors reaches every readable key and names no other.
+        """
+        other = Token("other", "x-secret", read=("",), write=("",))
+        scoped = Token("scoped", "s-secret", read=("app/", "cfg/", "app/deep/"))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([scoped, other])))
+        keys = ["secret/%02d" % (n,) for n in range(20)] + ["app/y", "b/1", "cfg/1", "cfg/2", "zzz"]
+        for key in keys:
+            client.request("PUT", "/v1/kv/" + key, body=b"1",
+                           headers={"Authorization": "Bearer x-secret"})
+
+        def page(query):
+            return client.request("GET", "/v1/kv/?" + query,
+                                  headers={"Authorization": "Bearer s-secret"}).json
+
+        answer = page("prefix=secret/&limit=1")
+        self.assertEqual((answer["items"], answer["next"]), ([], None))
+        seen, cursors, query = [], [], "limit=2"
+        for _ in range(10):
+            answer = page(query)
+            seen += [item["key"] for item in answer["items"]]
+            if answer["next"] is None:
+                break
+            self.assertEqual(len(answer["items"]), 2)
+            cursors.append(answer["next"])
+            query = "limit=2&after=" + answer["next"]
+        self.assertEqual(seen, ["app/x", "app/y", "cfg/1", "cfg/2"])
+        self.assertTrue(all(key.startswith(("app/", "cfg/")) for key in cursors), cursors)
+        # A cursor a client makes up is only a starting point.
+        answer = page("limit=5&after=secret/05")
+        self.assertEqual((answer["items"], answer["next"]), ([], None))
+        answer = page("limit=5&prefix=app/&after=b")
+        self.assertEqual(answer["items"], [])
+
     def test_transactions_belong_to_their_token(self):
         """Another token sees someone else's transaction as 404."""
         txn = self.as_token(WRITER, "POST", "/v1/txn").json["id"]
