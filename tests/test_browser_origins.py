@@ -116,12 +116,7 @@ class PageServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            test_ui.end_process(self.process)
             self.process = None
 
 
