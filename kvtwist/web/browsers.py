@@ -180,13 +180,11 @@ class BrowserGuard(Resource):
         if kind == _TRUSTED:
             return None
         if kind == _MALFORMED:
-            return InvalidInput(
-                "bad-host", "the Host header is not a valid host[:port]"
-            )
+            return InvalidInput("bad-host", "the Host header is not a valid host[:port]")
         if self._allowed_hosts or loopback_address(request.getHost()):
             return HostNotAllowed(
-                "this server does not answer for %s: on loopback it answers to "
-                "localhost, *.localhost, IP addresses and --allowed-host names"
+                "this server does not answer for %s: it answers to localhost, "
+                "*.localhost, IP addresses and its --allowed-host names"
                 % (host[:200].decode("latin-1"),)
             )
         return None
