@@ -1,0 +1,181 @@
+"""
+Hostile clients against the real C{twistd kvcache}, measured by memory:
+each case attacks one server and asserts a bound on the growth of the
+server process's resident set size (C{VmRSS} from C{/proc}), and that a
+well-behaved client is still served.
+
+The attacks are those that once multiplied memory: clients that pipeline
+reads of a large value and never read the answers.
+
+The server runs once for the module with limits small enough that the
+cases are quick and their bounds clear: C{--max-body 8 MiB} (one large
+commit in one request), C{--watch-buffer 256 KiB} and C{--cache-size 8}
+MiB.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from typing import List
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import HOST, KEEP_ENV, ServerProcess, http_request, rss_kib
+
+MiB = 1024 * 1024
+#: The large value the pipelining clients read: 1 MB.
+BIG = os.urandom(500_000).hex().encode("ascii")
+WATCH_BUFFER = 256 * 1024
+#: Seconds to wait for the server to settle after an attack.
+SETTLE = 1.5
+#: Socket timeout for reading answers; a hung server fails the case.
+READ_TIMEOUT = 10.0
+
+
+def non_reading_socket(port: int) -> socket.socket:
+    """A connection with a 4 KiB receive buffer, so the server's answers back up at once."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(READ_TIMEOUT)
+    sock.connect((HOST, port))
+    return sock
+
+
+def is_closed(sock: socket.socket, limit: int = 64 * MiB) -> bool:
+    """Drain C{sock}: whether the server closed it (within C{READ_TIMEOUT})."""
+    received = 0
+    try:
+        while received < limit:
+            data = sock.recv(1 << 20)
+            if not data:
+                return True
+            received += len(data)
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return False
+
+
+class MemoryBoundTests(SynchronousTestCase):
+    """Attacks that once multiplied the server's memory; one server for all."""
+
+    server: ServerProcess
+
+    @classmethod
+    def setUpClass(cls):
+        cls.base = tempfile.mkdtemp(prefix="kvtwist-hostile-memory-")
+        cls.server = ServerProcess(
+            os.path.join(cls.base, "data"),
+            [
+                "--max-body", str(8 * MiB),
+                "--watch-buffer", str(WATCH_BUFFER),
+                "--cache-size", "8",
+                "--access-log", "off",
+            ],
+            log_dir=cls.base,
+        )
+        try:
+            cls.server.start()
+            assert http_request(cls.server.url, "PUT", "/v1/kv/big", BIG)[0] == 201
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        if not os.environ.get(KEEP_ENV):
+            shutil.rmtree(cls.base, True)
+
+    def setUp(self):
+        self.assertTrue(self.server.running, self.server.log_text()[-2000:])
+        self.pid = self.server.process.pid
+        # Warm up: the value in the cache, the answer path's objects made.
+        for _ in range(3):
+            self.assertEqual(http_request(self.server.url, "GET", "/v1/kv/big")[2], BIG)
+        self.rss_before = rss_kib(self.pid)
+
+    def growth_mib(self) -> float:
+        """RSS growth since the case began, in MiB (printed for the record)."""
+        growth = (rss_kib(self.pid) - self.rss_before) / 1024
+        print("\n%s: RSS grew %.1f MiB" % (self.id(), growth))
+        return growth
+
+    def test_pipelined_reads_of_a_large_value_stay_bounded(self):
+        """
+        Three connections that pipeline 3,000 GETs of a 1 MB value each and
+        never read grow the server's RSS by less than 64 MiB: a connection's
+        further requests are not read while its answers wait to be sent.
+        """
+        request = b"GET /v1/kv/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        sockets = [non_reading_socket(self.server.port) for _ in range(3)]
+        try:
+            for sock in sockets:
+                sock.setblocking(False)
+                # As much as the kernel takes: the server stops reading.
+                sent = 0
+                for _ in range(3000):
+                    try:
+                        sent += sock.send(request)
+                    except BlockingIOError:
+                        break
+                self.assertGreater(sent, 0)
+            time.sleep(SETTLE)
+            self.assertLess(self.growth_mib(), 64)
+            self.assertEqual(http_request(self.server.url, "GET", "/v1/kv/big")[2], BIG)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    def test_pipelining_client_gets_every_answer_in_order(self):
+        """
+        A client that pipelines 40 GETs of the 1 MB value interleaved with
+        GETs of a small key, and reads as it goes, gets all 80 answers, in
+        order, each whole.
+        """
+        self.assertEqual(http_request(self.server.url, "PUT", "/v1/kv/small", b"s")[0], 201)
+        requests = b"".join(
+            b"GET /v1/kv/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (name,)
+            for _ in range(40)
+            for name in (b"big", b"small")
+        )
+        with socket.create_connection((HOST, self.server.port), timeout=READ_TIMEOUT) as sock:
+            sock.sendall(requests)
+            bodies = read_answers(sock, 80)
+        self.assertEqual(bodies, [BIG, b"s"] * 40)
+
+
+def read_answers(sock: socket.socket, count: int) -> List[bytes]:
+    """Read C{count} answers framed by Content-Length from C{sock}; their bodies."""
+    bodies: List[bytes] = []
+    buffer = b""
+    for _ in range(count):
+        while b"\r\n\r\n" not in buffer:
+            buffer += recv_some(sock)
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:200]
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(buffer) < length:
+            buffer += recv_some(sock)
+        bodies.append(buffer[:length])
+        buffer = buffer[length:]
+    return bodies
+
+
+def recv_some(sock: socket.socket) -> bytes:
+    """Some bytes from C{sock}; the server closing early fails the case."""
+    data = sock.recv(1 << 20)
+    if not data:
+        raise AssertionError("the server closed the connection early")
+    return data
