@@ -5,7 +5,8 @@ server process's resident set size (C{VmRSS} from C{/proc}), and that a
 well-behaved client is still served.
 
 The attacks are those that once multiplied memory: clients that pipeline
-reads of a large value and never read the answers.
+reads of a large value and never read the answers, and event-stream
+watchers that never read while one large commit goes out.
 
 The server runs once for the module with limits small enough that the
 cases are quick and their bounds clear: C{--max-body 8 MiB} (one large
@@ -150,6 +151,35 @@ class MemoryBoundTests(SynchronousTestCase):
             sock.sendall(requests)
             bodies = read_answers(sock, 80)
         self.assertEqual(bodies, [BIG, b"s"] * 40)
+
+
+    def test_watchers_that_never_read_are_cut_off(self):
+        """
+        30 event-stream watchers (values=1) that never read, and one commit
+        of 100 values of 48 KiB (6.4 MiB of events, each stream's buffer
+        256 KiB): every watcher is disconnected, and RSS grows by less than
+        64 MiB (30 streams holding the commit would be 190 MiB).
+        """
+        watchers = [non_reading_socket(self.server.port) for _ in range(30)]
+        try:
+            for sock in watchers:
+                sock.sendall(b"GET /v1/watch?prefix=w/&values=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            for sock in watchers:
+                self.assertIn(b" 200 ", sock.recv(4096))
+            self.rss_before = rss_kib(self.pid)
+            value = base64.b64encode(os.urandom(48 * 1024)).decode("ascii")
+            ops = [{"op": "set", "key": "w/%d" % i, "value_base64": value} for i in range(100)]
+            status, _, body = http_request(
+                self.server.url, "POST", "/v1/batch", json.dumps({"ops": ops}).encode("ascii"),
+                {"Content-Type": "application/json"}, timeout=READ_TIMEOUT,
+            )
+            self.assertEqual(status, 200, body[:300])
+            time.sleep(SETTLE)
+            self.assertLess(self.growth_mib(), 64)
+            self.assertEqual([is_closed(sock) for sock in watchers], [True] * 30)
+        finally:
+            for sock in watchers:
+                sock.close()
 
 
 def read_answers(sock: socket.socket, count: int) -> List[bytes]:

@@ -333,6 +333,10 @@ class FakeRequest:
     EventStream) never leaves.
     """
 
+    #: Set to push back (pause the producer) on every write, as a
+    #: transport whose buffer is full does.
+    push_back = False
+
     def __init__(self):
         self.written = []
         self.channel = FakeChannel()
@@ -341,6 +345,8 @@ class FakeRequest:
 
     def write(self, data):
         self.written.append(data)
+        if self.push_back and self.producer is not None:
+            self.producer.pauseProducing()
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
@@ -381,6 +387,43 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertTrue(self.request.channel.transport.aborted)
         self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_commit_larger_than_buffer_cuts_off(self):
+        """A commit whose events pass watch_buffer cuts the reader off unwritten, paused or not."""
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(20)]))
+        self.assertEqual(self.request.written, [])
+        self.assertTrue(self.request.channel.transport.aborted)
+        self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
+
+    def test_bytes_waiting_in_the_transport_count(self):
+        """
+        What was written just before the transport pushed back still counts
+        against watch_buffer: a later commit that would pass it with those
+        bytes cuts the reader off, and after the transport flushed it fits.
+        """
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 1)
+        self.assertGreater(len(self.request.written[0]), 500)
+        self.stream.resumeProducing()
+        self.request.push_back = False
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 2)
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 3)
+        self.assertTrue(self.request.channel.transport.aborted)
+
+    def test_backlog_larger_than_buffer_cuts_off(self):
+        """A resume backlog whose events pass watch_buffer cuts the reader off unwritten."""
+        for i in range(20):
+            self.successResultOf(self.store.commit([Put("k%d" % i, b"x")]))
+        request = FakeRequest()
+        stream = EventStream(request, self.context, lambda key: True, False)
+        stream.send(self.hub.since(0, lambda key: True))
+        self.assertEqual(request.written, [])
+        self.assertTrue(request.channel.transport.aborted)
 
     def test_resume_flushes_queue(self):
         """Events queued while paused go out in order on resume."""
