@@ -379,10 +379,11 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-list-limit", count, "Largest page a listing returns."),
     _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),
     _limit("watch-history", count, "Events kept for resuming event streams."),
+    _limit("watch-history-bytes", size, "Key and value bytes the kept events may hold."),
     _limit("heartbeat", seconds, "Seconds between event-stream heartbeats."),
     _limit("default-wait", seconds, "Seconds a long-poll waits without ?wait=."),
     _limit("max-wait", seconds, "Longest ?wait= a long-poll may ask for."),
-    _limit("watch-buffer", size, "Bytes queued for a slow event-stream reader before it is cut off."),
+    _limit("watch-buffer", size, "Bytes an event stream may hold unread; a write past it disconnects the stream."),
     _limit("sweep-interval", seconds, "Seconds between expiry sweeps."),
     _limit("sweep-batch", count, "Expired keys removed per sweep commit."),
     Setting(

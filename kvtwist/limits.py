@@ -36,11 +36,14 @@ class Limits:
     @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
     @ivar max_watchers: open long-polls and event streams (429 beyond).
     @ivar watch_history: events kept for resuming event streams.
+    @ivar watch_history_bytes: bytes of keys and values the events kept for
+        resuming may hold; the oldest commits leave the history beyond
+        either bound.
     @ivar heartbeat: seconds between event-stream heartbeat comments.
     @ivar default_wait: seconds a long-poll waits when C{wait} is not given.
     @ivar max_wait: the longest C{wait} a long-poll may ask for.
-    @ivar watch_buffer: bytes queued for a slow event-stream reader before
-        it is disconnected.
+    @ivar watch_buffer: bytes an event stream may hold that its reader has
+        not taken; a write past it disconnects the stream.
     @ivar sweep_interval: seconds between expiry sweeps.
     @ivar sweep_batch: expired keys removed per sweep commit.
     @ivar cache_bytes: the read cache's bound, in bytes (C{--cache-size}
@@ -75,6 +78,7 @@ class Limits:
     max_batch_ops: int = 100_000
     max_watchers: int = 1000
     watch_history: int = 10_000
+    watch_history_bytes: int = 32 * MiB
     heartbeat: float = 15.0
     default_wait: float = 60.0
     max_wait: float = 600.0

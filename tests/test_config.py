@@ -69,6 +69,7 @@ DEFAULTS = {
     "max-list-limit": 1000,
     "max-watchers": 1000,
     "watch-history": 10000,
+    "watch-history-bytes": 33554432,
     "heartbeat": 15.0,
     "default-wait": 60.0,
     "max-wait": 600.0,

@@ -5,13 +5,14 @@ server process's resident set size (C{VmRSS} from C{/proc}), and that a
 well-behaved client is still served.
 
 The attacks are those that once multiplied memory: clients that pipeline
-reads of a large value and never read the answers, and event-stream
-watchers that never read while one large commit goes out.
+reads of a large value and never read the answers, event-stream watchers
+that never read while one large commit goes out, and a stream of large
+writes that the watch history once kept outside the read cache.
 
 The server runs once for the module with limits small enough that the
 cases are quick and their bounds clear: C{--max-body 8 MiB} (one large
-commit in one request), C{--watch-buffer 256 KiB} and C{--cache-size 8}
-MiB.
+commit in one request), C{--watch-buffer 256 KiB}, C{--cache-size 8} MiB
+and C{--watch-history-bytes 8 MiB}.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import HOST, KEEP_ENV, ServerProcess, http_request, rss_kib
+from tests.e2e import HOST, KEEP_ENV, ServerProcess, connect, http_request, rss_kib
 
 MiB = 1024 * 1024
 #: The large value the pipelining clients read: 1 MB.
 BIG = os.urandom(500_000).hex().encode("ascii")
 WATCH_BUFFER = 256 * 1024
+HISTORY_BYTES = 8 * MiB
 #: Seconds to wait for the server to settle after an attack.
 SETTLE = 1.5
 #: Socket timeout for reading answers; a hung server fails the case.
@@ -78,6 +80,7 @@ class MemoryBoundTests(SynchronousTestCase):
                 "--max-body", str(8 * MiB),
                 "--watch-buffer", str(WATCH_BUFFER),
                 "--cache-size", "8",
+                "--watch-history-bytes", str(HISTORY_BYTES),
                 "--access-log", "off",
             ],
             log_dir=cls.base,
@@ -180,6 +183,26 @@ class MemoryBoundTests(SynchronousTestCase):
         finally:
             for sock in watchers:
                 sock.close()
+
+
+    def test_large_writes_stay_within_cache_and_history_bounds(self):
+        """
+        100 PUTs of a 1 MB value to 100 keys grow RSS by less than 48 MiB:
+        the read cache (8 MiB) and the watch history (8 MiB of keys and
+        values) each keep only their bound of them (the history alone once
+        kept all 100).
+        """
+        connection = connect(self.server.url, timeout=READ_TIMEOUT)
+        try:
+            for i in range(100):
+                status, _, _ = http_request(
+                    self.server.url, "PUT", "/v1/kv/h/%d" % (i,), BIG, connection=connection
+                )
+                self.assertIn(status, (200, 201))
+        finally:
+            connection.close()
+        time.sleep(SETTLE)
+        self.assertLess(self.growth_mib(), 48)
 
 
 def read_answers(sock: socket.socket, count: int) -> List[bytes]:

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 
-from kvtwist.events import ChangeHub
+from kvtwist.events import EVENT_OVERHEAD, ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
@@ -463,3 +463,39 @@ class HistoryResetTests(SynchronousTestCase):
         resets[0](WatchReset(True, True, 7, "compacted"))
         self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
         self.assertEqual(hub.since(7, lambda key: True), [])
+
+
+class HistoryBytesTests(SynchronousTestCase):
+    """The history is bounded in bytes as well as in events, by whole commits."""
+
+    def setUp(self):
+        self.store = MemoryStore()
+        self.hub = ChangeHub(self.store, 100, max_bytes=3 * (EVENT_OVERHEAD + 1 + 1000))
+
+    def test_oldest_commits_leave_past_the_byte_bound(self):
+        """Four 1000-byte values in a history of about three: the first commit leaves, resuming before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        for key in "abcd":
+            self.successResultOf(self.store.commit([Put(key, b"x" * 1000)]))
+        self.assertRaises(HistoryGone, self.hub.since, 0, lambda key: True)
+        self.assertEqual([event.key for event in self.hub.since(1, lambda key: True)], ["b", "c", "d"])
+
+    def test_commit_larger_than_the_bound_leaves_at_once(self):
+        """A commit larger than the whole bound is delivered but not kept: resuming from before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        delivered = []
+        self.hub.subscribe(lambda key: True, lambda revision, events: delivered.append(len(events)))
+        self.successResultOf(self.store.commit([Put("small", b"x")]))
+        self.successResultOf(self.store.commit([Put(k, b"x" * 1000) for k in "abcd"]))
+        self.assertEqual(delivered, [1, 4])
+        self.assertRaises(HistoryGone, self.hub.since, 1, lambda key: True)
+        self.assertEqual(self.hub.since(2, lambda key: True), [])
+
+    def test_event_count_bound_still_holds(self):
+        """Small events are bounded by the event count as before, keeping the newest commit."""
+        hub = ChangeHub(self.store, 2, max_bytes=10**9)
+        for key in "abc":
+            self.successResultOf(self.store.commit([Put(key, b"")]))
+        self.assertEqual([event.key for event in hub.since(1, lambda key: True)], ["b", "c"])
