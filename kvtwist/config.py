@@ -377,6 +377,7 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
     _limit("max-list-limit", count, "Largest page a listing returns."),
+    _limit("max-list-bytes", size, "Key and value bytes one listing page reads; the page ends early beyond."),
     _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),
     _limit("watch-history", count, "Events kept for resuming event streams."),
     _limit("watch-history-bytes", size, "Key and value bytes the kept events may hold."),

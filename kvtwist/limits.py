@@ -33,6 +33,9 @@ class Limits:
     @ivar max_open_transactions: transactions open at once (429 beyond).
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
+    @ivar max_list_bytes: key and value bytes one page of a listing reads;
+        a page ends early (with C{next}) once it holds this many, and
+        always holds at least one entry.
     @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
     @ivar max_watchers: open long-polls and event streams (429 beyond).
     @ivar watch_history: events kept for resuming event streams.
@@ -75,6 +78,7 @@ class Limits:
     max_open_transactions: int = 1000
     txn_timeout: float = 300.0
     max_list_limit: int = 1000
+    max_list_bytes: int = 4 * MiB
     max_batch_ops: int = 100_000
     max_watchers: int = 1000
     watch_history: int = 10_000

@@ -67,6 +67,7 @@ DEFAULTS = {
     "txn-timeout": 300.0,
     "max-batch-ops": 100000,
     "max-list-limit": 1000,
+    "max-list-bytes": 4194304,
     "max-watchers": 1000,
     "watch-history": 10000,
     "watch-history-bytes": 33554432,

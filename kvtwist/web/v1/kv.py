@@ -100,7 +100,12 @@ class KeyCollection(V1Resource):
                 },
             )
 
-        return self.context.store.list(prefix, after, limit).addCallback(page_response)
+        # A page also ends at max_list_bytes of keys and values, so one
+        # request can neither hold a thousand large values in memory nor
+        # encode them on the reactor thread in one go.
+        return self.context.store.list(
+            prefix, after, limit, self.context.limits.max_list_bytes
+        ).addCallback(page_response)
 
 
 class KeyResource(V1Resource):
