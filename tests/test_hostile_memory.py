@@ -6,11 +6,12 @@ well-behaved client is still served.
 
 The attacks are those that once multiplied memory: clients that pipeline
 reads of a large value and never read the answers, event-stream watchers
-that never read while one large commit goes out, and a stream of large
-writes that the watch history once kept outside the read cache.
+that never read while one large commit goes out, a stream of large writes
+that the watch history once kept outside the read cache, and a listing of
+large values in one page.
 
-The server runs once for the module with limits small enough that the
-cases are quick and their bounds clear: C{--max-body 8 MiB} (one large
+Each case starts its own server, with limits small enough that the cases
+are quick and their bounds clear: C{--max-body 8 MiB} (one large
 commit in one request), C{--watch-buffer 256 KiB}, C{--cache-size 8} MiB
 and C{--watch-history-bytes 8 MiB}.
 """
@@ -67,15 +68,18 @@ def is_closed(sock: socket.socket, limit: int = 64 * MiB) -> bool:
 
 
 class MemoryBoundTests(SynchronousTestCase):
-    """Attacks that once multiplied the server's memory; one server for all."""
+    """
+    Attacks that once multiplied the server's memory. Each case gets a
+    fresh server, so what an earlier case left in the allocator's free
+    lists cannot hide a later case's growth.
+    """
 
-    server: ServerProcess
-
-    @classmethod
-    def setUpClass(cls):
-        cls.base = tempfile.mkdtemp(prefix="kvtwist-hostile-memory-")
-        cls.server = ServerProcess(
-            os.path.join(cls.base, "data"),
+    def setUp(self):
+        base = tempfile.mkdtemp(prefix="kvtwist-hostile-memory-")
+        if not os.environ.get(KEEP_ENV):
+            self.addCleanup(shutil.rmtree, base, True)
+        self.server = ServerProcess(
+            os.path.join(base, "data"),
             [
                 "--max-body", str(8 * MiB),
                 "--watch-buffer", str(WATCH_BUFFER),
@@ -83,23 +87,11 @@ class MemoryBoundTests(SynchronousTestCase):
                 "--watch-history-bytes", str(HISTORY_BYTES),
                 "--access-log", "off",
             ],
-            log_dir=cls.base,
+            log_dir=base,
         )
-        try:
-            cls.server.start()
-            assert http_request(cls.server.url, "PUT", "/v1/kv/big", BIG)[0] == 201
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.server.stop()
-        if not os.environ.get(KEEP_ENV):
-            shutil.rmtree(cls.base, True)
-
-    def setUp(self):
-        self.assertTrue(self.server.running, self.server.log_text()[-2000:])
+        self.addCleanup(self.server.stop)
+        self.server.start()
+        self.assertEqual(http_request(self.server.url, "PUT", "/v1/kv/big", BIG)[0], 201)
         self.pid = self.server.process.pid
         # Warm up: the value in the cache, the answer path's objects made.
         for _ in range(3):
@@ -202,6 +194,32 @@ class MemoryBoundTests(SynchronousTestCase):
         finally:
             connection.close()
         time.sleep(SETTLE)
+        self.assertLess(self.growth_mib(), 48)
+
+
+    def test_listing_of_large_values_is_paged_by_bytes(self):
+        """
+        ?limit=1000&values=1 over 24 values of 1 MB answers a page that
+        ends with the value reaching 4 MiB (the default max_list_bytes),
+        with next, and RSS grows by less than 48 MiB.
+        """
+        connection = connect(self.server.url, timeout=READ_TIMEOUT)
+        try:
+            for i in range(24):
+                status, _, _ = http_request(
+                    self.server.url, "PUT", "/v1/kv/l/%02d" % (i,), BIG, connection=connection
+                )
+                self.assertIn(status, (200, 201))
+        finally:
+            connection.close()
+        self.rss_before = rss_kib(self.pid)
+        status, _, body = http_request(
+            self.server.url, "GET", "/v1/kv/?prefix=l/&limit=1000&values=1", timeout=READ_TIMEOUT
+        )
+        self.assertEqual(status, 200)
+        page = json.loads(body)
+        self.assertEqual([item["key"] for item in page["items"]], ["l/%02d" % i for i in range(5)])
+        self.assertEqual(page["next"], "l/04")
         self.assertLess(self.growth_mib(), 48)
 
 
