@@ -104,6 +104,18 @@ class MemoryBoundTests(SynchronousTestCase):
         print("\n%s: RSS grew %.1f MiB" % (self.id(), growth))
         return growth
 
+    def put_big(self, keys: List[str]) -> None:
+        """PUT the 1 MB value to each of C{keys}, on one keep-alive connection."""
+        connection = connect(self.server.url, timeout=READ_TIMEOUT)
+        try:
+            for key in keys:
+                status, _, _ = http_request(
+                    self.server.url, "PUT", "/v1/kv/" + key, BIG, connection=connection
+                )
+                self.assertIn(status, (200, 201))
+        finally:
+            connection.close()
+
     def test_pipelined_reads_of_a_large_value_stay_bounded(self):
         """
         Three connections that pipeline 3,000 GETs of a 1 MB value each and
@@ -184,18 +196,9 @@ class MemoryBoundTests(SynchronousTestCase):
         values) each keep only their bound of them (the history alone once
         kept all 100).
         """
-        connection = connect(self.server.url, timeout=READ_TIMEOUT)
-        try:
-            for i in range(100):
-                status, _, _ = http_request(
-                    self.server.url, "PUT", "/v1/kv/h/%d" % (i,), BIG, connection=connection
-                )
-                self.assertIn(status, (200, 201))
-        finally:
-            connection.close()
+        self.put_big(["h/%d" % (i,) for i in range(100)])
         time.sleep(SETTLE)
         self.assertLess(self.growth_mib(), 48)
-
 
     def test_listing_of_large_values_is_paged_by_bytes(self):
         """
@@ -203,15 +206,7 @@ class MemoryBoundTests(SynchronousTestCase):
         ends with the value reaching 4 MiB (the default max_list_bytes),
         with next, and RSS grows by less than 48 MiB.
         """
-        connection = connect(self.server.url, timeout=READ_TIMEOUT)
-        try:
-            for i in range(24):
-                status, _, _ = http_request(
-                    self.server.url, "PUT", "/v1/kv/l/%02d" % (i,), BIG, connection=connection
-                )
-                self.assertIn(status, (200, 201))
-        finally:
-            connection.close()
+        self.put_big(["l/%02d" % (i,) for i in range(24)])
         self.rss_before = rss_kib(self.pid)
         status, _, body = http_request(
             self.server.url, "GET", "/v1/kv/?prefix=l/&limit=1000&values=1", timeout=READ_TIMEOUT
