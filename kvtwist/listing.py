@@ -42,18 +42,25 @@ def readable_prefixes(token: Token, prefix: str) -> List[str]:
 
 
 async def list_readable(
-    store: IKeyValueStore, token: Token, prefix: str, after: Optional[str], limit: int
+    store: IKeyValueStore,
+    token: Token,
+    prefix: str,
+    after: Optional[str],
+    limit: int,
+    max_bytes: Optional[int] = None,
 ) -> Page:
     """
     Up to C{limit} live keys under C{prefix} after C{after} that C{token}
     may read, in key order, as one L{Page} (C{more} when readable keys may
-    follow its last).
+    follow its last). With C{max_bytes}, the page also ends with the entry
+    whose key and value bytes reach that bound, as a store's own page does.
 
     A page spanning several of the token's prefixes is read with one store
     call per prefix: its C{revision} is that of the first call, the lowest,
     so that watching from it misses no change.
     """
     entries: list = []
+    used = 0
     revision: Optional[int] = None
     ranges = [
         rule
@@ -64,11 +71,13 @@ async def list_readable(
     for index, rule in enumerate(ranges):
         cursor = after
         while True:
-            page = await store.list(rule, cursor, limit - len(entries))
+            left = None if max_bytes is None else max_bytes - used
+            page = await store.list(rule, cursor, limit - len(entries), left)
             if revision is None:
                 revision = page.revision
             entries.extend(page.entries)
-            if len(entries) >= limit:
+            used += sum(len(entry.key) + len(entry.value) for entry in page.entries)
+            if len(entries) >= limit or (max_bytes is not None and used >= max_bytes):
                 return Page(revision, tuple(entries), page.more or index + 1 < len(ranges))
             if not (page.more and page.entries):
                 break

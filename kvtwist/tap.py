@@ -287,7 +287,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     timed = TimedStore(backing, metrics, reactor)
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
-    hub = ChangeHub(store, limits.watch_history)
+    hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     watchers = WatcherCount(limits.max_watchers)
 
     top = MultiService()

@@ -109,7 +109,7 @@ def make_root(
     root.putChild(b"commit", SeedCommit(seed))
 
     if hub is None:
-        hub = ChangeHub(store, limits.watch_history)
+        hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     context = V1Context(
         store, transactions, limits, clock, hub, random or _random.random, watchers
     )

@@ -95,8 +95,18 @@ class KeyCollection(V1Resource):
             )
 
         # Only what the token may read is listed, so the cursor, the last
-        # key listed, never names a key the token may not read.
-        listing = list_readable(self.context.store, token, prefix, after, limit)
+        # key listed, never names a key the token may not read. A page also
+        # ends at max_list_bytes of keys and values, so one request can
+        # neither hold a thousand large values in memory nor encode them on
+        # the reactor thread in one go.
+        listing = list_readable(
+            self.context.store,
+            token,
+            prefix,
+            after,
+            limit,
+            self.context.limits.max_list_bytes,
+        )
         return ensureDeferred(listing).addCallback(page_response)
 
 
