@@ -72,12 +72,16 @@ class IKeyValueStore(Interface):
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
         """
 
-    def list(prefix, after, limit):
+    def list(prefix, after, limit, max_bytes=None):
         """
         List live keys starting with C{prefix}, in UTF-8 byte order, strictly
         after the key C{after} (or from the start when it is L{None}).
 
         @param limit: the most entries to return (at least 1).
+        @param max_bytes: if not L{None}, the page ends with the entry whose
+            key and value bytes bring the page's total to this bound (so it
+            holds at least one entry), and the store reads not much more
+            than that (L{kvtwist.model.PageBuilder}).
         @return: a Deferred firing with a L{kvtwist.model.Page} read at one
             revision.
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.

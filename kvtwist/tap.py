@@ -20,7 +20,9 @@ from twisted.python import usage
 
 from kvtwist.auth import Authorizer
 from kvtwist.config import (
+    BY_NAME,
     CLI,
+    REPEATABLE,
     SETTINGS,
     Config,
     ConfigError,
@@ -45,6 +47,7 @@ from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
 from kvtwist.web.ops import ops_children
+from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
 from kvtwist.web.v1.watch import WatcherCount
@@ -96,7 +99,7 @@ class Options(usage.Options):
     optParameters = [
         [s.name, s.short, None, _option_help(s)]
         for s in SETTINGS
-        if s.name not in ("allow-open", "listen") and s.on_argv
+        if s.name != "allow-open" and s.name not in REPEATABLE and s.on_argv
     ]
 
     config: Optional[Config] = None
@@ -104,7 +107,8 @@ class Options(usage.Options):
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
-        self["listen"] = []
+        for name in REPEATABLE:
+            self[name] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -114,6 +118,16 @@ class Options(usage.Options):
         whitespace-separated]
         """
         self["listen"].append(endpoint)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        self["cors-origin"].append(origin)
+
+    opt_cors_origin.__doc__ = _option_help(BY_NAME["cors-origin"])
+
+    def opt_allowed_host(self, host: str) -> None:
+        self["allowed-host"].append(host)
+
+    opt_allowed_host.__doc__ = _option_help(BY_NAME["allowed-host"])
 
     def opt_token(self, value: str) -> None:
         """
@@ -283,7 +297,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     timed = TimedStore(backing, metrics, reactor)
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
-    hub = ChangeHub(store, limits.watch_history)
+    hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     watchers = WatcherCount(limits.max_watchers)
 
     GracefulSignals(reactor).setServiceParent(top)
@@ -306,6 +320,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         authorizer=Authorizer(config.tokens),
         watchers=watchers,
         extra_children=web_extras(config, store, metrics, reactor),
+        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
     )
     site = KVSite(
         root,

@@ -160,6 +160,15 @@ def connect(base_url: str, timeout: float = 5.0) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
 
+def rss_kib(pid: int) -> int:
+    """The resident set size of process C{pid}, in KiB (VmRSS)."""
+    with open("/proc/%d/status" % (pid,)) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % (pid,))
+
+
 class ServerFailed(Exception):
     """The server did not start (or stop) as expected; the log says why."""
 

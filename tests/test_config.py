@@ -60,6 +60,8 @@ DEFAULTS = {
     "etcd-max-request-bytes": 1572864,
     "ui": "on",
     "token-file": None,
+    "cors-origin": (),
+    "allowed-host": (),
     "allow-open": False,
     "access-log": "clf",
     "access-log-file": None,
@@ -72,8 +74,10 @@ DEFAULTS = {
     "txn-timeout": 300.0,
     "max-batch-ops": 100000,
     "max-list-limit": 1000,
+    "max-list-bytes": 4194304,
     "max-watchers": 1000,
     "watch-history": 10000,
+    "watch-history-bytes": 33554432,
     "heartbeat": 15.0,
     "default-wait": 60.0,
     "max-wait": 600.0,
@@ -320,6 +324,60 @@ class ConfigFileTests(FileMixin, SynchronousTestCase):
         """A config file that cannot be read is refused with its path."""
         path = os.path.join(temp_dir(self), "absent.toml")
         self.assertConfigError(["--config", path], None, path, "cannot read")
+
+
+class BrowserOptionTests(FileMixin, SynchronousTestCase):
+    """--cors-origin and --allowed-host: repeatable, lists in the file, words in the environment."""
+
+    def test_repeated_on_the_command_line(self):
+        """Each repetition adds one; values are lower-cased; the rest stays default."""
+        options = parse(
+            [
+                "--cors-origin", "https://App.example",
+                "--cors-origin", "http://localhost:3000",
+                "--allowed-host", "KV.example",
+                "--allowed-host", "kv.example:8080",
+            ]
+        )
+        self.assertEqual(
+            options,
+            expected(
+                cors_origin=("https://app.example", "http://localhost:3000"),
+                allowed_host=("kv.example", "kv.example:8080"),
+                endpoints=["tcp:8080:interface=127.0.0.1"],
+            ),
+        )
+
+    def test_file_lists_and_environment_words(self):
+        """The file takes TOML lists, the environment whitespace-separated words; the environment wins."""
+        path = self.write(
+            "kv.toml",
+            """
+            cors-origin = ["https://a.example", "*"]
+            allowed-host = ["kv.example"]
+            """,
+        )
+        options = parse(["--config", path])
+        self.assertEqual(options["cors-origin"], ("https://a.example", "*"))
+        self.assertEqual(options["allowed-host"], ("kv.example",))
+        options = parse(
+            ["--config", path],
+            environ={"KVCACHE_ALLOWED_HOST": "a.example b.example:81"},
+        )
+        self.assertEqual(options["allowed-host"], ("a.example", "b.example:81"))
+
+    def test_bad_values(self):
+        """An origin with a path, another scheme or no scheme, or a host with a path, is a usage error."""
+        for argv in (
+            ["--cors-origin", "https://a.example/"],
+            ["--cors-origin", "ftp://a.example"],
+            ["--cors-origin", "a.example"],
+            ["--cors-origin", "null"],
+            ["--allowed-host", "kv.example/x"],
+            ["--allowed-host", "http://kv.example"],
+        ):
+            with self.assertRaises(usage.UsageError, msg=argv):
+                parse(argv)
 
 
 class PrecedenceTests(FileMixin, SynchronousTestCase):

@@ -306,7 +306,7 @@ class MetricsEndToEndTests(SynchronousTestCase):
         poll = socket.create_connection((HOST, server.port), timeout=10)
         self.addCleanup(poll.close)
         poll.sendall(
-            b"GET /v1/kv/a?index=999&wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
+            b"GET /v1/kv/a?index=999&wait=30 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n"
             % (APP.secret.encode(),)
         )
 

@@ -33,7 +33,7 @@ from kvtwist.errors import (
     StoreUnavailable,
 )
 from kvtwist.interfaces import IKeyValueStore, IWorkInFlight
-from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.model import Check, CommitResult, Entry, Op, Page, PageBuilder
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
@@ -352,8 +352,10 @@ class ShelveStore:
     def get_many(self, keys: Iterable[str]) -> Deferred:
         return self._run(self._sync_get_many, list(keys), self.clock.seconds())
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self._run(self._sync_list, prefix, after, limit, self.clock.seconds())
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self._run(self._sync_list, prefix, after, limit, max_bytes, self.clock.seconds())
 
     def ping(self) -> Deferred:
         d = self._run(self._sync_ping)
@@ -485,30 +487,27 @@ class ShelveStore:
         return found
 
     def _sync_list(
-        self, prefix: str, after: Optional[str], limit: int, now: float
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int], now: float
     ) -> Page:
         """Store thread: one page of live entries, read at one revision."""
         shelf = self._sync_shelf()
-        entries: List[Entry] = []
-        more = False
+        builder = PageBuilder(limit, max_bytes, now)
         cursor = after
         with shelf.dict.snapshot():
             revision = _read_revision(shelf)
-            while not more:
-                rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, limit + 1)
+            reading = True
+            while reading:
+                batch = builder.batch()
+                rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, batch)
                 for shelf_key, record in rows:
                     key = shelf_key[len(_KEY):]
                     cursor = key
-                    entry = _entry(key, record)
-                    if not entry.is_live(now):
-                        continue
-                    if len(entries) == limit:
-                        more = True
+                    if not builder.take(_entry(key, record)):
+                        reading = False
                         break
-                    entries.append(entry)
-                if len(rows) < limit + 1:
+                if len(rows) < batch:
                     break
-        return Page(revision, tuple(entries), more)
+        return builder.page(revision)
 
     def _sync_expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Store thread: the expiry index's entries that are due."""

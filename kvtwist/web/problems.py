@@ -16,6 +16,7 @@ from kvtwist.errors import (
     Forbidden,
     Unauthorized,
     HistoryGone,
+    HostNotAllowed,
     InsufficientStorage,
     InvalidInput,
     KeyNotFound,
@@ -82,6 +83,9 @@ def status_for(error: KVError) -> int:
         return 404
     if isinstance(error, ConflictError):
         return 409
+    if isinstance(error, HostNotAllowed):
+        # Misdirected Request: this server does not answer for that name.
+        return 421
     if isinstance(error, PreconditionFailed):
         return 412
     if isinstance(error, HistoryGone):
