@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Token
 from kvtwist.config import (
+    REPEATABLE,
     SETTINGS,
     ConfigError,
     Secret,
@@ -522,6 +523,7 @@ class ServiceLinkTests(SynchronousTestCase):
         special = {
             "ui": "off", "access-log": "off", "listen": "unix:/tmp/kv.sock",
             "store": "shelve", "host": "127.0.0.2",
+            "cors-origin": "https://app.example", "allowed-host": "kv.example",
         }
         for setting in SETTINGS:
             if not setting.on_argv or setting.name in skipped or setting.name.startswith("etcd-"):
@@ -531,7 +533,8 @@ class ServiceLinkTests(SynchronousTestCase):
             options = parse(["--" + setting.name, given], {setting.env: " "})
             self.assertEqual(options.config.sources[setting.name], "--" + setting.name)
             self.assertEqual(
-                options.config[setting.name], setting.read([given] if setting.name == "listen" else given)
+                options.config[setting.name],
+                setting.read([given] if setting.name in REPEATABLE else given),
             )
 
 
