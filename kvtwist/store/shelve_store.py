@@ -308,11 +308,12 @@ class ShelveStore:
         return deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(answered)
 
     def work_in_flight(self) -> str:
-        parts = []
+        parts: List[str] = []
         if self._trip_size is not None:
             parts.append("a group of %s on the store thread" % (_commits(*self._trip_size),))
         if self._queue:
-            parts.append("%s queued" % (_commits(len(self._queue), sum(len(ops) for ops, _, _, _ in self._queue)),))
+            queued_ops = sum(len(ops) for ops, _, _, _ in self._queue)
+            parts.append("%s queued" % (_commits(len(self._queue), queued_ops),))
         if self._reads:
             parts.append("%d read%s" % (self._reads, "" if self._reads == 1 else "s"))
         if self._closing:

@@ -7,7 +7,9 @@ after C{kill -9} in up to 94 of 200 runs; 3.13's C{dbm.sqlite3} splits
 batches and its files do not open on 3.11. This module gives the shelf what
 it lacks: WAL with C{synchronous=FULL}, explicit transactions (one
 C{BEGIN IMMEDIATE ... COMMIT} per group of commits), ordered range scans, and
-a CRC on every row so a damaged value is refused, never served.
+a CRC on every row so a damaged value is refused, never served. The file is
+opened in exclusive locking mode (one connection, no mapped C{-shm}), and a
+full disk is told apart from damage (L{is_disk_full}).
 
 Everything here runs on the store thread only (the connection enforces it
 with C{check_same_thread}).
@@ -39,11 +41,6 @@ CREATE TABLE IF NOT EXISTS shelf (
 """
 
 
-#: SQLite's extended code for "could not grow the -shm file", which is
-#: what opening a store on a full disk fails with.
-_SQLITE_IOERR_SHMSIZE = 4874
-
-
 def _out_of_space(path: str) -> bool:
     try:
         return os.statvfs(path).f_bavail == 0
@@ -54,10 +51,10 @@ def _out_of_space(path: str) -> bool:
 def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
     """
     Whether C{error} says the file system is out of space (or the owner's
-    quota): SQLite's C{SQLITE_FULL} or C{SQLITE_IOERR_SHMSIZE}, C{ENOSPC}
-    or C{EDQUOT} from the OS, or, with the C{path} written to, an SQLite
-    I/O error while that file system has no space left (SQLite reports
-    some failed writes as plain I/O errors).
+    quota): SQLite's C{SQLITE_FULL}, C{ENOSPC} or C{EDQUOT} from the OS,
+    or, with the C{path} written to, an SQLite I/O error while that file
+    system has no space left (SQLite reports some failed writes, such as
+    growing a file, as plain I/O errors).
     """
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -69,7 +66,7 @@ def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
             return True
         io_error = "disk I/O error" in str(error)
     else:
-        if code & 0xFF == sqlite3.SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE:
+        if code & 0xFF == sqlite3.SQLITE_FULL:
             return True
         io_error = code & 0xFF == sqlite3.SQLITE_IOERR
     return io_error and path is not None and _out_of_space(path)
