@@ -129,10 +129,12 @@ class IKeyValueStore(Interface):
 
     def ping():
         """
-        Prove the store can take a commit now: a small durable write of the
-        store's own bookkeeping (no revision, no key, no event), which fails
-        as a commit would, so a full disk or a failing disk is seen even
-        when no client writes, and is seen to pass once it has passed.
+        Prove the store can take a commit now, as closely as it can without
+        changing data: the shelve store makes a small durable write of its
+        own bookkeeping (no revision, no key, no event), which fails as a
+        commit would, so a full or failing disk is seen even when no client
+        writes, and seen to pass once it has passed; etcd asks for a leader
+        and no alarm (a full etcd database raises one).
 
         @return: a Deferred firing with L{None} when the store is open and
             writable.
