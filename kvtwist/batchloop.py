@@ -2,7 +2,10 @@
 The shape the background services share (the expiry sweeper, the history
 compactor): do one bounded batch of work, then the next at once if there
 is more, else after an interval, on an injected L{IReactorTime}; never two
-batches at once; a failed batch is logged and retried after the interval.
+batches at once; a failed batch is logged and retried after the interval
+(a store that cannot write, a full disk say, in one warning line that says
+what is wrong, repeated each interval until it passes; anything else with
+its traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from kvtwist.errors import StoreUnavailable
+
 log = Logger()
 
 
@@ -23,8 +28,8 @@ class BatchLoop(Service):
     Subclasses define C{interval}, C{batch} and C{failure_message}.
     """
 
-    #: Logged (with the failure) when a batch fails.
-    failure_message = "a background batch failed; retrying later"
+    #: What failed, for the log line when a batch fails.
+    failure_message = "a background batch failed"
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
@@ -65,7 +70,14 @@ class BatchLoop(Service):
             self._schedule(0 if more is True else self.interval)
 
         def failed(reason) -> bool:
-            log.failure(self.failure_message, reason)
+            if reason.check(StoreUnavailable):
+                log.warn(
+                    "{what}, retrying later: {detail}",
+                    what=self.failure_message,
+                    detail=reason.value.detail,
+                )
+            else:
+                log.failure("%s; retrying later" % (self.failure_message,), reason)
             return False
 
         return d.addErrback(failed).addCallback(next_batch)

@@ -45,7 +45,7 @@ class Compactor(BatchLoop):
     """Compact C{store}'s history by C{limits.history_retention} on C{clock}."""
 
     name = "kvtwist-compactor"
-    failure_message = "history compaction failed; retrying later"
+    failure_message = "history compaction failed"
 
     def __init__(self, store: IHistoricalStore, clock: IReactorTime, limits: Limits) -> None:
         super().__init__(clock)

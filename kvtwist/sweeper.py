@@ -24,7 +24,7 @@ class Sweeper(BatchLoop):
     """Sweep C{store} every C{limits.sweep_interval} seconds of C{clock}."""
 
     name = "kvtwist-sweeper"
-    failure_message = "expiry sweep failed; retrying later"
+    failure_message = "expiry sweep failed"
 
     def __init__(self, store: IKeyValueStore, clock: IReactorTime, limits: Limits) -> None:
         super().__init__(clock)

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
-from kvtwist.model import Check, Entry, Op, Page
+from kvtwist.model import Check, Entry, Op, Page, PageBuilder
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
@@ -73,8 +73,9 @@ class MemoryStore:
     keeps history like the shelve store (reads at a revision, compaction).
 
     @param clock: decides expiry; a L{Clock} in tests.
-    @ivar fail_commits: set to an exception to make every commit fail with it
-        (to test how callers handle an unavailable store).
+    @ivar fail_commits: set to an exception to make every commit, and the
+        write probe L{ping}, fail with it (to test how callers handle an
+        unavailable store or a full disk).
     """
 
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
@@ -121,8 +122,10 @@ class MemoryStore:
                 found[key] = entry
         return self._guard() or succeed(found)
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        page = _page(self.rows, prefix, after, limit, self.revision, self.clock.seconds())
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        page = _page(self.rows, prefix, after, limit, max_bytes, self.revision, self.clock.seconds())
         return self._guard() or succeed(page)
 
     def _from_history(self, check: Callable[[], None], answer: Callable[[], Any]) -> Deferred:
@@ -142,14 +145,21 @@ class MemoryStore:
             lambda: live(self.history.entry_at(key, revision), self.clock.seconds()),
         )
 
-    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
         def page() -> Page:
             rows = {}
             for key in self.history.keys():
                 entry = self.history.entry_at(key, revision)
                 if entry is not None:
                     rows[key] = entry
-            return _page(rows, prefix, after, limit, revision, self.clock.seconds())
+            return _page(rows, prefix, after, limit, max_bytes, revision, self.clock.seconds())
 
         return self._from_history(
             lambda: check_readable(revision, self.compact_revision, self.revision), page
@@ -187,7 +197,11 @@ class MemoryStore:
         return succeed(result)
 
     def ping(self) -> Deferred:
-        return self._guard() or succeed(None)
+        # The ping is a write probe: a store that fails commits fails it.
+        guard = self._guard()
+        if guard is None and self.fail_commits is not None:
+            return fail(self.fail_commits)
+        return guard or succeed(None)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -203,20 +217,22 @@ class MemoryStore:
 
 
 def _page(
-    rows: Dict[str, Entry], prefix: str, after: Optional[str], limit: int, revision: int, now: float
+    rows: Dict[str, Entry],
+    prefix: str,
+    after: Optional[str],
+    limit: int,
+    max_bytes: Optional[int],
+    revision: int,
+    now: float,
 ) -> Page:
     """One listing page of C{rows} (live entries only), in UTF-8 byte order."""
+    builder = PageBuilder(limit, max_bytes, now)
     after_bytes = after.encode("utf-8") if after is not None else None
-    keys = sorted(
-        (k for k in rows if k.startswith(prefix)),
-        key=lambda k: k.encode("utf-8"),
-    )
-    entries = [
-        rows[k]
-        for k in keys
-        if (after_bytes is None or k.encode("utf-8") > after_bytes) and rows[k].is_live(now)
-    ]
-    return Page(revision, tuple(entries[:limit]), len(entries) > limit)
+    keys = sorted((k for k in rows if k.startswith(prefix)), key=lambda k: k.encode("utf-8"))
+    for k in keys:
+        if (after_bytes is None or k.encode("utf-8") > after_bytes) and not builder.take(rows[k]):
+            break
+    return builder.page(revision)
 
 
 class InlineThreadPool:

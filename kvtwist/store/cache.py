@@ -287,14 +287,23 @@ class CachedStore:
     def ping(self) -> Deferred:
         return self.store.ping()
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self.store.list(prefix, after, limit)
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self.store.list(prefix, after, limit, max_bytes)
 
     def get_at(self, key: str, revision: int) -> Deferred:
         return self.store.get_at(key, revision)
 
-    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
-        return self.store.list_at(prefix, after, limit, revision)
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        return self.store.list_at(prefix, after, limit, revision, max_bytes)
 
     def changes(self, after: int, upto: int, max_records: int) -> Deferred:
         return self.store.changes(after, upto, max_records)

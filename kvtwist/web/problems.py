@@ -18,6 +18,8 @@ from kvtwist.errors import (
     HistoryGone,
     HistoryUnsupported,
     RevisionCompacted,
+    HostNotAllowed,
+    InsufficientStorage,
     InvalidInput,
     KeyNotFound,
     KVError,
@@ -83,6 +85,9 @@ def status_for(error: KVError) -> int:
         return 404
     if isinstance(error, ConflictError):
         return 409
+    if isinstance(error, HostNotAllowed):
+        # Misdirected Request: this server does not answer for that name.
+        return 421
     if isinstance(error, PreconditionFailed):
         return 412
     if isinstance(error, (HistoryGone, RevisionCompacted)):
@@ -91,6 +96,8 @@ def status_for(error: KVError) -> int:
         return 501
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
+    if isinstance(error, InsufficientStorage):
+        return 507
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400

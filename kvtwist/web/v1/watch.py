@@ -148,22 +148,20 @@ def event_data(event: Event, with_values: bool, with_previous: bool = False) -> 
     return data
 
 
-def encode_events(events: List[Event], with_values: bool, with_previous: bool = False) -> bytes:
+def encode_event(
+    event: Event, with_values: bool, with_previous: bool = False, more_in_commit: bool = False
+) -> bytes:
     """
-    Server-Sent Events frames for C{events} (whole commits, in order):
-    every event followed by another of its commit says C{more_in_commit}.
+    The Server-Sent Events frame of one event; C{more_in_commit} when
+    another event of its commit follows it.
     """
-    frames = []
-    for index, event in enumerate(events):
-        document = event_data(event, with_values, with_previous)
-        following = events[index + 1] if index + 1 < len(events) else None
-        if following is not None and following.revision == event.revision:
-            document["more_in_commit"] = True
-        data = json.dumps(document, ensure_ascii=False)
-        frames.append(
-            "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
-        )
-    return "".join(frames).encode("utf-8")
+    document = event_data(event, with_values, with_previous)
+    if more_in_commit:
+        document["more_in_commit"] = True
+    data = json.dumps(document, ensure_ascii=False)
+    return (
+        "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
+    ).encode("utf-8")
 
 
 def progress_frame(revision: int) -> bytes:
@@ -174,13 +172,21 @@ def progress_frame(revision: int) -> bytes:
 @implementer(IPushProducer)
 class EventStream:
     """
-    One open event stream. Writes go straight to the connection unless the
-    connection pushed back (C{pauseProducing}); then they queue, and a queue
-    beyond C{Limits.watch_buffer} bytes disconnects the slow reader rather
-    than grow without bound.
+    One open event stream, holding at most C{Limits.watch_buffer} bytes
+    that its reader has not taken.
 
-    With C{replaying}, live events are held (within the same bound) until
-    L{go_live}: the caller first sends the history with L{send_replayed}.
+    Writes go straight to the connection unless it pushed back
+    (C{pauseProducing}); then they queue. What was written just before the
+    push-back still waits in the transport, so it counts too until the
+    transport has flushed (C{resumeProducing}). A write that would take
+    the count past the buffer cuts the reader off instead: the connection
+    is aborted, its queued bytes dropped. That holds for one commit's
+    events and for the C{?after=} backlog alike, so a commit whose events
+    alone pass the buffer disconnects every stream it reaches.
+
+    With C{replaying}, live events are held (counted against the same
+    buffer) until L{go_live}: the caller first sends the history with
+    L{send_replayed}, as fast as the reader takes it (L{drained}).
 
     @ivar position: the revision the client has been sent everything up to.
     """
@@ -215,14 +221,38 @@ class EventStream:
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
 
-    def _encode(self, events: List[Event]) -> bytes:
-        return encode_events(events, self._with_values, self._with_previous)
+    def _encode(self, events: List[Event], room: int) -> Optional[bytes]:
+        """
+        The frames of C{events} (whole commits), or L{None} as soon as they
+        pass C{room} bytes: a long backlog is never encoded whole.
+        """
+        frames = []
+        for index, event in enumerate(events):
+            following = events[index + 1] if index + 1 < len(events) else None
+            frame = encode_event(
+                event, self._with_values, self._with_previous,
+                following is not None and following.revision == event.revision,
+            )
+            room -= len(frame)
+            if room < 0:
+                return None
+            frames.append(frame)
+        return b"".join(frames)
 
     def send(self, events: List[Event]) -> None:
-        """Send C{events} (whole commits: those of one commit go out in one write)."""
-        if events:
-            self._write(self._encode(events))
-            self.position = max(self.position, events[-1].revision)
+        """
+        Send C{events} (those of one commit go out in one write), or cut
+        the reader off as soon as their frames pass what the buffer has
+        left.
+        """
+        if not events:
+            return
+        data = self._encode(events, self._context.limits.watch_buffer - self._queued_bytes)
+        if data is None:
+            self.cut_off()
+            return
+        self._write(data)
+        self.position = max(self.position, events[-1].revision)
 
     def send_replayed(self, revision: int, events: Tuple[Event, ...]) -> None:
         """Send one commit read from the history (the events this stream matches)."""
@@ -252,11 +282,13 @@ class EventStream:
         if not self._replaying:
             self.send(list(events))
             return
-        data = self._encode(list(events))
+        room = self._context.limits.watch_buffer - self._queued_bytes - self._held_bytes
+        data = self._encode(list(events), room)
+        if data is None:
+            self.cut_off()
+            return
         self._held.append((revision, data))
         self._held_bytes += len(data)
-        if self._held_bytes > self._context.limits.watch_buffer:
-            self.cut_off()
 
     def _beat(self) -> None:
         if not self._replaying:
@@ -272,16 +304,22 @@ class EventStream:
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
-        if not self._paused:
-            self._request.write(data)
-            return
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        if self._queued_bytes > self._context.limits.watch_buffer:
+        if self._queued_bytes + len(data) > self._context.limits.watch_buffer:
             self.cut_off()
+            return
+        if self._paused:
+            self._queued.append(data)
+            self._queued_bytes += len(data)
+            return
+        self._request.write(data)
+        # Pushed back during this write: the bytes wait in the transport.
+        self._queued_bytes = len(data) if self._paused else 0
 
     def cut_off(self) -> None:
-        """Drop the connection (a slow reader, a failed replay): the client resumes."""
+        """
+        Disconnect the reader (too slow for its buffer, or a replay that
+        failed), dropping what it has not taken: it resumes where it was.
+        """
         self._close()
         transport = self._request.channel.transport if self._request.channel else None
         if transport is not None:
@@ -291,6 +329,7 @@ class EventStream:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        # The transport has flushed everything written before.
         self._paused = False
         queued, self._queued, self._queued_bytes = self._queued, [], 0
         for data in queued:
