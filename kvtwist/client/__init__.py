@@ -67,6 +67,11 @@ Watching (SPEC section 5.3):
             async for event in events:
                 print(event.revision, event.kind, event.key)
 
+Backups:
+
+    - L{save_snapshot}: C{GET /v1/snapshot}, every key at one revision as
+      JSON Lines into a file, checked whole.
+
 Staged seed writes live in one queue shared by every client until somebody
 commits; transactions are each client's own. Every function accepts
 C{token=...} (sent as C{Authorization: Bearer <token>}) for servers with auth
@@ -112,6 +117,7 @@ from kvtwist.client.errors import (
 )
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
 from kvtwist.client.seed import commit, delete, get, set_many
+from kvtwist.client.snapshot import save_snapshot
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
 from kvtwist.client.watch import HistoryGone, Watch, WatchEvent, wait_for, watch
@@ -138,6 +144,7 @@ __all__ = [
     "remove",
     "list_keys",
     "iter_pages",
+    "save_snapshot",
     "list_all",
     "begin",
     "batch",
