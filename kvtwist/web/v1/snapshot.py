@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
@@ -42,6 +42,7 @@ from kvtwist.errors import KVError
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.listing import list_readable
 from kvtwist.model import Entry, Page
+from kvtwist.web.flow import Drain
 from kvtwist.web.v1.base import V1Resource, describe, query_arg
 from kvtwist.web.v1.history import historical
 
@@ -72,38 +73,26 @@ class _Flow:
 
     def __init__(self, request: Request) -> None:
         self.closed = False
-        self._paused = False
-        self._waiting: List[Deferred] = []
+        self._drain = Drain()
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._gone)
 
     def drained(self) -> Deferred:
         """A Deferred firing once the connection takes writes (at once if it does)."""
-        d: Deferred = Deferred()
-        if self._paused and not self.closed:
-            self._waiting.append(d)
-        else:
-            d.callback(None)
-        return d
+        return self._drain.wait(self.closed)
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._drain.pause()
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        self._wake()
+        self._drain.resume()
 
     def stopProducing(self) -> None:
         self._gone(None)
 
     def _gone(self, result: object) -> None:
         self.closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
+        self._drain.release()
 
 
 async def stream_snapshot(
