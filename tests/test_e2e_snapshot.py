@@ -6,8 +6,10 @@ commits as fast as it can; and C{kvtwist snapshot save} against it.
 What only a real process shows: the stream is read while the store thread
 commits between its pages, and still every key line is the key as it was
 at the snapshot's revision (checked against a listing at that revision,
-from the history), and the stream ends with its trailer. Figures are
-printed (run pytest with C{-s}).
+from the history), and the stream ends with its trailer; then
+C{kvtwist snapshot restore} builds a new data directory from the saved
+file, and a server started on it answers the same values and ETags.
+Figures are printed (run pytest with C{-s}).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def _listing_at(url: str, revision: int) -> Dict[str, dict]:
     items: Dict[str, dict] = {}
     query = "/v1/kv/?prefix=s%%2F&limit=1000&values=1&revision=%d" % (revision,)
     for _ in range(KEYS):
-        _, _, body = http_request(url, "GET", query, timeout=TIMEOUT)
+        status, _, body = http_request(url, "GET", query, timeout=TIMEOUT)
+        assert status == 200, body
         page = json.loads(body)
         items.update((item["key"], item) for item in page["items"])
         if page["cursor"] is None:
@@ -96,7 +99,7 @@ class SnapshotUnderWritesTests(SynchronousTestCase):
             status, headers, body = http_request(url, "GET", "/v1/snapshot?prefix=s%2F", timeout=TIMEOUT)
             seconds = time.monotonic() - started
             during = len(done)
-            path = os.path.join(self.mktemp() + "-dir", "snap.jsonl")
+            path = os.path.join(os.path.abspath(self.mktemp()) + "-dir", "snap.jsonl")
             os.makedirs(os.path.dirname(path))
             saved = subprocess.run(
                 [sys.executable, "-c", "from kvtwist.cli import run; run()",
@@ -125,3 +128,21 @@ class SnapshotUnderWritesTests(SynchronousTestCase):
             file_lines = [json.loads(line) for line in f]
         self.assertEqual(file_lines[-1]["end"], True)
         self.assertEqual(len(file_lines), KEYS + 2)
+        # Restored offline into a new data directory, a server on it
+        # answers the snapshot's values and ETags.
+        restored = os.path.join(os.path.dirname(path), "restored")
+        done_restore = subprocess.run(
+            [sys.executable, "-c", "from kvtwist.cli import run; run()",
+             "snapshot", "restore", path, "--data", restored],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )
+        self.assertEqual(done_restore.returncode, 0, done_restore.stderr)
+        again = start_server(self, data_dir=restored)
+        snapshot_revision = file_lines[0]["revision"]
+        served = _listing_at(again.url, snapshot_revision)
+        self.assertEqual(
+            {key: (item["mod_revision"], item["value_base64"]) for key, item in served.items()},
+            {line["key"]: (line["mod_revision"], line["value_base64"]) for line in file_lines[1:-1]},
+        )
+        status, headers, _ = http_request(again.url, "GET", "/v1/kv/s%2F00000")
+        self.assertEqual(headers["etag"], '"%d"' % (served["s/00000"]["mod_revision"],))

@@ -19,8 +19,10 @@ from kvtwist import client
 
 from kvtwist.auth import Authorizer, Token
 from kvtwist.limits import Limits
-from kvtwist.model import Put
-from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.model import Delete, Put
+from kvtwist.store.cache import CachedStore
+from kvtwist.store.shelve_store import ShelveStore
+from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor, memory_root
 from tests.test_cli import CLITestCase
 from tests.webtest import StoreWithoutHistory, TreeClient
 
@@ -218,3 +220,82 @@ class SnapshotLoadTests(SynchronousTestCase):
             {k: (e.value, e.content_type, e.expires) for k, e in target.rows.items()},
             {k: (e.value, e.content_type, e.expires) for k, e in source.rows.items()},
         )
+
+
+class SnapshotRestoreTests(CLITestCase):
+    """kvtwist snapshot restore FILE --data DIR, from a shelve store's snapshot."""
+
+    def setUp(self):
+        super().setUp()
+        self.reactor = ThreadlessReactor()
+        self.reactor.advance(1_700_000_000)
+        self.source = ShelveStore(os.path.join(self.mktemp(), "data"), self.reactor, InlineThreadPool())
+        self.successResultOf(self.source.open())
+        self.addCleanup(self.source.close)
+        self.http = StubTreq(memory_root(CachedStore(self.source, 1 << 20)))
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+
+    def commit(self, *ops):
+        self.successResultOf(self.source.commit(list(ops)))
+
+    def save(self) -> str:
+        path = os.path.join(self.dir, "snap.jsonl")
+        self.cli("snapshot", "save", path)
+        return path
+
+    def test_restore_keeps_revisions_and_etags(self):
+        """
+        The restored store has the source's revision and every key's value,
+        type, create and mod revisions, version and expiry; a server on it
+        answers the same ETags, and reads at its revision work from the
+        history.
+        """
+        now = self.reactor.seconds()
+        self.commit(Put("a", b"1", "text/plain"), Put("gone", b"x"), Put("t", b"ttl", expires=now + 600))
+        self.commit(Put("a", b"2", "text/plain"))
+        self.commit(Delete("gone"), Put("bin", b"\x00\xff", "image/png"))
+        path = self.save()
+        target = os.path.join(self.dir, "restored")
+        out, err = self.cli("--output", "text", "snapshot", "restore", path, "--data", target)
+        self.assertEqual((out, err), ("restored 3 keys at revision 3 into %s\n" % (target,), ""))
+        restored = ShelveStore(target, self.reactor, InlineThreadPool())
+        self.successResultOf(restored.open())
+        self.addCleanup(restored.close)
+        self.assertEqual((restored.revision, restored.compact_revision, restored.key_count), (3, 3, 3))
+        for key in ("a", "t", "bin"):
+            original = self.successResultOf(self.source.get(key))
+            copy = self.successResultOf(restored.get(key))
+            self.assertEqual(
+                (copy.value, copy.content_type, copy.create_revision, copy.mod_revision, copy.version),
+                (original.value, original.content_type, original.create_revision,
+                 original.mod_revision, original.version),
+            )
+            self.assertAlmostEqual(copy.expires or 0, original.expires or 0, places=2)
+        self.assertIsNone(self.successResultOf(restored.get("gone")))
+        served = TreeClient(self, memory_root(restored))
+        answer = served.request("GET", "/v1/kv/a")
+        self.assertEqual((answer.body, answer.header("etag"), answer.header("kv-version")), (b"2", '"2"', "2"))
+        self.assertEqual(served.request("GET", "/v1/kv/bin?revision=3").header("etag"), '"3"')
+        served.problem("GET", "/v1/kv/a?revision=2", 410, "compacted")
+
+    def test_refusals_leave_nothing(self):
+        """A cut-short snapshot, or a DIR that is not empty, is exit 2 and builds nothing."""
+        self.commit(Put("a", b"1"), Put("b", b"2"))
+        path = self.save()
+        with open(path, "rb") as f:
+            lines = f.readlines()
+        cut = os.path.join(self.dir, "cut.jsonl")
+        with open(cut, "wb") as f:
+            f.writelines(lines[:-1])
+        target = os.path.join(self.dir, "restored")
+        _, err = self.cli("snapshot", "restore", cut, "--data", target, code=2)
+        self.assertIn("no end line", err)
+        os.makedirs(target)
+        with open(os.path.join(target, "something"), "w"):
+            pass
+        _, err = self.cli("snapshot", "restore", path, "--data", target, code=2)
+        self.assertIn("not empty", err)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["cut.jsonl", "restored", "snap.jsonl"])
+        self.assertEqual(os.listdir(target), ["something"])
+        self.cli("snapshot", "restore", path, code=2)
