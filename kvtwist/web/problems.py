@@ -21,6 +21,7 @@ from kvtwist.errors import (
     KVError,
     LimitExceeded,
     PreconditionFailed,
+    StagedMemoryFull,
     StoreCorrupt,
     StoreUnavailable,
     TransactionNotFound,
@@ -85,6 +86,8 @@ def status_for(error: KVError) -> int:
         return 412
     if isinstance(error, HistoryGone):
         return 410
+    if isinstance(error, StagedMemoryFull):
+        return 503
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
