@@ -154,7 +154,8 @@ def check_data_dir(directory: str) -> int:
     """
     try:
         path = open_data_dir(directory)
-        mapping = SQLiteMapping(path, check_integrity=True)
+        # An older file format is migrated later, on the store thread.
+        mapping = SQLiteMapping(path, check_integrity=True, migrate=False)
     except OSError as e:
         raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
     shelf = DataShelf(mapping)
