@@ -341,13 +341,18 @@ def make_format_1(directory):
 
 
 def store_format(directory):
-    """The data file's C{user_version} and whether its shelf is WITHOUT ROWID."""
+    """The closed data file's C{user_version} and whether its shelf is WITHOUT ROWID."""
     db = sqlite3.connect(os.path.join(directory, DATA_FILE))
     try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'shelf'").fetchone()[0]
+        return connection_format(db)
     finally:
         db.close()
+
+
+def connection_format(db):
+    """L{store_format} through C{db} (an open store's own connection: it holds the file exclusively)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'shelf'").fetchone()[0]
     return version, "WITHOUT ROWID" in sql
 
 
@@ -375,7 +380,7 @@ class FormatMigrationTests(InlineShelve, SynchronousTestCase):
         """Every value, content type, revision, version and expiry survives; the file is format 2."""
         directory, before = self.populated_format_1()
         store = self.open_store(directory)
-        self.assertEqual(store_format(directory), (2, False))
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
         self.assertEqual((store.revision, store.key_count), (4, 4))
         self.assertEqual(self.successResultOf(store.get_many(list(before))), before)
         # The expiry index came along: the key is swept when due.
@@ -436,7 +441,7 @@ class FormatMigrationTests(InlineShelve, SynchronousTestCase):
         self.assertNotIn(b"migrated", rest, "the migration ended before the kill: make it longer")
         self.assertEqual(store_format(directory), (1, True))
         store = self.open_store(directory)
-        self.assertEqual(store_format(directory), (2, False))
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
         self.assertEqual(store.revision, 1)
         entries = self.successResultOf(store.get_many(["v%02d" % i for i in range(24)]))
         self.assertEqual([e.value for e in entries.values()], [bytes([i]) * (1 << 20) for i in range(24)])
