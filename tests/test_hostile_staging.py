@@ -16,8 +16,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import connect, http_request, start_server
-from tests.test_e2e_watch import rss_kib
+from tests.e2e import connect, http_request, rss_kib, start_server
 
 MiB = 1024 * 1024
 TOTAL = 16 * MiB
