@@ -133,6 +133,10 @@ Exit codes:
       changed a key it read, or a check op did not hold), or a C{put} or
       C{rm} precondition (C{--if-match}, C{--if-none-match}) did not hold
       (412). Nothing was applied; re-reading and retrying may succeed.
+    - 130, 143: interrupted by SIGINT or SIGTERM (128 + the signal, as a
+      shell reports a death by signal), after the command cleaned up: a
+      C{load} keeps its checkpoint (C{interrupted; run again to resume}),
+      a C{dump} removes its temporary file. C{watch} ends with 0.
 
 L{main} is the entry point under L{twisted.internet.task.react}; L{run} is
 the console script. Tests call L{main} with C{http=StubTreq(...)},
@@ -173,6 +177,7 @@ from twisted.web.client import (
 
 import kvtwist
 from kvtwist import client, dumpload
+from kvtwist.interrupts import Interrupted, Interrupts
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
@@ -199,6 +204,8 @@ exit codes:
   3  cannot reach the server (refused, unknown host, timeout, connection lost)
   4  conflict: a txn or batch was refused (409) or a put/rm precondition did
      not hold (412); nothing applied
+  130, 143  interrupted by SIGINT, SIGTERM (temporary files removed; a load
+     keeps its checkpoint: run it again to resume)
 
 Global options may come before or after the command.
 Staged writes (set, delete) sit in the server's shared queue until someone
@@ -1005,11 +1012,16 @@ def _command_timeout(args: argparse.Namespace) -> float:
 
 
 def _describe_connection_error(e: BaseException) -> str:
+    if isinstance(e, client.TimedOut):
+        return str(e)
     if isinstance(e, defer.TimeoutError):
-        return "no answer within the timeout"
+        return "timed out"
     if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):
-        reasons = "; ".join(r.getErrorMessage() for r in e.reasons)
-        return "the connection failed before a whole answer arrived (%s)" % (reasons,)
+        reasons = "; ".join(
+            r.getErrorMessage() or r.type.__name__ for r in e.reasons  # type: ignore[union-attr]
+        )
+        return "the connection failed before a whole answer arrived" + (
+            " (%s)" % (reasons,) if reasons else "")
     return str(e) or type(e).__name__
 
 
@@ -1021,11 +1033,38 @@ async def _run(
     err: TextIO,
     environ: Mapping[str, str],
     stdin: Optional[BinaryIO],
+    interrupts: Optional[Interrupts],
 ) -> int:
     try:
         args = _parser(out, err).parse_args(list(argv))
     except _ParserExit as e:
         return e.code
+    try:
+        return await _run_command(reactor, args, http, out, err, environ, stdin, interrupts)
+    except Interrupted as e:
+        # The signal came while the input was read, before anything ran.
+        return _interrupted(err, args, 128 + e.signum)
+
+
+def _interrupted(err: TextIO, args: argparse.Namespace, code: int) -> int:
+    """Say that the command was interrupted (and what that left); the exit code."""
+    if args.command == "watch":
+        return EXIT_OK  # ^C is how a watch ends
+    note = dumpload.INTERRUPTED.get(args.command)
+    err.write("kvtwist: interrupted%s\n" % ("; " + note(args) if note else "",))
+    return code
+
+
+async def _run_command(
+    reactor: Any,
+    args: argparse.Namespace,
+    http: Any,
+    out: TextIO,
+    err: TextIO,
+    environ: Mapping[str, str],
+    stdin: Optional[BinaryIO],
+    interrupts: Optional[Interrupts],
+) -> int:
     start, show = _COMMANDS[args.command]
     url = args.url or environ.get("KVTWIST_URL") or DEFAULT_URL
     token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
@@ -1048,23 +1087,35 @@ async def _run(
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_USAGE
     if timeout and not streaming:
-        d.addTimeout(timeout, reactor)
+        client.with_timeout(d, timeout, reactor)
+    if interrupts is not None:
+        interrupts.guard(d)
     try:
         result = await d
-    except (client.ConflictError, client.PreconditionFailedError) as e:
+    except BaseException as e:
+        if interrupts is not None and interrupts.signum is not None:
+            # Whatever the cancelled command failed with, a signal stopped it.
+            return _interrupted(err, args, interrupts.exit_code)
+        return _failed(err, url, e)
+    show(out, err, args.output, result)
+    return EXIT_OK
+
+
+def _failed(err: TextIO, url: str, e: BaseException) -> int:
+    """Say why the command failed, on one line; its exit code."""
+    if isinstance(e, (client.ConflictError, client.PreconditionFailedError)):
         err.write("kvtwist: %s\n" % (e,))
         if isinstance(e, client.ConflictError):
             for conflict in e.conflicts:
                 err.write("kvtwist: %s\n" % (_describe_conflict(conflict),))
         return EXIT_CONFLICT
-    except client.KVClientError as e:
+    if isinstance(e, client.KVClientError):
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_SERVER_ERROR
-    except _CONNECTION_ERRORS as e:
+    if isinstance(e, _CONNECTION_ERRORS):
         err.write("kvtwist: cannot reach %s: %s\n" % (url, _describe_connection_error(e)))
         return EXIT_CONNECTION
-    show(out, err, args.output, result)
-    return EXIT_OK
+    raise e
 
 
 def main(
@@ -1075,6 +1126,7 @@ def main(
     stderr: Optional[TextIO] = None,
     environ: Optional[Mapping[str, str]] = None,
     stdin: Optional[BinaryIO] = None,
+    interrupts: Optional[Interrupts] = None,
 ) -> Deferred:
     """
     Run one C{kvtwist} command; the shape L{react} expects.
@@ -1091,6 +1143,9 @@ def main(
         (default C{os.environ}).
     @param stdin: a binary stream that C{put -}, C{batch} and C{txn} read
         (default C{sys.stdin.buffer}, read only when a command needs it).
+    @param interrupts: the signal handling that cancels the command on
+        SIGINT or SIGTERM (exit 130 or 143 after its clean-up); none
+        without it.
     @return: a Deferred firing with L{None} on success, or failing with
         C{SystemExit(code)} for a non-zero exit code (see the module
         docstring).
@@ -1103,10 +1158,19 @@ def main(
         if code != EXIT_OK:
             raise SystemExit(code)
 
-    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env, stdin))
+    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env, stdin, interrupts))
     return d.addCallback(exit_with)
 
 
 def run() -> None:
-    """The console script: C{kvtwist ARGS...}."""
-    react(main, sys.argv[1:])
+    """
+    The console script: C{kvtwist ARGS...}. SIGINT and SIGTERM interrupt
+    the command (see L{kvtwist.interrupts}).
+    """
+    from twisted.internet import reactor
+
+    interrupts = Interrupts(reactor)
+    interrupts.install()
+    # Twisted installs its handlers as the reactor starts: take them back.
+    reactor.callWhenRunning(interrupts.install)
+    react(lambda reactor, *argv: main(reactor, *argv, interrupts=interrupts), sys.argv[1:])

@@ -414,7 +414,31 @@ class ConnectionTests(CLITestCase):
         self.assertEqual(hanging.cancelled, 1)
         self.assertEqual(
             err.getvalue(),
-            "kvtwist: cannot reach http://127.0.0.1:8080: no answer within the timeout\n",
+            "kvtwist: cannot reach http://127.0.0.1:8080: timed out after 5 s\n",
+        )
+
+    def test_timeout_of_a_request_in_flight(self) -> None:
+        """
+        A request cancelled mid-way by --timeout fails the way treq's do
+        (ResponseNeverReceived wrapping the cancellation); the message still
+        names the timeout, not an empty list of reasons.
+        """
+
+        class Cancelled(Hanging):
+            def request(self, *args, **kwargs):
+                def cancel(d: Deferred) -> None:
+                    d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+                return Deferred(cancel)
+
+        err = io.StringIO()
+        d = main(self.clock, "--timeout", "2", "get", "a", http=Cancelled(),
+                 stdout=io.StringIO(), stderr=err, environ={})
+        self.clock.advance(2)
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
+        self.assertEqual(
+            err.getvalue(),
+            "kvtwist: cannot reach http://127.0.0.1:8080: timed out after 2 s\n",
         )
 
     def test_default_timeout(self) -> None:
@@ -953,7 +977,7 @@ class TxnCommandTests(V1CLITestCase):
         self.http.flush()
         self.clock.advance(5)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
-        self.assertIn("no answer within the timeout", err.getvalue())
+        self.assertIn("timed out after 5 s", err.getvalue())
         self.assertEqual(http.cancelled, 1)
 
     def test_txn_awkward_keys(self) -> None:

@@ -50,7 +50,9 @@ revisions:
     - L{begin}: C{POST /v1/txn}, a L{Transaction} spanning several requests
       (C{put}, C{delete}, C{get}, C{set_many}, C{describe}, C{commit},
       C{abort}).
-    - L{batch}: C{POST /v1/batch}, a one-request transaction.
+    - L{batch}: C{POST /v1/batch}, a one-request transaction
+      (L{batch_encoded} with the body encoded already).
+    - L{get_limits}: C{GET /v1/limits}, every limit the server enforces.
     - L{transact}: run batch-shaped ops through a multi-request transaction
       (what C{kvtwist txn} does).
 
@@ -103,12 +105,21 @@ from kvtwist.client._wire import (
     is_json_type,
     value_fields,
 )
-from kvtwist.client.batch import OP_KINDS, batch, check_ops, transact
+from kvtwist.client.batch import (
+    OP_KINDS,
+    batch,
+    batch_encoded,
+    check_ops,
+    get_limits,
+    transact,
+)
 from kvtwist.client.errors import (
     ConflictError,
     KVClientError,
     NotFoundError,
     PreconditionFailedError,
+    TimedOut,
+    with_timeout,
 )
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
 from kvtwist.client.seed import commit, delete, get, set_many
@@ -121,6 +132,8 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "PreconditionFailedError",
+    "TimedOut",
+    "with_timeout",
     "KeyValue",
     "Transaction",
     "DEFAULT_CONTENT_TYPE",
@@ -141,6 +154,8 @@ __all__ = [
     "list_all",
     "begin",
     "batch",
+    "batch_encoded",
+    "get_limits",
     "transact",
     "check_ops",
     "watch",
