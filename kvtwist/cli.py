@@ -6,7 +6,7 @@ The C{kvtwist} command: kvcache from the shell, built on L{kvtwist.client}.
 
 The seed's routes (JSON values, one staging queue shared by every client):
 
-    kvtwist get KEY             print the committed JSON value of KEY
+    kvtwist get KEY             print the committed value of KEY
     kvtwist set KEY JSON        stage KEY = JSON (parsed strictly) in the
                                 server's shared queue
     kvtwist delete KEY [KEY..]  stage deletes (all or none) in the queue
@@ -74,7 +74,9 @@ C{--timeout} it watches that long and exits 0).
 Output (stdout): with C{--output json} (the default) each result is one
 line of JSON:
 
-    - C{get}: the value; C{set}, C{delete}: the server's per-key outcome
+    - C{get}: the value: JSON as JSON, text as a JSON string, other bytes
+      as C{{"value_base64", "content_type"}}; C{set}, C{delete}: the
+      server's per-key outcome
       (C{{"a": "created"}}); C{commit}: nothing.
     - C{put}: C{{"key", "revision", "created", "version", "etag",
       "mod_revision", "expires"}}.
@@ -93,15 +95,26 @@ line of JSON:
     - C{wait}: what C{cat} prints, plus C{"found": true}; C{{"key",
       "found": false}} if the key does not exist.
 
+Values that are text print as text, in every command and output. The rule
+(L{kvtwist.client.text_of}): a C{charset} parameter names the encoding,
+else UTF-8; C{text/*} and JSON types are text when they decode; any other
+type (C{application/octet-stream}, what C{put} stores by default) is text
+when it decodes as UTF-8 and holds no control character but tab, newline
+and carriage return. JSON outputs then carry C{"text"} where the server's
+answer carries C{"value_base64"}; other bytes stay base64.
+
 With C{--output text}: C{get} prints a string value without quotes (other
-values as JSON), C{set} and C{delete} print one C{<outcome> <key>} line
+JSON values as JSON, text as itself, other bytes exactly), C{set} and C{delete} print one C{<outcome> <key>} line
 per key, C{commit} prints C{committed}; C{put} prints C{created KEY
 (revision N)} or C{updated ...}; C{cat} writes the value's bytes exactly,
 with nothing added; C{rm} prints C{deleted KEY}; C{list} prints one key per
-line (C{KEY<tab>VALUE} with C{--values}: JSON, or C{base64:...}) and, when
+line (C{KEY<tab>VALUE} with C{--values}: JSON as JSON, text as itself if
+it is one printable line, else as a quoted JSON string, other bytes as
+C{base64:...}) and, when
 more keys follow, a hint naming the C{--after} key on stderr; C{batch} and
 C{txn} print one C{<op> <key>: <outcome>} line per op, then C{committed
-revision N}; C{watch} prints C{<revision> <kind> <key>} per event; C{wait}
+revision N}; C{watch} prints C{<revision> <kind> <key>} per event (then a
+tab and the value, as C{list} shows it, with C{--values}); C{wait}
 writes the value's bytes exactly, as C{cat} does (nothing, and a note on
 stderr, when the key does not exist).
 
@@ -146,6 +159,7 @@ C{io.StringIO} output streams and an C{io.BytesIO} stdin.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -384,7 +398,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
         _add_global_options(sub, hidden=True)
         return sub
 
-    sub = command("get", "print the committed JSON value of KEY (seed route)")
+    sub = command("get", "print the committed value of KEY (seed route; text as text)")
     sub.add_argument("key", metavar="KEY")
     sub = command("set", "stage KEY = JSON in the shared queue (see commit)")
     sub.add_argument("key", metavar="KEY")
@@ -693,11 +707,56 @@ def _write_bytes(out: TextIO, data: bytes) -> None:
     buffer.flush()
 
 
-def _show_value(out: TextIO, err: TextIO, output: str, value: Any) -> None:
-    if output == "text" and isinstance(value, str):
-        out.write(value + "\n")
+def _show_value(out: TextIO, err: TextIO, output: str, value: Tuple[bytes, str]) -> None:
+    """
+    C{get}: a JSON value as before (text output: a string without quotes);
+    a text value (L{client.text_of}) as a JSON string, or as the text with
+    C{-o text}; other bytes as C{{"value_base64", "content_type"}}, or
+    exactly with C{-o text}.
+    """
+    data, content_type = value
+    if client.is_json_type(content_type):
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except ValueError:
+            pass
+        else:
+            if output == "text" and isinstance(document, str):
+                out.write(document + "\n")
+            else:
+                _print_json(out, document)
+            return
+    text = client.text_of(data, content_type)
+    if output == "text":
+        if text is None:
+            _write_bytes(out, data)
+        else:
+            out.write(text + ("" if text.endswith("\n") else "\n"))
+    elif text is not None:
+        _print_json(out, text)
     else:
-        _print_json(out, value)
+        _print_json(out, {"value_base64": base64.b64encode(data).decode("ascii"),
+                          "content_type": content_type})
+
+
+def _readable(item: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    A listing item, entry, event or batch result for output: a text value
+    (L{client.text_of}) as C{"text"} in place of C{"value_base64"}.
+    """
+    encoded = item.get("value_base64")
+    text = None
+    if encoded is not None:
+        try:
+            data = client.decode_value_base64(encoded)
+        except ValueError:
+            pass
+        else:
+            text = client.text_of(data, item.get("content_type") or client.DEFAULT_CONTENT_TYPE)
+    if text is None:
+        return dict(item)
+    return {("text" if name == "value_base64" else name): (text if name == "value_base64" else v)
+            for name, v in item.items()}
 
 
 def _show_outcomes(out: TextIO, err: TextIO, output: str, outcomes: Dict[str, str]) -> None:
@@ -728,7 +787,7 @@ def _show_entry(out: TextIO, err: TextIO, output: str, entry: client.KeyValue) -
     if output == "text":
         _write_bytes(out, entry.value)
         return
-    item = entry.as_item()
+    item = _readable(entry.as_item())
     item["revision"] = entry.revision
     _print_json(out, item)
 
@@ -741,18 +800,30 @@ def _show_removed(out: TextIO, err: TextIO, output: str, result: Dict[str, Any])
 
 
 def _text_value(item: Mapping[str, Any]) -> str:
-    """A value of a listing item or get result on one line of text."""
+    """
+    A value of a listing item, event or get result on one line of text:
+    JSON as JSON; text as itself when it is one printable line, else as a
+    JSON string (quoted, escaped); other bytes as C{base64:...}.
+    """
+    item = _readable(item)
     if "value" in item:
         return json.dumps(item["value"], ensure_ascii=False)
+    if "text" in item:
+        text = item["text"]
+        return text if text.isprintable() else json.dumps(text, ensure_ascii=False)
     return "base64:" + str(item.get("value_base64", ""))
+
+
+def _has_value(item: Mapping[str, Any]) -> bool:
+    return "value" in item or "value_base64" in item
 
 
 def _show_page(out: TextIO, err: TextIO, output: str, page: Dict[str, Any]) -> None:
     if output == "json":
-        _print_json(out, page)
+        _print_json(out, dict(page, items=[_readable(item) for item in page["items"]]))
         return
     for item in page["items"]:
-        if "value" in item or "value_base64" in item:
+        if _has_value(item):
             out.write("%s\t%s\n" % (item.get("key"), _text_value(item)))
         else:
             out.write("%s\n" % (item.get("key"),))
@@ -776,7 +847,7 @@ def _result_line(result: Mapping[str, Any]) -> str:
 
 def _show_results(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
     if output == "json":
-        _print_json(out, result)
+        _print_json(out, dict(result, results=[_readable(r) for r in result.get("results") or []]))
         return
     for item in result.get("results") or []:
         out.write(_result_line(item) + "\n")
@@ -862,8 +933,11 @@ def _start_list(inv: _Invocation) -> Deferred:
 
 
 def _show_event(out: TextIO, output: str, event: client.WatchEvent) -> None:
+    item = event.as_item()
     if output == "json":
-        _print_json(out, event.as_item())
+        _print_json(out, _readable(item))
+    elif _has_value(item):
+        out.write("%d %s %s\t%s\n" % (event.revision, event.kind, event.key, _text_value(item)))
     else:
         out.write("%d %s %s\n" % (event.revision, event.kind, event.key))
     # Each line as it happens, also into a pipe (block-buffered otherwise).
@@ -937,14 +1011,14 @@ def _show_waited(
         _write_bytes(out, entry.value)
         return
     item: Dict[str, Any] = {"key": key, "found": True}
-    item.update(entry.as_item())
+    item.update(_readable(entry.as_item()))
     item["revision"] = entry.revision
     _print_json(out, item)
 
 
 _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "get": (
-        lambda inv: client.get(
+        lambda inv: client.get_value(
             inv.http, inv.url, _check_text(inv.args.key, "KEY"), token=inv.token
         ),
         _show_value,

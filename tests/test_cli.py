@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
 import kvtwist
+from kvtwist import client
 from kvtwist.cli import main
 from kvtwist.limits import Limits
 from kvtwist.model import Put
@@ -696,6 +697,70 @@ class CatCommandTests(V1CLITestCase):
             self.assertEqual(self.cli("-o", "text", "cat", "--", key)[0], str(i), key)
 
 
+class TextValueTests(V1CLITestCase):
+    """Text values print as text in get, cat, list and batch outputs (client.text_of's rule)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cli("put", "app/x", "hello")
+        self.cli("put", "app/lines", "-", stdin=b"one\ntwo\n", )
+        self.cli("put", "app/latin", "-", "-t", "text/plain; charset=latin-1", stdin=b"caf\xe9")
+        self.cli("put", "app/bin", "-", stdin=b"\x00\xff\n")
+
+    def test_get_text(self) -> None:
+        """get of a text value prints it: a JSON string, or the text with -o text."""
+        self.assertEqual(self.json_out("get", "app/x"), "hello")
+        self.assertEqual(self.cli("-o", "text", "get", "app/x"), ("hello\n", ""))
+        self.assertEqual(self.cli("-o", "text", "get", "app/lines"), ("one\ntwo\n", ""))
+        self.assertEqual(self.json_out("get", "app/latin"), "caf\u00e9")
+
+    def test_get_binary(self) -> None:
+        """get of bytes that are not text gives them as base64 with their type."""
+        self.assertEqual(self.json_out("get", "app/bin"),
+                         {"value_base64": "AP8K", "content_type": "application/octet-stream"})
+
+    def test_get_json_unchanged(self) -> None:
+        """get of a JSON value prints the JSON, a string without quotes with -o text."""
+        self.cli("put", "j", '"s"', "--json")
+        self.assertEqual(self.json_out("get", "j"), "s")
+        self.assertEqual(self.cli("-o", "text", "get", "j"), ("s\n", ""))
+
+    def test_cat_text(self) -> None:
+        """cat's JSON gives a text value as "text", not value_base64."""
+        item = self.json_out("cat", "app/x")
+        self.assertEqual(item["text"], "hello")
+        self.assertNotIn("value_base64", item)
+        self.assertEqual(self.json_out("cat", "app/bin")["value_base64"], "AP8K")
+
+    def test_list_values_text(self) -> None:
+        """-o text list --values shows text as itself, multi-line text quoted, bytes as base64."""
+        out, _ = self.cli("-o", "text", "list", "app/", "--values")
+        self.assertEqual(out, 'app/bin\tbase64:AP8K\napp/latin\tcaf\u00e9\n'
+                              'app/lines\t"one\\ntwo\\n"\napp/x\thello\n')
+        page = self.json_out("list", "app/", "--values")
+        self.assertEqual([item.get("text") for item in page["items"]],
+                         [None, "caf\u00e9", "one\ntwo\n", "hello"])
+
+    def test_batch_get_text(self) -> None:
+        """A batch get result of a text value carries it as text."""
+        ops = [{"op": "get", "key": "app/x"}]
+        result = self.json_out("batch", stdin=json.dumps(ops).encode("ascii"))
+        self.assertEqual(result["results"][0]["text"], "hello")
+        out, _ = self.cli("-o", "text", "batch", stdin=json.dumps(ops).encode("ascii"))
+        self.assertEqual(out.splitlines()[0], "get app/x: hello")
+
+    def test_text_rule(self) -> None:
+        """text/* and JSON types decode by their charset; other types only as clean UTF-8."""
+        self.assertEqual(client.text_of(b"caf\xc3\xa9", "text/plain"), "caf\u00e9")
+        self.assertEqual(client.text_of(b"\x01", "text/plain"), "\x01")
+        self.assertIsNone(client.text_of(b"\xe9", "text/plain"))
+        self.assertEqual(client.text_of(b"\xe9", "text/csv; charset=latin-1"), "\u00e9")
+        self.assertIsNone(client.text_of(b"x", "text/plain; charset=nonsense"))
+        self.assertEqual(client.text_of(b"a\tb\r\n", "application/octet-stream"), "a\tb\r\n")
+        self.assertIsNone(client.text_of(b"a\x00b", "application/octet-stream"))
+        self.assertIsNone(client.text_of(b"\x89PNG", "image/png"))
+
+
 class RmCommandTests(V1CLITestCase):
     """kvtwist rm."""
 
@@ -1109,8 +1174,14 @@ class WatchCommandTests(V1CLITestCase):
         self.clock.advance(1)
         self.http.flush()
         self.successResultOf(d)
-        self.assertEqual([json.loads(line).get("value_base64") for line in out.getvalue().splitlines()],
-                         ["MQ==", "eyJ4IjogMX0="])
+        # Both values are UTF-8 text (stored as application/octet-stream).
+        self.assertEqual([json.loads(line).get("text") for line in out.getvalue().splitlines()],
+                         ["1", '{"x": 1}'])
+        d, out, _ = self.start("-o", "text", "--timeout", "1", "watch", "--values", "--after", "0")
+        self.clock.advance(1)
+        self.http.flush()
+        self.successResultOf(d)
+        self.assertEqual(out.getvalue(), '1 put a\t1\n2 put b\t{"x": 1}\n')
 
     def test_runs_until_interrupted(self) -> None:
         """Without --timeout it runs on; cancelling it closes the stream."""

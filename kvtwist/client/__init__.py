@@ -31,7 +31,8 @@ a L{Deferred} (L{iter_pages} returns an async iterator).
 
 The seed routes (SPEC section 4), JSON values in one shared staging queue:
 
-    - L{get}: C{GET /{key}}, the committed JSON value.
+    - L{get}: C{GET /{key}}, the committed JSON value (L{get_value}: the
+      bytes and content type of a value of any type).
     - L{set_many}: C{POST /set}, stage writes in the server's shared queue.
     - L{delete}: C{DELETE /set}, stage deletes in the shared queue.
     - L{commit}: C{POST /commit}, apply the shared queue atomically and
@@ -103,6 +104,7 @@ from kvtwist.client._wire import (
     KeyValue,
     decode_value_base64,
     is_json_type,
+    text_of,
     value_fields,
 )
 from kvtwist.client.batch import (
@@ -122,7 +124,7 @@ from kvtwist.client.errors import (
     with_timeout,
 )
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
-from kvtwist.client.seed import commit, delete, get, set_many
+from kvtwist.client.seed import commit, delete, get, get_value, set_many
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
 from kvtwist.client.watch import HistoryGone, Watch, WatchEvent, wait_for, watch
@@ -141,8 +143,10 @@ __all__ = [
     "OP_KINDS",
     "decode_value_base64",
     "is_json_type",
+    "text_of",
     "value_fields",
     "get",
+    "get_value",
     "set_many",
     "delete",
     "commit",

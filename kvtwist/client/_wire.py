@@ -125,6 +125,38 @@ def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
     return {"value_base64": base64.b64encode(value).decode("ascii")}
 
 
+def text_of(value: bytes, content_type: str) -> Optional[str]:
+    """
+    The value as text, when it is text; else L{None} (show it as bytes or
+    base64). The rule the C{kvtwist} command prints values by:
+
+        - a C{charset} parameter names the encoding (C{text/plain;
+          charset=latin-1}); without one, UTF-8;
+        - C{text/*} and JSON types (L{is_json_type}) are text when their
+          bytes decode;
+        - any other type (C{application/octet-stream}, the default, as
+          C{kvtwist put app/x hello} stores) is text when its bytes decode
+          as UTF-8 and hold no control character but tab, newline and
+          carriage return, so a binary value is never mistaken for text.
+    """
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    charset = "utf-8"
+    for parameter in parameters.split(";"):
+        name, _, setting = parameter.partition("=")
+        if name.strip().lower() == "charset" and setting.strip():
+            charset = setting.strip().strip('"')
+    try:
+        text = value.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return None
+    if media.startswith("text/") or is_json_type(media):
+        return text
+    if any(ord(c) < 0x20 and c not in "\t\n\r" or ord(c) == 0x7F for c in text):
+        return None
+    return text
+
+
 def _segment(key: str) -> str:
     """
     C{key} as one percent-encoded path segment: C{/}, spaces, C{%}, C{?}
