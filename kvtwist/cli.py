@@ -1,8 +1,8 @@
 """
 The C{kvtwist} command: kvcache from the shell, built on L{kvtwist.client}.
 
-    kvtwist [--url URL] [--token TOKEN] [--output json|text] [--timeout S]
-            COMMAND ...
+    kvtwist [--url URL] [--unix-socket PATH] [--token TOKEN]
+            [--output json|text] [--timeout S] COMMAND ...
 
 The seed's routes (JSON values, one staging queue shared by every client):
 
@@ -64,7 +64,11 @@ changes after that read, so the check holds when the commit applies. On
 any failure C{txn} aborts its transaction; nothing is applied.
 
 Global options may come before or after the command. C{--url} defaults to
-C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}; C{--token} defaults to
+C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}. A server listening on a
+unix socket (C{--listen unix:/run/kvcache.sock}) is reached with
+C{--unix-socket PATH} (curl's option: the URL then gives only the path
+prefix) or C{--url http+unix://%2Frun%2Fkvcache.sock/} (the path
+percent-encoded where the host would be); C{--token} defaults to
 C{$KVTWIST_TOKEN} (prefer the variable: a command line is visible to every
 user of the machine). C{--timeout} bounds the whole command (every request
 of a C{txn} or of C{list --all}); it defaults to 60 s, except for C{wait}
@@ -176,10 +180,11 @@ from typing import (
     Tuple,
     Union,
 )
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.task import react
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -188,6 +193,8 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
 )
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 import kvtwist
 from kvtwist import client, dumpload
@@ -207,7 +214,8 @@ DEFAULT_TIMEOUT = 60.0
 
 _EPILOG = """\
 environment:
-  KVTWIST_URL    default for --url (else %(url)s)
+  KVTWIST_URL    default for --url (else %(url)s; a unix socket:
+                 http+unix://%%2Fpath%%2Fto.sock/, or --unix-socket PATH)
   KVTWIST_TOKEN  default for --token (safer than --token: argv is public)
 
 exit codes:
@@ -314,6 +322,11 @@ def _add_global_options(parser: argparse.ArgumentParser, hidden: bool) -> None:
     parser.add_argument(
         "--url", metavar="URL",
         **spec("server base URL (default: $KVTWIST_URL, else %s)" % (DEFAULT_URL,), None),
+    )
+    parser.add_argument(
+        "--unix-socket", metavar="PATH", dest="unix_socket",
+        **spec("connect to the server's unix socket PATH (as curl does; --url then "
+               "gives only the path prefix); or --url http+unix://%%2Fpath%%2Fto.sock/", None),
     )
     parser.add_argument(
         "--token", metavar="TOKEN",
@@ -487,7 +500,41 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     sub.add_argument("--wait", metavar="SECONDS", type=_wait_seconds,
                      help="hold at most this long (default: the server's, 60)")
     dumpload.add_dump_load_commands(commands, command)
+
+    sub = command(
+        "completion", "print a shell completion script (bash or zsh) for kvtwist",
+        "bash:  kvtwist completion bash > ~/.local/share/bash-completion/completions/kvtwist\n"
+        "zsh:   kvtwist completion zsh > \"${fpath[1]}/_kvtwist\"   (then: compinit)\n"
+        "It completes commands and options (and file names where a FILE goes);\n"
+        "it never asks the server for keys.\n\n",
+    )
+    sub.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",
+                     help="one of: %s" % (", ".join(COMPLETION_SHELLS),))
     return parser
+
+
+#: The shells C{kvtwist completion} writes a script for.
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """
+    The completion script of C{shell} for the C{kvtwist} parser, made by
+    shtab from the parser itself, so it can never miss a command or an
+    option.
+    """
+    import shtab
+
+    def files_where_files_go(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if action.metavar in ("FILE", "PATH"):
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):  # the subcommands
+                    files_where_files_go(action.choices[sub])
+
+    files_where_files_go(parser)
+    return shtab.complete(parser, shell=shell)
 
 
 def _check_text(value: str, what: str) -> str:
@@ -562,33 +609,79 @@ def parse_json_value(text: str) -> Any:
         raise UsageError("the value is not strict JSON: %s%s" % (e, hint))
 
 
+#: The scheme of a unix socket URL, as requests-unixsocket and others spell
+#: it: C{http+unix://%2Frun%2Fkvcache.sock/}, the socket's path
+#: percent-encoded where a host would be.
+UNIX_SCHEME = "http+unix"
+
+
 def _base_url(text: str) -> str:
     """
     @raise UsageError: unless C{text} is an http or https URL with a host
-        and no query or fragment.
+        (or an C{http+unix} URL naming a socket) and no query or fragment.
     """
     _check_text(text, "the URL")
     try:
         parts = urlsplit(text)
-        parts.port  # raises ValueError for a bad port
+        if parts.scheme != UNIX_SCHEME:
+            parts.port  # raises ValueError for a bad port
     except ValueError as e:
         raise UsageError("bad --url %r: %s" % (text, e))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme == UNIX_SCHEME:
+        if not parts.netloc:
+            raise UsageError("bad --url %r: expected http+unix://%%2Fpath%%2Fto.sock[/PATH]"
+                             % (text,))
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError("bad --url %r: expected http://HOST[:PORT][/PATH]" % (text,))
     if parts.query or parts.fragment:
         raise UsageError("bad --url %r: no query or fragment allowed" % (text,))
     return text
 
 
-def make_http(reactor: Any) -> Any:
+def _unix_target(url: str, unix_socket: Optional[str]) -> Tuple[str, Optional[str]]:
+    """
+    Where to connect: C{(the URL requests name, the unix socket or None)}.
+    An C{http+unix} URL names its socket in place of the host; requests
+    then go to C{http://localhost} plus its path (the Host a loopback
+    listener accepts). C{--unix-socket} wins, as curl's does: the URL then
+    only gives the path prefix.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == UNIX_SCHEME:
+        unix_socket = unix_socket if unix_socket is not None else unquote(parts.netloc)
+        url = "http://localhost" + parts.path
+    if unix_socket is not None:
+        _check_text(unix_socket, "the unix socket path")
+    return url, unix_socket
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixSocketEndpoints:
+    """Every request's connection goes to one unix socket, whatever its URL."""
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self._reactor = reactor
+        self._path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self._reactor, self._path)
+
+
+def make_http(reactor: Any, unix_socket: Optional[str] = None) -> Any:
     """
     The HTTP client the CLI uses by default: a treq C{HTTPClient} on
     C{reactor}, without persistent connections (one command, then exit).
+
+    @param unix_socket: connect every request to this unix socket's path
+        instead of the URL's host and port.
     """
     from treq.client import HTTPClient
 
     pool = HTTPConnectionPool(reactor, persistent=False)
-    return HTTPClient(Agent(reactor, pool=pool))
+    if unix_socket is None:
+        return HTTPClient(Agent(reactor, pool=pool))
+    endpoints = _UnixSocketEndpoints(reactor, unix_socket)
+    return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 @dataclass
@@ -1109,10 +1202,14 @@ async def _run(
     stdin: Optional[BinaryIO],
     interrupts: Optional[Interrupts],
 ) -> int:
+    parser = _parser(out, err)
     try:
-        args = _parser(out, err).parse_args(list(argv))
+        args = parser.parse_args(list(argv))
     except _ParserExit as e:
         return e.code
+    if args.command == "completion":
+        out.write(completion_script(parser, args.shell))
+        return EXIT_OK
     try:
         return await _run_command(reactor, args, http, out, err, environ, stdin, interrupts)
     except Interrupted as e:
@@ -1146,9 +1243,9 @@ async def _run_command(
     # watch times itself: the end of its --timeout is a normal end (exit 0).
     streaming = args.command == "watch"
     try:
-        url = _base_url(url)
+        url, unix_socket = _unix_target(_base_url(url), args.unix_socket)
         if http is None:
-            http = make_http(reactor)
+            http = make_http(reactor, unix_socket)
         # The client functions check their arguments before any I/O and
         # raise at once, so this catches only input errors.
         d = start(
@@ -1170,7 +1267,7 @@ async def _run_command(
         if interrupts is not None and interrupts.signum is not None:
             # Whatever the cancelled command failed with, a signal stopped it.
             return _interrupted(err, args, interrupts.exit_code)
-        return _failed(err, url, e)
+        return _failed(err, url if unix_socket is None else "unix socket " + unix_socket, e)
     show(out, err, args.output, result)
     return EXIT_OK
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Dict, Optional, Tuple
+from urllib.parse import quote
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -471,6 +474,121 @@ class ConnectionTests(CLITestCase):
         reactor.advance(1)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
         self.assertIn("kvtwist: cannot reach http://127.0.0.1:9: ", err.getvalue())
+
+
+class UnixSocketTests(SynchronousTestCase):
+    """--unix-socket PATH and http+unix:// URLs, against a real server listening on unix:."""
+
+    def setUp(self) -> None:
+        from tests.e2e import start_server
+
+        # Short: a unix socket's path has a limit of about 100 bytes.
+        directory = tempfile.mkdtemp(prefix="kvsock-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.socket = os.path.join(directory, "kv.sock")
+        start_server(self, extra_args=["--listen", "tcp:{port}:interface=127.0.0.1",
+                                       "--listen", "unix:" + self.socket])
+
+    def kvtwist(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-b", "-c", "from kvtwist.cli import run; run()", *argv],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ, KVTWIST_URL=""),
+        )
+
+    def test_unix_socket_option(self) -> None:
+        """--unix-socket PATH reaches the server on its unix socket, as curl's option does."""
+        put = self.kvtwist("--unix-socket", self.socket, "put", "app/x", "hello")
+        self.assertEqual(put.returncode, 0, put.stderr)
+        got = self.kvtwist("--unix-socket", self.socket, "-o", "text", "cat", "app/x")
+        self.assertEqual((got.returncode, got.stdout), (0, "hello"), got.stderr)
+
+    def test_http_unix_url(self) -> None:
+        """--url http+unix://<percent-encoded path>/ names the socket in place of the host."""
+        url = "http+unix://%s/" % (quote(self.socket, safe=""),)
+        put = self.kvtwist("--url", url, "put", "k", "v")
+        self.assertEqual(put.returncode, 0, put.stderr)
+        listed = self.kvtwist("--url", url, "-o", "text", "list")
+        self.assertEqual((listed.returncode, listed.stdout), (0, "k\n"), listed.stderr)
+
+    def test_missing_socket(self) -> None:
+        """A socket nobody listens on is exit 3, naming the socket."""
+        result = self.kvtwist("--unix-socket", self.socket + ".nope", "get", "a")
+        self.assertEqual(result.returncode, 3)
+        self.assertIn("cannot reach unix socket %s.nope" % (self.socket,), result.stderr)
+
+
+class UnixTargetTests(SynchronousTestCase):
+    """How --url and --unix-socket decide where requests go."""
+
+    def test_targets(self) -> None:
+        """http+unix URLs carry the socket; --unix-socket wins; the path prefix is kept."""
+        from kvtwist.cli import _base_url, _unix_target
+
+        self.assertEqual(_unix_target(_base_url("http+unix://%2Frun%2Fkv.sock/pre"), None),
+                         ("http://localhost/pre", "/run/kv.sock"))
+        self.assertEqual(_unix_target("http://127.0.0.1:8080/p", "/tmp/s"),
+                         ("http://127.0.0.1:8080/p", "/tmp/s"))
+        self.assertEqual(_unix_target(_base_url("http+unix://%2Fa/"), "/b"),
+                         ("http://localhost/", "/b"))
+        self.assertEqual(_unix_target("http://h:1", None), ("http://h:1", None))
+
+    def test_bad_unix_url(self) -> None:
+        """An http+unix URL without a socket is a usage error (exit 2)."""
+        err = io.StringIO()
+        d = main(Clock(), "--url", "http+unix:///x", "get", "a", stdout=io.StringIO(),
+                 stderr=err, environ={})
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
+        self.assertIn("http+unix://%2Fpath%2Fto.sock", err.getvalue())
+
+
+class CompletionTests(SynchronousTestCase):
+    """kvtwist completion bash|zsh: scripts made by shtab from the parser."""
+
+    def script(self, shell: str) -> str:
+        out = io.StringIO()
+        self.assertIsNone(self.successResultOf(
+            main(Clock(), "completion", shell, stdout=out, stderr=io.StringIO(), environ={})))
+        return out.getvalue()
+
+    def complete(self, script: str, *words: str) -> str:
+        """What bash offers for the last of C{words}, with the script loaded."""
+        path = os.path.join(tempfile.mkdtemp(prefix="kvtwist-completion-"), "kvtwist.bash")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write(script)
+        program = 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); ' \
+                  '_shtab_kvtwist; echo "${COMPREPLY[@]}"'
+        result = subprocess.run(["bash", "-c", program, "bash", path, *words],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.stderr, "")
+        return result.stdout.strip()
+
+    def test_bash(self) -> None:
+        """The bash script completes commands and each command's options."""
+        if shutil.which("bash") is None:
+            self.skipTest("bash is not installed")
+        script = self.script("bash")
+        self.assertEqual(self.complete(script, "kvtwist", "li"), "list")
+        self.assertEqual(self.complete(script, "kvtwist", "comp"), "completion")
+        self.assertEqual(self.complete(script, "kvtwist", "load", "--ba"), "--batch")
+        self.assertIn("--unix-socket", self.complete(script, "kvtwist", "--u"))
+
+    def test_zsh(self) -> None:
+        """The zsh script is a #compdef function naming every command (and parses, where zsh is)."""
+        script = self.script("zsh")
+        self.assertTrue(script.startswith("#compdef kvtwist"), script[:80])
+        for command in ("get", "put", "cat", "list", "watch", "dump", "load", "completion"):
+            self.assertIn("\n    %s:'" % (command,), script)
+        if shutil.which("zsh"):
+            result = subprocess.run(["zsh", "-n"], input=script, capture_output=True, text=True,
+                                    timeout=30)
+            self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_unknown_shell(self) -> None:
+        """A shell without a script is a usage error."""
+        d = main(Clock(), "completion", "fish", stdout=io.StringIO(), stderr=io.StringIO(),
+                 environ={})
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
 
 
 class ConsoleScriptTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ import treq
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
+from kvtwist import __version__
 from kvtwist.client.errors import _bad_response, _error, _one_line
 
 
@@ -28,6 +29,9 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _ACCEPT_JSON = b"application/json, application/problem+json"
 #: The Accept header of value reads: the value comes back as it was stored.
 _ACCEPT_ANY = b"*/*"
+#: Sent with every request, so a server's access log tells kvtwist's
+#: clients (and their version) from the rest.
+USER_AGENT = ("kvtwist/%s" % (__version__,)).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -207,13 +211,14 @@ def _headers(
     extra: Iterable[Tuple[bytes, bytes]] = (),
 ) -> Headers:
     """
-    The request headers, all as bytes: Twisted caches header names in one
+    The request headers (C{User-Agent: kvtwist/VERSION} among them), all
+    as bytes: Twisted caches header names in one
     dict for both types, and a str name next to its bytes twin there is a
     BytesWarning under C{python -b}.
 
     @raise ValueError: for a token that cannot be a header value.
     """
-    headers = Headers({b"Accept": [accept]})
+    headers = Headers({b"Accept": [accept], b"User-Agent": [USER_AGENT]})
     if content_type is not None:
         headers.setRawHeaders(b"Content-Type", [content_type])
     for name, value in extra:
