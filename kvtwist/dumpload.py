@@ -174,9 +174,15 @@ def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return result
 
 
+# One decoder and one encoder for every line: json.loads and json.dumps
+# with options build a new one per call, a tenth of a load's parsing time.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _strict_loads(text: str) -> Any:
     """JSON without NaN, Infinity or duplicate object keys."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
+    return _DECODER.decode(text)
 
 
 def _strict_dumps(value: Any) -> str:
@@ -184,7 +190,7 @@ def _strict_dumps(value: Any) -> str:
     Compact JSON; raises C{ValueError} for what strict JSON cannot hold
     (NaN, Infinity, lone surrogates).
     """
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
     return text
 
@@ -242,7 +248,8 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
     if (
         not isinstance(content_type, str)
         or not content_type.strip()
-        or not all(0x20 <= ord(c) <= 0x7E for c in content_type)
+        # Printable ASCII: 0x20 to 0x7E.
+        or not (content_type.isascii() and content_type.isprintable())
     ):
         raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
     expires = document.get("expires")
