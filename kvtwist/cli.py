@@ -1192,29 +1192,33 @@ def _describe_connection_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-async def _run(
-    reactor: Any,
-    argv: Tuple[str, ...],
-    http: Any,
-    out: TextIO,
-    err: TextIO,
-    environ: Mapping[str, str],
-    stdin: Optional[BinaryIO],
-    interrupts: Optional[Interrupts],
-) -> int:
-    parser = _parser(out, err)
+@dataclass
+class _Session:
+    """Where one run of the command reads, writes, connects and hears signals."""
+
+    reactor: Any
+    http: Any
+    out: TextIO
+    err: TextIO
+    environ: Mapping[str, str]
+    stdin: Optional[BinaryIO]
+    interrupts: Optional[Interrupts]
+
+
+async def _run(session: _Session, argv: Tuple[str, ...]) -> int:
+    parser = _parser(session.out, session.err)
     try:
         args = parser.parse_args(list(argv))
     except _ParserExit as e:
         return e.code
     if args.command == "completion":
-        out.write(completion_script(parser, args.shell))
+        session.out.write(completion_script(parser, args.shell))
         return EXIT_OK
     try:
-        return await _run_command(reactor, args, http, out, err, environ, stdin, interrupts)
+        return await _run_command(session, args)
     except Interrupted as e:
         # The signal came while the input was read, before anything ran.
-        return _interrupted(err, args, 128 + e.signum)
+        return _interrupted(session.err, args, 128 + e.signum)
 
 
 def _interrupted(err: TextIO, args: argparse.Namespace, code: int) -> int:
@@ -1226,16 +1230,9 @@ def _interrupted(err: TextIO, args: argparse.Namespace, code: int) -> int:
     return code
 
 
-async def _run_command(
-    reactor: Any,
-    args: argparse.Namespace,
-    http: Any,
-    out: TextIO,
-    err: TextIO,
-    environ: Mapping[str, str],
-    stdin: Optional[BinaryIO],
-    interrupts: Optional[Interrupts],
-) -> int:
+async def _run_command(session: _Session, args: argparse.Namespace) -> int:
+    reactor, http, out, err = session.reactor, session.http, session.out, session.err
+    environ, stdin, interrupts = session.environ, session.stdin, session.interrupts
     start, show = _COMMANDS[args.command]
     url = args.url or environ.get("KVTWIST_URL") or DEFAULT_URL
     token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
@@ -1329,7 +1326,8 @@ def main(
         if code != EXIT_OK:
             raise SystemExit(code)
 
-    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env, stdin, interrupts))
+    session = _Session(reactor, http, out, err, env, stdin, interrupts)
+    d = Deferred.fromCoroutine(_run(session, argv))
     return d.addCallback(exit_with)
 
 

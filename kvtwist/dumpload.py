@@ -79,7 +79,7 @@ from typing import (
     Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, TextIO, Tuple,
 )
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
@@ -783,12 +783,11 @@ async def _load(
             await send(unit, number, hasher.hexdigest())
         while flight:
             await settle()
-    except BaseException:
+    except BaseException as stopped:
         # Nothing is left running: on a failed or cancelled commit the
         # rest is dropped (it may or may not commit; a resume sends it
         # again); after a bad line, what went out before it is committed
         # and checkpointed.
-        stopped = sys.exc_info()[1]
         while flight:
             if isinstance(stopped, DumpFormatError):
                 await settle()

@@ -10,14 +10,13 @@ value whatever layer set it.
 
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, List, Mapping, Optional
-
 import functools
+import os
 import platform
 import sys
 import textwrap
 from types import SimpleNamespace
+from typing import Any, Dict, List, Mapping, Optional
 
 import twisted
 from twisted.application.service import MultiService

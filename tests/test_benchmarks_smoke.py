@@ -48,7 +48,7 @@ class BenchmarkSmokeTests(SynchronousTestCase):
         """
         C{--quick}: every target starts, every measurement but the soak runs
         without errors (C{kvtwist load} loading its whole file too), and the
-        JSON, Markdown report and SPEC target table are written.
+        JSON, Markdown report and its target table are written.
         """
         tmp_path = self.make_tmp_path()
         check_quick_benchmark(tmp_path)
