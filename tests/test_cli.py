@@ -11,9 +11,12 @@ import io
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Dict, Optional, Tuple
 from urllib.parse import quote
 
@@ -589,6 +592,58 @@ class CompletionTests(SynchronousTestCase):
         d = main(Clock(), "completion", "fish", stdout=io.StringIO(), stderr=io.StringIO(),
                  environ={})
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
+
+
+class SignalTests(SynchronousTestCase):
+    """SIGINT and SIGTERM through the console script, as real subprocesses."""
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-b", "-c", "from kvtwist.cli import run; run()", *argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        return process
+
+    def silent_server(self) -> str:
+        """A port that accepts connections (the kernel does) and never answers."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        return "http://127.0.0.1:%d" % (listener.getsockname()[1],)
+
+    def settle(self, process: subprocess.Popen) -> None:
+        """Give the command time to start its request (bounded), then check it still runs."""
+        time.sleep(1.5)
+        self.assertIsNone(process.poll(), "the command ended before the signal")
+
+    def test_sigint_during_a_request(self) -> None:
+        """A command waiting for its answer, interrupted by SIGINT: exit 130 and one line."""
+        process = self.start("--url", self.silent_server(), "--timeout", "60", "get", "a")
+        self.settle(process)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, out, err), (130, "", "kvtwist: interrupted\n"))
+
+    def test_sigterm_during_a_request(self) -> None:
+        """The same with SIGTERM: exit 143."""
+        process = self.start("--url", self.silent_server(), "--timeout", "60", "cat", "a")
+        self.settle(process)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, err), (143, "kvtwist: interrupted\n"))
+
+    def test_sigint_ends_a_watch_with_0(self) -> None:
+        """^C is how a watch ends: exit 0, nothing on stderr."""
+        from tests.e2e import start_server
+
+        server = start_server(self)
+        process = self.start("--url", server.url, "watch")
+        self.settle(process)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, err), (0, ""))
 
 
 class ConsoleScriptTests(SynchronousTestCase):
