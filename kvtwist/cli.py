@@ -38,6 +38,11 @@ Watching (SPEC section 5.3):
                                 wait until KEY changes after revision N
                                 (or S seconds pass), then print it
 
+Shell completion:
+
+    kvtwist completion bash|zsh print a completion script (made by shtab
+                                from this parser)
+
 C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
 C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
 C{set} and C{commit} included, and values of any type).

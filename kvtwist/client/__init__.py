@@ -83,7 +83,9 @@ status and the problem+json document. Arguments this module can tell are
 wrong before sending anything (an empty key, a value that is not JSON, a
 str where bytes are needed) raise C{ValueError} or C{TypeError} at once.
 Connection failures arrive as Twisted's own errors (C{ConnectError},
-C{ResponseFailed}, ...), unchanged.
+C{ResponseFailed}, ...), unchanged. L{with_timeout} bounds a call and
+fails it with L{TimedOut} (C{"timed out after 2 s"}) when it runs out.
+Every request says C{User-Agent: kvtwist/VERSION}.
 
 New routes are added in the same shape: a public C{name(http, url, ...,
 token=None)} that checks its arguments at once, sends with
