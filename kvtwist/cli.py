@@ -43,9 +43,10 @@ Shell completion:
     kvtwist completion bash|zsh print a completion script (made by shtab
                                 from this parser)
 
-C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
-C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
-C{set} and C{commit} included, and values of any type).
+C{get} stays the seed's read (a JSON value as JSON; a value of another type
+written through v1 as text, or base64), and C{delete} the seed's staged
+delete; C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every
+key, C{set} and C{commit} included, with its metadata).
 
 C{batch} and C{txn} read a JSON list of ops, or C{{"ops": [...]}}, from
 FILE, or from stdin when FILE is C{-} or missing. Ops are those of
