@@ -642,11 +642,17 @@ class _BatchLimits:
 
 
 async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimits:
-    """The server's batch bounds; the defaults for a server without C{/v1/limits}."""
+    """
+    The server's batch bounds; the defaults for a server that does not show
+    its C{/v1/limits} (404) or not to this token (403): a batch past them
+    is then refused with a 413 that names the limit.
+    """
     try:
         return _BatchLimits.of(await client.get_limits(http, url, token=token))
-    except client.NotFoundError:
-        return _BatchLimits.of({})
+    except client.KVClientError as error:
+        if error.status in (403, 404):
+            return _BatchLimits.of({})
+        raise
 
 
 def _set_op(record: Record) -> bytes:
