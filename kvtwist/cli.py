@@ -1212,26 +1212,29 @@ class _Session:
 
 
 async def _run(session: _Session, argv: Tuple[str, ...]) -> int:
-    parser = _parser(session.out, session.err)
+    args: Optional[argparse.Namespace] = None
     try:
-        args = parser.parse_args(list(argv))
-    except _ParserExit as e:
-        return e.code
-    if args.command == "completion":
-        session.out.write(completion_script(parser, args.shell))
-        return EXIT_OK
-    try:
+        parser = _parser(session.out, session.err)
+        try:
+            args = parser.parse_args(list(argv))
+        except _ParserExit as e:
+            return e.code
+        if args.command == "completion":
+            session.out.write(completion_script(parser, args.shell))
+            return EXIT_OK
         return await _run_command(session, args)
     except Interrupted as e:
-        # The signal came while the input was read, before anything ran.
+        # The signal came before the command's request went out (while
+        # the arguments or the input were read).
         return _interrupted(session.err, args, 128 + e.signum)
 
 
-def _interrupted(err: TextIO, args: argparse.Namespace, code: int) -> int:
+def _interrupted(err: TextIO, args: Optional[argparse.Namespace], code: int) -> int:
     """Say that the command was interrupted (and what that left); the exit code."""
-    if args.command == "watch":
+    command = args.command if args is not None else None
+    if command == "watch":
         return EXIT_OK  # ^C is how a watch ends
-    note = dumpload.INTERRUPTED.get(args.command)
+    note = dumpload.INTERRUPTED.get(command) if command is not None else None
     err.write("kvtwist: interrupted%s\n" % ("; " + note(args) if note else "",))
     return code
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, Optional, Tuple
 from urllib.parse import quote
 
@@ -605,42 +605,54 @@ class SignalTests(SynchronousTestCase):
         self.addCleanup(lambda: process.poll() is None and process.kill())
         return process
 
-    def silent_server(self) -> str:
-        """A port that accepts connections (the kernel does) and never answers."""
+    def silent_server(self) -> socket.socket:
+        """A listening socket that will never answer."""
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
+        listener.settimeout(30)
         self.addCleanup(listener.close)
-        return "http://127.0.0.1:%d" % (listener.getsockname()[1],)
+        return listener
 
-    def settle(self, process: subprocess.Popen) -> None:
-        """Give the command time to start its request (bounded), then check it still runs."""
-        time.sleep(1.5)
+    def in_request(self, process: subprocess.Popen, listener: socket.socket) -> None:
+        """Wait (bounded) until the command has connected: it is then running."""
+        connection, _ = listener.accept()
+        self.addCleanup(connection.close)
         self.assertIsNone(process.poll(), "the command ended before the signal")
+
+    def url(self, listener: socket.socket) -> str:
+        return "http://127.0.0.1:%d" % (listener.getsockname()[1],)
 
     def test_sigint_during_a_request(self) -> None:
         """A command waiting for its answer, interrupted by SIGINT: exit 130 and one line."""
-        process = self.start("--url", self.silent_server(), "--timeout", "60", "get", "a")
-        self.settle(process)
+        listener = self.silent_server()
+        process = self.start("--url", self.url(listener), "--timeout", "60", "get", "a")
+        self.in_request(process, listener)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
         self.assertEqual((process.returncode, out, err), (130, "", "kvtwist: interrupted\n"))
 
     def test_sigterm_during_a_request(self) -> None:
         """The same with SIGTERM: exit 143."""
-        process = self.start("--url", self.silent_server(), "--timeout", "60", "cat", "a")
-        self.settle(process)
+        listener = self.silent_server()
+        process = self.start("--url", self.url(listener), "--timeout", "60", "cat", "a")
+        self.in_request(process, listener)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
         self.assertEqual((process.returncode, err), (143, "kvtwist: interrupted\n"))
 
     def test_sigint_ends_a_watch_with_0(self) -> None:
         """^C is how a watch ends: exit 0, nothing on stderr."""
-        from tests.e2e import start_server
+        from tests.e2e import http_request, start_server
 
         server = start_server(self)
-        process = self.start("--url", server.url, "watch")
-        self.settle(process)
+        http_request(server.url, "PUT", "/v1/kv/a", b"1")
+        process = self.start("--url", server.url, "-o", "text", "watch", "--after", "0")
+        assert process.stdout is not None
+        # The replayed event is printed once the watch runs (bounded wait).
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        self.assertTrue(ready, "the watch printed nothing")
+        self.assertEqual(process.stdout.readline(), "1 put a\n")
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
         self.assertEqual((process.returncode, err), (0, ""))
