@@ -26,7 +26,9 @@ from twisted.python import usage
 import kvtwist
 from kvtwist.auth import Authorizer
 from kvtwist.config import (
+    BY_NAME,
     CLI,
+    REPEATABLE,
     SETTINGS,
     Config,
     ConfigError,
@@ -36,20 +38,23 @@ from kvtwist.config import (
     resolve,
     secret_files,
 )
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.listening import listening_service
 from kvtwist.metrics import Metrics, TimedStore
-from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
+from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
+from kvtwist.store.datalock import DataDirectoryBusy
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.etcd_transactions import EtcdTransactions
-from kvtwist.store.shelve_store import ShelveStore, check_data_dir
+from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
 from kvtwist.web.ops import ops_children
+from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
 from kvtwist.web.v1.watch import WatcherCount
@@ -113,7 +118,7 @@ class Options(usage.Options):
     optParameters = [
         [s.name, s.short, None, _option_help(s)]
         for s in SETTINGS
-        if s.name not in ("allow-open", "listen") and s.on_argv
+        if s.name != "allow-open" and s.name not in REPEATABLE and s.on_argv
     ]
 
     config: Optional[Config] = None
@@ -125,7 +130,8 @@ class Options(usage.Options):
         # "use         --etcd-password-file").
         self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items()}
         self.environ = os.environ if environ is None else environ
-        self["listen"] = []
+        for name in REPEATABLE:
+            self[name] = []
 
     def getUsage(self, width: Optional[int] = None) -> str:
         # Twisted wraps each option's help with textwrap.wrap's defaults,
@@ -154,6 +160,16 @@ class Options(usage.Options):
         whitespace-separated]
         """
         self["listen"].append(endpoint)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        self["cors-origin"].append(origin)
+
+    opt_cors_origin.__doc__ = _option_help(BY_NAME["cors-origin"])
+
+    def opt_allowed_host(self, host: str) -> None:
+        self["allowed-host"].append(host)
+
+    opt_allowed_host.__doc__ = _option_help(BY_NAME["allowed-host"])
 
     def opt_token(self, value: str) -> None:
         """
@@ -244,9 +260,11 @@ def open_etcd_store(config: Config, reactor) -> EtcdStore:
     )
 
 
-def open_backing_store(config: Config, reactor, metrics: Metrics):
+def open_backing_store(config: Config, reactor, metrics: Metrics, parent: MultiService):
     """
     The store C{--store} names, and the thread pool it needs (None for etcd).
+    A shelve store's data directory is locked for the life of the process
+    (L{kvtwist.store.datalock}); C{parent} gets the lock's Service.
 
     For shelve, the data directory is opened and checked here, before the
     reactor and the store thread start, so a damaged store ends startup with
@@ -256,9 +274,14 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     if is_etcd_store(spec):
         return open_etcd_store(config, reactor), None
     try:
+        # Taken before the check, which writes to the file, and held for
+        # the life of the process (the kernel drops it at exit).
+        lock = hold_data_dir(config["data"])
         check_data_dir(config["data"])
-    except StoreCorrupt as e:
+    except (KVError, DataDirectoryBusy) as e:
+        # Damage, a full disk, or another owner: one line, no traceback.
         raise SystemExit("kvcache: cannot start: %s" % (e,))
+    DataLockService(lock).setServiceParent(parent)
     pool = store_thread_pool()
     # The preflight above has just run the integrity check.
     shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
@@ -311,17 +334,23 @@ def makeService(options: Options, reactor=None) -> MultiService:
         )
     limits = config.limits
     metrics = Metrics()
-    backing, pool = open_backing_store(config, reactor, metrics)
+    top = MultiService()
+    backing, pool = open_backing_store(config, reactor, metrics, top)
     # Commits are timed under the cache, so cached reads pass no wrapper.
     timed = TimedStore(backing, metrics, reactor)
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
-    hub = ChangeHub(store, limits.watch_history)
+    hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     watchers = WatcherCount(limits.max_watchers)
 
-    top = MultiService()
     GracefulSignals(reactor).setServiceParent(top)
-    StoreService(store, pool, reactor).setServiceParent(top)
+    StoreService(
+        store,
+        pool,
+        reactor,
+        stop_timeout=config["stop-timeout"],
+        work_in_flight=backing if IWorkInFlight.providedBy(backing) else None,
+    ).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
@@ -334,6 +363,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         authorizer=Authorizer(config.tokens),
         watchers=watchers,
         extra_children=web_extras(config, store, metrics, reactor),
+        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
     )
     site = KVSite(
         root,

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -245,3 +245,23 @@ class NotFound(KVResource):
 
 
 NOT_FOUND = NotFound()
+
+
+class Refused(KVResource):
+    """
+    Answers a request refused before routing (by authentication, or by the
+    browser checks), wherever it was going, with C{error}'s problem.
+
+    @param route: the label of the refusal in metrics and logs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: KVError, route: str) -> None:
+        super().__init__()
+        self._error = error
+        self.route = route
+
+    def render(self, request: Request) -> int:
+        request.kvtwist_route = self.route  # type: ignore[attr-defined]
+        return self.respond(request, lambda request: fail(self._error))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import random as _random
 from typing import Callable, Dict, Optional
 
-from twisted.internet.defer import fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -27,7 +26,8 @@ from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.interfaces import ITransactionManager
 from kvtwist.transactions import TransactionManager
-from kvtwist.web.resource import NOT_FOUND, KVResource, json_response
+from kvtwist.web.resource import NOT_FOUND, KVResource, Refused, json_response
+from kvtwist.web.browsers import BrowserGuard, BrowserPolicy
 from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
@@ -79,6 +79,7 @@ def make_root(
     authorizer: Optional[Authorizer] = None,
     watchers: Optional[WatcherCount] = None,
     extra_children: Optional[Dict[bytes, Resource]] = None,
+    browsers: Optional[BrowserPolicy] = None,
 ) -> Resource:
     """
     The kvcache Resource tree over C{store}.
@@ -94,6 +95,9 @@ def make_root(
         of C{limits.max_watchers}).
     @param extra_children: more top-level routes (the operations
         endpoints), mounted as given.
+    @param browsers: the C{Host} and C{Origin} rules in force, checked
+        before anything else (default: none, for in-memory tests of the
+        API; the server always passes one).
     """
     limits = limits if limits is not None else Limits()
     clock = clock if clock is not None else store.clock
@@ -105,7 +109,7 @@ def make_root(
     root.putChild(b"commit", SeedCommit(seed))
 
     if hub is None:
-        hub = ChangeHub(store, limits.watch_history)
+        hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     context = V1Context(
         store, transactions, limits, clock, hub, random or _random.random, watchers
     )
@@ -118,7 +122,10 @@ def make_root(
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():
         root.putChild(name, child)
-    return Authenticating(root, authorizer or Authorizer())
+    top: Resource = Authenticating(root, authorizer or Authorizer())
+    if browsers is not None:
+        top = BrowserGuard(top, browsers)
+    return top
 
 
 class Authenticating(Resource):
@@ -128,7 +135,7 @@ class Authenticating(Resource):
     C{request.kvtwist_principal}. C{/healthz} stays open for probes, and
     C{/ui/} for browsers, which cannot send a bearer token when they load a
     page (the page holds no data: every API call it makes carries the token
-    and is checked as usual).
+    and is checked as usual); each only while it is mounted.
     """
 
     def __init__(self, root: Resource, authorizer: Authorizer) -> None:
@@ -148,14 +155,18 @@ class Authenticating(Resource):
                 request.getHeader(b"authorization")
             )
         except Unauthorized as error:
-            return Refused(error)
+            return Refused(error, "(unauthenticated)")
         return None
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         if self._open:
             request.kvtwist_principal = ANYONE  # type: ignore[attr-defined]
             return self.root.getChildWithDefault(path, request)
-        if (path == b"healthz" and not request.postpath) or path == b"ui":
+        if path in self.root.children and (
+            path == b"ui" or (path == b"healthz" and not request.postpath)
+        ):
+            # Only routes really mounted: an unmounted name is a key (the
+            # admin page off, say), and keys need a token like any other.
             return self.root.getChildWithDefault(path, request)
         refused = self._authenticated(request)
         if refused is not None:
@@ -166,17 +177,3 @@ class Authenticating(Resource):
         refused = self._authenticated(request)
         return (refused or self.root).render(request)
 
-
-class Refused(KVResource):
-    """Answers a request that failed authentication, wherever it was going."""
-
-    isLeaf = True
-    route = "(unauthenticated)"
-
-    def __init__(self, error: Unauthorized) -> None:
-        super().__init__()
-        self._error = error
-
-    def render(self, request: Request) -> int:
-        request.kvtwist_route = self.route  # type: ignore[attr-defined]
-        return self.respond(request, lambda request: fail(self._error))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kvtwist.auth import Authorizer, principal_of
+from kvtwist.listing import list_readable
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key, parse_revision
@@ -84,23 +85,29 @@ class KeyCollection(V1Resource):
         token = principal_of(request)
 
         def page_response(page) -> Response:
-            # Keys the token may not read are left out; the cursor still
-            # moves past them, so paging stays stable.
-            items = [
-                describe(entry, with_values)
-                for entry in page.entries
-                if token.may_read(entry.key)
-            ]
             return json_response(
                 200,
                 {
                     "revision": page.revision,
-                    "items": items,
+                    "items": [describe(entry, with_values) for entry in page.entries],
                     "next": page.entries[-1].key if page.more else None,
                 },
             )
 
-        return self.context.store.list(prefix, after, limit).addCallback(page_response)
+        # Only what the token may read is listed, so the cursor, the last
+        # key listed, never names a key the token may not read. A page also
+        # ends at max_list_bytes of keys and values, so one request can
+        # neither hold a thousand large values in memory nor encode them on
+        # the reactor thread in one go.
+        listing = list_readable(
+            self.context.store,
+            token,
+            prefix,
+            after,
+            limit,
+            self.context.limits.max_list_bytes,
+        )
+        return ensureDeferred(listing).addCallback(page_response)
 
 
 class KeyResource(V1Resource):
