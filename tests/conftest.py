@@ -51,4 +51,3 @@ def pytest_configure(config) -> None:
             "--no-loadscope-reorder, as ./run.sh test does, or --dist load"
             % (dist, " without --no-loadscope-reorder" if reordered else "")
         )
-
