@@ -25,7 +25,7 @@ from typing import Dict, List
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import config as config_module
-from benchmarks import driver, machine, profile, report, scaleout, summary
+from benchmarks import driver, loadrate, machine, profile, report, scaleout, summary
 from benchmarks.config import Config
 from benchmarks.populate import key_name
 from benchmarks.procs import HttpRequest, ProcessSet, http_call, rss_kib
@@ -94,6 +94,7 @@ def main(argv: List[str]) -> int:
         "populate": {},
         "large": None,
         "soak": None,
+        "load": None,
         "scaleout": None,
         "profiles": {},
         "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -108,6 +109,8 @@ def main(argv: List[str]) -> int:
                 _store_sizes(cfg, procs, run_dir, results)
             if cfg.wants("large") and cfg.wants_target("kvcache"):
                 _large_values(cfg, procs, run_dir, results)
+            if cfg.wants("load") and cfg.wants_target("kvcache"):
+                loadrate.run(cfg, procs, run_dir, results, say)
             if cfg.soak or "soak" in cfg.only:
                 _soak(cfg, procs, run_dir, results)
             if cfg.scaleout or "scaleout" in cfg.only:

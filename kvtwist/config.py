@@ -22,6 +22,7 @@ L{ConfigError} with a message naming the setting and where it came from.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -431,7 +432,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "Serve beyond loopback with no token configured (protected mode off).",
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
-    Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting("access-log-file", text, None, "Write the access log to this file (default: clf to the twistd log, json lines to stdout)."),
     Setting(
         "stop-timeout",
         seconds,
@@ -590,10 +591,18 @@ def read_toml(path: str, what: str) -> Dict[str, Any]:
 
 
 def _suggest(name: str) -> str:
+    """
+    A "did you mean" for an unknown config-file key: the setting spelled
+    with dashes (C{max_body}), else the closest setting name by difflib
+    (C{max-bdy}), if one is close enough.
+    """
     spelled = name.replace("_", "-").lower()
     if spelled in BY_NAME and spelled != name:
         return " (did you mean %r?)" % (spelled,)
-    return ""
+    close = difflib.get_close_matches(
+        spelled, [s.name for s in SETTINGS if s.in_file], n=1, cutoff=0.75
+    )
+    return " (did you mean %r?)" % (close[0],) if close else ""
 
 
 def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:

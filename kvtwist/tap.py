@@ -10,14 +10,20 @@ value whatever layer set it.
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
+import sys
+import textwrap
+from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional
 
-from twisted.application import strports
+import twisted
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+import kvtwist
 from kvtwist.auth import Authorizer
 from kvtwist.config import (
     BY_NAME,
@@ -35,6 +41,7 @@ from kvtwist.config import (
 from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IWorkInFlight
+from kvtwist.listening import listening_service
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
@@ -61,6 +68,18 @@ def _option_help(setting) -> str:
         default = None
     shown = "" if default in (None, False, ()) else " [default: %s]" % (default,)
     return "%s%s [env %s]" % (setting.help, shown, setting.env)
+
+
+def version_line() -> str:
+    """kvtwist's version, with Twisted's and Python's (C{--version}, the startup log)."""
+    return "kvtwist %s (Twisted %s, Python %s)" % (
+        kvtwist.__version__, twisted.__version__, platform.python_version())
+
+
+#: C{textwrap} as C{--help} uses it: lines break at spaces only.
+_WRAP_AT_SPACES = SimpleNamespace(
+    wrap=functools.partial(textwrap.wrap, break_on_hyphens=False, break_long_words=False)
+)
 
 
 def _refuse_token_option() -> None:
@@ -106,9 +125,32 @@ class Options(usage.Options):
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
+        # The opt_* docstrings keep their source indentation; --help
+        # rewraps each as one paragraph, so it must be one line first (else
+        # "use         --etcd-password-file").
+        self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items()}
         self.environ = os.environ if environ is None else environ
         for name in REPEATABLE:
             self[name] = []
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        # Twisted wraps each option's help with textwrap.wrap's defaults,
+        # which break after a hyphen and cut option names in two
+        # ("--token-" / "file"); wrap at spaces only while it renders.
+        wrap = usage.textwrap
+        usage.textwrap = _WRAP_AT_SPACES  # type: ignore[assignment]
+        try:
+            return super().getUsage(width)
+        finally:
+            usage.textwrap = wrap
+
+    def opt_version(self) -> None:
+        """
+        Print kvtwist's version (with Twisted's and Python's) and exit.
+        """
+        # usage.Options' own prints Twisted's version only.
+        print(version_line())
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -284,6 +326,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         reactor = default_reactor
     config = options.config
     assert config is not None, "parseOptions() first"
+    log.info("kvcache: {version}", version=version_line())
     for path in secret_files(config):
         log.warn(
             "{path} holds tokens and is readable by other users; chmod 600 it",
@@ -340,7 +383,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     for endpoint in config.endpoints:
         try:
-            listener = strports.service(endpoint, site, reactor=reactor)
+            listener = listening_service(endpoint, site, reactor, config["ui"] == "on")
         except Exception as e:
             # Parsing builds TLS contexts, so a missing or unreadable
             # certificate or key ends startup here, in one line.

@@ -289,6 +289,14 @@ class ConfigFileTests(FileMixin, SynchronousTestCase):
         path = self.write("kv.toml", "port = 9000\nmax-bodyy = 5\n")
         self.assertConfigError(["--config", path], None, path, "'max-bodyy'", "unknown key")
 
+    def test_typo_gets_the_closest_key(self):
+        """A misspelt key (max-bdy) gets the closest setting as a "did you mean"; a far one gets none."""
+        path = self.write("kv.toml", "max-bdy = 5\n")
+        self.assertConfigError(["--config", path], None, "'max-bdy'", "did you mean 'max-body'")
+        path = self.write("kv.toml", "zzz = 5\n")
+        message = self.assertConfigError(["--config", path], None, "'zzz'")
+        self.assertNotIn("did you mean", message)
+
     def test_underscore_spelling_is_unknown_with_a_hint(self):
         """Keys use dashes, like the options; max_body is unknown and the message suggests max-body."""
         path = self.write("kv.toml", "max_body = 5\n")
@@ -765,6 +773,39 @@ class MakeServiceTests(FileMixin, SynchronousTestCase):
         with self.assertRaises(SystemExit) as caught:
             self.make(["--listen", "ssl:0:privateKey=%s:interface=127.0.0.1" % missing])
         self.assertIn("bad endpoint", str(caught.exception.code))
+
+
+class HelpTests(SynchronousTestCase):
+    """twistd kvcache --help and --version."""
+
+    def test_help_has_no_wrapping_gaps(self):
+        """
+        Each option's help is one paragraph (no run of spaces left from a
+        docstring's indentation), wrapped at spaces only (no option name cut
+        at a hyphen).
+        """
+        options = Options(environ={})
+        for name, doc in options.docs.items():
+            self.assertNotIn("  ", doc, name)
+        text = " ".join(str(options).split())
+        self.assertIn("command line; use --etcd-password-file, etcd-password in --config", text)
+        self.assertIn("(use --token-file or [tokens.NAME] in --config)", text)
+        self.assertNotRegex(text, r"[a-z]- [a-z]")
+
+    def test_version_is_kvtwists(self):
+        """--version prints kvtwist's version (with Twisted's and Python's) and exits 0."""
+        import io
+        import sys
+
+        import kvtwist
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            Options(environ={}).parseOptions(["--version"])
+        self.assertEqual(caught.exception.code, 0)
+        self.assertTrue(out.getvalue().startswith("kvtwist %s (Twisted " % (kvtwist.__version__,)),
+                        out.getvalue())
 
 
 class TwistdConfigErrorTests(FileMixin, SynchronousTestCase):
