@@ -310,6 +310,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "Twisted endpoint to listen on, repeatable (tcp:PORT:interface=IP, "
         "ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH); replaces --port/--host.",
     ),
+    Setting(
+        "ops-listen",
+        endpoints,
+        (),
+        "Twisted endpoint, repeatable, of a separate operations listener serving "
+        "/healthz, /readyz and /metrics at root paths (the API has them under /v1).",
+    ),
     Setting("data", text, "./kvcache-data", "Directory of the durable store.", short="d"),
     Setting(
         "store",
@@ -792,6 +799,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
                 BY_NAME[name].env if layer == ENV else "--" + name
             )
     values["listen"] = tuple(values["listen"])
+    values["ops-listen"] = tuple(values["ops-listen"])
 
     # listen replaces --port/--host, unless those were set with a higher
     # precedence (e.g. --port on the command line over a file's listen).
@@ -810,7 +818,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     _resolve_etcd(values, origin, config_path)
 
     config = Config(values, tuple(tokens), sources)
-    check_protected(config.endpoints, config.tokens, values["allow-open"])
+    check_protected(
+        config.endpoints + values["ops-listen"], config.tokens, values["allow-open"]
+    )
     return config
 
 

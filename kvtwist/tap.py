@@ -42,7 +42,7 @@ from kvtwist.store.shelve_store import ShelveStore, check_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
-from kvtwist.web.ops import ops_children
+from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
 from kvtwist.web.v1.watch import WatcherCount
@@ -52,7 +52,7 @@ log = Logger()
 
 def _option_help(setting) -> str:
     default = setting.default
-    if setting.name == "listen":
+    if setting.name in ("listen", "ops-listen"):
         default = None
     shown = "" if default in (None, False, ()) else " [default: %s]" % (default,)
     return "%s%s [env %s]" % (setting.help, shown, setting.env)
@@ -94,7 +94,7 @@ class Options(usage.Options):
     optParameters = [
         [s.name, s.short, None, _option_help(s)]
         for s in SETTINGS
-        if s.name not in ("allow-open", "listen") and s.on_argv
+        if s.name not in ("allow-open", "listen", "ops-listen") and s.on_argv
     ]
 
     config: Optional[Config] = None
@@ -103,6 +103,16 @@ class Options(usage.Options):
         super().__init__()
         self.environ = os.environ if environ is None else environ
         self["listen"] = []
+        self["ops-listen"] = []
+
+    def opt_ops_listen(self, endpoint: str) -> None:
+        """
+        Serve /healthz, /readyz and /metrics at root paths on this Twisted
+        endpoint too (repeatable), for probes and scrapers that expect
+        them there; the API serves them under /v1. [env
+        KVCACHE_OPS_LISTEN, whitespace-separated]
+        """
+        self["ops-listen"].append(endpoint)
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -237,12 +247,31 @@ def transaction_manager(backing, timed, store, reactor, limits):
     return TransactionManager(reactor, limits, store)
 
 
-def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, Any]:
-    """The top-level routes beyond the API: operations, and the admin page."""
-    extras = dict(ops_children(store, metrics, reactor))
+def web_extras(config: Config) -> Dict[bytes, Any]:
+    """The top-level routes beyond the API: the admin page."""
+    extras: Dict[bytes, Any] = {}
     if config["ui"] == "on":
         extras[b"ui"] = make_ui_resource()
     return extras
+
+
+def listen_on(endpoints, site, reactor, parent: MultiService) -> None:
+    """
+    One listening Service under C{parent} per endpoint string, serving
+    C{site}. An endpoint that cannot be built (a missing certificate, a
+    bad string) ends startup here, in one line.
+    """
+    for endpoint in endpoints:
+        try:
+            listener = strports.service(endpoint, site, reactor=reactor)
+        except Exception as e:
+            # Parsing builds TLS contexts, so a missing or unreadable
+            # certificate or key ends startup here, in one line.
+            raise SystemExit(
+                "kvcache: cannot start: bad endpoint %r: %s: %s"
+                % (endpoint, type(e).__name__, e)
+            )
+        listener.setServiceParent(parent)
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -282,15 +311,17 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
+    authorizer = Authorizer(config.tokens)
     root = make_root(
         store,
         limits,
         clock=reactor,
         transactions=transactions,
         hub=hub,
-        authorizer=Authorizer(config.tokens),
+        authorizer=authorizer,
         watchers=watchers,
-        extra_children=web_extras(config, store, metrics, reactor),
+        extra_children=web_extras(config),
+        ops=ops_children(store, metrics, reactor),
     )
     site = KVSite(
         root,
@@ -308,17 +339,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
         sweeper=sweeper,
         site=site,
     )
-    for endpoint in config.endpoints:
-        try:
-            listener = strports.service(endpoint, site, reactor=reactor)
-        except Exception as e:
-            # Parsing builds TLS contexts, so a missing or unreadable
-            # certificate or key ends startup here, in one line.
-            raise SystemExit(
-                "kvcache: cannot start: bad endpoint %r: %s: %s"
-                % (endpoint, type(e).__name__, e)
-            )
-        listener.setServiceParent(top)
+    listen_on(config.endpoints, site, reactor, top)
+    if config["ops-listen"]:
+        # Probes and scrapers that expect /healthz and /metrics at the
+        # root get them here, on a listener of their own.
+        ops_site = KVSite(
+            ops_root(store, metrics, reactor, authorizer),
+            limits,
+            metrics=metrics,
+            access_log=config["access-log"],
+            access_log_file=config["access-log-file"],
+            reactor=reactor,
+        )
+        listen_on(config["ops-listen"], ops_site, reactor, top)
     log.info(
         "kvcache: auth {auth}; {limits}",
         auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",

@@ -147,9 +147,14 @@ class ScopedViewsTests(AuthCase):
         )
 
     def test_healthz_needs_no_token(self):
-        """/healthz is outside authentication (probes carry no token)."""
-        answer = self.as_token(None, "GET", "/healthz")
+        """/v1/healthz is outside authentication (probes carry no token)."""
+        answer = self.as_token(None, "GET", "/v1/healthz")
         self.assertNotEqual(answer.status, 401)
+
+    def test_root_names_are_keys_behind_auth(self):
+        """/healthz, /ui and /v1 are seed keys: reading them needs a token like any key."""
+        for path in ("/healthz", "/ui", "/v1", "/metrics"):
+            self.assertEqual(self.as_token(None, "GET", path).status, 401, path)
 
 
 class AuthOffTests(SynchronousTestCase):

@@ -63,7 +63,7 @@ class TwoNodesTests(SynchronousTestCase):
     def test_transaction_commits_are_timed(self):
         """
         Commits of transactions kept in etcd (the seed queue, a v1
-        transaction, a conflicted one) are counted and timed in /metrics
+        transaction, a conflicted one) are counted and timed in /v1/metrics
         as a PUT's commit is.
         """
         a, b = (node.url for node in self.nodes)
@@ -76,7 +76,7 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertEqual(http_request(a, "PUT", "/v1/txn/%s/kv/timed" % txn, b"3")[0], 200)
         self.assertEqual(http_request(b, "PUT", "/v1/kv/timed", b"2")[0], 200)
         self.assertEqual(http_request(a, "POST", "/v1/txn/%s/commit" % txn)[0], 409)
-        samples = parse_exposition(http_request(a, "GET", "/metrics")[2].decode())
+        samples = parse_exposition(http_request(a, "GET", "/v1/metrics")[2].decode())
         self.assertEqual(samples[("kvtwist_commit_duration_seconds_count", ())], 1)
         self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "ok"),))], 1)
         self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "conflict"),))], 1)

@@ -131,9 +131,10 @@ class KeyTests(V1Case):
         self.assertEqual((answer.status, answer.header("allow")), (405, "POST"))
 
     def test_unknown_v1_paths(self):
-        """Unknown paths under /v1 are 404 problems."""
-        for path in ("/v1", "/v1/", "/v1/nope", "/v1/txn/", "/v1/limits/x"):
+        """Unknown paths under /v1 are 404 problems; /v1 alone is the seed's key v1."""
+        for path in ("/v1/", "/v1/nope", "/v1/txn/", "/v1/limits/x"):
             self.client.problem("GET", path, 404, "not-found")
+        self.client.problem("GET", "/v1", 404, "key-not-found")
 
 
 class ConditionalTests(V1Case):

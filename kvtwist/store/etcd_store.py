@@ -89,7 +89,7 @@ No quorum
 When a majority of etcd's members is down or cut off, writes and reads fail
 with L{StoreUnavailable} saying that etcd has no leader (or that no member
 answered in time); L{EtcdStore.ping} fails once no endpoint reports a
-leader, so C{/readyz} answers 503. Nothing has to be restarted: the next
+leader, so C{/v1/readyz} answers 503. Nothing has to be restarted: the next
 call after the quorum is back succeeds, and the watch resumes by itself.
 
 Watch
