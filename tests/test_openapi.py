@@ -1192,6 +1192,36 @@ class RouteAgreementTests(SynchronousTestCase):
                     wrong.append((op.name, "Allow: " + allow))
         self.assertEqual(wrong, [])
 
+    def test_unknown_parameters_are_refused(self):
+        """
+        Every documented operation answers a query parameter it does not
+        document with a documented 400 C{unknown-parameter} problem that
+        names it and lists exactly the operation's documented query
+        parameters, and changes nothing: the document lists every
+        parameter the server takes, and the server ignores none.
+        """
+        wrong = []
+        for op in OPERATIONS:
+            world = World()
+            call = example_call(op, world)
+            call.target += ("&" if "?" in call.target else "?") + "recurse="
+            before = world.snapshot()
+            answer = world.send(call)
+            if answer.status != 400 or "400" not in op.responses:
+                wrong.append((op.name, answer.status, answer.body[:200]))
+                continue
+            if world.snapshot() != before:
+                wrong.append((op.name, "changed the store"))
+            if op.method == "HEAD":
+                continue
+            documented = sorted(p["name"] for p in op.parameters if p["in"] == "query")
+            problem = json.loads(answer.body)
+            if (problem["code"], problem["parameter"], sorted(problem["allowed"])) != (
+                "unknown-parameter", "recurse", documented
+            ):
+                wrong.append((op.name, problem))
+        self.assertEqual(wrong, [])
+
     def test_static_children_are_documented(self):
         """
         Every static child of the tree (C{putChild}) is a documented path,

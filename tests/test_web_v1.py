@@ -532,3 +532,54 @@ class ConsistentReadTests(V1Case):
         answer = self.client.request("GET", "/v1/kv/a?consistent=1")
         self.assertEqual((answer.status, answer.body), (200, b"1"))
         self.client.problem("GET", "/v1/kv/nope?consistent=1", 404, "key-not-found")
+
+
+class QueryParameterTests(V1Case):
+    """A query parameter a route does not take is refused, never ignored."""
+
+    def refused(self, method, path, parameter, allowed, **kw):
+        answer = self.client.problem(method, path, 400, "unknown-parameter", **kw)
+        self.assertEqual(answer.json["parameter"], parameter)
+        self.assertEqual(answer.json["allowed"], allowed)
+        self.assertIn(repr(parameter), answer.json["detail"])
+        return answer
+
+    def test_consul_recurse_deletes_nothing(self):
+        """DELETE /v1/kv/app/?recurse is a 400 naming recurse; the key app/ and app/x stay."""
+        self.put("app/")
+        self.put("app/x")
+        answer = self.refused("DELETE", "/v1/kv/app/?recurse", "recurse", [])
+        self.assertIn("takes no query parameters", answer.json["detail"])
+        self.assertEqual(sorted(self.store.rows), ["app/", "app/x"])
+        self.assertEqual(self.store.revision, 2)
+
+    def test_each_route_names_what_it_takes(self):
+        """Unknown parameters per route: the problem lists that route and method's own parameters."""
+        self.put("a")
+        self.refused("PUT", "/v1/kv/a?flags=4", "flags", ["ttl"], body=b"x")
+        self.refused("DELETE", "/v1/kv/a?ttl=5", "ttl", [])
+        self.refused("GET", "/v1/kv/?prefix=a&index=3", "index", ["prefix", "after", "limit", "values"])
+        self.refused("GET", "/v1/kv/?wait=3", "wait", ["prefix", "after", "limit", "values"])
+        self.refused("GET", "/v1/kv/a?revision=1", "revision", ["index", "wait", "consistent"])
+        self.refused("GET", "/v1/watch?recurse=1", "recurse", ["prefix", "values", "after"])
+        self.refused("POST", "/v1/batch?dry=1", "dry", [], json_body={"ops": []})
+        self.refused("GET", "/v1/limits?x", "x", [])
+        self.refused("GET", "/a?raw=1", "raw", [])
+        self.refused("POST", "/set?x=1", "x", [], json_body={"b": 1})
+        self.refused("POST", "/commit?x=1", "x", [])
+        self.assertEqual(self.store.revision, 1)
+        self.assertEqual(self.client.request("HEAD", "/v1/kv/a?x=1").status, 400)
+
+    def test_known_parameters_still_work(self):
+        """Declared parameters pass: a listing with every one of its own parameters answers 200."""
+        self.put("a")
+        answer = self.client.request("GET", "/v1/kv/?prefix=a&limit=5&after=0&values=1")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual([item["key"] for item in answer.json["items"]], ["a"])
+
+    def test_bare_flag_is_true(self):
+        """A flag named without a value (?values, as Consul clients send ?keys) is on, not ignored."""
+        self.put("a", b"x")
+        answer = self.client.request("GET", "/v1/kv/?values")
+        self.assertEqual(answer.json["items"][0]["value_base64"], "eA==")
+        self.assertNotIn("value_base64", self.client.request("GET", "/v1/kv/?values=0").json["items"][0])

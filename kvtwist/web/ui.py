@@ -118,6 +118,9 @@ class UIPart(Answers405):
     """
 
     route = "/ui/"
+    # Plain web files: they read no parameter, and browsers and tools add
+    # their own (cache busters), so none is refused.
+    parameters = None
 
     def decorate(self, response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():

@@ -64,6 +64,7 @@ class KeyCollection(V1Resource):
     """C{/v1/kv}: C{GET} lists keys; each child path is a key."""
 
     route = "/v1/kv/"
+    parameters = {"GET": ("prefix", "after", "limit", "values")}
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path and not request.postpath:
@@ -107,6 +108,7 @@ class KeyResource(V1Resource):
     """C{/v1/kv/{key}}: read, write and delete one key."""
 
     route = "/v1/kv/{key}"
+    parameters = {"GET": ("index", "wait", "consistent"), "PUT": ("ttl",)}
 
     def __init__(self, context: V1Context, raw_key: bytes) -> None:
         super().__init__(context)
@@ -117,7 +119,7 @@ class KeyResource(V1Resource):
         # with no Deferred, its headers encoded once while the entry stays
         # cached (a conditional read may be a 304: built per request).
         # Reads with parameters (long-polls) go the full way.
-        if not request.args:
+        if b"?" not in request.uri:
             store = self.context.store
             if request.getHeader(b"if-none-match") is None:
                 encoded = peek_encoded(store, self._raw_key, request, encode_v1)

@@ -139,6 +139,7 @@ class TransactionKey(TransactionPart):
     """C{/v1/txn/{id}/kv/{key}}: read through, stage a write or a delete."""
 
     route = "/v1/txn/{id}/kv/{key}"
+    parameters = {"PUT": ("ttl",)}
 
     def __init__(self, context: V1Context, txn_id: str, raw_key: bytes) -> None:
         super().__init__(context, txn_id)

@@ -227,6 +227,7 @@ class Watch(V1Resource):
     """C{GET /v1/watch?prefix=P&values=1}: a Server-Sent Events stream."""
 
     route = "/v1/watch"
+    parameters = {"GET": ("prefix", "values", "after")}
 
     def render_GET(self, request: Request) -> int:
         try:
