@@ -377,6 +377,10 @@ class TimedStore:
     def commit(self, ops, checks=()) -> Deferred:
         return self._timed(self._clock.seconds(), self.store.commit(ops, checks))
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        """A prefix delete, counted and timed as a commit."""
+        return self._timed(self._clock.seconds(), self.store.delete_prefix(prefix, max_keys))
+
     def commit_with(self, ops, checks, rider) -> Deferred:
         """
         An etcd store's commit that also carries a transaction's own keys

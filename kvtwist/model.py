@@ -125,7 +125,26 @@ class Expire:
         return len(self.key.encode("utf-8"))
 
 
-Op = Union[Put, Delete, Expire]
+@dataclass(frozen=True)
+class DeletePrefix:
+    """
+    Remove every live key that starts with C{prefix} (C{""}: every key),
+    each as a C{delete} change of the one commit; more than C{max_keys} of
+    them fails the whole commit with L{kvtwist.errors.LimitExceeded}. The
+    local stores' form of L{kvtwist.interfaces.IKeyValueStore.delete_prefix}
+    (L{kvtwist.store.rules.apply_commit} expands it); it has no C{key}.
+    """
+
+    prefix: str
+    max_keys: int
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.prefix.encode("utf-8"))
+
+
+Op = Union[Put, Delete, Expire, DeletePrefix]
 
 # The kinds of precondition a commit can carry.
 EQUALS = "equals"

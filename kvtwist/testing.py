@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Check, Entry, Op, Page
+from kvtwist.model import Check, DeletePrefix, Entry, Op, Page
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 
@@ -63,6 +63,9 @@ class _DictTable:
 
     def remove(self, key: str) -> None:
         self._rows.pop(key, None)
+
+    def keys_under(self, prefix: str) -> List[str]:
+        return [key for key in self._rows if key.startswith(prefix)]
 
 
 @implementer(IKeyValueStore)
@@ -143,6 +146,9 @@ class MemoryStore:
         self.commits.append(list(ops))
         self._listeners.notify(result)
         return succeed(result)
+
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        return self.commit([DeletePrefix(prefix, max_keys)])
 
     def ping(self) -> Deferred:
         return self._guard() or succeed(None)

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.limits import Limits
+from kvtwist.model import Put
 from kvtwist.testing import MemoryStore, memory_root
 from tests.webtest import TreeClient
 
@@ -116,7 +117,7 @@ class KeyTests(V1Case):
         """A wrong method is 405 with Allow, on every v1 resource."""
         for method, path, allowed in [
             ("POST", "/v1/kv/a", "DELETE, GET, HEAD, PUT"),
-            ("PUT", "/v1/kv/", "GET, HEAD"),
+            ("PUT", "/v1/kv/", "DELETE, GET, HEAD"),
             ("GET", "/v1/txn", "POST"),
             ("GET", "/v1/batch", "POST"),
             ("POST", "/v1/limits", "GET, HEAD"),
@@ -583,3 +584,55 @@ class QueryParameterTests(V1Case):
         answer = self.client.request("GET", "/v1/kv/?values")
         self.assertEqual(answer.json["items"][0]["value_base64"], "eA==")
         self.assertNotIn("value_base64", self.client.request("GET", "/v1/kv/?values=0").json["items"][0])
+
+
+class PrefixDeleteTests(V1Case):
+    """DELETE /v1/kv/?prefix=P: every key under P in one commit."""
+
+    def test_deletes_under_prefix_in_one_commit(self):
+        """200 {deleted, revision}: every key under the prefix goes in one revision; others stay."""
+        for key in ("app/a", "app/b/c", "app", "apps"):
+            self.put(key)
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=app/")
+        self.assertEqual((answer.status, answer.json), (200, {"deleted": 2, "revision": 5}))
+        self.assertEqual(answer.header("kv-revision"), "5")
+        self.assertEqual(sorted(self.store.rows), ["app", "apps"])
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=nothing/")
+        self.assertEqual(answer.json, {"deleted": 0, "revision": 5})
+
+    def test_everything_needs_all(self):
+        """No prefix (or an empty one) is a 400 unless all=1; all=1 with a prefix is a 400 too."""
+        self.put("a")
+        for path in ("/v1/kv/", "/v1/kv/?prefix=", "/v1/kv/?all=0"):
+            self.client.problem("DELETE", path, 400, "bad-parameter")
+        self.client.problem("DELETE", "/v1/kv/?prefix=a&all=1", 400, "bad-parameter")
+        self.assertEqual(list(self.store.rows), ["a"])
+        answer = self.client.request("DELETE", "/v1/kv/?all=1")
+        self.assertEqual(answer.json, {"deleted": 1, "revision": 2})
+        self.assertEqual(self.store.rows, {})
+
+    def test_limit_is_413_and_deletes_nothing(self):
+        """More keys than max_keys_per_request: 413 naming the limit and the count; nothing deleted."""
+        self.client = TreeClient(self, memory_root(self.store, limits=Limits(max_keys_per_request=2)))
+        for key in ("p/1", "p/2", "p/3"):
+            self.put(key)
+        answer = self.client.problem("DELETE", "/v1/kv/?prefix=p/", 413, "limit-exceeded")
+        self.assertEqual(
+            (answer.json["limit_name"], answer.json["limit"], answer.json["size"]),
+            ("max_keys_per_request", 2, 3),
+        )
+        self.assertEqual(len(self.store.rows), 3)
+
+    def test_token_must_write_the_prefix(self):
+        """With auth on, a token may delete a prefix inside its write prefixes, not one wider."""
+        from kvtwist.auth import Authorizer, Token
+
+        token = Token("app", "a" * 20, read=("",), write=("app/",))
+        self.client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([token])))
+        self.store.commit([Put("app/x/1", b"1"), Put("apq", b"2")])
+        bearer = {"Authorization": "Bearer " + token.secret}
+        self.client.problem("DELETE", "/v1/kv/?prefix=ap", 403, "forbidden", headers=bearer)
+        self.client.problem("DELETE", "/v1/kv/?all=1", 403, "forbidden", headers=bearer)
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=app/x/", headers=bearer)
+        self.assertEqual(answer.json["deleted"], 1)
+        self.assertEqual(sorted(self.store.rows), ["apq"])

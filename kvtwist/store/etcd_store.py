@@ -673,6 +673,13 @@ class EtcdStore:
         """
         return self._run(self._commit(list(ops), list(checks), rider))
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        """
+        One etcd transaction with one DeleteRange over the prefix; see
+        L{IKeyValueStore.delete_prefix} and L{_delete_prefix}.
+        """
+        return self._run(self._delete_prefix(prefix, max_keys))
+
     def add_listener(self, listener) -> None:
         """
         Call C{listener(result)} for every revision that changed the key
@@ -963,6 +970,85 @@ class EtcdStore:
             raise
         await self._settle(token, purged + [result])
         return result
+
+    async def _delete_prefix(self, prefix: str, max_keys: int) -> CommitResult:
+        """
+        Count the keys under C{prefix} at a revision R, then delete them in
+        one transaction guarded by "nothing in the range was written after
+        R" (a compare over the range), so the count the limit was checked
+        against is the set deleted; retried when a write got in between.
+        The count includes keys that expired moments ago and that etcd's
+        lease has not removed yet (they are deleted too, as C{expire}
+        changes).
+        """
+        start = self._etcd_key(prefix)
+        end = prefix_end(start)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            counted = await self.call(
+                "/v3/kv/range",
+                {"key": _b64(start), "range_end": _b64(end), "count_only": True},
+            )
+            count = int(counted.get("count", 0))
+            if count > max_keys:
+                raise LimitExceeded(
+                    "max_keys_per_request",
+                    max_keys,
+                    count,
+                    hint="a prefix delete counts each key it deletes",
+                )
+            if not count:
+                return CommitResult(self.revision, ())
+            read_at = int(counted["header"]["revision"])
+            body = {
+                "compare": [
+                    {
+                        "key": _b64(start),
+                        "range_end": _b64(end),
+                        "target": "MOD",
+                        "result": "LESS",
+                        "mod_revision": str(read_at + 1),
+                    }
+                ],
+                "success": [
+                    {
+                        "request_delete_range": {
+                            "key": _b64(start),
+                            "range_end": _b64(end),
+                            "prev_kv": True,
+                        }
+                    }
+                ],
+            }
+            token = next(self._tokens)
+            self._unsettled.setdefault(token, self.revision)
+            try:
+                document = await self.call("/v3/kv/txn", body, write=True)
+            except _Ambiguous as e:
+                self._settle(token, [])
+                # Not retried: a second DeleteRange would also delete keys
+                # written since.
+                raise _unknown_outcome(str(e), "a prefix delete is not retried")
+            except BaseException:
+                self._settle(token, [])
+                raise
+            if not document.get("succeeded"):
+                self._settle(token, [])
+                continue
+            now = self.clock.seconds()
+            changes = []
+            for response in document.get("responses") or []:
+                deleted = response.get("response_delete_range", {})
+                for kv in deleted.get("prev_kvs") or []:
+                    entry = self._row(kv).entry
+                    kind = "delete" if entry.is_live(now) else "expire"
+                    changes.append(Change(kind, entry.key, None, entry))
+            result = CommitResult(int(document["header"]["revision"]), tuple(changes))
+            await self._settle(token, [result])
+            return result
+        raise StoreUnavailable(
+            "the prefix delete lost the race against concurrent writes under "
+            "its prefix %d times; nothing was applied" % (_COMMIT_ATTEMPTS,)
+        )
 
     def _settle(self, token: int, results: List[CommitResult]) -> Deferred:
         """

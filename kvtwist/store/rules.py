@@ -9,15 +9,16 @@ lets the memory fake and the shelve store pass one contract suite.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Protocol, Sequence
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence
 
-from kvtwist.errors import ConflictError
+from kvtwist.errors import ConflictError, LimitExceeded
 from kvtwist.model import (
     Change,
     Check,
     CheckFailure,
     CommitResult,
     Delete,
+    DeletePrefix,
     Entry,
     Expire,
     Op,
@@ -36,6 +37,9 @@ class Table(Protocol):
 
     def remove(self, key: str) -> None:
         """Remove C{key}'s row if present."""
+
+    def keys_under(self, prefix: str) -> Iterable[str]:
+        """Every stored key starting with C{prefix}, expired ones included."""
 
 
 def live(entry: Optional[Entry], now: float) -> Optional[Entry]:
@@ -69,6 +73,48 @@ def final_ops(ops: Iterable[Op]) -> Dict[str, Op]:
     return result
 
 
+def touched_keys(ops: Iterable[Op], checks: Iterable[Check]) -> List[str]:
+    """The keys C{ops} and C{checks} name (a L{DeletePrefix} names none)."""
+    keys = [op.key for op in ops if not isinstance(op, DeletePrefix)]
+    return keys + [check.key for check in checks]
+
+
+def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[Op]:
+    """
+    C{ops} with each L{DeletePrefix} replaced by a L{Delete} of every key
+    under its prefix at that point of the commit: stored keys, and keys
+    written by the commit's earlier ops.
+
+    @raise LimitExceeded: when more live keys than the op's C{max_keys}
+        would go (C{max_keys_per_request}: a prefix delete names each key
+        it deletes); C{table} is untouched.
+    """
+    if not any(isinstance(op, DeletePrefix) for op in ops):
+        return list(ops)
+    expanded: List[Op] = []
+    for op in ops:
+        if not isinstance(op, DeletePrefix):
+            expanded.append(op)
+            continue
+        keys = dict.fromkeys(table.keys_under(op.prefix))
+        written = {o.key: o for o in expanded if o.key.startswith(op.prefix)}
+        keys.update(dict.fromkeys(written))
+        doomed = [
+            key for key in keys
+            if isinstance(written.get(key), Put)
+            or (key not in written and live(table.read(key), now) is not None)
+        ]
+        if len(doomed) > op.max_keys:
+            raise LimitExceeded(
+                "max_keys_per_request",
+                op.max_keys,
+                len(doomed),
+                hint="a prefix delete counts each key it deletes",
+            )
+        expanded.extend(Delete(key) for key in doomed)
+    return expanded
+
+
 def count_delta(result: CommitResult) -> int:
     """How a commit changed the number of stored keys."""
     delta = 0
@@ -92,10 +138,13 @@ def apply_commit(
     C{revision}.
 
     @raise ConflictError: if a check failed; C{table} is then untouched.
+    @raise LimitExceeded: if a L{DeletePrefix} would delete too many keys;
+        C{table} is then untouched.
     """
     failures = failed_checks(table, checks, now)
     if failures:
         raise ConflictError(failures)
+    ops = expand_prefix_deletes(table, ops, now)
     planned = []
     for op in final_ops(ops).values():
         stored = table.read(op.key)

@@ -1,5 +1,6 @@
 """
-C{/v1/kv/}: keys with revisions and CAS, and prefix listing.
+C{/v1/kv/}: keys with revisions and CAS, prefix listing, and delete by
+prefix.
 
 The key is the percent-decoded rest of the path and may contain C{/}:
 C{/v1/kv/a%2Fb} and C{/v1/kv/a/b} name the same key. PUT and DELETE are
@@ -64,7 +65,10 @@ class KeyCollection(V1Resource):
     """C{/v1/kv}: C{GET} lists keys; each child path is a key."""
 
     route = "/v1/kv/"
-    parameters = {"GET": ("prefix", "after", "limit", "values")}
+    parameters = {
+        "GET": ("prefix", "after", "limit", "values"),
+        "DELETE": ("prefix", "all"),
+    }
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path and not request.postpath:
@@ -102,6 +106,46 @@ class KeyCollection(V1Resource):
             )
 
         return self.context.store.list(prefix, after, limit).addCallback(page_response)
+
+    def render_DELETE(self, request: Request) -> int:
+        return self.respond(request, self._delete_prefix)
+
+    def _delete_prefix(self, request: Request) -> Deferred:
+        """
+        Delete every key under C{?prefix=} in one commit. The empty prefix
+        (every key) needs an explicit C{?all=1}, so a forgotten parameter
+        never empties the store. Each key deleted counts against
+        C{max_keys_per_request} (413 beyond, nothing deleted). The token
+        must be allowed to write the prefix itself, which covers every key
+        under it.
+        """
+        prefix = query_arg(request, "prefix") or ""
+        everything = flag_arg(request, "all")
+        if not prefix and not everything:
+            raise InvalidInput(
+                "bad-parameter",
+                "a prefix delete needs a non-empty prefix, or all=1 to delete every key",
+                parameter="prefix",
+            )
+        if prefix and everything:
+            raise InvalidInput(
+                "bad-parameter", "all=1 deletes every key: give it without a prefix",
+                parameter="all",
+            )
+        if prefix:
+            check_key(prefix)
+        Authorizer.require_write(principal_of(request), [prefix])
+        limit = self.context.limits.max_keys_per_request
+        d = self.context.store.delete_prefix(prefix, limit)
+        return d.addCallback(
+            lambda result: json_response(
+                200,
+                {
+                    "deleted": sum(1 for change in result.changes if change.kind == "delete"),
+                    "revision": result.revision,
+                },
+            )
+        )
 
 
 class KeyResource(V1Resource):
