@@ -559,8 +559,8 @@ class QueryParameterTests(V1Case):
         self.put("a")
         self.refused("PUT", "/v1/kv/a?flags=4", "flags", ["ttl"], body=b"x")
         self.refused("DELETE", "/v1/kv/a?ttl=5", "ttl", [])
-        self.refused("GET", "/v1/kv/?prefix=a&index=3", "index", ["prefix", "after", "limit", "values"])
-        self.refused("GET", "/v1/kv/?wait=3", "wait", ["prefix", "after", "limit", "values"])
+        self.refused("GET", "/v1/kv/?prefix=a&index=3", "index", ["prefix", "after", "limit", "values", "keys", "separator"])
+        self.refused("GET", "/v1/kv/?wait=3", "wait", ["prefix", "after", "limit", "values", "keys", "separator"])
         self.refused("GET", "/v1/kv/a?revision=1", "revision", ["index", "wait", "consistent"])
         self.refused("GET", "/v1/watch?recurse=1", "recurse", ["prefix", "values", "after"])
         self.refused("POST", "/v1/batch?dry=1", "dry", [], json_body={"ops": []})
@@ -636,3 +636,48 @@ class PrefixDeleteTests(V1Case):
         answer = self.client.request("DELETE", "/v1/kv/?prefix=app/x/", headers=bearer)
         self.assertEqual(answer.json["deleted"], 1)
         self.assertEqual(sorted(self.store.rows), ["apq"])
+
+
+class KeysListingTests(V1Case):
+    """GET /v1/kv/?prefix=P&keys=1[&separator=S]: key names, rolled up as Consul does."""
+
+    KEYS = ("app/a", "app/b/c", "app/b/d", "app/c/x/y", "app/d", "apps", "other")
+
+    def setUp(self):
+        super().setUp()
+        for key in self.KEYS:
+            self.put(key)
+
+    def test_keys_only(self):
+        """keys=1 lists the names under the prefix, at one revision, with no next on the last page."""
+        answer = self.client.request("GET", "/v1/kv/?prefix=app/&keys=1")
+        self.assertEqual(
+            answer.json,
+            {"revision": 7, "keys": ["app/a", "app/b/c", "app/b/d", "app/c/x/y", "app/d"], "next": None},
+        )
+
+    def test_rolled_up_at_separator(self):
+        """With a separator, P + a/b/c lists as P + a/, once; bare ?keys works as Consul sends it."""
+        answer = self.client.request("GET", "/v1/kv/?prefix=app/&keys&separator=/")
+        self.assertEqual(answer.json["keys"], ["app/a", "app/b/", "app/c/", "app/d"])
+        top = self.client.request("GET", "/v1/kv/?keys=1&separator=/").json["keys"]
+        self.assertEqual(top, ["app/", "apps", "other"])
+
+    def test_paged_past_rolled_up_groups(self):
+        """Paging with limit and next visits every name once, resuming past a rolled-up group."""
+        seen, after = [], None
+        for _ in range(10):
+            path = "/v1/kv/?prefix=app/&keys=1&separator=/&limit=2"
+            if after is not None:
+                path += "&after=" + after
+            page = self.client.request("GET", path).json
+            seen += page["keys"]
+            after = page["next"]
+            if after is None:
+                break
+        self.assertEqual(seen, ["app/a", "app/b/", "app/c/", "app/d"])
+
+    def test_bad_combinations(self):
+        """keys=1 with values=1, or a separator without keys=1, is a 400 bad-parameter."""
+        self.client.problem("GET", "/v1/kv/?keys=1&values=1", 400, "bad-parameter")
+        self.client.problem("GET", "/v1/kv/?separator=/", 400, "bad-parameter")

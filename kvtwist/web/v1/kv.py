@@ -1,6 +1,6 @@
 """
-C{/v1/kv/}: keys with revisions and CAS, prefix listing, and delete by
-prefix.
+C{/v1/kv/}: keys with revisions and CAS, prefix listing (of entries, or
+of key names rolled up at a separator), and delete by prefix.
 
 The key is the percent-decoded rest of the path and may contain C{/}:
 C{/v1/kv/a%2Fb} and C{/v1/kv/a/b} name the same key. PUT and DELETE are
@@ -38,6 +38,35 @@ from kvtwist.web.v1.conditional import not_modified, precondition_failures, writ
 #: Default page size of a listing.
 DEFAULT_PAGE = 100
 
+#: The largest character: a cursor of C{rolled + LAST_CHARACTER} sorts after
+#: every key that starts with C{rolled} (in UTF-8 byte order, as code
+#: points), so a keys listing resumes past a rolled-up group.
+LAST_CHARACTER = "\U0010ffff"
+
+
+def roll_up(keys, prefix: str, separator: str) -> list:
+    """
+    C{keys} (sorted, under C{prefix}) as a keys listing shows them: each key
+    with C{separator} after the prefix cut just after its first one (Consul's
+    C{?keys&separator}: C{prefix + "a/b/c"} lists as C{prefix + "a/"}), once.
+    An empty separator rolls nothing up.
+    """
+    listed: list = []
+    for key in keys:
+        if separator:
+            cut = key.find(separator, len(prefix))
+            if cut >= 0:
+                key = key[: cut + len(separator)]
+        # Keys sharing a rolled-up name are adjacent in sorted order.
+        if not listed or listed[-1] != key:
+            listed.append(key)
+    return listed
+
+
+def is_rolled_up(key: str, prefix: str, separator: str) -> bool:
+    """Whether C{key} is a name L{roll_up} made (it ends at its first separator)."""
+    return bool(separator) and key.find(separator, len(prefix)) == len(key) - len(separator)
+
 
 def rest_of_path(name: bytes, request: Request) -> bytes:
     """
@@ -66,7 +95,7 @@ class KeyCollection(V1Resource):
 
     route = "/v1/kv/"
     parameters = {
-        "GET": ("prefix", "after", "limit", "values"),
+        "GET": ("prefix", "after", "limit", "values", "keys", "separator"),
         "DELETE": ("prefix", "all"),
     }
 
@@ -85,6 +114,19 @@ class KeyCollection(V1Resource):
             check_key(after)
         limit = int_arg(request, "limit", DEFAULT_PAGE, 1, self.context.limits.max_list_limit)
         with_values = flag_arg(request, "values")
+        separator = query_arg(request, "separator")
+        if flag_arg(request, "keys"):
+            if with_values:
+                raise InvalidInput(
+                    "bad-parameter", "keys=1 lists names only: values=1 does not go with it",
+                    parameter="values",
+                )
+            return self._list_keys(request, prefix, after, limit, separator or "")
+        if separator:
+            raise InvalidInput(
+                "bad-parameter", "separator rolls up a keys listing: give it with keys=1",
+                parameter="separator",
+            )
 
         token = principal_of(request)
 
@@ -106,6 +148,38 @@ class KeyCollection(V1Resource):
             )
 
         return self.context.store.list(prefix, after, limit).addCallback(page_response)
+
+    def _list_keys(
+        self, request: Request, prefix: str, after: Optional[str], limit: int, separator: str
+    ) -> Deferred:
+        """
+        One page of key names, rolled up at C{separator}, from one read of
+        C{limit} keys at one revision (so a page of rolled-up names may
+        hold fewer than C{limit}). A C{next} that is a rolled-up name
+        resumes past every key under it.
+        """
+        token = principal_of(request)
+        cursor = after
+        if after is not None and after.startswith(prefix) and is_rolled_up(after, prefix, separator):
+            cursor = after + LAST_CHARACTER
+
+        def page_response(page) -> Response:
+            # Keys the token may not read are left out before rolling up,
+            # so a rolled-up name never reveals them.
+            keys = roll_up(
+                (entry.key for entry in page.entries if token.may_read(entry.key)),
+                prefix,
+                separator,
+            )
+            last = page.entries[-1].key if page.entries else None
+            if page.more and last is not None:
+                rolled = roll_up([last], prefix, separator)[0]
+                next_key: Optional[str] = rolled
+            else:
+                next_key = None
+            return json_response(200, {"revision": page.revision, "keys": keys, "next": next_key})
+
+        return self.context.store.list(prefix, cursor, limit).addCallback(page_response)
 
     def render_DELETE(self, request: Request) -> int:
         return self.respond(request, self._delete_prefix)
