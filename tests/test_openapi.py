@@ -1083,7 +1083,7 @@ PROPERTY_LIMITS = Limits(
 )
 #: Examples per run and requests per example (the bound on the run).
 MAX_EXAMPLES = 360
-MAX_CALLS = 6
+MAX_CALLS = 8
 
 
 # ===================================================================== tests
