@@ -16,9 +16,9 @@ import functools
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from kvtwist.errors import ConflictError, LimitExceeded, StoreUnavailable
+from kvtwist.errors import ConflictError, LimitExceeded, NotAnInteger, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Check, Delete, Entry, Expire, Put
+from kvtwist.model import Check, Delete, Entry, Expire, Incr, Put
 
 
 def contract(test):
@@ -395,3 +395,27 @@ class StoreContract(ExpectFailure):
         self.assertEqual(len((await store.list("p/", None, 10)).entries), 3)
         result = await store.delete_prefix("p/", 3)
         self.assertEqual(len(result.changes), 3)
+
+    @contract
+    async def test_incr(self):
+        """Incr adds to a JSON integer (absent: 0), keeps the expiry, and refuses a non-integer changing nothing."""
+        store = await self.make_store()
+        first = await store.commit([Incr("n", 5)])
+        self.assertEqual(((await store.get("n")).value, first.changes[0].kind), (b"5", "put"))
+        await store.commit([Incr("n", -7), Incr("n")])
+        entry = await store.get("n")
+        self.assertEqual((entry.value, entry.content_type, entry.version), (b"-1", "application/json", 2))
+        big = 2 ** 80
+        await store.commit([Put("big", str(big).encode(), "application/json"), Incr("big", big)])
+        self.assertEqual((await store.get("big")).value, str(2 * big).encode())
+        expires = store.clock.seconds() + 1000
+        await store.commit([Put("ttl", b"1", "application/json", expires)])
+        await store.commit([Incr("ttl")])
+        self.assertEqual((await store.get("ttl")).expires, expires)
+        before = store.revision
+        for value, content_type in ((b"1.5", "application/json"), (b"true", "application/json"),
+                                    (b"1", "text/plain"), (b'"1"', "application/json")):
+            await store.commit([Put("x", value, content_type)])
+            before = store.revision
+            await self.expect(NotAnInteger, store.commit([Incr("n"), Incr("x")]))
+            self.assertEqual((store.revision, (await store.get("n")).value), (before, b"-1"))

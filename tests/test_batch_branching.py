@@ -226,3 +226,55 @@ class JsonEqualTests(SynchronousTestCase):
         self.assertFalse(json_equal([0], [False]))
         self.assertFalse(json_equal({"a": 1}, {"a": 1, "b": 2}))
         self.assertFalse(json_equal("1", 1))
+
+
+class CounterTests(BranchCase):
+    """incr in batches (both forms) and in transactions."""
+
+    def test_batch_incr(self):
+        """incr adds to a JSON integer (absent: 0), of any size; results say each step's value; a get sees it."""
+        self.store.commit([Put("big", str(10 ** 30).encode(), "application/json")])
+        answer = self.client.request("POST", "/v1/batch", json_body={"ops": [
+            {"op": "incr", "key": "n"}, {"op": "incr", "key": "n", "by": 41},
+            {"op": "get", "key": "n"}, {"op": "incr", "key": "big", "by": -1}]})
+        self.assertEqual(answer.status, 200, answer.body)
+        results = answer.json["results"]
+        self.assertEqual([r.get("value") for r in results], [1, 42, 42, 10 ** 30 - 1])
+        self.assertEqual(self.store.rows["n"].value, b"42")
+        self.assertEqual(self.store.rows["n"].content_type, "application/json")
+
+    def test_not_an_integer_is_409(self):
+        """incr of a value that is not a JSON integer is a 409 not-an-integer; nothing applies."""
+        for key in ("cfg", "raw"):
+            answer = self.client.problem("POST", "/v1/batch", 409, "not-an-integer", json_body={
+                "ops": [{"op": "set", "key": "other", "value": 1}, {"op": "incr", "key": key}]})
+            self.assertEqual(answer.json["key"], key)
+        self.assertNotIn("other", self.store.rows)
+        self.client.problem("POST", "/v1/batch", 400, "bad-op",
+                            json_body={"ops": [{"op": "incr", "key": "n", "by": 1.5}]})
+
+    def test_incr_in_a_branch(self):
+        """incr is a branch op: a compare-and-increment."""
+        body = self.branch([{"key": "n", "absent": True}],
+                           success=[{"op": "incr", "key": "n", "by": 3}])
+        self.assertEqual((body["succeeded"], body["results"]), (True, [{"op": "incr", "key": "n", "value": 3}]))
+
+    def test_transaction_incr(self):
+        """POST /v1/txn/{id}/incr stages the sum read through the transaction; a concurrent change makes the commit 409."""
+        self.store.commit([Put("n", b"5", "application/json")])
+        txn = self.client.request("POST", "/v1/txn").json["id"]
+        answer = self.client.request("POST", "/v1/txn/%s/incr" % txn, json_body={"key": "n", "by": 2})
+        self.assertEqual(answer.json, {"key": "n", "value": 7, "staged": "put", "ops": 1})
+        answer = self.client.request("POST", "/v1/txn/%s/incr" % txn, json_body={"key": "n"})
+        self.assertEqual(answer.json["value"], 8)
+        self.assertEqual(self.store.rows["n"].value, b"5")
+        self.assertEqual(self.client.request("POST", "/v1/txn/%s/commit" % txn).status, 200)
+        self.assertEqual(self.store.rows["n"].value, b"8")
+        other = self.client.request("POST", "/v1/txn").json["id"]
+        self.client.request("POST", "/v1/txn/%s/incr" % other, json_body={"key": "n"})
+        self.store.commit([Put("n", b"100", "application/json")])
+        self.client.problem("POST", "/v1/txn/%s/commit" % other, 409, "conflict")
+        self.assertEqual(self.store.rows["n"].value, b"100")
+        bad = self.client.request("POST", "/v1/txn").json["id"]
+        self.client.problem("POST", "/v1/txn/%s/incr" % bad, 409, "not-an-integer", json_body={"key": "cfg"})
+        self.client.problem("POST", "/v1/txn/%s/incr" % bad, 400, "bad-incr", json_body={"key": "n", "by": "2"})

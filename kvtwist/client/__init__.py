@@ -51,6 +51,7 @@ revisions:
       (C{put}, C{delete}, C{get}, C{set_many}, C{describe}, C{commit},
       C{abort}).
     - L{batch}: C{POST /v1/batch}, a one-request transaction.
+    - L{incr}: add to a counter atomically (an C{incr} op in a batch).
     - L{transact}: run batch-shaped ops through a multi-request transaction
       (what C{kvtwist txn} does).
 
@@ -103,7 +104,7 @@ from kvtwist.client._wire import (
     is_json_type,
     value_fields,
 )
-from kvtwist.client.batch import OP_KINDS, batch, check_ops, transact
+from kvtwist.client.batch import OP_KINDS, batch, check_ops, incr, transact
 from kvtwist.client.errors import (
     ConflictError,
     KVClientError,
@@ -141,6 +142,7 @@ __all__ = [
     "list_all",
     "begin",
     "batch",
+    "incr",
     "transact",
     "check_ops",
     "watch",

@@ -188,6 +188,7 @@ from kvtwist.model import (
     Delete,
     Entry,
     Expire,
+    Incr,
     Op,
     Page,
     Put,
@@ -205,7 +206,7 @@ from kvtwist.store.etcd_gateway import (
     is_token_refusal,
 )
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import final_ops, live
+from kvtwist.store.rules import final_ops, fold_increments, increment, live
 
 __all__ = [
     "EtcdStore",
@@ -230,6 +231,10 @@ ENVELOPE_VERSION = 1
 # How often one commit reads and retries when concurrent commits keep
 # changing its keys between its read and its transaction.
 _COMMIT_ATTEMPTS = 10
+# The same for a commit with increments: counters are made to be contended
+# (every client adds to the same key), and every round some commit wins, so
+# a longer bound only lets a commit wait its turn.
+_INCREMENT_ATTEMPTS = 100
 # How often a multi-request read restarts when etcd compacted its revision.
 _READ_ATTEMPTS = 3
 # Bounds on one listing: rounds of range requests and keys per request (the
@@ -920,7 +925,9 @@ class EtcdStore:
     async def _commit(
         self, ops: List[Op], checks: List[Check], rider: Optional["Rider"] = None
     ) -> CommitResult:
-        final = final_ops(ops)
+        # Increments become writes of the values read in _attempt (guarded
+        # like every write, so a concurrent change makes them read again).
+        final = final_ops(fold_increments(ops))
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
@@ -1122,7 +1129,12 @@ class EtcdStore:
         keys it made, and registers C{token} as unsettled before its first
         write. C{rider} goes into the transaction that applies the plan.
         """
-        for attempt in range(_COMMIT_ATTEMPTS):
+        attempts = (
+            _INCREMENT_ATTEMPTS
+            if any(isinstance(op, Incr) for op in final.values())
+            else _COMMIT_ATTEMPTS
+        )
+        for attempt in range(attempts):
             rows, _ = await self._read_rows(touched)
             if lost:
                 plan, guards, reason = lost[-1]
@@ -1149,7 +1161,7 @@ class EtcdStore:
             stale = {
                 k: rows[k].entry.mod_revision
                 for k, op in final.items()
-                if isinstance(op, Put) and k in rows and current[k] is None
+                if isinstance(op, (Put, Incr)) and k in rows and current[k] is None
             }
             if stale:
                 self._unsettled.setdefault(token, self.revision)
@@ -1169,6 +1181,8 @@ class EtcdStore:
                         and current[key] is None
                     ):
                         plan.append((op, row.entry))
+                elif isinstance(op, Incr):
+                    plan.append((increment(current.get(key), op), current.get(key)))
                 elif isinstance(op, Put) or current.get(key) is not None:
                     plan.append((op, current.get(key)))
             if not plan:
@@ -1198,7 +1212,7 @@ class EtcdStore:
             # our read and our transaction. Read again and decide again.
         raise StoreUnavailable(
             "the commit lost the race against concurrent commits on its keys "
-            "%d times; nothing was applied" % (_COMMIT_ATTEMPTS,)
+            "%d times; nothing was applied" % (attempts,)
         )
 
     def _landed(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Protocol, Sequence
 
-from kvtwist.errors import ConflictError, LimitExceeded
+from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded, NotAnInteger
 from kvtwist.model import (
     Change,
     Check,
@@ -21,9 +21,12 @@ from kvtwist.model import (
     DeletePrefix,
     Entry,
     Expire,
+    Incr,
+    JSON_CONTENT_TYPE,
     Op,
     Put,
 )
+from kvtwist.strictjson import encode, parse
 
 
 class Table(Protocol):
@@ -115,6 +118,67 @@ def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[O
     return expanded
 
 
+def counter_value(key: str, value: bytes, content_type: str) -> int:
+    """
+    The integer a counter's stored value holds.
+
+    @raise NotAnInteger: unless it is a JSON integer stored as JSON.
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            number = parse(value)
+        except InvalidInput:
+            number = None
+        if type(number) is int:
+            return number
+    raise NotAnInteger(key)
+
+
+def increment(base: "Optional[Put | Entry]", op: Incr) -> Put:
+    """
+    The write C{op} makes over C{base}, the key's live entry or staged
+    write (None: absent, counted as 0); the expiry is kept.
+
+    @raise NotAnInteger: when C{base} holds no JSON integer.
+    """
+    current = counter_value(op.key, base.value, base.content_type) if base is not None else 0
+    expires = base.expires if base is not None else None
+    return Put(op.key, encode(current + op.by), JSON_CONTENT_TYPE, expires)
+
+
+def fold_increments(ops: Sequence[Op]) -> List[Op]:
+    """
+    C{ops} with each L{Incr} that follows a write of its key in the same
+    commit resolved against that write (a L{Put}, or absent after a
+    L{Delete}), and increments of one key in a row merged. What is left
+    are increments of the stored value, each the first write of its key.
+
+    @raise NotAnInteger: when a write before an increment is not an integer.
+    """
+    folded: List[Op] = []
+    last: Dict[str, int] = {}
+    for op in ops:
+        key = getattr(op, "key", None)
+        if isinstance(op, Incr) and key in last:
+            earlier = folded[last[key]]
+            if isinstance(earlier, Incr):
+                op = Incr(key, earlier.by + op.by)
+            elif isinstance(earlier, Put):
+                op = increment(earlier, op)
+            elif isinstance(earlier, Delete):
+                op = increment(None, op)
+            if not isinstance(earlier, Expire):
+                # (After the sweeper's Expire the key may or may not go:
+                # the increment is left to meet the stored state.)
+                folded[last[key]] = op
+                continue
+        if key is not None:
+            last[key] = len(folded)
+        folded.append(op)
+    return folded
+
+
 def count_delta(result: CommitResult) -> int:
     """How a commit changed the number of stored keys."""
     delta = 0
@@ -145,6 +209,10 @@ def apply_commit(
     if failures:
         raise ConflictError(failures)
     ops = expand_prefix_deletes(table, ops, now)
+    ops = [
+        increment(live(table.read(op.key), now), op) if isinstance(op, Incr) else op
+        for op in fold_increments(ops)
+    ]
     planned = []
     for op in final_ops(ops).values():
         stored = table.read(op.key)

@@ -23,7 +23,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, KVError, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.errors import (
+    ConflictError,
+    KVError,
+    LimitExceeded,
+    NotAnInteger,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page
 from kvtwist.store.listeners import Listeners
@@ -463,7 +470,7 @@ class ShelveStore:
             for ops, checks in group:
                 try:
                     result = apply_commit(table, revision, ops, checks, now)
-                except (ConflictError, LimitExceeded) as e:
+                except (ConflictError, LimitExceeded, NotAnInteger) as e:
                     # Refused before any write: the group's other commits
                     # go on.
                     outcomes.append(e)

@@ -20,6 +20,7 @@ from kvtwist.errors import (
     KeyNotFound,
     KVError,
     LimitExceeded,
+    NotAnInteger,
     PreconditionFailed,
     StoreCorrupt,
     StoreUnavailable,
@@ -79,7 +80,7 @@ def status_for(error: KVError) -> int:
         return 403
     if isinstance(error, (KeyNotFound, TransactionNotFound)):
         return 404
-    if isinstance(error, ConflictError):
+    if isinstance(error, (ConflictError, NotAnInteger)):
         return 409
     if isinstance(error, PreconditionFailed):
         return 412

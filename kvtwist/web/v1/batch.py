@@ -38,7 +38,8 @@ from twisted.web.server import Request
 from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import ConflictError
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Check, CheckFailure, Delete, Entry, Op, Put
+from kvtwist.model import Check, CheckFailure, Delete, Entry, Incr, Op, Put
+from kvtwist.store.rules import counter_value, increment
 from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
 from kvtwist.web.v1.base import V1Resource, describe, value_fields
@@ -141,7 +142,9 @@ class Batch(V1Resource):
         store = self.context.store
         compares = plan.compares or []
         read_keys = [c.key for c in compares] + [
-            fields["key"] for kind, fields in plan.all_ops() if kind in ("get", "check", "check-absent")
+            fields["key"]
+            for kind, fields in plan.all_ops()
+            if kind in ("get", "check", "check-absent", "incr")
         ]
         branches = [plan.success, plan.failure] if plan.branching else [plan.success]
         if all(_writes(branch) for branch in branches):
@@ -195,6 +198,16 @@ class Batch(V1Resource):
                 writes.append(Delete(key))
                 view[key] = None
                 results.append({"op": "delete", "key": key})
+            elif kind == "incr":
+                # The store resolves the increment on the state it commits
+                # to (no guard: concurrent increments never conflict); the
+                # value here serves later gets, and refuses a non-integer
+                # early.
+                writes.append(Incr(key, fields["by"]))
+                counted = increment(view[key] if key in view else before.get(key), writes[-1])
+                view[key] = counted
+                results.append({"op": "incr", "key": key,
+                                "value": counter_value(key, counted.value, counted.content_type)})
             elif kind == "check":
                 checks.append(Check.equals(key, fields["revision"], tag=index))
                 results.append({"op": "check", "key": key, "ok": True})
@@ -209,7 +222,28 @@ class Batch(V1Resource):
 
     @staticmethod
     def _add_outcomes(ops: List[ParsedOp], results: List[Dict[str, Any]], changed: Dict[str, Any]) -> None:
-        """Say in each write's result what the commit did with it."""
+        """
+        Say in each write's result what the commit did with it. An
+        increment's value comes from the committed counter, less the
+        increments of the same key after it in the batch (what the key
+        held after this op); one followed by a set or delete of its key
+        keeps the value the batch computed.
+        """
+        later: Dict[str, Optional[int]] = {}
+        for (kind, fields), item in reversed(list(zip(ops, results))):
+            key = fields["key"]
+            change = changed.get(key)
+            if kind == "incr":
+                if key not in later:
+                    entry = change.entry if change is not None else None
+                    later[key] = (
+                        counter_value(key, entry.value, entry.content_type) if entry else None
+                    )
+                if later[key] is not None:
+                    item["value"] = later[key]
+                    later[key] -= fields["by"]
+            elif kind in ("set", "delete"):
+                later[key] = None
         for (kind, fields), item in zip(ops, results):
             change = changed.get(fields["key"])
             if kind == "set":

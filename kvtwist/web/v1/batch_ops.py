@@ -15,8 +15,8 @@ Two forms:
       - C{{"key": K, FIELD: N, "cmp": "=" | "!=" | "<" | ">"}} with FIELD
         one of C{version}, C{create_revision}, C{mod_revision} (0 for an
         absent key); C{cmp} defaults to C{=}.
-    Branch ops are C{set}, C{delete} and C{get}: checks belong in
-    C{compare}.
+    Branch ops are C{set}, C{delete}, C{incr} and C{get}: checks belong
+    in C{compare}.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from kvtwist.strictjson import check_key, encode, parse
 from kvtwist.web.v1.base import check_content_type, is_json_type, parse_ttl
 
 #: The op kinds of the C{ops} form, and of a branch.
-OP_KINDS = ("set", "delete", "check", "check-absent", "get")
-BRANCH_KINDS = ("set", "delete", "get")
+OP_KINDS = ("set", "delete", "incr", "check", "check-absent", "get")
+BRANCH_KINDS = ("set", "delete", "incr", "get")
 #: Ops that write (a batch without them commits nothing).
-WRITE_KINDS = frozenset({"set", "delete"})
+WRITE_KINDS = frozenset({"set", "delete", "incr"})
 #: The entry fields a compare may test, and how.
 COMPARE_FIELDS = ("version", "create_revision", "mod_revision")
 COMPARISONS: Dict[str, Callable[[Any, Any], bool]] = {
@@ -73,6 +73,8 @@ def parse_ops(
       - C{{"op": "set", "key": K, "value": <JSON>}} or with C{"value_base64"}
         and C{"content_type"}; optional C{"ttl"} (seconds);
       - C{{"op": "delete", "key": K}};
+      - C{{"op": "incr", "key": K, "by": N}}: add the integer N (default 1)
+        to the JSON integer K holds (0 when absent);
       - C{{"op": "check", "key": K, "revision": N}} (mod_revision is N; 0
         means absent);
       - C{{"op": "check-absent", "key": K}};
@@ -94,6 +96,11 @@ def parse_ops(
         fields: Dict[str, Any] = {"key": key}
         if kind == "set":
             fields["put"] = _put(where, index, raw, key, clock)
+        elif kind == "incr":
+            by = raw.get("by", 1)
+            if type(by) is not int:
+                raise bad_op(where, index, "by must be an integer")
+            fields["by"] = by
         elif kind == "check":
             revision = raw.get("revision")
             if type(revision) is not int or revision < 0:
