@@ -19,13 +19,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import Resource, _IEncodingResource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError
 from kvtwist.model import Entry
 from kvtwist.strictjson import MAX_KEY_BYTES
+from kvtwist.web.compression import LargeBodyGzip
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -182,12 +184,15 @@ def unknown_parameter(request: Request, route: str, allowed: Tuple[str, ...]) ->
     return None
 
 
+@implementer(_IEncodingResource)
 class KVResource(Resource):
     """
     Base Resource: unknown children are a problem+json 404, a method
-    without a C{render_<METHOD>} is answered by L{method_not_allowed}, and
-    a query parameter the method does not take is a 400 problem naming it
-    (L{unknown_parameter}).
+    without a C{render_<METHOD>} is answered by L{method_not_allowed}, a
+    query parameter the method does not take is a 400 problem naming it
+    (L{unknown_parameter}), and answers over 1 KiB are gzipped for clients
+    that ask (L{kvtwist.web.compression}; twisted.web asks every resource
+    it reaches for its encoder).
 
     @cvar route: the route template this resource serves, recorded on the
         request (C{kvtwist_route}) for metrics and logs.
@@ -199,6 +204,12 @@ class KVResource(Resource):
 
     route = "(unknown)"
     parameters: Optional[Mapping[str, Tuple[str, ...]]] = {}
+    #: Whether answers may be gzipped (not for streams written as they go).
+    compressible = True
+
+    def getEncoder(self, request: Request) -> Optional[LargeBodyGzip]:
+        """The content encoder of C{request}'s answer (twisted.web's hook)."""
+        return LargeBodyGzip(request) if self.compressible else None
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NOT_FOUND
