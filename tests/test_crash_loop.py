@@ -91,10 +91,11 @@ class WriterState:
         self.errors: List[str] = []
 
 
-def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
+def run_rounds(base_url: str, state, stop: threading.Event, one_round) -> None:
     """
-    Thread body: stage and commit batches until the server dies, C{stop}
-    is set, or L{MAX_ROUNDS} pass.
+    Thread body: call C{one_round(connection)} on one keep-alive connection
+    until it returns False, the server dies, C{stop} is set, or
+    L{MAX_ROUNDS} pass.
     """
     try:
         connection = connect(base_url, REQUEST_TIMEOUT)
@@ -102,37 +103,42 @@ def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> N
         return
     try:
         for _ in range(MAX_ROUNDS):
-            if stop.is_set():
+            if stop.is_set() or not one_round(connection):
                 return
-            generation = state.attempted + 1
-            # Counted as attempted before it is sent: once the bytes leave,
-            # the server may commit them even if no answer comes back.
-            state.attempted = generation
-            body = json.dumps(
-                {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
-            ).encode("ascii")
-            state.busy = True
-            status, _, answer = http_request(
-                base_url, "POST", "/set", body, connection=connection
-            )
-            if status not in (200, 201):
-                state.errors.append("POST /set: %d %r" % (status, answer[:200]))
-                return
-            status, _, answer = http_request(
-                base_url, "POST", "/commit", connection=connection
-            )
-            state.busy = False
-            if status != 204:
-                state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
-                return
-            state.acknowledged = generation
-            state.batches += 1
     except (OSError, http.client.HTTPException):
         # The kill cut the connection: whatever was in flight is unacknowledged.
         return
     finally:
         state.busy = False
         connection.close()
+
+
+def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
+    """Thread body: stage and commit batches (see L{run_rounds})."""
+
+    def one_round(connection) -> bool:
+        generation = state.attempted + 1
+        # Counted as attempted before it is sent: once the bytes leave,
+        # the server may commit them even if no answer comes back.
+        state.attempted = generation
+        body = json.dumps(
+            {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
+        ).encode("ascii")
+        state.busy = True
+        status, _, answer = http_request(base_url, "POST", "/set", body, connection=connection)
+        if status not in (200, 201):
+            state.errors.append("POST /set: %d %r" % (status, answer[:200]))
+            return False
+        status, _, answer = http_request(base_url, "POST", "/commit", connection=connection)
+        state.busy = False
+        if status != 204:
+            state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
+            return False
+        state.acknowledged = generation
+        state.batches += 1
+        return True
+
+    run_rounds(base_url, state, stop, one_round)
 
 
 class DeleterState:
@@ -164,40 +170,32 @@ class DeleterState:
 
 def delete_batches(base_url: str, state: DeleterState, stop: threading.Event) -> None:
     """
-    Thread body: write the deleter's keys in one batch, delete them by
-    prefix, again, until the server dies or C{stop} is set.
+    Thread body: write the deleter's keys in one batch, then delete them
+    by prefix (see L{run_rounds}).
     """
-    try:
-        connection = connect(base_url, REQUEST_TIMEOUT)
-    except OSError:
-        return
-    try:
-        for _ in range(MAX_ROUNDS):
-            if stop.is_set():
-                return
-            state.generation += 1
-            ops = [
-                {"op": "set", "key": "%sk%d" % (state.prefix, i), "value": state.generation}
-                for i in range(KEYS_PER_BATCH)
-            ]
-            for method, path, body, outcome in (
-                ("POST", "/v1/batch", json.dumps({"ops": ops}).encode("ascii"), state.generation),
-                ("DELETE", "/v1/kv/?prefix=" + state.prefix, None, None),
-            ):
-                state.history.append(outcome)
-                state.attempted = len(state.history)
-                state.busy = True
-                status, _, answer = http_request(base_url, method, path, body, connection=connection)
-                state.busy = False
-                if status != 200:
-                    state.errors.append("%s %s: %d %r" % (method, path, status, answer[:200]))
-                    return
-                state.acknowledged = len(state.history)
-    except (OSError, http.client.HTTPException):
-        return
-    finally:
-        state.busy = False
-        connection.close()
+
+    def one_round(connection) -> bool:
+        state.generation += 1
+        ops = [
+            {"op": "set", "key": "%sk%d" % (state.prefix, i), "value": state.generation}
+            for i in range(KEYS_PER_BATCH)
+        ]
+        for method, path, body, outcome in (
+            ("POST", "/v1/batch", json.dumps({"ops": ops}).encode("ascii"), state.generation),
+            ("DELETE", "/v1/kv/?prefix=" + state.prefix, None, None),
+        ):
+            state.history.append(outcome)
+            state.attempted = len(state.history)
+            state.busy = True
+            status, _, answer = http_request(base_url, method, path, body, connection=connection)
+            state.busy = False
+            if status != 200:
+                state.errors.append("%s %s: %d %r" % (method, path, status, answer[:200]))
+                return False
+            state.acknowledged = len(state.history)
+        return True
+
+    run_rounds(base_url, state, stop, one_round)
 
 
 def check_deleter(base_url: str, state: DeleterState, tally: "Tally", cycle: int) -> None:
