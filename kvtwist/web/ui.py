@@ -16,7 +16,7 @@ upgrade.
 
 The page itself holds no data: every call it makes to the API carries the
 user's bearer token, so serving these files needs no authentication (the
-tree's authentication layer must let C{/ui} through for the page to load
+tree's authentication layer must let C{/ui/...} through for the page to load
 on a server with tokens).
 
 Mount it with C{make_root(store, extra_children={b"ui": make_ui_resource()})}.
