@@ -232,7 +232,9 @@ class KVResource(Resource):
             )
             write_response(request, self.decorate(answer))
             return NOT_DONE_YET
-        if self.parameters is not None and b"?" in request.uri:
+        # (A CORS preflight names the URL of the request it asks about,
+        # parameters and all: that request is checked when it comes.)
+        if self.parameters is not None and b"?" in request.uri and method != b"OPTIONS":
             allowed = self.parameters.get(handler.__name__[len("render_"):], ())
             refused = unknown_parameter(request, self.route, allowed)
             if refused is not None:
