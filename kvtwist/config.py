@@ -29,15 +29,20 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
 
 from kvtwist.auth import Token
 from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, Limits, MiB
+from kvtwist.servicelinks import is_service_link
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+log = Logger()
 
 #: The prefix of every environment variable kvcache reads.
 ENV_PREFIX = "KVCACHE_"
@@ -166,6 +171,50 @@ def endpoints(value: Any) -> Tuple[str, ...]:
                 % (item,)
             )
     return tuple(value)
+
+
+def _text_list(value: Any, what: str) -> List[str]:
+    """
+    A list of strings (TOML, repeated options) or, in the environment, one
+    string of them separated by whitespace.
+    """
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a list of %s" % (what,))
+    return list(value)
+
+
+#: A host (a name, an IPv4 address or a bracketed IPv6 one) and a port.
+_HOST_PORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?"
+_ORIGIN = re.compile(r"https?://" + _HOST_PORT)
+
+
+def origins(value: Any) -> Tuple[str, ...]:
+    """
+    Web origins a browser page may call from: C{scheme://host[:port]}
+    (http or https, no path), or C{*} for any; lower-cased.
+    """
+    items = _text_list(value, "origins")
+    for item in items:
+        if item != "*" and not _ORIGIN.fullmatch(item):
+            raise ValueError(
+                "must be origins like https://app.example or http://localhost:3000 "
+                "(scheme, host, optional port; no path), or * (got %r)" % (item,)
+            )
+    return tuple(item.lower() for item in items)
+
+
+_HOST_NAME = re.compile(_HOST_PORT)
+
+
+def host_names(value: Any) -> Tuple[str, ...]:
+    """Host names (or C{host:port}) the server answers to; lower-cased."""
+    items = _text_list(value, "host names")
+    for item in items:
+        if not _HOST_NAME.fullmatch(item):
+            raise ValueError("must be host names like kv.example or kv.example:8080 (got %r)" % (item,))
+    return tuple(item.lower() for item in items)
 
 
 #: The store-spec schemes of etcd, and the URL scheme each one means.
@@ -369,6 +418,20 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("ui", choice("on", "off"), "on", "Serve the admin page at /ui/: on or off."),
     Setting("token-file", text, None, "TOML file of [tokens.NAME] tables (never tokens on argv)."),
     Setting(
+        "cors-origin",
+        origins,
+        (),
+        "Web origin whose pages may call the API (CORS), repeatable; * for any. "
+        "Other pages' requests are refused (403).",
+    ),
+    Setting(
+        "allowed-host",
+        host_names,
+        (),
+        "Host name (or host:port) the server answers to beyond loopback names and IP "
+        "addresses, repeatable (421 for others).",
+    ),
+    Setting(
         "allow-open",
         flag,
         False,
@@ -376,6 +439,13 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
     Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting(
+        "stop-timeout",
+        seconds,
+        10.0,
+        "Seconds a graceful stop (SIGTERM/SIGINT) waits for the store's work in "
+        "progress before it is cut short.",
+    ),
     _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),
@@ -384,12 +454,14 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
     _limit("max-list-limit", count, "Largest page a listing returns."),
+    _limit("max-list-bytes", size, "Key and value bytes one listing page reads; the page ends early beyond."),
     _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),
     _limit("watch-history", count, "Events kept for resuming event streams."),
+    _limit("watch-history-bytes", size, "Key and value bytes the kept events may hold."),
     _limit("heartbeat", seconds, "Seconds between event-stream heartbeats."),
     _limit("default-wait", seconds, "Seconds a long-poll waits without ?wait=."),
     _limit("max-wait", seconds, "Longest ?wait= a long-poll may ask for."),
-    _limit("watch-buffer", size, "Bytes queued for a slow event-stream reader before it is cut off."),
+    _limit("watch-buffer", size, "Bytes an event stream may hold unread; a write past it disconnects the stream."),
     _limit("sweep-interval", seconds, "Seconds between expiry sweeps."),
     _limit("sweep-batch", count, "Expired keys removed per sweep commit."),
     Setting(
@@ -410,6 +482,9 @@ BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 BY_ENV: Dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 #: The old spelling of the token-file variable is accepted too.
 BY_ENV[ENV_PREFIX + "TOKEN_FILE"] = BY_NAME["token-file"]
+
+#: The settings that may be given several times on the command line.
+REPEATABLE = ("listen", "ops-listen", "cors-origin", "allowed-host")
 
 #: Keys of a C{[tokens.<name>]} table.
 TOKEN_KEYS = ("secret", "read", "write", "ops")
@@ -554,20 +629,33 @@ def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return values, tokens
 
 
-def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
+def env_layer(
+    environ: Mapping[str, str], overridden: Collection[str] = ()
+) -> Dict[str, Any]:
     """
     The settings given as C{KVCACHE_*} environment variables.
+
+    Kubernetes' service links (L{kvtwist.servicelinks}) are skipped with a
+    debug line. A variable whose setting is in C{overridden} (given on the
+    command line) is not read at all: the command line wins, so a stale or
+    foreign value there cannot stop startup.
 
     @raise ConfigError: for an unknown C{KVCACHE_} variable (a typo would
         otherwise be silently ignored) or a bad value.
     """
     values: Dict[str, Any] = {}
+    links: List[str] = []
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX):
+            continue
+        if is_service_link(variable, environ[variable]):
+            links.append(variable)
             continue
         setting = BY_ENV.get(variable)
         if setting is None:
             raise ConfigError("unknown environment variable %s" % (variable,), ENV)
+        if setting.name in overridden:
+            continue
         value = _read_value(setting, environ[variable], ENV, None)
         if setting.name in values and values[setting.name] != value:
             raise ConfigError(
@@ -576,6 +664,11 @@ def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
                 ENV,
             )
         values[setting.name] = value
+    if links:
+        log.debug(
+            "ignoring Kubernetes service links (not kvcache settings): {variables}",
+            variables=" ".join(links),
+        )
     return values
 
 
@@ -778,8 +871,8 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     @param environ: the environment (C{KVCACHE_*} variables are read).
     @raise ConfigError: for anything unknown, malformed or contradictory.
     """
-    env = env_layer(environ)
     command = cli_layer(cli)
+    env = env_layer(environ, overridden=command)
     config_path = command.get("config", env.get("config"))
     file_values: Dict[str, Any] = {}
     file_tokens: Dict[str, Any] = {}

@@ -66,6 +66,25 @@ class Forbidden(KVError):
     code = "forbidden"
 
 
+class OriginNotAllowed(Forbidden):
+    """
+    A browser request from a web page of an origin the server does not
+    invite (C{--cors-origin}), nor its own: refused before it runs.
+    """
+
+    code = "origin-not-allowed"
+
+
+class HostNotAllowed(KVError):
+    """
+    A C{Host} the server does not answer for: on a loopback connection a
+    name that is not a loopback name nor an C{--allowed-host} (how DNS
+    rebinding reaches a local server).
+    """
+
+    code = "host-not-allowed"
+
+
 class TransactionNotFound(KVError):
     """The transaction id is unknown, finished, expired or someone else's."""
 
@@ -149,6 +168,15 @@ class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 
     code = "store-unavailable"
+
+
+class InsufficientStorage(StoreUnavailable):
+    """
+    The disk is full: nothing of the write was applied, and writes work
+    again, without a restart, once space returns.
+    """
+
+    code = "insufficient-storage"
 
 
 class StoreCorrupt(KVError):

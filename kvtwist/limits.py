@@ -33,14 +33,20 @@ class Limits:
     @ivar max_open_transactions: transactions open at once (429 beyond).
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
+    @ivar max_list_bytes: key and value bytes one page of a listing reads;
+        a page ends early (with C{next}) once it holds this many, and
+        always holds at least one entry.
     @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
     @ivar max_watchers: open long-polls and event streams (429 beyond).
     @ivar watch_history: events kept for resuming event streams.
+    @ivar watch_history_bytes: bytes of keys and values the events kept for
+        resuming may hold; the oldest commits leave the history beyond
+        either bound.
     @ivar heartbeat: seconds between event-stream heartbeat comments.
     @ivar default_wait: seconds a long-poll waits when C{wait} is not given.
     @ivar max_wait: the longest C{wait} a long-poll may ask for.
-    @ivar watch_buffer: bytes queued for a slow event-stream reader before
-        it is disconnected.
+    @ivar watch_buffer: bytes an event stream may hold that its reader has
+        not taken; a write past it disconnects the stream.
     @ivar sweep_interval: seconds between expiry sweeps.
     @ivar sweep_batch: expired keys removed per sweep commit.
     @ivar cache_bytes: the read cache's bound, in bytes (C{--cache-size}
@@ -72,9 +78,11 @@ class Limits:
     max_open_transactions: int = 1000
     txn_timeout: float = 300.0
     max_list_limit: int = 1000
+    max_list_bytes: int = 4 * MiB
     max_batch_ops: int = 100_000
     max_watchers: int = 1000
     watch_history: int = 10_000
+    watch_history_bytes: int = 32 * MiB
     heartbeat: float = 15.0
     default_wait: float = 60.0
     max_wait: float = 600.0

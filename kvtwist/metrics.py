@@ -362,8 +362,10 @@ class TimedStore:
     def get_many(self, keys: Iterable[str]) -> Deferred:
         return self.store.get_many(keys)
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self.store.list(prefix, after, limit)
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self.store.list(prefix, after, limit, max_bytes)
 
     def add_listener(self, listener) -> None:
         self.store.add_listener(listener)

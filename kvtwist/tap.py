@@ -20,7 +20,9 @@ from twisted.python import usage
 
 from kvtwist.auth import Authorizer
 from kvtwist.config import (
+    BY_NAME,
     CLI,
+    REPEATABLE,
     SETTINGS,
     Config,
     ConfigError,
@@ -30,19 +32,22 @@ from kvtwist.config import (
     resolve,
     secret_files,
 )
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.metrics import Metrics, TimedStore
-from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
+from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
+from kvtwist.store.datalock import DataDirectoryBusy
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.etcd_transactions import EtcdTransactions
-from kvtwist.store.shelve_store import ShelveStore, check_data_dir
+from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
 from kvtwist.web.ops import ops_children, ops_root
+from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
 from kvtwist.web.v1.watch import WatcherCount
@@ -52,7 +57,7 @@ log = Logger()
 
 def _option_help(setting) -> str:
     default = setting.default
-    if setting.name in ("listen", "ops-listen"):
+    if setting.name == "listen":
         default = None
     shown = "" if default in (None, False, ()) else " [default: %s]" % (default,)
     return "%s%s [env %s]" % (setting.help, shown, setting.env)
@@ -94,7 +99,7 @@ class Options(usage.Options):
     optParameters = [
         [s.name, s.short, None, _option_help(s)]
         for s in SETTINGS
-        if s.name not in ("allow-open", "listen", "ops-listen") and s.on_argv
+        if s.name != "allow-open" and s.name not in REPEATABLE and s.on_argv
     ]
 
     config: Optional[Config] = None
@@ -102,17 +107,13 @@ class Options(usage.Options):
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
-        self["listen"] = []
-        self["ops-listen"] = []
+        for name in REPEATABLE:
+            self[name] = []
 
     def opt_ops_listen(self, endpoint: str) -> None:
-        """
-        Serve /healthz, /readyz and /metrics at root paths on this Twisted
-        endpoint too (repeatable), for probes and scrapers that expect
-        them there; the API serves them under /v1. [env
-        KVCACHE_OPS_LISTEN, whitespace-separated]
-        """
         self["ops-listen"].append(endpoint)
+
+    opt_ops_listen.__doc__ = _option_help(BY_NAME["ops-listen"])
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -122,6 +123,16 @@ class Options(usage.Options):
         whitespace-separated]
         """
         self["listen"].append(endpoint)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        self["cors-origin"].append(origin)
+
+    opt_cors_origin.__doc__ = _option_help(BY_NAME["cors-origin"])
+
+    def opt_allowed_host(self, host: str) -> None:
+        self["allowed-host"].append(host)
+
+    opt_allowed_host.__doc__ = _option_help(BY_NAME["allowed-host"])
 
     def opt_token(self, value: str) -> None:
         """
@@ -212,9 +223,11 @@ def open_etcd_store(config: Config, reactor) -> EtcdStore:
     )
 
 
-def open_backing_store(config: Config, reactor, metrics: Metrics):
+def open_backing_store(config: Config, reactor, metrics: Metrics, parent: MultiService):
     """
     The store C{--store} names, and the thread pool it needs (None for etcd).
+    A shelve store's data directory is locked for the life of the process
+    (L{kvtwist.store.datalock}); C{parent} gets the lock's Service.
 
     For shelve, the data directory is opened and checked here, before the
     reactor and the store thread start, so a damaged store ends startup with
@@ -224,9 +237,14 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     if is_etcd_store(spec):
         return open_etcd_store(config, reactor), None
     try:
+        # Taken before the check, which writes to the file, and held for
+        # the life of the process (the kernel drops it at exit).
+        lock = hold_data_dir(config["data"])
         check_data_dir(config["data"])
-    except StoreCorrupt as e:
+    except (KVError, DataDirectoryBusy) as e:
+        # Damage, a full disk, or another owner: one line, no traceback.
         raise SystemExit("kvcache: cannot start: %s" % (e,))
+    DataLockService(lock).setServiceParent(parent)
     pool = store_thread_pool()
     # The preflight above has just run the integrity check.
     shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
@@ -297,21 +315,28 @@ def makeService(options: Options, reactor=None) -> MultiService:
         )
     limits = config.limits
     metrics = Metrics()
-    backing, pool = open_backing_store(config, reactor, metrics)
+    top = MultiService()
+    backing, pool = open_backing_store(config, reactor, metrics, top)
     # Commits are timed under the cache, so cached reads pass no wrapper.
     timed = TimedStore(backing, metrics, reactor)
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
-    hub = ChangeHub(store, limits.watch_history)
+    hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     watchers = WatcherCount(limits.max_watchers)
 
-    top = MultiService()
     GracefulSignals(reactor).setServiceParent(top)
-    StoreService(store, pool, reactor).setServiceParent(top)
+    StoreService(
+        store,
+        pool,
+        reactor,
+        stop_timeout=config["stop-timeout"],
+        work_in_flight=backing if IWorkInFlight.providedBy(backing) else None,
+    ).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
     authorizer = Authorizer(config.tokens)
+    browsers = BrowserPolicy.of(config["cors-origin"], config["allowed-host"])
     root = make_root(
         store,
         limits,
@@ -322,6 +347,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         watchers=watchers,
         extra_children=web_extras(config),
         ops=ops_children(store, metrics, reactor),
+        browsers=browsers,
     )
     site = KVSite(
         root,
@@ -344,7 +370,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         # Probes and scrapers that expect /healthz and /metrics at the
         # root get them here, on a listener of their own.
         ops_site = KVSite(
-            ops_root(store, metrics, reactor, authorizer),
+            ops_root(store, metrics, reactor, authorizer, browsers),
             limits,
             metrics=metrics,
             access_log=config["access-log"],

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
-from kvtwist.model import Check, DeletePrefix, Entry, Op, Page
+from kvtwist.model import Check, DeletePrefix, Entry, Op, PageBuilder
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 
@@ -74,8 +74,9 @@ class MemoryStore:
     An in-memory store: every Deferred it returns has already fired.
 
     @param clock: decides expiry; a L{Clock} in tests.
-    @ivar fail_commits: set to an exception to make every commit fail with it
-        (to test how callers handle an unavailable store).
+    @ivar fail_commits: set to an exception to make every commit, and the
+        write probe L{ping}, fail with it (to test how callers handle an
+        unavailable store or a full disk).
     """
 
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
@@ -113,21 +114,21 @@ class MemoryStore:
                 found[key] = entry
         return self._guard() or succeed(found)
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        now = self.clock.seconds()
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        builder = PageBuilder(limit, max_bytes, self.clock.seconds())
         after_bytes = after.encode("utf-8") if after is not None else None
         keys = sorted(
             (k for k in self.rows if k.startswith(prefix)),
             key=lambda k: k.encode("utf-8"),
         )
-        entries = [
-            self.rows[k]
-            for k in keys
-            if (after_bytes is None or k.encode("utf-8") > after_bytes)
-            and self.rows[k].is_live(now)
-        ]
-        page = Page(self.revision, tuple(entries[:limit]), len(entries) > limit)
-        return self._guard() or succeed(page)
+        for k in keys:
+            if (after_bytes is None or k.encode("utf-8") > after_bytes) and not builder.take(
+                self.rows[k]
+            ):
+                break
+        return self._guard() or succeed(builder.page(self.revision))
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         guard = self._guard()
@@ -151,7 +152,11 @@ class MemoryStore:
         return self.commit([DeletePrefix(prefix, max_keys)])
 
     def ping(self) -> Deferred:
-        return self._guard() or succeed(None)
+        # The ping is a write probe: a store that fails commits fails it.
+        guard = self._guard()
+        if guard is None and self.fail_commits is not None:
+            return fail(self.fail_commits)
+        return guard or succeed(None)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)

@@ -228,6 +228,46 @@ class StoreContract(ExpectFailure):
         self.assertEqual(([e.key for e in page.entries], page.more), (["a", "b"], False))
 
     @contract
+    async def test_list_ends_a_page_at_max_bytes(self):
+        """
+        A page ends with the entry whose key and value bytes reach
+        max_bytes (saying there is more), paging on from it lists the rest,
+        and an entry larger than the bound alone still makes a page.
+        """
+        store = await self.make_store()
+        await store.commit([Put("b/%02d" % i, b"x" * 100) for i in range(10)])
+        await store.commit([Put("b/99", b"y" * 1000)])
+        page = await store.list("b/", None, 100, 250)
+        self.assertEqual([e.key for e in page.entries], ["b/00", "b/01", "b/02"])
+        self.assertTrue(page.more)
+        keys = [e.key for e in page.entries]
+        for _ in range(10):
+            page = await store.list("b/", keys[-1], 100, 250)
+            keys += [e.key for e in page.entries]
+            if not page.more:
+                break
+        self.assertEqual(keys, ["b/%02d" % i for i in range(10)] + ["b/99"])
+        page = await store.list("b/", "b/09", 100, 10)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["b/99"], False))
+        page = await store.list("b/", None, 100, 10)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["b/00"], True))
+
+    @contract
+    async def test_list_byte_bound_skips_expired_keys(self):
+        """Expired keys neither fill a byte-bounded page nor end it."""
+        store = await self.make_store()
+        now = store.clock.seconds()
+        await store.commit(
+            [Put("e/%02d" % i, b"x" * 100, expires=now + 10) for i in range(20)]
+            + [Put("e/live", b"1"), Put("e/more", b"2")]
+        )
+        self.advance(11)
+        page = await store.list("e/", None, 100, 5)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["e/live"], True))
+        page = await store.list("e/", "e/live", 100, 5)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["e/more"], False))
+
+    @contract
     async def test_expired_keys_are_absent(self):
         """An expired key reads, lists and checks as absent."""
         store = await self.make_store()

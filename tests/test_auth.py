@@ -9,7 +9,10 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
+from kvtwist.limits import Limits
 from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.web.ops import ops_children
+from kvtwist.web.ui import make_ui_resource
 from tests.webtest import TreeClient
 
 READER = Token("reader", "r-secret", read=("app/",))
@@ -125,6 +128,71 @@ class ScopedViewsTests(AuthCase):
                                 headers={"Authorization": "Bearer r-secret"}).json
         self.assertEqual(answer["items"], [])
 
+    def test_listing_cursor_names_only_readable_keys(self):
+        """
+        A token limited to app/ listing another prefix gets no items and no
+        cursor; listing everything, each page is full of readable keys, and
+        following the cursors reaches every readable key and names no other.
+        """
+        other = Token("other", "x-secret", read=("",), write=("",))
+        scoped = Token("scoped", "s-secret", read=("app/", "cfg/", "app/deep/"))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([scoped, other])))
+        keys = ["secret/%02d" % (n,) for n in range(20)] + ["app/y", "b/1", "cfg/1", "cfg/2", "zzz"]
+        for key in keys:
+            client.request("PUT", "/v1/kv/" + key, body=b"1",
+                           headers={"Authorization": "Bearer x-secret"})
+
+        def page(query):
+            return client.request("GET", "/v1/kv/?" + query,
+                                  headers={"Authorization": "Bearer s-secret"}).json
+
+        answer = page("prefix=secret/&limit=1")
+        self.assertEqual((answer["items"], answer["next"]), ([], None))
+        seen, cursors, query = [], [], "limit=2"
+        for _ in range(10):
+            answer = page(query)
+            seen += [item["key"] for item in answer["items"]]
+            if answer["next"] is None:
+                break
+            self.assertEqual(len(answer["items"]), 2)
+            cursors.append(answer["next"])
+            query = "limit=2&after=" + answer["next"]
+        self.assertEqual(seen, ["app/x", "app/y", "cfg/1", "cfg/2"])
+        self.assertTrue(all(key.startswith(("app/", "cfg/")) for key in cursors), cursors)
+        # A cursor a client makes up is only a starting point.
+        answer = page("limit=5&after=secret/05")
+        self.assertEqual((answer["items"], answer["next"]), ([], None))
+        answer = page("limit=5&prefix=app/&after=b")
+        self.assertEqual(answer["items"], [])
+
+    def test_readable_listing_keeps_the_byte_bound_across_prefixes(self):
+        """
+        A token's listing that spans several of its read prefixes ends a page
+        at --max-list-bytes as a plain listing does: the bytes of every prefix
+        read count, and the cursor goes on where the page ended.
+        """
+        scoped = Token("scoped", "s-secret", read=("app/", "cfg/"))
+        writer = Token("writer", "w-secret", read=("",), write=("",))
+        root = memory_root(
+            self.store,
+            authorizer=Authorizer([scoped, writer]),
+            limits=Limits(max_list_bytes=250),
+        )
+        client = TreeClient(self, root)
+        for key in ["app/1", "app/2", "cfg/1", "cfg/2"]:
+            client.request("PUT", "/v1/kv/" + key, body=b"v" * 100,
+                           headers={"Authorization": "Bearer w-secret"})
+        seen, query = [], "limit=10"
+        for _ in range(5):
+            answer = client.request("GET", "/v1/kv/?" + query,
+                                    headers={"Authorization": "Bearer s-secret"}).json
+            seen.append([item["key"] for item in answer["items"]])
+            if answer["next"] is None:
+                break
+            query = "limit=10&after=" + answer["next"]
+        # setUp stored the small app/x.
+        self.assertEqual(seen, [["app/1", "app/2", "app/x", "cfg/1"], ["cfg/2"]])
+
     def test_transactions_belong_to_their_token(self):
         """Another token sees someone else's transaction as 404."""
         txn = self.as_token(WRITER, "POST", "/v1/txn").json["id"]
@@ -147,9 +215,56 @@ class ScopedViewsTests(AuthCase):
         )
 
     def test_healthz_needs_no_token(self):
-        """/v1/healthz is outside authentication (probes carry no token)."""
-        answer = self.as_token(None, "GET", "/v1/healthz")
-        self.assertNotEqual(answer.status, 401)
+        """/v1/healthz, when mounted, is outside authentication (probes carry no token)."""
+        client = TreeClient(
+            self,
+            memory_root(
+                self.store,
+                authorizer=Authorizer([READER]),
+                ops=ops_children(self.store, None, self.store.clock),
+            ),
+        )
+        answer = client.request("GET", "/v1/healthz")
+        self.assertEqual(answer.status, 200, answer.body)
+
+
+class OpenRoutesTests(AuthCase):
+    """
+    Only routes really mounted skip authentication: with the admin page or
+    the probes off, their names are keys, and keys need a token.
+    """
+
+    def test_unmounted_names_are_keys_behind_auth(self):
+        """
+        Without /ui and /healthz mounted, the keys ui and healthz are read,
+        deleted and written only with a token: 401 without one, and the
+        keys stay as they were.
+        """
+        other = Token("all", "a-secret", read=("",), write=("",))
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([other])))
+        for name in ("ui", "healthz"):
+            client.request("PUT", "/v1/kv/" + name, body=b"secret",
+                           headers={"Authorization": "Bearer a-secret"})
+            for method in ("GET", "DELETE"):
+                for path in ("/" + name, "/" + name + "/"):
+                    answer = client.request(method, path)
+                    self.assertEqual(answer.status, 401, (method, path, answer.body))
+                    self.assertEqual(answer.json["code"], "unauthorized")
+            answer = client.request("GET", "/" + name, headers={"Authorization": "Bearer a-secret"})
+            self.assertEqual((answer.status, answer.body), (200, b"secret"))
+
+    def test_mounted_ui_is_open(self):
+        """With the admin page mounted, its files load without a token."""
+        client = TreeClient(
+            self,
+            memory_root(
+                self.store,
+                authorizer=Authorizer([READER]),
+                extra_children={b"ui": make_ui_resource()},
+            ),
+        )
+        self.assertEqual(client.request("GET", "/ui/").status, 200)
+        self.assertEqual(client.request("GET", "/v1/kv/app/x").status, 401)
 
     def test_root_names_are_keys_behind_auth(self):
         """/healthz, /ui and /v1 are seed keys: reading them needs a token like any key."""

@@ -38,7 +38,7 @@ from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, Proxy
 from twisted.trial.unittest import TestCase
 
 from kvtwist import client
-from tests.e2e import HOST, THOROUGH, treq_client
+from tests.e2e import HOST, THOROUGH, rss_kib, treq_client
 from tests.e2e_stores import OnEtcd, OnShelve
 
 #: Commits in the resume test, and how often its connection is cut.
@@ -139,15 +139,6 @@ def backend_connections(pid: int, peer_ports: Collection[int]) -> int:
         return 0
     fds = os.listdir("/proc/%d/fd" % (pid,))
     return sum(1 for kind in classify_fds(pid, fds, peer_ports) if kind == "store")
-
-
-def rss_kib(pid: int) -> int:
-    """The resident set size of process C{pid}, in KiB (VmRSS)."""
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % (pid,))
 
 
 def percentile(values: List[float], fraction: float) -> float:

@@ -300,6 +300,16 @@ class HostileTests(SynchronousTestCase):
         400, "bad-request",
         "A bare LF ending a chunk-size line is a 400.",
     )
+    test_bare_lf_chunked_body = refusal(
+        b"POST /set HTTP/1.1\r\n" + H + b'Transfer-Encoding: chunked\r\n\r\ne\n{"smuggled":1}\n0\n\n',
+        400, "bad-request",
+        "A chunked body framed with bare LFs throughout is a 400 at once, not a 408 at the deadline.",
+    )
+    test_bare_lf_chunked_trailer = refusal(
+        b"POST /set HTTP/1.1\r\n" + H + b'Transfer-Encoding: chunked\r\n\r\ne\r\n{"smuggled":1}\r\n0\r\n\n',
+        400, "bad-request",
+        "A bare LF ending a chunked body's last line is a 400 at once, not a 408 at the deadline.",
+    )
 
     # -- oversized bodies --------------------------------------------------------
 
@@ -593,6 +603,59 @@ class HostileTests(SynchronousTestCase):
             except OSError:
                 time.sleep(0.1)
         self.assertUnchanged()
+
+    # -- browsers -------------------------------------------------------------------
+
+    def browser_request(self, method: str, path: str, body: bytes = b"", **headers: str):
+        """One request with the headers a web page's browser sends; returns (status, problem code)."""
+        sent = {name.replace("_", "-"): value for name, value in headers.items()}
+        status, _, answer = http_request(self.server.url, method, path, body, sent)
+        code = problem_of_body(answer).get("code") if answer.startswith(b"{") else None
+        return status, code
+
+    def test_foreign_page_writes_nothing(self):
+        """
+        What a page of another origin can make a browser send, a no-cors
+        batch, a text/plain form to /set then /commit, a PUT, a DELETE, is
+        403 origin-not-allowed and changes nothing.
+        """
+        evil = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+        for method, path, body in (
+            ("POST", "/v1/batch", b'{"ops": [{"op": "set", "key": "smuggled", "value": 1}]}'),
+            ("POST", "/set", b'{"smuggled": 1, "pad": "="}'),
+            ("POST", "/commit", b""),
+            ("PUT", "/v1/kv/smuggled", b"1"),
+            ("DELETE", "/v1/kv/a", b""),
+            ("GET", "/v1/kv/a", b""),
+        ):
+            self.assertEqual(
+                self.browser_request(method, path, body, **evil),
+                (403, "origin-not-allowed"),
+                (method, path),
+            )
+        self.assertUnchanged()
+
+    def test_rebinding_host_refused(self):
+        """A loopback request naming another host (DNS rebinding) is 421; loopback names are served."""
+        port = self.server.port
+        self.assertEqual(
+            self.browser_request("GET", "/v1/kv/a", Host="evil.example:%d" % (port,)),
+            (421, "host-not-allowed"),
+        )
+        for host in ("localhost:%d" % (port,), "127.0.0.1:%d" % (port,), "kv.localhost"):
+            self.assertEqual(self.browser_request("GET", "/v1/kv/a", Host=host), (200, None), host)
+        self.assertUnchanged()
+
+    test_no_host = refusal(
+        b'POST /set HTTP/1.1\r\nConnection: close\r\nContent-Length: 14\r\n\r\n{"smuggled":1}',
+        400, "bad-host",
+        "An HTTP/1.1 request with no Host header is a 400 (RFC 9112).",
+    )
+    test_two_hosts = refusal(
+        b'POST /set HTTP/1.1\r\n' + H + H + b'Connection: close\r\nContent-Length: 14\r\n\r\n{"smuggled":1}',
+        400, "bad-host",
+        "An HTTP/1.1 request with two Host headers is a 400 (RFC 9112).",
+    )
 
     # -- service under attack -------------------------------------------------------
 

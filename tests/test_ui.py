@@ -213,6 +213,16 @@ class StaticResourceTests(SynchronousTestCase):
 # The page in a real browser.
 
 
+def end_process(process: subprocess.Popen) -> None:
+    """SIGTERM C{process} and reap it; SIGKILL it if it lingers past 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class UIServer:
     """C{tests/ui_server.py} in a subprocess on a free 127.0.0.1 port."""
 
@@ -258,12 +268,7 @@ class UIServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        end_process(self.process)
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None

@@ -10,8 +10,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.logger import capturedLogs, formatEvent
 
-from kvtwist.events import ChangeHub
+from kvtwist.errors import InsufficientStorage
+from kvtwist.events import EVENT_OVERHEAD, ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
@@ -88,6 +90,23 @@ class SweeperTests(WatchCase):
         self.assertEqual(self.store.revision, 8 + 3)
         self.assertEqual([i["key"] for i in self.client.request("GET", "/v1/kv/").json["items"]],
                          ["keep"])
+
+    def test_full_disk_logs_one_line(self):
+        """A sweep whose commit fails on a full disk logs one warning line with the store's error, no traceback, and retries until it passes."""
+        self.put("t?ttl=1")
+        self.store.store.fail_commits = InsufficientStorage("the commit could not be written: disk full")
+        self.sweeper.startService()
+        self.addCleanup(self.sweeper.stopService)
+        with capturedLogs() as events:
+            self.clock.advance(2)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            ["expiry sweep failed, retrying later: the commit could not be written: disk full"],
+        )
+        self.assertTrue(all(event.get("log_failure") is None for event in events))
+        self.store.store.fail_commits = None
+        self.clock.advance(1)
+        self.assertEqual(self.sweeper.swept, 1)
 
     def test_expiry_survives_in_store_rows(self):
         """Before the sweep, an expired key is invisible but still stored."""
@@ -344,6 +363,10 @@ class FakeRequest:
     EventStream) never leaves.
     """
 
+    #: Set to push back (pause the producer) on every write, as a
+    #: transport whose buffer is full does.
+    push_back = False
+
     def __init__(self):
         self.written = []
         self.channel = FakeChannel()
@@ -352,6 +375,8 @@ class FakeRequest:
 
     def write(self, data):
         self.written.append(data)
+        if self.push_back and self.producer is not None:
+            self.producer.pauseProducing()
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
@@ -393,6 +418,43 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_commit_larger_than_buffer_cuts_off(self):
+        """A commit whose events pass watch_buffer cuts the reader off unwritten, paused or not."""
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(20)]))
+        self.assertEqual(self.request.written, [])
+        self.assertTrue(self.request.channel.transport.aborted)
+        self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
+
+    def test_bytes_waiting_in_the_transport_count(self):
+        """
+        What was written just before the transport pushed back still counts
+        against watch_buffer: a later commit that would pass it with those
+        bytes cuts the reader off, and after the transport flushed it fits.
+        """
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 1)
+        self.assertGreater(len(self.request.written[0]), 500)
+        self.stream.resumeProducing()
+        self.request.push_back = False
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 2)
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 3)
+        self.assertTrue(self.request.channel.transport.aborted)
+
+    def test_backlog_larger_than_buffer_cuts_off(self):
+        """A resume backlog whose events pass watch_buffer cuts the reader off unwritten."""
+        for i in range(20):
+            self.successResultOf(self.store.commit([Put("k%d" % i, b"x")]))
+        request = FakeRequest()
+        stream = EventStream(request, self.context, lambda key: True, False)
+        stream.send(self.hub.since(0, lambda key: True))
+        self.assertEqual(request.written, [])
+        self.assertTrue(request.channel.transport.aborted)
+
     def test_resume_flushes_queue(self):
         """Events queued while paused go out in order on resume."""
         self.stream.pauseProducing()
@@ -431,3 +493,39 @@ class HistoryResetTests(SynchronousTestCase):
         resets[0](WatchReset(True, True, 7, "compacted"))
         self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
         self.assertEqual(hub.since(7, lambda key: True), [])
+
+
+class HistoryBytesTests(SynchronousTestCase):
+    """The history is bounded in bytes as well as in events, by whole commits."""
+
+    def setUp(self):
+        self.store = MemoryStore()
+        self.hub = ChangeHub(self.store, 100, max_bytes=3 * (EVENT_OVERHEAD + 1 + 1000))
+
+    def test_oldest_commits_leave_past_the_byte_bound(self):
+        """Four 1000-byte values in a history of about three: the first commit leaves, resuming before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        for key in "abcd":
+            self.successResultOf(self.store.commit([Put(key, b"x" * 1000)]))
+        self.assertRaises(HistoryGone, self.hub.since, 0, lambda key: True)
+        self.assertEqual([event.key for event in self.hub.since(1, lambda key: True)], ["b", "c", "d"])
+
+    def test_commit_larger_than_the_bound_leaves_at_once(self):
+        """A commit larger than the whole bound is delivered but not kept: resuming from before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        delivered = []
+        self.hub.subscribe(lambda key: True, lambda revision, events: delivered.append(len(events)))
+        self.successResultOf(self.store.commit([Put("small", b"x")]))
+        self.successResultOf(self.store.commit([Put(k, b"x" * 1000) for k in "abcd"]))
+        self.assertEqual(delivered, [1, 4])
+        self.assertRaises(HistoryGone, self.hub.since, 1, lambda key: True)
+        self.assertEqual(self.hub.since(2, lambda key: True), [])
+
+    def test_event_count_bound_still_holds(self):
+        """Small events are bounded by the event count as before, keeping the newest commit."""
+        hub = ChangeHub(self.store, 2, max_bytes=10**9)
+        for key in "abc":
+            self.successResultOf(self.store.commit([Put(key, b"")]))
+        self.assertEqual([event.key for event in hub.since(1, lambda key: True)], ["b", "c"])

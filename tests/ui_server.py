@@ -27,6 +27,7 @@ from twisted.web.server import Request, Site
 
 from kvtwist.auth import Authorizer, Token
 from kvtwist.testing import MemoryStore
+from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
 
@@ -59,7 +60,12 @@ def build(token: Optional[str]) -> Resource:
     ui = make_ui_resource()
     # The real reactor as the store's clock: TTLs and watch heartbeats run
     # on wall time, as in a real server.
-    tree = make_root(MemoryStore(clock=reactor), authorizer=authorizer, extra_children={b"ui": ui})
+    tree = make_root(
+        MemoryStore(clock=reactor),
+        authorizer=authorizer,
+        extra_children={b"ui": ui},
+        browsers=BrowserPolicy(),
+    )
     return OpenUI(tree, ui)
 
 

@@ -39,9 +39,10 @@ class Answer:
 class TreeClient:
     """Synchronous requests against a Resource tree, for SynchronousTestCase."""
 
-    def __init__(self, testcase, resource) -> None:
+    def __init__(self, testcase, resource, base: str = "http://kv.test") -> None:
         self.testcase = testcase
         self.stub = StubTreq(resource)
+        self.base = base
 
     def request(
         self,
@@ -58,7 +59,7 @@ class TreeClient:
             body = body.encode("utf-8")
         d = self.stub.request(
             method,
-            "http://kv.test" + path,
+            self.base + path,
             data=body,
             # Bytes names: Twisted's header cache mixes str and bytes keys,
             # which trips -b -W error::BytesWarning with str names.

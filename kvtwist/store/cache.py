@@ -280,8 +280,10 @@ class CachedStore:
     def ping(self) -> Deferred:
         return self.store.ping()
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self.store.list(prefix, after, limit)
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self.store.list(prefix, after, limit, max_bytes)
 
     def get_linearizable(self, key: str) -> Deferred:
         """

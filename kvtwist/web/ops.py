@@ -3,7 +3,7 @@ The operations endpoints, mounted under C{/v1} by L{kvtwist.tap} (through
 C{make_root(ops=...)}):
 
     /v1/healthz   200 while the process is alive; no token needed (probes)
-    /v1/readyz    200 when the store is open and a write round trip
+    /v1/readyz    200 when the store is open and a small durable write
                   succeeds, else 503 problem+json with the reason; ops token
     /v1/metrics   Prometheus text exposition; ops token
 
@@ -33,6 +33,7 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import KVError
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.metrics import CONTENT_TYPE, Metrics
+from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.resource import Answers405, KVResource, Response, json_response, problem_response
 
 log = Logger()
@@ -62,9 +63,15 @@ class Healthz(OpsResource):
 
 class Readyz(OpsResource):
     """
-    C{/v1/readyz}: ready for traffic when the store is open and a trivial
-    write transaction round trip (L{IKeyValueStore.ping}) succeeds within
-    C{timeout} seconds.
+    C{/v1/readyz}: ready for traffic when the store is open and its write
+    probe (L{IKeyValueStore.ping}: a small durable write, which fails as a
+    commit would) succeeds within C{timeout} seconds.
+
+    Each probe is a write of its own, so readiness follows the store's
+    latest write: a full or failing disk is 503 with the store's error
+    (code C{insufficient-storage} for a full disk) until a write succeeds
+    again, and the probe itself is that retry, so readiness comes back once
+    space returns even if no client writes.
     """
 
     route = "/v1/readyz"
@@ -91,10 +98,13 @@ class Readyz(OpsResource):
         return json_response(200, {"status": "ready", "revision": self._store.revision})
 
     def _not_ready(self, reason: Failure) -> Response:
+        code = "store-unavailable"
         if reason.check(TimeoutError):
             detail = "the store did not answer within %g seconds" % (self._timeout,)
         elif reason.check(KVError):
-            detail = reason.value.detail
+            # The store's own error, as the last commit got it (a full disk
+            # is insufficient-storage), answered 503 as readiness is.
+            code, detail = reason.value.code, reason.value.detail
         else:
             # A disk or SQLite error: its class and message say what is
             # wrong; never a traceback.
@@ -103,7 +113,7 @@ class Readyz(OpsResource):
                 reason.getErrorMessage(),
             )
         log.warn("not ready: {detail}", detail=detail)
-        return problem_response(503, "store-unavailable", detail)
+        return problem_response(503, code, detail)
 
 
 class MetricsResource(OpsResource):
@@ -153,18 +163,22 @@ def ops_root(
     metrics: Optional[Metrics],
     clock: IReactorTime,
     authorizer: Authorizer,
+    browsers: Optional[BrowserPolicy] = None,
 ) -> Resource:
     """
     The tree of the operations listener (C{--ops-listen}): C{/healthz}
     (open, for probes), C{/readyz} and C{/metrics} (the ops token when auth
-    is on), and a problem+json 404 for anything else.
+    is on), and a problem+json 404 for anything else; behind the same
+    C{Host} and C{Origin} checks as the API (C{browsers}).
     """
+    from kvtwist.web.browsers import BrowserGuard
     from kvtwist.web.root import Authenticating
 
     top = OpsTop()
     for name, child in ops_children(store, metrics, clock, mount="").items():
         top.putChild(name, child)
-    return Authenticating(top, authorizer, open_paths=((b"healthz",),))
+    guarded: Resource = Authenticating(top, authorizer, open_paths=((b"healthz",),))
+    return BrowserGuard(guarded, browsers) if browsers is not None else guarded
 
 
 class OpsTop(KVResource):

@@ -16,6 +16,8 @@ from kvtwist.errors import (
     Forbidden,
     Unauthorized,
     HistoryGone,
+    HostNotAllowed,
+    InsufficientStorage,
     InvalidInput,
     KeyNotFound,
     KVError,
@@ -82,12 +84,17 @@ def status_for(error: KVError) -> int:
         return 404
     if isinstance(error, (ConflictError, NotAnInteger)):
         return 409
+    if isinstance(error, HostNotAllowed):
+        # Misdirected Request: this server does not answer for that name.
+        return 421
     if isinstance(error, PreconditionFailed):
         return 412
     if isinstance(error, HistoryGone):
         return 410
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
+    if isinstance(error, InsufficientStorage):
+        return 507
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400

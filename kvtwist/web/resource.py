@@ -310,3 +310,23 @@ class NotFound(KVResource):
 
 
 NOT_FOUND = NotFound()
+
+
+class Refused(KVResource):
+    """
+    Answers a request refused before routing (by authentication, or by the
+    browser checks), wherever it was going, with C{error}'s problem.
+
+    @param route: the label of the refusal in metrics and logs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: KVError, route: str) -> None:
+        super().__init__()
+        self._error = error
+        self.route = route
+
+    def render(self, request: Request) -> int:
+        request.kvtwist_route = self.route  # type: ignore[attr-defined]
+        return self.respond(request, lambda request: fail(self._error))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import random as _random
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet.defer import fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -34,7 +33,8 @@ from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.interfaces import ITransactionManager
 from kvtwist.transactions import TransactionManager
-from kvtwist.web.resource import NOT_FOUND, KVResource, json_response
+from kvtwist.web.resource import NOT_FOUND, KVResource, Refused, json_response
+from kvtwist.web.browsers import BrowserGuard, BrowserPolicy
 from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
@@ -92,6 +92,7 @@ def make_root(
     watchers: Optional[WatcherCount] = None,
     extra_children: Optional[Dict[bytes, Resource]] = None,
     ops: Optional[Dict[bytes, Resource]] = None,
+    browsers: Optional[BrowserPolicy] = None,
 ) -> Resource:
     """
     The kvcache Resource tree over C{store}.
@@ -110,6 +111,9 @@ def make_root(
         segments (C{/ui/}), as single segments are the seed's keys.
     @param ops: the operations endpoints (L{kvtwist.web.ops.ops_children}),
         mounted under C{/v1}.
+    @param browsers: the C{Host} and C{Origin} rules in force, checked
+        before anything else (default: none, for in-memory tests of the
+        API; the server always passes one).
     """
     limits = limits if limits is not None else Limits()
     clock = clock if clock is not None else store.clock
@@ -121,7 +125,7 @@ def make_root(
     root.putChild(b"commit", SeedCommit(seed))
 
     if hub is None:
-        hub = ChangeHub(store, limits.watch_history)
+        hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     context = V1Context(
         store, transactions, limits, clock, hub, random or _random.random, watchers
     )
@@ -136,11 +140,15 @@ def make_root(
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():
         root.putChild(name, child)
-    return Authenticating(root, authorizer or Authorizer(), open_paths=API_OPEN_PATHS)
+    top: Resource = Authenticating(root, authorizer or Authorizer(), open_paths=API_OPEN_PATHS)
+    if browsers is not None:
+        top = BrowserGuard(top, browsers)
+    return top
 
 
-#: Paths of the API's listener served without a token: the liveness probe,
-#: and the admin page's files (C{/ui/...}; C{/ui} alone is the key C{ui}).
+#: Paths of the API's listener served without a token (while mounted): the
+#: liveness probe, and the admin page's files (C{/ui/...}; C{/ui} alone is
+#: the key C{ui}).
 API_OPEN_PATHS = ((b"v1", b"healthz"), (b"ui", None))
 
 
@@ -148,10 +156,12 @@ class Authenticating(Resource):
     """
     The top of the tree: authenticates every request (when auth is on)
     before any route sees it, recording the token as
-    C{request.kvtwist_principal}. The C{open_paths} stay open: the
-    liveness probe, and the admin page for browsers, which cannot send a
-    bearer token when they load a page (the page holds no data: every API
-    call it makes carries the token and is checked as usual).
+    C{request.kvtwist_principal}. The C{open_paths} stay open while they
+    are mounted: the liveness probe, and the admin page for browsers, which
+    cannot send a bearer token when they load a page (the page holds no
+    data: every API call it makes carries the token and is checked as
+    usual). An open path not mounted (the admin page off, say) names keys,
+    and keys need a token like any other.
 
     @param open_paths: paths served without a token, as tuples of
         segments; a last segment of L{None} stands for any one or more
@@ -178,7 +188,7 @@ class Authenticating(Resource):
                 request.getHeader(b"authorization")
             )
         except Unauthorized as error:
-            return Refused(error)
+            return Refused(error, "(unauthenticated)")
         return None
 
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
@@ -195,29 +205,25 @@ class Authenticating(Resource):
     def _is_open(self, path: bytes, rest: List[bytes]) -> bool:
         segments = [path] + rest
         for open_path in self._open_paths:
+            fixed = [segment for segment in open_path if segment is not None]
             if open_path[-1] is None:
-                head = list(open_path[:-1])
-                if segments[: len(head)] == head and len(segments) > len(head):
-                    return True
-            elif segments == list(open_path):
+                matches = segments[: len(fixed)] == fixed and len(segments) > len(fixed)
+            else:
+                matches = segments == fixed
+            if matches and self._mounted(fixed):
                 return True
         return False
+
+    def _mounted(self, segments: List[bytes]) -> bool:
+        """Whether the static route C{segments} is mounted in the tree."""
+        node = self.root
+        for segment in segments:
+            node = node.children.get(segment)
+            if node is None:
+                return False
+        return True
 
     def render(self, request: Request) -> int:
         refused = self._authenticated(request)
         return (refused or self.root).render(request)
 
-
-class Refused(KVResource):
-    """Answers a request that failed authentication, wherever it was going."""
-
-    isLeaf = True
-    route = "(unauthenticated)"
-
-    def __init__(self, error: Unauthorized) -> None:
-        super().__init__()
-        self._error = error
-
-    def render(self, request: Request) -> int:
-        request.kvtwist_route = self.route  # type: ignore[attr-defined]
-        return self.respond(request, lambda request: fail(self._error))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kvtwist.auth import Authorizer, principal_of
+from kvtwist.listing import list_readable
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
 from kvtwist.strictjson import check_key, decode_key, parse_revision
@@ -131,55 +132,58 @@ class KeyCollection(V1Resource):
         token = principal_of(request)
 
         def page_response(page) -> Response:
-            # Keys the token may not read are left out; the cursor still
-            # moves past them, so paging stays stable.
-            items = [
-                describe(entry, with_values)
-                for entry in page.entries
-                if token.may_read(entry.key)
-            ]
             return json_response(
                 200,
                 {
                     "revision": page.revision,
-                    "items": items,
+                    "items": [describe(entry, with_values) for entry in page.entries],
                     "next": page.entries[-1].key if page.more else None,
                 },
             )
 
-        return self.context.store.list(prefix, after, limit).addCallback(page_response)
+        # Only what the token may read is listed, so the cursor, the last
+        # key listed, never names a key the token may not read. A page also
+        # ends at max_list_bytes of keys and values, so one request can
+        # neither hold a thousand large values in memory nor encode them on
+        # the reactor thread in one go.
+        listing = list_readable(
+            self.context.store,
+            token,
+            prefix,
+            after,
+            limit,
+            self.context.limits.max_list_bytes,
+        )
+        return ensureDeferred(listing).addCallback(page_response)
 
     def _list_keys(
         self, request: Request, prefix: str, after: Optional[str], limit: int, separator: str
     ) -> Deferred:
         """
-        One page of key names, rolled up at C{separator}, from one read of
-        C{limit} keys at one revision (so a page of rolled-up names may
-        hold fewer than C{limit}). A C{next} that is a rolled-up name
-        resumes past every key under it.
+        One page of key names, rolled up at C{separator}, from one listing
+        of C{limit} keys (so a page of rolled-up names may hold fewer than
+        C{limit}). As for entries, only keys the token may read are
+        visited, so neither a name nor C{next} reveals another. A C{next}
+        that is a rolled-up name resumes past every key under it.
         """
-        token = principal_of(request)
         cursor = after
         if after is not None and after.startswith(prefix) and is_rolled_up(after, prefix, separator):
             cursor = after + LAST_CHARACTER
 
         def page_response(page) -> Response:
-            # Keys the token may not read are left out before rolling up,
-            # so a rolled-up name never reveals them.
-            keys = roll_up(
-                (entry.key for entry in page.entries if token.may_read(entry.key)),
-                prefix,
-                separator,
-            )
-            last = page.entries[-1].key if page.entries else None
-            if page.more and last is not None:
-                rolled = roll_up([last], prefix, separator)[0]
-                next_key: Optional[str] = rolled
-            else:
-                next_key = None
+            keys = roll_up((entry.key for entry in page.entries), prefix, separator)
+            next_key = keys[-1] if page.more and keys else None
             return json_response(200, {"revision": page.revision, "keys": keys, "next": next_key})
 
-        return self.context.store.list(prefix, cursor, limit).addCallback(page_response)
+        listing = list_readable(
+            self.context.store,
+            principal_of(request),
+            prefix,
+            cursor,
+            limit,
+            self.context.limits.max_list_bytes,
+        )
+        return ensureDeferred(listing).addCallback(page_response)
 
     def render_DELETE(self, request: Request) -> int:
         return self.respond(request, self._delete_prefix)

@@ -117,24 +117,28 @@ def event_data(event: Event, with_values: bool) -> Dict[str, Any]:
     return data
 
 
-def encode_events(events: List[Event], with_values: bool) -> bytes:
-    """Server-Sent Events frames for C{events}."""
-    frames = []
-    for event in events:
-        data = json.dumps(event_data(event, with_values), ensure_ascii=False)
-        frames.append(
-            "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
-        )
-    return "".join(frames).encode("utf-8")
+def encode_event(event: Event, with_values: bool) -> bytes:
+    """The Server-Sent Events frame of one event."""
+    data = json.dumps(event_data(event, with_values), ensure_ascii=False)
+    return (
+        "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
+    ).encode("utf-8")
 
 
 @implementer(IPushProducer)
 class EventStream:
     """
-    One open event stream. Writes go straight to the connection unless the
-    connection pushed back (C{pauseProducing}); then they queue, and a queue
-    beyond C{Limits.watch_buffer} bytes disconnects the slow reader rather
-    than grow without bound.
+    One open event stream, holding at most C{Limits.watch_buffer} bytes
+    that its reader has not taken.
+
+    Writes go straight to the connection unless it pushed back
+    (C{pauseProducing}); then they queue. What was written just before the
+    push-back still waits in the transport, so it counts too until the
+    transport has flushed (C{resumeProducing}). A write that would take
+    the count past the buffer cuts the reader off instead: the connection
+    is aborted, its queued bytes dropped. That holds for one commit's
+    events and for the C{?after=} backlog alike, so a commit whose events
+    alone pass the buffer disconnects every stream it reaches.
     """
 
     def __init__(self, request: Request, context: V1Context, matches, with_values: bool):
@@ -152,9 +156,22 @@ class EventStream:
         request.notifyFinish().addBoth(self._finished)
 
     def send(self, events: List[Event]) -> None:
-        """Send C{events} (those of one commit go out in one write)."""
-        if events:
-            self._write(encode_events(events, self._with_values))
+        """
+        Send C{events} (those of one commit go out in one write), or cut
+        the reader off as soon as their frames pass what the buffer has
+        left: a long backlog is never encoded whole.
+        """
+        room = self._context.limits.watch_buffer - self._queued_bytes
+        frames = []
+        for event in events:
+            frame = encode_event(event, self._with_values)
+            room -= len(frame)
+            if room < 0:
+                self._cut_off()
+                return
+            frames.append(frame)
+        if frames:
+            self._write(b"".join(frames))
 
     def _on_events(self, revision: int, events: Tuple[Event, ...]) -> None:
         self.send(list(events))
@@ -169,21 +186,29 @@ class EventStream:
     def _write(self, data: bytes) -> None:
         if self._closed:
             return
-        if not self._paused:
-            self._request.write(data)
+        if self._queued_bytes + len(data) > self._context.limits.watch_buffer:
+            self._cut_off()
             return
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        if self._queued_bytes > self._context.limits.watch_buffer:
-            self._close()
-            transport = self._request.channel.transport if self._request.channel else None
-            if transport is not None:
-                transport.abortConnection()
+        if self._paused:
+            self._queued.append(data)
+            self._queued_bytes += len(data)
+            return
+        self._request.write(data)
+        # Pushed back during this write: the bytes wait in the transport.
+        self._queued_bytes = len(data) if self._paused else 0
+
+    def _cut_off(self) -> None:
+        """Disconnect a reader too slow for its buffer, dropping what it has not taken."""
+        self._close()
+        transport = self._request.channel.transport if self._request.channel else None
+        if transport is not None:
+            transport.abortConnection()
 
     def pauseProducing(self) -> None:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        # The transport has flushed everything written before.
         self._paused = False
         queued, self._queued, self._queued_bytes = self._queued, [], 0
         for data in queued:
