@@ -24,6 +24,8 @@ own atomic, durable commit):
                                 delete KEY
     kvtwist list [PREFIX] [--limit N] [--after KEY] [--values] [--all]
                                 list keys (one page, or --all of them)
+    kvtwist incr KEY [BY]       add BY (default 1) to the JSON integer KEY
+                                holds (0 when absent); print the new value
     kvtwist batch [FILE|-]      apply ops in one request, all or nothing
     kvtwist txn [FILE|-]        apply ops through a multi-request
                                 transaction, all or nothing
@@ -463,6 +465,15 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     sub.add_argument("--values", action="store_true", help="include the values")
     sub.add_argument("--all", "-a", action="store_true", dest="all",
                      help="read every page, not only the first")
+
+    sub = command(
+        "incr", "add BY (default 1) to the counter KEY atomically; print the new value (v1)",
+        "KEY holds a JSON integer of any size (an absent KEY counts as 0); any\n"
+        "other value is refused (exit 4, code not-an-integer) and nothing changes.\n\n",
+    )
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("by", metavar="BY", nargs="?", default=1, type=_integer_arg,
+                     help="the integer to add (default 1; may be negative)")
 
     sub = command(
         "batch", "apply ops from FILE (or stdin) in one atomic request (v1)", _OPS_HELP
@@ -939,9 +950,27 @@ def _result_line(result: Mapping[str, Any]) -> str:
         outcome = "deleted" if result.get("deleted") else "absent"
     elif op == "get":
         outcome = _text_value(result) if result.get("found") else "absent"
+    elif op == "incr":
+        outcome = str(result.get("value"))
     else:
         outcome = "ok" if result.get("ok") else "failed"
     return "%s %s: %s" % (op, result.get("key"), outcome)
+
+
+def _show_counter(out: TextIO, err: TextIO, output: str, result: Tuple[str, int]) -> None:
+    key, value = result
+    if output == "json":
+        _print_json(out, {"key": key, "value": value})
+    else:
+        out.write("%d\n" % (value,))
+
+
+def _integer_arg(text: str) -> int:
+    """An integer of any size (argparse type)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % (text,))
 
 
 def _show_results(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
@@ -1150,6 +1179,12 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     ),
     "rm": (_start_rm, _show_removed),
     "list": (_start_list, _show_page),
+    "incr": (
+        lambda inv: client.incr(
+            inv.http, inv.url, _check_text(inv.args.key, "KEY"), inv.args.by, token=inv.token
+        ).addCallback(lambda value: (inv.args.key, value)),
+        _show_counter,
+    ),
     "batch": (
         lambda inv: client.batch(inv.http, inv.url, _read_ops(inv), token=inv.token),
         _show_results,

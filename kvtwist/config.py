@@ -360,6 +360,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "Twisted endpoint to listen on, repeatable (tcp:PORT:interface=IP, "
         "ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH); replaces --port/--host.",
     ),
+    Setting(
+        "ops-listen",
+        endpoints,
+        (),
+        "Twisted endpoint, repeatable, of a separate operations listener serving "
+        "/healthz, /readyz and /metrics at root paths (the API has them under /v1).",
+    ),
     Setting("data", text, "./kvcache-data", "Directory of the durable store.", short="d"),
     Setting(
         "store",
@@ -483,7 +490,7 @@ BY_ENV: Dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 BY_ENV[ENV_PREFIX + "TOKEN_FILE"] = BY_NAME["token-file"]
 
 #: The settings that may be given several times on the command line.
-REPEATABLE = ("listen", "cors-origin", "allowed-host")
+REPEATABLE = ("listen", "ops-listen", "cors-origin", "allowed-host")
 
 #: Keys of a C{[tokens.<name>]} table.
 TOKEN_KEYS = ("secret", "read", "write", "ops")
@@ -899,6 +906,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
                 BY_NAME[name].env if layer == ENV else "--" + name
             )
     values["listen"] = tuple(values["listen"])
+    values["ops-listen"] = tuple(values["ops-listen"])
 
     # listen replaces --port/--host, unless those were set with a higher
     # precedence (e.g. --port on the command line over a file's listen).
@@ -917,7 +925,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     _resolve_etcd(values, origin, config_path)
 
     config = Config(values, tuple(tokens), sources)
-    check_protected(config.endpoints, config.tokens, values["allow-open"])
+    check_protected(
+        config.endpoints + values["ops-listen"], config.tokens, values["allow-open"]
+    )
     return config
 
 

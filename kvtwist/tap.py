@@ -53,7 +53,7 @@ from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_di
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
-from kvtwist.web.ops import ops_children
+from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
@@ -151,6 +151,11 @@ class Options(usage.Options):
         # usage.Options' own prints Twisted's version only.
         print(version_line())
         sys.exit(0)
+
+    def opt_ops_listen(self, endpoint: str) -> None:
+        self["ops-listen"].append(endpoint)
+
+    opt_ops_listen.__doc__ = _option_help(BY_NAME["ops-listen"])
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -302,12 +307,32 @@ def transaction_manager(backing, timed, store, reactor, limits):
     return TransactionManager(reactor, limits, store)
 
 
-def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, Any]:
-    """The top-level routes beyond the API: operations, and the admin page."""
-    extras = dict(ops_children(store, metrics, reactor))
+def web_extras(config: Config) -> Dict[bytes, Any]:
+    """The top-level routes beyond the API: the admin page."""
+    extras: Dict[bytes, Any] = {}
     if config["ui"] == "on":
         extras[b"ui"] = make_ui_resource()
     return extras
+
+
+def listen_on(endpoints, site, reactor, parent: MultiService, ui: bool = False) -> None:
+    """
+    One listening Service under C{parent} per endpoint string, serving
+    C{site}, each logging its URL (and with C{ui}, the admin page's) once
+    bound. An endpoint that cannot be built (a missing certificate, a bad
+    string) ends startup here, in one line.
+    """
+    for endpoint in endpoints:
+        try:
+            listener = listening_service(endpoint, site, reactor, ui)
+        except Exception as e:
+            # Parsing builds TLS contexts, so a missing or unreadable
+            # certificate or key ends startup here, in one line.
+            raise SystemExit(
+                "kvcache: cannot start: bad endpoint %r: %s: %s"
+                % (endpoint, type(e).__name__, e)
+            )
+        listener.setServiceParent(parent)
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -354,16 +379,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
+    authorizer = Authorizer(config.tokens)
+    browsers = BrowserPolicy.of(config["cors-origin"], config["allowed-host"])
     root = make_root(
         store,
         limits,
         clock=reactor,
         transactions=transactions,
         hub=hub,
-        authorizer=Authorizer(config.tokens),
+        authorizer=authorizer,
         watchers=watchers,
-        extra_children=web_extras(config, store, metrics, reactor),
-        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
+        extra_children=web_extras(config),
+        ops=ops_children(store, metrics, reactor),
+        browsers=browsers,
     )
     site = KVSite(
         root,
@@ -381,17 +409,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
         sweeper=sweeper,
         site=site,
     )
-    for endpoint in config.endpoints:
-        try:
-            listener = listening_service(endpoint, site, reactor, config["ui"] == "on")
-        except Exception as e:
-            # Parsing builds TLS contexts, so a missing or unreadable
-            # certificate or key ends startup here, in one line.
-            raise SystemExit(
-                "kvcache: cannot start: bad endpoint %r: %s: %s"
-                % (endpoint, type(e).__name__, e)
-            )
-        listener.setServiceParent(top)
+    listen_on(config.endpoints, site, reactor, top, ui=config["ui"] == "on")
+    if config["ops-listen"]:
+        # Probes and scrapers that expect /healthz and /metrics at the
+        # root get them here, on a listener of their own.
+        ops_site = KVSite(
+            ops_root(store, metrics, reactor, authorizer, browsers),
+            limits,
+            metrics=metrics,
+            access_log=config["access-log"],
+            access_log_file=config["access-log-file"],
+            reactor=reactor,
+        )
+        listen_on(config["ops-listen"], ops_site, reactor, top)
     log.info(
         "kvcache: auth {auth}; {limits}",
         auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",

@@ -1139,6 +1139,24 @@ class BatchCommandTests(V1CLITestCase):
         )
 
 
+class IncrCommandTests(V1CLITestCase):
+    """kvtwist incr."""
+
+    def test_incr_prints_the_new_value(self) -> None:
+        """incr KEY [BY] prints the counter's new value (text) or {key, value} (json), any size."""
+        self.assertEqual(self.cli("-o", "text", "incr", "hits"), ("1\n", ""))
+        self.assertEqual(self.cli("-o", "text", "incr", "hits", "-3"), ("-2\n", ""))
+        self.assertEqual(self.json_out("incr", "hits", str(10 ** 25)), {"key": "hits", "value": 10 ** 25 - 2})
+        self.assertEqual(self.store.rows["hits"].value, str(10 ** 25 - 2).encode())
+
+    def test_not_an_integer_exits_4(self) -> None:
+        """incr of a key that holds no JSON integer exits 4 naming not-an-integer; a bad BY is a usage error."""
+        self.cli("put", "name", '"x"', "--json")
+        out, err = self.cli("incr", "name", code=4)
+        self.assertIn("409 not-an-integer", err)
+        self.cli("incr", "n", "1.5", code=2)
+
+
 class TxnCommandTests(V1CLITestCase):
     """kvtwist txn."""
 

@@ -48,6 +48,7 @@ DEFAULTS = {
     "port": 8080,
     "host": "127.0.0.1",
     "listen": (),
+    "ops-listen": (),
     "data": "./kvcache-data",
     "store": "shelve",
     "etcd-prefix": "/kvtwist/",
@@ -198,6 +199,12 @@ class DefaultsAndCommandLineTests(SynchronousTestCase):
         )
         endpoints = ["tcp:1:interface=127.0.0.1", "unix:/tmp/kv.sock"]
         self.assertEqual(options, expected(listen=tuple(endpoints), endpoints=endpoints))
+
+    def test_ops_listen_repeatable(self):
+        """--ops-listen may be given several times, and does not replace the API's listener."""
+        endpoints = ("tcp:1:interface=127.0.0.1", "unix:/tmp/ops.sock")
+        options = parse(["--ops-listen", endpoints[0], "--ops-listen", endpoints[1]])
+        self.assertEqual(options, expected(ops_listen=endpoints))
 
     def test_ipv6_host_is_escaped(self):
         """An IPv6 --host has its colons escaped in the endpoint string."""
@@ -531,6 +538,7 @@ class ServiceLinkTests(SynchronousTestCase):
         valid = {count: "9", port: "9", size: "9", seconds: "9"}
         special = {
             "ui": "off", "access-log": "off", "listen": "unix:/tmp/kv.sock",
+            "ops-listen": "unix:/tmp/kv-ops.sock",
             "store": "shelve", "host": "127.0.0.2",
             "cors-origin": "https://app.example", "allowed-host": "kv.example",
         }
@@ -677,6 +685,16 @@ class ProtectedModeTests(FileMixin, SynchronousTestCase):
         self.assertIn("protected mode", message)
         self.assertIn("--allow-open", message)
         return message
+
+    def test_public_ops_listener_refused(self):
+        """The operations listener beyond loopback with no token is refused too."""
+        message = self.assertRefused(["--ops-listen", "tcp:9100:interface=0.0.0.0"])
+        self.assertIn("interface=0.0.0.0", message)
+
+    def test_ops_listen_in_file(self):
+        """ops-listen is a list of endpoint strings in the config file."""
+        path = self.write("ops.toml", 'ops-listen = ["tcp:9100:interface=127.0.0.1"]\n')
+        self.assertEqual(parse(["--config", path])["ops-listen"], ("tcp:9100:interface=127.0.0.1",))
 
     def test_public_host_refused(self):
         """--host 0.0.0.0 with no token is refused, naming the endpoint."""

@@ -381,15 +381,15 @@ class MixinTests(KVCacheServerMixin, TestCase):
         self.assertEqual(self.kvcache.store.rows["k"].value, b"v")
 
     async def test_ops_routes(self) -> None:
-        """/healthz and /readyz answer as on twistd kvcache (readyz checks the store)."""
+        """/v1/healthz and /v1/readyz answer as on twistd kvcache (readyz checks the store)."""
         url = self.start_kvcache()
         http = self.kvcache_client()
-        for path in ("/healthz", "/readyz"):
+        for path in ("/v1/healthz", "/v1/readyz"):
             response = await http.get(url + path)
             await response.content()
             self.assertEqual(response.code, 200, path)
         self.kvcache.store.closed = True
-        response = await http.get(url + "/readyz")
+        response = await http.get(url + "/v1/readyz")
         await response.content()
         self.assertEqual(response.code, 503)
         self.kvcache.store.closed = False

@@ -53,6 +53,7 @@ revisions:
       C{abort}).
     - L{batch}: C{POST /v1/batch}, a one-request transaction
       (L{batch_encoded} with the body encoded already).
+    - L{incr}: add to a counter atomically (an C{incr} op in a batch).
     - L{get_limits}: C{GET /v1/limits}, every limit the server enforces.
     - L{transact}: run batch-shaped ops through a multi-request transaction
       (what C{kvtwist txn} does).
@@ -115,6 +116,7 @@ from kvtwist.client.batch import (
     batch_encoded,
     check_ops,
     get_limits,
+    incr,
     transact,
 )
 from kvtwist.client.errors import (
@@ -162,6 +164,7 @@ __all__ = [
     "batch",
     "batch_encoded",
     "get_limits",
+    "incr",
     "transact",
     "check_ops",
     "watch",

@@ -86,6 +86,24 @@ def get_limits(http: Any, url: str, *, token: Optional[str] = None) -> Deferred:
     return d.addCallback(lambda answer: _decode_object(answer.status, answer.body))
 
 
+def incr(
+    http: Any, url: str, key: str, by: int = 1, *, token: Optional[str] = None
+) -> Deferred:
+    """
+    Add C{by} to the counter C{key} atomically (C{{"op": "incr"}} in a
+    batch): a JSON integer of any size, 0 when absent.
+
+    @return: a Deferred firing with the new value (an L{int}).
+    @raise TypeError: at once, unless C{by} is an int (not a bool).
+    @raise ConflictError: (in the Deferred) code C{not-an-integer} when
+        C{key} holds something else; nothing changed.
+    """
+    if type(by) is not int:
+        raise TypeError("by is an int, not %s" % (type(by).__name__,))
+    d = batch(http, url, [{"op": "incr", "key": key, "by": by}], token=token)
+    return d.addCallback(lambda answer: answer["results"][0]["value"])
+
+
 @dataclass(frozen=True)
 class _Op:
     """One checked op of L{transact}."""

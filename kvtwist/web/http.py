@@ -682,7 +682,7 @@ class KVSite(Site):
     def log(self, request: KVRequest) -> None:
         # Runs for every answered request: plain attribute reads (KVRequest
         # has class defaults) and one bytes-keyed count; names are decoded
-        # only when /metrics is scraped.
+        # only when /v1/metrics is scraped.
         metrics = self.metrics
         if metrics is not None:
             started = request._kv_started
