@@ -177,6 +177,23 @@ class OpsTreeTests(SynchronousTestCase):
         self.store.fail_commits = None
         self.assertEqual(self.request("GET", "/readyz", OPS).status, 200)
 
+    def test_probes_in_flight_share_one_write(self):
+        """Readiness probes that arrive while one is in flight share its outcome: one store write, however many ask."""
+        pings = []
+        self.store.ping = lambda: pings.append(Deferred()) or pings[-1]
+        started = [self.start("GET", "/readyz", OPS) for _ in range(3)]
+        self.stub.flush()
+        self.assertEqual(len(pings), 1)
+        pings[0].callback(None)
+        for d in started:
+            self.assertEqual(self.finish(d).status, 200)
+        # The next probe, after the answer, writes again.
+        later = self.start("GET", "/readyz", OPS)
+        self.stub.flush()
+        self.assertEqual(len(pings), 2)
+        pings[1].errback(InsufficientStorage("disk full"))
+        self.assertEqual(self.finish(later).status, 503)
+
     def test_metrics_exposition(self):
         """/metrics is the Prometheus text format of this kvcache's own registry."""
         answer = self.request("GET", "/metrics", OPS)

@@ -20,7 +20,7 @@ Other methods than GET and HEAD answer 405 with C{Allow}.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -72,6 +72,9 @@ class Readyz(OpsResource):
     (code C{insufficient-storage} for a full disk) until a write succeeds
     again, and the probe itself is that retry, so readiness comes back once
     space returns even if no client writes.
+
+    Probes that arrive while one is in flight share its outcome: however
+    often readiness is asked, the store makes one probe write at a time.
     """
 
     route = "/v1/readyz"
@@ -83,16 +86,28 @@ class Readyz(OpsResource):
         self._store = store
         self._clock = clock
         self._timeout = timeout
+        self._waiting: Optional[List[Deferred]] = None
 
     def render_GET(self, request: Request) -> int:
         return self.respond(request, self._check)
 
     def _check(self, request: Request) -> Deferred:
         Authorizer.require_ops(principal_of(request))
+        answer: Deferred = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(answer)
+            return answer
+        self._waiting = [answer]
         d = self._store.ping()
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._ready, self._not_ready)
-        return d
+        d.addCallback(self._answer_waiting)
+        return answer
+
+    def _answer_waiting(self, response: Response) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for answer in waiting:
+            answer.callback(response)
 
     def _ready(self, result: object) -> Response:
         return json_response(200, {"status": "ready", "revision": self._store.revision})
