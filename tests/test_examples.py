@@ -24,7 +24,6 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist import client
-from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.testing import KVCacheServerMixin
 from tests.e2e import http_request, start_server, temp_dir
@@ -238,8 +237,8 @@ class ConfigWatcherTests(KVCacheServerMixin, TestCase):
         self.assertEqual(copy.values, {"config/late": 1})
 
     async def test_resync_when_history_is_gone(self) -> None:
-        """A 410 (history no longer reaches the snapshot) makes it take a new snapshot."""
-        url = self.start_kvcache(limits=Limits(watch_history=2))
+        """A 410 (history compacted past the snapshot) makes it take a new snapshot."""
+        url = self.start_kvcache()
         http = self.kvcache_client()
         store = self.kvcache.store
         burst = []
@@ -250,6 +249,8 @@ class ConfigWatcherTests(KVCacheServerMixin, TestCase):
                     burst.append(True)
                     for i in range(5):
                         store.commit([Put("config/k%d" % i, b"%d" % i, "application/json")])
+                    # The history the watch would resume from is gone.
+                    store.compact(store.revision, 1000)
                 return http.request(method, target, **kwargs)
 
             def get(self, target: str, **kwargs: Any) -> Deferred:
