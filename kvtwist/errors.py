@@ -150,6 +150,44 @@ class HistoryGone(KVError):
         )
 
 
+class RevisionCompacted(KVError):
+    """A read or watch asked for a revision that compaction has removed."""
+
+    code = "compacted"
+
+    def __init__(self, requested: int, compact_revision: int) -> None:
+        super().__init__(
+            "revision %d has been compacted; the oldest revision kept is %d"
+            % (requested, compact_revision),
+            compact_revision=compact_revision,
+            requested_revision=requested,
+        )
+
+
+class FutureRevision(InvalidInput):
+    """A read asked for a revision the store has not reached yet."""
+
+    def __init__(self, requested: int, current: int) -> None:
+        super().__init__(
+            "future-revision",
+            "revision %d is in the future; the current revision is %d" % (requested, current),
+            requested_revision=requested,
+            current_revision=current,
+        )
+
+
+class HistoryUnsupported(KVError):
+    """The store does not keep history (reads at a revision, compaction)."""
+
+    code = "history-unsupported"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this store does not keep history: reads at a revision and "
+            "compaction are not available on it"
+        )
+
+
 class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 

@@ -132,6 +132,77 @@ class IKeyValueStore(Interface):
         """
 
 
+class IHistoricalStore(IKeyValueStore):
+    """
+    A store that keeps every committed change (put, delete, expire) with its
+    revision until compaction (etcd's MVCC model), written in the same
+    atomic commit as the data.
+
+    A read at revision C{N} sees each key as the last commit at or before
+    C{N} left it. Expiry still counts at the store clock's present: an
+    entry that existed at C{N} but whose C{expires} has passed reads as
+    absent, as it does in every current read.
+
+    Compaction at revision C{C} forgets what only reads before C{C} need:
+    reads at C{C} and later are still answered exactly, reads before it
+    fail with L{kvtwist.errors.RevisionCompacted}.
+    """
+
+    compact_revision = Attribute(
+        "The oldest revision reads are answered at (0 for a store never "
+        "compacted; a store that started keeping history with data in it "
+        "starts at the revision it had then). Reactor thread, no I/O."
+    )
+
+    history_size = Attribute(
+        "How many history records are kept (one per key a commit changed, "
+        "less what compaction removed). Reactor thread, no I/O."
+    )
+
+    def get_at(key, revision):
+        """
+        Read C{key} as of C{revision}.
+
+        @param revision: an L{int}, at least C{compact_revision} and at most
+            C{revision}.
+        @return: a Deferred firing with the L{kvtwist.model.Entry} the key
+            had at C{revision} (its C{mod_revision} is that version's ETag),
+            or L{None} if it was absent then (or has expired since).
+        @raise kvtwist.errors.RevisionCompacted: C{revision} is older than
+            C{compact_revision}.
+        @raise kvtwist.errors.FutureRevision: C{revision} is newer than the
+            store's revision.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def list_at(prefix, after, limit, revision):
+        """
+        L{IKeyValueStore.list} as of C{revision}.
+
+        @return: a Deferred firing with a L{kvtwist.model.Page} whose
+            C{revision} is C{revision}.
+        @raise kvtwist.errors.RevisionCompacted: see L{get_at}.
+        @raise kvtwist.errors.FutureRevision: see L{get_at}.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def compact(revision, max_records):
+        """
+        Compact the history towards C{revision}, in one bounded step: the
+        step removes the records of at most C{max_records} history records'
+        worth of revisions (or of one commit, if that alone has more), so
+        commits are never held up long. Call again until the result is
+        C{revision}. Compacting to a revision already compacted changes
+        nothing.
+
+        @return: a Deferred firing with the C{compact_revision} after the
+            step.
+        @raise kvtwist.errors.FutureRevision: C{revision} is newer than the
+            store's revision.
+        @raise kvtwist.errors.StoreUnavailable: nothing was compacted.
+        """
+
+
 class ITransactionView(Interface):
     """
     What a transaction holds at one moment: its staged ops, the revisions it

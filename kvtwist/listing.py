@@ -42,7 +42,12 @@ def readable_prefixes(token: Token, prefix: str) -> List[str]:
 
 
 async def list_readable(
-    store: IKeyValueStore, token: Token, prefix: str, after: Optional[str], limit: int
+    store: IKeyValueStore,
+    token: Token,
+    prefix: str,
+    after: Optional[str],
+    limit: int,
+    revision: Optional[int] = None,
 ) -> Page:
     """
     Up to C{limit} live keys under C{prefix} after C{after} that C{token}
@@ -51,10 +56,18 @@ async def list_readable(
 
     A page spanning several of the token's prefixes is read with one store
     call per prefix: its C{revision} is that of the first call, the lowest,
-    so that watching from it misses no change.
+    so that watching from it misses no change. With C{revision}, every
+    call reads as of that revision and the page is at C{revision}: the
+    store must then provide L{kvtwist.interfaces.IHistoricalStore}.
     """
     entries: list = []
-    revision: Optional[int] = None
+    at = revision
+
+    def read(rule: str, cursor: Optional[str], count: int):
+        if at is None:
+            return store.list(rule, cursor, count)
+        return store.list_at(rule, cursor, count, at)
+
     ranges = [
         rule
         for rule in readable_prefixes(token, prefix)
@@ -64,7 +77,7 @@ async def list_readable(
     for index, rule in enumerate(ranges):
         cursor = after
         while True:
-            page = await store.list(rule, cursor, limit - len(entries))
+            page = await read(rule, cursor, limit - len(entries))
             if revision is None:
                 revision = page.revision
             entries.extend(page.entries)
@@ -76,5 +89,5 @@ async def list_readable(
             cursor = page.entries[-1].key
     if revision is None:
         # Nothing readable to visit.
-        revision = store.revision
+        revision = store.revision if at is None else at
     return Page(revision, tuple(entries), False)

@@ -33,8 +33,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import Check, Entry, Op, Page
+from kvtwist.store.history import MemoryHistory, check_compactable, check_readable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 
@@ -65,10 +66,11 @@ class _DictTable:
         self._rows.pop(key, None)
 
 
-@implementer(IKeyValueStore)
+@implementer(IHistoricalStore)
 class MemoryStore:
     """
-    An in-memory store: every Deferred it returns has already fired.
+    An in-memory store: every Deferred it returns has already fired. It
+    keeps history like the shelve store (reads at a revision, compaction).
 
     @param clock: decides expiry; a L{Clock} in tests.
     @ivar fail_commits: set to an exception to make every commit fail with it
@@ -84,6 +86,15 @@ class MemoryStore:
         self.commits: List[Sequence[Op]] = []
         self.closed = False
         self._listeners = Listeners()
+        self.history = MemoryHistory()
+
+    @property
+    def compact_revision(self) -> int:
+        return self.history.compact_revision
+
+    @property
+    def history_size(self) -> int:
+        return self.history.size
 
     def _guard(self) -> Optional[Deferred]:
         if self.closed:
@@ -111,20 +122,43 @@ class MemoryStore:
         return self._guard() or succeed(found)
 
     def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        now = self.clock.seconds()
-        after_bytes = after.encode("utf-8") if after is not None else None
-        keys = sorted(
-            (k for k in self.rows if k.startswith(prefix)),
-            key=lambda k: k.encode("utf-8"),
-        )
-        entries = [
-            self.rows[k]
-            for k in keys
-            if (after_bytes is None or k.encode("utf-8") > after_bytes)
-            and self.rows[k].is_live(now)
-        ]
-        page = Page(self.revision, tuple(entries[:limit]), len(entries) > limit)
+        page = _page(self.rows, prefix, after, limit, self.revision, self.clock.seconds())
         return self._guard() or succeed(page)
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        guard = self._guard()
+        if guard is not None:
+            return guard
+        try:
+            check_readable(revision, self.compact_revision, self.revision)
+        except KVError as e:
+            return fail(e)
+        return succeed(live(self.history.entry_at(key, revision), self.clock.seconds()))
+
+    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
+        guard = self._guard()
+        if guard is not None:
+            return guard
+        try:
+            check_readable(revision, self.compact_revision, self.revision)
+        except KVError as e:
+            return fail(e)
+        rows = {}
+        for key in self.history.keys():
+            entry = self.history.entry_at(key, revision)
+            if entry is not None:
+                rows[key] = entry
+        return succeed(_page(rows, prefix, after, limit, revision, self.clock.seconds()))
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        guard = self._guard()
+        if guard is not None:
+            return guard
+        try:
+            check_compactable(revision, self.revision)
+        except KVError as e:
+            return fail(e)
+        return succeed(self.history.compact(revision, max_records))
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         guard = self._guard()
@@ -140,6 +174,7 @@ class MemoryStore:
             return fail(e)
         self.revision = result.revision
         self.key_count += count_delta(result)
+        self.history.record(result)
         self.commits.append(list(ops))
         self._listeners.notify(result)
         return succeed(result)
@@ -158,6 +193,23 @@ class MemoryStore:
             if not entry.is_live(now)
         )
         return self._guard() or succeed([(key, rev) for _, key, rev in due[:limit]])
+
+
+def _page(
+    rows: Dict[str, Entry], prefix: str, after: Optional[str], limit: int, revision: int, now: float
+) -> Page:
+    """One listing page of C{rows} (live entries only), in UTF-8 byte order."""
+    after_bytes = after.encode("utf-8") if after is not None else None
+    keys = sorted(
+        (k for k in rows if k.startswith(prefix)),
+        key=lambda k: k.encode("utf-8"),
+    )
+    entries = [
+        rows[k]
+        for k in keys
+        if (after_bytes is None or k.encode("utf-8") > after_bytes) and rows[k].is_live(now)
+    ]
+    return Page(revision, tuple(entries[:limit]), len(entries) > limit)
 
 
 class InlineThreadPool:

@@ -16,8 +16,8 @@ import functools
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from kvtwist.errors import ConflictError, StoreUnavailable
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.errors import ConflictError, FutureRevision, RevisionCompacted, StoreUnavailable
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import Check, Delete, Entry, Expire, Put
 
 
@@ -56,6 +56,9 @@ class StoreContract(ExpectFailure):
     #: Whether expired keys are swept by kvtwist (local stores) rather than
     #: by the backend itself (etcd leases); only then does expired() list.
     sweeps_itself = True
+    #: Whether the store provides IHistoricalStore; a store that does not
+    #: must say so plainly (the routes then answer history-unsupported).
+    keeps_history = True
 
     def assert_next_revision(self, before: int, after: int) -> None:
         """Revisions grow; by exactly one where the store promises it."""
@@ -349,3 +352,148 @@ class StoreContract(ExpectFailure):
         await store.commit([Put("a", b""), Put("b", b""), Put("c", b"")])
         await store.commit([Put("a", b"again"), Delete("b"), Delete("nope")])
         self.assertEqual(store.key_count, 2)
+
+    # -- history (IHistoricalStore) -------------------------------------------
+
+    async def historical_store(self):
+        """
+        A new store if it keeps history, else None once it is pinned that
+        the store does not claim to.
+        """
+        store = await self.make_store()
+        if not self.keeps_history:
+            self.assertFalse(IHistoricalStore.providedBy(store))
+            return None
+        return store
+
+    @contract
+    async def test_history_interface(self):
+        """A store that keeps history provides IHistoricalStore fully."""
+        store = await self.historical_store()
+        if store is None:
+            return
+        self.assertTrue(verifyObject(IHistoricalStore, store))
+        self.assertEqual((store.compact_revision, store.history_size), (0, 0))
+
+    @contract
+    async def test_read_at_each_revision(self):
+        """A read at a revision gives the key's value and metadata as of then."""
+        store = await self.historical_store()
+        if store is None:
+            return
+        created = await store.commit([Put("a", b"1", "text/plain"), Put("other", b"x")])
+        updated = await store.commit([Put("a", b"2", "application/json")])
+        deleted = await store.commit([Delete("a")])
+        again = await store.commit([Put("a", b"3")])
+        self.assertIsNone(await store.get_at("a", 0))
+        first = await store.get_at("a", created.revision)
+        self.assertEqual(
+            (first.value, first.content_type, first.create_revision, first.mod_revision, first.version),
+            (b"1", "text/plain", created.revision, created.revision, 1),
+        )
+        second = await store.get_at("a", updated.revision)
+        self.assertEqual(
+            (second.value, second.content_type, second.create_revision, second.mod_revision, second.version),
+            (b"2", "application/json", created.revision, updated.revision, 2),
+        )
+        self.assertIsNone(await store.get_at("a", deleted.revision))
+        third = await store.get_at("a", again.revision)
+        self.assertEqual((third.value, third.create_revision, third.version), (b"3", again.revision, 1))
+        self.assertEqual(await store.get_at("a", store.revision), await store.get("a"))
+        self.assertEqual(store.history_size, 5)
+
+    @contract
+    async def test_list_at_revision(self):
+        """A listing at a revision shows the keys as of then, paged at that revision."""
+        store = await self.historical_store()
+        if store is None:
+            return
+        old = await store.commit([Put("p/a", b"1"), Put("p/b", b"1"), Put("p/c", b"1"), Put("q", b"1")])
+        await store.commit([Delete("p/b"), Put("p/a", b"2"), Put("p/d", b"2")])
+        first = await store.list_at("p/", None, 2, old.revision)
+        self.assertEqual(
+            ([(e.key, e.value) for e in first.entries], first.more, first.revision),
+            ([("p/a", b"1"), ("p/b", b"1")], True, old.revision),
+        )
+        rest = await store.list_at("p/", "p/b", 2, old.revision)
+        self.assertEqual(([e.key for e in rest.entries], rest.more), (["p/c"], False))
+        now = await store.list_at("p/", None, 10, store.revision)
+        current = await store.list("p/", None, 10)
+        self.assertEqual(now.entries, current.entries)
+
+    @contract
+    async def test_future_revision_refused(self):
+        """Reads and compaction at a revision not reached yet are FutureRevision."""
+        store = await self.historical_store()
+        if store is None:
+            return
+        await store.commit([Put("a", b"1")])
+        ahead = store.revision + 1
+        await self.expect(FutureRevision, store.get_at("a", ahead))
+        await self.expect(FutureRevision, store.list_at("", None, 10, ahead))
+        await self.expect(FutureRevision, store.compact(ahead, 100))
+
+    @contract
+    async def test_compaction(self):
+        """
+        After compaction at C, reads before C are RevisionCompacted (naming
+        C), reads at C and later are unchanged, and superseded records are gone.
+        """
+        store = await self.historical_store()
+        if store is None:
+            return
+        await store.commit([Put("kept", b"1"), Put("gone", b"1"), Put("moved", b"1")])
+        await store.commit([Delete("gone"), Put("moved", b"2")])
+        middle = await store.commit([Put("moved", b"3")])
+        later = await store.commit([Put("moved", b"4")])
+        before = {r: await store.list_at("", None, 10, r) for r in (middle.revision, later.revision)}
+        self.assertEqual(await store.compact(middle.revision, 1000), middle.revision)
+        self.assertEqual(store.compact_revision, middle.revision)
+        error = await self.expect(RevisionCompacted, store.get_at("kept", middle.revision - 1))
+        self.assertEqual(error.extra["compact_revision"], middle.revision)
+        await self.expect(RevisionCompacted, store.list_at("", None, 10, 0))
+        for revision, page in before.items():
+            self.assertEqual((await store.list_at("", None, 10, revision)).entries, page.entries)
+        self.assertIsNone(await store.get_at("gone", middle.revision))
+        # kept@1, moved@3 and moved@4 are all a read at C or later needs.
+        self.assertEqual(store.history_size, 3)
+        self.assertEqual(await store.compact(1, 1000), middle.revision)
+
+    @contract
+    async def test_compaction_in_bounded_steps(self):
+        """A small record budget compacts a revision or so per step until the target."""
+        store = await self.historical_store()
+        if store is None:
+            return
+        for n in range(5):
+            await store.commit([Put("a", b"%d" % n), Put("b", b"%d" % n)])
+        target = store.revision
+        steps = []
+        while not steps or steps[-1] < target:
+            steps.append(await store.compact(target, 1))
+            self.assertLessEqual(len(steps), 10)
+        self.assertEqual(steps, sorted(steps))
+        self.assertGreater(len(steps), 1)
+        self.assertEqual((await store.get_at("b", target)).value, b"4")
+        self.assertEqual(store.history_size, 2)
+
+    @contract
+    async def test_history_of_expiry(self):
+        """
+        An expiry is a change in history, and a read at any revision treats
+        an entry whose expiry has passed as absent, as current reads do.
+        """
+        store = await self.historical_store()
+        if store is None:
+            return
+        now = store.clock.seconds()
+        put = await store.commit([Put("t", b"1", expires=now + 5)])
+        self.assertEqual((await store.get_at("t", put.revision)).expires, now + 5)
+        self.advance(6)
+        self.assertIsNone(await store.get_at("t", put.revision))
+        self.assertEqual((await store.list_at("", None, 10, put.revision)).entries, ())
+        if self.sweeps_itself:
+            due = await store.expired(10)
+            swept = await store.commit([Expire(key, rev) for key, rev in due])
+            self.assertIsNone(await store.get_at("t", swept.revision))
+            self.assertEqual(store.history_size, 2)

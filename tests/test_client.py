@@ -856,6 +856,42 @@ class ListTests(V1TestCase):
             [["a/1", "a/2"], ["a/3", "a/4"], ["a/5"]],
         )
 
+    def test_iter_pages_pinned_at_first_revision(self) -> None:
+        """
+        iter_pages() follows each page's cursor, so every page is read at the
+        first page's revision while writes go on.
+        """
+
+        async def collect():
+            pages = []
+            async for page in client.iter_pages(self.http, URL, "a/", limit=2):
+                pages.append(page)
+                self.put("a/%d" % (len(pages) + 2,), b'"changed"', content_type="application/json")
+                self.put("a/0%d" % (len(pages),))
+            return pages
+
+        pages = self.successResultOf(self.run_coroutine(collect()))
+        self.assertEqual([page["revision"] for page in pages], [6, 6, 6])
+        self.assertEqual(
+            [[(i["key"], i["mod_revision"]) for i in page["items"]] for page in pages],
+            [[("a/1", 1), ("a/2", 2)], [("a/3", 3), ("a/4", 4)], [("a/5", 5)]],
+        )
+
+    def test_list_and_get_at_revision(self) -> None:
+        """list_keys(revision=) and get_entry(revision=) read the past."""
+        self.put("a/1", b'"new"', content_type="application/json")
+        self.result(client.remove(self.http, URL, "a/2"))
+        page = self.result(client.list_keys(self.http, URL, "a/", limit=2, revision=6))
+        self.assertEqual([(i["key"], i["mod_revision"]) for i in page["items"]], [("a/1", 1), ("a/2", 2)])
+        rest = self.result(client.list_keys(self.http, URL, "a/", limit=2, cursor=page["cursor"]))
+        self.assertEqual([i["key"] for i in rest["items"]], ["a/3", "a/4"])
+        entry = self.result(client.get_entry(self.http, URL, "a/2", revision=6))
+        self.assertEqual(entry.value, b'"a/2"')
+        self.error(client.get_entry(self.http, URL, "a/2", revision=8), NotFoundError)
+        for kwargs, exception in (({"revision": -1}, ValueError), ({"revision": "1"}, TypeError)):
+            self.assertRaises(exception, client.get_entry, NoNetwork(self), URL, "a", **kwargs)
+        self.assertRaises(ValueError, client.list_keys, NoNetwork(self), URL, cursor="x", revision=1)
+
     def test_bad_arguments_raise_at_once(self) -> None:
         """Bad limits, prefixes and after= raise before anything is sent, for every function."""
         for function in (client.list_keys, client.iter_pages, client.list_all):

@@ -126,6 +126,7 @@ class EtcdStoreContractTests(StoreContract, EtcdTestCase):
     exact_revisions = False
     # etcd's leases remove expired keys; kvtwist does not sweep them.
     sweeps_itself = False
+    keeps_history = False
 
     async def make_store(self):
         return await self.open_store()

@@ -205,9 +205,12 @@ def put(
     return d.addCallback(_put_result)
 
 
-def get_entry(http: Any, url: str, key: str, *, token: Optional[str] = None) -> Deferred:
+def get_entry(
+    http: Any, url: str, key: str, *, revision: Optional[int] = None, token: Optional[str] = None
+) -> Deferred:
     """
-    Read C{key} with its metadata (C{GET /v1/kv/{key}}). Every key is
+    Read C{key} with its metadata (C{GET /v1/kv/{key}}), or as it was at
+    C{revision} (C{?revision=N}: the server's history). Every key is
     reachable here, including C{set} and C{commit}, and values of any type.
 
     (Named C{get_entry} because L{get} is the seed's JSON read.)
@@ -217,7 +220,8 @@ def get_entry(http: Any, url: str, key: str, *, token: Optional[str] = None) -> 
     @raise NotFoundError: (in the Deferred) if the key does not exist (or
         has expired).
     """
-    d = _request(http, "GET", _key_url(url, key), {200}, token, accept=_ACCEPT_ANY)
+    target = _key_url(url, key) + _query(revision=_check_revision(revision))
+    d = _request(http, "GET", target, {200}, token, accept=_ACCEPT_ANY)
     return d.addCallback(lambda answer: _entry_from(key, answer))
 
 
@@ -255,8 +259,20 @@ def remove(
 # -- listing -------------------------------------------------------------------
 
 
+def _check_revision(revision: Any) -> Optional[str]:
+    """C{revision} as a query value, checked: a non-negative int or None."""
+    if revision is None:
+        return None
+    if isinstance(revision, bool) or not isinstance(revision, int):
+        raise TypeError("revision is an int, not %s" % (type(revision).__name__,))
+    if revision < 0:
+        raise ValueError("revision must be 0 or more: %d" % (revision,))
+    return "%d" % (revision,)
+
+
 def _list_url(
-    url: str, prefix: Any, limit: Any, after: Any, values: bool
+    url: str, prefix: Any, limit: Any, after: Any, values: bool,
+    revision: Any = None, cursor: Any = None,
 ) -> str:
     if not isinstance(prefix, str):
         raise TypeError("prefix is a str, not %s" % (type(prefix).__name__,))
@@ -270,11 +286,17 @@ def _list_url(
             raise TypeError("after is a str, not %s" % (type(after).__name__,))
         if not after:
             raise ValueError("after is a key: it cannot be empty")
+    if cursor is not None and not isinstance(cursor, str):
+        raise TypeError("cursor is a str, not %s" % (type(cursor).__name__,))
+    if cursor is not None and (after is not None or revision is not None):
+        raise ValueError("a cursor already says where the listing goes on: no after or revision with it")
     return _join(url, "v1", "kv", "") + _query(
         prefix=prefix or None,
         limit=None if limit is None else "%d" % (limit,),
         after=after,
         values="1" if values else None,
+        revision=_check_revision(revision),
+        cursor=cursor,
     )
 
 
@@ -295,6 +317,8 @@ def list_keys(
     limit: Optional[int] = None,
     after: Optional[str] = None,
     values: bool = False,
+    revision: Optional[int] = None,
+    cursor: Optional[str] = None,
     token: Optional[str] = None,
 ) -> Deferred:
     """
@@ -306,16 +330,21 @@ def list_keys(
     @param after: start after this key (the previous page's C{next}).
     @param values: include each value: C{value} for JSON content types,
         else C{value_base64}.
+    @param revision: list the keys as of this revision (the server's
+        history), not the present.
+    @param cursor: the previous page's C{cursor}: the next page of the same
+        listing, at the same revision (not with C{after} or C{revision}).
     @return: a Deferred firing with the server's C{{"revision", "items",
-        "next"}}; C{next} is the key to pass as C{after} for the next page,
-        or L{None} after the last one. Each item is C{{"key",
+        "next", "cursor"}}; C{next} is the key to pass as C{after} for the
+        next page, or L{None} after the last one; C{cursor} continues the
+        listing at its revision. Each item is C{{"key",
         "create_revision", "mod_revision", "version", "content_type",
         "size", "expires"}} (+ the value).
     @raise TypeError, ValueError: at once, for a bad argument.
     @raise KVClientError: (in the Deferred) for an error answer (400 for a
         limit over the server's maximum).
     """
-    target = _list_url(url, prefix, limit, after, values)
+    target = _list_url(url, prefix, limit, after, values, revision, cursor)
     return _request(http, "GET", target, {200}, token).addCallback(_page)
 
 
@@ -337,9 +366,10 @@ def iter_pages(
             for item in page["items"]:
                 ...
 
-    Each page is read at its own revision (C{page["revision"]}); keys
-    written behind the cursor while it runs are not seen again, keys
-    written ahead of it are.
+    Every page follows the previous page's C{cursor}, so on a server that
+    keeps history all pages are read at the first page's revision
+    (C{page["revision"]}): one picture, whatever is written meanwhile. On a
+    server without history each page is read at its own revision.
 
     The arguments are those of L{list_keys}, and are checked at once.
 
@@ -360,9 +390,11 @@ async def _iter_pages(
     values: bool,
     token: Optional[str],
 ) -> AsyncIterator[Dict[str, Any]]:
+    cursor = None
     while True:
         page = await list_keys(
-            http, url, prefix, limit=limit, after=after, values=values, token=token
+            http, url, prefix, limit=limit, after=after if cursor is None else None,
+            values=values, cursor=cursor, token=token,
         )
         yield page
         following = page["next"]
@@ -372,6 +404,8 @@ async def _iter_pages(
             # A server that does not move forward would make this loop forever.
             raise _bad_response(200, "the listing's next (%r) does not move forward" % (following,))
         after = following
+        # A server from before cursors gives none: go on after the key.
+        cursor = page.get("cursor")
 
 
 def list_all(

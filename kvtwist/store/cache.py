@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op
 
 # What one cached key costs beyond the strings and bytes it holds, from
@@ -134,6 +134,9 @@ class CachedStore:
         # watch that is down), the cache neither answers nor fills.
         self._bypass = False
         store.add_listener(self.apply_changes)
+        if IHistoricalStore.providedBy(store):
+            # History passes through uncached: the cache holds the present.
+            alsoProvides(self, IHistoricalStore)
         if hasattr(store, "add_reset_listener"):
             store.add_reset_listener(self._on_reset)
 
@@ -146,6 +149,14 @@ class CachedStore:
     @property
     def clock(self):  # type: ignore[override]
         return self.store.clock
+
+    @property
+    def compact_revision(self) -> int:
+        return self.store.compact_revision
+
+    @property
+    def history_size(self) -> int:
+        return self.store.history_size
 
     @property
     def key_count(self) -> int:
@@ -278,6 +289,15 @@ class CachedStore:
 
     def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
         return self.store.list(prefix, after, limit)
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return self.store.get_at(key, revision)
+
+    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
+        return self.store.list_at(prefix, after, limit, revision)
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        return self.store.compact(revision, max_records)
 
     def get_linearizable(self, key: str) -> Deferred:
         """

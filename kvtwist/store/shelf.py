@@ -16,7 +16,12 @@ import shelve
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from kvtwist.errors import StoreCorrupt
-from kvtwist.store.sqlitemap import SQLiteMapping
+from kvtwist.store.history import KIND_CODES, KINDS
+from kvtwist.store.sqlitemap import HistoryRow, SQLiteMapping
+
+#: A history record as the shelf gives it: key, revision, kind, and the
+#: stored record of a put (L{None} for a tombstone).
+HistoryRecord = Tuple[str, int, str, Optional[object]]
 
 #: Pickle protocol 4 is read by every supported Python (3.10 and newer).
 PICKLE_PROTOCOL = 4
@@ -94,3 +99,50 @@ class DataShelf(shelve.Shelf):
             limit,
         )
         return [(key.decode(encoding), load_data(raw)) for key, raw in rows]
+
+    # -- history (see kvtwist.store.sqlitemap's history table) ---------------
+
+    def write_history(self, records: Iterable[HistoryRecord]) -> None:
+        """Add history records, in the caller's transaction."""
+        encoding = self.keyencoding
+        self.dict.add_history(
+            [
+                (
+                    key.encode(encoding),
+                    revision,
+                    KIND_CODES[kind],
+                    pickle.dumps(record, self._protocol) if record is not None else None,
+                )
+                for key, revision, kind, record in records
+            ]
+        )
+
+    def _history_record(self, row: HistoryRow) -> HistoryRecord:
+        key, revision, code, raw = row
+        kind = KINDS.get(code)
+        if kind is None:
+            raise StoreCorrupt("a history record of kind %r cannot be read" % (code,))
+        record = load_data(raw) if raw is not None else None
+        return key.decode(self.keyencoding), revision, kind, record
+
+    def history_at(self, key: str, revision: int) -> Optional[HistoryRecord]:
+        """C{key}'s last history record at or before C{revision}, or L{None}."""
+        row = self.dict.history_at(key.encode(self.keyencoding), revision)
+        return self._history_record(row) if row is not None else None
+
+    def history_scan(
+        self, prefix: str, after: Optional[str], revision: int, limit: int
+    ) -> List[HistoryRecord]:
+        """
+        Each key's last history record at or before C{revision}, for up to
+        C{limit} keys starting with C{prefix} after C{after}, in UTF-8 byte
+        order (see L{SQLiteMapping.history_scan}).
+        """
+        encoding = self.keyencoding
+        rows = self.dict.history_scan(
+            prefix.encode(encoding),
+            after.encode(encoding) if after is not None else None,
+            revision,
+            limit,
+        )
+        return [self._history_record(row) for row in rows]

@@ -6,6 +6,11 @@ Public methods run on the reactor thread and return Deferreds; every method
 named C{_sync_*} runs on the store thread (a one-thread pool owned by
 L{kvtwist.service.StoreService}) and is the only code that touches the shelf.
 
+History: every change is also written to the history table (see
+L{kvtwist.interfaces.IHistoricalStore}) by the same flush, in the same
+SQLite transaction as the data, so a crash never separates them; a commit
+adds one history row per key it changed, whatever the store's size.
+
 Group commit: commits that arrive while the store thread is busy wait in a
 queue; the next trip to the thread applies all of them, each with its own
 checks and revision, inside one SQLite transaction and one sync. So no
@@ -24,12 +29,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.errors import ConflictError, FutureRevision, KVError, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.store.history import PUT, check_compactable, check_readable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
-from kvtwist.store.shelf import DataShelf
+from kvtwist.store.shelf import DataShelf, HistoryRecord
 from kvtwist.store.sqlitemap import SQLiteMapping
 
 #: The file name of the shelf inside the data directory.
@@ -40,6 +46,10 @@ DATA_FILE = "kvcache.sqlite3"
 _KEY = "k/"
 _EXPIRY = "x/"
 _REVISION = "m/revision"
+#: The name of the compact revision in the SQLite state table.
+_COMPACT_REVISION = "compact_revision"
+#: Keys per read while the history is rebuilt from the keys.
+_REBUILD_CHUNK = 1000
 
 
 def _expiry_key(expires: float, key: str) -> str:
@@ -70,6 +80,8 @@ class _ShelfTable:
         self._rows: Dict[str, Optional[Entry]] = {}
         #: Shelf keys changed and not yet flushed: their record, or _REMOVED.
         self._pending: Dict[str, object] = {}
+        #: History records of the commits applied, not yet flushed.
+        self._history: List[HistoryRecord] = []
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read every one of C{keys} not read yet, in one go."""
@@ -103,6 +115,18 @@ class _ShelfTable:
         self._rows[key] = None
         self._pending[_KEY + key] = _REMOVED
 
+    def record_history(self, result: CommitResult) -> None:
+        """Keep C{result}'s changes for the history (written by L{flush})."""
+        for change in result.changes:
+            self._history.append(
+                (
+                    change.key,
+                    result.revision,
+                    change.kind,
+                    change.entry.to_record() if change.entry is not None else None,
+                )
+            )
+
     def set_revision(self, revision: int) -> None:
         """Record the store's revision (written by the next L{flush})."""
         self._pending[_REVISION] = revision
@@ -110,10 +134,12 @@ class _ShelfTable:
     def flush(self) -> None:
         """Write everything held back, inside the caller's transaction."""
         pending, self._pending = self._pending, {}
+        history, self._history = self._history, []
         self._shelf.write_many(
             {key: record for key, record in pending.items() if record is not _REMOVED},
             [key for key, record in pending.items() if record is _REMOVED],
         )
+        self._shelf.write_history(history)
 
     def expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Up to C{limit} C{(key, mod_revision)} whose expiry is at or before C{now}."""
@@ -164,6 +190,24 @@ def check_data_dir(directory: str) -> int:
         shelf.close()
 
 
+def _read_compact_revision(shelf: DataShelf) -> int:
+    raw = shelf.dict.state(_COMPACT_REVISION)
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        raise StoreCorrupt("the store's compact revision record is damaged")
+
+
+def _history_entry(record: Optional[HistoryRecord]) -> Optional[Entry]:
+    """The entry a history record holds: L{None} for a tombstone or nothing."""
+    if record is None:
+        return None
+    key, _, kind, stored = record
+    if kind != PUT or stored is None:
+        return None
+    return _entry(key, stored)
+
+
 def _read_revision(shelf: DataShelf) -> int:
     try:
         revision = shelf[_REVISION]
@@ -174,12 +218,42 @@ def _read_revision(shelf: DataShelf) -> int:
     return revision
 
 
+def _collect_page(
+    fetch: Callable[[Optional[str], int], List[Tuple[str, Optional[Entry]]]],
+    revision: int,
+    after: Optional[str],
+    limit: int,
+    now: float,
+) -> Page:
+    """
+    One page of at most C{limit} live entries after C{after}: C{fetch(cursor,
+    count)} gives up to C{count} C{(key, entry or None)} in key order after
+    C{cursor}; absent and expired ones are skipped, fetching on as needed.
+    """
+    entries: List[Entry] = []
+    more = False
+    cursor = after
+    while not more:
+        rows = fetch(cursor, limit + 1)
+        for key, entry in rows:
+            cursor = key
+            if entry is None or not entry.is_live(now):
+                continue
+            if len(entries) == limit:
+                more = True
+                break
+            entries.append(entry)
+        if len(rows) < limit + 1:
+            break
+    return Page(revision, tuple(entries), more)
+
+
 #: A queued commit: its ops, checks, the Deferred of its answer, and how
 #: many trips had finished when it was submitted.
 _PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
 
 
-@implementer(IKeyValueStore)
+@implementer(IHistoricalStore)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -201,6 +275,8 @@ class ShelveStore:
     ) -> None:
         self.directory = directory
         self.revision = 0
+        self.compact_revision = 0
+        self.history_size = 0
         self._reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool = threadpool
@@ -234,8 +310,8 @@ class ShelveStore:
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
 
-        def opened(state: Tuple[int, int]) -> None:
-            self.revision, self.key_count = state
+        def opened(state: Tuple[int, int, int, int]) -> None:
+            self.revision, self.key_count, self.compact_revision, self.history_size = state
             self._open = True
 
         return d.addCallback(opened)
@@ -264,6 +340,35 @@ class ShelveStore:
 
     def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
         return self._run(self._sync_list, prefix, after, limit, self.clock.seconds())
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return self._read_at(self._sync_get_at, key, revision, self.clock.seconds())
+
+    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
+        return self._read_at(self._sync_list_at, prefix, after, limit, revision, self.clock.seconds())
+
+    def _read_at(self, function, *args) -> Deferred:
+        # A revision not acknowledged yet is the future even if the store
+        # thread has written it; compaction is checked on the thread.
+        revision = args[-2]
+        if revision > self.revision:
+            return fail(FutureRevision(revision, self.revision))
+        return self._run(function, *args)
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        try:
+            check_compactable(revision, self.revision)
+        except KVError as e:
+            return fail(e)
+        if revision <= self.compact_revision:
+            return succeed(self.compact_revision)
+
+        def compacted(done: Tuple[int, int]) -> int:
+            self.compact_revision, removed = done
+            self.history_size -= removed
+            return self.compact_revision
+
+        return self._run(self._sync_compact, revision, max_records).addCallback(compacted)
 
     def ping(self) -> Deferred:
         return self._run(self._sync_ping)
@@ -312,6 +417,7 @@ class ShelveStore:
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
                     self.key_count += count_delta(outcome)
+                    self.history_size += len(outcome.changes)
                     self._listeners.notify(outcome)
                     waiter.callback(outcome)
                 else:
@@ -335,10 +441,11 @@ class ShelveStore:
 
     # -- store thread ----------------------------------------------------
 
-    def _sync_open(self) -> Tuple[int, int]:
+    def _sync_open(self) -> Tuple[int, int, int, int]:
         """
         Store thread: open (creating if needed) and verify the shelf; return
-        its revision and how many keys it holds.
+        its revision, how many keys it holds, its compact revision and how
+        many history records it keeps.
         """
         try:
             path = open_data_dir(self.directory)
@@ -348,7 +455,44 @@ class ShelveStore:
                 "cannot open the data directory %s: %s" % (self.directory, e)
             )
         self._shelf = DataShelf(mapping)
-        return _read_revision(self._shelf), mapping.count_prefix(_KEY.encode("ascii"))
+        revision = _read_revision(self._shelf)
+        compact_revision = self._sync_prepare_history(revision)
+        return (
+            revision,
+            mapping.count_prefix(_KEY.encode("ascii")),
+            compact_revision,
+            mapping.history_count(),
+        )
+
+    def _sync_prepare_history(self, revision: int) -> int:
+        """
+        Store thread: make sure the history covers the data, and return the
+        compact revision. A store that had data before it kept history (or
+        was written meanwhile by a kvtwist that kept none: its newest
+        history record is older than its revision, with no compaction to
+        explain it) gets its history rebuilt from the keys, compacted at
+        the present.
+        """
+        shelf = self._sync_shelf()
+        mapping = shelf.dict
+        compact_revision = _read_compact_revision(shelf)
+        newest = mapping.history_bounds()[1] or 0
+        if not mapping.history_created and (newest >= revision or compact_revision >= revision):
+            return compact_revision
+        with mapping.transaction():
+            mapping.clear_history()
+            cursor = None
+            while True:
+                rows = shelf.scan(_KEY, cursor, _REBUILD_CHUNK)
+                shelf.write_history(
+                    (key[len(_KEY):], record[3], PUT, record)  # type: ignore[index]
+                    for key, record in rows
+                )
+                if len(rows) < _REBUILD_CHUNK:
+                    break
+                cursor = rows[-1][0]
+            mapping.set_state(_COMPACT_REVISION, str(revision))
+        return revision
 
     def _sync_shelf(self) -> DataShelf:
         """Store thread: the open shelf, or StoreUnavailable once closed."""
@@ -384,26 +528,61 @@ class ShelveStore:
     ) -> Page:
         """Store thread: one page of live entries, read at one revision."""
         shelf = self._sync_shelf()
-        entries: List[Entry] = []
-        more = False
-        cursor = after
+
+        def fetch(cursor: Optional[str], count: int) -> List[Tuple[str, Optional[Entry]]]:
+            rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, count)
+            return [
+                (shelf_key[len(_KEY):], _entry(shelf_key[len(_KEY):], record))
+                for shelf_key, record in rows
+            ]
+
         with shelf.dict.snapshot():
             revision = _read_revision(shelf)
-            while not more:
-                rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, limit + 1)
-                for shelf_key, record in rows:
-                    key = shelf_key[len(_KEY):]
-                    cursor = key
-                    entry = _entry(key, record)
-                    if not entry.is_live(now):
-                        continue
-                    if len(entries) == limit:
-                        more = True
-                        break
-                    entries.append(entry)
-                if len(rows) < limit + 1:
-                    break
-        return Page(revision, tuple(entries), more)
+            return _collect_page(fetch, revision, after, limit, now)
+
+    def _sync_check_readable(self, revision: int) -> None:
+        """Store thread, in a snapshot: refuse a compacted revision."""
+        shelf = self._sync_shelf()
+        check_readable(revision, _read_compact_revision(shelf), _read_revision(shelf))
+
+    def _sync_get_at(self, key: str, revision: int, now: float) -> Optional[Entry]:
+        """Store thread: one key as of C{revision}, if live."""
+        shelf = self._sync_shelf()
+        with shelf.dict.snapshot():
+            self._sync_check_readable(revision)
+            return live(_history_entry(shelf.history_at(key, revision)), now)
+
+    def _sync_list_at(
+        self, prefix: str, after: Optional[str], limit: int, revision: int, now: float
+    ) -> Page:
+        """Store thread: one page of the entries live as of C{revision}."""
+        shelf = self._sync_shelf()
+
+        def fetch(cursor: Optional[str], count: int) -> List[Tuple[str, Optional[Entry]]]:
+            return [
+                (record[0], _history_entry(record))
+                for record in shelf.history_scan(prefix, cursor, revision, count)
+            ]
+
+        with shelf.dict.snapshot():
+            self._sync_check_readable(revision)
+            return _collect_page(fetch, revision, after, limit, now)
+
+    def _sync_compact(self, revision: int, max_records: int) -> Tuple[int, int]:
+        """
+        Store thread: one bounded compaction step towards C{revision}, in
+        its own durable transaction; returns the compact revision after it
+        and how many history records it removed.
+        """
+        shelf = self._sync_shelf()
+        mapping = shelf.dict
+        with mapping.transaction():
+            lower = _read_compact_revision(shelf)
+            if revision <= lower:
+                return lower, 0
+            reached, removed = mapping.compact_history(lower, revision, max_records)
+            mapping.set_state(_COMPACT_REVISION, str(reached))
+        return reached, removed
 
     def _sync_expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Store thread: the expiry index's entries that are due."""
@@ -442,6 +621,7 @@ class ShelveStore:
                     outcomes.append(e)
                     continue
                 revision = result.revision
+                table.record_history(result)
                 outcomes.append(result)
             table.set_revision(revision)
             table.flush()

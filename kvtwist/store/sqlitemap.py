@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
 from kvtwist.errors import StoreCorrupt
+from kvtwist.store.history import KIND_CODES, PUT, step_end
 
 #: Written into the SQLite header so a random database is not taken for ours.
 APPLICATION_ID = 0x6B767477  # "kvtw"
@@ -35,6 +36,34 @@ CREATE TABLE IF NOT EXISTS shelf (
     crc INTEGER NOT NULL
 ) WITHOUT ROWID
 """
+
+
+#: The history of every change (see L{kvtwist.interfaces.IHistoricalStore}):
+#: one row per key a commit changed, with the pickled entry of a put and no
+#: record for a delete or expiry. Its own table with its own creation step
+#: (L{SQLiteMapping.history_created}), so the key table's layout can change
+#: beside it. The index walks it in revision order (compaction, watches).
+_HISTORY_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS history (
+        key BLOB NOT NULL,
+        revision INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        record BLOB,
+        crc INTEGER NOT NULL,
+        PRIMARY KEY (key, revision)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS history_by_revision ON history (revision)",
+)
+
+#: A history row: key, revision, kind code, and the record (None for a
+#: tombstone).
+HistoryRow = Tuple[bytes, int, int, Optional[bytes]]
+
+
+def _history_crc(key: bytes, revision: int, kind: int, record: Optional[bytes]) -> int:
+    return _crc(key, b"%d:%d:" % (revision, kind) + (record or b""))
 
 
 def _crc(key: bytes, value: bytes) -> int:
@@ -142,6 +171,11 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         if mode != "wal":
             raise StoreCorrupt("%s: cannot enable write-ahead logging" % (self.path,))
         db.execute("PRAGMA synchronous = FULL")
+        self.history_created = not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
+        ).fetchone()
+        for statement in _HISTORY_SCHEMA:
+            db.execute(statement)
         shutdown = db.execute(
             "SELECT value FROM state WHERE name = 'shutdown'"
         ).fetchone()
@@ -331,6 +365,120 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         return self._db.execute(
             "SELECT count(*) FROM shelf WHERE key >= ? AND key < ?", (prefix, upper)
         ).fetchone()[0]
+
+    # -- history -------------------------------------------------------------
+
+    def add_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Insert history rows (inside the caller's transaction)."""
+        for chunk in _chunks(list(rows), ROWS_PER_STATEMENT // 2):
+            params: list = []
+            for key, revision, kind, record in chunk:
+                params += (key, revision, kind, record, _history_crc(key, revision, kind, record))
+            self._db.execute(
+                "INSERT OR REPLACE INTO history (key, revision, kind, record, crc) VALUES %s"
+                % ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                params,
+            )
+
+    def _checked_history(self, row: tuple) -> HistoryRow:
+        key, revision, kind, record, crc = row
+        if _history_crc(key, revision, kind, record) != crc:
+            raise StoreCorrupt(
+                "%s: the history of %r at revision %d is damaged (checksum mismatch)"
+                % (self.path, key, revision)
+            )
+        return key, revision, kind, record
+
+    def history_at(self, key: bytes, revision: int) -> Optional[HistoryRow]:
+        """C{key}'s last history row at or before C{revision}, or L{None}."""
+        row = self._db.execute(
+            "SELECT key, revision, kind, record, crc FROM history"
+            " WHERE key = ? AND revision <= ? ORDER BY revision DESC LIMIT 1",
+            (key, revision),
+        ).fetchone()
+        return self._checked_history(row) if row is not None else None
+
+    def history_scan(
+        self, prefix: bytes, after: Optional[bytes], revision: int, limit: int
+    ) -> List[HistoryRow]:
+        """
+        For up to C{limit} keys starting with C{prefix} and sorting after
+        C{after}, in byte order: each key's last history row at or before
+        C{revision} (tombstones included: the caller skips them).
+        """
+        lower = prefix if after is None or after < prefix else after
+        comparison = ">=" if after is None or after < prefix else ">"
+        upper = prefix_upper_bound(prefix)
+        # SQLite takes a bare column's value from the row max() chose.
+        sql = (
+            "SELECT key, max(revision), kind, record, crc FROM history"
+            " WHERE key %s ? AND revision <= ?" % comparison
+        )
+        params: list = [lower, revision]
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        sql += " GROUP BY key ORDER BY key LIMIT ?"
+        params.append(limit)
+        return [self._checked_history(row) for row in self._db.execute(sql, params)]
+
+    def history_count(self) -> int:
+        """How many history rows are kept."""
+        return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
+
+    def history_bounds(self) -> Tuple[Optional[int], Optional[int]]:
+        """The oldest and newest revision in the history (L{None} if empty)."""
+        return self._db.execute("SELECT min(revision), max(revision) FROM history").fetchone()
+
+    def compact_history(self, lower: int, target: int, max_records: int) -> Tuple[int, int]:
+        """
+        One compaction step (see L{kvtwist.store.history}) from compact
+        revision C{lower} towards C{target}, inside the caller's
+        transaction. Returns the new compact revision and how many rows
+        were removed.
+        """
+        db = self._db
+        first = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1",
+            (lower,),
+        ).fetchone()
+        beyond = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1 OFFSET ?",
+            (lower, max_records),
+        ).fetchone()
+        end = step_end(
+            target,
+            beyond[0] if beyond is not None else None,
+            first[0] if first is not None else None,
+        )
+        # Per key changed in (lower, end]: every older row, and its last
+        # row in the step if that is a tombstone.
+        removed = db.execute(
+            """
+            DELETE FROM history WHERE (key, revision) IN (
+                SELECT h.key, h.revision FROM history AS h JOIN (
+                    SELECT key, max(revision) AS last FROM history
+                    WHERE revision > ? AND revision <= ? GROUP BY key
+                ) AS t ON h.key = t.key
+                WHERE h.revision < t.last OR (h.revision = t.last AND h.kind != 0)
+            )
+            """,
+            (lower, end),
+        ).rowcount
+        return end, removed
+
+    def clear_history(self) -> None:
+        """Remove every history row (before rebuilding it)."""
+        self._db.execute("DELETE FROM history")
+
+    def state(self, name: str) -> Optional[str]:
+        """A value of the store's own state table, or L{None}."""
+        row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row is not None else None
+
+    def set_state(self, name: str, value: str) -> None:
+        """Set a value of the store's own state table."""
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, value))
 
     def ping(self) -> None:
         """Prove the file is readable and writable, changing nothing."""

@@ -18,6 +18,7 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.listing import list_readable
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
 from kvtwist.web.encoded import encode_v1, peek_encoded, write_entry
@@ -32,6 +33,7 @@ from kvtwist.web.v1.base import (
     put_from,
     query_arg,
 )
+from kvtwist.web.v1.history import decode_cursor, encode_cursor, historical, revision_arg
 from kvtwist.web.v1.watch import wait_for_change, wait_seconds
 from kvtwist.web.v1.conditional import not_modified, precondition_failures, write_checks
 
@@ -81,22 +83,44 @@ class KeyCollection(V1Resource):
             check_key(after)
         limit = int_arg(request, "limit", DEFAULT_PAGE, 1, self.context.limits.max_list_limit)
         with_values = flag_arg(request, "values")
+        # A listing of the past; or, through a page's cursor, the next page
+        # of a listing pinned at its first page's revision.
+        revision = revision_arg(request)
+        cursor = query_arg(request, "cursor")
+        if cursor is not None:
+            if after is not None or revision is not None:
+                raise InvalidInput(
+                    "bad-parameter",
+                    "cursor already says where the listing goes on: pass it without after or revision",
+                    parameter="cursor",
+                )
+            revision, after = decode_cursor(cursor)
+        store = self.context.store
+        pinned = IHistoricalStore.providedBy(store)
 
         token = principal_of(request)
 
         def page_response(page) -> Response:
+            following = page.entries[-1].key if page.more else None
             return json_response(
                 200,
                 {
                     "revision": page.revision,
                     "items": [describe(entry, with_values) for entry in page.entries],
-                    "next": page.entries[-1].key if page.more else None,
+                    "next": following,
+                    "cursor": (
+                        encode_cursor(page.revision if pinned else None, following)
+                        if following is not None
+                        else None
+                    ),
                 },
             )
 
+        if revision is not None:
+            historical(store)
         # Only what the token may read is listed, so the cursor, the last
         # key listed, never names a key the token may not read.
-        listing = list_readable(self.context.store, token, prefix, after, limit)
+        listing = list_readable(store, token, prefix, after, limit, revision)
         return ensureDeferred(listing).addCallback(page_response)
 
 
@@ -132,8 +156,16 @@ class KeyResource(V1Resource):
         key = decode_key(self._raw_key)
         Authorizer.require_read(principal_of(request), [key])
         index = query_arg(request, "index")
+        revision = revision_arg(request)
         store = self.context.store
-        if flag_arg(request, "consistent"):
+        if revision is not None:
+            if index is not None:
+                raise InvalidInput(
+                    "bad-parameter", "a read at a revision cannot also wait (index)",
+                    parameter="revision",
+                )
+            entry = await historical(store).get_at(key, revision)
+        elif flag_arg(request, "consistent"):
             # Past every cache: what a quorum has acknowledged (etcd), or
             # the store itself (shelve).
             entry = await getattr(store, "get_linearizable", store.get)(key)
