@@ -433,6 +433,8 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-staged-bytes", size, "Bytes staged in one queue or transaction (413 beyond)."),
     _limit("max-open-transactions", count, "Transactions open at once (429 beyond)."),
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
+    _limit("max-leases", count, "Leases held at once (429 beyond)."),
+    _limit("max-lease-ttl", seconds, "Longest lease ttl in seconds (400 beyond)."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
     _limit("max-list-limit", count, "Largest page a listing returns."),
     _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),

@@ -188,6 +188,27 @@ class HistoryUnsupported(KVError):
         )
 
 
+class LeaseNotFound(KVError):
+    """A lease id that is unknown, revoked or expired."""
+
+    code = "lease-not-found"
+
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(
+            "no such lease: %d (unknown, revoked or expired)" % (lease_id,), lease=lease_id
+        )
+        self.lease_id = lease_id
+
+
+class LeasesUnsupported(KVError):
+    """The store does not provide leases."""
+
+    code = "leases-unsupported"
+
+    def __init__(self) -> None:
+        super().__init__("this store does not provide leases")
+
+
 class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 

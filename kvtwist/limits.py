@@ -31,6 +31,8 @@ class Limits:
     @ivar max_staged_bytes: key and value bytes staged in one queue or
         transaction (413 beyond).
     @ivar max_open_transactions: transactions open at once (429 beyond).
+    @ivar max_leases: leases held at once (429 beyond).
+    @ivar max_lease_ttl: the longest lease ttl, in seconds (400 beyond).
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
     @ivar max_batch_ops: ops in one C{POST /v1/batch} (413 beyond).
@@ -70,6 +72,8 @@ class Limits:
     max_staged_ops: int = 100_000
     max_staged_bytes: int = 64 * MiB
     max_open_transactions: int = 1000
+    max_leases: int = 10_000
+    max_lease_ttl: float = 86_400.0
     txn_timeout: float = 300.0
     max_list_limit: int = 1000
     max_batch_ops: int = 100_000

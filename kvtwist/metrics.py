@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from kvtwist.errors import ConflictError
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, ILeasingStore
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -78,6 +78,7 @@ KNOWN_LIMITS = (
     "max_staged_ops",
     "max_staged_bytes",
     "max_open_transactions",
+    "max_leases",
     "max_batch_ops",
     "max_watchers",
 )
@@ -196,6 +197,11 @@ class StateCollector:
             yield GaugeMetricFamily(
                 "kvtwist_store_revision", "The store's revision.", value=store.revision
             )
+            if ILeasingStore.providedBy(store):
+                yield GaugeMetricFamily(
+                    "kvtwist_open_leases", "Leases held (granted, not yet revoked or expired).",
+                    value=store.lease_count,
+                )
         if self.transactions is not None:
             yield GaugeMetricFamily(
                 "kvtwist_open_transactions", "Multi-request transactions open now.", value=len(self.transactions)
@@ -211,6 +217,10 @@ class StateCollector:
         if self.sweeper is not None:
             yield CounterMetricFamily(
                 "kvtwist_expirations", "Expired keys removed by the sweeper.", value=self.sweeper.swept
+            )
+            yield CounterMetricFamily(
+                "kvtwist_lease_expirations", "Leases ended by the sweeper at their deadline.",
+                value=self.sweeper.leases_expired,
             )
         if self.site is not None:
             yield GaugeMetricFamily(

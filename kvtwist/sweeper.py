@@ -3,7 +3,10 @@ The expiry sweeper: removes expired keys as commits of their own, so each
 removal gets a revision and an C{expire} event.
 
 Expired keys already read as absent everywhere; the sweeper only makes the
-removal durable and visible to watchers. It runs on an injected
+removal durable and visible to watchers. On a store with leases it also
+ends each lease past its deadline, its keys removed in one commit of their
+own (until then those keys still read as present: a lease's keys go all at
+once, within a sweep interval of its deadline). It runs on an injected
 L{IReactorTime}, removes at most C{Limits.sweep_batch} keys per commit,
 never runs two sweeps at once, and never blocks the reactor (every store
 call is a Deferred).
@@ -18,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, ILeasingStore
 from kvtwist.limits import Limits
 from kvtwist.model import Expire
 
@@ -37,6 +40,7 @@ class Sweeper(Service):
         self._timer: Optional[IDelayedCall] = None
         self._sweeping: Optional[Deferred] = None
         self.swept = 0
+        self.leases_expired = 0
 
     def startService(self) -> None:
         super().startService()
@@ -76,4 +80,11 @@ class Sweeper(Service):
         if due:
             result = await self._store.commit([Expire(key, rev) for key, rev in due])
             self.swept += len(result.changes)
-        return len(due) >= self._limits.sweep_batch
+        ends = []
+        if ILeasingStore.providedBy(self._store):
+            ends = await self._store.expired_leases(self._limits.sweep_batch)
+            for lease_id in ends:
+                # One commit per lease: its keys go together, at one revision.
+                if await self._store.expire_lease(lease_id) is not None:
+                    self.leases_expired += 1
+        return max(len(due), len(ends)) >= self._limits.sweep_batch

@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
 from kvtwist.model import Check, CommitResult, Entry, Op
 
 # What one cached key costs beyond the strings and bytes it holds, from
@@ -137,6 +137,10 @@ class CachedStore:
         if IHistoricalStore.providedBy(store):
             # History passes through uncached: the cache holds the present.
             alsoProvides(self, IHistoricalStore)
+        if ILeasingStore.providedBy(store):
+            # Leases pass through; the commits that end them reach the
+            # cache through the listener, like every commit.
+            alsoProvides(self, ILeasingStore)
         if hasattr(store, "add_reset_listener"):
             store.add_reset_listener(self._on_reset)
 
@@ -157,6 +161,10 @@ class CachedStore:
     @property
     def history_size(self) -> int:
         return self.store.history_size
+
+    @property
+    def lease_count(self) -> int:
+        return self.store.lease_count
 
     @property
     def key_count(self) -> int:
@@ -298,6 +306,24 @@ class CachedStore:
 
     def compact(self, revision: int, max_records: int) -> Deferred:
         return self.store.compact(revision, max_records)
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self.store.grant(ttl, max_leases)
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self.store.keepalive(lease_id)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self.store.lease(lease_id)
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return self.store.revoke(lease_id)
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return self.store.expired_leases(limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return self.store.expire_lease(lease_id)
 
     def get_linearizable(self, key: str) -> Deferred:
         """

@@ -11,6 +11,12 @@ L{kvtwist.interfaces.IHistoricalStore}) by the same flush, in the same
 SQLite transaction as the data, so a crash never separates them; a commit
 adds one history row per key it changed, whatever the store's size.
 
+Leases: the lease rows and key attachments live in their own tables of
+the same SQLite file (L{kvtwist.store.sqlitemap}), changed by the same
+transaction as the data. Grants, keepalives, revokes and expiries are
+queued with the commits, so each is durable (synced) before it is answered:
+a keepalive acknowledged before a crash is never lost after it.
+
 Group commit: commits that arrive while the store thread is busy wait in a
 queue; the next trip to the thread applies all of them, each with its own
 checks and revision, inside one SQLite transaction and one sync. So no
@@ -29,12 +35,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, FutureRevision, KVError, StoreCorrupt, StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore
+from kvtwist.errors import FutureRevision, KVError, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore
 from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import PUT, check_compactable, check_readable
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, count_delta, live
+from kvtwist.store.rules import count_delta, live
 from kvtwist.store.shelf import DataShelf, HistoryRecord
 from kvtwist.store.sqlitemap import SQLiteMapping
 
@@ -152,6 +159,48 @@ class _ShelfTable:
         return due
 
 
+class _ShelfLeases:
+    """
+    The L{kvtwist.store.leases.LeaseTable} view of the shelf's lease tables
+    (store thread only), for one group commit: key attachments are held
+    back and written together, a few statements for the whole group.
+    """
+
+    def __init__(self, shelf: DataShelf) -> None:
+        self._mapping = shelf.dict
+        self._encoding = shelf.keyencoding
+        self._attachments: Dict[bytes, Optional[int]] = {}
+
+    def lease(self, lease_id: int) -> Optional[Tuple[float, float]]:
+        return self._mapping.lease(lease_id)
+
+    def set_lease(self, lease_id: int, ttl: float, deadline: float) -> None:
+        self._mapping.set_lease(lease_id, ttl, deadline)
+
+    def drop_lease(self, lease_id: int) -> None:
+        self.flush()
+        self._mapping.drop_lease(lease_id)
+
+    def keys_of(self, lease_id: int) -> List[str]:
+        self.flush()
+        return [key.decode(self._encoding) for key in self._mapping.lease_keys(lease_id)]
+
+    def attach(self, key: str, lease_id: Optional[int]) -> None:
+        self._attachments[key.encode(self._encoding)] = lease_id
+
+    def due(self, now: float, limit: int) -> List[int]:
+        return self._mapping.due_leases(now, limit)
+
+    def count(self) -> int:
+        return self._mapping.lease_count
+
+    def flush(self) -> None:
+        """Write the attachments held back, inside the caller's transaction."""
+        attachments, self._attachments = self._attachments, {}
+        if attachments:
+            self._mapping.attach_many(attachments)
+
+
 def _entry(key: str, record: object) -> Entry:
     """The L{Entry} a stored record describes; a damaged one is L{StoreCorrupt}."""
     try:
@@ -248,12 +297,19 @@ def _collect_page(
     return Page(revision, tuple(entries), more)
 
 
-#: A queued commit: its ops, checks, the Deferred of its answer, and how
-#: many trips had finished when it was submitted.
-_PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
+#: One change to apply on the store thread: C{(keys, change)}, where
+#: C{change(table, leases, revision, now)} (store thread) returns a
+#: L{CommitResult}, a L{kvtwist.model.Lease} or L{None}, or raises a
+#: L{KVError} having changed nothing; C{keys} are the keys it reads, read
+#: ahead with the rest of its group.
+_Work = Tuple[Sequence[str], Callable[["_ShelfTable", _ShelfLeases, int, float], object]]
+
+#: A queued change: its work, the Deferred of its answer, and how many
+#: trips had finished when it was submitted.
+_PendingCommit = Tuple[_Work, Deferred, int]
 
 
-@implementer(IHistoricalStore)
+@implementer(IHistoricalStore, ILeasingStore)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -277,6 +333,7 @@ class ShelveStore:
         self.revision = 0
         self.compact_revision = 0
         self.history_size = 0
+        self.lease_count = 0
         self._reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool = threadpool
@@ -310,8 +367,14 @@ class ShelveStore:
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
 
-        def opened(state: Tuple[int, int, int, int]) -> None:
-            self.revision, self.key_count, self.compact_revision, self.history_size = state
+        def opened(state: Tuple[int, int, int, int, int]) -> None:
+            (
+                self.revision,
+                self.key_count,
+                self.compact_revision,
+                self.history_size,
+                self.lease_count,
+            ) = state
             self._open = True
 
         return d.addCallback(opened)
@@ -380,12 +443,54 @@ class ShelveStore:
         return self._run(self._sync_expired, self.clock.seconds(), limit)
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
+        ops, checks = list(ops), list(checks)
+        return self._submit(
+            [key for key in itertools.chain((op.key for op in ops), (check.key for check in checks))],
+            lambda table, leases, revision, now: lease_rules.commit(
+                table, leases, revision, ops, checks, now
+            ),
+        )
+
+    def _submit(self, keys: Sequence[str], change) -> Deferred:
+        """Queue one change (see L{_Work}) for the next trip to the store thread."""
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
         d: Deferred = Deferred()
-        self._queue.append((list(ops), list(checks), d, self._trips_done))
+        self._queue.append(((keys, change), d, self._trips_done))
         self._flush()
         return d
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self._submit(
+            (), lambda table, leases, revision, now: lease_rules.grant(leases, ttl, now, max_leases)
+        )
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self._submit(
+            (), lambda table, leases, revision, now: lease_rules.renew(leases, lease_id, now)
+        )
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self._run(self._sync_lease, lease_id, self.clock.seconds())
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return self._submit(
+            (),
+            lambda table, leases, revision, now: lease_rules.revoke(
+                table, leases, revision, lease_id, now
+            ),
+        )
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return self._run(self._sync_expired_leases, self.clock.seconds(), limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return self._submit(
+            (),
+            lambda table, leases, revision, now: lease_rules.expire(
+                table, leases, revision, lease_id, now
+            ),
+        )
 
     def _flush(self) -> None:
         """Send every queued commit to the store thread, unless a trip is on."""
@@ -398,37 +503,38 @@ class ShelveStore:
             self._reactor,
             self._pool,
             self._sync_commit_group,
-            [(ops, checks) for ops, checks, _, _ in batch],
+            [work for work, _, _ in batch],
             self.clock.seconds(),
         )
 
         def waited() -> None:
             # This trip is the (_trips_done + 1)th to finish.
             if self.syncs_waited_observer is not None:
-                for _, _, _, done_before in batch:
+                for _, _, done_before in batch:
                     self.syncs_waited_observer(self._trips_done + 1 - done_before)
 
-        def applied(done: Tuple[List[object], float]) -> None:
-            outcomes, sync_seconds = done
+        def applied(done: Tuple[List[object], float, int]) -> None:
+            outcomes, sync_seconds, self.lease_count = done
             if self.sync_observer is not None:
                 self.sync_observer(sync_seconds, len(batch))
             waited()
-            for (_, _, waiter, _), outcome in zip(batch, outcomes):
+            for (_, waiter, _), outcome in zip(batch, outcomes):
+                if isinstance(outcome, KVError):
+                    waiter.errback(Failure(outcome))
+                    continue
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
                     self.key_count += count_delta(outcome)
                     self.history_size += len(outcome.changes)
                     self._listeners.notify(outcome)
-                    waiter.callback(outcome)
-                else:
-                    waiter.errback(Failure(outcome))
+                waiter.callback(outcome)
 
         def failed(reason: Failure) -> None:
             error = reason.value
             if not isinstance(error, KVError):
                 error = StoreUnavailable("the commit could not be written: %s" % (error,))
             waited()
-            for _, _, waiter, _ in batch:
+            for _, waiter, _ in batch:
                 waiter.errback(Failure(error))
 
         def next_trip(_: object) -> None:
@@ -441,11 +547,11 @@ class ShelveStore:
 
     # -- store thread ----------------------------------------------------
 
-    def _sync_open(self) -> Tuple[int, int, int, int]:
+    def _sync_open(self) -> Tuple[int, int, int, int, int]:
         """
         Store thread: open (creating if needed) and verify the shelf; return
-        its revision, how many keys it holds, its compact revision and how
-        many history records it keeps.
+        its revision, how many keys it holds, its compact revision, how
+        many history records it keeps and how many leases it holds.
         """
         try:
             path = open_data_dir(self.directory)
@@ -462,6 +568,7 @@ class ShelveStore:
             mapping.count_prefix(_KEY.encode("ascii")),
             compact_revision,
             mapping.history_count(),
+            mapping.lease_count,
         )
 
     def _sync_prepare_history(self, revision: int) -> int:
@@ -590,40 +697,52 @@ class ShelveStore:
         with shelf.dict.snapshot():
             return _ShelfTable(shelf).expired(now, limit)
 
+    def _sync_lease(self, lease_id: int, now: float):
+        """Store thread: a held lease with its keys."""
+        shelf = self._sync_shelf()
+        with shelf.dict.snapshot():
+            return lease_rules.describe(_ShelfLeases(shelf), lease_id, now)
+
+    def _sync_expired_leases(self, now: float, limit: int) -> List[int]:
+        """Store thread: the ids of leases past their deadline."""
+        return self._sync_shelf().dict.due_leases(now, limit)
+
     def _sync_ping(self) -> None:
         """Store thread: a trivial write-transaction round trip."""
         self._sync_shelf().dict.ping()
 
     def _sync_commit_group(
-        self, group: List[Tuple[Sequence[Op], Sequence[Check]]], now: float
-    ) -> Tuple[List[object], float]:
+        self, group: List[_Work], now: float
+    ) -> Tuple[List[object], float, int]:
         """
-        Store thread: apply each commit of C{group} in order, in one SQLite
-        transaction and one sync. Returns, per commit, its L{CommitResult} or
-        its L{ConflictError}, and the seconds the sync took. If the
-        transaction fails, nothing of the group is applied and the exception
-        propagates.
+        Store thread: apply each change of C{group} (commits and lease
+        changes) in order, in one SQLite transaction and one sync. Returns,
+        per change, its outcome (a L{CommitResult}, a lease, L{None}) or its
+        L{KVError} (a failed check, an unknown lease: that change alone
+        applied nothing), the seconds the sync took, and the leases held
+        after it. If the transaction fails, nothing of the group is applied
+        and the exception propagates.
         """
         shelf = self._sync_shelf()
         table = _ShelfTable(shelf)
+        leases = _ShelfLeases(shelf)
         outcomes: List[object] = []
         with shelf.dict.transaction() as timing:
             revision = _read_revision(shelf)
-            table.prefetch(
-                key
-                for ops, checks in group
-                for key in itertools.chain((op.key for op in ops), (check.key for check in checks))
-            )
-            for ops, checks in group:
+            table.prefetch(key for keys, _ in group for key in keys)
+            for _, change in group:
                 try:
-                    result = apply_commit(table, revision, ops, checks, now)
-                except ConflictError as e:
+                    outcome = change(table, leases, revision, now)
+                except KVError as e:
                     outcomes.append(e)
                     continue
-                revision = result.revision
-                table.record_history(result)
-                outcomes.append(result)
+                if isinstance(outcome, CommitResult):
+                    revision = outcome.revision
+                    table.record_history(outcome)
+                outcomes.append(outcome)
             table.set_revision(revision)
             table.flush()
-        return outcomes, timing.sync_seconds
+            leases.flush()
+            lease_count = leases.count()
+        return outcomes, timing.sync_seconds, lease_count
 

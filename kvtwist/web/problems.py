@@ -21,6 +21,8 @@ from kvtwist.errors import (
     RevisionCompacted,
     InvalidInput,
     KeyNotFound,
+    LeaseNotFound,
+    LeasesUnsupported,
     KVError,
     LimitExceeded,
     PreconditionFailed,
@@ -80,7 +82,7 @@ def status_for(error: KVError) -> int:
         return 401
     if isinstance(error, Forbidden):
         return 403
-    if isinstance(error, (KeyNotFound, TransactionNotFound)):
+    if isinstance(error, (KeyNotFound, TransactionNotFound, LeaseNotFound)):
         return 404
     if isinstance(error, ConflictError):
         return 409
@@ -91,7 +93,7 @@ def status_for(error: KVError) -> int:
         return 412
     if isinstance(error, (HistoryGone, RevisionCompacted)):
         return 410
-    if isinstance(error, HistoryUnsupported):
+    if isinstance(error, (HistoryUnsupported, LeasesUnsupported)):
         return 501
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
