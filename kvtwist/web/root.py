@@ -32,6 +32,7 @@ from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
 from kvtwist.web.v1.kv import KeyCollection
+from kvtwist.web.v1.lease import LeaseCollection
 from kvtwist.web.v1.txn import TransactionCollection
 from kvtwist.web.v1.watch import Watch, WatcherCount
 
@@ -117,6 +118,7 @@ def make_root(
     v1.putChild(b"kv", KeyCollection(context))
     v1.putChild(b"txn", TransactionCollection(context))
     v1.putChild(b"batch", Batch(context))
+    v1.putChild(b"lease", LeaseCollection(context))
     v1.putChild(b"limits", LimitsResource(context))
     v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)

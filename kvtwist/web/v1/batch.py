@@ -32,6 +32,7 @@ from kvtwist.model import JSON_CONTENT_TYPE, Check, CheckFailure, Delete, Entry,
 from kvtwist.strictjson import check_key, encode, parse
 from kvtwist.web.resource import Response, json_response, read_body
 from kvtwist.web.v1.base import V1Resource, check_content_type, describe, parse_ttl, value_fields
+from kvtwist.web.v1.leasing import lease_for_put
 
 #: How often a batch with gets is retried when a concurrent commit changes
 #: a key it read.
@@ -55,9 +56,10 @@ def _bad(index: int, detail: str) -> InvalidInput:
     return InvalidInput("bad-op", "op %d: %s" % (index, detail), index=index)
 
 
-def parse_ops(document: Any, clock, limits) -> List[Tuple[str, Dict[str, Any]]]:
+def parse_ops(document: Any, clock, limits, store) -> List[Tuple[str, Dict[str, Any]]]:
     """
-    Validate a batch body into C{(kind, fields)} pairs.
+    Validate a batch body into C{(kind, fields)} pairs (C{store}: for the
+    leases sets name).
 
     @raise InvalidInput: naming the first bad op's index.
     @raise LimitExceeded: past C{max_batch_ops}.
@@ -81,7 +83,7 @@ def parse_ops(document: Any, clock, limits) -> List[Tuple[str, Dict[str, Any]]]:
             raise _bad(index, e.detail)
         fields: Dict[str, Any] = {"key": key}
         if kind == "set":
-            fields["put"] = _put(index, raw, key, clock)
+            fields["put"] = _put(index, raw, key, clock, store)
         elif kind == "check":
             revision = raw.get("revision")
             if type(revision) is not int or revision < 0:
@@ -91,17 +93,18 @@ def parse_ops(document: Any, clock, limits) -> List[Tuple[str, Dict[str, Any]]]:
     return parsed
 
 
-def _put(index: int, raw: Dict[str, Any], key: str, clock) -> Put:
+def _put(index: int, raw: Dict[str, Any], key: str, clock, store) -> Put:
     has_json = "value" in raw
     has_b64 = "value_base64" in raw
     if has_json == has_b64:
         raise _bad(index, "a set takes exactly one of value and value_base64")
     try:
         expires = parse_ttl(raw.get("ttl"), clock)
+        lease = lease_for_put(store, raw.get("lease"))
     except InvalidInput as e:
         raise _bad(index, e.detail)
     if has_json:
-        return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires)
+        return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires, lease)
     content_type = raw.get("content_type", "application/octet-stream")
     if not isinstance(content_type, str):
         raise _bad(index, "content_type must be a string")
@@ -113,7 +116,7 @@ def _put(index: int, raw: Dict[str, Any], key: str, clock) -> Put:
         value = base64.b64decode(raw["value_base64"], validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise _bad(index, "value_base64 is not valid base64")
-    return Put(key, value, content_type, expires)
+    return Put(key, value, content_type, expires, lease)
 
 
 class Batch(V1Resource):
@@ -125,7 +128,9 @@ class Batch(V1Resource):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._batch(request)))
 
     async def _batch(self, request: Request) -> Response:
-        ops = parse_ops(parse(read_body(request)), self.context.clock, self.context.limits)
+        ops = parse_ops(
+            parse(read_body(request)), self.context.clock, self.context.limits, self.context.store
+        )
         token = principal_of(request)
         Authorizer.require_write(token, [f["key"] for kind, f in ops if kind in ("set", "delete")])
         Authorizer.require_read(token, [f["key"] for kind, f in ops if kind not in ("set", "delete")])

@@ -212,7 +212,7 @@ class KeyResource(V1Resource):
     async def _put(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
-        put = put_from(request, key, read_body(request), self.context.clock)
+        put = put_from(request, key, read_body(request), self.context.clock, self.context.store)
         checks = write_checks(request, key)
         try:
             result = await self.context.store.commit([put], checks)

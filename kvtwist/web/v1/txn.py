@@ -167,7 +167,7 @@ class TransactionKey(TransactionPart):
         txn = await self.transaction(request)
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
-        put = put_from(request, key, read_body(request), self.context.clock)
+        put = put_from(request, key, read_body(request), self.context.clock, self.context.store)
         checks = write_checks(request, key)
         previous, view = await stage_put(self.context.store, txn, put, checks)
         return json_response(
