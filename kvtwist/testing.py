@@ -206,12 +206,7 @@ class MemoryStore:
         return succeed(self.history.compact(revision, max_records))
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
-        if self.fail_commits is not None:
-            return fail(self.fail_commits)
-        return self._apply(
+        return self._guard() or self._apply(
             lambda table, revision, now: lease_rules.commit(
                 table, self.leases, revision, ops, checks, now
             ),
@@ -228,6 +223,8 @@ class MemoryStore:
         its L{CommitResult} (or L{None} when it had nothing to do) or raises;
         C{ops}, those of a plain commit, are kept in C{commits}.
         """
+        if self.fail_commits is not None:
+            return fail(self.fail_commits)
         try:
             result = change(_DictTable(self.rows), self.revision, self.clock.seconds())
         except KVError as e:
@@ -242,11 +239,16 @@ class MemoryStore:
         self._listeners.notify(result)
         return succeed(result)
 
-    def _leases_now(self, rule, *args) -> Deferred:
-        """Run a lease rule that writes no key: C{rule(leases, *args, now)}."""
+    def _leases_now(self, rule, *args, writes: bool = True) -> Deferred:
+        """
+        Run a lease rule that changes no key, C{rule(leases, *args, now)};
+        one that C{writes} fails like a commit under C{fail_commits}.
+        """
         guard = self._guard()
         if guard is not None:
             return guard
+        if writes and self.fail_commits is not None:
+            return fail(self.fail_commits)
         try:
             return succeed(rule(self.leases, *args, self.clock.seconds()))
         except KVError as e:
@@ -261,7 +263,7 @@ class MemoryStore:
         return self._leases_now(lease_rules.renew, lease_id)
 
     def lease(self, lease_id: int) -> Deferred:
-        return self._leases_now(lease_rules.describe, lease_id)
+        return self._leases_now(lease_rules.describe, lease_id, writes=False)
 
     def revoke(self, lease_id: int) -> Deferred:
         return self._guard() or self._apply(

@@ -67,6 +67,17 @@ Watching (SPEC section 5.3):
             async for event in events:
                 print(event.revision, event.kind, event.key)
 
+Coordination on leases (etcd's recipes), each with a reactor injected for
+its keepalive timers:
+
+    - L{grant}, L{keepalive}, L{show_lease}, L{revoke}: the C{/v1/lease}
+      routes; L{Lease}: a lease kept alive while held, with C{on_lost} and
+      a C{lost} Deferred (C{async with Lease(...) as lease}).
+    - L{Lock}: a fair lock (C{async with Lock(...) as lock}), whose
+      C{fencing_revision} grows with every acquisition.
+    - L{Election}: C{campaign}, C{proclaim}, C{resign}; L{leader} and
+      L{observe} follow who leads.
+
 Staged seed writes live in one queue shared by every client until somebody
 commits; transactions are each client's own. Every function accepts
 C{token=...} (sent as C{Authorization: Bearer <token>}) for servers with auth
@@ -92,7 +103,8 @@ The modules: L{errors <kvtwist.client.errors>}, the shared HTTP plumbing
 (C{_wire}), L{seed <kvtwist.client.seed>}, L{kv <kvtwist.client.kv>} (v1
 keys and listings), L{txn <kvtwist.client.txn>}, L{batch
 <kvtwist.client.batch>}, L{sse <kvtwist.client.sse>} (the event-stream
-format) and L{watch <kvtwist.client.watch>}. Import from C{kvtwist.client}.
+format), L{watch <kvtwist.client.watch>}, L{lease <kvtwist.client.lease>},
+L{lock <kvtwist.client.lock>} and L{election <kvtwist.client.election>}. Import from C{kvtwist.client}.
 """
 
 from kvtwist.client._wire import (
@@ -110,7 +122,10 @@ from kvtwist.client.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
+from kvtwist.client.election import Election, NotLeader, leader, observe
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
+from kvtwist.client.lease import Lease, LeaseLost, grant, keepalive, revoke, show_lease
+from kvtwist.client.lock import Lock
 from kvtwist.client.seed import commit, delete, get, set_many
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
@@ -151,4 +166,15 @@ __all__ = [
     "EventStreamParser",
     "ServerSentEvent",
     "SSEComment",
+    "grant",
+    "keepalive",
+    "show_lease",
+    "revoke",
+    "Lease",
+    "LeaseLost",
+    "Lock",
+    "Election",
+    "NotLeader",
+    "leader",
+    "observe",
 ]
