@@ -38,6 +38,15 @@ Watching (SPEC section 5.3):
                                 wait until KEY changes after revision N
                                 (or S seconds pass), then print it
 
+Leases, locks and elections (see L{kvtwist.coordination_cli}):
+
+    kvtwist lease grant TTL | keepalive ID | revoke ID | show ID
+    kvtwist lock NAME [--ttl S] [--grace S] -- CMD [ARG ...]
+                                run CMD while holding the lock NAME,
+                                exit with CMD's code
+    kvtwist elect NAME VALUE [--ttl S]
+                                campaign; print a line once leading
+
 C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
 C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
 C{set} and C{commit} included, and values of any type).
@@ -172,7 +181,7 @@ from twisted.web.client import (
 )
 
 import kvtwist
-from kvtwist import client, dumpload
+from kvtwist import client, coordination_cli, dumpload
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
@@ -466,6 +475,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     sub.add_argument("--wait", metavar="SECONDS", type=_wait_seconds,
                      help="hold at most this long (default: the server's, 60)")
     dumpload.add_dump_load_commands(commands, command)
+    coordination_cli.add_coordination_commands(command)
     return parser
 
 
@@ -982,6 +992,7 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "wait": (_start_wait, _show_waited),
 }
 _COMMANDS.update(dumpload.COMMANDS)
+_COMMANDS.update(coordination_cli.COMMANDS)
 
 #: A long-poll's wait when C{--wait} is not given: the server's default.
 DEFAULT_WAIT = 60.0
@@ -1001,6 +1012,8 @@ def _command_timeout(args: argparse.Namespace) -> float:
         return wait * 17 / 16 + _WAIT_MARGIN
     if args.command in dumpload.COMMANDS:
         return 0.0  # dump and load bound each request, not the whole run
+    if args.command in coordination_cli.UNTIMED:
+        return 0.0  # they run as long as their command or their leadership
     return DEFAULT_TIMEOUT
 
 

@@ -43,10 +43,10 @@ from prometheus_client.core import (
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from kvtwist.errors import ConflictError
-from kvtwist.interfaces import IKeyValueStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -347,6 +347,11 @@ class TimedStore:
         self.store = store
         self._metrics = metrics
         self._clock = clock
+        # The store's optional abilities pass through (their methods by
+        # __getattr__), so routes that check them with providedBy see them.
+        for ability in (IHistoricalStore, ILeasingStore):
+            if ability.providedBy(store):
+                alsoProvides(self, ability)
 
     def __getattr__(self, name: str) -> Any:
         # Store-specific extras (key_count, sync_observer, directory, ...).
