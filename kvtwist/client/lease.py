@@ -192,6 +192,13 @@ class Lease:
             if call is not None and call.active():
                 call.cancel()
 
+    def abandon(self) -> None:
+        """
+        Stop renewing without revoking, as a holder that died would: the
+        lease (and its keys) ends at its deadline.
+        """
+        self._stop()
+
     async def revoke(self) -> None:
         """Stop renewing and revoke the lease (its keys go); quiet if it is gone already."""
         if self.id is None or self._ended:
