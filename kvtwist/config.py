@@ -29,15 +29,20 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
 
 from kvtwist.auth import Token
-from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, Limits, MiB
+from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, HistoryRetention, Limits, MiB
+from kvtwist.servicelinks import is_service_link
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+log = Logger()
 
 #: The prefix of every environment variable kvcache reads.
 ENV_PREFIX = "KVCACHE_"
@@ -427,6 +432,13 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
     Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting(
+        "stop-timeout",
+        seconds,
+        10.0,
+        "Seconds a graceful stop (SIGTERM/SIGINT) waits for the store's work in "
+        "progress before it is cut short.",
+    ),
     _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),
@@ -437,12 +449,14 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-lease-ttl", seconds, "Longest lease ttl in seconds (400 beyond)."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
     _limit("max-list-limit", count, "Largest page a listing returns."),
+    _limit("max-list-bytes", size, "Key and value bytes one listing page reads; the page ends early beyond."),
     _limit("max-watchers", count, "Long-polls and event streams open at once (429 beyond)."),
     _limit("watch-history", count, "Events kept for resuming event streams."),
+    _limit("watch-history-bytes", size, "Key and value bytes the kept events may hold."),
     _limit("heartbeat", seconds, "Seconds between event-stream heartbeats."),
     _limit("default-wait", seconds, "Seconds a long-poll waits without ?wait=."),
     _limit("max-wait", seconds, "Longest ?wait= a long-poll may ask for."),
-    _limit("watch-buffer", size, "Bytes queued for a slow event-stream reader before it is cut off."),
+    _limit("watch-buffer", size, "Bytes an event stream may hold unread; a write past it disconnects the stream."),
     _limit("sweep-interval", seconds, "Seconds between expiry sweeps."),
     _limit("sweep-batch", count, "Expired keys removed per sweep commit."),
     Setting(
@@ -457,6 +471,12 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-connections", count, "Connections open at once; more are closed at once."),
     _limit("max-header-bytes", size, "Bytes of request line plus headers (414/431 beyond)."),
     _limit("max-headers", count, "Header lines in one request (431 beyond)."),
+    _limit(
+        "history-retention",
+        HistoryRetention.parse,
+        "History kept before automatic compaction: an age (30m, 1h, 7d), a "
+        "number of revisions, both (the stricter wins), or forever.",
+    ),
 )
 
 BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -610,20 +630,33 @@ def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return values, tokens
 
 
-def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
+def env_layer(
+    environ: Mapping[str, str], overridden: Collection[str] = ()
+) -> Dict[str, Any]:
     """
     The settings given as C{KVCACHE_*} environment variables.
+
+    Kubernetes' service links (L{kvtwist.servicelinks}) are skipped with a
+    debug line. A variable whose setting is in C{overridden} (given on the
+    command line) is not read at all: the command line wins, so a stale or
+    foreign value there cannot stop startup.
 
     @raise ConfigError: for an unknown C{KVCACHE_} variable (a typo would
         otherwise be silently ignored) or a bad value.
     """
     values: Dict[str, Any] = {}
+    links: List[str] = []
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX):
+            continue
+        if is_service_link(variable, environ[variable]):
+            links.append(variable)
             continue
         setting = BY_ENV.get(variable)
         if setting is None:
             raise ConfigError("unknown environment variable %s" % (variable,), ENV)
+        if setting.name in overridden:
+            continue
         value = _read_value(setting, environ[variable], ENV, None)
         if setting.name in values and values[setting.name] != value:
             raise ConfigError(
@@ -632,6 +665,11 @@ def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
                 ENV,
             )
         values[setting.name] = value
+    if links:
+        log.debug(
+            "ignoring Kubernetes service links (not kvcache settings): {variables}",
+            variables=" ".join(links),
+        )
     return values
 
 
@@ -834,8 +872,8 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     @param environ: the environment (C{KVCACHE_*} variables are read).
     @raise ConfigError: for anything unknown, malformed or contradictory.
     """
-    env = env_layer(environ)
     command = cli_layer(cli)
+    env = env_layer(environ, overridden=command)
     config_path = command.get("config", env.get("config"))
     file_values: Dict[str, Any] = {}
     file_tokens: Dict[str, Any] = {}

@@ -7,7 +7,7 @@ status and a problem+json body in one place.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 from kvtwist.model import CheckFailure
 
@@ -193,10 +193,14 @@ class LeaseNotFound(KVError):
 
     code = "lease-not-found"
 
-    def __init__(self, lease_id: int) -> None:
-        super().__init__(
-            "no such lease: %d (unknown, revoked or expired)" % (lease_id,), lease=lease_id
-        )
+    def __init__(self, lease_id: Optional[int]) -> None:
+        if lease_id is None:
+            # A path segment that is no lease id at all.
+            super().__init__("no such lease: lease ids are positive integers below 2**53")
+        else:
+            super().__init__(
+                "no such lease: %d (unknown, revoked or expired)" % (lease_id,), lease=lease_id
+            )
         self.lease_id = lease_id
 
 
@@ -213,6 +217,15 @@ class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 
     code = "store-unavailable"
+
+
+class InsufficientStorage(StoreUnavailable):
+    """
+    The disk is full: nothing of the write was applied, and writes work
+    again, without a restart, once space returns.
+    """
+
+    code = "insufficient-storage"
 
 
 class StoreCorrupt(KVError):

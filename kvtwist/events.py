@@ -20,12 +20,25 @@ from kvtwist.model import CommitResult, Entry
 
 @dataclass(frozen=True)
 class Event:
-    """One key changed by one commit: C{kind} is put, delete or expire."""
+    """
+    One key changed by one commit: C{kind} is put, delete or expire;
+    C{entry} the key after it (L{None} when removed), C{previous} before it
+    (L{None} when it did not exist).
+    """
 
     revision: int
     kind: str
     key: str
     entry: Optional[Entry]
+    previous: Optional[Entry] = None
+
+
+def commit_events(result: CommitResult) -> Tuple[Event, ...]:
+    """The events of one commit, in its change order."""
+    return tuple(
+        Event(result.revision, change.kind, change.key, change.entry, change.previous)
+        for change in result.changes
+    )
 
 
 Deliver = Callable[[int, Tuple[Event, ...]], None]
@@ -50,18 +63,44 @@ class Subscription:
         self._hub._subscriptions.discard(self)
 
 
+#: What one kept event costs beyond its key and value bytes (the Event, its
+#: Entry and their fields, measured at about 400 bytes on CPython 3.11), so
+#: that many small events are not counted as free.
+EVENT_OVERHEAD = 400
+
+
+def event_bytes(event: Event) -> int:
+    """The bytes one event is counted for in the history's byte bound."""
+    size = EVENT_OVERHEAD + len(event.key)
+    if event.entry is not None:
+        size += len(event.entry.value)
+    return size
+
+
 class ChangeHub:
     """
-    Events of the last C{max_events} changes (whole commits), and the
+    Events of the last changes (whole commits), at most C{max_events} of
+    them holding at most C{max_bytes} (L{event_bytes}), and the
     subscriptions to future ones.
+
+    The byte bound keeps committed values out of memory beyond it: the
+    read cache is bounded on its own, and without this bound 10,000 kept
+    events of 1 MiB values held 10 GiB. A commit larger than C{max_bytes}
+    by itself leaves the history at once, so resuming from before it is a
+    410 (list again, then watch).
     """
 
-    def __init__(self, store: IKeyValueStore, max_events: int) -> None:
+    def __init__(
+        self, store: IKeyValueStore, max_events: int, max_bytes: Optional[int] = None
+    ) -> None:
         self._store = store
         self._max_events = max_events
-        self._commits: Deque[Tuple[int, Tuple[Event, ...]]] = deque()
+        self._max_bytes = max_bytes
+        self._commits: Deque[Tuple[int, Tuple[Event, ...], int]] = deque()
         self._count = 0
+        self._bytes = 0
         self._horizon: Optional[int] = None
+        self._position: Optional[int] = None
         self._subscriptions: Set[Subscription] = set()
         store.add_listener(self.on_commit)
         if hasattr(store, "add_reset_listener"):
@@ -78,6 +117,16 @@ class ChangeHub:
         return self._horizon
 
     @property
+    def position(self) -> int:
+        """
+        The revision every subscriber has been given the events up to: the
+        last commit delivered, or the store's revision before any.
+        """
+        if self._position is None:
+            return self._store.revision
+        return self._position
+
+    @property
     def subscribers(self) -> int:
         """How many subscriptions are live."""
         return len(self._subscriptions)
@@ -86,17 +135,21 @@ class ChangeHub:
         """Record a commit's events and deliver them (a store listener)."""
         if self._horizon is None:
             self._horizon = result.revision - 1
-        events = tuple(
-            Event(result.revision, change.kind, change.key, change.entry)
-            for change in result.changes
-        )
-        self._commits.append((result.revision, events))
+        events = commit_events(result)
+        size = sum(event_bytes(event) for event in events) if self._max_bytes else 0
+        self._commits.append((result.revision, events, size))
         self._count += len(events)
+        self._bytes += size
         # Trim whole commits, so a commit is never half in the history.
-        while self._count > self._max_events and len(self._commits) > 1:
-            revision, dropped = self._commits.popleft()
+        while self._commits and (
+            (self._count > self._max_events and len(self._commits) > 1)
+            or (self._max_bytes is not None and self._bytes > self._max_bytes)
+        ):
+            revision, dropped, dropped_size = self._commits.popleft()
             self._count -= len(dropped)
+            self._bytes -= dropped_size
             self._horizon = revision
+        self._position = max(self.position, result.revision)
         for subscription in list(self._subscriptions):
             subscription.deliver(result.revision, events)
 
@@ -108,6 +161,7 @@ class ChangeHub:
         if getattr(reset, "history_lost", False):
             self._commits.clear()
             self._count = 0
+            self._bytes = 0
             self._horizon = max(self.horizon, reset.revision)
 
     def since(self, revision: int, matches: Callable[[str], bool]) -> List[Event]:
@@ -120,7 +174,7 @@ class ChangeHub:
             raise HistoryGone(revision, self.horizon)
         return [
             event
-            for commit_revision, events in self._commits
+            for commit_revision, events, _ in self._commits
             if commit_revision > revision
             for event in events
             if matches(event.key)
@@ -133,7 +187,7 @@ class ChangeHub:
         """
         if revision < self.horizon:
             return True
-        for commit_revision, events in reversed(self._commits):
+        for commit_revision, events, _ in reversed(self._commits):
             if commit_revision <= revision:
                 break
             for event in events:

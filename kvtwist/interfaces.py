@@ -72,12 +72,16 @@ class IKeyValueStore(Interface):
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
         """
 
-    def list(prefix, after, limit):
+    def list(prefix, after, limit, max_bytes=None):
         """
         List live keys starting with C{prefix}, in UTF-8 byte order, strictly
         after the key C{after} (or from the start when it is L{None}).
 
         @param limit: the most entries to return (at least 1).
+        @param max_bytes: if not L{None}, the page ends with the entry whose
+            key and value bytes bring the page's total to this bound (so it
+            holds at least one entry), and the store reads not much more
+            than that (L{kvtwist.model.PageBuilder}).
         @return: a Deferred firing with a L{kvtwist.model.Page} read at one
             revision.
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
@@ -99,7 +103,8 @@ class IKeyValueStore(Interface):
         @raise kvtwist.errors.ConflictError: if any check failed; nothing was
             applied, and the error lists every failed check.
         @raise kvtwist.errors.StoreUnavailable: if the commit could not be
-            made durable; nothing was applied.
+            made durable; nothing was applied. A full disk is its subclass
+            L{kvtwist.errors.InsufficientStorage}.
         """
 
     def add_listener(listener):
@@ -124,10 +129,16 @@ class IKeyValueStore(Interface):
 
     def ping():
         """
-        Make a trivial round trip to the store's backing storage.
+        Prove the store can take a commit now, as closely as it can without
+        changing data: the shelve store makes a small durable write of its
+        own bookkeeping (no revision, no key, no event), which fails as a
+        commit would, so a full or failing disk is seen even when no client
+        writes, and seen to pass once it has passed; etcd asks for a leader
+        and no alarm (a full etcd database raises one).
 
         @return: a Deferred firing with L{None} when the store is open and
-            usable.
+            writable.
+        @raise kvtwist.errors.InsufficientStorage: if the disk is full.
         @raise kvtwist.errors.StoreUnavailable: otherwise.
         """
 
@@ -175,14 +186,30 @@ class IHistoricalStore(IKeyValueStore):
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
         """
 
-    def list_at(prefix, after, limit, revision):
+    def list_at(prefix, after, limit, revision, max_bytes=None):
         """
-        L{IKeyValueStore.list} as of C{revision}.
+        L{IKeyValueStore.list} as of C{revision} (C{max_bytes} as there).
 
         @return: a Deferred firing with a L{kvtwist.model.Page} whose
             C{revision} is C{revision}.
         @raise kvtwist.errors.RevisionCompacted: see L{get_at}.
         @raise kvtwist.errors.FutureRevision: see L{get_at}.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def changes(after, upto, max_records):
+        """
+        Replay the history: the commits after revision C{after}, up to
+        C{upto}, in revision order (to resume a watch from the past).
+
+        @param max_records: the most changes to return, except that a commit
+            is never split (one commit with more comes whole).
+        @return: a Deferred firing with a L{list} of
+            L{kvtwist.model.CommitResult}, each with its changes (in key
+            order) carrying the entry after and the entry before
+            (C{previous}); empty once nothing is left after C{after}.
+        @raise kvtwist.errors.RevisionCompacted: C{after} is older than
+            C{compact_revision}: events after it are gone.
         @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
         """
 
@@ -283,6 +310,20 @@ class ILeasingStore(IKeyValueStore):
         @return: a Deferred firing with the L{kvtwist.model.CommitResult},
             or L{None} if the lease was not due (renewed, revoked, unknown).
         @raise kvtwist.errors.StoreUnavailable: nothing was changed.
+        """
+
+
+class IWorkInFlight(Interface):
+    """
+    A store that can say what work it still has running, for the log line
+    of a graceful stop that was cut short (L{kvtwist.service.StoreService}).
+    """
+
+    def work_in_flight():
+        """
+        On the reactor thread: a short phrase naming the operations started
+        and not finished, e.g. C{"a group of 2 commits (100000 ops) on the
+        store thread and 3 queued commits (12 ops)"}, or C{"nothing"}.
         """
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from kvtwist.auth import Token
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import Page
 
 
@@ -47,27 +47,26 @@ async def list_readable(
     prefix: str,
     after: Optional[str],
     limit: int,
-    revision: Optional[int] = None,
+    max_bytes: Optional[int] = None,
+    at: Optional[int] = None,
 ) -> Page:
     """
     Up to C{limit} live keys under C{prefix} after C{after} that C{token}
     may read, in key order, as one L{Page} (C{more} when readable keys may
-    follow its last).
+    follow its last). With C{max_bytes}, the page also ends with the entry
+    whose key and value bytes reach that bound, as a store's own page does.
+    With C{at}, the keys as of that revision (the store must keep history:
+    L{IHistoricalStore}).
 
     A page spanning several of the token's prefixes is read with one store
-    call per prefix: its C{revision} is that of the first call, the lowest,
-    so that watching from it misses no change. With C{revision}, every
-    call reads as of that revision and the page is at C{revision}: the
-    store must then provide L{kvtwist.interfaces.IHistoricalStore}.
+    call per prefix: on a store with history every call after the first
+    reads at the first one's revision, so the page is one picture; on
+    others its C{revision} is that of the first call, the lowest, so that
+    watching from it misses no change.
     """
     entries: list = []
-    at = revision
-
-    def read(rule: str, cursor: Optional[str], count: int):
-        if at is None:
-            return store.list(rule, cursor, count)
-        return store.list_at(rule, cursor, count, at)
-
+    used = 0
+    revision: Optional[int] = None
     ranges = [
         rule
         for rule in readable_prefixes(token, prefix)
@@ -77,11 +76,20 @@ async def list_readable(
     for index, rule in enumerate(ranges):
         cursor = after
         while True:
-            page = await read(rule, cursor, limit - len(entries))
+            left = None if max_bytes is None else max_bytes - used
+            if at is None:
+                page = await store.list(rule, cursor, limit - len(entries), left)
+                if IHistoricalStore.providedBy(store):
+                    at = page.revision
+            else:
+                page = await store.list_at(  # type: ignore[attr-defined]
+                    rule, cursor, limit - len(entries), at, left
+                )
             if revision is None:
                 revision = page.revision
             entries.extend(page.entries)
-            if len(entries) >= limit:
+            used += sum(len(entry.key) + len(entry.value) for entry in page.entries)
+            if len(entries) >= limit or (max_bytes is not None and used >= max_bytes):
                 return Page(revision, tuple(entries), page.more or index + 1 < len(ranges))
             if not (page.more and page.entries):
                 break
@@ -89,5 +97,5 @@ async def list_readable(
             cursor = page.entries[-1].key
     if revision is None:
         # Nothing readable to visit.
-        revision = store.revision if at is None else at
+        revision = at if at is not None else store.revision
     return Page(revision, tuple(entries), False)

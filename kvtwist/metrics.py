@@ -43,10 +43,12 @@ from prometheus_client.core import (
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 from kvtwist.errors import ConflictError
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.store.history import keeps_history_of
+from kvtwist.store.leases import grants_leases_of
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -202,6 +204,17 @@ class StateCollector:
                     "kvtwist_open_leases", "Leases held (granted, not yet revoked or expired).",
                     value=store.lease_count,
                 )
+            if IHistoricalStore.providedBy(store):
+                yield GaugeMetricFamily(
+                    "kvtwist_compact_revision",
+                    "The oldest revision the history still answers reads at.",
+                    value=store.compact_revision,
+                )
+                yield GaugeMetricFamily(
+                    "kvtwist_history_records",
+                    "History records kept (one per key a commit changed, until compaction).",
+                    value=store.history_size,
+                )
         if self.transactions is not None:
             yield GaugeMetricFamily(
                 "kvtwist_open_transactions", "Multi-request transactions open now.", value=len(self.transactions)
@@ -347,11 +360,9 @@ class TimedStore:
         self.store = store
         self._metrics = metrics
         self._clock = clock
-        # The store's optional abilities pass through (their methods by
-        # __getattr__), so routes that check them with providedBy see them.
-        for ability in (IHistoricalStore, ILeasingStore):
-            if ability.providedBy(store):
-                alsoProvides(self, ability)
+        # get_at, list_at, compact and the rest pass through __getattr__.
+        keeps_history_of(self, store)
+        grants_leases_of(self, store)
 
     def __getattr__(self, name: str) -> Any:
         # Store-specific extras (key_count, sync_observer, directory, ...).
@@ -377,8 +388,10 @@ class TimedStore:
     def get_many(self, keys: Iterable[str]) -> Deferred:
         return self.store.get_many(keys)
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self.store.list(prefix, after, limit)
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self.store.list(prefix, after, limit, max_bytes)
 
     def add_listener(self, listener) -> None:
         self.store.add_listener(listener)

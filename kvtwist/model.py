@@ -10,7 +10,7 @@ or compared in tests without translation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 #: The Content-Type stored with a value written without one.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -252,3 +252,74 @@ class Lease:
     def remaining(self, now: float) -> float:
         """Seconds left at C{now} (0 once due)."""
         return max(0.0, self.deadline - now)
+#: Rows a byte-bounded listing reads first, before it knows how large they
+#: are: with 1 MiB values a first batch of a thousand rows held 1 GiB.
+FIRST_BOUNDED_BATCH = 8
+
+
+class PageBuilder:
+    """
+    Collects one page of a listing from rows read in key order, for every
+    store: up to C{limit} live entries, and entries holding up to
+    C{max_bytes} key and value bytes (the entry that reaches the bound
+    ends the page, so a page always holds at least one). The store reads
+    rows in batches of L{batch} and hands each to L{take} until it says
+    the page is complete or the rows run out.
+    """
+
+    def __init__(self, limit: int, max_bytes: Optional[int], now: float) -> None:
+        if limit < 1:
+            raise ValueError("a listing needs a limit of at least 1")
+        self._limit = limit
+        self._max_bytes = max_bytes
+        self._now = now
+        self._entries: List[Entry] = []
+        self._bytes = 0
+        self._rows = 0
+        self._row_bytes = 0
+        self._more = False
+
+    def _full(self) -> bool:
+        return len(self._entries) >= self._limit or (
+            self._max_bytes is not None and self._bytes >= self._max_bytes
+        )
+
+    def take(self, entry: Entry) -> bool:
+        """
+        Consider the next row (expired ones are skipped): whether to read
+        on. False once a live entry arrives after the page is full: there
+        is more, and that entry starts the next page.
+        """
+        size = len(entry.key) + len(entry.value)
+        self._rows += 1
+        self._row_bytes += size
+        if not entry.is_live(self._now):
+            return True
+        if self._full():
+            self._more = True
+            return False
+        self._entries.append(entry)
+        self._bytes += size
+        return True
+
+    def batch(self, previous: Optional[int] = None) -> int:
+        """
+        How many rows to read next: enough to fill the page and learn
+        whether there is more, and, with a byte bound, no more than the
+        rows seen so far suggest fit in it. C{previous}, the last batch's
+        size, doubles the count when expired rows took room in it.
+        """
+        wanted = self._limit + 1 - len(self._entries)
+        if previous is not None:
+            wanted = max(previous * 2, wanted)
+        if self._max_bytes is not None:
+            if self._rows:
+                mean = max(1.0, self._row_bytes / self._rows)
+                wanted = min(wanted, int((self._max_bytes - self._bytes) / mean) + 2)
+            else:
+                wanted = min(wanted, FIRST_BOUNDED_BATCH)
+        return max(1, wanted)
+
+    def page(self, revision: int) -> Page:
+        """The page collected, read at C{revision}."""
+        return Page(revision, tuple(self._entries), self._more)

@@ -14,68 +14,40 @@ call is a Deferred).
 
 from __future__ import annotations
 
-from typing import Optional
-
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorTime
 
+from kvtwist.batchloop import BatchLoop
 from kvtwist.interfaces import IKeyValueStore, ILeasingStore
 from kvtwist.limits import Limits
 from kvtwist.model import Expire
 
-log = Logger()
 
-
-class Sweeper(Service):
+class Sweeper(BatchLoop):
     """Sweep C{store} every C{limits.sweep_interval} seconds of C{clock}."""
 
     name = "kvtwist-sweeper"
+    failure_message = "expiry sweep failed"
 
     def __init__(self, store: IKeyValueStore, clock: IReactorTime, limits: Limits) -> None:
+        super().__init__(clock)
         self._store = store
-        self._clock = clock
         self._limits = limits
-        self._timer: Optional[IDelayedCall] = None
-        self._sweeping: Optional[Deferred] = None
         self.swept = 0
         self.leases_expired = 0
 
-    def startService(self) -> None:
-        super().startService()
-        self._schedule(self._limits.sweep_interval)
-
-    def stopService(self) -> Optional[Deferred]:
-        super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        return self._sweeping
-
-    def _schedule(self, delay: float) -> None:
-        if self.running:
-            self._timer = self._clock.callLater(delay, self.sweep)
+    @property
+    def interval(self) -> float:
+        return self._limits.sweep_interval
 
     def sweep(self) -> Deferred:
         """
         Remove one batch of expired keys now; the next sweep follows at once
         if the batch was full, else after the interval.
         """
-        d = Deferred.fromCoroutine(self._sweep_once())
-        self._sweeping = d
+        return self.run_batch()
 
-        def next_sweep(full: object) -> None:
-            self._sweeping = None
-            self._schedule(0 if full is True else self._limits.sweep_interval)
-
-        def failed(reason) -> bool:
-            log.failure("expiry sweep failed; retrying later", reason)
-            return False
-
-        return d.addErrback(failed).addCallback(next_sweep)
-
-    async def _sweep_once(self) -> bool:
+    async def batch(self) -> bool:
         due = await self._store.expired(self._limits.sweep_batch)
         if due:
             result = await self._store.commit([Expire(key, rev) for key, rev in due])

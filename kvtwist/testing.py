@@ -34,9 +34,9 @@ from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
-from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.model import Check, CommitResult, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
-from kvtwist.store.history import MemoryHistory, check_compactable, check_readable
+from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import count_delta, live
 
@@ -113,8 +113,9 @@ class MemoryStore:
     and leases.
 
     @param clock: decides expiry; a L{Clock} in tests.
-    @ivar fail_commits: set to an exception to make every commit fail with it
-        (to test how callers handle an unavailable store).
+    @ivar fail_commits: set to an exception to make every commit, and the
+        write probe L{ping}, fail with it (to test how callers handle an
+        unavailable store or a full disk).
     """
 
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
@@ -166,44 +167,60 @@ class MemoryStore:
                 found[key] = entry
         return self._guard() or succeed(found)
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        page = _page(self.rows, prefix, after, limit, self.revision, self.clock.seconds())
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        page = _page(self.rows, prefix, after, limit, max_bytes, self.revision, self.clock.seconds())
         return self._guard() or succeed(page)
 
-    def get_at(self, key: str, revision: int) -> Deferred:
+    def _from_history(self, check: Callable[[], None], answer: Callable[[], Any]) -> Deferred:
+        """C{answer()} if the store is open and C{check()} passes, else their failure."""
         guard = self._guard()
         if guard is not None:
             return guard
         try:
-            check_readable(revision, self.compact_revision, self.revision)
+            check()
         except KVError as e:
             return fail(e)
-        return succeed(live(self.history.entry_at(key, revision), self.clock.seconds()))
+        return succeed(answer())
 
-    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
-        try:
-            check_readable(revision, self.compact_revision, self.revision)
-        except KVError as e:
-            return fail(e)
-        rows = {}
-        for key in self.history.keys():
-            entry = self.history.entry_at(key, revision)
-            if entry is not None:
-                rows[key] = entry
-        return succeed(_page(rows, prefix, after, limit, revision, self.clock.seconds()))
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return self._from_history(
+            lambda: check_readable(revision, self.compact_revision, self.revision),
+            lambda: live(self.history.entry_at(key, revision), self.clock.seconds()),
+        )
+
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        def page() -> Page:
+            rows = {}
+            for key in self.history.keys():
+                entry = self.history.entry_at(key, revision)
+                if entry is not None:
+                    rows[key] = entry
+            return _page(rows, prefix, after, limit, max_bytes, revision, self.clock.seconds())
+
+        return self._from_history(
+            lambda: check_readable(revision, self.compact_revision, self.revision), page
+        )
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        return self._from_history(
+            lambda: check_replayable(after, self.compact_revision),
+            lambda: self.history.changes(after, min(upto, self.revision), max_records),
+        )
 
     def compact(self, revision: int, max_records: int) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
-        try:
-            check_compactable(revision, self.revision)
-        except KVError as e:
-            return fail(e)
-        return succeed(self.history.compact(revision, max_records))
+        return self._from_history(
+            lambda: check_compactable(revision, self.revision),
+            lambda: self.history.compact(revision, max_records),
+        )
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         return self._guard() or self._apply(
@@ -279,7 +296,11 @@ class MemoryStore:
         )
 
     def ping(self) -> Deferred:
-        return self._guard() or succeed(None)
+        # The ping is a write probe: a store that fails commits fails it.
+        guard = self._guard()
+        if guard is None and self.fail_commits is not None:
+            return fail(self.fail_commits)
+        return guard or succeed(None)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -295,20 +316,22 @@ class MemoryStore:
 
 
 def _page(
-    rows: Dict[str, Entry], prefix: str, after: Optional[str], limit: int, revision: int, now: float
+    rows: Dict[str, Entry],
+    prefix: str,
+    after: Optional[str],
+    limit: int,
+    max_bytes: Optional[int],
+    revision: int,
+    now: float,
 ) -> Page:
     """One listing page of C{rows} (live entries only), in UTF-8 byte order."""
+    builder = PageBuilder(limit, max_bytes, now)
     after_bytes = after.encode("utf-8") if after is not None else None
-    keys = sorted(
-        (k for k in rows if k.startswith(prefix)),
-        key=lambda k: k.encode("utf-8"),
-    )
-    entries = [
-        rows[k]
-        for k in keys
-        if (after_bytes is None or k.encode("utf-8") > after_bytes) and rows[k].is_live(now)
-    ]
-    return Page(revision, tuple(entries[:limit]), len(entries) > limit)
+    keys = sorted((k for k in rows if k.startswith(prefix)), key=lambda k: k.encode("utf-8"))
+    for k in keys:
+        if (after_bytes is None or k.encode("utf-8") > after_bytes) and not builder.take(rows[k]):
+            break
+    return builder.page(revision)
 
 
 class InlineThreadPool:

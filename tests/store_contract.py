@@ -241,6 +241,46 @@ class StoreContract(ExpectFailure):
         self.assertEqual(([e.key for e in page.entries], page.more), (["a", "b"], False))
 
     @contract
+    async def test_list_ends_a_page_at_max_bytes(self):
+        """
+        A page ends with the entry whose key and value bytes reach
+        max_bytes (saying there is more), paging on from it lists the rest,
+        and an entry larger than the bound alone still makes a page.
+        """
+        store = await self.make_store()
+        await store.commit([Put("b/%02d" % i, b"x" * 100) for i in range(10)])
+        await store.commit([Put("b/99", b"y" * 1000)])
+        page = await store.list("b/", None, 100, 250)
+        self.assertEqual([e.key for e in page.entries], ["b/00", "b/01", "b/02"])
+        self.assertTrue(page.more)
+        keys = [e.key for e in page.entries]
+        for _ in range(10):
+            page = await store.list("b/", keys[-1], 100, 250)
+            keys += [e.key for e in page.entries]
+            if not page.more:
+                break
+        self.assertEqual(keys, ["b/%02d" % i for i in range(10)] + ["b/99"])
+        page = await store.list("b/", "b/09", 100, 10)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["b/99"], False))
+        page = await store.list("b/", None, 100, 10)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["b/00"], True))
+
+    @contract
+    async def test_list_byte_bound_skips_expired_keys(self):
+        """Expired keys neither fill a byte-bounded page nor end it."""
+        store = await self.make_store()
+        now = store.clock.seconds()
+        await store.commit(
+            [Put("e/%02d" % i, b"x" * 100, expires=now + 10) for i in range(20)]
+            + [Put("e/live", b"1"), Put("e/more", b"2")]
+        )
+        self.advance(11)
+        page = await store.list("e/", None, 100, 5)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["e/live"], True))
+        page = await store.list("e/", "e/live", 100, 5)
+        self.assertEqual(([e.key for e in page.entries], page.more), (["e/more"], False))
+
+    @contract
     async def test_expired_keys_are_absent(self):
         """An expired key reads, lists and checks as absent."""
         store = await self.make_store()
@@ -643,3 +683,33 @@ class StoreContract(ExpectFailure):
         self.assertTrue(error.too_many)
         await store.revoke(first.id)
         await store.grant(10, 2)
+    @contract
+    async def test_replay_changes(self):
+        """
+        changes() replays whole commits after a revision, in order, each
+        change with the entry after and before it; bounded by the record
+        budget but never splitting a commit.
+        """
+        store = await self.historical_store()
+        if store is None:
+            return
+        first = await store.commit([Put("b", b"1"), Put("a", b"1")])
+        second = await store.commit([Put("a", b"2"), Delete("b")])
+        third = await store.commit([Put("c", b"3")])
+        replay = await store.changes(0, store.revision, 1000)
+        self.assertEqual([r.revision for r in replay], [first.revision, second.revision, third.revision])
+        self.assertEqual(
+            [(c.kind, c.key, c.entry and c.entry.value, c.previous and c.previous.value)
+             for c in replay[1].changes],
+            [("put", "a", b"2", b"1"), ("delete", "b", None, b"1")],
+        )
+        self.assertEqual(replay[1].changes[0].entry, await store.get_at("a", second.revision))
+        bounded = await store.changes(0, store.revision, 1)
+        self.assertEqual([(r.revision, len(r.changes)) for r in bounded], [(first.revision, 2)])
+        self.assertEqual([r.revision for r in await store.changes(first.revision, second.revision, 1000)],
+                         [second.revision])
+        self.assertEqual(await store.changes(third.revision, store.revision, 1000), [])
+        await store.compact(second.revision, 1000)
+        await self.expect(RevisionCompacted, store.changes(first.revision, store.revision, 1000))
+        after = await store.changes(second.revision, store.revision, 1000)
+        self.assertEqual([(c.key, c.previous) for c in after[0].changes], [("c", None)])

@@ -9,6 +9,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
+from kvtwist.limits import Limits
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.ops import ops_children
 from kvtwist.web.ui import make_ui_resource
@@ -163,6 +164,34 @@ class ScopedViewsTests(AuthCase):
         self.assertEqual((answer["items"], answer["next"]), ([], None))
         answer = page("limit=5&prefix=app/&after=b")
         self.assertEqual(answer["items"], [])
+
+    def test_readable_listing_keeps_the_byte_bound_across_prefixes(self):
+        """
+        A token's listing that spans several of its read prefixes ends a page
+        at --max-list-bytes as a plain listing does: the bytes of every prefix
+        read count, and the cursor goes on where the page ended.
+        """
+        scoped = Token("scoped", "s-secret", read=("app/", "cfg/"))
+        writer = Token("writer", "w-secret", read=("",), write=("",))
+        root = memory_root(
+            self.store,
+            authorizer=Authorizer([scoped, writer]),
+            limits=Limits(max_list_bytes=250),
+        )
+        client = TreeClient(self, root)
+        for key in ["app/1", "app/2", "cfg/1", "cfg/2"]:
+            client.request("PUT", "/v1/kv/" + key, body=b"v" * 100,
+                           headers={"Authorization": "Bearer w-secret"})
+        seen, query = [], "limit=10"
+        for _ in range(5):
+            answer = client.request("GET", "/v1/kv/?" + query,
+                                    headers={"Authorization": "Bearer s-secret"}).json
+            seen.append([item["key"] for item in answer["items"]])
+            if answer["next"] is None:
+                break
+            query = "limit=10&after=" + answer["next"]
+        # setUp stored the small app/x.
+        self.assertEqual(seen, [["app/1", "app/2", "app/x", "cfg/1"], ["cfg/2"]])
 
     def test_transactions_belong_to_their_token(self):
         """Another token sees someone else's transaction as 404."""

@@ -1101,11 +1101,12 @@ class WatchCommandTests(V1CLITestCase):
         self.assertEqual(self.hub.subscribers, 0)
 
     def test_history_gone_exits_1(self) -> None:
-        """A resume point the server's history no longer reaches is exit 1 with the problem."""
+        """A resume point the server's history no longer reaches (compacted) is exit 1 with the problem."""
         store = MemoryStore(self.clock)
         http = StubTreq(memory_root(store, limits=Limits(watch_history=2)))
         for i in range(5):
             self.successResultOf(store.commit([Put("k%d" % i, b"v")]))
+        self.successResultOf(store.compact(3, 100))
         d, out, err = self.start("watch", "--after", "0", http=http)
         http.flush()
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 1)

@@ -1746,18 +1746,52 @@ class ScriptedWatchTests(WatchTestMixin, SynchronousTestCase):
         self.server.open(revision=3).send(frame(3, "p/c"))
         self.assertEqual([e.revision for e in self.events], [1, 2, 3])
 
-    def test_resume_inside_a_commit(self) -> None:
+    def test_resume_after_the_last_event_of_a_commit(self) -> None:
         """
-        A drop that may have cut the last commit short resumes from the
-        revision before it; its replayed events already yielded are dropped.
+        A drop right after a commit's last event (no more_in_commit) resumes
+        from that commit's revision itself, not the one before.
+        """
+        self.watch()
+        stream = self.server.open(revision=0)
+        stream.send(frame(1, "p/a") + frame(2, "p/b", more_in_commit=True) + frame(2, "p/c"))
+        stream.drop()
+        self.assertEqual(self.server.header(b"last-event-id"), b"2")
+        self.server.open(revision=3).send(frame(3, "p/d"))
+        self.assertEqual([e.revision for e in self.events], [1, 2, 2, 3])
+
+    def test_progress_is_a_resume_point(self) -> None:
+        """
+        A progress event moves the resume point to its id (a quiet prefix
+        resumes from the present) and is not yielded.
         """
         watch = self.watch()
         stream = self.server.open(revision=3)
-        stream.send(frame(4, "p/x") + frame(5, "p/a"))  # commit 5 is p/a and p/b
+        stream.send(frame(4, "p/a") + b'id: 9\nevent: progress\ndata: {"revision": 9}\n\n')
+        self.assertEqual((keys_of(self.events), watch.last_revision), ([(4, "put", "p/a")], 9))
+        stream.drop()
+        self.assertEqual(self.server.header(b"last-event-id"), b"9")
+        self.server.open(revision=10).send(frame(9, "p/late") + frame(10, "p/b"))
+        self.assertEqual([e.revision for e in self.events], [4, 10])
+
+    def test_progress_without_revision_is_bad(self) -> None:
+        """A progress event without a numeric id is a bad-response."""
+        self.watch(reconnect=False)
+        self.server.open(revision=3).send(b"event: progress\ndata: {}\n\n")
+        self.assertEqual(self.failureResultOf(self.done, KVClientError).value.code, "bad-response")
+
+    def test_resume_inside_a_commit(self) -> None:
+        """
+        A drop that cut a commit short (its last event said more_in_commit)
+        resumes from the revision before it; its replayed events already
+        yielded are dropped.
+        """
+        watch = self.watch()
+        stream = self.server.open(revision=3)
+        stream.send(frame(4, "p/x") + frame(5, "p/a", more_in_commit=True))  # commit 5 is p/a and p/b
         stream.drop()
         self.assertEqual(self.server.header(b"last-event-id"), b"4")
         stream = self.server.open(revision=6)
-        stream.send(frame(5, "p/a") + frame(5, "p/b") + frame(6, "p/c"))
+        stream.send(frame(5, "p/a", more_in_commit=True) + frame(5, "p/b") + frame(6, "p/c"))
         self.assertEqual(keys_of(self.events), [(4, "put", "p/x"), (5, "put", "p/a"),
                                                 (5, "put", "p/b"), (6, "put", "p/c")])
         self.assertEqual(watch.reconnects, 1)
@@ -1765,12 +1799,13 @@ class ScriptedWatchTests(WatchTestMixin, SynchronousTestCase):
     def test_later_commit_proves_earlier_whole(self) -> None:
         """
         A heartbeat proves the commits before it whole, not the ones after
-        it: a drop after a later event resumes from the revision before
-        that event.
+        it: a drop after a later event that says more of its commit follows
+        resumes from the revision before that event.
         """
         self.watch()
         stream = self.server.open(revision=0)
-        stream.send(frame(1, "p/a") + frame(2, "p/b") + b": heartbeat\n\n" + frame(3, "p/c"))
+        stream.send(frame(1, "p/a") + frame(2, "p/b") + b": heartbeat\n\n"
+                    + frame(3, "p/c", more_in_commit=True))
         stream.drop()
         self.assertEqual(self.server.header(b"last-event-id"), b"2")
 
@@ -2146,11 +2181,11 @@ class WatchMemoryTests(WatchTestMixin, SynchronousTestCase):
         self.assertEqual([e.key for e in self.events], ["k%d" % i for i in range(7)])
         self.assertEqual([e.revision for e in self.events], list(range(1, 8)))
         self.assertEqual(watch.reconnects, 2)
-        # No heartbeat proved commit 3 whole: resumed from the one before.
-        self.assertEqual(self.tap.streams()[-1].getHeader(b"last-event-id"), b"2")
+        # Commit 3's only event said no more of it follows: resumed from 3 itself.
+        self.assertEqual(self.tap.streams()[-1].getHeader(b"last-event-id"), b"3")
 
     def test_heartbeat_proves_commits_whole(self) -> None:
-        """After a server heartbeat, a resume starts at the last revision itself."""
+        """After a server heartbeat (a progress event), a resume starts at the last revision itself."""
         self.watch()
         for key in ("a", "b", "c"):
             self.put(key)
@@ -2175,8 +2210,8 @@ class WatchMemoryTests(WatchTestMixin, SynchronousTestCase):
         self.assertEqual(self.tap.streams()[-1].getHeader(b"last-event-id"), b"1")
         self.assertEqual(keys_of(self.events), [(2, "put", "during")])
 
-    def test_history_gone_on_resume(self) -> None:
-        """Disconnected past the server's history: HistoryGone, after the events seen."""
+    def test_long_disconnection_is_replayed(self) -> None:
+        """Disconnected for more commits than the feed keeps in memory: the store's history replays them."""
         self.watch()
         self.put("first")
         self.refuse = 1
@@ -2186,14 +2221,29 @@ class WatchMemoryTests(WatchTestMixin, SynchronousTestCase):
             self.put("k%d" % i)
         self.clock.advance(1)
         self.stub.flush()
+        self.assertEqual([x.key for x in self.events], ["first"] + ["k%d" % i for i in range(25)])
+
+    def test_history_gone_on_resume(self) -> None:
+        """Disconnected past a compaction: HistoryGone, after the events seen."""
+        self.watch()
+        self.put("first")
+        self.refuse = 1
+        self.tap.cut()
+        self.stub.flush()
+        for i in range(25):
+            self.put("k%d" % i)
+        self.successResultOf(self.store.compact(6, 100))
+        self.clock.advance(1)
+        self.stub.flush()
         e = self.failureResultOf(self.done, HistoryGone).value
         self.assertEqual(e.oldest_revision, 6)
         self.assertEqual([x.key for x in self.events], ["first"])
 
     def test_history_gone_at_start(self) -> None:
-        """after=REV older than the history: HistoryGone at once."""
+        """after=REV older than the compacted history: HistoryGone at once."""
         for i in range(25):
             self.put("k%d" % i)
+        self.successResultOf(self.store.compact(5, 100))
         self.watch(after=0)
         self.assertEqual(self.failureResultOf(self.done, HistoryGone).value.oldest_revision, 5)
 

@@ -24,17 +24,23 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Token
 from kvtwist.config import (
+    REPEATABLE,
     SETTINGS,
     ConfigError,
     Secret,
+    count,
+    port,
+    seconds,
+    size,
     is_local_endpoint,
     resolve,
     secret_files,
 )
 from kvtwist.limits import Limits, MiB
 from kvtwist.tap import Options, makeService
+from kvtwist.limits import HistoryRetention
 from kvtwist.web.http import KVSite
-from tests.e2e import run_twistd, temp_dir
+from tests.e2e import ServerProcess, http_request, run_twistd, temp_dir
 
 #: Every parsed option with its default: the whole result of parsing no
 #: arguments with an empty environment.
@@ -61,6 +67,7 @@ DEFAULTS = {
     "allow-open": False,
     "access-log": "clf",
     "access-log-file": None,
+    "stop-timeout": 10.0,
     "max-body": 1048576,
     "max-keys-per-request": 100000,
     "max-staged-ops": 100000,
@@ -71,8 +78,10 @@ DEFAULTS = {
     "txn-timeout": 300.0,
     "max-batch-ops": 100000,
     "max-list-limit": 1000,
+    "max-list-bytes": 4194304,
     "max-watchers": 1000,
     "watch-history": 10000,
+    "watch-history-bytes": 33554432,
     "heartbeat": 15.0,
     "default-wait": 60.0,
     "max-wait": 600.0,
@@ -85,6 +94,7 @@ DEFAULTS = {
     "max-connections": 1024,
     "max-header-bytes": 16384,
     "max-headers": 100,
+    "history-retention": HistoryRetention(1_000_000, 3600.0),
     "tokens": (),
     "endpoints": ["tcp:8080:interface=127.0.0.1"],
 }
@@ -171,18 +181,40 @@ class DefaultsAndCommandLineTests(SynchronousTestCase):
         """Every limit has an option, and the option reaches L{Limits} (cache-size in MiB)."""
         argv = []
         changes = {}
-        for index, setting in enumerate(s for s in SETTINGS if s.limit):
+        numeric = [s for s in SETTINGS if s.limit and s.name != "history-retention"]
+        for index, setting in enumerate(numeric):
             value = DEFAULTS[setting.name] + index + 1
             argv += ["--" + setting.name, str(value)]
             changes[setting.name] = type(DEFAULTS[setting.name])(value)
         options = parse(argv)
         self.assertEqual(options, dict(DEFAULTS, **changes))
         limits = options.config.limits
-        for setting in SETTINGS:
-            if setting.limit is None:
-                continue
+        for setting in numeric:
             scale = MiB if setting.name == "cache-size" else 1
             self.assertEqual(getattr(limits, setting.limit), changes[setting.name] * scale)
+
+    def test_history_retention(self):
+        """
+        --history-retention takes an age, a number of revisions, both, or
+        forever, from every layer, and reaches L{Limits}; anything else is
+        refused naming the option.
+        """
+        options = parse(["--history-retention", "30m,500"])
+        self.assertEqual(options, expected(history_retention=HistoryRetention(500, 1800.0)))
+        self.assertEqual(options.config.limits.history_retention, HistoryRetention(500, 1800.0))
+        self.assertEqual(
+            parse(environ={"KVCACHE_HISTORY_RETENTION": "forever"})["history-retention"],
+            HistoryRetention(None, None),
+        )
+        path = os.path.join(temp_dir(self), "kv.toml")
+        with open(path, "w") as f:
+            f.write("history-retention = 100000\n")
+        self.assertEqual(
+            parse(["--config", path])["history-retention"], HistoryRetention(100000, None)
+        )
+        for bad in ("", "1y", "0", "1h,2h", "-5"):
+            error = self.assertRaises(usage.UsageError, parse, ["--history-retention", bad])
+            self.assertIn("history-retention", str(error))
 
     def test_listen_repeatable(self):
         """--listen may be given several times; it replaces --port/--host."""
@@ -461,6 +493,96 @@ class PrecedenceTests(FileMixin, SynchronousTestCase):
         path = self.write("kv.toml", "port = 9000\n")
         options = parse(["--config", path, "--listen", "unix:/tmp/b.sock"])
         self.assertEqual(options["endpoints"], ["unix:/tmp/b.sock"])
+
+
+#: What Kubernetes injects for a Service named C{kvcache} with a port
+#: named C{http}, and for a second Service named C{kvcache-headless}.
+SERVICE_LINKS = {
+    "KVCACHE_SERVICE_HOST": "10.96.0.12",
+    "KVCACHE_SERVICE_PORT": "8080",
+    "KVCACHE_SERVICE_PORT_HTTP": "8080",
+    "KVCACHE_PORT": "tcp://10.96.0.12:8080",
+    "KVCACHE_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+    "KVCACHE_PORT_8080_TCP_PROTO": "tcp",
+    "KVCACHE_PORT_8080_TCP_PORT": "8080",
+    "KVCACHE_PORT_8080_TCP_ADDR": "10.96.0.12",
+    "KVCACHE_HEADLESS_SERVICE_HOST": "10.96.0.13",
+    "KVCACHE_HEADLESS_PORT": "udp://[fd00::13]:53",
+    "KVCACHE_HEADLESS_PORT_53_UDP_ADDR": "fd00::13",
+}
+
+
+class ServiceLinkTests(SynchronousTestCase):
+    """Kubernetes' service-link variables never stop startup or change a setting."""
+
+    def test_service_links_change_nothing(self):
+        """With every service-link variable set, the parsed options are the defaults."""
+        self.assertEqual(parse(environ=SERVICE_LINKS), DEFAULTS)
+
+    def test_service_links_with_settings(self):
+        """Real KVCACHE_ settings next to service links are read; the links are not."""
+        environ = dict(SERVICE_LINKS, KVCACHE_MAX_BODY="2KiB")
+        self.assertEqual(
+            parse(["--port", "9000"], environ),
+            expected(max_body=2048, port=9000, endpoints=["tcp:9000:interface=127.0.0.1"]),
+        )
+
+    def test_port_setting_still_read(self):
+        """KVCACHE_PORT holding a port number (not a tcp:// link) is still the port setting."""
+        self.assertEqual(
+            parse(environ={"KVCACHE_PORT": "9001"}),
+            expected(port=9001, endpoints=["tcp:9001:interface=127.0.0.1"]),
+        )
+
+    def test_link_shaped_names_only(self):
+        """A variable that merely resembles a link (KVCACHE_PORT_X) is still an unknown variable."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(environ={"KVCACHE_PORT_8080_HTTP": "8080"})
+        self.assertIn("KVCACHE_PORT_8080_HTTP", str(caught.exception.code))
+
+    def test_command_line_wins_over_a_bad_environment_value(self):
+        """For every setting given on the command line, its variable is not read: even a bad value there is overridden, not an error."""
+        # These need a file to read or an etcd store; their layers are
+        # pinned with those features.
+        skipped = {"config", "token-file", "allow-open"}
+        valid = {count: "9", port: "9", size: "9", seconds: "9"}
+        special = {
+            "ui": "off", "access-log": "off", "listen": "unix:/tmp/kv.sock",
+            "store": "shelve", "host": "127.0.0.2",
+            "cors-origin": "https://app.example", "allowed-host": "kv.example",
+            "history-retention": "1h",
+        }
+        for setting in SETTINGS:
+            if not setting.on_argv or setting.name in skipped or setting.name.startswith("etcd-"):
+                continue
+            given = special.get(setting.name, valid.get(setting.read, "/tmp/kv-cli"))
+            # A blank value is bad for every kind of setting.
+            options = parse(["--" + setting.name, given], {setting.env: " "})
+            self.assertEqual(options.config.sources[setting.name], "--" + setting.name)
+            self.assertEqual(
+                options.config[setting.name],
+                setting.read([given] if setting.name in REPEATABLE else given),
+            )
+
+
+class ServiceLinkTwistdTests(SynchronousTestCase):
+    """The real twistd serves with Kubernetes' service links in its environment."""
+
+    def test_starts_with_service_links(self):
+        """twistd kvcache --port N starts and serves with every service-link variable set."""
+        base = temp_dir(self, "servicelinks")
+        environ = {
+            name: value for name, value in os.environ.items() if not name.startswith("KVCACHE_")
+        }
+        environ.update(SERVICE_LINKS)
+        server = ServerProcess(os.path.join(base, "data"), log_dir=base, environ=environ)
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/a", b"1")[0], 201)
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/a")[2], b"1")
+        log = server.log_text()
+        self.assertIn("ignoring Kubernetes service links (not kvcache settings): KVCACHE_HEADLESS_PORT ", log)
+        self.assertEqual(server.terminate(), 0)
 
 
 class TokenTests(FileMixin, SynchronousTestCase):

@@ -14,6 +14,15 @@ acknowledged). The seed's queue is shared, so another writer's commit may
 publish a batch before its own writer's commit answers: that is why C{g}
 may exceed the acknowledged generation.
 
+History (the store keeps every change until compaction): one more writer
+makes one-key C{PUT /v1/kv/h/...} commits and records the revision each
+acknowledged one answered. After every restart, each acknowledged revision
+must be readable at that revision from the history (C{?revision=R}: its
+value and ETag), and each prefix listed from the history at the current
+revision must equal the same listing from the keys themselves: each key's
+latest history entry is its current value. Both are written in one SQLite
+transaction, so no kill may separate them.
+
 The writers are plain threads with C{http.client} (blocking, each with a
 socket timeout), so the loop needs no reactor. Run with C{pytest -s} to see
 the figures; C{KVTWIST_CRASH_CYCLES} and C{KVTWIST_CRASH_SEED} change the
@@ -125,6 +134,87 @@ def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> N
         connection.close()
 
 
+#: The keys of the history writer (it cycles over them, so keys get versions).
+HISTORY_KEYS = 20
+
+
+class HistoryWriterState:
+    """
+    What the history writer has done: C{acknowledged} holds C{(revision,
+    key, value)} of each acknowledged PUT, C{checked} how many of them
+    earlier restarts have already verified.
+    """
+
+    def __init__(self) -> None:
+        self.acknowledged: List[tuple] = []
+        self.checked = 0
+        self.sent = 0
+        self.errors: List[str] = []
+
+
+def write_history(base_url: str, state: HistoryWriterState, stop: threading.Event) -> None:
+    """Thread body: one-key PUTs until the server dies or C{stop} is set."""
+    try:
+        connection = connect(base_url, REQUEST_TIMEOUT)
+    except OSError:
+        return
+    try:
+        for _ in range(MAX_ROUNDS):
+            if stop.is_set():
+                return
+            state.sent += 1
+            key = "h/k%d" % (state.sent % HISTORY_KEYS,)
+            value = b"%d" % (state.sent,)
+            status, _, answer = http_request(
+                base_url, "PUT", "/v1/kv/" + quote(key, safe=""), value, connection=connection
+            )
+            if status not in (200, 201):
+                state.errors.append("PUT %s: %d %r" % (key, status, answer[:200]))
+                return
+            state.acknowledged.append((json.loads(answer)["revision"], key, value))
+    except (OSError, http.client.HTTPException):
+        return
+    finally:
+        connection.close()
+
+
+def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycle: int) -> None:
+    """
+    After a restart: every acknowledged revision not yet verified is in the
+    history, and every prefix's listing from the history at the current
+    revision equals its listing from the keys.
+    """
+    connection = connect(base_url, REQUEST_TIMEOUT)
+    try:
+        for revision, key, value in state.acknowledged[state.checked:]:
+            status, headers, body = http_request(
+                base_url, "GET", "/v1/kv/%s?revision=%d" % (quote(key, safe=""), revision),
+                connection=connection,
+            )
+            tally.history_checked += 1
+            if (status, body, headers.get("etag")) != (200, value, '"%d"' % (revision,)):
+                tally.history_missing += 1
+                tally.violations.append(
+                    "cycle %d: acknowledged revision %d of %s: %d %r" % (cycle, revision, key, status, body[:100])
+                )
+        state.checked = len(state.acknowledged)
+        for prefix in ["h/"] + ["w%d/" % (w,) for w in range(WRITERS)]:
+            query = "/v1/kv/?prefix=%s&values=1&limit=1000" % (quote(prefix, safe=""),)
+            _, _, body = http_request(base_url, "GET", query, connection=connection)
+            current = json.loads(body)
+            _, _, body = http_request(
+                base_url, "GET", query + "&revision=%d" % (current["revision"],), connection=connection
+            )
+            if json.loads(body)["items"] != current["items"]:
+                tally.history_mismatch += 1
+                tally.violations.append(
+                    "cycle %d: the history of %s at revision %d differs from its keys"
+                    % (cycle, prefix, current["revision"])
+                )
+    finally:
+        connection.close()
+
+
 def read_generations(base_url: str, state: WriterState) -> List[Optional[int]]:
     """The committed value of each of a writer's keys (None when absent)."""
     values: List[Optional[int]] = []
@@ -157,12 +247,16 @@ class Tally:
         self.partial = 0
         self.phantom = 0
         self.kills_in_flight = 0
+        self.history_checked = 0
+        self.history_missing = 0
+        self.history_mismatch = 0
         self.violations: List[str] = []
 
     def summary(self, seconds: float, seed: int) -> str:
         return (
             "crash loop: %d cycles, %d acknowledged batches, %d lost, %d partial, "
-            "%d phantom; %d of %d kills hit a request in flight; %.1f s wall; seed %d"
+            "%d phantom; %d of %d kills hit a request in flight; history: %d acknowledged "
+            "revisions read back, %d missing, %d prefix listings differing; %.1f s wall; seed %d"
             % (
                 self.cycles,
                 self.acknowledged,
@@ -171,6 +265,9 @@ class Tally:
                 self.phantom,
                 self.kills_in_flight,
                 self.cycles,
+                self.history_checked,
+                self.history_missing,
+                self.history_mismatch,
                 seconds,
                 seed,
             )
@@ -271,6 +368,23 @@ class CrashLoopTests(SynchronousTestCase):
             "%s\n%s" % (outcome.summary, "\n".join(tally.violations[:20])),
         )
 
+    def test_history_matches_after_each_restart(self):
+        """
+        After every kill -9 and restart, every acknowledged one-key commit's
+        revision is still readable from the history with its value and
+        ETag (none missing), and each prefix read from the history at the
+        current revision equals the keys themselves (each key's latest
+        history entry is its current value).
+        """
+        outcome = self.outcome()
+        tally = outcome.tally
+        self.assertEqual(
+            (tally.history_missing, tally.history_mismatch),
+            (0, 0),
+            "%s\n%s" % (outcome.summary, "\n".join(tally.violations[:20])),
+        )
+        self.assertGreater(tally.history_checked, tally.cycles, outcome.summary)
+
     def _run_loop(self) -> _LoopOutcome:
         """Run the whole crash loop and collect its figures."""
         self.assertGreaterEqual(CYCLES, 50, "the issue asks for at least 50 cycles")
@@ -280,6 +394,7 @@ class CrashLoopTests(SynchronousTestCase):
         server = ServerProcess(os.path.join(base, "data"), log_dir=base)
         self.addCleanup(server.stop)
         writers = [WriterState(w) for w in range(WRITERS)]
+        self.history_writer = HistoryWriterState()
         tally = Tally()
         started = time.monotonic()
 
@@ -299,6 +414,7 @@ class CrashLoopTests(SynchronousTestCase):
                 ]
                 for state, values in zip(writers, read):
                     check_writer(state, values.result(), tally, cycle)
+            check_history(server.url, self.history_writer, tally, cycle)
             if cycle == CYCLES:
                 # The last start only checks what the last kill left.
                 break
@@ -307,7 +423,7 @@ class CrashLoopTests(SynchronousTestCase):
         server.terminate()
 
         tally.acknowledged = sum(state.batches for state in writers)
-        errors = [error for state in writers for error in state.errors]
+        errors = [error for state in writers for error in state.errors] + self.history_writer.errors
         summary = tally.summary(time.monotonic() - started, seed)
         print("\n" + summary)
         for line in tally.violations[:20]:
@@ -326,6 +442,10 @@ class CrashLoopTests(SynchronousTestCase):
             )
             for state in writers
         ]
+        threads.append(threading.Thread(
+            target=write_history, args=(server.url, self.history_writer, stop),
+            name="crash-history-writer", daemon=True,
+        ))
         for thread in threads:
             thread.start()
         time.sleep(rng.uniform(*WRITE_TIME))

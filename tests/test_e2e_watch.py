@@ -38,13 +38,16 @@ from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, Proxy
 from twisted.trial.unittest import TestCase
 
 from kvtwist import client
-from tests.e2e import HOST, THOROUGH, treq_client
+from tests.e2e import HOST, THOROUGH, rss_kib, treq_client
 from tests.e2e_stores import OnEtcd, OnShelve
 
 #: Commits in the resume test, and how often its connection is cut.
 RESUME_COMMITS = 1000
 RESUME_CUT_EVERY = 100
 RESUME_WRITERS = 8
+
+#: Commits before and after the server restart in the restart test.
+RESTART_COMMITS = 30
 
 #: The crowd of the resource test, and how many times it comes and goes.
 LONG_POLLS = 100
@@ -139,15 +142,6 @@ def backend_connections(pid: int, peer_ports: Collection[int]) -> int:
         return 0
     fds = os.listdir("/proc/%d/fd" % (pid,))
     return sum(1 for kind in classify_fds(pid, fds, peer_ports) if kind == "store")
-
-
-def rss_kib(pid: int) -> int:
-    """The resident set size of process C{pid}, in KiB (VmRSS)."""
-    with open("/proc/%d/status" % (pid,)) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % (pid,))
 
 
 def percentile(values: List[float], fraction: float) -> float:
@@ -428,10 +422,21 @@ class HistoryGoneTests:
     store by HistoryGoneTestsOnShelve and HistoryGoneTestsOnEtcd below.
     """
 
+    async def forget_history(self, http, server, revision: int) -> None:
+        """
+        Make the server keep no events before C{revision}: on shelve, compact
+        its history there; on etcd, its in-memory history of 5 events does.
+        """
+        if self.store_name == "shelve":
+            answer = await http.post(server.url + "/v1/compact", json={"revision": revision})
+            self.assertEqual(answer.code, 200)
+            await answer.content()
+
     @as_deferred
     async def test_history_gone(self):
         """
-        With a history of 5 events, watching after the first of 10 commits
+        With the history before the fifth of 10 commits gone (compacted on
+        shelve; out of a 5-event memory on etcd), watching after the first
         is a 410 that the client raises as HistoryGone, naming the fifth
         commit's revision as the oldest it can resume from; from there the
         last five replay. On shelve, a fresh store, those are revisions 1
@@ -444,6 +449,7 @@ class HistoryGoneTests:
             revisions.append((await client.put(http, server.url, "h/%d" % (n,), b"x"))["revision"])
         if self.exact_revisions:
             self.assertEqual(revisions, list(range(1, 11)))
+        await self.forget_history(http, server, revisions[4])
         watcher = Consumer(
             client.watch(http, server.url, "h/", after=revisions[0], clock=reactor)
         )
@@ -458,6 +464,50 @@ class HistoryGoneTests:
         self.addCleanup(again.close)
         await wait_until(lambda: len(again.events) == 5, what="the replay")
         self.assertEqual([e.revision for e in again.events], revisions[5:])
+
+
+class RestartTests:
+    """
+    A watcher across a real server restart (the shelve store keeps its
+    history on disk); run by RestartTestsOnShelve below.
+    """
+
+    @as_deferred
+    async def test_resume_across_a_restart(self):
+        """
+        A watcher (through a proxy, so the server's address stays the same)
+        sees every commit exactly once, in order, though the server stops
+        gracefully and starts again on the same data mid-way and commits
+        are made after the restart before the watcher is back: it resumes
+        from the last revision it saw, replayed from the history on disk.
+        """
+        server = self.start_kvcache(extra_args=["--heartbeat", "0.2"])
+        http = treq_client(self)
+        proxy = CuttableProxy(server.port)
+        self.addCleanup(proxy.stop)
+        watcher = Consumer(client.watch(
+            http, proxy.url, "r/", clock=reactor, retry_delay=0.3, max_delay=0.3, max_retries=None,
+        ))
+        self.addCleanup(watcher.close)
+        await watcher.watch.when_open()
+        revisions: List[int] = []
+        for n in range(RESTART_COMMITS):
+            revisions.append((await client.put(http, server.url, "r/%d" % (n,), b"before"))["revision"])
+        await wait_until(lambda: len(watcher.events) == RESTART_COMMITS, what="the first commits")
+        self.assertEqual(server.terminate(), 0)
+        server.start()
+        proxy.port = server.port
+        for n in range(RESTART_COMMITS):
+            revisions.append((await client.put(http, server.url, "r/%d" % (n,), b"after"))["revision"])
+        await wait_until(lambda: len(watcher.events) >= 2 * RESTART_COMMITS, what="the watcher to catch up")
+        await sleep(SETTLE_DELAY)
+        seen = [e.revision for e in watcher.events]
+        print("\nrestart: %d commits, %d events, %d reconnects"
+              % (len(revisions), len(seen), watcher.watch.reconnects))
+        self.assertEqual(revisions, list(range(1, 2 * RESTART_COMMITS + 1)))
+        self.assertEqual(seen, revisions)
+        self.assertEqual([e.data["key"] for e in watcher.events][-1], "r/%d" % (RESTART_COMMITS - 1,))
+        self.assertGreaterEqual(watcher.watch.reconnects, 1)
 
 
 class CrowdTests:
@@ -670,11 +720,15 @@ class ResumeTestsOnEtcd(OnEtcd, ResumeTests, TestCase):
 
 
 class HistoryGoneTestsOnShelve(OnShelve, HistoryGoneTests, TestCase):
-    """The event history's bound on the shelve store."""
+    """A compacted history on the shelve store."""
 
 
 class HistoryGoneTestsOnEtcd(OnEtcd, HistoryGoneTests, TestCase):
     """The event history's bound on etcd."""
+
+
+class RestartTestsOnShelve(OnShelve, RestartTests, TestCase):
+    """RestartTests on the shelve store (the etcd store keeps no history yet)."""
 
 
 class CrowdTestsOnShelve(OnShelve, CrowdTests, TestCase):

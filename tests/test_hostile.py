@@ -300,6 +300,16 @@ class HostileTests(SynchronousTestCase):
         400, "bad-request",
         "A bare LF ending a chunk-size line is a 400.",
     )
+    test_bare_lf_chunked_body = refusal(
+        b"POST /set HTTP/1.1\r\n" + H + b'Transfer-Encoding: chunked\r\n\r\ne\n{"smuggled":1}\n0\n\n',
+        400, "bad-request",
+        "A chunked body framed with bare LFs throughout is a 400 at once, not a 408 at the deadline.",
+    )
+    test_bare_lf_chunked_trailer = refusal(
+        b"POST /set HTTP/1.1\r\n" + H + b'Transfer-Encoding: chunked\r\n\r\ne\r\n{"smuggled":1}\r\n0\r\n\n',
+        400, "bad-request",
+        "A bare LF ending a chunked body's last line is a 400 at once, not a 408 at the deadline.",
+    )
 
     # -- oversized bodies --------------------------------------------------------
 

@@ -7,7 +7,8 @@ What is pinned: the body cap (declared, streamed and chunk-declared, never
 a C{100 Continue} past it), the whole-request deadline against slow-drip
 clients (and that it covers only the request, not a long answer), the idle
 timeout, the connection cap, answers instead of silent closes for
-overlong, malformed and bare-LF heads, pipelining in order, what a refused
+overlong, malformed and bare-LF heads (and bare-LF chunked bodies),
+pipelining in order and its back-pressure, what a refused
 client can still read, access-log formats and the request metrics the
 site records. No port is bound and no real time passes.
 """
@@ -336,6 +337,14 @@ class HeadLimitTests(SiteTestCase):
         """A head with bare LF line endings is a 400 at once, not a wait for the deadline."""
         self.assertRefused(b"GET /v1/kv/a HTTP/1.1\nHost: x\n\n", 400, "bad-request")
 
+    def test_bare_lf_chunked_body(self):
+        """A chunked body framed with bare LFs is a 400 at once, not a wait for the deadline."""
+        self.assertRefused(
+            b"PUT /v1/kv/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\na\n0\n\n",
+            400,
+            "bad-request",
+        )
+
     def test_bare_cr(self):
         """A bare CR inside a head line is a 400."""
         self.assertRefused(b"GET /v1/kv/a HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", 400, "bad-request")
@@ -378,6 +387,57 @@ class HeadLimitTests(SiteTestCase):
             b"DELETE /v1/kv/a HTTP/1.1\r\n\r\n"
         )
         self.assertEqual(statuses(output), [201, 200, 404, 204])
+
+
+class PushingBackTransport(HalfClosingTransport):
+    """A transport whose write buffer is full after every write while C{full} is set."""
+
+    full = True
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.full and self.producer is not None:
+            self.producer.pauseProducing()
+
+
+class PipeliningBackPressureTests(SiteTestCase):
+    """A connection's pipelined requests wait while its answers are not sent."""
+
+    def test_further_requests_wait_for_the_transport(self):
+        """
+        Once a request is answered while the transport pushes back, the
+        requests pipelined behind it are neither parsed nor read until the
+        transport has flushed; then they are answered in order.
+        """
+        channel, transport = self.connect(PushingBackTransport(peerAddress=PEER))
+        channel.dataReceived(
+            b"GET /v1/kv/a HTTP/1.1\r\n\r\n"
+            b"PUT /v1/kv/a HTTP/1.1\r\nContent-Length: 1\r\n\r\n1"
+            b"GET /v1/kv/a HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(statuses(transport.value()), [404])
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.store.revision, 0)
+        transport.full = False
+        channel.resumeProducing()
+        self.assertEqual(statuses(transport.value()), [404, 201, 200])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_held_requests_get_a_fresh_deadline(self):
+        """
+        A held, unfinished request is not cut while it is held, however
+        long; its deadline starts when it is released.
+        """
+        channel, transport = self.connect(PushingBackTransport(peerAddress=PEER))
+        channel.dataReceived(b"GET /v1/kv/a HTTP/1.1\r\n\r\nGET /v1/kv/b HTTP/1.1\r\n")
+        self.clock.advance(self.limits.request_timeout * 2)
+        self.assertEqual(statuses(transport.value()), [404])
+        transport.full = False
+        channel.resumeProducing()
+        self.clock.advance(self.limits.request_timeout - 1)
+        self.assertEqual(statuses(transport.value()), [404])
+        self.clock.advance(1)
+        self.assertEqual(statuses(transport.value()), [404, 408])
 
 
 class QueryArgsTests(SynchronousTestCase):

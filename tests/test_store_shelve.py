@@ -4,6 +4,7 @@ plus what only a store on disk has: persistence, file modes, refusal of
 damaged data, group commit and a real store thread.
 """
 
+import fcntl
 import os
 import pickle
 import shutil
@@ -18,13 +19,24 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvtwist.errors import ConflictError, RevisionCompacted, StoreCorrupt
+from zope.interface.verify import verifyObject
+
+from kvtwist.errors import (
+    ConflictError,
+    InsufficientStorage,
+    RevisionCompacted,
+    StoreCorrupt,
+    StoreUnavailable,
+)
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
-from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir
+from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
+from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
 from tests.store_contract import StoreContract
 
@@ -300,6 +312,79 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.close())
 
 
+def _lockable_elsewhere(directory: str) -> bool:
+    """Whether a new open of DIR/lock could take its flock (as another process would)."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+class DataDirectoryLockTests(InlineShelve, SynchronousTestCase):
+    """The store holds its data directory's lock while open, shared within the process."""
+
+    def test_held_while_open(self):
+        """An open store holds DIR/lock (with this PID); closing it releases the lock."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.assertFalse(_lockable_elsewhere(directory))
+        with open(os.path.join(directory, LOCK_FILE)) as f:
+            self.assertEqual(f.read(), "%d\n" % (os.getpid(),))
+        self.successResultOf(store.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_shared_within_the_process(self):
+        """A hold for the process's life (as twistd takes it), the startup check and the store share the lock; it is freed when the last lets go."""
+        directory = os.path.join(self.mktemp(), "data")
+        held = hold_data_dir(directory)
+        self.assertEqual(check_data_dir(directory), 0)
+        store = self.open_store(directory)
+        held.release()
+        self.assertFalse(_lockable_elsewhere(directory))
+        self.successResultOf(store.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_one_open_store_per_file(self):
+        """A second store opened on a directory while one is open in the same process is refused (it would serve stale reads)."""
+        directory = os.path.join(self.mktemp(), "data")
+        self.open_store(directory)
+        second = ShelveStore(directory, self.reactor, InlineThreadPool())
+        failure = self.failureResultOf(second.open(), StoreUnavailable)
+        self.assertIn("in use by another connection", failure.value.detail)
+
+    def test_busy_names_the_holder(self):
+        """The refusal names the holder's PID and the directory."""
+        error = DataDirectoryBusy("/srv/kv", 4242)
+        self.assertEqual(
+            str(error),
+            "the data directory /srv/kv is in use by process 4242 (it holds "
+            "/srv/kv/lock); one server owns a data directory at a time",
+        )
+
+
+class FullDiskTests(InlineShelve, SynchronousTestCase):
+    """SQLite's "database or disk is full" (here its page-count cap) is InsufficientStorage, and passes."""
+
+    def test_full_then_space_returns(self):
+        """A commit past the space left fails with InsufficientStorage and applies nothing; once there is room the same commit succeeds."""
+        store = self.open_store()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        db = store._shelf.dict._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute("PRAGMA max_page_count = %d" % (pages,))
+        failure = self.failureResultOf(store.commit([Put("big", b"x" * 100_000)]), InsufficientStorage)
+        self.assertIn("disk full", failure.value.detail)
+        self.assertIsNone(self.successResultOf(store.get("big")))
+        db.execute("PRAGMA max_page_count = %d" % (pages * 100,))
+        self.successResultOf(store.ping())
+        self.successResultOf(store.commit([Put("big", b"x" * 100_000)]))
+        self.assertEqual(store.revision, 2)
+
+
 class StatementCountTests(InlineShelve, SynchronousTestCase):
     """
     A group commit costs a fixed number of SQLite statements, whatever the
@@ -472,6 +557,74 @@ class HeldThreadPool(InlineThreadPool):
     def run_next(self):
         onResult, func, args, kw = self.held.pop(0)
         super().callInThreadWithCallback(onResult, func, *args, **kw)
+
+
+class BoundedStopTests(SynchronousTestCase):
+    """A graceful stop waits for the store, but at most --stop-timeout seconds."""
+
+    def held_store(self):
+        """A shelve store on a held pool, open, with nothing run yet."""
+        pool = HeldThreadPool()
+        store = ShelveStore(os.path.join(self.mktemp(), "data"), ThreadlessReactor(), pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        pool.release_all = False
+        self.addCleanup(self._release, store, pool)
+        return store, pool
+
+    def _release(self, store, pool):
+        pool.release_all = True
+        while pool.held:
+            pool.run_next()
+        store._sync_close()
+
+    def test_work_in_flight(self):
+        """The store names the group commit on its thread, the commits queued behind it, and reads not answered."""
+        store, pool = self.held_store()
+        self.assertTrue(verifyObject(IWorkInFlight, store))
+        self.assertEqual(store.work_in_flight(), "nothing")
+        store.commit([Put("a", b"1"), Put("b", b"2")])
+        store.commit([Put("c", b"3")])
+        store.commit([Delete("a")])
+        store.get("a")
+        self.assertEqual(
+            store.work_in_flight(),
+            "a group of 1 commit (2 ops) on the store thread and 2 commits (2 ops) queued and 1 read",
+        )
+
+    def test_cut_short_after_the_timeout(self):
+        """A store close that outlasts the stop timeout is logged as cut short, naming the work abandoned, and the process exits 0."""
+        store, pool = self.held_store()
+        store.commit([Put("a", b"1")])
+        clock, exits = Clock(), []
+        service = StoreService(
+            store, None, clock, stop_timeout=3, work_in_flight=store, exit=exits.append
+        )
+        service.running = True
+        with capturedLogs() as events:
+            d = service.stopService()
+            clock.advance(2.9)
+            self.assertEqual(exits, [])
+            clock.advance(0.1)
+        self.assertNoResult(d)
+        self.assertEqual(exits, [0])
+        text = [formatEvent(event) for event in events]
+        self.assertEqual(len(text), 1, text)
+        self.assertIn("graceful stop cut short after 3 s", text[0])
+        self.assertIn("abandoning a group of 1 commit (1 ops) on the store thread", text[0])
+
+    def test_stop_in_time_is_not_cut(self):
+        """A store that closes within the timeout stops normally: no exit, no warning later."""
+        store, pool = self.held_store()
+        clock, exits = Clock(), []
+        service = StoreService(store, None, clock, stop_timeout=3, exit=exits.append)
+        service.running = True
+        d = service.stopService()
+        pool.release_all = True
+        pool.run_next()
+        self.successResultOf(d)
+        clock.advance(10)
+        self.assertEqual(exits, [])
 
 
 class RealThreadTests(TestCase):

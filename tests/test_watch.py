@@ -10,8 +10,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.logger import capturedLogs, formatEvent
 
-from kvtwist.events import ChangeHub
+from kvtwist.errors import InsufficientStorage
+from kvtwist.events import EVENT_OVERHEAD, ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
@@ -20,7 +22,7 @@ from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.v1.base import V1Context
 from kvtwist.web.v1.watch import EventStream
-from tests.webtest import TreeClient
+from tests.webtest import StoreWithoutHistory, TreeClient
 
 
 def parse_sse(data: bytes):
@@ -88,6 +90,23 @@ class SweeperTests(WatchCase):
         self.assertEqual(self.store.revision, 8 + 3)
         self.assertEqual([i["key"] for i in self.client.request("GET", "/v1/kv/").json["items"]],
                          ["keep"])
+
+    def test_full_disk_logs_one_line(self):
+        """A sweep whose commit fails on a full disk logs one warning line with the store's error, no traceback, and retries until it passes."""
+        self.put("t?ttl=1")
+        self.store.store.fail_commits = InsufficientStorage("the commit could not be written: disk full")
+        self.sweeper.startService()
+        self.addCleanup(self.sweeper.stopService)
+        with capturedLogs() as events:
+            self.clock.advance(2)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            ["expiry sweep failed, retrying later: the commit could not be written: disk full"],
+        )
+        self.assertTrue(all(event.get("log_failure") is None for event in events))
+        self.store.store.fail_commits = None
+        self.clock.advance(1)
+        self.assertEqual(self.sweeper.swept, 1)
 
     def test_expiry_survives_in_store_rows(self):
         """Before the sweep, an expired key is invisible but still stored."""
@@ -283,21 +302,74 @@ class EventStreamTests(WatchCase):
         self.client.stub.flush()
         self.assertEqual([i for i, _, _ in parse_sse(b"".join(chunks))], [4])
 
-    def test_history_overflow_is_410(self):
-        """A resume point that has left the history is 410 naming the oldest."""
+    def test_resume_from_the_store_history(self):
+        """
+        A resume point older than the in-memory feed keeps is replayed from
+        the store's history; only a compacted one is 410, naming the
+        compact revision.
+        """
         for i in range(8):
             self.put("k%d" % i)
-        answer = self.client.problem("GET", "/v1/watch?after=1", 410, "history-gone")
-        self.assertEqual(answer.json["oldest_revision"], 3)
-        self.assertEqual(self.stream("/v1/watch?after=3")[0].code, 200)
+        _, chunks, _ = self.stream("/v1/watch?after=1")
+        self.put("k8")
+        self.client.stub.flush()
+        self.assertEqual([i for i, _, _ in parse_sse(b"".join(chunks))], list(range(2, 10)))
+        self.successResultOf(self.store.compact(4, 100))
+        answer = self.client.problem("GET", "/v1/watch?after=3", 410, "history-gone")
+        self.assertEqual(answer.json["oldest_revision"], 4)
+        self.assertEqual(self.stream("/v1/watch?after=4")[0].code, 200)
 
-    def test_heartbeats(self):
-        """A heartbeat comment goes out every heartbeat interval."""
+    def test_previous_values(self):
+        """prev=1 adds each key's previous metadata and value, live and replayed."""
+        self.put("a", b"1", **{"Content-Type": "text/plain"})
+        _, chunks, _ = self.stream("/v1/watch?prev=1")
+        self.put("a", b"2")
+        self.client.request("DELETE", "/v1/kv/a")
+        self.put("b", b"new")
+        _, replayed, _ = self.stream("/v1/watch?prev=1", {"Last-Event-ID": "1"})
+        self.client.stub.flush()
+        for received in (chunks, replayed):
+            events = parse_sse(b"".join(received))
+            self.assertEqual(
+                [(kind, d["key"], d["prev"] and d["prev"]["value_base64"]) for _, kind, d in events],
+                [("put", "a", "MQ=="), ("delete", "a", "Mg=="), ("put", "b", None)],
+            )
+            self.assertEqual(
+                events[0][2]["prev"],
+                {"key": "a", "create_revision": 1, "mod_revision": 1, "version": 1,
+                 "content_type": "text/plain", "size": 1, "expires": None, "value_base64": "MQ=="},
+            )
+
+    def test_commits_marked_whole(self):
+        """Every event but the last of its commit says more_in_commit, live and replayed."""
         _, chunks, _ = self.stream("/v1/watch")
+        self.client.request("POST", "/v1/batch", json_body={"ops": [
+            {"op": "set", "key": "a", "value": 1}, {"op": "set", "key": "b", "value": 2}]})
+        self.put("c")
+        _, replayed, _ = self.stream("/v1/watch?after=0")
+        self.client.stub.flush()
+        for received in (chunks, replayed):
+            self.assertEqual(
+                [(i, d.get("more_in_commit", False)) for i, _, d in parse_sse(b"".join(received))],
+                [(1, True), (1, False), (2, False)],
+            )
+
+    def test_heartbeats_are_progress(self):
+        """
+        Every heartbeat interval a progress event goes out whose id is the
+        revision the stream is complete up to: the store's, on a quiet prefix.
+        """
+        self.put("before")
+        _, chunks, _ = self.stream("/v1/watch?prefix=quiet/")
         self.clock.advance(15)
+        self.put("elsewhere")
+        self.put("again")
         self.clock.advance(15)
         self.client.stub.flush()
-        self.assertEqual(b"".join(chunks).count(b": heartbeat\n\n"), 2)
+        self.assertEqual(
+            parse_sse(b"".join(chunks)),
+            [(1, "progress", {"revision": 1}), (3, "progress", {"revision": 3})],
+        )
 
     def test_watcher_cap(self):
         """Beyond max_watchers, a stream is 429."""
@@ -333,6 +405,10 @@ class FakeRequest:
     EventStream) never leaves.
     """
 
+    #: Set to push back (pause the producer) on every write, as a
+    #: transport whose buffer is full does.
+    push_back = False
+
     def __init__(self):
         self.written = []
         self.channel = FakeChannel()
@@ -341,6 +417,8 @@ class FakeRequest:
 
     def write(self, data):
         self.written.append(data)
+        if self.push_back and self.producer is not None:
+            self.producer.pauseProducing()
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
@@ -382,6 +460,43 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_commit_larger_than_buffer_cuts_off(self):
+        """A commit whose events pass watch_buffer cuts the reader off unwritten, paused or not."""
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(20)]))
+        self.assertEqual(self.request.written, [])
+        self.assertTrue(self.request.channel.transport.aborted)
+        self.assertEqual((self.hub.subscribers, self.context.watchers.active), (0, 0))
+
+    def test_bytes_waiting_in_the_transport_count(self):
+        """
+        What was written just before the transport pushed back still counts
+        against watch_buffer: a later commit that would pass it with those
+        bytes cuts the reader off, and after the transport flushed it fits.
+        """
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 1)
+        self.assertGreater(len(self.request.written[0]), 500)
+        self.stream.resumeProducing()
+        self.request.push_back = False
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 2)
+        self.request.push_back = True
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.successResultOf(self.store.commit([Put("k%d" % i, b"x") for i in range(6)]))
+        self.assertEqual(len(self.request.written), 3)
+        self.assertTrue(self.request.channel.transport.aborted)
+
+    def test_backlog_larger_than_buffer_cuts_off(self):
+        """A resume backlog whose events pass watch_buffer cuts the reader off unwritten."""
+        for i in range(20):
+            self.successResultOf(self.store.commit([Put("k%d" % i, b"x")]))
+        request = FakeRequest()
+        stream = EventStream(request, self.context, lambda key: True, False)
+        stream.send(self.hub.since(0, lambda key: True))
+        self.assertEqual(request.written, [])
+        self.assertTrue(request.channel.transport.aborted)
+
     def test_resume_flushes_queue(self):
         """Events queued while paused go out in order on resume."""
         self.stream.pauseProducing()
@@ -402,6 +517,100 @@ class EventStreamUnitTests(SynchronousTestCase):
         self.assertEqual(self.request.written, [])
 
 
+class _UnfiredChanges:
+    """A store whose history reads wait until the test fires them."""
+
+    def __init__(self, store):
+        self._store = store
+        self.reads = []
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def changes(self, after, upto, max_records):
+        d = Deferred()
+        self.reads.append((d, self._store.changes(after, upto, max_records)))
+        return d
+
+    def fire(self):
+        d, answer = self.reads.pop(0)
+        answer.chainDeferred(d)
+
+
+class InMemoryFeedTests(WatchCase):
+    """On a store without history, streams resume from the change feed's memory."""
+
+    def setUp(self):
+        super().setUp()
+        self.store = CachedStore(StoreWithoutHistory(self.clock), 1 << 20)
+        self.root = memory_root(self.store, limits=self.limits, random=lambda: self.jitter)
+        self.client = TreeClient(self, self.root)
+
+    def test_history_overflow_is_410(self):
+        """A resume point that has left the feed's bounded memory is 410 naming the oldest."""
+        for i in range(8):
+            self.put("k%d" % i)
+        answer = self.client.problem("GET", "/v1/watch?after=1", 410, "history-gone")
+        self.assertEqual(answer.json["oldest_revision"], 3)
+        _, chunks, _ = self.stream("/v1/watch?after=3&prev=1")
+        self.client.stub.flush()
+        events = parse_sse(b"".join(chunks))
+        self.assertEqual([i for i, _, _ in events], [4, 5, 6, 7, 8])
+        self.assertIsNone(events[0][2]["prev"])
+
+
+class ReplayTests(SynchronousTestCase):
+    """A resumed stream replays the history while live commits are held back."""
+
+    def test_live_commits_wait_for_the_replay(self):
+        """
+        Commits made while the history is read come after it, each event
+        once, in revision order: no gap, no repeat.
+        """
+        from kvtwist.web.v1.watch import replay
+
+        clock = Clock()
+        store = MemoryStore(clock)
+        limits = Limits()
+        hub = ChangeHub(store, 100)
+        context = V1Context(store, TransactionManager(clock, limits, store), limits, clock, hub)
+        for key in ("a", "b", "c"):
+            self.successResultOf(store.commit([Put(key, b"x")]))
+        request = FakeRequest()
+        slow = _UnfiredChanges(store)
+        stream = EventStream(request, context, lambda key: True, False, replaying=True, position=1)
+        done = Deferred.fromCoroutine(replay(stream, slow, 1, hub.position))
+        self.successResultOf(store.commit([Put("d", b"x")]))
+        self.successResultOf(store.commit([Put("b", b"y")]))
+        self.assertEqual(request.written, [])
+        clock.advance(15)  # a heartbeat while replaying: still at the resume point
+        slow.fire()
+        self.successResultOf(done)
+        self.assertEqual(slow.reads, [])
+        self.successResultOf(store.commit([Put("e", b"x")]))
+        events = parse_sse(b"".join(request.written))
+        self.assertEqual(
+            [(i, kind, d.get("key")) for i, kind, d in events],
+            [(1, "progress", None), (2, "put", "b"), (3, "put", "c"), (4, "put", "d"),
+             (5, "put", "b"), (6, "put", "e")],
+        )
+        self.assertEqual(stream.position, 6)
+
+    def test_held_events_are_bounded(self):
+        """Past watch_buffer bytes held during a replay, the stream is cut off."""
+        clock = Clock()
+        store = MemoryStore(clock)
+        limits = Limits(watch_buffer=500)
+        hub = ChangeHub(store, 100)
+        context = V1Context(store, TransactionManager(clock, limits, store), limits, clock, hub)
+        request = FakeRequest()
+        EventStream(request, context, lambda key: True, False, replaying=True, position=0)
+        for i in range(10):
+            self.successResultOf(store.commit([Put("k%d" % i, b"x" * 50)]))
+        self.assertTrue(request.channel.transport.aborted)
+        self.assertEqual((hub.subscribers, context.watchers.active), (0, 0))
+
+
 class HistoryResetTests(SynchronousTestCase):
     """A change feed that lost history (etcd compaction) refuses old resumes."""
 
@@ -420,3 +629,39 @@ class HistoryResetTests(SynchronousTestCase):
         resets[0](WatchReset(True, True, 7, "compacted"))
         self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
         self.assertEqual(hub.since(7, lambda key: True), [])
+
+
+class HistoryBytesTests(SynchronousTestCase):
+    """The history is bounded in bytes as well as in events, by whole commits."""
+
+    def setUp(self):
+        self.store = MemoryStore()
+        self.hub = ChangeHub(self.store, 100, max_bytes=3 * (EVENT_OVERHEAD + 1 + 1000))
+
+    def test_oldest_commits_leave_past_the_byte_bound(self):
+        """Four 1000-byte values in a history of about three: the first commit leaves, resuming before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        for key in "abcd":
+            self.successResultOf(self.store.commit([Put(key, b"x" * 1000)]))
+        self.assertRaises(HistoryGone, self.hub.since, 0, lambda key: True)
+        self.assertEqual([event.key for event in self.hub.since(1, lambda key: True)], ["b", "c", "d"])
+
+    def test_commit_larger_than_the_bound_leaves_at_once(self):
+        """A commit larger than the whole bound is delivered but not kept: resuming from before it is a 410."""
+        from kvtwist.errors import HistoryGone
+
+        delivered = []
+        self.hub.subscribe(lambda key: True, lambda revision, events: delivered.append(len(events)))
+        self.successResultOf(self.store.commit([Put("small", b"x")]))
+        self.successResultOf(self.store.commit([Put(k, b"x" * 1000) for k in "abcd"]))
+        self.assertEqual(delivered, [1, 4])
+        self.assertRaises(HistoryGone, self.hub.since, 1, lambda key: True)
+        self.assertEqual(self.hub.since(2, lambda key: True), [])
+
+    def test_event_count_bound_still_holds(self):
+        """Small events are bounded by the event count as before, keeping the newest commit."""
+        hub = ChangeHub(self.store, 2, max_bytes=10**9)
+        for key in "abc":
+            self.successResultOf(self.store.commit([Put(key, b"")]))
+        self.assertEqual([event.key for event in hub.since(1, lambda key: True)], ["b", "c"])

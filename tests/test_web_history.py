@@ -6,13 +6,12 @@ problems for compacted and future revisions and for a store without history.
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer_only
-
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.auth import Authorizer, Token
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.store.cache import CachedStore
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.v1.history import decode_cursor, encode_cursor
-from tests.webtest import TreeClient
+from tests.webtest import StoreWithoutHistory, TreeClient
 
 
 class HistoryCase(SynchronousTestCase):
@@ -82,7 +81,7 @@ class ReadAtRevisionTests(HistoryCase):
 
     def test_store_without_history(self):
         """A store that keeps no history answers 501 history-unsupported, changing nothing."""
-        plain = _StoreWithoutHistory(self.clock)
+        plain = StoreWithoutHistory(self.clock)
         self.assertFalse(IHistoricalStore.providedBy(plain))
         client = TreeClient(self, memory_root(plain))
         client.request("PUT", "/v1/kv/a", body=b"1")
@@ -97,9 +96,6 @@ class ReadAtRevisionTests(HistoryCase):
         self.assertEqual([i["key"] for i in rest["items"]], ["b"])
 
 
-@implementer_only(IKeyValueStore)
-class _StoreWithoutHistory(MemoryStore):
-    """A memory store that does not claim IHistoricalStore (as the etcd store)."""
 
 
 class ListingAtRevisionTests(HistoryCase):
@@ -160,3 +156,62 @@ class ListingAtRevisionTests(HistoryCase):
             answer = self.client.request("GET", "/v1/kv/?" + query)
             self.assertEqual(answer.status, 400, query)
             self.assertIn(answer.json["code"], ("bad-cursor", "bad-parameter"))
+
+
+class CompactRouteTests(HistoryCase):
+    """POST /v1/compact and the history state in /v1/limits."""
+
+    def test_compact(self):
+        """Compaction to N answers the history state; reads before N are then 410."""
+        for value in (b"1", b"2", b"3"):
+            self.put("a", value)
+        answer = self.client.request("POST", "/v1/compact", json_body={"revision": 2})
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.json, {"revision": 3, "compact_revision": 2, "records": 2})
+        self.client.problem("GET", "/v1/kv/a?revision=1", 410, "compacted")
+        again = self.client.request("POST", "/v1/compact", json_body={"revision": 1})
+        self.assertEqual(again.json["compact_revision"], 2)
+
+    def test_bad_requests_change_nothing(self):
+        """Malformed bodies and future revisions are 400, and compact nothing."""
+        self.put("a")
+        self.put("a")
+        for body in ({}, {"revision": -1}, {"revision": "1"}, {"revision": 1, "x": 1}, [1], {"revision": True}):
+            self.client.problem("POST", "/v1/compact", 400, "bad-compact", json_body=body)
+        self.client.problem("POST", "/v1/compact", 400, "bad-json", body=b"{")
+        self.client.problem("POST", "/v1/compact", 400, "future-revision", json_body={"revision": 3})
+        self.assertEqual(self.store.compact_revision, 0)
+        self.assertEqual(self.client.request("GET", "/v1/compact").status, 405)
+
+    def test_needs_the_ops_permission(self):
+        """Only a token with the ops permission may compact."""
+        tokens = [Token("app", "s1", read=("",), write=("",)), Token("admin", "s2", ops=True)]
+        client = TreeClient(self, memory_root(self.store, authorizer=Authorizer(tokens)))
+        client.request("PUT", "/v1/kv/a", body=b"1", headers={"Authorization": "Bearer s1"})
+        client.problem(
+            "POST", "/v1/compact", 403, "forbidden", json_body={"revision": 1},
+            headers={"Authorization": "Bearer s1"},
+        )
+        self.assertEqual(self.store.compact_revision, 0)
+        answer = client.request(
+            "POST", "/v1/compact", json_body={"revision": 1}, headers={"Authorization": "Bearer s2"}
+        )
+        self.assertEqual((answer.status, self.store.compact_revision), (200, 1))
+
+    def test_without_history(self):
+        """A store without history answers 501 and its limits leave compaction out."""
+        client = TreeClient(self, memory_root(StoreWithoutHistory(self.clock)))
+        client.problem("POST", "/v1/compact", 501, "history-unsupported", json_body={"revision": 0})
+        limits = client.request("GET", "/v1/limits").json
+        self.assertNotIn("history", limits)
+        self.assertNotIn("history_retention", limits)
+
+    def test_limits_show_history(self):
+        """/v1/limits shows the retention and the revisions and records kept."""
+        self.put("a")
+        self.put("a")
+        self.successResultOf(self.store.compact(1, 100))
+        limits = self.client.request("GET", "/v1/limits").json
+        self.assertEqual(limits["history"], {"revision": 2, "compact_revision": 1, "records": 2})
+        self.assertEqual(limits["history_retention"], {"revisions": 1_000_000, "seconds": 3600.0})
+        self.assertEqual((limits["compact_batch"], limits["compact_interval"]), (10_000, 10.0))

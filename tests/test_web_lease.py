@@ -72,7 +72,9 @@ class LeaseRouteTests(LeaseCase):
         self.clock.advance(9)
         self.assertEqual(self.client.request("GET", "/v1/kv/a").header("kv-revision"), before)
         self.client.stub.flush()
-        self.assertEqual(parse_sse(b"".join(chunks)), [])
+        # Only heartbeats, at the unchanged revision: no change event.
+        events = parse_sse(b"".join(chunks))
+        self.assertEqual({(i, kind) for i, kind, _ in events}, {(int(before), "progress")} if events else set())
 
     def stream(self):
         """Open an event stream on every key: (response, chunks received, done)."""
@@ -145,7 +147,8 @@ class LeaseRouteTests(LeaseCase):
         self.client.problem("PUT", "/v1/kv/a?lease=abc", 400, "bad-lease", body=b"v")
         self.client.problem("PUT", "/v1/kv/a?lease=0", 400, "bad-lease", body=b"v")
         lease = self.grant()
-        self.client.problem("GET", "/v1/lease/abc", 404, "not-found")
+        self.client.problem("GET", "/v1/lease/abc", 404, "lease-not-found")
+        self.assertEqual(self.client.request("POST", "/v1/lease/abc").status, 405)
         self.assertEqual(self.store.lease_count, 1)
 
     def test_limit_and_metrics(self):

@@ -282,6 +282,41 @@ class ListingTests(V1Case):
         self.assertEqual(len(self.client.request("GET", "/v1/kv").json["items"]), 1)
 
 
+class ListingBytesTests(V1Case):
+    """A listing page also ends at max_list_bytes of keys and values."""
+
+    limits = Limits(max_list_bytes=3000)
+
+    def test_page_ends_early_with_next(self):
+        """
+        ?limit=1000&values=1 over 1000-byte values stops once the page
+        holds max_list_bytes, with next; following next lists every key once.
+        """
+        for i in range(10):
+            self.put("v/%d" % i, b"x" * 1000)
+        page = self.client.request("GET", "/v1/kv/?prefix=v/&limit=1000&values=1").json
+        self.assertEqual([i["key"] for i in page["items"]], ["v/0", "v/1", "v/2"])
+        self.assertEqual(page["next"], "v/2")
+        keys = [item["key"] for item in page["items"]]
+        for _ in range(10):
+            page = self.client.request(
+                "GET", "/v1/kv/?prefix=v/&limit=1000&values=1&after=" + page["next"]
+            ).json
+            keys += [item["key"] for item in page["items"]]
+            if page["next"] is None:
+                break
+        self.assertEqual(keys, ["v/%d" % i for i in range(10)])
+
+    def test_one_value_over_the_bound_still_lists(self):
+        """A value larger than max_list_bytes is a page of its own, so the listing progresses."""
+        self.put("a", b"x" * 5000)
+        self.put("b", b"y")
+        page = self.client.request("GET", "/v1/kv/?values=1").json
+        self.assertEqual(([i["key"] for i in page["items"]], page["next"]), (["a"], "a"))
+        page = self.client.request("GET", "/v1/kv/?values=1&after=a").json
+        self.assertEqual(([i["key"] for i in page["items"]], page["next"]), (["b"], None))
+
+
 class TransactionTests(V1Case):
     """Multi-request transactions under /v1/txn."""
 

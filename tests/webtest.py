@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from treq.testing import StubTreq
+from zope.interface import implementer_only
+
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.testing import MemoryStore
 
 
 @dataclass
@@ -86,3 +90,8 @@ class TreeClient:
         for field in ("type", "title", "detail"):
             t.assertIn(field, problem)
         return answer
+
+
+@implementer_only(IKeyValueStore)
+class StoreWithoutHistory(MemoryStore):
+    """A memory store that does not claim IHistoricalStore (as the etcd store)."""

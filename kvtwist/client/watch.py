@@ -48,6 +48,19 @@ from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 
 #: The kinds of change event the server sends (SPEC section 5.3).
 WATCH_KINDS = ("put", "delete", "expire")
+#: The event type of the server's heartbeats: its id is a resume point.
+PROGRESS = "progress"
+
+
+def _progress_revision(message: ServerSentEvent) -> int:
+    """
+    The revision of a progress event (its C{id}, which its data repeats).
+
+    @raise KVClientError: C{bad-response} if it has none.
+    """
+    if not (message.id.isascii() and message.id.isdigit()):
+        raise _bad_response(200, "a progress event has no revision id: %r" % (_one_line(message.id),))
+    return int(message.id)
 
 @dataclass(frozen=True)
 class WatchEvent:
@@ -87,8 +100,9 @@ class WatchEvent:
 class HistoryGone(KVClientError):
     """
     A 410 from C{/v1/watch}: the events after the resume point have left
-    the server's bounded history (or the server restarted since), so some
-    changes can no longer be replayed. Read the state again (L{list_all})
+    the server's history (compacted; on a store without history, its
+    bounded memory, or it restarted since), so some changes can no longer
+    be replayed. Read the state again (L{list_all})
     and watch from the revision that listing was read at.
     """
 
@@ -220,13 +234,16 @@ class Watch:
     B{Resuming.} When the connection drops (or sends nothing, heartbeats
     included, for C{idle_timeout} seconds), it reconnects with
     C{Last-Event-ID}, and the server replays what was missed from its
-    history: no event is lost and none is yielded twice. A resume point is
-    the last revision whose events are known to be complete; the events of
-    one commit travel in one write, but a connection can break inside it,
-    so until a heartbeat (or a later commit) proves the last commit whole,
-    the watch resumes from the revision before it and drops the replayed
-    events it already yielded. With neither C{after} nor an event yet, it
-    resumes from the C{KV-Revision} the first stream opened at.
+    history (kept on disk, so also across a server restart): no event is
+    lost and none is yielded twice. The resume point is the last revision
+    seen whole: the server marks every event but the last of a commit
+    (C{more_in_commit}), and its heartbeats are C{progress} events whose
+    id is the revision it has sent everything up to, so a watch on a quiet
+    prefix resumes from the present, not from its last change. Only if a
+    connection breaks inside a commit does the watch resume from the
+    revision before it, dropping the replayed events it already yielded.
+    With neither C{after} nor an event yet, it resumes from the
+    C{KV-Revision} the first stream opened at.
 
     B{Backoff.} The first reconnection after a stream that delivered
     something is immediate; each further attempt without progress waits
@@ -254,7 +271,8 @@ class Watch:
     releases the connection; always do it, or the connection stays open.
 
     @ivar last_revision: the revision events are known up to: the last
-        event's, else C{after}, else the revision the stream opened at.
+        event's or progress event's, else C{after}, else the revision the
+        stream opened at.
     @ivar reconnects: how many times it reconnected.
     @ivar retry: the server's reconnection hint in seconds, if it sent one.
     """
@@ -592,6 +610,9 @@ class Watch:
                 self._complete = True
                 self._progress = True
                 continue
+            if message.event == PROGRESS:
+                self._progressed(_progress_revision(message))
+                continue
             event = _watch_event(message)
             if event is None:
                 continue
@@ -599,6 +620,10 @@ class Watch:
             if self._accept(event):
                 self._events.append(event)
                 queued = True
+            if not event.data.get("more_in_commit"):
+                # The server marks every event but the last of a commit:
+                # this commit has arrived whole.
+                self._complete = True
         if queued:
             self._wake()
         backlog = len(self._events) > self._max_buffer
@@ -621,6 +646,17 @@ class Watch:
         self._keys_at_last = {event.key}
         self._complete = False
         return True
+
+    def _progressed(self, revision: int) -> None:
+        """
+        A progress event: the server has sent everything up to C{revision}
+        (matching this watch), so that is the resume point now.
+        """
+        self._progress = True
+        if self.last_revision is None or revision > self.last_revision:
+            self.last_revision = revision
+            self._keys_at_last = set()
+        self._complete = True
 
     def _unpause(self) -> None:
         self._paused = False

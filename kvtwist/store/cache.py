@@ -32,10 +32,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op
+from kvtwist.store.history import keeps_history_of
+from kvtwist.store.leases import grants_leases_of
 
 # What one cached key costs beyond the strings and bytes it holds, from
 # tracemalloc on CPython 3.11 (tests/test_cache.py checks the sums against
@@ -134,13 +136,11 @@ class CachedStore:
         # watch that is down), the cache neither answers nor fills.
         self._bypass = False
         store.add_listener(self.apply_changes)
-        if IHistoricalStore.providedBy(store):
-            # History passes through uncached: the cache holds the present.
-            alsoProvides(self, IHistoricalStore)
-        if ILeasingStore.providedBy(store):
-            # Leases pass through; the commits that end them reach the
-            # cache through the listener, like every commit.
-            alsoProvides(self, ILeasingStore)
+        # History passes through uncached: the cache holds the present.
+        keeps_history_of(self, store)
+        # Leases pass through; the commits that end them reach the cache
+        # through the listener, like every commit.
+        grants_leases_of(self, store)
         if hasattr(store, "add_reset_listener"):
             store.add_reset_listener(self._on_reset)
 
@@ -295,14 +295,26 @@ class CachedStore:
     def ping(self) -> Deferred:
         return self.store.ping()
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self.store.list(prefix, after, limit)
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self.store.list(prefix, after, limit, max_bytes)
 
     def get_at(self, key: str, revision: int) -> Deferred:
         return self.store.get_at(key, revision)
 
-    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
-        return self.store.list_at(prefix, after, limit, revision)
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        return self.store.list_at(prefix, after, limit, revision, max_bytes)
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        return self.store.changes(after, upto, max_records)
 
     def compact(self, revision: int, max_records: int) -> Deferred:
         return self.store.compact(revision, max_records)

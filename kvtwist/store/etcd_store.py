@@ -190,6 +190,7 @@ from kvtwist.model import (
     Expire,
     Op,
     Page,
+    PageBuilder,
     Put,
 )
 from kvtwist.store.etcd_gateway import (
@@ -653,9 +654,11 @@ class EtcdStore:
         """Read live keys at one revision; see L{IKeyValueStore.get_many}."""
         return self._run(self._get_many(list(keys)))
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
         """One page of live keys at one revision; see L{IKeyValueStore.list}."""
-        return self._run(self._list(prefix, after, limit))
+        return self._run(self._list(prefix, after, limit, max_bytes))
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         """One etcd transaction; see L{IKeyValueStore.commit}."""
@@ -832,31 +835,35 @@ class EtcdStore:
             return rows, revision
         raise AssertionError("unreachable")
 
-    async def _list(self, prefix: str, after: Optional[str], limit: int) -> Page:
+    async def _list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int]
+    ) -> Page:
         if limit < 1:
             raise ValueError("a listing needs a limit of at least 1")
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return await self._list_once(prefix, after, limit)
+                return await self._list_once(prefix, after, limit, max_bytes)
             except _Compacted:
                 continue
         raise StoreUnavailable(
             "etcd compacted the revision of a listing %d times" % (_READ_ATTEMPTS,)
         )
 
-    async def _list_once(self, prefix: str, after: Optional[str], limit: int) -> Page:
+    async def _list_once(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int]
+    ) -> Page:
         """
         Range over the prefix at one revision, skipping expired keys, until
-        C{limit} live entries and one more are found or the range ends.
+        the page is full (C{limit} live entries, or C{max_bytes}) and one
+        more live entry is found, or the range ends.
         """
         start = self._etcd_key(prefix)
         end = prefix_end(start)
         if after is not None:
             start = max(start, self._etcd_key(after) + b"\x00")
-        now = self.clock.seconds()
-        found: List[Entry] = []
+        builder = PageBuilder(limit, max_bytes, self.clock.seconds())
         revision = 0
-        batch = limit + 1
+        batch = min(builder.batch(), _LIST_BATCH_MAX)
         for _ in range(_LIST_ROUNDS):
             body: Dict[str, Any] = {
                 "key": _b64(start),
@@ -872,16 +879,13 @@ class EtcdStore:
                 revision = int(document["header"]["revision"])
             kvs = document.get("kvs") or []
             for kv in kvs:
-                entry = self._row(kv).entry
-                if entry.is_live(now):
-                    found.append(entry)
-                    if len(found) > limit:
-                        return Page(revision, tuple(found[:limit]), True)
+                if not builder.take(self._row(kv).entry):
+                    return builder.page(revision)
             if not document.get("more") or not kvs:
-                return Page(revision, tuple(found), False)
+                return builder.page(revision)
             start = _unb64(kvs[-1]["key"]) + b"\x00"
             # Expired keys took room in this batch: ask for more next time.
-            batch = min(max(batch * 2, limit + 1 - len(found)), _LIST_BATCH_MAX)
+            batch = min(builder.batch(batch), _LIST_BATCH_MAX)
         raise StoreUnavailable(
             "the listing of %r met too many expired keys; etcd's leases have "
             "not removed them yet" % (prefix,)

@@ -17,8 +17,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Dict, List, Optional, Tuple
 
+from zope.interface import alsoProvides
+
 from kvtwist.errors import FutureRevision, RevisionCompacted
-from kvtwist.model import CommitResult, Entry
+from kvtwist.interfaces import IHistoricalStore
+from kvtwist.model import Change, CommitResult, Entry
 
 #: History record kinds, as the change kinds of L{kvtwist.model.Change}.
 PUT = "put"
@@ -27,6 +30,28 @@ EXPIRE = "expire"
 #: The small integer each kind is stored as on disk.
 KIND_CODES = {PUT: 0, DELETE: 1, EXPIRE: 2}
 KINDS = {code: kind for kind, code in KIND_CODES.items()}
+
+
+def keeps_history_of(wrapper: object, store: object) -> None:
+    """
+    Declare that C{wrapper} provides L{IHistoricalStore} when the C{store}
+    it wraps (and forwards history calls to) does: a wrapper keeps history
+    exactly when what it wraps does.
+    """
+    if IHistoricalStore.providedBy(store):
+        alsoProvides(wrapper, IHistoricalStore)
+
+
+def replayed_change(kind: str, key: str, entry: Optional[Entry], before: Optional[Entry]) -> Change:
+    """
+    The L{Change} a history record replays, given the key's record before
+    it (C{before}): as the commit reported it. A put that created its key
+    (a new create revision) had no previous entry, even if an expired one
+    was still stored then.
+    """
+    if kind == PUT and entry is not None and entry.create_revision == entry.mod_revision:
+        before = None
+    return Change(kind, key, entry, before)
 
 
 def check_readable(revision: int, compact_revision: int, current: int) -> None:
@@ -40,6 +65,14 @@ def check_readable(revision: int, compact_revision: int, current: int) -> None:
         raise FutureRevision(revision, current)
     if revision < compact_revision:
         raise RevisionCompacted(revision, compact_revision)
+
+
+def check_replayable(after: int, compact_revision: int) -> None:
+    """
+    @raise RevisionCompacted: events after C{after} are no longer all kept.
+    """
+    if after < compact_revision:
+        raise RevisionCompacted(after, compact_revision)
 
 
 def check_compactable(revision: int, current: int) -> None:
@@ -105,6 +138,25 @@ class MemoryHistory:
                 break
             found = entry
         return found
+
+    def changes(self, after: int, upto: int, max_records: int) -> List[CommitResult]:
+        """The commits in C{(after, upto]}, whole, about C{max_records} changes at most."""
+        grouped: Dict[int, List[Change]] = {}
+        count = 0
+        for revision, key in self._log:
+            if revision <= after:
+                continue
+            if revision > upto or (count >= max_records and revision not in grouped):
+                break
+            kind, entry = next((v[1], v[2]) for v in self._versions[key] if v[0] == revision)
+            grouped.setdefault(revision, []).append(
+                replayed_change(kind, key, entry, self.entry_at(key, revision - 1))
+            )
+            count += 1
+        return [
+            CommitResult(revision, tuple(sorted(changes, key=lambda c: c.key.encode("utf-8"))))
+            for revision, changes in grouped.items()
+        ]
 
     def keys(self) -> List[str]:
         """Every key with a record."""

@@ -17,7 +17,10 @@ from __future__ import annotations
 import secrets
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
+from zope.interface import alsoProvides
+
 from kvtwist.errors import LeaseNotFound, LimitExceeded
+from kvtwist.interfaces import ILeasingStore
 from kvtwist.model import Check, CommitResult, Delete, Expire, Lease, Op, Put
 from kvtwist.store.rules import Table, apply_commit, final_ops
 
@@ -48,6 +51,15 @@ class LeaseTable(Protocol):
 
     def count(self) -> int:
         """How many leases are stored."""
+
+
+def grants_leases_of(wrapper: object, store: object) -> None:
+    """
+    Declare that C{wrapper} provides L{ILeasingStore} when the C{store} it
+    wraps (and forwards lease calls to) does.
+    """
+    if ILeasingStore.providedBy(store):
+        alsoProvides(wrapper, ILeasingStore)
 
 
 def new_lease_id() -> int:

@@ -146,3 +146,12 @@ class DataShelf(shelve.Shelf):
             limit,
         )
         return [self._history_record(row) for row in rows]
+
+    def history_changes(
+        self, after: int, upto: int, max_records: int
+    ) -> List[Tuple[HistoryRecord, Optional[HistoryRecord]]]:
+        """History records after C{after} (see L{SQLiteMapping.history_changes})."""
+        return [
+            (self._history_record(row), self._history_record(previous) if previous is not None else None)
+            for row, previous in self.dict.history_changes(after, upto, max_records)
+        ]

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -35,15 +36,29 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import FutureRevision, KVError, StoreCorrupt, StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore
-from kvtwist.model import Check, CommitResult, Entry, Op, Page
+from kvtwist.errors import (
+    ConflictError,
+    FutureRevision,
+    InsufficientStorage,
+    KVError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore, IWorkInFlight
+from kvtwist.model import Change, Check, CommitResult, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
-from kvtwist.store.history import PUT, check_compactable, check_readable
+from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
+from kvtwist.store.history import (
+    PUT,
+    check_compactable,
+    check_readable,
+    check_replayable,
+    replayed_change,
+)
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import count_delta, live
 from kvtwist.store.shelf import DataShelf, HistoryRecord
-from kvtwist.store.sqlitemap import SQLiteMapping
+from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
 #: The file name of the shelf inside the data directory.
 DATA_FILE = "kvcache.sqlite3"
@@ -226,17 +241,69 @@ def check_data_dir(directory: str) -> int:
     reactor starts, so a damaged store stops startup with a message.
 
     @raise StoreCorrupt: if the data is damaged or unreadable.
+    @raise DataDirectoryBusy: if another process owns the directory.
+    """
+    with _locked(directory):
+        shelf = DataShelf(_open_mapping(directory, check_integrity=True))
+        try:
+            return _read_revision(shelf)
+        finally:
+            shelf.close()
+
+
+def _open_mapping(directory: str, check_integrity: bool) -> SQLiteMapping:
+    """
+    The data file of C{directory}, opened (the caller holds the lock).
+
+    @raise StoreCorrupt: if the data is damaged or unreadable.
     """
     try:
-        path = open_data_dir(directory)
-        mapping = SQLiteMapping(path, check_integrity=True)
+        return SQLiteMapping(open_data_dir(directory), check_integrity=check_integrity)
     except OSError as e:
-        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
-    shelf = DataShelf(mapping)
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
+
+
+def _write_failure(
+    error: BaseException, what: str, directory: str, other=StoreUnavailable
+) -> KVError:
+    """
+    The domain error for a write into C{directory} that failed with
+    C{error}: itself if it is one, L{InsufficientStorage} for a full disk,
+    else C{other}; C{what} says what could not be done.
+    """
+    if isinstance(error, KVError):
+        return error
+    if is_disk_full(error, directory):
+        return InsufficientStorage("%s: disk full (%s)" % (what, error))
+    return other("%s: %s" % (what, error))
+
+
+def hold_data_dir(directory: str) -> DataDirectoryLock:
+    """
+    Take (or share, within this process) C{directory}'s lock; see
+    L{kvtwist.store.datalock}.
+
+    @raise DataDirectoryBusy: if another process owns the directory.
+    @raise StoreCorrupt: if the directory or its lock file cannot be made.
+    """
     try:
-        return _read_revision(shelf)
+        return lock_data_dir(directory)
+    except OSError as e:
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
+
+
+@contextmanager
+def _locked(directory: str) -> Iterator[DataDirectoryLock]:
+    """Hold C{directory}'s lock for the block (L{hold_data_dir})."""
+    lock = hold_data_dir(directory)
+    try:
+        yield lock
     finally:
-        shelf.close()
+        lock.release()
 
 
 def _read_compact_revision(shelf: DataShelf) -> int:
@@ -272,29 +339,29 @@ def _collect_page(
     revision: int,
     after: Optional[str],
     limit: int,
+    max_bytes: Optional[int],
     now: float,
 ) -> Page:
     """
-    One page of at most C{limit} live entries after C{after}: C{fetch(cursor,
-    count)} gives up to C{count} C{(key, entry or None)} in key order after
-    C{cursor}; absent and expired ones are skipped, fetching on as needed.
+    One page (L{PageBuilder}: C{limit} entries, C{max_bytes}) of the live
+    entries after C{after}: C{fetch(cursor, count)} gives up to C{count}
+    C{(key, entry or None)} in key order after C{cursor}; absent (a history
+    tombstone) and expired ones are skipped, fetching on as needed.
     """
-    entries: List[Entry] = []
-    more = False
+    builder = PageBuilder(limit, max_bytes, now)
     cursor = after
-    while not more:
-        rows = fetch(cursor, limit + 1)
+    reading = True
+    while reading:
+        batch = builder.batch()
+        rows = fetch(cursor, batch)
         for key, entry in rows:
             cursor = key
-            if entry is None or not entry.is_live(now):
-                continue
-            if len(entries) == limit:
-                more = True
+            if entry is not None and not builder.take(entry):
+                reading = False
                 break
-            entries.append(entry)
-        if len(rows) < limit + 1:
+        if len(rows) < batch:
             break
-    return Page(revision, tuple(entries), more)
+    return builder.page(revision)
 
 
 #: One change to apply on the store thread: C{(keys, change)}, where
@@ -309,7 +376,16 @@ _Work = Tuple[Sequence[str], Callable[["_ShelfTable", _ShelfLeases, int, float],
 _PendingCommit = Tuple[_Work, Deferred, int]
 
 
-@implementer(IHistoricalStore, ILeasingStore)
+def _op_count(work: _Work) -> int:
+    """How many keys a queued change names (a commit's ops and checks; none for a lease change)."""
+    return len(work[0])
+
+
+def _commits(count: int, ops: int) -> str:
+    return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
+
+
+@implementer(IHistoricalStore, ILeasingStore, IWorkInFlight)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -339,6 +415,7 @@ class ShelveStore:
         self._pool = threadpool
         self._check_integrity = check_integrity
         self._shelf: Optional[DataShelf] = None
+        self._lock: Optional[DataDirectoryLock] = None
         self._open = False
         self._queue: List[_PendingCommit] = []
         self._flushing: Optional[Deferred] = None
@@ -356,13 +433,37 @@ class ShelveStore:
         #: more (the group-commit promise, measured); for metrics.
         self.syncs_waited_observer: Optional[Callable[[int], None]] = None
         self._trips_done = 0
+        #: Commits and ops of the group commit on the store thread now.
+        self._trip_size: Optional[Tuple[int, int]] = None
+        #: Reads sent to the store thread and not answered yet.
+        self._reads = 0
+        self._closing = False
 
     # -- reactor thread --------------------------------------------------
 
     def _run(self, function, *args) -> Deferred:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        self._reads += 1
+
+        def answered(result: object) -> object:
+            self._reads -= 1
+            return result
+
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(answered)
+
+    def work_in_flight(self) -> str:
+        parts: List[str] = []
+        if self._trip_size is not None:
+            parts.append("a group of %s on the store thread" % (_commits(*self._trip_size),))
+        if self._queue:
+            queued_ops = sum(_op_count(work) for work, _, _ in self._queue)
+            parts.append("%s queued" % (_commits(len(self._queue), queued_ops),))
+        if self._reads:
+            parts.append("%d read%s" % (self._reads, "" if self._reads == 1 else "s"))
+        if self._closing:
+            parts.append("closing the store file")
+        return " and ".join(parts) or "nothing"
 
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
@@ -386,10 +487,12 @@ class ShelveStore:
         # already queued still finish before the shelf closes.
         self._open = False
         d = Deferred.fromCoroutine(self._drain())
-        d.addCallback(
-            lambda _: deferToThreadPool(self._reactor, self._pool, self._sync_close)
-        )
-        return d
+
+        def close_file(_: object) -> Deferred:
+            self._closing = True
+            return deferToThreadPool(self._reactor, self._pool, self._sync_close)
+
+        return d.addCallback(close_file)
 
     async def _drain(self) -> None:
         while self._flushing is not None:
@@ -401,22 +504,37 @@ class ShelveStore:
     def get_many(self, keys: Iterable[str]) -> Deferred:
         return self._run(self._sync_get_many, list(keys), self.clock.seconds())
 
-    def list(self, prefix: str, after: Optional[str], limit: int) -> Deferred:
-        return self._run(self._sync_list, prefix, after, limit, self.clock.seconds())
+    def list(
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self._run(self._sync_list, prefix, after, limit, max_bytes, self.clock.seconds())
 
     def get_at(self, key: str, revision: int) -> Deferred:
-        return self._read_at(self._sync_get_at, key, revision, self.clock.seconds())
+        return self._read_at(revision, self._sync_get_at, key, revision, self.clock.seconds())
 
-    def list_at(self, prefix: str, after: Optional[str], limit: int, revision: int) -> Deferred:
-        return self._read_at(self._sync_list_at, prefix, after, limit, revision, self.clock.seconds())
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        return self._read_at(
+            revision, self._sync_list_at, prefix, after, limit, revision, max_bytes,
+            self.clock.seconds(),
+        )
 
-    def _read_at(self, function, *args) -> Deferred:
+    def _read_at(self, revision: int, function, *args) -> Deferred:
         # A revision not acknowledged yet is the future even if the store
         # thread has written it; compaction is checked on the thread.
-        revision = args[-2]
         if revision > self.revision:
             return fail(FutureRevision(revision, self.revision))
         return self._run(function, *args)
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        # Only acknowledged commits are replayed.
+        return self._run(self._sync_changes, after, min(upto, self.revision), max_records)
 
     def compact(self, revision: int, max_records: int) -> Deferred:
         try:
@@ -434,7 +552,14 @@ class ShelveStore:
         return self._run(self._sync_compact, revision, max_records).addCallback(compacted)
 
     def ping(self) -> Deferred:
-        return self._run(self._sync_ping)
+        d = self._run(self._sync_ping)
+
+        def failed(reason: Failure) -> Failure:
+            return Failure(
+                _write_failure(reason.value, "the store cannot write", self.directory)
+            )
+
+        return d.addErrback(failed)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -499,6 +624,7 @@ class ShelveStore:
         batch, self._queue = self._queue, []
         flushing: Deferred = Deferred()
         self._flushing = flushing
+        self._trip_size = (len(batch), sum(_op_count(work) for work, _, _ in batch))
         d = deferToThreadPool(
             self._reactor,
             self._pool,
@@ -530,15 +656,16 @@ class ShelveStore:
                 waiter.callback(outcome)
 
         def failed(reason: Failure) -> None:
-            error = reason.value
-            if not isinstance(error, KVError):
-                error = StoreUnavailable("the commit could not be written: %s" % (error,))
+            error = _write_failure(
+                reason.value, "the commit could not be written", self.directory
+            )
             waited()
             for _, waiter, _ in batch:
                 waiter.errback(Failure(error))
 
         def next_trip(_: object) -> None:
             self._trips_done += 1
+            self._trip_size = None
             self._flushing = None
             flushing.callback(None)
             self._flush()
@@ -553,13 +680,14 @@ class ShelveStore:
         its revision, how many keys it holds, its compact revision, how
         many history records it keeps and how many leases it holds.
         """
+        # Held until the shelf closes: no other process writes the file.
+        lock = hold_data_dir(self.directory)
         try:
-            path = open_data_dir(self.directory)
-            mapping = SQLiteMapping(path, check_integrity=self._check_integrity)
-        except OSError as e:
-            raise StoreCorrupt(
-                "cannot open the data directory %s: %s" % (self.directory, e)
-            )
+            mapping = _open_mapping(self.directory, self._check_integrity)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
         self._shelf = DataShelf(mapping)
         revision = _read_revision(self._shelf)
         compact_revision = self._sync_prepare_history(revision)
@@ -610,8 +738,13 @@ class ShelveStore:
     def _sync_close(self) -> None:
         """Store thread: close the shelf (its file is then marked clean)."""
         if self._shelf is not None:
-            self._shelf.close()
-            self._shelf = None
+            try:
+                self._shelf.close()
+            finally:
+                self._shelf = None
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
 
     def _sync_get(self, key: str, now: float) -> Optional[Entry]:
         """Store thread: read one live entry."""
@@ -631,7 +764,7 @@ class ShelveStore:
         return found
 
     def _sync_list(
-        self, prefix: str, after: Optional[str], limit: int, now: float
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int], now: float
     ) -> Page:
         """Store thread: one page of live entries, read at one revision."""
         shelf = self._sync_shelf()
@@ -645,7 +778,7 @@ class ShelveStore:
 
         with shelf.dict.snapshot():
             revision = _read_revision(shelf)
-            return _collect_page(fetch, revision, after, limit, now)
+            return _collect_page(fetch, revision, after, limit, max_bytes, now)
 
     def _sync_check_readable(self, revision: int) -> None:
         """Store thread, in a snapshot: refuse a compacted revision."""
@@ -660,7 +793,13 @@ class ShelveStore:
             return live(_history_entry(shelf.history_at(key, revision)), now)
 
     def _sync_list_at(
-        self, prefix: str, after: Optional[str], limit: int, revision: int, now: float
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int],
+        now: float,
     ) -> Page:
         """Store thread: one page of the entries live as of C{revision}."""
         shelf = self._sync_shelf()
@@ -673,7 +812,20 @@ class ShelveStore:
 
         with shelf.dict.snapshot():
             self._sync_check_readable(revision)
-            return _collect_page(fetch, revision, after, limit, now)
+            return _collect_page(fetch, revision, after, limit, max_bytes, now)
+
+    def _sync_changes(self, after: int, upto: int, max_records: int) -> List[CommitResult]:
+        """Store thread: the commits in C{(after, upto]} from the history, whole."""
+        shelf = self._sync_shelf()
+        grouped: Dict[int, List[Change]] = {}
+        with shelf.dict.snapshot():
+            check_replayable(after, _read_compact_revision(shelf))
+            for record, previous in shelf.history_changes(after, upto, max_records):
+                key, revision, kind, _ = record
+                grouped.setdefault(revision, []).append(
+                    replayed_change(kind, key, _history_entry(record), _history_entry(previous))
+                )
+        return [CommitResult(revision, tuple(changes)) for revision, changes in grouped.items()]
 
     def _sync_compact(self, revision: int, max_records: int) -> Tuple[int, int]:
         """
@@ -708,7 +860,7 @@ class ShelveStore:
         return self._sync_shelf().dict.due_leases(now, limit)
 
     def _sync_ping(self) -> None:
-        """Store thread: a trivial write-transaction round trip."""
+        """Store thread: a small durable write (L{SQLiteMapping.ping})."""
         self._sync_shelf().dict.ping()
 
     def _sync_commit_group(

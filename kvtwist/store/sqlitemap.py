@@ -7,7 +7,9 @@ after C{kill -9} in up to 94 of 200 runs; 3.13's C{dbm.sqlite3} splits
 batches and its files do not open on 3.11. This module gives the shelf what
 it lacks: WAL with C{synchronous=FULL}, explicit transactions (one
 C{BEGIN IMMEDIATE ... COMMIT} per group of commits), ordered range scans, and
-a CRC on every row so a damaged value is refused, never served.
+a CRC on every row so a damaged value is refused, never served. The file is
+opened in exclusive locking mode (one connection, no mapped C{-shm}), and a
+full disk is told apart from damage (L{is_disk_full}).
 
 Everything here runs on the store thread only (the connection enforces it
 with C{check_same_thread}).
@@ -15,14 +17,16 @@ with C{check_same_thread}).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import stat
 import time
 import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import InsufficientStorage, StoreCorrupt, StoreUnavailable
 from kvtwist.store.history import KIND_CODES, PUT, step_end
 
 #: Written into the SQLite header so a random database is not taken for ours.
@@ -88,6 +92,71 @@ def _history_crc(key: bytes, revision: int, kind: int, record: Optional[bytes]) 
     return _crc(key, b"%d:%d:" % (revision, kind) + (record or b""))
 
 
+def _out_of_space(path: str) -> bool:
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
+    """
+    Whether C{error} says the file system is out of space (or the owner's
+    quota): SQLite's C{SQLITE_FULL}, C{ENOSPC} or C{EDQUOT} from the OS,
+    or, with the C{path} written to, an SQLite I/O error while that file
+    system has no space left (SQLite reports some failed writes, such as
+    growing a file, as plain I/O errors).
+    """
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and newer
+    if code is None:
+        if "disk is full" in str(error):
+            return True
+        io_error = "disk I/O error" in str(error)
+    else:
+        if code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        io_error = code & 0xFF == sqlite3.SQLITE_IOERR
+    return io_error and path is not None and _out_of_space(path)
+
+
+#: The files SQLite keeps next to the database in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
+
+
+def check_writable(path: str) -> None:
+    """
+    Refuse a store whose file, write-ahead log or shared-memory file exists
+    but is not a regular file this process can open for writing: an
+    immutable file (C{chattr +i}, which stops root too), a directory, a
+    read-only mount. SQLite would otherwise fail with a misleading
+    "readonly database", or die of SIGBUS touching a mapped C{-shm} it
+    cannot write.
+
+    @raise StoreUnavailable: naming the file and what is wrong with it.
+    """
+    for name in (path,) + tuple(path + suffix for suffix in SIDE_FILES):
+        try:
+            mode = os.lstat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise StoreUnavailable(
+                "%s is not a regular file; kvcache must be able to write it" % (name,)
+            )
+        try:
+            os.close(os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError as e:
+            raise StoreUnavailable(
+                "%s cannot be opened for writing (%s); kvcache must be able to "
+                "write it: is it immutable (lsattr, chattr -i), owned by another "
+                "user, or on a read-only mount?" % (name, e.strerror or e)
+            )
+
+
 def _crc(key: bytes, value: bytes) -> int:
     # The key is folded in so a row whose value was swapped with another's
     # is caught as well as a flipped byte.
@@ -137,6 +206,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
 
     def __init__(self, path: str, check_integrity: bool = True) -> None:
         self.path = path
+        check_writable(path)
         wal_existed = os.path.exists(path + "-wal")
         created = not os.path.exists(path)
         if created:
@@ -155,6 +225,16 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self._setup(check_integrity, wal_existed)
         except sqlite3.DatabaseError as e:
             self._close_quietly()
+            if is_disk_full(e, os.path.dirname(path) or "."):
+                # Opening writes (the shutdown mark, a checkpoint): a full
+                # disk is not damage.
+                raise InsufficientStorage(
+                    "%s: disk full (%s); free space on its file system and "
+                    "start again" % (path, e)
+                )
+            if "database is locked" in str(e):
+                # Exclusive locking: another connection has the file open.
+                raise StoreUnavailable("%s is in use by another connection (%s)" % (path, e))
             raise StoreCorrupt("%s: not a readable kvtwist store (%s)" % (path, e))
         except StoreCorrupt:
             self._close_quietly()
@@ -168,6 +248,12 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
 
     def _setup(self, check_integrity: bool, wal_existed: bool) -> None:
         db = self._db
+        # Before the first read: in exclusive locking mode SQLite keeps the
+        # WAL index in its own memory instead of mapping the -shm file, so
+        # no -shm (made immutable or truncated by someone, even while we
+        # run) can kill the process with SIGBUS. One connection at a time
+        # uses the file anyway (the data directory's lock sees to that).
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -269,7 +355,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self._count_leases()
             raise
         started = time.perf_counter()
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # SQLite rolls back by itself on most failed COMMITs (a full
+            # disk); make sure, so the next write can BEGIN again.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         timing.sync_seconds = time.perf_counter() - started
 
     @contextmanager
@@ -446,6 +539,56 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         params.append(limit)
         return [self._checked_history(row) for row in self._db.execute(sql, params)]
 
+    def _step(self, lower: int, target: int, max_records: int) -> int:
+        """
+        Where a walk of the history in revision order from C{lower}
+        towards C{target} stops after about C{max_records} rows (see
+        L{kvtwist.store.history.step_end}).
+        """
+        db = self._db
+        first = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1",
+            (lower,),
+        ).fetchone()
+        beyond = db.execute(
+            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1 OFFSET ?",
+            (lower, max_records),
+        ).fetchone()
+        return step_end(
+            target,
+            beyond[0] if beyond is not None else None,
+            first[0] if first is not None else None,
+        )
+
+    def history_changes(
+        self, after: int, upto: int, max_records: int
+    ) -> List[Tuple[HistoryRow, Optional[HistoryRow]]]:
+        """
+        The history rows after C{after} up to C{upto}, whole revisions,
+        about C{max_records} at most, in revision then key order: each with
+        its key's row before it (L{None} if none is kept).
+        """
+        end = self._step(after, upto, max_records)
+        rows = self._db.execute(
+            """
+            SELECT h.key, h.revision, h.kind, h.record, h.crc,
+                   p.key, p.revision, p.kind, p.record, p.crc
+            FROM history AS h LEFT JOIN history AS p ON p.key = h.key AND p.revision = (
+                SELECT max(revision) FROM history WHERE key = h.key AND revision < h.revision
+            )
+            WHERE h.revision > ? AND h.revision <= ?
+            ORDER BY h.revision, h.key
+            """,
+            (after, end),
+        )
+        return [
+            (
+                self._checked_history(row[:5]),
+                self._checked_history(row[5:]) if row[5] is not None else None,
+            )
+            for row in rows
+        ]
+
     def history_count(self) -> int:
         """How many history rows are kept."""
         return self._db.execute("SELECT count(*) FROM history").fetchone()[0]
@@ -461,23 +604,10 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         transaction. Returns the new compact revision and how many rows
         were removed.
         """
-        db = self._db
-        first = db.execute(
-            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1",
-            (lower,),
-        ).fetchone()
-        beyond = db.execute(
-            "SELECT revision FROM history WHERE revision > ? ORDER BY revision LIMIT 1 OFFSET ?",
-            (lower, max_records),
-        ).fetchone()
-        end = step_end(
-            target,
-            beyond[0] if beyond is not None else None,
-            first[0] if first is not None else None,
-        )
+        end = self._step(lower, target, max_records)
         # Per key changed in (lower, end]: every older row, and its last
         # row in the step if that is a tombstone.
-        removed = db.execute(
+        removed = self._db.execute(
             """
             DELETE FROM history WHERE (key, revision) IN (
                 SELECT h.key, h.revision FROM history AS h JOIN (
@@ -576,9 +706,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, value))
 
     def ping(self) -> None:
-        """Prove the file is readable and writable, changing nothing."""
+        """
+        Prove a write can be made durable now: rewrite the shutdown mark
+        (already "dirty" while open) in a synced transaction. Its page goes
+        to the write-ahead log like a commit's, so a full or failing disk
+        fails it as it fails commits; no data changes.
+        """
         with self.transaction():
-            self._db.execute("SELECT count(*) FROM state").fetchone()
+            self._mark("dirty")
 
     def close(self) -> None:
         """Mark a clean shutdown, checkpoint, and close the file (once)."""

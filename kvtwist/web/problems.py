@@ -17,8 +17,9 @@ from kvtwist.errors import (
     Unauthorized,
     HistoryGone,
     HistoryUnsupported,
-    HostNotAllowed,
     RevisionCompacted,
+    HostNotAllowed,
+    InsufficientStorage,
     InvalidInput,
     KeyNotFound,
     LeaseNotFound,
@@ -97,6 +98,8 @@ def status_for(error: KVError) -> int:
         return 501
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
+    if isinstance(error, InsufficientStorage):
+        return 507
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400

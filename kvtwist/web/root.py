@@ -22,15 +22,16 @@ from twisted.web.server import Request
 from kvtwist.auth import ANYONE, Authorizer
 from kvtwist.events import ChangeHub
 from kvtwist.errors import Unauthorized
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.interfaces import ITransactionManager
 from kvtwist.transactions import TransactionManager
-from kvtwist.web.resource import NOT_FOUND, KVResource, Refused, json_response
+from kvtwist.web.resource import NOT_FOUND, KVResource, Refused, Response, json_response
 from kvtwist.web.browsers import BrowserGuard, BrowserPolicy
 from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
+from kvtwist.web.v1.compact import Compact, history_state
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.lease import LeaseCollection
 from kvtwist.web.v1.txn import TransactionCollection
@@ -65,9 +66,18 @@ class LimitsResource(V1Resource):
     route = "/v1/limits"
 
     def render_GET(self, request: Request) -> int:
-        return self.respond(
-            request, lambda request: json_response(200, self.context.limits.as_dict())
-        )
+        return self.respond(request, self._limits)
+
+    def _limits(self, request: Request) -> Response:
+        limits = self.context.limits.as_dict()
+        store = self.context.store
+        if IHistoricalStore.providedBy(store):
+            limits["history"] = history_state(store)
+        else:
+            # Compaction settings mean nothing to a store without history.
+            for name in ("history_retention", "compact_batch", "compact_interval"):
+                limits.pop(name, None)
+        return json_response(200, limits)
 
 
 def make_root(
@@ -110,7 +120,7 @@ def make_root(
     root.putChild(b"commit", SeedCommit(seed))
 
     if hub is None:
-        hub = ChangeHub(store, limits.watch_history)
+        hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
     context = V1Context(
         store, transactions, limits, clock, hub, random or _random.random, watchers
     )
@@ -120,6 +130,7 @@ def make_root(
     v1.putChild(b"batch", Batch(context))
     v1.putChild(b"lease", LeaseCollection(context))
     v1.putChild(b"limits", LimitsResource(context))
+    v1.putChild(b"compact", Compact(context))
     v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():

@@ -1,7 +1,7 @@
 /**
  * Follows /v1/watch (Server-Sent Events) with fetch() streaming rather than
  * EventSource: EventSource cannot send the Authorization header. Reconnects
- * after a drop, resuming after the last event id it saw (?after=), and
+ * after a drop, resuming after the last whole commit it saw (?after=), and
  * starts again from "now" when the server says that point is gone (410).
  */
 
@@ -54,8 +54,12 @@ export class Watcher {
         });
         this.onState("on");
         await this.read(response.body, signal, (event) => {
-          if (event.id !== null) after = event.id;
-          this.onEvent(event);
+          // Resume after whole commits only: every event but the last of a
+          // commit says more_in_commit. A progress event is a resume point
+          // (the stream is complete up to its id), not a change.
+          const partial = event.data && event.data.more_in_commit;
+          if (event.id !== null && !partial) after = event.id;
+          if (event.type !== "progress") this.onEvent(event);
         });
       } catch (error) {
         if (signal.aborted) return;

@@ -119,8 +119,19 @@ class KeyCollection(V1Resource):
         if revision is not None:
             historical(store)
         # Only what the token may read is listed, so the cursor, the last
-        # key listed, never names a key the token may not read.
-        listing = list_readable(store, token, prefix, after, limit, revision)
+        # key listed, never names a key the token may not read. A page also
+        # ends at max_list_bytes of keys and values, so one request can
+        # neither hold a thousand large values in memory nor encode them on
+        # the reactor thread in one go.
+        listing = list_readable(
+            store,
+            token,
+            prefix,
+            after,
+            limit,
+            self.context.limits.max_list_bytes,
+            revision,
+        )
         return ensureDeferred(listing).addCallback(page_response)
 
 

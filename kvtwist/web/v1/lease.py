@@ -20,13 +20,14 @@ C{keys} list only the keys the token may read.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, Token, principal_of
-from kvtwist.errors import Forbidden, InvalidInput
+from kvtwist.errors import Forbidden, InvalidInput, LeaseNotFound
 from kvtwist.model import Lease
 from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
@@ -57,12 +58,13 @@ class LeaseCollection(V1Resource):
     route = "/v1/lease"
 
     def getChild(self, path: bytes, request: Request) -> Resource:
+        if not path:
+            return super().getChild(path, request)
         try:
             lease_id = parse_lease_id(path.decode("ascii", "replace"))
         except InvalidInput:
-            return super().getChild(path, request)
-        if lease_id is None:
-            return super().getChild(path, request)
+            # No lease has that id: each method answers 404, others 405.
+            lease_id = None
         return LeaseResource(self.context, lease_id)
 
     def render_POST(self, request: Request) -> int:
@@ -94,11 +96,22 @@ class LeaseCollection(V1Resource):
 
 
 class LeasePart(V1Resource):
-    """A resource about one lease."""
+    """A resource about one lease (L{None}: a segment that is no lease id)."""
 
-    def __init__(self, context: V1Context, lease_id: int) -> None:
+    def __init__(self, context: V1Context, lease_id: Optional[int]) -> None:
         super().__init__(context)
-        self.lease_id = lease_id
+        self._lease_id = lease_id
+
+    @property
+    def lease_id(self) -> int:
+        """
+        The lease's id.
+
+        @raise LeaseNotFound: for a segment that is no lease id.
+        """
+        if self._lease_id is None:
+            raise LeaseNotFound(None)
+        return self._lease_id
 
 
 class LeaseResource(LeasePart):
@@ -108,7 +121,7 @@ class LeaseResource(LeasePart):
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if path == b"keepalive" and not request.postpath:
-            return LeaseKeepalive(self.context, self.lease_id)
+            return LeaseKeepalive(self.context, self._lease_id)
         return super().getChild(path, request)
 
     def render_GET(self, request: Request) -> int:

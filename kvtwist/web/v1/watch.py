@@ -5,6 +5,21 @@ Server-Sent Events stream C{GET /v1/watch?prefix=P}.
 Both subscribe to the L{kvtwist.events.ChangeHub}, count against
 C{Limits.max_watchers}, and release everything the moment the client goes
 away (C{notifyFinish}).
+
+Resuming a stream (C{Last-Event-ID}, C{?after=}): on a store that keeps
+history (L{kvtwist.interfaces.IHistoricalStore}) the events missed are
+replayed from the store's history, so a resume works across restarts and
+is refused (410) only for a compacted revision; the stream subscribes to
+the live feed first, holds what arrives while it replays, and sends it
+after, so nothing is missed or sent twice. On other stores the change
+feed's bounded in-memory history is the source.
+
+The wire: C{id:} is the revision; the events of one commit go out
+together, every one but the last carrying C{"more_in_commit": true}, so a
+client knows when a commit has arrived whole and may resume from it.
+Heartbeats are C{progress} events whose C{id:} is the revision the stream
+has delivered everything up to (on a quiet prefix, the store's), a fresh
+resume point.
 """
 
 from __future__ import annotations
@@ -14,17 +29,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from kvtwist.auth import principal_of
-from kvtwist.errors import InvalidInput, KVError, LimitExceeded
+from kvtwist.errors import HistoryGone, InvalidInput, KVError, LimitExceeded
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import parse_revision
-from kvtwist.events import Event
-from kvtwist.web.v1.base import V1Context, V1Resource, flag_arg, query_arg, value_fields
+from kvtwist.events import Event, commit_events
+from kvtwist.web.v1.base import V1Context, V1Resource, describe, flag_arg, query_arg, value_fields
+
+log = Logger()
 
 #: Values larger than this are left out of events even with values=1.
 MAX_EVENT_VALUE = 64 * 1024
+#: History records read per trip to the store while a stream replays.
+REPLAY_BATCH = 1000
 
 
 class WatcherCount:
@@ -102,8 +123,11 @@ async def wait_for_change(
         release()
 
 
-def event_data(event: Event, with_values: bool) -> Dict[str, Any]:
-    """The JSON C{data} of one event."""
+def event_data(event: Event, with_values: bool, with_previous: bool = False) -> Dict[str, Any]:
+    """
+    The JSON C{data} of one event; with C{with_previous}, C{prev}: the key's
+    metadata and value before the change (L{None} if it did not exist).
+    """
     data: Dict[str, Any] = {"key": event.key, "revision": event.revision}
     entry = event.entry
     if entry is not None:
@@ -114,80 +138,208 @@ def event_data(event: Event, with_values: bool) -> Dict[str, Any]:
         )
         if with_values and len(entry.value) <= MAX_EVENT_VALUE:
             data.update(value_fields(entry.value, entry.content_type))
+    if with_previous:
+        previous = event.previous
+        data["prev"] = (
+            describe(previous, len(previous.value) <= MAX_EVENT_VALUE)
+            if previous is not None
+            else None
+        )
     return data
 
 
-def encode_events(events: List[Event], with_values: bool) -> bytes:
-    """Server-Sent Events frames for C{events}."""
-    frames = []
-    for event in events:
-        data = json.dumps(event_data(event, with_values), ensure_ascii=False)
-        frames.append(
-            "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
-        )
-    return "".join(frames).encode("utf-8")
+def encode_event(
+    event: Event, with_values: bool, with_previous: bool = False, more_in_commit: bool = False
+) -> bytes:
+    """
+    The Server-Sent Events frame of one event; C{more_in_commit} when
+    another event of its commit follows it.
+    """
+    document = event_data(event, with_values, with_previous)
+    if more_in_commit:
+        document["more_in_commit"] = True
+    data = json.dumps(document, ensure_ascii=False)
+    return (
+        "id: %d\nevent: %s\ndata: %s\n\n" % (event.revision, event.kind, data)
+    ).encode("utf-8")
+
+
+def progress_frame(revision: int) -> bytes:
+    """A C{progress} event: everything up to C{revision} has been delivered."""
+    return b'id: %d\nevent: progress\ndata: {"revision": %d}\n\n' % (revision, revision)
 
 
 @implementer(IPushProducer)
 class EventStream:
     """
-    One open event stream. Writes go straight to the connection unless the
-    connection pushed back (C{pauseProducing}); then they queue, and a queue
-    beyond C{Limits.watch_buffer} bytes disconnects the slow reader rather
-    than grow without bound.
+    One open event stream, holding at most C{Limits.watch_buffer} bytes
+    that its reader has not taken.
+
+    Writes go straight to the connection unless it pushed back
+    (C{pauseProducing}); then they queue. What was written just before the
+    push-back still waits in the transport, so it counts too until the
+    transport has flushed (C{resumeProducing}). A write that would take
+    the count past the buffer cuts the reader off instead: the connection
+    is aborted, its queued bytes dropped. That holds for one commit's
+    events and for the C{?after=} backlog alike, so a commit whose events
+    alone pass the buffer disconnects every stream it reaches.
+
+    With C{replaying}, live events are held (counted against the same
+    buffer) until L{go_live}: the caller first sends the history with
+    L{send_replayed}, as fast as the reader takes it (L{drained}).
+
+    @ivar position: the revision the client has been sent everything up to.
     """
 
-    def __init__(self, request: Request, context: V1Context, matches, with_values: bool):
+    def __init__(
+        self,
+        request: Request,
+        context: V1Context,
+        matches,
+        with_values: bool,
+        with_previous: bool = False,
+        replaying: bool = False,
+        position: Optional[int] = None,
+    ):
         self._request = request
         self._context = context
+        self._matches = matches
         self._with_values = with_values
+        self._with_previous = with_previous
         self._paused = False
+        self._drained: List[Deferred] = []
         self._queued: List[bytes] = []
         self._queued_bytes = 0
-        self._closed = False
+        self._replaying = replaying
+        self._held: List[Tuple[int, bytes]] = []
+        self._held_bytes = 0
+        self.closed = False
+        self.position = position if position is not None else context.hub.position
         self._release = context.watchers.admit()
         self._subscription = context.hub.subscribe(matches, self._on_events)
         self._heartbeat = context.clock.callLater(context.limits.heartbeat, self._beat)
         request.registerProducer(self, True)
         request.notifyFinish().addBoth(self._finished)
 
+    def _encode(self, events: List[Event], room: int) -> Optional[bytes]:
+        """
+        The frames of C{events} (whole commits), or L{None} as soon as they
+        pass C{room} bytes: a long backlog is never encoded whole.
+        """
+        frames = []
+        for index, event in enumerate(events):
+            following = events[index + 1] if index + 1 < len(events) else None
+            frame = encode_event(
+                event, self._with_values, self._with_previous,
+                following is not None and following.revision == event.revision,
+            )
+            room -= len(frame)
+            if room < 0:
+                return None
+            frames.append(frame)
+        return b"".join(frames)
+
     def send(self, events: List[Event]) -> None:
-        """Send C{events} (those of one commit go out in one write)."""
-        if events:
-            self._write(encode_events(events, self._with_values))
+        """
+        Send C{events} (those of one commit go out in one write), or cut
+        the reader off as soon as their frames pass what the buffer has
+        left.
+        """
+        if not events:
+            return
+        data = self._encode(events, self._context.limits.watch_buffer - self._queued_bytes)
+        if data is None:
+            self.cut_off()
+            return
+        self._write(data)
+        self.position = max(self.position, events[-1].revision)
+
+    def send_replayed(self, revision: int, events: Tuple[Event, ...]) -> None:
+        """Send one commit read from the history (the events this stream matches)."""
+        self.send([event for event in events if self._matches(event.key)])
+        self.position = max(self.position, revision)
+
+    def go_live(self, upto: int) -> None:
+        """The history is sent up to C{upto}: send what was held, then live events."""
+        self._replaying = False
+        self.position = max(self.position, upto)
+        held, self._held, self._held_bytes = self._held, [], 0
+        for revision, data in held:
+            if revision > upto:
+                self._write(data)
+                self.position = max(self.position, revision)
+
+    def drained(self) -> Deferred:
+        """A Deferred firing once the connection takes writes (at once if it does)."""
+        d: Deferred = Deferred()
+        if self._paused and not self.closed:
+            self._drained.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def _on_events(self, revision: int, events: Tuple[Event, ...]) -> None:
-        self.send(list(events))
+        if not self._replaying:
+            self.send(list(events))
+            return
+        room = self._context.limits.watch_buffer - self._queued_bytes - self._held_bytes
+        data = self._encode(list(events), room)
+        if data is None:
+            self.cut_off()
+            return
+        self._held.append((revision, data))
+        self._held_bytes += len(data)
 
     def _beat(self) -> None:
-        self._write(b": heartbeat\n\n")
-        if not self._closed:
+        if not self._replaying:
+            # Every commit the feed has delivered reached this stream, or
+            # did not match it: the client has seen everything up to there.
+            self.position = max(self.position, self._context.hub.position)
+        self._write(progress_frame(self.position))
+        if not self.closed:
             self._heartbeat = self._context.clock.callLater(
                 self._context.limits.heartbeat, self._beat
             )
 
     def _write(self, data: bytes) -> None:
-        if self._closed:
+        if self.closed:
             return
-        if not self._paused:
-            self._request.write(data)
+        if self._queued_bytes + len(data) > self._context.limits.watch_buffer:
+            self.cut_off()
             return
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        if self._queued_bytes > self._context.limits.watch_buffer:
-            self._close()
-            transport = self._request.channel.transport if self._request.channel else None
-            if transport is not None:
-                transport.abortConnection()
+        if self._paused:
+            self._queued.append(data)
+            self._queued_bytes += len(data)
+            return
+        self._request.write(data)
+        # Pushed back during this write: the bytes wait in the transport.
+        self._queued_bytes = len(data) if self._paused else 0
+
+    def cut_off(self) -> None:
+        """
+        Disconnect the reader (too slow for its buffer, or a replay that
+        failed), dropping what it has not taken: it resumes where it was.
+        """
+        self._close()
+        transport = self._request.channel.transport if self._request.channel else None
+        if transport is not None:
+            transport.abortConnection()
 
     def pauseProducing(self) -> None:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        # The transport has flushed everything written before.
         self._paused = False
         queued, self._queued, self._queued_bytes = self._queued, [], 0
         for data in queued:
             self._write(data)
+        self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     def stopProducing(self) -> None:
         self._close()
@@ -196,14 +348,42 @@ class EventStream:
         self._close()
 
     def _close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         self._subscription.cancel()
         if self._heartbeat.active():
             self._heartbeat.cancel()
         self._queued = []
+        self._held = []
         self._release()
+        self._wake_drained()
+
+
+async def replay(stream: EventStream, store: IHistoricalStore, after: int, upto: int) -> None:
+    """
+    Send C{stream} the commits after C{after} up to C{upto} from the
+    store's history, a bounded read at a time and only as fast as the
+    client takes them, then switch it to the live events.
+    """
+    position = after
+    while position < upto and not stream.closed:
+        commits = await store.changes(position, upto, REPLAY_BATCH)
+        if not commits:
+            break
+        for commit in commits:
+            await stream.drained()
+            if stream.closed:
+                return
+            stream.send_replayed(commit.revision, commit_events(commit))
+        position = commits[-1].revision
+    if not stream.closed:
+        stream.go_live(upto)
+
+
+def _replay_failed(reason, stream: EventStream) -> None:
+    log.failure("replaying a watch from the history failed; dropping it", reason)
+    stream.cut_off()
 
 
 def resume_point(request: Request) -> Optional[int]:
@@ -224,14 +404,17 @@ def resume_point(request: Request) -> Optional[int]:
 
 
 class Watch(V1Resource):
-    """C{GET /v1/watch?prefix=P&values=1}: a Server-Sent Events stream."""
+    """C{GET /v1/watch?prefix=P&values=1&prev=1}: a Server-Sent Events stream."""
 
     route = "/v1/watch"
 
     def render_GET(self, request: Request) -> int:
+        store = self.context.store
+        from_history = IHistoricalStore.providedBy(store)
         try:
             prefix = query_arg(request, "prefix") or ""
             with_values = flag_arg(request, "values")
+            with_previous = flag_arg(request, "prev")
             resume = resume_point(request)
             token = principal_of(request)
 
@@ -239,7 +422,12 @@ class Watch(V1Resource):
                 # Streams carry only keys the token may read.
                 return key.startswith(prefix) and token.may_read(key)
 
-            backlog = self.context.hub.since(resume, matches) if resume is not None else []
+            backlog: List[Event] = []
+            if resume is not None and from_history:
+                if resume < store.compact_revision:
+                    raise HistoryGone(resume, store.compact_revision)
+            elif resume is not None:
+                backlog = self.context.hub.since(resume, matches)
             if self.context.watchers.active >= self.context.watchers.limit:
                 self.context.watchers.admit()  # raises the 429
         except KVError as error:
@@ -252,6 +440,16 @@ class Watch(V1Resource):
         # Send the headers and a reconnect hint at once, so clients know the
         # stream is open before the first event.
         request.write(b"retry: 1000\n\n")
-        stream = EventStream(request, self.context, matches, with_values)
-        stream.send(backlog)
+        upto = self.context.hub.position
+        replaying = resume is not None and from_history and resume < upto
+        stream = EventStream(
+            request, self.context, matches, with_values, with_previous,
+            replaying=replaying, position=resume,
+        )
+        if replaying:
+            Deferred.fromCoroutine(replay(stream, store, resume, upto)).addErrback(
+                _replay_failed, stream
+            )
+        else:
+            stream.send(backlog)
         return NOT_DONE_YET
