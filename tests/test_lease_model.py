@@ -90,7 +90,12 @@ class LeaseModel:
     """The program runner; subclasses make the store."""
 
     def make_store(self):
+        """A new, open, empty store timed by C{self.clock}."""
         raise NotImplementedError
+
+    def advance(self, store, seconds: float) -> None:
+        """Let C{seconds} pass on the store's clock."""
+        self.clock.advance(seconds)
 
     def store_keys(self, store) -> Dict[str, bytes]:
         page = outcome(store.list("", None, 100))
@@ -200,9 +205,6 @@ class MemoryLeaseModelTests(LeaseModel, SynchronousTestCase):
         self.clock.advance(START)
         return MemoryStore(self.clock)
 
-    def advance(self, store, seconds: float) -> None:
-        self.clock.advance(seconds)
-
     @settings(max_examples=200, deadline=None)
     @given(program=steps)
     def test_model(self, program) -> None:
@@ -224,9 +226,6 @@ class ShelveLeaseModelTests(LeaseModel, SynchronousTestCase):
     def dispose(self, store) -> None:
         outcome(store.close())
         shutil.rmtree(self.directory, True)
-
-    def advance(self, store, seconds: float) -> None:
-        self.clock.advance(seconds)
 
     @settings(max_examples=25, deadline=None)
     @given(program=steps)

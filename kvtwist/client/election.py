@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from kvtwist.client.errors import PreconditionFailedError
 from kvtwist.client.kv import put
 from kvtwist.client.lease import Lease, LeaseLost
-from kvtwist.client.lock import contenders, queue_key, wait_turn
+from kvtwist.client.lock import contenders, take_turn
 from kvtwist.client.watch import watch
 
 
@@ -104,21 +104,11 @@ class Election:
 
         @raise LeaseLost: if the lease is lost while waiting.
         """
-        await self.lease.grant()
-        try:
-            self.key = queue_key(self.name, self.lease.id)  # type: ignore[arg-type]
-            created = await put(
-                self._http, self._url, self.key, value,
-                lease=self.lease.id, if_none_match=True, token=self._token,
-            )
-            self._revision = created["mod_revision"]
-            await wait_turn(
-                self._http, self._url, self.name, self.key, created["revision"],
-                self.lease, max(1.0, self.lease.ttl), self._token,
-            )
-        except BaseException:
-            await self.lease.revoke()
-            raise
+        created = await take_turn(
+            self._http, self._url, self.name, self.lease, value, self._token
+        )
+        self.key = created["key"]
+        self._revision = created["mod_revision"]
         self._leading = True
 
     async def proclaim(self, value: bytes) -> None:

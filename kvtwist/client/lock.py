@@ -79,6 +79,33 @@ async def wait_turn(
         )
 
 
+async def take_turn(
+    http: Any, url: str, name: str, lease: Lease, value: bytes, token: Optional[str] = None
+) -> Dict[str, Any]:
+    """
+    Grant C{lease}, queue on C{name} with C{value} under it and wait until
+    first in line (the lock and election recipes' common part); the lease
+    is revoked if that fails.
+
+    @return: the queue key's L{kvtwist.client.put} result (its
+        C{revision} is the key's create revision).
+    @raise LeaseLost: if the lease is lost while waiting.
+    """
+    await lease.grant()
+    try:
+        key = queue_key(name, lease.id)  # type: ignore[arg-type]
+        created = await put(
+            http, url, key, value, lease=lease.id, if_none_match=True, token=token
+        )
+        await wait_turn(
+            http, url, name, key, created["revision"], lease, max(1.0, lease.ttl), token
+        )
+    except BaseException:
+        await lease.revoke()
+        raise
+    return created
+
+
 class Lock:
     """
     A fair lock named C{name} (a key prefix), held on a lease of C{ttl}
@@ -131,20 +158,10 @@ class Lock:
         @raise LeaseLost: if the lease is lost while waiting (the queue
             entry is then gone too).
         """
-        await self.lease.grant()
-        try:
-            self.key = queue_key(self.name, self.lease.id)  # type: ignore[arg-type]
-            created = await put(
-                self._http, self._url, self.key, self._value,
-                lease=self.lease.id, if_none_match=True, token=self._token,
-            )
-            await wait_turn(
-                self._http, self._url, self.name, self.key, created["revision"],
-                self.lease, max(1.0, self.lease.ttl), self._token,
-            )
-        except BaseException:
-            await self.lease.revoke()
-            raise
+        created = await take_turn(
+            self._http, self._url, self.name, self.lease, self._value, self._token
+        )
+        self.key = created["key"]
         self.fencing_revision = created["revision"]
         return self
 
