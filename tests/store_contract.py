@@ -20,6 +20,7 @@ from kvtwist.errors import (
     ConflictError,
     FutureRevision,
     LeaseNotFound,
+    LeasesUnsupported,
     LimitExceeded,
     RevisionCompacted,
     StoreUnavailable,
@@ -558,6 +559,8 @@ class StoreContract(ExpectFailure):
         store = await self.make_store()
         if not self.grants_leases:
             self.assertFalse(ILeasingStore.providedBy(store))
+            # A put naming a lease is refused, never applied without it.
+            await self.expect(LeasesUnsupported, store.commit([Put("a", b"1", lease=5)]))
             return None
         return store
 

@@ -178,7 +178,13 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.errors import (
+    ConflictError,
+    LeasesUnsupported,
+    LimitExceeded,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import (
     Change,
@@ -918,6 +924,10 @@ class EtcdStore:
         self, ops: List[Op], checks: List[Check], rider: Optional["Rider"] = None
     ) -> CommitResult:
         final = final_ops(ops)
+        if any(isinstance(op, Put) and op.lease is not None for op in final.values()):
+            # This store does not provide ILeasingStore (yet): never drop a
+            # lease silently.
+            raise LeasesUnsupported()
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
