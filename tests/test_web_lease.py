@@ -8,16 +8,23 @@ task.Clock), errors, permissions, limits and metrics.
 import treq
 from twisted.internet.task import Clock
 from zope.interface import implementer_only
+from zope.interface.verify import verifyObject
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
-from kvtwist.interfaces import IHistoricalStore
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore
 from kvtwist.limits import Limits
+from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.store.cache import CachedStore
 from kvtwist.sweeper import Sweeper
 from kvtwist.testing import MemoryStore, memory_root
 from tests.test_watch import parse_sse
 from tests.webtest import TreeClient
+
+
+@implementer_only(IHistoricalStore)
+class PlainStore(MemoryStore):
+    """A memory store that does not claim leases."""
 
 
 class LeaseCase(SynchronousTestCase):
@@ -160,15 +167,40 @@ class LeaseRouteTests(LeaseCase):
         self.assertEqual((limits["max_leases"], limits["max_lease_ttl"]), (3, 100.0))
 
 
+class LeaseMetricsTests(LeaseCase):
+    """kvtwist_open_leases and kvtwist_lease_expirations_total."""
+
+    def test_open_leases_and_expirations(self):
+        """The gauge counts held leases (through the read cache); the counter counts leases ended at their deadline."""
+        metrics = Metrics(process=False)
+        metrics.watch(store=self.store, sweeper=self.sweeper)
+        self.grant(1)
+        self.grant(10)
+
+        def sample(name):
+            return metrics.registry.get_sample_value(name)
+
+        self.assertEqual((sample("kvtwist_open_leases"), sample("kvtwist_lease_expirations_total")), (2, 0))
+        self.clock.advance(2)
+        self.assertEqual((sample("kvtwist_open_leases"), sample("kvtwist_lease_expirations_total")), (1, 1))
+
+
+    def test_wrappers_declare_leases(self):
+        """TimedStore and CachedStore provide ILeasingStore exactly when the store they wrap does."""
+        timed = TimedStore(MemoryStore(self.clock), Metrics(process=False), self.clock)
+        self.assertTrue(verifyObject(ILeasingStore, timed))
+        self.assertTrue(verifyObject(ILeasingStore, CachedStore(timed, 1 << 20)))
+
+        plain = TimedStore(PlainStore(), Metrics(process=False), self.clock)
+        self.assertFalse(ILeasingStore.providedBy(plain))
+        self.assertFalse(ILeasingStore.providedBy(CachedStore(plain, 1 << 20)))
+
+
 class LeaseUnsupportedTests(SynchronousTestCase):
     """A store without leases answers a clear 501 problem."""
 
     def test_unsupported(self):
         """Every lease route and ?lease= answer 501 leases-unsupported on a store without leases."""
-
-        @implementer_only(IHistoricalStore)
-        class PlainStore(MemoryStore):
-            """A memory store that does not claim leases."""
 
         client = TreeClient(self, memory_root(PlainStore()))
         client.problem("POST", "/v1/lease", 501, "leases-unsupported", json_body={"ttl": 5})
