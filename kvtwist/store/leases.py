@@ -144,7 +144,9 @@ def commit(
             held(leases, op.lease, now)
     result = apply_commit(table, revision, ops, checks, now)
     for change in result.changes:
-        op = winners[change.key]
+        # A key changed by an op that names no single key (a range delete)
+        # is not in winners: it is detached like any deleted key.
+        op = winners.get(change.key)
         leases.attach(change.key, op.lease if isinstance(op, Put) else None)
     return result
 
