@@ -13,8 +13,8 @@ It uses L{kvtwist.client.Lock}, etcd's lock recipe on kvcache leases:
       lock, each other one long-polls only the key just before its own;
     - the lease is renewed every ttl/3 seconds while the worker lives; a
       worker that dies stops renewing, its lease expires and its key goes
-      with it, so the next worker takes over within the ttl (plus the
-      server's sweep interval);
+      with it, so the next worker takes over within the ttl (the
+      server's sweeper wakes at the lease's deadline);
     - the holder's key's create revision is the I{fencing revision}: it
       grows with every acquisition, so whatever the job writes can be
       stamped with it and older holders refused;

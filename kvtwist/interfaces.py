@@ -243,8 +243,8 @@ class ILeasingStore(IKeyValueStore):
     are durable: their deadline is kept in the store clock's seconds, so a
     restarted store keeps the remaining time. A lease past its deadline is
     gone for every call below, even before L{expire_lease} removed it; its
-    keys stay until then (the expiry sweeper calls it within a sweep
-    interval of the deadline).
+    keys stay until then (the expiry sweeper calls it at the deadline it
+    learns from C{next_deadline}, at worst a sweep interval later).
 
     A commit with a C{Put} whose lease is unknown or expired fails with
     L{kvtwist.errors.LeaseNotFound} and applies nothing.
@@ -252,6 +252,12 @@ class ILeasingStore(IKeyValueStore):
 
     lease_count = Attribute(
         "Leases held (granted, not yet revoked or removed by expiry). "
+        "Reactor thread, no I/O."
+    )
+
+    next_deadline = Attribute(
+        "The soonest deadline of the leases held, in the store clock's "
+        "seconds, or None without leases (so the sweeper can wake then). "
         "Reactor thread, no I/O."
     )
 

@@ -6,7 +6,8 @@ Expired keys already read as absent everywhere; the sweeper only makes the
 removal durable and visible to watchers. On a store with leases it also
 ends each lease past its deadline, its keys removed in one commit of their
 own (until then those keys still read as present: a lease's keys go all at
-once, within a sweep interval of its deadline). It runs on an injected
+once, at its deadline: between sweeps, the sweeper wakes at the soonest
+lease deadline it is told of). It runs on an injected
 L{IReactorTime}, removes at most C{Limits.sweep_batch} keys per commit,
 never runs two sweeps at once, and never blocks the reactor (every store
 call is a Deferred).
@@ -38,7 +39,16 @@ class Sweeper(BatchLoop):
 
     @property
     def interval(self) -> float:
-        return self._limits.sweep_interval
+        interval = self._limits.sweep_interval
+        if ILeasingStore.providedBy(self._store):
+            deadline = self._store.next_deadline
+            now = self._clock.seconds()
+            # Wake at the soonest lease deadline, so its keys go at once
+            # rather than up to an interval later. One already past was
+            # just swept or failed to be: wait the interval as usual.
+            if deadline is not None and deadline > now:
+                interval = min(interval, deadline - now)
+        return interval
 
     def sweep(self) -> Deferred:
         """

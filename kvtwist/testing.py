@@ -135,6 +135,10 @@ class MemoryStore:
         return self.leases.count()
 
     @property
+    def next_deadline(self) -> Optional[float]:
+        return min((deadline for _, deadline in self.leases.rows.values()), default=None)
+
+    @property
     def compact_revision(self) -> int:
         return self.history.compact_revision
 

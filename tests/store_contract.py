@@ -586,7 +586,14 @@ class StoreContract(ExpectFailure):
         shown = await store.lease(lease.id)
         self.assertEqual((shown.id, shown.keys), (lease.id, ("a", "b")))
         self.assertEqual(shown.remaining(store.clock.seconds()), 6)
-        self.assertEqual(store.lease_count, 1)
+        self.assertEqual((store.lease_count, store.next_deadline), (1, lease.deadline))
+        later = await store.grant(30, 100)
+        renewed = await store.keepalive(lease.id)
+        self.assertEqual(store.next_deadline, renewed.deadline)
+        await store.revoke(lease.id)
+        self.assertEqual(store.next_deadline, later.deadline)
+        await store.revoke(later.id)
+        self.assertIsNone(store.next_deadline)
 
     @contract
     async def test_lease_keepalive_writes_nothing(self):

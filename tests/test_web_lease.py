@@ -132,6 +132,16 @@ class LeaseRouteTests(LeaseCase):
         self.assertEqual(self.sweeper.leases_expired, 1)
         self.client.problem("GET", "/v1/kv/b", 404, "key-not-found")
 
+    def test_sweeper_wakes_at_the_deadline(self):
+        """With a 1 s sweep interval, a lease's keys go exactly at its deadline, not up to a sweep later."""
+        lease = self.grant(3.5)
+        self.put("a", lease)
+        self.clock.advance(3.49)
+        self.assertEqual(self.client.request("GET", "/v1/kv/a").status, 200)
+        self.clock.advance(0.01)
+        self.client.problem("GET", "/v1/kv/a", 404, "key-not-found")
+        self.assertEqual(self.sweeper.leases_expired, 1)
+
     def test_batch_and_transaction_attach(self):
         """A batch set and a transaction PUT attach keys; an unknown lease fails the batch."""
         lease = self.grant()

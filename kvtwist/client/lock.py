@@ -7,7 +7,7 @@ key's C{create_revision}: the lowest holds the lock; every other one
 long-polls only its predecessor's key (no thundering herd) and looks again
 when it changes or goes. A holder that dies stops renewing; its lease
 expires and its key goes with it, so the next in line takes over within
-the lease's ttl plus the server's sweep interval.
+the lease's ttl (the server's sweeper wakes at the lease's deadline).
 
 The holder's key's C{create_revision} is the lock's B{fencing revision}:
 it grows with every acquisition, so a resource guarded by the lock can

@@ -167,6 +167,10 @@ class CachedStore:
         return self.store.lease_count
 
     @property
+    def next_deadline(self) -> Optional[float]:
+        return self.store.next_deadline
+
+    @property
     def key_count(self) -> int:
         """The wrapped store's key count, where it keeps one."""
         return getattr(self.store, "key_count", 0)

@@ -410,6 +410,9 @@ class ShelveStore:
         self.compact_revision = 0
         self.history_size = 0
         self.lease_count = 0
+        #: Each lease's deadline as this store last granted or renewed it
+        #: (reactor thread), for next_deadline.
+        self._deadlines: Dict[int, float] = {}
         self._reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool = threadpool
@@ -468,14 +471,15 @@ class ShelveStore:
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
 
-        def opened(state: Tuple[int, int, int, int, int]) -> None:
+        def opened(state: Tuple[int, int, int, int, Dict[int, float]]) -> None:
             (
                 self.revision,
                 self.key_count,
                 self.compact_revision,
                 self.history_size,
-                self.lease_count,
+                self._deadlines,
             ) = state
+            self.lease_count = len(self._deadlines)
             self._open = True
 
         return d.addCallback(opened)
@@ -585,36 +589,55 @@ class ShelveStore:
         self._flush()
         return d
 
+    @property
+    def next_deadline(self) -> Optional[float]:
+        return min(self._deadlines.values(), default=None)
+
+    def _track(self, lease):
+        """Keep a granted or renewed lease's deadline for next_deadline."""
+        self._deadlines[lease.id] = lease.deadline
+        return lease
+
+    def _untrack(self, lease_id: int, outcome: object) -> object:
+        """Forget a lease that ended (a revoke, an expiry, or not found)."""
+        self._deadlines.pop(lease_id, None)
+        return outcome
+
     def grant(self, ttl: float, max_leases: int) -> Deferred:
         return self._submit(
             (), lambda table, leases, revision, now: lease_rules.grant(leases, ttl, now, max_leases)
-        )
+        ).addCallback(self._track)
 
     def keepalive(self, lease_id: int) -> Deferred:
         return self._submit(
             (), lambda table, leases, revision, now: lease_rules.renew(leases, lease_id, now)
-        )
+        ).addCallback(self._track)
 
     def lease(self, lease_id: int) -> Deferred:
         return self._run(self._sync_lease, lease_id, self.clock.seconds())
 
     def revoke(self, lease_id: int) -> Deferred:
-        return self._submit(
+        d = self._submit(
             (),
             lambda table, leases, revision, now: lease_rules.revoke(
                 table, leases, revision, lease_id, now
             ),
         )
+        return d.addCallback(lambda result: self._untrack(lease_id, result))
 
     def expired_leases(self, limit: int) -> Deferred:
         return self._run(self._sync_expired_leases, self.clock.seconds(), limit)
 
     def expire_lease(self, lease_id: int) -> Deferred:
-        return self._submit(
+        d = self._submit(
             (),
             lambda table, leases, revision, now: lease_rules.expire(
                 table, leases, revision, lease_id, now
             ),
+        )
+        # Not due (None): renewed meanwhile, its deadline is tracked already.
+        return d.addCallback(
+            lambda result: result if result is None else self._untrack(lease_id, result)
         )
 
     def _flush(self) -> None:
@@ -674,11 +697,11 @@ class ShelveStore:
 
     # -- store thread ----------------------------------------------------
 
-    def _sync_open(self) -> Tuple[int, int, int, int, int]:
+    def _sync_open(self) -> Tuple[int, int, int, int, Dict[int, float]]:
         """
         Store thread: open (creating if needed) and verify the shelf; return
         its revision, how many keys it holds, its compact revision, how
-        many history records it keeps and how many leases it holds.
+        many history records it keeps and its leases' deadlines.
         """
         # Held until the shelf closes: no other process writes the file.
         lock = hold_data_dir(self.directory)
@@ -696,7 +719,7 @@ class ShelveStore:
             mapping.count_prefix(_KEY.encode("ascii")),
             compact_revision,
             mapping.history_count(),
-            mapping.lease_count,
+            mapping.lease_deadlines(),
         )
 
     def _sync_prepare_history(self, revision: int) -> int:

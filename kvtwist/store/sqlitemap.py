@@ -687,6 +687,10 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
                 [value for row in chunk for value in row],
             )
 
+    def lease_deadlines(self) -> Dict[int, float]:
+        """Every stored lease's deadline."""
+        return dict(self._db.execute("SELECT id, deadline FROM leases"))
+
     def due_leases(self, now: float, limit: int) -> List[int]:
         """Up to C{limit} ids of leases whose deadline is at or before C{now}, soonest first."""
         return [
