@@ -21,6 +21,7 @@ import treq
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
+from kvtwist.client.lease import LeaseLost
 from kvtwist.client.lock import Lock
 
 
@@ -33,7 +34,12 @@ async def contend(reactor, url: str, name: str, path: str, ttl: float) -> None:
     with open(path, "a", buffering=1) as log:
         while True:
             lock = Lock(treq, url, name, reactor=reactor, ttl=ttl)
-            await lock.acquire()
+            try:
+                await lock.acquire()
+            except LeaseLost:
+                # A stall on a loaded machine cost the lease while waiting:
+                # queue again, as a real worker would.
+                continue
             _line(log, "S", lock.fencing_revision)
             await task.deferLater(reactor, random.uniform(0.01, 0.04))
             if lock.held:
