@@ -181,7 +181,7 @@ from twisted.web.client import (
 )
 
 import kvtwist
-from kvtwist import client, coordination_cli, dumpload
+from kvtwist import client, coordination_cli, dumpload, snapshots
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
@@ -475,6 +475,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     sub.add_argument("--wait", metavar="SECONDS", type=_wait_seconds,
                      help="hold at most this long (default: the server's, 60)")
     dumpload.add_dump_load_commands(commands, command)
+    snapshots.add_snapshot_commands(commands, command)
     coordination_cli.add_coordination_commands(command)
     return parser
 
@@ -992,6 +993,7 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "wait": (_start_wait, _show_waited),
 }
 _COMMANDS.update(dumpload.COMMANDS)
+_COMMANDS.update(snapshots.COMMANDS)
 _COMMANDS.update(coordination_cli.COMMANDS)
 
 #: A long-poll's wait when C{--wait} is not given: the server's default.
@@ -1012,6 +1014,8 @@ def _command_timeout(args: argparse.Namespace) -> float:
         return wait * 17 / 16 + _WAIT_MARGIN
     if args.command in dumpload.COMMANDS:
         return 0.0  # dump and load bound each request, not the whole run
+    if args.command in snapshots.COMMANDS:
+        return 0.0  # one streamed answer, as long as the store is large
     if args.command in coordination_cli.UNTIMED:
         return 0.0  # they run as long as their command or their leadership
     return DEFAULT_TIMEOUT

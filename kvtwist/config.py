@@ -443,6 +443,11 @@ SETTINGS: Tuple[Setting, ...] = (
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),
     _limit("max-staged-bytes", size, "Bytes staged in one queue or transaction (413 beyond)."),
+    _limit(
+        "max-staged-bytes-total",
+        size,
+        "Bytes staged by every transaction and the shared queue together (503 beyond).",
+    ),
     _limit("max-open-transactions", count, "Transactions open at once (429 beyond)."),
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
     _limit("max-leases", count, "Leases held at once (429 beyond)."),

@@ -12,15 +12,17 @@ C{value} holds a value stored with a JSON content type, as JSON; every
 other value is C{value_base64}. C{expires} is the key's expiry as the
 server reports it (RFC 3339, UTC) or C{null}.
 
-L{dump} reads the listing (C{GET /v1/kv/?values=1}) page by page. Each
-page is read at one revision, but the pages of a long listing are not: so
-L{dump} notes the revision of the first page and, if a later page was read
-at another revision (some commit happened in between), throws away what it
-has and starts again, up to C{attempts} times with a growing pause. What it
-writes is therefore exactly the store at one revision, which it returns. A
-store that is written to all the time may never hold still for a whole
-listing; the dump then fails with L{client.ConflictError}
-(C{revision-changed}) rather than write a mixture.
+L{dump} reads the listing (C{GET /v1/kv/?values=1}) page by page,
+following each page's cursor, so on a server that keeps history every page
+is read at the first page's revision however much is written meanwhile:
+what it writes is exactly the store at one revision, which it returns, and
+it never fails because of writes. On a server without history (etcd, for
+now) pages are read at their own revisions: L{dump} notes the first page's
+and, if a later page was read at another (some commit happened in
+between), throws away what it has and starts again, up to C{attempts}
+times with a growing pause (at most L{MAX_PAUSE}); a store that never holds
+still for a whole listing then fails the dump with L{client.ConflictError}
+(C{revision-changed}) rather than a mixture.
 
 By default a JSON value is written as JSON, so a dump is easy to read and
 edit, and L{load} writes it back as compact JSON: equal as JSON, but not
@@ -73,6 +75,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 
 from kvtwist import client
+from kvtwist.files import check_directory, write_whole
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -102,8 +105,17 @@ DEFAULT_BATCH = 1000
 DEFAULT_RETRIES = 3
 #: Requests a load keeps in flight while it stages a batch.
 DEFAULT_CONCURRENCY = 8
-#: Seconds before the second try of a dump or a load batch; doubled each time.
+#: Seconds before the second try of a dump or a load batch; doubled each
+#: time, up to L{MAX_PAUSE}.
 FIRST_PAUSE = 0.1
+#: The longest pause between tries: a growing pause with no cap made 30
+#: attempts wait for hours.
+MAX_PAUSE = 5.0
+
+
+def pause_before(tries: int) -> float:
+    """Seconds to wait after C{tries} failed tries (1 or more)."""
+    return min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(tries - 1, 32))
 #: What a checkpoint file says it is.
 CHECKPOINT_FORMAT = "kvtwist-load-checkpoint/1"
 #: A dump to stdout is held in memory up to this size, then in a temp file.
@@ -187,7 +199,8 @@ def _parse_time(text: str) -> float:
 
 def parse_record(line: bytes, number: int) -> Optional[Record]:
     """
-    The record on one line of a dump (L{None} for a blank line).
+    The record on one line of a dump (L{None} for a blank line, and for the
+    header and end lines of a snapshot).
 
     Fields: C{key} (a non-empty string); exactly one of C{value} (JSON) and
     C{value_base64}; C{content_type} (default C{application/json} with
@@ -207,6 +220,10 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
         raise DumpFormatError(number, "not strict JSON: %s" % (e,))
     if not isinstance(document, dict):
         raise DumpFormatError(number, "a record is a JSON object")
+    if "key" not in document and (document.get("snapshot") == "kvtwist" or document.get("end") is True):
+        # The header or end line of a snapshot (GET /v1/snapshot): its key
+        # lines are records, so a snapshot loads like a dump.
+        return None
     key = document.get("key")
     if not isinstance(key, str) or not key:
         raise DumpFormatError(number, "key must be a non-empty string")
@@ -331,7 +348,7 @@ async def _dump(
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         for attempt in range(1, attempts + 1):
             if attempt > 1 and clock is not None:
-                await deferLater(clock, FIRST_PAUSE * 2 ** (attempt - 2), lambda: None)
+                await deferLater(clock, pause_before(attempt - 1), lambda: None)
             spool.seek(0)
             spool.truncate()
             try:
@@ -397,7 +414,13 @@ async def _line(
             if "value" not in item:
                 raise
             # An inline value strict JSON cannot hold (NaN): fetch the bytes.
-    entry = await client.get_entry(http, url, item["key"], token=token)
+    try:
+        # As of the listing's revision: a write since then changes nothing.
+        entry = await client.get_entry(http, url, item["key"], revision=revision, token=token)
+    except client.KVClientError as e:
+        if e.code != "history-unsupported":
+            raise
+        entry = await client.get_entry(http, url, item["key"], token=token)
     if entry.mod_revision != item.get("mod_revision"):
         # Written after the listing's revision: this attempt is stale.
         raise _Changed(revision, entry.revision)
@@ -679,7 +702,7 @@ async def _commit_batch(
         latest[record.key] = (record, ttl)
     for attempt in range(retries + 1):
         if attempt:
-            await deferLater(clock, FIRST_PAUSE * 2 ** (attempt - 1), lambda: None)
+            await deferLater(clock, pause_before(attempt), lambda: None)
         txn = await client.begin(http, url, token=token)
         try:
             await _stage_all(txn, list(latest.values()), concurrency)
@@ -916,28 +939,12 @@ def start_dump(inv: Any) -> Deferred:
             return dict(result, file=None)
 
         return d.addCallback(written)
-    directory = os.path.dirname(os.path.abspath(args.file))
-    if not os.path.isdir(directory):
-        raise ValueError("cannot write %s: no such directory" % (args.file,))
+    check_directory(args.file)
     return Deferred.fromCoroutine(_dump_to_file(http, inv.url, args.file, options))
 
 
 async def _dump_to_file(http: Any, url: str, path: str, options: Dict[str, Any]) -> Dict[str, Any]:
-    fd, temporary = tempfile.mkstemp(
-        prefix=".%s." % (os.path.basename(path),), dir=os.path.dirname(os.path.abspath(path))
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            result = await dump(http, url, f, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    result = await write_whole(path, lambda f: dump(http, url, f, **options))
     return dict(result, file=path)
 
 

@@ -2210,31 +2210,31 @@ class WatchMemoryTests(WatchTestMixin, SynchronousTestCase):
         self.assertEqual(self.tap.streams()[-1].getHeader(b"last-event-id"), b"1")
         self.assertEqual(keys_of(self.events), [(2, "put", "during")])
 
-    def test_long_disconnection_is_replayed(self) -> None:
-        """Disconnected for more commits than the feed keeps in memory: the store's history replays them."""
+    def disconnected_for(self, commits: int, compact_to: int = 0) -> None:
+        """
+        Watch, see one commit, then lose the connection for a backoff step
+        while C{commits} more are made (and the history is compacted to
+        C{compact_to}), then let the watch reconnect.
+        """
         self.watch()
         self.put("first")
         self.refuse = 1
         self.tap.cut()
         self.stub.flush()
-        for i in range(25):
+        for i in range(commits):
             self.put("k%d" % i)
+        self.successResultOf(self.store.compact(compact_to, 100))
         self.clock.advance(1)
         self.stub.flush()
+
+    def test_long_disconnection_is_replayed(self) -> None:
+        """Disconnected for more commits than the feed keeps in memory: the store's history replays them."""
+        self.disconnected_for(25)
         self.assertEqual([x.key for x in self.events], ["first"] + ["k%d" % i for i in range(25)])
 
     def test_history_gone_on_resume(self) -> None:
         """Disconnected past a compaction: HistoryGone, after the events seen."""
-        self.watch()
-        self.put("first")
-        self.refuse = 1
-        self.tap.cut()
-        self.stub.flush()
-        for i in range(25):
-            self.put("k%d" % i)
-        self.successResultOf(self.store.compact(6, 100))
-        self.clock.advance(1)
-        self.stub.flush()
+        self.disconnected_for(25, compact_to=6)
         e = self.failureResultOf(self.done, HistoryGone).value
         self.assertEqual(e.oldest_revision, 6)
         self.assertEqual([x.key for x in self.events], ["first"])

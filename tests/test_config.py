@@ -72,6 +72,7 @@ DEFAULTS = {
     "max-keys-per-request": 100000,
     "max-staged-ops": 100000,
     "max-staged-bytes": 67108864,
+    "max-staged-bytes-total": 536870912,
     "max-open-transactions": 1000,
     "max-leases": 10000,
     "max-lease-ttl": 86400.0,

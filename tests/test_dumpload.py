@@ -31,6 +31,7 @@ from kvtwist.errors import StoreUnavailable
 from kvtwist.model import Put
 from kvtwist.testing import MemoryStore, memory_client
 from tests.e2e import start_server, temp_dir
+from tests.webtest import StoreWithoutHistory
 
 URL = "http://kv.test"
 #: Where the in-memory clocks start: a plausible "now", in epoch seconds.
@@ -73,6 +74,13 @@ class MemoryTestCase(SynchronousTestCase):
         self.target_http, self.target = memory_client(MemoryStore(clock=self.clock))
         self.dir = tempfile.mkdtemp(prefix="kvtwist-dumpload-")
         self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def without_history(self) -> None:
+        """
+        Make the source a store that keeps no history (the etcd store's
+        case): its listing pages are read each at its own revision.
+        """
+        self.http, self.store = memory_client(StoreWithoutHistory(clock=self.clock))
 
     def put(self, key: str, value: bytes, content_type: str = "application/json",
             ttl: Optional[float] = None) -> None:
@@ -227,6 +235,7 @@ class DumpTests(MemoryTestCase):
         A commit between two listing pages makes the dump read the listing
         again: what it writes is the store at the later revision, whole.
         """
+        self.without_history()
         for key in ("a", "b", "c", "d"):
             self.put(key, b"1")
         lists = []
@@ -246,6 +255,7 @@ class DumpTests(MemoryTestCase):
         If every listing sees a commit, the dump fails with a 409
         revision-changed after its attempts and writes nothing.
         """
+        self.without_history()
         for key in ("a", "b", "c"):
             self.put(key, b"1")
         counter = [0]
@@ -267,6 +277,7 @@ class DumpTests(MemoryTestCase):
         makes the attempt start again, so no value from a later revision
         slips into the dump.
         """
+        self.without_history()
         self.put("a", b"1")
         gets = []
 
@@ -282,6 +293,7 @@ class DumpTests(MemoryTestCase):
 
     def test_pause_between_attempts(self) -> None:
         """With a clock, the second attempt waits FIRST_PAUSE seconds."""
+        self.without_history()
         self.put("a", b"1")
         self.put("b", b"1")
         lists = []
@@ -296,6 +308,44 @@ class DumpTests(MemoryTestCase):
         self.assertNoResult(d)
         self.clock.advance(dumpload.FIRST_PAUSE)
         self.assertEqual(self.successResultOf(d)["attempts"], 2)
+
+    def test_one_revision_while_writes_go_on(self) -> None:
+        """
+        On a store with history, commits between pages change nothing in
+        the dump: every page is read at the first one's revision, in one
+        attempt; with exact, the values too.
+        """
+        for key in ("a", "b", "c", "d"):
+            self.put(key, b"1")
+
+        requests = []
+
+        def hook(method: str, url: str) -> None:
+            # After the first page (read before this hook's first commit).
+            requests.append(url)
+            if len(requests) > 1:
+                self.store.commit([Put("a", b"2", "application/json"), Put("e", b"2")])
+
+        for exact in (False, True):
+            requests.clear()
+            before = {key: entry.value for key, entry in self.store.rows.items()}
+            data, result = self.dump_bytes(Hooked(self.http, hook), page_size=1, exact=exact)
+            self.assertEqual((result["keys"], result["attempts"]), (len(before), 1))
+            dumped = {}
+            for line in data.splitlines():
+                record = json.loads(line)
+                dumped[record["key"]] = (
+                    base64.b64decode(record["value_base64"]) if exact
+                    else json.dumps(record["value"]).encode()
+                )
+            self.assertEqual(dumped, before)
+
+    def test_pauses_are_capped(self) -> None:
+        """The pause between tries doubles from FIRST_PAUSE up to MAX_PAUSE, never more."""
+        pauses = [dumpload.pause_before(n) for n in range(1, 40)]
+        self.assertEqual(pauses[:3], [dumpload.FIRST_PAUSE, 2 * dumpload.FIRST_PAUSE, 4 * dumpload.FIRST_PAUSE])
+        self.assertEqual(max(pauses), dumpload.MAX_PAUSE)
+        self.assertEqual(pauses, sorted(pauses))
 
     def test_bad_arguments(self) -> None:
         """Bad arguments raise at once."""
@@ -601,6 +651,7 @@ class GlueTests(MemoryTestCase):
 
     def test_conflict_exit_code(self) -> None:
         """A dump that never sees a quiet store exits 4 (conflict)."""
+        self.without_history()
         self.put("a", b"1")
         self.put("b", b"1")
 

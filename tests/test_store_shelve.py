@@ -10,7 +10,10 @@ import pickle
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from typing import Optional
 
 from hypothesis import given, settings
@@ -35,6 +38,7 @@ from kvtwist.errors import (
 from kvtwist.interfaces import IWorkInFlight
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
+from kvtwist.store import sqlitemap
 from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
 from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
@@ -189,7 +193,7 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         payload = pickle.dumps(os.system, 4)
         self._tamper(
             directory,
-            "INSERT INTO shelf VALUES (?, ?, ?)",
+            "INSERT INTO shelf (key, value, crc) VALUES (?, ?, ?)",
             b"k/evil",
             payload,
             zlib.crc32(payload, zlib.crc32(b"k/evil")),
@@ -383,6 +387,158 @@ class FullDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.ping())
         self.successResultOf(store.commit([Put("big", b"x" * 100_000)]))
         self.assertEqual(store.revision, 2)
+
+
+#: The table of store format 1, as kvtwist created it before the rowid
+#: layout: the fixture the migration is tested from.
+FORMAT_1_TABLE = """
+CREATE TABLE shelf (
+    key BLOB PRIMARY KEY,
+    value BLOB NOT NULL,
+    crc INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+
+def make_format_1(directory):
+    """
+    Turn the closed store in C{directory} into a format-1 file: the same
+    rows (records and checksums as written) in the old C{WITHOUT ROWID}
+    table, C{user_version} 1, marked cleanly shut down.
+    """
+    db = sqlite3.connect(os.path.join(directory, DATA_FILE), isolation_level=None)
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE shelf RENAME TO current")
+    db.execute(FORMAT_1_TABLE)
+    db.execute("INSERT INTO shelf SELECT key, value, crc FROM current")
+    db.execute("DROP TABLE current")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def store_format(directory):
+    """The closed data file's C{user_version} and whether its shelf is WITHOUT ROWID."""
+    db = sqlite3.connect(os.path.join(directory, DATA_FILE))
+    try:
+        return connection_format(db)
+    finally:
+        db.close()
+
+
+def connection_format(db):
+    """L{store_format} through C{db} (an open store's own connection: it holds the file exclusively)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'shelf'").fetchone()[0]
+    return version, "WITHOUT ROWID" in sql
+
+
+class FormatMigrationTests(InlineShelve, SynchronousTestCase):
+    """A format-1 data file (WITHOUT ROWID) is migrated on open, losing nothing."""
+
+    def populated_format_1(self):
+        """A closed format-1 store with several revisions, an expiry and a delete; and its entries."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        now = self.reactor.seconds()
+        self.successResultOf(store.commit([Put("a", b"1"), Put("big", b"B" * 300_000)]))
+        self.successResultOf(store.commit([Put("a", b"2", "text/plain"), Put("gone", b"x")]))
+        self.successResultOf(store.commit([Put("ttl", b"t", expires=now + 60), Delete("gone")]))
+        self.successResultOf(store.commit([Put("é/ü", b"\x00\xff")]))
+        keys = ["a", "big", "ttl", "é/ü"]
+        entries = self.successResultOf(store.get_many(keys))
+        self.assertEqual(len(entries), 4)
+        self.successResultOf(store.close())
+        make_format_1(directory)
+        self.assertEqual(store_format(directory), (1, True))
+        return directory, entries
+
+    def test_open_migrates_and_keeps_everything(self):
+        """Every value, content type, revision, version and expiry survives; the file is format 2."""
+        directory, before = self.populated_format_1()
+        store = self.open_store(directory)
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
+        self.assertEqual((store.revision, store.key_count), (4, 4))
+        self.assertEqual(self.successResultOf(store.get_many(list(before))), before)
+        # The expiry index came along: the key is swept when due.
+        self.assertEqual(self.successResultOf(store.expired(10)), [])
+        self.reactor.advance(61)
+        self.assertEqual(self.successResultOf(store.expired(10)), [("ttl", 3)])
+        # And the store goes on working in its new layout.
+        self.successResultOf(store.commit([Put("a", b"3")]))
+        self.assertEqual(self.successResultOf(store.get("a")).version, 3)
+
+    def test_preflight_leaves_migration_to_the_store_thread(self):
+        """The startup check reads a format-1 file as it is; the store's own open migrates it."""
+        directory, _ = self.populated_format_1()
+        self.assertEqual(check_data_dir(directory), 4)
+        self.assertEqual(store_format(directory), (1, True))
+
+    def test_failed_migration_leaves_format_1_whole(self):
+        """A migration that fails part-way changes nothing; the next open migrates."""
+        directory, before = self.populated_format_1()
+        broken = self.patch(sqlitemap, "_SCHEMA", "CREATE TABLE shelf (broken")
+        self.assertRaises(StoreCorrupt, ShelveStore(directory, self.reactor, InlineThreadPool())._sync_open)
+        self.assertEqual(store_format(directory), (1, True))
+        self.assertEqual(check_data_dir(directory), 4)
+        broken.restore()
+        store = self.open_store(directory)
+        self.assertEqual(self.successResultOf(store.get_many(list(before))), before)
+
+    def test_damaged_format_1_refused_not_migrated(self):
+        """A damaged format-1 file is refused at open, and left as it was."""
+        directory, _ = self.populated_format_1()
+        db = sqlite3.connect(os.path.join(directory, DATA_FILE))
+        db.execute("UPDATE shelf SET value = ? WHERE key = ?", (b"garbled", b"k/a"))
+        db.commit()
+        db.close()
+        store = ShelveStore(directory, self.reactor, InlineThreadPool())
+        error = self.assertRaises(StoreCorrupt, store._sync_open)
+        self.assertIn("checksum", str(error))
+        self.assertEqual(store_format(directory), (1, True))
+
+    def test_kill_during_migration_leaves_one_layout(self):
+        """kill -9 in the middle of a migration leaves the old layout whole; the next open migrates it."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        # Enough to make the migration last a while: 24 MiB to copy.
+        self.successResultOf(store.commit([Put("v%02d" % i, bytes([i]) * (1 << 20)) for i in range(24)]))
+        self.successResultOf(store.close())
+        make_format_1(directory)
+        child = subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AND_REPORT, os.path.join(directory, DATA_FILE)],
+            stdout=subprocess.PIPE,
+        )
+        self.assertEqual(child.stdout.readline(), b"migrating\n")
+        time.sleep(0.02)
+        child.kill()
+        rest = child.stdout.read()
+        child.wait()
+        child.stdout.close()
+        self.assertNotIn(b"migrated", rest, "the migration ended before the kill: make it longer")
+        self.assertEqual(store_format(directory), (1, True))
+        store = self.open_store(directory)
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
+        self.assertEqual(store.revision, 1)
+        entries = self.successResultOf(store.get_many(["v%02d" % i for i in range(24)]))
+        self.assertEqual([e.value for e in entries.values()], [bytes([i]) * (1 << 20) for i in range(24)])
+
+
+#: Run in a child process: open a format-1 file, saying when the migration
+#: starts and when it ended.
+MIGRATE_AND_REPORT = """
+import sys
+from kvtwist.store.sqlitemap import SQLiteMapping
+
+class Reporting(SQLiteMapping):
+    def _migrate(self):
+        print("migrating", flush=True)
+        super()._migrate()
+        print("migrated", flush=True)
+
+Reporting(sys.argv[1], check_integrity=False).close()
+"""
 
 
 class StatementCountTests(InlineShelve, SynchronousTestCase):

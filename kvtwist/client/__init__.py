@@ -67,6 +67,11 @@ Watching (SPEC section 5.3):
             async for event in events:
                 print(event.revision, event.kind, event.key)
 
+Backups:
+
+    - L{save_snapshot}: C{GET /v1/snapshot}, every key at one revision as
+      JSON Lines into a file, checked whole.
+
 Coordination on leases (etcd's recipes), each with a reactor injected for
 its keepalive timers:
 
@@ -127,6 +132,7 @@ from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, r
 from kvtwist.client.lease import Lease, LeaseLost, grant, keepalive, revoke, show_lease
 from kvtwist.client.lock import Lock
 from kvtwist.client.seed import commit, delete, get, set_many
+from kvtwist.client.snapshot import save_snapshot
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
 from kvtwist.client.watch import HistoryGone, Watch, WatchEvent, wait_for, watch
@@ -153,6 +159,7 @@ __all__ = [
     "remove",
     "list_keys",
     "iter_pages",
+    "save_snapshot",
     "list_all",
     "begin",
     "batch",

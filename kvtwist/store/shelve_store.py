@@ -244,21 +244,26 @@ def check_data_dir(directory: str) -> int:
     @raise DataDirectoryBusy: if another process owns the directory.
     """
     with _locked(directory):
-        shelf = DataShelf(_open_mapping(directory, check_integrity=True))
+        # An older file format is migrated later, on the store thread.
+        shelf = DataShelf(_open_mapping(directory, check_integrity=True, migrate=False))
         try:
             return _read_revision(shelf)
         finally:
             shelf.close()
 
 
-def _open_mapping(directory: str, check_integrity: bool) -> SQLiteMapping:
+def _open_mapping(directory: str, check_integrity: bool, migrate: bool = True) -> SQLiteMapping:
     """
-    The data file of C{directory}, opened (the caller holds the lock).
+    The data file of C{directory}, opened (the caller holds the lock); an
+    older file format is migrated unless C{migrate} is false (see
+    L{SQLiteMapping}).
 
     @raise StoreCorrupt: if the data is damaged or unreadable.
     """
     try:
-        return SQLiteMapping(open_data_dir(directory), check_integrity=check_integrity)
+        return SQLiteMapping(
+            open_data_dir(directory), check_integrity=check_integrity, migrate=migrate
+        )
     except OSError as e:
         raise _write_failure(
             e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt

@@ -11,6 +11,13 @@ a CRC on every row so a damaged value is refused, never served. The file is
 opened in exclusive locking mode (one connection, no mapped C{-shm}), and a
 full disk is told apart from damage (L{is_disk_full}).
 
+Layout: a rowid table whose unique index on C{key} holds keys only, so a
+key lookup walks small index entries and never reads a value. (Format 1 was
+a C{WITHOUT ROWID} table keyed by C{key}: there a key comparison against a
+row whose value overflowed its page read every overflow page of that value,
+so a few large values slowed every write; see docs/performance.md.) A format-1 file is migrated on open, in one
+transaction: a crash during it leaves the old layout, whole.
+
 Everything here runs on the store thread only (the connection enforces it
 with C{check_same_thread}).
 """
@@ -31,22 +38,28 @@ from kvtwist.store.history import KIND_CODES, PUT, step_end
 
 #: Written into the SQLite header so a random database is not taken for ours.
 APPLICATION_ID = 0x6B767477  # "kvtw"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The format this module migrates from (see L{SQLiteMapping._migrate}).
+FORMAT_WITHOUT_ROWID = 1
 
+#: The value comes last: reading C{crc} or C{key} from a row then never
+#: walks the value's overflow pages.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS shelf (
-    key BLOB PRIMARY KEY,
-    value BLOB NOT NULL,
-    crc INTEGER NOT NULL
-) WITHOUT ROWID
+CREATE TABLE shelf (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    crc INTEGER NOT NULL,
+    value BLOB NOT NULL
+)
 """
 
 
 #: The history of every change (see L{kvtwist.interfaces.IHistoricalStore}):
 #: one row per key a commit changed, with the pickled entry of a put and no
-#: record for a delete or expiry. Its own table with its own creation step
-#: (L{SQLiteMapping.history_created}), so the key table's layout can change
-#: beside it. The index walks it in revision order (compaction, watches).
+#: record for a delete or expiry. Its own table, made by the opening that
+#: migrates (after any migration of the key table, whose layout changes
+#: beside it; L{SQLiteMapping.history_created}). The index walks it in
+#: revision order (compaction, watches).
 _HISTORY_SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS history (
@@ -198,13 +211,17 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
     Outside L{transaction} each write is its own durable transaction; kvtwist
     always writes inside one.
 
+    @param migrate: rewrite a format-1 file into the current layout (see
+        L{_migrate}). Without it such a file is read and written in its old
+        layout: a preflight check on the main thread leaves the migration
+        to the store thread.
     @raise StoreCorrupt: from the constructor, if the file is not a kvtwist
         store, fails SQLite's integrity check, or lost its write-ahead log.
     """
 
     _closed = False
 
-    def __init__(self, path: str, check_integrity: bool = True) -> None:
+    def __init__(self, path: str, check_integrity: bool = True, migrate: bool = True) -> None:
         self.path = path
         check_writable(path)
         wal_existed = os.path.exists(path + "-wal")
@@ -222,7 +239,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             )
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
-            self._setup(check_integrity, wal_existed)
+            self._setup(check_integrity, wal_existed, migrate)
         except sqlite3.DatabaseError as e:
             self._close_quietly()
             if is_disk_full(e, os.path.dirname(path) or "."):
@@ -246,7 +263,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         if db is not None:
             db.close()
 
-    def _setup(self, check_integrity: bool, wal_existed: bool) -> None:
+    def _setup(self, check_integrity: bool, wal_existed: bool, migrate: bool) -> None:
         db = self._db
         # Before the first read: in exclusive locking mode SQLite keeps the
         # WAL index in its own memory instead of mapping the -shm file, so
@@ -270,7 +287,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         elif application_id != APPLICATION_ID:
             raise StoreCorrupt("%s is not a kvtwist store" % (self.path,))
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version not in (SCHEMA_VERSION, FORMAT_WITHOUT_ROWID):
             raise StoreCorrupt(
                 "%s has store format %d; this kvtwist reads format %d"
                 % (self.path, version, SCHEMA_VERSION)
@@ -279,12 +296,6 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         if mode != "wal":
             raise StoreCorrupt("%s: cannot enable write-ahead logging" % (self.path,))
         db.execute("PRAGMA synchronous = FULL")
-        self.history_created = not db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
-        ).fetchone()
-        for statement in _HISTORY_SCHEMA + _LEASE_SCHEMA:
-            db.execute(statement)
-        self._count_leases()
         shutdown = db.execute(
             "SELECT value FROM state WHERE name = 'shutdown'"
         ).fetchone()
@@ -299,6 +310,18 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             )
         if check_integrity:
             self._check_integrity()
+        if version == FORMAT_WITHOUT_ROWID and migrate:
+            self._migrate()
+        #: Whether this open made the history table (the store then builds
+        #: its history from the keys); a read-only preflight makes nothing.
+        self.history_created = False
+        if migrate:
+            self.history_created = not db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
+            ).fetchone()
+            for statement in _HISTORY_SCHEMA + _LEASE_SCHEMA:
+                db.execute(statement)
+        self._count_leases()
         self._mark("dirty")
         # Move the "dirty" mark into the main file, so that losing the log
         # from here on is detectable at the next start.
@@ -332,6 +355,26 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
                 "%s: the stored values of %s are damaged (checksum mismatch)"
                 % (self.path, ", ".join(repr(bytes(key)) for (key,) in damaged))
             )
+
+    def _migrate(self) -> None:
+        """
+        Rewrite a format-1 shelf (C{WITHOUT ROWID}) into the current layout,
+        checksums as they are, in one transaction: SQLite's write-ahead log
+        makes it all or nothing, so a crash leaves format 1 whole and the
+        next open migrates again. Runs after the integrity check, so a
+        damaged file is refused, not migrated. The file keeps the old
+        table's pages as free pages, reused by later writes.
+        """
+        db = self._db
+        with self.transaction():
+            db.execute("ALTER TABLE shelf RENAME TO shelf_format_1")
+            db.execute(_SCHEMA)
+            db.execute(
+                "INSERT INTO shelf (key, crc, value) "
+                "SELECT key, crc, value FROM shelf_format_1 ORDER BY key"
+            )
+            db.execute("DROP TABLE shelf_format_1")
+            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
 
     def _mark(self, state: str) -> None:
         self._db.execute(
@@ -633,6 +676,12 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
 
     def _count_leases(self) -> None:
         db = self._db
+        if not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'"
+        ).fetchone():
+            # A read-only preflight of a store from before leases.
+            self.lease_count = self.attached_count = 0
+            return
         self.lease_count = db.execute("SELECT count(*) FROM leases").fetchone()[0]
         self.attached_count = db.execute("SELECT count(*) FROM lease_keys").fetchone()[0]
 

@@ -27,6 +27,7 @@ from kvtwist.errors import (
     KVError,
     LimitExceeded,
     PreconditionFailed,
+    StagedMemoryFull,
     StoreCorrupt,
     StoreUnavailable,
     TransactionNotFound,
@@ -96,6 +97,8 @@ def status_for(error: KVError) -> int:
         return 410
     if isinstance(error, (HistoryUnsupported, LeasesUnsupported)):
         return 501
+    if isinstance(error, StagedMemoryFull):
+        return 503
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
     if isinstance(error, InsufficientStorage):

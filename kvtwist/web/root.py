@@ -32,6 +32,7 @@ from kvtwist.web.seed import SeedCommit, SeedContext, SeedKey, SeedSet
 from kvtwist.web.v1.base import V1Context, V1Resource
 from kvtwist.web.v1.batch import Batch
 from kvtwist.web.v1.compact import Compact, history_state
+from kvtwist.web.v1.snapshot import Snapshot
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.lease import LeaseCollection
 from kvtwist.web.v1.txn import TransactionCollection
@@ -131,6 +132,7 @@ def make_root(
     v1.putChild(b"lease", LeaseCollection(context))
     v1.putChild(b"limits", LimitsResource(context))
     v1.putChild(b"compact", Compact(context))
+    v1.putChild(b"snapshot", Snapshot(context))
     v1.putChild(b"watch", Watch(context))
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():

@@ -38,6 +38,7 @@ from kvtwist.errors import HistoryGone, InvalidInput, KVError, LimitExceeded
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import parse_revision
 from kvtwist.events import Event, commit_events
+from kvtwist.web.flow import Drain
 from kvtwist.web.v1.base import V1Context, V1Resource, describe, flag_arg, query_arg, value_fields
 
 log = Logger()
@@ -206,8 +207,7 @@ class EventStream:
         self._matches = matches
         self._with_values = with_values
         self._with_previous = with_previous
-        self._paused = False
-        self._drained: List[Deferred] = []
+        self._drain = Drain()
         self._queued: List[bytes] = []
         self._queued_bytes = 0
         self._replaying = replaying
@@ -271,12 +271,7 @@ class EventStream:
 
     def drained(self) -> Deferred:
         """A Deferred firing once the connection takes writes (at once if it does)."""
-        d: Deferred = Deferred()
-        if self._paused and not self.closed:
-            self._drained.append(d)
-        else:
-            d.callback(None)
-        return d
+        return self._drain.wait(self.closed)
 
     def _on_events(self, revision: int, events: Tuple[Event, ...]) -> None:
         if not self._replaying:
@@ -307,13 +302,13 @@ class EventStream:
         if self._queued_bytes + len(data) > self._context.limits.watch_buffer:
             self.cut_off()
             return
-        if self._paused:
+        if self._drain.paused:
             self._queued.append(data)
             self._queued_bytes += len(data)
             return
         self._request.write(data)
         # Pushed back during this write: the bytes wait in the transport.
-        self._queued_bytes = len(data) if self._paused else 0
+        self._queued_bytes = len(data) if self._drain.paused else 0
 
     def cut_off(self) -> None:
         """
@@ -326,20 +321,15 @@ class EventStream:
             transport.abortConnection()
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self._drain.pause()
 
     def resumeProducing(self) -> None:
         # The transport has flushed everything written before.
-        self._paused = False
+        self._drain.paused = False
         queued, self._queued, self._queued_bytes = self._queued, [], 0
         for data in queued:
             self._write(data)
-        self._wake_drained()
-
-    def _wake_drained(self) -> None:
-        waiting, self._drained = self._drained, []
-        for d in waiting:
-            d.callback(None)
+        self._drain.release()
 
     def stopProducing(self) -> None:
         self._close()
@@ -357,7 +347,7 @@ class EventStream:
         self._queued = []
         self._held = []
         self._release()
-        self._wake_drained()
+        self._drain.release()
 
 
 async def replay(stream: EventStream, store: IHistoricalStore, after: int, upto: int) -> None:
