@@ -45,6 +45,15 @@ Shell completion:
     kvtwist completion bash|zsh print a completion script (made by shtab
                                 from this parser)
 
+Leases, locks and elections (see L{kvtwist.coordination_cli}):
+
+    kvtwist lease grant TTL | keepalive ID | revoke ID | show ID
+    kvtwist lock NAME [--ttl S] [--grace S] -- CMD [ARG ...]
+                                run CMD while holding the lock NAME,
+                                exit with CMD's code
+    kvtwist elect NAME VALUE [--ttl S]
+                                campaign; print a line once leading
+
 C{get} stays the seed's read (a JSON value as JSON; a value of another type
 written through v1 as text, or base64), and C{delete} the seed's staged
 delete; C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every
@@ -205,7 +214,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 import kvtwist
-from kvtwist import client, dumpload, snapshots
+from kvtwist import client, coordination_cli, dumpload, snapshots
 from kvtwist.interrupts import Interrupted, Interrupts
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
@@ -528,6 +537,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     )
     sub.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",
                      help="one of: %s" % (", ".join(COMPLETION_SHELLS),))
+    coordination_cli.add_coordination_commands(command)
     return parser
 
 
@@ -1199,6 +1209,7 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
 }
 _COMMANDS.update(dumpload.COMMANDS)
 _COMMANDS.update(snapshots.COMMANDS)
+_COMMANDS.update(coordination_cli.COMMANDS)
 
 #: A long-poll's wait when C{--wait} is not given: the server's default.
 DEFAULT_WAIT = 60.0
@@ -1220,6 +1231,8 @@ def _command_timeout(args: argparse.Namespace) -> float:
         return 0.0  # dump and load bound each request, not the whole run
     if args.command in snapshots.COMMANDS:
         return 0.0  # one streamed answer, as long as the store is large
+    if args.command in coordination_cli.UNTIMED:
+        return 0.0  # they run as long as their command or their leadership
     return DEFAULT_TIMEOUT
 
 

@@ -458,6 +458,8 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     _limit("max-open-transactions", count, "Transactions open at once (429 beyond)."),
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
+    _limit("max-leases", count, "Leases held at once (429 beyond)."),
+    _limit("max-lease-ttl", seconds, "Longest lease ttl in seconds (400 beyond)."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
     _limit("max-list-limit", count, "Largest page a listing returns."),
     _limit("max-list-bytes", size, "Key and value bytes one listing page reads; the page ends early beyond."),

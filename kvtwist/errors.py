@@ -7,7 +7,7 @@ status and a problem+json body in one place.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 from kvtwist.model import CheckFailure
 
@@ -224,6 +224,31 @@ class HistoryUnsupported(KVError):
             "this store does not keep history: reads at a revision and "
             "compaction are not available on it"
         )
+
+
+class LeaseNotFound(KVError):
+    """A lease id that is unknown, revoked or expired."""
+
+    code = "lease-not-found"
+
+    def __init__(self, lease_id: Optional[int]) -> None:
+        if lease_id is None:
+            # A path segment that is no lease id at all.
+            super().__init__("no such lease: lease ids are positive integers below 2**53")
+        else:
+            super().__init__(
+                "no such lease: %d (unknown, revoked or expired)" % (lease_id,), lease=lease_id
+            )
+        self.lease_id = lease_id
+
+
+class LeasesUnsupported(KVError):
+    """The store does not provide leases."""
+
+    code = "leases-unsupported"
+
+    def __init__(self) -> None:
+        super().__init__("this store does not provide leases")
 
 
 class StoreUnavailable(KVError):

@@ -246,6 +246,95 @@ class IHistoricalStore(IKeyValueStore):
         """
 
 
+class ILeasingStore(IKeyValueStore):
+    """
+    A store with leases (etcd's model): a lease lives C{ttl} seconds after
+    its grant or last keepalive; keys written with C{Put(lease=ID)} are
+    attached to it; when it is revoked or expires, all of its keys are
+    removed in one commit (one revision: C{delete} changes for a revoke,
+    C{expire} changes for an expiry). A put without a lease detaches the
+    key; deleting the key detaches it too.
+
+    A keepalive writes no key: no revision, no change, no event. Leases
+    are durable: their deadline is kept in the store clock's seconds, so a
+    restarted store keeps the remaining time. A lease past its deadline is
+    gone for every call below, even before L{expire_lease} removed it; its
+    keys stay until then (the expiry sweeper calls it at the deadline it
+    learns from C{next_deadline}, at worst a sweep interval later).
+
+    A commit with a C{Put} whose lease is unknown or expired fails with
+    L{kvtwist.errors.LeaseNotFound} and applies nothing.
+    """
+
+    lease_count = Attribute(
+        "Leases held (granted, not yet revoked or removed by expiry). "
+        "Reactor thread, no I/O."
+    )
+
+    next_deadline = Attribute(
+        "The soonest deadline of the leases held, in the store clock's "
+        "seconds, or None without leases (so the sweeper can wake then). "
+        "Reactor thread, no I/O."
+    )
+
+    def grant(ttl, max_leases):
+        """
+        Grant a new lease of C{ttl} seconds (a positive number).
+
+        @param max_leases: the most leases that may be held at once.
+        @return: a Deferred firing with a L{kvtwist.model.Lease} (no keys).
+        @raise kvtwist.errors.LimitExceeded: (too many) C{max_leases} leases
+            are held already.
+        @raise kvtwist.errors.StoreUnavailable: nothing was granted.
+        """
+
+    def keepalive(lease_id):
+        """
+        Renew C{lease_id}: its deadline becomes now plus its ttl, durably.
+
+        @return: a Deferred firing with the renewed L{kvtwist.model.Lease}
+            (no keys).
+        @raise kvtwist.errors.LeaseNotFound: unknown, revoked or expired.
+        @raise kvtwist.errors.StoreUnavailable: the lease was not renewed.
+        """
+
+    def lease(lease_id):
+        """
+        Look C{lease_id} up.
+
+        @return: a Deferred firing with the L{kvtwist.model.Lease} and its
+            keys.
+        @raise kvtwist.errors.LeaseNotFound: unknown, revoked or expired.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+    def revoke(lease_id):
+        """
+        End C{lease_id} now, deleting its keys in one commit.
+
+        @return: a Deferred firing with the L{kvtwist.model.CommitResult}
+            (its revision unchanged if the lease held no keys).
+        @raise kvtwist.errors.LeaseNotFound: unknown, revoked or expired.
+        @raise kvtwist.errors.StoreUnavailable: nothing was changed.
+        """
+
+    def expired_leases(limit):
+        """
+        @return: a Deferred firing with up to C{limit} ids of leases past
+            their deadline, soonest first.
+        """
+
+    def expire_lease(lease_id):
+        """
+        Remove C{lease_id} if it is past its deadline, its keys in one
+        commit of C{expire} changes.
+
+        @return: a Deferred firing with the L{kvtwist.model.CommitResult},
+            or L{None} if the lease was not due (renewed, revoked, unknown).
+        @raise kvtwist.errors.StoreUnavailable: nothing was changed.
+        """
+
+
 class IWorkInFlight(Interface):
     """
     A store that can say what work it still has running, for the log line

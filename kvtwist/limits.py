@@ -108,6 +108,8 @@ class Limits:
         machine, where the unbounded staging of 1000 open transactions
         could reach 64 GiB.
     @ivar max_open_transactions: transactions open at once (429 beyond).
+    @ivar max_leases: leases held at once (429 beyond).
+    @ivar max_lease_ttl: the longest lease ttl, in seconds (400 beyond).
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
     @ivar max_list_bytes: key and value bytes one page of a listing reads;
@@ -159,6 +161,8 @@ class Limits:
     max_staged_bytes: int = 64 * MiB
     max_staged_bytes_total: int = 512 * MiB
     max_open_transactions: int = 1000
+    max_leases: int = 10_000
+    max_lease_ttl: float = 86_400.0
     txn_timeout: float = 300.0
     max_list_limit: int = 1000
     max_list_bytes: int = 4 * MiB

@@ -46,8 +46,9 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from kvtwist.errors import ConflictError
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
 from kvtwist.store.history import keeps_history_of
+from kvtwist.store.leases import grants_leases_of
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -79,6 +80,7 @@ KNOWN_LIMITS = (
     "max_staged_ops",
     "max_staged_bytes",
     "max_open_transactions",
+    "max_leases",
     "max_batch_ops",
     "max_watchers",
 )
@@ -197,6 +199,11 @@ class StateCollector:
             yield GaugeMetricFamily(
                 "kvtwist_store_revision", "The store's revision.", value=store.revision
             )
+            if ILeasingStore.providedBy(store):
+                yield GaugeMetricFamily(
+                    "kvtwist_open_leases", "Leases held (granted, not yet revoked or expired).",
+                    value=store.lease_count,
+                )
             if IHistoricalStore.providedBy(store):
                 yield GaugeMetricFamily(
                     "kvtwist_compact_revision",
@@ -223,6 +230,10 @@ class StateCollector:
         if self.sweeper is not None:
             yield CounterMetricFamily(
                 "kvtwist_expirations", "Expired keys removed by the sweeper.", value=self.sweeper.swept
+            )
+            yield CounterMetricFamily(
+                "kvtwist_lease_expirations", "Leases ended by the sweeper at their deadline.",
+                value=self.sweeper.leases_expired,
             )
         if self.site is not None:
             yield GaugeMetricFamily(
@@ -351,6 +362,7 @@ class TimedStore:
         self._clock = clock
         # get_at, list_at, compact and the rest pass through __getattr__.
         keeps_history_of(self, store)
+        grants_leases_of(self, store)
 
     def __getattr__(self, name: str) -> Any:
         # Store-specific extras (key_count, sync_observer, directory, ...).

@@ -83,12 +83,17 @@ class Entry:
 
 @dataclass(frozen=True)
 class Put:
-    """Write C{value} under C{key}; C{expires} is absolute epoch seconds."""
+    """
+    Write C{value} under C{key}; C{expires} is absolute epoch seconds.
+    C{lease} attaches the key to that lease (see
+    L{kvtwist.interfaces.ILeasingStore}); a put without one detaches it.
+    """
 
     key: str
     value: bytes
     content_type: str = DEFAULT_CONTENT_TYPE
     expires: Optional[float] = None
+    lease: Optional[int] = None
 
     @property
     def size(self) -> int:
@@ -113,11 +118,13 @@ class Expire:
     """
     Remove C{key} because it expired: only if its stored mod_revision is
     still C{mod_revision} and its expiry has passed (the sweeper's op; the
-    change it makes is an C{expire}, not a C{delete}).
+    change it makes is an C{expire}, not a C{delete}). With C{leased}, the
+    key's lease expired: the key goes whatever its own expiry says.
     """
 
     key: str
     mod_revision: int
+    leased: bool = False
 
     @property
     def size(self) -> int:
@@ -262,6 +269,27 @@ class Page:
     more: bool
 
 
+@dataclass(frozen=True)
+class Lease:
+    """
+    A lease as a store reports it.
+
+    @ivar id: its id (a positive integer below 2**53, so JSON clients in
+        every language keep it exact).
+    @ivar ttl: the seconds it lives after its grant or last keepalive.
+    @ivar deadline: when it expires, in the store clock's seconds.
+    @ivar keys: the keys attached to it, in UTF-8 byte order (only where
+        asked for).
+    """
+
+    id: int
+    ttl: float
+    deadline: float
+    keys: Tuple[str, ...] = ()
+
+    def remaining(self, now: float) -> float:
+        """Seconds left at C{now} (0 once due)."""
+        return max(0.0, self.deadline - now)
 #: Rows a byte-bounded listing reads first, before it knows how large they
 #: are: with 1 MiB values a first batch of a thousand rows held 1 GiB.
 FIRST_BOUNDED_BATCH = 8

@@ -33,11 +33,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
-from kvtwist.model import Check, DeletePrefix, Entry, Op, Page, PageBuilder
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
+from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, count_delta, live
+from kvtwist.store.rules import count_delta, live
 
 __all__ = [
     "MemoryStore",
@@ -69,11 +70,50 @@ class _DictTable:
         return [key for key in self._rows if key.startswith(prefix)]
 
 
-@implementer(IHistoricalStore)
+class _DictLeases:
+    """The L{kvtwist.store.leases.LeaseTable} of a L{MemoryStore}."""
+
+    def __init__(self) -> None:
+        self.rows: Dict[int, Tuple[float, float]] = {}
+        self.attached: Dict[str, int] = {}
+        self._keys: Dict[int, set] = {}
+
+    def lease(self, lease_id: int) -> Optional[Tuple[float, float]]:
+        return self.rows.get(lease_id)
+
+    def set_lease(self, lease_id: int, ttl: float, deadline: float) -> None:
+        self.rows[lease_id] = (ttl, deadline)
+
+    def drop_lease(self, lease_id: int) -> None:
+        self.rows.pop(lease_id, None)
+        for key in self._keys.pop(lease_id, ()):
+            self.attached.pop(key, None)
+
+    def keys_of(self, lease_id: int) -> List[str]:
+        return sorted(self._keys.get(lease_id, ()), key=lambda k: k.encode("utf-8"))
+
+    def attach(self, key: str, lease_id: Optional[int]) -> None:
+        before = self.attached.pop(key, None)
+        if before is not None:
+            self._keys[before].discard(key)
+        if lease_id is not None:
+            self.attached[key] = lease_id
+            self._keys.setdefault(lease_id, set()).add(key)
+
+    def due(self, now: float, limit: int) -> List[int]:
+        due = sorted((deadline, lease_id) for lease_id, (_, deadline) in self.rows.items() if deadline <= now)
+        return [lease_id for _, lease_id in due[:limit]]
+
+    def count(self) -> int:
+        return len(self.rows)
+
+
+@implementer(IHistoricalStore, ILeasingStore)
 class MemoryStore:
     """
     An in-memory store: every Deferred it returns has already fired. It
-    keeps history like the shelve store (reads at a revision, compaction).
+    keeps history like the shelve store (reads at a revision, compaction),
+    and leases.
 
     @param clock: decides expiry; a L{Clock} in tests.
     @ivar fail_commits: set to an exception to make every commit, and the
@@ -91,6 +131,15 @@ class MemoryStore:
         self.closed = False
         self._listeners = Listeners()
         self.history = MemoryHistory()
+        self.leases = _DictLeases()
+
+    @property
+    def lease_count(self) -> int:
+        return self.leases.count()
+
+    @property
+    def next_deadline(self) -> Optional[float]:
+        return min((deadline for _, deadline in self.leases.rows.values()), default=None)
 
     @property
     def compact_revision(self) -> int:
@@ -181,26 +230,80 @@ class MemoryStore:
         )
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
-        guard = self._guard()
-        if guard is not None:
-            return guard
+        return self._guard() or self._apply(
+            lambda table, revision, now: lease_rules.commit(
+                table, self.leases, revision, ops, checks, now
+            ),
+            ops,
+        )
+
+    def _apply(
+        self,
+        change: Callable[[_DictTable, int, float], Optional[CommitResult]],
+        ops: Optional[Sequence[Op]] = None,
+    ) -> Deferred:
+        """
+        Make one commit with C{change(table, revision, now)}, which returns
+        its L{CommitResult} (or L{None} when it had nothing to do) or raises;
+        C{ops}, those of a plain commit, are kept in C{commits}.
+        """
         if self.fail_commits is not None:
             return fail(self.fail_commits)
         try:
-            result = apply_commit(
-                _DictTable(self.rows), self.revision, ops, checks, self.clock.seconds()
-            )
+            result = change(_DictTable(self.rows), self.revision, self.clock.seconds())
         except KVError as e:
             return fail(e)
+        if result is None:
+            return succeed(None)
         self.revision = result.revision
         self.key_count += count_delta(result)
         self.history.record(result)
-        self.commits.append(list(ops))
+        if ops is not None:
+            self.commits.append(list(ops))
         self._listeners.notify(result)
         return succeed(result)
 
     def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
         return self.commit([DeletePrefix(prefix, max_keys)])
+
+    def _leases_now(self, rule, *args, writes: bool = True) -> Deferred:
+        """
+        Run a lease rule that changes no key, C{rule(leases, *args, now)};
+        one that C{writes} fails like a commit under C{fail_commits}.
+        """
+        guard = self._guard()
+        if guard is not None:
+            return guard
+        if writes and self.fail_commits is not None:
+            return fail(self.fail_commits)
+        try:
+            return succeed(rule(self.leases, *args, self.clock.seconds()))
+        except KVError as e:
+            return fail(e)
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self._leases_now(
+            lambda leases, now: lease_rules.grant(leases, ttl, now, max_leases)
+        )
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self._leases_now(lease_rules.renew, lease_id)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self._leases_now(lease_rules.describe, lease_id, writes=False)
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return self._guard() or self._apply(
+            lambda table, revision, now: lease_rules.revoke(table, self.leases, revision, lease_id, now)
+        )
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return self._guard() or succeed(self.leases.due(self.clock.seconds(), limit))
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return self._guard() or self._apply(
+            lambda table, revision, now: lease_rules.expire(table, self.leases, revision, lease_id, now)
+        )
 
     def ping(self) -> Deferred:
         # The ping is a write probe: a store that fails commits fails it.

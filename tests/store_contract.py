@@ -19,12 +19,14 @@ from zope.interface.verify import verifyObject
 from kvtwist.errors import (
     ConflictError,
     FutureRevision,
+    LeaseNotFound,
+    LeasesUnsupported,
     LimitExceeded,
     NotAnInteger,
     RevisionCompacted,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
 from kvtwist.model import Check, Delete, Entry, Expire, Incr, Put
 
 
@@ -66,6 +68,9 @@ class StoreContract(ExpectFailure):
     #: Whether the store provides IHistoricalStore; a store that does not
     #: must say so plainly (the routes then answer history-unsupported).
     keeps_history = True
+    #: Whether the store provides ILeasingStore; a store that does not must
+    #: say so plainly (the lease routes then answer leases-unsupported).
+    grants_leases = True
 
     def assert_next_revision(self, before: int, after: int) -> None:
         """Revisions grow; by exactly one where the store promises it."""
@@ -615,6 +620,150 @@ class StoreContract(ExpectFailure):
             self.assertIsNone(await store.get_at("t", swept.revision))
             self.assertEqual(store.history_size, 2)
 
+    # -- leases (ILeasingStore) -----------------------------------------------
+
+    async def leasing_store(self):
+        """
+        A new store if it grants leases, else None once it is pinned that
+        the store does not claim to.
+        """
+        store = await self.make_store()
+        if not self.grants_leases:
+            self.assertFalse(ILeasingStore.providedBy(store))
+            # A put naming a lease is refused, never applied without it.
+            await self.expect(LeasesUnsupported, store.commit([Put("a", b"1", lease=5)]))
+            return None
+        return store
+
+    @contract
+    async def test_lease_interface(self):
+        """A store with leases provides ILeasingStore fully, holding none at first."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        self.assertTrue(verifyObject(ILeasingStore, store))
+        self.assertEqual(store.lease_count, 0)
+
+    @contract
+    async def test_lease_grant_attach_show(self):
+        """A granted lease is shown with its ttl, remaining time and attached keys."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        lease = await store.grant(10, 100)
+        self.assertEqual((lease.ttl, lease.deadline), (10, store.clock.seconds() + 10))
+        await store.commit([Put("b", b"1", lease=lease.id), Put("a", b"1", lease=lease.id), Put("c", b"1")])
+        self.advance(4)
+        shown = await store.lease(lease.id)
+        self.assertEqual((shown.id, shown.keys), (lease.id, ("a", "b")))
+        self.assertEqual(shown.remaining(store.clock.seconds()), 6)
+        self.assertEqual((store.lease_count, store.next_deadline), (1, lease.deadline))
+        later = await store.grant(30, 100)
+        renewed = await store.keepalive(lease.id)
+        self.assertEqual(store.next_deadline, renewed.deadline)
+        await store.revoke(lease.id)
+        self.assertEqual(store.next_deadline, later.deadline)
+        await store.revoke(later.id)
+        self.assertIsNone(store.next_deadline)
+
+    @contract
+    async def test_lease_keepalive_writes_nothing(self):
+        """A keepalive moves the deadline and makes no revision and no change."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        seen = []
+        store.add_listener(seen.append)
+        lease = await store.grant(10, 100)
+        await store.commit([Put("a", b"1", lease=lease.id)])
+        revision, changes = store.revision, len(seen)
+        self.advance(8)
+        renewed = await store.keepalive(lease.id)
+        self.assertEqual(renewed.deadline, store.clock.seconds() + 10)
+        self.assertEqual((store.revision, len(seen)), (revision, changes))
+        self.advance(8)
+        self.assertEqual((await store.lease(lease.id)).keys, ("a",))
+        self.assertEqual(await store.expired_leases(10), [])
+
+    @contract
+    async def test_lease_revoke_deletes_keys_in_one_commit(self):
+        """A revoke deletes every key of the lease in one commit, then the lease is gone."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        lease = await store.grant(10, 100)
+        await store.commit([Put("a", b"1", lease=lease.id), Put("b", b"1", lease=lease.id), Put("c", b"1")])
+        seen = []
+        store.add_listener(seen.append)
+        before = store.revision
+        result = await store.revoke(lease.id)
+        self.assert_next_revision(before, result.revision)
+        self.assertEqual(sorted((c.kind, c.key) for c in result.changes), [("delete", "a"), ("delete", "b")])
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(sorted(await store.get_many(["a", "b", "c"])), ["c"])
+        await self.expect(LeaseNotFound, store.lease(lease.id))
+        await self.expect(LeaseNotFound, store.revoke(lease.id))
+        await self.expect(LeaseNotFound, store.keepalive(lease.id))
+        self.assertEqual(store.lease_count, 0)
+
+    @contract
+    async def test_lease_expiry_expires_keys_in_one_commit(self):
+        """A due lease is gone at once; expire_lease removes its keys as expire changes in one commit."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        lease = await store.grant(5, 100)
+        await store.commit([Put("a", b"1", lease=lease.id), Put("b", b"1", lease=lease.id)])
+        self.advance(5)
+        await self.expect(LeaseNotFound, store.keepalive(lease.id))
+        await self.expect(LeaseNotFound, store.commit([Put("c", b"1", lease=lease.id)]))
+        self.assertEqual(await store.expired_leases(10), [lease.id])
+        before = store.revision
+        result = await store.expire_lease(lease.id)
+        self.assert_next_revision(before, result.revision)
+        self.assertEqual(sorted((c.kind, c.key) for c in result.changes), [("expire", "a"), ("expire", "b")])
+        self.assertEqual(await store.get_many(["a", "b", "c"]), {})
+        self.assertIsNone(await store.expire_lease(lease.id))
+        self.assertEqual((await store.expired_leases(10), store.lease_count), ([], 0))
+
+    @contract
+    async def test_lease_attachment_follows_the_last_write(self):
+        """A put without the lease, or a delete, detaches the key; a put with another lease moves it."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        one = await store.grant(10, 100)
+        two = await store.grant(10, 100)
+        await store.commit([Put(k, b"1", lease=one.id) for k in ("a", "b", "c")])
+        await store.commit([Put("a", b"2"), Delete("b"), Put("c", b"2", lease=two.id)])
+        self.assertEqual((await store.lease(one.id)).keys, ())
+        self.assertEqual((await store.lease(two.id)).keys, ("c",))
+        await store.revoke(one.id)
+        self.assertEqual(sorted(await store.get_many(["a", "c"])), ["a", "c"])
+
+    @contract
+    async def test_lease_unknown_is_refused_and_applies_nothing(self):
+        """A put naming an unknown lease fails the whole commit."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        error = await self.expect(LeaseNotFound, store.commit([Put("a", b"1"), Put("b", b"1", lease=12345)]))
+        self.assertEqual(error.extra["lease"], 12345)
+        self.assertEqual((store.revision, await store.get("a")), (0, None))
+        await self.expect(LeaseNotFound, store.lease(12345))
+
+    @contract
+    async def test_lease_limit(self):
+        """Past max_leases held, a grant is LimitExceeded; a revoke makes room."""
+        store = await self.leasing_store()
+        if store is None:
+            return
+        first = await store.grant(10, 2)
+        await store.grant(10, 2)
+        error = await self.expect(LimitExceeded, store.grant(10, 2))
+        self.assertTrue(error.too_many)
+        await store.revoke(first.id)
+        await store.grant(10, 2)
     @contract
     async def test_replay_changes(self):
         """

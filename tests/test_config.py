@@ -75,6 +75,8 @@ DEFAULTS = {
     "max-staged-bytes": 67108864,
     "max-staged-bytes-total": 536870912,
     "max-open-transactions": 1000,
+    "max-leases": 10000,
+    "max-lease-ttl": 86400.0,
     "txn-timeout": 300.0,
     "max-batch-ops": 100000,
     "max-list-limit": 1000,

@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist import client
+from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.testing import KVCacheServerMixin
 from tests.e2e import http_request, start_server, temp_dir
@@ -45,6 +46,7 @@ def load_example(name: str) -> ModuleType:
 
 feature_flags = load_example("feature_flags")
 job_lock = load_example("job_lock")
+leader_election = load_example("leader_election")
 config_watcher = load_example("config_watcher")
 bulk_import = load_example("bulk_import")
 
@@ -119,60 +121,67 @@ class FeatureFlagTests(KVCacheServerMixin, TestCase):
 
 
 class JobLockTests(KVCacheServerMixin, TestCase):
-    """examples/job_lock.py: If-None-Match: * plus a TTL."""
+    """examples/job_lock.py: kvtwist.client.Lock on leases."""
+
+    #: Expired leases are ended within a tenth of a second.
+    limits = Limits(sweep_interval=0.1)
 
     async def test_one_holder_at_a_time(self) -> None:
-        """A second worker cannot take a held lock; after the release it can."""
-        url = self.start_kvcache()
+        """A second worker waits while the first works, then takes the lock with a higher fencing revision."""
+        url = self.start_kvcache(limits=self.limits)
         http = self.kvcache_client()
-        lock = await job_lock.acquire(http, url, "nightly", "w1", 30)
-        self.assertIsNotNone(lock)
-        self.assertIsNone(await job_lock.acquire(http, url, "nightly", "w2", 30))
+        first_out, second_out = Lines(), Lines()
+        first = Deferred.fromCoroutine(
+            job_lock.run_locked(http, url, "nightly", "w1", 5, 0.5, reactor, first_out))
+        await until(lambda: first_out.lines())
         self.assertEqual(await job_lock.holder(http, url, "nightly"), "w1")
-        await lock.release()
-        self.assertIsNotNone(await job_lock.acquire(http, url, "nightly", "w2", 30))
+        second = Deferred.fromCoroutine(
+            job_lock.run_locked(http, url, "nightly", "w2", 5, 0.1, reactor, second_out))
+        await until(lambda: second_out.lines())
+        self.assertEqual(second_out.lines(), ["waiting for locks/nightly, held by w1"])
+        self.assertEqual((await first, await second), (0, 0))
+        acquired = [line for out in (first_out, second_out) for line in out.lines()
+                    if line.startswith("acquired")]
+        fencing = [int(line.split()[-1].rstrip(")")) for line in acquired]
+        self.assertEqual(fencing, sorted(set(fencing)))
+        self.assertEqual(first_out.lines()[-1], "released locks/nightly")
+        self.assertIsNone(await job_lock.holder(http, url, "nightly"))
 
-    async def test_crashed_holder_expires(self) -> None:
-        """A lock nobody releases frees itself after its TTL."""
-        url = self.start_kvcache()
-        http = self.kvcache_client()
-        self.assertIsNotNone(await job_lock.acquire(http, url, "nightly", "w1", 0.2))
-        await sleep(0.3)
-        self.assertIsNotNone(await job_lock.acquire(http, url, "nightly", "w2", 30))
-
-    async def test_lost_lock_is_noticed(self) -> None:
-        """Renewing or releasing a lock someone else took since is refused (412)."""
-        url = self.start_kvcache()
-        http = self.kvcache_client()
-        mine = await job_lock.acquire(http, url, "nightly", "w1", 0.2)
-        await sleep(0.3)
-        theirs = await job_lock.acquire(http, url, "nightly", "w2", 30)
-        self.assertIsNotNone(theirs)
-        with self.assertRaises(client.PreconditionFailedError):
-            await mine.renew()
-        with self.assertRaises(client.PreconditionFailedError):
-            await mine.release()
-        self.assertEqual(await job_lock.holder(http, url, "nightly"), "w2")
-
-    async def test_run_locked_renews(self) -> None:
-        """
-        Work longer than the TTL keeps the lock through renewals, then releases it.
-
-        The TTL is long enough that a renewal made 0.8 s before the expiry
-        is not missed when the loaded machine stalls this process: with a
-        TTL of 0.3 s (0.2 s of margin) it failed under a parallel run.
-        """
-        url = self.start_kvcache()
+    async def test_crashed_holder_is_taken_over(self) -> None:
+        """A holder that stops renewing without releasing loses the lock after its ttl."""
+        url = self.start_kvcache(limits=self.limits)
         http = self.kvcache_client()
         out = Lines()
-        code = await job_lock.run_locked(http, url, "nightly", "w1", 1.2, 2.0, reactor, out)
-        self.assertEqual(code, 0)
-        self.assertEqual(out.lines(), ["acquired locks/nightly as w1", "released locks/nightly"])
-        # 2 s of work in slices of at most 0.4 s: the acquire, five
-        # renewals and the release, each a commit of the lock's key.
-        commits = self.kvcache.store.commits
-        self.assertEqual([[op.key for op in ops] for ops in commits], [["locks/nightly"]] * 7)
-        self.assertNotIn("locks/nightly", self.kvcache.store.rows)
+        code = await job_lock.run_locked(http, url, "nightly", "w1", 0.6, 0.1, reactor, out,
+                                         release=False)
+        self.assertEqual((code, out.lines()[-1]), (0, "exiting without releasing locks/nightly"))
+        self.assertEqual(await job_lock.holder(http, url, "nightly"), "w1")
+        taken = Lines()
+        self.assertEqual(
+            await job_lock.run_locked(http, url, "nightly", "w2", 5, 0.1, reactor, taken), 0)
+        self.assertIn("acquired locks/nightly as w2", taken.getvalue())
+
+
+class LeaderElectionTests(KVCacheServerMixin, TestCase):
+    """examples/leader_election.py: kvtwist.client.Election."""
+
+    async def test_resign_hands_over_and_observe_follows(self) -> None:
+        """The first candidate leads, resigns after --lead; the second leads next; an observer sees both."""
+        url = self.start_kvcache(limits=Limits(sweep_interval=0.1))
+        http = self.kvcache_client()
+        seen, one, two = Lines(), Lines(), Lines()
+        first = Deferred.fromCoroutine(
+            leader_election.lead(http, url, "svc/leader", "node-1", 5, 0.3, reactor, one))
+        await until(lambda: one.lines())
+        observing = Deferred.fromCoroutine(
+            leader_election.observe(http, url, "svc/leader", 1, reactor, seen))
+        await until(lambda: seen.lines())
+        second = Deferred.fromCoroutine(
+            leader_election.lead(http, url, "svc/leader", "node-2", 5, 0.1, reactor, two))
+        self.assertEqual((await first, await second, await observing), (0, 0, 0))
+        self.assertEqual(one.lines(), ["leading svc/leader as node-1", "resigned svc/leader"])
+        self.assertEqual(two.lines(), ["leading svc/leader as node-2", "resigned svc/leader"])
+        self.assertEqual(seen.lines(), ["leader: node-1", "leader: node-2"])
 
 
 class SSEParserTests(SynchronousTestCase):
@@ -387,21 +396,30 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(script.wait(), 0, script.stderr())
 
     def test_job_lock(self) -> None:
-        """job_lock.py: a second worker finds the lock held (exit 1) until it is released."""
-        server = start_server(self)
+        """job_lock.py: a second worker waits while the first holds the lock, and takes it over when the first is killed."""
+        server = start_server(self, extra_args=["--sweep-interval", "0.1"])
         first = Script(self, "job_lock", "--url", server.url, "--job", "nightly",
-                       "--owner", "w1", "--ttl", "30", "--work", "60")
-        self.assertEqual(first.readline(), "acquired locks/nightly as w1")
+                       "--owner", "w1", "--ttl", "1", "--work", "60")
+        self.assertTrue(first.readline().startswith("acquired locks/nightly as w1 (fencing revision "))
         second = Script(self, "job_lock", "--url", server.url, "--job", "nightly",
-                        "--owner", "w2", "--work", "0.1")
-        self.assertEqual(second.wait(), 1, second.stderr())
-        self.assertEqual(second.rest(), "locks/nightly is held by w1\n")
+                        "--owner", "w2", "--ttl", "5", "--work", "0.1")
+        self.assertEqual(second.readline(), "waiting for locks/nightly, held by w1")
         first.close()  # killed: it never releases, as a crashed worker
-        third = Script(self, "job_lock", "--url", server.url, "--job", "other",
-                       "--owner", "w3", "--ttl", "1", "--work", "0.5")
-        self.assertEqual(third.wait(), 0, third.stderr())
-        self.assertEqual(third.rest(),
-                         "acquired locks/other as w3\nreleased locks/other\n")
+        self.assertTrue(second.readline().startswith("acquired locks/nightly as w2"))
+        self.assertEqual(second.wait(), 0, second.stderr())
+        self.assertEqual(second.rest(), "released locks/nightly\n")
+
+    def test_leader_election(self) -> None:
+        """leader_election.py: the second candidate leads once the first resigns."""
+        server = start_server(self, extra_args=["--sweep-interval", "0.1"])
+        first = Script(self, "leader_election", "--url", server.url, "--name", "svc/leader",
+                       "--value", "node-1", "--ttl", "5", "--lead", "1")
+        self.assertEqual(first.readline(), "leading svc/leader as node-1")
+        second = Script(self, "leader_election", "--url", server.url, "--name", "svc/leader",
+                        "--value", "node-2", "--ttl", "5", "--lead", "0.1")
+        self.assertEqual(first.wait(), 0, first.stderr())
+        self.assertEqual(second.readline(), "leading svc/leader as node-2")
+        self.assertEqual(second.wait(), 0, second.stderr())
 
     def test_config_watcher(self) -> None:
         """config_watcher.py prints the snapshot and N events, then exits 0."""

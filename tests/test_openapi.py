@@ -402,10 +402,13 @@ class World:
     def path_example(self, parameter: Dict[str, Any]) -> str:
         """
         A value of a path parameter that exists: an open transaction for
-        C{id}, else (a key) its documented example, committed first.
+        C{id}, a granted lease for C{lease}, else (a key) its documented
+        example, committed first.
         """
         if parameter["name"] == "id":
             return self.begin()
+        if parameter["name"] == "lease":
+            return str(self.store.grant(60, 1000).result.id)
         key = parameter["example"]
         self.store.commit([Put(key, b'"example"', "application/json")])
         return key

@@ -127,6 +127,7 @@ class EtcdStoreContractTests(StoreContract, EtcdTestCase):
     # etcd's leases remove expired keys; kvtwist does not sweep them.
     sweeps_itself = False
     keeps_history = False
+    grants_leases = False
 
     async def make_store(self):
         return await self.open_store()

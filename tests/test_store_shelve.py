@@ -88,6 +88,23 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         entry = self.successResultOf(again.get("a"))
         self.assertEqual((entry.value, entry.expires, entry.mod_revision), (b"1", 2e9, 1))
 
+    def test_leases_survive_reopen(self):
+        """A lease keeps its keys and its remaining time across a reopen, then expires on time."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        lease = self.successResultOf(store.grant(30, 10))
+        self.successResultOf(store.commit([Put("a", b"1", lease=lease.id)]))
+        self.reactor.advance(10)
+        self.successResultOf(store.close())
+        again = self.open_store(directory)
+        self.reactor.advance(5)
+        shown = self.successResultOf(again.lease(lease.id))
+        self.assertEqual((shown.keys, shown.remaining(self.reactor.seconds()), again.lease_count), (("a",), 15, 1))
+        self.reactor.advance(15)
+        self.assertEqual(self.successResultOf(again.expired_leases(10)), [lease.id])
+        self.successResultOf(again.expire_lease(lease.id))
+        self.assertIsNone(self.successResultOf(again.get("a")))
+
     def test_modes(self):
         """The data directory is 0700 and every file in it 0600."""
         directory = os.path.join(self.mktemp(), "data")

@@ -76,6 +76,17 @@ Backups:
     - L{save_snapshot}: C{GET /v1/snapshot}, every key at one revision as
       JSON Lines into a file, checked whole.
 
+Coordination on leases (etcd's recipes), each with a reactor injected for
+its keepalive timers:
+
+    - L{grant}, L{keepalive}, L{show_lease}, L{revoke}: the C{/v1/lease}
+      routes; L{Lease}: a lease kept alive while held, with C{on_lost} and
+      a C{lost} Deferred (C{async with Lease(...) as lease}).
+    - L{Lock}: a fair lock (C{async with Lock(...) as lock}), whose
+      C{fencing_revision} grows with every acquisition.
+    - L{Election}: C{campaign}, C{proclaim}, C{resign}; L{leader} and
+      L{observe} follow who leads.
+
 Staged seed writes live in one queue shared by every client until somebody
 commits; transactions are each client's own. Every function accepts
 C{token=...} (sent as C{Authorization: Bearer <token>}) for servers with auth
@@ -103,7 +114,8 @@ The modules: L{errors <kvtwist.client.errors>}, the shared HTTP plumbing
 (C{_wire}), L{seed <kvtwist.client.seed>}, L{kv <kvtwist.client.kv>} (v1
 keys and listings), L{txn <kvtwist.client.txn>}, L{batch
 <kvtwist.client.batch>}, L{sse <kvtwist.client.sse>} (the event-stream
-format) and L{watch <kvtwist.client.watch>}. Import from C{kvtwist.client}.
+format), L{watch <kvtwist.client.watch>}, L{lease <kvtwist.client.lease>},
+L{lock <kvtwist.client.lock>} and L{election <kvtwist.client.election>}. Import from C{kvtwist.client}.
 """
 
 from kvtwist.client._wire import (
@@ -132,7 +144,10 @@ from kvtwist.client.errors import (
     TimedOut,
     with_timeout,
 )
+from kvtwist.client.election import Election, NotLeader, leader, observe
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
+from kvtwist.client.lease import Lease, LeaseLost, grant, keepalive, revoke, show_lease
+from kvtwist.client.lock import Lock
 from kvtwist.client.seed import commit, delete, get, get_value, set_many
 from kvtwist.client.snapshot import save_snapshot
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
@@ -182,4 +197,15 @@ __all__ = [
     "EventStreamParser",
     "ServerSentEvent",
     "SSEComment",
+    "grant",
+    "keepalive",
+    "show_lease",
+    "revoke",
+    "Lease",
+    "LeaseLost",
+    "Lock",
+    "Election",
+    "NotLeader",
+    "leader",
+    "observe",
 ]

@@ -66,6 +66,22 @@ def _ttl(ttl: Any) -> Optional[str]:
     return "%d" % (ttl,) if isinstance(ttl, int) else repr(float(ttl))
 
 
+def _lease(lease: Any) -> Optional[str]:
+    """
+    C{lease} as the C{?lease=} text, or L{None}.
+
+    @raise TypeError: unless it is an int (not a bool).
+    @raise ValueError: unless it is positive.
+    """
+    if lease is None:
+        return None
+    if type(lease) is not int:
+        raise TypeError("lease is an int id, not %s" % (type(lease).__name__,))
+    if lease <= 0:
+        raise ValueError("lease ids are positive: %r" % (lease,))
+    return "%d" % (lease,)
+
+
 def _if_match(if_match: Any) -> bytes:
     """
     The C{If-Match} header value for a revision (an int), an ETag as
@@ -137,12 +153,13 @@ def _put_request(
     if_none_match: bool,
     token: Optional[str],
     expected: Collection[int],
+    lease: Optional[int] = None,
 ) -> Deferred:
     body = _value_bytes(value)
     return _request(
         http,
         "PUT",
-        target + _query(ttl=_ttl(ttl)),
+        target + _query(ttl=_ttl(ttl), lease=_lease(lease)),
         expected,
         token,
         body,
@@ -171,6 +188,7 @@ def put(
     ttl: Optional[float] = None,
     if_match: Union[int, str, None] = None,
     if_none_match: bool = False,
+    lease: Optional[int] = None,
     token: Optional[str] = None,
 ) -> Deferred:
     """
@@ -185,6 +203,8 @@ def put(
         C{"*"}, only if the key exists. For compare-and-swap.
     @param if_none_match: write only if the key does not exist (C{If-None-
         Match: *}). For create-only writes such as locks.
+    @param lease: attach the key to this lease (C{?lease=}, see
+        L{kvtwist.client.lease}); a write without it detaches the key.
     @return: a Deferred firing with the server's C{{"key", "revision",
         "created", "version"}} plus C{"etag"} (the new ETag, C{'"<rev>"'}),
         C{"mod_revision"} (the key's new revision, for the next
@@ -200,7 +220,7 @@ def put(
     """
     d = _put_request(
         http, _key_url(url, key), value, content_type, ttl, if_match, if_none_match,
-        token, {200, 201},
+        token, {200, 201}, lease,
     )
     return d.addCallback(_put_result)
 

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import Check, CommitResult, Entry, Op
 from kvtwist.store.history import keeps_history_of
+from kvtwist.store.leases import grants_leases_of
 
 # What one cached key costs beyond the strings and bytes it holds, from
 # tracemalloc on CPython 3.11 (tests/test_cache.py checks the sums against
@@ -137,6 +138,9 @@ class CachedStore:
         store.add_listener(self.apply_changes)
         # History passes through uncached: the cache holds the present.
         keeps_history_of(self, store)
+        # Leases pass through; the commits that end them reach the cache
+        # through the listener, like every commit.
+        grants_leases_of(self, store)
         if hasattr(store, "add_reset_listener"):
             store.add_reset_listener(self._on_reset)
 
@@ -157,6 +161,14 @@ class CachedStore:
     @property
     def history_size(self) -> int:
         return self.store.history_size
+
+    @property
+    def lease_count(self) -> int:
+        return self.store.lease_count
+
+    @property
+    def next_deadline(self) -> Optional[float]:
+        return self.store.next_deadline
 
     @property
     def key_count(self) -> int:
@@ -314,6 +326,24 @@ class CachedStore:
 
     def compact(self, revision: int, max_records: int) -> Deferred:
         return self.store.compact(revision, max_records)
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self.store.grant(ttl, max_leases)
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self.store.keepalive(lease_id)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self.store.lease(lease_id)
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return self.store.revoke(lease_id)
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return self.store.expired_leases(limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return self.store.expire_lease(lease_id)
 
     def get_linearizable(self, key: str) -> Deferred:
         """

@@ -178,7 +178,13 @@ from twisted.web.client import ResponseDone
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.errors import (
+    ConflictError,
+    LeasesUnsupported,
+    LimitExceeded,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.model import (
     Change,
@@ -932,6 +938,10 @@ class EtcdStore:
         # Increments become writes of the values read in _attempt (guarded
         # like every write, so a concurrent change makes them read again).
         final = final_ops(fold_increments(ops))
+        if any(isinstance(op, Put) and op.lease is not None for op in final.values()):
+            # This store does not provide ILeasingStore (yet): never drop a
+            # lease silently.
+            raise LeasesUnsupported()
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())

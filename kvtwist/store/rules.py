@@ -220,7 +220,7 @@ def apply_commit(
             if (
                 stored is not None
                 and stored.mod_revision == op.mod_revision
-                and not stored.is_live(now)
+                and (op.leased or not stored.is_live(now))
             ):
                 planned.append((op, stored))
             continue

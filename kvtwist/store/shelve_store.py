@@ -11,6 +11,12 @@ L{kvtwist.interfaces.IHistoricalStore}) by the same flush, in the same
 SQLite transaction as the data, so a crash never separates them; a commit
 adds one history row per key it changed, whatever the store's size.
 
+Leases: the lease rows and key attachments live in their own tables of
+the same SQLite file (L{kvtwist.store.sqlitemap}), changed by the same
+transaction as the data. Grants, keepalives, revokes and expiries are
+queued with the commits, so each is durable (synced) before it is answered:
+a keepalive acknowledged before a crash is never lost after it.
+
 Group commit: commits that arrive while the store thread is busy wait in a
 queue; the next trip to the thread applies all of them, each with its own
 checks and revision, inside one SQLite transaction and one sync. So no
@@ -39,8 +45,9 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IWorkInFlight
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore, IWorkInFlight
 from kvtwist.model import Change, Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
+from kvtwist.store import leases as lease_rules
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.history import (
     PUT,
@@ -50,7 +57,7 @@ from kvtwist.store.history import (
     replayed_change,
 )
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, count_delta, live, touched_keys
+from kvtwist.store.rules import count_delta, live, touched_keys
 from kvtwist.store.shelf import DataShelf, HistoryRecord
 from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
@@ -188,6 +195,48 @@ class _ShelfTable:
                 break
             due.append((key, mod_revision))
         return due
+
+
+class _ShelfLeases:
+    """
+    The L{kvtwist.store.leases.LeaseTable} view of the shelf's lease tables
+    (store thread only), for one group commit: key attachments are held
+    back and written together, a few statements for the whole group.
+    """
+
+    def __init__(self, shelf: DataShelf) -> None:
+        self._mapping = shelf.dict
+        self._encoding = shelf.keyencoding
+        self._attachments: Dict[bytes, Optional[int]] = {}
+
+    def lease(self, lease_id: int) -> Optional[Tuple[float, float]]:
+        return self._mapping.lease(lease_id)
+
+    def set_lease(self, lease_id: int, ttl: float, deadline: float) -> None:
+        self._mapping.set_lease(lease_id, ttl, deadline)
+
+    def drop_lease(self, lease_id: int) -> None:
+        self.flush()
+        self._mapping.drop_lease(lease_id)
+
+    def keys_of(self, lease_id: int) -> List[str]:
+        self.flush()
+        return [key.decode(self._encoding) for key in self._mapping.lease_keys(lease_id)]
+
+    def attach(self, key: str, lease_id: Optional[int]) -> None:
+        self._attachments[key.encode(self._encoding)] = lease_id
+
+    def due(self, now: float, limit: int) -> List[int]:
+        return self._mapping.due_leases(now, limit)
+
+    def count(self) -> int:
+        return self._mapping.lease_count
+
+    def flush(self) -> None:
+        """Write the attachments held back, inside the caller's transaction."""
+        attachments, self._attachments = self._attachments, {}
+        if attachments:
+            self._mapping.attach_many(attachments)
 
 
 def _entry(key: str, record: object) -> Entry:
@@ -343,16 +392,28 @@ def _collect_page(
     return builder.page(revision)
 
 
-#: A queued commit: its ops, checks, the Deferred of its answer, and how
-#: many trips had finished when it was submitted.
-_PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
+#: One change to apply on the store thread: C{(keys, change)}, where
+#: C{change(table, leases, revision, now)} (store thread) returns a
+#: L{CommitResult}, a L{kvtwist.model.Lease} or L{None}, or raises a
+#: L{KVError} having changed nothing; C{keys} are the keys it reads, read
+#: ahead with the rest of its group.
+_Work = Tuple[Sequence[str], Callable[["_ShelfTable", _ShelfLeases, int, float], object]]
+
+#: A queued change: its work, the Deferred of its answer, and how many
+#: trips had finished when it was submitted.
+_PendingCommit = Tuple[_Work, Deferred, int]
+
+
+def _op_count(work: _Work) -> int:
+    """How many keys a queued change names (a commit's ops and checks; none for a lease change)."""
+    return len(work[0])
 
 
 def _commits(count: int, ops: int) -> str:
     return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
 
 
-@implementer(IHistoricalStore, IWorkInFlight)
+@implementer(IHistoricalStore, ILeasingStore, IWorkInFlight)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -376,6 +437,10 @@ class ShelveStore:
         self.revision = 0
         self.compact_revision = 0
         self.history_size = 0
+        self.lease_count = 0
+        #: Each lease's deadline as this store last granted or renewed it
+        #: (reactor thread), for next_deadline.
+        self._deadlines: Dict[int, float] = {}
         self._reactor = reactor
         self.clock: IReactorTime = reactor  # type: ignore[assignment]
         self._pool = threadpool
@@ -423,7 +488,7 @@ class ShelveStore:
         if self._trip_size is not None:
             parts.append("a group of %s on the store thread" % (_commits(*self._trip_size),))
         if self._queue:
-            queued_ops = sum(len(ops) for ops, _, _, _ in self._queue)
+            queued_ops = sum(_op_count(work) for work, _, _ in self._queue)
             parts.append("%s queued" % (_commits(len(self._queue), queued_ops),))
         if self._reads:
             parts.append("%d read%s" % (self._reads, "" if self._reads == 1 else "s"))
@@ -434,8 +499,15 @@ class ShelveStore:
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
 
-        def opened(state: Tuple[int, int, int, int]) -> None:
-            self.revision, self.key_count, self.compact_revision, self.history_size = state
+        def opened(state: Tuple[int, int, int, int, Dict[int, float]]) -> None:
+            (
+                self.revision,
+                self.key_count,
+                self.compact_revision,
+                self.history_size,
+                self._deadlines,
+            ) = state
+            self.lease_count = len(self._deadlines)
             self._open = True
 
         return d.addCallback(opened)
@@ -533,12 +605,73 @@ class ShelveStore:
         return self.commit([DeletePrefix(prefix, max_keys)])
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
+        ops, checks = list(ops), list(checks)
+        return self._submit(
+            touched_keys(ops, checks),
+            lambda table, leases, revision, now: lease_rules.commit(
+                table, leases, revision, ops, checks, now
+            ),
+        )
+
+    def _submit(self, keys: Sequence[str], change) -> Deferred:
+        """Queue one change (see L{_Work}) for the next trip to the store thread."""
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
         d: Deferred = Deferred()
-        self._queue.append((list(ops), list(checks), d, self._trips_done))
+        self._queue.append(((keys, change), d, self._trips_done))
         self._flush()
         return d
+
+    @property
+    def next_deadline(self) -> Optional[float]:
+        return min(self._deadlines.values(), default=None)
+
+    def _track(self, lease):
+        """Keep a granted or renewed lease's deadline for next_deadline."""
+        self._deadlines[lease.id] = lease.deadline
+        return lease
+
+    def _untrack(self, lease_id: int, outcome: object) -> object:
+        """Forget a lease that ended (a revoke, an expiry, or not found)."""
+        self._deadlines.pop(lease_id, None)
+        return outcome
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self._submit(
+            (), lambda table, leases, revision, now: lease_rules.grant(leases, ttl, now, max_leases)
+        ).addCallback(self._track)
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self._submit(
+            (), lambda table, leases, revision, now: lease_rules.renew(leases, lease_id, now)
+        ).addCallback(self._track)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self._run(self._sync_lease, lease_id, self.clock.seconds())
+
+    def revoke(self, lease_id: int) -> Deferred:
+        d = self._submit(
+            (),
+            lambda table, leases, revision, now: lease_rules.revoke(
+                table, leases, revision, lease_id, now
+            ),
+        )
+        return d.addCallback(lambda result: self._untrack(lease_id, result))
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return self._run(self._sync_expired_leases, self.clock.seconds(), limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        d = self._submit(
+            (),
+            lambda table, leases, revision, now: lease_rules.expire(
+                table, leases, revision, lease_id, now
+            ),
+        )
+        # Not due (None): renewed meanwhile, its deadline is tracked already.
+        return d.addCallback(
+            lambda result: result if result is None else self._untrack(lease_id, result)
+        )
 
     def _flush(self) -> None:
         """Send every queued commit to the store thread, unless a trip is on."""
@@ -547,42 +680,43 @@ class ShelveStore:
         batch, self._queue = self._queue, []
         flushing: Deferred = Deferred()
         self._flushing = flushing
-        self._trip_size = (len(batch), sum(len(ops) for ops, _, _, _ in batch))
+        self._trip_size = (len(batch), sum(_op_count(work) for work, _, _ in batch))
         d = deferToThreadPool(
             self._reactor,
             self._pool,
             self._sync_commit_group,
-            [(ops, checks) for ops, checks, _, _ in batch],
+            [work for work, _, _ in batch],
             self.clock.seconds(),
         )
 
         def waited() -> None:
             # This trip is the (_trips_done + 1)th to finish.
             if self.syncs_waited_observer is not None:
-                for _, _, _, done_before in batch:
+                for _, _, done_before in batch:
                     self.syncs_waited_observer(self._trips_done + 1 - done_before)
 
-        def applied(done: Tuple[List[object], float]) -> None:
-            outcomes, sync_seconds = done
+        def applied(done: Tuple[List[object], float, int]) -> None:
+            outcomes, sync_seconds, self.lease_count = done
             if self.sync_observer is not None:
                 self.sync_observer(sync_seconds, len(batch))
             waited()
-            for (_, _, waiter, _), outcome in zip(batch, outcomes):
+            for (_, waiter, _), outcome in zip(batch, outcomes):
+                if isinstance(outcome, KVError):
+                    waiter.errback(Failure(outcome))
+                    continue
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
                     self.key_count += count_delta(outcome)
                     self.history_size += len(outcome.changes)
                     self._listeners.notify(outcome)
-                    waiter.callback(outcome)
-                else:
-                    waiter.errback(Failure(outcome))
+                waiter.callback(outcome)
 
         def failed(reason: Failure) -> None:
             error = _write_failure(
                 reason.value, "the commit could not be written", self.directory
             )
             waited()
-            for _, _, waiter, _ in batch:
+            for _, waiter, _ in batch:
                 waiter.errback(Failure(error))
 
         def next_trip(_: object) -> None:
@@ -596,11 +730,11 @@ class ShelveStore:
 
     # -- store thread ----------------------------------------------------
 
-    def _sync_open(self) -> Tuple[int, int, int, int]:
+    def _sync_open(self) -> Tuple[int, int, int, int, Dict[int, float]]:
         """
         Store thread: open (creating if needed) and verify the shelf; return
-        its revision, how many keys it holds, its compact revision and how
-        many history records it keeps.
+        its revision, how many keys it holds, its compact revision, how
+        many history records it keeps and its leases' deadlines.
         """
         # Held until the shelf closes: no other process writes the file.
         lock = hold_data_dir(self.directory)
@@ -618,6 +752,7 @@ class ShelveStore:
             mapping.count_prefix(_KEY.encode("ascii")),
             compact_revision,
             mapping.history_count(),
+            mapping.lease_deadlines(),
         )
 
     def _sync_prepare_history(self, revision: int) -> int:
@@ -770,40 +905,52 @@ class ShelveStore:
         with shelf.dict.snapshot():
             return _ShelfTable(shelf).expired(now, limit)
 
+    def _sync_lease(self, lease_id: int, now: float):
+        """Store thread: a held lease with its keys."""
+        shelf = self._sync_shelf()
+        with shelf.dict.snapshot():
+            return lease_rules.describe(_ShelfLeases(shelf), lease_id, now)
+
+    def _sync_expired_leases(self, now: float, limit: int) -> List[int]:
+        """Store thread: the ids of leases past their deadline."""
+        return self._sync_shelf().dict.due_leases(now, limit)
+
     def _sync_ping(self) -> None:
         """Store thread: a small durable write (L{SQLiteMapping.ping})."""
         self._sync_shelf().dict.ping()
 
     def _sync_commit_group(
-        self, group: List[Tuple[Sequence[Op], Sequence[Check]]], now: float
-    ) -> Tuple[List[object], float]:
+        self, group: List[_Work], now: float
+    ) -> Tuple[List[object], float, int]:
         """
-        Store thread: apply each commit of C{group} in order, in one SQLite
-        transaction and one sync. Returns, per commit, its L{CommitResult} or
-        its L{ConflictError}, and the seconds the sync took. If the
-        transaction fails, nothing of the group is applied and the exception
-        propagates.
+        Store thread: apply each change of C{group} (commits and lease
+        changes) in order, in one SQLite transaction and one sync. Returns,
+        per change, its outcome (a L{CommitResult}, a lease, L{None}) or its
+        L{KVError} (a failed check, an unknown lease: that change alone
+        applied nothing), the seconds the sync took, and the leases held
+        after it. If the transaction fails, nothing of the group is applied
+        and the exception propagates.
         """
         shelf = self._sync_shelf()
         table = _ShelfTable(shelf)
+        leases = _ShelfLeases(shelf)
         outcomes: List[object] = []
         with shelf.dict.transaction() as timing:
             revision = _read_revision(shelf)
-            table.prefetch(
-                key for ops, checks in group for key in touched_keys(ops, checks)
-            )
-            for ops, checks in group:
+            table.prefetch(key for keys, _ in group for key in keys)
+            for _, change in group:
                 try:
-                    result = apply_commit(table, revision, ops, checks, now)
-                except (ConflictError, LimitExceeded, NotAnInteger) as e:
-                    # Refused before any write: the group's other commits
-                    # go on.
+                    outcome = change(table, leases, revision, now)
+                except KVError as e:
                     outcomes.append(e)
                     continue
-                revision = result.revision
-                table.record_history(result)
-                outcomes.append(result)
+                if isinstance(outcome, CommitResult):
+                    revision = outcome.revision
+                    table.record_history(outcome)
+                outcomes.append(outcome)
             table.set_revision(revision)
             table.flush()
-        return outcomes, timing.sync_seconds
+            leases.flush()
+            lease_count = leases.count()
+        return outcomes, timing.sync_seconds, lease_count
 

@@ -74,6 +74,28 @@ _HISTORY_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS history_by_revision ON history (revision)",
 )
 
+#: Leases (see L{kvtwist.interfaces.ILeasingStore}): each lease's ttl and
+#: absolute deadline (the store clock's seconds, so the remaining time
+#: survives a restart), and which lease each attached key belongs to. Written
+#: in the same transaction as the data they govern.
+_LEASE_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS leases (
+        id INTEGER PRIMARY KEY,
+        ttl REAL NOT NULL,
+        deadline REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS leases_by_deadline ON leases (deadline)",
+    """
+    CREATE TABLE IF NOT EXISTS lease_keys (
+        key BLOB PRIMARY KEY,
+        lease INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS lease_keys_by_lease ON lease_keys (lease, key)",
+)
+
 #: A history row: key, revision, kind code, and the record (None for a
 #: tombstone).
 HistoryRow = Tuple[bytes, int, int, Optional[bytes]]
@@ -297,8 +319,9 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self.history_created = not db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'"
             ).fetchone()
-            for statement in _HISTORY_SCHEMA:
+            for statement in _HISTORY_SCHEMA + _LEASE_SCHEMA:
                 db.execute(statement)
+        self._count_leases()
         self._mark("dirty")
         # Move the "dirty" mark into the main file, so that losing the log
         # from here on is detectable at the next start.
@@ -372,6 +395,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             yield timing
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._count_leases()
             raise
         started = time.perf_counter()
         try:
@@ -643,6 +667,87 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
     def clear_history(self) -> None:
         """Remove every history row (before rebuilding it)."""
         self._db.execute("DELETE FROM history")
+
+    # -- leases --------------------------------------------------------------
+    #
+    # The counts of leases and attached keys are kept in memory (recounted
+    # after a rollback), so that a commit in a store with no attached keys
+    # costs no lease statement at all.
+
+    def _count_leases(self) -> None:
+        db = self._db
+        if not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'"
+        ).fetchone():
+            # A read-only preflight of a store from before leases.
+            self.lease_count = self.attached_count = 0
+            return
+        self.lease_count = db.execute("SELECT count(*) FROM leases").fetchone()[0]
+        self.attached_count = db.execute("SELECT count(*) FROM lease_keys").fetchone()[0]
+
+    def lease(self, lease_id: int) -> Optional[Tuple[float, float]]:
+        """C{(ttl, deadline)} of a stored lease, or L{None}."""
+        return self._db.execute(
+            "SELECT ttl, deadline FROM leases WHERE id = ?", (lease_id,)
+        ).fetchone()
+
+    def set_lease(self, lease_id: int, ttl: float, deadline: float) -> None:
+        """Store or renew a lease (inside the caller's transaction)."""
+        renewed = self._db.execute(
+            "UPDATE leases SET ttl = ?, deadline = ? WHERE id = ?", (ttl, deadline, lease_id)
+        ).rowcount
+        if not renewed:
+            self._db.execute(
+                "INSERT INTO leases (id, ttl, deadline) VALUES (?, ?, ?)", (lease_id, ttl, deadline)
+            )
+            self.lease_count += 1
+
+    def drop_lease(self, lease_id: int) -> None:
+        """Remove a lease and its key attachments."""
+        self.lease_count -= self._db.execute("DELETE FROM leases WHERE id = ?", (lease_id,)).rowcount
+        self.attached_count -= self._db.execute(
+            "DELETE FROM lease_keys WHERE lease = ?", (lease_id,)
+        ).rowcount
+
+    def lease_keys(self, lease_id: int) -> List[bytes]:
+        """The keys attached to a lease, in byte order."""
+        return [
+            key
+            for (key,) in self._db.execute(
+                "SELECT key FROM lease_keys WHERE lease = ? ORDER BY key", (lease_id,)
+            )
+        ]
+
+    def attach_many(self, attachments: Mapping[bytes, Optional[int]]) -> None:
+        """
+        Attach each key to its lease, or detach it (L{None}), a few
+        statements in all; none when nothing is or gets attached.
+        """
+        if self.attached_count:
+            for chunk in _chunks(list(attachments), ROWS_PER_STATEMENT):
+                self.attached_count -= self._db.execute(
+                    "DELETE FROM lease_keys WHERE key IN (%s)" % ",".join("?" * len(chunk)), chunk
+                ).rowcount
+        attached = [(key, lease) for key, lease in attachments.items() if lease is not None]
+        self.attached_count += len(attached)
+        for chunk in _chunks(attached, ROWS_PER_STATEMENT):
+            self._db.execute(
+                "INSERT INTO lease_keys (key, lease) VALUES %s" % ",".join(["(?, ?)"] * len(chunk)),
+                [value for row in chunk for value in row],
+            )
+
+    def lease_deadlines(self) -> Dict[int, float]:
+        """Every stored lease's deadline."""
+        return dict(self._db.execute("SELECT id, deadline FROM leases"))
+
+    def due_leases(self, now: float, limit: int) -> List[int]:
+        """Up to C{limit} ids of leases whose deadline is at or before C{now}, soonest first."""
+        return [
+            lease_id
+            for (lease_id,) in self._db.execute(
+                "SELECT id FROM leases WHERE deadline <= ? ORDER BY deadline LIMIT ?", (now, limit)
+            )
+        ]
 
     def state(self, name: str) -> Optional[str]:
         """A value of the store's own state table, or L{None}."""

@@ -22,6 +22,8 @@ from kvtwist.errors import (
     InsufficientStorage,
     InvalidInput,
     KeyNotFound,
+    LeaseNotFound,
+    LeasesUnsupported,
     KVError,
     LimitExceeded,
     NotAnInteger,
@@ -83,7 +85,7 @@ def status_for(error: KVError) -> int:
         return 401
     if isinstance(error, Forbidden):
         return 403
-    if isinstance(error, (KeyNotFound, TransactionNotFound)):
+    if isinstance(error, (KeyNotFound, TransactionNotFound, LeaseNotFound)):
         return 404
     if isinstance(error, (ConflictError, NotAnInteger)):
         return 409
@@ -94,7 +96,7 @@ def status_for(error: KVError) -> int:
         return 412
     if isinstance(error, (HistoryGone, RevisionCompacted)):
         return 410
-    if isinstance(error, HistoryUnsupported):
+    if isinstance(error, (HistoryUnsupported, LeasesUnsupported)):
         return 501
     if isinstance(error, StagedMemoryFull):
         return 503

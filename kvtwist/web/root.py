@@ -41,6 +41,7 @@ from kvtwist.web.v1.batch import Batch
 from kvtwist.web.v1.compact import Compact, history_state
 from kvtwist.web.v1.snapshot import Snapshot
 from kvtwist.web.v1.kv import KeyCollection
+from kvtwist.web.v1.lease import LeaseCollection
 from kvtwist.web.v1.txn import TransactionCollection
 from kvtwist.web.v1.watch import Watch, WatcherCount
 
@@ -144,6 +145,7 @@ def make_root(
     v1.putChild(b"kv", KeyCollection(context))
     v1.putChild(b"txn", TransactionCollection(context))
     v1.putChild(b"batch", Batch(context))
+    v1.putChild(b"lease", LeaseCollection(context))
     v1.putChild(b"limits", LimitsResource(context))
     v1.putChild(b"compact", Compact(context))
     v1.putChild(b"snapshot", Snapshot(context))

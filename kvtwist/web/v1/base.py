@@ -23,6 +23,7 @@ from kvtwist.interfaces import IKeyValueStore, ITransactionManager
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
 from kvtwist.web.resource import Answers405, Response, etag, not_found_response, query_names
+from kvtwist.web.v1.leasing import lease_for_put
 
 if TYPE_CHECKING:
     from kvtwist.events import ChangeHub
@@ -246,11 +247,18 @@ def check_content_type(value: str) -> str:
     return value
 
 
-def put_from(request: Request, key: str, body: bytes, clock: IReactorTime) -> Put:
-    """The write a C{PUT} of C{body} to C{key} asks for."""
+def put_from(
+    request: Request, key: str, body: bytes, clock: IReactorTime, store: IKeyValueStore
+) -> Put:
+    """
+    The write a C{PUT} of C{body} to C{key} asks for: C{?ttl=} makes the
+    key expire by itself, C{?lease=} attaches it to a lease (with both,
+    the key goes at whichever comes first).
+    """
     return Put(
         key,
         body,
         content_type_of(request),
         parse_ttl(query_arg(request, "ttl"), clock),
+        lease_for_put(store, query_arg(request, "lease")),
     )

@@ -31,6 +31,7 @@ from kvtwist.errors import InvalidInput, LimitExceeded
 from kvtwist.model import JSON_CONTENT_TYPE, Entry, Put
 from kvtwist.strictjson import check_key, encode, parse
 from kvtwist.web.v1.base import check_content_type, is_json_type, parse_ttl
+from kvtwist.web.v1.leasing import parse_lease_id
 
 #: The op kinds of the C{ops} form, and of a branch.
 OP_KINDS = ("set", "delete", "incr", "check", "check-absent", "get")
@@ -71,7 +72,8 @@ def parse_ops(
     """
     Validate a list of ops into C{(kind, fields)} pairs:
       - C{{"op": "set", "key": K, "value": <JSON>}} or with C{"value_base64"}
-        and C{"content_type"}; optional C{"ttl"} (seconds);
+        and C{"content_type"}; optional C{"ttl"} (seconds) and C{"lease"}
+        (a lease id: see L{kvtwist.web.v1.leasing});
       - C{{"op": "delete", "key": K}};
       - C{{"op": "incr", "key": K, "by": N}}: add the integer N (default 1)
         to the JSON integer K holds (0 when absent);
@@ -124,10 +126,11 @@ def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock) -> Put:
         raise bad_op(where, index, "a set takes exactly one of value and value_base64")
     try:
         expires = parse_ttl(raw.get("ttl"), clock)
+        lease = parse_lease_id(raw.get("lease"))
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
     if has_json:
-        return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires)
+        return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires, lease)
     content_type = raw.get("content_type", "application/octet-stream")
     if not isinstance(content_type, str):
         raise bad_op(where, index, "content_type must be a string")
@@ -135,7 +138,7 @@ def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock) -> Put:
         content_type = check_content_type(content_type)
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
-    return Put(key, _value_bytes(where, index, raw), content_type, expires)
+    return Put(key, _value_bytes(where, index, raw), content_type, expires, lease)
 
 
 def json_equal(a: Any, b: Any) -> bool:

@@ -255,7 +255,7 @@ class KeyResource(V1Resource):
     """C{/v1/kv/{key}}: read, write and delete one key."""
 
     route = "/v1/kv/{key}"
-    parameters = {"GET": ("index", "wait", "consistent", "revision"), "PUT": ("ttl",)}
+    parameters = {"GET": ("index", "wait", "consistent", "revision"), "PUT": ("ttl", "lease")}
 
     def __init__(self, context: V1Context, raw_key: bytes) -> None:
         super().__init__(context)
@@ -340,7 +340,7 @@ class KeyResource(V1Resource):
     async def _put(self, request: Request) -> Response:
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
-        put = put_from(request, key, read_body(request), self.context.clock)
+        put = put_from(request, key, read_body(request), self.context.clock, self.context.store)
         checks = write_checks(request, key)
         try:
             result = await self.context.store.commit([put], checks)

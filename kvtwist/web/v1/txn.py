@@ -142,7 +142,7 @@ class TransactionKey(TransactionPart):
     """C{/v1/txn/{id}/kv/{key}}: read through, stage a write or a delete."""
 
     route = "/v1/txn/{id}/kv/{key}"
-    parameters = {"PUT": ("ttl",)}
+    parameters = {"PUT": ("ttl", "lease")}
 
     def __init__(self, context: V1Context, txn_id: str, raw_key: bytes) -> None:
         super().__init__(context, txn_id)
@@ -171,7 +171,7 @@ class TransactionKey(TransactionPart):
         txn = await self.transaction(request)
         key = decode_key(self._raw_key)
         Authorizer.require_write(principal_of(request), [key])
-        put = put_from(request, key, read_body(request), self.context.clock)
+        put = put_from(request, key, read_body(request), self.context.clock, self.context.store)
         checks = write_checks(request, key)
         previous, view = await stage_put(self.context.store, txn, put, checks)
         return json_response(
