@@ -781,6 +781,26 @@ class PageTests(BrowserCase):
         self.assertEqual(self.server.get_json("tree/db/url"), 1)
         self.wait_text("key-count", "0 keys")
 
+    def test_count_and_find_say_where_they_stopped(self):
+        """
+        Past 10,000 keys the count says "at least", and Find says it
+        searched only the first 10,000 names and lists only 200 matches.
+        """
+        ops = [{"op": "set", "key": "many/k%05d" % (i,), "value": i} for i in range(10_050)]
+        status, _, body = self.server.request(
+            "POST", "/v1/batch", json.dumps({"ops": ops}).encode(), {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 200, body[:200])
+        self.addCleanup(self.server.request, "DELETE", "/v1/kv/?prefix=many/")
+        self.open("many/")
+        self.wait_text("key-count", "At least 10,000 keys under \u201cmany/\u201d (counting stops there)")
+        self.type_into("find", "k0")
+        self.click("find-go")
+        text = self.wait_text("list-status", "searched only the first 10,000 keys")
+        self.assertIn("10,000 matches", text)
+        self.assertIn("showing the first 200", text)
+        self.assertEqual(len(self.row_keys()), 200)
+
     def test_delete_everything_needs_the_words(self):
         """At the root, Delete prefix deletes every key only once "delete everything" is typed."""
         self.server.put_json("everything/a", 1)

@@ -23,6 +23,8 @@ const LOG_LIMIT = 200;
 const REFRESH_DELAY_MS = 250;
 /** The total count walks at most this many key names (then says "at least"). */
 const COUNT_CAP = 10000;
+/** After live changes, the total is counted again at most this often. */
+const COUNT_EVERY_MS = 5000;
 /** A search looks at most at this many key names under the prefix... */
 const SEARCH_CAP = 10000;
 /** ...and lists at most this many of the matches. */
@@ -166,9 +168,14 @@ function isFolder(name) {
   return name.endsWith(SEPARATOR) && name !== state.prefix;
 }
 
-async function loadPage() {
+/**
+ * Show the page again; `count` the total "now", "soon" (after live
+ * changes) or "keep" it (another page of the same listing).
+ */
+async function loadPage({ count = "now" } = {}) {
   renderCrumbs();
-  countKeys();
+  if (count === "now") countKeys();
+  else if (count === "soon") countSoon();
   if (state.find) {
     await runFind();
     return;
@@ -206,6 +213,18 @@ function showPager(paging) {
 }
 
 let countGeneration = 0;
+let countedAt = 0;
+let countTimer = null;
+
+/**
+ * Recount after live changes at most every COUNT_EVERY_MS: each count walks
+ * up to COUNT_CAP names, and a busy prefix changes many times a second.
+ */
+function countSoon() {
+  if (countTimer !== null) return;
+  const wait = Math.max(0, countedAt + COUNT_EVERY_MS - Date.now());
+  countTimer = setTimeout(countKeys, wait);
+}
 
 /**
  * The real number of keys under the prefix (a page's count is not it):
@@ -213,6 +232,9 @@ let countGeneration = 0;
  */
 async function countKeys() {
   const mine = ++countGeneration;
+  clearTimeout(countTimer);
+  countTimer = null;
+  countedAt = Date.now();
   const prefix = state.prefix;
   const box = $("key-count");
   try {
@@ -344,9 +366,22 @@ function listFrom(prefix) {
 }
 
 let refreshTimer = null;
-function refreshSoon() {
+let refreshRecounts = false;
+
+/**
+ * Show the list again shortly (changes come in bursts). After a live change
+ * (`live`), a search shown stays as it is (it walks up to SEARCH_CAP names:
+ * Find again to refresh it) and the count is refreshed at its own pace.
+ */
+function refreshSoon({ live = false } = {}) {
+  if (live && state.find) return;
+  refreshRecounts = refreshRecounts || !live;
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(loadPage, REFRESH_DELAY_MS);
+  refreshTimer = setTimeout(() => {
+    const count = refreshRecounts ? "now" : "soon";
+    refreshRecounts = false;
+    loadPage({ count });
+  }, REFRESH_DELAY_MS);
 }
 
 // ---------------------------------------------------------- prefix delete
@@ -714,7 +749,7 @@ function onChange(event) {
       text: `${new Date().toLocaleTimeString()} #${data.revision} ${event.type} ${data.key}${details}`,
     }),
   );
-  refreshSoon();
+  refreshSoon({ live: true });
 }
 
 const watcher = new Watcher(onChange, liveState);
@@ -791,15 +826,15 @@ function start() {
     if (state.next === null) return;
     state.cursors[state.page + 1] = state.next;
     state.page += 1;
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("page-prev").addEventListener("click", () => {
     state.page = Math.max(0, state.page - 1);
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("page-first").addEventListener("click", () => {
     state.page = 0;
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("new-key").addEventListener("click", newKey);
   $("tree-on").addEventListener("change", () => {
