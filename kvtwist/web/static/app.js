@@ -155,6 +155,7 @@ function useToken(token) {
   showTokenState();
   loadPage();
   restartLive();
+  followOpenKey();
 }
 
 // ---------------------------------------------------------------- listing
@@ -168,6 +169,8 @@ function isFolder(name) {
   return name.endsWith(SEPARATOR) && name !== state.prefix;
 }
 
+let pageGeneration = 0;
+
 /**
  * Show the page again; `count` the total "now", "soon" (after live
  * changes) or "keep" it (another page of the same listing).
@@ -176,8 +179,11 @@ async function loadPage({ count = "now" } = {}) {
   renderCrumbs();
   if (count === "now") countKeys();
   else if (count === "soon") countSoon();
+  // Only the latest load may draw: an earlier one answering late would
+  // show another prefix, page or search.
+  const mine = ++pageGeneration;
   if (state.find) {
-    await runFind();
+    await runFind(mine);
     return;
   }
   const status = $("list-status");
@@ -185,6 +191,7 @@ async function loadPage({ count = "now" } = {}) {
   try {
     if (state.tree) {
       const page = await api.listNames(state.prefix, { limit: state.pageSize, after, separator: SEPARATOR });
+      if (mine !== pageGeneration) return;
       state.next = page.next;
       renderNames(page.keys, true);
       const folders = page.keys.filter(isFolder).length;
@@ -193,11 +200,13 @@ async function loadPage({ count = "now" } = {}) {
       status.textContent = `This page: ${parts.join(", ")} at revision ${page.revision}`;
     } else {
       const page = await api.listKeys(state.prefix, state.pageSize, after);
+      if (mine !== pageGeneration) return;
       state.next = page.next;
       renderRows(page.items);
       status.textContent = `This page: ${plural(page.items.length, "key")} at revision ${page.revision}`;
     }
   } catch (error) {
+    if (mine !== pageGeneration) return;
     state.next = null;
     renderRows([]);
     status.textContent = "Could not list keys: " + describeError(error);
@@ -251,8 +260,8 @@ async function countKeys() {
   }
 }
 
-function keyRow(key, label, { selectable = true } = {}) {
-  const selected = selectable && state.editing && state.editing.key === key;
+function keyRow(key, label) {
+  const selected = state.editing && state.editing.key === key;
   return el(
     "tr",
     { "data-key": key, class: selected ? "selected" : "" },
@@ -308,11 +317,8 @@ function renderCrumbs() {
   $("crumbs").replaceChildren(...crumbs);
 }
 
-let findGeneration = 0;
-
 /** Key names under the prefix containing the search text (any case), bounded. */
-async function runFind() {
-  const mine = ++findGeneration;
+async function runFind(mine) {
   const needle = state.find.toLowerCase();
   const prefix = state.prefix;
   const status = $("list-status");
@@ -329,7 +335,7 @@ async function runFind() {
         if (matches.length < MATCH_LIMIT) matches.push(name);
       }
     });
-    if (mine !== findGeneration) return;
+    if (mine !== pageGeneration) return;
     renderNames(matches, false);
     const searched = walk.complete
       ? `searched all ${plural(walk.seen, "key")}`
@@ -337,7 +343,7 @@ async function runFind() {
     const shown = total > matches.length ? `; showing the first ${matches.length}` : "";
     status.textContent = `${plural(total, "match", "matches")} for \u201c${state.find}\u201d ${where(prefix)}; ${searched}${shown}`;
   } catch (error) {
-    if (mine !== findGeneration) return;
+    if (mine !== pageGeneration) return;
     renderRows([]);
     status.textContent = "Could not search: " + describeError(error);
   }
@@ -493,9 +499,7 @@ async function openKey(key, { keepMessage = false } = {}) {
   ];
   $("edit-meta").textContent = meta.join(" \u00b7 ");
   setEditing({ key, revision: entry.revision, contentType: entry.contentType, binary: shown.binary, text: shown.text });
-  // Follow the key from the revision just read: a change made while the
-  // stream opens is not missed.
-  keyWatcher.start(key, entry.revision);
+  followOpenKey();
   if (shown.binary) say(editorMessage(), "warn", "A binary value, shown as base64: it cannot be edited here.");
 }
 
@@ -546,7 +550,7 @@ async function save() {
     const revision = await api.putKey(write.key, write.body, write);
     setEditing({ key: write.key, revision, contentType: write.contentType, binary: false,
       text: present(new TextEncoder().encode(write.body), write.contentType).text });
-    if (write.create) keyWatcher.start(write.key, revision);
+    if (write.create) followOpenKey();
     hideDiff();
     say(editorMessage(), "ok", `Saved \u201c${write.key}\u201d at revision ${revision}.`);
     $("edit-meta").textContent = `revision ${revision}` + (write.ttl ? ` \u00b7 TTL ${write.ttl} s` : "");
@@ -804,6 +808,14 @@ async function onKeyEvent(event) {
 
 const keyWatcher = new Watcher(onKeyEvent, () => {});
 
+/**
+ * Follow the open key from the revision the editor holds: a change made
+ * while the stream opens is replayed, not missed.
+ */
+function followOpenKey() {
+  if (state.editing) keyWatcher.start(state.editing.key, state.editing.revision);
+}
+
 function restartLive() {
   if ($("live-on").checked) watcher.start(state.prefix);
   else watcher.stop();
@@ -883,7 +895,7 @@ function start() {
     if (event.persisted) {
       loadPage();
       restartLive();
-      if (state.editing) keyWatcher.start(state.editing.key, state.editing.revision);
+      followOpenKey();
     }
   });
 
