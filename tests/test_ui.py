@@ -127,6 +127,7 @@ class StaticResourceTests(SynchronousTestCase):
             "app.js": "text/javascript; charset=utf-8",
             "api.js": "text/javascript; charset=utf-8",
             "watch.js": "text/javascript; charset=utf-8",
+            "diff.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
             "favicon.svg": "image/svg+xml",
         }
@@ -742,8 +743,15 @@ class PageTests(BrowserCase):
         counts every key below, Find matches part of a name, and a prefix
         is deleted only once it is typed back.
         """
-        for key in ("tree/app/config", "tree/app/feature/dark", "tree/app/feature/search", "tree/db/url", "tree/motd"):
-            self.server.put_json(key, 1)
+        demo = {
+            "tree/app/config": {"log_level": "info", "workers": 4},
+            "tree/app/feature/dark": {"enabled": True},
+            "tree/app/feature/search": {"enabled": False},
+            "tree/db/url": "postgres://db.internal/app",
+            "tree/motd": "Welcome",
+        }
+        for key, value in demo.items():
+            self.server.put_json(key, value)
         self.server.put_json("treeless", 1)
         self.open("tree/")
         self.until(lambda d: self.folder_names() == ["tree/app/", "tree/db/"], "no folders")
@@ -755,6 +763,7 @@ class PageTests(BrowserCase):
         self.wait_rows(["tree/app/config"])
         self.wait_text("key-count", "3 keys under \u201ctree/app/\u201d")
         self.assertEqual(self.by_id("prefix").get_attribute("value"), "tree/app/")
+        self.open_key("tree/app/config")
         self.screenshot("ui-tree.png")
         # Back up one level through the path.
         self.driver.find_element(By.CSS_SELECTOR, '#crumbs button[data-prefix="tree/"]').click()
@@ -778,7 +787,7 @@ class PageTests(BrowserCase):
         self.click("confirm-delete")
         self.wait_text("keys-message", "Deleted 3 keys under \u201ctree/app/\u201d")
         self.assertIsNone(self.server.get_json("tree/app/config"))
-        self.assertEqual(self.server.get_json("tree/db/url"), 1)
+        self.assertEqual(self.server.get_json("tree/db/url"), demo["tree/db/url"])
         self.wait_text("key-count", "0 keys")
 
     def test_count_and_find_say_where_they_stopped(self):
@@ -867,6 +876,7 @@ class TokenTests(BrowserCase):
         self.click("token-save")
         self.until(lambda d: not prompt.is_displayed(), "the prompt stayed")
         self.wait_rows(["secret/a"])
+        self.wait_text("key-count", "that this token may read")
         self.wait_live()
         self.assertEqual(
             self.driver.execute_script("return sessionStorage.getItem('kvtwist.token')"), self.token

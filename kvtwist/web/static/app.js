@@ -250,9 +250,11 @@ async function countKeys() {
     const walk = await api.walkNames(prefix, COUNT_CAP);
     if (mine !== countGeneration) return;
     state.count = { prefix, ...walk };
+    // With a token, a listing (and so the count) skips keys it may not read.
+    const readable = api.getToken() ? " that this token may read" : "";
     box.textContent = walk.complete
-      ? `${plural(walk.seen, "key")} ${where(prefix)}`
-      : `At least ${plural(walk.seen, "key")} ${where(prefix)} (counting stops there)`;
+      ? `${plural(walk.seen, "key")} ${where(prefix)}${readable}`
+      : `At least ${plural(walk.seen, "key")} ${where(prefix)}${readable} (counting stops there)`;
   } catch (error) {
     if (mine !== countGeneration) return;
     state.count = null;
