@@ -737,6 +737,32 @@ class PageTests(BrowserCase):
         self.server.request("DELETE", "/v1/kv/livewarn/k")
         self.wait_text("editor-message", "deleted by someone else")
 
+    def test_line_diff(self):
+        """The editor's diff keeps 3 lines around each change, folds the rest, and survives huge inputs."""
+        self.open()
+        result = self.driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            import("./diff.js").then(({ lineDiff, foldUnchanged }) => {
+              const before = Array.from({ length: 30 }, (_, i) => "line " + i);
+              const after = before.map((line, i) => (i === 15 ? "changed" : line));
+              const big = Array.from({ length: 3000 }, (_, i) => "x" + i);
+              done({
+                folded: foldUnchanged(lineDiff(before.join("\\n"), after.join("\\n")))
+                  .map((e) => e.op + (e.count === undefined ? e.line : e.count)),
+                huge: lineDiff(big.join("\\n"), big.map((l) => l + "!").join("\\n")).length,
+              });
+            }, (error) => done(String(error)));
+            """
+        )
+        self.assertEqual(
+            result["folded"],
+            ["\u202612", " line 12", " line 13", " line 14", "-line 15", "+changed",
+             " line 16", " line 17", " line 18", "\u202611"],
+        )
+        # 3000 x 3000 lines pass the alignment bound: all removed, all added.
+        self.assertEqual(result["huge"], 6000)
+
     def test_tree_count_find_and_delete_prefix(self):
         """
         Folders at "/" open level by level (with a path back), the total
