@@ -8,8 +8,10 @@ They run the page against C{tests/ui_server.py} (a kvcache over a
 MemoryStore, in a subprocess on a free 127.0.0.1 port) and change keys
 behind the page's back through the plain HTTP API.
 
-Set C{KVTWIST_UI_SCREENSHOT=1} to rewrite C{docs/img/ui.png} from the tour
-test.
+Set C{KVTWIST_UI_SCREENSHOT=1} to rewrite the pictures in C{docs/img/}:
+C{ui.png} (the tour), C{ui-tree.png} (folders and the total count),
+C{ui-live.png} (the open key following the live feed, with a diff) and
+C{ui-conflict.png} (a save refused as a conflict).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT_ENV = "KVTWIST_UI_SCREENSHOT"
-SCREENSHOT_PATH = os.path.join(REPO, "docs", "img", "ui.png")
+SCREENSHOT_DIR = os.path.join(REPO, "docs", "img")
 
 #: Seconds any one browser condition may take to come true. Generous for a
 #: busy 2-core CI machine; a passing run waits far less.
@@ -125,6 +127,7 @@ class StaticResourceTests(SynchronousTestCase):
             "app.js": "text/javascript; charset=utf-8",
             "api.js": "text/javascript; charset=utf-8",
             "watch.js": "text/javascript; charset=utf-8",
+            "diff.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
             "favicon.svg": "image/svg+xml",
         }
@@ -387,12 +390,17 @@ class BrowserCase(unittest.TestCase):
 
     # -- driving the page
 
-    def open(self, prefix: str = "") -> None:
-        """Load the page fresh (a new document: the query differs every time)."""
+    def open(self, prefix: str = "", flat: bool = False) -> None:
+        """
+        Load the page fresh (a new document: the query differs every time),
+        in the tree view or, with C{flat}, listing every key under the prefix.
+        """
         BrowserCase._loads += 1
-        url = "%s/ui/?load=%d" % (self.server.url, BrowserCase._loads)
+        url = "%s/ui/?load=%d#" % (self.server.url, BrowserCase._loads)
         if prefix:
-            url += "#prefix=" + prefix
+            url += "prefix=" + prefix + "&"
+        if flat:
+            url += "view=flat"
         self.driver.get(url)
         self.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
 
@@ -417,7 +425,9 @@ class BrowserCase(unittest.TestCase):
     def page_state(self) -> str:
         """The page's visible messages, for failure reports."""
         parts = []
-        for element_id in ("list-status", "editor-message", "txn-message", "live-state", "edit-meta"):
+        for element_id in (
+            "key-count", "list-status", "keys-message", "editor-message", "txn-message", "live-state", "edit-meta",
+        ):
             parts.append("%s=%r" % (element_id, self.safe_text(element_id)))
         return ", ".join(parts)
 
@@ -487,6 +497,19 @@ class BrowserCase(unittest.TestCase):
         box.clear()
         box.send_keys(text)
 
+    def folder_names(self) -> List[str]:
+        return self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#key-rows tr[data-folder]'),"
+            " (row) => row.dataset.folder);"
+        )
+
+    def screenshot(self, name: str) -> None:
+        """Save the window as C{docs/img/<name>} when C{KVTWIST_UI_SCREENSHOT} is set."""
+        if os.environ.get(SCREENSHOT_ENV):
+            os.makedirs(SCREENSHOT_DIR, exist_ok=True)
+            time.sleep(0.3)  # let the debounced list refresh settle before the picture
+            self.assertTrue(self.driver.save_screenshot(os.path.join(SCREENSHOT_DIR, name)))
+
     def wait_live(self) -> None:
         """Wait until the watch stream is open (then no change can be missed)."""
         self.until(lambda d: self.text_of("live-state") == "live", "the live stream never opened")
@@ -507,6 +530,8 @@ class PageTests(BrowserCase):
         self.click("list-go")
         self.wait_rows(keys[:10])
         self.assertIn("10 keys", self.text_of("list-status"))
+        # The total is counted over every page, not the page's own count.
+        self.wait_text("key-count", "25 keys under \u201cbrowse/\u201d")
         self.assertFalse(self.by_id("page-prev").is_enabled())
         self.click("page-next")
         self.wait_rows(keys[10:20])
@@ -523,7 +548,7 @@ class PageTests(BrowserCase):
         """A JSON value is shown pretty-printed; Save writes the edit with a TTL."""
         value = {"feature": {"enabled": True, "ratio": 0.25}, "tags": ["a", "b"]}
         self.server.put_json("edit/flags", value)
-        self.open("edit/")
+        self.open("edit/", flat=True)
         self.open_key("edit/flags")
         self.assertEqual(self.value_box(), json.dumps(value, indent=2))
         self.assertIn("version 1", self.text_of("edit-meta"))
@@ -682,14 +707,151 @@ class PageTests(BrowserCase):
         self.wait_text("live-log", "put live/z")
         self.assertNotIn("elsewhere/y", self.text_of("live-log"))
 
-    def test_live_warns_the_editor(self):
-        """A live change to the open key warns the editor before any save is tried."""
-        self.server.put_json("livewarn/k", 1)
+    def test_editor_follows_live_changes(self):
+        """
+        A change to the open key is announced at once with its revision and
+        a line diff from the version opened; Save is then a conflict; a
+        delete is announced too.
+        """
+        self.server.put_json("livewarn/k", {"a": 1, "b": 2, "c": 3})
         self.open("livewarn/")
-        self.wait_live()
         self.open_key("livewarn/k")
-        self.server.put_json("livewarn/k", 2)
-        self.wait_text("editor-message", "by someone else")
+        _, headers, _ = self.server.request(
+            "PUT", "/v1/kv/livewarn/k", json.dumps({"a": 1, "b": 20, "c": 3, "d": 4}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        revision = headers["etag"].strip('"')
+        text = self.wait_text("editor-message", "by someone else")
+        self.assertIn("now at revision %s" % (revision,), text)
+        self.until(lambda d: self.by_id("editor-diff").is_displayed(), "no diff shown")
+        diff = self.text_of("editor-diff").splitlines()
+        self.assertIn('-   "b": 2,', diff)
+        self.assertIn('+   "b": 20,', diff)
+        self.assertIn('+   "d": 4', diff)
+        self.assertIn('    "a": 1,', diff)
+        self.screenshot("ui-live.png")
+        self.type_value('{"a": "mine"}')
+        self.click("save")
+        self.wait_text("editor-message", "Conflict")
+        self.screenshot("ui-conflict.png")
+        self.server.request("DELETE", "/v1/kv/livewarn/k")
+        self.wait_text("editor-message", "deleted by someone else")
+
+    def test_line_diff(self):
+        """The editor's diff keeps 3 lines around each change, folds the rest, and survives huge inputs."""
+        self.open()
+        result = self.driver.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            import("./diff.js").then(({ lineDiff, foldUnchanged }) => {
+              const before = Array.from({ length: 30 }, (_, i) => "line " + i);
+              const after = before.map((line, i) => (i === 15 ? "changed" : line));
+              const big = Array.from({ length: 3000 }, (_, i) => "x" + i);
+              done({
+                folded: foldUnchanged(lineDiff(before.join("\\n"), after.join("\\n")))
+                  .map((e) => e.op + (e.count === undefined ? e.line : e.count)),
+                huge: lineDiff(big.join("\\n"), big.map((l) => l + "!").join("\\n")).length,
+              });
+            }, (error) => done(String(error)));
+            """
+        )
+        self.assertEqual(
+            result["folded"],
+            ["\u202612", " line 12", " line 13", " line 14", "-line 15", "+changed",
+             " line 16", " line 17", " line 18", "\u202611"],
+        )
+        # 3000 x 3000 lines pass the alignment bound: all removed, all added.
+        self.assertEqual(result["huge"], 6000)
+
+    def test_tree_count_find_and_delete_prefix(self):
+        """
+        Folders at "/" open level by level (with a path back), the total
+        counts every key below, Find matches part of a name, and a prefix
+        is deleted only once it is typed back.
+        """
+        demo = {
+            "tree/app/config": {"log_level": "info", "workers": 4},
+            "tree/app/feature/dark": {"enabled": True},
+            "tree/app/feature/search": {"enabled": False},
+            "tree/db/url": "postgres://db.internal/app",
+            "tree/motd": "Welcome",
+        }
+        for key, value in demo.items():
+            self.server.put_json(key, value)
+        self.server.put_json("treeless", 1)
+        self.open("tree/")
+        self.until(lambda d: self.folder_names() == ["tree/app/", "tree/db/"], "no folders")
+        self.wait_rows(["tree/motd"])
+        self.wait_text("key-count", "5 keys under \u201ctree/\u201d")
+        self.wait_text("list-status", "2 folders, 1 key")
+        self.driver.find_element(By.CSS_SELECTOR, 'tr[data-folder="tree/app/"] button').click()
+        self.until(lambda d: self.folder_names() == ["tree/app/feature/"], "the folder did not open")
+        self.wait_rows(["tree/app/config"])
+        self.wait_text("key-count", "3 keys under \u201ctree/app/\u201d")
+        self.assertEqual(self.by_id("prefix").get_attribute("value"), "tree/app/")
+        self.open_key("tree/app/config")
+        self.screenshot("ui-tree.png")
+        # Back up one level through the path.
+        self.driver.find_element(By.CSS_SELECTOR, '#crumbs button[data-prefix="tree/"]').click()
+        self.until(lambda d: self.folder_names() == ["tree/app/", "tree/db/"], "the path did not go back")
+
+        self.type_into("find", "FEAT")
+        self.click("find-go")
+        self.wait_rows(["tree/app/feature/dark", "tree/app/feature/search"])
+        self.wait_text("list-status", "2 matches")
+        self.assertIn("searched all 5 keys", self.text_of("list-status"))
+        self.click("find-clear")
+        self.wait_rows(["tree/motd"])
+
+        self.driver.find_element(By.CSS_SELECTOR, 'tr[data-folder="tree/app/"] button').click()
+        self.wait_text("key-count", "3 keys")
+        self.click("delete-prefix")
+        self.wait_text("confirm-question", "3 keys")
+        self.type_into("confirm-text", "tree/")
+        self.assertFalse(self.by_id("confirm-delete").is_enabled())
+        self.type_into("confirm-text", "tree/app/")
+        self.click("confirm-delete")
+        self.wait_text("keys-message", "Deleted 3 keys under \u201ctree/app/\u201d")
+        self.assertIsNone(self.server.get_json("tree/app/config"))
+        self.assertEqual(self.server.get_json("tree/db/url"), demo["tree/db/url"])
+        self.wait_text("key-count", "0 keys")
+
+    def test_count_and_find_say_where_they_stopped(self):
+        """
+        Past 10,000 keys the count says "at least", and Find says it
+        searched only the first 10,000 names and lists only 200 matches.
+        """
+        ops = [{"op": "set", "key": "many/k%05d" % (i,), "value": i} for i in range(10_050)]
+        status, _, body = self.server.request(
+            "POST", "/v1/batch", json.dumps({"ops": ops}).encode(), {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 200, body[:200])
+        self.addCleanup(self.server.request, "DELETE", "/v1/kv/?prefix=many/")
+        self.open("many/")
+        self.wait_text("key-count", "At least 10,000 keys under \u201cmany/\u201d (counting stops there)")
+        self.type_into("find", "k0")
+        self.click("find-go")
+        text = self.wait_text("list-status", "searched only the first 10,000 keys")
+        self.assertIn("10,000 matches", text)
+        self.assertIn("showing the first 200", text)
+        self.assertEqual(len(self.row_keys()), 200)
+
+    def test_delete_everything_needs_the_words(self):
+        """At the root, Delete prefix deletes every key only once "delete everything" is typed."""
+        self.server.put_json("everything/a", 1)
+        self.open()
+        self.click("delete-prefix")
+        self.wait_text("confirm-question", "EVERY key")
+        self.assertEqual(self.text_of("confirm-word"), "delete everything")
+        self.assertFalse(self.by_id("confirm-delete").is_enabled())
+        self.click("confirm-cancel")
+        self.assertEqual(self.server.get_json("everything/a"), 1)
+        self.click("delete-prefix")
+        self.type_into("confirm-text", "delete everything")
+        self.click("confirm-delete")
+        self.wait_text("keys-message", "Deleted")
+        status, _, body = self.server.request("GET", "/v1/kv/?keys=1")
+        self.assertEqual(json.loads(body)["keys"], [])
 
     def test_tour_and_screenshot(self):
         """Everything at once: a list, a value, a staged transaction and a live log (the README's screenshot)."""
@@ -702,7 +864,7 @@ class PageTests(BrowserCase):
         }
         for key, value in demo.items():
             self.server.put_json(key, value, ttl=3600 if "jobs" in key else None)
-        self.open("app/")
+        self.open("app/", flat=True)
         self.wait_live()
         self.wait_rows(sorted(demo))
         self.open_key("app/config")
@@ -714,10 +876,7 @@ class PageTests(BrowserCase):
         self.server.put_json("app/jobs/nightly-report", {"state": "done", "owner": "worker-2"}, ttl=3600)
         self.wait_text("live-log", "put app/jobs/nightly-report")
         self.wait_rows(sorted(demo))
-        if os.environ.get(SCREENSHOT_ENV):
-            os.makedirs(os.path.dirname(SCREENSHOT_PATH), exist_ok=True)
-            time.sleep(0.3)  # let the debounced list refresh settle before the picture
-            self.assertTrue(self.driver.save_screenshot(SCREENSHOT_PATH))
+        self.screenshot("ui.png")
 
 
 class TokenTests(BrowserCase):
@@ -728,7 +887,7 @@ class TokenTests(BrowserCase):
     def test_prompt_then_works(self):
         """Without a token the page prompts; a wrong one is refused; the right one is kept and used."""
         self.server.put_json("secret/a", 1)
-        self.open()
+        self.open(flat=True)
         prompt = self.by_id("auth-prompt")
         self.until(lambda d: prompt.is_displayed(), "no token prompt")
         self.assertIn("needs an access token", prompt.text)
@@ -743,6 +902,7 @@ class TokenTests(BrowserCase):
         self.click("token-save")
         self.until(lambda d: not prompt.is_displayed(), "the prompt stayed")
         self.wait_rows(["secret/a"])
+        self.wait_text("key-count", "that this token may read")
         self.wait_live()
         self.assertEqual(
             self.driver.execute_script("return sessionStorage.getItem('kvtwist.token')"), self.token
@@ -751,7 +911,7 @@ class TokenTests(BrowserCase):
         self.assertEqual(self.by_id("token").get_attribute("value"), "")
 
         # Kept for the tab: a reload needs no new prompt, and writes carry it.
-        self.open()
+        self.open(flat=True)
         self.wait_rows(["secret/a"])
         self.assertFalse(self.by_id("auth-prompt").is_displayed())
         self.open_key("secret/a")

@@ -78,6 +78,50 @@ export async function listKeys(prefix, limit, after) {
   return response.json();
 }
 
+/**
+ * One page of key names only: {revision, keys, next}. With `separator`
+ * ("/"), the names below the next separator roll up into one folder name
+ * ending with it.
+ */
+export async function listNames(prefix, { limit, after, separator } = {}) {
+  const response = await call("GET", "v1/kv/", { params: { prefix, keys: 1, limit, after, separator } });
+  return response.json();
+}
+
+/**
+ * Walk the key names under `prefix` page by page (the largest page the
+ * server gives), calling `visit(names)` for each, until the end or until
+ * `cap` names have been seen. Resolves to {seen, complete, revision} (the
+ * revision of the first page: the walk is not one snapshot).
+ */
+export async function walkNames(prefix, cap, visit = () => {}) {
+  let after = null;
+  let seen = 0;
+  let revision = null;
+  for (;;) {
+    const page = await listNames(prefix, { limit: Math.min(WALK_PAGE, cap - seen), after });
+    if (revision === null) revision = page.revision;
+    seen += page.keys.length;
+    visit(page.keys);
+    if (page.next === null) return { seen, complete: true, revision };
+    if (seen >= cap) return { seen, complete: false, revision };
+    after = page.next;
+  }
+}
+
+/** Keys per page of a walk: the server's default largest page. */
+const WALK_PAGE = 1000;
+
+/**
+ * Delete every key under `prefix` in one commit: {deleted, revision}. The
+ * empty prefix (every key) must be asked for by name: `everything`.
+ */
+export async function deletePrefix(prefix, { everything = false } = {}) {
+  if (!prefix && !everything) throw new Error("refusing to delete every key without being asked to");
+  const params = prefix ? { prefix } : { all: 1 };
+  return (await call("DELETE", "v1/kv/", { params })).json();
+}
+
 /** A committed key: its bytes, content type, revision (ETag) and expiry. */
 export async function getKey(key) {
   const response = await call("GET", keyPath(key));

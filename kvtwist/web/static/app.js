@@ -1,8 +1,11 @@
 /**
- * The kvtwist admin page: browse keys by prefix, view and edit values with
- * If-Match (a concurrent change is a clear conflict, never a silent
- * overwrite), create and delete keys with a TTL, stage edits in a
- * multi-request transaction, and follow live changes.
+ * The kvtwist admin page: browse keys as folders at "/" or flat by prefix,
+ * count them, find them by a piece of their name, delete a whole prefix
+ * (after typing it back), view and edit values with If-Match (a concurrent
+ * change is a clear conflict, never a silent overwrite; the open key
+ * follows the live feed and shows what someone else changed as a diff),
+ * create and delete keys with a TTL, stage edits in a multi-request
+ * transaction, and follow live changes.
  *
  * Everything on screen is built with textContent, never innerHTML: keys and
  * values are user data.
@@ -10,6 +13,7 @@
 
 import * as api from "./api.js";
 import { Watcher } from "./watch.js";
+import { foldUnchanged, lineDiff } from "./diff.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,14 +21,30 @@ const $ = (id) => document.getElementById(id);
 const LOG_LIMIT = 200;
 /** Live events arrive in bursts (one per key of a commit): refresh once. */
 const REFRESH_DELAY_MS = 250;
+/** The total count walks at most this many key names (then says "at least"). */
+const COUNT_CAP = 10000;
+/** After live changes, the total is counted again at most this often. */
+const COUNT_EVERY_MS = 5000;
+/** A search looks at most at this many key names under the prefix... */
+const SEARCH_CAP = 10000;
+/** ...and lists at most this many of the matches. */
+const MATCH_LIMIT = 200;
+/** The folder separator of the tree view. */
+const SEPARATOR = "/";
+/** What must be typed to delete every key (the empty prefix). */
+const EVERYTHING = "delete everything";
 
 const state = {
   prefix: "",
+  tree: true, // folders at SEPARATOR, or every key under the prefix
+  find: "", // a search in progress or shown, instead of the pages
+  count: null, // {prefix, seen, complete} of the last count
+  confirming: null, // the prefix a delete waits confirmation for
   pageSize: 20,
   cursors: [null], // the `after` of each page visited so far
   page: 0,
   next: null,
-  editing: null, // {key, revision, contentType, binary} or null for a new key
+  editing: null, // {key, revision, contentType, binary, text} or null for a new key
   busyKey: null, // a key whose direct write is in flight (its own events are expected)
   txn: null,
 };
@@ -63,6 +83,10 @@ function isJsonType(contentType) {
 
 function formatBytes(size) {
   return size < 1024 ? `${size} B` : `${(size / 1024).toFixed(1)} KiB`;
+}
+
+function plural(count, word, many = word + "s") {
+  return `${count.toLocaleString("en")} ${count === 1 ? word : many}`;
 }
 
 function formatExpiry(expires) {
@@ -131,30 +155,140 @@ function useToken(token) {
   showTokenState();
   loadPage();
   restartLive();
+  followOpenKey();
 }
 
 // ---------------------------------------------------------------- listing
 
-async function loadPage() {
+function where(prefix) {
+  return prefix ? `under \u201c${prefix}\u201d` : "in all";
+}
+
+/** A rolled-up name of the tree view (a key named like a folder lists inside it). */
+function isFolder(name) {
+  return name.endsWith(SEPARATOR) && name !== state.prefix;
+}
+
+let pageGeneration = 0;
+
+/**
+ * Show the page again; `count` the total "now", "soon" (after live
+ * changes) or "keep" it (another page of the same listing).
+ */
+async function loadPage({ count = "now" } = {}) {
+  renderCrumbs();
+  if (count === "now") countKeys();
+  else if (count === "soon") countSoon();
+  // Only the latest load may draw: an earlier one answering late would
+  // show another prefix, page or search.
+  const mine = ++pageGeneration;
+  if (state.find) {
+    await runFind(mine);
+    return;
+  }
   const status = $("list-status");
+  const after = state.cursors[state.page];
   try {
-    const page = await api.listKeys(state.prefix, state.pageSize, state.cursors[state.page]);
-    state.next = page.next;
-    renderRows(page.items);
-    const where = state.prefix ? `under \u201c${state.prefix}\u201d` : "";
-    status.textContent = `${page.items.length} key${page.items.length === 1 ? "" : "s"} ${where} at revision ${page.revision}`;
+    if (state.tree) {
+      const page = await api.listNames(state.prefix, { limit: state.pageSize, after, separator: SEPARATOR });
+      if (mine !== pageGeneration) return;
+      state.next = page.next;
+      renderNames(page.keys, true);
+      const folders = page.keys.filter(isFolder).length;
+      const parts = [plural(page.keys.length - folders, "key")];
+      if (folders) parts.unshift(plural(folders, "folder"));
+      status.textContent = `This page: ${parts.join(", ")} at revision ${page.revision}`;
+    } else {
+      const page = await api.listKeys(state.prefix, state.pageSize, after);
+      if (mine !== pageGeneration) return;
+      state.next = page.next;
+      renderRows(page.items);
+      status.textContent = `This page: ${plural(page.items.length, "key")} at revision ${page.revision}`;
+    }
   } catch (error) {
+    if (mine !== pageGeneration) return;
     state.next = null;
     renderRows([]);
     status.textContent = "Could not list keys: " + describeError(error);
   }
-  $("page-label").textContent = `Page ${state.page + 1}`;
-  $("page-next").disabled = state.next === null;
-  $("page-prev").disabled = state.page === 0;
-  $("page-first").disabled = state.page === 0;
+  showPager(true);
+}
+
+function showPager(paging) {
+  $("page-label").textContent = paging ? `Page ${state.page + 1}` : "";
+  $("page-next").disabled = !paging || state.next === null;
+  $("page-prev").disabled = !paging || state.page === 0;
+  $("page-first").disabled = !paging || state.page === 0;
+}
+
+let countGeneration = 0;
+let countedAt = 0;
+let countTimer = null;
+
+/**
+ * Recount after live changes at most every COUNT_EVERY_MS: each count walks
+ * up to COUNT_CAP names, and a busy prefix changes many times a second.
+ */
+function countSoon() {
+  if (countTimer !== null) return;
+  const wait = Math.max(0, countedAt + COUNT_EVERY_MS - Date.now());
+  countTimer = setTimeout(countKeys, wait);
+}
+
+/**
+ * The real number of keys under the prefix (a page's count is not it):
+ * walk the names, up to COUNT_CAP, and say "at least" past that.
+ */
+async function countKeys() {
+  const mine = ++countGeneration;
+  clearTimeout(countTimer);
+  countTimer = null;
+  countedAt = Date.now();
+  const prefix = state.prefix;
+  const box = $("key-count");
+  try {
+    const walk = await api.walkNames(prefix, COUNT_CAP);
+    if (mine !== countGeneration) return;
+    state.count = { prefix, ...walk };
+    // With a token, a listing (and so the count) skips keys it may not read.
+    const readable = api.getToken() ? " that this token may read" : "";
+    box.textContent = walk.complete
+      ? `${plural(walk.seen, "key")} ${where(prefix)}${readable}`
+      : `At least ${plural(walk.seen, "key")} ${where(prefix)}${readable} (counting stops there)`;
+  } catch (error) {
+    if (mine !== countGeneration) return;
+    state.count = null;
+    box.textContent = "Could not count keys: " + describeError(error);
+  }
+}
+
+function keyRow(key, label) {
+  const selected = state.editing && state.editing.key === key;
+  return el(
+    "tr",
+    { "data-key": key, class: selected ? "selected" : "" },
+    el("td", { colspan: "4" }, el("button", { type: "button", class: "key", text: label, onclick: () => openKey(key) })),
+  );
+}
+
+/** Names only: folders open the folder, keys open the key. */
+function renderNames(names, relative) {
+  const rows = names.map((name) => {
+    const label = relative ? name.slice(state.prefix.length) || name : name;
+    if (!isFolder(name) || !relative) return keyRow(name, label);
+    return el(
+      "tr",
+      { "data-folder": name, class: "folder" },
+      el("td", { colspan: "4" }, el("button", { type: "button", class: "folder", text: label, onclick: () => listFrom(name) })),
+    );
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
+  $("key-table").classList.add("names");
+  $("key-rows").replaceChildren(...rows);
 }
 
 function renderRows(items) {
+  $("key-table").classList.remove("names");
   const rows = items.map((item) =>
     el(
       "tr",
@@ -169,20 +303,139 @@ function renderRows(items) {
   $("key-rows").replaceChildren(...rows);
 }
 
+/** The path to the prefix, one button per folder level. */
+function renderCrumbs() {
+  const crumbs = [el("button", { type: "button", class: "crumb", text: "(root)", "data-prefix": "", onclick: () => listFrom("") })];
+  let end = state.prefix.indexOf(SEPARATOR);
+  while (end >= 0) {
+    const prefix = state.prefix.slice(0, end + 1);
+    const label = prefix.slice(prefix.lastIndexOf(SEPARATOR, end - 1) + 1);
+    crumbs.push(el("button", { type: "button", class: "crumb", text: label, "data-prefix": prefix, onclick: () => listFrom(prefix) }));
+    end = state.prefix.indexOf(SEPARATOR, end + 1);
+  }
+  const rest = state.prefix.slice(state.prefix.lastIndexOf(SEPARATOR) + 1);
+  if (rest) crumbs.push(el("span", { class: "muted", text: rest + "\u2026" }));
+  crumbs[crumbs.length - 1].disabled = crumbs.length > 1 && !rest;
+  $("crumbs").replaceChildren(...crumbs);
+}
+
+/** Key names under the prefix containing the search text (any case), bounded. */
+async function runFind(mine) {
+  const needle = state.find.toLowerCase();
+  const prefix = state.prefix;
+  const status = $("list-status");
+  const matches = [];
+  let total = 0;
+  state.next = null;
+  showPager(false);
+  status.textContent = `Searching key names ${where(prefix)} for \u201c${state.find}\u201d\u2026`;
+  try {
+    const walk = await api.walkNames(prefix, SEARCH_CAP, (names) => {
+      for (const name of names) {
+        if (!name.toLowerCase().includes(needle)) continue;
+        total += 1;
+        if (matches.length < MATCH_LIMIT) matches.push(name);
+      }
+    });
+    if (mine !== pageGeneration) return;
+    renderNames(matches, false);
+    const searched = walk.complete
+      ? `searched all ${plural(walk.seen, "key")}`
+      : `searched only the first ${plural(walk.seen, "key")} (the rest were not searched)`;
+    const shown = total > matches.length ? `; showing the first ${matches.length}` : "";
+    status.textContent = `${plural(total, "match", "matches")} for \u201c${state.find}\u201d ${where(prefix)}; ${searched}${shown}`;
+  } catch (error) {
+    if (mine !== pageGeneration) return;
+    renderRows([]);
+    status.textContent = "Could not search: " + describeError(error);
+  }
+}
+
+function find(text) {
+  state.find = text;
+  loadPage();
+}
+
 function listFrom(prefix) {
   state.prefix = prefix;
+  $("prefix").value = prefix;
   state.pageSize = Number($("page-size").value);
   state.cursors = [null];
   state.page = 0;
-  history.replaceState(null, "", prefix ? "#prefix=" + encodeURIComponent(prefix) : location.pathname);
+  state.find = "";
+  $("find").value = "";
+  cancelDeletePrefix();
+  const hash = new URLSearchParams();
+  if (prefix) hash.set("prefix", prefix);
+  if (!state.tree) hash.set("view", "flat");
+  history.replaceState(null, "", hash.toString() ? "#" + hash : location.pathname + location.search);
   loadPage();
   restartLive();
 }
 
 let refreshTimer = null;
-function refreshSoon() {
+let refreshRecounts = false;
+
+/**
+ * Show the list again shortly (changes come in bursts). After a live change
+ * (`live`), a search shown stays as it is (it walks up to SEARCH_CAP names:
+ * Find again to refresh it) and the count is refreshed at its own pace.
+ */
+function refreshSoon({ live = false } = {}) {
+  if (live && state.find) return;
+  refreshRecounts = refreshRecounts || !live;
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(loadPage, REFRESH_DELAY_MS);
+  refreshTimer = setTimeout(() => {
+    const count = refreshRecounts ? "now" : "soon";
+    refreshRecounts = false;
+    loadPage({ count });
+  }, REFRESH_DELAY_MS);
+}
+
+// ---------------------------------------------------------- prefix delete
+
+/** What must be typed to delete everything under `prefix`. */
+function confirmWord(prefix) {
+  return prefix || EVERYTHING;
+}
+
+/** Ask first: the prefix (or "delete everything") must be typed back. */
+function askDeletePrefix() {
+  const prefix = state.prefix;
+  const counted = state.count && state.count.prefix === prefix
+    ? (state.count.complete ? plural(state.count.seen, "key") : `at least ${plural(state.count.seen, "key")}`) + " when last counted"
+    : "not counted yet";
+  $("confirm-question").textContent = prefix
+    ? `Delete every key under \u201c${prefix}\u201d (${counted}) in one commit? This cannot be undone.`
+    : `Delete EVERY key on this server (${counted}) in one commit? This cannot be undone.`;
+  $("confirm-word").textContent = confirmWord(prefix);
+  $("confirm-text").value = "";
+  $("confirm-delete").disabled = true;
+  state.confirming = prefix;
+  quiet($("keys-message"));
+  $("prefix-confirm").hidden = false;
+  $("confirm-text").focus();
+}
+
+function cancelDeletePrefix() {
+  state.confirming = null;
+  $("prefix-confirm").hidden = true;
+}
+
+async function deletePrefixNow() {
+  const prefix = state.confirming;
+  if (prefix === null || $("confirm-text").value !== confirmWord(prefix)) return;
+  cancelDeletePrefix();
+  try {
+    const result = await api.deletePrefix(prefix, { everything: prefix === "" });
+    say($("keys-message"), "ok", `Deleted ${plural(result.deleted, "key")} ${where(prefix)} at revision ${result.revision}.`);
+  } catch (error) {
+    const text = error.status === 413
+      ? `Nothing deleted: ${where(prefix)} holds ${error.problem.size} keys, more than one request may delete (${error.problem.limit}). Delete smaller prefixes.`
+      : describeError(error);
+    say($("keys-message"), "error", text);
+  }
+  refreshSoon();
 }
 
 // ----------------------------------------------------------------- editor
@@ -206,6 +459,8 @@ function setEditing(editing) {
 }
 
 function newKey() {
+  keyWatcher.stop();
+  hideDiff();
   setEditing(null);
   $("edit-key").value = state.prefix;
   $("edit-type").value = "application/json";
@@ -218,6 +473,7 @@ function newKey() {
 
 async function openKey(key, { keepMessage = false } = {}) {
   if (!keepMessage) quiet(editorMessage());
+  hideDiff();
   let entry;
   try {
     entry = await api.getKey(key);
@@ -244,7 +500,8 @@ async function openKey(key, { keepMessage = false } = {}) {
     entry.expires ? `expires ${formatExpiry(entry.expires)}` : "no TTL",
   ];
   $("edit-meta").textContent = meta.join(" \u00b7 ");
-  setEditing({ key, revision: entry.revision, contentType: entry.contentType, binary: shown.binary });
+  setEditing({ key, revision: entry.revision, contentType: entry.contentType, binary: shown.binary, text: shown.text });
+  followOpenKey();
   if (shown.binary) say(editorMessage(), "warn", "A binary value, shown as base64: it cannot be edited here.");
 }
 
@@ -293,7 +550,10 @@ async function save() {
   state.busyKey = write.key;
   try {
     const revision = await api.putKey(write.key, write.body, write);
-    setEditing({ key: write.key, revision, contentType: write.contentType, binary: false });
+    setEditing({ key: write.key, revision, contentType: write.contentType, binary: false,
+      text: present(new TextEncoder().encode(write.body), write.contentType).text });
+    if (write.create) followOpenKey();
+    hideDiff();
     say(editorMessage(), "ok", `Saved \u201c${write.key}\u201d at revision ${revision}.`);
     $("edit-meta").textContent = `revision ${revision}` + (write.ttl ? ` \u00b7 TTL ${write.ttl} s` : "");
     refreshSoon();
@@ -495,15 +755,68 @@ function onChange(event) {
       text: `${new Date().toLocaleTimeString()} #${data.revision} ${event.type} ${data.key}${details}`,
     }),
   );
-  refreshSoon();
-  const editing = state.editing;
-  if (editing && data.key === editing.key && data.revision > editing.revision && state.busyKey !== data.key) {
-    const what = event.type === "put" ? `changed (revision ${data.revision})` : event.type === "expire" ? "expired" : "deleted";
-    say(editorMessage(), "warn", `\u201c${data.key}\u201d was ${what} by someone else. Reload to see it; saving your text now would be refused as a conflict.`);
-  }
+  refreshSoon({ live: true });
 }
 
 const watcher = new Watcher(onChange, liveState);
+
+// ------------------------------------------------- the open key, followed
+
+function hideDiff() {
+  $("editor-diff").hidden = true;
+  $("editor-diff").replaceChildren();
+}
+
+function showDiff(title, before, after) {
+  const lines = foldUnchanged(lineDiff(before, after)).map((entry) =>
+    entry.op === "\u2026"
+      ? el("span", { class: "fold", text: `\u2026 ${plural(entry.count, "unchanged line")}` })
+      : el("span", { class: { "-": "del", "+": "add", " ": "same" }[entry.op], text: `${entry.op} ${entry.line}` }),
+  );
+  $("editor-diff").replaceChildren(el("span", { class: "head", text: title }), ...lines);
+  $("editor-diff").hidden = false;
+}
+
+let theirsGeneration = 0;
+
+/**
+ * Someone else changed the open key: say so at once, with their revision
+ * and, for a new value, a line diff from the version opened to theirs.
+ */
+async function onKeyEvent(event) {
+  const data = event.data || {};
+  const editing = state.editing;
+  if (!editing || data.key !== editing.key || !(data.revision > editing.revision) || state.busyKey === data.key) return;
+  const mine = ++theirsGeneration;
+  const tail = `(you opened revision ${editing.revision}). Saving your text now would be refused as a conflict; Reload to take their version.`;
+  if (event.type !== "put") {
+    hideDiff();
+    const what = event.type === "expire" ? "expired" : "deleted";
+    say(editorMessage(), "warn", `\u201c${data.key}\u201d was ${what} by someone else at revision ${data.revision} ${tail}`);
+    return;
+  }
+  let theirs;
+  try {
+    theirs = await api.getKey(data.key);
+  } catch (error) {
+    theirs = null; // deleted again meanwhile: its delete event says so
+  }
+  if (mine !== theirsGeneration || state.editing !== editing || theirs === null) return;
+  say(editorMessage(), "warn", `\u201c${data.key}\u201d was changed by someone else: it is now at revision ${theirs.revision} ${tail}`);
+  const shown = present(theirs.bytes, theirs.contentType);
+  if (editing.binary || shown.binary) hideDiff();
+  else showDiff(`revision ${editing.revision} (- as you opened it) \u2192 revision ${theirs.revision} (+ theirs)`, editing.text, shown.text);
+}
+
+const keyWatcher = new Watcher(onKeyEvent, () => {});
+
+/**
+ * Follow the open key from the revision the editor holds: a change made
+ * while the stream opens is replayed, not missed.
+ */
+function followOpenKey() {
+  if (state.editing) keyWatcher.start(state.editing.key, state.editing.revision);
+}
 
 function restartLive() {
   if ($("live-on").checked) watcher.start(state.prefix);
@@ -527,17 +840,38 @@ function start() {
     if (state.next === null) return;
     state.cursors[state.page + 1] = state.next;
     state.page += 1;
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("page-prev").addEventListener("click", () => {
     state.page = Math.max(0, state.page - 1);
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("page-first").addEventListener("click", () => {
     state.page = 0;
-    loadPage();
+    loadPage({ count: "keep" });
   });
   $("new-key").addEventListener("click", newKey);
+  $("tree-on").addEventListener("change", () => {
+    state.tree = $("tree-on").checked;
+    listFrom(state.prefix);
+  });
+  $("find-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    find($("find").value);
+  });
+  $("find-clear").addEventListener("click", () => {
+    $("find").value = "";
+    find("");
+  });
+  $("delete-prefix").addEventListener("click", askDeletePrefix);
+  $("confirm-text").addEventListener("input", () => {
+    $("confirm-delete").disabled = $("confirm-text").value !== confirmWord(state.confirming);
+  });
+  $("prefix-confirm").addEventListener("submit", (event) => {
+    event.preventDefault();
+    deletePrefixNow();
+  });
+  $("confirm-cancel").addEventListener("click", cancelDeletePrefix);
   $("editor-form").addEventListener("submit", (event) => {
     event.preventDefault();
     save();
@@ -555,16 +889,22 @@ function start() {
   // Leaving the page must close the stream: a page kept in the back/forward
   // cache would otherwise hold its connection open, and browsers allow only
   // a few connections per server.
-  window.addEventListener("pagehide", () => watcher.stop());
+  window.addEventListener("pagehide", () => {
+    watcher.stop();
+    keyWatcher.stop();
+  });
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) {
       loadPage();
       restartLive();
+      followOpenKey();
     }
   });
 
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("prefix");
-  state.prefix = fromHash || "";
+  const fromHash = new URLSearchParams(location.hash.slice(1));
+  state.prefix = fromHash.get("prefix") || "";
+  state.tree = fromHash.get("view") !== "flat";
+  $("tree-on").checked = state.tree;
   $("prefix").value = state.prefix;
   showTokenState();
   newKey();

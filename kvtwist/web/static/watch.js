@@ -31,11 +31,15 @@ export class Watcher {
     return this.controller !== null;
   }
 
-  /** (Re)start following keys under `prefix`, from now. */
-  start(prefix) {
+  /**
+   * (Re)start following keys under `prefix`: from now, or from just after
+   * revision `after` (so that nothing since a read at that revision is
+   * missed while the stream opens).
+   */
+  start(prefix, after = null) {
     this.stop();
     this.controller = new AbortController();
-    this.loop(prefix, this.controller.signal);
+    this.loop(prefix, this.controller.signal, after);
   }
 
   stop() {
@@ -44,8 +48,7 @@ export class Watcher {
     this.onState("off");
   }
 
-  async loop(prefix, signal) {
-    let after = null;
+  async loop(prefix, signal, after) {
     while (!signal.aborted) {
       this.onState("connecting");
       try {
