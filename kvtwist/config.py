@@ -87,6 +87,19 @@ def count(value: Any) -> int:
     return number
 
 
+def workers(value: Any) -> int:
+    """
+    A number of processes: a positive integer, or C{auto} for one per core
+    (C{os.cpu_count()}).
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return count(value)
+    except ValueError:
+        raise ValueError("must be a positive integer or auto") from None
+
+
 def port(value: Any) -> int:
     """A TCP port number."""
     number = _integer(value)
@@ -427,6 +440,14 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
     Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting(
+        "workers",
+        workers,
+        1,
+        "Processes serving HTTP: 1 serves from this process alone; N (or auto, one per "
+        "core) spawns N workers that share the listening sockets, with this process "
+        "owning the store.",
+    ),
     _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),

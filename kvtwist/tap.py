@@ -35,6 +35,7 @@ from kvtwist.config import (
 from kvtwist.errors import StoreCorrupt
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
+from kvtwist.owner import ListeningSockets, Owner, WorkerPool
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
@@ -165,8 +166,11 @@ class Options(usage.Options):
         return given
 
     def postOptions(self) -> None:
+        # Kept for the workers (--workers N), which resolve the same
+        # settings in their own process.
+        self.command_line = self.given()
         try:
-            self.config = resolve(self.given(), self.environ)
+            self.config = resolve(self.command_line, self.environ)
         except ConfigError as e:
             if e.layer == CLI:
                 raise usage.UsageError(str(e))
@@ -259,6 +263,55 @@ def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, 
     return extras
 
 
+def build_site(config: Config, store, transactions, hub: ChangeHub, metrics: Metrics, reactor, exposition=None) -> KVSite:
+    """
+    The HTTP site over C{store}: the Resource tree and the connection
+    limits, the same in one process and in every worker.
+
+    @param exposition: what C{/v1/metrics} exposes (default: C{metrics});
+        a worker passes the owner's view of every process.
+    """
+    limits = config.limits
+    watchers = WatcherCount(limits.max_watchers)
+    root = make_root(
+        store,
+        limits,
+        clock=reactor,
+        transactions=transactions,
+        hub=hub,
+        authorizer=Authorizer(config.tokens),
+        watchers=watchers,
+        extra_children=web_extras(config, store, exposition or metrics, reactor),
+        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
+    )
+    site = KVSite(
+        root,
+        limits,
+        metrics=metrics,
+        access_log=config["access-log"],
+        access_log_file=config["access-log-file"],
+        reactor=reactor,
+    )
+    metrics.watch(store=store, watchers=watchers, hub=hub, site=site)
+    return site
+
+
+def owner_services(config: Config, given: Dict[str, Any], store, transactions, hub, metrics, reactor):
+    """
+    With C{--workers N} (N > 1), this process owns the store and serves no
+    HTTP: the service that binds the listening sockets and runs the N
+    workers serving on them (L{kvtwist.owner}).
+    """
+    if is_etcd_store(config["store"]):
+        raise SystemExit("kvcache: cannot start: --workers above 1 needs --store shelve")
+    try:
+        sockets = ListeningSockets(reactor, config.endpoints, config["workers"])
+    except (ValueError, OSError) as e:
+        raise SystemExit("kvcache: cannot start: %s" % (e,))
+    owner = Owner(store, transactions, hub, metrics, config["workers"])
+    return WorkerPool(reactor, owner, sockets, given)
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     """
     Build kvcache: the store Service first (so it stops last, after the
@@ -288,7 +341,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
     hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
-    watchers = WatcherCount(limits.max_watchers)
 
     top = MultiService()
     GracefulSignals(reactor).setServiceParent(top)
@@ -296,44 +348,24 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
-    root = make_root(
-        store,
-        limits,
-        clock=reactor,
-        transactions=transactions,
-        hub=hub,
-        authorizer=Authorizer(config.tokens),
-        watchers=watchers,
-        extra_children=web_extras(config, store, metrics, reactor),
-        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
-    )
-    site = KVSite(
-        root,
-        limits,
-        metrics=metrics,
-        access_log=config["access-log"],
-        access_log_file=config["access-log-file"],
-        reactor=reactor,
-    )
-    metrics.watch(
-        store=store,
-        transactions=transactions,
-        watchers=watchers,
-        hub=hub,
-        sweeper=sweeper,
-        site=site,
-    )
-    for endpoint in config.endpoints:
-        try:
-            listener = strports.service(endpoint, site, reactor=reactor)
-        except Exception as e:
-            # Parsing builds TLS contexts, so a missing or unreadable
-            # certificate or key ends startup here, in one line.
-            raise SystemExit(
-                "kvcache: cannot start: bad endpoint %r: %s: %s"
-                % (endpoint, type(e).__name__, e)
-            )
-        listener.setServiceParent(top)
+    if config["workers"] > 1:
+        # After the store too: the workers stop before it closes.
+        owner_services(config, options.command_line, store, transactions, hub, metrics, reactor).setServiceParent(top)
+        metrics.watch(store=store, transactions=transactions, hub=hub, sweeper=sweeper)
+    else:
+        site = build_site(config, store, transactions, hub, metrics, reactor)
+        metrics.watch(transactions=transactions, sweeper=sweeper)
+        for endpoint in config.endpoints:
+            try:
+                listener = strports.service(endpoint, site, reactor=reactor)
+            except Exception as e:
+                # Parsing builds TLS contexts, so a missing or unreadable
+                # certificate or key ends startup here, in one line.
+                raise SystemExit(
+                    "kvcache: cannot start: bad endpoint %r: %s: %s"
+                    % (endpoint, type(e).__name__, e)
+                )
+            listener.setServiceParent(top)
     log.info(
         "kvcache: auth {auth}; {limits}",
         auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",

@@ -83,6 +83,21 @@ class OnShelve:
         return frozenset()
 
 
+class OnWorkers(OnShelve):
+    """
+    Servers on the shelve store with C{--workers 2}: an owner and two
+    worker processes sharing the port, so a suite run this way shows the
+    same behaviour whichever worker each connection reaches.
+    """
+
+    #: The workers each server runs.
+    workers: ClassVar[int] = 2
+
+    def start_kvcache(self, extra_args: Sequence[str] = (), **kwargs) -> ServerProcess:
+        """A running kvcache with workers for this test (killed when it ends)."""
+        return super().start_kvcache(["--workers", str(self.workers)] + list(extra_args), **kwargs)
+
+
 class OnEtcd:
     """
     Servers on one single-member etcd per class, each under its own
@@ -138,6 +153,7 @@ __all__ = [
     "ETCD_AVAILABLE",
     "ETCD_WHY",
     "OnEtcd",
+    "OnWorkers",
     "OnShelve",
     "STORES",
     "etcd_server_args",

@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.e2e import start_server, treq_client
-from tests.e2e_stores import OnEtcd, OnShelve
+from tests.e2e_stores import OnEtcd, OnShelve, OnWorkers
 
 PROBLEM = "application/problem+json"
 
@@ -471,6 +471,14 @@ class TwoClientTransactionTestsOnShelve(OnShelve, TwoClientTransactionTests, Tes
 
 class TwoClientTransactionTestsOnEtcd(OnEtcd, TwoClientTransactionTests, TestCase):
     """Overlapping transactions on an etcd-backed server."""
+
+
+class TwoClientTransactionTestsOnWorkers(OnWorkers, TwoClientTransactionTests, TestCase):
+    """Overlapping transactions with two workers (each request may reach either)."""
+
+
+class KeySmokeTestsOnWorkers(OnWorkers, KeySmokeTests, TestCase):
+    """Keys, listing and batch with two workers."""
 
 
 class KeySmokeTestsOnShelve(OnShelve, KeySmokeTests, TestCase):

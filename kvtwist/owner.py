@@ -1,0 +1,475 @@
+# -*- test-case-name: tests.test_workers_amp -*-
+"""
+The owner of the store when kvcache serves with C{--workers N}: the process
+twistd starts. It opens the store (its thread, group commit, the expiry
+sweeper), holds the transactions and the seed's queue, binds every
+listening socket and spawns the workers that serve HTTP on them
+(docs/architecture.md, "Workers").
+
+  - L{ListeningSockets}: the sockets, bound here once and handed to every
+    worker through C{spawnProcess(childFDs=...)}, where the worker adopts
+    them (C{adoptStreamPort}).
+  - L{OwnerProtocol}: the owner's end of one worker's AMP connection; it
+    answers L{kvtwist.amp.Call} from a whitelist (L{Owner.methods}).
+  - L{ChangeFeed}: sends every commit to every worker (L{kvtwist.amp.Feed})
+    and tells when all of them have applied a revision; the owner answers a
+    commit only then, so a GET on any worker after the 2xx sees it.
+  - L{WorkerPool}: spawns the workers, restarts one that dies, stops them
+    all (SIGTERM) before the store closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from twisted.application.service import Service
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from kvtwist.amp import Call, Feed, Scrape, error_state
+from kvtwist.errors import KVError, StoreUnavailable
+from kvtwist.events import ChangeHub
+from kvtwist.interfaces import IKeyValueStore, ITransactionManager
+from kvtwist.metrics import Metrics, merge_expositions
+from kvtwist.model import Change, CommitResult
+from kvtwist.store.remote import QUEUE_ID
+
+log = Logger()
+
+#: Seconds before a dead worker is started again (a worker that cannot
+#: start at all is not restarted in a tight loop).
+RESTART_DELAY = 0.5
+#: Seconds the workers get to stop after SIGTERM before they are killed.
+STOP_TIMEOUT = 10.0
+#: The endpoint kinds workers can share (a TLS endpoint's context lives in
+#: the process that parsed it).
+SHAREABLE = ("tcp", "tcp6", "unix")
+#: The file descriptor of a worker's AMP connection; its listening sockets
+#: follow.
+AMP_FD = 3
+
+
+class ListeningSockets:
+    """
+    The listening sockets of C{endpoints}, for C{count} workers: each
+    worker gets its own socket for every TCP endpoint, all bound to one
+    address with C{SO_REUSEPORT} so the kernel spreads connections evenly
+    over the workers; a UNIX endpoint has one socket all of them share.
+
+    The owner keeps them open, never accepting: a worker that dies leaves
+    its connections queued for the one that replaces it.
+
+    @raise ValueError: for an endpoint that cannot be shared (TLS, or not
+        a server endpoint at all); C{OSError} if a socket cannot be bound.
+    """
+
+    def __init__(self, reactor, endpoints: Sequence[str], count: int) -> None:
+        self.per_worker: List[List[Tuple[socket.socket, int]]] = [[] for _ in range(count)]
+        self.addresses: List[str] = []
+        for description in endpoints:
+            kind = description.split(":", 1)[0].strip().lower()
+            if kind not in SHAREABLE:
+                raise ValueError(
+                    "%r cannot be shared by workers: use tcp: or unix: endpoints with "
+                    "--workers (TLS in front, or --workers 1)" % (description,)
+                )
+            endpoint = serverFromString(reactor, description)
+            # The endpoints keep what they parsed in private attributes:
+            # reading them is how to bind exactly what the string names.
+            if isinstance(endpoint, UNIXServerEndpoint):
+                self._bind_unix(endpoint._address, endpoint._mode, endpoint._backlog)
+            else:
+                family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
+                self._bind_tcp(family, endpoint._interface, endpoint._port, endpoint._backlog, count)
+
+    def _bind_tcp(self, family: int, interface: str, port: int, backlog: int, count: int) -> None:
+        for worker in self.per_worker:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+            # Port 0 picks one port for the first socket; the others join it.
+            port = sock.getsockname()[1]
+            sock.listen(backlog)
+            sock.setblocking(False)
+            worker.append((sock, family))
+        self.addresses.append("%s:%d" % (interface, port))
+
+    def _bind_unix(self, path: str, mode: int, backlog: int) -> None:
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+        sock.setblocking(False)
+        for worker in self.per_worker:
+            worker.append((sock, socket.AF_UNIX))
+        self.addresses.append(path)
+
+    def close(self) -> None:
+        """Close every socket (at shutdown)."""
+        for worker in self.per_worker:
+            for sock, _ in worker:
+                sock.close()
+
+
+class ChangeFeed:
+    """
+    Every commit of C{store}, sent to every attached worker, and which
+    revision all of them have applied.
+    """
+
+    def __init__(self, store: IKeyValueStore) -> None:
+        self._store = store
+        self._applied: Dict[amp.AMP, int] = {}
+        self._waiting: List[Tuple[int, Deferred]] = []
+        store.add_listener(self.publish)
+
+    def attach(self, worker: amp.AMP, revision: int) -> None:
+        """Send C{worker} every commit after C{revision} from now on."""
+        self._applied[worker] = revision
+
+    def detach(self, worker: amp.AMP) -> None:
+        """C{worker} is gone: commits no longer wait for it."""
+        self._applied.pop(worker, None)
+        self._settle()
+
+    def publish(self, result: CommitResult) -> None:
+        """A store listener: send C{result} to every worker."""
+        key_count = getattr(self._store, "key_count", 0)
+        for worker in list(self._applied):
+            d = worker.callRemote(Feed, results=[result], key_count=key_count)
+            d.addCallbacks(
+                self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
+            )
+
+    def _applied_by(self, _: object, worker: amp.AMP, revision: int) -> None:
+        if worker in self._applied and revision > self._applied[worker]:
+            self._applied[worker] = revision
+            self._settle()
+
+    def _failed(self, reason, worker: amp.AMP) -> None:
+        # A worker that missed a commit would serve stale reads: cut it
+        # off (it exits, and is started again with an empty cache).
+        log.warn("a worker failed to apply the change feed: {reason}", reason=reason.getErrorMessage())
+        self.detach(worker)
+        if worker.transport is not None:
+            worker.transport.loseConnection()
+
+    def applied(self, revision: int) -> Deferred:
+        """A Deferred firing once every attached worker has applied C{revision}."""
+        if self._lowest() >= revision:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiting.append((revision, d))
+        return d
+
+    def _lowest(self) -> float:
+        return min(self._applied.values(), default=float("inf"))
+
+    def _settle(self) -> None:
+        lowest = self._lowest()
+        done = [d for revision, d in self._waiting if revision <= lowest]
+        self._waiting = [(revision, d) for revision, d in self._waiting if revision > lowest]
+        for d in done:
+            d.callback(None)
+
+
+class _QueueChanged(Exception):
+    """The staged ops changed between a worker's vetting and the commit."""
+
+
+def _state(view) -> tuple:
+    """An L{ITransactionView} as the plain tuple a worker rebuilds it from."""
+    return (view.isolated, dict(view.observed), list(view.preconditions), list(view.ops()))
+
+
+class Owner:
+    """
+    What the workers reach over AMP: the store (the whole stack, cache and
+    change feed included), the transactions and the metrics.
+
+    @ivar methods: the whitelist of L{Call}: method name to C{f(worker,
+        *args)}, returning a value or a Deferred.
+    """
+
+    def __init__(
+        self,
+        store: IKeyValueStore,
+        transactions: ITransactionManager,
+        hub: ChangeHub,
+        metrics: Metrics,
+        workers: int,
+    ) -> None:
+        self.store = store
+        self.transactions = transactions
+        self.hub = hub
+        self.metrics = metrics
+        self.workers = workers
+        self.feed = ChangeFeed(store)
+        self.connected: Dict[int, "OwnerProtocol"] = {}
+        self.ready: Set[int] = set()
+        self.methods: Dict[str, Callable[..., Any]] = {
+            "hello": self.hello,
+            "ready": self.worker_ready,
+            "ping": self.ping,
+            "metrics": self.exposition,
+            "get": lambda worker, key: store.get(key),
+            "get_many": lambda worker, keys: store.get_many(keys),
+            "get_linearizable": lambda worker, key: getattr(store, "get_linearizable", store.get)(key),
+            "list": lambda worker, *args: store.list(*args),
+            "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks)),
+            "txn_begin": lambda worker, owner: transactions.begin(owner).addCallback(lambda txn: txn.id),
+            "txn_find": lambda worker, txn_id, owner: self._txn(txn_id, owner).addCallback(
+                lambda txn: txn.isolated
+            ),
+            "txn_view": lambda worker, txn_id, owner: self._txn(txn_id, owner)
+            .addCallback(lambda txn: txn.view())
+            .addCallback(_state),
+            "txn_record": self.txn_record,
+            "txn_commit": self.txn_commit,
+            "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
+        }
+
+    # -- the workers ---------------------------------------------------------
+
+    def connected_worker(self, worker: "OwnerProtocol") -> None:
+        self.connected[worker.index] = worker
+
+    def lost_worker(self, worker: "OwnerProtocol") -> None:
+        if self.connected.get(worker.index) is worker:
+            del self.connected[worker.index]
+            self.ready.discard(worker.index)
+        self.feed.detach(worker)
+
+    def hello(self, worker: "OwnerProtocol") -> Tuple[int, List[CommitResult], int]:
+        """
+        A worker joins: from now on it gets every commit. Answered: the
+        revision its history starts after, and the kept commits, which it
+        replays (so watches resume the same on every worker, and it ends
+        at the owner's revision); and the store's key count.
+        """
+        self.feed.attach(worker, self.store.revision)
+        history = [
+            CommitResult(revision, tuple(Change(e.kind, e.key, e.entry, None) for e in events))
+            for revision, events in self.hub.history()
+        ]
+        return self.hub.horizon, history, getattr(self.store, "key_count", 0)
+
+    def worker_ready(self, worker: "OwnerProtocol") -> None:
+        self.ready.add(worker.index)
+        log.info("kvcache worker {index} ready", index=worker.index)
+
+    def ping(self, worker: "OwnerProtocol") -> Deferred:
+        """Ready when the store is and every worker serves."""
+        missing = sorted(set(range(self.workers)) - self.ready)
+        if missing:
+            return fail(StoreUnavailable("worker(s) %s not serving yet" % (", ".join(map(str, missing)),)))
+        return self.store.ping()
+
+    def exposition(self, worker: "OwnerProtocol") -> Deferred:
+        """Every process's metrics in one exposition, labelled by process."""
+        indexes = sorted(self.connected)
+        scrapes = [self.connected[i].callRemote(Scrape) for i in indexes]
+
+        def merge(results: list) -> bytes:
+            texts = {"owner": self.metrics.exposition()}
+            for index, (ok, box) in zip(indexes, results):
+                if ok:
+                    texts[str(index)] = box["text"]
+            return merge_expositions(texts)
+
+        return DeferredList(scrapes, consumeErrors=True).addCallback(merge)
+
+    # -- commits and transactions --------------------------------------------
+
+    def _acknowledged(self, d: Deferred) -> Deferred:
+        """C{d}'s commit result, once every worker has applied it."""
+
+        def wait(result: CommitResult) -> Deferred:
+            return self.feed.applied(result.revision).addCallback(lambda _: result)
+
+        return d.addCallback(wait)
+
+    def _txn(self, txn_id: str, owner: Optional[str]) -> Deferred:
+        if txn_id == QUEUE_ID:
+            return succeed(self.transactions.queue)
+        return self.transactions.find(txn_id, owner)
+
+    def txn_record(self, worker, txn_id, owner, ops, observed, preconditions) -> Deferred:
+        return (
+            self._txn(txn_id, owner)
+            .addCallback(lambda txn: txn.record(ops, observed, preconditions))
+            .addCallback(_state)
+        )
+
+    def txn_commit(self, worker, txn_id: str, owner: Optional[str], expected) -> Deferred:
+        """
+        Commit the transaction if its staged ops are still C{expected} (the
+        ops the worker vetted; L{None}: whatever is staged); L{None} if
+        they changed meanwhile, for the worker to vet them again.
+        """
+
+        def vet(ops) -> None:
+            if expected is not None and list(ops) != list(expected):
+                raise _QueueChanged()
+
+        def changed(reason):
+            reason.trap(_QueueChanged)
+            return None
+
+        d = self._txn(txn_id, owner).addCallback(lambda txn: self._acknowledged(txn.commit(vet)))
+        return d.addErrback(changed)
+
+
+class OwnerProtocol(amp.AMP):
+    """The owner's end of worker C{index}'s AMP connection."""
+
+    def __init__(self, owner: Owner, index: int) -> None:
+        super().__init__()
+        self.owner = owner
+        self.index = index
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.owner.connected_worker(self)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.owner.lost_worker(self)
+
+    @Call.responder
+    def call(self, method: str, args: tuple) -> Deferred:
+        handler = self.owner.methods.get(method)
+        if handler is None:
+            d = fail(StoreUnavailable("the owner does not answer %r" % (method,)))
+        else:
+            d = maybeDeferred(handler, self, *args)
+        return d.addCallbacks(lambda result: {"ok": True, "result": result}, self._failed)
+
+    def _failed(self, reason) -> Dict[str, Any]:
+        if reason.check(KVError):
+            return {"ok": False, "result": error_state(reason.value)}
+        log.failure("a worker's call failed", reason)
+        return {"ok": False, "result": error_state(StoreUnavailable("the store failed; see the owner's log"))}
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """One worker process: tells the pool when it ends."""
+
+    def __init__(self, pool: "WorkerPool", index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.ended: Deferred = Deferred()
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(None)
+        self.pool.ended(self)
+
+
+class WorkerPool(Service):
+    """
+    Spawns C{owner.workers} workers (C{python -m kvtwist.worker}) over
+    C{sockets}, restarts one that dies, and stops them all on shutdown.
+
+    @param given: the command-line settings, passed on so that each worker
+        resolves the same configuration (with the same environment).
+    """
+
+    name = "kvtwist-workers"
+
+    def __init__(self, reactor, owner: Owner, sockets: ListeningSockets, given: Dict[str, Any]) -> None:
+        self._reactor = reactor
+        self._owner = owner
+        self._sockets = sockets
+        self._given = given
+        self.processes: Dict[int, _WorkerProcess] = {}
+        self.transports: Dict[int, Any] = {}
+        self.starts = 0
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "kvcache: {count} workers starting on {addresses}",
+            count=self._owner.workers,
+            addresses=", ".join(self._sockets.addresses),
+        )
+        for index in range(self._owner.workers):
+            self.spawn(index)
+
+    def spawn(self, index: int) -> None:
+        """Start worker C{index}, with its AMP socketpair and listening sockets."""
+        if not self.running:
+            return
+        ours, theirs = socket.socketpair()
+        listening = self._sockets.per_worker[index]
+        child_fds: Dict[int, Any] = {0: "w", 1: 1, 2: 2, AMP_FD: theirs.fileno()}
+        described = []
+        for offset, (sock, family) in enumerate(listening):
+            fd = AMP_FD + 1 + offset
+            child_fds[fd] = sock.fileno()
+            described.append("%d:%d" % (fd, family))
+        args = [
+            sys.executable,
+            "-m",
+            "kvtwist.worker",
+            "--index",
+            str(index),
+            "--given",
+            json.dumps(self._given),
+        ] + ["--socket=" + d for d in described]
+        process = _WorkerProcess(self, index)
+        self.processes[index] = process
+        self.transports[index] = self._reactor.spawnProcess(
+            process, sys.executable, args, env=dict(os.environ), childFDs=child_fds
+        )
+        self.starts += 1
+        theirs.close()
+        factory = protocol.Factory.forProtocol(lambda: OwnerProtocol(self._owner, index))
+        self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
+        ours.close()
+
+    def ended(self, process: _WorkerProcess) -> None:
+        """A worker exited: start another in its place, unless stopping."""
+        if self.processes.get(process.index) is process:
+            del self.processes[process.index]
+            self.transports.pop(process.index, None)
+        if self.running:
+            log.warn("kvcache worker {index} died; starting it again", index=process.index)
+            self._reactor.callLater(RESTART_DELAY, self.spawn, process.index)
+
+    def pids(self) -> List[int]:
+        """The worker processes' ids (for tests and operators)."""
+        return [t.pid for t in self.transports.values() if t.pid is not None]
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        ended = [process.ended for process in self.processes.values()]
+        for index, transport in list(self.transports.items()):
+            try:
+                transport.signalProcess("TERM")
+            except Exception:
+                pass
+        timer = self._reactor.callLater(STOP_TIMEOUT, self._kill)
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            self._sockets.close()
+
+        return DeferredList(ended).addCallback(done)
+
+    def _kill(self) -> None:
+        for transport in list(self.transports.values()):
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass

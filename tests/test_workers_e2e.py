@@ -1,0 +1,136 @@
+"""
+End to end with C{twistd -n kvcache --workers 2}: read-your-writes across
+workers, metrics and readiness of every process, and the lifecycle (a
+killed worker is restarted, workers end with their owner, SIGTERM stops
+all). The API suites also run with workers (the C{OnWorkers} classes of
+tests/test_e2e_*.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import (
+    child_pids,
+    http_request,
+    run_twistd,
+    start_server,
+    temp_dir,
+    wait_ready,
+)
+
+WORKERS = ["--workers", "2"]
+#: Seconds a lifecycle change (a restart, an exit) may take.
+SETTLE = 10.0
+
+
+def gone(pids, timeout: float = SETTLE) -> bool:
+    """Whether every process of C{pids} has exited within C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        if not any(os.path.exists("/proc/%d" % (pid,)) for pid in pids):
+            return True
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return False
+
+
+def serving_workers(pid: int, count: int, timeout: float = SETTLE):
+    """The C{count} worker ids of owner C{pid}, once there are that many."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        pids = child_pids(pid)
+        if len(pids) == count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+    return child_pids(pid)
+
+
+class ReadYourWritesTests(SynchronousTestCase):
+    """A write acknowledged by one worker is seen by every other at once."""
+
+    def test_put_then_get_on_new_connections(self):
+        """
+        1,000 PUT-then-GET pairs, each request on a connection of its own
+        (so the kernel spreads them over both workers): every GET returns
+        the value its PUT just wrote, and both workers answered requests.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        stale = []
+        for i in range(1000):
+            key = "/v1/kv/ryw/%d" % (i % 50)
+            value = b"%d" % (i,)
+            status, _, _ = http_request(server.url, "PUT", key, value)
+            self.assertIn(status, (200, 201))
+            status, _, body = http_request(server.url, "GET", key)
+            if (status, body) != (200, value):
+                stale.append((i, status, body))
+        self.assertEqual(stale, [])
+        _, _, metrics = http_request(server.url, "GET", "/metrics")
+        served = {
+            line.split('worker="')[1].split('"')[0]
+            for line in metrics.decode().splitlines()
+            if line.startswith("kvtwist_http_requests_total") and 'method="PUT"' in line
+        }
+        self.assertEqual(served, {"0", "1"})
+
+
+class ProcessTests(SynchronousTestCase):
+    """Metrics, readiness and the lifecycle of the owner and its workers."""
+
+    def test_metrics_of_every_process(self):
+        """/metrics on any worker holds the owner's and each worker's samples, labelled."""
+        server = start_server(self, extra_args=WORKERS)
+        status, _, body = http_request(server.url, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        text = body.decode()
+        for process in ("owner", "0", "1"):
+            self.assertIn('process_resident_memory_bytes{worker="%s"}' % (process,), text)
+        self.assertIn('kvtwist_store_revision{worker="owner"}', text)
+
+    def test_killed_worker_is_restarted(self):
+        """
+        A worker killed with -9 is replaced by a new process; the server is
+        ready again and keeps what was written before.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/kept", b"yes")[0], 201)
+        workers = serving_workers(server.process.pid, 2)
+        self.assertEqual(len(workers), 2)
+        os.kill(workers[0], signal.SIGKILL)
+        self.assertTrue(gone([workers[0]]))
+        replaced = serving_workers(server.process.pid, 2)
+        self.assertEqual(len(replaced), 2)
+        self.assertNotIn(workers[0], replaced)
+        wait_ready(server.url, SETTLE)
+        for _ in range(10):
+            self.assertEqual(http_request(server.url, "GET", "/v1/kv/kept")[2], b"yes")
+
+    def test_workers_exit_with_their_owner(self):
+        """When the owner is killed with -9, every worker exits by itself."""
+        server = start_server(self, extra_args=WORKERS)
+        workers = serving_workers(server.process.pid, 2)
+        server.kill()
+        self.assertTrue(gone(workers), "workers outlived their owner")
+
+    def test_sigterm_stops_everything(self):
+        """SIGTERM to the owner stops the workers and the owner, with status 0."""
+        server = start_server(self, extra_args=WORKERS)
+        workers = serving_workers(server.process.pid, 2)
+        self.assertEqual(server.terminate(), 0)
+        self.assertTrue(gone(workers))
+
+    def test_tls_endpoint_refused(self):
+        """An ssl: endpoint with --workers 2 ends startup with a message naming it."""
+        data = os.path.join(temp_dir(self), "data")
+        result = run_twistd(
+            ["-n", "--pidfile=", "kvcache", "--data", data, "--workers", "2",
+             "--allow-open", "--listen", "ssl:0:privateKey=k.pem:certKey=c.pem"]
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("cannot be shared by workers", result.stdout + result.stderr)
