@@ -10,7 +10,9 @@ listening socket and spawns the workers that serve HTTP on them
     worker through C{spawnProcess(childFDs=...)}, where the worker adopts
     them (C{adoptStreamPort}).
   - L{OwnerProtocol}: the owner's end of one worker's AMP connection; it
-    answers L{kvtwist.amp.Call} from a whitelist (L{Owner.methods}).
+    answers L{kvtwist.amp.Call} from a whitelist (L{Owner.methods}; on
+    etcd, where every worker is a node with a store of its own, only
+    L{Supervisor.methods}).
   - L{ChangeFeed}: sends every commit to every worker (L{kvtwist.amp.Feed})
     and tells when all of them have applied a revision; the owner answers a
     commit only then, so a GET on any worker after the 2xx sees it.
@@ -39,6 +41,7 @@ from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IKeyValueStore, ITransactionManager
 from kvtwist.metrics import Metrics, merge_expositions
 from kvtwist.model import Change, CommitResult
+from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import QUEUE_ID
 
 log = Logger()
@@ -192,39 +195,79 @@ def _state(view) -> tuple:
     return (view.isolated, dict(view.observed), list(view.preconditions), list(view.ops()))
 
 
-class Owner:
+class Supervisor:
     """
-    What the workers reach over AMP: the store (the whole stack, cache and
-    change feed included), the transactions and the metrics.
+    What every worker reaches over AMP whatever the store: its own
+    readiness and every process's metrics. On etcd (C{--store etcd://})
+    this is all the twistd process does; each worker is a node of its own.
 
     @ivar methods: the whitelist of L{Call}: method name to C{f(worker,
         *args)}, returning a value or a Deferred.
     """
 
+    def __init__(self, metrics: Metrics, workers: int) -> None:
+        self.metrics = metrics
+        self.workers = workers
+        self.connected: Dict[int, "OwnerProtocol"] = {}
+        self.ready: Set[int] = set()
+        self.methods: Dict[str, Callable[..., Any]] = {
+            "ready": self.worker_ready,
+            "metrics": self.exposition,
+        }
+
+    def connected_worker(self, worker: "OwnerProtocol") -> None:
+        self.connected[worker.index] = worker
+
+    def lost_worker(self, worker: "OwnerProtocol") -> None:
+        if self.connected.get(worker.index) is worker:
+            del self.connected[worker.index]
+            self.ready.discard(worker.index)
+
+    def worker_ready(self, worker: "OwnerProtocol") -> None:
+        self.ready.add(worker.index)
+        log.info("kvcache worker {index} ready", index=worker.index)
+
+    def exposition(self, worker: "OwnerProtocol") -> Deferred:
+        """Every process's metrics in one exposition, labelled by process."""
+        indexes = sorted(self.connected)
+        scrapes = [self.connected[i].callRemote(Scrape) for i in indexes]
+
+        def merge(results: list) -> bytes:
+            texts = {"owner": self.metrics.exposition()}
+            for index, (ok, box) in zip(indexes, results):
+                if ok:
+                    texts[str(index)] = box["text"]
+            return merge_expositions(texts)
+
+        return DeferredList(scrapes, consumeErrors=True).addCallback(merge)
+
+
+class Owner(Supervisor):
+    """
+    The owner of the store: besides L{Supervisor}'s, the workers reach the
+    store (the whole stack: its L{CachedStore}, whose listeners include the
+    change feed) and the transactions.
+    """
+
     def __init__(
         self,
-        store: IKeyValueStore,
+        store: CachedStore,
         transactions: ITransactionManager,
         hub: ChangeHub,
         metrics: Metrics,
         workers: int,
     ) -> None:
+        super().__init__(metrics, workers)
         self.store = store
         self.transactions = transactions
         self.hub = hub
-        self.metrics = metrics
-        self.workers = workers
         self.feed = ChangeFeed(store)
-        self.connected: Dict[int, "OwnerProtocol"] = {}
-        self.ready: Set[int] = set()
-        self.methods: Dict[str, Callable[..., Any]] = {
+        self.methods.update({
             "hello": self.hello,
-            "ready": self.worker_ready,
             "ping": self.ping,
-            "metrics": self.exposition,
             "get": lambda worker, key: store.get(key),
             "get_many": lambda worker, keys: store.get_many(keys),
-            "get_linearizable": lambda worker, key: getattr(store, "get_linearizable", store.get)(key),
+            "get_linearizable": lambda worker, key: store.get_linearizable(key),
             "list": lambda worker, *args: store.list(*args),
             "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks)),
             "txn_begin": lambda worker, owner: transactions.begin(owner).addCallback(lambda txn: txn.id),
@@ -237,17 +280,12 @@ class Owner:
             "txn_record": self.txn_record,
             "txn_commit": self.txn_commit,
             "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
-        }
+        })
 
     # -- the workers ---------------------------------------------------------
 
-    def connected_worker(self, worker: "OwnerProtocol") -> None:
-        self.connected[worker.index] = worker
-
     def lost_worker(self, worker: "OwnerProtocol") -> None:
-        if self.connected.get(worker.index) is worker:
-            del self.connected[worker.index]
-            self.ready.discard(worker.index)
+        super().lost_worker(worker)
         self.feed.detach(worker)
 
     def hello(self, worker: "OwnerProtocol") -> Tuple[int, List[CommitResult], int]:
@@ -264,30 +302,12 @@ class Owner:
         ]
         return self.hub.horizon, history, getattr(self.store, "key_count", 0)
 
-    def worker_ready(self, worker: "OwnerProtocol") -> None:
-        self.ready.add(worker.index)
-        log.info("kvcache worker {index} ready", index=worker.index)
-
     def ping(self, worker: "OwnerProtocol") -> Deferred:
         """Ready when the store is and every worker serves."""
         missing = sorted(set(range(self.workers)) - self.ready)
         if missing:
             return fail(StoreUnavailable("worker(s) %s not serving yet" % (", ".join(map(str, missing)),)))
         return self.store.ping()
-
-    def exposition(self, worker: "OwnerProtocol") -> Deferred:
-        """Every process's metrics in one exposition, labelled by process."""
-        indexes = sorted(self.connected)
-        scrapes = [self.connected[i].callRemote(Scrape) for i in indexes]
-
-        def merge(results: list) -> bytes:
-            texts = {"owner": self.metrics.exposition()}
-            for index, (ok, box) in zip(indexes, results):
-                if ok:
-                    texts[str(index)] = box["text"]
-            return merge_expositions(texts)
-
-        return DeferredList(scrapes, consumeErrors=True).addCallback(merge)
 
     # -- commits and transactions --------------------------------------------
 
@@ -333,7 +353,7 @@ class Owner:
 class OwnerProtocol(amp.AMP):
     """The owner's end of worker C{index}'s AMP connection."""
 
-    def __init__(self, owner: Owner, index: int) -> None:
+    def __init__(self, owner: Supervisor, index: int) -> None:
         super().__init__()
         self.owner = owner
         self.index = index
@@ -386,7 +406,7 @@ class WorkerPool(Service):
 
     name = "kvtwist-workers"
 
-    def __init__(self, reactor, owner: Owner, sockets: ListeningSockets, given: Dict[str, Any]) -> None:
+    def __init__(self, reactor, owner: Supervisor, sockets: ListeningSockets, given: Dict[str, Any]) -> None:
         self._reactor = reactor
         self._owner = owner
         self._sockets = sockets

@@ -35,7 +35,7 @@ from kvtwist.config import (
 from kvtwist.errors import StoreCorrupt
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
-from kvtwist.owner import ListeningSockets, Owner, WorkerPool
+from kvtwist.owner import ListeningSockets, Owner, Supervisor, WorkerPool
 from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
@@ -296,20 +296,30 @@ def build_site(config: Config, store, transactions, hub: ChangeHub, metrics: Met
     return site
 
 
-def owner_services(config: Config, given: Dict[str, Any], store, transactions, hub, metrics, reactor):
+def worker_pool(config: Config, given: Dict[str, Any], owner: Supervisor, reactor) -> WorkerPool:
     """
-    With C{--workers N} (N > 1), this process owns the store and serves no
-    HTTP: the service that binds the listening sockets and runs the N
-    workers serving on them (L{kvtwist.owner}).
+    With C{--workers N} (N > 1) this process serves no HTTP: the service
+    that binds the listening sockets and runs the N workers serving on
+    them (L{kvtwist.owner}), answering them as C{owner}.
     """
-    if is_etcd_store(config["store"]):
-        raise SystemExit("kvcache: cannot start: --workers above 1 needs --store shelve")
     try:
         sockets = ListeningSockets(reactor, config.endpoints, config["workers"])
     except (ValueError, OSError) as e:
         raise SystemExit("kvcache: cannot start: %s" % (e,))
-    owner = Owner(store, transactions, hub, metrics, config["workers"])
     return WorkerPool(reactor, owner, sockets, given)
+
+
+def etcd_nodes_service(config: Config, given: Dict[str, Any], reactor) -> MultiService:
+    """
+    C{--workers N} on etcd: every worker is a node of its own (its own etcd
+    client, cache, watch; transactions in etcd), so this process opens no
+    store and only binds the sockets, runs the workers and merges their
+    metrics.
+    """
+    top = MultiService()
+    GracefulSignals(reactor).setServiceParent(top)
+    worker_pool(config, given, Supervisor(Metrics(), config["workers"]), reactor).setServiceParent(top)
+    return top
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -333,6 +343,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
             "{path} holds tokens and is readable by other users; chmod 600 it",
             path=path,
         )
+    if config["workers"] > 1 and is_etcd_store(config["store"]):
+        return etcd_nodes_service(config, options.command_line, reactor)
     limits = config.limits
     metrics = Metrics()
     backing, pool = open_backing_store(config, reactor, metrics)
@@ -350,7 +362,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sweeper.setServiceParent(top)
     if config["workers"] > 1:
         # After the store too: the workers stop before it closes.
-        owner_services(config, options.command_line, store, transactions, hub, metrics, reactor).setServiceParent(top)
+        owner = Owner(store, transactions, hub, metrics, config["workers"])
+        worker_pool(config, options.command_line, owner, reactor).setServiceParent(top)
         metrics.watch(store=store, transactions=transactions, hub=hub, sweeper=sweeper)
     else:
         site = build_site(config, store, transactions, hub, metrics, reactor)

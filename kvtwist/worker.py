@@ -8,7 +8,9 @@ listening sockets after it (C{--socket FD:FAMILY}), resolves the same
 configuration as the owner (the owner's command-line settings in
 C{--given}, the same environment and files), and serves the same Resource
 tree as one process does, over a L{kvtwist.store.remote.RemoteStore} with
-its own read cache and change feed. It exits when the owner goes away
+its own read cache and change feed. On etcd (C{--store etcd://}) it is a
+node of its own instead: its own etcd client, cache and watch, with
+transactions in etcd, like a separate kvcache process. It exits when the owner goes away
 (the AMP connection closes) or on SIGTERM.
 """
 
@@ -24,9 +26,9 @@ from typing import List, Optional, Sequence
 from twisted.internet import protocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
-from kvtwist.config import resolve
+from kvtwist.config import is_etcd_store, resolve
 from kvtwist.events import ChangeHub
-from kvtwist.metrics import Metrics
+from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.owner import AMP_FD
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
@@ -66,10 +68,22 @@ class Worker:
         self.metrics = Metrics()
         self.protocol = WorkerProtocol(scrape=self.metrics.exposition)
         limits = config.limits
-        self.store = RemoteStore(self.protocol, reactor)
-        self.cached = CachedStore(self.store, limits.cache_bytes)
+        self.store: Optional[RemoteStore] = None
+        if is_etcd_store(config["store"]):
+            # A node of its own: its own etcd client, cache and transactions
+            # kept in etcd, as a separate kvcache process would have.
+            from kvtwist.tap import open_etcd_store, transaction_manager
+
+            backing = open_etcd_store(config, reactor)
+            timed = TimedStore(backing, self.metrics, reactor)
+            self.cached = CachedStore(timed, limits.cache_bytes)
+            self.transactions = transaction_manager(backing, timed, self.cached, reactor, limits)
+            self.metrics.watch(transactions=self.transactions)
+        else:
+            self.store = RemoteStore(self.protocol, reactor)
+            self.cached = CachedStore(self.store, limits.cache_bytes)
+            self.transactions = RemoteTransactions(self.store, limits.txn_timeout)
         self.hub = ChangeHub(self.cached, limits.watch_history, limits.watch_history_bytes)
-        self.transactions = RemoteTransactions(self.store, limits.txn_timeout)
 
     def connect(self, fd: int = AMP_FD) -> None:
         """Take up the AMP connection to the owner on C{fd}."""
@@ -84,14 +98,21 @@ class Worker:
             self.reactor.stop()
 
     def start(self):
-        """Say hello, catch up with the owner's history, then serve."""
-        return call(self.protocol, "hello").addCallback(self._serve).addErrback(self._failed)
+        """
+        Say hello and catch up with the owner's history (or, on etcd, open
+        this node's own store), then serve.
+        """
+        if self.store is None:
+            self.reactor.addSystemEventTrigger("before", "shutdown", self.cached.close)
+            d = self.cached.open()
+        else:
+            d = call(self.protocol, "hello").addCallback(self.store.join)
+        return d.addCallback(self._serve).addErrback(self._failed)
 
-    def _serve(self, hello) -> None:
+    def _serve(self, _: object) -> None:
         # Imported here: the site pulls in the whole web layer.
         from kvtwist.tap import build_site
 
-        self.store.join(hello)
         site = build_site(
             self.config, self.cached, self.transactions, self.hub, self.metrics, self.reactor, OwnerMetrics(self.protocol)
         )

@@ -149,10 +149,22 @@ class OnEtcd:
         return frozenset(member.client_port for member in self.etcd.members)
 
 
+class OnEtcdWorkers(OnEtcd):
+    """
+    Servers on etcd with C{--workers 2}: each worker a node of its own on
+    the class's etcd, under the server's prefix.
+    """
+
+    def start_kvcache(self, extra_args: Sequence[str] = (), **kwargs) -> ServerProcess:
+        """A running kvcache with two worker nodes on the class's etcd."""
+        return super().start_kvcache(["--workers", "2"] + list(extra_args), **kwargs)
+
+
 __all__ = [
     "ETCD_AVAILABLE",
     "ETCD_WHY",
     "OnEtcd",
+    "OnEtcdWorkers",
     "OnWorkers",
     "OnShelve",
     "STORES",

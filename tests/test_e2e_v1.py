@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.e2e import start_server, treq_client
-from tests.e2e_stores import OnEtcd, OnShelve, OnWorkers
+from tests.e2e_stores import OnEtcd, OnEtcdWorkers, OnShelve, OnWorkers
 
 PROBLEM = "application/problem+json"
 
@@ -479,6 +479,14 @@ class TwoClientTransactionTestsOnWorkers(OnWorkers, TwoClientTransactionTests, T
 
 class KeySmokeTestsOnWorkers(OnWorkers, KeySmokeTests, TestCase):
     """Keys, listing and batch with two workers."""
+
+
+class KeySmokeTestsOnEtcdWorkers(OnEtcdWorkers, KeySmokeTests, TestCase):
+    """Keys, listing and batch with two workers on etcd, each a node of its own."""
+
+
+class TwoClientTransactionTestsOnEtcdWorkers(OnEtcdWorkers, TwoClientTransactionTests, TestCase):
+    """Overlapping transactions with two worker nodes on etcd (transactions kept in etcd)."""
 
 
 class KeySmokeTestsOnShelve(OnShelve, KeySmokeTests, TestCase):
