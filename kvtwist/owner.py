@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -186,10 +186,6 @@ class ChangeFeed:
             d.callback(None)
 
 
-class _QueueChanged(Exception):
-    """The staged ops changed between a worker's vetting and the commit."""
-
-
 def _state(view) -> tuple:
     """An L{ITransactionView} as the plain tuple a worker rebuilds it from."""
     return (view.isolated, dict(view.observed), list(view.preconditions), list(view.ops()))
@@ -262,6 +258,8 @@ class Owner(Supervisor):
         self.transactions = transactions
         self.hub = hub
         self.feed = ChangeFeed(store)
+        # Transactions held for a worker's commit (see txn_hold).
+        self._locks: Dict[str, DeferredLock] = {}
         self.methods.update({
             "hello": self.hello,
             "ping": self.ping,
@@ -278,6 +276,8 @@ class Owner(Supervisor):
             .addCallback(lambda txn: txn.view())
             .addCallback(_state),
             "txn_record": self.txn_record,
+            "txn_hold": self.txn_hold,
+            "txn_let_go": self.txn_let_go,
             "txn_commit": self.txn_commit,
             "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
         })
@@ -287,6 +287,8 @@ class Owner(Supervisor):
     def lost_worker(self, worker: "OwnerProtocol") -> None:
         super().lost_worker(worker)
         self.feed.detach(worker)
+        for txn_id in list(worker.held):
+            self.txn_let_go(worker, txn_id)
 
     def hello(self, worker: "OwnerProtocol") -> Tuple[int, List[CommitResult], int]:
         """
@@ -324,30 +326,80 @@ class Owner(Supervisor):
             return succeed(self.transactions.queue)
         return self.transactions.find(txn_id, owner)
 
+    def _lock(self, txn_id: str) -> DeferredLock:
+        lock = self._locks.get(txn_id)
+        if lock is None:
+            lock = self._locks[txn_id] = DeferredLock()
+        return lock
+
+    def _locked(self, txn_id: str, f: Callable[..., Any], *args: Any) -> Deferred:
+        """C{f(*args)} once no worker holds C{txn_id}."""
+        return self._lock(txn_id).run(f, *args).addBoth(self._forget_lock, txn_id)
+
+    def _forget_lock(self, result: object, txn_id: str) -> object:
+        # A lock nobody holds or waits for goes: one per open transaction.
+        lock = self._locks.get(txn_id)
+        if lock is not None and not lock.locked and not lock.waiting:
+            del self._locks[txn_id]
+        return result
+
     def txn_record(self, worker, txn_id, owner, ops, observed, preconditions) -> Deferred:
-        return (
-            self._txn(txn_id, owner)
-            .addCallback(lambda txn: txn.record(ops, observed, preconditions))
-            .addCallback(_state)
-        )
+        """Stage into the transaction, once no worker holds it for a commit."""
 
-    def txn_commit(self, worker, txn_id: str, owner: Optional[str], expected) -> Deferred:
+        def record(_: object) -> Deferred:
+            return self._txn(txn_id, owner).addCallback(lambda txn: txn.record(ops, observed, preconditions))
+
+        return self._locked(txn_id, record, None).addCallback(_state)
+
+    def txn_hold(self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str]) -> Deferred:
         """
-        Commit the transaction if its staged ops are still C{expected} (the
-        ops the worker vetted; L{None}: whatever is staged); L{None} if
-        they changed meanwhile, for the worker to vet them again.
+        Hold the transaction for C{worker}'s commit: nothing is staged into
+        it until C{worker} commits or lets go (or is lost), so the ops it
+        vets are exactly the ops it commits. Answered: the state held.
         """
+        lock = self._lock(txn_id)
 
-        def vet(ops) -> None:
-            if expected is not None and list(ops) != list(expected):
-                raise _QueueChanged()
+        def held(_: object) -> Deferred:
+            worker.held.add(txn_id)
+            d = self._txn(txn_id, owner).addCallback(lambda txn: txn.view()).addCallback(_state)
+            return d.addErrback(lambda reason: (self.txn_let_go(worker, txn_id), reason)[1])
 
-        def changed(reason):
-            reason.trap(_QueueChanged)
-            return None
+        return lock.acquire().addCallback(held)
 
-        d = self._txn(txn_id, owner).addCallback(lambda txn: self._acknowledged(txn.commit(vet)))
-        return d.addErrback(changed)
+    def txn_let_go(self, worker: "OwnerProtocol", txn_id: str) -> None:
+        """Stop holding the transaction (its commit was refused, or C{worker} is lost)."""
+        if txn_id in worker.held:
+            worker.held.discard(txn_id)
+            self._lock(txn_id).release()
+            self._forget_lock(None, txn_id)
+
+    def txn_commit(self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str]) -> Deferred:
+        """
+        Commit the transaction: the one C{worker} holds (L{txn_hold}, then
+        let go as soon as the commit has taken the staged ops), or, if it
+        holds none, whatever is staged.
+        """
+        if txn_id in worker.held:
+            d = self._commit(worker, txn_id, owner)
+            self.txn_let_go(worker, txn_id)
+            return d
+        lock = self._lock(txn_id)
+
+        def take(_: object) -> Deferred:
+            # Held only while the commit takes the staged ops, not while it
+            # syncs: commits of the queue overlap, as in one process.
+            d = self._commit(worker, txn_id, owner)
+            lock.release()
+            self._forget_lock(None, txn_id)
+            return d
+
+        return lock.acquire().addCallback(take)
+
+    def _commit(self, worker, txn_id: str, owner: Optional[str]) -> Deferred:
+        # The transaction's commit takes the staged ops before it returns,
+        # so the hold may end as soon as it is called.
+        committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
+        return self._acknowledged(committed)
 
 
 class OwnerProtocol(amp.AMP):
@@ -357,6 +409,8 @@ class OwnerProtocol(amp.AMP):
         super().__init__()
         self.owner = owner
         self.index = index
+        #: The transactions held for this worker's commits.
+        self.held: Set[str] = set()
 
     def connectionMade(self) -> None:
         super().connectionMade()

@@ -15,7 +15,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import amp as wire
-from kvtwist.errors import ConflictError, LimitExceeded, StoreUnavailable
+from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
@@ -73,7 +73,7 @@ class Cluster:
 
     def settle(self, d: Deferred) -> Deferred:
         """Pump until C{d} has fired; C{d}."""
-        for _ in range(100):
+        for _ in range(1000):
             if d.called:
                 break
             self.flush()
@@ -125,7 +125,16 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(limit.extra["limit_name"], "max_staged_ops")
 
 
-class RemoteStoreContractTests(StoreContract, SynchronousTestCase):
+class OverCluster:
+    """Contract tests whose coroutines await Deferreds that fire as bytes move."""
+
+    cluster: Cluster
+
+    def settle(self, d):
+        self.successResultOf(self.cluster.settle(d))
+
+
+class RemoteStoreContractTests(OverCluster, StoreContract, SynchronousTestCase):
     """A worker's cached RemoteStore keeps the store contract."""
 
     #: The owner sweeps; a worker lists nothing to expire.
@@ -138,13 +147,6 @@ class RemoteStoreContractTests(StoreContract, SynchronousTestCase):
     def advance(self, seconds):
         self.cluster.clock.advance(seconds)
 
-    def settle(self, d):
-        # The coroutine awaits Deferreds that fire as bytes move.
-        for _ in range(1000):
-            if d.called:
-                break
-            self.cluster.flush()
-        self.successResultOf(d)
 
 
 class TagTests(SynchronousTestCase):
@@ -159,7 +161,7 @@ class TagTests(SynchronousTestCase):
         self.assertIs(failure.value.failures[0].check.tag, tag)
 
 
-class RemoteTransactionContractTests(TransactionContract, SynchronousTestCase):
+class RemoteTransactionContractTests(OverCluster, TransactionContract, SynchronousTestCase):
     """Transactions held by the owner keep the contract through every worker."""
 
     shared = True
@@ -173,12 +175,6 @@ class RemoteTransactionContractTests(TransactionContract, SynchronousTestCase):
     async def expire_idle(self, manager):
         self.cluster.clock.advance(self.limits.txn_timeout + 1)
 
-    def settle(self, d):
-        for _ in range(1000):
-            if d.called:
-                break
-            self.cluster.flush()
-        self.successResultOf(d)
 
 
 class ReadYourWritesTests(SynchronousTestCase):
@@ -240,3 +236,45 @@ class ReadYourWritesTests(SynchronousTestCase):
         """A call outside the whitelist fails as unavailable; nothing runs."""
         cluster = Cluster(1)
         self.failureResultOf(cluster.settle(call(cluster.remotes[0]._protocol, "close")), StoreUnavailable)
+
+
+class HoldTests(SynchronousTestCase):
+    """A transaction is held for the worker that vets and commits it."""
+
+    def setUp(self):
+        self.cluster = Cluster(2)
+        self.queues = [RemoteTransactions(remote, 60).queue for remote in self.cluster.remotes]
+        self.cluster.result(self.queues[0].record([Put("a", b"1")]))
+
+    def staged(self):
+        return [op.key for op in self.cluster.result(self.queues[0].view()).ops()]
+
+    def test_staging_waits_for_the_commit(self):
+        """While one worker holds the queue, another's write waits, and is not committed by that commit."""
+        protocol = self.cluster.remotes[0]._protocol
+        self.cluster.result(call(protocol, "txn_hold", "shared", None))
+        staging = self.cluster.settle(self.queues[1].record([Put("b", b"2")]))
+        self.assertNoResult(staging)
+        result = self.cluster.result(call(protocol, "txn_commit", "shared", None))
+        self.assertEqual([change.key for change in result.changes], ["a"])
+        self.cluster.settle(staging)
+        self.successResultOf(staging)
+        self.assertEqual(self.staged(), ["b"])
+
+    def test_refused_commit_lets_go(self):
+        """A vet that refuses fails the commit, keeps the ops staged, and frees the queue."""
+
+        def refuse(ops):
+            raise Forbidden("no")
+
+        self.failureResultOf(self.cluster.settle(self.queues[0].commit(vet=refuse)), Forbidden)
+        self.cluster.result(self.queues[1].record([Put("b", b"2")]))
+        self.assertEqual(self.staged(), ["a", "b"])
+
+    def test_lost_worker_lets_go(self):
+        """A worker lost while holding the queue frees it for the others."""
+        self.cluster.result(call(self.cluster.remotes[1]._protocol, "txn_hold", "shared", None))
+        self.cluster.pumps[1].client.transport.loseConnection()
+        self.cluster.flush()
+        self.cluster.result(self.queues[0].record([Put("c", b"3")]))
+        self.assertEqual(self.staged(), ["a", "c"])

@@ -36,10 +36,6 @@ from kvtwist.model import Check, CheckFailure, CommitResult, Op
 #: The id of the seed's shared queue in L{Call}s.
 QUEUE_ID = "shared"
 
-#: Commits of a transaction retried when its staged ops changed between
-#: the worker's vetting of them and the owner's commit.
-COMMIT_ATTEMPTS = 5
-
 
 class WorkerProtocol(amp.AMP):
     """
@@ -246,22 +242,20 @@ class RemoteTransaction:
     def commit(self, vet: Optional[Callable[[Sequence[Op]], None]] = None):
         """
         See L{ITransaction.commit}: C{vet} runs here, on the ops the owner
-        holds; the owner commits only if they are still exactly those (else
-        they are read and vetted again).
+        holds for this commit (nothing is staged into the transaction
+        meanwhile), and the owner commits exactly those.
         """
-        for _ in range(COMMIT_ATTEMPTS):
-            expected = None
-            if vet is not None:
-                view = yield self.view()
-                expected = view.ops()
-                vet(expected)
-            result = yield self._store._call("txn_commit", self.id, self.owner, expected)
-            if result is not None:
-                return result
-        raise StoreUnavailable(
-            "transaction %r changed under its commit %d times; nothing was applied, try again"
-            % (self.id, COMMIT_ATTEMPTS)
-        )
+        if vet is None:
+            return (yield self._store._call("txn_commit", self.id, self.owner))
+        view = snapshot((yield self._store._call("txn_hold", self.id, self.owner)))
+        try:
+            vet(view.ops())
+        except BaseException:
+            # Refused here: the owner stops holding it (a failure to say so
+            # ends with this worker's connection, which lets go too).
+            self._store._call("txn_let_go", self.id).addErrback(lambda _: None)
+            raise
+        return (yield self._store._call("txn_commit", self.id, self.owner))
 
 
 @implementer(ITransactionManager)
