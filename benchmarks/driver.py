@@ -26,6 +26,35 @@ def _percentile(sorted_values: List[float], p: float) -> float:
     return sorted_values[index]
 
 
+def bulk_set(port: int, keys: int, prefix: str) -> Dict[str, object]:
+    """
+    One C{POST /set} of C{keys} new keys (C{prefix} + a number), then one
+    C{POST /commit}, each timed in seconds.
+    """
+    conn = http.client.HTTPConnection(HOST, port, timeout=600)
+    headers = {"Content-Type": "application/json"}
+    body = json.dumps({"%s%06d" % (prefix, i): i for i in range(keys)}).encode()
+    try:
+        t0 = time.perf_counter()
+        conn.request("POST", "/set", body=body, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        set_status = r.status
+        t1 = time.perf_counter()
+        conn.request("POST", "/commit", body=b"", headers=headers)
+        r = conn.getresponse()
+        r.read()
+        t2 = time.perf_counter()
+    finally:
+        conn.close()
+    return {
+        "keys": keys,
+        "set_s": t1 - t0,
+        "commit_s": t2 - t1,
+        "errors": int(set_status not in (200, 201)) + int(r.status != 204),
+    }
+
+
 def seed_cycles(port: int, duration: float, key: str = "bench-size-probe", max_cycles: int = 1_000_000) -> Dict[str, object]:
     """
     Run set+commit cycles for C{duration} seconds; latencies in ms.

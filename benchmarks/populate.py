@@ -4,10 +4,14 @@ the real L{kvtwist.store.shelve_store.ShelveStore} driven synchronously
 (an inline thread pool and a threadless reactor), so the files are exactly
 what kvcache writes, without N HTTP round trips.
 
-    python -m benchmarks.populate DIR N
+    python -m benchmarks.populate DIR N [LARGE]
 
-Keys are C{k00000000} ... ; each value is a small JSON document. Prints one
-JSON line with the key count, the seconds taken and the file sizes.
+Keys are C{k00000000} ... ; each value is a small JSON document. With
+C{LARGE}, that many values of L{LARGE_VALUE_BYTES} are committed first (one
+commit each, as PUTs would be) under C{big00}, C{big01}, ...: into an empty
+store, so that they sit at the top of its tree, where every key lookup
+passes. Prints one JSON line with the key count, the
+seconds taken and the file sizes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import List, Optional
 
 #: Keys per commit: large enough to be quick, small enough to stay lean.
 BATCH = 10_000
+#: The size of each large value (1000 KiB: under the default --max-body).
+LARGE_VALUE_BYTES = 1000 * 1024
 
 
 def key_name(i: int) -> str:
@@ -27,8 +33,13 @@ def key_name(i: int) -> str:
     return "k%08d" % (i,)
 
 
-def populate(directory: str, count: int, batch: int = BATCH) -> dict:
-    """Commit C{count} keys into a new store in C{directory}."""
+def large_key_name(j: int) -> str:
+    """The key of the j-th large value."""
+    return "big%02d" % (j,)
+
+
+def populate(directory: str, count: int, batch: int = BATCH, large: int = 0) -> dict:
+    """Commit C{large} large values, then C{count} keys, into a new store in C{directory}."""
     from kvtwist.model import JSON_CONTENT_TYPE, Put
     from kvtwist.store.shelve_store import ShelveStore
     from kvtwist.testing import InlineThreadPool, ThreadlessReactor
@@ -37,6 +48,8 @@ def populate(directory: str, count: int, batch: int = BATCH) -> dict:
     store = ShelveStore(directory, ThreadlessReactor(), InlineThreadPool())
     _result_of(store.open())
     try:
+        for j in range(large):
+            _result_of(store.commit([Put(large_key_name(j), b"L" * LARGE_VALUE_BYTES)]))
         for first in range(0, count, batch):
             ops = [
                 Put(
@@ -53,7 +66,7 @@ def populate(directory: str, count: int, batch: int = BATCH) -> dict:
         name: os.path.getsize(os.path.join(directory, name))
         for name in sorted(os.listdir(directory))
     }
-    return {"keys": count, "seconds": time.monotonic() - started, "files": files}
+    return {"keys": count, "large_values": large, "seconds": time.monotonic() - started, "files": files}
 
 
 def _result_of(d):
@@ -71,10 +84,11 @@ def _result_of(d):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m benchmarks.populate DIR N", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m benchmarks.populate DIR N [LARGE]", file=sys.stderr)
         return 2
-    print(json.dumps(populate(argv[0], int(argv[1]))))
+    large = int(argv[2]) if len(argv) == 3 else 0
+    print(json.dumps(populate(argv[0], int(argv[1]), large=large)))
     return 0
 
 

@@ -99,6 +99,19 @@ def _sizes_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _large_table(results: dict) -> str:
+    m = results["summary"].get("large")
+    if not m:
+        return "_not measured in this run_"
+    return "\n".join([
+        "| store | 1-key commit p50 ms | 1-key commit p99 ms | /set of {:,} new keys s | its /commit s | errors | rounds |".format(m["bulk_keys"]),
+        "|---|---|---|---|---|---|---|",
+        "| {:,} keys + {} x 1000 KiB | {} | {} | {} | {} | {} | {} |".format(
+            m["keys"], m["large_values"], _num(m["commit_p50_ms"]), _num(m["commit_p99_ms"]),
+            _num(m["bulk_set_s"]), _num(m["bulk_commit_s"]), m["errors"], m["rounds"]),
+    ])
+
+
 def _soak_section(results: dict) -> str:
     soak = results.get("soak")
     if not soak:
@@ -249,6 +262,15 @@ def markdown(results: dict, image: Optional[str], plot_note: Optional[str]) -> s
         "RSS = `VmRSS`; commit latency from a one-client set+commit driver (%g s per round)." % cfg["size_duration"],
         "",
         _sizes_table(results),
+        "",
+        "## Commits with large values stored",
+        "",
+        "A store of 1,000 small keys and 16 values of 1000 KiB (committed first), served by "
+        "`twistd kvcache`: one-key commits from the set+commit driver (%g s per round), then one "
+        "`POST /set` of new keys and its `POST /commit`, each timed. Key lookups that read "
+        "stored values would show here." % cfg["size_duration"],
+        "",
+        _large_table(results),
         "",
         "## Soak",
         "",

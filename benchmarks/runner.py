@@ -92,6 +92,7 @@ def main(argv: List[str]) -> int:
         "pending": [],
         "raw": {"get": [], "cycles": [], "sizes": []},
         "populate": {},
+        "large": None,
         "soak": None,
         "scaleout": None,
         "profiles": {},
@@ -105,6 +106,8 @@ def main(argv: List[str]) -> int:
                 _peer_rounds(cfg, procs, run_dir, results)
             if cfg.wants("sizes") and cfg.wants_target("kvcache"):
                 _store_sizes(cfg, procs, run_dir, results)
+            if cfg.wants("large") and cfg.wants_target("kvcache"):
+                _large_values(cfg, procs, run_dir, results)
             if cfg.soak or "soak" in cfg.only:
                 _soak(cfg, procs, run_dir, results)
             if cfg.scaleout or "scaleout" in cfg.only:
@@ -299,9 +302,9 @@ def _profile(cfg: Config, targets: List[Target], scripts: dict, cycle_script: st
 # -- a one-key commit into stores of growing size ---------------------------
 
 
-def _start_populate(size: int, directory: str) -> subprocess.Popen:
+def _start_populate(size: int, directory: str, large: int = 0) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.populate", directory, str(size)],
+        [sys.executable, "-m", "benchmarks.populate", directory, str(size), str(large)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=child_env(),
     )
 
@@ -363,6 +366,54 @@ def _store_sizes(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) ->
                 say("store of %d keys: startup %.2f s, RSS %.1f MiB, commit p50 %.2f ms, %.0f cycles/s" % (
                     size, entry["startup_s"], (entry["rss_kib_ready"] or 0) / 1024,
                     entry["commit_ms"]["p50"], entry["cycles_per_s"]))
+
+
+# -- large values stored ---------------------------------------------------
+
+#: The large-values store: this many small keys, among LARGE_VALUES values
+#: of 1000 KiB (committed first, so that they sit high in the store's tree).
+LARGE_STORE_KEYS = 1000
+LARGE_VALUES = 16
+#: New keys in the timed bulk C{POST /set}.
+BULK_SET_KEYS = 10_000
+
+
+def _large_values(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) -> None:
+    """
+    With 16 values of 1000 KiB stored: one-key commits (the set+commit
+    driver) and one C{POST /set} of 10,000 new keys plus its C{/commit},
+    per round. A store layout whose key lookups read values shows here.
+    """
+    directory = os.path.join(run_dir, "store-large")
+    say("populating a store of %d keys and %d values of 1000 KiB" % (LARGE_STORE_KEYS, LARGE_VALUES))
+    large: Dict[str, object] = {"keys": LARGE_STORE_KEYS, "large_values": LARGE_VALUES,
+                                "bulk_keys": BULK_SET_KEYS, "runs": []}
+    results["large"] = large
+    try:
+        large["populate"] = _finish_populate(
+            LARGE_STORE_KEYS, _start_populate(LARGE_STORE_KEYS, directory, LARGE_VALUES))
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        large["populate"] = {"error": str(e)}
+        return
+    probe = HttpRequest("GET", "/" + key_name(0))
+    for round_no in range(1, cfg.rounds + 1):
+        target = KvcacheTarget("kvcache-large", "", True, True, list(cfg.kvcache_args))
+        server = target.start(procs, run_dir, data_dir=directory)
+        entry: Dict[str, object] = {"round": round_no}
+        try:
+            entry["startup_s"] = server.wait_ready(probe, POPULATE_TIMEOUT)
+            entry.update(driver.seed_cycles(server.port, cfg.size_duration))
+            entry["bulk"] = driver.bulk_set(server.port, BULK_SET_KEYS, "bulk-%d-" % round_no)
+        except Exception as e:
+            entry["error"] = str(e)
+        finally:
+            entry["exit_status"] = procs.stop(server)
+        large["runs"].append(entry)  # type: ignore[attr-defined]
+        if "error" in entry:
+            say("large values: ERROR %s" % str(entry["error"]).splitlines()[0])
+        else:
+            say("large values: 1-key commit p50 %.2f ms; /set of %d keys %.2f s, its /commit %.2f s" % (
+                entry["commit_ms"]["p50"], BULK_SET_KEYS, entry["bulk"]["set_s"], entry["bulk"]["commit_s"]))
 
 
 # -- the soak ---------------------------------------------------------------

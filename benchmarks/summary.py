@@ -39,7 +39,7 @@ def _ok_runs(runs: List[dict]) -> List[dict]:
 def summarise(results: dict) -> dict:
     """Medians over rounds for every measurement of C{results}."""
     raw = results["raw"]
-    out: Dict[str, object] = {"get": {}, "cycles": {}, "sizes": {}, "soak": None,
+    out: Dict[str, object] = {"get": {}, "cycles": {}, "sizes": {}, "large": None, "soak": None,
                               "scaleout": scaleout.summarise(results.get("scaleout"))}
 
     groups: Dict[tuple, List[dict]] = {}
@@ -88,6 +88,22 @@ def summarise(results: dict) -> dict:
             "commit_p99_ms": _median([r["commit_ms"]["p99"] for r in ok]),
             "cycles_per_s": _median([r["cycles_per_s"] for r in ok]),
             "errors": sum(r["errors"] for r in ok),
+        }
+
+    large = results.get("large")
+    if large and large.get("runs"):
+        ok = _ok_runs(large["runs"])
+        out["large"] = {
+            "keys": large["keys"],
+            "large_values": large["large_values"],
+            "bulk_keys": large["bulk_keys"],
+            "rounds": len(ok),
+            "failed_runs": len(large["runs"]) - len(ok),
+            "commit_p50_ms": _median([r["commit_ms"]["p50"] for r in ok]),
+            "commit_p99_ms": _median([r["commit_ms"]["p99"] for r in ok]),
+            "bulk_set_s": _median([r["bulk"]["set_s"] for r in ok]),
+            "bulk_commit_s": _median([r["bulk"]["commit_s"] for r in ok]),
+            "errors": sum(r["errors"] + r["bulk"]["errors"] for r in ok),
         }
 
     soak = results.get("soak")

@@ -29,15 +29,20 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.logger import Logger
 
 from kvtwist.auth import Token
 from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, Limits, MiB
+from kvtwist.servicelinks import is_service_link
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+log = Logger()
 
 #: The prefix of every environment variable kvcache reads.
 ENV_PREFIX = "KVCACHE_"
@@ -448,10 +453,22 @@ SETTINGS: Tuple[Setting, ...] = (
         "core) spawns N workers that share the listening sockets, with this process "
         "owning the store.",
     ),
+    Setting(
+        "stop-timeout",
+        seconds,
+        10.0,
+        "Seconds a graceful stop (SIGTERM/SIGINT) waits for the store's work in "
+        "progress before it is cut short.",
+    ),
     _limit("max-body", size, "Largest request body in bytes (413 beyond)."),
     _limit("max-keys-per-request", count, "Keys one request may name (413 beyond)."),
     _limit("max-staged-ops", count, "Ops staged in one queue or transaction (413 beyond)."),
     _limit("max-staged-bytes", size, "Bytes staged in one queue or transaction (413 beyond)."),
+    _limit(
+        "max-staged-bytes-total",
+        size,
+        "Bytes staged by every transaction and the shared queue together (503 beyond).",
+    ),
     _limit("max-open-transactions", count, "Transactions open at once (429 beyond)."),
     _limit("txn-timeout", seconds, "Seconds an idle transaction lives."),
     _limit("max-batch-ops", count, "Ops in one POST /v1/batch (413 beyond)."),
@@ -631,20 +648,33 @@ def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return values, tokens
 
 
-def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
+def env_layer(
+    environ: Mapping[str, str], overridden: Collection[str] = ()
+) -> Dict[str, Any]:
     """
     The settings given as C{KVCACHE_*} environment variables.
+
+    Kubernetes' service links (L{kvtwist.servicelinks}) are skipped with a
+    debug line. A variable whose setting is in C{overridden} (given on the
+    command line) is not read at all: the command line wins, so a stale or
+    foreign value there cannot stop startup.
 
     @raise ConfigError: for an unknown C{KVCACHE_} variable (a typo would
         otherwise be silently ignored) or a bad value.
     """
     values: Dict[str, Any] = {}
+    links: List[str] = []
     for variable in sorted(environ):
         if not variable.startswith(ENV_PREFIX):
+            continue
+        if is_service_link(variable, environ[variable]):
+            links.append(variable)
             continue
         setting = BY_ENV.get(variable)
         if setting is None:
             raise ConfigError("unknown environment variable %s" % (variable,), ENV)
+        if setting.name in overridden:
+            continue
         value = _read_value(setting, environ[variable], ENV, None)
         if setting.name in values and values[setting.name] != value:
             raise ConfigError(
@@ -653,6 +683,11 @@ def env_layer(environ: Mapping[str, str]) -> Dict[str, Any]:
                 ENV,
             )
         values[setting.name] = value
+    if links:
+        log.debug(
+            "ignoring Kubernetes service links (not kvcache settings): {variables}",
+            variables=" ".join(links),
+        )
     return values
 
 
@@ -855,8 +890,8 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     @param environ: the environment (C{KVCACHE_*} variables are read).
     @raise ConfigError: for anything unknown, malformed or contradictory.
     """
-    env = env_layer(environ)
     command = cli_layer(cli)
+    env = env_layer(environ, overridden=command)
     config_path = command.get("config", env.get("config"))
     file_values: Dict[str, Any] = {}
     file_tokens: Dict[str, Any] = {}

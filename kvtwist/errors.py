@@ -136,6 +136,30 @@ class LimitExceeded(KVError):
         self.too_many = too_many
 
 
+class StagedMemoryFull(LimitExceeded):
+    """
+    Staging would pass C{max_staged_bytes_total}, the bound on what every
+    queue and transaction of this process holds together: the server is
+    short of memory for staged writes, not the request too big (HTTP 503;
+    it clears as transactions commit, abort or expire).
+    """
+
+    code = "staged-memory-full"
+
+    def __init__(self, limit: int, size: int) -> None:
+        KVError.__init__(
+            self,
+            "the staged writes of every transaction and the shared queue are "
+            "limited to %d bytes together (max_staged_bytes_total); staging "
+            "this would make %d. Commit or abort open transactions, or try "
+            "again later" % (limit, size),
+            limit_name="max_staged_bytes_total",
+            limit=limit,
+            size=size,
+        )
+        self.too_many = True
+
+
 class HistoryGone(KVError):
     """A watch's resume point has left the event history."""
 
@@ -154,6 +178,15 @@ class StoreUnavailable(KVError):
     """The store cannot serve the request now (closed, failing disk, no quorum)."""
 
     code = "store-unavailable"
+
+
+class InsufficientStorage(StoreUnavailable):
+    """
+    The disk is full: nothing of the write was applied, and writes work
+    again, without a restart, once space returns.
+    """
+
+    code = "insufficient-storage"
 
 
 class StoreCorrupt(KVError):

@@ -103,7 +103,8 @@ class IKeyValueStore(Interface):
         @raise kvtwist.errors.ConflictError: if any check failed; nothing was
             applied, and the error lists every failed check.
         @raise kvtwist.errors.StoreUnavailable: if the commit could not be
-            made durable; nothing was applied.
+            made durable; nothing was applied. A full disk is its subclass
+            L{kvtwist.errors.InsufficientStorage}.
         """
 
     def add_listener(listener):
@@ -128,11 +129,31 @@ class IKeyValueStore(Interface):
 
     def ping():
         """
-        Make a trivial round trip to the store's backing storage.
+        Prove the store can take a commit now, as closely as it can without
+        changing data: the shelve store makes a small durable write of its
+        own bookkeeping (no revision, no key, no event), which fails as a
+        commit would, so a full or failing disk is seen even when no client
+        writes, and seen to pass once it has passed; etcd asks for a leader
+        and no alarm (a full etcd database raises one).
 
         @return: a Deferred firing with L{None} when the store is open and
-            usable.
+            writable.
+        @raise kvtwist.errors.InsufficientStorage: if the disk is full.
         @raise kvtwist.errors.StoreUnavailable: otherwise.
+        """
+
+
+class IWorkInFlight(Interface):
+    """
+    A store that can say what work it still has running, for the log line
+    of a graceful stop that was cut short (L{kvtwist.service.StoreService}).
+    """
+
+    def work_in_flight():
+        """
+        On the reactor thread: a short phrase naming the operations started
+        and not finished, e.g. C{"a group of 2 commits (100000 ops) on the
+        store thread and 3 queued commits (12 ops)"}, or C{"nothing"}.
         """
 
 

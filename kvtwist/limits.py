@@ -28,8 +28,16 @@ class Limits:
     @ivar max_json_depth: nesting of a JSON body (400 beyond; fixed).
     @ivar max_keys_per_request: keys named by one request (413 beyond).
     @ivar max_staged_ops: ops staged in one queue or transaction (413 beyond).
-    @ivar max_staged_bytes: key and value bytes staged in one queue or
-        transaction (413 beyond).
+    @ivar max_staged_bytes: bytes staged in one queue or transaction (413
+        beyond): key and value bytes plus a measured overhead per op
+        (L{kvtwist.staging.OP_OVERHEAD}).
+    @ivar max_staged_bytes_total: bytes staged, counted the same way, by
+        every transaction and the shared queue of this process together
+        (503 beyond). The default, 512 MiB, is eight transactions at
+        C{max_staged_bytes} or about two million small staged ops: with the
+        read cache and the interpreter the process stays inside a 2 GiB
+        machine, where the unbounded staging of 1000 open transactions
+        could reach 64 GiB.
     @ivar max_open_transactions: transactions open at once (429 beyond).
     @ivar txn_timeout: seconds an idle transaction lives.
     @ivar max_list_limit: the largest page a listing returns.
@@ -75,6 +83,7 @@ class Limits:
     max_keys_per_request: int = 100_000
     max_staged_ops: int = 100_000
     max_staged_bytes: int = 64 * MiB
+    max_staged_bytes_total: int = 512 * MiB
     max_open_transactions: int = 1000
     txn_timeout: float = 300.0
     max_list_limit: int = 1000

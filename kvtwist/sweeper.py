@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from kvtwist.errors import StoreUnavailable
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.limits import Limits
 from kvtwist.model import Expire
@@ -66,7 +67,15 @@ class Sweeper(Service):
             self._schedule(0 if full is True else self._limits.sweep_interval)
 
         def failed(reason) -> bool:
-            log.failure("expiry sweep failed; retrying later", reason)
+            if reason.check(StoreUnavailable):
+                # A full or failing disk: it says what is wrong, and it
+                # repeats every interval until it passes; no traceback.
+                log.warn(
+                    "expiry sweep failed, retrying later: {detail}",
+                    detail=reason.value.detail,
+                )
+            else:
+                log.failure("expiry sweep failed; retrying later", reason)
             return False
 
         return d.addErrback(failed).addCallback(next_sweep)

@@ -32,16 +32,18 @@ from kvtwist.config import (
     resolve,
     secret_files,
 )
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.owner import ListeningSockets, Owner, Supervisor, WorkerPool
-from kvtwist.service import GracefulSignals, StoreService, store_thread_pool
+from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
+from kvtwist.store.datalock import DataDirectoryBusy
 from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.etcd_transactions import EtcdTransactions
-from kvtwist.store.shelve_store import ShelveStore, check_data_dir
+from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
@@ -220,9 +222,11 @@ def open_etcd_store(config: Config, reactor) -> EtcdStore:
     )
 
 
-def open_backing_store(config: Config, reactor, metrics: Metrics):
+def open_backing_store(config: Config, reactor, metrics: Metrics, parent: MultiService):
     """
     The store C{--store} names, and the thread pool it needs (None for etcd).
+    A shelve store's data directory is locked for the life of the process
+    (L{kvtwist.store.datalock}); C{parent} gets the lock's Service.
 
     For shelve, the data directory is opened and checked here, before the
     reactor and the store thread start, so a damaged store ends startup with
@@ -232,9 +236,14 @@ def open_backing_store(config: Config, reactor, metrics: Metrics):
     if is_etcd_store(spec):
         return open_etcd_store(config, reactor), None
     try:
+        # Taken before the check, which writes to the file, and held for
+        # the life of the process (the kernel drops it at exit).
+        lock = hold_data_dir(config["data"])
         check_data_dir(config["data"])
-    except StoreCorrupt as e:
+    except (KVError, DataDirectoryBusy) as e:
+        # Damage, a full disk, or another owner: one line, no traceback.
         raise SystemExit("kvcache: cannot start: %s" % (e,))
+    DataLockService(lock).setServiceParent(parent)
     pool = store_thread_pool()
     # The preflight above has just run the integrity check.
     shelf = ShelveStore(config["data"], reactor, pool, check_integrity=False)
@@ -347,16 +356,22 @@ def makeService(options: Options, reactor=None) -> MultiService:
         return etcd_nodes_service(config, options.command_line, reactor)
     limits = config.limits
     metrics = Metrics()
-    backing, pool = open_backing_store(config, reactor, metrics)
+    top = MultiService()
+    backing, pool = open_backing_store(config, reactor, metrics, top)
     # Commits are timed under the cache, so cached reads pass no wrapper.
     timed = TimedStore(backing, metrics, reactor)
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
     hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
 
-    top = MultiService()
     GracefulSignals(reactor).setServiceParent(top)
-    StoreService(store, pool, reactor).setServiceParent(top)
+    StoreService(
+        store,
+        pool,
+        reactor,
+        stop_timeout=config["stop-timeout"],
+        work_in_flight=backing if IWorkInFlight.providedBy(backing) else None,
+    ).setServiceParent(top)
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)

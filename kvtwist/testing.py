@@ -71,8 +71,9 @@ class MemoryStore:
     An in-memory store: every Deferred it returns has already fired.
 
     @param clock: decides expiry; a L{Clock} in tests.
-    @ivar fail_commits: set to an exception to make every commit fail with it
-        (to test how callers handle an unavailable store).
+    @ivar fail_commits: set to an exception to make every commit, and the
+        write probe L{ping}, fail with it (to test how callers handle an
+        unavailable store or a full disk).
     """
 
     def __init__(self, clock: Optional[IReactorTime] = None) -> None:
@@ -145,7 +146,11 @@ class MemoryStore:
         return succeed(result)
 
     def ping(self) -> Deferred:
-        return self._guard() or succeed(None)
+        # The ping is a write probe: a store that fails commits fails it.
+        guard = self._guard()
+        if guard is None and self.fail_commits is not None:
+            return fail(self.fail_commits)
+        return guard or succeed(None)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)

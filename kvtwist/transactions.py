@@ -38,7 +38,7 @@ from kvtwist.interfaces import (
 )
 from kvtwist.limits import Limits
 from kvtwist.model import Check, CommitResult, Op
-from kvtwist.staging import StagingArea
+from kvtwist.staging import StagedMemory, StagingArea
 
 #: The C{tag} of the checks a transaction adds for what it read or staged.
 OBSERVED = "observed"
@@ -88,6 +88,7 @@ class Transaction(StagedView):
     One client's staged ops and observed revisions, in memory; reactor
     thread only. It is its own L{ITransactionView}: views are live.
 
+    @param memory: the process-wide account of staged bytes.
     @ivar isolated: record observed revisions and check them at commit.
     @ivar ended: set by the manager once it ended; recording into or
         committing an ended transaction fails with L{TransactionNotFound}
@@ -101,13 +102,14 @@ class Transaction(StagedView):
         store: IKeyValueStore,
         owner: Optional[str] = None,
         isolated: bool = True,
+        memory: Optional[StagedMemory] = None,
     ) -> None:
         self.id = txn_id
         self.owner = owner
         self.isolated = isolated
         self.ended = False
         self._store = store
-        self.staging = StagingArea(limits)
+        self.staging = StagingArea(limits, memory)
         self.observed: Dict[str, int] = {}
         self.preconditions: List[Check] = []
         # Store commits of this transaction not yet answered. Only the shared
@@ -133,7 +135,7 @@ class Transaction(StagedView):
             return fail(not_found(self.id))
         try:
             self.staging.stage(ops)
-        except LimitExceeded:
+        except LimitExceeded:  # StagedMemoryFull included
             return fail()
         if self.isolated and observed:
             for key, revision in observed.items():
@@ -175,12 +177,18 @@ class Transaction(StagedView):
         d = store.commit(ops, checks)
 
         def failed(reason):
-            self.staging.restore(ops)
+            if not self.ended:
+                self.staging.restore(ops)
             if self.isolated:
                 self.preconditions = preconditions + self.preconditions
             return reason
 
+        def settled(outcome):
+            self.staging.settle(ops)
+            return outcome
+
         d.addErrback(failed)
+        d.addBoth(settled)
         if not earlier and self.isolated:
             return d
         inflight = _InFlight(d, self._inflight)
@@ -263,7 +271,12 @@ class TransactionManager:
         self._store = store
         self._open: Dict[str, Transaction] = {}
         self._timers: Dict[str, IDelayedCall] = {}
-        self.queue = Transaction("shared", limits, store, isolated=False)
+        #: What every transaction and the queue stage, held under
+        #: C{max_staged_bytes_total}.
+        self.staged_memory = StagedMemory(limits.max_staged_bytes_total)
+        self.queue = Transaction(
+            "shared", limits, store, isolated=False, memory=self.staged_memory
+        )
 
     def __len__(self) -> int:
         return len(self._open)
@@ -285,7 +298,10 @@ class TransactionManager:
                 len(self._open) + 1,
                 too_many=True,
             )
-        txn = Transaction(secrets.token_urlsafe(12), self._limits, self._store, owner)
+        txn = Transaction(
+            secrets.token_urlsafe(12), self._limits, self._store, owner,
+            memory=self.staged_memory,
+        )
         self._open[txn.id] = txn
         self._timers[txn.id] = self._clock.callLater(self.timeout, self._end, txn.id)
         return txn
@@ -311,6 +327,9 @@ class TransactionManager:
         txn = self._open.pop(txn_id, None)
         if txn is not None:
             txn.ended = True
+            # Its staged bytes are free again (a commit still in flight
+            # releases its own when answered).
+            txn.staging.discard()
 
     def abort_all(self) -> None:
         """Forget every open transaction (at shutdown)."""

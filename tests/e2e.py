@@ -227,6 +227,7 @@ class ServerProcess:
         (C{server-N.log}); a temporary directory by default.
     @param scheme: C{http} or C{https}, for L{url} and the readiness probe.
     @param twistd_args: options for twistd itself, before C{kvcache}.
+    @param environ: the server's whole environment (default: the tests').
 
     @ivar port: the port of the current (or last) run.
     @ivar log_path: the log file of the current (or last) run.
@@ -241,8 +242,10 @@ class ServerProcess:
         scheme: str = "http",
         twistd_args: Sequence[str] = (),
         start_timeout: float = START_TIMEOUT,
+        environ: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.data_dir = data_dir
+        self.environ = None if environ is None else dict(environ)
         self.extra_args = list(extra_args)
         self.log_dir = log_dir or tempfile.mkdtemp(prefix="kvtwist-e2e-log-")
         self.scheme = scheme
@@ -325,6 +328,7 @@ class ServerProcess:
             # it, and signals from this helper reach only this process.
             start_new_session=True,
             cwd=self.log_dir,
+            env=self.environ,
         )
 
     def _wait_ready(self) -> None:

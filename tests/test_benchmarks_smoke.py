@@ -98,6 +98,7 @@ def check_quick_benchmark(tmp_path: Path) -> None:
         assert set(by_conns) == {"1", "50"}
     assert set(summary["cycles"]) == {"kvcache", "kvcache-w2", "baseline"}
     assert set(summary["sizes"]) == {"1000", "10000"}
+    assert (summary["large"]["rounds"], summary["large"]["errors"]) == (1, 0), summary["large"]
     assert "etcd" in summary["get"] or "etcd" in results["skipped"]
 
     checks = results["checks"]
@@ -109,6 +110,7 @@ def check_quick_benchmark(tmp_path: Path) -> None:
     with open(md_path) as f:
         text = f.read()
     assert "## SPEC §10 targets" in text
+    assert "## Commits with large values stored" in text
     assert results["command"]["run_sh"] in text
     for check in checks:
         assert check["check"] in text

@@ -24,9 +24,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Token
 from kvtwist.config import (
+    REPEATABLE,
     SETTINGS,
     ConfigError,
     Secret,
+    count,
+    port,
+    seconds,
+    size,
     is_local_endpoint,
     resolve,
     secret_files,
@@ -34,7 +39,7 @@ from kvtwist.config import (
 from kvtwist.limits import Limits, MiB
 from kvtwist.tap import Options, makeService
 from kvtwist.web.http import KVSite
-from tests.e2e import run_twistd, temp_dir
+from tests.e2e import ServerProcess, http_request, run_twistd, temp_dir
 
 #: Every parsed option with its default: the whole result of parsing no
 #: arguments with an empty environment.
@@ -62,10 +67,12 @@ DEFAULTS = {
     "access-log": "clf",
     "access-log-file": None,
     "workers": 1,
+    "stop-timeout": 10.0,
     "max-body": 1048576,
     "max-keys-per-request": 100000,
     "max-staged-ops": 100000,
     "max-staged-bytes": 67108864,
+    "max-staged-bytes-total": 536870912,
     "max-open-transactions": 1000,
     "txn-timeout": 300.0,
     "max-batch-ops": 100000,
@@ -476,6 +483,96 @@ class PrecedenceTests(FileMixin, SynchronousTestCase):
         path = self.write("kv.toml", "port = 9000\n")
         options = parse(["--config", path, "--listen", "unix:/tmp/b.sock"])
         self.assertEqual(options["endpoints"], ["unix:/tmp/b.sock"])
+
+
+#: What Kubernetes injects for a Service named C{kvcache} with a port
+#: named C{http}, and for a second Service named C{kvcache-headless}.
+SERVICE_LINKS = {
+    "KVCACHE_SERVICE_HOST": "10.96.0.12",
+    "KVCACHE_SERVICE_PORT": "8080",
+    "KVCACHE_SERVICE_PORT_HTTP": "8080",
+    "KVCACHE_PORT": "tcp://10.96.0.12:8080",
+    "KVCACHE_PORT_8080_TCP": "tcp://10.96.0.12:8080",
+    "KVCACHE_PORT_8080_TCP_PROTO": "tcp",
+    "KVCACHE_PORT_8080_TCP_PORT": "8080",
+    "KVCACHE_PORT_8080_TCP_ADDR": "10.96.0.12",
+    "KVCACHE_HEADLESS_SERVICE_HOST": "10.96.0.13",
+    "KVCACHE_HEADLESS_PORT": "udp://[fd00::13]:53",
+    "KVCACHE_HEADLESS_PORT_53_UDP_ADDR": "fd00::13",
+}
+
+
+class ServiceLinkTests(SynchronousTestCase):
+    """Kubernetes' service-link variables never stop startup or change a setting."""
+
+    def test_service_links_change_nothing(self):
+        """With every service-link variable set, the parsed options are the defaults."""
+        self.assertEqual(parse(environ=SERVICE_LINKS), DEFAULTS)
+
+    def test_service_links_with_settings(self):
+        """Real KVCACHE_ settings next to service links are read; the links are not."""
+        environ = dict(SERVICE_LINKS, KVCACHE_MAX_BODY="2KiB")
+        self.assertEqual(
+            parse(["--port", "9000"], environ),
+            expected(max_body=2048, port=9000, endpoints=["tcp:9000:interface=127.0.0.1"]),
+        )
+
+    def test_port_setting_still_read(self):
+        """KVCACHE_PORT holding a port number (not a tcp:// link) is still the port setting."""
+        self.assertEqual(
+            parse(environ={"KVCACHE_PORT": "9001"}),
+            expected(port=9001, endpoints=["tcp:9001:interface=127.0.0.1"]),
+        )
+
+    def test_link_shaped_names_only(self):
+        """A variable that merely resembles a link (KVCACHE_PORT_X) is still an unknown variable."""
+        with self.assertRaises(SystemExit) as caught:
+            parse(environ={"KVCACHE_PORT_8080_HTTP": "8080"})
+        self.assertIn("KVCACHE_PORT_8080_HTTP", str(caught.exception.code))
+
+    def test_command_line_wins_over_a_bad_environment_value(self):
+        """For every setting given on the command line, its variable is not read: even a bad value there is overridden, not an error."""
+        # These need a file to read or an etcd store; their layers are
+        # pinned with those features.
+        skipped = {"config", "token-file", "allow-open"}
+        valid = {count: "9", port: "9", size: "9", seconds: "9"}
+        special = {
+            "ui": "off", "access-log": "off", "listen": "unix:/tmp/kv.sock",
+            "store": "shelve", "host": "127.0.0.2",
+            "cors-origin": "https://app.example", "allowed-host": "kv.example",
+            "workers": "2",
+        }
+        for setting in SETTINGS:
+            if not setting.on_argv or setting.name in skipped or setting.name.startswith("etcd-"):
+                continue
+            given = special.get(setting.name, valid.get(setting.read, "/tmp/kv-cli"))
+            # A blank value is bad for every kind of setting.
+            options = parse(["--" + setting.name, given], {setting.env: " "})
+            self.assertEqual(options.config.sources[setting.name], "--" + setting.name)
+            self.assertEqual(
+                options.config[setting.name],
+                setting.read([given] if setting.name in REPEATABLE else given),
+            )
+
+
+class ServiceLinkTwistdTests(SynchronousTestCase):
+    """The real twistd serves with Kubernetes' service links in its environment."""
+
+    def test_starts_with_service_links(self):
+        """twistd kvcache --port N starts and serves with every service-link variable set."""
+        base = temp_dir(self, "servicelinks")
+        environ = {
+            name: value for name, value in os.environ.items() if not name.startswith("KVCACHE_")
+        }
+        environ.update(SERVICE_LINKS)
+        server = ServerProcess(os.path.join(base, "data"), log_dir=base, environ=environ)
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/a", b"1")[0], 201)
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/a")[2], b"1")
+        log = server.log_text()
+        self.assertIn("ignoring Kubernetes service links (not kvcache settings): KVCACHE_HEADLESS_PORT ", log)
+        self.assertEqual(server.terminate(), 0)
 
 
 class TokenTests(FileMixin, SynchronousTestCase):

@@ -60,6 +60,7 @@ from kvtwist.auth import Authorizer, Token
 from kvtwist.errors import StoreUnavailable
 from kvtwist.limits import Limits
 from kvtwist.model import Put
+from kvtwist.staging import OP_OVERHEAD
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.root import Authenticating
 
@@ -1066,7 +1067,7 @@ def draw_call(data, op: Operation, world: World) -> Call:
 #: Small limits, so 410, 413 and 429 answers are reachable in a few
 #: requests, and short waits, so long-polls end within the test's patience.
 PROPERTY_LIMITS = Limits(
-    max_keys_per_request=3, max_staged_ops=4, max_staged_bytes=512,
+    max_keys_per_request=3, max_staged_ops=4, max_staged_bytes=4 * OP_OVERHEAD + 512,
     max_open_transactions=3, max_list_limit=5, max_batch_ops=3,
     max_watchers=2, watch_history=2, heartbeat=1.0, default_wait=2.0, max_wait=3.0,
 )

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
-from kvtwist.errors import ConflictError
+from kvtwist.errors import ConflictError, InsufficientStorage
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics, RequestStats, TimedStore
 from kvtwist.model import Check, Put
@@ -147,6 +147,24 @@ class OpsTreeTests(SynchronousTestCase):
         self.assertIn("OSError", answer.json["detail"])
         self.assertIn("No space left", answer.json["detail"])
         self.assertNotIn("Traceback", answer.json["detail"])
+
+    def test_not_ready_while_writes_fail(self):
+        """While the store cannot write (a full disk), /readyz is 503 with the store's error and a commit is 507; once the write probe passes again, /readyz is 200."""
+        self.store.fail_commits = InsufficientStorage("the commit could not be written: disk full")
+        answer = self.request("GET", "/readyz", OPS)
+        self.assertEqual((answer.status, answer.json["code"]), (503, "insufficient-storage"))
+        self.assertIn("disk full", answer.json["detail"])
+        put = self.finish(
+            self.stub.request(
+                "PUT",
+                "http://kv.test/v1/kv/app/x",
+                data=b"1",
+                headers={b"authorization": [b"Bearer " + APP.secret.encode()]},
+            )
+        )
+        self.assertEqual((put.status, put.json["code"]), (507, "insufficient-storage"))
+        self.store.fail_commits = None
+        self.assertEqual(self.request("GET", "/readyz", OPS).status, 200)
 
     def test_metrics_exposition(self):
         """/metrics is the Prometheus text format of this kvcache's own registry."""

@@ -4,12 +4,16 @@ plus what only a store on disk has: persistence, file modes, refusal of
 damaged data, group commit and a real store thread.
 """
 
+import fcntl
 import os
 import pickle
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from typing import Optional
 
 from hypothesis import given, settings
@@ -18,13 +22,19 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvtwist.errors import ConflictError, StoreCorrupt
+from zope.interface.verify import verifyObject
+
+from kvtwist.errors import ConflictError, InsufficientStorage, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IWorkInFlight
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
-from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir
+from kvtwist.store import sqlitemap
+from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
+from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
 from tests.store_contract import StoreContract
 
@@ -160,7 +170,7 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         payload = pickle.dumps(os.system, 4)
         self._tamper(
             directory,
-            "INSERT INTO shelf VALUES (?, ?, ?)",
+            "INSERT INTO shelf (key, value, crc) VALUES (?, ?, ?)",
             b"k/evil",
             payload,
             zlib.crc32(payload, zlib.crc32(b"k/evil")),
@@ -226,6 +236,231 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.commit([Put("d", b"z")]))
         self.assertEqual(waited[-1], 1)
         self.successResultOf(store.close())
+
+
+def _lockable_elsewhere(directory: str) -> bool:
+    """Whether a new open of DIR/lock could take its flock (as another process would)."""
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+class DataDirectoryLockTests(InlineShelve, SynchronousTestCase):
+    """The store holds its data directory's lock while open, shared within the process."""
+
+    def test_held_while_open(self):
+        """An open store holds DIR/lock (with this PID); closing it releases the lock."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        self.assertFalse(_lockable_elsewhere(directory))
+        with open(os.path.join(directory, LOCK_FILE)) as f:
+            self.assertEqual(f.read(), "%d\n" % (os.getpid(),))
+        self.successResultOf(store.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_shared_within_the_process(self):
+        """A hold for the process's life (as twistd takes it), the startup check and the store share the lock; it is freed when the last lets go."""
+        directory = os.path.join(self.mktemp(), "data")
+        held = hold_data_dir(directory)
+        self.assertEqual(check_data_dir(directory), 0)
+        store = self.open_store(directory)
+        held.release()
+        self.assertFalse(_lockable_elsewhere(directory))
+        self.successResultOf(store.close())
+        self.assertTrue(_lockable_elsewhere(directory))
+
+    def test_one_open_store_per_file(self):
+        """A second store opened on a directory while one is open in the same process is refused (it would serve stale reads)."""
+        directory = os.path.join(self.mktemp(), "data")
+        self.open_store(directory)
+        second = ShelveStore(directory, self.reactor, InlineThreadPool())
+        failure = self.failureResultOf(second.open(), StoreUnavailable)
+        self.assertIn("in use by another connection", failure.value.detail)
+
+    def test_busy_names_the_holder(self):
+        """The refusal names the holder's PID and the directory."""
+        error = DataDirectoryBusy("/srv/kv", 4242)
+        self.assertEqual(
+            str(error),
+            "the data directory /srv/kv is in use by process 4242 (it holds "
+            "/srv/kv/lock); one server owns a data directory at a time",
+        )
+
+
+class FullDiskTests(InlineShelve, SynchronousTestCase):
+    """SQLite's "database or disk is full" (here its page-count cap) is InsufficientStorage, and passes."""
+
+    def test_full_then_space_returns(self):
+        """A commit past the space left fails with InsufficientStorage and applies nothing; once there is room the same commit succeeds."""
+        store = self.open_store()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        db = store._shelf.dict._db
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute("PRAGMA max_page_count = %d" % (pages,))
+        failure = self.failureResultOf(store.commit([Put("big", b"x" * 100_000)]), InsufficientStorage)
+        self.assertIn("disk full", failure.value.detail)
+        self.assertIsNone(self.successResultOf(store.get("big")))
+        db.execute("PRAGMA max_page_count = %d" % (pages * 100,))
+        self.successResultOf(store.ping())
+        self.successResultOf(store.commit([Put("big", b"x" * 100_000)]))
+        self.assertEqual(store.revision, 2)
+
+
+#: The table of store format 1, as kvtwist created it before the rowid
+#: layout: the fixture the migration is tested from.
+FORMAT_1_TABLE = """
+CREATE TABLE shelf (
+    key BLOB PRIMARY KEY,
+    value BLOB NOT NULL,
+    crc INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+
+def make_format_1(directory):
+    """
+    Turn the closed store in C{directory} into a format-1 file: the same
+    rows (records and checksums as written) in the old C{WITHOUT ROWID}
+    table, C{user_version} 1, marked cleanly shut down.
+    """
+    db = sqlite3.connect(os.path.join(directory, DATA_FILE), isolation_level=None)
+    db.execute("BEGIN")
+    db.execute("ALTER TABLE shelf RENAME TO current")
+    db.execute(FORMAT_1_TABLE)
+    db.execute("INSERT INTO shelf SELECT key, value, crc FROM current")
+    db.execute("DROP TABLE current")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
+def store_format(directory):
+    """The closed data file's C{user_version} and whether its shelf is WITHOUT ROWID."""
+    db = sqlite3.connect(os.path.join(directory, DATA_FILE))
+    try:
+        return connection_format(db)
+    finally:
+        db.close()
+
+
+def connection_format(db):
+    """L{store_format} through C{db} (an open store's own connection: it holds the file exclusively)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'shelf'").fetchone()[0]
+    return version, "WITHOUT ROWID" in sql
+
+
+class FormatMigrationTests(InlineShelve, SynchronousTestCase):
+    """A format-1 data file (WITHOUT ROWID) is migrated on open, losing nothing."""
+
+    def populated_format_1(self):
+        """A closed format-1 store with several revisions, an expiry and a delete; and its entries."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        now = self.reactor.seconds()
+        self.successResultOf(store.commit([Put("a", b"1"), Put("big", b"B" * 300_000)]))
+        self.successResultOf(store.commit([Put("a", b"2", "text/plain"), Put("gone", b"x")]))
+        self.successResultOf(store.commit([Put("ttl", b"t", expires=now + 60), Delete("gone")]))
+        self.successResultOf(store.commit([Put("é/ü", b"\x00\xff")]))
+        keys = ["a", "big", "ttl", "é/ü"]
+        entries = self.successResultOf(store.get_many(keys))
+        self.assertEqual(len(entries), 4)
+        self.successResultOf(store.close())
+        make_format_1(directory)
+        self.assertEqual(store_format(directory), (1, True))
+        return directory, entries
+
+    def test_open_migrates_and_keeps_everything(self):
+        """Every value, content type, revision, version and expiry survives; the file is format 2."""
+        directory, before = self.populated_format_1()
+        store = self.open_store(directory)
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
+        self.assertEqual((store.revision, store.key_count), (4, 4))
+        self.assertEqual(self.successResultOf(store.get_many(list(before))), before)
+        # The expiry index came along: the key is swept when due.
+        self.assertEqual(self.successResultOf(store.expired(10)), [])
+        self.reactor.advance(61)
+        self.assertEqual(self.successResultOf(store.expired(10)), [("ttl", 3)])
+        # And the store goes on working in its new layout.
+        self.successResultOf(store.commit([Put("a", b"3")]))
+        self.assertEqual(self.successResultOf(store.get("a")).version, 3)
+
+    def test_preflight_leaves_migration_to_the_store_thread(self):
+        """The startup check reads a format-1 file as it is; the store's own open migrates it."""
+        directory, _ = self.populated_format_1()
+        self.assertEqual(check_data_dir(directory), 4)
+        self.assertEqual(store_format(directory), (1, True))
+
+    def test_failed_migration_leaves_format_1_whole(self):
+        """A migration that fails part-way changes nothing; the next open migrates."""
+        directory, before = self.populated_format_1()
+        broken = self.patch(sqlitemap, "_SCHEMA", "CREATE TABLE shelf (broken")
+        self.assertRaises(StoreCorrupt, ShelveStore(directory, self.reactor, InlineThreadPool())._sync_open)
+        self.assertEqual(store_format(directory), (1, True))
+        self.assertEqual(check_data_dir(directory), 4)
+        broken.restore()
+        store = self.open_store(directory)
+        self.assertEqual(self.successResultOf(store.get_many(list(before))), before)
+
+    def test_damaged_format_1_refused_not_migrated(self):
+        """A damaged format-1 file is refused at open, and left as it was."""
+        directory, _ = self.populated_format_1()
+        db = sqlite3.connect(os.path.join(directory, DATA_FILE))
+        db.execute("UPDATE shelf SET value = ? WHERE key = ?", (b"garbled", b"k/a"))
+        db.commit()
+        db.close()
+        store = ShelveStore(directory, self.reactor, InlineThreadPool())
+        error = self.assertRaises(StoreCorrupt, store._sync_open)
+        self.assertIn("checksum", str(error))
+        self.assertEqual(store_format(directory), (1, True))
+
+    def test_kill_during_migration_leaves_one_layout(self):
+        """kill -9 in the middle of a migration leaves the old layout whole; the next open migrates it."""
+        directory = os.path.join(self.mktemp(), "data")
+        store = self.open_store(directory)
+        # Enough to make the migration last a while: 24 MiB to copy.
+        self.successResultOf(store.commit([Put("v%02d" % i, bytes([i]) * (1 << 20)) for i in range(24)]))
+        self.successResultOf(store.close())
+        make_format_1(directory)
+        child = subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AND_REPORT, os.path.join(directory, DATA_FILE)],
+            stdout=subprocess.PIPE,
+        )
+        self.assertEqual(child.stdout.readline(), b"migrating\n")
+        time.sleep(0.02)
+        child.kill()
+        rest = child.stdout.read()
+        child.wait()
+        child.stdout.close()
+        self.assertNotIn(b"migrated", rest, "the migration ended before the kill: make it longer")
+        self.assertEqual(store_format(directory), (1, True))
+        store = self.open_store(directory)
+        self.assertEqual(connection_format(store._shelf.dict._db), (2, False))
+        self.assertEqual(store.revision, 1)
+        entries = self.successResultOf(store.get_many(["v%02d" % i for i in range(24)]))
+        self.assertEqual([e.value for e in entries.values()], [bytes([i]) * (1 << 20) for i in range(24)])
+
+
+#: Run in a child process: open a format-1 file, saying when the migration
+#: starts and when it ended.
+MIGRATE_AND_REPORT = """
+import sys
+from kvtwist.store.sqlitemap import SQLiteMapping
+
+class Reporting(SQLiteMapping):
+    def _migrate(self):
+        print("migrating", flush=True)
+        super()._migrate()
+        print("migrated", flush=True)
+
+Reporting(sys.argv[1], check_integrity=False).close()
+"""
 
 
 class StatementCountTests(InlineShelve, SynchronousTestCase):
@@ -400,6 +635,74 @@ class HeldThreadPool(InlineThreadPool):
     def run_next(self):
         onResult, func, args, kw = self.held.pop(0)
         super().callInThreadWithCallback(onResult, func, *args, **kw)
+
+
+class BoundedStopTests(SynchronousTestCase):
+    """A graceful stop waits for the store, but at most --stop-timeout seconds."""
+
+    def held_store(self):
+        """A shelve store on a held pool, open, with nothing run yet."""
+        pool = HeldThreadPool()
+        store = ShelveStore(os.path.join(self.mktemp(), "data"), ThreadlessReactor(), pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        pool.release_all = False
+        self.addCleanup(self._release, store, pool)
+        return store, pool
+
+    def _release(self, store, pool):
+        pool.release_all = True
+        while pool.held:
+            pool.run_next()
+        store._sync_close()
+
+    def test_work_in_flight(self):
+        """The store names the group commit on its thread, the commits queued behind it, and reads not answered."""
+        store, pool = self.held_store()
+        self.assertTrue(verifyObject(IWorkInFlight, store))
+        self.assertEqual(store.work_in_flight(), "nothing")
+        store.commit([Put("a", b"1"), Put("b", b"2")])
+        store.commit([Put("c", b"3")])
+        store.commit([Delete("a")])
+        store.get("a")
+        self.assertEqual(
+            store.work_in_flight(),
+            "a group of 1 commit (2 ops) on the store thread and 2 commits (2 ops) queued and 1 read",
+        )
+
+    def test_cut_short_after_the_timeout(self):
+        """A store close that outlasts the stop timeout is logged as cut short, naming the work abandoned, and the process exits 0."""
+        store, pool = self.held_store()
+        store.commit([Put("a", b"1")])
+        clock, exits = Clock(), []
+        service = StoreService(
+            store, None, clock, stop_timeout=3, work_in_flight=store, exit=exits.append
+        )
+        service.running = True
+        with capturedLogs() as events:
+            d = service.stopService()
+            clock.advance(2.9)
+            self.assertEqual(exits, [])
+            clock.advance(0.1)
+        self.assertNoResult(d)
+        self.assertEqual(exits, [0])
+        text = [formatEvent(event) for event in events]
+        self.assertEqual(len(text), 1, text)
+        self.assertIn("graceful stop cut short after 3 s", text[0])
+        self.assertIn("abandoning a group of 1 commit (1 ops) on the store thread", text[0])
+
+    def test_stop_in_time_is_not_cut(self):
+        """A store that closes within the timeout stops normally: no exit, no warning later."""
+        store, pool = self.held_store()
+        clock, exits = Clock(), []
+        service = StoreService(store, None, clock, stop_timeout=3, exit=exits.append)
+        service.running = True
+        d = service.stopService()
+        pool.release_all = True
+        pool.run_next()
+        self.successResultOf(d)
+        clock.advance(10)
+        self.assertEqual(exits, [])
 
 
 class RealThreadTests(TestCase):

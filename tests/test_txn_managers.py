@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist.errors import LimitExceeded, TransactionNotFound
 from kvtwist.limits import Limits
 from kvtwist.model import Check, Delete, Put
+from kvtwist.staging import staged_cost
 from kvtwist.store.etcd_transactions import (
     EtcdTransactions,
     decode_record,
@@ -180,6 +181,19 @@ class SharedTransactionTests(EtcdTestCase):
         with self.assertRaises(LimitExceeded):
             await (await b.find(txn.id)).record([Put("c", b""), Put("d", b"")])
         await (await b.find(txn.id)).record([Put("c", b"")])
+
+    async def test_staged_total_bounds_cached_copies_not_staging(self):
+        """On etcd max_staged_bytes_total refuses nothing (the staged writes live in etcd) but bounds a node's cached copies."""
+        one = staged_cost(Put("v", b"x" * 1000))
+        _, (a, _, _) = await self.nodes(max_staged_bytes_total=2 * one + 100)
+        txns = [await a.begin() for _ in range(4)]
+        for txn in txns:
+            await txn.record([Put("v", b"x" * 1000)])
+        cached = sum(state.staging.size for state in a._states.values())
+        self.assertLessEqual(cached, 2 * one + 100)
+        # A copy dropped from the cache is read again from etcd.
+        view = await (await a.find(txns[0].id)).view()
+        self.assertEqual(view.ops(), [Put("v", b"x" * 1000)])
 
     async def test_queue_shared(self):
         """POST /set's queue: staged on A and B, committed on C; a second commit on A finds it empty."""

@@ -10,7 +10,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.logger import capturedLogs, formatEvent
 
+from kvtwist.errors import InsufficientStorage
 from kvtwist.events import EVENT_OVERHEAD, ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.model import Put
@@ -88,6 +90,23 @@ class SweeperTests(WatchCase):
         self.assertEqual(self.store.revision, 8 + 3)
         self.assertEqual([i["key"] for i in self.client.request("GET", "/v1/kv/").json["items"]],
                          ["keep"])
+
+    def test_full_disk_logs_one_line(self):
+        """A sweep whose commit fails on a full disk logs one warning line with the store's error, no traceback, and retries until it passes."""
+        self.put("t?ttl=1")
+        self.store.store.fail_commits = InsufficientStorage("the commit could not be written: disk full")
+        self.sweeper.startService()
+        self.addCleanup(self.sweeper.stopService)
+        with capturedLogs() as events:
+            self.clock.advance(2)
+        self.assertEqual(
+            [formatEvent(event) for event in events],
+            ["expiry sweep failed, retrying later: the commit could not be written: disk full"],
+        )
+        self.assertTrue(all(event.get("log_failure") is None for event in events))
+        self.store.store.fail_commits = None
+        self.clock.advance(1)
+        self.assertEqual(self.sweeper.swept, 1)
 
     def test_expiry_survives_in_store_rows(self):
         """Before the sweep, an expired key is invisible but still stored."""

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.limits import Limits
+from kvtwist.staging import OP_OVERHEAD
 from kvtwist.testing import MemoryStore, memory_root
 from tests.webtest import TreeClient
 
@@ -446,7 +447,7 @@ class TransactionTests(V1Case):
 class TransactionLimitTests(V1Case):
     """Caps on transactions: 429 for count, 413 for size, limit in the body."""
 
-    limits = Limits(max_open_transactions=2, max_staged_ops=3, max_staged_bytes=100)
+    limits = Limits(max_open_transactions=2, max_staged_ops=3, max_staged_bytes=3 * OP_OVERHEAD + 100)
 
     def test_open_transactions_cap(self):
         """Beyond max_open_transactions, POST /v1/txn is 429 naming the limit."""
@@ -466,10 +467,11 @@ class TransactionLimitTests(V1Case):
         self.assertEqual(len(self.client.request("GET", txn).json["ops"]), 2)
 
     def test_bytes_cap(self):
-        """A txn holds at most max_staged_bytes of keys and values."""
+        """A txn holds at most max_staged_bytes: key and value bytes plus OP_OVERHEAD per op."""
         txn = "/v1/txn/" + self.client.request("POST", "/v1/txn").json["id"]
-        answer = self.client.problem("PUT", txn + "/kv/big", 413, "limit-exceeded", body=b"x" * 200)
+        answer = self.client.problem("PUT", txn + "/kv/big", 413, "limit-exceeded", body=b"x" * 1000)
         self.assertEqual(answer.json["limit_name"], "max_staged_bytes")
+        self.assertEqual(answer.json["size"], OP_OVERHEAD + len("big") + 1000)
 
     def test_limits_route(self):
         """/v1/limits reports every limit in force."""
@@ -477,6 +479,105 @@ class TransactionLimitTests(V1Case):
         self.assertEqual(limits["max_open_transactions"], 2)
         self.assertEqual(limits["max_staged_ops"], 3)
         self.assertEqual(limits["max_body"], 1048576)
+
+
+#: What staging one 1000-byte value under a one-letter key weighs.
+BIG = OP_OVERHEAD + 1 + 1000
+
+
+class StagedMemoryTests(V1Case):
+    """
+    max_staged_bytes_total bounds what every transaction and the shared
+    queue stage together: 503 staged-memory-full beyond, and the bytes come
+    back when a transaction commits, aborts or expires and when the queue
+    commits.
+    """
+
+    # Room for two big values, not three.
+    limits = Limits(max_staged_bytes_total=2 * BIG + 400)
+
+    def begin(self):
+        return "/v1/txn/" + self.client.request("POST", "/v1/txn").json["id"]
+
+    def stage_big(self, txn):
+        return self.client.request("PUT", txn + "/kv/a", body=b"x" * 1000)
+
+    def assert_full(self, txn):
+        answer = self.client.problem("PUT", txn + "/kv/a", 503, "staged-memory-full", body=b"x" * 1000)
+        self.assertEqual(answer.json["limit"], 2 * BIG + 400)
+        self.assertEqual(answer.json["limit_name"], "max_staged_bytes_total")
+        self.assertEqual(answer.json["size"], 3 * BIG)
+        return answer
+
+    def fill(self):
+        """Two transactions, each staging one big value: the total is nearly used."""
+        first, second = self.begin(), self.begin()
+        for txn in (first, second):
+            self.assertEqual(self.stage_big(txn).status, 200)
+        return first, second
+
+    def test_total_cap_is_503_and_stages_nothing(self):
+        """Past the total, staging is 503 staged-memory-full with the limit, and nothing is staged."""
+        self.fill()
+        third = self.begin()
+        self.assert_full(third)
+        self.assertEqual(self.client.request("GET", third).json["ops"], [])
+        # A small write still fits.
+        self.assertEqual(self.client.request("PUT", third + "/kv/b", body=b"y").status, 200)
+
+    def test_shared_queue_counts_toward_the_total(self):
+        """The seed's queue and the transactions share one total: a /set past it is 503."""
+        self.fill()
+        self.client.problem("POST", "/set", 503, "staged-memory-full",
+                            json_body={"q": "x" * 1000})
+        self.assertEqual(self.client.request("POST", "/commit").status, 204)
+        self.client.problem("GET", "/q", 404, "key-not-found")
+
+    def test_commit_releases(self):
+        """A committed transaction's bytes are free again."""
+        first, _ = self.fill()
+        third = self.begin()
+        self.assert_full(third)
+        self.assertEqual(self.client.request("POST", first + "/commit").status, 200)
+        self.assertEqual(self.stage_big(third).status, 200)
+
+    def test_abort_releases(self):
+        """An aborted transaction's bytes are free again."""
+        first, _ = self.fill()
+        third = self.begin()
+        self.assertEqual(self.client.request("DELETE", first).status, 204)
+        self.assertEqual(self.stage_big(third).status, 200)
+
+    def test_expiry_releases(self):
+        """An expired transaction's bytes are free again."""
+        self.fill()
+        self.clock.advance(self.limits.txn_timeout + 1)
+        third = self.begin()
+        self.assertEqual(self.stage_big(third).status, 200)
+
+    def test_queue_commit_releases(self):
+        """The shared queue's bytes are free again once it commits."""
+        first = self.begin()
+        self.assertEqual(self.stage_big(first).status, 200)
+        self.assertEqual(self.client.request("POST", "/set", json_body={"q": "x" * 998}).status, 201)
+        second = self.begin()
+        self.assert_full(second)
+        self.assertEqual(self.client.request("POST", "/commit").status, 204)
+        self.assertEqual(self.stage_big(second).status, 200)
+
+    def test_failed_commit_keeps_its_bytes_counted(self):
+        """A conflicted commit releases its bytes with the transaction; nothing leaks or is freed twice."""
+        first, second = self.fill()
+        self.put("a")  # both staged "a" after reading it absent: they conflict now
+        self.client.problem("POST", first + "/commit", 409, "conflict")
+        third = self.begin()
+        self.assertEqual(self.stage_big(third).status, 200)
+        self.assert_full(self.begin())
+
+    def test_limits_route(self):
+        """/v1/limits reports max_staged_bytes_total."""
+        limits = self.client.request("GET", "/v1/limits").json
+        self.assertEqual(limits["max_staged_bytes_total"], 2 * BIG + 400)
 
 
 class BatchTests(V1Case):

@@ -51,7 +51,8 @@ from etcd and from every node at once. Time is etcd's here, not a node's
 clock, and etcd rounds TTLs up to whole seconds (and to its minimum TTL, a
 few seconds). Ending a transaction deletes its keys and revokes its lease.
 
-Each node keeps the states it read (bounded), keyed by the head's
+Each node keeps the states it read (bounded in number and, by
+C{max_staged_bytes_total}, in bytes), keyed by the head's
 create_revision and mod_revision, and reads only records it has not seen.
 The count of open transactions for C{max_open_transactions} is taken from
 etcd when one begins; two nodes beginning at the same moment may both pass
@@ -598,9 +599,17 @@ class EtcdTransactions:
             )
 
     def _remember(self, txn_id: str, state: TxnState) -> TxnState:
+        # max_staged_bytes_total does not refuse staging here: the staged
+        # writes live in etcd (bounded by its own quota), and a node only
+        # caches copies. It bounds that cache instead: the least recently
+        # used copies go first (read again from etcd when next needed).
         self._states[txn_id] = state
         self._states.move_to_end(txn_id)
-        while len(self._states) > STATE_CACHE:
+        while len(self._states) > 1 and (
+            len(self._states) > STATE_CACHE
+            or sum(s.staging.size for s in self._states.values())
+            > self._limits.max_staged_bytes_total
+        ):
             self._states.popitem(last=False)
         return state
 

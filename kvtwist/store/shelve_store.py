@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -24,13 +25,20 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import ConflictError, KVError, StoreCorrupt, StoreUnavailable
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.errors import (
+    ConflictError,
+    InsufficientStorage,
+    KVError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
+from kvtwist.interfaces import IKeyValueStore, IWorkInFlight
 from kvtwist.model import Check, CommitResult, Entry, Op, Page, PageBuilder
+from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import apply_commit, count_delta, live
 from kvtwist.store.shelf import DataShelf
-from kvtwist.store.sqlitemap import SQLiteMapping
+from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
 #: The file name of the shelf inside the data directory.
 DATA_FILE = "kvcache.sqlite3"
@@ -151,17 +159,74 @@ def check_data_dir(directory: str) -> int:
     reactor starts, so a damaged store stops startup with a message.
 
     @raise StoreCorrupt: if the data is damaged or unreadable.
+    @raise DataDirectoryBusy: if another process owns the directory.
+    """
+    with _locked(directory):
+        # An older file format is migrated later, on the store thread.
+        shelf = DataShelf(_open_mapping(directory, check_integrity=True, migrate=False))
+        try:
+            return _read_revision(shelf)
+        finally:
+            shelf.close()
+
+
+def _open_mapping(directory: str, check_integrity: bool, migrate: bool = True) -> SQLiteMapping:
+    """
+    The data file of C{directory}, opened (the caller holds the lock); an
+    older file format is migrated unless C{migrate} is false (see
+    L{SQLiteMapping}).
+
+    @raise StoreCorrupt: if the data is damaged or unreadable.
     """
     try:
-        path = open_data_dir(directory)
-        mapping = SQLiteMapping(path, check_integrity=True)
+        return SQLiteMapping(
+            open_data_dir(directory), check_integrity=check_integrity, migrate=migrate
+        )
     except OSError as e:
-        raise StoreCorrupt("cannot open the data directory %s: %s" % (directory, e))
-    shelf = DataShelf(mapping)
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
+
+
+def _write_failure(
+    error: BaseException, what: str, directory: str, other=StoreUnavailable
+) -> KVError:
+    """
+    The domain error for a write into C{directory} that failed with
+    C{error}: itself if it is one, L{InsufficientStorage} for a full disk,
+    else C{other}; C{what} says what could not be done.
+    """
+    if isinstance(error, KVError):
+        return error
+    if is_disk_full(error, directory):
+        return InsufficientStorage("%s: disk full (%s)" % (what, error))
+    return other("%s: %s" % (what, error))
+
+
+def hold_data_dir(directory: str) -> DataDirectoryLock:
+    """
+    Take (or share, within this process) C{directory}'s lock; see
+    L{kvtwist.store.datalock}.
+
+    @raise DataDirectoryBusy: if another process owns the directory.
+    @raise StoreCorrupt: if the directory or its lock file cannot be made.
+    """
     try:
-        return _read_revision(shelf)
+        return lock_data_dir(directory)
+    except OSError as e:
+        raise _write_failure(
+            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
+        )
+
+
+@contextmanager
+def _locked(directory: str) -> Iterator[DataDirectoryLock]:
+    """Hold C{directory}'s lock for the block (L{hold_data_dir})."""
+    lock = hold_data_dir(directory)
+    try:
+        yield lock
     finally:
-        shelf.close()
+        lock.release()
 
 
 def _read_revision(shelf: DataShelf) -> int:
@@ -179,7 +244,11 @@ def _read_revision(shelf: DataShelf) -> int:
 _PendingCommit = Tuple[Sequence[Op], Sequence[Check], Deferred, int]
 
 
-@implementer(IKeyValueStore)
+def _commits(count: int, ops: int) -> str:
+    return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
+
+
+@implementer(IKeyValueStore, IWorkInFlight)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -206,6 +275,7 @@ class ShelveStore:
         self._pool = threadpool
         self._check_integrity = check_integrity
         self._shelf: Optional[DataShelf] = None
+        self._lock: Optional[DataDirectoryLock] = None
         self._open = False
         self._queue: List[_PendingCommit] = []
         self._flushing: Optional[Deferred] = None
@@ -223,13 +293,37 @@ class ShelveStore:
         #: more (the group-commit promise, measured); for metrics.
         self.syncs_waited_observer: Optional[Callable[[int], None]] = None
         self._trips_done = 0
+        #: Commits and ops of the group commit on the store thread now.
+        self._trip_size: Optional[Tuple[int, int]] = None
+        #: Reads sent to the store thread and not answered yet.
+        self._reads = 0
+        self._closing = False
 
     # -- reactor thread --------------------------------------------------
 
     def _run(self, function, *args) -> Deferred:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        self._reads += 1
+
+        def answered(result: object) -> object:
+            self._reads -= 1
+            return result
+
+        return deferToThreadPool(self._reactor, self._pool, function, *args).addBoth(answered)
+
+    def work_in_flight(self) -> str:
+        parts: List[str] = []
+        if self._trip_size is not None:
+            parts.append("a group of %s on the store thread" % (_commits(*self._trip_size),))
+        if self._queue:
+            queued_ops = sum(len(ops) for ops, _, _, _ in self._queue)
+            parts.append("%s queued" % (_commits(len(self._queue), queued_ops),))
+        if self._reads:
+            parts.append("%d read%s" % (self._reads, "" if self._reads == 1 else "s"))
+        if self._closing:
+            parts.append("closing the store file")
+        return " and ".join(parts) or "nothing"
 
     def open(self) -> Deferred:
         d = deferToThreadPool(self._reactor, self._pool, self._sync_open)
@@ -247,10 +341,12 @@ class ShelveStore:
         # already queued still finish before the shelf closes.
         self._open = False
         d = Deferred.fromCoroutine(self._drain())
-        d.addCallback(
-            lambda _: deferToThreadPool(self._reactor, self._pool, self._sync_close)
-        )
-        return d
+
+        def close_file(_: object) -> Deferred:
+            self._closing = True
+            return deferToThreadPool(self._reactor, self._pool, self._sync_close)
+
+        return d.addCallback(close_file)
 
     async def _drain(self) -> None:
         while self._flushing is not None:
@@ -268,7 +364,14 @@ class ShelveStore:
         return self._run(self._sync_list, prefix, after, limit, max_bytes, self.clock.seconds())
 
     def ping(self) -> Deferred:
-        return self._run(self._sync_ping)
+        d = self._run(self._sync_ping)
+
+        def failed(reason: Failure) -> Failure:
+            return Failure(
+                _write_failure(reason.value, "the store cannot write", self.directory)
+            )
+
+        return d.addErrback(failed)
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -291,6 +394,7 @@ class ShelveStore:
         batch, self._queue = self._queue, []
         flushing: Deferred = Deferred()
         self._flushing = flushing
+        self._trip_size = (len(batch), sum(len(ops) for ops, _, _, _ in batch))
         d = deferToThreadPool(
             self._reactor,
             self._pool,
@@ -320,15 +424,16 @@ class ShelveStore:
                     waiter.errback(Failure(outcome))
 
         def failed(reason: Failure) -> None:
-            error = reason.value
-            if not isinstance(error, KVError):
-                error = StoreUnavailable("the commit could not be written: %s" % (error,))
+            error = _write_failure(
+                reason.value, "the commit could not be written", self.directory
+            )
             waited()
             for _, _, waiter, _ in batch:
                 waiter.errback(Failure(error))
 
         def next_trip(_: object) -> None:
             self._trips_done += 1
+            self._trip_size = None
             self._flushing = None
             flushing.callback(None)
             self._flush()
@@ -342,13 +447,14 @@ class ShelveStore:
         Store thread: open (creating if needed) and verify the shelf; return
         its revision and how many keys it holds.
         """
+        # Held until the shelf closes: no other process writes the file.
+        lock = hold_data_dir(self.directory)
         try:
-            path = open_data_dir(self.directory)
-            mapping = SQLiteMapping(path, check_integrity=self._check_integrity)
-        except OSError as e:
-            raise StoreCorrupt(
-                "cannot open the data directory %s: %s" % (self.directory, e)
-            )
+            mapping = _open_mapping(self.directory, self._check_integrity)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
         self._shelf = DataShelf(mapping)
         return _read_revision(self._shelf), mapping.count_prefix(_KEY.encode("ascii"))
 
@@ -361,8 +467,13 @@ class ShelveStore:
     def _sync_close(self) -> None:
         """Store thread: close the shelf (its file is then marked clean)."""
         if self._shelf is not None:
-            self._shelf.close()
-            self._shelf = None
+            try:
+                self._shelf.close()
+            finally:
+                self._shelf = None
+                if self._lock is not None:
+                    self._lock.release()
+                    self._lock = None
 
     def _sync_get(self, key: str, now: float) -> Optional[Entry]:
         """Store thread: read one live entry."""
@@ -411,7 +522,7 @@ class ShelveStore:
             return _ShelfTable(shelf).expired(now, limit)
 
     def _sync_ping(self) -> None:
-        """Store thread: a trivial write-transaction round trip."""
+        """Store thread: a small durable write (L{SQLiteMapping.ping})."""
         self._sync_shelf().dict.ping()
 
     def _sync_commit_group(

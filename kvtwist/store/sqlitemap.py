@@ -7,7 +7,16 @@ after C{kill -9} in up to 94 of 200 runs; 3.13's C{dbm.sqlite3} splits
 batches and its files do not open on 3.11. This module gives the shelf what
 it lacks: WAL with C{synchronous=FULL}, explicit transactions (one
 C{BEGIN IMMEDIATE ... COMMIT} per group of commits), ordered range scans, and
-a CRC on every row so a damaged value is refused, never served.
+a CRC on every row so a damaged value is refused, never served. The file is
+opened in exclusive locking mode (one connection, no mapped C{-shm}), and a
+full disk is told apart from damage (L{is_disk_full}).
+
+Layout: a rowid table whose unique index on C{key} holds keys only, so a
+key lookup walks small index entries and never reads a value. (Format 1 was
+a C{WITHOUT ROWID} table keyed by C{key}: there a key comparison against a
+row whose value overflowed its page read every overflow page of that value,
+so a few large values slowed every write; see docs/performance.md.) A format-1 file is migrated on open, in one
+transaction: a crash during it leaves the old layout, whole.
 
 Everything here runs on the store thread only (the connection enforces it
 with C{check_same_thread}).
@@ -15,26 +24,98 @@ with C{check_same_thread}).
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
+import stat
 import time
 import zlib
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Sequence, Tuple
 
-from kvtwist.errors import StoreCorrupt
+from kvtwist.errors import InsufficientStorage, StoreCorrupt, StoreUnavailable
 
 #: Written into the SQLite header so a random database is not taken for ours.
 APPLICATION_ID = 0x6B767477  # "kvtw"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: The format this module migrates from (see L{SQLiteMapping._migrate}).
+FORMAT_WITHOUT_ROWID = 1
 
+#: The value comes last: reading C{crc} or C{key} from a row then never
+#: walks the value's overflow pages.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS shelf (
-    key BLOB PRIMARY KEY,
-    value BLOB NOT NULL,
-    crc INTEGER NOT NULL
-) WITHOUT ROWID
+CREATE TABLE shelf (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    crc INTEGER NOT NULL,
+    value BLOB NOT NULL
+)
 """
+
+
+def _out_of_space(path: str) -> bool:
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def is_disk_full(error: BaseException, path: Optional[str] = None) -> bool:
+    """
+    Whether C{error} says the file system is out of space (or the owner's
+    quota): SQLite's C{SQLITE_FULL}, C{ENOSPC} or C{EDQUOT} from the OS,
+    or, with the C{path} written to, an SQLite I/O error while that file
+    system has no space left (SQLite reports some failed writes, such as
+    growing a file, as plain I/O errors).
+    """
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, sqlite3.Error):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and newer
+    if code is None:
+        if "disk is full" in str(error):
+            return True
+        io_error = "disk I/O error" in str(error)
+    else:
+        if code & 0xFF == sqlite3.SQLITE_FULL:
+            return True
+        io_error = code & 0xFF == sqlite3.SQLITE_IOERR
+    return io_error and path is not None and _out_of_space(path)
+
+
+#: The files SQLite keeps next to the database in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
+
+
+def check_writable(path: str) -> None:
+    """
+    Refuse a store whose file, write-ahead log or shared-memory file exists
+    but is not a regular file this process can open for writing: an
+    immutable file (C{chattr +i}, which stops root too), a directory, a
+    read-only mount. SQLite would otherwise fail with a misleading
+    "readonly database", or die of SIGBUS touching a mapped C{-shm} it
+    cannot write.
+
+    @raise StoreUnavailable: naming the file and what is wrong with it.
+    """
+    for name in (path,) + tuple(path + suffix for suffix in SIDE_FILES):
+        try:
+            mode = os.lstat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise StoreUnavailable(
+                "%s is not a regular file; kvcache must be able to write it" % (name,)
+            )
+        try:
+            os.close(os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError as e:
+            raise StoreUnavailable(
+                "%s cannot be opened for writing (%s); kvcache must be able to "
+                "write it: is it immutable (lsattr, chattr -i), owned by another "
+                "user, or on a read-only mount?" % (name, e.strerror or e)
+            )
 
 
 def _crc(key: bytes, value: bytes) -> int:
@@ -78,14 +159,19 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
     Outside L{transaction} each write is its own durable transaction; kvtwist
     always writes inside one.
 
+    @param migrate: rewrite a format-1 file into the current layout (see
+        L{_migrate}). Without it such a file is read and written in its old
+        layout: a preflight check on the main thread leaves the migration
+        to the store thread.
     @raise StoreCorrupt: from the constructor, if the file is not a kvtwist
         store, fails SQLite's integrity check, or lost its write-ahead log.
     """
 
     _closed = False
 
-    def __init__(self, path: str, check_integrity: bool = True) -> None:
+    def __init__(self, path: str, check_integrity: bool = True, migrate: bool = True) -> None:
         self.path = path
+        check_writable(path)
         wal_existed = os.path.exists(path + "-wal")
         created = not os.path.exists(path)
         if created:
@@ -101,9 +187,19 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             )
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
-            self._setup(check_integrity, wal_existed)
+            self._setup(check_integrity, wal_existed, migrate)
         except sqlite3.DatabaseError as e:
             self._close_quietly()
+            if is_disk_full(e, os.path.dirname(path) or "."):
+                # Opening writes (the shutdown mark, a checkpoint): a full
+                # disk is not damage.
+                raise InsufficientStorage(
+                    "%s: disk full (%s); free space on its file system and "
+                    "start again" % (path, e)
+                )
+            if "database is locked" in str(e):
+                # Exclusive locking: another connection has the file open.
+                raise StoreUnavailable("%s is in use by another connection (%s)" % (path, e))
             raise StoreCorrupt("%s: not a readable kvtwist store (%s)" % (path, e))
         except StoreCorrupt:
             self._close_quietly()
@@ -115,8 +211,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         if db is not None:
             db.close()
 
-    def _setup(self, check_integrity: bool, wal_existed: bool) -> None:
+    def _setup(self, check_integrity: bool, wal_existed: bool, migrate: bool) -> None:
         db = self._db
+        # Before the first read: in exclusive locking mode SQLite keeps the
+        # WAL index in its own memory instead of mapping the -shm file, so
+        # no -shm (made immutable or truncated by someone, even while we
+        # run) can kill the process with SIGBUS. One connection at a time
+        # uses the file anyway (the data directory's lock sees to that).
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         tables = db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -133,7 +235,7 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         elif application_id != APPLICATION_ID:
             raise StoreCorrupt("%s is not a kvtwist store" % (self.path,))
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version not in (SCHEMA_VERSION, FORMAT_WITHOUT_ROWID):
             raise StoreCorrupt(
                 "%s has store format %d; this kvtwist reads format %d"
                 % (self.path, version, SCHEMA_VERSION)
@@ -156,6 +258,8 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             )
         if check_integrity:
             self._check_integrity()
+        if version == FORMAT_WITHOUT_ROWID and migrate:
+            self._migrate()
         self._mark("dirty")
         # Move the "dirty" mark into the main file, so that losing the log
         # from here on is detectable at the next start.
@@ -190,6 +294,26 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
                 % (self.path, ", ".join(repr(bytes(key)) for (key,) in damaged))
             )
 
+    def _migrate(self) -> None:
+        """
+        Rewrite a format-1 shelf (C{WITHOUT ROWID}) into the current layout,
+        checksums as they are, in one transaction: SQLite's write-ahead log
+        makes it all or nothing, so a crash leaves format 1 whole and the
+        next open migrates again. Runs after the integrity check, so a
+        damaged file is refused, not migrated. The file keeps the old
+        table's pages as free pages, reused by later writes.
+        """
+        db = self._db
+        with self.transaction():
+            db.execute("ALTER TABLE shelf RENAME TO shelf_format_1")
+            db.execute(_SCHEMA)
+            db.execute(
+                "INSERT INTO shelf (key, crc, value) "
+                "SELECT key, crc, value FROM shelf_format_1 ORDER BY key"
+            )
+            db.execute("DROP TABLE shelf_format_1")
+            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
     def _mark(self, state: str) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO state VALUES ('shutdown', ?)", (state,)
@@ -211,7 +335,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             self._db.execute("ROLLBACK")
             raise
         started = time.perf_counter()
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            # SQLite rolls back by itself on most failed COMMITs (a full
+            # disk); make sure, so the next write can BEGIN again.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         timing.sync_seconds = time.perf_counter() - started
 
     @contextmanager
@@ -333,9 +464,14 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
         ).fetchone()[0]
 
     def ping(self) -> None:
-        """Prove the file is readable and writable, changing nothing."""
+        """
+        Prove a write can be made durable now: rewrite the shutdown mark
+        (already "dirty" while open) in a synced transaction. Its page goes
+        to the write-ahead log like a commit's, so a full or failing disk
+        fails it as it fails commits; no data changes.
+        """
         with self.transaction():
-            self._db.execute("SELECT count(*) FROM state").fetchone()
+            self._mark("dirty")
 
     def close(self) -> None:
         """Mark a clean shutdown, checkpoint, and close the file (once)."""

@@ -3,8 +3,8 @@ The operations endpoints, mounted at the top of the tree by
 L{kvtwist.tap} (through C{make_root(extra_children=...)}):
 
     /healthz   200 while the process is alive; no token needed (probes)
-    /readyz    200 when the store is open and a write round trip succeeds,
-               else 503 problem+json with the reason; ops token
+    /readyz    200 when the store is open and a small durable write
+               succeeds, else 503 problem+json with the reason; ops token
     /metrics   Prometheus text exposition; ops token
 
 Authentication happens above them (L{kvtwist.web.root.Authenticating});
@@ -56,9 +56,15 @@ class Healthz(OpsResource):
 
 class Readyz(OpsResource):
     """
-    C{/readyz}: ready for traffic when the store is open and a trivial
-    write transaction round trip (L{IKeyValueStore.ping}) succeeds within
-    C{timeout} seconds.
+    C{/readyz}: ready for traffic when the store is open and its write
+    probe (L{IKeyValueStore.ping}: a small durable write, which fails as a
+    commit would) succeeds within C{timeout} seconds.
+
+    Each probe is a write of its own, so readiness follows the store's
+    latest write: a full or failing disk is 503 with the store's error
+    (code C{insufficient-storage} for a full disk) until a write succeeds
+    again, and the probe itself is that retry, so readiness comes back once
+    space returns even if no client writes.
     """
 
     route = "/readyz"
@@ -85,10 +91,13 @@ class Readyz(OpsResource):
         return json_response(200, {"status": "ready", "revision": self._store.revision})
 
     def _not_ready(self, reason: Failure) -> Response:
+        code = "store-unavailable"
         if reason.check(TimeoutError):
             detail = "the store did not answer within %g seconds" % (self._timeout,)
         elif reason.check(KVError):
-            detail = reason.value.detail
+            # The store's own error, as the last commit got it (a full disk
+            # is insufficient-storage), answered 503 as readiness is.
+            code, detail = reason.value.code, reason.value.detail
         else:
             # A disk or SQLite error: its class and message say what is
             # wrong; never a traceback.
@@ -97,7 +106,7 @@ class Readyz(OpsResource):
                 reason.getErrorMessage(),
             )
         log.warn("not ready: {detail}", detail=detail)
-        return problem_response(503, "store-unavailable", detail)
+        return problem_response(503, code, detail)
 
 
 class MetricsResource(OpsResource):

@@ -17,11 +17,13 @@ from kvtwist.errors import (
     Unauthorized,
     HistoryGone,
     HostNotAllowed,
+    InsufficientStorage,
     InvalidInput,
     KeyNotFound,
     KVError,
     LimitExceeded,
     PreconditionFailed,
+    StagedMemoryFull,
     StoreCorrupt,
     StoreUnavailable,
     TransactionNotFound,
@@ -89,8 +91,12 @@ def status_for(error: KVError) -> int:
         return 412
     if isinstance(error, HistoryGone):
         return 410
+    if isinstance(error, StagedMemoryFull):
+        return 503
     if isinstance(error, LimitExceeded):
         return 429 if error.too_many else 413
+    if isinstance(error, InsufficientStorage):
+        return 507
     if isinstance(error, (StoreUnavailable, StoreCorrupt)):
         return 503
     return 400
