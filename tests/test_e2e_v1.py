@@ -485,10 +485,6 @@ class KeySmokeTestsOnEtcdWorkers(OnEtcdWorkers, KeySmokeTests, TestCase):
     """Keys, listing and batch with two workers on etcd, each a node of its own."""
 
 
-class TwoClientTransactionTestsOnEtcdWorkers(OnEtcdWorkers, TwoClientTransactionTests, TestCase):
-    """Overlapping transactions with two worker nodes on etcd (transactions kept in etcd)."""
-
-
 class KeySmokeTestsOnShelve(OnShelve, KeySmokeTests, TestCase):
     """Keys, listing and batch on the shelve store."""
 

@@ -660,10 +660,6 @@ class LongPollTestsOnWorkers(OnWorkers, LongPollTests, TestCase):
     """Long-polls with two workers (woken by the owner's change feed)."""
 
 
-class ResumeTestsOnWorkers(OnWorkers, ResumeTests, TestCase):
-    """Resuming event streams with two workers (each holds the owner's history)."""
-
-
 class ResumeTestsOnShelve(OnShelve, ResumeTests, TestCase):
     """Resuming event streams on the shelve store."""
 
