@@ -76,6 +76,7 @@ class ListeningSockets:
     def __init__(self, reactor, endpoints: Sequence[str], count: int) -> None:
         self.per_worker: List[List[Tuple[socket.socket, int]]] = [[] for _ in range(count)]
         self.addresses: List[str] = []
+        self._paths: List[str] = []
         for description in endpoints:
             kind = description.split(":", 1)[0].strip().lower()
             if kind not in SHAREABLE:
@@ -116,12 +117,18 @@ class ListeningSockets:
         for worker in self.per_worker:
             worker.append((sock, socket.AF_UNIX))
         self.addresses.append(path)
+        self._paths.append(path)
 
     def close(self) -> None:
-        """Close every socket (at shutdown)."""
+        """Close every socket and remove the UNIX sockets' files (at shutdown)."""
         for worker in self.per_worker:
             for sock, _ in worker:
                 sock.close()
+        for path in self._paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 class ChangeFeed:

@@ -20,10 +20,11 @@ import argparse
 import json
 import os
 import socket
+import stat
 import sys
 from typing import List, Optional, Sequence
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp, unix
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from kvtwist.config import is_etcd_store, resolve
@@ -34,6 +35,28 @@ from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
 
 log = Logger()
+
+
+class SharedUNIXPort(unix.Port):
+    """
+    A UNIX listening port adopted from the owner. Twisted's own, adopted,
+    still shuts the socket down and removes its file when it stops
+    listening, and sets the file's mode to its default (0666) when it
+    starts: each would change the socket the owner and the other workers
+    share. This one keeps the owner's mode, and leaves the socket and its
+    file alone when it stops (the owner removes the file at its own stop).
+    """
+
+    # Shared with the owner and the other workers: closed, never shut down.
+    _shouldShutdown = False
+
+    def startListening(self) -> None:
+        # The file's mode is the owner's (the endpoint's mode=); keep it.
+        self.mode = stat.S_IMODE(os.stat(self._bindPath).st_mode)
+        super().startListening()
+
+    def connectionLost(self, reason) -> None:
+        tcp.Port.connectionLost(self, reason)
 
 
 class OwnerMetrics:
@@ -118,7 +141,13 @@ class Worker:
         )
         for described in self.sockets:
             fd, family = (int(part) for part in described.split(":"))
-            self.reactor.adoptStreamPort(fd, family, site)
+            if family == socket.AF_UNIX:
+                # What adoptStreamPort does, with a port that leaves the
+                # socket's file to the owner when this worker stops.
+                port = SharedUNIXPort._fromListeningDescriptor(self.reactor, fd, site)
+                port.startListening()
+            else:
+                self.reactor.adoptStreamPort(fd, family, site)
             os.close(fd)
         log.info(
             "kvcache worker {index} (pid {pid}) starting on {count} socket(s)",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_tls import _UnixHTTPConnection
 from tests.e2e import (
     child_pids,
     http_request,
@@ -51,6 +53,16 @@ def serving_workers(pid: int, count: int, timeout: float = SETTLE):
     return child_pids(pid)
 
 
+def served_by(base_url: str, method: str):
+    """The workers whose metrics count requests of C{method}."""
+    _, _, metrics = http_request(base_url, "GET", "/metrics")
+    return {
+        line.split('worker="')[1].split('"')[0]
+        for line in metrics.decode().splitlines()
+        if line.startswith("kvtwist_http_requests_total") and 'method="%s"' % (method,) in line
+    }
+
+
 class ReadYourWritesTests(SynchronousTestCase):
     """A write acknowledged by one worker is seen by every other at once."""
 
@@ -71,13 +83,7 @@ class ReadYourWritesTests(SynchronousTestCase):
             if (status, body) != (200, value):
                 stale.append((i, status, body))
         self.assertEqual(stale, [])
-        _, _, metrics = http_request(server.url, "GET", "/metrics")
-        served = {
-            line.split('worker="')[1].split('"')[0]
-            for line in metrics.decode().splitlines()
-            if line.startswith("kvtwist_http_requests_total") and 'method="PUT"' in line
-        }
-        self.assertEqual(served, {"0", "1"})
+        self.assertEqual(served_by(server.url, "PUT"), {"0", "1"})
 
 
 class ProcessTests(SynchronousTestCase):
@@ -111,6 +117,21 @@ class ProcessTests(SynchronousTestCase):
         for _ in range(10):
             self.assertEqual(http_request(server.url, "GET", "/v1/kv/kept")[2], b"yes")
 
+    def test_stopped_worker_leaves_its_socket_serving(self):
+        """
+        A worker that stops on its own (SIGTERM) is restarted on the same
+        listening socket, still open: afterwards both workers answer.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        workers = serving_workers(server.process.pid, 2)
+        os.kill(workers[1], signal.SIGTERM)
+        self.assertTrue(gone([workers[1]]))
+        self.assertEqual(len(serving_workers(server.process.pid, 2)), 2)
+        wait_ready(server.url, SETTLE)
+        for _ in range(40):
+            self.assertEqual(http_request(server.url, "GET", "/v1/kv/absent")[0], 404)
+        self.assertEqual(served_by(server.url, "GET"), {"0", "1"})
+
     def test_workers_exit_with_their_owner(self):
         """When the owner is killed with -9, every worker exits by itself."""
         server = start_server(self, extra_args=WORKERS)
@@ -134,3 +155,27 @@ class ProcessTests(SynchronousTestCase):
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("cannot be shared by workers", result.stdout + result.stderr)
+
+    def test_unix_socket_shared(self):
+        """
+        A unix: endpoint (next to a TCP one) is served by the workers with
+        the mode asked for; a worker that stops leaves the socket and its
+        file to the others, and the owner removes the file at a graceful
+        stop.
+        """
+        path = os.path.join(temp_dir(self, "unix"), "kv.sock")
+        server = start_server(
+            self,
+            extra_args=WORKERS + ["--listen", "tcp:{port}:interface=127.0.0.1", "--listen", "unix:%s:mode=600" % (path,)],
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        workers = serving_workers(server.process.pid, 2)
+        os.kill(workers[0], signal.SIGTERM)
+        self.assertTrue(gone([workers[0]]))
+        self.assertTrue(os.path.exists(path))
+        connection = _UnixHTTPConnection(path)
+        self.addCleanup(connection.close)
+        connection.request("PUT", "/v1/kv/u", body=b"over unix")
+        self.assertEqual(connection.getresponse().status, 201)
+        self.assertEqual(server.terminate(), 0)
+        self.assertFalse(os.path.exists(path))
