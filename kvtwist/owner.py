@@ -49,6 +49,9 @@ log = Logger()
 #: Seconds before a dead worker is started again (a worker that cannot
 #: start at all is not restarted in a tight loop).
 RESTART_DELAY = 0.5
+#: Seconds a worker may take to apply a commit from the feed; past it the
+#: worker is cut off and replaced (commits stop waiting for it).
+FEED_TIMEOUT = 5.0
 #: Seconds the workers get to stop after SIGTERM before they are killed.
 STOP_TIMEOUT = 10.0
 #: The endpoint kinds workers can share (a TLS endpoint's context lives in
@@ -134,7 +137,9 @@ class ListeningSockets:
 class ChangeFeed:
     """
     Every commit of C{store}, sent to every attached worker, and which
-    revision all of them have applied.
+    revision all of them have applied. A worker that does not answer within
+    L{FEED_TIMEOUT} seconds of the store's clock (a stopped process) is cut
+    off, so no commit waits for it forever.
     """
 
     def __init__(self, store: IKeyValueStore) -> None:
@@ -157,6 +162,7 @@ class ChangeFeed:
         key_count = getattr(self._store, "key_count", 0)
         for worker in list(self._applied):
             d = worker.callRemote(Feed, results=[result], key_count=key_count)
+            d.addTimeout(FEED_TIMEOUT, self._store.clock)
             d.addCallbacks(
                 self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
             )
@@ -208,6 +214,10 @@ class Supervisor:
         *args)}, returning a value or a Deferred.
     """
 
+    #: Called with a worker's protocol when its connection is lost (the
+    #: L{WorkerPool} ends that process, so a hung one is replaced).
+    on_lost: Optional[Callable[["OwnerProtocol"], None]] = None
+
     def __init__(self, metrics: Metrics, workers: int) -> None:
         self.metrics = metrics
         self.workers = workers
@@ -225,6 +235,8 @@ class Supervisor:
         if self.connected.get(worker.index) is worker:
             del self.connected[worker.index]
             self.ready.discard(worker.index)
+        if self.on_lost is not None:
+            self.on_lost(worker)
 
     def worker_ready(self, worker: "OwnerProtocol") -> None:
         self.ready.add(worker.index)
@@ -474,7 +486,9 @@ class WorkerPool(Service):
         self._given = given
         self.processes: Dict[int, _WorkerProcess] = {}
         self.transports: Dict[int, Any] = {}
+        self.protocols: Dict[int, OwnerProtocol] = {}
         self.starts = 0
+        owner.on_lost = self.lost
 
     def startService(self) -> None:
         super().startService()
@@ -514,9 +528,23 @@ class WorkerPool(Service):
         )
         self.starts += 1
         theirs.close()
-        factory = protocol.Factory.forProtocol(lambda: OwnerProtocol(self._owner, index))
+        amp_protocol = self.protocols[index] = OwnerProtocol(self._owner, index)
+        factory = protocol.Factory.forProtocol(lambda: amp_protocol)
         self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
         ours.close()
+
+    def lost(self, worker: OwnerProtocol) -> None:
+        """
+        A worker's AMP connection is gone: a worker without one serves
+        nobody well (a hung one holds its share of connections), so its
+        process is killed, and started again like any that dies.
+        """
+        transport = self.transports.get(worker.index)
+        if self.protocols.get(worker.index) is worker and transport is not None and self.running:
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass
 
     def ended(self, process: _WorkerProcess) -> None:
         """A worker exited: start another in its place, unless stopping."""

@@ -20,7 +20,7 @@ from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
 from kvtwist.model import Check, CheckFailure, Entry, Put
-from kvtwist.owner import Owner, OwnerProtocol
+from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
 from kvtwist.testing import MemoryStore
@@ -278,3 +278,24 @@ class HoldTests(SynchronousTestCase):
         self.cluster.flush()
         self.cluster.result(self.queues[0].record([Put("c", b"3")]))
         self.assertEqual(self.staged(), ["a", "c"])
+
+
+class FeedTimeoutTests(SynchronousTestCase):
+    """A worker that does not apply the feed is cut off; commits go on."""
+
+    def test_silent_worker_cut_off(self):
+        """A commit waits for a silent worker only FEED_TIMEOUT seconds; then it is answered and the worker is lost."""
+        cluster = Cluster(2)
+        lost = []
+        cluster.owner.on_lost = lost.append
+        d = cluster.caches[0].commit([Put("k", b"v")])
+        for _ in range(10):
+            cluster.pumps[0].flush()
+        self.assertNoResult(d)
+        cluster.clock.advance(FEED_TIMEOUT)
+        for _ in range(10):
+            cluster.pumps[0].flush()
+        self.assertEqual(self.successResultOf(d).revision, 1)
+        cluster.flush()
+        self.assertEqual([worker.index for worker in lost], [1])
+        self.assertNotIn(1, cluster.owner.connected)

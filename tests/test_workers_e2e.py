@@ -132,6 +132,32 @@ class ProcessTests(SynchronousTestCase):
             self.assertEqual(http_request(server.url, "GET", "/v1/kv/absent")[0], 404)
         self.assertEqual(served_by(server.url, "GET"), {"0", "1"})
 
+    def test_hung_worker_replaced(self):
+        """
+        A worker that stops answering (SIGSTOP) holds a commit only until
+        the feed's timeout: the commit is answered through the other worker,
+        and the hung one is killed and replaced.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        workers = serving_workers(server.process.pid, 2)
+        os.kill(workers[0], signal.SIGSTOP)
+        self.addCleanup(lambda: gone([workers[0]], 0) or os.kill(workers[0], signal.SIGKILL))
+        # A PUT that reaches the live worker commits, and waits for the
+        # hung one's feed; one on the hung worker's socket never answers.
+        # Either way the client gives up soon: the commit goes on.
+        deadline = time.monotonic() + 3 * SETTLE
+        for _ in range(30):
+            if gone([workers[0]], 0) or time.monotonic() > deadline:
+                break
+            try:
+                http_request(server.url, "PUT", "/v1/kv/h", b"1", timeout=1.5)
+            except OSError:
+                pass
+        self.assertTrue(gone([workers[0]]), "the hung worker was not killed")
+        self.assertEqual(len(serving_workers(server.process.pid, 2)), 2)
+        wait_ready(server.url, SETTLE)
+        self.assertEqual(http_request(server.url, "GET", "/v1/kv/h")[:3:2], (200, b"1"))
+
     def test_workers_exit_with_their_owner(self):
         """When the owner is killed with -9, every worker exits by itself."""
         server = start_server(self, extra_args=WORKERS)
