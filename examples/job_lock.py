@@ -1,8 +1,8 @@
 """
 A job lock with compare-and-swap: only one worker runs a job at a time.
 
-    python examples/job_lock.py --url http://127.0.0.1:8080 --job nightly --work 5
-    python examples/job_lock.py --job nightly --ttl 10 --owner worker-2
+    .venv/bin/python examples/job_lock.py --url http://127.0.0.1:8080 --job nightly --work 5
+    .venv/bin/python examples/job_lock.py --job nightly --ttl 10 --owner worker-2
 
 How it works, with nothing but conditional writes on one key,
 C{locks/<job>}:

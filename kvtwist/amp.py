@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import is_dataclass
 from typing import Any, Dict, Tuple
 
 from twisted.protocols import amp
@@ -35,9 +36,12 @@ from kvtwist import errors, model
 #: The largest value AMP carries under one key.
 CHUNK = amp.MAX_VALUE_LENGTH
 
-#: The classes a box may build: the store contract's plain data.
+#: The classes a box may build: the store contract's plain data, every
+#: dataclass of L{kvtwist.model} (so an op added there crosses as well).
 MODEL_CLASSES = frozenset(
-    ("Entry", "Put", "Delete", "Expire", "Check", "CheckFailure", "Change", "CommitResult", "Page")
+    name
+    for name, value in vars(model).items()
+    if isinstance(value, type) and is_dataclass(value) and value.__module__ == model.__name__
 )
 
 

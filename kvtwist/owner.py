@@ -287,6 +287,9 @@ class Owner(Supervisor):
             "get_linearizable": lambda worker, key: store.get_linearizable(key),
             "list": lambda worker, *args: store.list(*args),
             "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks)),
+            "delete_prefix": lambda worker, prefix, max_keys: self._acknowledged(
+                store.delete_prefix(prefix, max_keys)
+            ),
             "txn_begin": lambda worker, owner: transactions.begin(owner).addCallback(lambda txn: txn.id),
             "txn_find": lambda worker, txn_id, owner: self._txn(txn_id, owner).addCallback(
                 lambda txn: txn.isolated
@@ -419,6 +422,27 @@ class Owner(Supervisor):
         # so the hold may end as soon as it is called.
         committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
         return self._acknowledged(committed)
+
+
+class OwnerProbes:
+    """
+    What the owner's own C{--ops-listen} probes read: ready when the store
+    is and every worker serves (L{Owner.ping}), the metrics of every
+    process (L{Supervisor.exposition}).
+    """
+
+    def __init__(self, owner: Owner) -> None:
+        self._owner = owner
+
+    @property
+    def revision(self) -> int:
+        return self._owner.store.revision
+
+    def ping(self) -> Deferred:
+        return self._owner.ping(None)
+
+    def exposition(self) -> Deferred:
+        return self._owner.exposition(None)
 
 
 class OwnerProtocol(amp.AMP):

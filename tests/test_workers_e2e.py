@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_tls import _UnixHTTPConnection
 from tests.e2e import (
     child_pids,
+    free_port,
     http_request,
     run_twistd,
     start_server,
@@ -55,7 +56,7 @@ def serving_workers(pid: int, count: int, timeout: float = SETTLE):
 
 def served_by(base_url: str, method: str):
     """The workers whose metrics count requests of C{method}."""
-    _, _, metrics = http_request(base_url, "GET", "/metrics")
+    _, _, metrics = http_request(base_url, "GET", "/v1/metrics")
     return {
         line.split('worker="')[1].split('"')[0]
         for line in metrics.decode().splitlines()
@@ -90,14 +91,29 @@ class ProcessTests(SynchronousTestCase):
     """Metrics, readiness and the lifecycle of the owner and its workers."""
 
     def test_metrics_of_every_process(self):
-        """/metrics on any worker holds the owner's and each worker's samples, labelled."""
+        """/v1/metrics on any worker holds the owner's and each worker's samples, labelled."""
         server = start_server(self, extra_args=WORKERS)
-        status, _, body = http_request(server.url, "GET", "/metrics")
+        status, _, body = http_request(server.url, "GET", "/v1/metrics")
         self.assertEqual(status, 200)
         text = body.decode()
         for process in ("owner", "0", "1"):
             self.assertIn('process_resident_memory_bytes{worker="%s"}' % (process,), text)
         self.assertIn('kvtwist_store_revision{worker="owner"}', text)
+
+    def test_ops_listener_served_by_the_owner(self):
+        """
+        --ops-listen is the owner's: /readyz there is ready once every
+        worker serves, and /metrics holds every process's samples.
+        """
+        ops_port = free_port()
+        server = start_server(self, extra_args=WORKERS + ["--ops-listen", "tcp:%d:interface=127.0.0.1" % ops_port])
+        ops = "http://127.0.0.1:%d" % (ops_port,)
+        wait_ready(server.url, SETTLE)
+        status, _, body = http_request(ops, "GET", "/readyz")
+        self.assertEqual(status, 200, body)
+        _, _, body = http_request(ops, "GET", "/metrics")
+        for process in ("owner", "0", "1"):
+            self.assertIn('process_resident_memory_bytes{worker="%s"}' % (process,), body.decode())
 
     def test_killed_worker_is_restarted(self):
         """

@@ -183,6 +183,9 @@ class RemoteStore:
 
         return self._call("commit", list(ops), sent).addErrback(retag)
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        return self._call("delete_prefix", prefix, max_keys)
+
     def add_listener(self, listener: Callable[[CommitResult], None]) -> None:
         self._listeners.append(listener)
 

@@ -14,7 +14,6 @@ commit waits for more than the sync in progress plus its own.
 
 from __future__ import annotations
 
-import itertools
 import os
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -29,14 +28,16 @@ from kvtwist.errors import (
     ConflictError,
     InsufficientStorage,
     KVError,
+    LimitExceeded,
+    NotAnInteger,
     StoreCorrupt,
     StoreUnavailable,
 )
 from kvtwist.interfaces import IKeyValueStore, IWorkInFlight
-from kvtwist.model import Check, CommitResult, Entry, Op, Page, PageBuilder
+from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import apply_commit, count_delta, live
+from kvtwist.store.rules import apply_commit, count_delta, live, touched_keys
 from kvtwist.store.shelf import DataShelf
 from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
@@ -54,6 +55,9 @@ def _expiry_key(expires: float, key: str) -> str:
     # Fixed-width so that the index sorts by time (to year 5138).
     return "%s%017.3f/%s" % (_EXPIRY, expires, key)
 
+
+#: Rows read per statement when a prefix delete scans its keys.
+_SCAN_PAGE = 10000
 
 #: In L{_ShelfTable}'s pending writes: the shelf key is to be removed.
 _REMOVED = object()
@@ -110,6 +114,26 @@ class _ShelfTable:
         self._unindex(key)
         self._rows[key] = None
         self._pending[_KEY + key] = _REMOVED
+
+    def keys_under(self, prefix: str) -> List[str]:
+        """
+        Every key under C{prefix} as the table stands (the shelf's, and this
+        group's earlier writes), its rows read in pages as they are scanned.
+        """
+        cursor: Optional[str] = None
+        while True:
+            rows = self._shelf.scan(_KEY + prefix, cursor, _SCAN_PAGE)
+            for shelf_key, record in rows:
+                key = shelf_key[len(_KEY):]
+                if key not in self._rows:
+                    self._rows[key] = _entry(key, record)
+            if len(rows) < _SCAN_PAGE:
+                break
+            cursor = rows[-1][0]
+        return [
+            key for key, entry in self._rows.items()
+            if entry is not None and key.startswith(prefix)
+        ]
 
     def set_revision(self, revision: int) -> None:
         """Record the store's revision (written by the next L{flush})."""
@@ -379,6 +403,11 @@ class ShelveStore:
     def expired(self, limit: int) -> Deferred:
         return self._run(self._sync_expired, self.clock.seconds(), limit)
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        # A commit like any other: it queues, joins a group and is synced
+        # with it.
+        return self.commit([DeletePrefix(prefix, max_keys)])
+
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         if not self._open:
             return fail(StoreUnavailable("the store is closed"))
@@ -541,14 +570,14 @@ class ShelveStore:
         with shelf.dict.transaction() as timing:
             revision = _read_revision(shelf)
             table.prefetch(
-                key
-                for ops, checks in group
-                for key in itertools.chain((op.key for op in ops), (check.key for check in checks))
+                key for ops, checks in group for key in touched_keys(ops, checks)
             )
             for ops, checks in group:
                 try:
                     result = apply_commit(table, revision, ops, checks, now)
-                except ConflictError as e:
+                except (ConflictError, LimitExceeded, NotAnInteger) as e:
+                    # Refused before any write: the group's other commits
+                    # go on.
                     outcomes.append(e)
                     continue
                 revision = result.revision

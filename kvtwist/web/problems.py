@@ -22,6 +22,7 @@ from kvtwist.errors import (
     KeyNotFound,
     KVError,
     LimitExceeded,
+    NotAnInteger,
     PreconditionFailed,
     StagedMemoryFull,
     StoreCorrupt,
@@ -82,7 +83,7 @@ def status_for(error: KVError) -> int:
         return 403
     if isinstance(error, (KeyNotFound, TransactionNotFound)):
         return 404
-    if isinstance(error, ConflictError):
+    if isinstance(error, (ConflictError, NotAnInteger)):
         return 409
     if isinstance(error, HostNotAllowed):
         # Misdirected Request: this server does not answer for that name.
