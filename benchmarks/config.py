@@ -16,7 +16,19 @@ from benchmarks.targets import REPO
 
 #: Measurement names accepted by C{--only} besides target names.
 MEASUREMENTS = ("get", "cycles", "sizes", "large", "load", "soak", "scaleout")
-TARGET_NAMES = ("kvcache", "kvcache-nolog", "ceiling-log", "ceiling-nolog", "baseline", "naive", "etcd")
+TARGET_NAMES = (
+    "kvcache",
+    "kvcache-nolog",
+    "kvcache-w2",
+    "kvcache-w2-nolog",
+    "ceiling-log",
+    "ceiling-nolog",
+    "ceiling2-log",
+    "ceiling2-nolog",
+    "baseline",
+    "naive",
+    "etcd",
+)
 
 
 @dataclass

@@ -17,6 +17,11 @@ GET_P99_MAX = 2.0
 CYCLES_1_MIN = 1.0
 CYCLES_16_MIN = 3.0
 COMMIT_GROWTH_MAX = 2.0
+#: --workers 2 against one worker (GET x50), against two ceiling processes,
+#: and what one client may lose to the workers' extra hop.
+WORKERS_GET_MIN = 1.4
+WORKERS_CEILING_MIN = 0.85
+WORKERS_ONE_CLIENT_MIN = 0.9
 SOAK_RSS_MAX = 1.2
 #: The store size the commit-growth target is about.
 TARGET_STORE = 1_000_000
@@ -198,6 +203,8 @@ def checks(results: dict) -> List[dict]:
                     clients, base16["cycles_per_s"], _ratio(mine["cycles_per_s"], base16["cycles_per_s"]) or 0)
         rows.append(row)
 
+    _workers_checks(results, rows)
+
     waits = results.get("group_commit")
     name = "Group commit: no commit waits more than one sync behind another"
     if waits and "commits" in waits:
@@ -253,6 +260,39 @@ def checks(results: dict) -> List[dict]:
     return rows
 
 
+def _workers_checks(results: dict, rows: List[dict]) -> None:
+    """The --workers 2 targets: against one worker, the two-process ceiling and the baseline."""
+    s = results["summary"]
+    get, cycles = s["get"], s["cycles"]
+
+    def row(name: str, mine: Optional[dict], ref: Optional[dict], key: str, against: str, bound: float,
+            at_least: bool, unit: str) -> None:
+        target = "%s %.2f x %s" % (">=" if at_least else "<=", bound, against)
+        if not mine or not ref or mine.get(key) is None or not ref.get(key):
+            rows.append({"check": name, "status": "NOT RUN", "target": target, "note": "not measured in this run"})
+            return
+        ratio = mine[key] / ref[key]
+        rows.append({"check": name, "measured": mine[key], "reference": ref[key], "unit": unit, "against": against,
+                     "ratio": ratio, "target": target,
+                     "status": _status(ratio >= bound if at_least else ratio <= bound)})
+
+    for w2, one, ceiling, label in (("kvcache-w2", "kvcache", "ceiling2-log", "with access log"),
+                                    ("kvcache-w2-nolog", "kvcache-nolog", "ceiling2-nolog", "without access log")):
+        mine = get.get(w2, {}).get("50")
+        row("Workers 2: GET x50 conn, %s: req/s vs 1 worker" % label, mine, get.get(one, {}).get("50"),
+            "rate", one, WORKERS_GET_MIN, True, "req/s")
+        row("Workers 2: GET x50 conn, %s: req/s vs two-process ceiling" % label, mine,
+            get.get(ceiling, {}).get("50"), "rate", ceiling, WORKERS_CEILING_MIN, True, "req/s")
+        row("Workers 2: GET x50 conn, %s: p99 vs two-process ceiling" % label, mine,
+            get.get(ceiling, {}).get("50"), "p99_ms", ceiling, GET_P99_MAX, False, "ms")
+        row("Workers 2: GET x1 conn, %s: req/s vs 1 worker" % label, get.get(w2, {}).get("1"),
+            get.get(one, {}).get("1"), "rate", one, WORKERS_ONE_CLIENT_MIN, True, "req/s")
+    row("Workers 2: durable seed cycles, 16 clients", cycles.get("kvcache-w2", {}).get("16"),
+        cycles.get("baseline", {}).get("1"), "cycles_per_s", "baseline x1", CYCLES_16_MIN, True, "cycles/s")
+    row("Workers 2: durable seed cycles, 1 client vs 1 worker", cycles.get("kvcache-w2", {}).get("1"),
+        cycles.get("kvcache", {}).get("1"), "cycles_per_s", "kvcache x1", WORKERS_ONE_CLIENT_MIN, True, "cycles/s")
+
+
 def _add_shortfall(rows: List[dict]) -> None:
     """Say in each MISS row by how much the target was missed."""
     for row in rows:
@@ -264,9 +304,9 @@ def _add_shortfall(rows: List[dict]) -> None:
         except (IndexError, ValueError):
             continue
         if target.startswith(">="):
-            text = "%.0f %% short of %.1f x" % (100 * (1 - ratio / bound), bound)
+            text = "%.0f %% short of %g x" % (100 * (1 - ratio / bound), bound)
         else:
-            text = "%.0f %% over %.1f x" % (100 * (ratio / bound - 1), bound)
+            text = "%.0f %% over %g x" % (100 * (ratio / bound - 1), bound)
         row["note"] = text + ("; " + row["note"] if row.get("note") else "")
 
 

@@ -7,7 +7,10 @@ Names (used by C{--only} and in the report):
 
 - C{kvcache}, C{kvcache-nolog}: the real C{twistd -n kvcache} (the second
   only when kvcache has an option that turns its access log off);
+- C{kvcache-w2}, C{kvcache-w2-nolog}: the same with C{--workers 2};
 - C{ceiling-log}, C{ceiling-nolog}: L{benchmarks.servers.ceiling};
+- C{ceiling2-log}, C{ceiling2-nolog}: the ceiling served by two processes
+  on one port (C{SO_REUSEPORT}), the ceiling of two workers;
 - C{baseline}: L{benchmarks.servers.baseline} (seed-style, never fsyncs);
 - C{naive}: L{benchmarks.servers.naive} (a thread hop per GET);
 - C{etcd}: etcd's v3 JSON gateway, when an C{etcd} binary is installed.
@@ -34,6 +37,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 60.0
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+#: The kvcache arguments of the several-process targets (C{kvcache-w2}).
+WORKERS = ("--workers", "2")
 
 
 def twistd_argv() -> List[str]:
@@ -181,6 +187,10 @@ class ModuleTarget(Target):
 class CeilingTarget(ModuleTarget):
     module = "ceiling"
 
+    def argv(self, port: int, data_dir: str) -> List[str]:
+        # extra_args: --processes N for the several-process ceiling.
+        return super().argv(port, data_dir) + self.extra_args
+
     def load_key(self, port: int) -> None:
         pass  # every path answers the same bytes
 
@@ -266,9 +276,30 @@ def all_targets(nolog_args: Optional[List[str]], skipped: Dict[str, str]) -> Lis
             "twistd kvcache has no option to turn its access log off yet "
             "(looked for --access-log and --no-access-log in its --help)"
         )
+    targets.append(
+        KvcacheTarget("kvcache-w2", "twistd -n kvcache --workers 2, default access log", True, True, list(WORKERS))
+    )
+    if nolog_args is not None:
+        targets.append(
+            KvcacheTarget(
+                "kvcache-w2-nolog",
+                "twistd -n kvcache --workers 2 " + " ".join(nolog_args),
+                False,
+                True,
+                list(WORKERS) + list(nolog_args),
+            )
+        )
     targets += [
         CeilingTarget("ceiling-log", "bare twisted.web Resource, default access log", True, False),
         CeilingTarget("ceiling-nolog", "bare twisted.web Resource, no access log", False, False),
+        CeilingTarget(
+            "ceiling2-log", "two bare twisted.web processes on one port, default access log", True, False,
+            ["--processes", "2"],
+        ),
+        CeilingTarget(
+            "ceiling2-nolog", "two bare twisted.web processes on one port, no access log", False, False,
+            ["--processes", "2"],
+        ),
         BaselineTarget("baseline", "seed-style http.server + shelve (no fsync)", True, True),
         NaiveTarget("naive", "twisted.web, one deferToThread per GET over shelve", True, False),
     ]

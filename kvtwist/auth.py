@@ -46,6 +46,11 @@ class Token:
     def may_read(self, key: str) -> bool:
         return self._read_all or key.startswith(self.read)  # type: ignore[attr-defined]
 
+    @property
+    def writes_everything(self) -> bool:
+        """Whether it may write every key (then no write needs vetting)."""
+        return self._write_all  # type: ignore[attr-defined]
+
     def may_write(self, key: str) -> bool:
         return self._write_all or key.startswith(self.write)  # type: ignore[attr-defined]
 

@@ -93,6 +93,19 @@ def count(value: Any) -> int:
     return number
 
 
+def workers(value: Any) -> int:
+    """
+    A number of processes: a positive integer, or C{auto} for one per core
+    (C{os.cpu_count()}).
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return count(value)
+    except ValueError:
+        raise ValueError("must be a positive integer or auto") from None
+
+
 def port(value: Any) -> int:
     """A TCP port number."""
     number = _integer(value)
@@ -440,6 +453,14 @@ SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
     Setting("access-log-file", text, None, "Write the access log to this file (default: clf to the twistd log, json lines to stdout)."),
+    Setting(
+        "workers",
+        workers,
+        1,
+        "Processes serving HTTP: 1 serves from this process alone; N (or auto, one per "
+        "core) spawns N workers that share the listening sockets, with this process "
+        "owning the store.",
+    ),
     Setting(
         "stop-timeout",
         seconds,

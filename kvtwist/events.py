@@ -164,6 +164,10 @@ class ChangeHub:
             self._bytes = 0
             self._horizon = max(self.horizon, reset.revision)
 
+    def history(self) -> List[Tuple[int, Tuple[Event, ...]]]:
+        """The kept commits, oldest first: C{(revision, events)} each."""
+        return [(revision, events) for revision, events, _ in self._commits]
+
     def since(self, revision: int, matches: Callable[[str], bool]) -> List[Event]:
         """
         The events after C{revision} whose key C{matches}, in order.

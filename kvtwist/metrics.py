@@ -35,6 +35,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -346,6 +347,35 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def merge_expositions(texts: Dict[str, bytes], label: str = "worker") -> bytes:
+    """
+    One exposition of several processes' (C{--workers N}): every sample
+    gains the label C{label} naming its process (the keys of C{texts}),
+    and families of one name are merged.
+    """
+    families: Dict[str, Metric] = {}
+    for process, text in texts.items():
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                merged.samples.append(sample._replace(labels={**sample.labels, label: process}))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Families:
+    """A collector of fixed metric families (for L{merge_expositions})."""
+
+    def __init__(self, families: List[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
 @implementer(IKeyValueStore)

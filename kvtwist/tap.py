@@ -44,6 +44,7 @@ from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IHistoricalStore, IWorkInFlight
 from kvtwist.listening import listening_service
 from kvtwist.metrics import Metrics, TimedStore
+from kvtwist.owner import ListeningSockets, Owner, OwnerProbes, Supervisor, WorkerPool
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.datalock import DataDirectoryBusy
@@ -215,8 +216,11 @@ class Options(usage.Options):
         return given
 
     def postOptions(self) -> None:
+        # Kept for the workers (--workers N), which resolve the same
+        # settings in their own process.
+        self.command_line = self.given()
         try:
-            self.config = resolve(self.given(), self.environ)
+            self.config = resolve(self.command_line, self.environ)
         except ConfigError as e:
             if e.layer == CLI:
                 raise usage.UsageError(str(e))
@@ -316,6 +320,66 @@ def web_extras(config: Config) -> Dict[bytes, Any]:
     return extras
 
 
+def build_site(config: Config, store, transactions, hub: ChangeHub, metrics: Metrics, reactor, exposition=None) -> KVSite:
+    """
+    The HTTP site over C{store}: the Resource tree and the connection
+    limits, the same in one process and in every worker.
+
+    @param exposition: what C{/v1/metrics} exposes (default: C{metrics});
+        a worker passes the owner's view of every process.
+    """
+    limits = config.limits
+    watchers = WatcherCount(limits.max_watchers)
+    root = make_root(
+        store,
+        limits,
+        clock=reactor,
+        transactions=transactions,
+        hub=hub,
+        authorizer=Authorizer(config.tokens),
+        watchers=watchers,
+        extra_children=web_extras(config),
+        ops=ops_children(store, exposition or metrics, reactor),
+        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
+    )
+    site = KVSite(
+        root,
+        limits,
+        metrics=metrics,
+        access_log=config["access-log"],
+        access_log_file=config["access-log-file"],
+        reactor=reactor,
+    )
+    metrics.watch(store=store, watchers=watchers, hub=hub, site=site)
+    return site
+
+
+def worker_pool(config: Config, given: Dict[str, Any], owner: Supervisor, reactor) -> WorkerPool:
+    """
+    With C{--workers N} (N > 1) this process serves no HTTP: the service
+    that binds the listening sockets and runs the N workers serving on
+    them (L{kvtwist.owner}), answering them as C{owner}.
+    """
+    try:
+        sockets = ListeningSockets(reactor, config.endpoints, config["workers"])
+    except (ValueError, OSError) as e:
+        raise SystemExit("kvcache: cannot start: %s" % (e,))
+    return WorkerPool(reactor, owner, sockets, given)
+
+
+def etcd_nodes_service(config: Config, given: Dict[str, Any], reactor) -> MultiService:
+    """
+    C{--workers N} on etcd: every worker is a node of its own (its own etcd
+    client, cache, watch; transactions in etcd), so this process opens no
+    store and only binds the sockets, runs the workers and merges their
+    metrics.
+    """
+    top = MultiService()
+    GracefulSignals(reactor).setServiceParent(top)
+    worker_pool(config, given, Supervisor(Metrics(), config["workers"]), reactor).setServiceParent(top)
+    return top
+
+
 def listen_on(endpoints, site, reactor, parent: MultiService, ui: bool = False) -> None:
     """
     One listening Service under C{parent} per endpoint string, serving
@@ -358,6 +422,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
             "{path} holds tokens and is readable by other users; chmod 600 it",
             path=path,
         )
+    if config["workers"] > 1 and is_etcd_store(config["store"]):
+        return etcd_nodes_service(config, options.command_line, reactor)
     limits = config.limits
     metrics = Metrics()
     top = MultiService()
@@ -367,7 +433,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
     store = CachedStore(timed, limits.cache_bytes)
     transactions = transaction_manager(backing, timed, store, reactor, limits)
     hub = ChangeHub(store, limits.watch_history, limits.watch_history_bytes)
-    watchers = WatcherCount(limits.max_watchers)
 
     GracefulSignals(reactor).setServiceParent(top)
     StoreService(
@@ -384,43 +449,31 @@ def makeService(options: Options, reactor=None) -> MultiService:
         # Compaction runs on the store thread through the store, like the
         # sweeper's commits; stopped before the store too.
         Compactor(store, reactor, limits).setServiceParent(top)
-    authorizer = Authorizer(config.tokens)
-    browsers = BrowserPolicy.of(config["cors-origin"], config["allowed-host"])
-    root = make_root(
-        store,
-        limits,
-        clock=reactor,
-        transactions=transactions,
-        hub=hub,
-        authorizer=authorizer,
-        watchers=watchers,
-        extra_children=web_extras(config),
-        ops=ops_children(store, metrics, reactor),
-        browsers=browsers,
-    )
-    site = KVSite(
-        root,
-        limits,
-        metrics=metrics,
-        access_log=config["access-log"],
-        access_log_file=config["access-log-file"],
-        reactor=reactor,
-    )
-    metrics.watch(
-        store=store,
-        transactions=transactions,
-        watchers=watchers,
-        hub=hub,
-        sweeper=sweeper,
-        site=site,
-    )
-    listen_on(config.endpoints, site, reactor, top, ui=config["ui"] == "on")
+    if config["workers"] > 1:
+        # After the store too: the workers stop before it closes.
+        owner = Owner(store, transactions, hub, metrics, config["workers"])
+        worker_pool(config, options.command_line, owner, reactor).setServiceParent(top)
+        metrics.watch(store=store, transactions=transactions, hub=hub, sweeper=sweeper)
+        # The owner's own probes: ready when every worker is, metrics of all.
+        ops_store, ops_metrics = OwnerProbes(owner), OwnerProbes(owner)
+    else:
+        site = build_site(config, store, transactions, hub, metrics, reactor)
+        metrics.watch(transactions=transactions, sweeper=sweeper)
+        listen_on(config.endpoints, site, reactor, top, ui=config["ui"] == "on")
+        ops_store, ops_metrics = store, metrics
     if config["ops-listen"]:
         # Probes and scrapers that expect /healthz and /metrics at the
-        # root get them here, on a listener of their own.
+        # root get them here, on a listener of their own (the owner's,
+        # with workers).
         ops_site = KVSite(
-            ops_root(store, metrics, reactor, authorizer, browsers),
-            limits,
+            ops_root(
+                ops_store,
+                ops_metrics,
+                reactor,
+                Authorizer(config.tokens),
+                BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
+            ),
+            config.limits,
             metrics=metrics,
             access_log=config["access-log"],
             access_log_file=config["access-log-file"],

@@ -160,6 +160,43 @@ def connect(base_url: str, timeout: float = 5.0) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
 
+def child_pids(pid: int) -> List[int]:
+    """The ids of process C{pid}'s children (a --workers server's workers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % (entry,)) as f:
+                # The parent id follows the command name, which is in parentheses.
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return sorted(children)
+
+
+def wait_ready(base_url: str, timeout: float) -> None:
+    """
+    Poll C{GET /readyz} until it answers 200 (a --workers server whose
+    killed worker the owner is restarting).
+
+    @raise AssertionError: if it does not within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.05) + 1):
+        try:
+            if http_request(base_url, "GET", READY_PATH, timeout=2.0)[0] == 200:
+                return
+        except (OSError, http.client.HTTPException):
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError("%s was not ready within %.0f s" % (base_url, timeout))
+
+
 def rss_kib(pid: int) -> int:
     """The resident set size of process C{pid}, in KiB (VmRSS)."""
     with open("/proc/%d/status" % (pid,)) as f:
@@ -517,6 +554,8 @@ __all__ = [
     "free_port",
     "http_request",
     "run_twistd",
+    "child_pids",
+    "wait_ready",
     "start_server",
     "temp_dir",
     "treq_client",

@@ -83,6 +83,21 @@ class OnShelve:
         return frozenset()
 
 
+class OnWorkers(OnShelve):
+    """
+    Servers on the shelve store with C{--workers 2}: an owner and two
+    worker processes sharing the port, so a suite run this way shows the
+    same behaviour whichever worker each connection reaches.
+    """
+
+    #: The workers each server runs.
+    workers: ClassVar[int] = 2
+
+    def start_kvcache(self, extra_args: Sequence[str] = (), **kwargs) -> ServerProcess:
+        """A running kvcache with workers for this test (killed when it ends)."""
+        return super().start_kvcache(["--workers", str(self.workers)] + list(extra_args), **kwargs)
+
+
 class OnEtcd:
     """
     Servers on one single-member etcd per class, each under its own
@@ -134,10 +149,23 @@ class OnEtcd:
         return frozenset(member.client_port for member in self.etcd.members)
 
 
+class OnEtcdWorkers(OnEtcd):
+    """
+    Servers on etcd with C{--workers 2}: each worker a node of its own on
+    the class's etcd, under the server's prefix.
+    """
+
+    def start_kvcache(self, extra_args: Sequence[str] = (), **kwargs) -> ServerProcess:
+        """A running kvcache with two worker nodes on the class's etcd."""
+        return super().start_kvcache(["--workers", "2"] + list(extra_args), **kwargs)
+
+
 __all__ = [
     "ETCD_AVAILABLE",
     "ETCD_WHY",
     "OnEtcd",
+    "OnEtcdWorkers",
+    "OnWorkers",
     "OnShelve",
     "STORES",
     "etcd_server_args",

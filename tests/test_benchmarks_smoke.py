@@ -91,10 +91,12 @@ def check_quick_benchmark(tmp_path: Path) -> None:
     assert results["command"]["python"].startswith("python -m benchmarks --quick")
 
     summary = results["summary"]
-    assert set(summary["get"]) >= {"kvcache", "ceiling-log", "ceiling-nolog", "baseline", "naive"}
+    assert set(summary["get"]) >= {
+        "kvcache", "kvcache-w2", "ceiling-log", "ceiling-nolog", "ceiling2-log", "ceiling2-nolog", "baseline", "naive",
+    }
     for by_conns in summary["get"].values():
         assert set(by_conns) == {"1", "50"}
-    assert set(summary["cycles"]) == {"kvcache", "baseline"}
+    assert set(summary["cycles"]) == {"kvcache", "kvcache-w2", "baseline"}
     assert set(summary["sizes"]) == {"1000", "10000"}
     assert (summary["large"]["rounds"], summary["large"]["errors"]) == (1, 0), summary["large"]
     assert "etcd" in summary["get"] or "etcd" in results["skipped"]

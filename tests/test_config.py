@@ -68,6 +68,7 @@ DEFAULTS = {
     "allow-open": False,
     "access-log": "clf",
     "access-log-file": None,
+    "workers": 1,
     "stop-timeout": 10.0,
     "max-body": 1048576,
     "max-keys-per-request": 100000,
@@ -141,6 +142,14 @@ class DefaultsAndCommandLineTests(SynchronousTestCase):
     def test_defaults(self):
         """With no argument and no environment every option has its documented default."""
         self.assertEqual(parse(), DEFAULTS)
+
+    def test_workers(self):
+        """--workers takes a count, or auto for the machine's cores; 0 and words are usage errors."""
+        self.assertEqual(parse(["--workers", "3"]), expected(workers=3))
+        self.assertEqual(parse(["--workers", "auto"])["workers"], os.cpu_count())
+        for bad in ("0", "-1", "many"):
+            with self.assertRaises(usage.UsageError):
+                parse(["--workers", bad])
 
     def test_every_setting_is_in_defaults(self):
         """The pinned defaults above name every setting there is (so none is undocumented here)."""
@@ -299,6 +308,12 @@ class ConfigFileTests(FileMixin, SynchronousTestCase):
                 endpoints=["tcp:9001:interface=127.0.0.1"],
             ),
         )
+
+    def test_workers_in_file(self):
+        """workers = "auto" or a count in the config file sets --workers."""
+        self.assertEqual(parse(["--config", self.write("kv.toml", "workers = 2\n")])["workers"], 2)
+        path = self.write("auto.toml", 'workers = "auto"\n')
+        self.assertEqual(parse(["--config", path])["workers"], os.cpu_count())
 
     def test_config_from_environment(self):
         """$KVCACHE_CONFIG names the file when --config does not."""
@@ -568,6 +583,7 @@ class ServiceLinkTests(SynchronousTestCase):
             "store": "shelve", "host": "127.0.0.2",
             "cors-origin": "https://app.example", "allowed-host": "kv.example",
             "history-retention": "1h",
+            "workers": "2",
         }
         for setting in SETTINGS:
             if not setting.on_argv or setting.name in skipped or setting.name.startswith("etcd-"):

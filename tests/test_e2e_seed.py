@@ -30,6 +30,7 @@ from tests.e2e import (
     temp_dir,
     treq_client,
 )
+from tests.e2e_stores import OnShelve, OnWorkers
 
 DATA_FILE = "kvcache.sqlite3"
 #: Single segments the server uses in other routes (/v1/..., /ui/, the
@@ -128,7 +129,7 @@ class _Any:
 _any = _Any()
 
 
-class SeedRoundTripTests(TestCase):
+class SeedRoundTripTests(OnShelve, TestCase):
     """The seed API through the real server."""
 
     @as_deferred
@@ -137,7 +138,7 @@ class SeedRoundTripTests(TestCase):
         The issue's scenario: POST /set {"a":1} is 201, GET /a is still 404
         (staged writes are invisible), POST /commit is 204, GET /a is 1.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         client = treq_client(self)
         status, headers, body = await call(
             client, "POST", server.url + "/set", b'{"a":1}'
@@ -197,7 +198,7 @@ class SeedRoundTripTests(TestCase):
         same data directory; writes staged but not committed are gone, as
         documented, and a commit after the restart does not revive them.
         """
-        server = start_server(self)
+        server = self.start_kvcache()
         client = treq_client(self)
         url = server.url
         await call(client, "POST", url + "/set", b'{"a": 1, "b": {"x": [1, "y"]}, "c": 3}')
@@ -220,6 +221,10 @@ class SeedRoundTripTests(TestCase):
         self.assertEqual((await call(client, "GET", url + "/staged"))[0], 404)
         self.assertEqual(await call(client, "GET", url + "/a"), (200, _any, b"1"))
         assert_graceful_stop(self, server, server.terminate())
+
+
+class SeedRoundTripTestsOnWorkers(OnWorkers, SeedRoundTripTests):
+    """The seed API through a server with two workers (its queue is the owner's)."""
 
 
 class SignalTests(TestCase):

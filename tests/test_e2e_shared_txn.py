@@ -9,7 +9,9 @@ And the failures of etcd members as clients see them: one member of three
 killed changes nothing, two make writes 503 and C{/v1/readyz} fail, restarting
 them restores both, and no acknowledged write is lost.
 
-Skipped, with the reason, when etcd is not installed.
+Skipped, with the reason, when etcd is not installed. The spanning tests
+also run against one server with C{--workers 2}, whose workers share the
+owner's transactions and queue.
 """
 
 import json
@@ -23,27 +25,11 @@ from tests.etcd import EtcdCluster, etcd_available
 AVAILABLE, WHY = etcd_available()
 
 
-class SharedTransactionNodesTests(SynchronousTestCase):
-    """Two kvcache nodes on a three-member etcd share transactions and the queue."""
-
-    if not AVAILABLE:
-        skip = WHY
-
-    def setUp(self):
-        self.etcd = EtcdCluster(3).start()
-        self.addCleanup(self.etcd.stop)
-        hosts = [url.split("//", 1)[1] for url in self.etcd.client_urls]
-        self.nodes = []
-        for n in range(2):
-            # Each node prefers a different member, as docs/scale-out.md says.
-            order = hosts[n:] + hosts[:n]
-            self.nodes.append(
-                start_server(
-                    self,
-                    extra_args=["--store", "etcd://" + ",".join(order), "--etcd-prefix", "/shared/"],
-                )
-            )
-        self.a, self.b = (node.url for node in self.nodes)
+class SpanningTests:
+    """
+    Transactions and the queue used through two ends C{self.a} and
+    C{self.b} of one service: two nodes on etcd, or one server's workers.
+    """
 
     def call(self, base, method, path, body=None, headers=None):
         status, _, data = http_request(base, method, path, body, headers)
@@ -96,6 +82,29 @@ class SharedTransactionNodesTests(SynchronousTestCase):
         self.assertEqual(self.call(self.b, "DELETE", "/set", b'["qc"]')[0], 200)
         self.assertEqual(self.call(self.a, "POST", "/commit")[0], 204)
         self.assertEqual(self.call(self.b, "GET", "/v1/kv/qc?consistent=1")[0], 404)
+
+
+class SharedTransactionNodesTests(SpanningTests, SynchronousTestCase):
+    """Two kvcache nodes on a three-member etcd share transactions and the queue."""
+
+    if not AVAILABLE:
+        skip = WHY
+
+    def setUp(self):
+        self.etcd = EtcdCluster(3).start()
+        self.addCleanup(self.etcd.stop)
+        hosts = [url.split("//", 1)[1] for url in self.etcd.client_urls]
+        self.nodes = []
+        for n in range(2):
+            # Each node prefers a different member, as docs/scale-out.md says.
+            order = hosts[n:] + hosts[:n]
+            self.nodes.append(
+                start_server(
+                    self,
+                    extra_args=["--store", "etcd://" + ",".join(order), "--etcd-prefix", "/shared/"],
+                )
+            )
+        self.a, self.b = (node.url for node in self.nodes)
 
     def test_node_killed_loses_nothing_staged(self):
         """A node killed with kill -9 mid-transaction: the other node finds what it staged and commits it."""
@@ -168,3 +177,14 @@ class SharedTransactionNodesTests(SynchronousTestCase):
             )
         for key, _ in refused:
             self.assertEqual(http_request(self.b, "GET", "/v1/kv/%s?consistent=1" % key)[0], 404, key)
+
+
+class SharedTransactionWorkersTests(SpanningTests, SynchronousTestCase):
+    """
+    One server with two workers: every request is a connection of its own,
+    which the kernel gives to either worker, and the transactions and the
+    queue are the owner's.
+    """
+
+    def setUp(self):
+        self.a = self.b = start_server(self, extra_args=["--workers", "2"]).url

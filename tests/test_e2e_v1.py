@@ -32,7 +32,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from kvtwist import client as kvclient
 from tests.e2e import start_server, treq_client
-from tests.e2e_stores import OnEtcd, OnShelve
+from tests.e2e_stores import OnEtcd, OnEtcdWorkers, OnShelve, OnWorkers
 
 PROBLEM = "application/problem+json"
 
@@ -519,6 +519,18 @@ class TwoClientTransactionTestsOnShelve(OnShelve, TwoClientTransactionTests, Tes
 
 class TwoClientTransactionTestsOnEtcd(OnEtcd, TwoClientTransactionTests, TestCase):
     """Overlapping transactions on an etcd-backed server."""
+
+
+class TwoClientTransactionTestsOnWorkers(OnWorkers, TwoClientTransactionTests, TestCase):
+    """Overlapping transactions with two workers (each request may reach either)."""
+
+
+class KeySmokeTestsOnWorkers(OnWorkers, KeySmokeTests, TestCase):
+    """Keys, listing and batch with two workers."""
+
+
+class KeySmokeTestsOnEtcdWorkers(OnEtcdWorkers, KeySmokeTests, TestCase):
+    """Keys, listing and batch with two workers on etcd, each a node of its own."""
 
 
 class KeySmokeTestsOnShelve(OnShelve, KeySmokeTests, TestCase):

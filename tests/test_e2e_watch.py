@@ -39,7 +39,7 @@ from twisted.trial.unittest import TestCase
 
 from kvtwist import client
 from tests.e2e import HOST, THOROUGH, rss_kib, treq_client
-from tests.e2e_stores import OnEtcd, OnShelve
+from tests.e2e_stores import OnEtcd, OnShelve, OnWorkers
 
 #: Commits in the resume test, and how often its connection is cut.
 RESUME_COMMITS = 1000
@@ -709,6 +709,14 @@ class LongPollTestsOnShelve(OnShelve, LongPollTests, TestCase):
 
 class LongPollTestsOnEtcd(OnEtcd, LongPollTests, TestCase):
     """Long-polls on etcd (woken through the node's etcd watch)."""
+
+
+class ExpiryTestsOnWorkers(OnWorkers, ExpiryTests, TestCase):
+    """TTLs with two workers (the owner sweeps; every worker hears the expiry)."""
+
+
+class LongPollTestsOnWorkers(OnWorkers, LongPollTests, TestCase):
+    """Long-polls with two workers (woken by the owner's change feed)."""
 
 
 class ResumeTestsOnShelve(OnShelve, ResumeTests, TestCase):

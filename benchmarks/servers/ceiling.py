@@ -3,9 +3,11 @@ The ceiling: a bare twisted.web Resource that answers every GET with the
 same constant bytes. Nothing a key-value server on twisted.web does can be
 faster, so kvcache's GET is measured as a fraction of this.
 
-    python -m benchmarks.servers.ceiling --port P [--no-access-log]
+    python -m benchmarks.servers.ceiling --port P [--no-access-log] [--processes N]
 
 With the access log on (the default) it logs the way C{twistd -n} does.
+C{--processes 2} serves the port from two processes (SO_REUSEPORT): the
+ceiling of kvcache with C{--workers 2}.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args("bare twisted.web ceiling", argv)
     log_like_twistd()
     site_class = quiet_site_class() if args.no_access_log else Site
-    serve(site_class(Constant()), args.port)
+    serve(site_class(Constant()), args.port, args.processes, args.reuse_port)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
 import sys
 from typing import List, Optional
 
@@ -32,6 +34,13 @@ def parse_args(description: str, argv: Optional[List[str]], **extra) -> argparse
         action="store_true",
         help="do not write an access-log line per request",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="serve from this many processes sharing the port (SO_REUSEPORT)",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set by --processes)")
     for name, text in extra.items():
         parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=text)
     return parser.parse_args(argv)
@@ -63,9 +72,39 @@ def quiet_site_class():
     return QuietSite
 
 
-def serve(site, port: int) -> None:
-    """Listen on 127.0.0.1:C{port} and run the reactor until SIGTERM."""
+def serve(site, port: int, processes: int = 1, reuse_port: bool = False) -> None:
+    """
+    Listen on 127.0.0.1:C{port} and run the reactor until SIGTERM. With
+    C{processes} > 1, that many processes serve the port, each with its own
+    C{SO_REUSEPORT} socket (the kernel spreads connections over them): this
+    one and copies of it started with C{--reuse-port}, in its process group
+    so the benchmark's stop ends them all.
+    """
     from twisted.internet import reactor
 
-    reactor.listenTCP(port, site, interface="127.0.0.1")
+    if processes > 1:
+        copy = [sys.executable, "-m", _main_module()] + [
+            arg for arg in sys.argv[1:] if not arg.startswith("--processes")
+        ]
+        copy = [arg for i, arg in enumerate(copy) if not (i > 0 and copy[i - 1] == "--processes")]
+        for _ in range(processes - 1):
+            subprocess.Popen(copy + ["--reuse-port"])
+        reuse_port = True
+    if not reuse_port:
+        reactor.listenTCP(port, site, interface="127.0.0.1")
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(50)
+        sock.setblocking(False)
+        reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
+        sock.close()
     reactor.run()
+
+
+def _main_module() -> str:
+    """The C{-m} name of the running server (C{benchmarks.servers.ceiling})."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec.name if spec is not None else "benchmarks.servers.ceiling"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -143,9 +143,11 @@ class MetricsResource(OpsResource):
     def render_GET(self, request: Request) -> int:
         return self.respond(request, self._expose)
 
-    def _expose(self, request: Request) -> Response:
+    def _expose(self, request: Request) -> Deferred:
         Authorizer.require_ops(principal_of(request))
-        return Response(200, self._metrics.exposition(), CONTENT_TYPE)
+        # A worker's exposition comes from its owner (--workers N): a Deferred.
+        d = maybeDeferred(self._metrics.exposition)
+        return d.addCallback(lambda text: Response(200, text, CONTENT_TYPE))
 
 
 def ops_children(

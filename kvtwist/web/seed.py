@@ -159,7 +159,10 @@ class SeedCommit(KVResource):
         # The shared queue holds everyone's staged writes: committing them
         # publishes them, so the committer must be allowed to write them all.
         principal = principal_of(request)
-        d = self._context.queue.commit(
-            vet=lambda ops: Authorizer.require_write(principal, [op.key for op in ops])
-        )
+        # No vet for a token that writes every key (and with auth off): a
+        # vet that cannot refuse would only cost a --workers commit a hold.
+        vet = None
+        if not principal.writes_everything:
+            vet = lambda ops: Authorizer.require_write(principal, [op.key for op in ops])  # noqa: E731
+        d = self._context.queue.commit(vet=vet)
         return d.addCallback(lambda result: Response(204, content_type=None))

@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.test_workers_amp -*-
+"""
+The AMP vocabulary between the owner and its workers (C{--workers N}).
+
+Three commands, each answered with a Deferred:
+
+  - L{Call} (worker to owner): one whitelisted store or transaction method
+    by name, with its arguments; answered with its result or its domain
+    error (L{kvtwist.errors}). Adding a forwarded method is one entry in the
+    owner's table (L{kvtwist.owner.OwnerProtocol}) and one line on the
+    worker's side (L{kvtwist.store.remote}), not a new command: the
+    arguments are L{kvtwist.model} values, which travel as they are.
+  - L{Feed} (owner to worker): commits in revision order, the change feed
+    that keeps a worker's cache and watches current. The owner answers a
+    commit only once every worker has answered its L{Feed}.
+  - L{Scrape} (owner to worker): the worker's metrics exposition.
+
+Values cross as pickles read by L{RestrictedUnpickler}, which builds only
+builtins and the classes of L{kvtwist.model}: the channel is a socketpair
+between a parent and the children it spawned, and even so a box cannot name
+any other class. A value larger than AMP's 64 KiB limit is split over
+several keys of the box (L{Pickled}).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import is_dataclass
+from typing import Any, Dict, Tuple
+
+from twisted.protocols import amp
+
+from kvtwist import errors, model
+
+#: The largest value AMP carries under one key.
+CHUNK = amp.MAX_VALUE_LENGTH
+
+#: The classes a box may build: the store contract's plain data, every
+#: dataclass of L{kvtwist.model} (so an op added there crosses as well).
+MODEL_CLASSES = frozenset(
+    name
+    for name, value in vars(model).items()
+    if isinstance(value, type) and is_dataclass(value) and value.__module__ == model.__name__
+)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds builtins and L{kvtwist.model} values only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == model.__name__ and name in MODEL_CLASSES:
+            return getattr(model, name)
+        raise pickle.UnpicklingError("%s.%s may not cross to another process" % (module, name))
+
+
+def dumps(value: Any) -> bytes:
+    """C{value} as bytes for L{loads}."""
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    """The value L{dumps} gave C{data} for (restricted: L{RestrictedUnpickler})."""
+    return RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+class Pickled(amp.Argument):
+    """
+    Any value of builtins and L{kvtwist.model} classes, of any size: its
+    pickle is cut into AMP-sized chunks under C{NAME.0}, C{NAME.1}, ... and
+    C{NAME} holds their count.
+    """
+
+    def toBox(self, name: bytes, strings: Dict[bytes, bytes], objects: Dict[str, Any], proto) -> None:
+        data = dumps(objects[name.decode("ascii")])
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        strings[name] = b"%d" % (len(chunks),)
+        for index, chunk in enumerate(chunks):
+            strings[b"%s.%d" % (name, index)] = chunk
+
+    def fromBox(self, name: bytes, strings: Dict[bytes, bytes], objects: Dict[str, Any], proto) -> None:
+        count = int(strings[name])
+        data = b"".join(strings[b"%s.%d" % (name, index)] for index in range(count))
+        objects[name.decode("ascii")] = loads(data)
+
+
+# -- domain errors across the wire -------------------------------------------
+
+#: The domain errors a call may fail with, by class name.
+ERRORS: Dict[str, type] = {
+    cls.__name__: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.KVError)
+}
+
+
+def error_state(error: errors.KVError) -> Tuple[str, Dict[str, Any]]:
+    """A domain error as plain data: its class name and attributes."""
+    return type(error).__name__, dict(vars(error))
+
+
+def error_from_state(name: str, state: Dict[str, Any]) -> errors.KVError:
+    """
+    The domain error L{error_state} described (a L{errors.StoreUnavailable}
+    if the name is not one of L{ERRORS}).
+    """
+    cls = ERRORS.get(name)
+    if cls is None:
+        return errors.StoreUnavailable("the store's owner failed with %s" % (name,))
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("detail", ""))
+    vars(error).update(state)
+    return error
+
+
+# -- the commands ------------------------------------------------------------
+
+
+class Call(amp.Command):
+    """
+    Worker to owner: run the whitelisted method C{method} with C{args}.
+    C{ok} says whether C{result} is the method's result or a domain error
+    (L{error_state}); other failures are answered as AMP errors.
+    """
+
+    arguments = [(b"method", amp.Unicode()), (b"args", Pickled())]
+    response = [(b"ok", amp.Boolean()), (b"result", Pickled())]
+    requiresAnswer = True
+
+
+class Feed(amp.Command):
+    """
+    Owner to worker: C{results}, a list of L{kvtwist.model.CommitResult} in
+    revision order, to apply to the worker's cache and change feed before
+    answering; C{key_count}, the store's keys after them (for metrics).
+    """
+
+    arguments = [(b"results", Pickled()), (b"key_count", amp.Integer())]
+    response: list = []
+
+
+class Scrape(amp.Command):
+    """Owner to worker: the worker's Prometheus text exposition."""
+
+    arguments: list = []
+    response = [(b"text", Pickled())]
