@@ -132,10 +132,12 @@ class Feed(amp.Command):
     """
     Owner to worker: C{results}, a list of L{kvtwist.model.CommitResult} in
     revision order, to apply to the worker's cache and change feed before
-    answering; C{key_count}, the store's keys after them (for metrics).
+    answering; C{state}, the store's attributes after them that a worker
+    mirrors (L{kvtwist.store.remote.STATE}: key count, compaction, leases).
+    A Feed of no commits brings C{state} alone (after a compaction).
     """
 
-    arguments = [(b"results", Pickled()), (b"key_count", amp.Integer())]
+    arguments = [(b"results", Pickled()), (b"state", Pickled())]
     response: list = []
 
 

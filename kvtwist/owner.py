@@ -36,13 +36,13 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from kvtwist.amp import Call, Feed, Scrape, error_state
-from kvtwist.errors import KVError, StoreUnavailable
+from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
 from kvtwist.events import ChangeHub
-from kvtwist.interfaces import IKeyValueStore, ITransactionManager
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore, ITransactionManager
 from kvtwist.metrics import Metrics, merge_expositions
 from kvtwist.model import Change, CommitResult
 from kvtwist.store.cache import CachedStore
-from kvtwist.store.remote import QUEUE_ID
+from kvtwist.store.remote import QUEUE_ID, state_of
 
 log = Logger()
 
@@ -60,6 +60,36 @@ SHAREABLE = ("tcp", "tcp6", "unix")
 #: The file descriptor of a worker's AMP connection; its listening sockets
 #: follow.
 AMP_FD = 3
+#: The most history records one forwarded C{changes} call answers (a
+#: commit is never split): a replay pages, so no answer grows with the
+#: history a worker asks for.
+MAX_REPLAYED = 1000
+#: Argument types for L{typed}.
+OPTIONAL_STR = (str, type(None))
+OPTIONAL_INT = (int, type(None))
+NUMBER = (int, float)
+
+
+def typed(method: Callable[..., Any], *types: Any) -> Callable[..., Any]:
+    """
+    A whitelist entry calling C{method(*args)} only with exactly one
+    argument of each of C{types} (a type or a tuple of them): a worker's
+    call with any other arguments fails as unavailable and runs nothing.
+    """
+
+    def checked(worker: Any, *args: Any) -> Any:
+        if len(args) != len(types) or not all(
+            isinstance(arg, kind) and not (isinstance(arg, bool) and bool not in _flat(kind))
+            for arg, kind in zip(args, types)
+        ):
+            raise StoreUnavailable("a worker called %s with arguments of the wrong types" % (method.__name__,))
+        return method(*args)
+
+    return checked
+
+
+def _flat(kind: Any) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
 
 
 class ListeningSockets:
@@ -159,13 +189,24 @@ class ChangeFeed:
 
     def publish(self, result: CommitResult) -> None:
         """A store listener: send C{result} to every worker."""
-        key_count = getattr(self._store, "key_count", 0)
+        state = state_of(self._store)
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=[result], key_count=key_count)
+            d = worker.callRemote(Feed, results=[result], state=state)
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
             d.addCallbacks(
                 self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
             )
+
+    def publish_state(self) -> None:
+        """
+        Send every worker the store's attributes after a change that made
+        no commit (a compaction): a Feed of no commits, waited for by none.
+        """
+        state = state_of(self._store)
+        for worker in list(self._applied):
+            d = worker.callRemote(Feed, results=[], state=state)
+            d.addTimeout(FEED_TIMEOUT, self._store.clock)
+            d.addErrback(self._failed, worker)
 
     def _applied_by(self, _: object, worker: amp.AMP, revision: int) -> None:
         if worker in self._applied and revision > self._applied[worker]:
@@ -303,6 +344,31 @@ class Owner(Supervisor):
             "txn_commit": self.txn_commit,
             "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
         })
+        if IHistoricalStore.providedBy(store):
+            self.methods.update({
+                "get_at": typed(store.get_at, str, int),
+                "list_at": typed(store.list_at, str, OPTIONAL_STR, int, int, OPTIONAL_INT),
+                "changes": typed(self.changes, int, int, int),
+                "compact": typed(self.compact, int, int),
+            })
+        else:
+            self.methods.update(dict.fromkeys(("get_at", "list_at", "changes", "compact"), _refuse(HistoryUnsupported)))
+        if ILeasingStore.providedBy(store):
+            self.methods.update({
+                "grant": typed(self._stateful(store.grant), NUMBER, int),
+                "keepalive": typed(self._stateful(store.keepalive), int),
+                "lease": typed(store.lease, int),
+                "revoke": typed(self._stateful(store.revoke, committed=True), int),
+                "expired_leases": typed(store.expired_leases, int),
+                "expire_lease": typed(self._stateful(store.expire_lease, committed=True), int),
+            })
+        else:
+            self.methods.update(
+                dict.fromkeys(
+                    ("grant", "keepalive", "lease", "revoke", "expired_leases", "expire_lease"),
+                    _refuse(LeasesUnsupported),
+                )
+            )
 
     # -- the workers ---------------------------------------------------------
 
@@ -312,19 +378,20 @@ class Owner(Supervisor):
         for txn_id in list(worker.held):
             self.txn_let_go(worker, txn_id)
 
-    def hello(self, worker: "OwnerProtocol") -> Tuple[int, List[CommitResult], int]:
+    def hello(self, worker: "OwnerProtocol") -> Tuple[int, List[CommitResult], Dict[str, Any]]:
         """
         A worker joins: from now on it gets every commit. Answered: the
         revision its history starts after, and the kept commits, which it
         replays (so watches resume the same on every worker, and it ends
-        at the owner's revision); and the store's key count.
+        at the owner's revision); and the store's attributes a worker
+        mirrors (L{kvtwist.store.remote.STATE}).
         """
         self.feed.attach(worker, self.store.revision)
         history = [
             CommitResult(revision, tuple(Change(e.kind, e.key, e.entry, None) for e in events))
             for revision, events in self.hub.history()
         ]
-        return self.hub.horizon, history, getattr(self.store, "key_count", 0)
+        return self.hub.horizon, history, state_of(self.store)
 
     def ping(self, worker: "OwnerProtocol") -> Deferred:
         """Ready when the store is and every worker serves."""
@@ -332,6 +399,45 @@ class Owner(Supervisor):
         if missing:
             return fail(StoreUnavailable("worker(s) %s not serving yet" % (", ".join(map(str, missing)),)))
         return self.store.ping()
+
+    # -- history and leases --------------------------------------------------
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        """The store's C{changes}, at most L{MAX_REPLAYED} records a call."""
+        return self.store.changes(after, upto, max(1, min(max_records, MAX_REPLAYED)))
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        """
+        One compaction step, answered with the store's attributes after
+        it; the other workers are sent them too (L{ChangeFeed.publish_state}).
+        """
+        return self._stateful(self.store.compact)(revision, max_records).addCallback(self._published)
+
+    def _published(self, answer: object) -> object:
+        self.feed.publish_state()
+        return answer
+
+    def _stateful(self, method: Callable[..., Deferred], committed: bool = False) -> Callable[..., Deferred]:
+        """
+        C{method}, answered with C{(result, state)}: its result and the
+        store's attributes after it (L{kvtwist.store.remote.STATE}), for
+        the caller to read its own change at once. C{committed}: the result
+        is a commit's (or L{None}), answered once every worker applied it.
+        """
+
+        def call(*args: Any) -> Deferred:
+            d = method(*args)
+            if committed:
+                d.addCallback(self._applied_or_none)
+            return d.addCallback(lambda result: (result, state_of(self.store)))
+
+        call.__name__ = method.__name__
+        return call
+
+    def _applied_or_none(self, result: Optional[CommitResult]) -> Deferred:
+        if result is None:
+            return succeed(None)
+        return self.feed.applied(result.revision).addCallback(lambda _: result)
 
     # -- commits and transactions --------------------------------------------
 
@@ -422,6 +528,15 @@ class Owner(Supervisor):
         # so the hold may end as soon as it is called.
         committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
         return self._acknowledged(committed)
+
+
+def _refuse(error: Callable[[], KVError]) -> Callable[..., Any]:
+    """A whitelist entry for an ability the owner's store lacks: C{error}."""
+
+    def refuse(worker: Any, *args: Any) -> Deferred:
+        return fail(error())
+
+    return refuse
 
 
 class OwnerProbes:

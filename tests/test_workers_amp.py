@@ -139,10 +139,9 @@ class RemoteStoreContractTests(OverCluster, StoreContract, SynchronousTestCase):
 
     #: The owner sweeps; a worker lists nothing to expire.
     sweeps_itself = False
-    #: History and leases are not forwarded to the owner yet: a worker's
-    #: store claims neither, so their routes answer 501 on workers.
-    keeps_history = False
-    grants_leases = False
+    #: History and leases are forwarded to the owner's store.
+    keeps_history = True
+    grants_leases = True
 
     async def make_store(self):
         self.cluster = Cluster()

@@ -14,6 +14,14 @@ L{RemoteTransactions} is an L{ITransactionManager} whose transactions and
 shared queue live in the owner, so one begun on a worker can be staged and
 committed through another.
 
+History and leases (L{IHistoricalStore}, L{ILeasingStore}) are forwarded
+the same way. Their attributes read on the reactor thread without I/O
+(C{compact_revision}, C{history_size}, C{lease_count}, C{next_deadline},
+and C{key_count}) are the owner store's, mirrored (L{STATE}): every L{Feed}
+brings them as of its commits, and so does the answer to each call that
+changes them without a commit (a compaction, a grant, a keepalive), so a
+worker reads its own changes at once and the others' by their next feed.
+
 Forwarding a new store method is one line here (C{self._call("name", ...)})
 and one entry in the owner's whitelist (L{kvtwist.owner.OwnerProtocol}).
 """
@@ -29,12 +37,34 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.amp import Call, Feed, Scrape, error_from_state
-from kvtwist.errors import ConflictError, KVError, LeasesUnsupported, StoreUnavailable
-from kvtwist.interfaces import IKeyValueStore, ITransaction, ITransactionManager, ITransactionView
-from kvtwist.model import Check, CheckFailure, CommitResult, Op, Put
+from kvtwist.errors import ConflictError, KVError, StoreUnavailable
+from kvtwist.interfaces import (
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeasingStore,
+    ITransaction,
+    ITransactionManager,
+    ITransactionView,
+)
+from kvtwist.model import Check, CheckFailure, CommitResult, Op
 
 #: The id of the seed's shared queue in L{Call}s.
 QUEUE_ID = "shared"
+
+#: The owner store's attributes a worker mirrors, with their value for a
+#: store that keeps none.
+STATE: Dict[str, Any] = {
+    "key_count": 0,
+    "compact_revision": 0,
+    "history_size": 0,
+    "lease_count": 0,
+    "next_deadline": None,
+}
+
+
+def state_of(store: IKeyValueStore) -> Dict[str, Any]:
+    """C{store}'s L{STATE} attributes now, for a worker to mirror."""
+    return {name: getattr(store, name, default) for name, default in STATE.items()}
 
 
 class WorkerProtocol(amp.AMP):
@@ -51,10 +81,10 @@ class WorkerProtocol(amp.AMP):
         self.lost: Deferred = Deferred()
 
     @Feed.responder
-    def feed(self, results: List[CommitResult], key_count: int) -> Dict[str, Any]:
+    def feed(self, results: List[CommitResult], state: Dict[str, Any]) -> Dict[str, Any]:
         if self.store is not None:
+            self.store.apply_state(state)
             self.store.apply(results)
-            self.store.key_count = key_count
         return {}
 
     @Scrape.responder
@@ -106,14 +136,18 @@ def _hand_over(result: Any, outcome: Deferred) -> None:
         outcome.callback(result)
 
 
-@implementer(IKeyValueStore)
+@implementer(IHistoricalStore, ILeasingStore)
 class RemoteStore:
     """
-    The owner's store, through C{protocol} (reactor thread only).
+    The owner's store, through C{protocol} (reactor thread only). The owner
+    holds a local store (memory or shelve: with C{--store etcd://} every
+    worker is a node of its own), which keeps history and grants leases.
 
     @ivar revision: the revision of the last commit the owner's feed
         brought (the owner's revision when the worker joined, before any).
-    @ivar key_count: the owner's store's keys, as of that commit.
+    @ivar key_count: the owner's store's keys, as of that commit; so are
+        the other L{STATE} attributes, or as of the last call of this
+        worker's that changed them.
     """
 
     def __init__(self, protocol: WorkerProtocol, clock, revision: int = 0) -> None:
@@ -121,6 +155,10 @@ class RemoteStore:
         self.clock = clock
         self.revision = revision
         self.key_count = 0
+        self.compact_revision = 0
+        self.history_size = 0
+        self.lease_count = 0
+        self.next_deadline: Optional[float] = None
         self.closed = False
         self._listeners: List[Callable[[CommitResult], None]] = []
         protocol.store = self
@@ -130,12 +168,31 @@ class RemoteStore:
             return fail(StoreUnavailable("the store's owner is gone"))
         return call(self._protocol, method, *args)
 
+    def _call_stateful(self, method: str, *args: Any) -> Deferred:
+        """
+        C{_call} for a method the owner answers with C{(result, state)}:
+        the mirrored L{STATE} is brought up to date before C{result} is.
+        """
+
+        def unpack(answer: tuple) -> Any:
+            result, state = answer
+            self.apply_state(state)
+            return result
+
+        return self._call(method, *args).addCallback(unpack)
+
     def join(self, hello: tuple) -> None:
-        """Start from the owner's C{hello}: its history, replayed, and key count."""
-        horizon, history, key_count = hello
+        """Start from the owner's C{hello}: its history, replayed, and L{STATE}."""
+        horizon, history, state = hello
         self.revision = horizon
         self.apply(history)
-        self.key_count = key_count
+        self.apply_state(state)
+
+    def apply_state(self, state: Mapping[str, Any]) -> None:
+        """Mirror the owner store's L{STATE} attributes (others are ignored)."""
+        for name, value in state.items():
+            if name in STATE:
+                setattr(self, name, value)
 
     def apply(self, results: Iterable[CommitResult]) -> None:
         """The owner's commits, in order: tell every listener."""
@@ -168,10 +225,6 @@ class RemoteStore:
         return self._call("list", prefix, after, limit, max_bytes)
 
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
-        if any(isinstance(op, Put) and op.lease is not None for op in ops):
-            # Leases are not forwarded to the owner (this store does not
-            # provide ILeasingStore): never drop a lease silently.
-            return fail(LeasesUnsupported())
         # A check's tag is opaque to the store and may be any object of the
         # caller's: it stays here, and the owner sees the check's index.
         checks = list(checks)
@@ -199,6 +252,49 @@ class RemoteStore:
 
     def ping(self) -> Deferred:
         return self._call("ping")
+
+    # -- IHistoricalStore ----------------------------------------------------
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return self._call("get_at", key, revision)
+
+    def list_at(
+        self, prefix: str, after: Optional[str], limit: int, revision: int, max_bytes: Optional[int] = None
+    ) -> Deferred:
+        return self._call("list_at", prefix, after, limit, revision, max_bytes)
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        """
+        See L{IHistoricalStore.changes}: the owner answers at most
+        L{kvtwist.owner.MAX_REPLAYED} records a call (a commit is never
+        split), so a caller pages as it does over any store.
+        """
+        return self._call("changes", after, upto, max_records)
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        return self._call_stateful("compact", revision, max_records)
+
+    # -- ILeasingStore -------------------------------------------------------
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return self._call_stateful("grant", ttl, max_leases)
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return self._call_stateful("keepalive", lease_id)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return self._call("lease", lease_id)
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return self._call_stateful("revoke", lease_id)
+
+    def expired_leases(self, limit: int) -> Deferred:
+        # Workers never sweep (the owner's sweeper expires leases), but
+        # what is due may still be asked.
+        return self._call("expired_leases", limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return self._call_stateful("expire_lease", lease_id)
 
 
 @implementer(ITransactionView)
