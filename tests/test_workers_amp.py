@@ -13,16 +13,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from kvtwist import amp as wire
+from kvtwist import owner as owner_module
 from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore
 from kvtwist.model import Check, CheckFailure, Entry, Put
 from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
+from kvtwist.sweeper import Sweeper
 from kvtwist.testing import MemoryStore
 from kvtwist.transactions import TransactionManager
 from tests.store_contract import StoreContract
@@ -302,3 +306,83 @@ class FeedTimeoutTests(SynchronousTestCase):
         cluster.flush()
         self.assertEqual([worker.index for worker in lost], [1])
         self.assertNotIn(1, cluster.owner.connected)
+
+
+class ForwardedAbilitiesTests(SynchronousTestCase):
+    """History and leases through one worker are the owner's, seen by every worker."""
+
+    def setUp(self):
+        self.cluster = Cluster(2)
+
+    def test_remote_store_provides_both(self):
+        """A worker's RemoteStore itself provides IHistoricalStore and ILeasingStore fully."""
+        remote = self.cluster.remotes[0]
+        self.assertTrue(verifyObject(IHistoricalStore, remote))
+        self.assertTrue(verifyObject(ILeasingStore, remote))
+
+    def test_wrong_argument_types_refused(self):
+        """A forwarded call whose arguments are not of the declared types runs nothing and fails as unavailable."""
+        protocol = self.cluster.remotes[0]._protocol
+        self.failureResultOf(self.cluster.settle(call(protocol, "get_at", "k", "1")), StoreUnavailable)
+        self.failureResultOf(self.cluster.settle(call(protocol, "grant", 10)), StoreUnavailable)
+        self.failureResultOf(self.cluster.settle(call(protocol, "keepalive", True)), StoreUnavailable)
+        self.assertEqual(self.cluster.store.lease_count, 0)
+
+    def test_replay_is_paged_at_the_owner(self):
+        """changes() answers at most MAX_REPLAYED records a call, whatever a worker asks; paging reaches the end."""
+        self.patch(owner_module, "MAX_REPLAYED", 2)
+        cache = self.cluster.caches[0]
+        for n in range(5):
+            self.cluster.result(cache.commit([Put("k%d" % n, b"v")]))
+        first = self.cluster.result(cache.changes(0, 5, 1000))
+        self.assertEqual([c.revision for c in first], [1, 2])
+        position, seen = 0, []
+        while True:
+            page = self.cluster.result(cache.changes(position, 5, 1000))
+            if not page:
+                break
+            seen.extend(c.revision for c in page)
+            position = page[-1].revision
+        self.assertEqual(seen, [1, 2, 3, 4, 5])
+
+    def test_compaction_reaches_every_worker(self):
+        """A compaction through one worker moves the other worker's compact revision too."""
+        first, second = self.cluster.caches
+        for n in range(3):
+            self.cluster.result(first.commit([Put("k", b"%d" % n)]))
+        self.assertEqual(self.cluster.result(first.compact(2, 100)), 2)
+        self.assertEqual(first.compact_revision, 2)
+        self.cluster.flush()
+        self.assertEqual((second.compact_revision, second.history_size), (2, self.cluster.store.history_size))
+
+    def test_lease_granted_on_one_worker_used_on_another(self):
+        """A lease granted through one worker is attached, renewed and revoked through the other; both see the keys go."""
+        first, second = self.cluster.caches
+        lease = self.cluster.result(first.grant(10, 100))
+        self.cluster.result(second.commit([Put("a", b"1", lease=lease.id)]))
+        self.assertEqual(first.lease_count, 1)
+        self.cluster.clock.advance(8)
+        renewed = self.cluster.result(second.keepalive(lease.id))
+        self.assertEqual(renewed.deadline, self.cluster.clock.seconds() + 10)
+        self.assertEqual(self.cluster.result(first.lease(lease.id)).keys, ("a",))
+        result = self.cluster.result(second.revoke(lease.id))
+        self.assertEqual([(c.kind, c.key) for c in result.changes], [("delete", "a")])
+        self.assertEqual((first.peek("a"), second.peek("a")), ((True, None), (True, None)))
+        self.assertEqual(second.lease_count, 0)
+
+    def test_owner_sweeper_expires_a_workers_lease(self):
+        """The owner's sweeper wakes at a worker's lease deadline and expires its keys in one commit every worker applies."""
+        first, second = self.cluster.caches
+        seen = []
+        second.add_listener(seen.append)
+        sweeper = Sweeper(self.cluster.store, self.cluster.clock, Limits(sweep_interval=60))
+        lease = self.cluster.result(first.grant(5, 100))
+        self.cluster.result(first.commit([Put("a", b"1", lease=lease.id), Put("b", b"1", lease=lease.id)]))
+        # Started after the grant, it sleeps until the deadline, not 60 s.
+        sweeper.startService()
+        self.addCleanup(sweeper.stopService)
+        self.cluster.clock.advance(5)
+        self.cluster.flush()
+        self.assertEqual(sorted((c.kind, c.key) for c in seen[-1].changes), [("expire", "a"), ("expire", "b")])
+        self.assertEqual((second.peek("a"), first.peek("b")), ((True, None), (True, None)))
+        self.assertEqual(self.cluster.store.lease_count, 0)
