@@ -17,7 +17,7 @@ restart nothing is compacted by age until the age has passed again.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Tuple
+from typing import Callable, Deque, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -47,10 +47,19 @@ class Compactor(BatchLoop):
     name = "kvtwist-compactor"
     failure_message = "history compaction failed"
 
-    def __init__(self, store: IHistoricalStore, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: IHistoricalStore,
+        clock: IReactorTime,
+        limits: Limits,
+        compacted: Optional[Callable[[], None]] = None,
+    ) -> None:
         super().__init__(clock)
         self._store = store
         self._limits = limits
+        #: Called after each step (the owner of C{--workers} tells its
+        #: workers the new compact revision: a compaction makes no commit).
+        self._compacted = compacted
         #: (time, store revision then), oldest first: only while an age is kept.
         self._samples: Deque[Tuple[float, int]] = deque()
 
@@ -85,4 +94,6 @@ class Compactor(BatchLoop):
         if target <= self._store.compact_revision:
             return False
         reached = await self._store.compact(target, self._limits.compact_batch)
+        if self._compacted is not None:
+            self._compacted()
         return reached < target

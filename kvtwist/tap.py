@@ -445,13 +445,15 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
+    owner = Owner(store, transactions, hub, metrics, config["workers"]) if config["workers"] > 1 else None
     if IHistoricalStore.providedBy(store):
         # Compaction runs on the store thread through the store, like the
-        # sweeper's commits; stopped before the store too.
-        Compactor(store, reactor, limits).setServiceParent(top)
-    if config["workers"] > 1:
+        # sweeper's commits; stopped before the store too. The owner's
+        # workers learn each step's compact revision.
+        compacted = owner.feed.publish_state if owner is not None else None
+        Compactor(store, reactor, limits, compacted).setServiceParent(top)
+    if owner is not None:
         # After the store too: the workers stop before it closes.
-        owner = Owner(store, transactions, hub, metrics, config["workers"])
         worker_pool(config, options.command_line, owner, reactor).setServiceParent(top)
         metrics.watch(store=store, transactions=transactions, hub=hub, sweeper=sweeper)
         # The owner's own probes: ready when every worker is, metrics of all.
