@@ -2,16 +2,20 @@
 End to end with C{twistd -n kvcache --workers 2}: read-your-writes across
 workers, metrics and readiness of every process, and the lifecycle (a
 killed worker is restarted, workers end with their owner, SIGTERM stops
-all). The API suites also run with workers (the C{OnWorkers} classes of
+all), and history and leases forwarded to the owner (reads at a
+revision, watch resumes, leases used across workers). The API suites also
+run with workers (the C{OnWorkers} classes of
 tests/test_e2e_*.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
 import time
+from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -19,6 +23,7 @@ from tests.test_tls import _UnixHTTPConnection
 from tests.e2e import (
     child_pids,
     free_port,
+    connect,
     http_request,
     run_twistd,
     start_server,
@@ -52,6 +57,30 @@ def serving_workers(pid: int, count: int, timeout: float = SETTLE):
             return pids
         time.sleep(0.05)
     return child_pids(pid)
+
+
+def watch_ids(base_url: str, after: int, count: int) -> List[int]:
+    """
+    The ids of the first C{count} events of a watch resumed with
+    C{Last-Event-ID: after}, on a connection of its own.
+    """
+    connection = connect(base_url, timeout=SETTLE)
+    try:
+        connection.request("GET", "/v1/watch?prefix=h/", headers={"Last-Event-ID": str(after)})
+        response = connection.getresponse()
+        assert response.status == 200, response.status
+        ids: List[int] = []
+        for _ in range(100 * count):
+            line = response.fp.readline()
+            if not line:
+                break
+            if line.startswith(b"id: "):
+                ids.append(int(line[4:]))
+                if len(ids) == count:
+                    break
+        return ids
+    finally:
+        connection.close()
 
 
 def served_by(base_url: str, method: str):
@@ -221,3 +250,52 @@ class ProcessTests(SynchronousTestCase):
         self.assertEqual(connection.getresponse().status, 201)
         self.assertEqual(server.terminate(), 0)
         self.assertFalse(os.path.exists(path))
+
+
+class ForwardedTests(SynchronousTestCase):
+    """History and leases behave through either worker as in one process."""
+
+    def test_history_through_any_worker(self):
+        """
+        A read at a revision and a watch resumed with Last-Event-ID answer
+        the same on every connection (both workers serve them), also after
+        the whole server restarted on its data: the history is the owner's.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        revisions = [
+            json.loads(http_request(server.url, "PUT", "/v1/kv/h/k", b"%d" % (n,))[2])["revision"]
+            for n in range(3)
+        ]
+        for restarted in (False, True):
+            for _ in range(12):
+                status, _, body = http_request(server.url, "GET", "/v1/kv/h/k?revision=%d" % (revisions[0],))
+                self.assertEqual((status, body), (200, b"0"))
+                self.assertEqual(watch_ids(server.url, revisions[0], 2), revisions[1:])
+            if not restarted:
+                self.assertEqual(served_by(server.url, "GET"), {"0", "1"})
+                self.assertEqual(server.terminate(), 0)
+                server.start()
+
+    def test_lease_across_workers(self):
+        """
+        A lease granted on one connection is attached, renewed (no new
+        revision), shown and revoked on others, whichever worker each
+        reaches; its key goes with the revoke.
+        """
+        server = start_server(self, extra_args=WORKERS)
+        status, _, body = http_request(server.url, "POST", "/v1/lease", b'{"ttl": 30}')
+        self.assertEqual(status, 201, body)
+        lease = json.loads(body)["id"]
+        self.assertEqual(http_request(server.url, "PUT", "/v1/kv/l/a?lease=%d" % (lease,), b"1")[0], 201)
+        # Sixteen rounds: both workers answer some (all on one: 2**-15).
+        for _ in range(16):
+            status, headers, body = http_request(server.url, "POST", "/v1/lease/%d/keepalive" % (lease,))
+            self.assertEqual(status, 200, body)
+            self.assertEqual(headers["kv-revision"], "1")
+            status, _, body = http_request(server.url, "GET", "/v1/lease/%d" % (lease,))
+            self.assertEqual((status, json.loads(body)["keys"]), (200, ["l/a"]))
+        self.assertEqual(served_by(server.url, "POST"), {"0", "1"})
+        self.assertEqual(http_request(server.url, "DELETE", "/v1/lease/%d" % (lease,))[0], 204)
+        for _ in range(6):
+            self.assertEqual(http_request(server.url, "GET", "/v1/kv/l/a")[0], 404)
+            self.assertEqual(http_request(server.url, "GET", "/v1/lease/%d" % (lease,))[0], 404)
