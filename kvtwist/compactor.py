@@ -52,7 +52,7 @@ class Compactor(BatchLoop):
         store: IHistoricalStore,
         clock: IReactorTime,
         limits: Limits,
-        compacted: Optional[Callable[[], None]] = None,
+        compacted: Optional[Callable[[], object]] = None,
     ) -> None:
         super().__init__(clock)
         self._store = store

@@ -197,16 +197,19 @@ class ChangeFeed:
                 self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
             )
 
-    def publish_state(self) -> None:
+    def publish_state(self) -> Deferred:
         """
         Send every worker the store's attributes after a change that made
-        no commit (a compaction): a Feed of no commits, waited for by none.
+        no commit (a compaction): a Feed of no commits. A Deferred firing
+        once every worker applied it (or was cut off for failing to).
         """
         state = state_of(self._store)
+        sent = []
         for worker in list(self._applied):
             d = worker.callRemote(Feed, results=[], state=state)
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
-            d.addErrback(self._failed, worker)
+            sent.append(d.addErrback(self._failed, worker))
+        return DeferredList(sent)
 
     def _applied_by(self, _: object, worker: amp.AMP, revision: int) -> None:
         if worker in self._applied and revision > self._applied[worker]:
@@ -409,13 +412,13 @@ class Owner(Supervisor):
     def compact(self, revision: int, max_records: int) -> Deferred:
         """
         One compaction step, answered with the store's attributes after
-        it; the other workers are sent them too (L{ChangeFeed.publish_state}).
+        it once every worker has them too (L{ChangeFeed.publish_state}):
+        after the 2xx, a resume from before it is refused on any worker.
         """
         return self._stateful(self.store.compact)(revision, max_records).addCallback(self._published)
 
-    def _published(self, answer: object) -> object:
-        self.feed.publish_state()
-        return answer
+    def _published(self, answer: object) -> Deferred:
+        return self.feed.publish_state().addCallback(lambda _: answer)
 
     def _stateful(self, method: Callable[..., Deferred], committed: bool = False) -> Callable[..., Deferred]:
         """
