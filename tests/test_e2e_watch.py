@@ -743,10 +743,6 @@ class HistoryGoneTestsOnWorkers(OnWorkers, HistoryGoneTests, TestCase):
     """A history compacted through one worker, refused and replayed on any (the owner's history)."""
 
 
-class RestartTestsOnWorkers(OnWorkers, RestartTests, TestCase):
-    """RestartTests with two workers: the resume replays the owner's history on disk."""
-
-
 class CrowdTestsOnShelve(OnShelve, CrowdTests, TestCase):
     """A crowd of watchers on the shelve store."""
 
