@@ -15,7 +15,7 @@ import os
 import signal
 import stat
 import time
-from typing import List
+from typing import List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,26 +59,33 @@ def serving_workers(pid: int, count: int, timeout: float = SETTLE):
     return child_pids(pid)
 
 
-def watch_ids(base_url: str, after: int, count: int) -> List[int]:
+def watch_events(base_url: str, after: int, count: int) -> List[Tuple[int, str, dict]]:
     """
-    The ids of the first C{count} events of a watch resumed with
-    C{Last-Event-ID: after}, on a connection of its own.
+    The first C{count} events (id, kind, data) but progress events of a
+    watch of C{h/} with C{?prev=1} resumed with C{Last-Event-ID: after},
+    on a connection of its own.
     """
     connection = connect(base_url, timeout=SETTLE)
     try:
-        connection.request("GET", "/v1/watch?prefix=h/", headers={"Last-Event-ID": str(after)})
+        connection.request("GET", "/v1/watch?prefix=h/&prev=1", headers={"Last-Event-ID": str(after)})
         response = connection.getresponse()
         assert response.status == 200, response.status
-        ids: List[int] = []
+        events: List[Tuple[int, str, dict]] = []
+        fields = {}
         for _ in range(100 * count):
             line = response.fp.readline()
             if not line:
                 break
-            if line.startswith(b"id: "):
-                ids.append(int(line[4:]))
-                if len(ids) == count:
+            name, _, value = line.decode().rstrip("\n").partition(": ")
+            if name:
+                fields[name] = value
+                continue
+            if fields.get("event") not in (None, "progress"):
+                events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                if len(events) == count:
                     break
-        return ids
+            fields = {}
+        return events
     finally:
         connection.close()
 
@@ -257,9 +264,10 @@ class ForwardedTests(SynchronousTestCase):
 
     def test_history_through_any_worker(self):
         """
-        A read at a revision and a watch resumed with Last-Event-ID answer
-        the same on every connection (both workers serve them), also after
-        the whole server restarted on its data: the history is the owner's.
+        A read at a revision, a watch resumed with Last-Event-ID (with the
+        previous entries of ?prev=1) and a snapshot answer the same on every
+        connection (both workers serve them), also after the whole server
+        restarted on its data: the history is the owner's.
         """
         server = start_server(self, extra_args=WORKERS)
         revisions = [
@@ -270,7 +278,12 @@ class ForwardedTests(SynchronousTestCase):
             for _ in range(12):
                 status, _, body = http_request(server.url, "GET", "/v1/kv/h/k?revision=%d" % (revisions[0],))
                 self.assertEqual((status, body), (200, b"0"))
-                self.assertEqual(watch_ids(server.url, revisions[0], 2), revisions[1:])
+                events = watch_events(server.url, revisions[0], 2)
+                self.assertEqual([(revision, kind) for revision, kind, _ in events], [(r, "put") for r in revisions[1:]])
+                self.assertEqual([data["prev"]["version"] for _, _, data in events], [1, 2])
+            status, _, body = http_request(server.url, "GET", "/v1/snapshot?prefix=h/")
+            self.assertEqual(status, 200)
+            self.assertEqual(json.loads(body.splitlines()[0])["revision"], revisions[-1])
             if not restarted:
                 self.assertEqual(served_by(server.url, "GET"), {"0", "1"})
                 self.assertEqual(server.terminate(), 0)
