@@ -73,23 +73,19 @@ NUMBER = (int, float)
 def typed(method: Callable[..., Any], *types: Any) -> Callable[..., Any]:
     """
     A whitelist entry calling C{method(*args)} only with exactly one
-    argument of each of C{types} (a type or a tuple of them): a worker's
-    call with any other arguments fails as unavailable and runs nothing.
+    argument of each of C{types} (a type or a tuple of them; no entry takes
+    a bool, so one is never taken for an int): a worker's call with any
+    other arguments fails as unavailable and runs nothing.
     """
 
     def checked(worker: Any, *args: Any) -> Any:
         if len(args) != len(types) or not all(
-            isinstance(arg, kind) and not (isinstance(arg, bool) and bool not in _flat(kind))
-            for arg, kind in zip(args, types)
+            type(arg) is not bool and isinstance(arg, kind) for arg, kind in zip(args, types)
         ):
             raise StoreUnavailable("a worker called %s with arguments of the wrong types" % (method.__name__,))
         return method(*args)
 
     return checked
-
-
-def _flat(kind: Any) -> tuple:
-    return kind if isinstance(kind, tuple) else (kind,)
 
 
 class ListeningSockets:
