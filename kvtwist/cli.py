@@ -1281,11 +1281,15 @@ async def _run(session: _Session, argv: Tuple[str, ...]) -> int:
         return _interrupted(session.err, args, 128 + e.signum)
 
 
+#: Commands that run until stopped: a signal is their normal end (exit 0).
+ENDED_BY_SIGNAL = ("watch",) + coordination_cli.ENDED_BY_SIGNAL
+
+
 def _interrupted(err: TextIO, args: Optional[argparse.Namespace], code: int) -> int:
     """Say that the command was interrupted (and what that left); the exit code."""
     command = args.command if args is not None else None
-    if command == "watch":
-        return EXIT_OK  # ^C is how a watch ends
+    if command in ENDED_BY_SIGNAL:
+        return EXIT_OK  # ^C is how a watch ends, and how a leader resigns
     note = dumpload.INTERRUPTED.get(command) if command is not None else None
     err.write("kvtwist: interrupted%s\n" % ("; " + note(args) if note else "",))
     return code

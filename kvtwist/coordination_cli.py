@@ -266,4 +266,7 @@ COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {
 #: The subcommands that run as long as they need (no default timeout).
 UNTIMED = ("lock", "elect")
 
-__all__ = ["add_coordination_commands", "COMMANDS", "UNTIMED"]
+#: The subcommands a signal ends normally: C{elect} resigns and exits 0.
+ENDED_BY_SIGNAL = ("elect",)
+
+__all__ = ["add_coordination_commands", "COMMANDS", "ENDED_BY_SIGNAL", "UNTIMED"]
