@@ -10,8 +10,9 @@ behind the page's back through the plain HTTP API.
 
 Set C{KVTWIST_UI_SCREENSHOT=1} to rewrite the pictures in C{docs/img/}:
 C{ui.png} (the tour), C{ui-tree.png} (folders and the total count),
-C{ui-live.png} (the open key following the live feed, with a diff) and
-C{ui-conflict.png} (a save refused as a conflict).
+C{ui-live.png} (the open key following the live feed, with a diff),
+C{ui-conflict.png} (a save refused as a conflict) and C{ui-history.png} (a
+key's versions, an older one shown to restore).
 """
 
 from __future__ import annotations
@@ -852,6 +853,44 @@ class PageTests(BrowserCase):
         self.wait_text("keys-message", "Deleted")
         status, _, body = self.server.request("GET", "/v1/kv/?keys=1")
         self.assertEqual(json.loads(body)["keys"], [])
+
+    def test_history_and_restore(self):
+        """
+        History lists a key's versions newest first; Restore this version
+        writes the old value and content type back as a new revision, and
+        with a stale revision it is refused as a conflict.
+        """
+        self.server.request("PUT", "/v1/kv/hist/k", b"first", {"Content-Type": "text/plain; charset=utf-8"})
+        self.server.put_json("hist/k", {"v": 2})
+        self.server.put_json("hist/k", {"v": 3})
+        self.open("hist/")
+        self.open_key("hist/k")
+        self.click("history-open")
+        self.wait_text("history-status", "3 versions; back to its first version")
+        items = self.driver.find_elements(By.CSS_SELECTOR, "#history-list li button")
+        self.assertEqual(
+            [item.text.split(" \u00b7 ")[0] for item in items], ["version 3", "version 2", "version 1"]
+        )
+        self.driver.find_element(By.CSS_SELECTOR, "#history-list li:last-child button").click()
+        self.wait_text("history-meta", "Version 1")
+        self.assertEqual(self.text_of("history-value"), "first")
+        self.screenshot("ui-history.png")
+        self.click("history-restore")
+        self.wait_text("editor-message", "Restored version 1")
+        status, headers, body = self.server.request("GET", "/v1/kv/hist/k")
+        self.assertEqual((body, headers["content-type"], headers["kv-version"]), (b"first", "text/plain; charset=utf-8", "4"))
+        self.until(lambda d: self.value_box() == "first", "the editor does not show the restored value")
+
+        # Someone writes after the page read revision 4: restoring is a conflict.
+        self.click("history-open")
+        self.wait_text("history-status", "4 versions")
+        self.server.put_json("hist/k", {"v": "theirs"})
+        self.driver.find_element(By.CSS_SELECTOR, "#history-list li:nth-child(2) button").click()
+        self.wait_text("history-meta", "Version 3")
+        self.click("history-restore")
+        text = self.wait_text("history-message", "Conflict: not restored")
+        self.assertIn("you had revision %s" % (headers["etag"].strip('"'),), text)
+        self.assertEqual(self.server.get_json("hist/k"), {"v": "theirs"})
 
     def test_tour_and_screenshot(self):
         """Everything at once: a list, a value, a staged transaction and a live log (the README's screenshot)."""

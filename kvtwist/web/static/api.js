@@ -122,17 +122,32 @@ export async function deletePrefix(prefix, { everything = false } = {}) {
   return (await call("DELETE", "v1/kv/", { params })).json();
 }
 
-/** A committed key: its bytes, content type, revision (ETag) and expiry. */
-export async function getKey(key) {
-  const response = await call("GET", keyPath(key));
+/** A key as a read answered it: bytes, content type, revisions, version, expiry. */
+async function entryOf(key, response) {
   return {
     key,
     bytes: new Uint8Array(await response.arrayBuffer()),
     contentType: response.headers.get("Content-Type") || "application/octet-stream",
     revision: revisionOf(response.headers.get("ETag")),
+    createRevision: Number(response.headers.get("KV-Create-Revision")),
     version: Number(response.headers.get("KV-Version")),
     expires: response.headers.get("KV-Expires"),
   };
+}
+
+/** A committed key: its bytes, content type, revision (ETag) and expiry. */
+export async function getKey(key) {
+  return entryOf(key, await call("GET", keyPath(key)));
+}
+
+/**
+ * The key as it was at `revision` (the store's history), or null when it
+ * did not exist then. A revision older than the history kept rejects with
+ * the ApiError 410 `compacted`.
+ */
+export async function getKeyAt(key, revision) {
+  const response = await call("GET", keyPath(key), { params: { revision }, accept: [404] });
+  return response.status === 404 ? null : entryOf(key, response);
 }
 
 /** The revision an ETag names ("7" -> 7), or null. */

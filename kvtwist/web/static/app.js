@@ -4,8 +4,9 @@
  * (after typing it back), view and edit values with If-Match (a concurrent
  * change is a clear conflict, never a silent overwrite; the open key
  * follows the live feed and shows what someone else changed as a diff),
- * create and delete keys with a TTL, stage edits in a multi-request
- * transaction, and follow live changes.
+ * create and delete keys with a TTL, list a key's past versions and
+ * restore one, stage edits in a multi-request transaction, and follow live
+ * changes.
  *
  * Everything on screen is built with textContent, never innerHTML: keys and
  * values are user data.
@@ -445,11 +446,15 @@ function editorMessage() {
 }
 
 function setEditing(editing) {
+  // The history listed belongs to the key and revision opened.
+  const same = editing && state.editing && editing.key === state.editing.key && editing.revision === state.editing.revision;
+  if (!same) closeHistory();
   state.editing = editing;
   const key = $("edit-key");
   key.readOnly = editing !== null;
   $("delete").disabled = editing === null;
   $("reload").disabled = editing === null;
+  $("history-open").disabled = editing === null;
   $("save").disabled = editing !== null && editing.binary;
   $("edit-value").readOnly = editing !== null && editing.binary;
   updateTxnButtons();
@@ -596,6 +601,114 @@ function formatJson() {
     quiet(editorMessage());
   } catch (error) {
     say(editorMessage(), "error", `Not valid JSON: ${error.message}`);
+  }
+}
+
+// ---------------------------------------------------------------- history
+
+/** The history view lists at most this many versions of a key. */
+const HISTORY_LIMIT = 20;
+
+let historyGeneration = 0;
+let historyShown = null; // the older version shown, to restore
+
+function closeHistory() {
+  historyGeneration += 1;
+  historyShown = null;
+  $("history").hidden = true;
+  $("history-list").replaceChildren();
+  $("history-shown").hidden = true;
+  quiet($("history-message"));
+}
+
+/**
+ * Walk back through the open key's versions: read it at the revision the
+ * editor holds, then at the revision just before each version's own
+ * (its mod_revision - 1), until it did not exist then, the history was
+ * compacted there, its first version, or HISTORY_LIMIT versions.
+ */
+async function openHistory() {
+  const editing = state.editing;
+  if (!editing) return;
+  closeHistory();
+  const mine = historyGeneration;
+  $("history").hidden = false;
+  const status = $("history-status");
+  status.textContent = "reading…";
+  const versions = [];
+  let revision = editing.revision;
+  let end = "back to its first version";
+  try {
+    while (versions.length < HISTORY_LIMIT) {
+      const entry = await api.getKeyAt(editing.key, revision);
+      if (mine !== historyGeneration) return;
+      if (entry === null) break;
+      versions.push(entry);
+      if (entry.revision === entry.createRevision) break;
+      revision = entry.revision - 1;
+    }
+    if (versions.length === HISTORY_LIMIT) end = `only the latest ${HISTORY_LIMIT} are listed`;
+  } catch (error) {
+    if (mine !== historyGeneration) return;
+    if (error.status !== 410) {
+      status.textContent = "";
+      say($("history-message"), "error", "Could not read the history: " + describeError(error));
+      return;
+    }
+    end = `older versions were compacted (history kept from revision ${error.problem.compact_revision})`;
+  }
+  status.textContent = `${plural(versions.length, "version")}; ${end}`;
+  $("history-list").replaceChildren(
+    ...versions.map((entry) =>
+      el(
+        "li",
+        { "data-revision": String(entry.revision) },
+        el("button", {
+          type: "button",
+          text: `version ${entry.version} · revision ${entry.revision} · ${formatBytes(entry.bytes.length)}` +
+            (entry.revision === editing.revision ? " (open)" : ""),
+          onclick: () => showVersion(entry),
+        }),
+      ),
+    ),
+  );
+}
+
+function showVersion(entry) {
+  historyShown = entry;
+  quiet($("history-message"));
+  for (const item of $("history-list").children) {
+    item.classList.toggle("shown", item.dataset.revision === String(entry.revision));
+  }
+  const shown = present(entry.bytes, entry.contentType);
+  $("history-meta").textContent =
+    `Version ${entry.version} at revision ${entry.revision} · ${entry.contentType}` + (shown.binary ? " · binary, as base64" : "");
+  $("history-value").textContent = shown.text;
+  $("history-shown").hidden = false;
+}
+
+/**
+ * Restore the version shown: an ordinary write of its bytes and content
+ * type, conditional on the revision the editor holds (a change made since
+ * is a conflict, not overwritten). The key keeps the TTL the editor shows.
+ */
+async function restoreVersion() {
+  const entry = historyShown;
+  const editing = state.editing;
+  if (!entry || !editing || entry.key !== editing.key) return;
+  const write = { key: editing.key, revision: editing.revision, create: false, contentType: entry.contentType,
+    ttl: $("edit-ttl").value.trim() };
+  state.busyKey = write.key;
+  try {
+    const revision = await api.putKey(write.key, entry.bytes, write);
+    closeHistory();
+    await openKey(write.key);
+    say(editorMessage(), "ok", `Restored version ${entry.version} (revision ${entry.revision}) of “${write.key}” as revision ${revision}.`);
+    refreshSoon();
+  } catch (error) {
+    say($("history-message"), "error", error.status === 412 ? conflictText("restored", write, error) : describeError(error));
+  } finally {
+    state.busyKey = null;
   }
 }
 
@@ -879,6 +992,9 @@ function start() {
   $("delete").addEventListener("click", remove);
   $("reload").addEventListener("click", () => state.editing && openKey(state.editing.key));
   $("format").addEventListener("click", formatJson);
+  $("history-open").addEventListener("click", openHistory);
+  $("history-restore").addEventListener("click", restoreVersion);
+  $("history-close").addEventListener("click", closeHistory);
   $("stage-put").addEventListener("click", () => stage("put"));
   $("stage-delete").addEventListener("click", () => stage("delete"));
   $("txn-begin").addEventListener("click", beginTxn);
