@@ -129,6 +129,7 @@ class StaticResourceTests(SynchronousTestCase):
             "api.js": "text/javascript; charset=utf-8",
             "watch.js": "text/javascript; charset=utf-8",
             "diff.js": "text/javascript; charset=utf-8",
+            "transfer.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
             "favicon.svg": "image/svg+xml",
         }
@@ -230,8 +231,9 @@ def end_process(process: subprocess.Popen) -> None:
 class UIServer:
     """C{tests/ui_server.py} in a subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, token: Optional[str] = None) -> None:
+    def __init__(self, token: Optional[str] = None, arguments: Tuple[str, ...] = ()) -> None:
         self.token = token
+        self.arguments = arguments
         self.process: Optional[subprocess.Popen] = None
         self.port = 0
         self._log = tempfile.TemporaryFile()
@@ -244,6 +246,7 @@ class UIServer:
         command = [sys.executable, "-m", "tests.ui_server"]
         if self.token:
             command += ["--token", self.token]
+        command += list(self.arguments)
         self.process = subprocess.Popen(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL
         )
@@ -363,12 +366,14 @@ class BrowserCase(unittest.TestCase):
     """A page server per class, the module's browser, and helpers to drive the page."""
 
     token: Optional[str] = None
+    #: More options of C{tests/ui_server.py} for this class's server.
+    server_arguments: Tuple[str, ...] = ()
     server: UIServer
     _loads = 0
 
     @classmethod
     def setUpClass(cls):
-        cls.server = UIServer(cls.token)
+        cls.server = UIServer(cls.token, cls.server_arguments)
         cls.server.start()
 
     @classmethod
@@ -510,6 +515,24 @@ class BrowserCase(unittest.TestCase):
             os.makedirs(SCREENSHOT_DIR, exist_ok=True)
             time.sleep(0.3)  # let the debounced list refresh settle before the picture
             self.assertTrue(self.driver.save_screenshot(os.path.join(SCREENSHOT_DIR, name)))
+
+    def allow_downloads(self) -> None:
+        """Let the page download files, into a fresh C{self.downloads} directory."""
+        self.downloads = tempfile.mkdtemp(prefix="kvtwist-downloads-")
+        self.addCleanup(shutil.rmtree, self.downloads, True)
+        self.driver.execute_cdp_cmd(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": self.downloads}
+        )
+
+    def downloaded(self) -> str:
+        """The one file downloaded whole (Chromium writes .crdownload until then)."""
+
+        def done(driver):
+            names = os.listdir(self.downloads)
+            return names if len(names) == 1 and not names[0].endswith(".crdownload") else None
+
+        names = self.until(done, lambda: "no download finished (%r)" % (os.listdir(self.downloads),))
+        return os.path.join(self.downloads, names[0])
 
     def wait_live(self) -> None:
         """Wait until the watch stream is open (then no change can be missed)."""
@@ -918,6 +941,73 @@ class PageTests(BrowserCase):
         self.screenshot("ui.png")
 
 
+class TransferTests(BrowserCase):
+    """Export and import against a server taking at most 2 ops per batch (so an import is split)."""
+
+    server_arguments = ("--max-batch-ops", "2")
+
+    def setUp(self):
+        super().setUp()
+        self.allow_downloads()
+
+    def test_export_clear_import(self):
+        """
+        Export downloads the prefix's snapshot; after the prefix is deleted,
+        importing that file writes every key back (in requests of at most 2
+        ops) with its bytes, content type and a TTL left of its expiry.
+        """
+        self.server.put_json("xfer/a", {"n": 1})
+        self.server.put_json("xfer/b/c", [1, 2], ttl=600)
+        self.server.request("PUT", "/v1/kv/xfer/text", b"plain words", {"Content-Type": "text/plain; charset=utf-8"})
+        self.server.request("PUT", "/v1/kv/xfer/bin", bytes(range(256)), {"Content-Type": "application/octet-stream"})
+        self.server.put_json("xfer/d", "dee")
+        self.server.put_json("xferred", "outside the prefix")
+        self.open("xfer/")
+        self.click("export")
+        path = self.downloaded()
+        self.assertRegex(os.path.basename(path), r"^kvtwist-xfer-[0-9T-]+\.jsonl$")
+        with open(path, "rb") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(lines[0]["snapshot"], "kvtwist")
+        self.assertEqual(lines[-1], {"end": True, "keys": 5, "revision": lines[0]["revision"]})
+
+        status, _, body = self.server.request("DELETE", "/v1/kv/?prefix=xfer/")
+        self.assertEqual((status, json.loads(body)["deleted"]), (200, 5))
+        self.by_id("import-file").send_keys(path)
+        text = self.wait_text("import-question", "Write 5 keys")
+        self.assertIn("at revision %d" % (lines[0]["revision"],), text)
+        self.click("import-go")
+        self.wait_text("import-status", "Imported 5 keys")
+        self.assertEqual(self.server.get_json("xfer/a"), {"n": 1})
+        self.assertEqual(self.server.get_json("xfer/b/c"), [1, 2])
+        self.assertEqual(self.server.get_json("xfer/d"), "dee")
+        _, headers, body = self.server.request("GET", "/v1/kv/xfer/text")
+        self.assertEqual((body, headers["content-type"]), (b"plain words", "text/plain; charset=utf-8"))
+        _, headers, body = self.server.request("GET", "/v1/kv/xfer/bin")
+        self.assertEqual((body, headers["content-type"]), (bytes(range(256)), "application/octet-stream"))
+        _, headers, _ = self.server.request("GET", "/v1/kv/xfer/b/c")
+        self.assertIn("kv-expires", headers)
+        # 5 keys at 2 ops per request: 3 commits.
+        revisions = {
+            self.server.request("GET", "/v1/kv/" + key)[1]["etag"]
+            for key in ("xfer/a", "xfer/b/c", "xfer/bin", "xfer/d", "xfer/text")
+        }
+        self.assertEqual(len(revisions), 3)
+        self.wait_rows(["xfer/a", "xfer/bin", "xfer/d", "xfer/text"])
+
+    def test_import_refuses_a_cut_snapshot(self):
+        """A snapshot without its end line (cut short) is refused before anything is written."""
+        path = os.path.join(self.downloads, "cut.jsonl")
+        with open(path, "w") as f:
+            f.write('{"snapshot": "kvtwist", "format": 1, "revision": 3, "prefix": ""}\n')
+            f.write('{"key": "cut/a", "content_type": "application/json", "value_base64": "MQ=="}\n')
+        self.open()
+        self.by_id("import-file").send_keys(path)
+        self.wait_text("import-status", "no end line")
+        self.assertFalse(self.by_id("import-confirm").is_displayed())
+        self.assertIsNone(self.server.get_json("cut/a"))
+
+
 class TokenTests(BrowserCase):
     """The page against a server that needs a bearer token."""
 
@@ -958,6 +1048,14 @@ class TokenTests(BrowserCase):
         self.click("save")
         self.wait_text("editor-message", "Saved")
         self.assertEqual(self.server.get_json("secret/a"), 2)
+
+        # Export reads the snapshot with the token (a plain link could not carry it).
+        self.allow_downloads()
+        self.click("export")
+        with open(self.downloaded(), "rb") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual([line.get("key") for line in lines[1:-1]], ["secret/a"])
+        self.wait_text("import-status", "Exported the snapshot in all")
 
         # Forget drops it: the next call prompts again.
         self.click("token-forget")

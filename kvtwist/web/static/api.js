@@ -218,3 +218,28 @@ export async function commitTxn(id) {
 export async function abortTxn(id) {
   await call("DELETE", txnPath(id));
 }
+
+/** The limits in force (GET /v1/limits). */
+export async function getLimits() {
+  return (await call("GET", "v1/limits")).json();
+}
+
+/** Apply `ops` in one POST /v1/batch (one atomic commit): {revision, results}. */
+export async function batch(ops) {
+  const response = await call("POST", "v1/batch", {
+    body: JSON.stringify({ ops }), headers: { "Content-Type": "application/json" },
+  });
+  return response.json();
+}
+
+/** The same-origin URL of the snapshot of `prefix` (JSON Lines). */
+export function snapshotUrl(prefix) {
+  const url = new URL("v1/snapshot", API_BASE);
+  if (prefix) url.searchParams.set("prefix", prefix);
+  return url.href;
+}
+
+/** The snapshot of `prefix`, read whole through fetch (with the token), as a Blob. */
+export async function fetchSnapshot(prefix) {
+  return (await call("GET", "v1/snapshot", { params: { prefix } })).blob();
+}

@@ -1,7 +1,8 @@
 /**
  * The kvtwist admin page: browse keys as folders at "/" or flat by prefix,
  * count them, find them by a piece of their name, delete a whole prefix
- * (after typing it back), view and edit values with If-Match (a concurrent
+ * (after typing it back), export the prefix's snapshot and import one,
+ * view and edit values with If-Match (a concurrent
  * change is a clear conflict, never a silent overwrite; the open key
  * follows the live feed and shows what someone else changed as a diff),
  * create and delete keys with a TTL, list a key's past versions and
@@ -15,6 +16,7 @@
 import * as api from "./api.js";
 import { Watcher } from "./watch.js";
 import { foldUnchanged, lineDiff } from "./diff.js";
+import { chunkOps, parseBackup, setOp } from "./transfer.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -435,6 +437,113 @@ async function deletePrefixNow() {
       ? `Nothing deleted: ${where(prefix)} holds ${error.problem.size} keys, more than one request may delete (${error.problem.limit}). Delete smaller prefixes.`
       : describeError(error);
     say($("keys-message"), "error", text);
+  }
+  refreshSoon();
+}
+
+// ---------------------------------------------------------- export/import
+
+/** A file name for the snapshot of `prefix`, e.g. kvtwist-app-2026-12-07T06-30-00.jsonl. */
+function snapshotName(prefix) {
+  const what = prefix.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^-+|-+$/g, "") || "all";
+  const when = new Date().toISOString().slice(0, 19).replace(/:/g, "-");
+  return `kvtwist-${what}-${when}.jsonl`;
+}
+
+function download(href, name) {
+  const link = el("a", { href, download: name, hidden: "" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+/**
+ * Download the snapshot of the prefix. Without a token the browser reads
+ * the same-origin URL itself (streamed to disk); a token cannot ride on a
+ * plain link, so then the page fetches it and hands over a Blob.
+ */
+async function exportSnapshot() {
+  const prefix = state.prefix;
+  const name = snapshotName(prefix);
+  const status = $("import-status");
+  if (!api.getToken()) {
+    download(api.snapshotUrl(prefix), name);
+    status.textContent = `Exporting the snapshot ${where(prefix)} as ${name}.`;
+    return;
+  }
+  status.textContent = `Reading the snapshot ${where(prefix)}…`;
+  try {
+    const blob = await api.fetchSnapshot(prefix);
+    const url = URL.createObjectURL(blob);
+    download(url, name);
+    // The download has its own copy once started.
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    status.textContent = `Exported the snapshot ${where(prefix)} as ${name} (${formatBytes(blob.size)}).`;
+  } catch (error) {
+    status.textContent = "Could not export: " + describeError(error);
+  }
+}
+
+let importing = null; // {name, ops, expired, header} waiting for confirmation
+
+async function chooseImport() {
+  const input = $("import-file");
+  const file = input.files[0];
+  input.value = "";
+  cancelImport();
+  if (!file) return;
+  const status = $("import-status");
+  let parsed;
+  try {
+    parsed = parseBackup(await file.text());
+  } catch (error) {
+    status.textContent = `Not imported: “${file.name}” is not a snapshot or dump (${error.message}).`;
+    return;
+  }
+  const now = Date.now();
+  const ops = parsed.records.map((record) => setOp(record, now)).filter((op) => op !== null);
+  const expired = parsed.records.length - ops.length;
+  importing = { name: file.name, ops, expired };
+  const from = parsed.header
+    ? `a snapshot ${where(parsed.header.prefix)} at revision ${parsed.header.revision}`
+    : "a dump";
+  const skipped = expired ? ` ${plural(expired, "key")} whose expiry has passed will be skipped.` : "";
+  $("import-question").textContent =
+    `Write ${plural(ops.length, "key")} from “${file.name}” (${from})? Keys of the same names are overwritten; ` +
+    `other keys are left alone. Each request is one commit.${skipped}`;
+  status.textContent = "";
+  $("import-confirm").hidden = false;
+  $("import-go").focus();
+}
+
+function cancelImport() {
+  importing = null;
+  $("import-confirm").hidden = true;
+}
+
+/** Write the chosen file's keys in batches that fit the server's limits. */
+async function runImport() {
+  const job = importing;
+  if (!job) return;
+  cancelImport();
+  const status = $("import-status");
+  let done = 0;
+  try {
+    const limits = await api.getLimits();
+    const chunks = chunkOps(job.ops, {
+      maxOps: Math.min(limits.max_batch_ops, limits.max_keys_per_request),
+      maxBytes: limits.max_body,
+    });
+    for (const [index, ops] of chunks.entries()) {
+      status.textContent = `Importing “${job.name}”: ${done.toLocaleString("en")} of ${plural(job.ops.length, "key")} written (request ${index + 1} of ${chunks.length})…`;
+      await api.batch(ops);
+      done += ops.length;
+    }
+    const skipped = job.expired ? `; ${plural(job.expired, "expired key")} skipped` : "";
+    status.textContent = `Imported ${plural(done, "key")} from “${job.name}”${skipped}.`;
+  } catch (error) {
+    const why = error.status === 413 ? `a request was too large for the server (${error.message})` : describeError(error);
+    status.textContent = `Import stopped after ${plural(done, "key")} of ${job.ops.length.toLocaleString("en")}: ${why}. The keys written stay written.`;
   }
   refreshSoon();
 }
@@ -985,6 +1094,13 @@ function start() {
     deletePrefixNow();
   });
   $("confirm-cancel").addEventListener("click", cancelDeletePrefix);
+  $("export").addEventListener("click", exportSnapshot);
+  $("import-file").addEventListener("change", chooseImport);
+  $("import-confirm").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runImport();
+  });
+  $("import-cancel").addEventListener("click", cancelImport);
   $("editor-form").addEventListener("submit", (event) => {
     event.preventDefault();
     save();
