@@ -915,6 +915,50 @@ class PageTests(BrowserCase):
         self.assertIn("you had revision %s" % (headers["etag"].strip('"'),), text)
         self.assertEqual(self.server.get_json("hist/k"), {"v": "theirs"})
 
+    def test_leases_marked_and_revoked(self):
+        """
+        The Leases panel lists a lease with its keys; the key is marked in
+        the list and the editor; Revoke (confirmed) ends the lease and its
+        key is gone.
+        """
+        status, _, body = self.server.request(
+            "POST", "/v1/lease", json.dumps({"ttl": 30}).encode(), {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 201, body)
+        lease = json.loads(body)["id"]
+        self.addCleanup(self.server.request, "DELETE", "/v1/lease/%d" % (lease,))
+        status, _, _ = self.server.request(
+            "PUT", "/v1/kv/leased/worker?lease=%d" % (lease,), b'"up"', {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 201)
+        self.server.put_json("leased/plain", 1)
+        self.open("leased/")
+        self.wait_rows(["leased/plain", "leased/worker"])
+        row = 'tr[data-lease="%d"]' % (lease,)
+        self.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#lease-rows " + row).text.startswith(str(lease)),
+            "the lease is not listed",
+        )
+        self.assertIn("leased/worker", self.driver.find_element(By.CSS_SELECTOR, "#lease-rows " + row).text)
+        self.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#key-rows " + row).get_attribute("data-key") == "leased/worker",
+            "the key is not marked",
+        )
+        self.assertEqual(self.driver.find_elements(By.CSS_SELECTOR, 'tr[data-key="leased/plain"] .badge'), [])
+        self.open_key("leased/worker")
+        self.wait_text("edit-lease", "On lease %d, " % (lease,))
+        self.assertRegex(self.text_of("edit-lease"), r", \d+ s left")
+
+        self.driver.find_element(By.CSS_SELECTOR, "#lease-rows %s button" % (row,)).click()
+        WebDriverWait(self.driver, WAIT).until(expected_conditions.alert_is_present())
+        self.assertIn("Revoke lease %d?" % (lease,), self.driver.switch_to.alert.text)
+        self.driver.switch_to.alert.accept()
+        self.wait_text("lease-message", "Revoked lease %d" % (lease,))
+        self.assertIsNone(self.server.get_json("leased/worker"))
+        self.assertEqual(self.server.get_json("leased/plain"), 1)
+        self.wait_rows(["leased/plain"])
+        self.wait_text("lease-status", "No leases held")
+
     def test_tour_and_screenshot(self):
         """Everything at once: a list, a value, a staged transaction and a live log (the README's screenshot)."""
         demo = {

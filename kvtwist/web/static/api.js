@@ -243,3 +243,13 @@ export function snapshotUrl(prefix) {
 export async function fetchSnapshot(prefix) {
   return (await call("GET", "v1/snapshot", { params: { prefix } })).blob();
 }
+
+/** The leases held (GET /v1/lease): {leases: [{id, ttl, remaining, keys}], more}. */
+export async function listLeases(limit) {
+  return (await call("GET", "v1/lease", { params: { limit } })).json();
+}
+
+/** Revoke lease `id`: its keys are deleted in one commit. */
+export async function revokeLease(id) {
+  await call("DELETE", "v1/lease/" + encodeURIComponent(id));
+}

@@ -7,7 +7,7 @@
  * follows the live feed and shows what someone else changed as a diff),
  * create and delete keys with a TTL, list a key's past versions and
  * restore one, stage edits in a multi-request transaction, and follow live
- * changes.
+ * changes; list the leases held (their keys marked), and revoke one.
  *
  * Everything on screen is built with textContent, never innerHTML: keys and
  * values are user data.
@@ -50,6 +50,8 @@ const state = {
   editing: null, // {key, revision, contentType, binary, text} or null for a new key
   busyKey: null, // a key whose direct write is in flight (its own events are expected)
   txn: null,
+  leases: [], // the leases held, each with its deadline (ms) as last listed
+  leaseOfKey: new Map(), // key -> its lease, from that listing
 };
 
 // ---------------------------------------------------------------- helpers
@@ -157,6 +159,7 @@ function useToken(token) {
   $("auth-prompt").hidden = true;
   showTokenState();
   loadPage();
+  loadLeases();
   restartLive();
   followOpenKey();
 }
@@ -288,6 +291,7 @@ function renderNames(names, relative) {
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
   $("key-table").classList.add("names");
   $("key-rows").replaceChildren(...rows);
+  markLeases();
 }
 
 function renderRows(items) {
@@ -304,6 +308,7 @@ function renderRows(items) {
   );
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
   $("key-rows").replaceChildren(...rows);
+  markLeases();
 }
 
 /** The path to the prefix, one button per folder level. */
@@ -392,6 +397,7 @@ function refreshSoon({ live = false } = {}) {
     const count = refreshRecounts ? "now" : "soon";
     refreshRecounts = false;
     loadPage({ count });
+    loadLeases();
   }, REFRESH_DELAY_MS);
 }
 
@@ -438,6 +444,119 @@ async function deletePrefixNow() {
       : describeError(error);
     say($("keys-message"), "error", text);
   }
+  refreshSoon();
+}
+
+// ----------------------------------------------------------------- leases
+
+/** The Leases panel lists at most this many leases (the soonest to expire). */
+const LEASE_LIMIT = 100;
+/** Keys named per lease in the panel; the rest are counted. */
+const LEASE_KEYS_SHOWN = 5;
+
+let leaseGeneration = 0;
+
+function secondsLeft(lease) {
+  return Math.max(0, Math.round((lease.deadline - Date.now()) / 1000));
+}
+
+/**
+ * List the leases held (GET /v1/lease) and mark their keys. The times
+ * left then count down here; a keepalive makes no event, so a renewed
+ * lease shows its new time at the next listing (Refresh, a change, or when
+ * a lease's time seems to be up).
+ */
+async function loadLeases() {
+  const mine = ++leaseGeneration;
+  const status = $("lease-status");
+  let listing;
+  try {
+    listing = await api.listLeases(LEASE_LIMIT);
+  } catch (error) {
+    if (mine !== leaseGeneration) return;
+    state.leases = [];
+    status.textContent =
+      error.status === 501 ? "This store cannot list its leases."
+        : error.status === 403 ? "Listing leases needs a token that may write."
+          : "Could not list leases: " + describeError(error);
+    showLeases();
+    return;
+  }
+  if (mine !== leaseGeneration) return;
+  const now = Date.now();
+  state.leases = listing.leases.map((lease) => ({ ...lease, deadline: now + lease.remaining * 1000 }));
+  const more = listing.more ? ` (the ${LEASE_LIMIT} expiring soonest are shown)` : "";
+  status.textContent = state.leases.length ? `${plural(state.leases.length, "lease")} held${more}` : "No leases held.";
+  showLeases();
+}
+
+function leaseKeysText(keys) {
+  if (!keys.length) return "(none)";
+  const shown = keys.slice(0, LEASE_KEYS_SHOWN).join(", ");
+  return keys.length > LEASE_KEYS_SHOWN ? `${shown} and ${keys.length - LEASE_KEYS_SHOWN} more` : shown;
+}
+
+function showLeases() {
+  state.leaseOfKey = new Map();
+  for (const lease of state.leases) for (const key of lease.keys) state.leaseOfKey.set(key, lease);
+  $("lease-rows").replaceChildren(
+    ...state.leases.map((lease) =>
+      el(
+        "tr",
+        { "data-lease": String(lease.id) },
+        el("td", { text: String(lease.id) }),
+        el("td", { class: "num", text: `${lease.ttl} s` }),
+        el("td", { class: "num left", text: `${secondsLeft(lease)} s` }),
+        el("td", { text: leaseKeysText(lease.keys) }),
+        el("td", {}, el("button", { type: "button", class: "danger", text: "Revoke", onclick: () => revokeLease(lease) })),
+      ),
+    ),
+  );
+  markLeases();
+}
+
+/** Mark the listed keys that are on a lease, and say so in the editor. */
+function markLeases() {
+  for (const row of $("key-rows").querySelectorAll("tr[data-key]")) {
+    const lease = state.leaseOfKey.get(row.dataset.key);
+    const old = row.querySelector(".badge");
+    if (old) old.remove();
+    if (lease) {
+      row.dataset.lease = String(lease.id);
+      row.firstElementChild.append(el("span", { class: "badge", title: `attached to lease ${lease.id}`, text: `lease ${lease.id}` }));
+    } else {
+      delete row.dataset.lease;
+    }
+  }
+  const line = $("edit-lease");
+  const lease = state.editing ? state.leaseOfKey.get(state.editing.key) : null;
+  line.hidden = !lease;
+  line.textContent = lease
+    ? `On lease ${lease.id}, ${secondsLeft(lease)} s left: the key is deleted when the lease is revoked or runs out. Saving here detaches it.`
+    : "";
+}
+
+/** Count the times left down each second; list again when one seems up. */
+function tickLeases() {
+  for (const row of $("lease-rows").children) {
+    const lease = state.leases.find((item) => String(item.id) === row.dataset.lease);
+    if (lease) row.querySelector(".left").textContent = `${secondsLeft(lease)} s`;
+  }
+  if (state.editing && state.leaseOfKey.has(state.editing.key)) markLeases();
+  if (state.leases.some((lease) => secondsLeft(lease) === 0)) loadLeases();
+}
+
+async function revokeLease(lease) {
+  const keys = lease.keys.length ? `its ${plural(lease.keys.length, "key")} (${leaseKeysText(lease.keys)})` : "its keys";
+  if (!window.confirm(`Revoke lease ${lease.id}? ${keys[0].toUpperCase() + keys.slice(1)} will be deleted in one commit.`)) return;
+  const box = $("lease-message");
+  try {
+    await api.revokeLease(lease.id);
+    say(box, "ok", `Revoked lease ${lease.id}; ${keys} deleted.`);
+  } catch (error) {
+    say(box, "error", error.status === 404 ? `Lease ${lease.id} had already ended (revoked or run out).` : describeError(error));
+  }
+  loadLeases();
   refreshSoon();
 }
 
@@ -570,6 +689,7 @@ function setEditing(editing) {
   for (const row of $("key-rows").children) {
     row.classList.toggle("selected", editing !== null && row.dataset.key === editing.key);
   }
+  markLeases();
 }
 
 function newKey() {
@@ -1094,6 +1214,7 @@ function start() {
     deletePrefixNow();
   });
   $("confirm-cancel").addEventListener("click", cancelDeletePrefix);
+  $("lease-refresh").addEventListener("click", loadLeases);
   $("export").addEventListener("click", exportSnapshot);
   $("import-file").addEventListener("change", chooseImport);
   $("import-confirm").addEventListener("submit", (event) => {
@@ -1128,6 +1249,7 @@ function start() {
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) {
       loadPage();
+      loadLeases();
       restartLive();
       followOpenKey();
     }
@@ -1142,6 +1264,8 @@ function start() {
   newKey();
   $("edit-key").blur();
   loadPage();
+  loadLeases();
+  setInterval(tickLeases, 1000);
   restartLive();
   document.body.dataset.ready = "true";
 }
