@@ -11,8 +11,9 @@ behind the page's back through the plain HTTP API.
 Set C{KVTWIST_UI_SCREENSHOT=1} to rewrite the pictures in C{docs/img/}:
 C{ui.png} (the tour), C{ui-tree.png} (folders and the total count),
 C{ui-live.png} (the open key following the live feed, with a diff),
-C{ui-conflict.png} (a save refused as a conflict) and C{ui-history.png} (a
-key's versions, an older one shown to restore).
+C{ui-conflict.png} (a save refused as a conflict), C{ui-history.png} (a
+key's versions, an older one shown to restore) and C{ui-leases.png} (the
+Leases panel).
 """
 
 from __future__ import annotations
@@ -948,6 +949,9 @@ class PageTests(BrowserCase):
         self.open_key("leased/worker")
         self.wait_text("edit-lease", "On lease %d, " % (lease,))
         self.assertRegex(self.text_of("edit-lease"), r", \d+ s left")
+        if os.environ.get(SCREENSHOT_ENV):
+            self.driver.execute_script("document.getElementById('leases-title').scrollIntoView()")
+        self.screenshot("ui-leases.png")
 
         self.driver.find_element(By.CSS_SELECTOR, "#lease-rows %s button" % (row,)).click()
         WebDriverWait(self.driver, WAIT).until(expected_conditions.alert_is_present())
@@ -960,7 +964,7 @@ class PageTests(BrowserCase):
         self.wait_text("lease-status", "No leases held")
 
     def test_tour_and_screenshot(self):
-        """Everything at once: a list, a value, a staged transaction and a live log (the README's screenshot)."""
+        """Everything at once: a list, a value, a staged transaction, a lease and a live log (the README's screenshot)."""
         demo = {
             "app/config": {"log_level": "info", "workers": 4, "endpoints": {"api": "/v1", "health": "/healthz"}},
             "app/feature/dark-mode": {"enabled": True, "rollout": 0.5},
@@ -970,9 +974,23 @@ class PageTests(BrowserCase):
         }
         for key, value in demo.items():
             self.server.put_json(key, value, ttl=3600 if "jobs" in key else None)
+        # A leader held on a lease: marked in the list, shown in the Leases panel.
+        status, _, body = self.server.request(
+            "POST", "/v1/lease", json.dumps({"ttl": 60}).encode(), {"Content-Type": "application/json"}
+        )
+        lease = json.loads(body)["id"]
+        self.addCleanup(self.server.request, "DELETE", "/v1/lease/%d" % (lease,))
+        self.server.request(
+            "PUT", "/v1/kv/app/leader?lease=%d" % (lease,), b'"worker-1"', {"Content-Type": "application/json"}
+        )
+        demo["app/leader"] = "worker-1"
         self.open("app/", flat=True)
         self.wait_live()
         self.wait_rows(sorted(demo))
+        self.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#key-rows tr[data-lease="%d"]' % (lease,)),
+            "the leased key is not marked",
+        )
         self.open_key("app/config")
         self.click("txn-begin")
         self.wait_text("txn-state", "is open")
