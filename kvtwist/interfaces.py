@@ -335,6 +335,26 @@ class ILeasingStore(IKeyValueStore):
         """
 
 
+class ILeaseListing(Interface):
+    """
+    A leasing store (L{ILeasingStore}) that can also list the leases it
+    holds, for an operator to see them (the admin page). Optional: a store
+    without it answers C{GET /v1/lease} with 501 C{leases-unsupported},
+    and every other lease call still works.
+    """
+
+    def held_leases(limit):
+        """
+        The leases held now (not revoked, not past their deadline), soonest
+        deadline first (then by id), each with its keys.
+
+        @param limit: the most leases to return (a positive integer).
+        @return: a Deferred firing with a list of up to C{limit}
+            L{kvtwist.model.Lease}.
+        @raise kvtwist.errors.StoreUnavailable: if the store cannot be read.
+        """
+
+
 class IWorkInFlight(Interface):
     """
     A store that can say what work it still has running, for the log line

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeaseListing, ILeasingStore
 from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
@@ -107,8 +107,14 @@ class _DictLeases:
     def count(self) -> int:
         return len(self.rows)
 
+    def held(self, now: float, limit: int) -> List[Tuple[int, float, float]]:
+        rows = sorted(
+            (deadline, lease_id, ttl) for lease_id, (ttl, deadline) in self.rows.items() if deadline > now
+        )
+        return [(lease_id, ttl, deadline) for deadline, lease_id, ttl in rows[:limit]]
 
-@implementer(IHistoricalStore, ILeasingStore)
+
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing)
 class MemoryStore:
     """
     An in-memory store: every Deferred it returns has already fired. It
@@ -291,6 +297,9 @@ class MemoryStore:
 
     def lease(self, lease_id: int) -> Deferred:
         return self._leases_now(lease_rules.describe, lease_id, writes=False)
+
+    def held_leases(self, limit: int) -> Deferred:
+        return self._leases_now(lease_rules.listing, limit, writes=False)
 
     def revoke(self, lease_id: int) -> Deferred:
         return self._guard() or self._apply(

@@ -26,7 +26,7 @@ from kvtwist.errors import (
     RevisionCompacted,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeaseListing, ILeasingStore
 from kvtwist.model import Check, Delete, Entry, Expire, Incr, Put
 
 
@@ -665,6 +665,35 @@ class StoreContract(ExpectFailure):
         self.assertEqual(store.next_deadline, later.deadline)
         await store.revoke(later.id)
         self.assertIsNone(store.next_deadline)
+
+    @contract
+    async def test_lease_listing(self):
+        """
+        A store that lists its leases (optional: ILeaseListing) gives the
+        held ones, soonest deadline first, with their keys, at most
+        C{limit}; a revoked lease and one past its deadline are not listed.
+        """
+        store = await self.leasing_store()
+        if store is None or not ILeaseListing.providedBy(store):
+            return
+        self.assertTrue(verifyObject(ILeaseListing, store))
+        self.assertEqual(await store.held_leases(10), [])
+        late = await store.grant(30, 100)
+        soon = await store.grant(10, 100)
+        gone = await store.grant(20, 100)
+        await store.commit(
+            [Put("b", b"1", lease=soon.id), Put("a", b"1", lease=soon.id), Put("c", b"1", lease=late.id)]
+        )
+        await store.revoke(gone.id)
+        listed = await store.held_leases(10)
+        self.assertEqual(
+            [(lease.id, lease.keys, lease.deadline) for lease in listed],
+            [(soon.id, ("a", "b"), soon.deadline), (late.id, ("c",), late.deadline)],
+        )
+        self.assertEqual([lease.id for lease in await store.held_leases(1)], [soon.id])
+        # Due, even before the sweeper's commit removes it: gone from the list.
+        self.advance(10)
+        self.assertEqual([lease.id for lease in await store.held_leases(10)], [late.id])
 
     @contract
     async def test_lease_keepalive_writes_nothing(self):

@@ -10,8 +10,10 @@ behind the page's back through the plain HTTP API.
 
 Set C{KVTWIST_UI_SCREENSHOT=1} to rewrite the pictures in C{docs/img/}:
 C{ui.png} (the tour), C{ui-tree.png} (folders and the total count),
-C{ui-live.png} (the open key following the live feed, with a diff) and
-C{ui-conflict.png} (a save refused as a conflict).
+C{ui-live.png} (the open key following the live feed, with a diff),
+C{ui-conflict.png} (a save refused as a conflict), C{ui-history.png} (a
+key's versions, an older one shown to restore) and C{ui-leases.png} (the
+Leases panel).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class StaticResourceTests(SynchronousTestCase):
             "api.js": "text/javascript; charset=utf-8",
             "watch.js": "text/javascript; charset=utf-8",
             "diff.js": "text/javascript; charset=utf-8",
+            "transfer.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
             "favicon.svg": "image/svg+xml",
         }
@@ -229,8 +232,9 @@ def end_process(process: subprocess.Popen) -> None:
 class UIServer:
     """C{tests/ui_server.py} in a subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, token: Optional[str] = None) -> None:
+    def __init__(self, token: Optional[str] = None, arguments: Tuple[str, ...] = ()) -> None:
         self.token = token
+        self.arguments = arguments
         self.process: Optional[subprocess.Popen] = None
         self.port = 0
         self._log = tempfile.TemporaryFile()
@@ -243,6 +247,7 @@ class UIServer:
         command = [sys.executable, "-m", "tests.ui_server"]
         if self.token:
             command += ["--token", self.token]
+        command += list(self.arguments)
         self.process = subprocess.Popen(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL
         )
@@ -362,12 +367,14 @@ class BrowserCase(unittest.TestCase):
     """A page server per class, the module's browser, and helpers to drive the page."""
 
     token: Optional[str] = None
+    #: More options of C{tests/ui_server.py} for this class's server.
+    server_arguments: Tuple[str, ...] = ()
     server: UIServer
     _loads = 0
 
     @classmethod
     def setUpClass(cls):
-        cls.server = UIServer(cls.token)
+        cls.server = UIServer(cls.token, cls.server_arguments)
         cls.server.start()
 
     @classmethod
@@ -509,6 +516,24 @@ class BrowserCase(unittest.TestCase):
             os.makedirs(SCREENSHOT_DIR, exist_ok=True)
             time.sleep(0.3)  # let the debounced list refresh settle before the picture
             self.assertTrue(self.driver.save_screenshot(os.path.join(SCREENSHOT_DIR, name)))
+
+    def allow_downloads(self) -> None:
+        """Let the page download files, into a fresh C{self.downloads} directory."""
+        self.downloads = tempfile.mkdtemp(prefix="kvtwist-downloads-")
+        self.addCleanup(shutil.rmtree, self.downloads, True)
+        self.driver.execute_cdp_cmd(
+            "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": self.downloads}
+        )
+
+    def downloaded(self) -> str:
+        """The one file downloaded whole (Chromium writes .crdownload until then)."""
+
+        def done(driver):
+            names = os.listdir(self.downloads)
+            return names if len(names) == 1 and not names[0].endswith(".crdownload") else None
+
+        names = self.until(done, lambda: "no download finished (%r)" % (os.listdir(self.downloads),))
+        return os.path.join(self.downloads, names[0])
 
     def wait_live(self) -> None:
         """Wait until the watch stream is open (then no change can be missed)."""
@@ -853,8 +878,93 @@ class PageTests(BrowserCase):
         status, _, body = self.server.request("GET", "/v1/kv/?keys=1")
         self.assertEqual(json.loads(body)["keys"], [])
 
+    def test_history_and_restore(self):
+        """
+        History lists a key's versions newest first; Restore this version
+        writes the old value and content type back as a new revision, and
+        with a stale revision it is refused as a conflict.
+        """
+        self.server.request("PUT", "/v1/kv/hist/k", b"first", {"Content-Type": "text/plain; charset=utf-8"})
+        self.server.put_json("hist/k", {"v": 2})
+        self.server.put_json("hist/k", {"v": 3})
+        self.open("hist/")
+        self.open_key("hist/k")
+        self.click("history-open")
+        self.wait_text("history-status", "3 versions; back to its first version")
+        items = self.driver.find_elements(By.CSS_SELECTOR, "#history-list li button")
+        self.assertEqual(
+            [item.text.split(" \u00b7 ")[0] for item in items], ["version 3", "version 2", "version 1"]
+        )
+        self.driver.find_element(By.CSS_SELECTOR, "#history-list li:last-child button").click()
+        self.wait_text("history-meta", "Version 1")
+        self.assertEqual(self.text_of("history-value"), "first")
+        self.screenshot("ui-history.png")
+        self.click("history-restore")
+        self.wait_text("editor-message", "Restored version 1")
+        status, headers, body = self.server.request("GET", "/v1/kv/hist/k")
+        self.assertEqual((body, headers["content-type"], headers["kv-version"]), (b"first", "text/plain; charset=utf-8", "4"))
+        self.until(lambda d: self.value_box() == "first", "the editor does not show the restored value")
+
+        # Someone writes after the page read revision 4: restoring is a conflict.
+        self.click("history-open")
+        self.wait_text("history-status", "4 versions")
+        self.server.put_json("hist/k", {"v": "theirs"})
+        self.driver.find_element(By.CSS_SELECTOR, "#history-list li:nth-child(2) button").click()
+        self.wait_text("history-meta", "Version 3")
+        self.click("history-restore")
+        text = self.wait_text("history-message", "Conflict: not restored")
+        self.assertIn("you had revision %s" % (headers["etag"].strip('"'),), text)
+        self.assertEqual(self.server.get_json("hist/k"), {"v": "theirs"})
+
+    def test_leases_marked_and_revoked(self):
+        """
+        The Leases panel lists a lease with its keys; the key is marked in
+        the list and the editor; Revoke (confirmed) ends the lease and its
+        key is gone.
+        """
+        status, _, body = self.server.request(
+            "POST", "/v1/lease", json.dumps({"ttl": 30}).encode(), {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 201, body)
+        lease = json.loads(body)["id"]
+        self.addCleanup(self.server.request, "DELETE", "/v1/lease/%d" % (lease,))
+        status, _, _ = self.server.request(
+            "PUT", "/v1/kv/leased/worker?lease=%d" % (lease,), b'"up"', {"Content-Type": "application/json"}
+        )
+        self.assertEqual(status, 201)
+        self.server.put_json("leased/plain", 1)
+        self.open("leased/")
+        self.wait_rows(["leased/plain", "leased/worker"])
+        row = 'tr[data-lease="%d"]' % (lease,)
+        self.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#lease-rows " + row).text.startswith(str(lease)),
+            "the lease is not listed",
+        )
+        self.assertIn("leased/worker", self.driver.find_element(By.CSS_SELECTOR, "#lease-rows " + row).text)
+        self.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#key-rows " + row).get_attribute("data-key") == "leased/worker",
+            "the key is not marked",
+        )
+        self.assertEqual(self.driver.find_elements(By.CSS_SELECTOR, 'tr[data-key="leased/plain"] .badge'), [])
+        self.open_key("leased/worker")
+        self.wait_text("edit-lease", "On lease %d, " % (lease,))
+        self.assertRegex(self.text_of("edit-lease"), r", \d+ s left")
+        if os.environ.get(SCREENSHOT_ENV):
+            self.driver.execute_script("document.getElementById('leases-title').scrollIntoView()")
+        self.screenshot("ui-leases.png")
+
+        self.driver.find_element(By.CSS_SELECTOR, "#lease-rows %s button" % (row,)).click()
+        WebDriverWait(self.driver, WAIT).until(expected_conditions.alert_is_present())
+        self.assertIn("Revoke lease %d?" % (lease,), self.driver.switch_to.alert.text)
+        self.driver.switch_to.alert.accept()
+        self.wait_text("lease-message", "Revoked lease %d" % (lease,))
+        self.assertIsNone(self.server.get_json("leased/worker"))
+        self.assertEqual(self.server.get_json("leased/plain"), 1)
+        self.wait_rows(["leased/plain"])
+        self.wait_text("lease-status", "No leases held")
+
     def test_tour_and_screenshot(self):
-        """Everything at once: a list, a value, a staged transaction and a live log (the README's screenshot)."""
+        """Everything at once: a list, a value, a staged transaction, a lease and a live log (the README's screenshot)."""
         demo = {
             "app/config": {"log_level": "info", "workers": 4, "endpoints": {"api": "/v1", "health": "/healthz"}},
             "app/feature/dark-mode": {"enabled": True, "rollout": 0.5},
@@ -864,9 +974,23 @@ class PageTests(BrowserCase):
         }
         for key, value in demo.items():
             self.server.put_json(key, value, ttl=3600 if "jobs" in key else None)
+        # A leader held on a lease: marked in the list, shown in the Leases panel.
+        status, _, body = self.server.request(
+            "POST", "/v1/lease", json.dumps({"ttl": 60}).encode(), {"Content-Type": "application/json"}
+        )
+        lease = json.loads(body)["id"]
+        self.addCleanup(self.server.request, "DELETE", "/v1/lease/%d" % (lease,))
+        self.server.request(
+            "PUT", "/v1/kv/app/leader?lease=%d" % (lease,), b'"worker-1"', {"Content-Type": "application/json"}
+        )
+        demo["app/leader"] = "worker-1"
         self.open("app/", flat=True)
         self.wait_live()
         self.wait_rows(sorted(demo))
+        self.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#key-rows tr[data-lease="%d"]' % (lease,)),
+            "the leased key is not marked",
+        )
         self.open_key("app/config")
         self.click("txn-begin")
         self.wait_text("txn-state", "is open")
@@ -877,6 +1001,73 @@ class PageTests(BrowserCase):
         self.wait_text("live-log", "put app/jobs/nightly-report")
         self.wait_rows(sorted(demo))
         self.screenshot("ui.png")
+
+
+class TransferTests(BrowserCase):
+    """Export and import against a server taking at most 2 ops per batch (so an import is split)."""
+
+    server_arguments = ("--max-batch-ops", "2")
+
+    def setUp(self):
+        super().setUp()
+        self.allow_downloads()
+
+    def test_export_clear_import(self):
+        """
+        Export downloads the prefix's snapshot; after the prefix is deleted,
+        importing that file writes every key back (in requests of at most 2
+        ops) with its bytes, content type and a TTL left of its expiry.
+        """
+        self.server.put_json("xfer/a", {"n": 1})
+        self.server.put_json("xfer/b/c", [1, 2], ttl=600)
+        self.server.request("PUT", "/v1/kv/xfer/text", b"plain words", {"Content-Type": "text/plain; charset=utf-8"})
+        self.server.request("PUT", "/v1/kv/xfer/bin", bytes(range(256)), {"Content-Type": "application/octet-stream"})
+        self.server.put_json("xfer/d", "dee")
+        self.server.put_json("xferred", "outside the prefix")
+        self.open("xfer/")
+        self.click("export")
+        path = self.downloaded()
+        self.assertRegex(os.path.basename(path), r"^kvtwist-xfer-[0-9T-]+\.jsonl$")
+        with open(path, "rb") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual(lines[0]["snapshot"], "kvtwist")
+        self.assertEqual(lines[-1], {"end": True, "keys": 5, "revision": lines[0]["revision"]})
+
+        status, _, body = self.server.request("DELETE", "/v1/kv/?prefix=xfer/")
+        self.assertEqual((status, json.loads(body)["deleted"]), (200, 5))
+        self.by_id("import-file").send_keys(path)
+        text = self.wait_text("import-question", "Write 5 keys")
+        self.assertIn("at revision %d" % (lines[0]["revision"],), text)
+        self.click("import-go")
+        self.wait_text("import-status", "Imported 5 keys")
+        self.assertEqual(self.server.get_json("xfer/a"), {"n": 1})
+        self.assertEqual(self.server.get_json("xfer/b/c"), [1, 2])
+        self.assertEqual(self.server.get_json("xfer/d"), "dee")
+        _, headers, body = self.server.request("GET", "/v1/kv/xfer/text")
+        self.assertEqual((body, headers["content-type"]), (b"plain words", "text/plain; charset=utf-8"))
+        _, headers, body = self.server.request("GET", "/v1/kv/xfer/bin")
+        self.assertEqual((body, headers["content-type"]), (bytes(range(256)), "application/octet-stream"))
+        _, headers, _ = self.server.request("GET", "/v1/kv/xfer/b/c")
+        self.assertIn("kv-expires", headers)
+        # 5 keys at 2 ops per request: 3 commits.
+        revisions = {
+            self.server.request("GET", "/v1/kv/" + key)[1]["etag"]
+            for key in ("xfer/a", "xfer/b/c", "xfer/bin", "xfer/d", "xfer/text")
+        }
+        self.assertEqual(len(revisions), 3)
+        self.wait_rows(["xfer/a", "xfer/bin", "xfer/d", "xfer/text"])
+
+    def test_import_refuses_a_cut_snapshot(self):
+        """A snapshot without its end line (cut short) is refused before anything is written."""
+        path = os.path.join(self.downloads, "cut.jsonl")
+        with open(path, "w") as f:
+            f.write('{"snapshot": "kvtwist", "format": 1, "revision": 3, "prefix": ""}\n')
+            f.write('{"key": "cut/a", "content_type": "application/json", "value_base64": "MQ=="}\n')
+        self.open()
+        self.by_id("import-file").send_keys(path)
+        self.wait_text("import-status", "no end line")
+        self.assertFalse(self.by_id("import-confirm").is_displayed())
+        self.assertIsNone(self.server.get_json("cut/a"))
 
 
 class TokenTests(BrowserCase):
@@ -919,6 +1110,14 @@ class TokenTests(BrowserCase):
         self.click("save")
         self.wait_text("editor-message", "Saved")
         self.assertEqual(self.server.get_json("secret/a"), 2)
+
+        # Export reads the snapshot with the token (a plain link could not carry it).
+        self.allow_downloads()
+        self.click("export")
+        with open(self.downloaded(), "rb") as f:
+            lines = [json.loads(line) for line in f]
+        self.assertEqual([line.get("key") for line in lines[1:-1]], ["secret/a"])
+        self.wait_text("import-status", "Exported the snapshot in all")
 
         # Forget drops it: the next call prompts again.
         self.click("token-forget")

@@ -1,8 +1,8 @@
 # -*- test-case-name: tests.test_web_lease -*-
 """
 The lease routes in memory: grant, attach through PUT, batches and
-transactions, keepalive, show, revoke and expiry (through the sweeper, on a
-task.Clock), errors, permissions, limits and metrics.
+transactions, keepalive, show, list, revoke and expiry (through the
+sweeper, on a task.Clock), errors, permissions, limits and metrics.
 """
 
 import treq
@@ -12,7 +12,7 @@ from zope.interface.verify import verifyObject
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Authorizer, Token
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.store.cache import CachedStore
@@ -25,6 +25,11 @@ from tests.webtest import TreeClient
 @implementer_only(IHistoricalStore)
 class PlainStore(MemoryStore):
     """A memory store that does not claim leases."""
+
+
+@implementer_only(IHistoricalStore, ILeasingStore)
+class UnlistedLeases(MemoryStore):
+    """A memory store with leases that does not claim to list them."""
 
 
 class LeaseCase(SynchronousTestCase):
@@ -175,6 +180,76 @@ class LeaseRouteTests(LeaseCase):
         self.client.problem("POST", "/v1/lease", 429, "limit-exceeded", json_body={"ttl": 5})
         limits = self.client.request("GET", "/v1/limits").json
         self.assertEqual((limits["max_leases"], limits["max_lease_ttl"]), (3, 100.0))
+
+
+class LeaseListingTests(LeaseCase):
+    """GET /v1/lease: the leases held, for operators."""
+
+    limits = Limits(max_leases=10, max_lease_ttl=100.0)
+
+    def test_list(self):
+        """The held leases, soonest deadline first, with ttl, remaining and keys; ?limit= bounds them."""
+        late = self.grant(30)
+        soon = self.grant(10)
+        gone = self.grant(20)
+        self.put("b", soon)
+        self.put("a", soon)
+        self.put("c", late)
+        self.client.request("DELETE", "/v1/lease/%d" % gone)
+        self.clock.advance(2.5)
+        answer = self.client.request("GET", "/v1/lease")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(
+            answer.json,
+            {
+                "leases": [
+                    {"id": soon, "ttl": 10, "remaining": 7.5, "keys": ["a", "b"]},
+                    {"id": late, "ttl": 30, "remaining": 27.5, "keys": ["c"]},
+                ],
+                "more": False,
+            },
+        )
+        limited = self.client.request("GET", "/v1/lease?limit=1").json
+        self.assertEqual(([lease["id"] for lease in limited["leases"]], limited["more"]), ([soon], True))
+        # Past its deadline a lease is no longer listed, swept or not.
+        self.clock.advance(7.5)
+        self.assertEqual([lease["id"] for lease in self.client.request("GET", "/v1/lease").json["leases"]], [late])
+
+    def test_bad_limit(self):
+        """A limit outside 1..1000 or an unknown parameter is a 400; nothing is listed."""
+        for query in ("limit=0", "limit=1001", "limit=x"):
+            self.client.problem("GET", "/v1/lease?" + query, 400, "bad-parameter")
+        answer = self.client.request("GET", "/v1/lease?prefix=a")
+        self.assertEqual(answer.status, 400)
+
+    def test_only_readable_keys(self):
+        """A token limited to some prefixes sees only the keys it may read; a reader may not list."""
+        reader = Token("reader", "r", read=("",))
+        app = Token("app", "a", read=("app/",), write=("app/",))
+        admin = Token("admin", "x", read=("",), write=("",))
+        client = TreeClient(self, memory_root(MemoryStore(self.clock), authorizer=Authorizer([reader, app, admin])))
+        lease = client.request(
+            "POST", "/v1/lease", json_body={"ttl": 5}, headers={"Authorization": "Bearer x"}
+        ).json["id"]
+        for key in ("app/a", "secret"):
+            client.request("PUT", "/v1/kv/%s?lease=%d" % (key, lease), body=b"v", headers={"Authorization": "Bearer x"})
+        listed = client.request("GET", "/v1/lease", headers={"Authorization": "Bearer a"}).json
+        self.assertEqual(listed["leases"][0]["keys"], ["app/a"])
+        client.problem("GET", "/v1/lease", 403, "forbidden", headers={"Authorization": "Bearer r"})
+
+    def test_store_that_cannot_list(self):
+        """A store with leases but without ILeaseListing answers 501 leases-unsupported; other calls work."""
+        client = TreeClient(self, memory_root(UnlistedLeases(self.clock)))
+        client.problem("GET", "/v1/lease", 501, "leases-unsupported")
+        self.assertEqual(client.request("POST", "/v1/lease", json_body={"ttl": 5}).status, 201)
+
+    def test_wrappers_declare_listing(self):
+        """TimedStore and CachedStore provide ILeaseListing exactly when the store they wrap does."""
+        timed = TimedStore(MemoryStore(self.clock), Metrics(process=False), self.clock)
+        self.assertTrue(verifyObject(ILeaseListing, CachedStore(timed, 1 << 20)))
+        unlisted = TimedStore(UnlistedLeases(self.clock), Metrics(process=False), self.clock)
+        self.assertFalse(ILeaseListing.providedBy(CachedStore(unlisted, 1 << 20)))
+        self.assertTrue(ILeasingStore.providedBy(CachedStore(unlisted, 1 << 20)))
 
 
 class LeaseMetricsTests(LeaseCase):

@@ -2,7 +2,7 @@
 A kvcache with the admin page, over a L{MemoryStore}, for the browser tests
 in C{tests/test_ui.py}. Not a test module: run it as a subprocess,
 
-    python -m tests.ui_server [--token SECRET]
+    python -m tests.ui_server [--token SECRET] [--max-batch-ops N]
 
 It listens on a free port of 127.0.0.1, prints C{PORT <n>} on stdout once it
 is listening, and serves until SIGTERM/SIGINT. A subprocess, because
@@ -26,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from kvtwist.auth import Authorizer, Token
+from kvtwist.limits import Limits
 from kvtwist.testing import MemoryStore
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
@@ -52,7 +53,7 @@ class OpenUI(Resource):
         return self._tree.render(request)
 
 
-def build(token: Optional[str]) -> Resource:
+def build(token: Optional[str], limits: Optional[Limits] = None) -> Resource:
     """The served tree: kvcache over a fresh in-memory store, plus C{/ui}."""
     authorizer = None
     if token:
@@ -62,6 +63,7 @@ def build(token: Optional[str]) -> Resource:
     # on wall time, as in a real server.
     tree = make_root(
         MemoryStore(clock=reactor),
+        limits=limits,
         authorizer=authorizer,
         extra_children={b"ui": ui},
         browsers=BrowserPolicy(),
@@ -72,8 +74,10 @@ def build(token: Optional[str]) -> Resource:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--token", help="require this bearer token")
+    parser.add_argument("--max-batch-ops", type=int, help="ops in one POST /v1/batch (to see an import split)")
     args = parser.parse_args(argv)
-    site = Site(build(args.token))
+    limits = Limits(max_batch_ops=args.max_batch_ops) if args.max_batch_ops else None
+    site = Site(build(args.token, limits))
     site.displayTracebacks = False
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     print("PORT %d" % (port.getHost().port,), flush=True)

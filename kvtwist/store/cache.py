@@ -336,6 +336,9 @@ class CachedStore:
     def lease(self, lease_id: int) -> Deferred:
         return self.store.lease(lease_id)
 
+    def held_leases(self, limit: int) -> Deferred:
+        return self.store.held_leases(limit)
+
     def revoke(self, lease_id: int) -> Deferred:
         return self.store.revoke(lease_id)
 

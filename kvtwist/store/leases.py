@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 from zope.interface import alsoProvides
 
 from kvtwist.errors import LeaseNotFound, LimitExceeded
-from kvtwist.interfaces import ILeasingStore
+from kvtwist.interfaces import ILeaseListing, ILeasingStore
 from kvtwist.model import Check, CommitResult, Delete, DeletePrefix, Expire, Incr, Lease, Op, Put
 from kvtwist.store.rules import Table, apply_commit, final_ops
 
@@ -52,14 +52,23 @@ class LeaseTable(Protocol):
     def count(self) -> int:
         """How many leases are stored."""
 
+    def held(self, now: float, limit: int) -> List[Tuple[int, float, float]]:
+        """
+        Up to C{limit} C{(id, ttl, deadline)} of leases whose deadline is
+        after C{now}, soonest first (then by id).
+        """
+
 
 def grants_leases_of(wrapper: object, store: object) -> None:
     """
-    Declare that C{wrapper} provides L{ILeasingStore} when the C{store} it
-    wraps (and forwards lease calls to) does.
+    Declare that C{wrapper} provides L{ILeasingStore} (and
+    L{ILeaseListing}) when the C{store} it wraps (and forwards lease calls
+    to) does.
     """
     if ILeasingStore.providedBy(store):
         alsoProvides(wrapper, ILeasingStore)
+    if ILeaseListing.providedBy(store):
+        alsoProvides(wrapper, ILeaseListing)
 
 
 def new_lease_id() -> int:
@@ -120,6 +129,14 @@ def describe(leases: LeaseTable, lease_id: int, now: float) -> Lease:
     """
     ttl, deadline = held(leases, lease_id, now)
     return Lease(lease_id, ttl, deadline, tuple(leases.keys_of(lease_id)))
+
+
+def listing(leases: LeaseTable, limit: int, now: float) -> List[Lease]:
+    """Up to C{limit} leases held at C{now}, soonest deadline first, with their keys."""
+    return [
+        Lease(lease_id, ttl, deadline, tuple(leases.keys_of(lease_id)))
+        for lease_id, ttl, deadline in leases.held(now, limit)
+    ]
 
 
 def commit(

@@ -45,7 +45,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore, IWorkInFlight
+from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore, IWorkInFlight
 from kvtwist.model import Change, Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
@@ -232,6 +232,9 @@ class _ShelfLeases:
     def count(self) -> int:
         return self._mapping.lease_count
 
+    def held(self, now: float, limit: int) -> List[Tuple[int, float, float]]:
+        return self._mapping.held_leases(now, limit)
+
     def flush(self) -> None:
         """Write the attachments held back, inside the caller's transaction."""
         attachments, self._attachments = self._attachments, {}
@@ -413,7 +416,7 @@ def _commits(count: int, ops: int) -> str:
     return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
 
 
-@implementer(IHistoricalStore, ILeasingStore, IWorkInFlight)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, IWorkInFlight)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.
@@ -648,6 +651,9 @@ class ShelveStore:
 
     def lease(self, lease_id: int) -> Deferred:
         return self._run(self._sync_lease, lease_id, self.clock.seconds())
+
+    def held_leases(self, limit: int) -> Deferred:
+        return self._run(self._sync_leases, limit, self.clock.seconds())
 
     def revoke(self, lease_id: int) -> Deferred:
         d = self._submit(
@@ -910,6 +916,12 @@ class ShelveStore:
         shelf = self._sync_shelf()
         with shelf.dict.snapshot():
             return lease_rules.describe(_ShelfLeases(shelf), lease_id, now)
+
+    def _sync_leases(self, limit: int, now: float):
+        """Store thread: the leases held, with their keys, read at one snapshot."""
+        shelf = self._sync_shelf()
+        with shelf.dict.snapshot():
+            return lease_rules.listing(_ShelfLeases(shelf), limit, now)
 
     def _sync_expired_leases(self, now: float, limit: int) -> List[int]:
         """Store thread: the ids of leases past their deadline."""

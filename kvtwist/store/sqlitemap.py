@@ -749,6 +749,15 @@ class SQLiteMapping(MutableMapping[bytes, bytes]):
             )
         ]
 
+    def held_leases(self, now: float, limit: int) -> List[Tuple[int, float, float]]:
+        """Up to C{limit} C{(id, ttl, deadline)} of leases whose deadline is after C{now}, soonest first."""
+        return list(
+            self._db.execute(
+                "SELECT id, ttl, deadline FROM leases WHERE deadline > ? ORDER BY deadline, id LIMIT ?",
+                (now, limit),
+            )
+        )
+
     def state(self, name: str) -> Optional[str]:
         """A value of the store's own state table, or L{None}."""
         row = self._db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()

@@ -122,17 +122,32 @@ export async function deletePrefix(prefix, { everything = false } = {}) {
   return (await call("DELETE", "v1/kv/", { params })).json();
 }
 
-/** A committed key: its bytes, content type, revision (ETag) and expiry. */
-export async function getKey(key) {
-  const response = await call("GET", keyPath(key));
+/** A key as a read answered it: bytes, content type, revisions, version, expiry. */
+async function entryOf(key, response) {
   return {
     key,
     bytes: new Uint8Array(await response.arrayBuffer()),
     contentType: response.headers.get("Content-Type") || "application/octet-stream",
     revision: revisionOf(response.headers.get("ETag")),
+    createRevision: Number(response.headers.get("KV-Create-Revision")),
     version: Number(response.headers.get("KV-Version")),
     expires: response.headers.get("KV-Expires"),
   };
+}
+
+/** A committed key: its bytes, content type, revision (ETag) and expiry. */
+export async function getKey(key) {
+  return entryOf(key, await call("GET", keyPath(key)));
+}
+
+/**
+ * The key as it was at `revision` (the store's history), or null when it
+ * did not exist then. A revision older than the history kept rejects with
+ * the ApiError 410 `compacted`.
+ */
+export async function getKeyAt(key, revision) {
+  const response = await call("GET", keyPath(key), { params: { revision }, accept: [404] });
+  return response.status === 404 ? null : entryOf(key, response);
 }
 
 /** The revision an ETag names ("7" -> 7), or null. */
@@ -202,4 +217,39 @@ export async function commitTxn(id) {
 /** Abort transaction `id`. */
 export async function abortTxn(id) {
   await call("DELETE", txnPath(id));
+}
+
+/** The limits in force (GET /v1/limits). */
+export async function getLimits() {
+  return (await call("GET", "v1/limits")).json();
+}
+
+/** Apply `ops` in one POST /v1/batch (one atomic commit): {revision, results}. */
+export async function batch(ops) {
+  const response = await call("POST", "v1/batch", {
+    body: JSON.stringify({ ops }), headers: { "Content-Type": "application/json" },
+  });
+  return response.json();
+}
+
+/** The same-origin URL of the snapshot of `prefix` (JSON Lines). */
+export function snapshotUrl(prefix) {
+  const url = new URL("v1/snapshot", API_BASE);
+  if (prefix) url.searchParams.set("prefix", prefix);
+  return url.href;
+}
+
+/** The snapshot of `prefix`, read whole through fetch (with the token), as a Blob. */
+export async function fetchSnapshot(prefix) {
+  return (await call("GET", "v1/snapshot", { params: { prefix } })).blob();
+}
+
+/** The leases held (GET /v1/lease): {leases: [{id, ttl, remaining, keys}], more}. */
+export async function listLeases(limit) {
+  return (await call("GET", "v1/lease", { params: { limit } })).json();
+}
+
+/** Revoke lease `id`: its keys are deleted in one commit. */
+export async function revokeLease(id) {
+  await call("DELETE", "v1/lease/" + encodeURIComponent(id));
 }

@@ -1,11 +1,13 @@
 /**
  * The kvtwist admin page: browse keys as folders at "/" or flat by prefix,
  * count them, find them by a piece of their name, delete a whole prefix
- * (after typing it back), view and edit values with If-Match (a concurrent
+ * (after typing it back), export the prefix's snapshot and import one,
+ * view and edit values with If-Match (a concurrent
  * change is a clear conflict, never a silent overwrite; the open key
  * follows the live feed and shows what someone else changed as a diff),
- * create and delete keys with a TTL, stage edits in a multi-request
- * transaction, and follow live changes.
+ * create and delete keys with a TTL, list a key's past versions and
+ * restore one, stage edits in a multi-request transaction, and follow live
+ * changes; list the leases held (their keys marked), and revoke one.
  *
  * Everything on screen is built with textContent, never innerHTML: keys and
  * values are user data.
@@ -14,6 +16,7 @@
 import * as api from "./api.js";
 import { Watcher } from "./watch.js";
 import { foldUnchanged, lineDiff } from "./diff.js";
+import { chunkOps, parseBackup, setOp } from "./transfer.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -47,6 +50,8 @@ const state = {
   editing: null, // {key, revision, contentType, binary, text} or null for a new key
   busyKey: null, // a key whose direct write is in flight (its own events are expected)
   txn: null,
+  leases: [], // the leases held, each with its deadline (ms) as last listed
+  leaseOfKey: new Map(), // key -> its lease, from that listing
 };
 
 // ---------------------------------------------------------------- helpers
@@ -154,6 +159,7 @@ function useToken(token) {
   $("auth-prompt").hidden = true;
   showTokenState();
   loadPage();
+  loadLeases();
   restartLive();
   followOpenKey();
 }
@@ -285,6 +291,7 @@ function renderNames(names, relative) {
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
   $("key-table").classList.add("names");
   $("key-rows").replaceChildren(...rows);
+  markLeases();
 }
 
 function renderRows(items) {
@@ -301,6 +308,7 @@ function renderRows(items) {
   );
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "No keys here." })));
   $("key-rows").replaceChildren(...rows);
+  markLeases();
 }
 
 /** The path to the prefix, one button per folder level. */
@@ -389,6 +397,7 @@ function refreshSoon({ live = false } = {}) {
     const count = refreshRecounts ? "now" : "soon";
     refreshRecounts = false;
     loadPage({ count });
+    loadLeases();
   }, REFRESH_DELAY_MS);
 }
 
@@ -438,6 +447,226 @@ async function deletePrefixNow() {
   refreshSoon();
 }
 
+// ----------------------------------------------------------------- leases
+
+/** The Leases panel lists at most this many leases (the soonest to expire). */
+const LEASE_LIMIT = 100;
+/** Keys named per lease in the panel; the rest are counted. */
+const LEASE_KEYS_SHOWN = 5;
+
+let leaseGeneration = 0;
+
+function secondsLeft(lease) {
+  return Math.max(0, Math.round((lease.deadline - Date.now()) / 1000));
+}
+
+/**
+ * List the leases held (GET /v1/lease) and mark their keys. The times
+ * left then count down here; a keepalive makes no event, so a renewed
+ * lease shows its new time at the next listing (Refresh, a change, or when
+ * a lease's time seems to be up).
+ */
+async function loadLeases() {
+  const mine = ++leaseGeneration;
+  const status = $("lease-status");
+  let listing;
+  try {
+    listing = await api.listLeases(LEASE_LIMIT);
+  } catch (error) {
+    if (mine !== leaseGeneration) return;
+    state.leases = [];
+    status.textContent =
+      error.status === 501 ? "This store cannot list its leases."
+        : error.status === 403 ? "Listing leases needs a token that may write."
+          : "Could not list leases: " + describeError(error);
+    showLeases();
+    return;
+  }
+  if (mine !== leaseGeneration) return;
+  const now = Date.now();
+  state.leases = listing.leases.map((lease) => ({ ...lease, deadline: now + lease.remaining * 1000 }));
+  const more = listing.more ? ` (the ${LEASE_LIMIT} expiring soonest are shown)` : "";
+  status.textContent = state.leases.length ? `${plural(state.leases.length, "lease")} held${more}` : "No leases held.";
+  showLeases();
+}
+
+function leaseKeysText(keys) {
+  if (!keys.length) return "(none)";
+  const shown = keys.slice(0, LEASE_KEYS_SHOWN).join(", ");
+  return keys.length > LEASE_KEYS_SHOWN ? `${shown} and ${keys.length - LEASE_KEYS_SHOWN} more` : shown;
+}
+
+function showLeases() {
+  state.leaseOfKey = new Map();
+  for (const lease of state.leases) for (const key of lease.keys) state.leaseOfKey.set(key, lease);
+  $("lease-rows").replaceChildren(
+    ...state.leases.map((lease) =>
+      el(
+        "tr",
+        { "data-lease": String(lease.id) },
+        el("td", { text: String(lease.id) }),
+        el("td", { class: "num", text: `${lease.ttl} s` }),
+        el("td", { class: "num left", text: `${secondsLeft(lease)} s` }),
+        el("td", { text: leaseKeysText(lease.keys) }),
+        el("td", {}, el("button", { type: "button", class: "danger", text: "Revoke", onclick: () => revokeLease(lease) })),
+      ),
+    ),
+  );
+  markLeases();
+}
+
+/** Mark the listed keys that are on a lease, and say so in the editor. */
+function markLeases() {
+  for (const row of $("key-rows").querySelectorAll("tr[data-key]")) {
+    const lease = state.leaseOfKey.get(row.dataset.key);
+    const old = row.querySelector(".badge");
+    if (old) old.remove();
+    if (lease) {
+      row.dataset.lease = String(lease.id);
+      row.firstElementChild.append(el("span", { class: "badge", title: `attached to lease ${lease.id}`, text: `lease ${lease.id}` }));
+    } else {
+      delete row.dataset.lease;
+    }
+  }
+  const line = $("edit-lease");
+  const lease = state.editing ? state.leaseOfKey.get(state.editing.key) : null;
+  line.hidden = !lease;
+  line.textContent = lease
+    ? `On lease ${lease.id}, ${secondsLeft(lease)} s left: the key is deleted when the lease is revoked or runs out. Saving here detaches it.`
+    : "";
+}
+
+/** Count the times left down each second; list again when one seems up. */
+function tickLeases() {
+  for (const row of $("lease-rows").children) {
+    const lease = state.leases.find((item) => String(item.id) === row.dataset.lease);
+    if (lease) row.querySelector(".left").textContent = `${secondsLeft(lease)} s`;
+  }
+  if (state.editing && state.leaseOfKey.has(state.editing.key)) markLeases();
+  if (state.leases.some((lease) => secondsLeft(lease) === 0)) loadLeases();
+}
+
+async function revokeLease(lease) {
+  const keys = lease.keys.length ? `its ${plural(lease.keys.length, "key")} (${leaseKeysText(lease.keys)})` : "its keys";
+  if (!window.confirm(`Revoke lease ${lease.id}? ${keys[0].toUpperCase() + keys.slice(1)} will be deleted in one commit.`)) return;
+  const box = $("lease-message");
+  try {
+    await api.revokeLease(lease.id);
+    say(box, "ok", `Revoked lease ${lease.id}; ${keys} deleted.`);
+  } catch (error) {
+    say(box, "error", error.status === 404 ? `Lease ${lease.id} had already ended (revoked or run out).` : describeError(error));
+  }
+  loadLeases();
+  refreshSoon();
+}
+
+// ---------------------------------------------------------- export/import
+
+/** A file name for the snapshot of `prefix`, e.g. kvtwist-app-2026-12-07T06-30-00.jsonl. */
+function snapshotName(prefix) {
+  const what = prefix.replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^-+|-+$/g, "") || "all";
+  const when = new Date().toISOString().slice(0, 19).replace(/:/g, "-");
+  return `kvtwist-${what}-${when}.jsonl`;
+}
+
+function download(href, name) {
+  const link = el("a", { href, download: name, hidden: "" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+/**
+ * Download the snapshot of the prefix. Without a token the browser reads
+ * the same-origin URL itself (streamed to disk); a token cannot ride on a
+ * plain link, so then the page fetches it and hands over a Blob.
+ */
+async function exportSnapshot() {
+  const prefix = state.prefix;
+  const name = snapshotName(prefix);
+  const status = $("import-status");
+  if (!api.getToken()) {
+    download(api.snapshotUrl(prefix), name);
+    status.textContent = `Exporting the snapshot ${where(prefix)} as ${name}.`;
+    return;
+  }
+  status.textContent = `Reading the snapshot ${where(prefix)}…`;
+  try {
+    const blob = await api.fetchSnapshot(prefix);
+    const url = URL.createObjectURL(blob);
+    download(url, name);
+    // The download has its own copy once started.
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    status.textContent = `Exported the snapshot ${where(prefix)} as ${name} (${formatBytes(blob.size)}).`;
+  } catch (error) {
+    status.textContent = "Could not export: " + describeError(error);
+  }
+}
+
+let importing = null; // {name, ops, expired, header} waiting for confirmation
+
+async function chooseImport() {
+  const input = $("import-file");
+  const file = input.files[0];
+  input.value = "";
+  cancelImport();
+  if (!file) return;
+  const status = $("import-status");
+  let parsed;
+  try {
+    parsed = parseBackup(await file.text());
+  } catch (error) {
+    status.textContent = `Not imported: “${file.name}” is not a snapshot or dump (${error.message}).`;
+    return;
+  }
+  const now = Date.now();
+  const ops = parsed.records.map((record) => setOp(record, now)).filter((op) => op !== null);
+  const expired = parsed.records.length - ops.length;
+  importing = { name: file.name, ops, expired };
+  const from = parsed.header
+    ? `a snapshot ${where(parsed.header.prefix)} at revision ${parsed.header.revision}`
+    : "a dump";
+  const skipped = expired ? ` ${plural(expired, "key")} whose expiry has passed will be skipped.` : "";
+  $("import-question").textContent =
+    `Write ${plural(ops.length, "key")} from “${file.name}” (${from})? Keys of the same names are overwritten; ` +
+    `other keys are left alone. Each request is one commit.${skipped}`;
+  status.textContent = "";
+  $("import-confirm").hidden = false;
+  $("import-go").focus();
+}
+
+function cancelImport() {
+  importing = null;
+  $("import-confirm").hidden = true;
+}
+
+/** Write the chosen file's keys in batches that fit the server's limits. */
+async function runImport() {
+  const job = importing;
+  if (!job) return;
+  cancelImport();
+  const status = $("import-status");
+  let done = 0;
+  try {
+    const limits = await api.getLimits();
+    const chunks = chunkOps(job.ops, {
+      maxOps: Math.min(limits.max_batch_ops, limits.max_keys_per_request),
+      maxBytes: limits.max_body,
+    });
+    for (const [index, ops] of chunks.entries()) {
+      status.textContent = `Importing “${job.name}”: ${done.toLocaleString("en")} of ${plural(job.ops.length, "key")} written (request ${index + 1} of ${chunks.length})…`;
+      await api.batch(ops);
+      done += ops.length;
+    }
+    const skipped = job.expired ? `; ${plural(job.expired, "expired key")} skipped` : "";
+    status.textContent = `Imported ${plural(done, "key")} from “${job.name}”${skipped}.`;
+  } catch (error) {
+    const why = error.status === 413 ? `a request was too large for the server (${error.message})` : describeError(error);
+    status.textContent = `Import stopped after ${plural(done, "key")} of ${job.ops.length.toLocaleString("en")}: ${why}. The keys written stay written.`;
+  }
+  refreshSoon();
+}
+
 // ----------------------------------------------------------------- editor
 
 function editorMessage() {
@@ -445,17 +674,22 @@ function editorMessage() {
 }
 
 function setEditing(editing) {
+  // The history listed belongs to the key and revision opened.
+  const same = editing && state.editing && editing.key === state.editing.key && editing.revision === state.editing.revision;
+  if (!same) closeHistory();
   state.editing = editing;
   const key = $("edit-key");
   key.readOnly = editing !== null;
   $("delete").disabled = editing === null;
   $("reload").disabled = editing === null;
+  $("history-open").disabled = editing === null;
   $("save").disabled = editing !== null && editing.binary;
   $("edit-value").readOnly = editing !== null && editing.binary;
   updateTxnButtons();
   for (const row of $("key-rows").children) {
     row.classList.toggle("selected", editing !== null && row.dataset.key === editing.key);
   }
+  markLeases();
 }
 
 function newKey() {
@@ -596,6 +830,114 @@ function formatJson() {
     quiet(editorMessage());
   } catch (error) {
     say(editorMessage(), "error", `Not valid JSON: ${error.message}`);
+  }
+}
+
+// ---------------------------------------------------------------- history
+
+/** The history view lists at most this many versions of a key. */
+const HISTORY_LIMIT = 20;
+
+let historyGeneration = 0;
+let historyShown = null; // the older version shown, to restore
+
+function closeHistory() {
+  historyGeneration += 1;
+  historyShown = null;
+  $("history").hidden = true;
+  $("history-list").replaceChildren();
+  $("history-shown").hidden = true;
+  quiet($("history-message"));
+}
+
+/**
+ * Walk back through the open key's versions: read it at the revision the
+ * editor holds, then at the revision just before each version's own
+ * (its mod_revision - 1), until it did not exist then, the history was
+ * compacted there, its first version, or HISTORY_LIMIT versions.
+ */
+async function openHistory() {
+  const editing = state.editing;
+  if (!editing) return;
+  closeHistory();
+  const mine = historyGeneration;
+  $("history").hidden = false;
+  const status = $("history-status");
+  status.textContent = "reading…";
+  const versions = [];
+  let revision = editing.revision;
+  let end = "back to its first version";
+  try {
+    while (versions.length < HISTORY_LIMIT) {
+      const entry = await api.getKeyAt(editing.key, revision);
+      if (mine !== historyGeneration) return;
+      if (entry === null) break;
+      versions.push(entry);
+      if (entry.revision === entry.createRevision) break;
+      revision = entry.revision - 1;
+    }
+    if (versions.length === HISTORY_LIMIT) end = `only the latest ${HISTORY_LIMIT} are listed`;
+  } catch (error) {
+    if (mine !== historyGeneration) return;
+    if (error.status !== 410) {
+      status.textContent = "";
+      say($("history-message"), "error", "Could not read the history: " + describeError(error));
+      return;
+    }
+    end = `older versions were compacted (history kept from revision ${error.problem.compact_revision})`;
+  }
+  status.textContent = `${plural(versions.length, "version")}; ${end}`;
+  $("history-list").replaceChildren(
+    ...versions.map((entry) =>
+      el(
+        "li",
+        { "data-revision": String(entry.revision) },
+        el("button", {
+          type: "button",
+          text: `version ${entry.version} · revision ${entry.revision} · ${formatBytes(entry.bytes.length)}` +
+            (entry.revision === editing.revision ? " (open)" : ""),
+          onclick: () => showVersion(entry),
+        }),
+      ),
+    ),
+  );
+}
+
+function showVersion(entry) {
+  historyShown = entry;
+  quiet($("history-message"));
+  for (const item of $("history-list").children) {
+    item.classList.toggle("shown", item.dataset.revision === String(entry.revision));
+  }
+  const shown = present(entry.bytes, entry.contentType);
+  $("history-meta").textContent =
+    `Version ${entry.version} at revision ${entry.revision} · ${entry.contentType}` + (shown.binary ? " · binary, as base64" : "");
+  $("history-value").textContent = shown.text;
+  $("history-shown").hidden = false;
+}
+
+/**
+ * Restore the version shown: an ordinary write of its bytes and content
+ * type, conditional on the revision the editor holds (a change made since
+ * is a conflict, not overwritten). The key keeps the TTL the editor shows.
+ */
+async function restoreVersion() {
+  const entry = historyShown;
+  const editing = state.editing;
+  if (!entry || !editing || entry.key !== editing.key) return;
+  const write = { key: editing.key, revision: editing.revision, create: false, contentType: entry.contentType,
+    ttl: $("edit-ttl").value.trim() };
+  state.busyKey = write.key;
+  try {
+    const revision = await api.putKey(write.key, entry.bytes, write);
+    closeHistory();
+    await openKey(write.key);
+    say(editorMessage(), "ok", `Restored version ${entry.version} (revision ${entry.revision}) of “${write.key}” as revision ${revision}.`);
+    refreshSoon();
+  } catch (error) {
+    say($("history-message"), "error", error.status === 412 ? conflictText("restored", write, error) : describeError(error));
+  } finally {
+    state.busyKey = null;
   }
 }
 
@@ -872,6 +1214,14 @@ function start() {
     deletePrefixNow();
   });
   $("confirm-cancel").addEventListener("click", cancelDeletePrefix);
+  $("lease-refresh").addEventListener("click", loadLeases);
+  $("export").addEventListener("click", exportSnapshot);
+  $("import-file").addEventListener("change", chooseImport);
+  $("import-confirm").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runImport();
+  });
+  $("import-cancel").addEventListener("click", cancelImport);
   $("editor-form").addEventListener("submit", (event) => {
     event.preventDefault();
     save();
@@ -879,6 +1229,9 @@ function start() {
   $("delete").addEventListener("click", remove);
   $("reload").addEventListener("click", () => state.editing && openKey(state.editing.key));
   $("format").addEventListener("click", formatJson);
+  $("history-open").addEventListener("click", openHistory);
+  $("history-restore").addEventListener("click", restoreVersion);
+  $("history-close").addEventListener("click", closeHistory);
   $("stage-put").addEventListener("click", () => stage("put"));
   $("stage-delete").addEventListener("click", () => stage("delete"));
   $("txn-begin").addEventListener("click", beginTxn);
@@ -896,6 +1249,7 @@ function start() {
   window.addEventListener("pageshow", (event) => {
     if (event.persisted) {
       loadPage();
+      loadLeases();
       restartLive();
       followOpenKey();
     }
@@ -910,6 +1264,8 @@ function start() {
   newKey();
   $("edit-key").blur();
   loadPage();
+  loadLeases();
+  setInterval(tickLeases, 1000);
   restartLive();
   document.body.dataset.ready = "true";
 }

@@ -2,6 +2,9 @@
 C{/v1/lease}: leases (see L{kvtwist.interfaces.ILeasingStore}).
 
 C{POST /v1/lease} C{{"ttl": S}} grants one (201 C{{"id", "ttl"}});
+C{GET /v1/lease?limit=N} lists the leases held (C{{"leases": [...],
+"more"}}, soonest deadline first; only on a store that provides
+L{kvtwist.interfaces.ILeaseListing}, else 501 C{leases-unsupported});
 C{GET /v1/lease/{id}} shows it (C{{"id", "ttl", "remaining", "keys"}});
 C{POST /v1/lease/{id}/keepalive} renews it, writing no key (200
 C{{"id", "ttl"}}); C{DELETE /v1/lease/{id}} revokes it, deleting its keys
@@ -27,11 +30,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, Token, principal_of
-from kvtwist.errors import Forbidden, InvalidInput, LeaseNotFound
+from kvtwist.errors import Forbidden, InvalidInput, LeaseNotFound, LeasesUnsupported
+from kvtwist.interfaces import ILeaseListing
 from kvtwist.model import Lease
 from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
-from kvtwist.web.v1.base import V1Context, V1Resource
+from kvtwist.web.v1.base import V1Context, V1Resource, int_arg
 from kvtwist.web.v1.leasing import leasing, parse_lease_id
 
 
@@ -52,10 +56,26 @@ def lease_summary(lease: Lease) -> dict:
     return {"id": lease.id, "ttl": _number(lease.ttl)}
 
 
+#: Leases a listing returns unless C{?limit=} asks for another number...
+DEFAULT_LEASE_LISTING = 100
+#: ...and at most: each comes with all of its keys.
+MAX_LEASE_LISTING = 1000
+
+
+def lease_description(lease: Lease, token: Token, now: float) -> dict:
+    """C{{"id", "ttl", "remaining", "keys"}}, with only the keys C{token} may read."""
+    return {
+        **lease_summary(lease),
+        "remaining": _number(lease.remaining(now)),
+        "keys": [key for key in lease.keys if token.may_read(key)],
+    }
+
+
 class LeaseCollection(V1Resource):
-    """C{/v1/lease}: C{POST} grants a lease; each child is one."""
+    """C{/v1/lease}: C{POST} grants a lease, C{GET} lists them; each child is one."""
 
     route = "/v1/lease"
+    parameters = {"GET": ("limit",)}
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path:
@@ -66,6 +86,28 @@ class LeaseCollection(V1Resource):
             # No lease has that id: each method answers 404, others 405.
             lease_id = None
         return LeaseResource(self.context, lease_id)
+
+    def render_GET(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._list(request)))
+
+    async def _list(self, request: Request) -> Response:
+        token = principal_of(request)
+        require_lease_user(token)
+        store = leasing(self.context.store)
+        if not ILeaseListing.providedBy(store):
+            # Leases work, but this store cannot enumerate them.
+            raise LeasesUnsupported()
+        limit = int_arg(request, "limit", DEFAULT_LEASE_LISTING, 1, MAX_LEASE_LISTING)
+        # One more than asked tells whether there are more.
+        leases = await store.held_leases(limit + 1)
+        now = self.context.clock.seconds()
+        return json_response(
+            200,
+            {
+                "leases": [lease_description(lease, token, now) for lease in leases[:limit]],
+                "more": len(leases) > limit,
+            },
+        )
 
     def render_POST(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._grant(request)))
@@ -131,14 +173,7 @@ class LeaseResource(LeasePart):
         token = principal_of(request)
         require_lease_user(token)
         lease = await leasing(self.context.store).lease(self.lease_id)
-        return json_response(
-            200,
-            {
-                **lease_summary(lease),
-                "remaining": _number(lease.remaining(self.context.clock.seconds())),
-                "keys": [key for key in lease.keys if token.may_read(key)],
-            },
-        )
+        return json_response(200, lease_description(lease, token, self.context.clock.seconds()))
 
     def render_DELETE(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._revoke(request)))
