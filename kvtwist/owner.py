@@ -38,7 +38,13 @@ from twisted.protocols import amp
 from kvtwist.amp import Call, Feed, Scrape, error_state
 from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
 from kvtwist.events import ChangeHub
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore, ITransactionManager
+from kvtwist.interfaces import (
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
+    ITransactionManager,
+)
 from kvtwist.metrics import Metrics, merge_expositions
 from kvtwist.model import Change, CommitResult
 from kvtwist.store.cache import CachedStore
@@ -368,6 +374,10 @@ class Owner(Supervisor):
                     _refuse(LeasesUnsupported),
                 )
             )
+        if ILeaseListing.providedBy(store):
+            self.methods["held_leases"] = typed(store.held_leases, int)
+        else:
+            self.methods["held_leases"] = _refuse(LeasesUnsupported)
 
     # -- the workers ---------------------------------------------------------
 

@@ -21,7 +21,7 @@ from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavail
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore
 from kvtwist.model import Check, CheckFailure, Entry, Put
 from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
@@ -315,10 +315,11 @@ class ForwardedAbilitiesTests(SynchronousTestCase):
         self.cluster = Cluster(2)
 
     def test_remote_store_provides_both(self):
-        """A worker's RemoteStore itself provides IHistoricalStore and ILeasingStore fully."""
+        """A worker's RemoteStore itself provides IHistoricalStore, ILeasingStore and ILeaseListing fully."""
         remote = self.cluster.remotes[0]
         self.assertTrue(verifyObject(IHistoricalStore, remote))
         self.assertTrue(verifyObject(ILeasingStore, remote))
+        self.assertTrue(verifyObject(ILeaseListing, remote))
 
     def test_wrong_argument_types_refused(self):
         """A forwarded call whose arguments are not of the declared types runs nothing and fails as unavailable."""

@@ -41,6 +41,7 @@ from kvtwist.errors import ConflictError, KVError, StoreUnavailable
 from kvtwist.interfaces import (
     IHistoricalStore,
     IKeyValueStore,
+    ILeaseListing,
     ILeasingStore,
     ITransaction,
     ITransactionManager,
@@ -136,7 +137,7 @@ def _hand_over(result: Any, outcome: Deferred) -> None:
         outcome.callback(result)
 
 
-@implementer(IHistoricalStore, ILeasingStore)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing)
 class RemoteStore:
     """
     The owner's store, through C{protocol} (reactor thread only). The owner
@@ -287,6 +288,9 @@ class RemoteStore:
 
     def revoke(self, lease_id: int) -> Deferred:
         return self._call_stateful("revoke", lease_id)
+
+    def held_leases(self, limit: int) -> Deferred:
+        return self._call("held_leases", limit)
 
     def expired_leases(self, limit: int) -> Deferred:
         # Workers never sweep (the owner's sweeper expires leases), but
