@@ -5,16 +5,19 @@ What history costs on disk: the bytes each kept revision adds to a store.
 
 Builds a store of KEYS keys (L{benchmarks.populate}), then makes REVISIONS
 one-key commits, each overwriting one existing key with a value of the same
-size as the populated ones (so the key table does not grow: what grows is
-the history). The store is closed (checkpointed) before each measurement.
-Prints one JSON line: the sizes, the growth, and the bytes per kept
-revision next to the value bytes each one carries.
+size as the populated ones (so the key table holds no more rows: what grows
+is the history). The store is closed (checkpointed) before each
+measurement. Prints one JSON line: the file sizes and their growth per
+revision, the history table's and its index's own pages per kept record
+(SQLite's C{dbstat}, so the key table's churn is not counted), and the
+value bytes each revision carries.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import tempfile
 from typing import List, Optional
@@ -24,6 +27,18 @@ from benchmarks.populate import _result_of, key_name, populate
 
 def _directory_bytes(directory: str) -> int:
     return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+
+def _history_bytes(path: str) -> int:
+    """The pages of the history table and its index (SQLite's dbstat)."""
+    db = sqlite3.connect(path)
+    try:
+        (total,) = db.execute(
+            "SELECT sum(pgsize) FROM dbstat WHERE name IN ('history', 'history_by_revision')"
+        ).fetchone()
+    finally:
+        db.close()
+    return total
 
 
 def measure(directory: str, keys: int, revisions: int) -> dict:
@@ -47,6 +62,7 @@ def measure(directory: str, keys: int, revisions: int) -> dict:
     finally:
         _result_of(store.close())
     after = _directory_bytes(directory)
+    history_bytes = _history_bytes(os.path.join(directory, "kvcache.sqlite3"))
     return {
         "keys": keys,
         "revisions": revisions,
@@ -54,6 +70,8 @@ def measure(directory: str, keys: int, revisions: int) -> dict:
         "bytes_before": before,
         "bytes_after": after,
         "bytes_per_revision": round((after - before) / revisions, 1),
+        "history_bytes": history_bytes,
+        "history_bytes_per_record": round(history_bytes / history, 1),
         "value_bytes_per_revision": round(value_bytes / revisions, 1),
     }
 

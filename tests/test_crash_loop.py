@@ -90,10 +90,11 @@ class WriterState:
         self.errors: List[str] = []
 
 
-def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
+def run_rounds(base_url: str, stop: threading.Event, one_round) -> None:
     """
-    Thread body: stage and commit batches until the server dies, C{stop}
-    is set, or L{MAX_ROUNDS} pass.
+    Thread body: call C{one_round(connection)} on one keep-alive connection
+    until it returns False, the server dies, C{stop} is set, or
+    L{MAX_ROUNDS} pass.
     """
     try:
         connection = connect(base_url, REQUEST_TIMEOUT)
@@ -101,37 +102,51 @@ def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> N
         return
     try:
         for _ in range(MAX_ROUNDS):
-            if stop.is_set():
+            if stop.is_set() or not one_round(connection):
                 return
-            generation = state.attempted + 1
-            # Counted as attempted before it is sent: once the bytes leave,
-            # the server may commit them even if no answer comes back.
-            state.attempted = generation
-            body = json.dumps(
-                {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
-            ).encode("ascii")
-            state.busy = True
-            status, _, answer = http_request(
-                base_url, "POST", "/set", body, connection=connection
-            )
-            if status not in (200, 201):
-                state.errors.append("POST /set: %d %r" % (status, answer[:200]))
-                return
-            status, _, answer = http_request(
-                base_url, "POST", "/commit", connection=connection
-            )
-            state.busy = False
-            if status != 204:
-                state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
-                return
-            state.acknowledged = generation
-            state.batches += 1
     except (OSError, http.client.HTTPException):
         # The kill cut the connection: whatever was in flight is unacknowledged.
         return
     finally:
-        state.busy = False
         connection.close()
+
+
+def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
+    """
+    Thread body: stage and commit batches until the server dies, C{stop}
+    is set, or L{MAX_ROUNDS} pass.
+    """
+
+    def one_batch(connection) -> bool:
+        generation = state.attempted + 1
+        # Counted as attempted before it is sent: once the bytes leave,
+        # the server may commit them even if no answer comes back.
+        state.attempted = generation
+        body = json.dumps(
+            {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
+        ).encode("ascii")
+        state.busy = True
+        status, _, answer = http_request(
+            base_url, "POST", "/set", body, connection=connection
+        )
+        if status not in (200, 201):
+            state.errors.append("POST /set: %d %r" % (status, answer[:200]))
+            return False
+        status, _, answer = http_request(
+            base_url, "POST", "/commit", connection=connection
+        )
+        state.busy = False
+        if status != 204:
+            state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
+            return False
+        state.acknowledged = generation
+        state.batches += 1
+        return True
+
+    try:
+        run_rounds(base_url, stop, one_batch)
+    finally:
+        state.busy = False
 
 
 #: The keys of the history writer (it cycles over them, so keys get versions).
@@ -154,28 +169,21 @@ class HistoryWriterState:
 
 def write_history(base_url: str, state: HistoryWriterState, stop: threading.Event) -> None:
     """Thread body: one-key PUTs until the server dies or C{stop} is set."""
-    try:
-        connection = connect(base_url, REQUEST_TIMEOUT)
-    except OSError:
-        return
-    try:
-        for _ in range(MAX_ROUNDS):
-            if stop.is_set():
-                return
-            state.sent += 1
-            key = "h/k%d" % (state.sent % HISTORY_KEYS,)
-            value = b"%d" % (state.sent,)
-            status, _, answer = http_request(
-                base_url, "PUT", "/v1/kv/" + quote(key, safe=""), value, connection=connection
-            )
-            if status not in (200, 201):
-                state.errors.append("PUT %s: %d %r" % (key, status, answer[:200]))
-                return
-            state.acknowledged.append((json.loads(answer)["revision"], key, value))
-    except (OSError, http.client.HTTPException):
-        return
-    finally:
-        connection.close()
+
+    def one_put(connection) -> bool:
+        state.sent += 1
+        key = "h/k%d" % (state.sent % HISTORY_KEYS,)
+        value = b"%d" % (state.sent,)
+        status, _, answer = http_request(
+            base_url, "PUT", "/v1/kv/" + quote(key, safe=""), value, connection=connection
+        )
+        if status not in (200, 201):
+            state.errors.append("PUT %s: %d %r" % (key, status, answer[:200]))
+            return False
+        state.acknowledged.append((json.loads(answer)["revision"], key, value))
+        return True
+
+    run_rounds(base_url, stop, one_put)
 
 
 def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycle: int) -> None:
