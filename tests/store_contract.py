@@ -67,6 +67,12 @@ class StoreContract(ExpectFailure):
     #: Whether the store provides IHistoricalStore; a store that does not
     #: must say so plainly (the routes then answer history-unsupported).
     keeps_history = True
+    #: Whether history_size counts records (one per key a commit changed);
+    #: etcd's counts the revisions it keeps.
+    counts_history_records = True
+    #: Whether compact() goes in steps bounded by its record budget; etcd
+    #: compacts in one call (and bounds its own batches).
+    compacts_in_steps = True
     #: Whether the store provides ILeasingStore; a store that does not must
     #: say so plainly (the lease routes then answer leases-unsupported).
     grants_leases = True
@@ -451,7 +457,8 @@ class StoreContract(ExpectFailure):
         third = await store.get_at("a", again.revision)
         self.assertEqual((third.value, third.create_revision, third.version), (b"3", again.revision, 1))
         self.assertEqual(await store.get_at("a", store.revision), await store.get("a"))
-        self.assertEqual(store.history_size, 5)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 5)
 
     @contract
     async def test_list_at_revision(self):
@@ -507,7 +514,8 @@ class StoreContract(ExpectFailure):
             self.assertEqual((await store.list_at("", None, 10, revision)).entries, page.entries)
         self.assertIsNone(await store.get_at("gone", middle.revision))
         # kept@1, moved@3 and moved@4 are all a read at C or later needs.
-        self.assertEqual(store.history_size, 3)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 3)
         self.assertEqual(await store.compact(1, 1000), middle.revision)
 
     @contract
@@ -524,9 +532,11 @@ class StoreContract(ExpectFailure):
             steps.append(await store.compact(target, 1))
             self.assertLessEqual(len(steps), 10)
         self.assertEqual(steps, sorted(steps))
-        self.assertGreater(len(steps), 1)
+        if self.compacts_in_steps:
+            self.assertGreater(len(steps), 1)
         self.assertEqual((await store.get_at("b", target)).value, b"4")
-        self.assertEqual(store.history_size, 2)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 2)
 
     @contract
     async def test_history_of_expiry(self):
@@ -547,7 +557,8 @@ class StoreContract(ExpectFailure):
             due = await store.expired(10)
             swept = await store.commit([Expire(key, rev) for key, rev in due])
             self.assertIsNone(await store.get_at("t", swept.revision))
-            self.assertEqual(store.history_size, 2)
+            if self.counts_history_records:
+                self.assertEqual(store.history_size, 2)
 
     # -- leases (ILeasingStore) -----------------------------------------------
 

@@ -185,7 +185,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
 from kvtwist.model import (
     Change,
     Check,
@@ -211,6 +211,7 @@ from kvtwist.store.etcd_gateway import (
     _LeaseGone,
     is_token_refusal,
 )
+from kvtwist.store.etcd_history import EtcdHistory
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import final_ops, live
 
@@ -425,7 +426,7 @@ class Rider:
             raise RiderBroken(found)
 
 
-@implementer(IKeyValueStore)
+@implementer(IHistoricalStore)
 class EtcdStore:
     """
     A store on the etcd cluster reached through C{endpoints}.
@@ -527,6 +528,7 @@ class EtcdStore:
         # expiry bucket (whole second the lease must outlive) -> (lease id,
         # clock time the lease ends)
         self._leases: Dict[int, Tuple[str, float]] = {}
+        self._history = EtcdHistory(self)
 
     # The request settings live in the gateway, which applies them (and
     # words etcd's own refusals with the limits).
@@ -593,6 +595,11 @@ class EtcdStore:
     async def _open_async(self) -> None:
         """Check etcd, then start the watch and wait until it runs."""
         await self._ping(patient=True)
+        try:
+            await self._history.probe()
+        except Exception as e:
+            # Learned again at the first read etcd finds compacted.
+            log.warn("etcd: its compact revision could not be read: {e}", e=_describe(e))
         if not self._watch_wanted:
             return
         self._watch_stopping = False
@@ -699,6 +706,46 @@ class EtcdStore:
         Called on the reactor thread; an exception is logged and ignored.
         """
         self._resets.append(listener)
+
+    # -- history (etcd's own revisions; see kvtwist.store.etcd_history) -----
+
+    @property
+    def compact_revision(self) -> int:
+        """etcd's compact revision, as last learned (see L{EtcdHistory})."""
+        return self._history.compact_revision
+
+    @property
+    def history_size(self) -> int:
+        """
+        The etcd revisions kept (current less compacted): etcd does not count
+        records per key, and one revision may hold several, or none of this
+        store's keys.
+        """
+        return max(self.revision - max(self.compact_revision, 1), 0)
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        """An etcd range at C{revision}; see L{IHistoricalStore.get_at}."""
+        return self._run(self._history.get_at(key, revision))
+
+    def list_at(
+        self, prefix: str, after: Optional[str], limit: int, revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        """Ranges at C{revision}; see L{IHistoricalStore.list_at}."""
+        if limit < 1:
+            raise ValueError("a listing needs a limit of at least 1")
+        return self._run(self._history.list_at(prefix, after, limit, revision, max_bytes))
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        """An etcd watch from C{after + 1}; see L{IHistoricalStore.changes}."""
+        return self._run(self._history.changes(after, upto, max_records))
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        """
+        etcd's compaction at C{revision}, in one call (etcd bounds its own
+        batches); see L{IHistoricalStore.compact}.
+        """
+        return self._run(self._history.compact(revision))
 
     def expired(self, limit: int) -> Deferred:
         """
@@ -856,19 +903,20 @@ class EtcdStore:
         )
 
     async def _list_once(
-        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int]
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int],
+        revision: int = 0,
     ) -> Page:
         """
-        Range over the prefix at one revision, skipping expired keys, until
-        the page is full (C{limit} live entries, or C{max_bytes}) and one
-        more live entry is found, or the range ends.
+        Range over the prefix at one revision (C{revision}, or the current
+        one when 0), skipping expired keys, until the page is full (C{limit}
+        live entries, or C{max_bytes}) and one more live entry is found, or
+        the range ends.
         """
         start = self._etcd_key(prefix)
         end = prefix_end(start)
         if after is not None:
             start = max(start, self._etcd_key(after) + b"\x00")
         builder = PageBuilder(limit, max_bytes, self.clock.seconds())
-        revision = 0
         batch = min(builder.batch(), _LIST_BATCH_MAX)
         for _ in range(_LIST_ROUNDS):
             body: Dict[str, Any] = {
@@ -1262,6 +1310,7 @@ class EtcdStore:
                 if self._watch_stopping:
                     break
                 if compacted:
+                    self._history.learned(compacted)
                     fresh = True
                     lost = (
                         "etcd compacted its history up to revision %d before the "
