@@ -312,9 +312,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     # After the store: stopped before it, so no sweep hits a closed store.
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
-    if IHistoricalStore.providedBy(store):
+    if IHistoricalStore.providedBy(store) and not isinstance(backing, EtcdStore):
         # Compaction runs on the store thread through the store, like the
-        # sweeper's commits; stopped before the store too.
+        # sweeper's commits; stopped before the store too. Not on etcd: its
+        # compaction is cluster-wide (every prefix, every application) and
+        # belongs to etcd's own --auto-compaction-* (docs/scale-out.md).
         Compactor(store, reactor, limits).setServiceParent(top)
     root = make_root(
         store,
