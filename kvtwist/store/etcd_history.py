@@ -261,10 +261,12 @@ class _Replay:
             raise _ReplayCompacted(stream.compacted)
         if not self._finished.called:
             raise StoreUnavailable("the history could not be read from etcd: %s" % (reason,))
-        return [
+        commits = [
             _sorted(store._watch_result(revision, self._groups[revision]))
             for revision in sorted(self._groups)
         ]
+        # Revisions that changed only lease anchors changed no kvtwist key.
+        return [commit for commit in commits if commit.changes]
 
     def _rearm(self) -> None:
         if self._quiet is not None and self._quiet.active():

@@ -180,12 +180,12 @@ from zope.interface import implementer
 
 from kvtwist.errors import (
     ConflictError,
-    LeasesUnsupported,
+    LeaseNotFound,
     LimitExceeded,
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
 from kvtwist.model import (
     Change,
     Check,
@@ -212,6 +212,7 @@ from kvtwist.store.etcd_gateway import (
     is_token_refusal,
 )
 from kvtwist.store.etcd_history import EtcdHistory
+from kvtwist.store.etcd_leases import EtcdLeases
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import final_ops, live
 
@@ -426,7 +427,7 @@ class Rider:
             raise RiderBroken(found)
 
 
-@implementer(IHistoricalStore)
+@implementer(IHistoricalStore, ILeasingStore)
 class EtcdStore:
     """
     A store on the etcd cluster reached through C{endpoints}.
@@ -529,6 +530,8 @@ class EtcdStore:
         # clock time the lease ends)
         self._leases: Dict[int, Tuple[str, float]] = {}
         self._history = EtcdHistory(self)
+        self._client_leases = EtcdLeases(self)
+        self._recorders: Set["_Recorder"] = set()
 
     # The request settings live in the gateway, which applies them (and
     # words etcd's own refusals with the limits).
@@ -595,6 +598,7 @@ class EtcdStore:
     async def _open_async(self) -> None:
         """Check etcd, then start the watch and wait until it runs."""
         await self._ping(patient=True)
+        await self._client_leases.recount()
         try:
             await self._history.probe()
         except Exception as e:
@@ -746,6 +750,61 @@ class EtcdStore:
         batches); see L{IHistoricalStore.compact}.
         """
         return self._run(self._history.compact(revision))
+
+    # -- client leases (etcd leases; see kvtwist.store.etcd_leases) ---------
+
+    @property
+    def lease_count(self) -> int:
+        """Leases held: counted at open, then followed through the watch."""
+        return self._client_leases.count
+
+    #: etcd expires leases itself: the sweeper never has to wake for one.
+    next_deadline = None
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        """An etcd lease and its anchor; see L{ILeasingStore.grant}."""
+        return self._run(self._client_leases.grant(ttl, max_leases))
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        """etcd's keepalive: no revision; see L{ILeasingStore.keepalive}."""
+        return self._run(self._client_leases.keepalive(lease_id))
+
+    def lease(self, lease_id: int) -> Deferred:
+        """etcd's timetolive with keys; see L{ILeasingStore.lease}."""
+        return self._run(self._client_leases.lease(lease_id))
+
+    def revoke(self, lease_id: int) -> Deferred:
+        """etcd's revoke, one revision; see L{ILeasingStore.revoke}."""
+        return self._run(self._client_leases.revoke(lease_id))
+
+    def expired_leases(self, limit: int) -> Deferred:
+        """Always empty: etcd expires leases and deletes their keys itself."""
+        return succeed([])
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        """Nothing to do (L{None}): etcd expires leases itself."""
+        return succeed(None)
+
+    async def _check_client_leases(self, plan: List[Tuple[Op, Optional[Entry]]]) -> None:
+        """
+        @raise LeaseNotFound: a client lease a put of C{plan} names is gone.
+        """
+        for op, _ in plan:
+            if isinstance(op, Put) and op.lease is not None:
+                await self._client_leases.lease(op.lease)
+
+    def record_deliveries(self) -> "_Recorder":
+        """
+        Start keeping what the watch delivers, per revision, to learn the
+        result of a change etcd made on this store's behalf (a revoke).
+        """
+        recorder = _Recorder(self)
+        self._recorders.add(recorder)
+        return recorder
+
+    def _recorded(self, revision: int, result: Optional[CommitResult]) -> None:
+        for recorder in list(self._recorders):
+            recorder.saw(revision, result)
 
     def expired(self, limit: int) -> Deferred:
         """
@@ -913,7 +972,8 @@ class EtcdStore:
         the range ends.
         """
         start = self._etcd_key(prefix)
-        end = prefix_end(start)
+        # Not past the last kvtwist key: lease anchors follow (etcd_leases).
+        end = min(prefix_end(start), self._key_prefix + b"\xff")
         if after is not None:
             start = max(start, self._etcd_key(after) + b"\x00")
         builder = PageBuilder(limit, max_bytes, self.clock.seconds())
@@ -972,10 +1032,6 @@ class EtcdStore:
         self, ops: List[Op], checks: List[Check], rider: Optional["Rider"] = None
     ) -> CommitResult:
         final = final_ops(ops)
-        if any(isinstance(op, Put) and op.lease is not None for op in final.values()):
-            # This store does not provide ILeasingStore (yet): never drop a
-            # lease silently.
-            raise LeasesUnsupported()
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
@@ -1162,8 +1218,10 @@ class EtcdStore:
                 lost.append((plan, guards, str(e)))
                 continue
             except _LeaseGone:
-                # A cached lease ran out between grant and use: nothing was
+                # A client's lease is gone (the commit fails), or a cached
+                # expiry lease ran out between grant and use: nothing was
                 # applied; grant afresh.
+                await self._check_client_leases(plan)
                 self._leases.clear()
                 continue
             if document.get("succeeded"):
@@ -1241,7 +1299,11 @@ class EtcdStore:
                     encode_value(op.value, op.content_type, _expiry(op.expires), commit_id)
                 ),
             }
-            if op.expires is not None:
+            if op.lease is not None:
+                # A client lease: etcd deletes the key when it ends (the
+                # envelope's expiry, if any, still decides reads).
+                put["lease"] = str(op.lease)
+            elif op.expires is not None:
                 put["lease"] = await self._lease_for(op.expires, now)
             success.append({"request_put": put})
         return {
@@ -1615,6 +1677,11 @@ class EtcdStore:
             self._watch_seen = revision
             if revision > self.revision:
                 self.revision = revision
+            self._client_leases.follow(groups[revision])
+            if all(self._client_leases.is_reserved(_unb64(e["kv"]["key"])) for e in groups[revision]):
+                # Only lease anchors changed: no kvtwist key did.
+                self._recorded(revision, None)
+                continue
             if revision <= self._delivered:
                 if revision in self._own_direct:
                     # Delivered directly while the watch was down.
@@ -1641,6 +1708,7 @@ class EtcdStore:
                     continue
             self._delivered = revision
             self._listeners.notify(own)
+            self._recorded(revision, own)
         self._own_direct = {r for r in self._own_direct if r > self._watch_seen}
         self._deliver()
 
@@ -1664,9 +1732,13 @@ class EtcdStore:
         store's clock, else C{delete}; C{previous} from C{prev_kv}.
         """
         now = self.clock.seconds()
+        leases = self._client_leases
+        ends = leases.ended(events)
         changes = []
         for event in events:
             kv = event["kv"]
+            if leases.is_reserved(_unb64(kv["key"])):
+                continue
             prev = event.get("prev_kv")
             previous = self._row(prev).entry if prev else None
             if event.get("type", "PUT") == "DELETE":
@@ -1674,7 +1746,8 @@ class EtcdStore:
                 if previous is not None and not previous.is_live(now):
                     changes.append(Change("expire", key, None, previous))
                 else:
-                    changes.append(Change("delete", key, None, previous))
+                    # A lease's end labels it (expire, or delete if revoked).
+                    changes.append(leases.label(Change("delete", key, None, previous), prev, ends))
             else:
                 entry = self._row(kv).entry
                 changes.append(Change("put", entry.key, entry, live(previous, now)))
@@ -1735,6 +1808,45 @@ def _unknown_outcome(reason: str, why: str) -> StoreUnavailable:
         "be told (%s); read the keys before retrying" % (reason, why),
         outcome="unknown",
     )
+
+
+class _Recorder:
+    """What the watch delivered, per revision, while a change waits for it."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self._results: Dict[int, Optional[CommitResult]] = {}
+        self._waiting: Optional[Tuple[int, Deferred]] = None
+
+    def saw(self, revision: int, result: Optional[CommitResult]) -> None:
+        self._results[revision] = result
+        if self._waiting is not None and revision >= self._waiting[0]:
+            waiter = self._waiting[1]
+            self._waiting = None
+            waiter.callback(None)
+
+    async def result(self, revision: int) -> CommitResult:
+        """
+        The result the watch delivered for C{revision} (no changes if it
+        touched no kvtwist key); after the timeout without the watch getting
+        there, a result without changes.
+        """
+        store = self._store
+        if store._watch_seen < revision:
+            waiter: Deferred = Deferred()
+            self._waiting = (revision, waiter)
+            waiter.addTimeout(store.timeout, store._reactor)
+            try:
+                await waiter
+            except (CancelledError, DeferTimeoutError):
+                log.warn(
+                    "etcd watch: revision {revision} not delivered within {timeout}s",
+                    revision=revision, timeout=store.timeout,
+                )
+        return self._results.get(revision) or CommitResult(revision, ())
+
+    def stop(self) -> None:
+        self._store._recorders.discard(self)
 
 
 class _WatchStream(Protocol):
