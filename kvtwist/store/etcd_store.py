@@ -598,12 +598,13 @@ class EtcdStore:
     async def _open_async(self) -> None:
         """Check etcd, then start the watch and wait until it runs."""
         await self._ping(patient=True)
-        await self._client_leases.recount()
         try:
+            await self._client_leases.recount()
             await self._history.probe()
         except Exception as e:
-            # Learned again at the first read etcd finds compacted.
-            log.warn("etcd: its compact revision could not be read: {e}", e=_describe(e))
+            # The compact revision is learned again at the first read etcd
+            # finds compacted; the lease count at the next grant.
+            log.warn("etcd: its leases or compact revision could not be read: {e}", e=_describe(e))
         if not self._watch_wanted:
             return
         self._watch_stopping = False
