@@ -166,6 +166,14 @@ class EncodingTests(SynchronousTestCase):
         )
         self.assertEqual(decode_value("k", encode_value(b"", "a/b", None, "c"))[2], None)
 
+    def test_transaction_records_keep_leases(self):
+        """A staged put's lease survives its transaction record; a put without one has none."""
+        from kvtwist.store.etcd_transactions import decode_record, encode_record
+
+        ops = [Put("a", b"1", "text/plain", None, 7), Put("b", b"22"), Delete("c")]
+        decoded, _, _ = decode_record(encode_record(ops, {}, []))
+        self.assertEqual(decoded, ops)
+
     def test_envelope_refuses_foreign_values(self):
         """Anything that is not a kvtwist envelope is StoreCorrupt, not served."""
         for data in [

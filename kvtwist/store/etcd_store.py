@@ -1833,7 +1833,8 @@ class _Recorder:
         there, a result without changes.
         """
         store = self._store
-        if store._watch_seen < revision:
+        # A watch that is down delivers it when it runs again: not waited for.
+        if store._watch_seen < revision and store.watching:
             waiter: Deferred = Deferred()
             self._waiting = (revision, waiter)
             waiter.addTimeout(store.timeout, store._reactor)
