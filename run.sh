@@ -50,7 +50,8 @@ py="$VENV/bin/python"
 extras=""
 [ "$mode" = test ] && extras="[test]"
 [ "$mode" = bench ] && extras="[test,bench]"
-stamp="$VENV/.kvtwist-installed$extras-$(cat setup.py | "$py" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
+# The packaging is pyproject.toml (the metadata) and setup.py (the shim).
+stamp="$VENV/.kvtwist-installed$extras-$(cat pyproject.toml setup.py | "$py" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
 if [ ! -e "$stamp" ]; then
     log="$VENV/install.log"
     if ! { "$py" -m pip install --upgrade pip &&

@@ -15,7 +15,7 @@ from typing import List, Optional
 from benchmarks.targets import REPO
 
 #: Measurement names accepted by C{--only} besides target names.
-MEASUREMENTS = ("get", "cycles", "sizes", "large", "soak", "scaleout")
+MEASUREMENTS = ("get", "cycles", "sizes", "large", "load", "soak", "scaleout")
 TARGET_NAMES = ("kvcache", "kvcache-nolog", "ceiling-log", "ceiling-nolog", "baseline", "naive", "etcd")
 
 

@@ -25,7 +25,7 @@ from typing import Dict, List
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import config as config_module
-from benchmarks import driver, machine, profile, report, scaleout, summary
+from benchmarks import driver, loadrate, machine, profile, report, scaleout, summary
 from benchmarks.config import Config
 from benchmarks.populate import key_name
 from benchmarks.procs import HttpRequest, ProcessSet, http_call, rss_kib
@@ -94,6 +94,7 @@ def main(argv: List[str]) -> int:
         "populate": {},
         "large": None,
         "soak": None,
+        "load": None,
         "scaleout": None,
         "profiles": {},
         "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -108,6 +109,8 @@ def main(argv: List[str]) -> int:
                 _store_sizes(cfg, procs, run_dir, results)
             if cfg.wants("large") and cfg.wants_target("kvcache"):
                 _large_values(cfg, procs, run_dir, results)
+            if cfg.wants("load") and cfg.wants_target("kvcache"):
+                loadrate.run(cfg, procs, run_dir, results, say)
             if cfg.soak or "soak" in cfg.only:
                 _soak(cfg, procs, run_dir, results)
             if cfg.scaleout or "scaleout" in cfg.only:
@@ -229,14 +232,14 @@ def _peer_rounds(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) ->
 
 def _syncs_waited(port: int) -> dict:
     """
-    From kvcache's C{/metrics} after its seed cycles: how many commits it
+    From kvcache's C{/v1/metrics} after its seed cycles: how many commits it
     answered and how many waited for more syncs than the one in progress
     and their own (group commit promises none;
     C{kvtwist_commit_syncs_waited}).
     """
-    status, body = http_call(port, HttpRequest("GET", "/metrics"))
+    status, body = http_call(port, HttpRequest("GET", "/v1/metrics"))
     if status != 200:
-        raise RuntimeError("GET /metrics answered %d" % (status,))
+        raise RuntimeError("GET /v1/metrics answered %d" % (status,))
     buckets = {
         sample.labels["le"]: sample.value
         for family in text_string_to_metric_families(body.decode("utf-8", "replace"))
@@ -245,7 +248,7 @@ def _syncs_waited(port: int) -> dict:
         if sample.name.endswith("_bucket")
     }
     if "+Inf" not in buckets or "2.0" not in buckets:
-        raise RuntimeError("no kvtwist_commit_syncs_waited histogram in /metrics")
+        raise RuntimeError("no kvtwist_commit_syncs_waited histogram in /v1/metrics")
     return {
         "commits": int(buckets["+Inf"]),
         "own_sync_only": int(buckets.get("1.0", 0)),

@@ -194,11 +194,11 @@ def start_etcd(procs: ProcessSet, run_dir: str, members: int, binary: str) -> Li
 
 
 def start_node(procs: ProcessSet, run_dir: str, name: str, endpoints: List[str], extra: List[str]) -> Server:
-    """Start C{twistd -n kvcache} on etcd and wait until C{/readyz} answers 200."""
+    """Start C{twistd -n kvcache} on etcd and wait until C{/v1/readyz} answers 200."""
     target = KvcacheTarget(name, "", True, True,
                            list(extra) + ["--store", "etcd://" + ",".join(endpoints), "--etcd-prefix", PREFIX])
     server = target.start(procs, run_dir)
-    server.wait_ready(HttpRequest("GET", "/readyz"), START_TIMEOUT)
+    server.wait_ready(HttpRequest("GET", "/v1/readyz"), START_TIMEOUT)
     return server
 
 
@@ -245,12 +245,12 @@ def warm(port: int, keys: int, passes: int = 5) -> None:
 
 def scrape(port: int) -> Dict[str, float]:
     """
-    From the node's C{/metrics}: requests answered on C{/v1/kv/{key}} (and
+    From the node's C{/v1/metrics}: requests answered on C{/v1/kv/{key}} (and
     how many were not 2xx), and its cache hits and misses.
     """
-    status, body = http_call(port, HttpRequest("GET", "/metrics"))
+    status, body = http_call(port, HttpRequest("GET", "/v1/metrics"))
     if status != 200:
-        raise RuntimeError("GET /metrics answered %d" % (status,))
+        raise RuntimeError("GET /v1/metrics answered %d" % (status,))
     out = {"kv_requests": 0.0, "kv_not_2xx": 0.0, "cache_hits": 0.0, "cache_misses": 0.0}
     for line in body.decode("utf-8", "replace").splitlines():
         if not line or line.startswith("#"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Dict, List, Optional
 
-from benchmarks import scaleout
+from benchmarks import loadrate, scaleout
 
 #: SPEC section 10's thresholds.
 GET_RATE_MIN = 0.9
@@ -208,6 +208,8 @@ def checks(results: dict) -> List[dict]:
                              "behind the sync in progress" % (waits["commits"], waits["own_sync_only"])})
     elif waits:
         rows.append({"check": name, "status": "ERROR", "target": "0", "note": waits.get("error", "")})
+
+    rows.append(loadrate.check(results))
 
     sizes = s["sizes"]
     measured_sizes = sorted(int(k) for k, v in sizes.items() if v.get("commit_p50_ms") is not None)

@@ -1,8 +1,8 @@
 """
 A bulk import through one transaction: all rows or none.
 
-    python examples/bulk_import.py --url http://127.0.0.1:8080 --prefix users/ users.csv
-    python examples/bulk_import.py --prefix users/ --only-new users.csv
+    .venv/bin/python examples/bulk_import.py --url http://127.0.0.1:8080 --prefix users/ users.csv
+    .venv/bin/python examples/bulk_import.py --prefix users/ --only-new users.csv
 
 Reads a CSV file with a header row C{key,value} and writes each row as
 C{<prefix><key>} = C{value} (stored as C{text/plain; charset=utf-8}),
@@ -19,7 +19,12 @@ transaction commits, the commit is refused (409) and nothing is imported.
 On any error the transaction is aborted.
 
 Output and exit status: C{imported N keys at revision R} (0); C{nothing
-imported: ...} naming the conflicting keys (4).
+imported: ...} naming the conflicting keys (4); a file that cannot be read
+or is not such a CSV, one line on stderr (2).
+
+(The scripts need kvtwist and treq: run them with the project's
+C{.venv/bin/python}, which C{./run.sh} makes, or any Python that has
+kvtwist installed.)
 """
 
 from __future__ import annotations
@@ -36,18 +41,32 @@ from twisted.internet.task import react
 from kvtwist import client
 
 EXIT_CONFLICT = 4
+EXIT_BAD_INPUT = 2
 
 
 def read_rows(path: str) -> List[Tuple[str, str]]:
     """
     The C{(key, value)} rows of a CSV file with a C{key,value} header.
 
-    @raise ValueError: for a file without those columns or with an empty key.
+    @raise ValueError: for a file that cannot be read, is not UTF-8, lacks
+        those columns, or has an empty key.
     """
+    try:
+        return _read_rows(path)
+    except OSError as e:
+        raise ValueError("cannot read %s: %s" % (path, e.strerror or e))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError("%s is not a UTF-8 CSV file: %s" % (path, e))
+
+
+def _read_rows(path: str) -> List[Tuple[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"key", "value"} <= set(reader.fieldnames):
-            raise ValueError("%s needs a header row with key and value columns" % (path,))
+            raise ValueError(
+                "%s needs a header row with key and value columns (it has: %s)"
+                % (path, ",".join(reader.fieldnames or []) or "nothing")
+            )
         rows = []
         for number, row in enumerate(reader, 2):
             if not row["key"]:
@@ -81,8 +100,14 @@ async def import_rows(
         raise
 
 
-async def run(http: Any, url: str, path: str, prefix: str, only_new: bool, out: Any) -> int:
-    rows = read_rows(path)
+async def run(
+    http: Any, url: str, path: str, prefix: str, only_new: bool, out: Any, err: Any = None
+) -> int:
+    try:
+        rows = read_rows(path)
+    except ValueError as e:
+        (err or sys.stderr).write("bulk_import: %s\n" % (e,))
+        return EXIT_BAD_INPUT
     try:
         result = await import_rows(http, url, rows, prefix, only_new)
     except client.ConflictError as e:

@@ -1,8 +1,8 @@
 """
 A config watcher over Server-Sent Events.
 
-    python examples/config_watcher.py --url http://127.0.0.1:8080 --prefix config/
-    python examples/config_watcher.py --prefix config/ --events 10
+    .venv/bin/python examples/config_watcher.py --url http://127.0.0.1:8080 --prefix config/
+    .venv/bin/python examples/config_watcher.py --prefix config/ --events 10
 
 Keeps a local copy of every key under a prefix, up to date:
 

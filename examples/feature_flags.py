@@ -1,8 +1,8 @@
 """
 Feature flags read with a long-poll.
 
-    python examples/feature_flags.py --url http://127.0.0.1:8080 --flag beta
-    python examples/feature_flags.py --flag beta --changes 3 --wait 30
+    .venv/bin/python examples/feature_flags.py --url http://127.0.0.1:8080 --flag beta
+    .venv/bin/python examples/feature_flags.py --flag beta --changes 3 --wait 30
 
 Reads the flag C{flags/<name>} and prints it, then asks for it again with a
 long-poll, C{GET /v1/kv/flags/<name>?index=<revision>&wait=<seconds>}: the

@@ -2,8 +2,8 @@
 A job lock: only one worker runs a job at a time, and a dead worker's lock
 is taken over by the next one in line.
 
-    python examples/job_lock.py --url http://127.0.0.1:8080 --job nightly --work 5
-    python examples/job_lock.py --job nightly --ttl 10 --owner worker-2
+    .venv/bin/python examples/job_lock.py --url http://127.0.0.1:8080 --job nightly --work 5
+    .venv/bin/python examples/job_lock.py --job nightly --ttl 10 --owner worker-2
 
 It uses L{kvtwist.client.Lock}, etcd's lock recipe on kvcache leases:
 

@@ -27,8 +27,8 @@ class Token:
 
     @ivar read: key prefixes it may read (C{""} means every key).
     @ivar write: key prefixes it may write; writing does not imply reading.
-    @ivar ops: whether it may use /readyz, /metrics and POST /v1/compact
-        (any valid token may read /v1/limits; /healthz needs none).
+    @ivar ops: whether it may use /v1/readyz, /v1/metrics and POST /v1/compact
+        (any valid token may read /v1/limits; /v1/healthz needs none).
     """
 
     name: str

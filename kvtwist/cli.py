@@ -1,12 +1,12 @@
 """
 The C{kvtwist} command: kvcache from the shell, built on L{kvtwist.client}.
 
-    kvtwist [--url URL] [--token TOKEN] [--output json|text] [--timeout S]
-            COMMAND ...
+    kvtwist [--url URL] [--unix-socket PATH] [--token TOKEN]
+            [--output json|text] [--timeout S] COMMAND ...
 
 The seed's routes (JSON values, one staging queue shared by every client):
 
-    kvtwist get KEY             print the committed JSON value of KEY
+    kvtwist get KEY             print the committed value of KEY
     kvtwist set KEY JSON        stage KEY = JSON (parsed strictly) in the
                                 server's shared queue
     kvtwist delete KEY [KEY..]  stage deletes (all or none) in the queue
@@ -24,6 +24,8 @@ own atomic, durable commit):
                                 delete KEY
     kvtwist list [PREFIX] [--limit N] [--after KEY] [--values] [--all]
                                 list keys (one page, or --all of them)
+    kvtwist incr KEY [BY]       add BY (default 1) to the JSON integer KEY
+                                holds (0 when absent); print the new value
     kvtwist batch [FILE|-]      apply ops in one request, all or nothing
     kvtwist txn [FILE|-]        apply ops through a multi-request
                                 transaction, all or nothing
@@ -47,9 +49,15 @@ Leases, locks and elections (see L{kvtwist.coordination_cli}):
     kvtwist elect NAME VALUE [--ttl S]
                                 campaign; print a line once leading
 
-C{get} stays the seed's JSON read, and C{delete} the seed's staged delete;
-C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every key,
-C{set} and C{commit} included, and values of any type).
+Shell completion:
+
+    kvtwist completion bash|zsh print a completion script (made by shtab
+                                from this parser)
+
+C{get} stays the seed's read (a JSON value as JSON; a value of another type
+written through v1 as text, or base64), and C{delete} the seed's staged
+delete; C{cat} and C{rm} are their v1 counterparts (C{cat} reaches every
+key, C{set} and C{commit} included, with its metadata).
 
 C{batch} and C{txn} read a JSON list of ops, or C{{"ops": [...]}}, from
 FILE, or from stdin when FILE is C{-} or missing. Ops are those of
@@ -73,7 +81,11 @@ changes after that read, so the check holds when the commit applies. On
 any failure C{txn} aborts its transaction; nothing is applied.
 
 Global options may come before or after the command. C{--url} defaults to
-C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}; C{--token} defaults to
+C{$KVTWIST_URL}, then C{http://127.0.0.1:8080}. A server listening on a
+unix socket (C{--listen unix:/run/kvcache.sock}) is reached with
+C{--unix-socket PATH} (curl's option: the URL then gives only the path
+prefix) or C{--url http+unix://%2Frun%2Fkvcache.sock/} (the path
+percent-encoded where the host would be); C{--token} defaults to
 C{$KVTWIST_TOKEN} (prefer the variable: a command line is visible to every
 user of the machine). C{--timeout} bounds the whole command (every request
 of a C{txn} or of C{list --all}); it defaults to 60 s, except for C{wait}
@@ -83,7 +95,9 @@ C{--timeout} it watches that long and exits 0).
 Output (stdout): with C{--output json} (the default) each result is one
 line of JSON:
 
-    - C{get}: the value; C{set}, C{delete}: the server's per-key outcome
+    - C{get}: the value: JSON as JSON, text as a JSON string, other bytes
+      as C{{"value_base64", "content_type"}}; C{set}, C{delete}: the
+      server's per-key outcome
       (C{{"a": "created"}}); C{commit}: nothing.
     - C{put}: C{{"key", "revision", "created", "version", "etag",
       "mod_revision", "expires"}}.
@@ -102,15 +116,26 @@ line of JSON:
     - C{wait}: what C{cat} prints, plus C{"found": true}; C{{"key",
       "found": false}} if the key does not exist.
 
+Values that are text print as text, in every command and output. The rule
+(L{kvtwist.client.text_of}): a C{charset} parameter names the encoding,
+else UTF-8; C{text/*} and JSON types are text when they decode; any other
+type (C{application/octet-stream}, what C{put} stores by default) is text
+when it decodes as UTF-8 and holds no control character but tab, newline
+and carriage return. JSON outputs then carry C{"text"} where the server's
+answer carries C{"value_base64"}; other bytes stay base64.
+
 With C{--output text}: C{get} prints a string value without quotes (other
-values as JSON), C{set} and C{delete} print one C{<outcome> <key>} line
+JSON values as JSON, text as itself, other bytes exactly), C{set} and C{delete} print one C{<outcome> <key>} line
 per key, C{commit} prints C{committed}; C{put} prints C{created KEY
 (revision N)} or C{updated ...}; C{cat} writes the value's bytes exactly,
 with nothing added; C{rm} prints C{deleted KEY}; C{list} prints one key per
-line (C{KEY<tab>VALUE} with C{--values}: JSON, or C{base64:...}) and, when
+line (C{KEY<tab>VALUE} with C{--values}: JSON as JSON, text as itself if
+it is one printable line, else as a quoted JSON string, other bytes as
+C{base64:...}) and, when
 more keys follow, a hint naming the C{--after} key on stderr; C{batch} and
 C{txn} print one C{<op> <key>: <outcome>} line per op, then C{committed
-revision N}; C{watch} prints C{<revision> <kind> <key>} per event; C{wait}
+revision N}; C{watch} prints C{<revision> <kind> <key>} per event (then a
+tab and the value, as C{list} shows it, with C{--values}); C{wait}
 writes the value's bytes exactly, as C{cat} does (nothing, and a note on
 stderr, when the key does not exist).
 
@@ -142,6 +167,10 @@ Exit codes:
       changed a key it read, or a check op did not hold), or a C{put} or
       C{rm} precondition (C{--if-match}, C{--if-none-match}) did not hold
       (412). Nothing was applied; re-reading and retrying may succeed.
+    - 130, 143: interrupted by SIGINT or SIGTERM (128 + the signal, as a
+      shell reports a death by signal), after the command cleaned up: a
+      C{load} keeps its checkpoint (C{interrupted; run again to resume}),
+      a C{dump} removes its temporary file. C{watch} ends with 0.
 
 L{main} is the entry point under L{twisted.internet.task.react}; L{run} is
 the console script. Tests call L{main} with C{http=StubTreq(...)},
@@ -151,6 +180,7 @@ C{io.StringIO} output streams and an C{io.BytesIO} stdin.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -167,10 +197,11 @@ from typing import (
     Tuple,
     Union,
 )
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.task import react
 from twisted.python.failure import Failure
 from twisted.web.client import (
@@ -179,9 +210,12 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
 )
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 import kvtwist
 from kvtwist import client, coordination_cli, dumpload, snapshots
+from kvtwist.interrupts import Interrupted, Interrupts
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]
@@ -197,7 +231,8 @@ DEFAULT_TIMEOUT = 60.0
 
 _EPILOG = """\
 environment:
-  KVTWIST_URL    default for --url (else %(url)s)
+  KVTWIST_URL    default for --url (else %(url)s; a unix socket:
+                 http+unix://%%2Fpath%%2Fto.sock/, or --unix-socket PATH)
   KVTWIST_TOKEN  default for --token (safer than --token: argv is public)
 
 exit codes:
@@ -208,6 +243,8 @@ exit codes:
   3  cannot reach the server (refused, unknown host, timeout, connection lost)
   4  conflict: a txn or batch was refused (409) or a put/rm precondition did
      not hold (412); nothing applied
+  130, 143  interrupted by SIGINT, SIGTERM (temporary files removed; a load
+     keeps its checkpoint: run it again to resume)
 
 Global options may come before or after the command.
 Staged writes (set, delete) sit in the server's shared queue until someone
@@ -304,6 +341,11 @@ def _add_global_options(parser: argparse.ArgumentParser, hidden: bool) -> None:
         **spec("server base URL (default: $KVTWIST_URL, else %s)" % (DEFAULT_URL,), None),
     )
     parser.add_argument(
+        "--unix-socket", metavar="PATH", dest="unix_socket",
+        **spec("connect to the server's unix socket PATH (as curl does; --url then "
+               "gives only the path prefix); or --url http+unix://%%2Fpath%%2Fto.sock/", None),
+    )
+    parser.add_argument(
         "--token", metavar="TOKEN",
         **spec("bearer token (default: $KVTWIST_TOKEN)", None),
     )
@@ -386,7 +428,7 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
         _add_global_options(sub, hidden=True)
         return sub
 
-    sub = command("get", "print the committed JSON value of KEY (seed route)")
+    sub = command("get", "print the committed value of KEY (seed route; text as text)")
     sub.add_argument("key", metavar="KEY")
     sub = command("set", "stage KEY = JSON in the shared queue (see commit)")
     sub.add_argument("key", metavar="KEY")
@@ -434,6 +476,15 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
                      help="read every page, not only the first")
 
     sub = command(
+        "incr", "add BY (default 1) to the counter KEY atomically; print the new value (v1)",
+        "KEY holds a JSON integer of any size (an absent KEY counts as 0); any\n"
+        "other value is refused (exit 4, code not-an-integer) and nothing changes.\n\n",
+    )
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("by", metavar="BY", nargs="?", default=1, type=_integer_arg,
+                     help="the integer to add (default 1; may be negative)")
+
+    sub = command(
         "batch", "apply ops from FILE (or stdin) in one atomic request (v1)", _OPS_HELP
     )
     sub.add_argument("source", metavar="FILE", nargs="?", default="-",
@@ -477,7 +528,41 @@ def _parser(out: TextIO, err: TextIO) -> _Parser:
     dumpload.add_dump_load_commands(commands, command)
     snapshots.add_snapshot_commands(commands, command)
     coordination_cli.add_coordination_commands(command)
+
+    sub = command(
+        "completion", "print a shell completion script (bash or zsh) for kvtwist",
+        "bash:  kvtwist completion bash > ~/.local/share/bash-completion/completions/kvtwist\n"
+        "zsh:   kvtwist completion zsh > \"${fpath[1]}/_kvtwist\"   (then: compinit)\n"
+        "It completes commands and options (and file names where a FILE goes);\n"
+        "it never asks the server for keys.\n\n",
+    )
+    sub.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",
+                     help="one of: %s" % (", ".join(COMPLETION_SHELLS),))
     return parser
+
+
+#: The shells C{kvtwist completion} writes a script for.
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """
+    The completion script of C{shell} for the C{kvtwist} parser, made by
+    shtab from the parser itself, so it can never miss a command or an
+    option.
+    """
+    import shtab
+
+    def files_where_files_go(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if action.metavar in ("FILE", "PATH"):
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            for sub in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):  # the subcommands
+                    files_where_files_go(action.choices[sub])
+
+    files_where_files_go(parser)
+    return shtab.complete(parser, shell=shell)
 
 
 def _check_text(value: str, what: str) -> str:
@@ -552,33 +637,79 @@ def parse_json_value(text: str) -> Any:
         raise UsageError("the value is not strict JSON: %s%s" % (e, hint))
 
 
+#: The scheme of a unix socket URL, as requests-unixsocket and others spell
+#: it: C{http+unix://%2Frun%2Fkvcache.sock/}, the socket's path
+#: percent-encoded where a host would be.
+UNIX_SCHEME = "http+unix"
+
+
 def _base_url(text: str) -> str:
     """
     @raise UsageError: unless C{text} is an http or https URL with a host
-        and no query or fragment.
+        (or an C{http+unix} URL naming a socket) and no query or fragment.
     """
     _check_text(text, "the URL")
     try:
         parts = urlsplit(text)
-        parts.port  # raises ValueError for a bad port
+        if parts.scheme != UNIX_SCHEME:
+            parts.port  # raises ValueError for a bad port
     except ValueError as e:
         raise UsageError("bad --url %r: %s" % (text, e))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme == UNIX_SCHEME:
+        if not parts.netloc:
+            raise UsageError("bad --url %r: expected http+unix://%%2Fpath%%2Fto.sock[/PATH]"
+                             % (text,))
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError("bad --url %r: expected http://HOST[:PORT][/PATH]" % (text,))
     if parts.query or parts.fragment:
         raise UsageError("bad --url %r: no query or fragment allowed" % (text,))
     return text
 
 
-def make_http(reactor: Any) -> Any:
+def _unix_target(url: str, unix_socket: Optional[str]) -> Tuple[str, Optional[str]]:
+    """
+    Where to connect: C{(the URL requests name, the unix socket or None)}.
+    An C{http+unix} URL names its socket in place of the host; requests
+    then go to C{http://localhost} plus its path (the Host a loopback
+    listener accepts). C{--unix-socket} wins, as curl's does: the URL then
+    only gives the path prefix.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == UNIX_SCHEME:
+        unix_socket = unix_socket if unix_socket is not None else unquote(parts.netloc)
+        url = "http://localhost" + parts.path
+    if unix_socket is not None:
+        _check_text(unix_socket, "the unix socket path")
+    return url, unix_socket
+
+
+@implementer(IAgentEndpointFactory)
+class _UnixSocketEndpoints:
+    """Every request's connection goes to one unix socket, whatever its URL."""
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self._reactor = reactor
+        self._path = path
+
+    def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
+        return UNIXClientEndpoint(self._reactor, self._path)
+
+
+def make_http(reactor: Any, unix_socket: Optional[str] = None) -> Any:
     """
     The HTTP client the CLI uses by default: a treq C{HTTPClient} on
     C{reactor}, without persistent connections (one command, then exit).
+
+    @param unix_socket: connect every request to this unix socket's path
+        instead of the URL's host and port.
     """
     from treq.client import HTTPClient
 
     pool = HTTPConnectionPool(reactor, persistent=False)
-    return HTTPClient(Agent(reactor, pool=pool))
+    if unix_socket is None:
+        return HTTPClient(Agent(reactor, pool=pool))
+    endpoints = _UnixSocketEndpoints(reactor, unix_socket)
+    return HTTPClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
 
 @dataclass
@@ -697,11 +828,56 @@ def _write_bytes(out: TextIO, data: bytes) -> None:
     buffer.flush()
 
 
-def _show_value(out: TextIO, err: TextIO, output: str, value: Any) -> None:
-    if output == "text" and isinstance(value, str):
-        out.write(value + "\n")
+def _show_value(out: TextIO, err: TextIO, output: str, value: Tuple[bytes, str]) -> None:
+    """
+    C{get}: a JSON value as before (text output: a string without quotes);
+    a text value (L{client.text_of}) as a JSON string, or as the text with
+    C{-o text}; other bytes as C{{"value_base64", "content_type"}}, or
+    exactly with C{-o text}.
+    """
+    data, content_type = value
+    if client.is_json_type(content_type):
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except ValueError:
+            pass
+        else:
+            if output == "text" and isinstance(document, str):
+                out.write(document + "\n")
+            else:
+                _print_json(out, document)
+            return
+    text = client.text_of(data, content_type)
+    if output == "text":
+        if text is None:
+            _write_bytes(out, data)
+        else:
+            out.write(text + ("" if text.endswith("\n") else "\n"))
+    elif text is not None:
+        _print_json(out, text)
     else:
-        _print_json(out, value)
+        _print_json(out, {"value_base64": base64.b64encode(data).decode("ascii"),
+                          "content_type": content_type})
+
+
+def _readable(item: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    A listing item, entry, event or batch result for output: a text value
+    (L{client.text_of}) as C{"text"} in place of C{"value_base64"}.
+    """
+    encoded = item.get("value_base64")
+    text = None
+    if encoded is not None:
+        try:
+            data = client.decode_value_base64(encoded)
+        except ValueError:
+            pass
+        else:
+            text = client.text_of(data, item.get("content_type") or client.DEFAULT_CONTENT_TYPE)
+    if text is None:
+        return dict(item)
+    return {("text" if name == "value_base64" else name): (text if name == "value_base64" else v)
+            for name, v in item.items()}
 
 
 def _show_outcomes(out: TextIO, err: TextIO, output: str, outcomes: Dict[str, str]) -> None:
@@ -732,7 +908,7 @@ def _show_entry(out: TextIO, err: TextIO, output: str, entry: client.KeyValue) -
     if output == "text":
         _write_bytes(out, entry.value)
         return
-    item = entry.as_item()
+    item = _readable(entry.as_item())
     item["revision"] = entry.revision
     _print_json(out, item)
 
@@ -745,18 +921,30 @@ def _show_removed(out: TextIO, err: TextIO, output: str, result: Dict[str, Any])
 
 
 def _text_value(item: Mapping[str, Any]) -> str:
-    """A value of a listing item or get result on one line of text."""
+    """
+    A value of a listing item, event or get result on one line of text:
+    JSON as JSON; text as itself when it is one printable line, else as a
+    JSON string (quoted, escaped); other bytes as C{base64:...}.
+    """
+    item = _readable(item)
     if "value" in item:
         return json.dumps(item["value"], ensure_ascii=False)
+    if "text" in item:
+        text = item["text"]
+        return text if text.isprintable() else json.dumps(text, ensure_ascii=False)
     return "base64:" + str(item.get("value_base64", ""))
+
+
+def _has_value(item: Mapping[str, Any]) -> bool:
+    return "value" in item or "value_base64" in item
 
 
 def _show_page(out: TextIO, err: TextIO, output: str, page: Dict[str, Any]) -> None:
     if output == "json":
-        _print_json(out, page)
+        _print_json(out, dict(page, items=[_readable(item) for item in page["items"]]))
         return
     for item in page["items"]:
-        if "value" in item or "value_base64" in item:
+        if _has_value(item):
             out.write("%s\t%s\n" % (item.get("key"), _text_value(item)))
         else:
             out.write("%s\n" % (item.get("key"),))
@@ -773,14 +961,32 @@ def _result_line(result: Mapping[str, Any]) -> str:
         outcome = "deleted" if result.get("deleted") else "absent"
     elif op == "get":
         outcome = _text_value(result) if result.get("found") else "absent"
+    elif op == "incr":
+        outcome = str(result.get("value"))
     else:
         outcome = "ok" if result.get("ok") else "failed"
     return "%s %s: %s" % (op, result.get("key"), outcome)
 
 
+def _show_counter(out: TextIO, err: TextIO, output: str, result: Tuple[str, int]) -> None:
+    key, value = result
+    if output == "json":
+        _print_json(out, {"key": key, "value": value})
+    else:
+        out.write("%d\n" % (value,))
+
+
+def _integer_arg(text: str) -> int:
+    """An integer of any size (argparse type)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an integer" % (text,))
+
+
 def _show_results(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
     if output == "json":
-        _print_json(out, result)
+        _print_json(out, dict(result, results=[_readable(r) for r in result.get("results") or []]))
         return
     for item in result.get("results") or []:
         out.write(_result_line(item) + "\n")
@@ -866,8 +1072,11 @@ def _start_list(inv: _Invocation) -> Deferred:
 
 
 def _show_event(out: TextIO, output: str, event: client.WatchEvent) -> None:
+    item = event.as_item()
     if output == "json":
-        _print_json(out, event.as_item())
+        _print_json(out, _readable(item))
+    elif _has_value(item):
+        out.write("%d %s %s\t%s\n" % (event.revision, event.kind, event.key, _text_value(item)))
     else:
         out.write("%d %s %s\n" % (event.revision, event.kind, event.key))
     # Each line as it happens, also into a pipe (block-buffered otherwise).
@@ -941,14 +1150,14 @@ def _show_waited(
         _write_bytes(out, entry.value)
         return
     item: Dict[str, Any] = {"key": key, "found": True}
-    item.update(entry.as_item())
+    item.update(_readable(entry.as_item()))
     item["revision"] = entry.revision
     _print_json(out, item)
 
 
 _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     "get": (
-        lambda inv: client.get(
+        lambda inv: client.get_value(
             inv.http, inv.url, _check_text(inv.args.key, "KEY"), token=inv.token
         ),
         _show_value,
@@ -981,6 +1190,12 @@ _COMMANDS: Dict[str, Tuple[_Start, _Show]] = {
     ),
     "rm": (_start_rm, _show_removed),
     "list": (_start_list, _show_page),
+    "incr": (
+        lambda inv: client.incr(
+            inv.http, inv.url, _check_text(inv.args.key, "KEY"), inv.args.by, token=inv.token
+        ).addCallback(lambda value: (inv.args.key, value)),
+        _show_counter,
+    ),
     "batch": (
         lambda inv: client.batch(inv.http, inv.url, _read_ops(inv), token=inv.token),
         _show_results,
@@ -1022,27 +1237,63 @@ def _command_timeout(args: argparse.Namespace) -> float:
 
 
 def _describe_connection_error(e: BaseException) -> str:
+    if isinstance(e, client.TimedOut):
+        return str(e)
     if isinstance(e, defer.TimeoutError):
-        return "no answer within the timeout"
+        return "timed out"
     if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):
-        reasons = "; ".join(r.getErrorMessage() for r in e.reasons)
-        return "the connection failed before a whole answer arrived (%s)" % (reasons,)
+        reasons = "; ".join(
+            r.getErrorMessage() or r.type.__name__ for r in e.reasons  # type: ignore[union-attr]
+        )
+        return "the connection failed before a whole answer arrived" + (
+            " (%s)" % (reasons,) if reasons else "")
     return str(e) or type(e).__name__
 
 
-async def _run(
-    reactor: Any,
-    argv: Tuple[str, ...],
-    http: Any,
-    out: TextIO,
-    err: TextIO,
-    environ: Mapping[str, str],
-    stdin: Optional[BinaryIO],
-) -> int:
+@dataclass
+class _Session:
+    """Where one run of the command reads, writes, connects and hears signals."""
+
+    reactor: Any
+    http: Any
+    out: TextIO
+    err: TextIO
+    environ: Mapping[str, str]
+    stdin: Optional[BinaryIO]
+    interrupts: Optional[Interrupts]
+
+
+async def _run(session: _Session, argv: Tuple[str, ...]) -> int:
+    args: Optional[argparse.Namespace] = None
     try:
-        args = _parser(out, err).parse_args(list(argv))
-    except _ParserExit as e:
-        return e.code
+        parser = _parser(session.out, session.err)
+        try:
+            args = parser.parse_args(list(argv))
+        except _ParserExit as e:
+            return e.code
+        if args.command == "completion":
+            session.out.write(completion_script(parser, args.shell))
+            return EXIT_OK
+        return await _run_command(session, args)
+    except Interrupted as e:
+        # The signal came before the command's request went out (while
+        # the arguments or the input were read).
+        return _interrupted(session.err, args, 128 + e.signum)
+
+
+def _interrupted(err: TextIO, args: Optional[argparse.Namespace], code: int) -> int:
+    """Say that the command was interrupted (and what that left); the exit code."""
+    command = args.command if args is not None else None
+    if command == "watch":
+        return EXIT_OK  # ^C is how a watch ends
+    note = dumpload.INTERRUPTED.get(command) if command is not None else None
+    err.write("kvtwist: interrupted%s\n" % ("; " + note(args) if note else "",))
+    return code
+
+
+async def _run_command(session: _Session, args: argparse.Namespace) -> int:
+    reactor, http, out, err = session.reactor, session.http, session.out, session.err
+    environ, stdin, interrupts = session.environ, session.stdin, session.interrupts
     start, show = _COMMANDS[args.command]
     url = args.url or environ.get("KVTWIST_URL") or DEFAULT_URL
     token = args.token if args.token is not None else environ.get("KVTWIST_TOKEN") or None
@@ -1050,9 +1301,9 @@ async def _run(
     # watch times itself: the end of its --timeout is a normal end (exit 0).
     streaming = args.command == "watch"
     try:
-        url = _base_url(url)
+        url, unix_socket = _unix_target(_base_url(url), args.unix_socket)
         if http is None:
-            http = make_http(reactor)
+            http = make_http(reactor, unix_socket)
         # The client functions check their arguments before any I/O and
         # raise at once, so this catches only input errors.
         d = start(
@@ -1065,23 +1316,35 @@ async def _run(
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_USAGE
     if timeout and not streaming:
-        d.addTimeout(timeout, reactor)
+        client.with_timeout(d, timeout, reactor)
+    if interrupts is not None:
+        interrupts.guard(d)
     try:
         result = await d
-    except (client.ConflictError, client.PreconditionFailedError) as e:
+    except BaseException as e:
+        if interrupts is not None and interrupts.signum is not None:
+            # Whatever the cancelled command failed with, a signal stopped it.
+            return _interrupted(err, args, interrupts.exit_code)
+        return _failed(err, url if unix_socket is None else "unix socket " + unix_socket, e)
+    show(out, err, args.output, result)
+    return EXIT_OK
+
+
+def _failed(err: TextIO, url: str, e: BaseException) -> int:
+    """Say why the command failed, on one line; its exit code."""
+    if isinstance(e, (client.ConflictError, client.PreconditionFailedError)):
         err.write("kvtwist: %s\n" % (e,))
         if isinstance(e, client.ConflictError):
             for conflict in e.conflicts:
                 err.write("kvtwist: %s\n" % (_describe_conflict(conflict),))
         return EXIT_CONFLICT
-    except client.KVClientError as e:
+    if isinstance(e, client.KVClientError):
         err.write("kvtwist: %s\n" % (e,))
         return EXIT_SERVER_ERROR
-    except _CONNECTION_ERRORS as e:
+    if isinstance(e, _CONNECTION_ERRORS):
         err.write("kvtwist: cannot reach %s: %s\n" % (url, _describe_connection_error(e)))
         return EXIT_CONNECTION
-    show(out, err, args.output, result)
-    return EXIT_OK
+    raise e
 
 
 def main(
@@ -1092,6 +1355,7 @@ def main(
     stderr: Optional[TextIO] = None,
     environ: Optional[Mapping[str, str]] = None,
     stdin: Optional[BinaryIO] = None,
+    interrupts: Optional[Interrupts] = None,
 ) -> Deferred:
     """
     Run one C{kvtwist} command; the shape L{react} expects.
@@ -1108,6 +1372,9 @@ def main(
         (default C{os.environ}).
     @param stdin: a binary stream that C{put -}, C{batch} and C{txn} read
         (default C{sys.stdin.buffer}, read only when a command needs it).
+    @param interrupts: the signal handling that cancels the command on
+        SIGINT or SIGTERM (exit 130 or 143 after its clean-up); none
+        without it.
     @return: a Deferred firing with L{None} on success, or failing with
         C{SystemExit(code)} for a non-zero exit code (see the module
         docstring).
@@ -1120,10 +1387,20 @@ def main(
         if code != EXIT_OK:
             raise SystemExit(code)
 
-    d = Deferred.fromCoroutine(_run(reactor, argv, http, out, err, env, stdin))
+    session = _Session(reactor, http, out, err, env, stdin, interrupts)
+    d = Deferred.fromCoroutine(_run(session, argv))
     return d.addCallback(exit_with)
 
 
 def run() -> None:
-    """The console script: C{kvtwist ARGS...}."""
-    react(main, sys.argv[1:])
+    """
+    The console script: C{kvtwist ARGS...}. SIGINT and SIGTERM interrupt
+    the command (see L{kvtwist.interrupts}).
+    """
+    from twisted.internet import reactor
+
+    interrupts = Interrupts(reactor)
+    interrupts.install()
+    # Twisted installs its handlers as the reactor starts: take them back.
+    reactor.callWhenRunning(interrupts.install)
+    react(lambda reactor, *argv: main(reactor, *argv, interrupts=interrupts), sys.argv[1:])

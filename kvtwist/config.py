@@ -22,6 +22,7 @@ L{ConfigError} with a message naming the setting and where it came from.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -359,6 +360,13 @@ SETTINGS: Tuple[Setting, ...] = (
         "Twisted endpoint to listen on, repeatable (tcp:PORT:interface=IP, "
         "ssl:PORT:privateKey=KEY:certKey=CERT, unix:PATH); replaces --port/--host.",
     ),
+    Setting(
+        "ops-listen",
+        endpoints,
+        (),
+        "Twisted endpoint, repeatable, of a separate operations listener serving "
+        "/healthz, /readyz and /metrics at root paths (the API has them under /v1).",
+    ),
     Setting("data", text, "./kvcache-data", "Directory of the durable store.", short="d"),
     Setting(
         "store",
@@ -431,7 +439,7 @@ SETTINGS: Tuple[Setting, ...] = (
         "Serve beyond loopback with no token configured (protected mode off).",
     ),
     Setting("access-log", choice("off", "clf", "json"), "clf", "Access log format: off, clf or json."),
-    Setting("access-log-file", text, None, "Write the access log to this file (default: the twistd log)."),
+    Setting("access-log-file", text, None, "Write the access log to this file (default: clf to the twistd log, json lines to stdout)."),
     Setting(
         "stop-timeout",
         seconds,
@@ -490,7 +498,7 @@ BY_ENV: Dict[str, Setting] = {setting.env: setting for setting in SETTINGS}
 BY_ENV[ENV_PREFIX + "TOKEN_FILE"] = BY_NAME["token-file"]
 
 #: The settings that may be given several times on the command line.
-REPEATABLE = ("listen", "cors-origin", "allowed-host")
+REPEATABLE = ("listen", "ops-listen", "cors-origin", "allowed-host")
 
 #: Keys of a C{[tokens.<name>]} table.
 TOKEN_KEYS = ("secret", "read", "write", "ops")
@@ -598,10 +606,18 @@ def read_toml(path: str, what: str) -> Dict[str, Any]:
 
 
 def _suggest(name: str) -> str:
+    """
+    A "did you mean" for an unknown config-file key: the setting spelled
+    with dashes (C{max_body}), else the closest setting name by difflib
+    (C{max-bdy}), if one is close enough.
+    """
     spelled = name.replace("_", "-").lower()
     if spelled in BY_NAME and spelled != name:
         return " (did you mean %r?)" % (spelled,)
-    return ""
+    close = difflib.get_close_matches(
+        spelled, [s.name for s in SETTINGS if s.in_file], n=1, cutoff=0.75
+    )
+    return " (did you mean %r?)" % (close[0],) if close else ""
 
 
 def file_layer(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -898,6 +914,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
                 BY_NAME[name].env if layer == ENV else "--" + name
             )
     values["listen"] = tuple(values["listen"])
+    values["ops-listen"] = tuple(values["ops-listen"])
 
     # listen replaces --port/--host, unless those were set with a higher
     # precedence (e.g. --port on the command line over a file's listen).
@@ -916,7 +933,9 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     _resolve_etcd(values, origin, config_path)
 
     config = Config(values, tuple(tokens), sources)
-    check_protected(config.endpoints, config.tokens, values["allow-open"])
+    check_protected(
+        config.endpoints + values["ops-listen"], config.tokens, values["allow-open"]
+    )
     return config
 
 

@@ -33,17 +33,24 @@ one extra C{GET} per key, whose ETag must be the revision the listing gave
 (else the store changed, and the attempt starts again). A JSON value that
 strict JSON cannot hold (C{NaN}) is always fetched that way.
 
-L{load} reads such lines and writes them in transactions of C{batch} keys
-(C{POST /v1/txn}, one C{PUT} per key, C{concurrency} of them in flight at
-once, then the commit): each batch is applied whole or not at all. Within a
-batch the last record of a key wins, as it would one after the other. A key with an expiry gets the TTL that is left of it; one
-that has already expired is skipped. Keys the input does not name are left
-alone. Loading is idempotent (a key written twice holds the same value),
-so a batch whose commit was cut off can simply be sent again. Conflicting
-commits (another client writing the same keys) and a store that is briefly
-unavailable (503) are retried, C{retries} times per batch.
+L{load} reads such lines and writes them in batches (C{POST /v1/batch},
+one request and one atomic commit per batch): up to C{batch} keys, and no
+more ops or bytes than the server takes in one request (its C{/v1/limits}:
+C{max_body}, C{max_batch_ops}, C{max_keys_per_request}, and on etcd one
+etcd transaction's ops and bytes). A value too big for any batch body is
+written alone with a C{PUT}. C{concurrency} batches are in flight at once
+while the next is read, and batches in flight never share a key. Each
+batch is applied whole or not at all. Within a batch the last record of a
+key wins, as it would one after the other. A key with an expiry gets the
+TTL that is left of it; one that has already expired is skipped. Keys the
+input does not name are left alone. Loading is idempotent (a key written
+twice holds the same value), so a batch whose commit was cut off can
+simply be sent again. A store that is briefly unavailable (503), or a
+conflict, is retried, C{retries} times per batch.
 
-Resuming: after each committed batch, L{load} writes a checkpoint file
+Resuming: after each committed batch (in input order: a batch is
+checkpointed once it and every batch before it have committed), L{load}
+writes a checkpoint file
 (atomically: written beside it, then renamed) with the number of input
 lines done, a SHA-256 of those lines, and the server's URL. A later load
 with the same checkpoint skips those lines, after checking that the input
@@ -69,13 +76,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, BinaryIO, Callable, Dict, List, Mapping, Optional, TextIO, Tuple
+from collections import deque
+from typing import (
+    Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, TextIO, Tuple,
+)
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
 from kvtwist.files import check_directory, write_whole
+from kvtwist.limits import Limits
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -93,18 +104,19 @@ __all__ = [
     "scan",
     "add_dump_load_commands",
     "COMMANDS",
+    "INTERRUPTED",
 ]
 
 #: Keys per listing page: the server's default maximum (C{max_list_limit}).
 DEFAULT_PAGE_SIZE = 1000
 #: Listings a dump tries before it gives up on a store that keeps changing.
 DEFAULT_ATTEMPTS = 5
-#: Keys per load transaction.
+#: Keys per load batch (one request, one commit).
 DEFAULT_BATCH = 1000
 #: Further tries of a load batch that met a conflict or a 503.
 DEFAULT_RETRIES = 3
-#: Requests a load keeps in flight while it stages a batch.
-DEFAULT_CONCURRENCY = 8
+#: Batches a load keeps in flight.
+DEFAULT_CONCURRENCY = 2
 #: Seconds before the second try of a dump or a load batch; doubled each
 #: time, up to L{MAX_PAUSE}.
 FIRST_PAUSE = 0.1
@@ -174,9 +186,15 @@ def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     return result
 
 
+# One decoder and one encoder for every line: json.loads and json.dumps
+# with options build a new one per call, a tenth of a load's parsing time.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _strict_loads(text: str) -> Any:
     """JSON without NaN, Infinity or duplicate object keys."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
+    return _DECODER.decode(text)
 
 
 def _strict_dumps(value: Any) -> str:
@@ -184,7 +202,7 @@ def _strict_dumps(value: Any) -> str:
     Compact JSON; raises C{ValueError} for what strict JSON cannot hold
     (NaN, Infinity, lone surrogates).
     """
-    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
     return text
 
@@ -247,7 +265,8 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
     if (
         not isinstance(content_type, str)
         or not content_type.strip()
-        or not all(0x20 <= ord(c) <= 0x7E for c in content_type)
+        # Printable ASCII: 0x20 to 0x7E.
+        or not (content_type.isascii() and content_type.isprintable())
     ):
         raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
     expires = document.get("expires")
@@ -557,8 +576,8 @@ def load(
     on_progress: Optional[Callable[[int], None]] = None,
 ) -> Deferred:
     """
-    Write the records of C{source} (dump lines) to the server, C{batch}
-    keys per transaction (see the module docstring).
+    Write the records of C{source} (dump lines) to the server, up to
+    C{batch} keys per commit (see the module docstring).
 
     @param source: a binary stream of dump lines, read once from its
         current position (or from after the lines a checkpoint covers).
@@ -566,7 +585,8 @@ def load(
         keep up to date; L{None} for a load that cannot be resumed.
     @param restart: ignore an existing checkpoint (and overwrite it).
     @param retries: further tries of a batch after a conflict or a 503.
-    @param concurrency: staging requests in flight at once.
+    @param concurrency: batches in flight at once (the next is read and
+        encoded meanwhile); batches in flight never share a key.
     @param clock: the C{IReactorTime} that decides what is left of each
         TTL and times the pause before a retry; the global reactor by
         default.
@@ -576,9 +596,9 @@ def load(
     @return: a Deferred firing with C{{"lines", "records", "loaded",
         "expired", "transactions", "resumed_at_line", "revision"}}: lines
         and records read in all (this run and the runs it resumes), keys
-        loaded, expired records skipped and transactions committed in this
-        run, the line it started after, and the revision of its last
-        commit (L{None} if it committed nothing).
+        loaded, expired records skipped and commits made in this run, the
+        line it started after, and the revision of its last commit
+        (L{None} if it committed nothing).
     @raise ValueError: at once, for a bad C{batch}, C{retries} or
         C{concurrency}.
     @raise CheckpointMismatch: at once, if the checkpoint is for another
@@ -602,6 +622,96 @@ def load(
         _load(http, url, source, batch, keeper, skipped, hasher, state, retries, concurrency,
               token, clock, on_progress)
     )
+
+
+#: Bytes kept free per op with a TTL: C{,"ttl":} and the seconds left,
+#: added when the batch is sent (the TTL left depends on that moment).
+_TTL_BYTES = 32
+#: Bytes of C{{"ops":[} and C{]}}.
+_ENVELOPE_BYTES = 16
+
+
+@dataclass(frozen=True)
+class _BatchLimits:
+    """
+    How big one C{POST /v1/batch} of a load may be: C{body} bytes and
+    C{ops} ops, from the server's C{/v1/limits}.
+    """
+
+    body: int
+    ops: int
+
+    @classmethod
+    def of(cls, limits: Mapping[str, Any]) -> "_BatchLimits":
+        """
+        The bounds a batch must keep within: the request body
+        (C{max_body}), the ops of a batch and the keys of a request; on
+        etcd also one etcd transaction's ops and, with room for etcd's own
+        encoding of every key and value, its request bytes.
+        """
+        defaults = Limits()
+
+        def number(name: str, default: Optional[int]) -> Optional[int]:
+            value = limits.get(name, default)
+            return value if type(value) is int and value > 0 else default
+
+        body = number("max_body", defaults.max_body) or defaults.max_body
+        etcd_bytes = number("etcd_max_request_bytes", None)
+        if etcd_bytes is not None:
+            body = min(body, etcd_bytes // 2)
+        ops = [number(name, None) for name in (
+            "max_batch_ops", "max_keys_per_request", "max_staged_ops", "etcd_max_txn_ops")]
+        return cls(body, min([n for n in ops if n is not None] or [defaults.max_batch_ops]))
+
+
+async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimits:
+    """
+    The server's batch bounds; the defaults for a server that does not show
+    its C{/v1/limits} (404) or not to this token (403): a batch past them
+    is then refused with a 413 that names the limit.
+    """
+    try:
+        return _BatchLimits.of(await client.get_limits(http, url, token=token))
+    except client.KVClientError as error:
+        if error.status in (403, 404):
+            return _BatchLimits.of({})
+        raise
+
+
+def _set_op(record: Record) -> bytes:
+    """The batch op that writes C{record}, without its TTL, as JSON."""
+    return _strict_dumps(
+        {
+            "op": "set",
+            "key": record.key,
+            "value_base64": base64.b64encode(record.value).decode("ascii"),
+            "content_type": record.content_type,
+        }
+    ).encode("utf-8")
+
+
+class _Unit:
+    """
+    Records committed together: one batch, or one record too big for a
+    batch body (written alone with a PUT).
+
+    @ivar items: each record with its op, in input order.
+    @ivar size: the batch body's bytes so far, room for TTLs included.
+    @ivar lines: the input lines read once it is complete, C{sha256}
+        their hash and C{records_done} the records on them (its
+        checkpoint).
+    """
+
+    def __init__(self) -> None:
+        self.items: List[Tuple[Record, bytes]] = []
+        self.size = _ENVELOPE_BYTES
+        self.lines = 0
+        self.sha256 = ""
+        self.records_done = 0
+
+    def add(self, record: Record, op: bytes) -> None:
+        self.items.append((record, op))
+        self.size += len(op) + 1 + (_TTL_BYTES if record.expires is not None else 0)
 
 
 async def _load(
@@ -631,53 +741,150 @@ async def _load(
         "resumed_at_line": skipped,
         "revision": None,
     }
-    pending: List[Record] = []
+    bounds = await _batch_limits(http, url, token)
+    # Up to `concurrency` units are committed while the next is read and
+    # encoded: the client's parsing and the server's work overlap. Units in
+    # flight never share a key (a later record of a key must land later),
+    # and they are checkpointed strictly in input order, so a checkpoint
+    # never covers a unit that might not have committed: resuming sends
+    # again at most what was in flight, which is idempotent.
+    flight: Deque[Tuple[Deferred, _Unit, Set[str]]] = deque()
+    unit = _Unit()
     number = skipped
 
-    async def flush() -> None:
-        live: List[Tuple[Record, Optional[float]]] = []
-        now = clock.seconds()
-        for record in pending:
-            ttl = None if record.expires is None else record.expires - now
-            if ttl is not None and ttl <= 0:
-                result["expired"] += 1
-            else:
-                live.append((record, ttl))
-        if live:
-            committed = await _commit_batch(http, url, live, retries, concurrency, token, clock)
-            result["loaded"] += len(live)
+    async def settle() -> None:
+        """Wait for the oldest unit in flight, then checkpoint it."""
+        done, sent, _ = flight.popleft()
+        counts, _ = await done
+        result["loaded"] += counts["loaded"]
+        result["expired"] += counts["expired"]
+        if counts["revision"] is not None:
             result["transactions"] += 1
-            result["revision"] = committed.get("revision")
+            result["revision"] = counts["revision"]
         if keeper is not None:
             keeper.write(
                 {
                     "url": url,
-                    "lines": number,
-                    "sha256": hasher.hexdigest(),
-                    "records": result["records"],
+                    "lines": sent.lines,
+                    "sha256": sent.sha256,
+                    "records": sent.records_done,
                     "revision": result["revision"],
                 }
             )
         if on_progress is not None:
-            on_progress(len(pending))
-        pending.clear()
+            on_progress(len(sent.items))
 
-    for line in source:
-        number += 1
-        hasher.update(line)
-        record = parse_record(line, number)
-        if record is None:
-            continue
-        result["records"] += 1
-        pending.append(record)
-        if len(pending) >= batch:
-            await flush()
-    if pending:
-        await flush()
+    async def send(full: _Unit, lines: int, sha256: str) -> None:
+        full.lines, full.sha256, full.records_done = lines, sha256, result["records"]
+        keys = {record.key for record, _ in full.items}
+        while flight and (len(flight) >= concurrency
+                          or any(not keys.isdisjoint(other) for _, _, other in flight)):
+            await settle()
+        flight.append((
+            Deferred.fromCoroutine(_commit_unit(http, url, full, bounds, retries, token, clock)),
+            full, keys,
+        ))
+
+    try:
+        for line in source:
+            number += 1
+            previous_hash = hasher.hexdigest()
+            hasher.update(line)
+            record = parse_record(line, number)
+            if record is None:
+                continue
+            try:
+                op = _set_op(record)
+            except ValueError as e:
+                raise DumpFormatError(number, "the key cannot be sent: %s" % (e,))
+            extra = len(op) + 1 + _TTL_BYTES
+            if unit.items and unit.size + extra > bounds.body:
+                # Full by bytes: commit what it holds, checkpointed before
+                # this line; this record starts the next unit.
+                await send(unit, number - 1, previous_hash)
+                unit = _Unit()
+            result["records"] += 1
+            unit.add(record, op)
+            if len(unit.items) >= min(batch, bounds.ops) or unit.size > bounds.body:
+                await send(unit, number, hasher.hexdigest())
+                unit = _Unit()
+        if unit.items:
+            await send(unit, number, hasher.hexdigest())
+        while flight:
+            await settle()
+    except BaseException as stopped:
+        # Nothing is left running: on a failed or cancelled commit the
+        # rest is dropped (it may or may not commit; a resume sends it
+        # again); after a bad line, what went out before it is committed
+        # and checkpointed.
+        while flight:
+            if isinstance(stopped, DumpFormatError):
+                await settle()
+            else:
+                done = flight.popleft()[0]
+                done.addErrback(lambda _: None)
+                done.cancel()
+        raise
     result["lines"] = number
     if keeper is not None:
         keeper.remove()
     return result
+
+
+async def _commit_unit(
+    http: Any,
+    url: str,
+    unit: _Unit,
+    bounds: _BatchLimits,
+    retries: int,
+    token: Optional[str],
+    clock: Any,
+) -> Tuple[Dict[str, Any], _Unit]:
+    """
+    Commit C{unit}, retrying conflicts and 503s: C{({"loaded", "expired",
+    "revision"}, unit)} (revision L{None} if every record had expired).
+    Records whose expiry has passed are skipped; the others get the TTL
+    left; the last live record of a key wins, as it would one after the
+    other.
+    """
+    for attempt in range(retries + 1):
+        if attempt:
+            await deferLater(clock, pause_before(attempt), lambda: None)
+        now = clock.seconds()
+        latest: Dict[str, bytes] = {}
+        live: List[Tuple[Record, Optional[float]]] = []
+        for record, op in unit.items:
+            ttl = None if record.expires is None else record.expires - now
+            if ttl is not None and ttl <= 0:
+                continue
+            live.append((record, ttl))
+            latest.pop(record.key, None)
+            latest[record.key] = op if ttl is None else (
+                op[:-1] + b',"ttl":' + repr(ttl).encode("ascii") + b"}")
+        counts: Dict[str, Any] = {
+            "loaded": len(live), "expired": len(unit.items) - len(live), "revision": None}
+        if not live:
+            return counts, unit
+        ops = list(latest.values())
+        try:
+            if len(ops) == 1 and len(ops[0]) + _ENVELOPE_BYTES > bounds.body:
+                # Too big for a batch body with its base64: a PUT takes the bytes.
+                record, ttl = live[-1]
+                answer = await client.put(http, url, record.key, record.value,
+                                          content_type=record.content_type, ttl=ttl,
+                                          token=token)
+                counts["revision"] = answer.get("mod_revision")
+            else:
+                answer = await client.batch_encoded(
+                    http, url, b'{"ops":[' + b",".join(ops) + b"]}", token=token
+                )
+                counts["revision"] = answer.get("revision")
+        except client.KVClientError as error:
+            if attempt < retries and _retryable(error):
+                continue
+            raise
+        return counts, unit
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _retryable(error: client.KVClientError) -> bool:
@@ -685,100 +892,27 @@ def _retryable(error: client.KVClientError) -> bool:
     return isinstance(error, client.ConflictError) or error.status == 503
 
 
-async def _commit_batch(
-    http: Any,
-    url: str,
-    live: List[Tuple[Record, Optional[float]]],
-    retries: int,
-    concurrency: int,
-    token: Optional[str],
-    clock: Any,
-) -> Dict[str, Any]:
-    """Write C{live} in one transaction, retrying conflicts and 503s."""
-    # The last record of a key wins, so the puts can go out in any order.
-    latest: Dict[str, Tuple[Record, Optional[float]]] = {}
-    for record, ttl in live:
-        latest.pop(record.key, None)
-        latest[record.key] = (record, ttl)
-    for attempt in range(retries + 1):
-        if attempt:
-            await deferLater(clock, pause_before(attempt), lambda: None)
-        txn = await client.begin(http, url, token=token)
-        try:
-            await _stage_all(txn, list(latest.values()), concurrency)
-            return await txn.commit()
-        except CancelledError:
-            raise
-        except client.KVClientError as error:
-            await _abort(txn)
-            if attempt < retries and _retryable(error):
-                continue
-            raise
-        except Exception:
-            await _abort(txn)
-            raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _stage_all(
-    txn: client.Transaction, writes: List[Tuple[Record, Optional[float]]], concurrency: int
-) -> None:
-    """
-    Stage every write in C{txn}, C{concurrency} requests at a time (one
-    after another, each request waits a round trip). After the first
-    failure no new request starts; it is raised once those in flight end.
-    """
-    queue = iter(writes)
-    errors: List[BaseException] = []
-
-    async def worker() -> None:
-        # One shared iterator: each worker takes the next write when free.
-        for record, ttl in queue:
-            if errors:
-                return
-            try:
-                await txn.put(record.key, record.value, content_type=record.content_type,
-                              ttl=ttl)
-            except BaseException as e:
-                errors.append(e)
-                return
-
-    await DeferredList(
-        [Deferred.fromCoroutine(worker()) for _ in range(min(concurrency, len(writes)))],
-        consumeErrors=True,
-    )
-    if errors:
-        raise errors[0]
-
-
-async def _abort(txn: client.Transaction) -> None:
-    """Abort C{txn} if it is still open; an abort that fails is ignored."""
-    if txn.finished:
-        return
-    try:
-        await txn.abort()
-    except Exception:
-        pass  # it expires on the server anyway; the first error matters
-
-
 # -- the kvtwist command's glue ------------------------------------------------
 
 DUMP_HELP = "write the keys (at one revision) as JSON lines to FILE or stdout"
-LOAD_HELP = "write JSON lines from FILE or stdin back, in transactions (resumable)"
+LOAD_HELP = "write JSON lines from FILE or stdin back, in atomic batches (resumable)"
 
 DUMP_EPILOG = """\
 Each line: {"key", "value" (JSON types) or "value_base64", "content_type",
 "expires"}. The keys are those of one revision: a listing that saw the store
 change is read again (--attempts). To FILE the dump is written to a temporary
-file (mode 0600) that replaces FILE only once complete.
+file (mode 0600) that replaces FILE only once complete; SIGINT or SIGTERM
+removes it and leaves FILE as it was (exit 130 or 143).
 With --exact every value is written as base64, exactly the stored bytes;
 otherwise JSON values are written as JSON (and loaded back as compact JSON).
 
 """
 
 LOAD_EPILOG = """\
-Records are written --batch keys per transaction, each batch all or nothing;
-a key whose expiry has passed is skipped, others get the TTL that is left.
+Records are written --batch keys per request (POST /v1/batch, fewer if the
+server's /v1/limits say so), each batch all or nothing, --concurrency
+batches in flight; a key whose expiry has passed is skipped, others get the
+TTL that is left.
 Keys not in the input are left alone; loading the same input twice gives the
 same keys and values. After each batch a checkpoint (FILE.checkpoint, or
 --checkpoint PATH) records how far the load got; if the load fails, run the
@@ -786,6 +920,8 @@ same command again to resume there (it checks that the input and the URL
 are the same; --restart starts over). A finished load removes it.
 The whole input is checked before anything is sent (a bad line: exit 2).
 A progress bar goes to stderr when it is a terminal (--progress to force).
+SIGINT or SIGTERM stops it after removing its temporary files, keeping the
+checkpoint: exit 130 or 143, "interrupted; run again to resume".
 
 """
 
@@ -844,7 +980,7 @@ def add_dump_load_commands(
     sub.add_argument("file", metavar="FILE", nargs="?", default="-",
                      help="JSON lines from `kvtwist dump`; '-' or nothing: stdin")
     sub.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
-                     help="keys per transaction (default: %(default)s)")
+                     help="keys per batch request, at most (default: %(default)s)")
     sub.add_argument("--checkpoint", metavar="PATH",
                      help="the resume file (default: FILE.checkpoint; none for stdin)")
     sub.add_argument("--no-checkpoint", action="store_true",
@@ -854,7 +990,7 @@ def add_dump_load_commands(
     sub.add_argument("--retries", type=_count, default=DEFAULT_RETRIES, metavar="N",
                      help="retries of a batch after a conflict or 503 (default: %(default)s)")
     sub.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
-                     metavar="N", help="requests in flight at once (default: %(default)s)")
+                     metavar="N", help="batches in flight at once (default: %(default)s)")
     progress = sub.add_mutually_exclusive_group()
     progress.add_argument("--progress", action="store_true", default=None,
                           help="always show the progress bar")
@@ -878,7 +1014,9 @@ class _Timed:
         self._clock = clock
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred:
-        return self._http.request(method, url, **kwargs).addTimeout(self._timeout, self._clock)
+        return client.with_timeout(
+            self._http.request(method, url, **kwargs), self._timeout, self._clock
+        )
 
 
 def _reactor(inv: Any) -> Any:
@@ -1047,6 +1185,25 @@ def show_load(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> 
         line += ", %d expired keys skipped" % (result["expired"],)
     out.write(line + "\n")
 
+
+def _dump_interrupted(args: argparse.Namespace) -> str:
+    if args.file == "-":
+        return "nothing was written"
+    return "%s was left as it was" % (args.file,)
+
+
+def _load_interrupted(args: argparse.Namespace) -> str:
+    if args.no_checkpoint or (args.file == "-" and args.checkpoint is None):
+        return ("the batches committed so far stay; run it again to load everything "
+                "(loading is idempotent)")
+    return "run again to resume"
+
+
+#: command -> what an interrupted run says it left (after "interrupted; ").
+INTERRUPTED: Dict[str, Callable[[argparse.Namespace], str]] = {
+    "dump": _dump_interrupted,
+    "load": _load_interrupted,
+}
 
 #: command -> (start, show), the shape of C{kvtwist.cli}'s command table.
 COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {

@@ -109,6 +109,20 @@ class ConflictError(KVError):
         )
 
 
+class NotAnInteger(KVError):
+    """
+    An increment met a value that is not a JSON integer (a counter is a
+    value stored as JSON whose text is an integer); nothing was applied.
+    """
+
+    code = "not-an-integer"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "%r does not hold a JSON integer, so it cannot be incremented" % (key,), key=key
+        )
+
+
 class PreconditionFailed(KVError):
     """A conditional request's C{If-Match} / C{If-None-Match} did not hold."""
 

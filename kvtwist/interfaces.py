@@ -107,6 +107,22 @@ class IKeyValueStore(Interface):
             L{kvtwist.errors.InsufficientStorage}.
         """
 
+    def delete_prefix(prefix, max_keys):
+        """
+        Delete every live key that starts with C{prefix} (C{""}: every
+        key) in one atomic, durable commit: one revision, one C{delete}
+        change per key. On etcd this is one DeleteRange.
+
+        @param max_keys: the most keys it may delete; past it nothing is
+            deleted.
+        @return: a Deferred firing with the L{kvtwist.model.CommitResult}
+            (no changes and the current revision when nothing matched).
+        @raise kvtwist.errors.LimitExceeded: more than C{max_keys} live keys
+            match; nothing was deleted.
+        @raise kvtwist.errors.StoreUnavailable: if the commit could not be
+            made durable; nothing was applied.
+        """
+
     def add_listener(listener):
         """
         Call C{listener(result)} on the reactor thread with the

@@ -1,5 +1,5 @@
 """
-kvcache's Prometheus metrics, served at C{/metrics} through
+kvcache's Prometheus metrics, served at C{/v1/metrics} through
 C{prometheus_client} with a registry of its own (never the process-global
 one, so two kvcaches in one process, or tests, never share counters).
 
@@ -19,7 +19,7 @@ What is counted:
     expirations, open connections, the store's revision.
 
 Everything here runs on the reactor thread: counters are touched from
-request handling and commit callbacks, and collected by the C{/metrics}
+request handling and commit callbacks, and collected by the C{/v1/metrics}
 Resource.
 """
 
@@ -252,7 +252,7 @@ class Metrics:
     """
     Every metric of one kvcache, in its own L{CollectorRegistry}.
 
-    @ivar registry: the registry C{/metrics} exposes.
+    @ivar registry: the registry C{/v1/metrics} exposes.
     @ivar requests: the L{RequestStats}.
     @ivar state: the L{StateCollector}; set its attributes (or call
         L{watch}) to expose live objects.
@@ -404,6 +404,10 @@ class TimedStore:
 
     def commit(self, ops, checks=()) -> Deferred:
         return self._timed(self._clock.seconds(), self.store.commit(ops, checks))
+
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        """A prefix delete, counted and timed as a commit."""
+        return self._timed(self._clock.seconds(), self.store.delete_prefix(prefix, max_keys))
 
     def commit_with(self, ops, checks, rider) -> Deferred:
         """

@@ -132,7 +132,45 @@ class Expire:
         return len(self.key.encode("utf-8"))
 
 
-Op = Union[Put, Delete, Expire]
+@dataclass(frozen=True)
+class Incr:
+    """
+    Add C{by} to the JSON integer stored under C{key} (an absent key counts
+    as 0), keeping its expiry: the value becomes that integer, as JSON. A
+    value that is not a JSON integer fails the whole commit with
+    L{kvtwist.errors.NotAnInteger}. Resolved into a L{Put} on the state the
+    commit applies to (L{kvtwist.store.rules.increment}).
+    """
+
+    key: str
+    by: int = 1
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.key.encode("utf-8")) + len(str(self.by))
+
+
+@dataclass(frozen=True)
+class DeletePrefix:
+    """
+    Remove every live key that starts with C{prefix} (C{""}: every key),
+    each as a C{delete} change of the one commit; more than C{max_keys} of
+    them fails the whole commit with L{kvtwist.errors.LimitExceeded}. The
+    local stores' form of L{kvtwist.interfaces.IKeyValueStore.delete_prefix}
+    (L{kvtwist.store.rules.apply_commit} expands it); it has no C{key}.
+    """
+
+    prefix: str
+    max_keys: int
+
+    @property
+    def size(self) -> int:
+        """Bytes this op weighs against staging limits."""
+        return len(self.prefix.encode("utf-8"))
+
+
+Op = Union[Put, Delete, Expire, DeletePrefix, Incr]
 
 # The kinds of precondition a commit can carry.
 EQUALS = "equals"

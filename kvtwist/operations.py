@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from kvtwist.errors import KeyNotFound, LimitExceeded
 from kvtwist.interfaces import IKeyValueStore, ITransaction, ITransactionView
 from kvtwist.limits import Limits
-from kvtwist.model import JSON_CONTENT_TYPE, Check, Delete, Entry, Put
+from kvtwist.model import JSON_CONTENT_TYPE, Check, Delete, Entry, Incr, Put
+from kvtwist.store.rules import counter_value, increment
 from kvtwist.strictjson import check_key, encode
 
 
@@ -119,6 +120,25 @@ async def stage_deletes(
     return await txn.record(
         [Delete(key) for key in unique], _revisions(view, unique, committed), preconditions
     )
+
+
+async def stage_increment(
+    store: IKeyValueStore, txn: ITransaction, key: str, by: int
+) -> Tuple[int, ITransactionView]:
+    """
+    Read C{key} through C{txn} (its staged write, else the committed value,
+    recorded as read) and stage that integer plus C{by}. The commit then
+    conflicts, as for any key the transaction read, if another commit
+    changed the counter meanwhile: two transactions never both add to the
+    same value.
+
+    @return: the new value, and the transaction's view after staging.
+    @raise NotAnInteger: when the key holds no JSON integer; nothing staged.
+    """
+    found = await read(store, txn, check_key(key))
+    put = increment(found, Incr(key, by))
+    view = await txn.record([put])
+    return counter_value(key, put.value, put.content_type), view
 
 
 async def stage_put(

@@ -26,11 +26,22 @@ the data in the shelve store under the test's C{tmp_path}:
 The server fixtures run on pytest-twisted's reactor, so pytest-twisted must
 be installed and active (it is a kvtwist test dependency, not a runtime
 one; without it these fixtures fail with a message saying so).
+
+Test order: a project that mixes trial TestCases (such as one with
+L{kvtwist.testing.KVCacheServerMixin}) and pytest tests needs the trial
+ones to run first. A pytest-twisted test starts the reactor in a greenlet
+that keeps it "running" for the rest of the session; a trial TestCase that
+then waits on a Deferred runs the reactor itself and fails with
+C{DirtyReactorAggregateError}, though each passes alone. So this plugin
+moves every unittest-style test (trial's included) before the others, in
+the order collected otherwise; C{kvtwist_trial_first = false} in the
+pytest ini file turns that off.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import unittest
+from typing import Any, Dict, List
 
 import pytest
 
@@ -42,6 +53,30 @@ except ImportError:  # pragma: no cover - exercised only without pytest-twisted
 __all__ = ["kvcache_server", "kvcache_url", "kvcache_store", "kvcache_stub"]
 
 _MARKER = "kvcache"
+
+
+def pytest_addoption(parser: Any) -> None:
+    parser.addini(
+        "kvtwist_trial_first",
+        "run unittest-style tests (trial's) before pytest tests, which start "
+        "pytest-twisted's reactor greenlet (default: true)",
+        type="bool",
+        default=True,
+    )
+
+
+def _is_unittest(item: Any) -> bool:
+    cls = getattr(item, "cls", None)
+    return isinstance(cls, type) and issubclass(cls, unittest.TestCase)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: Any, config: Any, items: List[Any]) -> None:
+    """Every unittest-style test first, each group in its collected order."""
+    if config.getini("kvtwist_trial_first"):
+        items[:] = [i for i in items if _is_unittest(i)] + [
+            i for i in items if not _is_unittest(i)
+        ]
 
 
 def pytest_configure(config: Any) -> None:

@@ -10,14 +10,20 @@ value whatever layer set it.
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
+import sys
+import textwrap
+from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional
 
-from twisted.application import strports
+import twisted
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+import kvtwist
 from kvtwist.auth import Authorizer
 from kvtwist.config import (
     BY_NAME,
@@ -36,6 +42,7 @@ from kvtwist.compactor import Compactor
 from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IHistoricalStore, IWorkInFlight
+from kvtwist.listening import listening_service
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
@@ -47,7 +54,7 @@ from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_di
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
-from kvtwist.web.ops import ops_children
+from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
@@ -62,6 +69,18 @@ def _option_help(setting) -> str:
         default = None
     shown = "" if default in (None, False, ()) else " [default: %s]" % (default,)
     return "%s%s [env %s]" % (setting.help, shown, setting.env)
+
+
+def version_line() -> str:
+    """kvtwist's version, with Twisted's and Python's (C{--version}, the startup log)."""
+    return "kvtwist %s (Twisted %s, Python %s)" % (
+        kvtwist.__version__, twisted.__version__, platform.python_version())
+
+
+#: C{textwrap} as C{--help} uses it: lines break at spaces only.
+_WRAP_AT_SPACES = SimpleNamespace(
+    wrap=functools.partial(textwrap.wrap, break_on_hyphens=False, break_long_words=False)
+)
 
 
 def _refuse_token_option() -> None:
@@ -107,9 +126,37 @@ class Options(usage.Options):
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__()
+        # The opt_* docstrings keep their source indentation; --help
+        # rewraps each as one paragraph, so it must be one line first (else
+        # "use         --etcd-password-file").
+        self.docs = {name: " ".join(doc.split()) for name, doc in self.docs.items()}
         self.environ = os.environ if environ is None else environ
         for name in REPEATABLE:
             self[name] = []
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        # Twisted wraps each option's help with textwrap.wrap's defaults,
+        # which break after a hyphen and cut option names in two
+        # ("--token-" / "file"); wrap at spaces only while it renders.
+        wrap = usage.textwrap
+        usage.textwrap = _WRAP_AT_SPACES  # type: ignore[assignment]
+        try:
+            return super().getUsage(width)
+        finally:
+            usage.textwrap = wrap
+
+    def opt_version(self) -> None:
+        """
+        Print kvtwist's version (with Twisted's and Python's) and exit.
+        """
+        # usage.Options' own prints Twisted's version only.
+        print(version_line())
+        sys.exit(0)
+
+    def opt_ops_listen(self, endpoint: str) -> None:
+        self["ops-listen"].append(endpoint)
+
+    opt_ops_listen.__doc__ = _option_help(BY_NAME["ops-listen"])
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -261,12 +308,32 @@ def transaction_manager(backing, timed, store, reactor, limits):
     return TransactionManager(reactor, limits, store)
 
 
-def web_extras(config: Config, store, metrics: Metrics, reactor) -> Dict[bytes, Any]:
-    """The top-level routes beyond the API: operations, and the admin page."""
-    extras = dict(ops_children(store, metrics, reactor))
+def web_extras(config: Config) -> Dict[bytes, Any]:
+    """The top-level routes beyond the API: the admin page."""
+    extras: Dict[bytes, Any] = {}
     if config["ui"] == "on":
         extras[b"ui"] = make_ui_resource()
     return extras
+
+
+def listen_on(endpoints, site, reactor, parent: MultiService, ui: bool = False) -> None:
+    """
+    One listening Service under C{parent} per endpoint string, serving
+    C{site}, each logging its URL (and with C{ui}, the admin page's) once
+    bound. An endpoint that cannot be built (a missing certificate, a bad
+    string) ends startup here, in one line.
+    """
+    for endpoint in endpoints:
+        try:
+            listener = listening_service(endpoint, site, reactor, ui)
+        except Exception as e:
+            # Parsing builds TLS contexts, so a missing or unreadable
+            # certificate or key ends startup here, in one line.
+            raise SystemExit(
+                "kvcache: cannot start: bad endpoint %r: %s: %s"
+                % (endpoint, type(e).__name__, e)
+            )
+        listener.setServiceParent(parent)
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
@@ -285,6 +352,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         reactor = default_reactor
     config = options.config
     assert config is not None, "parseOptions() first"
+    log.info("kvcache: {version}", version=version_line())
     for path in secret_files(config):
         log.warn(
             "{path} holds tokens and is readable by other users; chmod 600 it",
@@ -318,16 +386,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
         # compaction is cluster-wide (every prefix, every application) and
         # belongs to etcd's own --auto-compaction-* (docs/scale-out.md).
         Compactor(store, reactor, limits).setServiceParent(top)
+    authorizer = Authorizer(config.tokens)
+    browsers = BrowserPolicy.of(config["cors-origin"], config["allowed-host"])
     root = make_root(
         store,
         limits,
         clock=reactor,
         transactions=transactions,
         hub=hub,
-        authorizer=Authorizer(config.tokens),
+        authorizer=authorizer,
         watchers=watchers,
-        extra_children=web_extras(config, store, metrics, reactor),
-        browsers=BrowserPolicy.of(config["cors-origin"], config["allowed-host"]),
+        extra_children=web_extras(config),
+        ops=ops_children(store, metrics, reactor),
+        browsers=browsers,
     )
     site = KVSite(
         root,
@@ -345,17 +416,19 @@ def makeService(options: Options, reactor=None) -> MultiService:
         sweeper=sweeper,
         site=site,
     )
-    for endpoint in config.endpoints:
-        try:
-            listener = strports.service(endpoint, site, reactor=reactor)
-        except Exception as e:
-            # Parsing builds TLS contexts, so a missing or unreadable
-            # certificate or key ends startup here, in one line.
-            raise SystemExit(
-                "kvcache: cannot start: bad endpoint %r: %s: %s"
-                % (endpoint, type(e).__name__, e)
-            )
-        listener.setServiceParent(top)
+    listen_on(config.endpoints, site, reactor, top, ui=config["ui"] == "on")
+    if config["ops-listen"]:
+        # Probes and scrapers that expect /healthz and /metrics at the
+        # root get them here, on a listener of their own.
+        ops_site = KVSite(
+            ops_root(store, metrics, reactor, authorizer, browsers),
+            limits,
+            metrics=metrics,
+            access_log=config["access-log"],
+            access_log_file=config["access-log-file"],
+            reactor=reactor,
+        )
+        listen_on(config["ops-listen"], ops_site, reactor, top)
     log.info(
         "kvcache: auth {auth}; {limits}",
         auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",

@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
-from kvtwist.model import Check, CommitResult, Entry, Op, Page, PageBuilder
+from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
@@ -65,6 +65,9 @@ class _DictTable:
 
     def remove(self, key: str) -> None:
         self._rows.pop(key, None)
+
+    def keys_under(self, prefix: str) -> List[str]:
+        return [key for key in self._rows if key.startswith(prefix)]
 
 
 class _DictLeases:
@@ -299,6 +302,9 @@ class MemoryStore:
             lambda table, revision, now: lease_rules.expire(table, self.leases, revision, lease_id, now)
         )
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        return self.commit([DeletePrefix(prefix, max_keys)])
+
     def ping(self) -> Deferred:
         # The ping is a write probe: a store that fails commits fails it.
         guard = self._guard()
@@ -461,8 +467,9 @@ class KVCacheServer:
     Differences from C{twistd kvcache}: the store is a L{MemoryStore} by
     default; with C{data_dir} it is the on-disk shelve store, whose SQLite
     calls then run on the reactor thread (fine for tests, too slow for
-    production). C{/healthz} and C{/readyz} are there, C{/metrics} and the
-    admin page are not (add routes with C{extra_children}); there is no
+    production). C{/v1/healthz} and C{/v1/readyz} are there, C{/v1/metrics}
+    and the admin page are not (add routes with C{ops} and
+    C{extra_children}); there is no
     access log, and auth is off unless you pass an C{authorizer}.
 
     @param store: serve this store (already open); the server never closes
@@ -572,16 +579,17 @@ class KVCacheServer:
         # trial report an unclean reactor).
         self._transactions = TransactionManager(self._reactor, self.limits, self.store)
         options = dict(self._root_options)
-        # /healthz and /readyz as twistd serves them (no /metrics: no
-        # registry here); routes the caller passes come on top.
-        children = ops_children(self.store, None, self._reactor)
-        children.update(options.pop("extra_children", None) or {})
+        # /v1/healthz and /v1/readyz as twistd serves them (no
+        # /v1/metrics: no registry here); routes the caller passes come on
+        # top.
+        ops = ops_children(self.store, None, self._reactor)
+        ops.update(options.pop("ops", None) or {})
         root = make_root(
             self.store,
             self.limits,
             clock=self._reactor,
             transactions=self._transactions,
-            extra_children=children,
+            ops=ops,
             **options,
         )
         # kvcache's own site: body cap, request deadline, idle timeout and

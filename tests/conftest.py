@@ -5,7 +5,9 @@ A plain pytest test (or a pytest-twisted one) starts pytest-twisted's
 reactor greenlet, which keeps the reactor "running" for the rest of the
 session; a trial TestCase that waits on a Deferred runs the reactor itself
 (C{TestCase._wait}), which then fails with unclean reactors. So every
-unittest-style test runs first, and the rest after them.
+unittest-style test runs first, and the rest after them: kvtwist's own
+pytest plugin (L{kvtwist.pytest_plugin}, loaded through its entry point)
+orders them so, for this suite as for every downstream one.
 
 Under pytest-xdist each worker is a session of its own and must keep that
 order too. C{./run.sh test} runs C{-n 2 --dist loadscope
@@ -23,7 +25,6 @@ import shlex
 import sys
 
 import pytest
-from _pytest.unittest import TestCaseFunction
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -50,9 +51,3 @@ def pytest_configure(config) -> None:
             "--no-loadscope-reorder, as ./run.sh test does, or --dist load"
             % (dist, " without --no-loadscope-reorder" if reordered else "")
         )
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    trial = [item for item in items if isinstance(item, TestCaseFunction)]
-    others = [item for item in items if not isinstance(item, TestCaseFunction)]
-    items[:] = trial + others

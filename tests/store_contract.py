@@ -22,11 +22,12 @@ from kvtwist.errors import (
     LeaseNotFound,
     LeasesUnsupported,
     LimitExceeded,
+    NotAnInteger,
     RevisionCompacted,
     StoreUnavailable,
 )
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
-from kvtwist.model import Check, Delete, Entry, Expire, Put
+from kvtwist.model import Check, Delete, Entry, Expire, Incr, Put
 
 
 def contract(test):
@@ -412,6 +413,76 @@ class StoreContract(ExpectFailure):
         await store.commit([Put("a", b""), Put("b", b""), Put("c", b"")])
         await store.commit([Put("a", b"again"), Delete("b"), Delete("nope")])
         self.assertEqual(store.key_count, 2)
+
+    @contract
+    async def test_delete_prefix_is_one_commit(self):
+        """delete_prefix removes every key under the prefix in one revision, one delete change each, heard once."""
+        store = await self.make_store()
+        await store.commit([Put("app/a", b"1"), Put("app/b/c", b"2"), Put("app", b"3"), Put("apq", b"4")])
+        heard = []
+        store.add_listener(lambda result: heard.append(result))
+        before = store.revision
+        result = await store.delete_prefix("app/", 10)
+        self.assert_next_revision(before, result.revision)
+        self.assertEqual(store.revision, result.revision)
+        self.assertEqual(
+            sorted((c.kind, c.key, c.previous.value) for c in result.changes),
+            [("delete", "app/a", b"1"), ("delete", "app/b/c", b"2")],
+        )
+        self.assertEqual([r.revision for r in heard], [result.revision])
+        page = await store.list("", None, 10)
+        self.assertEqual([e.key for e in page.entries], ["app", "apq"])
+        if hasattr(store, "key_count"):
+            self.assertEqual(store.key_count, 2)
+
+    @contract
+    async def test_delete_prefix_nothing_and_all(self):
+        """A prefix matching nothing changes nothing; the empty prefix deletes every key."""
+        store = await self.make_store()
+        await store.commit([Put("a", b"1"), Put("b", b"2")])
+        before = store.revision
+        nothing = await store.delete_prefix("zz", 10)
+        self.assertEqual((nothing.changes, store.revision), ((), before))
+        everything = await store.delete_prefix("", 10)
+        self.assertEqual(sorted(c.key for c in everything.changes), ["a", "b"])
+        self.assertEqual((await store.list("", None, 10)).entries, ())
+
+    @contract
+    async def test_delete_prefix_limit_deletes_nothing(self):
+        """More keys under the prefix than max_keys: LimitExceeded, and nothing is deleted."""
+        store = await self.make_store()
+        await store.commit([Put("p/%d" % i, b"x") for i in range(3)])
+        before = store.revision
+        error = await self.expect(LimitExceeded, store.delete_prefix("p/", 2))
+        self.assertEqual((error.extra["limit"], error.extra["size"]), (2, 3))
+        self.assertEqual(store.revision, before)
+        self.assertEqual(len((await store.list("p/", None, 10)).entries), 3)
+        result = await store.delete_prefix("p/", 3)
+        self.assertEqual(len(result.changes), 3)
+
+    @contract
+    async def test_incr(self):
+        """Incr adds to a JSON integer (absent: 0), keeps the expiry, and refuses a non-integer changing nothing."""
+        store = await self.make_store()
+        first = await store.commit([Incr("n", 5)])
+        self.assertEqual(((await store.get("n")).value, first.changes[0].kind), (b"5", "put"))
+        await store.commit([Incr("n", -7), Incr("n")])
+        entry = await store.get("n")
+        self.assertEqual((entry.value, entry.content_type, entry.version), (b"-1", "application/json", 2))
+        big = 2 ** 80
+        await store.commit([Put("big", str(big).encode(), "application/json"), Incr("big", big)])
+        self.assertEqual((await store.get("big")).value, str(2 * big).encode())
+        expires = store.clock.seconds() + 1000
+        await store.commit([Put("ttl", b"1", "application/json", expires)])
+        await store.commit([Incr("ttl")])
+        self.assertEqual((await store.get("ttl")).expires, expires)
+        before = store.revision
+        for value, content_type in ((b"1.5", "application/json"), (b"true", "application/json"),
+                                    (b"1", "text/plain"), (b'"1"', "application/json")):
+            await store.commit([Put("x", value, content_type)])
+            before = store.revision
+            await self.expect(NotAnInteger, store.commit([Incr("n"), Incr("x")]))
+            self.assertEqual((store.revision, (await store.get("n")).value), (before, b"-1"))
 
     # -- history (IHistoricalStore) -------------------------------------------
 

@@ -215,16 +215,16 @@ class ScopedViewsTests(AuthCase):
         )
 
     def test_healthz_needs_no_token(self):
-        """/healthz, when mounted, is outside authentication (probes carry no token)."""
+        """/v1/healthz, when mounted, is outside authentication (probes carry no token)."""
         client = TreeClient(
             self,
             memory_root(
                 self.store,
                 authorizer=Authorizer([READER]),
-                extra_children=ops_children(self.store, None, self.store.clock),
+                ops=ops_children(self.store, None, self.store.clock),
             ),
         )
-        answer = client.request("GET", "/healthz")
+        answer = client.request("GET", "/v1/healthz")
         self.assertEqual(answer.status, 200, answer.body)
 
 
@@ -265,6 +265,11 @@ class OpenRoutesTests(AuthCase):
         )
         self.assertEqual(client.request("GET", "/ui/").status, 200)
         self.assertEqual(client.request("GET", "/v1/kv/app/x").status, 401)
+
+    def test_root_names_are_keys_behind_auth(self):
+        """/healthz, /ui and /v1 are seed keys: reading them needs a token like any key."""
+        for path in ("/healthz", "/ui", "/v1", "/metrics"):
+            self.assertEqual(self.as_token(None, "GET", path).status, 401, path)
 
 
 class AuthOffTests(SynchronousTestCase):

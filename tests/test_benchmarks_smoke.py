@@ -47,8 +47,8 @@ class BenchmarkSmokeTests(SynchronousTestCase):
     def test_quick_benchmark_writes_its_report(self):
         """
         C{--quick}: every target starts, every measurement but the soak runs
-        without errors, and the JSON, Markdown report and SPEC target table
-        are written.
+        without errors (C{kvtwist load} loading its whole file too), and the
+        JSON, Markdown report and its target table are written.
         """
         tmp_path = self.make_tmp_path()
         check_quick_benchmark(tmp_path)
@@ -98,6 +98,10 @@ def check_quick_benchmark(tmp_path: Path) -> None:
     assert set(summary["sizes"]) == {"1000", "10000"}
     assert (summary["large"]["rounds"], summary["large"]["errors"]) == (1, 0), summary["large"]
     assert "etcd" in summary["get"] or "etcd" in results["skipped"]
+    # kvtwist load ran every round, loading every key of its dump file.
+    load = results["load"]
+    assert [run.get("loaded") for run in load["runs"]] == [load["keys"]], load
+    assert load["median_keys_per_s"] > 0
 
     checks = results["checks"]
     assert checks and all({"check", "status", "target"} <= set(c) for c in checks)

@@ -231,6 +231,15 @@ class EncodedTests(SynchronousTestCase):
             self.assertIsNone(self.cache.peek_encoded(key, self.encode))
         self.assertEqual((self.cache.hits, self.calls), (0, []))
 
+    def test_delete_of_unread_key_caches_nothing(self):
+        """A delete caches the absence of keys that were cached, not of keys nobody read."""
+        self.successResultOf(self.cache.commit([Put("a", b"1"), Put("b", b"2")]))
+        self.cache.invalidate_all()
+        self.successResultOf(self.cache.get("a"))
+        self.successResultOf(self.cache.commit([Delete("a"), Delete("b")]))
+        self.assertEqual(list(self.cache._cache), ["a"])
+        self.assertEqual(self.cache.peek("a"), (True, None))
+
     def test_charged_and_released(self):
         """An encoded answer is charged when built and released with its entry."""
         self.successResultOf(self.cache.commit([Put("a", b"x" * 1000)]))
@@ -283,9 +292,9 @@ class MemoryBoundTests(SynchronousTestCase):
             for revision, (key, record) in enumerate(records, 1):
                 key = pickle.loads(key)
                 if record is None:
-                    cache.apply_changes(
-                        CommitResult(revision, (Change("delete", key, None, None),))
-                    )
+                    # A read that finds nothing caches the key's absence
+                    # (a delete of a key nobody read caches nothing).
+                    cache.get(key)
                     continue
                 cache.apply_changes(put_change(revision, Entry.from_record(key, pickle.loads(record))))
                 if encode is not None:
@@ -334,7 +343,7 @@ class MemoryBoundTests(SynchronousTestCase):
         )
 
     def test_absent_keys(self):
-        """Known-absent keys."""
+        """Known-absent keys (read and not found)."""
         self.assertCharged([(pickle.dumps("gone-%d" % i), None) for i in range(2000)])
 
     def test_with_encoded_answers(self):

@@ -10,9 +10,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from typing import Dict, Optional, Tuple
+from urllib.parse import quote
 
 from treq.testing import StubTreq
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -24,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
 import kvtwist
+from kvtwist import client
 from kvtwist.cli import main
 from kvtwist.limits import Limits
 from kvtwist.model import Put
@@ -414,7 +421,31 @@ class ConnectionTests(CLITestCase):
         self.assertEqual(hanging.cancelled, 1)
         self.assertEqual(
             err.getvalue(),
-            "kvtwist: cannot reach http://127.0.0.1:8080: no answer within the timeout\n",
+            "kvtwist: cannot reach http://127.0.0.1:8080: timed out after 5 s\n",
+        )
+
+    def test_timeout_of_a_request_in_flight(self) -> None:
+        """
+        A request cancelled mid-way by --timeout fails the way treq's do
+        (ResponseNeverReceived wrapping the cancellation); the message still
+        names the timeout, not an empty list of reasons.
+        """
+
+        class Cancelled(Hanging):
+            def request(self, *args, **kwargs):
+                def cancel(d: Deferred) -> None:
+                    d.errback(ResponseNeverReceived([Failure(CancelledError())]))
+
+                return Deferred(cancel)
+
+        err = io.StringIO()
+        d = main(self.clock, "--timeout", "2", "get", "a", http=Cancelled(),
+                 stdout=io.StringIO(), stderr=err, environ={})
+        self.clock.advance(2)
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
+        self.assertEqual(
+            err.getvalue(),
+            "kvtwist: cannot reach http://127.0.0.1:8080: timed out after 2 s\n",
         )
 
     def test_default_timeout(self) -> None:
@@ -446,6 +477,185 @@ class ConnectionTests(CLITestCase):
         reactor.advance(1)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
         self.assertIn("kvtwist: cannot reach http://127.0.0.1:9: ", err.getvalue())
+
+
+class UnixSocketTests(SynchronousTestCase):
+    """--unix-socket PATH and http+unix:// URLs, against a real server listening on unix:."""
+
+    def setUp(self) -> None:
+        from tests.e2e import start_server
+
+        # Short: a unix socket's path has a limit of about 100 bytes.
+        directory = tempfile.mkdtemp(prefix="kvsock-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.socket = os.path.join(directory, "kv.sock")
+        start_server(self, extra_args=["--listen", "tcp:{port}:interface=127.0.0.1",
+                                       "--listen", "unix:" + self.socket])
+
+    def kvtwist(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-b", "-c", "from kvtwist.cli import run; run()", *argv],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ, KVTWIST_URL=""),
+        )
+
+    def test_unix_socket_option(self) -> None:
+        """--unix-socket PATH reaches the server on its unix socket, as curl's option does."""
+        put = self.kvtwist("--unix-socket", self.socket, "put", "app/x", "hello")
+        self.assertEqual(put.returncode, 0, put.stderr)
+        got = self.kvtwist("--unix-socket", self.socket, "-o", "text", "cat", "app/x")
+        self.assertEqual((got.returncode, got.stdout), (0, "hello"), got.stderr)
+
+    def test_http_unix_url(self) -> None:
+        """--url http+unix://<percent-encoded path>/ names the socket in place of the host."""
+        url = "http+unix://%s/" % (quote(self.socket, safe=""),)
+        put = self.kvtwist("--url", url, "put", "k", "v")
+        self.assertEqual(put.returncode, 0, put.stderr)
+        listed = self.kvtwist("--url", url, "-o", "text", "list")
+        self.assertEqual((listed.returncode, listed.stdout), (0, "k\n"), listed.stderr)
+
+    def test_missing_socket(self) -> None:
+        """A socket nobody listens on is exit 3, naming the socket."""
+        result = self.kvtwist("--unix-socket", self.socket + ".nope", "get", "a")
+        self.assertEqual(result.returncode, 3)
+        self.assertIn("cannot reach unix socket %s.nope" % (self.socket,), result.stderr)
+
+
+class UnixTargetTests(SynchronousTestCase):
+    """How --url and --unix-socket decide where requests go."""
+
+    def test_targets(self) -> None:
+        """http+unix URLs carry the socket; --unix-socket wins; the path prefix is kept."""
+        from kvtwist.cli import _base_url, _unix_target
+
+        self.assertEqual(_unix_target(_base_url("http+unix://%2Frun%2Fkv.sock/pre"), None),
+                         ("http://localhost/pre", "/run/kv.sock"))
+        self.assertEqual(_unix_target("http://127.0.0.1:8080/p", "/tmp/s"),
+                         ("http://127.0.0.1:8080/p", "/tmp/s"))
+        self.assertEqual(_unix_target(_base_url("http+unix://%2Fa/"), "/b"),
+                         ("http://localhost/", "/b"))
+        self.assertEqual(_unix_target("http://h:1", None), ("http://h:1", None))
+
+    def test_bad_unix_url(self) -> None:
+        """An http+unix URL without a socket is a usage error (exit 2)."""
+        err = io.StringIO()
+        d = main(Clock(), "--url", "http+unix:///x", "get", "a", stdout=io.StringIO(),
+                 stderr=err, environ={})
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
+        self.assertIn("http+unix://%2Fpath%2Fto.sock", err.getvalue())
+
+
+class CompletionTests(SynchronousTestCase):
+    """kvtwist completion bash|zsh: scripts made by shtab from the parser."""
+
+    def script(self, shell: str) -> str:
+        out = io.StringIO()
+        self.assertIsNone(self.successResultOf(
+            main(Clock(), "completion", shell, stdout=out, stderr=io.StringIO(), environ={})))
+        return out.getvalue()
+
+    def complete(self, script: str, *words: str) -> str:
+        """What bash offers for the last of C{words}, with the script loaded."""
+        path = os.path.join(tempfile.mkdtemp(prefix="kvtwist-completion-"), "kvtwist.bash")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write(script)
+        program = 'source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); ' \
+                  '_shtab_kvtwist; echo "${COMPREPLY[@]}"'
+        result = subprocess.run(["bash", "-c", program, "bash", path, *words],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.stderr, "")
+        return result.stdout.strip()
+
+    def test_bash(self) -> None:
+        """The bash script completes commands and each command's options."""
+        if shutil.which("bash") is None:
+            self.skipTest("bash is not installed")
+        script = self.script("bash")
+        self.assertEqual(self.complete(script, "kvtwist", "li"), "list")
+        self.assertEqual(self.complete(script, "kvtwist", "comp"), "completion")
+        self.assertEqual(self.complete(script, "kvtwist", "load", "--ba"), "--batch")
+        self.assertIn("--unix-socket", self.complete(script, "kvtwist", "--u"))
+
+    def test_zsh(self) -> None:
+        """The zsh script is a #compdef function naming every command (and parses, where zsh is)."""
+        script = self.script("zsh")
+        self.assertTrue(script.startswith("#compdef kvtwist"), script[:80])
+        for command in ("get", "put", "cat", "list", "watch", "dump", "load", "completion"):
+            self.assertIn("\n    %s:'" % (command,), script)
+        if shutil.which("zsh"):
+            result = subprocess.run(["zsh", "-n"], input=script, capture_output=True, text=True,
+                                    timeout=30)
+            self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_unknown_shell(self) -> None:
+        """A shell without a script is a usage error."""
+        d = main(Clock(), "completion", "fish", stdout=io.StringIO(), stderr=io.StringIO(),
+                 environ={})
+        self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
+
+
+class SignalTests(SynchronousTestCase):
+    """SIGINT and SIGTERM through the console script, as real subprocesses."""
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-b", "-c", "from kvtwist.cli import run; run()", *argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        return process
+
+    def silent_server(self) -> socket.socket:
+        """A listening socket that will never answer."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(30)
+        self.addCleanup(listener.close)
+        return listener
+
+    def in_request(self, process: subprocess.Popen, listener: socket.socket) -> None:
+        """Wait (bounded) until the command has connected: it is then running."""
+        connection, _ = listener.accept()
+        self.addCleanup(connection.close)
+        self.assertIsNone(process.poll(), "the command ended before the signal")
+
+    def url(self, listener: socket.socket) -> str:
+        return "http://127.0.0.1:%d" % (listener.getsockname()[1],)
+
+    def test_sigint_during_a_request(self) -> None:
+        """A command waiting for its answer, interrupted by SIGINT: exit 130 and one line."""
+        listener = self.silent_server()
+        process = self.start("--url", self.url(listener), "--timeout", "60", "get", "a")
+        self.in_request(process, listener)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, out, err), (130, "", "kvtwist: interrupted\n"))
+
+    def test_sigterm_during_a_request(self) -> None:
+        """The same with SIGTERM: exit 143."""
+        listener = self.silent_server()
+        process = self.start("--url", self.url(listener), "--timeout", "60", "cat", "a")
+        self.in_request(process, listener)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, err), (143, "kvtwist: interrupted\n"))
+
+    def test_sigint_ends_a_watch_with_0(self) -> None:
+        """^C is how a watch ends: exit 0, nothing on stderr."""
+        from tests.e2e import http_request, start_server
+
+        server = start_server(self)
+        http_request(server.url, "PUT", "/v1/kv/a", b"1")
+        process = self.start("--url", server.url, "-o", "text", "watch", "--after", "0")
+        assert process.stdout is not None
+        # The replayed event is printed once the watch runs (bounded wait).
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        self.assertTrue(ready, "the watch printed nothing")
+        self.assertEqual(process.stdout.readline(), "1 put a\n")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, err), (0, ""))
 
 
 class ConsoleScriptTests(SynchronousTestCase):
@@ -672,6 +882,70 @@ class CatCommandTests(V1CLITestCase):
             self.assertEqual(self.cli("-o", "text", "cat", "--", key)[0], str(i), key)
 
 
+class TextValueTests(V1CLITestCase):
+    """Text values print as text in get, cat, list and batch outputs (client.text_of's rule)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cli("put", "app/x", "hello")
+        self.cli("put", "app/lines", "-", stdin=b"one\ntwo\n", )
+        self.cli("put", "app/latin", "-", "-t", "text/plain; charset=latin-1", stdin=b"caf\xe9")
+        self.cli("put", "app/bin", "-", stdin=b"\x00\xff\n")
+
+    def test_get_text(self) -> None:
+        """get of a text value prints it: a JSON string, or the text with -o text."""
+        self.assertEqual(self.json_out("get", "app/x"), "hello")
+        self.assertEqual(self.cli("-o", "text", "get", "app/x"), ("hello\n", ""))
+        self.assertEqual(self.cli("-o", "text", "get", "app/lines"), ("one\ntwo\n", ""))
+        self.assertEqual(self.json_out("get", "app/latin"), "caf\u00e9")
+
+    def test_get_binary(self) -> None:
+        """get of bytes that are not text gives them as base64 with their type."""
+        self.assertEqual(self.json_out("get", "app/bin"),
+                         {"value_base64": "AP8K", "content_type": "application/octet-stream"})
+
+    def test_get_json_unchanged(self) -> None:
+        """get of a JSON value prints the JSON, a string without quotes with -o text."""
+        self.cli("put", "j", '"s"', "--json")
+        self.assertEqual(self.json_out("get", "j"), "s")
+        self.assertEqual(self.cli("-o", "text", "get", "j"), ("s\n", ""))
+
+    def test_cat_text(self) -> None:
+        """cat's JSON gives a text value as "text", not value_base64."""
+        item = self.json_out("cat", "app/x")
+        self.assertEqual(item["text"], "hello")
+        self.assertNotIn("value_base64", item)
+        self.assertEqual(self.json_out("cat", "app/bin")["value_base64"], "AP8K")
+
+    def test_list_values_text(self) -> None:
+        """-o text list --values shows text as itself, multi-line text quoted, bytes as base64."""
+        out, _ = self.cli("-o", "text", "list", "app/", "--values")
+        self.assertEqual(out, 'app/bin\tbase64:AP8K\napp/latin\tcaf\u00e9\n'
+                              'app/lines\t"one\\ntwo\\n"\napp/x\thello\n')
+        page = self.json_out("list", "app/", "--values")
+        self.assertEqual([item.get("text") for item in page["items"]],
+                         [None, "caf\u00e9", "one\ntwo\n", "hello"])
+
+    def test_batch_get_text(self) -> None:
+        """A batch get result of a text value carries it as text."""
+        ops = [{"op": "get", "key": "app/x"}]
+        result = self.json_out("batch", stdin=json.dumps(ops).encode("ascii"))
+        self.assertEqual(result["results"][0]["text"], "hello")
+        out, _ = self.cli("-o", "text", "batch", stdin=json.dumps(ops).encode("ascii"))
+        self.assertEqual(out.splitlines()[0], "get app/x: hello")
+
+    def test_text_rule(self) -> None:
+        """text/* and JSON types decode by their charset; other types only as clean UTF-8."""
+        self.assertEqual(client.text_of(b"caf\xc3\xa9", "text/plain"), "caf\u00e9")
+        self.assertEqual(client.text_of(b"\x01", "text/plain"), "\x01")
+        self.assertIsNone(client.text_of(b"\xe9", "text/plain"))
+        self.assertEqual(client.text_of(b"\xe9", "text/csv; charset=latin-1"), "\u00e9")
+        self.assertIsNone(client.text_of(b"x", "text/plain; charset=nonsense"))
+        self.assertEqual(client.text_of(b"a\tb\r\n", "application/octet-stream"), "a\tb\r\n")
+        self.assertIsNone(client.text_of(b"a\x00b", "application/octet-stream"))
+        self.assertIsNone(client.text_of(b"\x89PNG", "image/png"))
+
+
 class RmCommandTests(V1CLITestCase):
     """kvtwist rm."""
 
@@ -865,6 +1139,24 @@ class BatchCommandTests(V1CLITestCase):
         )
 
 
+class IncrCommandTests(V1CLITestCase):
+    """kvtwist incr."""
+
+    def test_incr_prints_the_new_value(self) -> None:
+        """incr KEY [BY] prints the counter's new value (text) or {key, value} (json), any size."""
+        self.assertEqual(self.cli("-o", "text", "incr", "hits"), ("1\n", ""))
+        self.assertEqual(self.cli("-o", "text", "incr", "hits", "-3"), ("-2\n", ""))
+        self.assertEqual(self.json_out("incr", "hits", str(10 ** 25)), {"key": "hits", "value": 10 ** 25 - 2})
+        self.assertEqual(self.store.rows["hits"].value, str(10 ** 25 - 2).encode())
+
+    def test_not_an_integer_exits_4(self) -> None:
+        """incr of a key that holds no JSON integer exits 4 naming not-an-integer; a bad BY is a usage error."""
+        self.cli("put", "name", '"x"', "--json")
+        out, err = self.cli("incr", "name", code=4)
+        self.assertIn("409 not-an-integer", err)
+        self.cli("incr", "n", "1.5", code=2)
+
+
 class TxnCommandTests(V1CLITestCase):
     """kvtwist txn."""
 
@@ -953,7 +1245,7 @@ class TxnCommandTests(V1CLITestCase):
         self.http.flush()
         self.clock.advance(5)
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 3)
-        self.assertIn("no answer within the timeout", err.getvalue())
+        self.assertIn("timed out after 5 s", err.getvalue())
         self.assertEqual(http.cancelled, 1)
 
     def test_txn_awkward_keys(self) -> None:
@@ -1085,8 +1377,14 @@ class WatchCommandTests(V1CLITestCase):
         self.clock.advance(1)
         self.http.flush()
         self.successResultOf(d)
-        self.assertEqual([json.loads(line).get("value_base64") for line in out.getvalue().splitlines()],
-                         ["MQ==", "eyJ4IjogMX0="])
+        # Both values are UTF-8 text (stored as application/octet-stream).
+        self.assertEqual([json.loads(line).get("text") for line in out.getvalue().splitlines()],
+                         ["1", '{"x": 1}'])
+        d, out, _ = self.start("-o", "text", "--timeout", "1", "watch", "--values", "--after", "0")
+        self.clock.advance(1)
+        self.http.flush()
+        self.successResultOf(d)
+        self.assertEqual(out.getvalue(), '1 put a\t1\n2 put b\t{"x": 1}\n')
 
     def test_runs_until_interrupted(self) -> None:
         """Without --timeout it runs on; cancelling it closes the stream."""

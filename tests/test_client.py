@@ -297,6 +297,22 @@ class WireTests(SynchronousTestCase):
         http.flush()
         return d
 
+    def test_user_agent(self) -> None:
+        """Every request says it comes from kvtwist and which version: User-Agent: kvtwist/VERSION."""
+        import kvtwist
+
+        recorder = Recorder(200, b"{}")
+        http = StubTreq(recorder)
+        client.get(http, URL, "k")
+        client.put(http, URL, "k", b"v")
+        client.batch(http, URL, [])
+        client.get_limits(http, URL)
+        client.watch(http, URL, "p", clock=Clock())
+        http.flush()
+        agents = {headers.getRawHeaders(b"user-agent")[0] for _, _, headers, _ in recorder.requests}
+        self.assertEqual(len(recorder.requests), 5)
+        self.assertEqual(agents, {("kvtwist/%s" % (kvtwist.__version__,)).encode("ascii")})
+
     def test_requests_on_the_wire(self) -> None:
         """Each function sends its method, path, JSON body and content type."""
         recorder = Recorder(200, b'{"k": "created"}')

@@ -49,6 +49,7 @@ DEFAULTS = {
     "port": 8080,
     "host": "127.0.0.1",
     "listen": (),
+    "ops-listen": (),
     "data": "./kvcache-data",
     "store": "shelve",
     "etcd-prefix": "/kvtwist/",
@@ -225,6 +226,12 @@ class DefaultsAndCommandLineTests(SynchronousTestCase):
         endpoints = ["tcp:1:interface=127.0.0.1", "unix:/tmp/kv.sock"]
         self.assertEqual(options, expected(listen=tuple(endpoints), endpoints=endpoints))
 
+    def test_ops_listen_repeatable(self):
+        """--ops-listen may be given several times, and does not replace the API's listener."""
+        endpoints = ("tcp:1:interface=127.0.0.1", "unix:/tmp/ops.sock")
+        options = parse(["--ops-listen", endpoints[0], "--ops-listen", endpoints[1]])
+        self.assertEqual(options, expected(ops_listen=endpoints))
+
     def test_ipv6_host_is_escaped(self):
         """An IPv6 --host has its colons escaped in the endpoint string."""
         self.assertEqual(parse(["--host", "::1"])["endpoints"], ["tcp:8080:interface=\\:\\:1"])
@@ -314,6 +321,14 @@ class ConfigFileTests(FileMixin, SynchronousTestCase):
         """An unknown key stops startup with a message naming the key and the file."""
         path = self.write("kv.toml", "port = 9000\nmax-bodyy = 5\n")
         self.assertConfigError(["--config", path], None, path, "'max-bodyy'", "unknown key")
+
+    def test_typo_gets_the_closest_key(self):
+        """A misspelt key (max-bdy) gets the closest setting as a "did you mean"; a far one gets none."""
+        path = self.write("kv.toml", "max-bdy = 5\n")
+        self.assertConfigError(["--config", path], None, "'max-bdy'", "did you mean 'max-body'")
+        path = self.write("kv.toml", "zzz = 5\n")
+        message = self.assertConfigError(["--config", path], None, "'zzz'")
+        self.assertNotIn("did you mean", message)
 
     def test_underscore_spelling_is_unknown_with_a_hint(self):
         """Keys use dashes, like the options; max_body is unknown and the message suggests max-body."""
@@ -549,6 +564,7 @@ class ServiceLinkTests(SynchronousTestCase):
         valid = {count: "9", port: "9", size: "9", seconds: "9"}
         special = {
             "ui": "off", "access-log": "off", "listen": "unix:/tmp/kv.sock",
+            "ops-listen": "unix:/tmp/kv-ops.sock",
             "store": "shelve", "host": "127.0.0.2",
             "cors-origin": "https://app.example", "allowed-host": "kv.example",
             "history-retention": "1h",
@@ -697,6 +713,16 @@ class ProtectedModeTests(FileMixin, SynchronousTestCase):
         self.assertIn("--allow-open", message)
         return message
 
+    def test_public_ops_listener_refused(self):
+        """The operations listener beyond loopback with no token is refused too."""
+        message = self.assertRefused(["--ops-listen", "tcp:9100:interface=0.0.0.0"])
+        self.assertIn("interface=0.0.0.0", message)
+
+    def test_ops_listen_in_file(self):
+        """ops-listen is a list of endpoint strings in the config file."""
+        path = self.write("ops.toml", 'ops-listen = ["tcp:9100:interface=127.0.0.1"]\n')
+        self.assertEqual(parse(["--config", path])["ops-listen"], ("tcp:9100:interface=127.0.0.1",))
+
     def test_public_host_refused(self):
         """--host 0.0.0.0 with no token is refused, naming the endpoint."""
         message = self.assertRefused(["--host", "0.0.0.0"])
@@ -792,6 +818,39 @@ class MakeServiceTests(FileMixin, SynchronousTestCase):
         with self.assertRaises(SystemExit) as caught:
             self.make(["--listen", "ssl:0:privateKey=%s:interface=127.0.0.1" % missing])
         self.assertIn("bad endpoint", str(caught.exception.code))
+
+
+class HelpTests(SynchronousTestCase):
+    """twistd kvcache --help and --version."""
+
+    def test_help_has_no_wrapping_gaps(self):
+        """
+        Each option's help is one paragraph (no run of spaces left from a
+        docstring's indentation), wrapped at spaces only (no option name cut
+        at a hyphen).
+        """
+        options = Options(environ={})
+        for name, doc in options.docs.items():
+            self.assertNotIn("  ", doc, name)
+        text = " ".join(str(options).split())
+        self.assertIn("command line; use --etcd-password-file, etcd-password in --config", text)
+        self.assertIn("(use --token-file or [tokens.NAME] in --config)", text)
+        self.assertNotRegex(text, r"[a-z]- [a-z]")
+
+    def test_version_is_kvtwists(self):
+        """--version prints kvtwist's version (with Twisted's and Python's) and exits 0."""
+        import io
+        import sys
+
+        import kvtwist
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            Options(environ={}).parseOptions(["--version"])
+        self.assertEqual(caught.exception.code, 0)
+        self.assertTrue(out.getvalue().startswith("kvtwist %s (Twisted " % (kvtwist.__version__,)),
+                        out.getvalue())
 
 
 class TwistdConfigErrorTests(FileMixin, SynchronousTestCase):

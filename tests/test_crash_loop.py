@@ -1,5 +1,5 @@
 """
-The C{kill -9} crash loop (issue 2, SPEC section 7): the real kvcache is
+The C{kill -9} crash loop: the real kvcache is
 killed at random instants while several writers commit 50-key batches, and
 after every restart each batch must be wholly there or wholly absent, and
 every acknowledged batch must be there.
@@ -22,6 +22,15 @@ value and ETag), and each prefix listed from the history at the current
 revision must equal the same listing from the keys themselves: each key's
 latest history entry is its current value. Both are written in one SQLite
 transaction, so no kill may separate them.
+Beside them a deleter owns the keys under C{d/}: each round it writes
+its 50 keys with the next generation in one C{POST /v1/batch}, then
+deletes them all with one C{DELETE /v1/kv/?prefix=d/}. After a restart
+its keys must be all absent or all of one generation, and be a state its
+operations passed through no earlier than the last one acknowledged.
+
+L{PrefixDeleteCrashTests} deletes 100,000 keys by prefix in one commit,
+timed, and then kills the server during the same delete of a fresh
+100,000: after the restart all of them or none are there.
 
 The writers are plain threads with C{http.client} (blocking, each with a
 socket timeout), so the loop needs no reactor. Run with C{pytest -s} to see
@@ -90,7 +99,7 @@ class WriterState:
         self.errors: List[str] = []
 
 
-def run_rounds(base_url: str, stop: threading.Event, one_round) -> None:
+def run_rounds(base_url: str, state, stop: threading.Event, one_round) -> None:
     """
     Thread body: call C{one_round(connection)} on one keep-alive connection
     until it returns False, the server dies, C{stop} is set, or
@@ -108,45 +117,8 @@ def run_rounds(base_url: str, stop: threading.Event, one_round) -> None:
         # The kill cut the connection: whatever was in flight is unacknowledged.
         return
     finally:
+        state.busy = False
         connection.close()
-
-
-def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
-    """
-    Thread body: stage and commit batches until the server dies, C{stop}
-    is set, or L{MAX_ROUNDS} pass.
-    """
-
-    def one_batch(connection) -> bool:
-        generation = state.attempted + 1
-        # Counted as attempted before it is sent: once the bytes leave,
-        # the server may commit them even if no answer comes back.
-        state.attempted = generation
-        body = json.dumps(
-            {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
-        ).encode("ascii")
-        state.busy = True
-        status, _, answer = http_request(
-            base_url, "POST", "/set", body, connection=connection
-        )
-        if status not in (200, 201):
-            state.errors.append("POST /set: %d %r" % (status, answer[:200]))
-            return False
-        status, _, answer = http_request(
-            base_url, "POST", "/commit", connection=connection
-        )
-        state.busy = False
-        if status != 204:
-            state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
-            return False
-        state.acknowledged = generation
-        state.batches += 1
-        return True
-
-    try:
-        run_rounds(base_url, stop, one_batch)
-    finally:
-        state.busy = False
 
 
 #: The keys of the history writer (it cycles over them, so keys get versions).
@@ -164,6 +136,7 @@ class HistoryWriterState:
         self.acknowledged: List[tuple] = []
         self.checked = 0
         self.sent = 0
+        self.busy = False
         self.errors: List[str] = []
 
 
@@ -183,7 +156,7 @@ def write_history(base_url: str, state: HistoryWriterState, stop: threading.Even
         state.acknowledged.append((json.loads(answer)["revision"], key, value))
         return True
 
-    run_rounds(base_url, stop, one_put)
+    run_rounds(base_url, state, stop, one_put)
 
 
 def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycle: int) -> None:
@@ -206,7 +179,7 @@ def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycl
                     "cycle %d: acknowledged revision %d of %s: %d %r" % (cycle, revision, key, status, body[:100])
                 )
         state.checked = len(state.acknowledged)
-        for prefix in ["h/"] + ["w%d/" % (w,) for w in range(WRITERS)]:
+        for prefix in ["h/", "d/"] + ["w%d/" % (w,) for w in range(WRITERS)]:
             query = "/v1/kv/?prefix=%s&values=1&limit=1000" % (quote(prefix, safe=""),)
             _, _, body = http_request(base_url, "GET", query, connection=connection)
             current = json.loads(body)
@@ -221,6 +194,115 @@ def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycl
                 )
     finally:
         connection.close()
+
+
+def write_batches(base_url: str, state: WriterState, stop: threading.Event) -> None:
+    """Thread body: stage and commit batches (see L{run_rounds})."""
+
+    def one_round(connection) -> bool:
+        generation = state.attempted + 1
+        # Counted as attempted before it is sent: once the bytes leave,
+        # the server may commit them even if no answer comes back.
+        state.attempted = generation
+        body = json.dumps(
+            {key_name(state.index, i): generation for i in range(KEYS_PER_BATCH)}
+        ).encode("ascii")
+        state.busy = True
+        status, _, answer = http_request(base_url, "POST", "/set", body, connection=connection)
+        if status not in (200, 201):
+            state.errors.append("POST /set: %d %r" % (status, answer[:200]))
+            return False
+        status, _, answer = http_request(base_url, "POST", "/commit", connection=connection)
+        state.busy = False
+        if status != 204:
+            state.errors.append("POST /commit: %d %r" % (status, answer[:200]))
+            return False
+        state.acknowledged = generation
+        state.batches += 1
+        return True
+
+    run_rounds(base_url, state, stop, one_round)
+
+
+class DeleterState:
+    """
+    What the deleter has done over the whole loop.
+
+    @ivar history: the state each of its operations leaves its keys in, in
+        order: a generation, or None once deleted.
+    @ivar acknowledged: how many of C{history} were acknowledged (all of
+        them up to the last one that answered).
+    @ivar attempted: how many of C{history} were sent.
+    """
+
+    prefix = "d/"
+
+    def __init__(self) -> None:
+        self.history: List[Optional[int]] = []
+        self.acknowledged = 0
+        self.attempted = 0
+        self.generation = 0
+        self.busy = False
+        self.errors: List[str] = []
+
+    def possible(self) -> List[Optional[int]]:
+        """The states the keys may be in after a crash: from the last acknowledged on."""
+        states: List[Optional[int]] = [None] + self.history
+        return states[self.acknowledged:self.attempted + 1]
+
+
+def delete_batches(base_url: str, state: DeleterState, stop: threading.Event) -> None:
+    """
+    Thread body: write the deleter's keys in one batch, then delete them
+    by prefix (see L{run_rounds}).
+    """
+
+    def one_round(connection) -> bool:
+        state.generation += 1
+        ops = [
+            {"op": "set", "key": "%sk%d" % (state.prefix, i), "value": state.generation}
+            for i in range(KEYS_PER_BATCH)
+        ]
+        for method, path, body, outcome in (
+            ("POST", "/v1/batch", json.dumps({"ops": ops}).encode("ascii"), state.generation),
+            ("DELETE", "/v1/kv/?prefix=" + state.prefix, None, None),
+        ):
+            state.history.append(outcome)
+            state.attempted = len(state.history)
+            state.busy = True
+            status, _, answer = http_request(base_url, method, path, body, connection=connection)
+            state.busy = False
+            if status != 200:
+                state.errors.append("%s %s: %d %r" % (method, path, status, answer[:200]))
+                return False
+            state.acknowledged = len(state.history)
+        return True
+
+    run_rounds(base_url, state, stop, one_round)
+
+
+def check_deleter(base_url: str, state: DeleterState, tally: "Tally", cycle: int) -> None:
+    """Count a violation if the deleter's keys are split or not a state it passed through."""
+    status, _, body = http_request(
+        base_url, "GET", "/v1/kv/?prefix=%s&limit=%d&values=1" % (state.prefix, KEYS_PER_BATCH),
+        timeout=REQUEST_TIMEOUT,
+    )
+    if status != 200:
+        raise AssertionError("listing the deleter's keys answered %d: %r" % (status, body))
+    items = json.loads(body)["items"]
+    generations = {item["value"] for item in items}
+    if items and (len(items) != KEYS_PER_BATCH or len(generations) != 1):
+        tally.partial += 1
+        tally.violations.append(
+            "cycle %d: deleter partial: %d keys, generations %r" % (cycle, len(items), generations)
+        )
+        return
+    found = generations.pop() if items else None
+    if found not in state.possible():
+        tally.lost += 1
+        tally.violations.append(
+            "cycle %d: deleter found %r, expected one of %r" % (cycle, found, state.possible())
+        )
 
 
 def read_generations(base_url: str, state: WriterState) -> List[Optional[int]]:
@@ -311,10 +393,11 @@ def check_writer(
 class _LoopOutcome:
     """The figures of one run of the loop, shared by the tests below."""
 
-    def __init__(self, tally, errors, summary) -> None:
+    def __init__(self, tally, errors, summary, deletes) -> None:
         self.tally = tally
         self.errors = errors
         self.summary = summary
+        self.deletes = deletes
 
 
 class CrashLoopTests(SynchronousTestCase):
@@ -344,8 +427,9 @@ class CrashLoopTests(SynchronousTestCase):
     def test_batches_all_or_nothing(self):
         """
         Over at least 50 cycles of start, concurrent 50-key batch commits
-        and kill -9 at a random instant, every batch is all there or all
-        absent after the restart (partial == 0), no value appears that was
+        and prefix deletes, and kill -9 at a random instant, every batch and
+        every prefix delete is all there or all absent after the restart
+        (partial == 0), no value appears that was
         never sent (phantom == 0), and the server answered nothing but the
         expected statuses. The loop must have done real work: more
         acknowledged batches than cycles, and most kills landing while a
@@ -361,12 +445,13 @@ class CrashLoopTests(SynchronousTestCase):
         )
         self.assertGreaterEqual(tally.cycles, 50, outcome.summary)
         self.assertGreater(tally.acknowledged, tally.cycles, outcome.summary)
+        self.assertGreater(outcome.deletes, tally.cycles // 2, outcome.summary)
         self.assertGreater(tally.kills_in_flight, tally.cycles // 2, outcome.summary)
 
     def test_acknowledged_batches_survive(self):
         """
         Every batch whose commit answered 204 is on disk after each kill -9
-        and restart (lost == 0).
+        and restart, and no acknowledged prefix delete is undone (lost == 0).
         """
         outcome = self.outcome()
         tally = outcome.tally
@@ -403,6 +488,7 @@ class CrashLoopTests(SynchronousTestCase):
         self.addCleanup(server.stop)
         writers = [WriterState(w) for w in range(WRITERS)]
         self.history_writer = HistoryWriterState()
+        deleter = DeleterState()
         tally = Tally()
         started = time.monotonic()
 
@@ -423,23 +509,31 @@ class CrashLoopTests(SynchronousTestCase):
                 for state, values in zip(writers, read):
                     check_writer(state, values.result(), tally, cycle)
             check_history(server.url, self.history_writer, tally, cycle)
+            check_deleter(server.url, deleter, tally, cycle)
             if cycle == CYCLES:
                 # The last start only checks what the last kill left.
                 break
-            self._write_and_kill(server, writers, tally, rng)
+            self._write_and_kill(server, writers, deleter, tally, rng)
             tally.cycles += 1
         server.terminate()
 
         tally.acknowledged = sum(state.batches for state in writers)
-        errors = [error for state in writers for error in state.errors] + self.history_writer.errors
-        summary = tally.summary(time.monotonic() - started, seed)
+        errors = (
+            [error for state in writers for error in state.errors]
+            + deleter.errors
+            + self.history_writer.errors
+        )
+        deletes = sum(1 for generation in deleter.history[: deleter.acknowledged] if generation is None)
+        summary = "%s; %d acknowledged prefix deletes" % (
+            tally.summary(time.monotonic() - started, seed), deletes
+        )
         print("\n" + summary)
         for line in tally.violations[:20]:
             print("  " + line)
-        return _LoopOutcome(tally, errors, summary)
+        return _LoopOutcome(tally, errors, summary, deletes)
 
-    def _write_and_kill(self, server, writers, tally, rng) -> None:
-        """Run the writers for a random time, then kill -9 the server."""
+    def _write_and_kill(self, server, writers, deleter, tally, rng) -> None:
+        """Run the writers and the deleter for a random time, then kill -9 the server."""
         stop = threading.Event()
         threads = [
             threading.Thread(
@@ -449,6 +543,13 @@ class CrashLoopTests(SynchronousTestCase):
                 daemon=True,
             )
             for state in writers
+        ] + [
+            threading.Thread(
+                target=delete_batches,
+                args=(server.url, deleter, stop),
+                name="crash-deleter",
+                daemon=True,
+            )
         ]
         threads.append(threading.Thread(
             target=write_history, args=(server.url, self.history_writer, stop),
@@ -457,10 +558,87 @@ class CrashLoopTests(SynchronousTestCase):
         for thread in threads:
             thread.start()
         time.sleep(rng.uniform(*WRITE_TIME))
-        if any(state.busy for state in writers):
+        if any(state.busy for state in writers) or deleter.busy:
             tally.kills_in_flight += 1
         server.kill()
         stop.set()
         for thread in threads:
             thread.join(REQUEST_TIMEOUT + 5)
             self.assertFalse(thread.is_alive(), "a writer hung after the kill")
+
+
+#: Keys deleted by one prefix delete in L{PrefixDeleteCrashTests}.
+BIG_DELETE = 100_000
+
+
+def load_offline(data_dir: str, prefixes: List[str]) -> None:
+    """
+    Write L{BIG_DELETE} keys under each of C{prefixes} into the store in
+    C{data_dir} in one commit, in this process, before a server opens it
+    (far quicker than sending them over HTTP).
+    """
+    from kvtwist.model import Put
+    from kvtwist.store.shelve_store import ShelveStore
+    from kvtwist.testing import InlineThreadPool, ThreadlessReactor
+
+    store = ShelveStore(data_dir, ThreadlessReactor(), InlineThreadPool())
+    store.open()
+    store.commit(
+        [Put("%s%06d" % (prefix, i), b"1", "application/json")
+         for prefix in prefixes for i in range(BIG_DELETE)]
+    )
+    store.close()
+
+
+class PrefixDeleteCrashTests(SynchronousTestCase):
+    """One prefix delete of 100,000 keys: one revision, and all-or-nothing under kill -9."""
+
+    def keys(self, server: ServerProcess) -> int:
+        """The server's live key count (C{kvtwist_keys} in /v1/metrics)."""
+        _, _, body = http_request(server.url, "GET", "/v1/metrics", timeout=30)
+        for line in body.decode().splitlines():
+            if line.startswith("kvtwist_keys "):
+                return int(float(line.split()[1]))
+        self.fail("no kvtwist_keys in /v1/metrics")
+
+    def test_prefix_delete_of_100k_keys(self):
+        """
+        DELETE /v1/kv/?prefix=P of 100,000 keys answers 200 with deleted =
+        100,000 and the next revision (one commit), and leaves none; a
+        kill -9 at a random instant during the same delete of another
+        100,000 leaves, after the restart, all 100,000 or none.
+        """
+        base = temp_dir(self, "bigdelete")
+        data = os.path.join(base, "data")
+        load_offline(data, ["big/", "again/"])
+        server = ServerProcess(data, extra_args=["--request-timeout", "120"], log_dir=base)
+        self.addCleanup(server.stop)
+        server.start()
+        self.assertEqual(self.keys(server), 2 * BIG_DELETE)
+        started = time.monotonic()
+        status, _, body = http_request(server.url, "DELETE", "/v1/kv/?prefix=big/", timeout=120)
+        seconds = time.monotonic() - started
+        self.assertEqual((status, json.loads(body)), (200, {"deleted": BIG_DELETE, "revision": 2}))
+        print("\nprefix delete of %d keys: %.2f s" % (BIG_DELETE, seconds))
+        self.assertEqual(self.keys(server), BIG_DELETE)
+
+        outcome: List[object] = []
+
+        def delete() -> None:
+            try:
+                outcome.append(http_request(server.url, "DELETE", "/v1/kv/?prefix=again/", timeout=120)[0])
+            except (OSError, http.client.HTTPException) as e:
+                outcome.append(e)
+
+        deleting = threading.Thread(target=delete, daemon=True)
+        deleting.start()
+        time.sleep(random.uniform(0, seconds))
+        server.kill()
+        deleting.join(30)
+        server.start()
+        left = self.keys(server)
+        self.assertIn(left, (0, BIG_DELETE), "a prefix delete split by kill -9 (answer: %r)" % (outcome,))
+        if outcome == [200]:
+            self.assertEqual(left, 0, "an acknowledged prefix delete was undone")
+        print("kill -9 during the delete: %d keys left (answer: %r)" % (left, outcome))
+        server.terminate()

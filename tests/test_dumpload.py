@@ -1,6 +1,6 @@
 """
 Tests for L{kvtwist.dumpload}: the record format, C{dump} at one revision,
-C{load} in transactions with its checkpoint, and the command glue; in
+C{load} in batches with its checkpoint, and the command glue; in
 memory through C{StubTreq}, then end to end against the real C{twistd
 kvcache} with the commands run as subprocesses, including a load killed
 with SIGKILL half way and resumed.
@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvtwist import client, dumpload
 from kvtwist.dumpload import CheckpointMismatch, DumpFormatError, Record, parse_record
 from kvtwist.errors import StoreUnavailable
+from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.testing import MemoryStore, memory_client
 from tests.e2e import start_server, temp_dir
@@ -361,12 +362,12 @@ class DumpTests(MemoryTestCase):
 
 
 class LoadTests(MemoryTestCase):
-    """load: transactions of a batch, TTLs, idempotence, retries."""
+    """load: one batch request per commit, TTLs, idempotence, retries."""
 
     def records(self, count: int, prefix: str = "k/") -> bytes:
         return b"".join(json_record("%s%04d" % (prefix, i), i) for i in range(count))
 
-    def test_batches_are_transactions(self) -> None:
+    def test_batches_are_commits(self) -> None:
         """Each batch is one commit of its keys."""
         result = self.load_bytes(self.records(7), batch=3)
         self.assertEqual(
@@ -406,16 +407,15 @@ class LoadTests(MemoryTestCase):
         self.load_bytes(json_record("k", 1) + json_record("k", 2), batch=10, concurrency=4)
         self.assertEqual(self.target.rows["k"].value, b"2")
 
-    def test_conflict_retried(self) -> None:
-        """A batch refused with a conflict is sent again after a pause."""
-        commits = []
+    def test_unavailable_retried(self) -> None:
+        """A batch refused with 503 (store unavailable) is sent again after a pause."""
+        batches = []
 
         def hook(method: str, url: str) -> None:
-            if url.endswith("/commit"):
-                commits.append(url)
-                if len(commits) == 1:
-                    # Another writer changes a staged key before the commit.
-                    self.target.commit([Put("k/0000", b"theirs", "text/plain")])
+            if url.endswith("/v1/batch"):
+                batches.append(url)
+                self.target.fail_commits = (
+                    StoreUnavailable("briefly gone") if len(batches) == 1 else None)
 
         d = dumpload.load(Hooked(self.target_http, hook), URL, io.BytesIO(self.records(2)),
                           clock=self.clock)
@@ -423,17 +423,31 @@ class LoadTests(MemoryTestCase):
         self.clock.advance(dumpload.FIRST_PAUSE)
         self.assertEqual(self.successResultOf(d)["loaded"], 2)
         self.assertEqual(self.target.rows["k/0000"].value, b"0")
-        self.assertEqual(len(commits), 2)
+        self.assertEqual(len(batches), 2)
 
-    def test_conflicts_past_retries(self) -> None:
-        """With no retries left, the conflict is the load's error."""
-        def hook(method: str, url: str) -> None:
-            if url.endswith("/commit"):
-                self.target.commit([Put("k/0000", b"theirs", "text/plain")])
-
-        d = dumpload.load(Hooked(self.target_http, hook), URL, io.BytesIO(self.records(1)),
+    def test_unavailable_past_retries(self) -> None:
+        """With no retries left, the 503 is the load's error."""
+        self.target.fail_commits = StoreUnavailable("gone")
+        d = dumpload.load(self.target_http, URL, io.BytesIO(self.records(1)),
                           retries=0, clock=self.clock)
-        self.failureResultOf(d, client.ConflictError)
+        self.assertEqual(self.failureResultOf(d, client.KVClientError).value.status, 503)
+
+    def test_batches_fit_the_servers_limits(self) -> None:
+        """
+        A batch holds at most the server's max_batch_ops ops and max_body
+        bytes (/v1/limits): more keys than that are split in several
+        commits, and a value too big for any batch body is written alone
+        with a PUT, in input order.
+        """
+        http, store = memory_client(MemoryStore(clock=self.clock),
+                                    limits=Limits(max_body=4096, max_batch_ops=3))
+        big = base64.b64encode(b"x" * 3500).decode("ascii")
+        data = (self.records(4) + line(key="big", value_base64=big, content_type="text/plain")
+                + self.records(2, prefix="z/"))
+        result = self.load_bytes(data, http=http, batch=1000)
+        self.assertEqual([len(ops) for ops in store.commits], [3, 1, 1, 2])
+        self.assertEqual((result["loaded"], result["transactions"]), (7, 4))
+        self.assertEqual(store.rows["big"].value, b"x" * 3500)
 
     def test_bad_line_mid_file(self) -> None:
         """A bad line fails the load there; the batches before it are in."""
@@ -443,7 +457,7 @@ class LoadTests(MemoryTestCase):
         self.assertEqual(len(self.target.rows), 2)
 
     def test_failed_staging_aborts(self) -> None:
-        """A refused write aborts the transaction: nothing of the batch is applied."""
+        """A refused write refuses its whole batch: nothing of it is applied."""
         data = json_record("ok", 1) + json_record("x" * 2000, 2)
         d = dumpload.load(self.target_http, URL, io.BytesIO(data), clock=self.clock)
         self.assertEqual(self.failureResultOf(d, client.KVClientError).value.status, 400)
@@ -488,7 +502,7 @@ class ResumeTests(MemoryTestCase):
         """Make the target's store refuse (503) every commit after the first C{commits}."""
 
         def hook(method: str, url: str) -> None:
-            if url.endswith("/commit") and len(self.target.commits) >= commits:
+            if url.endswith("/v1/batch") and len(self.target.commits) >= commits:
                 self.target.fail_commits = StoreUnavailable("the disk is gone")
 
         self.http_for_load = Hooked(self.target_http, hook)
@@ -838,6 +852,78 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(run_command(server.url, "dump", dumped).returncode, 0)
         with open(dumped, "rb") as f, open(path, "rb") as g:
             self.assertEqual(f.read(), g.read().replace(b" ", b""))
+
+    def wait_for(self, process: subprocess.Popen, ready: Callable[[], bool]) -> None:
+        """Poll C{ready} (bounded in time and count) while C{process} runs."""
+        deadline = time.monotonic() + 60
+        for _ in range(12000):
+            if time.monotonic() > deadline or process.poll() is not None:
+                break
+            if ready():
+                return
+            time.sleep(0.005)
+        self.fail("the command ended (or hung) before it could be interrupted")
+
+    def test_load_interrupted_by_sigint(self) -> None:
+        """
+        SIGINT half way through a load: exit 130, "interrupted; run again
+        to resume" on stderr, the checkpoint kept and no temporary file
+        left; the same command run again resumes there and finishes.
+        """
+        server = start_server(self, os.path.join(self.dir, "data"))
+        path = os.path.join(self.dir, "in.jsonl")
+        total, batch = 2000, 5
+        with open(path, "wb") as f:
+            for i in range(total):
+                f.write(json_record("bulk/%04d" % i, i))
+        checkpoint = path + ".checkpoint"
+        loader = subprocess.Popen(
+            dumpload_command(server.url, "load", path, "--batch", str(batch)),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: loader.poll() is None and loader.kill())
+        self.wait_for(loader, lambda: os.path.exists(checkpoint))
+        loader.send_signal(signal.SIGINT)
+        out, err = loader.communicate(timeout=30)
+        self.assertEqual(loader.returncode, 130, err)
+        self.assertEqual(err.strip().splitlines()[-1], "kvtwist: interrupted; run again to resume")
+        self.assertEqual(out, "")
+        self.assertEqual(sorted(os.listdir(self.dir)), ["data", "in.jsonl", "in.jsonl.checkpoint"])
+        with open(checkpoint) as f:
+            done = json.load(f)["lines"]
+        self.assertTrue(0 < done < total, done)
+
+        result = run_command(server.url, "load", path, "--batch", "500")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout)["resumed_at_line"], done)
+        self.assertEqual(len(self.list_keys(server.url)), total)
+
+    def test_dump_interrupted_by_sigterm(self) -> None:
+        """
+        SIGTERM during a dump to FILE: exit 143, "interrupted; FILE was left
+        as it was", no FILE and no temporary file left behind.
+        """
+        server = start_server(self, os.path.join(self.dir, "data"))
+        source = os.path.join(self.dir, "in.jsonl")
+        with open(source, "wb") as f:
+            for i in range(300):
+                f.write(json_record("k/%04d" % i, i))
+        self.assertEqual(run_command(server.url, "load", source).returncode, 0)
+        os.unlink(source)
+        path = os.path.join(self.dir, "out.jsonl")
+        # One key per page and a read per key: slow enough to interrupt.
+        dumper = subprocess.Popen(
+            dumpload_command(server.url, "dump", path, "--page-size", "1", "--exact"),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(lambda: dumper.poll() is None and dumper.kill())
+        self.wait_for(dumper, lambda: any(n.startswith(".out.jsonl.") for n in os.listdir(self.dir)))
+        time.sleep(0.2)
+        dumper.send_signal(signal.SIGTERM)
+        out, err = dumper.communicate(timeout=30)
+        self.assertEqual(dumper.returncode, 143, err)
+        self.assertEqual(err.strip(), "kvtwist: interrupted; %s was left as it was" % (path,))
+        self.assertEqual(os.listdir(self.dir), ["data"])
 
     def list_keys(self, url: str) -> List[str]:
         from tests.e2e import http_request

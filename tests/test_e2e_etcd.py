@@ -51,6 +51,29 @@ class TwoNodesTests(SynchronousTestCase):
             time.sleep(0.02)
         self.assertEqual(body, b"2")
 
+    def test_branching_batch_across_nodes(self):
+        """
+        A branching batch on etcd: its compares see another node's write,
+        the chosen branch applies in one etcd transaction (one revision),
+        and a batch of compares and gets commits nothing.
+        """
+        a, b = (node.url for node in self.nodes)
+        self.assertEqual(http_request(a, "PUT", "/v1/kv/mode", b'"blue"', {"Content-Type": "application/json"})[0], 201)
+        body = json.dumps({
+            "compare": [{"key": "mode", "value": "blue"}, {"key": "lock", "absent": True}],
+            "success": [{"op": "set", "key": "mode", "value": "green"}, {"op": "set", "key": "by", "value": "b"}],
+            "failure": [{"op": "get", "key": "mode"}],
+        }).encode()
+        status, _, answer = http_request(b, "POST", "/v1/batch", body)
+        first = json.loads(answer)
+        self.assertEqual((status, first["succeeded"]), (200, True))
+        by = json.loads(http_request(a, "GET", "/v1/kv/?prefix=by")[2])
+        self.assertEqual([item["mod_revision"] for item in by["items"]], [first["revision"]])
+        status, _, answer = http_request(a, "POST", "/v1/batch", body)
+        second = json.loads(answer)
+        self.assertEqual((second["succeeded"], second["revision"]), (False, first["revision"]))
+        self.assertEqual(second["results"][0]["value"], "green")
+
     def test_seed_api_and_conflicts_across_nodes(self):
         """Seed commits land in etcd; a CAS through one node sees the other's write."""
         a, b = (node.url for node in self.nodes)
@@ -64,7 +87,7 @@ class TwoNodesTests(SynchronousTestCase):
     def test_transaction_commits_are_timed(self):
         """
         Commits of transactions kept in etcd (the seed queue, a v1
-        transaction, a conflicted one) are counted and timed in /metrics
+        transaction, a conflicted one) are counted and timed in /v1/metrics
         as a PUT's commit is.
         """
         a, b = (node.url for node in self.nodes)
@@ -77,7 +100,7 @@ class TwoNodesTests(SynchronousTestCase):
         self.assertEqual(http_request(a, "PUT", "/v1/txn/%s/kv/timed" % txn, b"3")[0], 200)
         self.assertEqual(http_request(b, "PUT", "/v1/kv/timed", b"2")[0], 200)
         self.assertEqual(http_request(a, "POST", "/v1/txn/%s/commit" % txn)[0], 409)
-        samples = parse_exposition(http_request(a, "GET", "/metrics")[2].decode())
+        samples = parse_exposition(http_request(a, "GET", "/v1/metrics")[2].decode())
         self.assertEqual(samples[("kvtwist_commit_duration_seconds_count", ())], 1)
         self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "ok"),))], 1)
         self.assertEqual(samples[("kvtwist_commits_total", (("outcome", "conflict"),))], 1)

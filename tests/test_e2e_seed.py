@@ -32,6 +32,9 @@ from tests.e2e import (
 )
 
 DATA_FILE = "kvcache.sqlite3"
+#: Single segments the server uses in other routes (/v1/..., /ui/, the
+#: operations listener): each is still a seed key at the root.
+ROUTE_NAMES = ("healthz", "readyz", "metrics", "ui", "v1", "limits", "watch", "txn", "batch")
 PROBLEM = "application/problem+json"
 
 
@@ -154,6 +157,37 @@ class SeedRoundTripTests(TestCase):
             client, "POST", server.url + "/set", b'{"a":2}'
         )
         self.assertEqual((status, json.loads(body)), (200, {"a": "updated"}))
+        assert_graceful_stop(self, server, server.terminate())
+
+    @as_deferred
+    async def test_route_names_are_seed_keys(self):
+        """
+        Every single-segment name the server uses elsewhere round-trips as
+        a seed key through the real server (admin page and metrics on):
+        DELETE of the absent key is 404, POST /set stages it, POST /commit
+        applies it, GET /name reads it, DELETE /name and a commit remove it.
+        """
+        server = start_server(self)
+        client = treq_client(self)
+        pairs = {name: {"is": name} for name in ROUTE_NAMES}
+        for name in ROUTE_NAMES:
+            status, _, _ = await call(client, "DELETE", server.url + "/" + name)
+            self.assertEqual(status, 404, name)
+        status, _, body = await call(client, "POST", server.url + "/set", json.dumps(pairs).encode())
+        self.assertEqual(status, 201, body)
+        self.assertEqual((await call(client, "POST", server.url + "/commit"))[0], 204)
+        for name in ROUTE_NAMES:
+            status, headers, body = await call(client, "GET", server.url + "/" + name)
+            self.assertEqual((status, json.loads(body)), (200, {"is": name}), name)
+            self.assertEqual(content_type(headers), "application/json")
+            status, _, body = await call(client, "DELETE", server.url + "/" + name)
+            self.assertEqual((status, json.loads(body)), (200, {name: "deleted"}), name)
+        self.assertEqual((await call(client, "POST", server.url + "/commit"))[0], 204)
+        for name in ROUTE_NAMES:
+            self.assertEqual((await call(client, "GET", server.url + "/" + name))[0], 404, name)
+        # The routes themselves are where they moved: two segments or more.
+        self.assertEqual((await call(client, "GET", server.url + "/v1/healthz"))[0], 200)
+        self.assertEqual((await call(client, "GET", server.url + "/ui/"))[0], 200)
         assert_graceful_stop(self, server, server.terminate())
 
     @as_deferred

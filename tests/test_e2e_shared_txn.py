@@ -6,7 +6,7 @@ node B; C{POST /set} on both nodes is committed by C{POST /commit} on one;
 a conflict made through one node is seen by a commit on the other; a node
 killed with C{kill -9} loses nothing staged, since the state is in etcd.
 And the failures of etcd members as clients see them: one member of three
-killed changes nothing, two make writes 503 and C{/readyz} fail, restarting
+killed changes nothing, two make writes 503 and C{/v1/readyz} fail, restarting
 them restores both, and no acknowledged write is lost.
 
 Skipped, with the reason, when etcd is not installed.
@@ -128,8 +128,8 @@ class SharedTransactionNodesTests(SynchronousTestCase):
     def test_etcd_members_killed_and_restarted(self):
         """
         kill -9 of one etcd member of three: writes through both nodes go on.
-        Of two: writes answer 503 problems and /readyz fails, saying etcd has
-        no leader. Restarting them restores writes and /readyz by themselves.
+        Of two: writes answer 503 problems and /v1/readyz fails, saying etcd has
+        no leader. Restarting them restores writes and /v1/readyz by themselves.
         Throughout, every acknowledged write is there at the end and none
         refused is.
         """
@@ -152,14 +152,14 @@ class SharedTransactionNodesTests(SynchronousTestCase):
         self.assertEqual((status, problem["status"]), (503, 503))
         refused.append(("fail/no-quorum", status))
         for node in (self.a, self.b):
-            status, _, body = http_request(node, "GET", "/readyz", timeout=15)
+            status, _, body = http_request(node, "GET", "/v1/readyz", timeout=15)
             self.assertEqual(status, 503)
             self.assertIn("no leader", json.loads(body)["detail"])
         self.etcd.restart(0, wait=False)
         self.etcd.restart(1, wait=False)
         self.etcd.wait_healthy(timeout=30)
         for node in (self.a, self.b):
-            self.until(lambda: http_request(node, "GET", "/readyz", timeout=15)[0] == 200, "/readyz back")
+            self.until(lambda: http_request(node, "GET", "/v1/readyz", timeout=15)[0] == 200, "/v1/readyz back")
         write("restored", 3)
         self.assertEqual([k for k, s in refused if k != "fail/no-quorum"], [], "writes failed after restart")
         for key, _ in acked:

@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from kvtwist import client as kvclient
 from tests.e2e import start_server, treq_client
 from tests.e2e_stores import OnEtcd, OnShelve
 
@@ -463,6 +464,53 @@ class KeySmokeTests:
         self.assertEqual(refused.json()["failed"], [2])
         self.assertEqual((await call(client, "GET", url + "/v1/kv/b/never")).code, 404)
         self.assertEqual((await call(client, "GET", url + "/v1/kv/b/new")).code, 200)
+
+
+#: Concurrent clients of the counter test, and increments each makes.
+COUNTER_CLIENTS = 4
+COUNTER_INCREMENTS = 250
+
+
+class CounterTests:
+    """
+    Atomic counters under concurrency (the body of L{CounterTestsOnShelve}
+    and L{CounterTestsOnEtcd}).
+    """
+
+    @as_deferred
+    async def test_concurrent_increments(self):
+        """
+        4 clients making 250 increments each, all at once on one key, end
+        at exactly 1000, and the 1000 answers are the values 1 to 1000,
+        each once: no increment was lost or applied twice.
+        """
+        server = self.start_kvcache()
+        http = keep_alive_client(self, COUNTER_CLIENTS)
+        seen: List[int] = []
+
+        async def one_client() -> None:
+            for _ in range(COUNTER_INCREMENTS):
+                seen.append(await kvclient.incr(http, server.url, "hits"))
+
+        started = time.monotonic()
+        await gatherResults(
+            [Deferred.fromCoroutine(one_client()) for _ in range(COUNTER_CLIENTS)],
+            consumeErrors=True,
+        )
+        total = COUNTER_CLIENTS * COUNTER_INCREMENTS
+        print("\n%d increments from %d clients on %s: %.2f s"
+              % (total, COUNTER_CLIENTS, self.store_name, time.monotonic() - started))
+        self.assertEqual(sorted(seen), list(range(1, total + 1)))
+        final = await call(http, "GET", server.url + "/v1/kv/hits")
+        self.assertEqual(final.body, str(total).encode())
+
+
+class CounterTestsOnShelve(OnShelve, CounterTests, TestCase):
+    """Counters on the shelve store."""
+
+
+class CounterTestsOnEtcd(OnEtcd, CounterTests, TestCase):
+    """Counters on etcd."""
 
 
 class TwoClientTransactionTestsOnShelve(OnShelve, TwoClientTransactionTests, TestCase):

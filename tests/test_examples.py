@@ -448,3 +448,32 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("nothing imported", again.rest())
         status, _, body = http_request(server.url, "GET", "/v1/kv/users/alice")
         self.assertEqual((status, body), (200, b"admin"))
+
+    def test_bulk_import_wrong_header(self) -> None:
+        """A CSV without key,value columns is one line on stderr and exit 2, not a traceback."""
+        path = os.path.join(temp_dir(self, "examples"), "people.csv")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("name,value\nalice,admin\n")
+        script = Script(self, "bulk_import", "--url", "http://127.0.0.1:9", path)
+        self.assertEqual(script.wait(), 2)
+        self.assertEqual(script.rest(), "")
+        self.assertEqual(
+            script.stderr(),
+            "bulk_import: %s needs a header row with key and value columns (it has: name,value)\n"
+            % (path,),
+        )
+
+    def test_docstrings_name_the_venv_python(self) -> None:
+        """
+        Each script's usage lines run it with .venv/bin/python (what ./run.sh
+        makes): a bare python lacks treq and kvtwist.
+        """
+        for name in sorted(os.listdir(EXAMPLES)):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(EXAMPLES, name), encoding="utf-8") as f:
+                usage = [line.strip() for line in f.read().split('"""')[1].splitlines()
+                         if "examples/" + name in line]
+            self.assertTrue(usage, name)
+            for line in usage:
+                self.assertTrue(line.startswith(".venv/bin/python examples/" + name), line)

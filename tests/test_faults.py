@@ -392,7 +392,7 @@ class DiskFullTests(SynchronousTestCase):
         return mount, server
 
     def test_full_disk_then_space_returns(self):
-        """On a full disk commits are 507 insufficient-storage and change nothing, reads go on, /readyz is 503 with the store's error; once space returns /readyz turns 200 with no client write, writes work, and a restart has every acknowledged commit."""
+        """On a full disk commits are 507 insufficient-storage and change nothing, reads go on, /v1/readyz is 503 with the store's error; once space returns /v1/readyz turns 200 with no client write, writes work, and a restart has every acknowledged commit."""
         mount, server = self.serving_on_small_fs()
         filler = fill_disk(mount)
 
@@ -407,14 +407,14 @@ class DiskFullTests(SynchronousTestCase):
         self.assertEqual(http_request(server.url, "GET", "/v1/kv/kept")[2], b"before")
         self.assertEqual(http_request(server.url, "GET", "/v1/kv/big")[0], 404)
 
-        status, _, body = http_request(server.url, "GET", "/readyz")
+        status, _, body = http_request(server.url, "GET", "/v1/readyz")
         self.assertEqual(status, 503, body)
         self.assertEqual(json.loads(body)["code"], "insufficient-storage")
         self.assertIn("disk full", json.loads(body)["detail"])
 
         os.unlink(filler)
         # No client writes in between: the probe alone turns it ready.
-        self.assertEqual(http_request(server.url, "GET", "/readyz")[0], 200)
+        self.assertEqual(http_request(server.url, "GET", "/v1/readyz")[0], 200)
         self.assertEqual(http_request(server.url, "PUT", "/v1/kv/big", b"x" * 200_000)[0], 201)
         self.assertEqual(server.terminate(), 0, server.log_text())
         server.start()

@@ -472,7 +472,7 @@ class HostileTests(SynchronousTestCase):
             b"GET /v1/kv/a HTTP/1.1\r\n" + H + b"\r\n"
             b"GET /v1/kv/missing HTTP/1.1\r\n" + H + b"\r\n"
             b"GET /v1/kv/b HTTP/1.1\r\n" + H + b"\r\n"
-            b"GET /healthz HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+            b"GET /v1/healthz HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
         )
         answers = responses(response)
         self.assertEqual([status for status, _ in answers], [200, 404, 200, 200])
@@ -556,11 +556,11 @@ class HostileTests(SynchronousTestCase):
 
     def open_connections(self) -> int:
         """The server's open-connections gauge, less the scrape's own connection."""
-        _, _, body = http_request(self.server.url, "GET", "/metrics")
+        _, _, body = http_request(self.server.url, "GET", "/v1/metrics")
         for line in body.decode().splitlines():
             if line.startswith("kvtwist_open_connections "):
                 return int(float(line.split()[1])) - 1
-        self.fail("no kvtwist_open_connections in /metrics")
+        self.fail("no kvtwist_open_connections in /v1/metrics")
 
     def test_idle_flood_up_to_the_cap(self):
         """
@@ -584,7 +584,7 @@ class HostileTests(SynchronousTestCase):
             time.sleep(0.5)  # let the server accept (and refuse) them all
             for sock in flood:
                 try:
-                    sock.sendall(b"GET /healthz HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+                    sock.sendall(b"GET /v1/healthz HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
                     response, _ = read_all(sock)
                 except (BrokenPipeError, ConnectionResetError):
                     response = b""
@@ -598,7 +598,7 @@ class HostileTests(SynchronousTestCase):
         self.assertEqual((answered, refused), (MAX_CONNECTIONS - in_use, extra))
         for _ in range(50):  # bounded: the closed flood frees its slots
             try:
-                if http_request(self.server.url, "GET", "/healthz")[0] == 200:
+                if http_request(self.server.url, "GET", "/v1/healthz")[0] == 200:
                     break
             except OSError:
                 time.sleep(0.1)

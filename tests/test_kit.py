@@ -151,6 +151,80 @@ class RunnerTests(SynchronousTestCase):
         self.assertEqual(points, {("kvtwist", "kvtwist.pytest_plugin")})
 
 
+#: A downstream project's pytest test, collected before its trial one
+#: (file names sort so): it starts pytest-twisted's reactor greenlet.
+MIXED_PYTEST = """\
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+
+@pytest_twisted.ensureDeferred
+async def test_waits_on_the_reactor():
+    assert await deferLater(reactor, 0.01, lambda: 42) == 42
+
+
+def test_plain():
+    assert True
+"""
+
+#: The same project's trial test with a real in-process kvcache.
+MIXED_TRIAL = """\
+from twisted.trial.unittest import TestCase
+
+from kvtwist import client
+from kvtwist.testing import KVCacheServerMixin
+
+
+class ServerTests(KVCacheServerMixin, TestCase):
+    async def test_put_and_read(self):
+        url = self.start_kvcache()
+        http = self.kvcache_client()
+        await client.put(http, url, "k", b"v")
+        self.assertEqual((await client.get_entry(http, url, "k")).value, b"v")
+"""
+
+
+class MixedRunnerTests(SynchronousTestCase):
+    """A downstream project mixing a KVCacheServerMixin trial test and pytest tests."""
+
+    def project(self) -> str:
+        directory = tempfile.mkdtemp(prefix="kvtwist-mixed-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        for name, text in (("test_1_pytest.py", MIXED_PYTEST), ("test_2_trial.py", MIXED_TRIAL)):
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(text)
+        with open(os.path.join(directory, "pytest.ini"), "w") as f:
+            f.write("[pytest]\naddopts = -p no:cacheprovider\n")
+        return directory
+
+    def test_passes_with_nothing_downstream(self) -> None:
+        """
+        With no conftest and no option, the trial test and the pytest tests
+        pass in one run: kvtwist's plugin runs the trial test first.
+        """
+        directory = self.project()
+        result = run(["-m", "pytest", "-v"], cwd=directory, env=clean_env())
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, output)
+        self.assertRegex(output.strip().splitlines()[-1], r"\b3 passed\b", output)
+        self.assertNotIn("DirtyReactor", output)
+        order = re.findall(r"^(test_\d)_\w+\.py::", output, re.M)
+        self.assertEqual(order, ["test_2", "test_1", "test_1"], output)
+
+    def test_fails_in_collected_order(self) -> None:
+        """
+        Without the ordering (kvtwist_trial_first = false) the same project
+        fails as downstream projects did: the trial test after a pytest one
+        finds the reactor taken.
+        """
+        directory = self.project()
+        with open(os.path.join(directory, "pytest.ini"), "a") as f:
+            f.write("kvtwist_trial_first = false\n")
+        result = run(["-m", "pytest", "-q"], cwd=directory, env=clean_env())
+        self.assertNotEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
 class DocsTests(SynchronousTestCase):
     """docs/testing.md shows tested code and states the right counts."""
 
@@ -307,15 +381,15 @@ class MixinTests(KVCacheServerMixin, TestCase):
         self.assertEqual(self.kvcache.store.rows["k"].value, b"v")
 
     async def test_ops_routes(self) -> None:
-        """/healthz and /readyz answer as on twistd kvcache (readyz checks the store)."""
+        """/v1/healthz and /v1/readyz answer as on twistd kvcache (readyz checks the store)."""
         url = self.start_kvcache()
         http = self.kvcache_client()
-        for path in ("/healthz", "/readyz"):
+        for path in ("/v1/healthz", "/v1/readyz"):
             response = await http.get(url + path)
             await response.content()
             self.assertEqual(response.code, 200, path)
         self.kvcache.store.closed = True
-        response = await http.get(url + "/readyz")
+        response = await http.get(url + "/v1/readyz")
         await response.content()
         self.assertEqual(response.code, 503)
         self.kvcache.store.closed = False

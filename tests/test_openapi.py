@@ -23,9 +23,8 @@ item's C{x-unlisted-methods} answer). What the checks cannot discover by
 themselves: children a Resource creates by name inside C{getChild} (such as
 C{/v1/txn/{id}/commit}) are found only through the document, and a new
 kind of path parameter needs an entry in L{World.path_example} (how to make
-an example that exists). Routes that only C{kvtwist.tap} mounts (through
-C{make_root(extra_children=...)}) are outside L{memory_root}, so they are
-checked only once the tree these tests build includes them.
+an example that exists). The tree these tests build is L{served_root}: the
+API with the operations endpoints mounted as C{kvtwist.tap} mounts them.
 
 Server bugs found by these checks are kept as regression tests in
 L{FoundServerBugTests}.
@@ -62,6 +61,8 @@ from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.staging import OP_OVERHEAD
 from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.metrics import Metrics
+from kvtwist.web.ops import ops_children
 from kvtwist.web.root import Authenticating
 
 SPEC_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
@@ -83,6 +84,16 @@ STREAM_MEDIA = ("text/event-stream",)
 STREAM_SECONDS = 3
 #: Headers the document is expected to describe wherever they appear.
 DOCUMENTED_HEADER = re.compile(r"^(kv-.+|etag|location|allow)$")
+
+
+def served_root(store: MemoryStore, **options: Any):
+    """
+    The tree under test: L{memory_root} with the operations endpoints
+    under C{/v1}, as C{twistd kvcache} serves them.
+    """
+    ops = ops_children(store, Metrics(process=False), options.get("clock") or store.clock)
+    return memory_root(store, ops=ops, **options)
+
 
 # -------------------------------------------------------------- the document
 
@@ -358,7 +369,7 @@ class World:
             self.credentials = b"Bearer " + TOKEN.encode("ascii")
         # No long-poll jitter: waits end at the same clock time every run.
         self.stub = StubTreq(
-            memory_root(self.store, limits=self.limits, clock=self.clock,
+            served_root(self.store, limits=self.limits, clock=self.clock,
                         random=lambda: 0.0, **options)
         )
         self.store.commit(list(SEED_ENTRIES))
@@ -1075,8 +1086,8 @@ PROPERTY_LIMITS = Limits(
     max_watchers=2, watch_history=2, heartbeat=1.0, default_wait=2.0, max_wait=3.0,
 )
 #: Examples per run and requests per example (the bound on the run).
-MAX_EXAMPLES = 300
-MAX_CALLS = 6
+MAX_EXAMPLES = 360
+MAX_CALLS = 8
 
 
 # ===================================================================== tests
@@ -1185,12 +1196,43 @@ class RouteAgreementTests(SynchronousTestCase):
                     wrong.append((op.name, "Allow: " + allow))
         self.assertEqual(wrong, [])
 
+    def test_unknown_parameters_are_refused(self):
+        """
+        Every documented operation answers a query parameter it does not
+        document with a documented 400 C{unknown-parameter} problem that
+        names it and lists exactly the operation's documented query
+        parameters, and changes nothing: the document lists every
+        parameter the server takes, and the server ignores none.
+        """
+        wrong = []
+        for op in OPERATIONS:
+            world = World()
+            call = example_call(op, world)
+            call.target += ("&" if "?" in call.target else "?") + "recurse="
+            before = world.snapshot()
+            answer = world.send(call)
+            if answer.status != 400 or "400" not in op.responses:
+                wrong.append((op.name, answer.status, answer.body[:200]))
+                continue
+            if world.snapshot() != before:
+                wrong.append((op.name, "changed the store"))
+            if op.method == "HEAD":
+                continue
+            documented = sorted(p["name"] for p in op.parameters if p["in"] == "query")
+            problem = json.loads(answer.body)
+            if (problem["code"], problem["parameter"], sorted(problem["allowed"])) != (
+                "unknown-parameter", "recurse", documented
+            ):
+                wrong.append((op.name, problem))
+        self.assertEqual(wrong, [])
+
     def test_static_children_are_documented(self):
         """
         Every static child of the tree (C{putChild}) is a documented path,
-        or a bare prefix such as C{/v1} that answers 404 to everything.
+        a single segment (a seed key, C{/{key}}), or a bare prefix that
+        answers 404 to everything.
         """
-        walked = ["/"] + list(static_paths(memory_root(MemoryStore())))
+        walked = ["/"] + list(static_paths(served_root(MemoryStore())))
         documented = {path.rstrip("/") for path in SPEC["paths"]}
         # The walk itself must see the tree: every documented fixed path.
         self.assertEqual(
@@ -1198,6 +1240,10 @@ class RouteAgreementTests(SynchronousTestCase):
         wrong = []
         for path in walked:
             if path.rstrip("/") in documented:
+                continue
+            if re.fullmatch(r"/[^/]+", path):
+                # A single segment (/v1) is the seed's key of that name:
+                # documented as /{key}.
                 continue
             for method in HTTP_METHODS:
                 answer = World().send(Call(method, path))

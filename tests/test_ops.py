@@ -1,9 +1,10 @@
 """
-The operations endpoints and metrics (SPEC 5.4; issue 5, Operations):
-C{/healthz}, C{/readyz}, C{/metrics} in memory through StubTreq (auth,
-readiness failures, the exposition), the metric objects themselves, and
-one end-to-end test that scrapes a real C{twistd kvcache} and checks that
-every counter the issue lists moves.
+The operations endpoints and metrics: C{/v1/healthz}, C{/v1/readyz},
+C{/v1/metrics} in memory through StubTreq (auth, readiness failures, the
+exposition), the same at root paths on the operations listener's tree, the
+metric objects themselves, and one end-to-end test that scrapes a real
+C{twistd kvcache} (on its API and on C{--ops-listen}) and checks that every
+counter moves.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from kvtwist.metrics import Metrics, RequestStats, TimedStore
 from kvtwist.model import Check, Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.testing import MemoryStore
-from kvtwist.web.ops import ops_children
+from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.root import make_root
-from tests.e2e import HOST, http_request, start_server, temp_dir
+from tests.e2e import HOST, free_port, http_request, start_server, temp_dir
 from tests.webtest import Answer
 
 OPS = Token("ops", "o" * 20, ops=True)
@@ -50,7 +51,13 @@ def parse_exposition(text: str) -> Dict[tuple, float]:
 
 
 class OpsTreeTests(SynchronousTestCase):
-    """The operations endpoints in the real tree, over a MemoryStore."""
+    """
+    The operations endpoints in the real tree, over a MemoryStore: under
+    C{/v1} on the API's tree (test paths name them as C{/healthz} and so
+    on; C{mount} is put in front).
+    """
+
+    mount = "/v1"
 
     def setUp(self):
         self.clock = Clock()
@@ -60,18 +67,21 @@ class OpsTreeTests(SynchronousTestCase):
 
     def build(self, store=None, tokens=(OPS, APP)):
         store = store if store is not None else self.store
-        root = make_root(
+        self.stub = StubTreq(self.tree(store, Authorizer(tokens)))
+
+    def tree(self, store, authorizer):
+        """The tree under test."""
+        return make_root(
             store,
             Limits(),
             clock=self.clock,
-            authorizer=Authorizer(tokens),
-            extra_children=ops_children(store, self.metrics, self.clock),
+            authorizer=authorizer,
+            ops=ops_children(store, self.metrics, self.clock),
         )
-        self.stub = StubTreq(root)
 
     def start(self, method: str, path: str, token: Optional[Token] = None) -> Deferred:
         headers = {b"authorization": [b"Bearer " + token.secret.encode()]} if token else {}
-        return self.stub.request(method, "http://kv.test" + path, headers=headers)
+        return self.stub.request(method, "http://kv.test" + self.mount + path, headers=headers)
 
     def finish(self, d: Deferred) -> Answer:
         self.stub.flush()
@@ -154,17 +164,35 @@ class OpsTreeTests(SynchronousTestCase):
         answer = self.request("GET", "/readyz", OPS)
         self.assertEqual((answer.status, answer.json["code"]), (503, "insufficient-storage"))
         self.assertIn("disk full", answer.json["detail"])
-        put = self.finish(
-            self.stub.request(
-                "PUT",
-                "http://kv.test/v1/kv/app/x",
-                data=b"1",
-                headers={b"authorization": [b"Bearer " + APP.secret.encode()]},
+        if self.mount:  # (the operations listener serves no API to write through)
+            put = self.finish(
+                self.stub.request(
+                    "PUT",
+                    "http://kv.test/v1/kv/app/x",
+                    data=b"1",
+                    headers={b"authorization": [b"Bearer " + APP.secret.encode()]},
+                )
             )
-        )
-        self.assertEqual((put.status, put.json["code"]), (507, "insufficient-storage"))
+            self.assertEqual((put.status, put.json["code"]), (507, "insufficient-storage"))
         self.store.fail_commits = None
         self.assertEqual(self.request("GET", "/readyz", OPS).status, 200)
+
+    def test_probes_in_flight_share_one_write(self):
+        """Readiness probes that arrive while one is in flight share its outcome: one store write, however many ask."""
+        pings = []
+        self.store.ping = lambda: pings.append(Deferred()) or pings[-1]
+        started = [self.start("GET", "/readyz", OPS) for _ in range(3)]
+        self.stub.flush()
+        self.assertEqual(len(pings), 1)
+        pings[0].callback(None)
+        for d in started:
+            self.assertEqual(self.finish(d).status, 200)
+        # The next probe, after the answer, writes again.
+        later = self.start("GET", "/readyz", OPS)
+        self.stub.flush()
+        self.assertEqual(len(pings), 2)
+        pings[1].errback(InsufficientStorage("disk full"))
+        self.assertEqual(self.finish(later).status, 503)
 
     def test_metrics_exposition(self):
         """/metrics is the Prometheus text format of this kvcache's own registry."""
@@ -181,6 +209,25 @@ class OpsTreeTests(SynchronousTestCase):
             "kvtwist_sync_duration_seconds",
         ):
             self.assertIn(name, names)
+
+
+class OpsListenerTreeTests(OpsTreeTests):
+    """
+    The operations listener's tree (C{--ops-listen}): the same endpoints,
+    at root paths, with the same authentication; nothing else is there.
+    """
+
+    mount = ""
+
+    def tree(self, store, authorizer):
+        return ops_root(store, self.metrics, self.clock, authorizer)
+
+    def test_nothing_else(self):
+        """The API is not served here: other paths are problem+json 404s, with or without a token."""
+        for path in ("/", "/v1/kv/a", "/set", "/a", "/v1/healthz", "/healthz/more"):
+            answer = self.request("GET", path, OPS)
+            self.assertEqual((answer.status, answer.json["code"]), (404, "not-found"), path)
+        self.assertEqual(self.request("GET", "/v1/kv/a").status, 401)
 
 
 class MetricsObjectTests(SynchronousTestCase):
@@ -288,24 +335,37 @@ class MetricsEndToEndTests(SynchronousTestCase):
                 % (OPS.secret, APP.secret)
             )
         os.chmod(tokens, 0o600)
+        ops_port = free_port()
         server = start_server(
             self,
-            extra_args=["--token-file", tokens, "--max-body", "1000", "--sweep-interval", "0.2"],
+            extra_args=[
+                "--token-file", tokens, "--max-body", "1000", "--sweep-interval", "0.2",
+                "--ops-listen", "tcp:%d:interface=%s" % (ops_port, HOST),
+            ],
         )
         url = server.url
+        ops_url = "http://%s:%d" % (HOST, ops_port)
         app, ops = bearer(APP), bearer(OPS)
 
-        # The helper's probe took the 401 of /readyz for "up"; wait (bounded)
-        # until the store is open for real.
+        # The helper's probe took the 401 of /v1/readyz for "up"; wait
+        # (bounded) until the store is open for real.
         for _ in range(100):
-            if http_request(url, "GET", "/readyz", headers=ops)[0] == 200:
+            if http_request(url, "GET", "/v1/readyz", headers=ops)[0] == 200:
                 break
             time.sleep(0.05)
-        self.assertEqual(http_request(url, "GET", "/healthz")[0], 200)
-        self.assertEqual(http_request(url, "GET", "/readyz")[0], 401)
-        self.assertEqual(http_request(url, "GET", "/readyz", headers=app)[0], 403)
-        self.assertEqual(http_request(url, "GET", "/readyz", headers=ops)[0], 200)
-        self.assertEqual(http_request(url, "GET", "/metrics", headers=app)[0], 403)
+        self.assertEqual(http_request(url, "GET", "/v1/healthz")[0], 200)
+        self.assertEqual(http_request(url, "GET", "/v1/readyz")[0], 401)
+        self.assertEqual(http_request(url, "GET", "/v1/readyz", headers=app)[0], 403)
+        self.assertEqual(http_request(url, "GET", "/v1/readyz", headers=ops)[0], 200)
+        self.assertEqual(http_request(url, "GET", "/v1/metrics", headers=app)[0], 403)
+        # The root's single segments are the seed's keys, on the API's
+        # listener; the operations listener serves the probes there.
+        self.assertEqual(http_request(url, "GET", "/healthz", headers=app)[0], 404)
+        self.assertEqual(http_request(ops_url, "GET", "/healthz")[0], 200)
+        self.assertEqual(http_request(ops_url, "GET", "/readyz", headers=ops)[0], 200)
+        self.assertEqual(http_request(ops_url, "GET", "/metrics")[0], 401)
+        self.assertIn(b"kvtwist_commits", http_request(ops_url, "GET", "/metrics", headers=ops)[2])
+        self.assertEqual(http_request(ops_url, "GET", "/v1/kv/a", headers=app)[0], 404)
 
         self.assertEqual(http_request(url, "PUT", "/v1/kv/a", b"1", app)[0], 201)
         for _ in range(2):
@@ -323,7 +383,7 @@ class MetricsEndToEndTests(SynchronousTestCase):
         )
 
         def scrape():
-            status, headers, body = http_request(url, "GET", "/metrics", headers=ops)
+            status, headers, body = http_request(url, "GET", "/v1/metrics", headers=ops)
             self.assertEqual(status, 200)
             return parse_exposition(body.decode("utf-8"))
 

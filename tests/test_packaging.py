@@ -3,10 +3,12 @@ Packaging: what a user gets from C{python -m build} and C{pip install}.
 
 The working tree (the files git tracks or would track: C{.gitignore}d ones
 left out) is copied to a temporary directory and built there with
-C{python -m build}, as a user would build a release, so nothing is written
-into the source tree. Then: C{twine check} passes on the sdist and the
-wheel; the wheel holds the package, its static files and the twistd dropin
-(and no C{__init__.py} in C{twisted/} or C{twisted/plugins/}), and declares
+C{python -m build} (the metadata in pyproject.toml, setup.py a shim), as a
+user would build a release, so nothing is written into the source tree.
+Then: C{twine check} passes on the sdist and the wheel; the wheel holds the
+package, its static files, C{py.typed}, the LICENSE and the twistd dropin
+(and no C{__init__.py} in C{twisted/} or C{twisted/plugins/}), carries the
+license, URLs and dependencies of pyproject.toml, and declares
 the C{kvtwist} console script and the C{pytest11} plugin; installed into a
 fresh venv (dependencies from the package index), C{twistd kvcache --help}
 and C{kvtwist --help} work, and the downstream pytest example passes there
@@ -42,6 +44,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+#: The version the distribution files are named after.
+VERSION = __import__("kvtwist").__version__
 
 #: Seconds for one build or install step: generous, for a busy machine.
 STEP_TIMEOUT = 300
@@ -92,7 +96,8 @@ def run(args: List[str], cwd: str, what: str) -> subprocess.CompletedProcess:
 
 def source_files() -> List[str]:
     """The files of the working tree that git tracks or would track."""
-    if shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")):
+    # .git is a directory in a clone and a file in a git worktree.
+    if shutil.which("git") is None or not os.path.exists(os.path.join(REPO, ".git")):
         raise SkipTest("git and a git checkout are needed to list the source files")
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -202,7 +207,8 @@ class DistributionTests(SynchronousTestCase):
             ).decode("utf-8")
         for required in ("kvtwist/__init__.py", "kvtwist/testing.py",
                          "kvtwist/pytest_plugin.py", "kvtwist/dumpload.py",
-                         "twisted/plugins/kvtwist_kvcache.py"):
+                         "kvtwist/py.typed", "twisted/plugins/kvtwist_kvcache.py",
+                         "kvtwist-%s.dist-info/licenses/LICENSE" % (VERSION,)):
             self.assertIn(required, names)
         self.assertNotIn("twisted/__init__.py", names)
         self.assertNotIn("twisted/plugins/__init__.py", names)
@@ -220,13 +226,36 @@ class DistributionTests(SynchronousTestCase):
             re.compile(r"^\[pytest11\]\nkvtwist = kvtwist\.pytest_plugin$", re.M),
         )
 
+    def test_metadata(self) -> None:
+        """
+        The wheel's metadata comes from pyproject.toml: the version of
+        kvtwist.__version__, the MIT license with its LICENSE file, the
+        project URLs, the dependencies and the extras.
+        """
+        with zipfile.ZipFile(self.dist["wheel"]) as wheel:
+            metadata = wheel.read("kvtwist-%s.dist-info/METADATA" % (VERSION,)).decode("utf-8")
+        headers = metadata.split("\n\n", 1)[0].splitlines()
+        self.assertIn("Version: %s" % (VERSION,), headers)
+        self.assertIn("License-Expression: MIT", headers)
+        self.assertIn("License-File: LICENSE", headers)
+        urls = [h for h in headers if h.startswith("Project-URL: ")]
+        self.assertEqual([u.split(": ", 1)[1].split(",")[0] for u in urls],
+                         ["Homepage", "Documentation", "Changelog", "Issues"])
+        self.assertTrue(any(h.startswith("Requires-Dist: twisted[tls]") for h in headers))
+        self.assertIn("Provides-Extra: test", headers)
+        with open(os.path.join(REPO, "LICENSE"), encoding="utf-8") as f:
+            self.assertTrue(f.read().startswith("MIT License\n"))
+
     def test_sdist_contents(self) -> None:
-        """The sdist carries setup.py, the README and the dropin (the wheel was built from it)."""
+        """
+        The sdist carries pyproject.toml, the setup.py shim, LICENSE, the
+        README and the dropin (the wheel was built from it).
+        """
         with tarfile.open(self.dist["sdist"]) as sdist:
             names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
         self.assertLessEqual(
-            {"setup.py", "README.md", "twisted/plugins/kvtwist_kvcache.py",
-             "kvtwist/pytest_plugin.py"},
+            {"pyproject.toml", "setup.py", "LICENSE", "README.md",
+             "twisted/plugins/kvtwist_kvcache.py", "kvtwist/pytest_plugin.py", "kvtwist/py.typed"},
             names,
         )
 

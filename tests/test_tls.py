@@ -86,7 +86,7 @@ def client_context(cert_path: str, version: ssl.TLSVersion) -> ssl.SSLContext:
     return context
 
 
-def https_get(port: int, context: ssl.SSLContext, path: str = "/healthz") -> tuple:
+def https_get(port: int, context: ssl.SSLContext, path: str = "/v1/healthz") -> tuple:
     """GET C{path} over TLS: C{(negotiated version, status, body)}."""
     with socket.create_connection((HOST, port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=HOST) as tls:
@@ -150,7 +150,7 @@ class TLSTests(SynchronousTestCase):
     def test_plain_http_not_served(self):
         """Plain HTTP to the TLS port gets no HTTP answer; the connection is closed."""
         with socket.create_connection((HOST, self.server.port), timeout=10) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.sendall(b"GET /v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             received = b""
             try:
                 for _ in range(100):

@@ -195,17 +195,11 @@ class StaticResourceTests(SynchronousTestCase):
         body = self.successResultOf(stub.content(response))
         return response, body
 
-    def test_redirect(self):
-        """/ui without the slash redirects (301) to /ui/, so relative asset URLs resolve."""
+    def test_bare_ui_is_the_seed_key(self):
+        """/ui without the slash is the seed's key ui, not the page (its 404 is the key's)."""
         response, body = self._no_follow("/ui")
-        self.assertEqual(response.code, 301)
-        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/"])
-        self.assertIn(b"/ui/", body)
-
-    def test_redirect_keeps_query(self):
-        """The redirect keeps the query string."""
-        response, _ = self._no_follow("/ui?prefix=a")
-        self.assertEqual(response.headers.getRawHeaders(b"location"), [b"/ui/?prefix=a"])
+        self.assertEqual(response.code, 404)
+        self.assertIn(b"key-not-found", body)
 
     def test_missing_index(self):
         """A package without index.html is refused when the resource is built, not at request time."""

@@ -268,6 +268,17 @@ class EventStreamTests(WatchCase):
         self.assertEqual(events[0][2], {"key": "p/a", "revision": 1, "version": 1,
                                         "content_type": "application/octet-stream", "size": 1})
 
+    def test_prefix_delete_events(self):
+        """A prefix delete is one delete event per key, all with the one revision of its commit."""
+        for key in ("p/a", "p/b", "q/c"):
+            self.put(key)
+        response, chunks, _ = self.stream("/v1/watch?prefix=&after=3")
+        self.assertEqual(self.client.request("DELETE", "/v1/kv/?prefix=p/").json["revision"], 4)
+        self.client.stub.flush()
+        events = parse_sse(b"".join(chunks))
+        self.assertEqual(sorted((i, kind, d["key"]) for i, kind, d in events),
+                         [(4, "delete", "p/a"), (4, "delete", "p/b")])
+
     def test_values(self):
         """values=1 includes small values: JSON inline, others base64."""
         _, chunks, _ = self.stream("/v1/watch?values=1")

@@ -57,6 +57,42 @@ class SeedRouteTests(SynchronousTestCase):
         self.assertEqual(self.store.revision, 1)
         self.client.problem("GET", "/a", 404, "key-not-found")
 
+    def test_route_names_are_keys(self):
+        """
+        In the tree twistd serves (admin page and operations endpoints
+        mounted), every single segment but set and commit is a key: GET and
+        DELETE answer as for any key (404 when absent, never another
+        route's answer), and each round-trips through /set and /commit.
+        """
+        from kvtwist.web.ops import ops_children
+        from kvtwist.web.ui import make_ui_resource
+
+        client = TreeClient(
+            self,
+            memory_root(
+                self.store,
+                extra_children={b"ui": make_ui_resource()},
+                ops=ops_children(self.store, None, self.store.clock),
+            ),
+        )
+        names = ("healthz", "readyz", "metrics", "ui", "v1", "limits", "watch", "txn", "batch")
+        for name in names:
+            client.problem("GET", "/" + name, 404, "key-not-found")
+            client.problem("DELETE", "/" + name, 404, "key-not-found")
+        self.assertEqual(client.request("POST", "/set", json_body={n: n for n in names}).status, 201)
+        client.request("POST", "/commit")
+        for name in names:
+            answer = client.request("GET", "/" + name)
+            self.assertEqual((answer.status, answer.json), (200, name), name)
+            self.assertEqual(client.request("DELETE", "/" + name).json, {name: "deleted"})
+        client.request("POST", "/commit")
+        for name in names:
+            client.problem("GET", "/" + name, 404, "key-not-found")
+        self.assertEqual(client.request("GET", "/v1/healthz").json, {"status": "alive"})
+        self.assertEqual(client.request("GET", "/ui/").status, 200)
+        client.problem("GET", "/v1/nothing", 404, "not-found")
+        client.problem("GET", "/nothing/more", 404, "not-found")
+
     def test_empty_commit(self):
         """POST /commit with nothing pending is 204 and makes no revision."""
         answer = self.client.request("POST", "/commit")

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.limits import Limits
+from kvtwist.model import Put
 from kvtwist.staging import OP_OVERHEAD
 from kvtwist.testing import MemoryStore, memory_root
 from tests.webtest import TreeClient
@@ -117,7 +118,7 @@ class KeyTests(V1Case):
         """A wrong method is 405 with Allow, on every v1 resource."""
         for method, path, allowed in [
             ("POST", "/v1/kv/a", "DELETE, GET, HEAD, PUT"),
-            ("PUT", "/v1/kv/", "GET, HEAD"),
+            ("PUT", "/v1/kv/", "DELETE, GET, HEAD"),
             ("GET", "/v1/txn", "POST"),
             ("GET", "/v1/batch", "POST"),
             ("POST", "/v1/limits", "GET, HEAD"),
@@ -132,9 +133,10 @@ class KeyTests(V1Case):
         self.assertEqual((answer.status, answer.header("allow")), (405, "POST"))
 
     def test_unknown_v1_paths(self):
-        """Unknown paths under /v1 are 404 problems."""
-        for path in ("/v1", "/v1/", "/v1/nope", "/v1/txn/", "/v1/limits/x"):
+        """Unknown paths under /v1 are 404 problems; /v1 alone is the seed's key v1."""
+        for path in ("/v1/", "/v1/nope", "/v1/txn/", "/v1/limits/x"):
             self.client.problem("GET", path, 404, "not-found")
+        self.client.problem("GET", "/v1", 404, "key-not-found")
 
 
 class ConditionalTests(V1Case):
@@ -667,3 +669,154 @@ class ConsistentReadTests(V1Case):
         answer = self.client.request("GET", "/v1/kv/a?consistent=1")
         self.assertEqual((answer.status, answer.body), (200, b"1"))
         self.client.problem("GET", "/v1/kv/nope?consistent=1", 404, "key-not-found")
+
+
+class QueryParameterTests(V1Case):
+    """A query parameter a route does not take is refused, never ignored."""
+
+    def refused(self, method, path, parameter, allowed, **kw):
+        answer = self.client.problem(method, path, 400, "unknown-parameter", **kw)
+        self.assertEqual(answer.json["parameter"], parameter)
+        self.assertEqual(answer.json["allowed"], allowed)
+        self.assertIn(repr(parameter), answer.json["detail"])
+        return answer
+
+    def test_consul_recurse_deletes_nothing(self):
+        """DELETE /v1/kv/app/?recurse is a 400 naming recurse; the key app/ and app/x stay."""
+        self.put("app/")
+        self.put("app/x")
+        answer = self.refused("DELETE", "/v1/kv/app/?recurse", "recurse", [])
+        self.assertIn("takes no query parameters", answer.json["detail"])
+        self.assertEqual(sorted(self.store.rows), ["app/", "app/x"])
+        self.assertEqual(self.store.revision, 2)
+
+    def test_each_route_names_what_it_takes(self):
+        """Unknown parameters per route: the problem lists that route and method's own parameters."""
+        self.put("a")
+        self.refused("PUT", "/v1/kv/a?flags=4", "flags", ["ttl"], body=b"x")
+        self.refused("DELETE", "/v1/kv/a?ttl=5", "ttl", [])
+        listing = ["prefix", "after", "limit", "values", "keys", "separator", "revision", "cursor"]
+        self.refused("GET", "/v1/kv/?prefix=a&index=3", "index", listing)
+        self.refused("GET", "/v1/kv/?wait=3", "wait", listing)
+        self.refused("GET", "/v1/kv/a?rev=1", "rev", ["index", "wait", "consistent", "revision"])
+        self.refused("GET", "/v1/watch?recurse=1", "recurse", ["prefix", "values", "after", "prev"])
+        self.refused("GET", "/v1/snapshot?recurse=1", "recurse", ["prefix"])
+        self.refused("POST", "/v1/compact?now=1", "now", [], json_body={"revision": 0})
+        self.refused("POST", "/v1/batch?dry=1", "dry", [], json_body={"ops": []})
+        self.refused("GET", "/v1/limits?x", "x", [])
+        self.refused("GET", "/a?raw=1", "raw", [])
+        self.refused("POST", "/set?x=1", "x", [], json_body={"b": 1})
+        self.refused("POST", "/commit?x=1", "x", [])
+        self.assertEqual(self.store.revision, 1)
+        self.assertEqual(self.client.request("HEAD", "/v1/kv/a?x=1").status, 400)
+
+    def test_known_parameters_still_work(self):
+        """Declared parameters pass: a listing with every one of its own parameters answers 200."""
+        self.put("a")
+        answer = self.client.request("GET", "/v1/kv/?prefix=a&limit=5&after=0&values=1")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual([item["key"] for item in answer.json["items"]], ["a"])
+
+    def test_bare_flag_is_true(self):
+        """A flag named without a value (?values, as Consul clients send ?keys) is on, not ignored."""
+        self.put("a", b"x")
+        answer = self.client.request("GET", "/v1/kv/?values")
+        self.assertEqual(answer.json["items"][0]["value_base64"], "eA==")
+        self.assertNotIn("value_base64", self.client.request("GET", "/v1/kv/?values=0").json["items"][0])
+
+
+class PrefixDeleteTests(V1Case):
+    """DELETE /v1/kv/?prefix=P: every key under P in one commit."""
+
+    def test_deletes_under_prefix_in_one_commit(self):
+        """200 {deleted, revision}: every key under the prefix goes in one revision; others stay."""
+        for key in ("app/a", "app/b/c", "app", "apps"):
+            self.put(key)
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=app/")
+        self.assertEqual((answer.status, answer.json), (200, {"deleted": 2, "revision": 5}))
+        self.assertEqual(answer.header("kv-revision"), "5")
+        self.assertEqual(sorted(self.store.rows), ["app", "apps"])
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=nothing/")
+        self.assertEqual(answer.json, {"deleted": 0, "revision": 5})
+
+    def test_everything_needs_all(self):
+        """No prefix (or an empty one) is a 400 unless all=1; all=1 with a prefix is a 400 too."""
+        self.put("a")
+        for path in ("/v1/kv/", "/v1/kv/?prefix=", "/v1/kv/?all=0"):
+            self.client.problem("DELETE", path, 400, "bad-parameter")
+        self.client.problem("DELETE", "/v1/kv/?prefix=a&all=1", 400, "bad-parameter")
+        self.assertEqual(list(self.store.rows), ["a"])
+        answer = self.client.request("DELETE", "/v1/kv/?all=1")
+        self.assertEqual(answer.json, {"deleted": 1, "revision": 2})
+        self.assertEqual(self.store.rows, {})
+
+    def test_limit_is_413_and_deletes_nothing(self):
+        """More keys than max_keys_per_request: 413 naming the limit and the count; nothing deleted."""
+        self.client = TreeClient(self, memory_root(self.store, limits=Limits(max_keys_per_request=2)))
+        for key in ("p/1", "p/2", "p/3"):
+            self.put(key)
+        answer = self.client.problem("DELETE", "/v1/kv/?prefix=p/", 413, "limit-exceeded")
+        self.assertEqual(
+            (answer.json["limit_name"], answer.json["limit"], answer.json["size"]),
+            ("max_keys_per_request", 2, 3),
+        )
+        self.assertEqual(len(self.store.rows), 3)
+
+    def test_token_must_write_the_prefix(self):
+        """With auth on, a token may delete a prefix inside its write prefixes, not one wider."""
+        from kvtwist.auth import Authorizer, Token
+
+        token = Token("app", "a" * 20, read=("",), write=("app/",))
+        self.client = TreeClient(self, memory_root(self.store, authorizer=Authorizer([token])))
+        self.store.commit([Put("app/x/1", b"1"), Put("apq", b"2")])
+        bearer = {"Authorization": "Bearer " + token.secret}
+        self.client.problem("DELETE", "/v1/kv/?prefix=ap", 403, "forbidden", headers=bearer)
+        self.client.problem("DELETE", "/v1/kv/?all=1", 403, "forbidden", headers=bearer)
+        answer = self.client.request("DELETE", "/v1/kv/?prefix=app/x/", headers=bearer)
+        self.assertEqual(answer.json["deleted"], 1)
+        self.assertEqual(sorted(self.store.rows), ["apq"])
+
+
+class KeysListingTests(V1Case):
+    """GET /v1/kv/?prefix=P&keys=1[&separator=S]: key names, rolled up as Consul does."""
+
+    KEYS = ("app/a", "app/b/c", "app/b/d", "app/c/x/y", "app/d", "apps", "other")
+
+    def setUp(self):
+        super().setUp()
+        for key in self.KEYS:
+            self.put(key)
+
+    def test_keys_only(self):
+        """keys=1 lists the names under the prefix, at one revision, with no next on the last page."""
+        answer = self.client.request("GET", "/v1/kv/?prefix=app/&keys=1")
+        self.assertEqual(
+            answer.json,
+            {"revision": 7, "keys": ["app/a", "app/b/c", "app/b/d", "app/c/x/y", "app/d"], "next": None},
+        )
+
+    def test_rolled_up_at_separator(self):
+        """With a separator, P + a/b/c lists as P + a/, once; bare ?keys works as Consul sends it."""
+        answer = self.client.request("GET", "/v1/kv/?prefix=app/&keys&separator=/")
+        self.assertEqual(answer.json["keys"], ["app/a", "app/b/", "app/c/", "app/d"])
+        top = self.client.request("GET", "/v1/kv/?keys=1&separator=/").json["keys"]
+        self.assertEqual(top, ["app/", "apps", "other"])
+
+    def test_paged_past_rolled_up_groups(self):
+        """Paging with limit and next visits every name once, resuming past a rolled-up group."""
+        seen, after = [], None
+        for _ in range(10):
+            path = "/v1/kv/?prefix=app/&keys=1&separator=/&limit=2"
+            if after is not None:
+                path += "&after=" + after
+            page = self.client.request("GET", path).json
+            seen += page["keys"]
+            after = page["next"]
+            if after is None:
+                break
+        self.assertEqual(seen, ["app/a", "app/b/", "app/c/", "app/d"])
+
+    def test_bad_combinations(self):
+        """keys=1 with values=1, or a separator without keys=1, is a 400 bad-parameter."""
+        self.client.problem("GET", "/v1/kv/?keys=1&values=1", 400, "bad-parameter")
+        self.client.problem("GET", "/v1/kv/?separator=/", 400, "bad-parameter")

@@ -31,7 +31,8 @@ a L{Deferred} (L{iter_pages} returns an async iterator).
 
 The seed routes (SPEC section 4), JSON values in one shared staging queue:
 
-    - L{get}: C{GET /{key}}, the committed JSON value.
+    - L{get}: C{GET /{key}}, the committed JSON value (L{get_value}: the
+      bytes and content type of a value of any type).
     - L{set_many}: C{POST /set}, stage writes in the server's shared queue.
     - L{delete}: C{DELETE /set}, stage deletes in the shared queue.
     - L{commit}: C{POST /commit}, apply the shared queue atomically and
@@ -50,7 +51,10 @@ revisions:
     - L{begin}: C{POST /v1/txn}, a L{Transaction} spanning several requests
       (C{put}, C{delete}, C{get}, C{set_many}, C{describe}, C{commit},
       C{abort}).
-    - L{batch}: C{POST /v1/batch}, a one-request transaction.
+    - L{batch}: C{POST /v1/batch}, a one-request transaction
+      (L{batch_encoded} with the body encoded already).
+    - L{incr}: add to a counter atomically (an C{incr} op in a batch).
+    - L{get_limits}: C{GET /v1/limits}, every limit the server enforces.
     - L{transact}: run batch-shaped ops through a multi-request transaction
       (what C{kvtwist txn} does).
 
@@ -96,7 +100,9 @@ status and the problem+json document. Arguments this module can tell are
 wrong before sending anything (an empty key, a value that is not JSON, a
 str where bytes are needed) raise C{ValueError} or C{TypeError} at once.
 Connection failures arrive as Twisted's own errors (C{ConnectError},
-C{ResponseFailed}, ...), unchanged.
+C{ResponseFailed}, ...), unchanged. L{with_timeout} bounds a call and
+fails it with L{TimedOut} (C{"timed out after 2 s"}) when it runs out.
+Every request says C{User-Agent: kvtwist/VERSION}.
 
 New routes are added in the same shape: a public C{name(http, url, ...,
 token=None)} that checks its arguments at once, sends with
@@ -118,20 +124,31 @@ from kvtwist.client._wire import (
     KeyValue,
     decode_value_base64,
     is_json_type,
+    text_of,
     value_fields,
 )
-from kvtwist.client.batch import OP_KINDS, batch, check_ops, transact
+from kvtwist.client.batch import (
+    OP_KINDS,
+    batch,
+    batch_encoded,
+    check_ops,
+    get_limits,
+    incr,
+    transact,
+)
 from kvtwist.client.errors import (
     ConflictError,
     KVClientError,
     NotFoundError,
     PreconditionFailedError,
+    TimedOut,
+    with_timeout,
 )
 from kvtwist.client.election import Election, NotLeader, leader, observe
 from kvtwist.client.kv import get_entry, iter_pages, list_all, list_keys, put, remove
 from kvtwist.client.lease import Lease, LeaseLost, grant, keepalive, revoke, show_lease
 from kvtwist.client.lock import Lock
-from kvtwist.client.seed import commit, delete, get, set_many
+from kvtwist.client.seed import commit, delete, get, get_value, set_many
 from kvtwist.client.snapshot import save_snapshot
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
@@ -142,6 +159,8 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "PreconditionFailedError",
+    "TimedOut",
+    "with_timeout",
     "KeyValue",
     "Transaction",
     "DEFAULT_CONTENT_TYPE",
@@ -149,8 +168,10 @@ __all__ = [
     "OP_KINDS",
     "decode_value_base64",
     "is_json_type",
+    "text_of",
     "value_fields",
     "get",
+    "get_value",
     "set_many",
     "delete",
     "commit",
@@ -163,6 +184,9 @@ __all__ = [
     "list_all",
     "begin",
     "batch",
+    "batch_encoded",
+    "get_limits",
+    "incr",
     "transact",
     "check_ops",
     "watch",

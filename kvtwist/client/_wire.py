@@ -18,6 +18,7 @@ import treq
 from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
 
+from kvtwist import __version__
 from kvtwist.client.errors import _bad_response, _error, _one_line
 
 
@@ -28,6 +29,9 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _ACCEPT_JSON = b"application/json, application/problem+json"
 #: The Accept header of value reads: the value comes back as it was stored.
 _ACCEPT_ANY = b"*/*"
+#: Sent with every request, so a server's access log tells kvtwist's
+#: clients (and their version) from the rest.
+USER_AGENT = ("kvtwist/%s" % (__version__,)).encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,38 @@ def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
     return {"value_base64": base64.b64encode(value).decode("ascii")}
 
 
+def text_of(value: bytes, content_type: str) -> Optional[str]:
+    """
+    The value as text, when it is text; else L{None} (show it as bytes or
+    base64). The rule the C{kvtwist} command prints values by:
+
+        - a C{charset} parameter names the encoding (C{text/plain;
+          charset=latin-1}); without one, UTF-8;
+        - C{text/*} and JSON types (L{is_json_type}) are text when their
+          bytes decode;
+        - any other type (C{application/octet-stream}, the default, as
+          C{kvtwist put app/x hello} stores) is text when its bytes decode
+          as UTF-8 and hold no control character but tab, newline and
+          carriage return, so a binary value is never mistaken for text.
+    """
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    charset = "utf-8"
+    for parameter in parameters.split(";"):
+        name, _, setting = parameter.partition("=")
+        if name.strip().lower() == "charset" and setting.strip():
+            charset = setting.strip().strip('"')
+    try:
+        text = value.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return None
+    if media.startswith("text/") or is_json_type(media):
+        return text
+    if any(ord(c) < 0x20 and c not in "\t\n\r" or ord(c) == 0x7F for c in text):
+        return None
+    return text
+
+
 def _segment(key: str) -> str:
     """
     C{key} as one percent-encoded path segment: C{/}, spaces, C{%}, C{?}
@@ -175,13 +211,14 @@ def _headers(
     extra: Iterable[Tuple[bytes, bytes]] = (),
 ) -> Headers:
     """
-    The request headers, all as bytes: Twisted caches header names in one
+    The request headers (C{User-Agent: kvtwist/VERSION} among them), all
+    as bytes: Twisted caches header names in one
     dict for both types, and a str name next to its bytes twin there is a
     BytesWarning under C{python -b}.
 
     @raise ValueError: for a token that cannot be a header value.
     """
-    headers = Headers({b"Accept": [accept]})
+    headers = Headers({b"Accept": [accept], b"User-Agent": [USER_AGENT]})
     if content_type is not None:
         headers.setRawHeaders(b"Content-Type", [content_type])
     for name, value in extra:

@@ -58,8 +58,50 @@ def batch(
     if not isinstance(ops, (list, tuple)):
         raise TypeError("ops is a list, not %s" % (type(ops).__name__,))
     body = _json_body({"ops": list(ops)})
+    return batch_encoded(http, url, body, token=token)
+
+
+def batch_encoded(http: Any, url: str, body: bytes, *, token: Optional[str] = None) -> Deferred:
+    """
+    L{batch} with its body already encoded (C{{"ops": [...]}} as strict
+    JSON): for a caller that sizes its batches to the server's limits
+    (L{get_limits}) and so encodes each op anyway, as C{kvtwist load} does.
+
+    @return: what L{batch} returns.
+    """
     d = _request(http, "POST", _join(url, "v1", "batch"), {200}, token, body)
     return d.addCallback(lambda answer: _decode_object(answer.status, answer.body))
+
+
+def get_limits(http: Any, url: str, *, token: Optional[str] = None) -> Deferred:
+    """
+    The limits the server enforces (C{GET /v1/limits}): the request body
+    bytes (C{max_body}), ops per batch (C{max_batch_ops}) and the others
+    of U{docs/configuration.md}, by name.
+
+    @return: a Deferred firing with the limits as a dict.
+    @raise KVClientError: (in the Deferred) for an error answer.
+    """
+    d = _request(http, "GET", _join(url, "v1", "limits"), {200}, token)
+    return d.addCallback(lambda answer: _decode_object(answer.status, answer.body))
+
+
+def incr(
+    http: Any, url: str, key: str, by: int = 1, *, token: Optional[str] = None
+) -> Deferred:
+    """
+    Add C{by} to the counter C{key} atomically (C{{"op": "incr"}} in a
+    batch): a JSON integer of any size, 0 when absent.
+
+    @return: a Deferred firing with the new value (an L{int}).
+    @raise TypeError: at once, unless C{by} is an int (not a bool).
+    @raise ConflictError: (in the Deferred) code C{not-an-integer} when
+        C{key} holds something else; nothing changed.
+    """
+    if type(by) is not int:
+        raise TypeError("by is an int, not %s" % (type(by).__name__,))
+    d = batch(http, url, [{"op": "incr", "key": key, "by": by}], token=token)
+    return d.addCallback(lambda answer: answer["results"][0]["value"])
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """
 What a failed call raises: L{KVClientError} for an error answer (or one
 that is not what the route gives), with its subclasses for the statuses a
-caller handles apart (404, 409, 412), built from the problem+json document.
+caller handles apart (404, 409, 412), built from the problem+json document;
+and L{TimedOut} for a call that ran out of time (L{with_timeout}).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import Any, Dict, List, Mapping, Optional
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.python.failure import Failure
 
 
 #: How much of a non-JSON error body is quoted in an error message.
@@ -174,3 +178,35 @@ def _error(status: int, body: bytes) -> KVClientError:
 
 def _bad_response(status: int, detail: str) -> KVClientError:
     return KVClientError(status, {"status": status, "detail": detail, "code": "bad-response"})
+
+
+class TimedOut(TimeoutError):
+    """
+    A call given C{seconds} to finish (L{with_timeout}) did not: C{str()}
+    names the time (C{"timed out after 2 s"}).
+
+    @ivar seconds: the time it was given.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("timed out after %g s" % (seconds,))
+        self.seconds = seconds
+
+
+def with_timeout(d: Deferred, seconds: float, clock: Any) -> Deferred:
+    """
+    Cancel C{d} unless it fires within C{seconds} on C{clock}, and then fail
+    it with L{TimedOut} whatever the cancelled call failed with: a treq
+    request cancelled mid-way fails with C{ResponseNeverReceived} wrapping
+    the cancellation (which Twisted's own C{addTimeout} passes on as it
+    is, with no word of the timeout).
+
+    @return: C{d}.
+    """
+
+    def timed_out(result: Any, timeout: float) -> Any:
+        if isinstance(result, Failure):
+            raise TimedOut(timeout)
+        return result
+
+    return d.addTimeout(seconds, clock, onTimeoutCancel=timed_out)

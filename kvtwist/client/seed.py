@@ -10,10 +10,13 @@ from typing import Any, Mapping, Optional
 from twisted.internet.defer import Deferred
 
 from kvtwist.client._wire import (
+    _ACCEPT_ANY,
+    DEFAULT_CONTENT_TYPE,
     _decode_json,
     _decode_object,
     _join,
     _json_body,
+    _request,
     _segment,
     _send,
 )
@@ -35,6 +38,23 @@ def get(http: Any, url: str, key: str, *, token: Optional[str] = None) -> Deferr
     """
     d = _send(http, "GET", _join(url, _segment(key)), {200}, token)
     return d.addCallback(lambda answer: _decode_json(*answer))
+
+
+def get_value(http: Any, url: str, key: str, *, token: Optional[str] = None) -> Deferred:
+    """
+    Read the committed value of C{key} (C{GET /{key}}) as it is stored,
+    whatever its type: a value written through C{/v1} (C{kvtwist put app/x
+    hello}) need not be JSON, and L{get} fails on it.
+
+    @return: a Deferred firing with C{(value bytes, content type)}.
+    @raise ValueError: at once, for an empty key.
+    @raise NotFoundError: (in the Deferred) if the key is not committed.
+    @raise KVClientError: (in the Deferred) for any other error answer.
+    """
+    d = _request(http, "GET", _join(url, _segment(key)), {200}, token, accept=_ACCEPT_ANY)
+    return d.addCallback(
+        lambda answer: (answer.body, answer.header(b"content-type") or DEFAULT_CONTENT_TYPE)
+    )
 
 
 def set_many(

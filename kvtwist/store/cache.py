@@ -274,6 +274,10 @@ class CachedStore:
             if change.key in self._inflight:
                 self._stale.add(change.key)
             slot = self._cache.get(change.key)
+            if slot is None and change.entry is None:
+                # Nobody read it: caching its absence would only push out
+                # keys that are read (a prefix delete removes thousands).
+                continue
             if slot is not None and _as_of(slot.cached) > result.revision:
                 # A change replayed after a watch reset, older than what a
                 # read has since put here: keep the newer state.
@@ -405,6 +409,10 @@ class CachedStore:
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         # The cache is brought up to date by apply_changes, as a listener.
         return self.store.commit(ops, checks)
+
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        # The cache is brought up to date by apply_changes, as a listener.
+        return self.store.delete_prefix(prefix, max_keys)
 
     def add_listener(self, listener) -> None:
         self.store.add_listener(listener)

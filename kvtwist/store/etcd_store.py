@@ -89,7 +89,7 @@ No quorum
 When a majority of etcd's members is down or cut off, writes and reads fail
 with L{StoreUnavailable} saying that etcd has no leader (or that no member
 answered in time); L{EtcdStore.ping} fails once no endpoint reports a
-leader, so C{/readyz} answers 503. Nothing has to be restarted: the next
+leader, so C{/v1/readyz} answers 503. Nothing has to be restarted: the next
 call after the quorum is back succeeds, and the watch resumes by itself.
 
 Watch
@@ -194,6 +194,7 @@ from kvtwist.model import (
     Delete,
     Entry,
     Expire,
+    Incr,
     Op,
     Page,
     PageBuilder,
@@ -214,7 +215,7 @@ from kvtwist.store.etcd_gateway import (
 from kvtwist.store.etcd_history import EtcdHistory
 from kvtwist.store.etcd_leases import EtcdLeases
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import final_ops, live
+from kvtwist.store.rules import final_ops, fold_increments, increment, live
 
 __all__ = [
     "EtcdStore",
@@ -239,6 +240,10 @@ ENVELOPE_VERSION = 1
 # How often one commit reads and retries when concurrent commits keep
 # changing its keys between its read and its transaction.
 _COMMIT_ATTEMPTS = 10
+# The same for a commit with increments: counters are made to be contended
+# (every client adds to the same key), and every round some commit wins, so
+# a longer bound only lets a commit wait its turn.
+_INCREMENT_ATTEMPTS = 100
 # How often a multi-request read restarts when etcd compacted its revision.
 _READ_ATTEMPTS = 3
 # Bounds on one listing: rounds of range requests and keys per request (the
@@ -694,6 +699,13 @@ class EtcdStore:
         """
         return self._run(self._commit(list(ops), list(checks), rider))
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        """
+        One etcd transaction with one DeleteRange over the prefix; see
+        L{IKeyValueStore.delete_prefix} and L{_delete_prefix}.
+        """
+        return self._run(self._delete_prefix(prefix, max_keys))
+
     def add_listener(self, listener) -> None:
         """
         Call C{listener(result)} for every revision that changed the key
@@ -1032,7 +1044,9 @@ class EtcdStore:
     async def _commit(
         self, ops: List[Op], checks: List[Check], rider: Optional["Rider"] = None
     ) -> CommitResult:
-        final = final_ops(ops)
+        # Increments become writes of the values read in _attempt (guarded
+        # like every write, so a concurrent change makes them read again).
+        final = final_ops(fold_increments(ops))
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
@@ -1082,6 +1096,85 @@ class EtcdStore:
             raise
         await self._settle(token, purged + [result])
         return result
+
+    async def _delete_prefix(self, prefix: str, max_keys: int) -> CommitResult:
+        """
+        Count the keys under C{prefix} at a revision R, then delete them in
+        one transaction guarded by "nothing in the range was written after
+        R" (a compare over the range), so the count the limit was checked
+        against is the set deleted; retried when a write got in between.
+        The count includes keys that expired moments ago and that etcd's
+        lease has not removed yet (they are deleted too, as C{expire}
+        changes).
+        """
+        start = self._etcd_key(prefix)
+        end = prefix_end(start)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            counted = await self.call(
+                "/v3/kv/range",
+                {"key": _b64(start), "range_end": _b64(end), "count_only": True},
+            )
+            count = int(counted.get("count", 0))
+            if count > max_keys:
+                raise LimitExceeded(
+                    "max_keys_per_request",
+                    max_keys,
+                    count,
+                    hint="a prefix delete counts each key it deletes",
+                )
+            if not count:
+                return CommitResult(self.revision, ())
+            read_at = int(counted["header"]["revision"])
+            body = {
+                "compare": [
+                    {
+                        "key": _b64(start),
+                        "range_end": _b64(end),
+                        "target": "MOD",
+                        "result": "LESS",
+                        "mod_revision": str(read_at + 1),
+                    }
+                ],
+                "success": [
+                    {
+                        "request_delete_range": {
+                            "key": _b64(start),
+                            "range_end": _b64(end),
+                            "prev_kv": True,
+                        }
+                    }
+                ],
+            }
+            token = next(self._tokens)
+            self._unsettled.setdefault(token, self.revision)
+            try:
+                document = await self.call("/v3/kv/txn", body, write=True)
+            except _Ambiguous as e:
+                self._settle(token, [])
+                # Not retried: a second DeleteRange would also delete keys
+                # written since.
+                raise _unknown_outcome(str(e), "a prefix delete is not retried")
+            except BaseException:
+                self._settle(token, [])
+                raise
+            if not document.get("succeeded"):
+                self._settle(token, [])
+                continue
+            now = self.clock.seconds()
+            changes = []
+            for response in document.get("responses") or []:
+                deleted = response.get("response_delete_range", {})
+                for kv in deleted.get("prev_kvs") or []:
+                    entry = self._row(kv).entry
+                    kind = "delete" if entry.is_live(now) else "expire"
+                    changes.append(Change(kind, entry.key, None, entry))
+            result = CommitResult(int(document["header"]["revision"]), tuple(changes))
+            await self._settle(token, [result])
+            return result
+        raise StoreUnavailable(
+            "the prefix delete lost the race against concurrent writes under "
+            "its prefix %d times; nothing was applied" % (_COMMIT_ATTEMPTS,)
+        )
 
     def _settle(self, token: int, results: List[CommitResult]) -> Deferred:
         """
@@ -1155,7 +1248,12 @@ class EtcdStore:
         keys it made, and registers C{token} as unsettled before its first
         write. C{rider} goes into the transaction that applies the plan.
         """
-        for attempt in range(_COMMIT_ATTEMPTS):
+        attempts = (
+            _INCREMENT_ATTEMPTS
+            if any(isinstance(op, Incr) for op in final.values())
+            else _COMMIT_ATTEMPTS
+        )
+        for attempt in range(attempts):
             rows, _ = await self._read_rows(touched)
             if lost:
                 plan, guards, reason = lost[-1]
@@ -1182,7 +1280,7 @@ class EtcdStore:
             stale = {
                 k: rows[k].entry.mod_revision
                 for k, op in final.items()
-                if isinstance(op, Put) and k in rows and current[k] is None
+                if isinstance(op, (Put, Incr)) and k in rows and current[k] is None
             }
             if stale:
                 self._unsettled.setdefault(token, self.revision)
@@ -1202,6 +1300,8 @@ class EtcdStore:
                         and current[key] is None
                     ):
                         plan.append((op, row.entry))
+                elif isinstance(op, Incr):
+                    plan.append((increment(current.get(key), op), current.get(key)))
                 elif isinstance(op, Put) or current.get(key) is not None:
                     plan.append((op, current.get(key)))
             if not plan:
@@ -1233,7 +1333,7 @@ class EtcdStore:
             # our read and our transaction. Read again and decide again.
         raise StoreUnavailable(
             "the commit lost the race against concurrent commits on its keys "
-            "%d times; nothing was applied" % (_COMMIT_ATTEMPTS,)
+            "%d times; nothing was applied" % (attempts,)
         )
 
     def _landed(

@@ -21,7 +21,7 @@ from zope.interface import alsoProvides
 
 from kvtwist.errors import LeaseNotFound, LimitExceeded
 from kvtwist.interfaces import ILeasingStore
-from kvtwist.model import Check, CommitResult, Delete, Expire, Lease, Op, Put
+from kvtwist.model import Check, CommitResult, Delete, DeletePrefix, Expire, Lease, Op, Put
 from kvtwist.store.rules import Table, apply_commit, final_ops
 
 #: Lease ids stay below 2**53, exact in every JSON client.
@@ -138,16 +138,18 @@ def commit(
         applied.
     @raise kvtwist.errors.ConflictError: see C{apply_commit}.
     """
-    winners = final_ops(ops)
+    winners = final_ops(op for op in ops if not isinstance(op, DeletePrefix))
     for op in winners.values():
         if isinstance(op, Put) and op.lease is not None:
             held(leases, op.lease, now)
     result = apply_commit(table, revision, ops, checks, now)
     for change in result.changes:
-        # A key changed by an op that names no single key (a range delete)
-        # is not in winners: it is detached like any deleted key.
+        # A key changed by an op that names no single key (a range delete,
+        # even after a put of it) is detached like any deleted key.
         op = winners.get(change.key)
-        leases.attach(change.key, op.lease if isinstance(op, Put) else None)
+        leases.attach(
+            change.key, op.lease if isinstance(op, Put) and change.kind == "put" else None
+        )
     return result
 
 

@@ -9,20 +9,24 @@ lets the memory fake and the shelve store pass one contract suite.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Protocol, Sequence
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence
 
-from kvtwist.errors import ConflictError
+from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded, NotAnInteger
 from kvtwist.model import (
     Change,
     Check,
     CheckFailure,
     CommitResult,
     Delete,
+    DeletePrefix,
     Entry,
     Expire,
+    Incr,
+    JSON_CONTENT_TYPE,
     Op,
     Put,
 )
+from kvtwist.strictjson import encode, parse
 
 
 class Table(Protocol):
@@ -36,6 +40,9 @@ class Table(Protocol):
 
     def remove(self, key: str) -> None:
         """Remove C{key}'s row if present."""
+
+    def keys_under(self, prefix: str) -> Iterable[str]:
+        """Every stored key starting with C{prefix}, expired ones included."""
 
 
 def live(entry: Optional[Entry], now: float) -> Optional[Entry]:
@@ -69,6 +76,109 @@ def final_ops(ops: Iterable[Op]) -> Dict[str, Op]:
     return result
 
 
+def touched_keys(ops: Iterable[Op], checks: Iterable[Check]) -> List[str]:
+    """The keys C{ops} and C{checks} name (a L{DeletePrefix} names none)."""
+    keys = [op.key for op in ops if not isinstance(op, DeletePrefix)]
+    return keys + [check.key for check in checks]
+
+
+def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[Op]:
+    """
+    C{ops} with each L{DeletePrefix} replaced by a L{Delete} of every key
+    under its prefix at that point of the commit: stored keys, and keys
+    written by the commit's earlier ops.
+
+    @raise LimitExceeded: when more live keys than the op's C{max_keys}
+        would go (C{max_keys_per_request}: a prefix delete names each key
+        it deletes); C{table} is untouched.
+    """
+    if not any(isinstance(op, DeletePrefix) for op in ops):
+        return list(ops)
+    expanded: List[Op] = []
+    for op in ops:
+        if not isinstance(op, DeletePrefix):
+            expanded.append(op)
+            continue
+        keys = dict.fromkeys(table.keys_under(op.prefix))
+        written = {o.key: o for o in expanded if o.key.startswith(op.prefix)}
+        keys.update(dict.fromkeys(written))
+        doomed = [
+            key for key in keys
+            if isinstance(written.get(key), Put)
+            or (key not in written and live(table.read(key), now) is not None)
+        ]
+        if len(doomed) > op.max_keys:
+            raise LimitExceeded(
+                "max_keys_per_request",
+                op.max_keys,
+                len(doomed),
+                hint="a prefix delete counts each key it deletes",
+            )
+        expanded.extend(Delete(key) for key in doomed)
+    return expanded
+
+
+def counter_value(key: str, value: bytes, content_type: str) -> int:
+    """
+    The integer a counter's stored value holds.
+
+    @raise NotAnInteger: unless it is a JSON integer stored as JSON.
+    """
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            number = parse(value)
+        except InvalidInput:
+            number = None
+        if type(number) is int:
+            return number
+    raise NotAnInteger(key)
+
+
+def increment(base: "Optional[Put | Entry]", op: Incr) -> Put:
+    """
+    The write C{op} makes over C{base}, the key's live entry or staged
+    write (None: absent, counted as 0); the expiry is kept.
+
+    @raise NotAnInteger: when C{base} holds no JSON integer.
+    """
+    current = counter_value(op.key, base.value, base.content_type) if base is not None else 0
+    expires = base.expires if base is not None else None
+    return Put(op.key, encode(current + op.by), JSON_CONTENT_TYPE, expires)
+
+
+def fold_increments(ops: Sequence[Op]) -> List[Op]:
+    """
+    C{ops} with each L{Incr} that follows a write of its key in the same
+    commit resolved against that write (a L{Put}, or absent after a
+    L{Delete}), and increments of one key in a row merged. What is left
+    are increments of the stored value, each the first write of its key.
+
+    @raise NotAnInteger: when a write before an increment is not an integer.
+    """
+    folded: List[Op] = []
+    last: Dict[str, int] = {}
+    for op in ops:
+        key = getattr(op, "key", None)
+        if isinstance(op, Incr) and key in last:
+            earlier = folded[last[key]]
+            if isinstance(earlier, Incr):
+                op = Incr(key, earlier.by + op.by)
+            elif isinstance(earlier, Put):
+                op = increment(earlier, op)
+            elif isinstance(earlier, Delete):
+                op = increment(None, op)
+            if not isinstance(earlier, Expire):
+                # (After the sweeper's Expire the key may or may not go:
+                # the increment is left to meet the stored state.)
+                folded[last[key]] = op
+                continue
+        if key is not None:
+            last[key] = len(folded)
+        folded.append(op)
+    return folded
+
+
 def count_delta(result: CommitResult) -> int:
     """How a commit changed the number of stored keys."""
     delta = 0
@@ -92,10 +202,17 @@ def apply_commit(
     C{revision}.
 
     @raise ConflictError: if a check failed; C{table} is then untouched.
+    @raise LimitExceeded: if a L{DeletePrefix} would delete too many keys;
+        C{table} is then untouched.
     """
     failures = failed_checks(table, checks, now)
     if failures:
         raise ConflictError(failures)
+    ops = expand_prefix_deletes(table, ops, now)
+    ops = [
+        increment(live(table.read(op.key), now), op) if isinstance(op, Incr) else op
+        for op in fold_increments(ops)
+    ]
     planned = []
     for op in final_ops(ops).values():
         stored = table.read(op.key)

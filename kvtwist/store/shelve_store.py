@@ -25,7 +25,6 @@ commit waits for more than the sync in progress plus its own.
 
 from __future__ import annotations
 
-import itertools
 import os
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -41,11 +40,13 @@ from kvtwist.errors import (
     FutureRevision,
     InsufficientStorage,
     KVError,
+    LimitExceeded,
+    NotAnInteger,
     StoreCorrupt,
     StoreUnavailable,
 )
 from kvtwist.interfaces import IHistoricalStore, ILeasingStore, IWorkInFlight
-from kvtwist.model import Change, Check, CommitResult, Entry, Op, Page, PageBuilder
+from kvtwist.model import Change, Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
 from kvtwist.store.history import (
@@ -56,7 +57,7 @@ from kvtwist.store.history import (
     replayed_change,
 )
 from kvtwist.store.listeners import Listeners
-from kvtwist.store.rules import count_delta, live
+from kvtwist.store.rules import count_delta, live, touched_keys
 from kvtwist.store.shelf import DataShelf, HistoryRecord
 from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
 
@@ -78,6 +79,9 @@ def _expiry_key(expires: float, key: str) -> str:
     # Fixed-width so that the index sorts by time (to year 5138).
     return "%s%017.3f/%s" % (_EXPIRY, expires, key)
 
+
+#: Rows read per statement when a prefix delete scans its keys.
+_SCAN_PAGE = 10000
 
 #: In L{_ShelfTable}'s pending writes: the shelf key is to be removed.
 _REMOVED = object()
@@ -148,6 +152,25 @@ class _ShelfTable:
                     change.entry.to_record() if change.entry is not None else None,
                 )
             )
+    def keys_under(self, prefix: str) -> List[str]:
+        """
+        Every key under C{prefix} as the table stands (the shelf's, and this
+        group's earlier writes), its rows read in pages as they are scanned.
+        """
+        cursor: Optional[str] = None
+        while True:
+            rows = self._shelf.scan(_KEY + prefix, cursor, _SCAN_PAGE)
+            for shelf_key, record in rows:
+                key = shelf_key[len(_KEY):]
+                if key not in self._rows:
+                    self._rows[key] = _entry(key, record)
+            if len(rows) < _SCAN_PAGE:
+                break
+            cursor = rows[-1][0]
+        return [
+            key for key, entry in self._rows.items()
+            if entry is not None and key.startswith(prefix)
+        ]
 
     def set_revision(self, revision: int) -> None:
         """Record the store's revision (written by the next L{flush})."""
@@ -576,10 +599,15 @@ class ShelveStore:
     def expired(self, limit: int) -> Deferred:
         return self._run(self._sync_expired, self.clock.seconds(), limit)
 
+    def delete_prefix(self, prefix: str, max_keys: int) -> Deferred:
+        # A commit like any other: it queues, joins a group and is synced
+        # with it.
+        return self.commit([DeletePrefix(prefix, max_keys)])
+
     def commit(self, ops: Sequence[Op], checks: Sequence[Check] = ()) -> Deferred:
         ops, checks = list(ops), list(checks)
         return self._submit(
-            [key for key in itertools.chain((op.key for op in ops), (check.key for check in checks))],
+            touched_keys(ops, checks),
             lambda table, leases, revision, now: lease_rules.commit(
                 table, leases, revision, ops, checks, now
             ),

@@ -23,6 +23,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from kvtwist.model import Entry
+from kvtwist.web.compression import LargeBodyGzip
 from kvtwist.web.resource import Response, etag, readable_key, write_response
 from kvtwist.web.v1.base import entry_headers
 
@@ -130,13 +131,18 @@ def write_entry(request: Request, encoded: EncodedEntry, revision: Optional[int]
     and keep-alive see an ordinary answer. A request that twisted.web would
     alter on its first write (a content encoder, cookies, Last-Modified or
     an ETag set through its own API: kvtwist sets none) takes the ordinary
-    path instead.
+    path instead; a value small enough never to be compressed
+    (L{kvtwist.web.compression}) does not.
     """
     if request.finished or request._disconnected:
         return
     entry = encoded.entry
+    encoder = request._encoder
     if (
-        request._encoder is not None
+        (
+            encoder is not None
+            and not (isinstance(encoder, LargeBodyGzip) and encoder.skips(len(entry.value)))
+        )
         or request.cookies
         or request.lastModified is not None
         or request.etag is not None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -548,6 +549,24 @@ def json_log_formatter(timestamp: str, request: Request) -> str:
     return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
 
 
+class _WholeLines:
+    """
+    Access lines to a stream the site does not own (stdout): each written
+    and flushed whole, so they never interleave with another writer's, and
+    never closed by the site.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, line: str) -> None:
+        self._stream.write(line)
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
 class KVSite(Site):
     """
     The kvcache site: L{KVChannel} connections, L{KVRequest} requests, the
@@ -559,8 +578,9 @@ class KVSite(Site):
         refusals in, or None.
     @param access_log: C{off}, C{clf} (Combined Log Format, the default)
         or C{json}.
-    @param access_log_file: where access lines go (default: the twistd
-        log, through Twisted's logging).
+    @param access_log_file: where access lines go (default: C{clf} lines
+        to the twistd log, through Twisted's logging; C{json} lines to
+        stdout as they are, one JSON object a line).
     @param max_body: overrides C{limits.max_body} (kept for callers that
         only set the body cap).
 
@@ -644,6 +664,15 @@ class KVSite(Site):
             )
             self._refused_while_full = 0
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        if self.access_log == "json" and self.logPath is None and sys.__stdout__ is not None:
+            # JSON lines to stdout as they are, where twistd -n writes its
+            # own log too: through Twisted's log each would get twistd's
+            # "<time> [twisted.python.log#info] " prefix and stop being
+            # JSON, which jq and log shippers then refuse.
+            self._logFile = _WholeLines(sys.__stdout__)
+
     def _openLogFile(self, path):
         # A plain append-mode file (what HTTPFactory does), not Site's
         # LogFile, which rotates by itself every megabyte: rotation is the
@@ -653,7 +682,7 @@ class KVSite(Site):
     def log(self, request: KVRequest) -> None:
         # Runs for every answered request: plain attribute reads (KVRequest
         # has class defaults) and one bytes-keyed count; names are decoded
-        # only when /metrics is scraped.
+        # only when /v1/metrics is scraped.
         metrics = self.metrics
         if metrics is not None:
             started = request._kv_started

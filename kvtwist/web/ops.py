@@ -1,11 +1,17 @@
 """
-The operations endpoints, mounted at the top of the tree by
-L{kvtwist.tap} (through C{make_root(extra_children=...)}):
+The operations endpoints, mounted under C{/v1} by L{kvtwist.tap} (through
+C{make_root(ops=...)}):
 
-    /healthz   200 while the process is alive; no token needed (probes)
-    /readyz    200 when the store is open and a small durable write
-               succeeds, else 503 problem+json with the reason; ops token
-    /metrics   Prometheus text exposition; ops token
+    /v1/healthz   200 while the process is alive; no token needed (probes)
+    /v1/readyz    200 when the store is open and a small durable write
+                  succeeds, else 503 problem+json with the reason; ops token
+    /v1/metrics   Prometheus text exposition; ops token
+
+The seed's root belongs to the seed's keys (C{GET /metrics} reads the key
+C{metrics}), so these never sit at the root of the API's listener. Probes
+and scrapers that expect C{/healthz} and C{/metrics} get them from the
+operations listener (C{--ops-listen}), whose tree L{ops_root} builds: the
+same three resources at root paths, and nothing else.
 
 Authentication happens above them (L{kvtwist.web.root.Authenticating});
 here only the C{ops} permission of the authenticated token is checked.
@@ -14,7 +20,7 @@ Other methods than GET and HEAD answer 405 with C{Allow}.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -27,7 +33,8 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import KVError
 from kvtwist.interfaces import IKeyValueStore
 from kvtwist.metrics import CONTENT_TYPE, Metrics
-from kvtwist.web.resource import Answers405, Response, json_response, problem_response
+from kvtwist.web.browsers import BrowserPolicy
+from kvtwist.web.resource import Answers405, KVResource, Response, json_response, problem_response
 
 log = Logger()
 
@@ -46,9 +53,9 @@ class OpsResource(Answers405):
 
 
 class Healthz(OpsResource):
-    """C{/healthz}: the process is alive and its reactor answers."""
+    """C{/v1/healthz}: the process is alive and its reactor answers."""
 
-    route = "/healthz"
+    route = "/v1/healthz"
 
     def render_GET(self, request: Request) -> int:
         return self.respond(request, lambda request: json_response(200, {"status": "alive"}))
@@ -56,7 +63,7 @@ class Healthz(OpsResource):
 
 class Readyz(OpsResource):
     """
-    C{/readyz}: ready for traffic when the store is open and its write
+    C{/v1/readyz}: ready for traffic when the store is open and its write
     probe (L{IKeyValueStore.ping}: a small durable write, which fails as a
     commit would) succeeds within C{timeout} seconds.
 
@@ -65,9 +72,12 @@ class Readyz(OpsResource):
     (code C{insufficient-storage} for a full disk) until a write succeeds
     again, and the probe itself is that retry, so readiness comes back once
     space returns even if no client writes.
+
+    Probes that arrive while one is in flight share its outcome: however
+    often readiness is asked, the store makes one probe write at a time.
     """
 
-    route = "/readyz"
+    route = "/v1/readyz"
 
     def __init__(
         self, store: IKeyValueStore, clock: IReactorTime, timeout: float = READY_TIMEOUT
@@ -76,16 +86,28 @@ class Readyz(OpsResource):
         self._store = store
         self._clock = clock
         self._timeout = timeout
+        self._waiting: Optional[List[Deferred]] = None
 
     def render_GET(self, request: Request) -> int:
         return self.respond(request, self._check)
 
     def _check(self, request: Request) -> Deferred:
         Authorizer.require_ops(principal_of(request))
+        answer: Deferred = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(answer)
+            return answer
+        self._waiting = [answer]
         d = self._store.ping()
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._ready, self._not_ready)
-        return d
+        d.addCallback(self._answer_waiting)
+        return answer
+
+    def _answer_waiting(self, response: Response) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for answer in waiting:
+            answer.callback(response)
 
     def _ready(self, result: object) -> Response:
         return json_response(200, {"status": "ready", "revision": self._store.revision})
@@ -110,9 +132,9 @@ class Readyz(OpsResource):
 
 
 class MetricsResource(OpsResource):
-    """C{/metrics}: the Prometheus text exposition of L{Metrics}."""
+    """C{/v1/metrics}: the Prometheus text exposition of L{Metrics}."""
 
-    route = "/metrics"
+    route = "/v1/metrics"
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()
@@ -131,12 +153,50 @@ def ops_children(
     metrics: Optional[Metrics],
     clock: IReactorTime,
     ready_timeout: float = READY_TIMEOUT,
+    mount: str = "/v1",
 ) -> "dict[bytes, Resource]":
-    """The C{extra_children} for L{kvtwist.web.root.make_root}."""
-    children: "dict[bytes, Resource]" = {
+    """
+    The operations endpoints by name: the C{ops} of
+    L{kvtwist.web.root.make_root} (mounted under C{/v1}), or the children
+    of L{ops_root}'s tree (C{mount=""}, at root paths).
+
+    @param mount: where they are mounted, for their route labels.
+    """
+    children: "dict[bytes, OpsResource]" = {
         b"healthz": Healthz(),
         b"readyz": Readyz(store, clock, ready_timeout),
     }
     if metrics is not None:
         children[b"metrics"] = MetricsResource(metrics)
-    return children
+    for name, child in children.items():
+        child.route = "%s/%s" % (mount, name.decode("ascii"))
+    return dict(children)
+
+
+def ops_root(
+    store: IKeyValueStore,
+    metrics: Optional[Metrics],
+    clock: IReactorTime,
+    authorizer: Authorizer,
+    browsers: Optional[BrowserPolicy] = None,
+) -> Resource:
+    """
+    The tree of the operations listener (C{--ops-listen}): C{/healthz}
+    (open, for probes), C{/readyz} and C{/metrics} (the ops token when auth
+    is on), and a problem+json 404 for anything else; behind the same
+    C{Host} and C{Origin} checks as the API (C{browsers}).
+    """
+    from kvtwist.web.browsers import BrowserGuard
+    from kvtwist.web.root import Authenticating
+
+    top = OpsTop()
+    for name, child in ops_children(store, metrics, clock, mount="").items():
+        top.putChild(name, child)
+    guarded: Resource = Authenticating(top, authorizer, open_paths=((b"healthz",),))
+    return BrowserGuard(guarded, browsers) if browsers is not None else guarded
+
+
+class OpsTop(KVResource):
+    """The root of the operations listener: only its named children exist."""
+
+    route = "/(ops)"

@@ -26,6 +26,7 @@ from kvtwist.errors import (
     LeasesUnsupported,
     KVError,
     LimitExceeded,
+    NotAnInteger,
     PreconditionFailed,
     StagedMemoryFull,
     StoreCorrupt,
@@ -86,7 +87,7 @@ def status_for(error: KVError) -> int:
         return 403
     if isinstance(error, (KeyNotFound, TransactionNotFound, LeaseNotFound)):
         return 404
-    if isinstance(error, ConflictError):
+    if isinstance(error, (ConflictError, NotAnInteger)):
         return 409
     if isinstance(error, HostNotAllowed):
         # Misdirected Request: this server does not answer for that name.

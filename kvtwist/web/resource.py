@@ -12,19 +12,22 @@ internals, and writes nothing to a client that has gone away.
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.resource import Resource, _IEncodingResource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from kvtwist.auth import principal_of
-from kvtwist.errors import KVError
+from kvtwist.errors import InvalidInput, KVError
 from kvtwist.model import Entry
 from kvtwist.strictjson import MAX_KEY_BYTES
+from kvtwist.web.compression import LargeBodyGzip
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -142,16 +145,71 @@ def _mark_gone(reason: Failure, request: Request) -> None:
     request._kvtwist_gone = True  # type: ignore[attr-defined]
 
 
+def query_names(request: Request) -> List[Tuple[bytes, bool]]:
+    """
+    Every parameter of C{request}'s query string, in order: its
+    percent-decoded name and whether it came with a value (C{=}).
+    C{request.args} leaves out a bare name (C{?recurse}), which must not
+    pass unseen.
+    """
+    query = request.uri.partition(b"?")[2]
+    names = []
+    for part in query.split(b"&"):
+        if part:
+            name, equals, _ = part.partition(b"=")
+            names.append((unquote_to_bytes(name.replace(b"+", b" ")), bool(equals)))
+    return names
+
+
+def unknown_parameter(request: Request, route: str, allowed: Tuple[str, ...]) -> Optional[InvalidInput]:
+    """
+    The 400 for the first query parameter of C{request} not in C{allowed},
+    naming it and saying which parameters the route takes; None when every
+    one is known. A parameter silently ignored would look like success (a
+    Consul client's C{DELETE /v1/kv/app/?recurse} deleting nothing).
+    """
+    for raw, _ in query_names(request):
+        name = raw.decode("utf-8", "replace")
+        if name not in allowed:
+            method = request.method.decode("ascii", "replace")
+            takes = (
+                "takes: " + ", ".join(allowed) if allowed else "takes no query parameters"
+            )
+            return InvalidInput(
+                "unknown-parameter",
+                "unknown query parameter %r: %s %s %s" % (name, method, route, takes),
+                parameter=name,
+                allowed=list(allowed),
+            )
+    return None
+
+
+@implementer(_IEncodingResource)
 class KVResource(Resource):
     """
-    Base Resource: unknown children are a problem+json 404, and a method
-    without a C{render_<METHOD>} is answered by L{method_not_allowed}.
+    Base Resource: unknown children are a problem+json 404, a method
+    without a C{render_<METHOD>} is answered by L{method_not_allowed}, a
+    query parameter the method does not take is a 400 problem naming it
+    (L{unknown_parameter}), and answers over 1 KiB are gzipped for clients
+    that ask (L{kvtwist.web.compression}; twisted.web asks every resource
+    it reaches for its encoder).
 
     @cvar route: the route template this resource serves, recorded on the
         request (C{kvtwist_route}) for metrics and logs.
+    @cvar parameters: the query parameters each method takes, by method
+        name (C{GET}'s also serve C{HEAD}); a method not listed takes none.
+        L{None} for a resource that reads no parameter and lets any pass
+        (the admin page's files, where browsers add cache busters).
     """
 
     route = "(unknown)"
+    parameters: Optional[Mapping[str, Tuple[str, ...]]] = {}
+    #: Whether answers may be gzipped (not for streams written as they go).
+    compressible = True
+
+    def getEncoder(self, request: Request) -> Optional[LargeBodyGzip]:
+        """The content encoder of C{request}'s answer (twisted.web's hook)."""
+        return LargeBodyGzip(request) if self.compressible else None
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         return NOT_FOUND
@@ -174,6 +232,13 @@ class KVResource(Resource):
             )
             write_response(request, self.decorate(answer))
             return NOT_DONE_YET
+        # (A CORS preflight names the URL of the request it asks about,
+        # parameters and all: that request is checked when it comes.)
+        if self.parameters is not None and b"?" in request.uri and method != b"OPTIONS":
+            allowed = self.parameters.get(handler.__name__[len("render_"):], ())
+            refused = unknown_parameter(request, self.route, allowed)
+            if refused is not None:
+                return self.respond(request, lambda request: fail(refused))
         return handler(request)
 
     def allowed_methods(self) -> list:

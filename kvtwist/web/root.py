@@ -2,18 +2,25 @@
 The Resource tree: L{make_root} builds the whole of kvcache's URL space.
 
     /set, /commit            the seed's operations (static children)
-    /{key}                   the seed's keys (every other first segment)
+    /{key}                   the seed's keys: every other single segment
     /v1/kv/, /v1/kv/{key}    keys with revisions and CAS, listing
     /v1/txn, /v1/txn/{id}/…  multi-request transactions
     /v1/batch                one-request transactions
     /v1/watch                Server-Sent Events of changes
     /v1/limits               every limit in force
+    /v1/healthz, /v1/readyz, /v1/metrics   the operations endpoints
+    /ui/                     the admin page (when mounted)
+
+The root's single segments belong to the seed's keys, as in the service
+kvcache replaces: C{GET /metrics}, C{/healthz}, C{/ui} or C{/v1} read the
+keys of those names. Every other route is a path of two or more segments,
+so it never shadows a key.
 """
 
 from __future__ import annotations
 
 import random as _random
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -48,11 +55,16 @@ class Root(KVResource):
         super().__init__()
         self._context = context
 
+    #: The seed's own two routes, the only single segments that are not keys.
+    SEED_ROUTES = (b"set", b"commit")
+
     def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
         # Resource's own with getChild folded in: one call per request.
-        child = self.children.get(path)
-        if child is not None:
-            return child
+        if request.postpath:
+            # Two or more segments: a route (/v1/..., /ui/), never a key.
+            return self.children.get(path, NOT_FOUND)
+        if path in self.SEED_ROUTES:
+            return self.children[path]
         if not path:
             return NOT_FOUND
         return SeedKey(self._context, path)
@@ -91,6 +103,7 @@ def make_root(
     authorizer: Optional[Authorizer] = None,
     watchers: Optional[WatcherCount] = None,
     extra_children: Optional[Dict[bytes, Resource]] = None,
+    ops: Optional[Dict[bytes, Resource]] = None,
     browsers: Optional[BrowserPolicy] = None,
 ) -> Resource:
     """
@@ -105,8 +118,11 @@ def make_root(
     @param authorizer: who may do what (default: auth off).
     @param watchers: the long-poll and stream slots (default: a new count
         of C{limits.max_watchers}).
-    @param extra_children: more top-level routes (the operations
-        endpoints), mounted as given.
+    @param extra_children: more top-level routes (the admin page at
+        C{ui}), mounted as given: reached only by paths of two or more
+        segments (C{/ui/}), as single segments are the seed's keys.
+    @param ops: the operations endpoints (L{kvtwist.web.ops.ops_children}),
+        mounted under C{/v1}.
     @param browsers: the C{Host} and C{Origin} rules in force, checked
         before anything else (default: none, for in-memory tests of the
         API; the server always passes one).
@@ -134,29 +150,46 @@ def make_root(
     v1.putChild(b"compact", Compact(context))
     v1.putChild(b"snapshot", Snapshot(context))
     v1.putChild(b"watch", Watch(context))
+    for name, child in (ops or {}).items():
+        v1.putChild(name, child)
     root.putChild(b"v1", v1)
     for name, child in (extra_children or {}).items():
         root.putChild(name, child)
-    top: Resource = Authenticating(root, authorizer or Authorizer())
+    top: Resource = Authenticating(root, authorizer or Authorizer(), open_paths=API_OPEN_PATHS)
     if browsers is not None:
         top = BrowserGuard(top, browsers)
     return top
+
+
+#: Paths of the API's listener served without a token (while mounted): the
+#: liveness probe, and the admin page's files (C{/ui/...}; C{/ui} alone is
+#: the key C{ui}).
+API_OPEN_PATHS = ((b"v1", b"healthz"), (b"ui", None))
 
 
 class Authenticating(Resource):
     """
     The top of the tree: authenticates every request (when auth is on)
     before any route sees it, recording the token as
-    C{request.kvtwist_principal}. C{/healthz} stays open for probes, and
-    C{/ui/} for browsers, which cannot send a bearer token when they load a
-    page (the page holds no data: every API call it makes carries the token
-    and is checked as usual); each only while it is mounted.
+    C{request.kvtwist_principal}. The C{open_paths} stay open while they
+    are mounted: the liveness probe, and the admin page for browsers, which
+    cannot send a bearer token when they load a page (the page holds no
+    data: every API call it makes carries the token and is checked as
+    usual). An open path not mounted (the admin page off, say) names keys,
+    and keys need a token like any other.
+
+    @param open_paths: paths served without a token, as tuples of
+        segments; a last segment of L{None} stands for any one or more
+        segments.
     """
 
-    def __init__(self, root: Resource, authorizer: Authorizer) -> None:
+    def __init__(
+        self, root: Resource, authorizer: Authorizer, open_paths: Sequence[Tuple] = ()
+    ) -> None:
         super().__init__()
         self.root = root
         self.authorizer = authorizer
+        self._open_paths = tuple(open_paths)
         # Tokens are fixed when the tree is built: with none, every request
         # is ANYONE's and costs no header lookup.
         self._open = not authorizer.enabled
@@ -177,16 +210,33 @@ class Authenticating(Resource):
         if self._open:
             request.kvtwist_principal = ANYONE  # type: ignore[attr-defined]
             return self.root.getChildWithDefault(path, request)
-        if path in self.root.children and (
-            path == b"ui" or (path == b"healthz" and not request.postpath)
-        ):
-            # Only routes really mounted: an unmounted name is a key (the
-            # admin page off, say), and keys need a token like any other.
+        if self._is_open(path, request.postpath):
             return self.root.getChildWithDefault(path, request)
         refused = self._authenticated(request)
         if refused is not None:
             return refused
         return self.root.getChildWithDefault(path, request)
+
+    def _is_open(self, path: bytes, rest: List[bytes]) -> bool:
+        segments = [path] + rest
+        for open_path in self._open_paths:
+            fixed = [segment for segment in open_path if segment is not None]
+            if open_path[-1] is None:
+                matches = segments[: len(fixed)] == fixed and len(segments) > len(fixed)
+            else:
+                matches = segments == fixed
+            if matches and self._mounted(fixed):
+                return True
+        return False
+
+    def _mounted(self, segments: List[bytes]) -> bool:
+        """Whether the static route C{segments} is mounted in the tree."""
+        node = self.root
+        for segment in segments:
+            node = node.children.get(segment)
+            if node is None:
+                return False
+        return True
 
     def render(self, request: Request) -> int:
         refused = self._authenticated(request)

@@ -16,7 +16,7 @@ upgrade.
 
 The page itself holds no data: every call it makes to the API carries the
 user's bearer token, so serving these files needs no authentication (the
-tree's authentication layer must let C{/ui} through for the page to load
+tree's authentication layer must let C{/ui/...} through for the page to load
 on a server with tokens).
 
 Mount it with C{make_root(store, extra_children={b"ui": make_ui_resource()})}.
@@ -118,6 +118,9 @@ class UIPart(Answers405):
     """
 
     route = "/ui/"
+    # Plain web files: they read no parameter, and browsers and tools add
+    # their own (cache busters), so none is refused.
+    parameters = None
 
     def decorate(self, response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
@@ -165,8 +168,10 @@ class StaticFile(UIPart):
 
 class UIResource(UIPart):
     """
-    C{/ui}: redirects to C{/ui/}, which is the page; C{/ui/<file>} are its
-    assets; anything else below is a problem+json 404.
+    C{/ui/} is the page; C{/ui/<file>} are its assets; anything else below
+    is a problem+json 404. C{/ui} without the slash never reaches here: a
+    single segment at the root is the seed's key C{ui}
+    (L{kvtwist.web.root.Root}).
     """
 
     route = "/ui"
@@ -184,24 +189,6 @@ class UIResource(UIPart):
         if path == b"":
             return self._files[INDEX.encode("ascii")]
         return self._files.get(path, UI_NOT_FOUND)
-
-    def render_GET(self, request: Request) -> int:
-        # Relative URLs in the page (app.js, style.css) resolve against
-        # /ui/, not /, so the bare path must redirect. The target is built
-        # from where the tree is mounted, and keeps the query (the page
-        # reads nothing from it today, but a bookmark should survive).
-        target = b"/" + b"/".join(request.prepath) + b"/"
-        query = request.uri.partition(b"?")[2]
-        if query:
-            target += b"?" + query
-        response = Response(
-            301,
-            b"The admin page is at " + target + b"\n",
-            b"text/plain; charset=utf-8",
-            {b"location": target, b"cache-control": b"no-cache"},
-        )
-        write_response(request, self.decorate(response))
-        return NOT_DONE_YET
 
 
 def make_ui_resource() -> UIResource:

@@ -22,7 +22,7 @@ from kvtwist.strictjson import parse
 from kvtwist.interfaces import IKeyValueStore, ITransactionManager
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
-from kvtwist.web.resource import Answers405, Response, etag, not_found_response
+from kvtwist.web.resource import Answers405, Response, etag, not_found_response, query_names
 from kvtwist.web.v1.leasing import lease_for_put
 
 if TYPE_CHECKING:
@@ -183,10 +183,13 @@ def int_arg(request: Request, name: str, default: int, low: int, high: int) -> i
 
 
 def flag_arg(request: Request, name: str) -> bool:
-    """A boolean query flag: 1/true/yes, 0/false/no, or absent (False)."""
+    """
+    A boolean query flag: 1/true/yes, 0/false/no, absent (False), or the
+    bare name (C{?keys}, as Consul clients send it: True).
+    """
     raw = query_arg(request, name)
     if raw is None:
-        return False
+        return (name.encode("ascii"), False) in query_names(request)
     if raw.lower() in ("1", "true", "yes"):
         return True
     if raw.lower() in ("0", "false", "no", ""):

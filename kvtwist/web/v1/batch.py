@@ -1,25 +1,34 @@
 """
-C{POST /v1/batch}: a one-request transaction.
+C{POST /v1/batch}: a one-request transaction, in one of two forms (their
+bodies are described in L{kvtwist.web.v1.batch_ops}).
 
-Body: C{{"ops": [...]}} where each op is one of
-  - C{{"op": "set", "key": K, "value": <JSON>}} or with C{"value_base64"} and
-    C{"content_type"}; optional C{"ttl"} (seconds);
-  - C{{"op": "delete", "key": K}};
-  - C{{"op": "check", "key": K, "revision": N}} (mod_revision is N; 0 means
-    absent);
-  - C{{"op": "check-absent", "key": K}};
-  - C{{"op": "get", "key": K}}.
-All ops apply atomically: 200 with one result per op, or 409 naming the
-failing op indexes (C{failed}) and applying nothing. A C{get} sees the
-state just before the batch plus the batch's own earlier ops; it is read
-before the commit and guarded by a revision check, retried a few times if a
-concurrent commit changes a key it read.
+C{{"ops": [...]}}: all ops apply atomically: 200 with one result per op,
+or 409 naming the failing op indexes (C{failed}) and applying nothing.
+
+C{{"compare": [...], "success": [...], "failure": [...]}}: 200
+C{{"succeeded", "revision", "results"}}: the compares are evaluated and
+the C{success} ops (all compares hold) or the C{failure} ops applied,
+atomically with the compares. On every store the compares are evaluated
+by kvtwist (etcd's own compares cannot see kvtwist's value envelope and
+expiry), and the chosen branch commits in one commit guarded by the
+mod_revision of every key compared: on etcd one etcd transaction whose
+compares are those guards. A guard that fails (a concurrent commit changed
+a compared key) makes the batch start again, a few times.
+
+A C{get} sees the state just before the batch plus the batch's own earlier
+ops; in a batch that writes, it is read before the commit and guarded by a
+revision check the same way.
+
+A batch that writes nothing (only gets and checks, or a branch of gets) is
+not a commit: it is read at one revision through the store's read cache
+(cache hits need no trip to the store thread, so it never waits behind
+commits), its checks evaluated on what was read, and answered with that
+revision. Only when commits keep landing during its reads is it pinned by
+an empty guarded commit instead.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,24 +36,27 @@ from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, principal_of
-from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded
-from kvtwist.model import JSON_CONTENT_TYPE, Check, CheckFailure, Delete, Entry, Op, Put
-from kvtwist.strictjson import check_key, encode, parse
+from kvtwist.errors import ConflictError
+from kvtwist.interfaces import IKeyValueStore
+from kvtwist.model import Check, CheckFailure, Delete, Entry, Incr, Op, Put
+from kvtwist.store.rules import counter_value, increment
+from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
-from kvtwist.web.v1.base import V1Resource, check_content_type, describe, parse_ttl, value_fields
-from kvtwist.web.v1.leasing import lease_for_put
+from kvtwist.web.v1.base import V1Resource, describe, value_fields
+from kvtwist.web.v1.batch_ops import WRITE_KINDS, BatchPlan, ParsedOp, parse_batch
 
-#: How often a batch with gets is retried when a concurrent commit changes
-#: a key it read.
+#: How often a batch starts again when a concurrent commit changes a key
+#: it read or compared.
 GET_RETRIES = 5
-
-_OPS = {"set", "delete", "check", "check-absent", "get"}
+#: How often a batch that writes nothing reads again when commits land
+#: while it reads, before pinning its reads with an empty guarded commit.
+READ_RETRIES = 3
 
 
 class GetGuard:
-    """The tag of a check that guards what a get read (not a client check)."""
+    """The tag of a check that guards what a batch read (not a client check)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: Optional[int]) -> None:
         self.index = index
 
 
@@ -52,71 +64,36 @@ def _op_index(tag: object) -> int:
     return tag.index if isinstance(tag, GetGuard) else tag  # type: ignore[return-value]
 
 
-def _bad(index: int, detail: str) -> InvalidInput:
-    return InvalidInput("bad-op", "op %d: %s" % (index, detail), index=index)
-
-
-def parse_ops(document: Any, clock, limits, store) -> List[Tuple[str, Dict[str, Any]]]:
+async def read_at_one_revision(
+    store: IKeyValueStore, keys: List[str]
+) -> Tuple[Dict[str, Entry], int]:
     """
-    Validate a batch body into C{(kind, fields)} pairs (C{store}: for the
-    leases sets name).
+    C{keys} as they stand at one revision, and that revision, without a
+    commit: through the store's read cache, again while commits land
+    during the read; after L{READ_RETRIES} such reads, pinned by an empty
+    commit whose checks are what was read (which waits its turn on the
+    store thread).
 
-    @raise InvalidInput: naming the first bad op's index.
-    @raise LimitExceeded: past C{max_batch_ops}.
+    @raise ConflictError: (with L{GetGuard} tags) when even that commit
+        found a key changed.
     """
-    if not isinstance(document, dict) or not isinstance(document.get("ops"), list):
-        raise InvalidInput("bad-batch", 'expected {"ops": [...]}')
-    raw_ops = document["ops"]
-    if len(raw_ops) > limits.max_batch_ops:
-        raise LimitExceeded("max_batch_ops", limits.max_batch_ops, len(raw_ops))
-    parsed = []
-    for index, raw in enumerate(raw_ops):
-        if not isinstance(raw, dict) or raw.get("op") not in _OPS:
-            raise _bad(index, "each op is an object whose op is one of " + ", ".join(sorted(_OPS)))
-        kind = raw["op"]
-        key = raw.get("key")
-        if not isinstance(key, str):
-            raise _bad(index, "key must be a string")
-        try:
-            check_key(key)
-        except InvalidInput as e:
-            raise _bad(index, e.detail)
-        fields: Dict[str, Any] = {"key": key}
-        if kind == "set":
-            fields["put"] = _put(index, raw, key, clock, store)
-        elif kind == "check":
-            revision = raw.get("revision")
-            if type(revision) is not int or revision < 0:
-                raise _bad(index, "revision must be a non-negative integer")
-            fields["revision"] = revision
-        parsed.append((kind, fields))
-    return parsed
+    found: Dict[str, Entry] = {}
+    for _ in range(READ_RETRIES):
+        revision = store.revision
+        found = await store.get_many(keys) if keys else {}
+        if store.revision == revision:
+            return found, revision
+    guards = [
+        Check.equals(key, found[key].mod_revision if key in found else 0, tag=GetGuard(None))
+        for key in dict.fromkeys(keys)
+    ]
+    result = await store.commit([], guards)
+    return found, result.revision
 
 
-def _put(index: int, raw: Dict[str, Any], key: str, clock, store) -> Put:
-    has_json = "value" in raw
-    has_b64 = "value_base64" in raw
-    if has_json == has_b64:
-        raise _bad(index, "a set takes exactly one of value and value_base64")
-    try:
-        expires = parse_ttl(raw.get("ttl"), clock)
-        lease = lease_for_put(store, raw.get("lease"))
-    except InvalidInput as e:
-        raise _bad(index, e.detail)
-    if has_json:
-        return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires, lease)
-    content_type = raw.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str):
-        raise _bad(index, "content_type must be a string")
-    try:
-        content_type = check_content_type(content_type)
-    except InvalidInput as e:
-        raise _bad(index, e.detail)
-    try:
-        value = base64.b64decode(raw["value_base64"], validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise _bad(index, "value_base64 is not valid base64")
-    return Put(key, value, content_type, expires, lease)
+def _writes(ops: List[ParsedOp]) -> bool:
+    """Whether C{ops} write (and so make a commit)."""
+    return any(kind in WRITE_KINDS for kind, _ in ops)
 
 
 class Batch(V1Resource):
@@ -128,15 +105,20 @@ class Batch(V1Resource):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._batch(request)))
 
     async def _batch(self, request: Request) -> Response:
-        ops = parse_ops(
+        plan = parse_batch(
             parse(read_body(request)), self.context.clock, self.context.limits, self.context.store
         )
         token = principal_of(request)
-        Authorizer.require_write(token, [f["key"] for kind, f in ops if kind in ("set", "delete")])
-        Authorizer.require_read(token, [f["key"] for kind, f in ops if kind not in ("set", "delete")])
+        ops = plan.all_ops()
+        Authorizer.require_write(token, [f["key"] for kind, f in ops if kind in WRITE_KINDS])
+        Authorizer.require_read(
+            token,
+            [f["key"] for kind, f in ops if kind not in WRITE_KINDS]
+            + [compare.key for compare in plan.compares or ()],
+        )
         for attempt in range(GET_RETRIES):
             try:
-                return await self._attempt(ops)
+                return await self._attempt(plan)
             except ConflictError as e:
                 if not all(isinstance(f.check.tag, GetGuard) for f in e.failures):
                     raise self._client_conflict(e)
@@ -155,13 +137,55 @@ class Batch(V1Resource):
             for f in failures
         ]
         conflict = ConflictError(failures)
-        conflict.extra["failed"] = sorted({f.check.tag for f in failures})
+        conflict.extra["failed"] = sorted({f.check.tag for f in failures if f.check.tag is not None})
         return conflict
 
-    async def _attempt(self, ops) -> Response:
+    async def _attempt(self, plan: BatchPlan) -> Response:
         store = self.context.store
-        read_keys = [fields["key"] for kind, fields in ops if kind == "get"]
-        before: Dict[str, Entry] = await store.get_many(read_keys) if read_keys else {}
+        compares = plan.compares or []
+        read_keys = [c.key for c in compares] + [
+            fields["key"]
+            for kind, fields in plan.all_ops()
+            if kind in ("get", "check", "check-absent", "incr")
+        ]
+        branches = [plan.success, plan.failure] if plan.branching else [plan.success]
+        if all(_writes(branch) for branch in branches):
+            # Whichever branch is chosen commits: its guards pin what was read.
+            before: Dict[str, Entry] = await store.get_many(read_keys) if read_keys else {}
+            revision: Optional[int] = None
+        else:
+            before, revision = await read_at_one_revision(store, read_keys)
+        succeeded = all(compare.holds(before.get(compare.key)) for compare in compares)
+        ops = plan.success if succeeded else plan.failure
+        writes_now, checks, results = self._plan(ops, before)
+        if not _writes(ops):
+            assert revision is not None
+            # Nothing to commit: the checks are decided on what was read.
+            failures = [
+                CheckFailure(check, before[check.key].mod_revision if check.key in before else 0)
+                for check in checks
+                if not check.holds(before[check.key].mod_revision if check.key in before else 0)
+            ]
+            if failures:
+                raise ConflictError(failures)
+        else:
+            # What the compares saw must still be there when the branch applies.
+            checks += [
+                Check.equals(c.key, before[c.key].mod_revision if c.key in before else 0, tag=GetGuard(None))
+                for c in compares
+            ]
+            result = await store.commit(writes_now, checks)
+            revision = result.revision
+            self._add_outcomes(ops, results, {change.key: change for change in result.changes})
+        body: Dict[str, Any] = {"revision": revision, "results": results}
+        if plan.branching:
+            body = {"succeeded": succeeded, **body}
+        return json_response(200, body)
+
+    def _plan(
+        self, ops: List[ParsedOp], before: Dict[str, Entry]
+    ) -> Tuple[List[Op], List[Check], List[Dict[str, Any]]]:
+        """The writes, checks and (first) results of C{ops} over C{before}."""
         writes: List[Op] = []
         checks: List[Check] = []
         view: Dict[str, Optional[object]] = {}
@@ -176,6 +200,16 @@ class Batch(V1Resource):
                 writes.append(Delete(key))
                 view[key] = None
                 results.append({"op": "delete", "key": key})
+            elif kind == "incr":
+                # The store resolves the increment on the state it commits
+                # to (no guard: concurrent increments never conflict); the
+                # value here serves later gets, and refuses a non-integer
+                # early.
+                writes.append(Incr(key, fields["by"]))
+                counted = increment(view[key] if key in view else before.get(key), writes[-1])
+                view[key] = counted
+                results.append({"op": "incr", "key": key,
+                                "value": counter_value(key, counted.value, counted.content_type)})
             elif kind == "check":
                 checks.append(Check.equals(key, fields["revision"], tag=index))
                 results.append({"op": "check", "key": key, "ok": True})
@@ -186,15 +220,38 @@ class Batch(V1Resource):
                 entry = before.get(key)
                 checks.append(Check.equals(key, entry.mod_revision if entry else 0, tag=GetGuard(index)))
                 results.append(self._get_result(key, view[key] if key in view else entry))
-        result = await store.commit(writes, checks)
-        changed = {change.key: change for change in result.changes}
+        return writes, checks, results
+
+    @staticmethod
+    def _add_outcomes(ops: List[ParsedOp], results: List[Dict[str, Any]], changed: Dict[str, Any]) -> None:
+        """
+        Say in each write's result what the commit did with it. An
+        increment's value comes from the committed counter, less the
+        increments of the same key after it in the batch (what the key
+        held after this op); one followed by a set or delete of its key
+        keeps the value the batch computed.
+        """
+        later: Dict[str, Optional[int]] = {}
+        for (kind, fields), item in reversed(list(zip(ops, results))):
+            key = fields["key"]
+            change = changed.get(key)
+            if kind == "incr":
+                if key not in later:
+                    entry = change.entry if change is not None else None
+                    later[key] = (
+                        counter_value(key, entry.value, entry.content_type) if entry else None
+                    )
+                if later[key] is not None:
+                    item["value"] = later[key]
+                    later[key] -= fields["by"]
+            elif kind in ("set", "delete"):
+                later[key] = None
         for (kind, fields), item in zip(ops, results):
             change = changed.get(fields["key"])
             if kind == "set":
                 item["created"] = change is not None and change.previous is None
             elif kind == "delete":
                 item["deleted"] = change is not None and change.kind == "delete"
-        return json_response(200, {"revision": result.revision, "results": results})
 
     @staticmethod
     def _get_result(key: str, found: Optional[object]) -> Dict[str, Any]:

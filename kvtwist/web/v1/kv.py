@@ -1,5 +1,6 @@
 """
-C{/v1/kv/}: keys with revisions and CAS, and prefix listing.
+C{/v1/kv/}: keys with revisions and CAS, prefix listing (of entries, or
+of key names rolled up at a separator), and delete by prefix.
 
 The key is the percent-decoded rest of the path and may contain C{/}:
 C{/v1/kv/a%2Fb} and C{/v1/kv/a/b} name the same key. PUT and DELETE are
@@ -40,6 +41,35 @@ from kvtwist.web.v1.conditional import not_modified, precondition_failures, writ
 #: Default page size of a listing.
 DEFAULT_PAGE = 100
 
+#: The largest character: a cursor of C{rolled + LAST_CHARACTER} sorts after
+#: every key that starts with C{rolled} (in UTF-8 byte order, as code
+#: points), so a keys listing resumes past a rolled-up group.
+LAST_CHARACTER = "\U0010ffff"
+
+
+def roll_up(keys, prefix: str, separator: str) -> list:
+    """
+    C{keys} (sorted, under C{prefix}) as a keys listing shows them: each key
+    with C{separator} after the prefix cut just after its first one (Consul's
+    C{?keys&separator}: C{prefix + "a/b/c"} lists as C{prefix + "a/"}), once.
+    An empty separator rolls nothing up.
+    """
+    listed: list = []
+    for key in keys:
+        if separator:
+            cut = key.find(separator, len(prefix))
+            if cut >= 0:
+                key = key[: cut + len(separator)]
+        # Keys sharing a rolled-up name are adjacent in sorted order.
+        if not listed or listed[-1] != key:
+            listed.append(key)
+    return listed
+
+
+def is_rolled_up(key: str, prefix: str, separator: str) -> bool:
+    """Whether C{key} is a name L{roll_up} made (it ends at its first separator)."""
+    return bool(separator) and key.find(separator, len(prefix)) == len(key) - len(separator)
+
 
 def rest_of_path(name: bytes, request: Request) -> bytes:
     """
@@ -67,6 +97,10 @@ class KeyCollection(V1Resource):
     """C{/v1/kv}: C{GET} lists keys; each child path is a key."""
 
     route = "/v1/kv/"
+    parameters = {
+        "GET": ("prefix", "after", "limit", "values", "keys", "separator", "revision", "cursor"),
+        "DELETE": ("prefix", "all"),
+    }
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         if not path and not request.postpath:
@@ -83,6 +117,19 @@ class KeyCollection(V1Resource):
             check_key(after)
         limit = int_arg(request, "limit", DEFAULT_PAGE, 1, self.context.limits.max_list_limit)
         with_values = flag_arg(request, "values")
+        separator = query_arg(request, "separator")
+        if flag_arg(request, "keys"):
+            if with_values:
+                raise InvalidInput(
+                    "bad-parameter", "keys=1 lists names only: values=1 does not go with it",
+                    parameter="values",
+                )
+            return self._list_keys(request, prefix, after, limit, separator or "")
+        if separator:
+            raise InvalidInput(
+                "bad-parameter", "separator rolls up a keys listing: give it with keys=1",
+                parameter="separator",
+            )
         # A listing of the past; or, through a page's cursor, the next page
         # of a listing pinned at its first page's revision.
         revision = revision_arg(request)
@@ -134,11 +181,81 @@ class KeyCollection(V1Resource):
         )
         return ensureDeferred(listing).addCallback(page_response)
 
+    def _list_keys(
+        self, request: Request, prefix: str, after: Optional[str], limit: int, separator: str
+    ) -> Deferred:
+        """
+        One page of key names, rolled up at C{separator}, from one listing
+        of C{limit} keys (so a page of rolled-up names may hold fewer than
+        C{limit}). As for entries, only keys the token may read are
+        visited, so neither a name nor C{next} reveals another. A C{next}
+        that is a rolled-up name resumes past every key under it.
+        """
+        cursor = after
+        if after is not None and after.startswith(prefix) and is_rolled_up(after, prefix, separator):
+            cursor = after + LAST_CHARACTER
+
+        def page_response(page) -> Response:
+            keys = roll_up((entry.key for entry in page.entries), prefix, separator)
+            next_key = keys[-1] if page.more and keys else None
+            return json_response(200, {"revision": page.revision, "keys": keys, "next": next_key})
+
+        listing = list_readable(
+            self.context.store,
+            principal_of(request),
+            prefix,
+            cursor,
+            limit,
+            self.context.limits.max_list_bytes,
+        )
+        return ensureDeferred(listing).addCallback(page_response)
+
+    def render_DELETE(self, request: Request) -> int:
+        return self.respond(request, self._delete_prefix)
+
+    def _delete_prefix(self, request: Request) -> Deferred:
+        """
+        Delete every key under C{?prefix=} in one commit. The empty prefix
+        (every key) needs an explicit C{?all=1}, so a forgotten parameter
+        never empties the store. Each key deleted counts against
+        C{max_keys_per_request} (413 beyond, nothing deleted). The token
+        must be allowed to write the prefix itself, which covers every key
+        under it.
+        """
+        prefix = query_arg(request, "prefix") or ""
+        everything = flag_arg(request, "all")
+        if not prefix and not everything:
+            raise InvalidInput(
+                "bad-parameter",
+                "a prefix delete needs a non-empty prefix, or all=1 to delete every key",
+                parameter="prefix",
+            )
+        if prefix and everything:
+            raise InvalidInput(
+                "bad-parameter", "all=1 deletes every key: give it without a prefix",
+                parameter="all",
+            )
+        if prefix:
+            check_key(prefix)
+        Authorizer.require_write(principal_of(request), [prefix])
+        limit = self.context.limits.max_keys_per_request
+        d = self.context.store.delete_prefix(prefix, limit)
+        return d.addCallback(
+            lambda result: json_response(
+                200,
+                {
+                    "deleted": sum(1 for change in result.changes if change.kind == "delete"),
+                    "revision": result.revision,
+                },
+            )
+        )
+
 
 class KeyResource(V1Resource):
     """C{/v1/kv/{key}}: read, write and delete one key."""
 
     route = "/v1/kv/{key}"
+    parameters = {"GET": ("index", "wait", "consistent", "revision"), "PUT": ("ttl", "lease")}
 
     def __init__(self, context: V1Context, raw_key: bytes) -> None:
         super().__init__(context)
@@ -149,7 +266,7 @@ class KeyResource(V1Resource):
         # with no Deferred, its headers encoded once while the entry stays
         # cached (a conditional read may be a 304: built per request).
         # Reads with parameters (long-polls) go the full way.
-        if not request.args:
+        if b"?" not in request.uri:
             store = self.context.store
             if request.getHeader(b"if-none-match") is None:
                 encoded = peek_encoded(store, self._raw_key, request, encode_v1)

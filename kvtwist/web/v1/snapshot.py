@@ -132,6 +132,9 @@ class Snapshot(V1Resource):
     """C{GET /v1/snapshot?prefix=P}: a consistent snapshot as JSON Lines."""
 
     route = "/v1/snapshot"
+    parameters = {"GET": ("prefix",)}
+    #: Written as it goes, page by page: never gzipped whole.
+    compressible = False
 
     def render_GET(self, request: Request) -> int:
         try:

@@ -4,6 +4,7 @@ C{/v1/txn}: per-client transactions that span several requests.
 C{POST /v1/txn} opens one; C{/v1/txn/{id}/kv/{key}} reads through it and
 stages writes and deletes (preconditions recorded for the commit);
 C{POST /v1/txn/{id}/set} stages the seed's JSON object shape;
+C{POST /v1/txn/{id}/incr} reads a counter through it and stages its sum;
 C{GET /v1/txn/{id}} lists what is staged; C{DELETE /v1/txn/{id}} aborts;
 C{POST /v1/txn/{id}/commit} applies everything atomically and durably, or
 answers 409 naming every conflict and applies nothing. A commit attempt that
@@ -18,9 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, principal_of
-from kvtwist.errors import ConflictError, KeyNotFound
+from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound
 from kvtwist.model import Put
-from kvtwist.operations import read, stage_deletes, stage_pairs, stage_put
+from kvtwist.operations import read, stage_deletes, stage_increment, stage_pairs, stage_put
 from kvtwist.strictjson import decode_key, parse
 from kvtwist.web.resource import Response, json_response, read_body
 from kvtwist.web.seed import pairs_from, set_outcome
@@ -86,6 +87,8 @@ class TransactionResource(TransactionPart):
             return TransactionSet(self.context, self.txn_id)
         if path == b"commit":
             return TransactionCommit(self.context, self.txn_id)
+        if path == b"incr":
+            return TransactionIncr(self.context, self.txn_id)
         return super().getChild(path, request)
 
     def render_GET(self, request: Request) -> int:
@@ -139,6 +142,7 @@ class TransactionKey(TransactionPart):
     """C{/v1/txn/{id}/kv/{key}}: read through, stage a write or a delete."""
 
     route = "/v1/txn/{id}/kv/{key}"
+    parameters = {"PUT": ("ttl", "lease")}
 
     def __init__(self, context: V1Context, txn_id: str, raw_key: bytes) -> None:
         super().__init__(context, txn_id)
@@ -200,6 +204,31 @@ class TransactionSet(TransactionPart):
         pairs = pairs_from(parse(read_body(request)))
         Authorizer.require_write(principal_of(request), list(pairs))
         return set_outcome(await stage_pairs(self.context.store, txn, pairs, self.context.limits))
+
+
+class TransactionIncr(TransactionPart):
+    """
+    C{/v1/txn/{id}/incr}: C{{"key": K, "by": N}} (C{by} defaults to 1)
+    reads the counter through the transaction and stages its new value.
+    """
+
+    route = "/v1/txn/{id}/incr"
+
+    def render_POST(self, request: Request) -> int:
+        return self.respond(request, lambda request: Deferred.fromCoroutine(self._incr(request)))
+
+    async def _incr(self, request: Request) -> Response:
+        txn = await self.transaction(request)
+        document = parse(read_body(request))
+        if not isinstance(document, dict) or set(document) - {"key", "by"} or "key" not in document:
+            raise InvalidInput("bad-incr", 'expected {"key": K, "by": N}')
+        key, by = document["key"], document.get("by", 1)
+        if not isinstance(key, str) or type(by) is not int:
+            raise InvalidInput("bad-incr", "key must be a string and by an integer")
+        Authorizer.require_write(principal_of(request), [key])
+        Authorizer.require_read(principal_of(request), [key])
+        value, view = await stage_increment(self.context.store, txn, key, by)
+        return json_response(200, {"key": key, "value": value, "staged": "put", "ops": len(view)})
 
 
 class TransactionCommit(TransactionPart):

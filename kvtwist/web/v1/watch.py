@@ -397,6 +397,10 @@ class Watch(V1Resource):
     """C{GET /v1/watch?prefix=P&values=1&prev=1}: a Server-Sent Events stream."""
 
     route = "/v1/watch"
+    # Events must reach the client as they are written: a compressor would
+    # hold them back.
+    compressible = False
+    parameters = {"GET": ("prefix", "values", "after", "prev")}
 
     def render_GET(self, request: Request) -> int:
         store = self.context.store
