@@ -628,6 +628,10 @@ class EtcdLeaseTests(EtcdTestCase):
         self.assertEqual([e.key for e in (await store.list_at("", None, 10, store.revision)).entries], ["k"])
         replay = await store.changes(0, store.revision, 100)
         self.assertEqual([[c.key for c in r.changes] for r in replay], [["k"]])
+        # Deleting every key leaves the lease (and its anchor) alone.
+        deleted = await store.delete_prefix("", 10)
+        self.assertEqual([c.key for c in deleted.changes], ["k"])
+        self.assertEqual((await store.lease(lease.id)).keys, ())
 
 
 class EtcdStoreTests(EtcdTestCase):

@@ -880,6 +880,13 @@ class EtcdStore:
     def _etcd_key(self, key: str) -> bytes:
         return self._key_prefix + key.encode("utf-8")
 
+    def _range_end(self, start: bytes) -> bytes:
+        """
+        The end of the range of kvtwist keys starting with C{start}: never
+        past the last kvtwist key, where lease anchors follow (etcd_leases).
+        """
+        return min(prefix_end(start), self._key_prefix + b"\xff")
+
     def _decode_key(self, raw_key: bytes) -> str:
         """The kvtwist key of an etcd key in this store's range."""
         if not raw_key.startswith(self._key_prefix):
@@ -985,8 +992,7 @@ class EtcdStore:
         the range ends.
         """
         start = self._etcd_key(prefix)
-        # Not past the last kvtwist key: lease anchors follow (etcd_leases).
-        end = min(prefix_end(start), self._key_prefix + b"\xff")
+        end = self._range_end(start)
         if after is not None:
             start = max(start, self._etcd_key(after) + b"\x00")
         builder = PageBuilder(limit, max_bytes, self.clock.seconds())
@@ -1108,7 +1114,7 @@ class EtcdStore:
         changes).
         """
         start = self._etcd_key(prefix)
-        end = prefix_end(start)
+        end = self._range_end(start)
         for attempt in range(_COMMIT_ATTEMPTS):
             counted = await self.call(
                 "/v3/kv/range",
