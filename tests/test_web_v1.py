@@ -693,7 +693,7 @@ class QueryParameterTests(V1Case):
     def test_each_route_names_what_it_takes(self):
         """Unknown parameters per route: the problem lists that route and method's own parameters."""
         self.put("a")
-        self.refused("PUT", "/v1/kv/a?flags=4", "flags", ["ttl"], body=b"x")
+        self.refused("PUT", "/v1/kv/a?flags=4", "flags", ["ttl", "lease"], body=b"x")
         self.refused("DELETE", "/v1/kv/a?ttl=5", "ttl", [])
         listing = ["prefix", "after", "limit", "values", "keys", "separator", "revision", "cursor"]
         self.refused("GET", "/v1/kv/?prefix=a&index=3", "index", listing)
