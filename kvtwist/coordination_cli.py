@@ -15,8 +15,8 @@ CMD's code (after a message on stderr).
 
 C{elect} campaigns (a L{kvtwist.client.election.Election}) and prints one
 line when it leads; it stays leader until stopped (SIGINT, SIGTERM: it
-resigns, so the next candidate leads at once) or until its lease is lost
-(exit 1).
+resigns, so the next candidate leads at once, and exits 130 or 143 as
+every interrupted command does) or until its lease is lost (exit 1).
 
 Like L{kvtwist.dumpload}, this module adds its subcommands to the CLI's
 parser (L{add_coordination_commands}) and gives their handlers
