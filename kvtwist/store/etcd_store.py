@@ -1633,6 +1633,10 @@ class EtcdStore:
         if lost:
             reason += "; " + lost
             self._gap_reported = max(self._gap_reported, start - 1)
+            # Anchors made or deleted in the gap were not seen: count again.
+            Deferred.fromCoroutine(self._client_leases.recount()).addErrback(
+                lambda f: log.warn("etcd: leases not counted again: {e}", e=_describe(f.value))
+            )
         self._notify_resets(WatchReset(True, bool(lost), start - 1, reason))
         self._deliver()
 
