@@ -25,7 +25,6 @@ commits each sync to disk, by default).
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import tempfile
@@ -36,15 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist.errors import RevisionCompacted
 from kvtwist.model import Delete, Entry, Expire, Put
-from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
-from tests.etcd import EtcdCluster, etcd_available
+from tests.etcd import ModelOnEtcd
 
 #: Cases per store: the shelve store syncs every commit to disk, so it runs
 #: fewer. C{KVTWIST_HISTORY_EXAMPLES} sets both, for a soak.
@@ -321,7 +319,7 @@ class ShelveHistoryModelTests(HistoryModelMixin, SynchronousTestCase):
         return self.open_store(reactor, directory)
 
 
-class EtcdHistoryModelTests(HistoryModelMixin, TestCase):
+class EtcdHistoryModelTests(ModelOnEtcd, HistoryModelMixin, TestCase):
     """
     The history model on the etcd store: a few cases on one etcd, each
     under its own key prefix; hypothesis runs in a thread and each store
@@ -333,14 +331,6 @@ class EtcdHistoryModelTests(HistoryModelMixin, TestCase):
 
     store_name = "etcd"
     examples = MAX_ETCD_EXAMPLES
-    skip = None if etcd_available()[0] else etcd_available()[1]
-    timeout = 120
-
-    def setUp(self):
-        self.cluster = EtcdCluster(1)
-        self.addCleanup(self.cluster.stop)
-        self.cluster.start()
-        self.prefixes = itertools.count()
 
     def test_history_matches_the_model(self):
         """
@@ -357,21 +347,17 @@ class EtcdHistoryModelTests(HistoryModelMixin, TestCase):
             if step[0] == "commit" else step
             for step in program
         ]
-        self.prefix = "/history-model-%d/" % (next(self.prefixes),)
+        self.prefix = self.new_prefix("history-model")
         super().run_program(untimed, directory, figures)
 
     def call(self, method, *args):
-        return threads.blockingCallFromThread(reactor, method, *args)
+        return self.on_reactor(method, *args)
 
     def base_revision(self, store) -> int:
         return store.revision
 
     def open_store(self, clock, directory: str):
-        def opened():
-            store = EtcdStore(self.cluster.client_urls, reactor, prefix=self.prefix, clock=clock)
-            return store.open().addCallback(lambda _: store)
-
-        return self.call(opened)
+        return self.open_etcd_store(self.prefix, clock)
 
     def reopen(self, store, clock, directory: str):
         self.call(store.close)

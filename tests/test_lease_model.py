@@ -22,7 +22,6 @@ model runs alongside, and after every step:
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import tempfile
@@ -33,16 +32,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.internet import reactor, threads
+from twisted.internet import threads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist.errors import LeaseNotFound
 from kvtwist.model import Delete, Put
-from kvtwist.store.etcd_store import EtcdStore
 from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
-from tests.etcd import EtcdCluster, etcd_available
+from tests.etcd import ModelOnEtcd
 
 #: etcd answers over HTTP: few cases there.
 MAX_ETCD_EXAMPLES = int(os.environ.get("KVTWIST_LEASE_EXAMPLES", "25"))
@@ -255,7 +253,7 @@ class ShelveLeaseModelTests(LeaseModel, SynchronousTestCase):
         self.run_program(program)
 
 
-class EtcdLeaseModelTests(LeaseModel, TestCase):
+class EtcdLeaseModelTests(ModelOnEtcd, LeaseModel, TestCase):
     """
     The model on etcd leases, a few cases on one etcd, each under its own
     key prefix; hypothesis runs in a thread and each store call on the
@@ -265,38 +263,22 @@ class EtcdLeaseModelTests(LeaseModel, TestCase):
     """
 
     exact_revisions = False
-    skip = None if etcd_available()[0] else etcd_available()[1]
-    timeout = 120
-
-    def setUp(self):
-        self.cluster = EtcdCluster(1)
-        self.addCleanup(self.cluster.stop)
-        self.cluster.start()
-        self.prefixes = itertools.count()
 
     def call(self, method, *args):
         def run():
             # Boxed, so a failure comes back as a value, as outcome() gives it.
             return method(*args).addBoth(lambda result: [result])
 
-        [result] = threads.blockingCallFromThread(reactor, run)
+        [result] = self.on_reactor(run)
         return result
 
     def make_store(self):
         self.clock = Clock()
         self.clock.advance(START)
-
-        def opened():
-            store = EtcdStore(
-                self.cluster.client_urls, reactor,
-                prefix="/lease-model-%d/" % (next(self.prefixes),), clock=self.clock,
-            )
-            return store.open().addCallback(lambda _: store)
-
-        return threads.blockingCallFromThread(reactor, opened)
+        return self.open_etcd_store(self.new_prefix("lease-model"), self.clock)
 
     def dispose(self, store) -> None:
-        threads.blockingCallFromThread(reactor, store.close)
+        self.on_reactor(store.close)
 
     def test_model(self):
         """Random lease programs on etcd keep exactly the model's keys; every revoke is one commit."""

@@ -180,12 +180,11 @@ from zope.interface import implementer
 
 from kvtwist.errors import (
     ConflictError,
-    LeaseNotFound,
     LimitExceeded,
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore
 from kvtwist.model import (
     Change,
     Check,
@@ -800,7 +799,8 @@ class EtcdStore:
 
     async def _check_client_leases(self, plan: List[Tuple[Op, Optional[Entry]]]) -> None:
         """
-        @raise LeaseNotFound: a client lease a put of C{plan} names is gone.
+        @raise kvtwist.errors.LeaseNotFound: a client lease a put of C{plan}
+            names is gone.
         """
         for op, _ in plan:
             if isinstance(op, Put) and op.lease is not None:
