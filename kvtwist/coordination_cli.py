@@ -15,8 +15,8 @@ CMD's code (after a message on stderr).
 
 C{elect} campaigns (a L{kvtwist.client.election.Election}) and prints one
 line when it leads; it stays leader until stopped (SIGINT, SIGTERM: it
-resigns, so the next candidate leads at once) or until its lease is lost
-(exit 1).
+resigns, so the next candidate leads at once, and exits 0: a signal is
+how it ends, as for C{watch}) or until its lease is lost (exit 1).
 
 Like L{kvtwist.dumpload}, this module adds its subcommands to the CLI's
 parser (L{add_coordination_commands}) and gives their handlers
@@ -89,7 +89,7 @@ def add_coordination_commands(command: Callable[..., argparse.ArgumentParser]) -
     sub = command(
         "elect", "campaign in the election NAME with VALUE; print a line once leading",
         "Stays leader until stopped (SIGINT or SIGTERM resign, so the next\n"
-        "candidate leads at once); exit 1 if the lease is lost.\n\n",
+        "candidate leads at once, and exit 0); exit 1 if the lease is lost.\n\n",
     )
     sub.add_argument("name", metavar="NAME", help="the election (a key prefix)")
     sub.add_argument("value", metavar="VALUE", help="what this candidate proclaims")

@@ -446,10 +446,12 @@ def makeService(options: Options, reactor=None) -> MultiService:
     sweeper = Sweeper(store, reactor, limits)
     sweeper.setServiceParent(top)
     owner = Owner(store, transactions, hub, metrics, config["workers"]) if config["workers"] > 1 else None
-    if IHistoricalStore.providedBy(store):
+    if IHistoricalStore.providedBy(store) and not isinstance(backing, EtcdStore):
         # Compaction runs on the store thread through the store, like the
         # sweeper's commits; stopped before the store too. The owner's
-        # workers learn each step's compact revision.
+        # workers learn each step's compact revision. Not on etcd: its
+        # compaction is cluster-wide (every prefix, every application) and
+        # belongs to etcd's own --auto-compaction-* (docs/scale-out.md).
         compacted = owner.feed.publish_state if owner is not None else None
         Compactor(store, reactor, limits, compacted).setServiceParent(top)
     if owner is not None:

@@ -33,6 +33,7 @@ import atexit
 import base64
 import datetime
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -761,6 +762,47 @@ class WatchGate:
     def close(self):
         """Close the pooled connections (add as a cleanup)."""
         return self.pool.closeCachedConnections()
+
+
+class ModelOnEtcd:
+    """
+    For a hypothesis model test on etcd (mixed into a trial C{TestCase}):
+    one single-member etcd per test, a key prefix of its own for each case
+    (L{new_prefix}), and store calls made from the thread hypothesis runs in
+    (L{on_reactor}), since the stores answer on the reactor.
+    """
+
+    skip = None if etcd_available()[0] else etcd_available()[1]
+    # Bounded: a hung case fails instead of stalling the suite.
+    timeout = 120
+
+    def setUp(self):
+        self.cluster = EtcdCluster(1)
+        self.addCleanup(self.cluster.stop)
+        self.cluster.start()
+        self._prefixes = itertools.count()
+        return super().setUp()
+
+    def new_prefix(self, name: str) -> str:
+        return "/%s-%d/" % (name, next(self._prefixes))
+
+    def on_reactor(self, method, *args):
+        """C{method(*args)} called on the reactor; its Deferred's result."""
+        from twisted.internet import reactor, threads
+
+        return threads.blockingCallFromThread(reactor, method, *args)
+
+    def open_etcd_store(self, prefix: str, clock):
+        """An open L{EtcdStore} on the test's etcd under C{prefix}."""
+        from twisted.internet import reactor
+
+        from kvtwist.store.etcd_store import EtcdStore
+
+        def opened():
+            store = EtcdStore(self.cluster.client_urls, reactor, prefix=prefix, clock=clock)
+            return store.open().addCallback(lambda _: store)
+
+        return self.on_reactor(opened)
 
 
 @atexit.register

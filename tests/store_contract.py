@@ -68,9 +68,18 @@ class StoreContract(ExpectFailure):
     #: Whether the store provides IHistoricalStore; a store that does not
     #: must say so plainly (the routes then answer history-unsupported).
     keeps_history = True
+    #: Whether history_size counts records (one per key a commit changed);
+    #: etcd's counts the revisions it keeps.
+    counts_history_records = True
+    #: Whether compact() goes in steps bounded by its record budget; etcd
+    #: compacts in one call (and bounds its own batches).
+    compacts_in_steps = True
     #: Whether the store provides ILeasingStore; a store that does not must
     #: say so plainly (the lease routes then answer leases-unsupported).
     grants_leases = True
+    #: Whether lease deadlines follow the store's injected clock; etcd's
+    #: leases follow etcd's own clock and etcd expires them itself.
+    lease_clock_injected = True
 
     def assert_next_revision(self, before: int, after: int) -> None:
         """Revisions grow; by exactly one where the store promises it."""
@@ -522,7 +531,8 @@ class StoreContract(ExpectFailure):
         third = await store.get_at("a", again.revision)
         self.assertEqual((third.value, third.create_revision, third.version), (b"3", again.revision, 1))
         self.assertEqual(await store.get_at("a", store.revision), await store.get("a"))
-        self.assertEqual(store.history_size, 5)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 5)
 
     @contract
     async def test_list_at_revision(self):
@@ -578,7 +588,8 @@ class StoreContract(ExpectFailure):
             self.assertEqual((await store.list_at("", None, 10, revision)).entries, page.entries)
         self.assertIsNone(await store.get_at("gone", middle.revision))
         # kept@1, moved@3 and moved@4 are all a read at C or later needs.
-        self.assertEqual(store.history_size, 3)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 3)
         self.assertEqual(await store.compact(1, 1000), middle.revision)
 
     @contract
@@ -595,9 +606,11 @@ class StoreContract(ExpectFailure):
             steps.append(await store.compact(target, 1))
             self.assertLessEqual(len(steps), 10)
         self.assertEqual(steps, sorted(steps))
-        self.assertGreater(len(steps), 1)
+        if self.compacts_in_steps:
+            self.assertGreater(len(steps), 1)
         self.assertEqual((await store.get_at("b", target)).value, b"4")
-        self.assertEqual(store.history_size, 2)
+        if self.counts_history_records:
+            self.assertEqual(store.history_size, 2)
 
     @contract
     async def test_history_of_expiry(self):
@@ -618,7 +631,8 @@ class StoreContract(ExpectFailure):
             due = await store.expired(10)
             swept = await store.commit([Expire(key, rev) for key, rev in due])
             self.assertIsNone(await store.get_at("t", swept.revision))
-            self.assertEqual(store.history_size, 2)
+            if self.counts_history_records:
+                self.assertEqual(store.history_size, 2)
 
     # -- leases (ILeasingStore) -----------------------------------------------
 
@@ -656,8 +670,12 @@ class StoreContract(ExpectFailure):
         self.advance(4)
         shown = await store.lease(lease.id)
         self.assertEqual((shown.id, shown.keys), (lease.id, ("a", "b")))
+        self.assertEqual(store.lease_count, 1)
+        if not self.lease_clock_injected:
+            self.assertIsNone(store.next_deadline)
+            return
         self.assertEqual(shown.remaining(store.clock.seconds()), 6)
-        self.assertEqual((store.lease_count, store.next_deadline), (1, lease.deadline))
+        self.assertEqual(store.next_deadline, lease.deadline)
         later = await store.grant(30, 100)
         renewed = await store.keepalive(lease.id)
         self.assertEqual(store.next_deadline, renewed.deadline)
@@ -739,7 +757,8 @@ class StoreContract(ExpectFailure):
     async def test_lease_expiry_expires_keys_in_one_commit(self):
         """A due lease is gone at once; expire_lease removes its keys as expire changes in one commit."""
         store = await self.leasing_store()
-        if store is None:
+        if store is None or not self.lease_clock_injected:
+            # etcd expires its leases by its own clock: see its own tests.
             return
         lease = await store.grant(5, 100)
         await store.commit([Put("a", b"1", lease=lease.id), Put("b", b"1", lease=lease.id)])
@@ -778,7 +797,9 @@ class StoreContract(ExpectFailure):
             return
         error = await self.expect(LeaseNotFound, store.commit([Put("a", b"1"), Put("b", b"1", lease=12345)]))
         self.assertEqual(error.extra["lease"], 12345)
-        self.assertEqual((store.revision, await store.get("a")), (0, None))
+        self.assertIsNone(await store.get("a"))
+        if self.exact_revisions:
+            self.assertEqual(store.revision, 0)
         await self.expect(LeaseNotFound, store.lease(12345))
 
     @contract

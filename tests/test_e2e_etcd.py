@@ -5,6 +5,7 @@ C{?consistent=1} and from its cache once its watch delivers it; revisions
 and ETags come from etcd.
 """
 
+import http.client
 import json
 import time
 
@@ -109,6 +110,53 @@ class TwoNodesTests(SynchronousTestCase):
         status, headers, body = http_request(self.nodes[0].url, "GET", "/ui/")
         self.assertEqual(status, 200)
         self.assertIn("text/html", headers["content-type"])
+
+
+    def test_history_across_nodes(self):
+        """
+        Writes through node A are read at their revisions through node B,
+        B's watch resumes from etcd's history with previous values, and a
+        compaction through B makes older reads 410 compacted on A.
+        """
+        a, b = (node.url for node in self.nodes)
+        first = int(http_request(a, "PUT", "/v1/kv/h/x", b"1")[1]["kv-revision"])
+        second = int(http_request(a, "PUT", "/v1/kv/h/x", b"2")[1]["kv-revision"])
+        status, _, body = http_request(b, "GET", "/v1/kv/h/x?revision=%d" % (first,))
+        self.assertEqual((status, body), (200, b"1"))
+        status, _, body = http_request(b, "GET", "/v1/kv/?prefix=h/&revision=%d" % (first,))
+        self.assertEqual((status, json.loads(body)["revision"]), (200, first))
+        self.assertIn(
+            ("put", "Mg==", "MQ=="),
+            [(e["kind"], e["value_base64"], e["prev"]["value_base64"])
+             for e in watch_events(b, "/v1/watch?prefix=h/&values=1&prev=1&after=%d" % (first,), second)],
+        )
+        status, _, _ = http_request(b, "POST", "/v1/compact", json.dumps({"revision": second}).encode())
+        self.assertEqual(status, 200)
+        status, _, body = http_request(a, "GET", "/v1/kv/h/x?revision=%d" % (first,))
+        self.assertEqual((status, json.loads(body)["compact_revision"]), (410, second))
+
+
+def watch_events(base_url: str, path: str, upto: int) -> list:
+    """The data of a watch's events up to revision C{upto} (bounded: 5 s)."""
+    host, port = base_url.split("//", 1)[1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        events = []
+        kind, revision = None, 0
+        while True:
+            line = response.fp.readline().decode("utf-8").rstrip("\n")
+            if line.startswith("id: "):
+                revision = int(line[len("id: "):])
+            elif line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: ") and kind != "progress":
+                events.append(dict(json.loads(line[len("data: "):]), kind=kind))
+            elif not line and revision >= upto:
+                return events
+    finally:
+        connection.close()
 
 
 class EtcdLimitsTests(SynchronousTestCase):

@@ -424,19 +424,18 @@ class HistoryGoneTests:
 
     async def forget_history(self, http, server, revision: int) -> None:
         """
-        Make the server keep no events before C{revision}: on shelve, compact
-        its history there; on etcd, its in-memory history of 5 events does.
+        Make the server keep no events before C{revision}: compact its
+        history there (on etcd, etcd's own).
         """
-        if self.store_name == "shelve":
-            answer = await http.post(server.url + "/v1/compact", json={"revision": revision})
-            self.assertEqual(answer.code, 200)
-            await answer.content()
+        answer = await http.post(server.url + "/v1/compact", json={"revision": revision})
+        self.assertEqual(answer.code, 200)
+        await answer.content()
 
     @as_deferred
     async def test_history_gone(self):
         """
-        With the history before the fifth of 10 commits gone (compacted on
-        shelve; out of a 5-event memory on etcd), watching after the first
+        With the history before the fifth of 10 commits gone (compacted),
+        watching after the first
         is a 410 that the client raises as HistoryGone, naming the fifth
         commit's revision as the oldest it can resume from; from there the
         last five replay. On shelve, a fresh store, those are revisions 1
@@ -732,11 +731,11 @@ class HistoryGoneTestsOnShelve(OnShelve, HistoryGoneTests, TestCase):
 
 
 class HistoryGoneTestsOnEtcd(OnEtcd, HistoryGoneTests, TestCase):
-    """The event history's bound on etcd."""
+    """A compacted history on etcd (etcd's compaction)."""
 
 
 class RestartTestsOnShelve(OnShelve, RestartTests, TestCase):
-    """RestartTests on the shelve store (the etcd store keeps no history yet)."""
+    """RestartTests on the shelve store (a restarted node on etcd reads etcd's history: HistoryGoneTestsOnEtcd, test_e2e_etcd)."""
 
 
 class HistoryGoneTestsOnWorkers(OnWorkers, HistoryGoneTests, TestCase):

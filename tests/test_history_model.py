@@ -35,17 +35,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kvtwist.errors import RevisionCompacted
 from kvtwist.model import Delete, Entry, Expire, Put
 from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
+from tests.etcd import ModelOnEtcd
 
 #: Cases per store: the shelve store syncs every commit to disk, so it runs
 #: fewer. C{KVTWIST_HISTORY_EXAMPLES} sets both, for a soak.
 MAX_EXAMPLES = int(os.environ.get("KVTWIST_HISTORY_EXAMPLES", "200"))
 MAX_SHELVE_EXAMPLES = int(os.environ.get("KVTWIST_HISTORY_EXAMPLES", "30"))
+#: etcd answers over HTTP, a few milliseconds a call: few cases.
+MAX_ETCD_EXAMPLES = int(os.environ.get("KVTWIST_HISTORY_EXAMPLES", "10"))
 
 KEYS = ("a", "b", "c/d", "\u00fc")
 START = 1_700_000_000.0
@@ -146,13 +150,38 @@ class Figures:
 
 
 class HistoryModelMixin:
-    """The model test; subclasses say how to open (and reopen) the store."""
+    """
+    The model test; subclasses say how to open (and reopen) the store, and
+    may run its calls elsewhere (L{call}) and number its revisions their own
+    way (the first revision a case sees is L{base_revision}; each model
+    revision maps to the store's revision of the same commit).
+    """
 
     store_name = ""
     examples = MAX_EXAMPLES
 
     def open_store(self, reactor, directory: str):
         raise NotImplementedError
+
+    def call(self, method, *args):
+        """The result of one store call (the stores here answer at once)."""
+        return result_of(method(*args))
+
+    def base_revision(self, store) -> int:
+        """The store's revision that model revision 0 is."""
+        return 0
+
+    def to_store(self, revision: int) -> int:
+        return self._revisions[revision]
+
+    def to_model(self, entry: Optional[Entry]) -> Optional[Entry]:
+        """C{entry} with the model's revision numbers."""
+        if entry is None:
+            return None
+        back = {store: model for model, store in enumerate(self._revisions)}
+        return replace(
+            entry, create_revision=back[entry.create_revision], mod_revision=back[entry.mod_revision]
+        )
 
     def test_history_matches_the_model(self):
         """
@@ -184,26 +213,30 @@ class HistoryModelMixin:
         reactor.advance(START)
         store = self.open_store(reactor, directory)
         model = Model()
+        self._revisions = [self.base_revision(store)]
         try:
             for step in program:
                 now = reactor.seconds()
                 if step[0] == "commit":
                     ops = [Put(op[1], op[2], CONTENT_TYPE, now + op[3] if op[3] else None)
                            if op[0] == "put" else Delete(op[1]) for op in step[1]]
-                    result_of(store.commit(ops))
+                    result = self.call(store.commit, ops)
                     model.commit(list(step[1]), now)
+                    if model.revision >= len(self._revisions):
+                        self._revisions.append(result.revision)
                     figures.commits += 1
                 elif step[0] == "advance":
                     reactor.advance(step[1])
                 elif step[0] == "sweep":
-                    due = result_of(store.expired(100))
+                    due = self.call(store.expired, 100)
                     if due:
-                        result_of(store.commit([Expire(key, rev) for key, rev in due]))
+                        result = self.call(store.commit, [Expire(key, rev) for key, rev in due])
                         model.commit([("expire", key) for key, _ in due], now)
+                        self._revisions.append(result.revision)
                 elif step[0] == "compact":
                     low, high = model.compact_revision, model.revision
                     target = low + round(step[1] * (high - low))
-                    while result_of(store.compact(target, 2)) < target:
+                    while self.call(store.compact, self.to_store(target), 2) < self.to_store(target):
                         pass
                     model.compact_revision = max(model.compact_revision, target)
                     figures.compactions += 1
@@ -211,25 +244,32 @@ class HistoryModelMixin:
                     store = self.reopen(store, reactor, directory)
                 self.check(store, model, reactor.seconds(), figures)
         finally:
-            result_of(store.close())
+            self.call(store.close)
 
     def reopen(self, store, reactor, directory: str):
         """The same store after a close and an open (memory: unchanged)."""
         return store
 
     def check(self, store, model: Model, now: float, figures: Figures) -> None:
-        self.assertEqual((store.revision, store.compact_revision), (model.revision, model.compact_revision))
+        self.assertEqual(store.revision, self.to_store(model.revision))
+        if model.compact_revision:
+            self.assertEqual(store.compact_revision, self.to_store(model.compact_revision))
+        else:
+            self.assertLessEqual(store.compact_revision, self.to_store(0))
         for revision in range(model.compact_revision, model.revision + 1):
             expected = model.live_at(revision, now)
+            at = self.to_store(revision)
             for key in KEYS:
-                self.assertEqual(result_of(store.get_at(key, revision)), expected.get(key), (key, revision))
+                self.assertEqual(
+                    self.to_model(self.call(store.get_at, key, at)), expected.get(key), (key, revision)
+                )
                 figures.reads += 1
             listed: List[Entry] = []
             after = None
             for _ in range(len(KEYS) + 1):
-                page = result_of(store.list_at("", after, 2, revision))
-                self.assertEqual(page.revision, revision)
-                listed.extend(page.entries)
+                page = self.call(store.list_at, "", after, 2, at)
+                self.assertEqual(page.revision, at)
+                listed.extend(self.to_model(entry) for entry in page.entries)
                 if not page.more:
                     break
                 after = page.entries[-1].key
@@ -238,11 +278,16 @@ class HistoryModelMixin:
             )
         if model.compact_revision > 0:
             self.assertRaises(
-                RevisionCompacted, result_of, store.get_at("a", model.compact_revision - 1)
+                RevisionCompacted, self.call, store.get_at, "a", self.to_store(model.compact_revision) - 1
             )
-        replayed = result_of(store.changes(model.compact_revision, model.revision, 1000))
+        replayed = self.call(
+            store.changes, self.to_store(model.compact_revision), self.to_store(model.revision), 1000
+        )
+        back = {store_revision: model_revision
+                for model_revision, store_revision in enumerate(self._revisions)}
         self.assertEqual(
-            {r.revision: sorted((c.kind, c.key, c.entry, c.previous) for c in r.changes)
+            {back[r.revision]: sorted(
+                (c.kind, c.key, self.to_model(c.entry), self.to_model(c.previous)) for c in r.changes)
              for r in replayed},
             {revision: sorted(changes) for revision, changes in model.commits.items()
              if revision > model.compact_revision},
@@ -272,3 +317,48 @@ class ShelveHistoryModelTests(HistoryModelMixin, SynchronousTestCase):
     def reopen(self, store, reactor, directory: str):
         result_of(store.close())
         return self.open_store(reactor, directory)
+
+
+class EtcdHistoryModelTests(ModelOnEtcd, HistoryModelMixin, TestCase):
+    """
+    The history model on the etcd store: a few cases on one etcd, each
+    under its own key prefix; hypothesis runs in a thread and each store
+    call on the reactor. Puts carry no TTL here: a put over an expired key
+    that etcd still holds is two etcd revisions (the purge, then the put),
+    which the model does not number (expiry at a revision is pinned by the
+    store contract on etcd).
+    """
+
+    store_name = "etcd"
+    examples = MAX_ETCD_EXAMPLES
+
+    def test_history_matches_the_model(self):
+        """
+        For random programs of commits, deletes, compactions and reopens,
+        every read and listing at every kept etcd revision equals the
+        model's state at that revision, older revisions are compacted, and
+        the replayed history (an etcd watch) equals the model's commits.
+        """
+        return threads.deferToThread(super().test_history_matches_the_model)
+
+    def run_program(self, program, directory: str, figures: Figures) -> None:
+        untimed = [
+            ("commit", [op[:3] + (None,) if op[0] == "put" else op for op in step[1]])
+            if step[0] == "commit" else step
+            for step in program
+        ]
+        self.prefix = self.new_prefix("history-model")
+        super().run_program(untimed, directory, figures)
+
+    def call(self, method, *args):
+        return self.on_reactor(method, *args)
+
+    def base_revision(self, store) -> int:
+        return store.revision
+
+    def open_store(self, clock, directory: str):
+        return self.open_etcd_store(self.prefix, clock)
+
+    def reopen(self, store, clock, directory: str):
+        self.call(store.close)
+        return self.open_store(clock, directory)

@@ -32,7 +32,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from kvtwist.errors import ConflictError, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.errors import ConflictError, LeaseNotFound, LimitExceeded, StoreCorrupt, StoreUnavailable
 from kvtwist.model import Change, Check, CommitResult, Delete, Entry, Expire, Put
 from kvtwist.store.etcd_store import (
     EtcdError,
@@ -126,8 +126,12 @@ class EtcdStoreContractTests(StoreContract, EtcdTestCase):
     exact_revisions = False
     # etcd's leases remove expired keys; kvtwist does not sweep them.
     sweeps_itself = False
-    keeps_history = False
-    grants_leases = False
+    # etcd's own revisions are the history: history_size counts revisions,
+    # and etcd compacts in one call.
+    counts_history_records = False
+    compacts_in_steps = False
+    # etcd leases: etcd's clock, etcd expires them (EtcdLeaseTests).
+    lease_clock_injected = False
 
     async def make_store(self):
         return await self.open_store()
@@ -161,6 +165,14 @@ class EncodingTests(SynchronousTestCase):
             decode_value("k", data), (b"\n\x00raw\n", "text/plain; x=\"\\n\"", 1700000000.25, "c1")
         )
         self.assertEqual(decode_value("k", encode_value(b"", "a/b", None, "c"))[2], None)
+
+    def test_transaction_records_keep_leases(self):
+        """A staged put's lease survives its transaction record; a put without one has none."""
+        from kvtwist.store.etcd_transactions import decode_record, encode_record
+
+        ops = [Put("a", b"1", "text/plain", None, 7), Put("b", b"22"), Delete("c")]
+        decoded, _, _ = decode_record(encode_record(ops, {}, []))
+        self.assertEqual(decoded, ops)
 
     def test_envelope_refuses_foreign_values(self):
         """Anything that is not a kvtwist envelope is StoreCorrupt, not served."""
@@ -550,6 +562,76 @@ class GatewayAnswerTests(SynchronousTestCase):
         self.successResultOf(opened)
         failure = self.failureResultOf(self.drive(store.get("a")), EtcdError)
         self.assertIn("duplicate key", str(failure.value))
+
+
+class EtcdLeaseTests(EtcdTestCase):
+    """Client leases are etcd leases (kvtwist.store.etcd_leases)."""
+
+    @contract
+    async def test_expiry_is_one_commit_of_expires_on_every_node(self):
+        """
+        When etcd expires a lease (its own clock), its keys go at one
+        revision, which every node's watch reports as one commit of expire
+        changes; the lease is then unknown and no longer counted.
+        """
+        a = await self.open_store()
+        b = await self.open_store()
+        heard = {a: [], b: []}
+        for store, seen in heard.items():
+            store.add_listener(lambda result, seen=seen: seen.append(result) if any(
+                c.kind == "expire" for c in result.changes) else None)
+        lease = await a.grant(1, 100)
+        self.assertEqual(a.lease_count, 1)
+        await wait_for(lambda: b.lease_count == 1, "b counting the lease through its watch")
+        await a.commit([Put("x", b"1", lease=lease.id), Put("y", b"1", lease=lease.id), Put("z", b"1")])
+        await wait_for(lambda: heard[a] and heard[b], "the lease's expiry", timeout=15)
+        for seen in heard.values():
+            [result] = seen
+            self.assertEqual(sorted((c.kind, c.key) for c in result.changes), [("expire", "x"), ("expire", "y")])
+        self.assertEqual(heard[a][0].revision, heard[b][0].revision)
+        self.assertEqual(sorted(await b.get_many(["x", "y", "z"])), ["z"])
+        await self.expect(LeaseNotFound, b.lease(lease.id))
+        self.assertEqual((a.lease_count, b.lease_count), (0, 0))
+
+    @contract
+    async def test_revoke_through_one_node_is_a_delete_on_another(self):
+        """
+        A revoke through one node is one commit of delete changes for every
+        node's listeners; the keys are gone and a keepalive is refused.
+        """
+        a = await self.open_store()
+        b = await self.open_store()
+        seen = []
+        b.add_listener(seen.append)
+        lease = await a.grant(30, 100)
+        self.assertEqual((await b.lease(lease.id)).keys, ())
+        await a.commit([Put("x", b"1", lease=lease.id)])
+        self.assertEqual((await b.keepalive(lease.id)).ttl, 30)
+        result = await a.revoke(lease.id)
+        self.assertEqual([(c.kind, c.key) for c in result.changes], [("delete", "x")])
+        await wait_for(lambda: seen and seen[-1].revision == result.revision, "the revoke on b")
+        self.assertEqual([(c.kind, c.key) for c in seen[-1].changes], [("delete", "x")])
+        await self.expect(LeaseNotFound, b.keepalive(lease.id))
+        self.assertIsNone(await b.get("x"))
+
+    @contract
+    async def test_lease_ids_are_json_safe_and_anchors_stay_hidden(self):
+        """
+        Lease ids are below 2**53; a lease's anchor key is no kvtwist key:
+        listings, snapshots and history reads never show it.
+        """
+        store = await self.open_store()
+        lease = await store.grant(30, 100)
+        self.assertLess(lease.id, 2 ** 53)
+        await store.commit([Put("k", b"1")])
+        self.assertEqual([e.key for e in (await store.list("", None, 10)).entries], ["k"])
+        self.assertEqual([e.key for e in (await store.list_at("", None, 10, store.revision)).entries], ["k"])
+        replay = await store.changes(0, store.revision, 100)
+        self.assertEqual([[c.key for c in r.changes] for r in replay], [["k"]])
+        # Deleting every key leaves the lease (and its anchor) alone.
+        deleted = await store.delete_prefix("", 10)
+        self.assertEqual([c.key for c in deleted.changes], ["k"])
+        self.assertEqual((await store.lease(lease.id)).keys, ())
 
 
 class EtcdStoreTests(EtcdTestCase):

@@ -180,12 +180,11 @@ from zope.interface import implementer
 
 from kvtwist.errors import (
     ConflictError,
-    LeasesUnsupported,
     LimitExceeded,
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IHistoricalStore, ILeasingStore
 from kvtwist.model import (
     Change,
     Check,
@@ -212,6 +211,8 @@ from kvtwist.store.etcd_gateway import (
     _LeaseGone,
     is_token_refusal,
 )
+from kvtwist.store.etcd_history import EtcdHistory
+from kvtwist.store.etcd_leases import EtcdLeases
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import final_ops, fold_increments, increment, live
 
@@ -430,7 +431,7 @@ class Rider:
             raise RiderBroken(found)
 
 
-@implementer(IKeyValueStore)
+@implementer(IHistoricalStore, ILeasingStore)
 class EtcdStore:
     """
     A store on the etcd cluster reached through C{endpoints}.
@@ -532,6 +533,9 @@ class EtcdStore:
         # expiry bucket (whole second the lease must outlive) -> (lease id,
         # clock time the lease ends)
         self._leases: Dict[int, Tuple[str, float]] = {}
+        self._history = EtcdHistory(self)
+        self._client_leases = EtcdLeases(self)
+        self._recorders: Set["_Recorder"] = set()
 
     # The request settings live in the gateway, which applies them (and
     # words etcd's own refusals with the limits).
@@ -598,6 +602,13 @@ class EtcdStore:
     async def _open_async(self) -> None:
         """Check etcd, then start the watch and wait until it runs."""
         await self._ping(patient=True)
+        try:
+            await self._client_leases.recount()
+            await self._history.probe()
+        except Exception as e:
+            # The compact revision is learned again at the first read etcd
+            # finds compacted; the lease count at the next grant.
+            log.warn("etcd: its leases or compact revision could not be read: {e}", e=_describe(e))
         if not self._watch_wanted:
             return
         self._watch_stopping = False
@@ -712,6 +723,102 @@ class EtcdStore:
         """
         self._resets.append(listener)
 
+    # -- history (etcd's own revisions; see kvtwist.store.etcd_history) -----
+
+    @property
+    def compact_revision(self) -> int:
+        """etcd's compact revision, as last learned (see L{EtcdHistory})."""
+        return self._history.compact_revision
+
+    @property
+    def history_size(self) -> int:
+        """
+        The etcd revisions kept (current less compacted): etcd does not count
+        records per key, and one revision may hold several, or none of this
+        store's keys.
+        """
+        return max(self.revision - max(self.compact_revision, 1), 0)
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        """An etcd range at C{revision}; see L{IHistoricalStore.get_at}."""
+        return self._run(self._history.get_at(key, revision))
+
+    def list_at(
+        self, prefix: str, after: Optional[str], limit: int, revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        """Ranges at C{revision}; see L{IHistoricalStore.list_at}."""
+        if limit < 1:
+            raise ValueError("a listing needs a limit of at least 1")
+        return self._run(self._history.list_at(prefix, after, limit, revision, max_bytes))
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        """An etcd watch from C{after + 1}; see L{IHistoricalStore.changes}."""
+        return self._run(self._history.changes(after, upto, max_records))
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        """
+        etcd's compaction at C{revision}, in one call (etcd bounds its own
+        batches); see L{IHistoricalStore.compact}.
+        """
+        return self._run(self._history.compact(revision))
+
+    # -- client leases (etcd leases; see kvtwist.store.etcd_leases) ---------
+
+    @property
+    def lease_count(self) -> int:
+        """Leases held: counted at open, then followed through the watch."""
+        return self._client_leases.count
+
+    #: etcd expires leases itself: the sweeper never has to wake for one.
+    next_deadline = None
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        """An etcd lease and its anchor; see L{ILeasingStore.grant}."""
+        return self._run(self._client_leases.grant(ttl, max_leases))
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        """etcd's keepalive: no revision; see L{ILeasingStore.keepalive}."""
+        return self._run(self._client_leases.keepalive(lease_id))
+
+    def lease(self, lease_id: int) -> Deferred:
+        """etcd's timetolive with keys; see L{ILeasingStore.lease}."""
+        return self._run(self._client_leases.lease(lease_id))
+
+    def revoke(self, lease_id: int) -> Deferred:
+        """etcd's revoke, one revision; see L{ILeasingStore.revoke}."""
+        return self._run(self._client_leases.revoke(lease_id))
+
+    def expired_leases(self, limit: int) -> Deferred:
+        """Always empty: etcd expires leases and deletes their keys itself."""
+        return succeed([])
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        """Nothing to do (L{None}): etcd expires leases itself."""
+        return succeed(None)
+
+    async def _check_client_leases(self, plan: List[Tuple[Op, Optional[Entry]]]) -> None:
+        """
+        @raise kvtwist.errors.LeaseNotFound: a client lease a put of C{plan}
+            names is gone.
+        """
+        for op, _ in plan:
+            if isinstance(op, Put) and op.lease is not None:
+                await self._client_leases.lease(op.lease)
+
+    def record_deliveries(self) -> "_Recorder":
+        """
+        Start keeping what the watch delivers, per revision, to learn the
+        result of a change etcd made on this store's behalf (a revoke).
+        """
+        recorder = _Recorder(self)
+        self._recorders.add(recorder)
+        return recorder
+
+    def _recorded(self, revision: int, result: Optional[CommitResult]) -> None:
+        for recorder in list(self._recorders):
+            recorder.saw(revision, result)
+
     def expired(self, limit: int) -> Deferred:
         """
         Always an empty list: leases make etcd remove expired keys itself,
@@ -772,6 +879,13 @@ class EtcdStore:
 
     def _etcd_key(self, key: str) -> bytes:
         return self._key_prefix + key.encode("utf-8")
+
+    def _range_end(self, start: bytes) -> bytes:
+        """
+        The end of the range of kvtwist keys starting with C{start}: never
+        past the last kvtwist key, where lease anchors follow (etcd_leases).
+        """
+        return min(prefix_end(start), self._key_prefix + b"\xff")
 
     def _decode_key(self, raw_key: bytes) -> str:
         """The kvtwist key of an etcd key in this store's range."""
@@ -868,19 +982,20 @@ class EtcdStore:
         )
 
     async def _list_once(
-        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int]
+        self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int],
+        revision: int = 0,
     ) -> Page:
         """
-        Range over the prefix at one revision, skipping expired keys, until
-        the page is full (C{limit} live entries, or C{max_bytes}) and one
-        more live entry is found, or the range ends.
+        Range over the prefix at one revision (C{revision}, or the current
+        one when 0), skipping expired keys, until the page is full (C{limit}
+        live entries, or C{max_bytes}) and one more live entry is found, or
+        the range ends.
         """
         start = self._etcd_key(prefix)
-        end = prefix_end(start)
+        end = self._range_end(start)
         if after is not None:
             start = max(start, self._etcd_key(after) + b"\x00")
         builder = PageBuilder(limit, max_bytes, self.clock.seconds())
-        revision = 0
         batch = min(builder.batch(), _LIST_BATCH_MAX)
         for _ in range(_LIST_ROUNDS):
             body: Dict[str, Any] = {
@@ -938,10 +1053,6 @@ class EtcdStore:
         # Increments become writes of the values read in _attempt (guarded
         # like every write, so a concurrent change makes them read again).
         final = final_ops(fold_increments(ops))
-        if any(isinstance(op, Put) and op.lease is not None for op in final.values()):
-            # This store does not provide ILeasingStore (yet): never drop a
-            # lease silently.
-            raise LeasesUnsupported()
         touched = list(dict.fromkeys([c.key for c in checks] + list(final)))
         if not touched:
             return CommitResult(self.revision, ())
@@ -1003,7 +1114,7 @@ class EtcdStore:
         changes).
         """
         start = self._etcd_key(prefix)
-        end = prefix_end(start)
+        end = self._range_end(start)
         for attempt in range(_COMMIT_ATTEMPTS):
             counted = await self.call(
                 "/v3/kv/range",
@@ -1214,8 +1325,10 @@ class EtcdStore:
                 lost.append((plan, guards, str(e)))
                 continue
             except _LeaseGone:
-                # A cached lease ran out between grant and use: nothing was
+                # A client's lease is gone (the commit fails), or a cached
+                # expiry lease ran out between grant and use: nothing was
                 # applied; grant afresh.
+                await self._check_client_leases(plan)
                 self._leases.clear()
                 continue
             if document.get("succeeded"):
@@ -1293,7 +1406,11 @@ class EtcdStore:
                     encode_value(op.value, op.content_type, _expiry(op.expires), commit_id)
                 ),
             }
-            if op.expires is not None:
+            if op.lease is not None:
+                # A client lease: etcd deletes the key when it ends (the
+                # envelope's expiry, if any, still decides reads).
+                put["lease"] = str(op.lease)
+            elif op.expires is not None:
                 put["lease"] = await self._lease_for(op.expires, now)
             success.append({"request_put": put})
         return {
@@ -1362,6 +1479,7 @@ class EtcdStore:
                 if self._watch_stopping:
                     break
                 if compacted:
+                    self._history.learned(compacted)
                     fresh = True
                     lost = (
                         "etcd compacted its history up to revision %d before the "
@@ -1515,6 +1633,10 @@ class EtcdStore:
         if lost:
             reason += "; " + lost
             self._gap_reported = max(self._gap_reported, start - 1)
+            # Anchors made or deleted in the gap were not seen: count again.
+            Deferred.fromCoroutine(self._client_leases.recount()).addErrback(
+                lambda f: log.warn("etcd: leases not counted again: {e}", e=_describe(f.value))
+            )
         self._notify_resets(WatchReset(True, bool(lost), start - 1, reason))
         self._deliver()
 
@@ -1666,6 +1788,11 @@ class EtcdStore:
             self._watch_seen = revision
             if revision > self.revision:
                 self.revision = revision
+            self._client_leases.follow(groups[revision])
+            if all(self._client_leases.is_reserved(_unb64(e["kv"]["key"])) for e in groups[revision]):
+                # Only lease anchors changed: no kvtwist key did.
+                self._recorded(revision, None)
+                continue
             if revision <= self._delivered:
                 if revision in self._own_direct:
                     # Delivered directly while the watch was down.
@@ -1692,6 +1819,7 @@ class EtcdStore:
                     continue
             self._delivered = revision
             self._listeners.notify(own)
+            self._recorded(revision, own)
         self._own_direct = {r for r in self._own_direct if r > self._watch_seen}
         self._deliver()
 
@@ -1715,9 +1843,13 @@ class EtcdStore:
         store's clock, else C{delete}; C{previous} from C{prev_kv}.
         """
         now = self.clock.seconds()
+        leases = self._client_leases
+        ends = leases.ended(events)
         changes = []
         for event in events:
             kv = event["kv"]
+            if leases.is_reserved(_unb64(kv["key"])):
+                continue
             prev = event.get("prev_kv")
             previous = self._row(prev).entry if prev else None
             if event.get("type", "PUT") == "DELETE":
@@ -1725,7 +1857,8 @@ class EtcdStore:
                 if previous is not None and not previous.is_live(now):
                     changes.append(Change("expire", key, None, previous))
                 else:
-                    changes.append(Change("delete", key, None, previous))
+                    # A lease's end labels it (expire, or delete if revoked).
+                    changes.append(leases.label(Change("delete", key, None, previous), prev, ends))
             else:
                 entry = self._row(kv).entry
                 changes.append(Change("put", entry.key, entry, live(previous, now)))
@@ -1786,6 +1919,46 @@ def _unknown_outcome(reason: str, why: str) -> StoreUnavailable:
         "be told (%s); read the keys before retrying" % (reason, why),
         outcome="unknown",
     )
+
+
+class _Recorder:
+    """What the watch delivered, per revision, while a change waits for it."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self._store = store
+        self._results: Dict[int, Optional[CommitResult]] = {}
+        self._waiting: Optional[Tuple[int, Deferred]] = None
+
+    def saw(self, revision: int, result: Optional[CommitResult]) -> None:
+        self._results[revision] = result
+        if self._waiting is not None and revision >= self._waiting[0]:
+            waiter = self._waiting[1]
+            self._waiting = None
+            waiter.callback(None)
+
+    async def result(self, revision: int) -> CommitResult:
+        """
+        The result the watch delivered for C{revision} (no changes if it
+        touched no kvtwist key); after the timeout without the watch getting
+        there, a result without changes.
+        """
+        store = self._store
+        # A watch that is down delivers it when it runs again: not waited for.
+        if store._watch_seen < revision and store.watching:
+            waiter: Deferred = Deferred()
+            self._waiting = (revision, waiter)
+            waiter.addTimeout(store.timeout, store._reactor)
+            try:
+                await waiter
+            except (CancelledError, DeferTimeoutError):
+                log.warn(
+                    "etcd watch: revision {revision} not delivered within {timeout}s",
+                    revision=revision, timeout=store.timeout,
+                )
+        return self._results.get(revision) or CommitResult(revision, ())
+
+    def stop(self) -> None:
+        self._store._recorders.discard(self)
 
 
 class _WatchStream(Protocol):

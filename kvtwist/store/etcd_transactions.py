@@ -186,7 +186,11 @@ def encode_record(
     values: List[bytes] = []
     for op in ops:
         if isinstance(op, Put):
-            shapes.append([op.key, "put", op.content_type, op.expires, len(op.value)])
+            shape = [op.key, "put", op.content_type, op.expires, len(op.value)]
+            if op.lease is not None:
+                # Only then: records written before leases stay readable.
+                shape.append(op.lease)
+            shapes.append(shape)
             values.append(op.value)
         else:
             shapes.append([op.key, "delete"])
@@ -217,8 +221,9 @@ def decode_record(data: bytes) -> Tuple[List[Op], Dict[str, int], List[Check]]:
         offset = 0
         for shape in header["ops"]:
             if shape[1] == "put":
-                key, _, content_type, expires, length = shape
-                ops.append(Put(key, rest[offset:offset + length], content_type, expires))
+                key, _, content_type, expires, length = shape[:5]
+                lease = int(shape[5]) if len(shape) > 5 else None
+                ops.append(Put(key, rest[offset:offset + length], content_type, expires, lease))
                 offset += length
             else:
                 ops.append(Delete(shape[0]))

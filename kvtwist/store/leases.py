@@ -161,8 +161,8 @@ def commit(
             held(leases, op.lease, now)
     result = apply_commit(table, revision, ops, checks, now)
     for change in result.changes:
-        # A key changed by an op that names no single key (a range delete)
-        # is not in winners: it is detached like any deleted key.
+        # A key changed by an op that names no single key (a range delete,
+        # even after a put of it) is detached like any deleted key.
         op = winners.get(change.key)
         if isinstance(op, Incr):
             op = _last_write(ops, change.key)
@@ -170,7 +170,9 @@ def commit(
                 # An increment of the stored value keeps the key's lease,
                 # as it keeps its expiry.
                 continue
-        leases.attach(change.key, op.lease if isinstance(op, Put) else None)
+        leases.attach(
+            change.key, op.lease if isinstance(op, Put) and change.kind == "put" else None
+        )
     return result
 
 

@@ -44,7 +44,6 @@ from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
 from kvtwist.web.v1.base import V1Resource, describe, value_fields
 from kvtwist.web.v1.batch_ops import WRITE_KINDS, BatchPlan, ParsedOp, parse_batch
-from kvtwist.web.v1.leasing import leasing
 
 #: How often a batch starts again when a concurrent commit changes a key
 #: it read or compared.
@@ -106,10 +105,9 @@ class Batch(V1Resource):
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._batch(request)))
 
     async def _batch(self, request: Request) -> Response:
-        plan = parse_batch(parse(read_body(request)), self.context.clock, self.context.limits)
-        if any(kind == "set" and fields["put"].lease is not None for kind, fields in plan.all_ops()):
-            # A lease on a store without leases is refused, never dropped.
-            leasing(self.context.store)
+        plan = parse_batch(
+            parse(read_body(request)), self.context.clock, self.context.limits, self.context.store
+        )
         token = principal_of(request)
         ops = plan.all_ops()
         Authorizer.require_write(token, [f["key"] for kind, f in ops if kind in WRITE_KINDS])

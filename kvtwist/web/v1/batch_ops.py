@@ -31,7 +31,7 @@ from kvtwist.errors import InvalidInput, LimitExceeded
 from kvtwist.model import JSON_CONTENT_TYPE, Entry, Put
 from kvtwist.strictjson import check_key, encode, parse
 from kvtwist.web.v1.base import check_content_type, is_json_type, parse_ttl
-from kvtwist.web.v1.leasing import parse_lease_id
+from kvtwist.web.v1.leasing import lease_for_put
 
 #: The op kinds of the C{ops} form, and of a branch.
 OP_KINDS = ("set", "delete", "incr", "check", "check-absent", "get")
@@ -67,13 +67,13 @@ def _checked_key(where: str, index: int, raw: Dict[str, Any]) -> str:
 
 
 def parse_ops(
-    raw_ops: Any, clock, where: str = "op", kinds: Tuple[str, ...] = OP_KINDS
+    raw_ops: Any, clock, where: str = "op", kinds: Tuple[str, ...] = OP_KINDS, store=None
 ) -> List[ParsedOp]:
     """
     Validate a list of ops into C{(kind, fields)} pairs:
       - C{{"op": "set", "key": K, "value": <JSON>}} or with C{"value_base64"}
         and C{"content_type"}; optional C{"ttl"} (seconds) and C{"lease"}
-        (a lease id: see L{kvtwist.web.v1.leasing});
+        (an id: the store, C{store}, must grant leases);
       - C{{"op": "delete", "key": K}};
       - C{{"op": "incr", "key": K, "by": N}}: add the integer N (default 1)
         to the JSON integer K holds (0 when absent);
@@ -97,7 +97,7 @@ def parse_ops(
         key = _checked_key(where, index, raw)
         fields: Dict[str, Any] = {"key": key}
         if kind == "set":
-            fields["put"] = _put(where, index, raw, key, clock)
+            fields["put"] = _put(where, index, raw, key, clock, store)
         elif kind == "incr":
             by = raw.get("by", 1)
             if type(by) is not int:
@@ -119,14 +119,14 @@ def _value_bytes(where: str, index: int, raw: Dict[str, Any]) -> bytes:
         raise bad_op(where, index, "value_base64 is not valid base64")
 
 
-def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock) -> Put:
+def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock, store) -> Put:
     has_json = "value" in raw
     has_b64 = "value_base64" in raw
     if has_json == has_b64:
         raise bad_op(where, index, "a set takes exactly one of value and value_base64")
     try:
         expires = parse_ttl(raw.get("ttl"), clock)
-        lease = parse_lease_id(raw.get("lease"))
+        lease = lease_for_put(store, raw.get("lease"))
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
     if has_json:
@@ -260,9 +260,9 @@ class BatchPlan:
         return self.success + self.failure
 
 
-def parse_batch(document: Any, clock, limits) -> BatchPlan:
+def parse_batch(document: Any, clock, limits, store) -> BatchPlan:
     """
-    Validate a batch body of either form.
+    Validate a batch body of either form (C{store}: for the leases sets name).
 
     @raise InvalidInput: for a malformed body, naming the first bad op.
     @raise LimitExceeded: past C{max_batch_ops} (compares and the ops of
@@ -271,7 +271,7 @@ def parse_batch(document: Any, clock, limits) -> BatchPlan:
     if isinstance(document, dict) and set(document) == {"ops"}:
         size = len(document["ops"]) if isinstance(document["ops"], list) else 0
         _check_size(limits, size)
-        return BatchPlan(None, parse_ops(document["ops"], clock), [])
+        return BatchPlan(None, parse_ops(document["ops"], clock, store=store), [])
     if isinstance(document, dict) and "compare" in document and set(document) <= {
         "compare", "success", "failure"
     }:
@@ -279,8 +279,8 @@ def parse_batch(document: Any, clock, limits) -> BatchPlan:
         _check_size(limits, sum(len(v) for v in raw.values() if isinstance(v, list)))
         return BatchPlan(
             parse_compares(raw["compare"]),
-            parse_ops(raw["success"], clock, "success op", BRANCH_KINDS),
-            parse_ops(raw["failure"], clock, "failure op", BRANCH_KINDS),
+            parse_ops(raw["success"], clock, "success op", BRANCH_KINDS, store),
+            parse_ops(raw["failure"], clock, "failure op", BRANCH_KINDS, store),
         )
     raise InvalidInput(
         "bad-batch", 'expected {"ops": [...]} or {"compare": [...], "success": [...], "failure": [...]}'
