@@ -1,7 +1,7 @@
 """
 Writing a run down: C{<stamp>.json} (every raw number), C{<stamp>.md} (the
-SPEC section 10 table first, then the details, the machine and the exact
-command) and C{<stamp>.png}; with C{--report-to}, a copy of the Markdown
+table of the performance targets of docs/performance.md first, then the
+details, the machine and the exact command) and C{<stamp>.png}; with C{--report-to}, a copy of the Markdown
 (and the plot, under C{img/} beside it) for the docs.
 """
 
@@ -29,7 +29,7 @@ def _num(value, digits: int = 2) -> str:
 
 def checks_table(checks: List[dict]) -> str:
     lines = [
-        "| SPEC §10 target | measured | compared with | ratio | target | result | note |",
+        "| target | measured | compared with | ratio | target | result | note |",
         "|---|---|---|---|---|---|---|",
     ]
     for c in checks:
@@ -229,9 +229,9 @@ def markdown(results: dict, image: Optional[str], plot_note: Optional[str]) -> s
     # rather than with a NOT RUN row per target.
     measured = any(c["status"] != "NOT RUN" for c in results["checks"])
     out += [
-        "## SPEC §10 targets",
+        "## Targets",
         "",
-        checks_table(results["checks"]) if measured else "_No SPEC §10 measurement in this run._",
+        checks_table(results["checks"]) if measured else "_No target measured in this run._",
         "",
     ]
     if skipped or pending:

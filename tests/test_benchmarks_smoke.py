@@ -113,7 +113,7 @@ def check_quick_benchmark(tmp_path: Path) -> None:
 
     with open(md_path) as f:
         text = f.read()
-    assert "## SPEC §10 targets" in text
+    assert "## Targets" in text
     assert "## Commits with large values stored" in text
     assert results["command"]["run_sh"] in text
     for check in checks:
