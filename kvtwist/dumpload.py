@@ -85,7 +85,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
-from kvtwist.files import check_directory, write_whole
+from kvtwist.files import check_directory, whole_file, write_whole
 from kvtwist.limits import Limits
 
 __all__ = [
@@ -504,20 +504,8 @@ class Checkpoint:
         return state
 
     def write(self, state: Mapping[str, Any]) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, temporary = tempfile.mkstemp(prefix=".kvtwist-checkpoint-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps(dict(state, format=CHECKPOINT_FORMAT)).encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
-            raise
+        with whole_file(self.path, prefix=".kvtwist-checkpoint-") as f:
+            f.write(json.dumps(dict(state, format=CHECKPOINT_FORMAT)).encode("utf-8"))
 
     def remove(self) -> None:
         try:

@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Awaitable, BinaryIO, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Awaitable, BinaryIO, Callable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 
 
-async def write_whole(path: str, produce: Callable[[BinaryIO], Awaitable[T]]) -> T:
+@contextmanager
+def whole_file(path: str, prefix: Optional[str] = None) -> Iterator[BinaryIO]:
     """
-    Run C{produce(f)} on a new temporary file beside C{path}; on success
-    sync it and move it to C{path}, else remove it and let the failure out.
+    A new temporary file beside C{path}, to write: when the block ends
+    without error the file is synced and moved to C{path}; on any error
+    (an interrupt included) it is removed and the error goes on.
 
-    @return: what C{produce} returned.
+    @param prefix: the temporary file's name prefix (default: a dot and
+        C{path}'s own name, so it sorts beside it and stays hidden).
     """
     fd, temporary = tempfile.mkstemp(
-        prefix=".%s." % (os.path.basename(path),), dir=os.path.dirname(os.path.abspath(path))
+        prefix=prefix if prefix is not None else ".%s." % (os.path.basename(path),),
+        dir=os.path.dirname(os.path.abspath(path)),
     )
     try:
         with os.fdopen(fd, "wb") as f:
-            result = await produce(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -36,7 +41,18 @@ async def write_whole(path: str, produce: Callable[[BinaryIO], Awaitable[T]]) ->
         except OSError:
             pass
         raise
-    return result
+
+
+async def write_whole(path: str, produce: Callable[[BinaryIO], Awaitable[T]]) -> T:
+    """
+    Run C{produce(f)} on a new temporary file beside C{path}; on success
+    sync it and move it to C{path}, else remove it and let the failure out
+    (L{whole_file}).
+
+    @return: what C{produce} returned.
+    """
+    with whole_file(path) as f:
+        return await produce(f)
 
 
 def check_directory(path: str) -> None:
