@@ -1,5 +1,5 @@
 """
-kvtwist's side-by-side benchmark suite (SPEC section 10, issue 6).
+kvtwist's side-by-side benchmark suite (targets: docs/performance.md).
 
 Run it with C{python -m benchmarks} (or C{./run.sh bench}). It starts
 kvcache and its peers (the bare twisted.web ceiling, a seed-style baseline,

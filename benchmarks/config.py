@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Side-by-side benchmark of kvcache against the twisted.web ceiling, "
             "a seed-style baseline, a naive thread-per-GET server and etcd "
-            "(SPEC section 10). Everything runs on 127.0.0.1."
+            "(targets: docs/performance.md). Everything runs on 127.0.0.1."
         ),
     )
     p.add_argument("--quick", action="store_true", help="smoke mode: 1 round of 1 s runs, stores of 1k and 10k keys (< 60 s)")
@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--soak-keys", type=int, default=100_000, help="keys in the soak store (default 100000)")
     p.add_argument("--soak-connections", type=int, default=8, help="soak clients (default 8)")
     p.add_argument("--scaleout", action="store_true",
-                   help="also measure 1 vs 2 kvcache nodes on one etcd (issue 7; with --only scaleout, nothing else)")
+                   help="also measure 1 vs 2 kvcache nodes on one etcd (docs/scale-out.md; with --only scaleout, nothing else)")
     p.add_argument("--scaleout-members", type=int, choices=(1, 3), default=1,
                    help="etcd members under the scale-out nodes (default 1)")
     p.add_argument("--scaleout-section-to", metavar="PATH",

@@ -34,7 +34,7 @@ PLUMBING = (
 )
 
 
-#: Where the time goes, in the terms the performance issue asks about: the
+#: Where the time goes, in the terms docs/performance.md uses: the
 #: share of samples whose stack passes through each of these.
 CATEGORIES = {
     "access log (Site.log and the log observer)": re.compile(r"^\w*Site\.log \(|^\w*Factory\.log \(|FileLogObserver"),

@@ -155,7 +155,7 @@ def _peer_rounds(cfg: Config, procs: ProcessSet, run_dir: str, results: dict) ->
     if "kvcache-nolog" in skipped:
         results["pending"].append(
             "kvcache without an access log: compared with ceiling-nolog once twistd kvcache "
-            "can turn its access log off (issue 5's --access-log off)"
+            "can turn its access log off (--access-log off)"
         )
 
     # Start them all at once (startup overlaps), then wait for each.

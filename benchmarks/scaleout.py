@@ -1,5 +1,5 @@
 """
-Scale-out (issue 7, SPEC section 9): throughput of one versus two kvcache
+Scale-out (docs/scale-out.md): throughput of one versus two kvcache
 nodes on the same etcd, on this machine.
 
 One etcd (one member; three with C{--scaleout-members 3}) runs for the whole

@@ -1,6 +1,6 @@
 """
-From raw per-round numbers to medians, and from medians to SPEC section
-10's targets: each check names the two numbers of this run it divides,
+From raw per-round numbers to medians, and from medians to the targets of
+docs/performance.md: each check names the two numbers of this run it divides,
 the target and PASS or MISS. Nothing is compared across runs.
 """
 
@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 from benchmarks import loadrate, scaleout
 
-#: SPEC section 10's thresholds.
+#: The thresholds of the targets (docs/performance.md).
 GET_RATE_MIN = 0.9
 GET_P99_MAX = 2.0
 CYCLES_1_MIN = 1.0
@@ -150,7 +150,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def checks(results: dict) -> List[dict]:
-    """One row per SPEC section 10 target, in the report's order."""
+    """One row per target (docs/performance.md), in the report's order."""
     s = results["summary"]
     rows: List[dict] = []
     get = s["get"]

@@ -79,7 +79,7 @@ def kvcache_help() -> str:
 def kvcache_nolog_args(help_text: str) -> Optional[List[str]]:
     """
     The kvcache arguments that turn its access log off, if its options have
-    any (issue 5 plans C{--access-log off|clf|json}); None otherwise.
+    any (C{--access-log off|clf|json}); None otherwise.
     """
     if re.search(r"--access-log\b(?!-)", help_text):
         return ["--access-log", "off"]

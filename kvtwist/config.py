@@ -348,7 +348,7 @@ class Setting:
     def env(self) -> str:
         """Its environment variable."""
         if self.name == "token-file":
-            # Named by the issue; it names a file of tokens.
+            # KVCACHE_TOKENS_FILE (the documented name): a file of many tokens.
             return ENV_PREFIX + "TOKENS_FILE"
         return ENV_PREFIX + self.name.upper().replace("-", "_")
 

@@ -1,7 +1,7 @@
 """
 The backing stores an end-to-end suite runs on (a helper, not a test
 module): each HTTP suite is written once and run against the shelve store
-and against an etcd-backed server (SPEC §9, §11), by parametrisation rather
+and against an etcd-backed server (docs/testing.md), by parametrisation rather
 than copies.
 
 A suite's body is a mixin that is not a TestCase: its tests get their

@@ -1,5 +1,5 @@
 """
-Bearer tokens and prefix rules on every route (SPEC §8), in memory: the
+Bearer tokens and prefix rules on every route (docs/configuration.md, "Tokens"), in memory: the
 matrix of no token, a bad token, a read-only token, and a write token on an
 allowed and on a forbidden prefix.
 """

@@ -1,5 +1,5 @@
 """
-Configuration (SPEC 8; issue 5, Config and Auth): the options of
+Configuration (docs/configuration.md): the options of
 C{twistd kvcache}, the TOML config file, C{KVCACHE_*} environment variables
 and their precedence, tokens and token files, protected mode, and how
 L{kvtwist.tap.makeService} turns all of it into listeners, limits and auth.

@@ -55,7 +55,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e import ServerProcess, child_pids, connect, http_request, temp_dir, wait_ready
 
-#: Cycles of start, write, kill -9. The issue asks for at least 50.
+#: Cycles of start, write, kill -9: at least 50, so a rare window shows.
 CYCLES = int(os.environ.get("KVTWIST_CRASH_CYCLES", "50"))
 WRITERS = 4
 KEYS_PER_BATCH = 50

@@ -1,5 +1,5 @@
 """
-The crash loop for big transactions (SPEC 5.2, 7): the real kvcache is
+The crash loop for big transactions (docs/architecture.md, "Design decisions"): the real kvcache is
 killed with C{kill -9} around the commit of a 10,000-op transaction, and
 after every restart the 10,000 keys must show one generation (the commit is
 all there or all absent) and every acknowledged generation must be there.

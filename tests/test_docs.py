@@ -1,7 +1,7 @@
 """
 The documentation agrees with the code: docs/api.md carries the route table
 generated from docs/openapi.yaml (run C{python -m tests.test_docs} to
-regenerate it after changing the spec).
+regenerate it after changing docs/openapi.yaml).
 """
 
 import os
@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_MD = os.path.join(ROOT, "docs", "api.md")
-SPEC = os.path.join(ROOT, "docs", "openapi.yaml")
+OPENAPI = os.path.join(ROOT, "docs", "openapi.yaml")
 BEGIN = "<!-- routes: generated from docs/openapi.yaml by tests/test_docs.py -->"
 END = "<!-- end of routes -->"
 METHODS = ("get", "head", "put", "post", "delete", "patch")
@@ -20,7 +20,7 @@ METHODS = ("get", "head", "put", "post", "delete", "patch")
 
 def route_table() -> str:
     """The Markdown table of every route in the OpenAPI document."""
-    with open(SPEC, encoding="utf-8") as f:
+    with open(OPENAPI, encoding="utf-8") as f:
         spec = yaml.safe_load(f)
     lines = ["| method | path | what it does | statuses |", "|---|---|---|---|"]
     for path, item in spec["paths"].items():

@@ -135,7 +135,7 @@ class SeedRoundTripTests(OnShelve, TestCase):
     @as_deferred
     async def test_done_when_scenario(self):
         """
-        The issue's scenario: POST /set {"a":1} is 201, GET /a is still 404
+        The seed's basic scenario: POST /set {"a":1} is 201, GET /a is still 404
         (staged writes are invisible), POST /commit is 204, GET /a is 1.
         """
         server = self.start_kvcache()
@@ -258,12 +258,12 @@ class SignalTests(TestCase):
 
     @as_deferred
     async def test_sigterm_exits_zero(self):
-        """After SIGTERM the process exits with status 0 (SPEC section 7)."""
+        """After SIGTERM the process exits with status 0: a graceful stop, not a crash."""
         self.assertEqual(await self._stop_with(signal.SIGTERM), 0)
 
     @as_deferred
     async def test_sigint_exits_zero(self):
-        """After SIGINT the process exits with status 0 (SPEC section 7)."""
+        """After SIGINT the process exits with status 0: a graceful stop, not a crash."""
         self.assertEqual(await self._stop_with(signal.SIGINT), 0)
 
     async def _sigterm_during_commits(self):

@@ -1,6 +1,6 @@
 """
 Transactions and the seed's queue shared by real kvcache nodes through etcd
-(SPEC §9, issue 7): a three-member etcd and two C{twistd kvcache --store
+(docs/scale-out.md): a three-member etcd and two C{twistd kvcache --store
 etcd://...} nodes. A transaction begun on node A is staged and committed on
 node B; C{POST /set} on both nodes is committed by C{POST /commit} on one;
 a conflict made through one node is seen by a commit on the other; a node

@@ -1,5 +1,5 @@
 """
-End to end over the v1 API (SPEC 5.1, 5.2): the real C{twistd -n kvcache}
+End to end over the v1 API (keys and transactions): the real C{twistd -n kvcache}
 as a subprocess on a free loopback port, scripted with treq.
 
 What only a real process shows: two clients whose transactions overlap,

@@ -1,6 +1,6 @@
 """
-End to end: TTLs, long-polls and the Server-Sent Events feed (SPEC §5.1 TTL,
-§5.3) through the real C{twistd -n kvcache} on a free loopback port, with
+End to end: TTLs, long-polls and the Server-Sent Events feed
+(docs/api.md, "TTLs" and "Watching") through the real C{twistd -n kvcache} on a free loopback port, with
 L{kvtwist.client} over treq.
 
 What only a real process shows: the sweeper's expiry reaching a watcher on
@@ -310,7 +310,7 @@ class LongPollTests:
     async def test_wakes_on_a_commit_from_another_connection(self):
         """
         A held long-poll answers with the new value soon after a PUT made on
-        another connection (the issue asks for 200 ms; asserted with a 2 s
+        another connection (aimed at 200 ms; asserted with a 2 s
         margin for busy machines, and the measured figure printed).
         """
         server = self.start_kvcache()

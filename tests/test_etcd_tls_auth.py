@@ -1,5 +1,5 @@
 """
-TLS and authentication towards etcd (issue 7), on real etcd processes: the
+TLS and authentication towards etcd (docs/scale-out.md), on real etcd processes: the
 store over TLS with a client certificate (requests, commits, leases and the
 watch), the whole store contract on an etcd with TLS, client certificates
 and auth on, what a wrong CA, a missing client certificate, a certificate

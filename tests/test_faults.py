@@ -1,6 +1,6 @@
 """
-Fault behaviour of the real C{twistd kvcache} (SPEC 7; issue 5, Fault
-behaviour).
+Fault behaviour of the real C{twistd kvcache} (docs/operations.md, "Fault
+behaviour").
 
 A damaged, truncated or unreadable data file, a write-ahead log deleted
 after a crash, and a data directory that cannot be one each make startup

@@ -1,5 +1,5 @@
 """
-Hostile clients against the real C{twistd kvcache} (issue 5, Tests): raw
+Hostile clients against the real C{twistd kvcache}: raw
 bytes on loopback sockets, each case asserting the exact answer (or that
 the connection is closed where that is the right answer) and that nothing
 changed in the store.

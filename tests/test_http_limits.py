@@ -1,7 +1,8 @@
 """
-The HTTP layer's limits in memory (SPEC 8; issue 5, Limits): L{KVSite}
-and L{KVChannel} driven byte by byte over a C{StringTransport}, with time
-on a L{Clock}, in front of a real Resource tree over a L{MemoryStore}.
+The HTTP layer's limits in memory (docs/operations.md, "Limits and what
+clients see"): L{KVSite} and L{KVChannel} driven byte by byte over a
+C{StringTransport}, with time on a L{Clock}, in front of a real Resource
+tree over a L{MemoryStore}.
 
 What is pinned: the body cap (declared, streamed and chunk-declared, never
 a C{100 Continue} past it), the whole-request deadline against slow-drip

@@ -1,5 +1,5 @@
 """
-docs/openapi.yaml held to the served Resource tree (SPEC §4-§6; issue 3, Docs).
+docs/openapi.yaml held to the served Resource tree.
 
 The document is the contract clients read, so it is checked three ways:
 
@@ -65,8 +65,8 @@ from kvtwist.metrics import Metrics
 from kvtwist.web.ops import ops_children
 from kvtwist.web.root import Authenticating
 
-SPEC_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
-SPEC: Dict[str, Any] = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
+OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+OPENAPI: Dict[str, Any] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
 
 #: Every method probed on every path: the ones kvtwist serves and the usual
 #: others, so a route that starts answering one of them is noticed.
@@ -106,7 +106,7 @@ def resolve(node: Any) -> Any:
         if not ref.startswith("#/") or ref in seen:
             raise ValueError("unresolvable $ref %r" % (ref,))
         seen.add(ref)
-        node = SPEC
+        node = OPENAPI
         for part in ref[2:].split("/"):
             node = node[part.replace("~1", "/").replace("~0", "~")]
     return node
@@ -242,19 +242,19 @@ def _parameters(path_item: dict, operation: dict) -> List[Dict[str, Any]]:
 
 def documented_methods(path: str) -> List[str]:
     """The methods the document lists for C{path}, upper case."""
-    return [m for m in HTTP_METHODS if m.lower() in SPEC["paths"][path]]
+    return [m for m in HTTP_METHODS if m.lower() in OPENAPI["paths"][path]]
 
 
 def unlisted_answer(path: str) -> Tuple[int, Dict[str, Any]]:
     """The status and response C{path} answers to a method it does not list."""
-    (status, response), = SPEC["paths"][path]["x-unlisted-methods"].items()
+    (status, response), = OPENAPI["paths"][path]["x-unlisted-methods"].items()
     return int(status), resolve(response)
 
 
 def load_operations() -> Tuple[List[Operation], List[Operation]]:
     """The documented operations, and one unlisted pseudo-operation per path."""
     documented, unlisted = [], []
-    for path, item in SPEC["paths"].items():
+    for path, item in OPENAPI["paths"].items():
         for method in documented_methods(path):
             spec = item[method.lower()]
             documented.append(
@@ -281,9 +281,9 @@ def load_operations() -> Tuple[List[Operation], List[Operation]]:
 
 OPERATIONS, UNLISTED = load_operations()
 #: First path segments the root serves itself: a seed key with one of these
-#: names is not reachable at /{key} (SPEC §4).
+#: names is not reachable at /{key} (docs/api.md, "Two APIs").
 RESERVED_SEGMENTS = {
-    first_segment(path) for path in SPEC["paths"] if "{" not in first_segment(path)
+    first_segment(path) for path in OPENAPI["paths"] if "{" not in first_segment(path)
 }
 
 
@@ -486,7 +486,7 @@ def probe(path: str, method: str) -> Answer:
     values = {}
     for name in path_parameters(path):
         parameter = next(
-            resolve(p) for p in SPEC["paths"][path].get("parameters", [])
+            resolve(p) for p in OPENAPI["paths"][path].get("parameters", [])
             if resolve(p)["name"] == name
         )
         values[name] = encode_segment(world.path_example(parameter).encode("utf-8"))
@@ -746,7 +746,8 @@ JUNK_HEADER = st.lists(st.sampled_from(HEADER_BYTES), max_size=12).map(bytes)
 NOT_UTF8 = st.binary(min_size=1, max_size=8).filter(
     lambda b: b"\xff" in b or not _is_utf8(b)
 )
-#: JSON bodies every strict parser refuses, one way each (SPEC §8).
+#: JSON bodies every strict parser refuses, one way each: no NaN or
+#: Infinity, no duplicate keys, bounded nesting, valid UTF-8.
 NASTY_JSON = (
     b"", b"{", b"nul", b"NaN", b'{"a": NaN}', b'{"a": -Infinity}',
     b'{"a": 1, "a": 2}', b"\xef\xbb\xbf{}", b'"\\ud800"', b'{"\\udfff": 1}',
@@ -1098,15 +1099,15 @@ class DocumentTests(SynchronousTestCase):
 
     def test_valid_openapi_31(self):
         """The document is valid OpenAPI 3.1."""
-        self.assertTrue(SPEC["openapi"].startswith("3.1."))
+        self.assertTrue(OPENAPI["openapi"].startswith("3.1."))
         # Only this check needs it; the rest of the module runs without.
         validator = pytest.importorskip(
             "openapi_spec_validator", reason="openapi-spec-validator (a test extra) is missing")
-        validator.validate(SPEC)
+        validator.validate(OPENAPI)
 
     def test_schemas_are_valid(self):
         """Every component schema, inlined, is a valid JSON Schema 2020-12."""
-        for name, schema in SPEC["components"]["schemas"].items():
+        for name, schema in OPENAPI["components"]["schemas"].items():
             Draft202012Validator.check_schema(inline(schema))
 
     def test_examples_match_their_schemas(self):
@@ -1140,7 +1141,7 @@ class DocumentTests(SynchronousTestCase):
 
     def test_every_path_says_its_unlisted_answer(self):
         """Every path item documents its answer to unlisted methods: one error status."""
-        for path in SPEC["paths"]:
+        for path in OPENAPI["paths"]:
             status, response = unlisted_answer(path)
             self.assertIn(status, (404, 405), path)
             self.assertIn(PROBLEM_MEDIA, response["content"], path)
@@ -1233,7 +1234,7 @@ class RouteAgreementTests(SynchronousTestCase):
         answers 404 to everything.
         """
         walked = ["/"] + list(static_paths(served_root(MemoryStore())))
-        documented = {path.rstrip("/") for path in SPEC["paths"]}
+        documented = {path.rstrip("/") for path in OPENAPI["paths"]}
         # The walk itself must see the tree: every documented fixed path.
         self.assertEqual(
             sorted(p for p in documented if "{" not in p and p not in walked), [])

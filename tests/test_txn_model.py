@@ -1,5 +1,5 @@
 """
-A model test of v1 transactions (SPEC 5.2) against one real
+A model test of v1 transactions (docs/api.md, "Transactions") against one real
 C{twistd -n kvcache}, driven by hypothesis.
 
 Each example is a short random program over a few keys: transactions in a

@@ -1,6 +1,6 @@
 """
 TTL sweeping, long-polls and the Server-Sent Events feed, in memory with a
-task.Clock (SPEC §5.1 TTL, §5.3).
+task.Clock (docs/api.md, "TTLs" and "Watching").
 """
 
 import json

@@ -1,6 +1,6 @@
 """
 The seed's routes, in memory: every route, status and error through
-StubTreq over a MemoryStore (SPEC §4, §6).
+StubTreq over a MemoryStore (docs/api.md, "Two APIs" and "Errors").
 """
 
 from twisted.trial.unittest import SynchronousTestCase

@@ -1,5 +1,5 @@
 """
-The v1 API in memory (SPEC §5.1, §5.2, §6): keys with revisions and CAS,
+The v1 API in memory: keys with revisions and CAS,
 listing, transactions and batches, through StubTreq over a MemoryStore with
 a task.Clock.
 """

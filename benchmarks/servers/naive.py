@@ -1,5 +1,6 @@
 """
-The naive Twisted design SPEC section 7 warns against: every GET hops to
+The naive Twisted design kvcache avoids (a thread hop per GET halves
+throughput: docs/architecture.md, "Design decisions"): every GET hops to
 a thread (C{deferToThread}) to read a C{shelve} file, then back to the
 reactor to answer.
 

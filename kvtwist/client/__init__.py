@@ -29,7 +29,7 @@ a L{Deferred} (L{iter_pages} returns an async iterator).
 
     react(main)
 
-The seed routes (SPEC section 4), JSON values in one shared staging queue:
+The seed routes (docs/api.md, "Two APIs"), JSON values in one shared staging queue:
 
     - L{get}: C{GET /{key}}, the committed JSON value (L{get_value}: the
       bytes and content type of a value of any type).
@@ -38,7 +38,7 @@ The seed routes (SPEC section 4), JSON values in one shared staging queue:
     - L{commit}: C{POST /commit}, apply the shared queue atomically and
       durably.
 
-The v1 routes (SPEC section 5), values as bytes with a content type and
+The v1 routes (docs/api.md), values as bytes with a content type and
 revisions:
 
     - L{put}: C{PUT /v1/kv/{key}}, a one-op commit, optionally conditional.
@@ -58,7 +58,7 @@ revisions:
     - L{transact}: run batch-shaped ops through a multi-request transaction
       (what C{kvtwist txn} does).
 
-Watching (SPEC section 5.3):
+Watching (docs/api.md, "Watching"):
 
     - L{watch}: C{GET /v1/watch?prefix=P}, the Server-Sent Events feed as
       a L{Watch}: an async iterator of L{WatchEvent}s that resumes by itself

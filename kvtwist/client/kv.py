@@ -1,5 +1,5 @@
 """
-The v1 key routes (SPEC section 5): one key at a time (L{put},
+The v1 key routes (docs/api.md): one key at a time (L{put},
 L{get_entry}, L{remove}) and listings (L{list_keys}, L{iter_pages},
 L{list_all}); and the argument checks they share with transactions.
 """

@@ -1,5 +1,5 @@
 """
-The seed routes (SPEC section 4): JSON values staged in the server's one
+The seed routes (docs/api.md, "Two APIs"): JSON values staged in the server's one
 shared queue until somebody commits it.
 """
 

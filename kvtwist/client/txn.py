@@ -1,5 +1,5 @@
 """
-Multi-request transactions (SPEC section 5.2): L{begin} opens one on the
+Multi-request transactions (docs/api.md, "Transactions"): L{begin} opens one on the
 server, and the L{Transaction} it gives stages, reads through, commits or
 aborts it.
 """

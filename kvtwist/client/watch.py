@@ -1,5 +1,5 @@
 """
-Watching (SPEC section 5.3): L{watch} follows the Server-Sent Events feed
+Watching (docs/api.md, "Watching"): L{watch} follows the Server-Sent Events feed
 as a L{Watch} that resumes by itself after a disconnect; L{wait_for} is one
 long-poll on a key.
 """
@@ -46,7 +46,7 @@ from kvtwist.client.kv import _entry_from
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 
 
-#: The kinds of change event the server sends (SPEC section 5.3).
+#: The kinds of change event the server sends (docs/api.md, "Watching").
 WATCH_KINDS = ("put", "delete", "expire")
 #: The event type of the server's heartbeats: its id is a resume point.
 PROGRESS = "progress"
