@@ -1,7 +1,7 @@
 """
-Bearer tokens and prefix rules on every route (docs/configuration.md, "Tokens"), in memory: the
-matrix of no token, a bad token, a read-only token, and a write token on an
-allowed and on a forbidden prefix.
+Bearer tokens and prefix rules on every route (docs/configuration.md,
+"Tokens"), in memory: the matrix of no token, a bad token, a read-only
+token, and a write token on an allowed and on a forbidden prefix.
 """
 
 import json

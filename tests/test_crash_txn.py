@@ -1,8 +1,9 @@
 """
-The crash loop for big transactions (docs/architecture.md, "Design decisions"): the real kvcache is
-killed with C{kill -9} around the commit of a 10,000-op transaction, and
-after every restart the 10,000 keys must show one generation (the commit is
-all there or all absent) and every acknowledged generation must be there.
+The crash loop for big transactions (docs/architecture.md, "Design
+decisions"): the real kvcache is killed with C{kill -9} around the commit of
+a 10,000-op transaction, and after every restart the 10,000 keys must show
+one generation (the commit is all there or all absent) and every
+acknowledged generation must be there.
 
 Every cycle starts the server on the same data directory, checks what the
 previous kill left, then opens a transaction, stages C{big/00000} ..

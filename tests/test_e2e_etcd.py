@@ -1,8 +1,8 @@
 """
 Two real C{twistd kvcache --store etcd://...} nodes on one real etcd
-(docs/scale-out.md): a write through one node is served by the other, at once with
-C{?consistent=1} and from its cache once its watch delivers it; revisions
-and ETags come from etcd.
+(docs/scale-out.md): a write through one node is served by the other, at
+once with C{?consistent=1} and from its cache once its watch delivers it;
+revisions and ETags come from etcd.
 """
 
 import http.client

@@ -1,6 +1,6 @@
 """
-End to end over the v1 API (keys and transactions): the real C{twistd -n kvcache}
-as a subprocess on a free loopback port, scripted with treq.
+End to end over the v1 API (keys and transactions): the real C{twistd -n
+kvcache} as a subprocess on a free loopback port, scripted with treq.
 
 What only a real process shows: two clients whose transactions overlap,
 with their requests interleaved on the wire, each read their own staged

@@ -1,7 +1,7 @@
 """
-End to end: TTLs, long-polls and the Server-Sent Events feed
-(docs/api.md, "TTLs" and "Watching") through the real C{twistd -n kvcache} on a free loopback port, with
-L{kvtwist.client} over treq.
+End to end: TTLs, long-polls and the Server-Sent Events feed (docs/api.md,
+"TTLs" and "Watching") through the real C{twistd -n kvcache} on a free
+loopback port, with L{kvtwist.client} over treq.
 
 What only a real process shows: the sweeper's expiry reaching a watcher on
 its own clock, a long-poll woken by a commit on another connection, a

@@ -1,12 +1,13 @@
 """
-TLS and authentication towards etcd (docs/scale-out.md), on real etcd processes: the
-store over TLS with a client certificate (requests, commits, leases and the
-watch), the whole store contract on an etcd with TLS, client certificates
-and auth on, what a wrong CA, a missing client certificate, a certificate
-with a CommonName, missing credentials or a wrong password do at open, auth
-tokens that expire or are revoked and are renewed without a caller
-noticing, and a real C{twistd kvcache --store etcds://...} serving from such
-an etcd (and refusing to start, in one line, with a wrong password or CA).
+TLS and authentication towards etcd (docs/scale-out.md), on real etcd
+processes: the store over TLS with a client certificate (requests, commits,
+leases and the watch), the whole store contract on an etcd with TLS, client
+certificates and auth on, what a wrong CA, a missing client certificate, a
+certificate with a CommonName, missing credentials or a wrong password do at
+open, auth tokens that expire or are revoked and are renewed without a
+caller noticing, and a real C{twistd kvcache --store etcds://...} serving
+from such an etcd (and refusing to start, in one line, with a wrong password
+or CA).
 
 Certificates are made per test class with C{cryptography}
 (L{tests.etcd.make_pki}); etcd listens on 127.0.0.1 only. Without an etcd

@@ -1,6 +1,6 @@
 """
-TLS and unix-socket listeners of the real C{twistd kvcache} (docs/configuration.md,
-"Endpoints").
+TLS and unix-socket listeners of the real C{twistd kvcache}
+(docs/configuration.md, "Endpoints").
 
 A self-signed certificate for 127.0.0.1 is made at run time with
 C{cryptography}. Against C{--listen ssl:...} the tests check, with

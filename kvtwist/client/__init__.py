@@ -29,7 +29,8 @@ a L{Deferred} (L{iter_pages} returns an async iterator).
 
     react(main)
 
-The seed routes (docs/api.md, "Two APIs"), JSON values in one shared staging queue:
+The seed routes (docs/api.md, "Two APIs"), JSON values in one shared
+staging queue:
 
     - L{get}: C{GET /{key}}, the committed JSON value (L{get_value}: the
       bytes and content type of a value of any type).

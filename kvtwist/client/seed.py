@@ -1,6 +1,6 @@
 """
-The seed routes (docs/api.md, "Two APIs"): JSON values staged in the server's one
-shared queue until somebody commits it.
+The seed routes (docs/api.md, "Two APIs"): JSON values staged in the
+server's one shared queue until somebody commits it.
 """
 
 from __future__ import annotations

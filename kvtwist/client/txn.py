@@ -1,7 +1,7 @@
 """
-Multi-request transactions (docs/api.md, "Transactions"): L{begin} opens one on the
-server, and the L{Transaction} it gives stages, reads through, commits or
-aborts it.
+Multi-request transactions (docs/api.md, "Transactions"): L{begin} opens one
+on the server, and the L{Transaction} it gives stages, reads through,
+commits or aborts it.
 """
 
 from __future__ import annotations

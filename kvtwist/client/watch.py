@@ -1,7 +1,7 @@
 """
-Watching (docs/api.md, "Watching"): L{watch} follows the Server-Sent Events feed
-as a L{Watch} that resumes by itself after a disconnect; L{wait_for} is one
-long-poll on a key.
+Watching (docs/api.md, "Watching"): L{watch} follows the Server-Sent Events
+feed as a L{Watch} that resumes by itself after a disconnect; L{wait_for} is
+one long-poll on a key.
 """
 
 from __future__ import annotations
