@@ -215,7 +215,13 @@ def _emitted_codes() -> set:
 
 
 class ErrorsDocTests(SynchronousTestCase):
-    """docs/errors.md describes every problem the server answers."""
+    """docs/errors.md and docs/openapi.yaml describe every problem the server answers."""
+
+    def test_openapi_lists_every_code(self):
+        """The ProblemCode enum of docs/openapi.yaml holds every code the server can answer."""
+        with open(OPENAPI, encoding="utf-8") as f:
+            enum = set(yaml.safe_load(f)["components"]["schemas"]["ProblemCode"]["enum"])
+        self.assertEqual(sorted(_emitted_codes() - enum), [])
 
     def test_every_code_is_listed(self):
         """Each code the server can answer has a row in docs/errors.md with its type URI."""
