@@ -70,7 +70,8 @@ class ApiDocTests(SynchronousTestCase):
 
 #: The Markdown documents whose links and paths are checked.
 MARKDOWN = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [
-    os.path.join(ROOT, name) for name in ("README.md", "CHANGELOG.md", "benchmarks/README.md")
+    os.path.join(ROOT, name)
+    for name in ("README.md", "CHANGELOG.md", "benchmarks/README.md", "examples/README.md")
 ]
 #: The Python trees whose module docstrings (paths) and text (pointers) are checked.
 PYTHON_TREES = ("kvtwist", "tests", "benchmarks", "examples", "twisted")
