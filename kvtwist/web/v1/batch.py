@@ -42,8 +42,9 @@ from kvtwist.model import Check, CheckFailure, Delete, Entry, Incr, Op, Put
 from kvtwist.store.rules import counter_value, increment
 from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
-from kvtwist.web.v1.base import V1Resource, describe, value_fields
-from kvtwist.web.v1.batch_ops import WRITE_KINDS, BatchPlan, ParsedOp, parse_batch
+from kvtwist.web.v1.base import V1Resource, describe
+from kvtwist.web.v1.batch_ops import BatchPlan, ParsedOp, parse_batch
+from kvtwist.wire import WRITE_KINDS, value_fields
 
 #: How often a batch starts again when a concurrent commit changes a key
 #: it read or compared.
