@@ -118,11 +118,11 @@ class Election:
         @raise NotLeader: if this candidate does not lead, or its key
             changed under it.
         """
-        if not self.leading:
+        if not self.leading or self.key is None:
             raise NotLeader("%s does not lead %r" % (self.key, self.name))
         try:
             written = await put(
-                self._http, self._url, self.key, value,  # type: ignore[arg-type]
+                self._http, self._url, self.key, value,
                 lease=self.lease.id, if_match=self._revision, token=self._token,
             )
         except PreconditionFailedError:

@@ -125,7 +125,8 @@ def query_arg(request: Request, name: str) -> Optional[str]:
 
     @raise InvalidInput: if it is not UTF-8.
     """
-    values = request.args.get(name.encode("ascii"))
+    args = request.args
+    values = args.get(name.encode("ascii")) if args is not None else None
     if not values:
         return None
     try:
