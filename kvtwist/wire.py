@@ -20,10 +20,11 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-#: The Content-Type of a value given as JSON (C{value}), and of JSON answers.
-JSON_CONTENT_TYPE = "application/json"
-#: What a value is stored with when no Content-Type is given.
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# The content types of the data model (standard library only, like this
+# module): a value given as JSON, and a value given without a type.
+from kvtwist.model import DEFAULT_CONTENT_TYPE as DEFAULT_CONTENT_TYPE
+from kvtwist.model import JSON_CONTENT_TYPE as JSON_CONTENT_TYPE
+
 #: Deepest nesting of arrays and objects accepted in a request body, and
 #: inlined as a C{value} field.
 MAX_DEPTH = 32

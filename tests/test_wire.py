@@ -7,6 +7,8 @@ and that both sides give the same answers with it.
 
 import base64
 import json
+import subprocess
+import sys
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -39,6 +41,20 @@ NOT_STRICT = (
 def strict_dumps(document):
     """C{document} as JSON, refusing what strict JSON cannot hold."""
     return json.dumps(document, allow_nan=False)
+
+
+class ImportTests(SynchronousTestCase):
+    """What importing the wire vocabulary costs a client."""
+
+    def test_no_server_code(self):
+        """kvtwist.wire imports neither Twisted nor the server's modules, only the data model."""
+        loaded = subprocess.run(
+            [sys.executable, "-c",
+             "import sys, kvtwist.wire; print(' '.join(sorted(m for m in sys.modules"
+             " if m.startswith(('twisted', 'kvtwist')))))"],
+            capture_output=True, check=True, text=True,
+        ).stdout.split()
+        self.assertEqual(loaded, ["kvtwist", "kvtwist.model", "kvtwist.wire"])
 
 
 class StrictJSONTests(SynchronousTestCase):
