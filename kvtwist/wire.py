@@ -239,6 +239,18 @@ def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
     return {"value_base64": encode_base64(value)}
 
 
+def value_field(fields: Mapping[str, Any], error: ErrorFactory = WireError) -> str:
+    """
+    Which value field C{fields} carry: C{"value"} or C{"value_base64"}.
+
+    @raise Exception: C{error("bad-op", ...)} for neither or both.
+    """
+    has_json = "value" in fields
+    if has_json == ("value_base64" in fields):
+        raise error("bad-op", "a set takes exactly one of value and value_base64")
+    return "value" if has_json else "value_base64"
+
+
 def value_from_fields(
     fields: Mapping[str, Any], error: ErrorFactory = WireError
 ) -> Tuple[bytes, Optional[str]]:
@@ -252,10 +264,7 @@ def value_from_fields(
         (C{bad-op}), a C{value} that is not strict JSON (C{bad-json}), or
         bad base64 (C{bad-base64}).
     """
-    has_json = "value" in fields
-    if has_json == ("value_base64" in fields):
-        raise error("bad-op", "a set takes exactly one of value and value_base64")
-    if has_json:
+    if value_field(fields, error) == "value":
         try:
             return encode_json(fields["value"]), JSON_CONTENT_TYPE
         except (TypeError, ValueError) as e:

@@ -21,7 +21,14 @@ from kvtwist.client._wire import (
 from kvtwist.client.errors import _bad_response, ConflictError, NotFoundError
 from kvtwist.client.kv import _content_type, _ttl
 from kvtwist.client.txn import begin, Transaction
-from kvtwist.wire import STAGED_KINDS, check_revision, incr_op, op_kind, value_from_fields
+from kvtwist.wire import (
+    STAGED_KINDS,
+    check_revision,
+    incr_op,
+    op_kind,
+    value_field,
+    value_from_fields,
+)
 
 
 #: The op kinds of L{batch} and L{transact} (the server's batch also has
@@ -163,15 +170,14 @@ def _set_op(index: int, raw: Mapping[str, Any], key: str) -> _Op:
     def bad(code: str, detail: str, **extra: object) -> ValueError:
         return _bad_op(index, detail)
 
-    if ("value" in raw) == ("value_base64" in raw):
-        value_from_fields(raw, bad)  # raises: a set takes exactly one of them
+    field = value_field(raw, bad)
     ttl = raw.get("ttl")
     try:
         _ttl(ttl)
     except (TypeError, ValueError) as e:
         raise _bad_op(index, str(e))
     content_type = raw.get("content_type", DEFAULT_CONTENT_TYPE)
-    if "value" not in raw:
+    if field == "value_base64":
         try:
             _content_type(content_type)
         except (TypeError, ValueError) as e:

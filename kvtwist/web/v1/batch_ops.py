@@ -40,6 +40,7 @@ from kvtwist.wire import (
     incr_by,
     is_json_type,
     op_kind,
+    value_field,
 )
 
 #: How a compare compares an entry field.
@@ -115,16 +116,16 @@ def _value_bytes(where: str, index: int, raw: Dict[str, Any]) -> bytes:
 
 
 def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock, store) -> Put:
-    has_json = "value" in raw
-    has_b64 = "value_base64" in raw
-    if has_json == has_b64:
-        raise bad_op(where, index, "a set takes exactly one of value and value_base64")
+    def bad(code: str, detail: str, **extra: object) -> InvalidInput:
+        return bad_op(where, index, detail)
+
+    field = value_field(raw, bad)
     try:
         expires = parse_ttl(raw.get("ttl"), clock)
         lease = lease_for_put(store, raw.get("lease"))
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
-    if has_json:
+    if field == "value":
         return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires, lease)
     content_type = raw.get("content_type", DEFAULT_CONTENT_TYPE)
     if not isinstance(content_type, str):
@@ -133,7 +134,7 @@ def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock, store) ->
         content_type = check_content_type(content_type)
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
-    return Put(key, _value_bytes(where, index, raw), content_type, expires, lease)
+    return Put(key, decode_base64(raw["value_base64"], bad), content_type, expires, lease)
 
 
 def json_equal(a: Any, b: Any) -> bool:
