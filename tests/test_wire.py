@@ -67,7 +67,7 @@ class StrictJSONTests(SynchronousTestCase):
         self.assertEqual((e.code, str(e)), ("bad-json", "NaN is not valid JSON"))
 
     def test_error_factory(self):
-        """The factory gets the code, the detail and the extra fields, and its exception is raised."""
+        """The factory gets the code, detail and extra fields; its exception is raised."""
         e = self.assertRaises(InvalidInput, wire.strictjson, b'{"a": 1, "a": 2}', InvalidInput)
         self.assertEqual((e.code, e.extra), ("duplicate-key", {"key": "a"}))
         e = self.assertRaises(InvalidInput, wire.strictjson, b"[" * 33 + b"]" * 33, InvalidInput)
@@ -125,12 +125,14 @@ class ValueFieldsTests(SynchronousTestCase):
 
     def test_strict_is_inline(self):
         """Strict JSON with a JSON type (+json too) is inline; other types are base64."""
-        self.assertEqual(wire.value_fields(b'{"a": [1]}', "application/json"), {"value": {"a": [1]}})
+        self.assertEqual(
+            wire.value_fields(b'{"a": [1]}', "application/json"), {"value": {"a": [1]}}
+        )
         self.assertEqual(wire.value_fields(b"2", "application/x+json; charset=utf-8"), {"value": 2})
         self.assertEqual(wire.value_fields(b"2", "text/plain"), {"value_base64": "Mg=="})
 
     def test_client_item_of_nan_is_strict_json(self):
-        """KeyValue.as_item of a stored NaN with a JSON type is strict JSON (what kvtwist cat prints)."""
+        """KeyValue.as_item of a JSON-typed NaN is strict JSON (what kvtwist cat prints)."""
         for data in (b"NaN", b"Infinity", b"-Infinity"):
             entry = KeyValue("k", data, "application/json", 3, 1, 3, None)
             item = entry.as_item()
@@ -139,7 +141,7 @@ class ValueFieldsTests(SynchronousTestCase):
             self.assertEqual(json.loads(strict_dumps(item))["size"], len(data))
 
     def test_round_trip(self):
-        """value_from_fields takes value_fields' output back to the bytes (as canonical JSON inline)."""
+        """value_from_fields takes value_fields' output back (inline JSON made canonical)."""
         self.assertEqual(
             wire.value_from_fields(wire.value_fields(b"NaN", "application/json")), (b"NaN", None)
         )
