@@ -341,41 +341,46 @@ WRITE_KINDS = frozenset({"set", "delete", "incr"})
 COMPARE_FIELDS = ("version", "create_revision", "mod_revision")
 
 
-def op_kind(raw: Any, kinds: Tuple[str, ...], bad: Callable[[str], Exception]) -> str:
+# Each check below raises C{error("bad-op", detail)}; the caller's factory
+# names the op (C{"op 3: ..."}).
+
+
+def op_kind(raw: Any, kinds: Tuple[str, ...], error: ErrorFactory = WireError) -> str:
     """
     The kind of op C{raw} (its C{op}), one of C{kinds}.
 
-    @param bad: makes the exception for a detail sentence (it names the op).
-    @raise Exception: C{bad(...)} unless C{raw} is an object whose C{op} is
-        one of C{kinds}.
+    @raise Exception: C{error("bad-op", ...)} unless C{raw} is an object
+        whose C{op} is one of C{kinds}.
     """
     if not isinstance(raw, Mapping) or raw.get("op") not in kinds:
-        raise bad("each op is an object whose op is one of " + ", ".join(sorted(kinds)))
+        raise error(
+            "bad-op", "each op is an object whose op is one of " + ", ".join(sorted(kinds))
+        )
     kind: str = raw["op"]
     return kind
 
 
-def check_revision(raw: Mapping[str, Any], bad: Callable[[str], Exception]) -> int:
+def check_revision(raw: Mapping[str, Any], error: ErrorFactory = WireError) -> int:
     """
     The C{revision} of a C{check} op: a non-negative integer (0: absent).
 
-    @raise Exception: C{bad(...)} otherwise.
+    @raise Exception: C{error("bad-op", ...)} otherwise.
     """
     revision = raw.get("revision")
     if type(revision) is not int or revision < 0:
-        raise bad("revision must be a non-negative integer")
+        raise error("bad-op", "revision must be a non-negative integer")
     return revision
 
 
-def incr_by(raw: Mapping[str, Any], bad: Callable[[str], Exception]) -> int:
+def incr_by(raw: Mapping[str, Any], error: ErrorFactory = WireError) -> int:
     """
     The C{by} of an C{incr} op: an integer, not a bool (default 1).
 
-    @raise Exception: C{bad(...)} otherwise.
+    @raise Exception: C{error("bad-op", ...)} otherwise.
     """
     by = raw.get("by", 1)
     if type(by) is not int:
-        raise bad("by must be an integer")
+        raise error("bad-op", "by must be an integer")
     return by
 
 

@@ -146,7 +146,7 @@ def check_ops(ops: Any) -> List[_Op]:
         raise TypeError("ops is a list, not %s" % (type(ops).__name__,))
     checked: List[_Op] = []
     for index, raw in enumerate(ops):
-        def bad(detail: str, index: int = index) -> ValueError:
+        def bad(code: str, detail: str, index: int = index, **extra: object) -> ValueError:
             return _bad_op(index, detail)
 
         kind = op_kind(raw, OP_KINDS, bad)

@@ -93,7 +93,7 @@ def parse_ops(
         raise InvalidInput("bad-batch", "%ss must be a list" % (where,))
     parsed = []
     for index, raw in enumerate(raw_ops):
-        def bad(detail: str, index: int = index) -> InvalidInput:
+        def bad(code: str, detail: str, index: int = index, **extra: object) -> InvalidInput:
             return bad_op(where, index, detail)
 
         kind = op_kind(raw, kinds, bad)
