@@ -67,7 +67,6 @@ which L{kvtwist.cli} runs like its own commands.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -75,7 +74,6 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
 from collections import deque
 from typing import (
     Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, TextIO, Tuple,
@@ -87,6 +85,7 @@ from twisted.internet.task import deferLater
 from kvtwist import client
 from kvtwist.files import check_directory, whole_file, write_whole
 from kvtwist.limits import Limits
+from kvtwist.wire import encode_base64, parse_rfc3339, set_op, strictjson
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -173,28 +172,9 @@ class Record:
     expires: Optional[float] = None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not JSON" % (name,))
-
-
-def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("the object repeats the key %r" % (key,))
-        result[key] = value
-    return result
-
-
-# One decoder and one encoder for every line: json.loads and json.dumps
-# with options build a new one per call, a tenth of a load's parsing time.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique)
+# One encoder for every line: json.dumps with options builds a new one per
+# call, a tenth of a load's parsing time.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _strict_loads(text: str) -> Any:
-    """JSON without NaN, Infinity or duplicate object keys."""
-    return _DECODER.decode(text)
 
 
 def _strict_dumps(value: Any) -> str:
@@ -205,14 +185,6 @@ def _strict_dumps(value: Any) -> str:
     text = _ENCODER.encode(value)
     text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
     return text
-
-
-def _parse_time(text: str) -> float:
-    """An RFC 3339 date-time (C{Z} or an offset required) as epoch seconds."""
-    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if moment.tzinfo is None:
-        raise ValueError("no time zone")
-    return moment.timestamp()
 
 
 def parse_record(line: bytes, number: int) -> Optional[Record]:
@@ -230,12 +202,13 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
     """
     if not line.strip():
         return None
-    try:
-        document = _strict_loads(line.decode("utf-8"))
-    except RecursionError:
-        raise DumpFormatError(number, "nested too deeply")
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
-        raise DumpFormatError(number, "not strict JSON: %s" % (e,))
+    # No nesting limit but Python's: a dump holds what the server stored.
+    document = strictjson(
+        line,
+        lambda code, detail, **extra: DumpFormatError(number, "not strict JSON: " + detail),
+        max_depth=None,
+        subject="line",
+    )
     if not isinstance(document, dict):
         raise DumpFormatError(number, "a record is a JSON object")
     if "key" not in document and (document.get("snapshot") == "kvtwist" or document.get("end") is True):
@@ -274,7 +247,7 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
         if not isinstance(expires, str):
             raise DumpFormatError(number, "expires must be an RFC 3339 date-time or null")
         try:
-            expires = _parse_time(expires)
+            expires = parse_rfc3339(expires)
         except (ValueError, OverflowError):
             raise DumpFormatError(number, "expires is not an RFC 3339 date-time: %r" % (expires,))
     return Record(key, value, content_type, expires)
@@ -291,7 +264,7 @@ def record_line(item: Mapping[str, Any], exact_value: Optional[bytes] = None) ->
     """
     record: Dict[str, Any] = {"key": item["key"]}
     if exact_value is not None:
-        record["value_base64"] = base64.b64encode(exact_value).decode("ascii")
+        record["value_base64"] = encode_base64(exact_value)
     elif "value" in item:
         _strict_dumps(item["value"])
         record["value"] = item["value"]
@@ -668,14 +641,7 @@ async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimi
 
 def _set_op(record: Record) -> bytes:
     """The batch op that writes C{record}, without its TTL, as JSON."""
-    return _strict_dumps(
-        {
-            "op": "set",
-            "key": record.key,
-            "value_base64": base64.b64encode(record.value).decode("ascii"),
-            "content_type": record.content_type,
-        }
-    ).encode("utf-8")
+    return _strict_dumps(set_op(record.key, record.value, record.content_type)).encode("utf-8")
 
 
 class _Unit:

@@ -13,8 +13,6 @@ function that adds the subcommand, and a table of start and show functions.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Iterator, Optional, TextIO, Tuple
@@ -25,6 +23,7 @@ from kvtwist import client
 from kvtwist.errors import KVError
 from kvtwist.files import check_directory, write_whole
 from kvtwist.model import Entry
+from kvtwist.wire import decode_base64
 
 SNAPSHOT_HELP = "take a consistent snapshot of every key at one revision"
 SNAPSHOT_EPILOG = (
@@ -81,7 +80,7 @@ def _entry(line: bytes) -> Entry:
     document = json.loads(line)
     return Entry(
         document["key"],
-        base64.b64decode(document["value_base64"], validate=True),
+        decode_base64(document["value_base64"]),
         document["content_type"],
         document["create_revision"],
         document["mod_revision"],
@@ -123,7 +122,7 @@ def read_snapshot(path: str) -> Tuple[int, Iterator[Entry]]:
                         return
                     count += 1
                     yield _entry(line)
-                except (ValueError, KeyError, TypeError, binascii.Error) as e:
+                except (ValueError, KeyError, TypeError) as e:  # bad base64 included
                     raise ValueError("%s line %d: %s" % (path, number, e))
             raise ValueError("%s has no end line: the snapshot was cut short" % (path,))
 

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist import client, dumpload
+from kvtwist import client, dumpload, wire
 from kvtwist.dumpload import CheckpointMismatch, DumpFormatError, Record, parse_record
 from kvtwist.errors import StoreUnavailable
 from kvtwist.limits import Limits
@@ -780,7 +780,7 @@ class EndToEndTests(SynchronousTestCase):
 
         def expiry(record: Dict[str, Any]) -> Optional[float]:
             text = record.pop("expires")
-            return None if text is None else dumpload._parse_time(text)
+            return None if text is None else wire.parse_rfc3339(text)
 
         for old, new in zip(before, after):
             old_expiry, new_expiry = expiry(old), expiry(new)

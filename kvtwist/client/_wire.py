@@ -7,8 +7,6 @@ read returns.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Collection, Dict, Iterable, Optional, Tuple
@@ -20,11 +18,11 @@ from twisted.web.http_headers import Headers
 
 from kvtwist import __version__
 from kvtwist.client.errors import _bad_response, _error, _one_line
-
+from kvtwist.wire import DEFAULT_CONTENT_TYPE as DEFAULT_CONTENT_TYPE
+from kvtwist.wire import decode_base64, encode_json, etag, is_json_type
+from kvtwist.wire import value_fields as value_fields
 
 JSON_CONTENT_TYPE = b"application/json"
-#: What the server stores a value with when no Content-Type is given.
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: The Accept header of requests answered with JSON (or a problem).
 _ACCEPT_JSON = b"application/json, application/problem+json"
 #: The Accept header of value reads: the value comes back as it was stored.
@@ -70,7 +68,7 @@ class KeyValue:
     @property
     def etag(self) -> Optional[str]:
         """The ETag (C{'"<mod_revision>"'}), for an C{if_match=}; L{None} if staged."""
-        return None if self.mod_revision is None else '"%d"' % (self.mod_revision,)
+        return None if self.mod_revision is None else etag(self.mod_revision)
 
     def as_item(self) -> Dict[str, Any]:
         """
@@ -94,12 +92,6 @@ class KeyValue:
         return item
 
 
-def is_json_type(content_type: str) -> bool:
-    """Whether a Content-Type is JSON (C{application/json} or a C{+json} type)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
 def decode_value_base64(encoded: Any) -> bytes:
     """
     The bytes of a C{value_base64} field (strict base64, as the server
@@ -107,26 +99,7 @@ def decode_value_base64(encoded: Any) -> bytes:
 
     @raise ValueError: if C{encoded} is not a string of valid base64.
     """
-    try:
-        if not isinstance(encoded, str):
-            raise TypeError("not a string")
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise ValueError("value_base64 is not valid base64")
-
-
-def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
-    """
-    A value for JSON output, as the server's listings give it:
-    C{{"value": <decoded JSON>}} for a JSON content type whose bytes parse,
-    else C{{"value_base64": "..."}}.
-    """
-    if is_json_type(content_type):
-        try:
-            return {"value": json.loads(value.decode("utf-8"))}
-        except ValueError:
-            pass
-    return {"value_base64": base64.b64encode(value).decode("ascii")}
+    return decode_base64(encoded)
 
 
 def text_of(value: bytes, content_type: str) -> Optional[str]:
@@ -238,9 +211,7 @@ def _json_body(document: Any) -> bytes:
     @raise ValueError: for NaN or Infinity, or lone surrogates.
     @raise TypeError: for a value that is not JSON data.
     """
-    return json.dumps(
-        document, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-    ).encode("utf-8")
+    return encode_json(document)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from twisted.internet.defer import CancelledError, Deferred
 
 from kvtwist.client._wire import (
     _decode_object,
-    decode_value_base64,
     DEFAULT_CONTENT_TYPE,
     _join,
     _json_body,
@@ -22,10 +21,19 @@ from kvtwist.client._wire import (
 from kvtwist.client.errors import _bad_response, ConflictError, NotFoundError
 from kvtwist.client.kv import _content_type, _ttl
 from kvtwist.client.txn import begin, Transaction
+from kvtwist.wire import (
+    STAGED_KINDS,
+    check_revision,
+    incr_op,
+    op_kind,
+    value_field,
+    value_from_fields,
+)
 
 
-#: The op kinds of L{batch} and L{transact}.
-OP_KINDS = ("set", "delete", "check", "check-absent", "get")
+#: The op kinds of L{batch} and L{transact} (the server's batch also has
+#: C{incr}, which L{transact} cannot stage: see L{incr}).
+OP_KINDS = STAGED_KINDS
 
 
 def batch(
@@ -100,7 +108,7 @@ def incr(
     """
     if type(by) is not int:
         raise TypeError("by is an int, not %s" % (type(by).__name__,))
-    d = batch(http, url, [{"op": "incr", "key": key, "by": by}], token=token)
+    d = batch(http, url, [incr_op(key, by)], token=token)
     return d.addCallback(lambda answer: answer["results"][0]["value"])
 
 
@@ -138,9 +146,10 @@ def check_ops(ops: Any) -> List[_Op]:
         raise TypeError("ops is a list, not %s" % (type(ops).__name__,))
     checked: List[_Op] = []
     for index, raw in enumerate(ops):
-        if not isinstance(raw, Mapping) or raw.get("op") not in OP_KINDS:
-            raise _bad_op(index, "each op is an object whose op is one of " + ", ".join(OP_KINDS))
-        kind = raw["op"]
+        def bad(code: str, detail: str, index: int = index, **extra: object) -> ValueError:
+            return _bad_op(index, detail)
+
+        kind = op_kind(raw, OP_KINDS, bad)
         key = raw.get("key")
         if not isinstance(key, str) or not key:
             raise _bad_op(index, "key must be a non-empty string")
@@ -151,41 +160,30 @@ def check_ops(ops: Any) -> List[_Op]:
         if kind == "set":
             checked.append(_set_op(index, raw, key))
         elif kind == "check":
-            revision = raw.get("revision")
-            if type(revision) is not int or revision < 0:
-                raise _bad_op(index, "revision must be a non-negative integer")
-            checked.append(_Op(kind, key, revision=revision))
+            checked.append(_Op(kind, key, revision=check_revision(raw, bad)))
         else:
             checked.append(_Op(kind, key))
     return checked
 
 
 def _set_op(index: int, raw: Mapping[str, Any], key: str) -> _Op:
-    has_json = "value" in raw
-    has_b64 = "value_base64" in raw
-    if has_json == has_b64:
-        raise _bad_op(index, "a set takes exactly one of value and value_base64")
+    def bad(code: str, detail: str, **extra: object) -> ValueError:
+        return _bad_op(index, detail)
+
+    field = value_field(raw, bad)
     ttl = raw.get("ttl")
     try:
         _ttl(ttl)
     except (TypeError, ValueError) as e:
         raise _bad_op(index, str(e))
-    if has_json:
-        try:
-            value = _json_body(raw["value"])
-        except (TypeError, ValueError) as e:
-            raise _bad_op(index, "the value is not strict JSON: %s" % (e,))
-        return _Op("set", key, value, "application/json", ttl)
     content_type = raw.get("content_type", DEFAULT_CONTENT_TYPE)
-    try:
-        _content_type(content_type)
-    except (TypeError, ValueError) as e:
-        raise _bad_op(index, str(e))
-    try:
-        value = decode_value_base64(raw["value_base64"])
-    except ValueError as e:
-        raise _bad_op(index, str(e))
-    return _Op("set", key, value, content_type, ttl)
+    if field == "value_base64":
+        try:
+            _content_type(content_type)
+        except (TypeError, ValueError) as e:
+            raise _bad_op(index, str(e))
+    value, implied_type = value_from_fields(raw, bad)
+    return _Op("set", key, value, implied_type or content_type, ttl)
 
 
 def transact(

@@ -15,7 +15,6 @@ the leader's proclamation.
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, AsyncIterator, Dict, Optional
 
@@ -26,6 +25,7 @@ from kvtwist.client.kv import put
 from kvtwist.client.lease import Lease, LeaseLost
 from kvtwist.client.lock import contenders, take_turn
 from kvtwist.client.watch import watch
+from kvtwist.wire import decode_base64
 
 
 class NotLeader(Exception):
@@ -35,7 +35,7 @@ class NotLeader(Exception):
 def _value_of(item: Dict[str, Any]) -> bytes:
     """A listing item's value as bytes (a JSON value re-encoded compactly)."""
     if "value_base64" in item:
-        return base64.b64decode(item["value_base64"])
+        return decode_base64(item["value_base64"])
     return json.dumps(item.get("value"), separators=(",", ":")).encode("utf-8")
 
 
@@ -118,11 +118,11 @@ class Election:
         @raise NotLeader: if this candidate does not lead, or its key
             changed under it.
         """
-        if not self.leading:
+        if not self.leading or self.key is None:
             raise NotLeader("%s does not lead %r" % (self.key, self.name))
         try:
             written = await put(
-                self._http, self._url, self.key, value,  # type: ignore[arg-type]
+                self._http, self._url, self.key, value,
                 lease=self.lease.id, if_match=self._revision, token=self._token,
             )
         except PreconditionFailedError:

@@ -23,6 +23,7 @@ from kvtwist.client._wire import (
     _request,
 )
 from kvtwist.client.errors import _bad_response
+from kvtwist.wire import etag, etag_revision
 
 
 def _value_bytes(value: Any) -> bytes:
@@ -98,7 +99,7 @@ def _if_match(if_match: Any) -> bytes:
     if isinstance(if_match, int):
         if if_match < 0:
             raise ValueError("if_match must not be negative: %d" % (if_match,))
-        return b'"%d"' % (if_match,)
+        return etag(if_match).encode("ascii")
     if if_match == "*":
         return b"*"
     digits = if_match
@@ -106,7 +107,7 @@ def _if_match(if_match: Any) -> bytes:
         digits = digits[1:-1]
     if not (digits.isdigit() and digits.isascii()):
         raise ValueError('if_match is a revision, an ETag ("5") or "*": %r' % (if_match,))
-    return b'"%d"' % (int(digits),)
+    return etag(int(digits)).encode("ascii")
 
 
 def _conditions(if_match: Any, if_none_match: bool) -> List[Tuple[bytes, bytes]]:
@@ -120,12 +121,8 @@ def _conditions(if_match: Any, if_none_match: bool) -> List[Tuple[bytes, bytes]]
 
 def _entry_from(key: str, answer: _Answer) -> KeyValue:
     """The L{KeyValue} a v1 value read answered with."""
-    etag = answer.header(b"etag")
-    mod_revision = None
-    if etag is not None:
-        etag = etag.strip()
-        if len(etag) >= 2 and etag[0] == etag[-1] == '"' and etag[1:-1].isdigit():
-            mod_revision = int(etag[1:-1])
+    tag = answer.header(b"etag")
+    mod_revision = etag_revision(tag) if tag is not None else None
     staged = (answer.header(b"kv-staged") or "").strip().lower() == "true"
     return KeyValue(
         key=key,
@@ -170,8 +167,8 @@ def _put_request(
 
 def _put_result(answer: _Answer) -> Dict[str, Any]:
     result = _decode_object(answer.status, answer.body)
-    etag = answer.header(b"etag")
-    result["etag"] = etag
+    tag = answer.header(b"etag")
+    result["etag"] = tag
     revision = result.get("revision")
     result["mod_revision"] = revision if type(revision) is int else None
     result["expires"] = answer.header(b"kv-expires")

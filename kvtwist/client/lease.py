@@ -157,10 +157,11 @@ class Lease:
 
     def _renew(self) -> None:
         self._renewal = None
-        if self._ended:
+        # Renewals are only scheduled once granted, so an id is there.
+        if self._ended or self.id is None:
             return
         sent = self._reactor.seconds()
-        d = keepalive(self._http, self._url, self.id, token=self._token)  # type: ignore[arg-type]
+        d = keepalive(self._http, self._url, self.id, token=self._token)
 
         def renewed(_: Dict[str, Any]) -> None:
             self._renewed(sent)

@@ -21,7 +21,7 @@ holder at once: L{Lock.held} turns false and L{Lock.lost} fires.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -92,8 +92,9 @@ async def take_turn(
     @raise LeaseLost: if the lease is lost while waiting.
     """
     await lease.grant()
+    lease_id = cast(int, lease.id)  # grant() set it, or raised
     try:
-        key = queue_key(name, lease.id)  # type: ignore[arg-type]
+        key = queue_key(name, lease_id)
         created = await put(
             http, url, key, value, lease=lease.id, if_none_match=True, token=token
         )

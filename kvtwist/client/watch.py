@@ -11,7 +11,7 @@ import math
 import random as _random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, cast
 
 import treq
 from twisted.internet import error
@@ -187,7 +187,8 @@ class _StreamProtocol(Protocol):
         except Exception:
             # Nothing more of this stream can be trusted.
             self._failure = Failure()
-            self.transport.loseConnection()
+            if self.transport is not None:
+                self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._watch._detach()
@@ -208,7 +209,8 @@ class _Discard(Protocol):
         self._closed = closed
 
     def connectionMade(self) -> None:
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed.callback(None)
@@ -783,7 +785,9 @@ def watch(
     )
     headers = _headers(token, accept=b"text/event-stream")
     if clock is None:
-        from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        from twisted.internet import reactor
+
+        clock = cast(IReactorTime, reactor)
     return Watch(
         http, target, headers, after, reconnect, clock, retry_delay, max_delay, max_retries,
         idle_timeout, max_buffer, random, on_retry,

@@ -5,7 +5,8 @@ the GET hot path of C{GET /{key}} and C{GET /v1/kv/{key}}.
 A hit on the read cache (L{kvtwist.store.cache.CachedStore.peek_encoded})
 gives an L{EncodedEntry}: the header lines of the route's 200 answer for
 that entry (content type, ETag, revisions, length), built by L{encode_seed}
-or L{encode_v1} on the key's first hit and dropped with the entry when a
+or L{encode_v1} (from the same L{Response} the ordinary path answers
+with) on the key's first hit and dropped with the entry when a
 commit changes the key. L{write_entry} then puts the status line, the
 request's own headers (Server, Date, Connection), those lines and the
 stored value on the wire in one write, instead of setting each header
@@ -64,30 +65,28 @@ class EncodedEntry:
         return object.__sizeof__(self) + sys.getsizeof(self.head)
 
 
-def _content_headers(entry: Entry) -> Tuple[Tuple[bytes, bytes], Tuple[bytes, bytes]]:
-    return (
-        (b"content-type", entry.content_type.encode("utf-8")),
-        (b"content-length", b"%d" % (len(entry.value),)),
-    )
+def _head(response: Response) -> bytes:
+    """
+    The header lines of a 200 L{Response} of a value: its Content-Type,
+    its headers in order, then Content-Length.
+    """
+    lines = [] if response.content_type is None else [(b"content-type", response.content_type)]
+    lines += response.headers.items()
+    lines.append((b"content-length", b"%d" % (len(response.body),)))
+    return encode_headers(lines)
 
 
 def encode_seed(entry: Entry) -> EncodedEntry:
-    """C{GET /{key}}'s headers: Content-Type, ETag, Content-Length."""
-    content_type, length = _content_headers(entry)
-    return EncodedEntry(
-        entry, encode_headers([content_type, (b"etag", etag(entry.mod_revision)), length])
-    )
+    """C{GET /{key}}'s headers (L{seed_response}'s): Content-Type, ETag, Content-Length."""
+    return EncodedEntry(entry, _head(seed_response(entry)))
 
 
 def encode_v1(entry: Entry) -> EncodedEntry:
     """
-    C{GET /v1/kv/{key}}'s headers: Content-Type, ETag, KV-Create-Revision,
-    KV-Version, KV-Expires, Content-Length.
+    C{GET /v1/kv/{key}}'s headers (L{v1_entry_response}'s): Content-Type,
+    ETag, KV-Create-Revision, KV-Version, KV-Expires, Content-Length.
     """
-    content_type, length = _content_headers(entry)
-    return EncodedEntry(
-        entry, encode_headers([content_type, *entry_headers(entry).items(), length])
-    )
+    return EncodedEntry(entry, _head(v1_entry_response(entry)))
 
 
 def peek_encoded(
@@ -169,8 +168,18 @@ def write_entry(request: Request, encoded: EncodedEntry, revision: Optional[int]
     request.finish()
 
 
+def v1_entry_response(entry: Entry) -> Response:
+    """
+    The 200 L{Response} of C{GET /v1/kv/{key}} for C{entry}: the one
+    builder of that answer, for the cached path (L{encode_v1}) and the
+    ordinary one alike. Without KV-Revision, the store's revision at the
+    time of the answer: L{v1_response} or the resource adds it.
+    """
+    return Response(200, entry.value, entry.content_type.encode("utf-8"), entry_headers(entry))
+
+
 def v1_response(entry: Entry, revision: int) -> Response:
     """The L{Response} of C{GET /v1/kv/{key}} for C{entry} at C{revision}."""
-    headers = entry_headers(entry)
-    headers[b"kv-revision"] = b"%d" % (revision,)
-    return Response(200, entry.value, entry.content_type.encode("utf-8"), headers)
+    response = v1_entry_response(entry)
+    response.headers[b"kv-revision"] = b"%d" % (revision,)
+    return response

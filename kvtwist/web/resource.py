@@ -23,6 +23,7 @@ from twisted.web.resource import Resource, _IEncodingResource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from kvtwist import wire
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError
 from kvtwist.model import Entry
@@ -64,8 +65,8 @@ def json_response(status: int, document: Any, **headers: bytes) -> Response:
 
 
 def etag(mod_revision: int) -> bytes:
-    """The ETag of a key: its mod_revision, quoted."""
-    return b'"%d"' % (mod_revision,)
+    """The ETag header value of a key (L{kvtwist.wire.etag}), as bytes."""
+    return wire.etag(mod_revision).encode("ascii")
 
 
 def read_body(request: Request) -> bytes:

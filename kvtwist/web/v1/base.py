@@ -6,10 +6,8 @@ headers and JSON.
 
 from __future__ import annotations
 
-import base64
 import math
 import random
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from twisted.internet.interfaces import IReactorTime
@@ -18,12 +16,14 @@ from twisted.web.server import Request
 
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput
-from kvtwist.strictjson import parse
 from kvtwist.interfaces import IKeyValueStore, ITransactionManager
 from kvtwist.limits import Limits
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
 from kvtwist.web.resource import Answers405, Response, etag, not_found_response, query_names
 from kvtwist.web.v1.leasing import lease_for_put
+from kvtwist.wire import rfc3339
+# Re-exported for the v1 resources that describe entries with it.
+from kvtwist.wire import value_fields as value_fields
 
 if TYPE_CHECKING:
     from kvtwist.events import ChangeHub
@@ -91,12 +91,6 @@ class V1NotFound(V1Resource):
         return self.respond(request, lambda request: not_found_response())
 
 
-def rfc3339(timestamp: float) -> str:
-    """C{timestamp} as an RFC 3339 UTC date-time, to the millisecond."""
-    moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def entry_headers(entry: Entry) -> Dict[bytes, bytes]:
     """The headers describing a committed entry."""
     headers = {
@@ -107,12 +101,6 @@ def entry_headers(entry: Entry) -> Dict[bytes, bytes]:
     if entry.expires is not None:
         headers[b"kv-expires"] = rfc3339(entry.expires).encode("ascii")
     return headers
-
-
-def is_json_type(content_type: str) -> bool:
-    """Whether a Content-Type is JSON (application/json or a +json type)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
 
 
 def describe(entry: Entry, with_value: bool = False) -> Dict[str, Any]:
@@ -131,27 +119,14 @@ def describe(entry: Entry, with_value: bool = False) -> Dict[str, Any]:
     return item
 
 
-def value_fields(value: bytes, content_type: str) -> Dict[str, Any]:
-    """
-    A value for JSON output: inline if it is strict JSON (a value stored as
-    C{application/json} may still be NaN or malformed: those go as base64,
-    so the answer itself stays valid JSON), else base64.
-    """
-    if is_json_type(content_type):
-        try:
-            return {"value": parse(value)}
-        except InvalidInput:
-            pass
-    return {"value_base64": base64.b64encode(value).decode("ascii")}
-
-
 def query_arg(request: Request, name: str) -> Optional[str]:
     """
     The decoded query argument C{name}, or None.
 
     @raise InvalidInput: if it is not UTF-8.
     """
-    values = request.args.get(name.encode("ascii"))
+    args = request.args
+    values = args.get(name.encode("ascii")) if args is not None else None
     if not values:
         return None
     try:

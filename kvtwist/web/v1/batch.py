@@ -30,7 +30,7 @@ an empty guarded commit instead.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
@@ -42,8 +42,9 @@ from kvtwist.model import Check, CheckFailure, Delete, Entry, Incr, Op, Put
 from kvtwist.store.rules import counter_value, increment
 from kvtwist.strictjson import parse
 from kvtwist.web.resource import Response, json_response, read_body
-from kvtwist.web.v1.base import V1Resource, describe, value_fields
-from kvtwist.web.v1.batch_ops import WRITE_KINDS, BatchPlan, ParsedOp, parse_batch
+from kvtwist.web.v1.base import V1Resource, describe
+from kvtwist.web.v1.batch_ops import BatchPlan, ParsedOp, parse_batch
+from kvtwist.wire import WRITE_KINDS, value_fields
 
 #: How often a batch starts again when a concurrent commit changes a key
 #: it read or compared.
@@ -60,8 +61,11 @@ class GetGuard:
         self.index = index
 
 
-def _op_index(tag: object) -> int:
-    return tag.index if isinstance(tag, GetGuard) else tag  # type: ignore[return-value]
+def _op_index(tag: object) -> Optional[int]:
+    """The op index a check's tag names: a client check's tag is its index."""
+    if isinstance(tag, GetGuard):
+        return tag.index
+    return tag if isinstance(tag, int) else None
 
 
 async def read_at_one_revision(
@@ -132,12 +136,11 @@ class Batch(V1Resource):
         failures = [
             f for f in error.failures if not isinstance(f.check.tag, GetGuard)
         ] or error.failures
-        failures = [
-            CheckFailure(replace(f.check, tag=_op_index(f.check.tag)), f.actual)
-            for f in failures
-        ]
-        conflict = ConflictError(failures)
-        conflict.extra["failed"] = sorted({f.check.tag for f in failures if f.check.tag is not None})
+        indexed = [(_op_index(f.check.tag), f) for f in failures]
+        conflict = ConflictError(
+            [CheckFailure(replace(f.check, tag=index), f.actual) for index, f in indexed]
+        )
+        conflict.extra["failed"] = sorted({index for index, _ in indexed if index is not None})
         return conflict
 
     async def _attempt(self, plan: BatchPlan) -> Response:
@@ -188,7 +191,7 @@ class Batch(V1Resource):
         """The writes, checks and (first) results of C{ops} over C{before}."""
         writes: List[Op] = []
         checks: List[Check] = []
-        view: Dict[str, Optional[object]] = {}
+        view: Dict[str, Optional[Union[Put, Entry]]] = {}
         results: List[Dict[str, Any]] = []
         for index, (kind, fields) in enumerate(ops):
             key = fields["key"]
@@ -205,8 +208,9 @@ class Batch(V1Resource):
                 # to (no guard: concurrent increments never conflict); the
                 # value here serves later gets, and refuses a non-integer
                 # early.
-                writes.append(Incr(key, fields["by"]))
-                counted = increment(view[key] if key in view else before.get(key), writes[-1])
+                incr = Incr(key, fields["by"])
+                writes.append(incr)
+                counted = increment(view[key] if key in view else before.get(key), incr)
                 view[key] = counted
                 results.append({"op": "incr", "key": key,
                                 "value": counter_value(key, counted.value, counted.content_type)})
@@ -254,7 +258,7 @@ class Batch(V1Resource):
                 item["deleted"] = change is not None and change.kind == "delete"
 
     @staticmethod
-    def _get_result(key: str, found: Optional[object]) -> Dict[str, Any]:
+    def _get_result(key: str, found: Optional[Union[Put, Entry]]) -> Dict[str, Any]:
         if found is None:
             return {"op": "get", "key": key, "found": False}
         if isinstance(found, Put):

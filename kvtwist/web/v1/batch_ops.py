@@ -21,8 +21,6 @@ Two forms:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -30,16 +28,22 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from kvtwist.errors import InvalidInput, LimitExceeded
 from kvtwist.model import JSON_CONTENT_TYPE, Entry, Put
 from kvtwist.strictjson import check_key, encode, parse
-from kvtwist.web.v1.base import check_content_type, is_json_type, parse_ttl
+from kvtwist.web.v1.base import check_content_type, parse_ttl
 from kvtwist.web.v1.leasing import lease_for_put
+from kvtwist.wire import (
+    BRANCH_KINDS,
+    COMPARE_FIELDS,
+    DEFAULT_CONTENT_TYPE,
+    OP_KINDS,
+    check_revision,
+    decode_base64,
+    incr_by,
+    is_json_type,
+    op_kind,
+    value_field,
+)
 
-#: The op kinds of the C{ops} form, and of a branch.
-OP_KINDS = ("set", "delete", "incr", "check", "check-absent", "get")
-BRANCH_KINDS = ("set", "delete", "incr", "get")
-#: Ops that write (a batch without them commits nothing).
-WRITE_KINDS = frozenset({"set", "delete", "incr"})
-#: The entry fields a compare may test, and how.
-COMPARE_FIELDS = ("version", "create_revision", "mod_revision")
+#: How a compare compares an entry field.
 COMPARISONS: Dict[str, Callable[[Any, Any], bool]] = {
     "=": operator.eq,
     "!=": operator.ne,
@@ -89,56 +93,48 @@ def parse_ops(
         raise InvalidInput("bad-batch", "%ss must be a list" % (where,))
     parsed = []
     for index, raw in enumerate(raw_ops):
-        if not isinstance(raw, dict) or raw.get("op") not in kinds:
-            raise bad_op(
-                where, index, "each op is an object whose op is one of " + ", ".join(sorted(kinds))
-            )
-        kind = raw["op"]
+        def bad(code: str, detail: str, index: int = index, **extra: object) -> InvalidInput:
+            return bad_op(where, index, detail)
+
+        kind = op_kind(raw, kinds, bad)
         key = _checked_key(where, index, raw)
         fields: Dict[str, Any] = {"key": key}
         if kind == "set":
             fields["put"] = _put(where, index, raw, key, clock, store)
         elif kind == "incr":
-            by = raw.get("by", 1)
-            if type(by) is not int:
-                raise bad_op(where, index, "by must be an integer")
-            fields["by"] = by
+            fields["by"] = incr_by(raw, bad)
         elif kind == "check":
-            revision = raw.get("revision")
-            if type(revision) is not int or revision < 0:
-                raise bad_op(where, index, "revision must be a non-negative integer")
-            fields["revision"] = revision
+            fields["revision"] = check_revision(raw, bad)
         parsed.append((kind, fields))
     return parsed
 
 
 def _value_bytes(where: str, index: int, raw: Dict[str, Any]) -> bytes:
-    try:
-        return base64.b64decode(raw["value_base64"], validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise bad_op(where, index, "value_base64 is not valid base64")
+    return decode_base64(
+        raw["value_base64"], lambda code, detail, **extra: bad_op(where, index, detail)
+    )
 
 
 def _put(where: str, index: int, raw: Dict[str, Any], key: str, clock, store) -> Put:
-    has_json = "value" in raw
-    has_b64 = "value_base64" in raw
-    if has_json == has_b64:
-        raise bad_op(where, index, "a set takes exactly one of value and value_base64")
+    def bad(code: str, detail: str, **extra: object) -> InvalidInput:
+        return bad_op(where, index, detail)
+
+    field = value_field(raw, bad)
     try:
         expires = parse_ttl(raw.get("ttl"), clock)
         lease = lease_for_put(store, raw.get("lease"))
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
-    if has_json:
+    if field == "value":
         return Put(key, encode(raw["value"]), JSON_CONTENT_TYPE, expires, lease)
-    content_type = raw.get("content_type", "application/octet-stream")
+    content_type = raw.get("content_type", DEFAULT_CONTENT_TYPE)
     if not isinstance(content_type, str):
         raise bad_op(where, index, "content_type must be a string")
     try:
         content_type = check_content_type(content_type)
     except InvalidInput as e:
         raise bad_op(where, index, e.detail)
-    return Put(key, _value_bytes(where, index, raw), content_type, expires, lease)
+    return Put(key, decode_base64(raw["value_base64"], bad), content_type, expires, lease)
 
 
 def json_equal(a: Any, b: Any) -> bool:

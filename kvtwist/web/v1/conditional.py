@@ -16,7 +16,7 @@ from twisted.web.server import Request
 
 from kvtwist.errors import InvalidInput
 from kvtwist.model import Check, Entry
-from kvtwist.strictjson import parse_revision
+from kvtwist.wire import etag_revision
 
 IF_MATCH = "If-Match"
 IF_NONE_MATCH = "If-None-Match"
@@ -27,12 +27,8 @@ def _tags(raw: bytes) -> List[str]:
 
 
 def _revision(tag: str) -> Optional[int]:
-    """The revision an entity tag names, or None if it names none."""
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
-        return parse_revision(tag[1:-1])
-    return None
+    """The revision an entity tag names (weak or strong), or None if it names none."""
+    return etag_revision(tag, weak=True)
 
 
 def write_checks(request: Request, key: str) -> List[Check]:

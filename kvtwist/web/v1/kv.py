@@ -22,7 +22,7 @@ from kvtwist.model import Check, Delete
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
-from kvtwist.web.encoded import encode_v1, peek_encoded, write_entry
+from kvtwist.web.encoded import encode_v1, peek_encoded, v1_entry_response, write_entry
 from kvtwist.web.resource import Response, json_response, peek_entry, read_body, write_response
 from kvtwist.web.v1.base import (
     V1Context,
@@ -329,10 +329,10 @@ class KeyResource(V1Resource):
 
     @staticmethod
     def _found(request: Request, entry: Entry) -> Response:
-        headers = entry_headers(entry)
+        found = v1_entry_response(entry)
         if not_modified(request, entry):
-            return Response(304, content_type=None, headers=headers)
-        return Response(200, entry.value, entry.content_type.encode("utf-8"), headers)
+            return Response(304, content_type=None, headers=found.headers)
+        return found
 
     def render_PUT(self, request: Request) -> int:
         return self.respond(request, lambda request: Deferred.fromCoroutine(self._put(request)))

@@ -27,7 +27,6 @@ With auth on, only the keys the token may read are in it.
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, Dict, Optional
 
@@ -45,6 +44,7 @@ from kvtwist.model import Entry, Page
 from kvtwist.web.flow import Drain
 from kvtwist.web.v1.base import V1Resource, describe, query_arg
 from kvtwist.web.v1.history import historical
+from kvtwist.wire import encode_base64
 
 log = Logger()
 
@@ -63,7 +63,7 @@ def json_line(document: Dict[str, Any]) -> bytes:
 def key_line(entry: Entry) -> bytes:
     """The line of one key: its metadata and its exact bytes."""
     document = describe(entry)
-    document["value_base64"] = base64.b64encode(entry.value).decode("ascii")
+    document["value_base64"] = encode_base64(entry.value)
     return json_line(document)
 
 
