@@ -681,10 +681,11 @@ class GlueTests(MemoryTestCase):
         With the kvtwist CLI's subcommand factory, the subcommands are made
         by it (and so get its hidden global options).
         """
-        from kvtwist import cli
+        from kvtwist.cli.commands import dumpload as dumpload_commands
+        from kvtwist.cli.parser import Parser
 
         out, err = io.StringIO(), io.StringIO()
-        parser = cli._Parser(prog="kvtwist", out=out, err=err)
+        parser = Parser(prog="kvtwist", out=out, err=err)
         commands = parser.add_subparsers(dest="command")
         made = []
 
@@ -692,7 +693,7 @@ class GlueTests(MemoryTestCase):
             made.append(name)
             return commands.add_parser(name, help=help_text, out=out, err=err)
 
-        dumpload.add_dump_load_commands(commands, command)
+        dumpload_commands.add_commands(command)
         self.assertEqual(made, ["dump", "load"])
         args = parser.parse_args(["load", "f", "--batch", "5", "--no-progress"])
         self.assertEqual((args.file, args.batch, args.progress), ("f", 5, False))
