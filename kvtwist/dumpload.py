@@ -1,91 +1,36 @@
+# -*- test-case-name: tests.test_dumpload -*-
 """
-C{kvtwist dump} and C{kvtwist load}: copy keys out of a kvcache as JSON
-lines, and back in, with treq.
+C{kvtwist dump} and C{kvtwist load}'s engine: copy keys out of a kvcache
+as JSON lines (L{kvtwist.dumpformat}), and back in, with treq.
 
-The format is one JSON object per line, one line per key, in key order:
-
-    {"key": "flags/beta", "value": true, "content_type": "application/json", "expires": null}
-    {"key": "logo", "value_base64": "iVBORw0K...", "content_type": "image/png",
-     "expires": "2030-01-01T00:00:00.000Z"}
-
-C{value} holds a value stored with a JSON content type, as JSON; every
-other value is C{value_base64}. C{expires} is the key's expiry as the
-server reports it (RFC 3339, UTC) or C{null}.
-
-L{dump} reads the listing (C{GET /v1/kv/?values=1}) page by page,
-following each page's cursor, so on a server that keeps history every page
-is read at the first page's revision however much is written meanwhile:
-what it writes is exactly the store at one revision, which it returns, and
-it never fails because of writes. On a server without history (etcd, for
-now) pages are read at their own revisions: L{dump} notes the first page's
-and, if a later page was read at another (some commit happened in
-between), throws away what it has and starts again, up to C{attempts}
-times with a growing pause (at most L{MAX_PAUSE}); a store that never holds
-still for a whole listing then fails the dump with L{client.ConflictError}
-(C{revision-changed}) rather than a mixture.
-
-By default a JSON value is written as JSON, so a dump is easy to read and
-edit, and L{load} writes it back as compact JSON: equal as JSON, but not
-byte for byte if it was stored with other spacing or spelling (C{1e3}
-becomes C{1000.0}). With C{exact=True} every value is written as
-C{value_base64}, the bytes exactly as stored: for JSON values that takes
-one extra C{GET} per key, whose ETag must be the revision the listing gave
-(else the store changed, and the attempt starts again). A JSON value that
-strict JSON cannot hold (C{NaN}) is always fetched that way.
-
-L{load} reads such lines and writes them in batches (C{POST /v1/batch},
-one request and one atomic commit per batch): up to C{batch} keys, and no
-more ops or bytes than the server takes in one request (its C{/v1/limits}:
-C{max_body}, C{max_batch_ops}, C{max_keys_per_request}, and on etcd one
-etcd transaction's ops and bytes). A value too big for any batch body is
-written alone with a C{PUT}. C{concurrency} batches are in flight at once
-while the next is read, and batches in flight never share a key. Each
-batch is applied whole or not at all. Within a batch the last record of a
-key wins, as it would one after the other. A key with an expiry gets the
-TTL that is left of it; one that has already expired is skipped. Keys the
-input does not name are left alone. Loading is idempotent (a key written
-twice holds the same value), so a batch whose commit was cut off can
-simply be sent again. A store that is briefly unavailable (503), or a
-conflict, is retried, C{retries} times per batch.
-
-Resuming: after each committed batch (in input order: a batch is
-checkpointed once it and every batch before it have committed), L{load}
-writes a checkpoint file
-(atomically: written beside it, then renamed) with the number of input
-lines done, a SHA-256 of those lines, and the server's URL. A later load
-with the same checkpoint skips those lines, after checking that the input
-starts with exactly the lines the checkpoint hashed and goes to the same
-URL (else it refuses with L{CheckpointMismatch}; C{restart=True} starts
-from the first line, which is always safe). A load that finishes removes
-its checkpoint.
-
-The C{kvtwist} command's glue is here too: L{add_dump_load_commands} adds
-the two subcommands to its parser and L{COMMANDS} holds their handlers,
-which L{kvtwist.cli} runs like its own commands.
+L{dump} writes the store at one revision, whatever is written meanwhile;
+L{load} writes the lines back in atomic batches sized to the server's
+limits, a few in flight at once, and keeps a checkpoint it can resume
+from. docs/cli.md ("dump and load") gives the design: how a dump stays at
+one revision, what C{exact} keeps, how batches are sized, ordered,
+retried and checkpointed. The commands are L{kvtwist.cli.commands.dumpload}.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
 from collections import deque
 from typing import (
-    Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, TextIO, Tuple,
+    Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple,
 )
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
-from kvtwist.files import check_directory, whole_file, write_whole
+from kvtwist.dumpformat import DumpFormatError, Record, parse_record, record_line, strict_dumps
+from kvtwist.files import whole_file
 from kvtwist.limits import Limits
 
 __all__ = [
@@ -94,17 +39,12 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_RETRIES",
+    "Checkpoint",
     "CheckpointMismatch",
-    "DumpFormatError",
-    "Record",
     "dump",
     "load",
-    "parse_record",
-    "record_line",
+    "pause_before",
     "scan",
-    "add_dump_load_commands",
-    "COMMANDS",
-    "INTERRUPTED",
 ]
 
 #: Keys per listing page: the server's default maximum (C{max_list_limit}).
@@ -128,25 +68,12 @@ MAX_PAUSE = 5.0
 def pause_before(tries: int) -> float:
     """Seconds to wait after C{tries} failed tries (1 or more)."""
     return min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(tries - 1, 32))
+
+
 #: What a checkpoint file says it is.
 CHECKPOINT_FORMAT = "kvtwist-load-checkpoint/1"
 #: A dump to stdout is held in memory up to this size, then in a temp file.
 SPOOL_BYTES = 16 * 1024 * 1024
-#: Seconds each request of the commands may take without C{--timeout}.
-DEFAULT_REQUEST_TIMEOUT = 60.0
-
-
-class DumpFormatError(ValueError):
-    """
-    A line of a dump is not a record: not strict JSON, not an object, or
-    without a usable C{key}, value, C{content_type} or C{expires}.
-
-    @ivar line: the 1-based line number.
-    """
-
-    def __init__(self, line: int, detail: str) -> None:
-        super().__init__("line %d: %s" % (line, detail))
-        self.line = line
 
 
 class CheckpointMismatch(ValueError):
@@ -154,152 +81,6 @@ class CheckpointMismatch(ValueError):
     A checkpoint does not belong to this load: a different input, or a
     different server. Start again with C{restart=True} (C{--restart}).
     """
-
-
-# -- records ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """
-    One key of a dump.
-
-    @ivar expires: when it expires, in seconds since the epoch, or L{None}.
-    """
-
-    key: str
-    value: bytes
-    content_type: str
-    expires: Optional[float] = None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not JSON" % (name,))
-
-
-def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("the object repeats the key %r" % (key,))
-        result[key] = value
-    return result
-
-
-# One decoder and one encoder for every line: json.loads and json.dumps
-# with options build a new one per call, a tenth of a load's parsing time.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique)
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _strict_loads(text: str) -> Any:
-    """JSON without NaN, Infinity or duplicate object keys."""
-    return _DECODER.decode(text)
-
-
-def _strict_dumps(value: Any) -> str:
-    """
-    Compact JSON; raises C{ValueError} for what strict JSON cannot hold
-    (NaN, Infinity, lone surrogates).
-    """
-    text = _ENCODER.encode(value)
-    text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
-    return text
-
-
-def _parse_time(text: str) -> float:
-    """An RFC 3339 date-time (C{Z} or an offset required) as epoch seconds."""
-    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if moment.tzinfo is None:
-        raise ValueError("no time zone")
-    return moment.timestamp()
-
-
-def parse_record(line: bytes, number: int) -> Optional[Record]:
-    """
-    The record on one line of a dump (L{None} for a blank line, and for the
-    header and end lines of a snapshot).
-
-    Fields: C{key} (a non-empty string); exactly one of C{value} (JSON) and
-    C{value_base64}; C{content_type} (default C{application/json} with
-    C{value}, C{application/octet-stream} with C{value_base64});
-    C{expires} (RFC 3339 or null, default null). Other fields are ignored.
-
-    @param number: the line's number, for error messages.
-    @raise DumpFormatError: if the line is not such a record.
-    """
-    if not line.strip():
-        return None
-    try:
-        document = _strict_loads(line.decode("utf-8"))
-    except RecursionError:
-        raise DumpFormatError(number, "nested too deeply")
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
-        raise DumpFormatError(number, "not strict JSON: %s" % (e,))
-    if not isinstance(document, dict):
-        raise DumpFormatError(number, "a record is a JSON object")
-    if "key" not in document and (document.get("snapshot") == "kvtwist" or document.get("end") is True):
-        # The header or end line of a snapshot (GET /v1/snapshot): its key
-        # lines are records, so a snapshot loads like a dump.
-        return None
-    key = document.get("key")
-    if not isinstance(key, str) or not key:
-        raise DumpFormatError(number, "key must be a non-empty string")
-    has_json = "value" in document
-    has_b64 = "value_base64" in document
-    if has_json == has_b64:
-        raise DumpFormatError(number, "a record has exactly one of value and value_base64")
-    if has_json:
-        try:
-            value = _strict_dumps(document["value"]).encode("utf-8")
-        except ValueError as e:
-            raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
-        default_type = "application/json"
-    else:
-        try:
-            value = client.decode_value_base64(document["value_base64"])
-        except ValueError as e:
-            raise DumpFormatError(number, str(e))
-        default_type = client.DEFAULT_CONTENT_TYPE
-    content_type = document.get("content_type", default_type)
-    if (
-        not isinstance(content_type, str)
-        or not content_type.strip()
-        # Printable ASCII: 0x20 to 0x7E.
-        or not (content_type.isascii() and content_type.isprintable())
-    ):
-        raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
-    expires = document.get("expires")
-    if expires is not None:
-        if not isinstance(expires, str):
-            raise DumpFormatError(number, "expires must be an RFC 3339 date-time or null")
-        try:
-            expires = _parse_time(expires)
-        except (ValueError, OverflowError):
-            raise DumpFormatError(number, "expires is not an RFC 3339 date-time: %r" % (expires,))
-    return Record(key, value, content_type, expires)
-
-
-def record_line(item: Mapping[str, Any], exact_value: Optional[bytes] = None) -> bytes:
-    """
-    The dump line (with its newline) of a listing item with values.
-
-    @param exact_value: the value's bytes as stored, to write as
-        C{value_base64} whatever the item carries.
-    @raise ValueError: if the item's inline value cannot be written as
-        strict JSON (pass C{exact_value} then).
-    """
-    record: Dict[str, Any] = {"key": item["key"]}
-    if exact_value is not None:
-        record["value_base64"] = base64.b64encode(exact_value).decode("ascii")
-    elif "value" in item:
-        _strict_dumps(item["value"])
-        record["value"] = item["value"]
-    else:
-        record["value_base64"] = item["value_base64"]
-    record["content_type"] = item.get("content_type", client.DEFAULT_CONTENT_TYPE)
-    record["expires"] = item.get("expires")
-    return (_strict_dumps(record) + "\n").encode("utf-8")
 
 
 # -- dump ---------------------------------------------------------------------
@@ -418,7 +199,7 @@ async def _list_once(
                 spool.write(await _line(http, url, item, exact, token, revision))
                 count += 1
     finally:
-        await pages.aclose()  # type: ignore[attr-defined]
+        await pages.aclose()  # type: ignore[attr-defined]  # an async generator's
     return (revision if revision is not None else 0), count
 
 
@@ -528,11 +309,12 @@ def _resume(
     state = checkpoint.read() if checkpoint is not None and not restart else None
     if state is None:
         return 0, hasher, {}
+    assert checkpoint is not None  # a state was read from it
     if state.get("url") != url:
         raise CheckpointMismatch(
             "the checkpoint %s is for a load into %s, not %s: pass --restart "
             "(restart=True) to load everything again (loads are idempotent)"
-            % (checkpoint.path, state.get("url"), url)  # type: ignore[union-attr]
+            % (checkpoint.path, state.get("url"), url)
         )
     done = state["lines"]
     for _ in range(done):
@@ -544,7 +326,7 @@ def _resume(
         raise CheckpointMismatch(
             "the input does not start with the %d lines the checkpoint %s recorded: "
             "pass --restart (restart=True) to load it from the first line"
-            % (done, checkpoint.path)  # type: ignore[union-attr]
+            % (done, checkpoint.path)
         )
     return done, hasher, state
 
@@ -668,7 +450,7 @@ async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimi
 
 def _set_op(record: Record) -> bytes:
     """The batch op that writes C{record}, without its TTL, as JSON."""
-    return _strict_dumps(
+    return strict_dumps(
         {
             "op": "set",
             "key": record.key,

@@ -131,7 +131,7 @@ def describe_connection_error(e: BaseException) -> str:
         return "timed out"
     if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):
         reasons = "; ".join(
-            r.getErrorMessage() or r.type.__name__ for r in e.reasons  # type: ignore[union-attr]
+            r.getErrorMessage() or r.type.__name__ for r in e.reasons
         )
         return "the connection failed before a whole answer arrived" + (
             " (%s)" % (reasons,) if reasons else "")

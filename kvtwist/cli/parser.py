@@ -12,11 +12,14 @@ subcommands through the factory it is handed.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, TextIO, Union
 
 import kvtwist
 from kvtwist.cli.connection import DEFAULT_URL
 from kvtwist.cli.invocation import DEFAULT_TIMEOUT, CommandFactory
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = [
     "EPILOG",
@@ -78,10 +81,10 @@ class Parser(argparse.ArgumentParser):
         self.out = out
         self.err = err
 
-    def print_usage(self, file: Optional[TextIO] = None) -> None:
+    def print_usage(self, file: Optional[SupportsWrite[str]] = None) -> None:
         super().print_usage(file if file is not None else self.out)
 
-    def print_help(self, file: Optional[TextIO] = None) -> None:
+    def print_help(self, file: Optional[SupportsWrite[str]] = None) -> None:
         super().print_help(file if file is not None else self.out)
 
     def exit(self, status: int = 0, message: Optional[str] = None) -> Any:

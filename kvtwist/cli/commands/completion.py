@@ -42,7 +42,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     def files_where_files_go(parser: argparse.ArgumentParser) -> None:
         for action in parser._actions:
             if action.metavar in ("FILE", "PATH"):
-                action.complete = shtab.FILE  # type: ignore[attr-defined]
+                # shtab reads this attribute; argparse's Action does not declare it.
+                action.complete = shtab.FILE  # type: ignore[attr-defined]  # shtab's own
             for sub in getattr(action, "choices", None) or {}:
                 if isinstance(action.choices, dict):  # the subcommands
                     files_where_files_go(action.choices[sub])

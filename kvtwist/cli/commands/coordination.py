@@ -187,18 +187,25 @@ async def _run_locked(
         value=("%s:%d" % (socket.gethostname(), os.getpid())).encode("utf-8"),
     )
     await lock.acquire()
+    fencing = lock.fencing_revision
+    assert fencing is not None  # acquire() sets it
     child = _Child()
     try:
         env = dict(
             os.environ,
             KVTWIST_LOCK_KEY=lock.key or "",
-            KVTWIST_FENCING_REVISION="%d" % (lock.fencing_revision,),
+            KVTWIST_FENCING_REVISION="%d" % (fencing,),
         )
         process = reactor.spawnProcess(
             child, executable, command, env=env, childFDs={0: 0, 1: 1, 2: 2}
         )
         lost: Deferred = Deferred()
-        lock.lost.addCallback(lambda error: lost.callback(error) or error)
+
+        def forward(error: Any) -> Any:
+            lost.callback(error)
+            return error
+
+        lock.lost.addCallback(forward)
         await DeferredList([child.ended, lost], fireOnOneCallback=True, consumeErrors=True)
         if not child.ended.called:
             inv.err.write("kvtwist: the lock %s was lost; stopping the command\n" % (args.name,))

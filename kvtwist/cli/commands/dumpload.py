@@ -214,7 +214,7 @@ def _open_source(inv: Invocation) -> Tuple[BinaryIO, Optional[str]]:
         copy.close()
         raise ValueError("cannot read stdin: %s" % (e.strerror or e,))
     copy.seek(0)
-    return copy, None  # type: ignore[return-value]
+    return copy, None
 
 
 def start_load(inv: Invocation) -> Deferred:
