@@ -17,6 +17,7 @@ __all__ = ["describe_conflict", "has_value", "print_json", "readable", "text_val
 
 
 def print_json(out: TextIO, value: Any) -> None:
+    """Write C{value} as one line of JSON (non-ASCII as itself)."""
     out.write(json.dumps(value, ensure_ascii=False) + "\n")
 
 
@@ -70,6 +71,7 @@ def text_value(item: Mapping[str, Any]) -> str:
 
 
 def has_value(item: Mapping[str, Any]) -> bool:
+    """Whether a listing item or event carries its value."""
     return "value" in item or "value_base64" in item
 
 

@@ -156,6 +156,8 @@ def start_dump(inv: Invocation) -> Deferred:
     options = dict(prefix=args.prefix, page_size=args.page_size, attempts=args.attempts,
                    exact=args.exact, token=inv.token, clock=inv.reactor)
     if args.file == "-":
+        # A real stdout takes the bytes through its buffer; a test's
+        # StringIO has none.
         buffer = getattr(out, "buffer", None)
         sink: Any = buffer if buffer is not None else _TextSink(out)
         if buffer is not None:
