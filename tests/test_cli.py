@@ -544,6 +544,28 @@ class UnixTargetTests(SynchronousTestCase):
         self.assertIn("http+unix://%2Fpath%2Fto.sock", err.getvalue())
 
 
+class CommandTableTests(SynchronousTestCase):
+    """The parser's subcommands and the runner's table of L{Command}s agree."""
+
+    def test_every_subcommand_has_its_command(self) -> None:
+        """
+        Each subcommand the parser accepts has a Command to run (but
+        completion, which the runner answers from the parser), and each
+        Command has its subcommand.
+        """
+        import argparse
+
+        from kvtwist.cli.commands import COMMANDS, GROUPS
+        from kvtwist.cli.invocation import Command
+        from kvtwist.cli.parser import build_parser
+
+        parser = build_parser(io.StringIO(), io.StringIO(), GROUPS)
+        [subcommands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        self.assertEqual(set(subcommands.choices) - {"completion"}, set(COMMANDS))
+        for name, command in COMMANDS.items():
+            self.assertIsInstance(command, Command, name)
+
+
 class CompletionTests(SynchronousTestCase):
     """kvtwist completion bash|zsh: scripts made by shtab from the parser."""
 
