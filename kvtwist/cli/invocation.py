@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Optional, TextIO
+from typing import Any, BinaryIO, Callable, Optional, Protocol, TextIO
 
 from twisted.internet.defer import Deferred
 
@@ -24,6 +24,7 @@ __all__ = [
     "Command",
     "CommandFactory",
     "Invocation",
+    "Requester",
     "Show",
     "Start",
     "UsageError",
@@ -55,6 +56,13 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
+class Requester(Protocol):
+    """What the commands need of an HTTP client: treq's C{request}."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred:
+        """Send one request; the Deferred fires with the response."""
+
+
 @dataclass
 class Invocation:
     """
@@ -63,7 +71,7 @@ class Invocation:
 
     @ivar args: the parsed command line (the command's own options, and
         the global ones).
-    @ivar http: the treq-like client (C{request(method, url, **kwargs)}).
+    @ivar http: the treq-like client (a L{Requester}).
     @ivar url: the server's base URL requests are made against.
     @ivar token: the bearer token, or L{None}.
     @ivar stdin: the binary stream C{-} names, or L{None} for
@@ -82,7 +90,7 @@ class Invocation:
     """
 
     args: argparse.Namespace
-    http: Any
+    http: Requester
     url: str
     token: Optional[str]
     stdin: Optional[BinaryIO]

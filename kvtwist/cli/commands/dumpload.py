@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Dict, Optional, TextIO, Tuple
 from twisted.internet.defer import Deferred
 
 from kvtwist import client
-from kvtwist.cli.invocation import Command, CommandFactory, Invocation, untimed
+from kvtwist.cli.invocation import Command, CommandFactory, Invocation, Requester, untimed
 from kvtwist.cli.parser import int_at_least
 from kvtwist.dumpload import (
     DEFAULT_ATTEMPTS,
@@ -112,7 +112,7 @@ def add_commands(command: CommandFactory) -> None:
 class _Timed:
     """A treq-like client whose every request gives up after C{timeout} s."""
 
-    def __init__(self, http: Any, timeout: float, clock: Any) -> None:
+    def __init__(self, http: Requester, timeout: float, clock: Any) -> None:
         self._http = http
         self._timeout = timeout
         self._clock = clock
@@ -123,7 +123,7 @@ class _Timed:
         )
 
 
-def _client_for(inv: Invocation) -> Any:
+def _client_for(inv: Invocation) -> Requester:
     """
     The invocation's client, with C{--timeout} (default
     L{DEFAULT_REQUEST_TIMEOUT}; 0: none) applied to each request.
