@@ -25,15 +25,14 @@ The package:
 
 from kvtwist.cli.commands.kv import parse_json_value
 from kvtwist.cli.connection import make_http
-from kvtwist.cli.runner import (
+from kvtwist.cli.invocation import (
     EXIT_CONFLICT,
     EXIT_CONNECTION,
     EXIT_OK,
     EXIT_SERVER_ERROR,
     EXIT_USAGE,
-    main,
-    run,
 )
+from kvtwist.cli.runner import main, run
 
 __all__ = ["main", "run", "make_http", "parse_json_value", "EXIT_OK",
            "EXIT_SERVER_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_CONFLICT"]

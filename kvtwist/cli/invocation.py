@@ -21,6 +21,11 @@ from twisted.internet.defer import Deferred
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "EXIT_CONFLICT",
+    "EXIT_CONNECTION",
+    "EXIT_OK",
+    "EXIT_SERVER_ERROR",
+    "EXIT_USAGE",
     "Command",
     "CommandFactory",
     "Invocation",
@@ -36,6 +41,15 @@ __all__ = [
 
 #: Seconds a command may take without C{--timeout}.
 DEFAULT_TIMEOUT = 60.0
+
+#: The exit codes (docs/cli.md, "Exit codes"): success; the server
+#: answered with an error; bad usage, nothing sent; the server could not
+#: be reached; a conflict or failed precondition, nothing applied.
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_CONFLICT = 4
 
 
 class UsageError(Exception):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import kvtwist
 from kvtwist.cli.connection import DEFAULT_URL
-from kvtwist.cli.invocation import DEFAULT_TIMEOUT, CommandFactory
+from kvtwist.cli.invocation import DEFAULT_TIMEOUT, EXIT_OK, EXIT_USAGE, CommandFactory
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -34,9 +34,6 @@ __all__ = [
     "timeout_seconds",
     "wait_seconds",
 ]
-
-#: The exit code of a usage error (also L{kvtwist.cli.runner.EXIT_USAGE}).
-_EXIT_USAGE = 2
 
 EPILOG = """\
 environment:
@@ -94,7 +91,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.print_usage(self.err)
-        self.exit(_EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
 
 
 class _Version(argparse.Action):
@@ -103,7 +100,7 @@ class _Version(argparse.Action):
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
         parser.out.write("kvtwist %s\n" % (kvtwist.__version__,))
-        parser.exit(0)
+        parser.exit(EXIT_OK)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, hidden: bool) -> None:

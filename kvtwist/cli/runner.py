@@ -7,17 +7,18 @@ its result, and turns every outcome into an exit code.
 
 Exit codes:
 
-    - 0 (L{EXIT_OK}): success.
-    - 1 (L{EXIT_SERVER_ERROR}): the server answered with an error.
-    - 2 (L{EXIT_USAGE}): bad arguments or input; nothing was sent.
-    - 3 (L{EXIT_CONNECTION}): the server could not be reached, the
+    - 0 (C{EXIT_OK}): success.
+    - 1 (C{EXIT_SERVER_ERROR}): the server answered with an error.
+    - 2 (C{EXIT_USAGE}): bad arguments or input; nothing was sent.
+    - 3 (C{EXIT_CONNECTION}): the server could not be reached, the
       timeout passed, or the connection was lost before the whole answer.
-    - 4 (L{EXIT_CONFLICT}): a 409 conflict or a 412 failed precondition;
+    - 4 (C{EXIT_CONFLICT}): a 409 conflict or a 412 failed precondition;
       nothing was applied.
     - 128 + the signal (130, 143): interrupted, after the command cleaned
       up; a command that runs until stopped (C{watch}, C{elect}) exits 0.
 
-docs/cli.md says more of each. L{main} is the entry point under
+The codes are named in L{kvtwist.cli.invocation}; docs/cli.md says more
+of each. L{main} is the entry point under
 L{twisted.internet.task.react}; L{run} is the console script. Tests call
 L{main} with C{http=StubTreq(...)}, C{io.StringIO} output streams and an
 C{io.BytesIO} stdin.
@@ -46,26 +47,19 @@ from kvtwist.cli.connection import (
     unix_target,
 )
 from kvtwist.cli.interrupts import Interrupted, Interrupts
-from kvtwist.cli.invocation import Invocation, UsageError
+from kvtwist.cli.invocation import (
+    EXIT_CONFLICT,
+    EXIT_CONNECTION,
+    EXIT_OK,
+    EXIT_SERVER_ERROR,
+    EXIT_USAGE,
+    Invocation,
+    UsageError,
+)
 from kvtwist.cli.output import describe_conflict
 from kvtwist.cli.parser import ParserExit, build_parser
 
-__all__ = [
-    "EXIT_CONFLICT",
-    "EXIT_CONNECTION",
-    "EXIT_OK",
-    "EXIT_SERVER_ERROR",
-    "EXIT_USAGE",
-    "main",
-    "run",
-]
-
-EXIT_OK = 0
-EXIT_SERVER_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CONNECTION = 3
-EXIT_CONFLICT = 4
-
+__all__ = ["main", "run"]
 
 @dataclass
 class _Session:
