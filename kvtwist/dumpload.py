@@ -1,91 +1,37 @@
+# -*- test-case-name: tests.test_dumpload -*-
 """
-C{kvtwist dump} and C{kvtwist load}: copy keys out of a kvcache as JSON
-lines, and back in, with treq.
+C{kvtwist dump} and C{kvtwist load}'s engine: copy keys out of a kvcache
+as JSON lines (L{kvtwist.dumpformat}), and back in, with treq.
 
-The format is one JSON object per line, one line per key, in key order:
-
-    {"key": "flags/beta", "value": true, "content_type": "application/json", "expires": null}
-    {"key": "logo", "value_base64": "iVBORw0K...", "content_type": "image/png",
-     "expires": "2030-01-01T00:00:00.000Z"}
-
-C{value} holds a value stored with a JSON content type, as JSON; every
-other value is C{value_base64}. C{expires} is the key's expiry as the
-server reports it (RFC 3339, UTC) or C{null}.
-
-L{dump} reads the listing (C{GET /v1/kv/?values=1}) page by page,
-following each page's cursor, so on a server that keeps history every page
-is read at the first page's revision however much is written meanwhile:
-what it writes is exactly the store at one revision, which it returns, and
-it never fails because of writes. On a server without history (etcd, for
-now) pages are read at their own revisions: L{dump} notes the first page's
-and, if a later page was read at another (some commit happened in
-between), throws away what it has and starts again, up to C{attempts}
-times with a growing pause (at most L{MAX_PAUSE}); a store that never holds
-still for a whole listing then fails the dump with L{client.ConflictError}
-(C{revision-changed}) rather than a mixture.
-
-By default a JSON value is written as JSON, so a dump is easy to read and
-edit, and L{load} writes it back as compact JSON: equal as JSON, but not
-byte for byte if it was stored with other spacing or spelling (C{1e3}
-becomes C{1000.0}). With C{exact=True} every value is written as
-C{value_base64}, the bytes exactly as stored: for JSON values that takes
-one extra C{GET} per key, whose ETag must be the revision the listing gave
-(else the store changed, and the attempt starts again). A JSON value that
-strict JSON cannot hold (C{NaN}) is always fetched that way.
-
-L{load} reads such lines and writes them in batches (C{POST /v1/batch},
-one request and one atomic commit per batch): up to C{batch} keys, and no
-more ops or bytes than the server takes in one request (its C{/v1/limits}:
-C{max_body}, C{max_batch_ops}, C{max_keys_per_request}, and on etcd one
-etcd transaction's ops and bytes). A value too big for any batch body is
-written alone with a C{PUT}. C{concurrency} batches are in flight at once
-while the next is read, and batches in flight never share a key. Each
-batch is applied whole or not at all. Within a batch the last record of a
-key wins, as it would one after the other. A key with an expiry gets the
-TTL that is left of it; one that has already expired is skipped. Keys the
-input does not name are left alone. Loading is idempotent (a key written
-twice holds the same value), so a batch whose commit was cut off can
-simply be sent again. A store that is briefly unavailable (503), or a
-conflict, is retried, C{retries} times per batch.
-
-Resuming: after each committed batch (in input order: a batch is
-checkpointed once it and every batch before it have committed), L{load}
-writes a checkpoint file
-(atomically: written beside it, then renamed) with the number of input
-lines done, a SHA-256 of those lines, and the server's URL. A later load
-with the same checkpoint skips those lines, after checking that the input
-starts with exactly the lines the checkpoint hashed and goes to the same
-URL (else it refuses with L{CheckpointMismatch}; C{restart=True} starts
-from the first line, which is always safe). A load that finishes removes
-its checkpoint.
-
-The C{kvtwist} command's glue is here too: L{add_dump_load_commands} adds
-the two subcommands to its parser and L{COMMANDS} holds their handlers,
-which L{kvtwist.cli} runs like its own commands.
+L{dump} writes the store at one revision, whatever is written meanwhile;
+L{load} writes the lines back in atomic batches sized to the server's
+limits, a few in flight at once, and keeps a checkpoint it can resume
+from. docs/cli.md ("dump and load") gives the design: how a dump stays at
+one revision, what C{exact} keeps, how batches are sized, ordered,
+retried and checkpointed. The commands are L{kvtwist.cli.commands.dumpload}.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from collections import deque
 from typing import (
-    Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, TextIO, Tuple,
+    Any, BinaryIO, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple,
 )
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
-from kvtwist.files import check_directory, whole_file, write_whole
+from kvtwist.dumpformat import DumpFormatError, Record, parse_record, record_line, strict_dumps
+from kvtwist.files import whole_file
 from kvtwist.limits import Limits
-from kvtwist.wire import encode_base64, parse_rfc3339, set_op, strictjson
+from kvtwist.wire import set_op
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -93,17 +39,12 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_RETRIES",
+    "Checkpoint",
     "CheckpointMismatch",
-    "DumpFormatError",
-    "Record",
     "dump",
     "load",
-    "parse_record",
-    "record_line",
+    "pause_before",
     "scan",
-    "add_dump_load_commands",
-    "COMMANDS",
-    "INTERRUPTED",
 ]
 
 #: Keys per listing page: the server's default maximum (C{max_list_limit}).
@@ -127,25 +68,12 @@ MAX_PAUSE = 5.0
 def pause_before(tries: int) -> float:
     """Seconds to wait after C{tries} failed tries (1 or more)."""
     return min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(tries - 1, 32))
+
+
 #: What a checkpoint file says it is.
 CHECKPOINT_FORMAT = "kvtwist-load-checkpoint/1"
 #: A dump to stdout is held in memory up to this size, then in a temp file.
 SPOOL_BYTES = 16 * 1024 * 1024
-#: Seconds each request of the commands may take without C{--timeout}.
-DEFAULT_REQUEST_TIMEOUT = 60.0
-
-
-class DumpFormatError(ValueError):
-    """
-    A line of a dump is not a record: not strict JSON, not an object, or
-    without a usable C{key}, value, C{content_type} or C{expires}.
-
-    @ivar line: the 1-based line number.
-    """
-
-    def __init__(self, line: int, detail: str) -> None:
-        super().__init__("line %d: %s" % (line, detail))
-        self.line = line
 
 
 class CheckpointMismatch(ValueError):
@@ -153,126 +81,6 @@ class CheckpointMismatch(ValueError):
     A checkpoint does not belong to this load: a different input, or a
     different server. Start again with C{restart=True} (C{--restart}).
     """
-
-
-# -- records ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    """
-    One key of a dump.
-
-    @ivar expires: when it expires, in seconds since the epoch, or L{None}.
-    """
-
-    key: str
-    value: bytes
-    content_type: str
-    expires: Optional[float] = None
-
-
-# One encoder for every line: json.dumps with options builds a new one per
-# call, a tenth of a load's parsing time.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _strict_dumps(value: Any) -> str:
-    """
-    Compact JSON; raises C{ValueError} for what strict JSON cannot hold
-    (NaN, Infinity, lone surrogates).
-    """
-    text = _ENCODER.encode(value)
-    text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
-    return text
-
-
-def parse_record(line: bytes, number: int) -> Optional[Record]:
-    """
-    The record on one line of a dump (L{None} for a blank line, and for the
-    header and end lines of a snapshot).
-
-    Fields: C{key} (a non-empty string); exactly one of C{value} (JSON) and
-    C{value_base64}; C{content_type} (default C{application/json} with
-    C{value}, C{application/octet-stream} with C{value_base64});
-    C{expires} (RFC 3339 or null, default null). Other fields are ignored.
-
-    @param number: the line's number, for error messages.
-    @raise DumpFormatError: if the line is not such a record.
-    """
-    if not line.strip():
-        return None
-    # No nesting limit but Python's: a dump holds what the server stored.
-    document = strictjson(
-        line,
-        lambda code, detail, **extra: DumpFormatError(number, "not strict JSON: " + detail),
-        max_depth=None,
-        subject="line",
-    )
-    if not isinstance(document, dict):
-        raise DumpFormatError(number, "a record is a JSON object")
-    if "key" not in document and (document.get("snapshot") == "kvtwist" or document.get("end") is True):
-        # The header or end line of a snapshot (GET /v1/snapshot): its key
-        # lines are records, so a snapshot loads like a dump.
-        return None
-    key = document.get("key")
-    if not isinstance(key, str) or not key:
-        raise DumpFormatError(number, "key must be a non-empty string")
-    has_json = "value" in document
-    has_b64 = "value_base64" in document
-    if has_json == has_b64:
-        raise DumpFormatError(number, "a record has exactly one of value and value_base64")
-    if has_json:
-        try:
-            value = _strict_dumps(document["value"]).encode("utf-8")
-        except ValueError as e:
-            raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
-        default_type = "application/json"
-    else:
-        try:
-            value = client.decode_value_base64(document["value_base64"])
-        except ValueError as e:
-            raise DumpFormatError(number, str(e))
-        default_type = client.DEFAULT_CONTENT_TYPE
-    content_type = document.get("content_type", default_type)
-    if (
-        not isinstance(content_type, str)
-        or not content_type.strip()
-        # Printable ASCII: 0x20 to 0x7E.
-        or not (content_type.isascii() and content_type.isprintable())
-    ):
-        raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
-    expires = document.get("expires")
-    if expires is not None:
-        if not isinstance(expires, str):
-            raise DumpFormatError(number, "expires must be an RFC 3339 date-time or null")
-        try:
-            expires = parse_rfc3339(expires)
-        except (ValueError, OverflowError):
-            raise DumpFormatError(number, "expires is not an RFC 3339 date-time: %r" % (expires,))
-    return Record(key, value, content_type, expires)
-
-
-def record_line(item: Mapping[str, Any], exact_value: Optional[bytes] = None) -> bytes:
-    """
-    The dump line (with its newline) of a listing item with values.
-
-    @param exact_value: the value's bytes as stored, to write as
-        C{value_base64} whatever the item carries.
-    @raise ValueError: if the item's inline value cannot be written as
-        strict JSON (pass C{exact_value} then).
-    """
-    record: Dict[str, Any] = {"key": item["key"]}
-    if exact_value is not None:
-        record["value_base64"] = encode_base64(exact_value)
-    elif "value" in item:
-        _strict_dumps(item["value"])
-        record["value"] = item["value"]
-    else:
-        record["value_base64"] = item["value_base64"]
-    record["content_type"] = item.get("content_type", client.DEFAULT_CONTENT_TYPE)
-    record["expires"] = item.get("expires")
-    return (_strict_dumps(record) + "\n").encode("utf-8")
 
 
 # -- dump ---------------------------------------------------------------------
@@ -391,7 +199,7 @@ async def _list_once(
                 spool.write(await _line(http, url, item, exact, token, revision))
                 count += 1
     finally:
-        await pages.aclose()  # type: ignore[attr-defined]
+        await pages.aclose()  # type: ignore[attr-defined]  # an async generator's
     return (revision if revision is not None else 0), count
 
 
@@ -501,11 +309,12 @@ def _resume(
     state = checkpoint.read() if checkpoint is not None and not restart else None
     if state is None:
         return 0, hasher, {}
+    assert checkpoint is not None  # a state was read from it
     if state.get("url") != url:
         raise CheckpointMismatch(
             "the checkpoint %s is for a load into %s, not %s: pass --restart "
             "(restart=True) to load everything again (loads are idempotent)"
-            % (checkpoint.path, state.get("url"), url)  # type: ignore[union-attr]
+            % (checkpoint.path, state.get("url"), url)
         )
     done = state["lines"]
     for _ in range(done):
@@ -517,7 +326,7 @@ def _resume(
         raise CheckpointMismatch(
             "the input does not start with the %d lines the checkpoint %s recorded: "
             "pass --restart (restart=True) to load it from the first line"
-            % (done, checkpoint.path)  # type: ignore[union-attr]
+            % (done, checkpoint.path)
         )
     return done, hasher, state
 
@@ -641,7 +450,7 @@ async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimi
 
 def _set_op(record: Record) -> bytes:
     """The batch op that writes C{record}, without its TTL, as JSON."""
-    return _strict_dumps(set_op(record.key, record.value, record.content_type)).encode("utf-8")
+    return strict_dumps(set_op(record.key, record.value, record.content_type)).encode("utf-8")
 
 
 class _Unit:
@@ -844,323 +653,3 @@ async def _commit_unit(
 def _retryable(error: client.KVClientError) -> bool:
     """A conflict with another writer, or a store briefly unavailable."""
     return isinstance(error, client.ConflictError) or error.status == 503
-
-
-# -- the kvtwist command's glue ------------------------------------------------
-
-DUMP_HELP = "write the keys (at one revision) as JSON lines to FILE or stdout"
-LOAD_HELP = "write JSON lines from FILE or stdin back, in atomic batches (resumable)"
-
-DUMP_EPILOG = """\
-Each line: {"key", "value" (JSON types) or "value_base64", "content_type",
-"expires"}. The keys are those of one revision: a listing that saw the store
-change is read again (--attempts). To FILE the dump is written to a temporary
-file (mode 0600) that replaces FILE only once complete; SIGINT or SIGTERM
-removes it and leaves FILE as it was (exit 130 or 143).
-With --exact every value is written as base64, exactly the stored bytes;
-otherwise JSON values are written as JSON (and loaded back as compact JSON).
-
-"""
-
-LOAD_EPILOG = """\
-Records are written --batch keys per request (POST /v1/batch, fewer if the
-server's /v1/limits say so), each batch all or nothing, --concurrency
-batches in flight; a key whose expiry has passed is skipped, others get the
-TTL that is left.
-Keys not in the input are left alone; loading the same input twice gives the
-same keys and values. After each batch a checkpoint (FILE.checkpoint, or
---checkpoint PATH) records how far the load got; if the load fails, run the
-same command again to resume there (it checks that the input and the URL
-are the same; --restart starts over). A finished load removes it.
-The whole input is checked before anything is sent (a bad line: exit 2).
-A progress bar goes to stderr when it is a terminal (--progress to force).
-SIGINT or SIGTERM stops it after removing its temporary files, keeping the
-checkpoint: exit 130 or 143, "interrupted; run again to resume".
-
-"""
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer of C{low} or more."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError("not an integer: %r" % (text,))
-        if value < low:
-            raise argparse.ArgumentTypeError("must be %d or more" % (low,))
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_count = _int_at_least(0)
-
-
-def add_dump_load_commands(
-    subparsers: Any, command: Optional[Callable[..., argparse.ArgumentParser]] = None
-) -> None:
-    """
-    Add C{dump} and C{load} to the C{kvtwist} command's subparsers.
-
-    @param subparsers: the result of C{parser.add_subparsers()}.
-    @param command: the CLI's own subcommand factory, C{command(name, help,
-        epilog)} returning the new subparser (so the subcommands get its
-        hidden global options); plain C{subparsers.add_parser} without it.
-    """
-
-    def make(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-        if command is not None:
-            return command(name, help_text, epilog)
-        return subparsers.add_parser(
-            name, help=help_text, description=help_text, epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-
-    sub = make("dump", DUMP_HELP, DUMP_EPILOG)
-    sub.add_argument("file", metavar="FILE", nargs="?", default="-",
-                     help="where to write; '-' or nothing: stdout")
-    sub.add_argument("--prefix", default="", help="only keys that start with PREFIX")
-    sub.add_argument("--exact", action="store_true",
-                     help="write every value as base64, byte for byte")
-    sub.add_argument("--page-size", type=_positive_int, default=DEFAULT_PAGE_SIZE,
-                     metavar="N", help="keys per listing request (default: %(default)s)")
-    sub.add_argument("--attempts", type=_positive_int, default=DEFAULT_ATTEMPTS, metavar="N",
-                     help="listings to try while the store keeps changing (default: %(default)s)")
-
-    sub = make("load", LOAD_HELP, LOAD_EPILOG)
-    sub.add_argument("file", metavar="FILE", nargs="?", default="-",
-                     help="JSON lines from `kvtwist dump`; '-' or nothing: stdin")
-    sub.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
-                     help="keys per batch request, at most (default: %(default)s)")
-    sub.add_argument("--checkpoint", metavar="PATH",
-                     help="the resume file (default: FILE.checkpoint; none for stdin)")
-    sub.add_argument("--no-checkpoint", action="store_true",
-                     help="keep no checkpoint (the load cannot resume)")
-    sub.add_argument("--restart", action="store_true",
-                     help="ignore an existing checkpoint and start at the first line")
-    sub.add_argument("--retries", type=_count, default=DEFAULT_RETRIES, metavar="N",
-                     help="retries of a batch after a conflict or 503 (default: %(default)s)")
-    sub.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
-                     metavar="N", help="batches in flight at once (default: %(default)s)")
-    progress = sub.add_mutually_exclusive_group()
-    progress.add_argument("--progress", action="store_true", default=None,
-                          help="always show the progress bar")
-    progress.add_argument("--no-progress", action="store_false", dest="progress",
-                          help="never show it")
-
-
-def _streams(inv: Any) -> Tuple[TextIO, TextIO]:
-    """The invocation's output streams (C{sys}'s if it has none)."""
-    out = getattr(inv, "out", None)
-    err = getattr(inv, "err", None)
-    return out if out is not None else sys.stdout, err if err is not None else sys.stderr
-
-
-class _Timed:
-    """A treq-like client whose every request gives up after C{timeout} s."""
-
-    def __init__(self, http: Any, timeout: float, clock: Any) -> None:
-        self._http = http
-        self._timeout = timeout
-        self._clock = clock
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred:
-        return client.with_timeout(
-            self._http.request(method, url, **kwargs), self._timeout, self._clock
-        )
-
-
-def _reactor(inv: Any) -> Any:
-    """
-    The invocation's reactor (the clock of TTLs, pauses and timeouts), else
-    the global one: C{kvtwist.cli}'s invocations do not carry theirs.
-    """
-    reactor = getattr(inv, "reactor", None)
-    if reactor is None:
-        from twisted.internet import reactor
-    return reactor
-
-
-def _client_for(inv: Any) -> Any:
-    """
-    The invocation's client, with C{--timeout} (default
-    L{DEFAULT_REQUEST_TIMEOUT}; 0: none) applied to each request: a dump or
-    load may run much longer than any one request should, so the command
-    as a whole has no timeout.
-    """
-    timeout = getattr(inv.args, "timeout", None)
-    if timeout is None:
-        timeout = DEFAULT_REQUEST_TIMEOUT
-    return _Timed(inv.http, timeout, _reactor(inv)) if timeout else inv.http
-
-
-class _TextSink:
-    """A binary sink over a text stream (a test's StringIO)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, data: bytes) -> int:
-        self._stream.write(data.decode("utf-8"))
-        return len(data)
-
-
-def start_dump(inv: Any) -> Deferred:
-    """
-    The C{dump} command: checks at once (C{ValueError} for a FILE whose
-    directory does not exist), then dumps.
-    """
-    args = inv.args
-    out, _ = _streams(inv)
-    http = _client_for(inv)
-    options = dict(prefix=args.prefix, page_size=args.page_size, attempts=args.attempts,
-                   exact=args.exact, token=inv.token, clock=_reactor(inv))
-    if args.file == "-":
-        buffer = getattr(out, "buffer", None)
-        sink: Any = buffer if buffer is not None else _TextSink(out)
-        if buffer is not None:
-            out.flush()
-        d = dump(http, inv.url, sink, **options)
-
-        def written(result: Dict[str, Any]) -> Dict[str, Any]:
-            if buffer is not None:
-                buffer.flush()
-            return dict(result, file=None)
-
-        return d.addCallback(written)
-    check_directory(args.file)
-    return Deferred.fromCoroutine(_dump_to_file(http, inv.url, args.file, options))
-
-
-async def _dump_to_file(http: Any, url: str, path: str, options: Dict[str, Any]) -> Dict[str, Any]:
-    result = await write_whole(path, lambda f: dump(http, url, f, **options))
-    return dict(result, file=path)
-
-
-def show_dump(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
-    """Report a dump: on stderr when the dump itself went to stdout."""
-    if result.get("file") is None:
-        err.write("kvtwist: dumped %d keys at revision %s\n" % (result["keys"], result["revision"]))
-    elif output == "json":
-        out.write(json.dumps(result, ensure_ascii=False) + "\n")
-    else:
-        out.write("dumped %d keys at revision %s to %s\n"
-                  % (result["keys"], result["revision"], result["file"]))
-
-
-def _open_source(inv: Any) -> Tuple[BinaryIO, Optional[str]]:
-    """
-    The load's input as a seekable binary stream, and its path (L{None}
-    for stdin, which is copied to a temporary file first: the input is
-    checked whole before anything is sent).
-
-    @raise ValueError: if it cannot be read.
-    """
-    path = inv.args.file
-    if path != "-":
-        try:
-            return open(path, "rb"), path
-        except OSError as e:
-            raise ValueError("cannot read %s: %s" % (path, e.strerror or e))
-    stream = inv.stdin if inv.stdin is not None else getattr(sys.stdin, "buffer", None)
-    if stream is None:
-        raise ValueError("there is no stdin to read")
-    copy = tempfile.TemporaryFile()
-    try:
-        while True:
-            chunk = stream.read(1024 * 1024)
-            if not chunk:
-                break
-            copy.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
-    except OSError as e:
-        copy.close()
-        raise ValueError("cannot read stdin: %s" % (e.strerror or e,))
-    copy.seek(0)
-    return copy, None  # type: ignore[return-value]
-
-
-def start_load(inv: Any) -> Deferred:
-    """
-    The C{load} command: reads and checks the whole input and the
-    checkpoint at once (C{ValueError}s: bad lines, a checkpoint for another
-    input), then loads with a progress bar on stderr.
-    """
-    from tqdm import tqdm
-
-    args = inv.args
-    _, err = _streams(inv)
-    source, path = _open_source(inv)
-    try:
-        counts = scan(source)
-        if args.no_checkpoint:
-            checkpoint = None
-        elif args.checkpoint is not None:
-            checkpoint = args.checkpoint
-        else:
-            checkpoint = None if path is None else path + ".checkpoint"
-        show = args.progress
-        if show is None:
-            show = bool(getattr(err, "isatty", lambda: False)())
-        bar = tqdm(total=counts["records"], unit="key", desc="load", file=err,
-                   disable=not show, dynamic_ncols=True)
-        try:
-            d = load(_client_for(inv), inv.url, source, batch=args.batch,
-                     checkpoint=checkpoint, restart=args.restart, retries=args.retries,
-                     concurrency=args.concurrency, token=inv.token, clock=_reactor(inv), on_progress=bar.update)
-        except BaseException:
-            bar.close()
-            raise
-    except BaseException:
-        source.close()
-        raise
-
-    def finished(result: Any) -> Any:
-        bar.close()
-        source.close()
-        return result
-
-    return d.addBoth(finished)
-
-
-def show_load(out: TextIO, err: TextIO, output: str, result: Dict[str, Any]) -> None:
-    """Report a load on stdout."""
-    if output == "json":
-        out.write(json.dumps(result) + "\n")
-        return
-    line = "loaded %d keys in %d transactions" % (result["loaded"], result["transactions"])
-    if result["revision"] is not None:
-        line += " (revision %s)" % (result["revision"],)
-    if result["resumed_at_line"]:
-        line += ", resumed after line %d" % (result["resumed_at_line"],)
-    if result["expired"]:
-        line += ", %d expired keys skipped" % (result["expired"],)
-    out.write(line + "\n")
-
-
-def _dump_interrupted(args: argparse.Namespace) -> str:
-    if args.file == "-":
-        return "nothing was written"
-    return "%s was left as it was" % (args.file,)
-
-
-def _load_interrupted(args: argparse.Namespace) -> str:
-    if args.no_checkpoint or (args.file == "-" and args.checkpoint is None):
-        return ("the batches committed so far stay; run it again to load everything "
-                "(loading is idempotent)")
-    return "run again to resume"
-
-
-#: command -> what an interrupted run says it left (after "interrupted; ").
-INTERRUPTED: Dict[str, Callable[[argparse.Namespace], str]] = {
-    "dump": _dump_interrupted,
-    "load": _load_interrupted,
-}
-
-#: command -> (start, show), the shape of C{kvtwist.cli}'s command table.
-COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {
-    "dump": (start_dump, show_dump),
-    "load": (start_load, show_load),
-}

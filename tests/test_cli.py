@@ -525,15 +525,15 @@ class UnixTargetTests(SynchronousTestCase):
 
     def test_targets(self) -> None:
         """http+unix URLs carry the socket; --unix-socket wins; the path prefix is kept."""
-        from kvtwist.cli import _base_url, _unix_target
+        from kvtwist.cli.connection import base_url, unix_target
 
-        self.assertEqual(_unix_target(_base_url("http+unix://%2Frun%2Fkv.sock/pre"), None),
+        self.assertEqual(unix_target(base_url("http+unix://%2Frun%2Fkv.sock/pre"), None),
                          ("http://localhost/pre", "/run/kv.sock"))
-        self.assertEqual(_unix_target("http://127.0.0.1:8080/p", "/tmp/s"),
+        self.assertEqual(unix_target("http://127.0.0.1:8080/p", "/tmp/s"),
                          ("http://127.0.0.1:8080/p", "/tmp/s"))
-        self.assertEqual(_unix_target(_base_url("http+unix://%2Fa/"), "/b"),
+        self.assertEqual(unix_target(base_url("http+unix://%2Fa/"), "/b"),
                          ("http://localhost/", "/b"))
-        self.assertEqual(_unix_target("http://h:1", None), ("http://h:1", None))
+        self.assertEqual(unix_target("http://h:1", None), ("http://h:1", None))
 
     def test_bad_unix_url(self) -> None:
         """An http+unix URL without a socket is a usage error (exit 2)."""
@@ -542,6 +542,28 @@ class UnixTargetTests(SynchronousTestCase):
                  stderr=err, environ={})
         self.assertEqual(self.failureResultOf(d, SystemExit).value.code, 2)
         self.assertIn("http+unix://%2Fpath%2Fto.sock", err.getvalue())
+
+
+class CommandTableTests(SynchronousTestCase):
+    """The parser's subcommands and the runner's table of L{Command}s agree."""
+
+    def test_every_subcommand_has_its_command(self) -> None:
+        """
+        Each subcommand the parser accepts has a Command to run (but
+        completion, which the runner answers from the parser), and each
+        Command has its subcommand.
+        """
+        import argparse
+
+        from kvtwist.cli.commands import COMMANDS, GROUPS
+        from kvtwist.cli.invocation import Command
+        from kvtwist.cli.parser import build_parser
+
+        parser = build_parser(io.StringIO(), io.StringIO(), GROUPS)
+        [subcommands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        self.assertEqual(set(subcommands.choices) - {"completion"}, set(COMMANDS))
+        for name, command in COMMANDS.items():
+            self.assertIsInstance(command, Command, name)
 
 
 class CompletionTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{kvtwist.dumpload}: the record format, C{dump} at one revision,
+Tests for L{kvtwist.dumpload} and L{kvtwist.dumpformat}: the record format, C{dump} at one revision,
 C{load} in batches with its checkpoint, and the command glue; in
 memory through C{StubTreq}, then end to end against the real C{twistd
 kvcache} with the commands run as subprocesses, including a load killed
@@ -25,8 +25,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist import client, dumpload, wire
-from kvtwist.dumpload import CheckpointMismatch, DumpFormatError, Record, parse_record
+from kvtwist import client, dumpformat, dumpload, wire
+from kvtwist.dumpformat import DumpFormatError, Record, parse_record
+from kvtwist.dumpload import CheckpointMismatch
 from kvtwist.errors import StoreUnavailable
 from kvtwist.limits import Limits
 from kvtwist.model import Put
@@ -162,11 +163,11 @@ class RecordTests(SynchronousTestCase):
         item = {"key": "a", "value": {"x": 1}, "content_type": "application/json",
                 "expires": None, "size": 7, "mod_revision": 3}
         self.assertEqual(
-            json.loads(dumpload.record_line(item)),
+            json.loads(dumpformat.record_line(item)),
             {"key": "a", "value": {"x": 1}, "content_type": "application/json", "expires": None},
         )
         self.assertEqual(
-            json.loads(dumpload.record_line(item, exact_value=b'{"x": 1}')),
+            json.loads(dumpformat.record_line(item, exact_value=b'{"x": 1}')),
             {"key": "a", "value_base64": base64.b64encode(b'{"x": 1}').decode(),
              "content_type": "application/json", "expires": None},
         )
@@ -579,7 +580,7 @@ class ResumeTests(MemoryTestCase):
 
 
 class GlueTests(MemoryTestCase):
-    """The command glue: C{kvtwist dump} and C{kvtwist load} through L{kvtwist.cli.main}."""
+    """The command glue (L{kvtwist.cli.commands.dumpload}): C{kvtwist dump} and C{kvtwist load} through L{kvtwist.cli.main}."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -681,10 +682,11 @@ class GlueTests(MemoryTestCase):
         With the kvtwist CLI's subcommand factory, the subcommands are made
         by it (and so get its hidden global options).
         """
-        from kvtwist import cli
+        from kvtwist.cli.commands import dumpload as dumpload_commands
+        from kvtwist.cli.parser import Parser
 
         out, err = io.StringIO(), io.StringIO()
-        parser = cli._Parser(prog="kvtwist", out=out, err=err)
+        parser = Parser(prog="kvtwist", out=out, err=err)
         commands = parser.add_subparsers(dest="command")
         made = []
 
@@ -692,7 +694,7 @@ class GlueTests(MemoryTestCase):
             made.append(name)
             return commands.add_parser(name, help=help_text, out=out, err=err)
 
-        dumpload.add_dump_load_commands(commands, command)
+        dumpload_commands.add_commands(command)
         self.assertEqual(made, ["dump", "load"])
         args = parser.parse_args(["load", "f", "--batch", "5", "--no-progress"])
         self.assertEqual((args.file, args.batch, args.progress), ("f", 5, False))

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 SIGINT and SIGTERM for the C{kvtwist} command: a signal stops the command
 the way a failure would, so that its clean-up runs (temporary files
@@ -5,8 +6,8 @@ removed, a load's checkpoint kept) and it exits 128 + the signal's number
 (130, 143) with a word on stderr, instead of the reactor stopping under
 it and the command exiting 0 as if it had finished.
 
-L{Interrupts} is installed by the console script (L{kvtwist.cli.run}) and
-handed to L{kvtwist.cli.main}, which calls L{Interrupts.guard} with the
+L{Interrupts} is installed by the console script (L{kvtwist.cli.runner.run}) and
+handed to L{kvtwist.cli.runner.main}, which calls L{Interrupts.guard} with the
 command's Deferred once it is running. Twisted installs its own SIGINT and
 SIGTERM handlers (which stop the reactor) when the reactor starts, so the
 script installs these again once it runs.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli_coordination -*-
 """
 The C{kvtwist} subcommands for leases, locks and elections:
 
@@ -18,9 +19,8 @@ line when it leads; it stays leader until stopped (SIGINT, SIGTERM: it
 resigns, so the next candidate leads at once, and exits 0: a signal is
 how it ends, as for C{watch}) or until its lease is lost (exit 1).
 
-Like L{kvtwist.dumpload}, this module adds its subcommands to the CLI's
-parser (L{add_coordination_commands}) and gives their handlers
-(L{COMMANDS}); none of them is cut off by the default C{--timeout}.
+None of them is cut off by the default C{--timeout}: C{lock} runs as long
+as CMD, C{elect} as long as it leads.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import json
 import os
 import shutil
 import socket
-from typing import Any, Callable, Dict, List, TextIO, Tuple
+from typing import Any, Dict, List, TextIO, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
 
 from kvtwist import client
+from kvtwist.cli.invocation import Command, CommandFactory, Invocation, show_nothing, untimed
 from kvtwist.client.election import Election
 from kvtwist.client.lease import LeaseLost
 from kvtwist.client.lock import Lock
@@ -58,11 +59,8 @@ def _positive(text: str) -> float:
     return int(value) if value.is_integer() else value
 
 
-def add_coordination_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """
-    Add C{lease}, C{lock} and C{elect} through the CLI's subcommand factory
-    C{command(name, help, epilog)}.
-    """
+def add_commands(command: CommandFactory) -> None:
+    """Add C{lease}, C{lock} and C{elect} through the parser's subcommand factory."""
     sub = command(
         "lease", "grant, renew, revoke or show a lease",
         "  lease grant TTL     print {id, ttl} (text: the id)\n"
@@ -103,7 +101,7 @@ def _lease_id(text: str) -> int:
     return int(text)
 
 
-def _start_lease(inv: Any) -> Deferred:
+def _start_lease(inv: Invocation) -> Deferred:
     action, argument = inv.args.action, inv.args.argument
     if action == "grant":
         return client.grant(inv.http, inv.url, _positive_ttl(argument), token=inv.token)
@@ -171,7 +169,7 @@ def _lock_arguments(arguments: List[str]) -> Tuple[argparse.Namespace, List[str]
     return options, command
 
 
-def _start_lock(inv: Any) -> Deferred:
+def _start_lock(inv: Invocation) -> Deferred:
     # Arguments are checked at once, before any I/O (a usage error: exit 2).
     options, command = _lock_arguments(list(inv.args.arguments))
     executable = shutil.which(command[0])
@@ -181,7 +179,7 @@ def _start_lock(inv: Any) -> Deferred:
 
 
 async def _run_locked(
-    inv: Any, args: argparse.Namespace, executable: str, command: List[str]
+    inv: Invocation, args: argparse.Namespace, executable: str, command: List[str]
 ) -> int:
     reactor = inv.reactor
     lock = Lock(
@@ -189,18 +187,25 @@ async def _run_locked(
         value=("%s:%d" % (socket.gethostname(), os.getpid())).encode("utf-8"),
     )
     await lock.acquire()
+    fencing = lock.fencing_revision
+    assert fencing is not None  # acquire() sets it
     child = _Child()
     try:
         env = dict(
             os.environ,
             KVTWIST_LOCK_KEY=lock.key or "",
-            KVTWIST_FENCING_REVISION="%d" % (lock.fencing_revision,),
+            KVTWIST_FENCING_REVISION="%d" % (fencing,),
         )
         process = reactor.spawnProcess(
             child, executable, command, env=env, childFDs={0: 0, 1: 1, 2: 2}
         )
         lost: Deferred = Deferred()
-        lock.lost.addCallback(lambda error: lost.callback(error) or error)
+
+        def forward(error: Any) -> Any:
+            lost.callback(error)
+            return error
+
+        lock.lost.addCallback(forward)
         await DeferredList([child.ended, lost], fireOnOneCallback=True, consumeErrors=True)
         if not child.ended.called:
             inv.err.write("kvtwist: the lock %s was lost; stopping the command\n" % (args.name,))
@@ -227,11 +232,11 @@ def _show_exit(out: TextIO, err: TextIO, output: str, code: int) -> None:
         raise SystemExit(code)
 
 
-async def _campaign(inv: Any) -> None:
+async def _campaign(inv: Invocation) -> None:
     args, reactor = inv.args, inv.reactor
     election = Election(inv.http, inv.url, args.name, reactor=reactor, ttl=args.ttl, token=inv.token)
     await election.campaign(args.value.encode("utf-8"))
-    if inv.args.output == "text":
+    if inv.output == "text":
         inv.out.write("leading %s as %s\n" % (args.name, args.value))
     else:
         inv.out.write(json.dumps({"name": args.name, "leading": True, "value": args.value,
@@ -245,7 +250,7 @@ async def _campaign(inv: Any) -> None:
     raise error if isinstance(error, LeaseLost) else LeaseLost(str(error))
 
 
-def _start_elect(inv: Any) -> Deferred:
+def _start_elect(inv: Invocation) -> Deferred:
     d = Deferred.fromCoroutine(_campaign(inv))
 
     def lost(reason: Any) -> None:
@@ -256,17 +261,11 @@ def _start_elect(inv: Any) -> Deferred:
     return d.addErrback(lost)
 
 
-#: command -> (start, show), the shape of C{kvtwist.cli}'s command table.
-COMMANDS: Dict[str, Tuple[Callable[[Any], Deferred], Callable[..., None]]] = {
-    "lease": (_start_lease, _show_lease),
-    "lock": (_start_lock, _show_exit),
-    "elect": (_start_elect, lambda out, err, output, result: None),
+COMMANDS: Dict[str, Command] = {
+    "lease": Command(_start_lease, _show_lease),
+    "lock": Command(_start_lock, _show_exit, untimed),
+    # A signal is how a leader steps down: it resigns, then exits 0.
+    "elect": Command(_start_elect, show_nothing, untimed, ended_by_signal=True),
 }
 
-#: The subcommands that run as long as they need (no default timeout).
-UNTIMED = ("lock", "elect")
-
-#: The subcommands a signal ends normally: C{elect} resigns and exits 0.
-ENDED_BY_SIGNAL = ("elect",)
-
-__all__ = ["add_coordination_commands", "COMMANDS", "ENDED_BY_SIGNAL", "UNTIMED"]
+__all__ = ["COMMANDS", "DEFAULT_GRACE", "DEFAULT_TTL", "add_commands"]
