@@ -442,7 +442,7 @@ class TimedStore:
     def commit_with(self, ops, checks, rider) -> Deferred:
         """
         An etcd store's commit that also carries a transaction's own keys
-        (L{kvtwist.store.etcd_store.EtcdStore.commit_with}, how transactions
+        (L{kvtwist.store.etcd.store.EtcdStore.commit_with}, how transactions
         kept in etcd commit), counted and timed as L{commit} is.
         """
         return self._timed(self._clock.seconds(), self.store.commit_with(ops, checks, rider))

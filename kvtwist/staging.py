@@ -5,7 +5,7 @@ until it is committed.
 Staged writes live in memory on the reactor thread. In one process they are
 volatile by design: a restart loses them (only commits are durable). On
 etcd, the staging area is a node's copy of what etcd holds
-(L{kvtwist.store.etcd_transactions}).
+(L{kvtwist.store.etcd.transactions}).
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ from kvtwist.owner import ListeningSockets, Owner, OwnerProbes, Supervisor, Work
 from kvtwist.service import DataLockService, GracefulSignals, StoreService, store_thread_pool
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.datalock import DataDirectoryBusy
-from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
-from kvtwist.store.etcd_store import EtcdStore
-from kvtwist.store.etcd_transactions import EtcdTransactions
+from kvtwist.store.etcd.store import EtcdStore
+from kvtwist.store.etcd.tls import EtcdCredentials, EtcdTLS
+from kvtwist.store.etcd.transactions import EtcdTransactions
 from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_dir
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager

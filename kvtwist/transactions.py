@@ -15,7 +15,7 @@ The seed's shared queue is a transaction too, one that records nothing
 These transactions live in memory on the reactor thread; they are volatile,
 and idle ones expire after C{Limits.txn_timeout} seconds of the injected
 clock. Several nodes on etcd share theirs through etcd instead
-(L{kvtwist.store.etcd_transactions}); both implement
+(L{kvtwist.store.etcd.transactions}); both implement
 L{kvtwist.interfaces.ITransactionManager}.
 """
 

@@ -796,7 +796,7 @@ class ModelOnEtcd:
         """An open L{EtcdStore} on the test's etcd under C{prefix}."""
         from twisted.internet import reactor
 
-        from kvtwist.store.etcd_store import EtcdStore
+        from kvtwist.store.etcd.store import EtcdStore
 
         def opened():
             store = EtcdStore(self.cluster.client_urls, reactor, prefix=prefix, clock=clock)

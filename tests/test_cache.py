@@ -410,7 +410,7 @@ class ResetTests(SynchronousTestCase):
 
     def test_cache_bypassed_while_watch_is_down(self):
         """While the watch is down the cache neither answers nor fills."""
-        from kvtwist.store.etcd_store import WatchReset
+        from kvtwist.store.etcd.watchloop import WatchReset
 
         inner = MemoryStore()
         resets = []

@@ -1112,7 +1112,7 @@ class EtcdSecurityOptionTests(FileMixin, SynchronousTestCase):
 
     def test_store_built_with_tls_and_credentials(self):
         """makeService gives the etcd store https endpoints, the TLS policy and the credentials; an unreadable CA stops startup."""
-        from kvtwist.store.etcd_store import EtcdStore
+        from kvtwist.store.etcd.store import EtcdStore
         from kvtwist.tap import open_etcd_store
         from tests.etcd import make_pki
 

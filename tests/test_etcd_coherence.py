@@ -37,7 +37,8 @@ from twisted.trial.unittest import TestCase
 from kvtwist.errors import ConflictError, StoreUnavailable
 from kvtwist.model import Check, CommitResult, Delete, Put
 from kvtwist.store.cache import CachedStore
-from kvtwist.store.etcd_store import EtcdStore, WatchReset
+from kvtwist.store.etcd.store import EtcdStore
+from kvtwist.store.etcd.watchloop import WatchReset
 from tests.etcd import EtcdCluster, etcd_available, wait_for
 from tests.store_contract import ExpectFailure
 

@@ -33,8 +33,8 @@ import tests.test_store_etcd as plain
 from kvtwist.config import file_layer
 from kvtwist.errors import StoreUnavailable
 from kvtwist.model import Check, Put
-from kvtwist.store.etcd_gateway import EtcdCredentials, EtcdTLS
-from kvtwist.store.etcd_store import EtcdStore
+from kvtwist.store.etcd.store import EtcdStore
+from kvtwist.store.etcd.tls import EtcdCredentials, EtcdTLS
 from tests.e2e import ServerProcess, http_request, start_server, temp_dir
 from tests.etcd import EtcdCluster, etcd_available, make_pki, refused_port, wait_for
 from tests.store_contract import ExpectFailure, contract
@@ -304,7 +304,7 @@ class ExpiringTokenTests(SecureEtcdTestCase):
         self.assertTrue(store.watching)
         heard = []
         store.add_listener(heard.append)
-        store._watch_stream.abort("the test drops the watch")
+        store.watch_loop.stream.abort("the test drops the watch")
         await wait_for(lambda: not store.watching, "the watch to be reported lost")
         await wait_for(lambda: store.watching, "the watch to run again")
         self.assertEqual(store.gateway.authentications, 4)

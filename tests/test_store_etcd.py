@@ -1,5 +1,5 @@
 """
-The store contract run against L{kvtwist.store.etcd_store.EtcdStore} on a
+The store contract run against L{kvtwist.store.etcd.store.EtcdStore} on a
 real one-member etcd, plus what only the etcd store has: its key and value
 encoding, etcd's transaction limits, leases for expiring keys, failover
 between endpoints, answers lost on the way back, concurrent writers, the
@@ -34,15 +34,11 @@ from twisted.web.resource import Resource
 
 from kvtwist.errors import ConflictError, LeaseNotFound, LimitExceeded, StoreCorrupt, StoreUnavailable
 from kvtwist.model import Change, Check, CommitResult, Delete, Entry, Expire, Put
-from kvtwist.store.etcd_store import (
-    EtcdError,
-    EtcdStore,
-    WatchReset,
-    _WatchStream,
-    decode_value,
-    encode_value,
-    prefix_end,
-)
+from kvtwist.store.etcd.codec import decode_value, encode_value, prefix_end
+from kvtwist.store.etcd.errors import EtcdError
+from kvtwist.store.etcd.store import EtcdStore
+from kvtwist.store.etcd.stream import WatchStream
+from kvtwist.store.etcd.watchloop import WatchReset
 from tests.etcd import EtcdCluster, WatchGate, etcd_available, refused_port, wait_for
 from tests.store_contract import ExpectFailure, StoreContract, contract
 
@@ -168,7 +164,7 @@ class EncodingTests(SynchronousTestCase):
 
     def test_transaction_records_keep_leases(self):
         """A staged put's lease survives its transaction record; a put without one has none."""
-        from kvtwist.store.etcd_transactions import decode_record, encode_record
+        from kvtwist.store.etcd.transactions import decode_record, encode_record
 
         ops = [Put("a", b"1", "text/plain", None, 7), Put("b", b"22"), Delete("c")]
         decoded, _, _ = decode_record(encode_record(ops, {}, []))
@@ -187,6 +183,17 @@ class EncodingTests(SynchronousTestCase):
             b"\x80\x04\x95pickle\n",
         ]:
             self.assertRaises(StoreCorrupt, decode_value, "k", data)
+
+    def test_base64_is_strict(self):
+        """
+        Every base64 field of etcd's answers is decoded strictly: bytes outside
+        the alphabet or wrong padding are refused, not read as other bytes.
+        """
+        from kvtwist.store.etcd.codec import b64 as encode, unb64 as decode
+
+        self.assertEqual(decode(encode(b"\x00\xffkey")), b"\x00\xffkey")
+        for text in ["a2V5\n", "a2V5!", "a2V", "é"]:
+            self.assertRaises(ValueError, decode, text)
 
     def test_prefix_end(self):
         """The range end of a prefix is the first key past every key under it."""
@@ -211,20 +218,20 @@ class ListenerOrderTests(SynchronousTestCase):
 
         # Two commits sent after revision 10 was seen: they get 11 and 12 in
         # some order; the one answered first (12) must wait for the other.
-        store._unsettled = {1: 10, 2: 10}
-        second = store._settle(2, [result(12)])
+        store.delivery.unsettled = {1: 10, 2: 10}
+        second = store.delivery.settle(2, [result(12)])
         self.assertEqual(heard, [])
         self.assertNoResult(second)
-        first = store._settle(1, [result(11)])
+        first = store.delivery.settle(1, [result(11)])
         self.assertEqual(heard, [11, 12])
         self.successResultOf(first)
         self.successResultOf(second)
         # A commit sent after 12 was seen cannot precede 13.
-        store._unsettled = {3: 12}
-        self.successResultOf(store._settle(4, [result(13)]))
+        store.delivery.unsettled = {3: 12}
+        self.successResultOf(store.delivery.settle(4, [result(13)]))
         self.assertEqual(heard, [11, 12, 13])
         # Results that changed nothing are not heard.
-        self.successResultOf(store._settle(3, [CommitResult(13, ())]))
+        self.successResultOf(store.delivery.settle(3, [CommitResult(13, ())]))
         self.assertEqual(heard, [11, 12, 13])
 
 
@@ -281,14 +288,14 @@ class WatchDeliveryTests(SynchronousTestCase):
         self.store.add_listener(self.heard.append)
         self.store.add_reset_listener(self.resets.append)
         # What open() and a created watch would have set up.
-        self.store._watch_task = Deferred()
-        self.store._watch_live = True
+        self.store.watch_loop.task = Deferred()
+        self.store.watch_loop.live = True
         self.stream = self.new_stream()
 
     def new_stream(self):
-        stream = _WatchStream(self.store._watch_document)
+        stream = WatchStream(self.store.watch_loop.document)
         stream.makeConnection(FakeTransport())
-        self.store._watch_stream = stream
+        self.store.watch_loop.stream = stream
         return stream
 
     def feed(self, *events, header=None):
@@ -298,9 +305,9 @@ class WatchDeliveryTests(SynchronousTestCase):
 
     def own(self, revision, key="own"):
         """Settle one of the store's own commits at C{revision}; its waiter."""
-        self.store._unsettled[revision] = revision - 1
+        self.store.delivery.unsettled[revision] = revision - 1
         entry = Entry(key, b"mine", "text/plain", revision, revision, 1)
-        return self.store._settle(revision, [CommitResult(revision, (Change("put", key, entry, None),))])
+        return self.store.delivery.settle(revision, [CommitResult(revision, (Change("put", key, entry, None),))])
 
     def test_events_grouped_per_revision(self):
         """
@@ -356,7 +363,7 @@ class WatchDeliveryTests(SynchronousTestCase):
         When the watch delivers an own commit before its answer arrives, the
         answer only wakes the committer: listeners hear the revision once.
         """
-        self.store._unsettled[99] = 4
+        self.store.delivery.unsettled[99] = 4
         self.feed(watch_put("own", 5), header=5)
         self.assertEqual([r.revision for r in self.heard], [5])
         waiter = self.own(5)
@@ -369,8 +376,8 @@ class WatchDeliveryTests(SynchronousTestCase):
         skips them, and another client's change below them is reported as lost
         history, not delivered out of order.
         """
-        self.store._watch_seen = self.store._delivered = 4
-        self.store._watch_lost("test")
+        self.store.watch_loop.seen = self.store.delivery.delivered = 4
+        self.store.watch_loop.lost("test")
         self.assertEqual(
             self.resets, [WatchReset(False, False, 4, "the etcd watch was lost: test")]
         )
@@ -378,7 +385,7 @@ class WatchDeliveryTests(SynchronousTestCase):
         self.assertEqual([r.revision for r in self.heard], [7])
         # The watch comes back from revision 5 and replays 5..7.
         self.stream = self.new_stream()
-        self.store._watch_started("http://127.0.0.1:1", 5, "")
+        self.store.watch_loop.started("http://127.0.0.1:1", 5, "")
         self.assertEqual(self.resets[-1].watching, True)
         self.assertEqual(self.resets[-1].history_lost, False)
         self.assertEqual(self.resets[-1].revision, 4)
@@ -391,10 +398,10 @@ class WatchDeliveryTests(SynchronousTestCase):
 
     def test_resume_without_own_commits_loses_nothing(self):
         """A watch resumed after a loss delivers what it missed, in order, with no lost history."""
-        self.store._watch_seen = self.store._delivered = 4
-        self.store._watch_lost("test")
+        self.store.watch_loop.seen = self.store.delivery.delivered = 4
+        self.store.watch_loop.lost("test")
         self.stream = self.new_stream()
-        self.store._watch_started("http://127.0.0.1:1", 5, "")
+        self.store.watch_loop.started("http://127.0.0.1:1", 5, "")
         self.feed(watch_put("x", 5), watch_put("y", 6))
         self.assertEqual([r.revision for r in self.heard], [5, 6])
         self.assertEqual([r.history_lost for r in self.resets], [False, False])
@@ -412,7 +419,7 @@ class WatchDeliveryTests(SynchronousTestCase):
         self.assertIn("did not deliver revision 6 within 5s", self.stream.reason)
         self.assertNoResult(waiter)
         # The watch loop reports the loss when the connection is gone.
-        self.store._watch_lost(self.stream.reason)
+        self.store.watch_loop.lost(self.stream.reason)
         self.successResultOf(waiter)
         self.assertEqual([r.revision for r in self.heard], [6])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -451,7 +458,7 @@ class WatchDeliveryTests(SynchronousTestCase):
     def test_stream_reassembles_lines(self):
         """Documents split across reads, or several in one read, arrive whole, in order."""
         lines = []
-        stream = _WatchStream(lambda _, line: lines.append(json.loads(line)))
+        stream = WatchStream(lambda _, line: lines.append(json.loads(line)))
         stream.makeConnection(FakeTransport())
         created = {"result": {"header": {"revision": "3"}, "created": True}}
         data = json.dumps(created).encode() + b"\n" + json.dumps({"n": 1}).encode() + b"\n"
@@ -565,7 +572,7 @@ class GatewayAnswerTests(SynchronousTestCase):
 
 
 class EtcdLeaseTests(EtcdTestCase):
-    """Client leases are etcd leases (kvtwist.store.etcd_leases)."""
+    """Client leases are etcd leases (kvtwist.store.etcd.leases)."""
 
     @contract
     async def test_expiry_is_one_commit_of_expires_on_every_node(self):
@@ -885,7 +892,7 @@ class EtcdStoreTests(EtcdTestCase):
         """Refuse watches and end the running one; wait until it is reported lost."""
         gate.blocked = True
         count = len(resets)
-        store._watch_stream.abort("the test drops the watch")
+        store.watch_loop.stream.abort("the test drops the watch")
         await wait_for(lambda: len(resets) > count, "the watch to be reported lost")
         self.assertEqual(resets[-1].watching, False)
         self.assertFalse(store.watching)
@@ -982,7 +989,7 @@ class EtcdStoreTests(EtcdTestCase):
         store = await self.open_store([hung, live], timeout=0.5)
         self.assertEqual(store.active_endpoint, live)
         # Send the next request to the hung endpoint first again.
-        store._current = 0
+        store.gateway.current = 0
         before = await self.raw.revision()
         result = await store.commit([Put("a", b"1")], [Check.absent("a")])
         self.assertEqual(result.revision, before + 1)

@@ -1,7 +1,7 @@
 """
 The transaction contract run against both managers: the in-memory one
 (L{kvtwist.transactions.TransactionManager}) and the etcd one
-(L{kvtwist.store.etcd_transactions.EtcdTransactions}) on a real etcd; plus
+(L{kvtwist.store.etcd.transactions.EtcdTransactions}) on a real etcd; plus
 what only a shared manager can do: one transaction, or the seed's queue,
 used through several nodes at once.
 """
@@ -19,7 +19,7 @@ from kvtwist.errors import LimitExceeded, TransactionNotFound
 from kvtwist.limits import Limits
 from kvtwist.model import Check, Delete, Put
 from kvtwist.staging import staged_cost
-from kvtwist.store.etcd_transactions import (
+from kvtwist.store.etcd.transactions import (
     EtcdTransactions,
     decode_record,
     encode_record,
@@ -254,3 +254,35 @@ class RecordEncodingTests(SynchronousTestCase):
         for data in (b"", b"not json\n", b'{"ops":[["k","put"]],"obs":{},"pre":[]}\n'):
             with self.assertRaises(StoreUnavailable):
                 decode_record(data)
+
+
+class ConnectionTests(SynchronousTestCase):
+    """What the etcd transaction manager needs of the store, declared and checked."""
+
+    def test_store_provides_the_connection(self):
+        """The etcd store declares and provides everything the manager uses of it."""
+        from zope.interface.verify import verifyObject
+
+        from kvtwist.store.etcd.interfaces import IEtcdConnection
+        from kvtwist.store.etcd.store import EtcdStore
+
+        store = EtcdStore(["http://127.0.0.1:1"], Clock())
+        self.assertTrue(verifyObject(IEtcdConnection, store))
+
+    def test_wrapped_store_is_accepted(self):
+        """A wrapper that passes the store through (kvcache's timed store) is accepted."""
+        from kvtwist.metrics import Metrics, TimedStore
+        from kvtwist.store.etcd.store import EtcdStore
+
+        clock = Clock()
+        store = EtcdStore(["http://127.0.0.1:1"], clock)
+        timed = TimedStore(store, Metrics(process=False), clock)
+        manager = EtcdTransactions(timed, clock, Limits())
+        self.assertEqual(len(manager), 0)
+
+    def test_store_without_the_connection_is_refused(self):
+        """A store lacking what the manager uses (a cache, a renamed method) fails at once."""
+        from zope.interface.exceptions import Invalid
+
+        with self.assertRaises(Invalid):
+            EtcdTransactions(MemoryStore(Clock()), Clock(), Limits())

@@ -628,7 +628,7 @@ class HistoryResetTests(SynchronousTestCase):
     def test_lost_history_moves_horizon(self):
         """After a reset with history lost, resuming from before it is a 410."""
         from kvtwist.errors import HistoryGone
-        from kvtwist.store.etcd_store import WatchReset
+        from kvtwist.store.etcd.watchloop import WatchReset
 
         store = MemoryStore()
         resets = []

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store_etcd -*-
 """
 The etcd store's history (L{kvtwist.interfaces.IHistoricalStore}) mapped
 onto etcd's own MVCC revisions: etcd keeps every revision until it is
@@ -26,7 +27,6 @@ compacted, so nothing is recorded by kvtwist.
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -34,12 +34,14 @@ from twisted.internet.defer import Deferred
 
 from kvtwist.errors import FutureRevision, RevisionCompacted, StoreUnavailable
 from kvtwist.model import CommitResult, Entry, Page
-from kvtwist.store.etcd_gateway import EtcdError, _Compacted, _describe
+from kvtwist.store.etcd.codec import b64, prefix_end
+from kvtwist.store.etcd.errors import Compacted, EtcdError, describe
+from kvtwist.store.etcd.stream import WatchStream
 from kvtwist.store.history import check_compactable, check_replayable
 from kvtwist.store.rules import live
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kvtwist.store.etcd_store import EtcdStore
+    from kvtwist.store.etcd.store import EtcdStore
 
 #: Seconds a replay watch may stay silent before it is taken to have
 #: delivered everything up to C{upto} (etcd sends a resumed watch's past
@@ -89,9 +91,9 @@ class EtcdHistory:
         try:
             await store.call(
                 "/v3/kv/range",
-                {"key": _b64(store._key_prefix), "count_only": True, "revision": str(revision)},
+                {"key": b64(store.keys.data), "count_only": True, "revision": str(revision)},
             )
-        except _Compacted:
+        except Compacted:
             return False
         return True
 
@@ -120,7 +122,7 @@ class EtcdHistory:
         self._check_kept(revision)
         try:
             return await store.call(path, body)
-        except _Compacted:
+        except Compacted:
             raise await self._refused(revision)
         except EtcdError as e:
             if "future revision" in str(e):
@@ -133,7 +135,7 @@ class EtcdHistory:
         store = self._store
         if revision > store.revision:
             # Another node may have moved etcd on: learn its revision first.
-            await store._ping()
+            await store.refresh()
             if revision > store.revision:
                 raise FutureRevision(revision, store.revision)
         if revision < 1:
@@ -144,12 +146,12 @@ class EtcdHistory:
         document = await self.call_at(
             revision,
             "/v3/kv/range",
-            {"key": _b64(store._etcd_key(key)), "revision": str(revision)},
+            {"key": b64(store.keys.etcd_key(key)), "revision": str(revision)},
         )
         kvs = document.get("kvs") or []
         if not kvs:
             return None
-        return live(store._row(kvs[0]).entry, store.clock.seconds())
+        return live(store.keys.row(kvs[0]).entry, store.clock.seconds())
 
     async def list_at(
         self, prefix: str, after: Optional[str], limit: int, revision: int,
@@ -157,15 +159,15 @@ class EtcdHistory:
     ) -> Page:
         store = self._store
         if revision > store.revision:
-            await store._ping()
+            await store.refresh()
             if revision > store.revision:
                 raise FutureRevision(revision, store.revision)
         self._check_kept(revision)
         if revision < 1:
             return Page(revision, (), False)
         try:
-            return await store._list_once(prefix, after, limit, max_bytes, revision)
-        except _Compacted:
+            return await store.list_once(prefix, after, limit, max_bytes, revision)
+        except Compacted:
             raise await self._refused(revision)
 
     # -- compaction --------------------------------------------------------
@@ -173,13 +175,13 @@ class EtcdHistory:
     async def compact(self, revision: int) -> int:
         store = self._store
         if revision > store.revision:
-            await store._ping()
+            await store.refresh()
         check_compactable(revision, store.revision)
         if revision <= self.compact_revision:
             return self.compact_revision
         try:
             await store.call("/v3/kv/compaction", {"revision": str(revision)}, write=True)
-        except _Compacted:
+        except Compacted:
             # Compacted further already (another node, etcdctl).
             await self.probe()
             return self.compact_revision
@@ -225,28 +227,26 @@ class _Replay:
         self._count = 0
         self._finished: Deferred = Deferred()
         self._quiet: Any = None
-        self._stream: Any = None
+        self._stream: Optional[WatchStream] = None
 
     async def run(self) -> List[CommitResult]:
-        from kvtwist.store.etcd_store import _WatchStream, prefix_end
-
         store = self._store
         body = {
             "create_request": {
-                "key": _b64(store._key_prefix),
-                "range_end": _b64(prefix_end(store._key_prefix)),
+                "key": b64(store.keys.data),
+                "range_end": b64(prefix_end(store.keys.data)),
                 "start_revision": str(self._after + 1),
                 "prev_kv": True,
             }
         }
-        reactor = store._reactor
+        reactor = store.reactor
         request = store.gateway.open_stream(store.active_endpoint, "/v3/watch", body)
         request.addTimeout(store.timeout, reactor)
         try:
             response, _ = await request
         except Exception as e:
-            raise StoreUnavailable("the history could not be read from etcd: %s" % (_describe(e),))
-        stream = _WatchStream(self._document)
+            raise StoreUnavailable("the history could not be read from etcd: %s" % (describe(e),))
+        stream = WatchStream(self._document)
         # Only its end matters here; an unanswered "created" is no error.
         stream.created.addErrback(lambda _: None)
         self._stream = stream
@@ -262,7 +262,7 @@ class _Replay:
         if not self._finished.called:
             raise StoreUnavailable("the history could not be read from etcd: %s" % (reason,))
         commits = [
-            _sorted(store._watch_result(revision, self._groups[revision]))
+            _sorted(store.watch_loop.result_of(revision, self._groups[revision]))
             for revision in sorted(self._groups)
         ]
         # Revisions that changed only lease anchors changed no kvtwist key.
@@ -272,12 +272,13 @@ class _Replay:
         if self._quiet is not None and self._quiet.active():
             self._quiet.reset(REPLAY_QUIET)
             return
-        self._quiet = self._store._reactor.callLater(REPLAY_QUIET, self._finish)
+        self._quiet = self._store.reactor.callLater(REPLAY_QUIET, self._finish)
 
     def _finish(self) -> None:
         if not self._finished.called:
             self._finished.callback(None)
-        self._stream.abort("the replay is complete")
+        if self._stream is not None:
+            self._stream.abort("the replay is complete")
 
     def _document(self, stream: Any, line: bytes) -> None:
         try:
@@ -311,6 +312,3 @@ def _sorted(result: CommitResult) -> CommitResult:
         result.revision, tuple(sorted(result.changes, key=lambda c: c.key.encode("utf-8")))
     )
 
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

@@ -1,57 +1,11 @@
+# -*- test-case-name: tests.test_store_etcd -*-
 """
-The HTTP transport between L{kvtwist.store.etcd_store.EtcdStore} and etcd's
-v3 JSON gateway (C{POST /v3/...}): the members' endpoints and which one is
-active, the one loop that goes round them (for requests and for the ping),
-TLS, the auth token, and what etcd's error answers mean.
-
-Endpoints
-=========
-Endpoints are base URLs of members' client ports, C{http://HOST:PORT} or
-C{https://HOST:PORT}, kept in the configured order. A request goes first to
-the active endpoint (the last one that answered; the first configured one at
-the start), so each node prefers the member its list starts with: give each
-node a list that starts with a different member to spread the load. IP
-addresses are connected to directly, so a dead member costs a refused
-connection, not Twisted's 0.3 s attempt delay (L{HostnameEndpoint}'s).
-
-Failover
-========
-L{EtcdGateway.call} tries the endpoints in turn from the active one. A
-request that surely did not reach etcd (connection refused, connect timeout,
-a failed TLS handshake, a member without a leader: every request asks etcd
-to refuse at once then, through the gRPC metadata C{hasleader}) or a read
-that failed in any way moves on to the next endpoint; requests go round the
-endpoints again (pausing briefly) until one timeout has passed, so an
-election or a member restart is not seen by clients. A write whose answer
-was lost (timeout, dropped connection, etcd's "request timed out") raises
-L{_Ambiguous} at once: only the caller can learn whether it applied. When no
-endpoint answers, or etcd has no leader, the call fails with
-L{StoreUnavailable} naming each endpoint's reason. L{EtcdGateway.ping} goes
-round the same loop, asking each member for its status.
-
-TLS
-===
-For C{https} endpoints every connection, the watch's included, is TLS
-through Twisted (L{optionsForClientTLS}): etcd's certificate must chain to
-the configured CA certificates (the platform's trust store without them) and
-name the endpoint's host (an IP address or DNS name in its subjectAltName);
-a client certificate and key are presented when configured (etcd's
-C{--client-cert-auth}). L{EtcdTLS} is that policy, an L{IPolicyForHTTPS}.
-
-Authentication
-==============
-With L{EtcdCredentials}, the gateway gets a token (C{POST
-/v3/auth/authenticate} with the user and password) before its first request,
-and sends it as the C{Authorization} header of every request and watch.
-When etcd refuses the token (it expired: simple tokens live
-C{--auth-token-ttl} seconds after their last use; it was revoked by a
-password change; etcd's auth revision moved on; or auth was enabled after
-kvtwist started without a token), the request was not applied: the gateway
-authenticates again, once, and repeats it. Concurrent requests share one
-authentication. Wrong credentials fail with L{StoreUnavailable} saying so,
-at once. If etcd's auth is disabled the credentials are not needed: a
-warning is logged and requests go without a token. The password is never
-logged, and neither is the token.
+The HTTP transport between L{kvtwist.store.etcd.store.EtcdStore} and
+etcd's v3 JSON gateway (C{POST /v3/...}): the members' endpoints and which
+one is active, the one loop that goes round them (for requests and for the
+ping), TLS, the auth token, and what etcd's error answers mean. How
+endpoints fail over, and how TLS and authentication behave, is in
+docs/etcd.md ("The gateway").
 
 Everything here runs on the reactor thread.
 """
@@ -59,9 +13,7 @@ Everything here runs on the reactor thread.
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
@@ -73,16 +25,8 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    KeyPair,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-    trustRootFromCertificates,
-)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -93,15 +37,25 @@ from zope.interface import implementer
 
 from kvtwist.errors import LimitExceeded, StoreUnavailable
 from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS
+from kvtwist.store.etcd.errors import (
+    GRPC_PERMISSION_DENIED,
+    GRPC_UNAUTHENTICATED,
+    Ambiguous,
+    Answered,
+    Compacted,
+    EtcdError,
+    LeaseGone,
+    NotSent,
+    TimedOut,
+    describe,
+    is_token_refusal,
+)
+from kvtwist.store.etcd.tls import EtcdCredentials, EtcdTLS
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MAX_TXN_OPS",
-    "EtcdCredentials",
-    "EtcdError",
     "EtcdGateway",
-    "EtcdTLS",
-    "is_token_refusal",
 ]
 
 log = Logger()
@@ -118,20 +72,6 @@ _RETRY_PAUSE = 0.25
 # etcd error messages that mean a write was refused before it was proposed,
 # so it surely did not apply.
 _SAFE_UNAVAILABLE = ("no leader", "too many requests")
-# etcd's answers to a token it does not accept (expired, revoked, from
-# before an auth change) or to a request without one while auth is on. The
-# request was refused before it was applied.
-_TOKEN_REFUSED = (
-    "invalid auth token",
-    "revision of auth store is old",
-    "user name is empty",
-    "code = Unauthenticated",
-)
-# gRPC status codes (etcd's gateway puts them in "code").
-_GRPC_DEADLINE_EXCEEDED = 4
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_UNAVAILABLE = 14
-_GRPC_UNAUTHENTICATED = 16
 
 # Failures of an HTTP request that happen before any byte was sent.
 _CONNECT_ERRORS = (net_error.ConnectError, net_error.DNSLookupError)
@@ -145,189 +85,6 @@ _HANDSHAKE_WORDS = (
     "unknown protocol",
     "packet length too long",
 )
-
-
-class EtcdError(Exception):
-    """
-    etcd answered with an error kvtwist does not expect (a bug or a
-    misconfiguration, not a client mistake): answered as a 500 and logged.
-    """
-
-
-# -- transport outcomes ---------------------------------------------------
-
-
-class _NotSent(Exception):
-    """The request surely did not reach etcd (or etcd refused it unapplied)."""
-
-
-class _Ambiguous(Exception):
-    """The request may or may not have been applied: its answer was lost."""
-
-
-class _TimedOut(_Ambiguous):
-    """No answer came within the request timeout."""
-
-
-class _Answered(Exception):
-    """
-    etcd answered with an error document.
-
-    @ivar code: the gRPC status code; @ivar message: etcd's message.
-    """
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    @property
-    def unavailable(self) -> bool:
-        """Whether etcd could not serve it now (no quorum, timeouts)."""
-        return (
-            self.code in (_GRPC_UNAVAILABLE, _GRPC_DEADLINE_EXCEEDED)
-            or self.status in (503, 504)
-        )
-
-
-class _Compacted(Exception):
-    """A read at a fixed revision found that revision compacted away."""
-
-
-class _LeaseGone(Exception):
-    """A put referred to a lease etcd no longer has."""
-
-
-def is_token_refusal(message: str) -> bool:
-    """
-    Whether etcd's error C{message} (or a watch's cancel reason) says it did
-    not accept the auth token, or wanted one: authenticating again may help.
-    """
-    return any(words in message for words in _TOKEN_REFUSED)
-
-
-# -- TLS and credentials ------------------------------------------------------
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.S
-)
-
-
-def _read_file(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError("cannot read the %s %s: %s" % (what, path, e.strerror or e))
-
-
-def _load_certificates(path: str, what: str) -> List[Certificate]:
-    """Every PEM certificate in the file at C{path}, in order."""
-    blocks = _PEM_CERTIFICATE.findall(_read_file(path, what))
-    if not blocks:
-        raise ValueError("the %s %s holds no PEM certificate" % (what, path))
-    try:
-        return [Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:
-        raise ValueError("the %s %s holds a certificate that cannot be read (%s)" % (what, path, e))
-
-
-def _load_key(path: str) -> KeyPair:
-    """The unencrypted PEM private key at C{path}."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from OpenSSL.crypto import PKey
-
-    data = _read_file(path, "etcd client key file")
-    try:
-        # cryptography never prompts for a passphrase (OpenSSL's default
-        # callback would, on twistd's terminal): an encrypted key fails here.
-        key = load_pem_private_key(data, password=None)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            "the etcd client key file %s holds no unencrypted PEM private key (%s)" % (path, e)
-        )
-    return KeyPair(PKey.from_cryptography_key(key))
-
-
-@implementer(IPolicyForHTTPS)
-class EtcdTLS:
-    """
-    How connections to etcd's members use TLS: etcd's certificate must chain
-    to C{authorities} (the platform's trust store when there are none) and
-    name the endpoint's host; C{client} is presented when given (etcd's
-    C{--client-cert-auth}), with C{chain} (intermediate certificates).
-
-    An L{IPolicyForHTTPS}: one connection creator per member, made once.
-    """
-
-    def __init__(
-        self,
-        authorities: Optional[Sequence[Certificate]] = None,
-        client: Optional[PrivateCertificate] = None,
-        chain: Sequence[Certificate] = (),
-    ) -> None:
-        self._trust = (
-            trustRootFromCertificates(list(authorities)) if authorities else platformTrust()
-        )
-        self._client = client
-        self._chain = [c.original for c in chain]
-        self._creators: Dict[Tuple[bytes, int], Any] = {}
-
-    @classmethod
-    def from_files(
-        cls, ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None
-    ) -> "EtcdTLS":
-        """
-        The policy from PEM files: C{ca} holds the CA certificates to trust
-        (all of them), C{cert} the client certificate followed by any
-        intermediates, C{key} its unencrypted private key.
-
-        @raise ValueError: naming the file that cannot be read or used, or a
-            key that does not belong to the certificate.
-        """
-        if (cert is None) != (key is None):
-            raise ValueError("an etcd client certificate needs its key, and a key its certificate")
-        authorities = _load_certificates(ca, "etcd CA file") if ca is not None else None
-        client = None
-        chain: List[Certificate] = []
-        if cert is not None and key is not None:
-            certificates = _load_certificates(cert, "etcd client certificate file")
-            pair = _load_key(key)
-            try:
-                # Builds an OpenSSL context, which checks that they match.
-                CertificateOptions(
-                    privateKey=pair.original, certificate=certificates[0].original
-                ).getContext()
-            except SSL.Error:
-                raise ValueError(
-                    "the etcd client key %s does not belong to the certificate %s" % (key, cert)
-                )
-            client = PrivateCertificate.fromCertificateAndKeyPair(certificates[0], pair)
-            chain = certificates[1:]
-        return cls(authorities, client, chain)
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        """The client connection creator for the member at C{hostname:port}."""
-        creator = self._creators.get((hostname, port))
-        if creator is None:
-            extra = {"extraCertChain": self._chain} if self._chain else None
-            creator = optionsForClientTLS(
-                hostname.decode("ascii"),
-                trustRoot=self._trust,
-                clientCertificate=self._client,
-                extraCertificateOptions=extra,
-            )
-            self._creators[(hostname, port)] = creator
-        return creator
-
-
-@dataclass(frozen=True)
-class EtcdCredentials:
-    """An etcd user and its password (which no repr or message shows)."""
-
-    user: str
-    password: str = field(repr=False)
 
 
 @implementer(IAgentEndpointFactory)
@@ -346,6 +103,7 @@ class _Endpoints:
 
     def endpointForURI(self, uri: Any) -> Any:
         host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
         if isIPAddress(host):
             endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
         elif isIPv6Address(host):
@@ -363,7 +121,7 @@ class _Endpoints:
 
 class EtcdGateway:
     """
-    The HTTP client of one etcd store (see the module docstring).
+    The HTTP client of one etcd store (see docs/etcd.md, "The gateway").
 
     @param endpoints: base URLs of members' client ports, in order of
         preference (C{"https://10.0.0.11:2379"}).
@@ -467,7 +225,7 @@ class EtcdGateway:
         Send one request, failing over between endpoints (see the module
         docstring); the endpoint that answers becomes the active one.
 
-        @raise _Ambiguous: a write's answer was lost.
+        @raise Ambiguous: a write's answer was lost.
         @raise StoreUnavailable: no endpoint could serve it, or etcd refused
             the credentials.
         @raise Exception: what L{translate} makes of any other error answer.
@@ -478,7 +236,7 @@ class EtcdGateway:
 
         try:
             return await self._rounds(attempt, write, _ROUNDS)
-        except _Answered as e:
+        except Answered as e:
             raise self.translate(e, body)
 
     async def ping(self, patient: bool = False) -> dict:
@@ -495,12 +253,12 @@ class EtcdGateway:
         async def status(endpoint: str) -> dict:
             try:
                 document = await self.request(endpoint, "/v3/maintenance/status", {})
-            except _Answered as e:
-                raise _NotSent(e.message)
+            except Answered as e:
+                raise NotSent(e.message)
             if document.get("errors"):
-                raise _NotSent("etcd reports: %s" % ("; ".join(map(str, document["errors"])),))
+                raise NotSent("etcd reports: %s" % ("; ".join(map(str, document["errors"])),))
             if str(document.get("leader", "0")) == "0":
-                raise _NotSent("etcdserver: no leader")
+                raise NotSent("etcdserver: no leader")
             return document
 
         return await self._rounds(status, False, _ROUNDS if patient else 1)
@@ -515,9 +273,9 @@ class EtcdGateway:
         connection that a restarted member closed, or an election, is over
         in a moment, and a client should not see it).
 
-        A failure that proves nothing was applied (L{_NotSent}, etcd's "no
+        A failure that proves nothing was applied (L{NotSent}, etcd's "no
         leader") moves on; so does any failure of a read. A write whose
-        answer was lost raises L{_Ambiguous} at once, so a write gets to the
+        answer was lost raises L{Ambiguous} at once, so a write gets to the
         end of a round only if no endpoint can have applied it, and may go
         round again as safely. Another error answer is raised as it is.
         """
@@ -536,20 +294,20 @@ class EtcdGateway:
                 endpoint = self.endpoints[index]
                 try:
                     result = await attempt(endpoint)
-                except _NotSent as e:
+                except NotSent as e:
                     reasons.append("%s: %s" % (endpoint, e))
                     continue
-                except _Ambiguous as e:
+                except Ambiguous as e:
                     if write:
                         self.current = (index + 1) % count
-                        raise _Ambiguous("%s: %s" % (endpoint, e))
+                        raise Ambiguous("%s: %s" % (endpoint, e))
                     reasons.append("%s: %s" % (endpoint, e))
                     continue
-                except _Answered as e:
+                except Answered as e:
                     if e.unavailable:
                         if write and not any(s in e.message for s in _SAFE_UNAVAILABLE):
                             self.current = (index + 1) % count
-                            raise _Ambiguous("%s: %s" % (endpoint, e.message))
+                            raise Ambiguous("%s: %s" % (endpoint, e.message))
                         reasons.append("%s: %s" % (endpoint, e.message))
                         continue
                     self.current = index
@@ -565,10 +323,10 @@ class EtcdGateway:
         when etcd refuses it, then the request is repeated (a refused
         request was not applied).
 
-        @raise _NotSent: nothing reached etcd (or the token could not be
+        @raise NotSent: nothing reached etcd (or the token could not be
             had there).
-        @raise _Ambiguous: the answer was lost.
-        @raise _Answered: etcd answered with an error document.
+        @raise Ambiguous: the answer was lost.
+        @raise Answered: etcd answered with an error document.
         @raise StoreUnavailable: etcd refused the credentials.
         """
         if self._credentials is None:
@@ -576,7 +334,7 @@ class EtcdGateway:
         token = await self._token_for(endpoint)
         try:
             return await self._post(endpoint, path, body, token)
-        except _Answered as e:
+        except Answered as e:
             if not is_token_refusal(e.message):
                 raise
             log.info(
@@ -636,9 +394,9 @@ class EtcdGateway:
         """
         One request to one endpoint, bounded by the timeout.
 
-        @raise _NotSent: nothing reached etcd.
-        @raise _Ambiguous: the answer was lost.
-        @raise _Answered: etcd answered with an error document.
+        @raise NotSent: nothing reached etcd.
+        @raise Ambiguous: the answer was lost.
+        @raise Answered: etcd answered with an error document.
         """
         data = _encode(body)
 
@@ -652,28 +410,28 @@ class EtcdGateway:
         def timed_out(result, timeout):
             # Whatever the cancellation turned into (CancelledError, or
             # ResponseNeverReceived wrapping it), it was our timeout.
-            return Failure(_TimedOut("no answer within %gs" % (timeout,)))
+            return Failure(TimedOut("no answer within %gs" % (timeout,)))
 
         d = Deferred.fromCoroutine(exchange())
         d.addTimeout(self.timeout, self._reactor, onTimeoutCancel=timed_out)
         try:
             status, content = await d
-        except _TimedOut:
+        except TimedOut:
             raise
         except _CONNECT_ERRORS as e:
-            raise _NotSent(_describe(e))
+            raise NotSent(describe(e))
         except Exception as e:
             handshake = _tls_refusal(e)
             if handshake is not None:
                 # No request is read over a TLS session that never began.
-                raise _NotSent(handshake)
+                raise NotSent(handshake)
             # ResponseNeverReceived, ResponseFailed, connection lost...: the
             # request may have reached etcd.
-            message = _describe(e)
+            lost = describe(e)
             if endpoint.startswith("http://") and _closed_unanswered(e):
                 # What a TLS member does to plain HTTP.
-                message += " (if the member expects TLS, use https: etcds:// in --store)"
-            raise _Ambiguous(message)
+                lost += " (if the member expects TLS, use https: etcds:// in --store)"
+            raise Ambiguous(lost)
         try:
             document = json.loads(content.decode("utf-8"))
         except ValueError:
@@ -682,22 +440,22 @@ class EtcdGateway:
             if status == 400 and b"CommonName of client" in content:
                 # etcd's embed/serve.go: with --client-cert-auth and auth on,
                 # the gateway cannot pass a certificate's CN on as the user.
-                raise _NotSent(
+                raise NotSent(
                     "etcd refuses a client certificate with a CommonName on its "
                     "JSON gateway while its auth is on (HTTP 400); give kvtwist a "
                     "client certificate without a CN (the user comes from the password)"
                 )
-            message = "not an etcd v3 gateway (HTTP %d, %d bytes)" % (status, len(content))
+            foreign = "not an etcd v3 gateway (HTTP %d, %d bytes)" % (status, len(content))
             if status >= 500 or status == 200:
-                raise _Ambiguous(message)
-            raise _NotSent(message)
+                raise Ambiguous(foreign)
+            raise NotSent(foreign)
         if status == 200 and "code" not in document:
             return document
         code = document.get("code")
         message = document.get("message") or document.get("error")
         if not isinstance(code, int) or not isinstance(message, str):
-            raise _Ambiguous("unexpected etcd answer (HTTP %d)" % (status,))
-        raise _Answered(status, code, message)
+            raise Ambiguous("unexpected etcd answer (HTTP %d)" % (status,))
+        raise Answered(status, code, message)
 
     # -- authentication -----------------------------------------------------------
 
@@ -741,7 +499,7 @@ class EtcdGateway:
         """
         Get a token from C{endpoint} for the credentials.
 
-        @raise _NotSent: the member could not be asked (so the request the
+        @raise NotSent: the member could not be asked (so the request the
             token was for was not sent either).
         @raise StoreUnavailable: etcd refused the credentials.
         """
@@ -754,9 +512,9 @@ class EtcdGateway:
                 {"name": user, "password": self._credentials.password},
                 None,
             )
-        except _Ambiguous as e:
-            raise _NotSent("authenticating as %r: %s" % (user, e))
-        except _Answered as e:
+        except Ambiguous as e:
+            raise NotSent("authenticating as %r: %s" % (user, e))
+        except Answered as e:
             if "authentication is not enabled" in e.message:
                 if not self._auth_off_logged:
                     self._auth_off_logged = True
@@ -767,19 +525,19 @@ class EtcdGateway:
                     )
                 return ""
             if e.unavailable:
-                raise _NotSent("authenticating as %r: %s" % (user, e.message))
+                raise NotSent("authenticating as %r: %s" % (user, e.message))
             raise StoreUnavailable(
                 "etcd refused the credentials of user %r: %s" % (user, e.message)
             )
         token = document.get("token")
         if not isinstance(token, str) or not token:
-            raise _NotSent("etcd answered the authentication of %r without a token" % (user,))
+            raise NotSent("etcd answered the authentication of %r without a token" % (user,))
         self.authentications += 1
         return token
 
     # -- errors -------------------------------------------------------------
 
-    def translate(self, answer: _Answered, body: dict) -> Exception:
+    def translate(self, answer: Answered, body: dict) -> Exception:
         """
         The exception for an etcd error answer that is not about
         availability; C{body} is the request it answers (to tell how big it
@@ -809,9 +567,9 @@ class EtcdGateway:
                 % (size, self.max_request_bytes),
             )
         if "compacted" in message:
-            return _Compacted(message)
+            return Compacted(message)
         if "requested lease not found" in message:
-            return _LeaseGone(message)
+            return LeaseGone(message)
         if is_token_refusal(message):
             if self._credentials is None:
                 return StoreUnavailable(
@@ -819,7 +577,7 @@ class EtcdGateway:
                     "and password for kvtwist" % (message,)
                 )
             return StoreUnavailable("etcd refused a fresh auth token: %s" % (message,))
-        if answer.code == _GRPC_PERMISSION_DENIED:
+        if answer.code == GRPC_PERMISSION_DENIED:
             if self._credentials is None:
                 # With --client-cert-auth, etcd judges a request without a
                 # token as the gateway's own certificate, which is no user.
@@ -831,7 +589,7 @@ class EtcdGateway:
                 "etcd refused access: %s (etcd user %r needs read and write "
                 "permission on kvtwist's key prefix range)" % (message, self._credentials.user)
             )
-        if answer.code == _GRPC_UNAUTHENTICATED:
+        if answer.code == GRPC_UNAUTHENTICATED:
             return StoreUnavailable("etcd refused access: %s" % (message,))
         return EtcdError("etcd answered HTTP %d: %s" % (answer.status, message))
 
@@ -864,7 +622,7 @@ class _BodyReader(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.chunks.append(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         # etcd's gateway always frames its bodies: an end without framing
         # (PotentialDataLoss) may be a truncated answer.
         if reason is None or reason.check(ResponseDone):
@@ -926,14 +684,3 @@ def _closed_unanswered(error: BaseException) -> bool:
     return isinstance(error, ResponseNeverReceived) and any(
         f.check(net_error.ConnectionDone) for f in failures
     )
-
-
-def _describe(error: BaseException) -> str:
-    """A short, str-only description of a transport error."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        # ResponseFailed and friends wrap a list of Failures.
-        return "; ".join(
-            "%s: %s" % (type(r.value).__name__, r.getErrorMessage()) for r in reasons
-        )
-    return "%s: %s" % (type(error).__name__, error)

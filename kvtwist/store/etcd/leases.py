@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_store_etcd -*-
 """
 Client leases (L{kvtwist.interfaces.ILeasingStore}) on etcd: a kvtwist
 lease is an etcd lease, so etcd's clock keeps it and etcd deletes its keys
@@ -31,17 +32,17 @@ granted.
 
 from __future__ import annotations
 
-import base64
 import math
 import secrets
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from kvtwist.errors import LeaseNotFound, LimitExceeded
 from kvtwist.model import Change, CommitResult, Lease
-from kvtwist.store.etcd_gateway import EtcdError, _LeaseGone
+from kvtwist.store.etcd.codec import b64, prefix_end, unb64
+from kvtwist.store.etcd.errors import EtcdError, LeaseGone
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kvtwist.store.etcd_store import EtcdStore
+    from kvtwist.store.etcd.store import EtcdStore
 
 #: The anchor's values: held, or being revoked through kvtwist.
 GRANTED = b"granted"
@@ -49,14 +50,6 @@ REVOKED = b"revoked"
 #: Lease ids kvtwist picks: below 2**53, so JSON keeps them exact.
 _MAX_ID = 2 ** 53 - 1
 _GRANT_ATTEMPTS = 5
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 class EtcdLeases:
@@ -69,7 +62,7 @@ class EtcdLeases:
 
     def __init__(self, store: "EtcdStore") -> None:
         self._store = store
-        self.anchors = store._key_prefix + b"\xfflease/"
+        self.anchors = store.keys.data + b"\xfflease/"
         self.count = 0
 
     def anchor(self, lease_id: int) -> bytes:
@@ -86,14 +79,12 @@ class EtcdLeases:
 
     def is_reserved(self, raw_key: bytes) -> bool:
         """Whether C{raw_key} is in the store's range but no kvtwist key."""
-        return raw_key.startswith(self._store._key_prefix + b"\xff")
+        return raw_key.startswith(self._store.keys.data + b"\xff")
 
     async def recount(self) -> int:
-        from kvtwist.store.etcd_store import prefix_end
-
         document = await self._store.call(
             "/v3/kv/range",
-            {"key": _b64(self.anchors), "range_end": _b64(prefix_end(self.anchors)),
+            {"key": b64(self.anchors), "range_end": b64(prefix_end(self.anchors)),
              "count_only": True},
         )
         self.count = int(document.get("count", 0))
@@ -120,15 +111,15 @@ class EtcdLeases:
                     continue
                 raise
             granted = float(document.get("TTL", whole))
-            recorder = store.record_deliveries()
+            recorder = store.watch_loop.record()
             try:
                 answer = await store.call(
                     "/v3/kv/put",
-                    {"key": _b64(self.anchor(lease_id)), "value": _b64(GRANTED),
+                    {"key": b64(self.anchor(lease_id)), "value": b64(GRANTED),
                      "lease": str(lease_id)},
                     write=True,
                 )
-                if store._watch_wanted:
+                if store.watch_loop.enabled:
                     # Counted once the watch has seen the anchor.
                     await recorder.result(int(answer["header"]["revision"]))
                 else:
@@ -143,7 +134,7 @@ class EtcdLeases:
         await self._held(lease_id)
         try:
             answer = await store.call("/v3/lease/keepalive", {"ID": str(lease_id)})
-        except _LeaseGone:
+        except LeaseGone:
             raise LeaseNotFound(lease_id)
         ttl = int(answer.get("result", {}).get("TTL", 0))
         if ttl <= 0:
@@ -166,14 +157,14 @@ class EtcdLeases:
             document = await store.call(
                 "/v3/lease/timetolive", {"ID": str(lease_id), "keys": True}
             )
-        except _LeaseGone:
+        except LeaseGone:
             raise LeaseNotFound(lease_id)
         remaining = int(document.get("TTL", -1))
-        raw_keys = [_unb64(k) for k in document.get("keys") or ()]
+        raw_keys = [unb64(k) for k in document.get("keys") or ()]
         if remaining <= 0 or self.anchor(lease_id) not in raw_keys:
             raise LeaseNotFound(lease_id)
         keys = sorted(
-            (store._decode_key(k) for k in raw_keys if not self.is_reserved(k)),
+            (store.keys.decode_key(k) for k in raw_keys if not self.is_reserved(k)),
             key=lambda k: k.encode("utf-8"),
         )
         return float(document.get("grantedTTL", remaining)), float(remaining), tuple(keys)
@@ -185,23 +176,23 @@ class EtcdLeases:
         document = await store.call(
             "/v3/kv/txn",
             {
-                "compare": [{"key": _b64(self.anchor(lease_id)), "target": "VALUE",
-                             "result": "EQUAL", "value": _b64(GRANTED)}],
-                "success": [{"request_put": {"key": _b64(self.anchor(lease_id)),
-                                             "value": _b64(REVOKED), "lease": str(lease_id)}}],
+                "compare": [{"key": b64(self.anchor(lease_id)), "target": "VALUE",
+                             "result": "EQUAL", "value": b64(GRANTED)}],
+                "success": [{"request_put": {"key": b64(self.anchor(lease_id)),
+                                             "value": b64(REVOKED), "lease": str(lease_id)}}],
             },
             write=True,
         )
         if not document.get("succeeded"):
             raise LeaseNotFound(lease_id)
-        recorder = store.record_deliveries()
+        recorder = store.watch_loop.record()
         try:
             try:
                 answer = await store.call("/v3/lease/revoke", {"ID": str(lease_id)}, write=True)
-            except _LeaseGone:
+            except LeaseGone:
                 raise LeaseNotFound(lease_id)
             revision = int(answer["header"]["revision"])
-            if not store._watch_wanted:
+            if not store.watch_loop.enabled:
                 self.count = max(self.count - 1, 0)
                 return CommitResult(revision, ())
             # The watch delivers the revoke's deletes to the listeners; the
@@ -215,7 +206,7 @@ class EtcdLeases:
     def follow(self, events: List[dict]) -> None:
         """Count the anchors the watch sees made and deleted."""
         for event in events:
-            if self.anchor_id(_unb64(event["kv"]["key"])) is None:
+            if self.anchor_id(unb64(event["kv"]["key"])) is None:
                 continue
             if event.get("type", "PUT") == "DELETE":
                 self.count = max(self.count - 1, 0)
@@ -230,11 +221,11 @@ class EtcdLeases:
         """
         ends: Dict[str, str] = {}
         for event in events:
-            lease_id = self.anchor_id(_unb64(event["kv"]["key"]))
+            lease_id = self.anchor_id(unb64(event["kv"]["key"]))
             if lease_id is None or event.get("type", "PUT") != "DELETE":
                 continue
             prev = event.get("prev_kv") or {}
-            marked = _unb64(prev.get("value", "")) if prev else GRANTED
+            marked = unb64(prev.get("value", "")) if prev else GRANTED
             ends[str(lease_id)] = "delete" if marked == REVOKED else "expire"
         return ends
 

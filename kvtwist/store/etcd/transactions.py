@@ -1,67 +1,17 @@
+# -*- test-case-name: tests.test_txn_managers -*-
 """
 Transactions and the seed's shared queue kept in etcd, so that every kvcache
 node on the cluster sees them: a transaction begun on node A can be staged
 on node B and committed on node C, and C{POST /set} on one node is committed
 by C{POST /commit} on another.
 
-Layout
-======
-Under the store's prefix C{P} (beside C{P + "kv/"}, the data)::
-
-    P txn/h/<id>          the transaction's head (JSON), on its lease
-    P txn/r/<id>/<seq>    one record per request that changed it, on the lease
-    P queue/h             the seed queue's head (no lease: it never expires)
-    P queue/r/<seq>       the queue's records
-
-A head holds C{{"owner": token name or null, "seq": records so far, "lease":
-lease id or null}}. A record is a one-line JSON header, a newline, then the
-raw bytes of the values it stages, one after the other::
-
-    {"ops":[["k","put","text/plain",null,5],["j","delete"]],
-     "obs":{"k":0},"pre":[["k","equals",7,"If-Match"]]}\\n<5 value bytes>
-
-C{ops} are staged in order (a key staged again keeps its first place),
-C{obs} are the revisions of keys at their first touch, C{pre} the
-preconditions clients sent. A transaction's state is its records replayed
-in C{seq} order. Nothing is pickled.
-
-Concurrency
-===========
-Every change is one etcd transaction that compares the head's
-mod_revision with the one the change was computed from, and writes the new
-record and the head together; if another node changed the transaction in
-between, the change is computed again from the new state (a bounded number
-of times). So staging limits, first-touch revisions and staging order are
-exact across nodes. A commit sends the staged ops, the observed-revision
-checks and the preconditions in one etcd transaction that also deletes the
-head and every record, guarded by the head's mod_revision
-(L{kvtwist.store.etcd_store.Rider}): the data changes and the staged state
-disappears together or not at all. A commit whose guard fails (someone
-staged meanwhile) reads the state again and commits that instead. For the
-seed queue this also means that an empty C{/commit} answered after another
-node's commit took the queue's writes answers only once those writes are in
-etcd: they leave the queue in the same etcd transaction that applies them.
-
-Expiry
-======
-A transaction's head and records hang on one etcd lease whose TTL is the
-transaction timeout; every request that finds the transaction renews it
-(C{/v3/lease/keepalive}), so a transaction idle for the timeout disappears
-from etcd and from every node at once. Time is etcd's here, not a node's
-clock, and etcd rounds TTLs up to whole seconds (and to its minimum TTL, a
-few seconds). Ending a transaction deletes its keys and revokes its lease.
-
-Each node keeps the states it read (bounded in number and, by
-C{max_staged_bytes_total}, in bytes), keyed by the head's
-create_revision and mod_revision, and reads only records it has not seen.
-The count of open transactions for C{max_open_transactions} is taken from
-etcd when one begins; two nodes beginning at the same moment may both pass
-the last free slot.
+docs/etcd.md ("Transactions in etcd") describes the layout of their keys
+under the store's prefix, the records, how concurrent nodes stay exact and
+how transactions expire.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import secrets
@@ -72,19 +22,17 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from kvtwist.errors import LimitExceeded, StoreUnavailable
 from kvtwist.interfaces import ITransaction, ITransactionManager, ITransactionView
 from kvtwist.limits import Limits
-from kvtwist.model import Check, CommitResult, Delete, Op, Put
+from kvtwist.model import Check, CommitResult, Delete, DeletePrefix, Op, Put
 from kvtwist.staging import StagingArea
-from kvtwist.store.etcd_store import (
-    Rider,
-    RiderBroken,
-    _Ambiguous,
-    _LeaseGone,
-    prefix_end,
-)
+from kvtwist.store.etcd.codec import b64, mod_compare, prefix_end, unb64
+from kvtwist.store.etcd.commits import Rider, RiderBroken
+from kvtwist.store.etcd.errors import Ambiguous, LeaseGone
+from kvtwist.store.etcd.interfaces import IEtcdConnection
 from kvtwist.transactions import StagedView, Vet, not_found, observation_checks
 
 log = Logger()
@@ -98,14 +46,6 @@ STATE_CACHE = 256
 QUEUE_ID = "shared"
 #: The bytes of an etcd request per byte of value (base64 in the gateway's JSON).
 _GATEWAY_INFLATION = 4 / 3
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 class _Slot:
@@ -129,11 +69,11 @@ class _Slot:
     def drop(self) -> List[dict]:
         """etcd requests deleting the head and every record."""
         return [
-            {"request_delete_range": {"key": _b64(self.head)}},
+            {"request_delete_range": {"key": b64(self.head)}},
             {
                 "request_delete_range": {
-                    "key": _b64(self.records),
-                    "range_end": _b64(prefix_end(self.records)),
+                    "key": b64(self.records),
+                    "range_end": b64(prefix_end(self.records)),
                 }
             },
         ]
@@ -141,11 +81,11 @@ class _Slot:
     def read_after(self, seq: int) -> List[dict]:
         """etcd requests reading the head and the records after C{seq}."""
         return [
-            {"request_range": {"key": _b64(self.head)}},
+            {"request_range": {"key": b64(self.head)}},
             {
                 "request_range": {
-                    "key": _b64(self.record_key(seq + 1)),
-                    "range_end": _b64(prefix_end(self.records)),
+                    "key": b64(self.record_key(seq + 1)),
+                    "range_end": b64(prefix_end(self.records)),
                 }
             },
         ]
@@ -181,7 +121,7 @@ class TxnState(StagedView):
 def encode_record(
     ops: Sequence[Op], observed: Mapping[str, int], preconditions: Sequence[Check]
 ) -> bytes:
-    """The etcd value of one record (see the module docstring)."""
+    """The etcd value of one record (see docs/etcd.md, "Transactions in etcd")."""
     shapes: List[list] = []
     values: List[bytes] = []
     for op in ops:
@@ -192,8 +132,11 @@ def encode_record(
                 shape.append(op.lease)
             shapes.append(shape)
             values.append(op.value)
-        else:
+        elif not isinstance(op, DeletePrefix):
             shapes.append([op.key, "delete"])
+        else:
+            # Staging holds writes of single keys only.
+            raise TypeError("a transaction record cannot hold %r" % (op,))
     header = {
         "ops": shapes,
         "obs": dict(observed),
@@ -281,18 +224,23 @@ class EtcdTransaction:
 class EtcdTransactions:
     """
     Transactions and the seed's queue in etcd, through C{store}'s
-    connection to it (see the module docstring).
+    connection to it (see docs/etcd.md, "Transactions in etcd").
 
-    @param store: the L{EtcdStore}, or a wrapper that passes its
-        C{commit_with}, C{call} and attributes through (kvcache gives the
-        L{kvtwist.metrics.TimedStore} that times its commits), not a cache
-        in front of it: commits go to it directly so the staged state can
-        ride along; its listeners (a node's cache, its change feed) hear
-        them as usual.
+    @param store: the L{kvtwist.store.etcd.store.EtcdStore}, or a wrapper
+        that passes its C{commit_with}, C{call} and attributes through
+        (kvcache gives the L{kvtwist.metrics.TimedStore} that times its
+        commits), not a cache in front of it: commits go to it directly so
+        the staged state can ride along; its listeners (a node's cache, its
+        change feed) hear them as usual. It is checked against
+        L{IEtcdConnection} here, so a store without what the manager uses
+        fails at once.
     @param clock: times this node's estimate of its open transactions.
     """
 
-    def __init__(self, store: Any, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(self, store: IEtcdConnection, clock: IReactorTime, limits: Limits) -> None:
+        # tentative: a wrapper passes the store's attributes through
+        # without declaring them itself.
+        verifyObject(IEtcdConnection, store, tentative=True)
         self._store = store
         self._clock = clock
         self._limits = limits
@@ -325,7 +273,7 @@ class EtcdTransactions:
         heads = self._prefix + b"txn/h/"
         document = await self._store.call(
             "/v3/kv/range",
-            {"key": _b64(heads), "range_end": _b64(prefix_end(heads)), "count_only": True},
+            {"key": b64(heads), "range_end": b64(prefix_end(heads)), "count_only": True},
         )
         count = int(document.get("count", 0))
         if count >= self._limits.max_open_transactions:
@@ -372,7 +320,7 @@ class EtcdTransactions:
         if state.lease is not None:
             try:
                 answer = await self._store.call("/v3/lease/keepalive", {"ID": state.lease})
-            except _LeaseGone:
+            except LeaseGone:
                 answer = {}
             if int(answer.get("result", {}).get("TTL", 0)) <= 0:
                 self._forget(txn_id)
@@ -459,7 +407,7 @@ class EtcdTransactions:
             raise _Stale()
         if cached is not None and cached.head_mod == mod:
             return cached
-        info = json.loads(_unb64(head["value"]))
+        info = json.loads(unb64(head["value"]))
         state = cached if cached is not None else TxnState(self._limits, isolated=not slot.queue)
         try:
             for kv in _kvs(responses[1]):
@@ -468,7 +416,7 @@ class EtcdTransactions:
                     continue  # applied already, by a concurrent request here
                 if seq > int(info["seq"]):
                     break
-                state.apply(*decode_record(_unb64(kv.get("value", ""))))
+                state.apply(*decode_record(unb64(kv.get("value", ""))))
                 state.seq = seq
         except BaseException:
             self._forget(slot.id)
@@ -499,7 +447,7 @@ class EtcdTransactions:
             seq = state.seq + 1
             head = {"owner": state.owner, "seq": seq, "lease": state.lease}
             body = {
-                "compare": [_mod_compare(slot.head, state.head_mod)],
+                "compare": [mod_compare(slot.head, state.head_mod)],
                 "success": [
                     _put(slot.head, _json(head), state.lease),
                     _put(slot.record_key(seq), record, state.lease),
@@ -508,10 +456,10 @@ class EtcdTransactions:
             }
             try:
                 document = await self._store.call("/v3/kv/txn", body, write=True)
-            except _LeaseGone:
+            except LeaseGone:
                 self._forget(slot.id)
                 raise not_found(slot.id)
-            except _Ambiguous:
+            except Ambiguous:
                 # Applied or not, the next read tells; the record is
                 # idempotent, so recording it twice changes nothing.
                 state = await self.load(slot)
@@ -542,7 +490,8 @@ class EtcdTransactions:
     async def commit(self, slot: _Slot, vet: Optional[Vet]) -> CommitResult:
         """
         Commit the transaction's staged ops with its checks, deleting its
-        state in the same etcd transaction (see the module docstring).
+        state in the same etcd transaction (see docs/etcd.md, "Transactions
+        in etcd").
         """
         state = await self.load(slot)
         for _ in range(ATTEMPTS):
@@ -581,7 +530,7 @@ class EtcdTransactions:
             return True
         document = await self._store.call(
             "/v3/kv/txn",
-            {"compare": [_mod_compare(slot.head, state.head_mod)], "success": slot.drop()},
+            {"compare": [mod_compare(slot.head, state.head_mod)], "success": slot.drop()},
             write=True,
         )
         return bool(document.get("succeeded"))
@@ -644,7 +593,7 @@ def _kvs(response: dict) -> List[dict]:
 
 
 def _seq_of(slot: _Slot, kv: dict) -> int:
-    return int(_unb64(kv["key"])[len(slot.records):])
+    return int(unb64(kv["key"])[len(slot.records):])
 
 
 def _json(document: Any) -> bytes:
@@ -652,16 +601,12 @@ def _json(document: Any) -> bytes:
 
 
 def _put(key: bytes, value: bytes, lease: Optional[str]) -> dict:
-    put: Dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+    put: Dict[str, Any] = {"key": b64(key), "value": b64(value)}
     if lease is not None:
         put["lease"] = lease
     return {"request_put": put}
 
 
-def _mod_compare(key: bytes, mod_revision: int) -> dict:
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
-
-
 def _create_compare(key: bytes, create_revision: int) -> dict:
-    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL",
             "create_revision": str(create_revision)}
