@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.model import Change, CommitResult, Delete, Entry, Put
 from kvtwist.store.cache import ABSENT, Absent, CachedStore, cost
-from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.testing import MemoryStore, WatchedMemoryStore, memory_root
 from tests.store_contract import StoreContract
 # Modules, not classes: names imported here would be collected twice.
 from tests import test_web_seed as seed_tests
@@ -412,9 +412,8 @@ class ResetTests(SynchronousTestCase):
         """While the watch is down the cache neither answers nor fills."""
         from kvtwist.store.etcd_store import WatchReset
 
-        inner = MemoryStore()
-        resets = []
-        inner.add_reset_listener = resets.append
+        inner = WatchedMemoryStore()
+        resets = inner.reset_listeners
         cache = CachedStore(inner, 1 << 20)
         self.successResultOf(cache.commit([Put("a", b"1")]))
         self.assertEqual(cache.peek("a")[0], True)

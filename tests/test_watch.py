@@ -18,7 +18,7 @@ from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.sweeper import Sweeper
-from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.testing import MemoryStore, WatchedMemoryStore, memory_root
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.v1.base import V1Context
 from kvtwist.web.v1.watch import EventStream
@@ -630,9 +630,8 @@ class HistoryResetTests(SynchronousTestCase):
         from kvtwist.errors import HistoryGone
         from kvtwist.store.etcd_store import WatchReset
 
-        store = MemoryStore()
-        resets = []
-        store.add_reset_listener = resets.append
+        store = WatchedMemoryStore()
+        resets = store.reset_listeners
         hub = ChangeHub(store, 100)
         for key in ("a", "b"):
             self.successResultOf(store.commit([Put(key, b"")]))

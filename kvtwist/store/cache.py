@@ -34,8 +34,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import (
+    ICountedStore,
+    IKeyValueStore,
+    ILinearizableReads,
+    IReadCache,
+    IWatchedStore,
+)
 from kvtwist.model import Check, CommitResult, Entry, Op
+from kvtwist.store.capabilities import passes_capabilities_of
 from kvtwist.store.history import keeps_history_of
 from kvtwist.store.leases import grants_leases_of
 
@@ -111,10 +118,14 @@ class _Slot:
         self.encoder: Optional[Callable[[Entry], Any]] = None
 
 
-@implementer(IKeyValueStore)
+@implementer(IKeyValueStore, IReadCache, ILinearizableReads)
 class CachedStore:
     """
     C{store} behind an LRU of at most C{max_bytes} (reactor thread only).
+
+    It reads past itself (L{ILinearizableReads}) over any store, and keeps
+    the key count (L{ICountedStore}) and the watch resets
+    (L{IWatchedStore}) of the store it wraps when that one has them.
 
     @ivar hits: reads answered from memory.
     @ivar misses: reads that went to the store.
@@ -141,8 +152,12 @@ class CachedStore:
         # Leases pass through; the commits that end them reach the cache
         # through the listener, like every commit.
         grants_leases_of(self, store)
-        if hasattr(store, "add_reset_listener"):
-            store.add_reset_listener(self._on_reset)
+        # Key counts and resets pass through. The cache hears each reset
+        # first (it registered first), so a change feed built on top reads
+        # fresh state when it hears the same reset.
+        passes_capabilities_of(self, store, (ICountedStore, IWatchedStore))
+        if IWatchedStore.providedBy(store):
+            IWatchedStore(store).add_reset_listener(self._on_reset)
 
     # -- the wrapped store's state -----------------------------------------
 
@@ -172,8 +187,12 @@ class CachedStore:
 
     @property
     def key_count(self) -> int:
-        """The wrapped store's key count, where it keeps one."""
-        return getattr(self.store, "key_count", 0)
+        """The wrapped store's key count (L{ICountedStore}, when it keeps one)."""
+        return ICountedStore(self.store).key_count
+
+    def add_reset_listener(self, listener) -> None:
+        """The wrapped store's watch resets (L{IWatchedStore}, when it has them)."""
+        IWatchedStore(self.store).add_reset_listener(listener)
 
     @property
     def size(self) -> int:
@@ -353,8 +372,10 @@ class CachedStore:
         Read C{key} from the store itself, never from memory, reflecting
         every commit acknowledged before the call (for C{?consistent=1}).
         """
-        read = getattr(self.store, "get_linearizable", self.store.get)
-        return read(key)
+        if ILinearizableReads.providedBy(self.store):
+            return ILinearizableReads(self.store).get_linearizable(key)
+        # A store without a cache of its own is read as it is now.
+        return self.store.get(key)
 
     def get(self, key: str) -> Deferred:
         hit, entry = self.peek(key)

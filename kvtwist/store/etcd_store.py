@@ -184,7 +184,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore
+from kvtwist.interfaces import IEtcdKeyspace, IHistoricalStore, ILeasingStore, ILinearizableReads, IWatchedStore
 from kvtwist.model import (
     Change,
     Check,
@@ -431,7 +431,7 @@ class Rider:
             raise RiderBroken(found)
 
 
-@implementer(IHistoricalStore, ILeasingStore)
+@implementer(IHistoricalStore, ILeasingStore, ILinearizableReads, IWatchedStore, IEtcdKeyspace)
 class EtcdStore:
     """
     A store on the etcd cluster reached through C{endpoints}.

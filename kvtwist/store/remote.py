@@ -39,10 +39,12 @@ from zope.interface import implementer
 from kvtwist.amp import Call, Feed, Scrape, error_from_state
 from kvtwist.errors import ConflictError, KVError, StoreUnavailable
 from kvtwist.interfaces import (
+    ICountedStore,
     IHistoricalStore,
     IKeyValueStore,
     ILeaseListing,
     ILeasingStore,
+    ILinearizableReads,
     ITransaction,
     ITransactionManager,
     ITransactionView,
@@ -64,8 +66,20 @@ STATE: Dict[str, Any] = {
 
 
 def state_of(store: IKeyValueStore) -> Dict[str, Any]:
-    """C{store}'s L{STATE} attributes now, for a worker to mirror."""
-    return {name: getattr(store, name, default) for name, default in STATE.items()}
+    """
+    C{store}'s L{STATE} attributes now, for a worker to mirror: those of
+    the capabilities it declares, the others as a store without them reads.
+    """
+    state = dict(STATE)
+    if ICountedStore.providedBy(store):
+        state["key_count"] = ICountedStore(store).key_count
+    if IHistoricalStore.providedBy(store):
+        history = IHistoricalStore(store)
+        state.update(compact_revision=history.compact_revision, history_size=history.history_size)
+    if ILeasingStore.providedBy(store):
+        leasing = ILeasingStore(store)
+        state.update(lease_count=leasing.lease_count, next_deadline=leasing.next_deadline)
+    return state
 
 
 class WorkerProtocol(amp.AMP):
@@ -137,7 +151,7 @@ def _hand_over(result: Any, outcome: Deferred) -> None:
         outcome.callback(result)
 
 
-@implementer(IHistoricalStore, ILeasingStore, ILeaseListing)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, ICountedStore, ILinearizableReads)
 class RemoteStore:
     """
     The owner's store, through C{protocol} (reactor thread only). The owner
