@@ -25,7 +25,7 @@ resume point.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
@@ -34,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from kvtwist.auth import principal_of
-from kvtwist.errors import HistoryGone, InvalidInput, KVError, LimitExceeded
+from kvtwist.errors import HistoryGone, InvalidInput, KVError
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import parse_revision
 from kvtwist.events import Event, commit_events
@@ -47,32 +47,6 @@ log = Logger()
 MAX_EVENT_VALUE = 64 * 1024
 #: History records read per trip to the store while a stream replays.
 REPLAY_BATCH = 1000
-
-
-class WatcherCount:
-    """Admission for long-polls and streams: at most C{limit} at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def admit(self) -> Callable[[], None]:
-        """
-        Take a slot and return the function that gives it back (once).
-
-        @raise LimitExceeded: (429) when every slot is taken.
-        """
-        if self.active >= self.limit:
-            raise LimitExceeded("max_watchers", self.limit, self.active + 1, too_many=True)
-        self.active += 1
-        released = []
-
-        def release() -> None:
-            if not released:
-                released.append(True)
-                self.active -= 1
-
-        return release
 
 
 def wait_seconds(request: Request, context: V1Context) -> float:
