@@ -575,6 +575,19 @@ class ITransactionManager(Interface):
         @raise kvtwist.errors.StoreUnavailable: if it cannot be looked up.
         """
 
+    def commit_and_end(txn, vet=None):
+        """
+        Commit C{txn} (L{ITransaction.commit}, with C{vet}), then end it if
+        it is isolated and its commit either applied or conflicted: a
+        conflict is final (first committer wins; the client begins again).
+        A commit that failed otherwise (the store unavailable: nothing
+        applied, the staged ops still there) leaves it open to retry; the
+        shared queue never ends.
+
+        @return: a Deferred firing as L{ITransaction.commit}'s does, once
+            the transaction has ended (when it ends).
+        """
+
     def finish(txn_id):
         """
         End C{txn_id} (committed, aborted or conflicted), dropping whatever

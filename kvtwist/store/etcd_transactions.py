@@ -85,7 +85,7 @@ from kvtwist.store.etcd_store import (
     _LeaseGone,
     prefix_end,
 )
-from kvtwist.transactions import StagedView, Vet, not_found, observation_checks
+from kvtwist.transactions import EndsAfterCommit, StagedView, Vet, not_found, observation_checks
 
 log = Logger()
 
@@ -278,7 +278,7 @@ class EtcdTransaction:
 
 
 @implementer(ITransactionManager)
-class EtcdTransactions:
+class EtcdTransactions(EndsAfterCommit):
     """
     Transactions and the seed's queue in etcd, through C{store}'s
     connection to it (see the module docstring).

@@ -50,6 +50,7 @@ from kvtwist.interfaces import (
     ITransactionView,
 )
 from kvtwist.model import Check, CheckFailure, CommitResult, Op
+from kvtwist.transactions import EndsAfterCommit
 
 #: The id of the seed's shared queue in L{Call}s.
 QUEUE_ID = "shared"
@@ -380,7 +381,7 @@ class RemoteTransaction:
 
 
 @implementer(ITransactionManager)
-class RemoteTransactions:
+class RemoteTransactions(EndsAfterCommit):
     """The owner's transactions and shared queue, through C{store}."""
 
     def __init__(self, store: RemoteStore, timeout: float) -> None:
