@@ -123,6 +123,7 @@ class EtcdTestCase(ExpectFailure, TestCase):
 class EtcdStoreContractTests(StoreContract, EtcdTestCase):
     """EtcdStore keeps the whole store contract (revisions may skip)."""
 
+    capabilities = (ILinearizableReads, IWatchedStore, IEtcdKeyspace)
     exact_revisions = False
     # etcd's leases remove expired keys; kvtwist does not sweep them.
     sweeps_itself = False

@@ -19,6 +19,7 @@ from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.sweeper import Sweeper
 from kvtwist.testing import MemoryStore, WatchedMemoryStore, memory_root
+from tests.capability_fakes import UndeclaredExtras
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.v1.base import V1Context
 from kvtwist.web.v1.watch import EventStream
@@ -639,6 +640,12 @@ class HistoryResetTests(SynchronousTestCase):
         resets[0](WatchReset(True, True, 7, "compacted"))
         self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
         self.assertEqual(hub.since(7, lambda key: True), [])
+
+    def test_undeclared_resets_are_not_followed(self):
+        """A store with add_reset_listener that does not declare IWatchedStore is not asked for resets."""
+        store = UndeclaredExtras()
+        ChangeHub(store, 100)
+        self.assertEqual(store.reset_listeners, [])
 
 
 class HistoryBytesTests(SynchronousTestCase):
