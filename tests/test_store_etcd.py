@@ -33,6 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, Response
 from twisted.web.resource import Resource
 
 from kvtwist.errors import ConflictError, LeaseNotFound, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IEtcdKeyspace, ILinearizableReads, IWatchedStore
 from kvtwist.model import Change, Check, CommitResult, Delete, Entry, Expire, Put
 from kvtwist.store.etcd_store import (
     EtcdError,
