@@ -36,7 +36,10 @@ from zope.interface import implementer
 
 from kvtwist.interfaces import (
     ICountedStore,
+    IHistoricalStore,
     IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
     ILinearizableReads,
     IReadCache,
     IWatchedStore,
@@ -171,19 +174,19 @@ class CachedStore:
 
     @property
     def compact_revision(self) -> int:
-        return self.store.compact_revision
+        return IHistoricalStore(self.store).compact_revision
 
     @property
     def history_size(self) -> int:
-        return self.store.history_size
+        return IHistoricalStore(self.store).history_size
 
     @property
     def lease_count(self) -> int:
-        return self.store.lease_count
+        return ILeasingStore(self.store).lease_count
 
     @property
     def next_deadline(self) -> Optional[float]:
-        return self.store.next_deadline
+        return ILeasingStore(self.store).next_deadline
 
     @property
     def key_count(self) -> int:
@@ -328,7 +331,7 @@ class CachedStore:
         return self.store.list(prefix, after, limit, max_bytes)
 
     def get_at(self, key: str, revision: int) -> Deferred:
-        return self.store.get_at(key, revision)
+        return IHistoricalStore(self.store).get_at(key, revision)
 
     def list_at(
         self,
@@ -338,34 +341,34 @@ class CachedStore:
         revision: int,
         max_bytes: Optional[int] = None,
     ) -> Deferred:
-        return self.store.list_at(prefix, after, limit, revision, max_bytes)
+        return IHistoricalStore(self.store).list_at(prefix, after, limit, revision, max_bytes)
 
     def changes(self, after: int, upto: int, max_records: int) -> Deferred:
-        return self.store.changes(after, upto, max_records)
+        return IHistoricalStore(self.store).changes(after, upto, max_records)
 
     def compact(self, revision: int, max_records: int) -> Deferred:
-        return self.store.compact(revision, max_records)
+        return IHistoricalStore(self.store).compact(revision, max_records)
 
     def grant(self, ttl: float, max_leases: int) -> Deferred:
-        return self.store.grant(ttl, max_leases)
+        return ILeasingStore(self.store).grant(ttl, max_leases)
 
     def keepalive(self, lease_id: int) -> Deferred:
-        return self.store.keepalive(lease_id)
+        return ILeasingStore(self.store).keepalive(lease_id)
 
     def lease(self, lease_id: int) -> Deferred:
-        return self.store.lease(lease_id)
+        return ILeasingStore(self.store).lease(lease_id)
 
     def held_leases(self, limit: int) -> Deferred:
-        return self.store.held_leases(limit)
+        return ILeaseListing(self.store).held_leases(limit)
 
     def revoke(self, lease_id: int) -> Deferred:
-        return self.store.revoke(lease_id)
+        return ILeasingStore(self.store).revoke(lease_id)
 
     def expired_leases(self, limit: int) -> Deferred:
-        return self.store.expired_leases(limit)
+        return ILeasingStore(self.store).expired_leases(limit)
 
     def expire_lease(self, lease_id: int) -> Deferred:
-        return self.store.expire_lease(lease_id)
+        return ILeasingStore(self.store).expire_lease(lease_id)
 
     def get_linearizable(self, key: str) -> Deferred:
         """

@@ -290,7 +290,9 @@ class EventStream:
         failed), dropping what it has not taken: it resumes where it was.
         """
         self._close()
-        transport = self._request.channel.transport if self._request.channel else None
+        # TCP and TLS transports both abort (ITCPTransport); the channel's
+        # declared ITransport does not say so.
+        transport: Any = self._request.channel.transport if self._request.channel else None
         if transport is not None:
             transport.abortConnection()
 
@@ -378,7 +380,7 @@ class Watch(V1Resource):
 
     def render_GET(self, request: Request) -> int:
         store = self.context.store
-        from_history = IHistoricalStore.providedBy(store)
+        history = IHistoricalStore(store) if IHistoricalStore.providedBy(store) else None
         try:
             prefix = query_arg(request, "prefix") or ""
             with_values = flag_arg(request, "values")
@@ -391,9 +393,9 @@ class Watch(V1Resource):
                 return key.startswith(prefix) and token.may_read(key)
 
             backlog: List[Event] = []
-            if resume is not None and from_history:
-                if resume < store.compact_revision:
-                    raise HistoryGone(resume, store.compact_revision)
+            if resume is not None and history is not None:
+                if resume < history.compact_revision:
+                    raise HistoryGone(resume, history.compact_revision)
             elif resume is not None:
                 backlog = self.context.hub.since(resume, matches)
             if self.context.watchers.active >= self.context.watchers.limit:
@@ -409,13 +411,13 @@ class Watch(V1Resource):
         # stream is open before the first event.
         request.write(b"retry: 1000\n\n")
         upto = self.context.hub.position
-        replaying = resume is not None and from_history and resume < upto
+        replay_from = resume if history is not None and resume is not None and resume < upto else None
         stream = EventStream(
             request, self.context, matches, with_values, with_previous,
-            replaying=replaying, position=resume,
+            replaying=replay_from is not None, position=resume,
         )
-        if replaying:
-            Deferred.fromCoroutine(replay(stream, store, resume, upto)).addErrback(
+        if history is not None and replay_from is not None:
+            Deferred.fromCoroutine(replay(stream, history, replay_from, upto)).addErrback(
                 _replay_failed, stream
             )
         else:
