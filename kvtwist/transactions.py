@@ -63,8 +63,9 @@ def not_found(txn_id: str) -> TransactionNotFound:
 
 class EndsAfterCommit:
     """
-    L{ITransactionManager.commit_and_end} for any manager, over its C{finish}: the
-    one place that decides which commits end their transaction.
+    L{ITransactionManager.commit_and_end} for any manager, over its
+    C{finish}: the one place that decides which commits end their
+    transaction (the in-memory, etcd and remote managers share it).
     """
 
     def finish(self, txn_id: str) -> Deferred:
