@@ -58,6 +58,13 @@ class Token:
 #: The principal of every request when auth is off.
 ANYONE = Token("anyone", "", read=("",), write=("",), ops=True)
 
+#: The principal of a request that was never authenticated: it may do
+#: nothing. The authenticating top of the tree
+#: (L{kvtwist.web.root.Authenticating}) records a principal on every request
+#: it lets through to a route that needs one (L{ANYONE} when auth is off), so
+#: a route reached some other way is refused rather than open to all.
+NOBODY = Token("nobody", "")
+
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
@@ -127,5 +134,8 @@ class Authorizer:
 
 
 def principal_of(request) -> Token:
-    """The token the request was authenticated as (L{ANYONE} if auth is off)."""
-    return getattr(request, "kvtwist_principal", ANYONE)
+    """
+    The token the request was authenticated as (L{ANYONE} if auth is off),
+    or L{NOBODY} if it was never authenticated: fail closed.
+    """
+    return getattr(request, "kvtwist_principal", NOBODY)

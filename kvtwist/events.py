@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, List, Optional, Set, Tuple
 
 from kvtwist.errors import HistoryGone
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import IKeyValueStore, IWatchedStore
 from kvtwist.model import CommitResult, Entry
 
 
@@ -103,8 +103,8 @@ class ChangeHub:
         self._position: Optional[int] = None
         self._subscriptions: Set[Subscription] = set()
         store.add_listener(self.on_commit)
-        if hasattr(store, "add_reset_listener"):
-            store.add_reset_listener(self.on_reset)
+        if IWatchedStore.providedBy(store):
+            IWatchedStore(store).add_reset_listener(self.on_reset)
 
     @property
     def horizon(self) -> int:
@@ -157,8 +157,9 @@ class ChangeHub:
         """
         The store's change feed missed changes up to C{reset.revision}
         (etcd compaction, a lost watch): resuming from before it is gone.
+        C{reset} is what L{IWatchedStore.add_reset_listener} describes.
         """
-        if getattr(reset, "history_lost", False):
+        if reset.history_lost:
             self._commits.clear()
             self._count = 0
             self._bytes = 0

@@ -369,6 +369,118 @@ class IWorkInFlight(Interface):
         """
 
 
+# -- Capabilities ------------------------------------------------------------
+#
+# What some stores can do beyond IKeyValueStore, each declared with
+# @implementer and checked with providedBy where it is used: a renamed
+# method then fails the store's verifyObject test instead of quietly
+# sending every request down the slow path. A wrapper (the read cache, the
+# commit timer) provides a capability exactly when what it wraps does
+# (L{kvtwist.store.capabilities.passes_capabilities_of}).
+
+
+class IReadCache(Interface):
+    """
+    A store that answers reads from memory, on the reactor thread, without
+    a Deferred (L{kvtwist.store.cache.CachedStore}): the fast path of a
+    GET, and the cache gauges of the metrics.
+    """
+
+    hits = Attribute("Reads answered from memory.")
+    misses = Attribute("Reads that went to the store.")
+    size = Attribute("Bytes the cache holds, by its own accounting.")
+    max_bytes = Attribute("The most bytes the cache may hold (C{--cache-size}).")
+
+    def __len__():
+        """Keys (and known-absent keys) held."""
+
+    def peek(key):
+        """
+        C{(True, entry or None)} if the cache can answer a read of C{key}
+        now (L{None}: absent or expired), else C{(False, None)}. No I/O.
+        """
+
+    def peek_encoded(key, encode):
+        """
+        C{encode(entry)} for the live cached entry of C{key}, built once and
+        kept with the entry; L{None} unless the key is cached and live (then
+        read it the ordinary way). No I/O.
+        """
+
+
+class ILinearizableReads(Interface):
+    """
+    A store whose C{get} may answer from what this node last heard (a cache
+    kept coherent by a change feed), and that can also read past it.
+    """
+
+    def get_linearizable(key):
+        """
+        Read C{key} reflecting every commit acknowledged (by any node)
+        before the call, as C{?consistent=1} asks.
+
+        @return: a Deferred firing as L{IKeyValueStore.get}'s does.
+        """
+
+
+class IWatchedStore(Interface):
+    """
+    A store that learns of others' changes through a watch that can be lost
+    (etcd): its listeners may miss changes, and it says when.
+    """
+
+    def add_reset_listener(listener):
+        """
+        Call C{listener(reset)} on the reactor thread whenever listeners may
+        not have heard every change. C{reset} has C{watching} (whether the
+        watch runs now), C{history_lost} (some change at or below
+        C{revision} will never be heard), C{revision} and C{reason}
+        (L{kvtwist.store.etcd.watchloop.WatchReset}).
+        """
+
+
+class ICountedStore(Interface):
+    """A store that keeps a count of its keys."""
+
+    key_count = Attribute(
+        "Keys in the store (live and expired but not yet swept). Reactor "
+        "thread, no I/O."
+    )
+
+
+class IEtcdConnection(Interface):
+    """
+    A store kept in etcd, as what keeps its own keys beside the store's data
+    uses it (the transactions kept in etcd,
+    L{kvtwist.store.etcd.transactions}): L{kvtwist.store.etcd.store.EtcdStore},
+    or a wrapper that passes these through (L{kvtwist.metrics.TimedStore}).
+    """
+
+    prefix = Attribute("The store's etcd key prefix (a str): its own keys live under it.")
+    revision = Attribute("The largest etcd revision the store has seen.")
+    max_request_bytes = Attribute("etcd's --max-request-bytes: the largest request sent.")
+
+    def call(path, body, write=False):
+        """
+        Send one etcd v3 gateway request, failing over between endpoints.
+
+        @return: a coroutine of the answer document.
+        @raise kvtwist.store.etcd.errors.Ambiguous: a write's answer was lost.
+        @raise kvtwist.store.etcd.errors.LeaseGone: a request named a lease
+            etcd no longer has.
+        """
+
+    def commit_with(ops, checks, rider):
+        """
+        L{IKeyValueStore.commit}, with C{rider}'s requests in the same etcd
+        transaction (L{kvtwist.store.etcd.commits.Rider}).
+
+        @return: a Deferred firing with the L{kvtwist.model.CommitResult}.
+        @raise kvtwist.store.etcd.commits.RiderBroken: (in the Deferred) the
+            rider's guard no longer held; nothing was applied.
+        """
+
+
 class ITransactionView(Interface):
     """
     What a transaction holds at one moment: its staged ops, the revisions it
@@ -469,6 +581,19 @@ class ITransactionManager(Interface):
         @raise kvtwist.errors.TransactionNotFound: unknown, ended, expired,
             or someone else's (which is not revealed).
         @raise kvtwist.errors.StoreUnavailable: if it cannot be looked up.
+        """
+
+    def commit_and_end(txn, vet=None):
+        """
+        Commit C{txn} (L{ITransaction.commit}, with C{vet}), then end it if
+        it is isolated and its commit either applied or conflicted: a
+        conflict is final (first committer wins; the client begins again).
+        A commit that failed otherwise (the store unavailable: nothing
+        applied, the staged ops still there) leaves it open to retry; the
+        shared queue never ends.
+
+        @return: a Deferred firing as L{ITransaction.commit}'s does, once
+            the transaction has ended (when it ends).
         """
 
     def finish(txn_id):

@@ -2,15 +2,17 @@
 Every limit kvtwist enforces, with its default, in one place.
 
 L{Limits} is built by L{kvtwist.tap} from the options and handed to the
-Resource tree; C{GET /v1/limits} reports it as is.
+Resource tree; C{GET /v1/limits} reports it as is. L{WatcherCount} holds
+C{max_watchers} across the whole tree (long-polls and streams alike).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
+from kvtwist.errors import LimitExceeded
 from kvtwist.strictjson import MAX_DEPTH, MAX_KEY_BYTES
 
 MiB = 1024 * 1024
@@ -191,3 +193,29 @@ class Limits:
     def as_dict(self) -> dict:
         """The limits in force as a JSON-ready dict (the etcd ones only on etcd)."""
         return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+class WatcherCount:
+    """Admission for long-polls and streams: at most C{limit} at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def admit(self) -> Callable[[], None]:
+        """
+        Take a slot and return the function that gives it back (once).
+
+        @raise LimitExceeded: (429) when every slot is taken.
+        """
+        if self.active >= self.limit:
+            raise LimitExceeded("max_watchers", self.limit, self.active + 1, too_many=True)
+        self.active += 1
+        released: List[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self.active -= 1
+
+        return release

@@ -47,9 +47,19 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from kvtwist.errors import ConflictError
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeasingStore
-from kvtwist.store.history import keeps_history_of
-from kvtwist.store.leases import grants_leases_of
+from kvtwist.interfaces import (
+    ICountedStore,
+    IEtcdConnection,
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
+    ILinearizableReads,
+    IReadCache,
+    IWatchedStore,
+    IWorkInFlight,
+)
+from kvtwist.store.capabilities import passes_capabilities_of
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -178,7 +188,7 @@ class StateCollector:
         """The metric families, for the registry."""
         store = self.store
         if store is not None:
-            if hasattr(store, "hits"):
+            if IReadCache.providedBy(store):
                 yield CounterMetricFamily(
                     "kvtwist_cache_hits", "Reads answered from the read cache.", value=store.hits
                 )
@@ -194,8 +204,10 @@ class StateCollector:
                 yield GaugeMetricFamily(
                     "kvtwist_cache_max_bytes", "The read cache's bound (--cache-size).", value=store.max_bytes
                 )
+            # Read as 0 from a store that keeps no count (etcd), as before.
+            keys = store.key_count if ICountedStore.providedBy(store) else 0
             yield GaugeMetricFamily(
-                "kvtwist_keys", "Keys in the store (live and not yet swept).", value=getattr(store, "key_count", 0)
+                "kvtwist_keys", "Keys in the store (live and not yet swept).", value=keys
             )
             yield GaugeMetricFamily(
                 "kvtwist_store_revision", "The store's revision.", value=store.revision
@@ -323,10 +335,6 @@ class Metrics:
                 raise TypeError("unknown state object %r" % (name,))
             setattr(self.state, name, value)
 
-    def observe_request(self, route: str, method: bytes, status: int, seconds: float) -> None:
-        """Count one answered request."""
-        self.requests.observe(route, method, status, seconds)
-
     def reject(self, limit: str) -> None:
         """Count one request or connection refused by C{limit}."""
         self.rejected.labels(limit).inc()
@@ -378,25 +386,39 @@ class _Families:
         return iter(self._families)
 
 
+#: The capabilities L{TimedStore} passes on from the store it wraps: it
+#: forwards each one's calls (the commits among them counted and timed).
+TIMED_CAPABILITIES = (
+    IHistoricalStore,
+    ILeasingStore,
+    ILeaseListing,
+    ILinearizableReads,
+    IWatchedStore,
+    ICountedStore,
+    IEtcdConnection,
+    IWorkInFlight,
+)
+
+
 @implementer(IKeyValueStore)
 class TimedStore:
     """
     C{store} with its commits counted and timed on C{clock}; everything
     else passes straight through. kvcache puts it under the read cache, so
     reads answered from memory never pass here.
+
+    It provides exactly the capabilities of L{TIMED_CAPABILITIES} that
+    C{store} provides, and forwards nothing else: a read cache
+    (L{IReadCache}) goes above it, never below.
     """
 
     def __init__(self, store: IKeyValueStore, metrics: Metrics, clock: IReactorTime) -> None:
+        if IReadCache.providedBy(store):
+            raise TypeError("time the commits of the store under the read cache, not the cache")
         self.store = store
         self._metrics = metrics
         self._clock = clock
-        # get_at, list_at, compact and the rest pass through __getattr__.
-        keeps_history_of(self, store)
-        grants_leases_of(self, store)
-
-    def __getattr__(self, name: str) -> Any:
-        # Store-specific extras (key_count, sync_observer, directory, ...).
-        return getattr(self.store, name)
+        passes_capabilities_of(self, store, TIMED_CAPABILITIES)
 
     @property
     def revision(self) -> int:  # type: ignore[override]
@@ -432,6 +454,92 @@ class TimedStore:
     def ping(self) -> Deferred:
         return self.store.ping()
 
+    # -- IHistoricalStore ----------------------------------------------------
+
+    @property
+    def compact_revision(self) -> int:
+        return IHistoricalStore(self.store).compact_revision
+
+    @property
+    def history_size(self) -> int:
+        return IHistoricalStore(self.store).history_size
+
+    def get_at(self, key: str, revision: int) -> Deferred:
+        return IHistoricalStore(self.store).get_at(key, revision)
+
+    def list_at(
+        self,
+        prefix: str,
+        after: Optional[str],
+        limit: int,
+        revision: int,
+        max_bytes: Optional[int] = None,
+    ) -> Deferred:
+        return IHistoricalStore(self.store).list_at(prefix, after, limit, revision, max_bytes)
+
+    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
+        return IHistoricalStore(self.store).changes(after, upto, max_records)
+
+    def compact(self, revision: int, max_records: int) -> Deferred:
+        return IHistoricalStore(self.store).compact(revision, max_records)
+
+    # -- ILeasingStore and ILeaseListing -------------------------------------
+
+    @property
+    def lease_count(self) -> int:
+        return ILeasingStore(self.store).lease_count
+
+    @property
+    def next_deadline(self) -> Optional[float]:
+        return ILeasingStore(self.store).next_deadline
+
+    def grant(self, ttl: float, max_leases: int) -> Deferred:
+        return ILeasingStore(self.store).grant(ttl, max_leases)
+
+    def keepalive(self, lease_id: int) -> Deferred:
+        return ILeasingStore(self.store).keepalive(lease_id)
+
+    def lease(self, lease_id: int) -> Deferred:
+        return ILeasingStore(self.store).lease(lease_id)
+
+    def revoke(self, lease_id: int) -> Deferred:
+        return ILeasingStore(self.store).revoke(lease_id)
+
+    def expired_leases(self, limit: int) -> Deferred:
+        return ILeasingStore(self.store).expired_leases(limit)
+
+    def expire_lease(self, lease_id: int) -> Deferred:
+        return ILeasingStore(self.store).expire_lease(lease_id)
+
+    def held_leases(self, limit: int) -> Deferred:
+        return ILeaseListing(self.store).held_leases(limit)
+
+    # -- the other capabilities ----------------------------------------------
+
+    def get_linearizable(self, key: str) -> Deferred:
+        return ILinearizableReads(self.store).get_linearizable(key)
+
+    def add_reset_listener(self, listener) -> None:
+        IWatchedStore(self.store).add_reset_listener(listener)
+
+    @property
+    def key_count(self) -> int:
+        return ICountedStore(self.store).key_count
+
+    def work_in_flight(self) -> str:
+        return IWorkInFlight(self.store).work_in_flight()
+
+    @property
+    def prefix(self) -> str:
+        return IEtcdConnection(self.store).prefix
+
+    @property
+    def max_request_bytes(self) -> int:
+        return IEtcdConnection(self.store).max_request_bytes
+
+    def call(self, path: str, body: dict, write: bool = False) -> Any:
+        return IEtcdConnection(self.store).call(path, body, write)
+
     def commit(self, ops, checks=()) -> Deferred:
         return self._timed(self._clock.seconds(), self.store.commit(ops, checks))
 
@@ -445,7 +553,9 @@ class TimedStore:
         (L{kvtwist.store.etcd.store.EtcdStore.commit_with}, how transactions
         kept in etcd commit), counted and timed as L{commit} is.
         """
-        return self._timed(self._clock.seconds(), self.store.commit_with(ops, checks, rider))
+        return self._timed(
+            self._clock.seconds(), IEtcdConnection(self.store).commit_with(ops, checks, rider)
+        )
 
     def _timed(self, started: float, d: Deferred) -> Deferred:
         metrics = self._metrics

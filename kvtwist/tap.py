@@ -42,6 +42,7 @@ from kvtwist.compactor import Compactor
 from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IHistoricalStore, IWorkInFlight
+from kvtwist.limits import WatcherCount
 from kvtwist.listening import listening_service
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.owner import ListeningSockets, Owner, OwnerProbes, Supervisor, WorkerPool
@@ -59,7 +60,6 @@ from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
-from kvtwist.web.v1.watch import WatcherCount
 
 log = Logger()
 

@@ -2,7 +2,8 @@
 Test doubles shipped with kvtwist, for kvtwist's own tests and for yours.
 
 - L{MemoryStore}: an in-memory L{IKeyValueStore} with the same commit rules
-  as the shelve store (it passes the same contract suite).
+  as the shelve store (it passes the same contract suite);
+  L{WatchedMemoryStore}: one whose watch resets a test sends by hand.
 - L{InlineThreadPool} and L{ThreadlessReactor}: make code that defers to a
   thread pool run synchronously, so unit tests stay deterministic.
 - L{memory_root}: a whole kvcache Resource tree over a L{MemoryStore}, ready
@@ -33,7 +34,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.errors import KVError, StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeaseListing, ILeasingStore
+from kvtwist.interfaces import (
+    ICountedStore,
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
+    IWatchedStore,
+)
 from kvtwist.model import Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
@@ -42,6 +50,7 @@ from kvtwist.store.rules import count_delta, live
 
 __all__ = [
     "MemoryStore",
+    "WatchedMemoryStore",
     "InlineThreadPool",
     "ThreadlessReactor",
     "memory_root",
@@ -114,7 +123,7 @@ class _DictLeases:
         return [(lease_id, ttl, deadline) for deadline, lease_id, ttl in rows[:limit]]
 
 
-@implementer(IHistoricalStore, ILeasingStore, ILeaseListing)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, ICountedStore)
 class MemoryStore:
     """
     An in-memory store: every Deferred it returns has already fired. It
@@ -332,6 +341,22 @@ class MemoryStore:
             if not entry.is_live(now)
         )
         return self._guard() or succeed([(key, rev) for _, key, rev in due[:limit]])
+
+
+@implementer(IWatchedStore)
+class WatchedMemoryStore(MemoryStore):
+    """
+    A L{MemoryStore} that says it learns of changes through a watch, as
+    etcd does: a test plays the watch's resets by calling each of
+    C{reset_listeners} with a L{kvtwist.store.etcd.watchloop.WatchReset}.
+    """
+
+    def __init__(self, clock: Optional[IReactorTime] = None) -> None:
+        super().__init__(clock)
+        self.reset_listeners: List[Callable[[Any], None]] = []
+
+    def add_reset_listener(self, listener: Callable[[Any], None]) -> None:
+        self.reset_listeners.append(listener)
 
 
 def _page(

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import LimitExceeded, TransactionNotFound
+from kvtwist.errors import ConflictError, LimitExceeded, TransactionNotFound
 from kvtwist.interfaces import (
     IKeyValueStore,
     ITransaction,
@@ -59,6 +59,35 @@ def not_found(txn_id: str) -> TransactionNotFound:
     return TransactionNotFound(
         "no open transaction %r (finished, expired or never begun)" % (txn_id,)
     )
+
+
+class EndsAfterCommit:
+    """
+    L{ITransactionManager.commit_and_end} for any manager, over its
+    C{finish}: the one place that decides which commits end their
+    transaction (the in-memory, etcd and remote managers share it).
+    """
+
+    def finish(self, txn_id: str) -> Deferred:
+        """Each manager's own L{ITransactionManager.finish}."""
+        raise NotImplementedError()
+
+    def commit_and_end(self, txn: ITransaction, vet: Optional[Vet] = None) -> Deferred:
+        """See L{ITransactionManager.commit_and_end}."""
+        return Deferred.fromCoroutine(self._commit_and_end(txn, vet))
+
+    async def _commit_and_end(self, txn: ITransaction, vet: Optional[Vet]) -> CommitResult:
+        try:
+            result = await txn.commit(vet)
+        except ConflictError:
+            # The checks failed against commits made since: retrying the
+            # same transaction would fail the same way.
+            if txn.isolated:
+                await self.finish(txn.id)
+            raise
+        if txn.isolated:
+            await self.finish(txn.id)
+        return result
 
 
 class StagedView:
@@ -256,7 +285,7 @@ def _all_of(waits: List[Deferred], otherwise: object) -> Deferred:
 
 
 @implementer(ITransactionManager)
-class TransactionManager:
+class TransactionManager(EndsAfterCommit):
     """
     The open transactions of this process, their owners and idle timers,
     and the seed's shared queue.

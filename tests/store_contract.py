@@ -26,8 +26,30 @@ from kvtwist.errors import (
     RevisionCompacted,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeaseListing, ILeasingStore
+from kvtwist.interfaces import (
+    ICountedStore,
+    IEtcdConnection,
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
+    ILinearizableReads,
+    IReadCache,
+    IWatchedStore,
+    IWorkInFlight,
+)
 from kvtwist.model import Check, Delete, Entry, Expire, Incr, Put
+
+#: The optional capabilities a store may declare beyond IKeyValueStore,
+#: history and leases (each has its own flag and tests).
+CAPABILITIES = (
+    IReadCache,
+    ILinearizableReads,
+    IWatchedStore,
+    ICountedStore,
+    IEtcdConnection,
+    IWorkInFlight,
+)
 
 
 def contract(test):
@@ -80,6 +102,8 @@ class StoreContract(ExpectFailure):
     #: Whether lease deadlines follow the store's injected clock; etcd's
     #: leases follow etcd's own clock and etcd expires them itself.
     lease_clock_injected = True
+    #: The members of L{CAPABILITIES} the store declares, no more, no less.
+    capabilities: tuple = ()
 
     def assert_next_revision(self, before: int, after: int) -> None:
         """Revisions grow; by exactly one where the store promises it."""
@@ -96,6 +120,22 @@ class StoreContract(ExpectFailure):
         """The store provides IKeyValueStore fully."""
         store = await self.make_store()
         self.assertTrue(verifyObject(IKeyValueStore, store))
+
+    @contract
+    async def test_capabilities(self):
+        """
+        The store declares exactly its expected capabilities and provides
+        each fully (verifyObject), so a renamed method fails here rather
+        than sending callers down their slower path.
+        """
+        store = await self.make_store()
+        declared = [capability for capability in CAPABILITIES if capability.providedBy(store)]
+        self.assertEqual(
+            [capability.__name__ for capability in declared],
+            [capability.__name__ for capability in CAPABILITIES if capability in self.capabilities],
+        )
+        for capability in declared:
+            self.assertTrue(verifyObject(capability, store))
 
     @contract
     async def test_empty(self):

@@ -7,8 +7,9 @@ token, and a write token on an allowed and on a forbidden prefix.
 import json
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
-from kvtwist.auth import Authorizer, Token
+from kvtwist.auth import ANYONE, NOBODY, Authorizer, Token, principal_of
 from kvtwist.limits import Limits
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.ops import ops_children
@@ -272,6 +273,39 @@ class OpenRoutesTests(AuthCase):
             self.assertEqual(self.as_token(None, "GET", path).status, 401, path)
 
 
+class FailClosedTests(AuthCase):
+    """A request that was never authenticated may do nothing."""
+
+    def test_unauthenticated_request_is_nobody(self):
+        """principal_of a request no authentication saw is NOBODY, who may not read, write or operate."""
+        principal = principal_of(DummyRequest([b"v1", b"kv", b"k"]))
+        self.assertIs(principal, NOBODY)
+        self.assertEqual(
+            (principal.may_read(""), principal.may_write(""), principal.writes_everything, principal.ops),
+            (False, False, False, False),
+        )
+
+    def test_authenticated_request_is_its_token(self):
+        """principal_of a request the tree authenticated is the token it recorded."""
+        request = DummyRequest([b"k"])
+        request.kvtwist_principal = READER
+        self.assertIs(principal_of(request), READER)
+
+    def test_route_reached_past_authentication_is_refused(self):
+        """
+        With auth on, a route reached without the authenticating top of the
+        tree refuses reads and writes (403) instead of serving them to anyone.
+        """
+        top = memory_root(self.store, authorizer=Authorizer([READER, WRITER, OPS]))
+        bypass = TreeClient(self, top.root)
+        answer = bypass.request("GET", "/v1/kv/app/x")
+        self.assertEqual((answer.status, answer.json["code"]), (403, "forbidden"))
+        answer = bypass.request("PUT", "/v1/kv/app/y", body=b"2")
+        self.assertEqual((answer.status, answer.json["code"]), (403, "forbidden"))
+        self.assertEqual(bypass.request("GET", "/app%2Fx").status, 403)
+        self.assertIsNone(self.successResultOf(self.store.get("app/y")))
+
+
 class AuthOffTests(SynchronousTestCase):
     """With no tokens configured, nothing asks for one."""
 
@@ -280,3 +314,10 @@ class AuthOffTests(SynchronousTestCase):
         client = TreeClient(self, memory_root(MemoryStore()))
         self.assertEqual(client.request("PUT", "/v1/kv/a", body=b"1").status, 201)
         self.assertEqual(client.request("GET", "/a").status, 200)
+
+    def test_every_request_is_anyone(self):
+        """With auth off the tree records ANYONE on every request, so nothing falls back to NOBODY."""
+        root = memory_root(MemoryStore())
+        request = DummyRequest([b"v1", b"kv", b"a"])
+        root.getChildWithDefault(b"v1", request)
+        self.assertIs(principal_of(request), ANYONE)

@@ -12,10 +12,16 @@ import tracemalloc
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
+from kvtwist.events import ChangeHub
+from kvtwist.interfaces import ICountedStore, ILinearizableReads, IReadCache, IWatchedStore
+from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.model import Change, CommitResult, Delete, Entry, Put
 from kvtwist.store.cache import ABSENT, Absent, CachedStore, cost
-from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.store.etcd.watchloop import WatchReset
+from kvtwist.testing import MemoryStore, WatchedMemoryStore, memory_root
+from tests.capability_fakes import DeclaredLinearizable, UndeclaredExtras
 from tests.store_contract import StoreContract
 # Modules, not classes: names imported here would be collected twice.
 from tests import test_web_seed as seed_tests
@@ -45,6 +51,8 @@ class SlowStore(MemoryStore):
 class CachedStoreContractTests(StoreContract, SynchronousTestCase):
     """A cached MemoryStore still keeps the whole store contract."""
 
+    capabilities = (IReadCache, ILinearizableReads, ICountedStore)
+
     async def make_store(self):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
@@ -55,6 +63,70 @@ class CachedStoreContractTests(StoreContract, SynchronousTestCase):
 
     def settle(self, d):
         self.successResultOf(d)
+
+
+class TimedCachedStoreContractTests(StoreContract, SynchronousTestCase):
+    """kvcache's own stack, the cache over the commit timer over a store, keeps the whole store contract."""
+
+    capabilities = (IReadCache, ILinearizableReads, ICountedStore)
+
+    async def make_store(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        timed = TimedStore(MemoryStore(self.clock), Metrics(process=False), self.clock)
+        return CachedStore(timed, 1 << 20)
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+
+    def settle(self, d):
+        self.successResultOf(d)
+
+
+class CapabilityTests(SynchronousTestCase):
+    """The cache uses what the store under it declares, and only that."""
+
+    def test_undeclared_capabilities_are_not_used(self):
+        """
+        Over a store that has the methods of IWatchedStore, ILinearizableReads
+        and ICountedStore without declaring them, the cache registers no reset
+        listener, reads ?consistent=1 with get, and declares neither the key
+        count nor resets itself.
+        """
+        inner = UndeclaredExtras()
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(inner.commit([Put("a", b"1")]))
+        self.assertEqual(self.successResultOf(cache.get_linearizable("a")).value, b"1")
+        self.assertEqual((inner.reset_listeners, inner.linearizable_reads), ([], []))
+        self.assertFalse(ICountedStore.providedBy(cache))
+        self.assertFalse(IWatchedStore.providedBy(cache))
+
+    def test_declared_capabilities_are_used(self):
+        """Over a store declaring ILinearizableReads, the cache's linearizable read is the store's."""
+        inner = DeclaredLinearizable()
+        cache = CachedStore(inner, 1 << 20)
+        self.successResultOf(inner.commit([Put("a", b"1")]))
+        self.assertEqual(self.successResultOf(cache.get_linearizable("a")).value, b"1")
+        self.assertEqual(inner.linearizable_reads, ["a"])
+
+    def test_key_count_and_resets_pass_through(self):
+        """
+        Over a store declaring ICountedStore and IWatchedStore, the cache
+        declares both (verifyObject) and forwards them: a change hub built
+        on the cache hears the store's resets after the cache did.
+        """
+        inner = WatchedMemoryStore()
+        cache = CachedStore(inner, 1 << 20)
+        self.assertTrue(verifyObject(ICountedStore, cache))
+        self.assertTrue(verifyObject(IWatchedStore, cache))
+        hub = ChangeHub(cache, 100)
+        self.successResultOf(cache.commit([Put("a", b"1"), Put("b", b"2")]))
+        self.assertEqual(cache.key_count, 2)
+        self.assertEqual(len(inner.reset_listeners), 2)
+        for listener in inner.reset_listeners:
+            listener(WatchReset(True, True, 1, "compacted"))
+        self.assertEqual(hub.horizon, 1)
+        self.assertEqual(cache.peek("a"), (False, None))
 
 
 class CacheTests(SynchronousTestCase):
@@ -412,9 +484,8 @@ class ResetTests(SynchronousTestCase):
         """While the watch is down the cache neither answers nor fills."""
         from kvtwist.store.etcd.watchloop import WatchReset
 
-        inner = MemoryStore()
-        resets = []
-        inner.add_reset_listener = resets.append
+        inner = WatchedMemoryStore()
+        resets = inner.reset_listeners
         cache = CachedStore(inner, 1 << 20)
         self.successResultOf(cache.commit([Put("a", b"1")]))
         self.assertEqual(cache.peek("a")[0], True)

@@ -21,6 +21,7 @@ from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.web.http import KVSite
+from tests.capability_fakes import DeclaredReadCache, UndeclaredExtras
 from tests.webtest import TreeClient
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -30,6 +31,32 @@ JSON = "application/json"
 def cached_store(clock=None):
     """A MemoryStore behind the read cache, as kvcache runs it."""
     return CachedStore(MemoryStore(clock), 1 << 20)
+
+
+class ReadCacheCapabilityTests(SynchronousTestCase):
+    """The GET fast path asks the store's cache only if the store declares IReadCache."""
+
+    def test_undeclared_cache_is_not_asked(self):
+        """A store with peek and peek_encoded that does not declare IReadCache is read the ordinary way on every GET path."""
+        store = UndeclaredExtras()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        client = TreeClient(self, memory_root(store))
+        self.assertEqual(client.request("GET", "/v1/kv/a").body, b"1")
+        self.assertEqual(client.request("GET", "/a").body, b"1")
+        conditional = client.request("GET", "/v1/kv/a", headers={"If-None-Match": '"99"'})
+        self.assertEqual(conditional.body, b"1")
+        self.assertEqual(store.peeks, [])
+
+    def test_declared_cache_is_asked(self):
+        """A store declaring IReadCache is asked first on every GET path (conditional ones too); its miss falls back to the ordinary read."""
+        store = DeclaredReadCache()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        client = TreeClient(self, memory_root(store))
+        self.assertEqual(client.request("GET", "/v1/kv/a").body, b"1")
+        self.assertEqual(client.request("GET", "/a").body, b"1")
+        conditional = client.request("GET", "/v1/kv/a", headers={"If-None-Match": '"99"'})
+        self.assertEqual(conditional.body, b"1")
+        self.assertEqual(store.peeks, ["a", "a", "a"])
 
 
 def head_and_body(output: bytes):

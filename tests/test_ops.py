@@ -20,6 +20,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from kvtwist.auth import Authorizer, Token
 from kvtwist.errors import ConflictError, InsufficientStorage
@@ -27,7 +28,20 @@ from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics, RequestStats, TimedStore
 from kvtwist.model import Check, Put
 from kvtwist.store.cache import CachedStore
-from kvtwist.testing import MemoryStore
+from kvtwist.interfaces import (
+    ICountedStore,
+    IEtcdConnection,
+    IHistoricalStore,
+    ILeaseListing,
+    ILeasingStore,
+    ILinearizableReads,
+    IReadCache,
+    IWatchedStore,
+    IWorkInFlight,
+)
+from kvtwist.metrics import TIMED_CAPABILITIES
+from kvtwist.testing import MemoryStore, WatchedMemoryStore
+from tests.capability_fakes import DeclaredLinearizable, UndeclaredExtras
 from kvtwist.web.ops import ops_children, ops_root
 from kvtwist.web.root import make_root
 from tests.e2e import HOST, free_port, http_request, start_server, temp_dir
@@ -300,6 +314,66 @@ class MetricsObjectTests(SynchronousTestCase):
         self.assertEqual(self.sample(metrics, "kvtwist_keys"), 1)
         self.assertEqual(self.sample(metrics, "kvtwist_store_revision"), 1)
         self.assertRaises(TypeError, metrics.watch, nonsense=1)
+
+    def test_undeclared_cache_and_count_are_not_read(self):
+        """
+        A store with a cache's counters and a key count that declares neither
+        IReadCache nor ICountedStore shows no cache metrics and 0 keys.
+        """
+        metrics = Metrics(process=False)
+        store = UndeclaredExtras()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        metrics.watch(store=store)
+        self.assertIsNone(self.sample(metrics, "kvtwist_cache_hits_total"))
+        self.assertIsNone(self.sample(metrics, "kvtwist_cache_max_bytes"))
+        self.assertEqual(self.sample(metrics, "kvtwist_keys"), 0)
+        self.assertEqual(self.sample(metrics, "kvtwist_store_revision"), 1)
+
+    def test_timed_store_has_exactly_the_capabilities_it_wraps(self):
+        """
+        TimedStore declares each capability it forwards exactly when the
+        store it wraps declares it, and provides each fully (verifyObject).
+        """
+        clock = Clock()
+        for inner, expected in [
+            (MemoryStore(clock), {IHistoricalStore, ILeasingStore, ILeaseListing, ICountedStore}),
+            (WatchedMemoryStore(clock),
+             {IHistoricalStore, ILeasingStore, ILeaseListing, ICountedStore, IWatchedStore}),
+            (DeclaredLinearizable(clock), {IHistoricalStore, ILinearizableReads}),
+            (UndeclaredExtras(clock), {IHistoricalStore}),
+        ]:
+            timed = TimedStore(inner, Metrics(process=False), clock)
+            declared = {capability for capability in TIMED_CAPABILITIES if capability.providedBy(timed)}
+            self.assertEqual(declared, expected, type(inner).__name__)
+            for capability in declared:
+                self.assertTrue(verifyObject(capability, timed))
+        self.assertEqual(
+            set(TIMED_CAPABILITIES),
+            {IHistoricalStore, ILeasingStore, ILeaseListing, ILinearizableReads, IWatchedStore,
+             ICountedStore, IEtcdConnection, IWorkInFlight},
+        )
+
+    def test_timed_store_forwards_what_it_declares(self):
+        """Through TimedStore, a declared capability reaches the store: its linearizable reads, its resets, its count."""
+        clock = Clock()
+        inner = WatchedMemoryStore(clock)
+        timed = TimedStore(inner, Metrics(process=False), clock)
+        timed.add_reset_listener(print)
+        self.assertEqual(inner.reset_listeners, [print])
+        self.successResultOf(timed.commit([Put("a", b"1")]))
+        self.assertEqual(timed.key_count, 1)
+        linearizable = DeclaredLinearizable(clock)
+        self.successResultOf(linearizable.commit([Put("a", b"1")]))
+        timed = TimedStore(linearizable, Metrics(process=False), clock)
+        self.assertEqual(self.successResultOf(timed.get_linearizable("a")).value, b"1")
+        self.assertEqual(linearizable.linearizable_reads, ["a"])
+
+    def test_timed_store_goes_under_the_cache(self):
+        """A TimedStore over a read cache is refused: it forwards no IReadCache, so the cache goes above it."""
+        clock = Clock()
+        cache = CachedStore(MemoryStore(clock), 1 << 20)
+        self.assertTrue(IReadCache.providedBy(cache))
+        self.assertRaises(TypeError, TimedStore, cache, Metrics(process=False), clock)
 
     def test_history_gauges(self):
         """A store with history (through TimedStore and the cache) shows its compact revision and records."""

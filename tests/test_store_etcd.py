@@ -33,6 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, Response
 from twisted.web.resource import Resource
 
 from kvtwist.errors import ConflictError, LeaseNotFound, LimitExceeded, StoreCorrupt, StoreUnavailable
+from kvtwist.interfaces import IEtcdConnection, ILinearizableReads, IWatchedStore
 from kvtwist.model import Change, Check, CommitResult, Delete, Entry, Expire, Put
 from kvtwist.store.etcd.codec import decode_value, encode_value, prefix_end
 from kvtwist.store.etcd.errors import EtcdError
@@ -119,6 +120,7 @@ class EtcdTestCase(ExpectFailure, TestCase):
 class EtcdStoreContractTests(StoreContract, EtcdTestCase):
     """EtcdStore keeps the whole store contract (revisions may skip)."""
 
+    capabilities = (ILinearizableReads, IWatchedStore, IEtcdConnection)
     exact_revisions = False
     # etcd's leases remove expired keys; kvtwist does not sweep them.
     sweeps_itself = False

@@ -3,12 +3,15 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvtwist.interfaces import ICountedStore
 from kvtwist.testing import MemoryStore
 from tests.store_contract import StoreContract
 
 
 class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
     """MemoryStore keeps the whole store contract."""
+
+    capabilities = (ICountedStore,)
 
     async def make_store(self):
         self.clock = Clock()

@@ -35,7 +35,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IWorkInFlight
+from kvtwist.interfaces import ICountedStore, IWorkInFlight
 from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store import sqlitemap
@@ -62,6 +62,8 @@ class InlineShelve:
 
 class ShelveStoreContractTests(InlineShelve, StoreContract, SynchronousTestCase):
     """ShelveStore keeps the whole store contract."""
+
+    capabilities = (ICountedStore, IWorkInFlight)
 
     async def make_store(self):
         return self.open_store()

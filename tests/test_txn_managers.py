@@ -15,7 +15,7 @@ from twisted.internet.defer import DeferredList, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist.errors import LimitExceeded, TransactionNotFound
+from kvtwist.errors import LimitExceeded, StoreUnavailable, TransactionNotFound
 from kvtwist.limits import Limits
 from kvtwist.model import Check, Delete, Put
 from kvtwist.staging import staged_cost
@@ -46,6 +46,25 @@ class MemoryTransactionContractTests(TransactionContract, SynchronousTestCase):
 
     def settle(self, d):
         self.successResultOf(d)
+
+
+class MemoryManagerCommitTests(SynchronousTestCase):
+    """What the in-memory manager decides after a commit that did not go through."""
+
+    def test_unavailable_commit_leaves_transaction_open(self):
+        """A commit the store could not make (503) leaves the transaction open, its ops staged, to retry."""
+        clock = Clock()
+        store = MemoryStore(clock)
+        manager = TransactionManager(clock, Limits(), store)
+        txn = self.successResultOf(manager.begin())
+        self.successResultOf(txn.record([Put("a", b"1")], {"a": 0}))
+        store.fail_commits = StoreUnavailable("the disk is gone")
+        self.failureResultOf(manager.commit_and_end(txn), StoreUnavailable)
+        found = self.successResultOf(manager.find(txn.id))
+        self.assertEqual(self.successResultOf(found.view()).ops(), [Put("a", b"1")])
+        store.fail_commits = None
+        self.successResultOf(manager.commit_and_end(found))
+        self.failureResultOf(manager.find(txn.id), TransactionNotFound)
 
 
 class EtcdTransactionContractTests(TransactionContract, EtcdTestCase):
@@ -263,7 +282,7 @@ class ConnectionTests(SynchronousTestCase):
         """The etcd store declares and provides everything the manager uses of it."""
         from zope.interface.verify import verifyObject
 
-        from kvtwist.store.etcd.interfaces import IEtcdConnection
+        from kvtwist.interfaces import IEtcdConnection
         from kvtwist.store.etcd.store import EtcdStore
 
         store = EtcdStore(["http://127.0.0.1:1"], Clock())

@@ -18,7 +18,8 @@ from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.sweeper import Sweeper
-from kvtwist.testing import MemoryStore, memory_root
+from kvtwist.testing import MemoryStore, WatchedMemoryStore, memory_root
+from tests.capability_fakes import UndeclaredExtras
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.v1.base import V1Context
 from kvtwist.web.v1.watch import EventStream
@@ -630,9 +631,8 @@ class HistoryResetTests(SynchronousTestCase):
         from kvtwist.errors import HistoryGone
         from kvtwist.store.etcd.watchloop import WatchReset
 
-        store = MemoryStore()
-        resets = []
-        store.add_reset_listener = resets.append
+        store = WatchedMemoryStore()
+        resets = store.reset_listeners
         hub = ChangeHub(store, 100)
         for key in ("a", "b"):
             self.successResultOf(store.commit([Put(key, b"")]))
@@ -640,6 +640,12 @@ class HistoryResetTests(SynchronousTestCase):
         resets[0](WatchReset(True, True, 7, "compacted"))
         self.assertRaises(HistoryGone, hub.since, 6, lambda key: True)
         self.assertEqual(hub.since(7, lambda key: True), [])
+
+    def test_undeclared_resets_are_not_followed(self):
+        """A store with add_reset_listener that does not declare IWatchedStore is not asked for resets."""
+        store = UndeclaredExtras()
+        ChangeHub(store, 100)
+        self.assertEqual(store.reset_listeners, [])
 
 
 class HistoryBytesTests(SynchronousTestCase):

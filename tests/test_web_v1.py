@@ -13,6 +13,7 @@ from kvtwist.limits import Limits
 from kvtwist.model import Put
 from kvtwist.staging import OP_OVERHEAD
 from kvtwist.testing import MemoryStore, memory_root
+from tests.capability_fakes import DeclaredLinearizable, UndeclaredExtras
 from tests.webtest import TreeClient
 
 
@@ -669,6 +670,20 @@ class ConsistentReadTests(V1Case):
         answer = self.client.request("GET", "/v1/kv/a?consistent=1")
         self.assertEqual((answer.status, answer.body), (200, b"1"))
         self.client.problem("GET", "/v1/kv/nope?consistent=1", 404, "key-not-found")
+
+    def test_declared_linearizable_reads_are_used(self):
+        """Over a store declaring ILinearizableReads, ?consistent=1 reads through its get_linearizable."""
+        store = DeclaredLinearizable()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        answer = TreeClient(self, memory_root(store)).request("GET", "/v1/kv/a?consistent=1")
+        self.assertEqual((answer.status, answer.body, store.linearizable_reads), (200, b"1", ["a"]))
+
+    def test_undeclared_linearizable_reads_are_not_used(self):
+        """Over a store with get_linearizable that does not declare it, ?consistent=1 reads with get."""
+        store = UndeclaredExtras()
+        self.successResultOf(store.commit([Put("a", b"1")]))
+        answer = TreeClient(self, memory_root(store)).request("GET", "/v1/kv/a?consistent=1")
+        self.assertEqual((answer.status, answer.body, store.linearizable_reads), (200, b"1", []))
 
 
 class QueryParameterTests(V1Case):

@@ -21,14 +21,15 @@ from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavail
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
-from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore
+from kvtwist.interfaces import ICountedStore, IHistoricalStore, ILeaseListing, ILeasingStore, ILinearizableReads, IReadCache
 from kvtwist.model import Check, CheckFailure, Entry, Put
 from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
-from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
+from kvtwist.store.remote import STATE, RemoteStore, RemoteTransactions, WorkerProtocol, call, state_of
 from kvtwist.sweeper import Sweeper
 from kvtwist.testing import MemoryStore
 from kvtwist.transactions import TransactionManager
+from tests.capability_fakes import UndeclaredExtras
 from tests.store_contract import StoreContract
 from tests.txn_contract import TransactionContract
 
@@ -146,6 +147,8 @@ class RemoteStoreContractTests(OverCluster, StoreContract, SynchronousTestCase):
     #: History and leases are forwarded to the owner's store.
     keeps_history = True
     grants_leases = True
+    #: The worker's read cache, over a RemoteStore that mirrors the count.
+    capabilities = (IReadCache, ILinearizableReads, ICountedStore)
 
     async def make_store(self):
         self.cluster = Cluster()
@@ -320,6 +323,27 @@ class ForwardedAbilitiesTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IHistoricalStore, remote))
         self.assertTrue(verifyObject(ILeasingStore, remote))
         self.assertTrue(verifyObject(ILeaseListing, remote))
+
+    def test_remote_store_capabilities(self):
+        """A worker's RemoteStore provides ICountedStore and ILinearizableReads fully, and no read cache itself."""
+        remote = self.cluster.remotes[0]
+        self.assertTrue(verifyObject(ICountedStore, remote))
+        self.assertTrue(verifyObject(ILinearizableReads, remote))
+        self.assertFalse(IReadCache.providedBy(remote))
+
+    def test_state_of_reads_declared_capabilities_only(self):
+        """
+        state_of mirrors the attributes of the capabilities a store declares:
+        a store with a key count it does not declare is mirrored as 0 keys.
+        """
+        counted = MemoryStore()
+        counted.key_count = 3
+        self.assertEqual(state_of(counted)["key_count"], 3)
+        undeclared = UndeclaredExtras()
+        undeclared.key_count = 3
+        state = state_of(undeclared)
+        self.assertEqual((state["key_count"], state["lease_count"], state["next_deadline"]), (0, 0, None))
+        self.assertEqual(set(state), set(STATE))
 
     def test_wrong_argument_types_refused(self):
         """A forwarded call whose arguments are not of the declared types runs nothing and fails as unavailable."""

@@ -130,6 +130,39 @@ class TransactionContract(ExpectFailure):
         self.assertEqual((await store.get("b")).value, b"theirs")
 
     @contract
+    async def test_manager_commit_ends_the_transaction(self):
+        """The manager's commit applies the transaction and ends it: finding it after is TransactionNotFound."""
+        store, manager = await self.one()
+        txn = await manager.begin()
+        await txn.record([Put("a", b"1")], {"a": 0})
+        result = await manager.commit_and_end(await manager.find(txn.id))
+        self.assertEqual([c.key for c in result.changes], ["a"])
+        self.assertEqual((await store.get("a")).value, b"1")
+        await self.expect(TransactionNotFound, manager.find(txn.id))
+
+    @contract
+    async def test_manager_commit_conflict_ends_the_transaction(self):
+        """A conflicted commit through the manager fails with ConflictError and ends the transaction."""
+        store, manager = await self.one()
+        txn = await manager.begin()
+        await txn.record([Put("a", b"mine")], {"a": 0})
+        await store.commit([Put("a", b"theirs")])
+        error = await self.expect(ConflictError, manager.commit_and_end(await manager.find(txn.id)))
+        self.assertEqual([f.check.key for f in error.failures], ["a"])
+        await self.expect(TransactionNotFound, manager.find(txn.id))
+        self.assertEqual((await store.get("a")).value, b"theirs")
+
+    @contract
+    async def test_manager_commit_keeps_the_queue(self):
+        """The shared queue committed through the manager stays: it takes writes again after."""
+        store, manager = await self.one()
+        await manager.queue.record([Put("q", b"1")])
+        await manager.commit_and_end(manager.queue)
+        self.assertEqual((await store.get("q")).value, b"1")
+        view = await manager.queue.record([Put("q", b"2")])
+        self.assertEqual(view.ops(), [Put("q", b"2")])
+
+    @contract
     async def test_vet_refuses(self):
         """A vet that raises refuses the commit with its error; nothing applied, the ops stay staged."""
         store, manager = await self.one()

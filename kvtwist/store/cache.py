@@ -34,8 +34,18 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.interfaces import IKeyValueStore
+from kvtwist.interfaces import (
+    ICountedStore,
+    IHistoricalStore,
+    IKeyValueStore,
+    ILeaseListing,
+    ILeasingStore,
+    ILinearizableReads,
+    IReadCache,
+    IWatchedStore,
+)
 from kvtwist.model import Check, CommitResult, Entry, Op
+from kvtwist.store.capabilities import passes_capabilities_of
 from kvtwist.store.history import keeps_history_of
 from kvtwist.store.leases import grants_leases_of
 
@@ -111,10 +121,14 @@ class _Slot:
         self.encoder: Optional[Callable[[Entry], Any]] = None
 
 
-@implementer(IKeyValueStore)
+@implementer(IKeyValueStore, IReadCache, ILinearizableReads)
 class CachedStore:
     """
     C{store} behind an LRU of at most C{max_bytes} (reactor thread only).
+
+    It reads past itself (L{ILinearizableReads}) over any store, and keeps
+    the key count (L{ICountedStore}) and the watch resets
+    (L{IWatchedStore}) of the store it wraps when that one has them.
 
     @ivar hits: reads answered from memory.
     @ivar misses: reads that went to the store.
@@ -141,8 +155,12 @@ class CachedStore:
         # Leases pass through; the commits that end them reach the cache
         # through the listener, like every commit.
         grants_leases_of(self, store)
-        if hasattr(store, "add_reset_listener"):
-            store.add_reset_listener(self._on_reset)
+        # Key counts and resets pass through. The cache hears each reset
+        # first (it registered first), so a change feed built on top reads
+        # fresh state when it hears the same reset.
+        passes_capabilities_of(self, store, (ICountedStore, IWatchedStore))
+        if IWatchedStore.providedBy(store):
+            IWatchedStore(store).add_reset_listener(self._on_reset)
 
     # -- the wrapped store's state -----------------------------------------
 
@@ -156,24 +174,28 @@ class CachedStore:
 
     @property
     def compact_revision(self) -> int:
-        return self.store.compact_revision
+        return IHistoricalStore(self.store).compact_revision
 
     @property
     def history_size(self) -> int:
-        return self.store.history_size
+        return IHistoricalStore(self.store).history_size
 
     @property
     def lease_count(self) -> int:
-        return self.store.lease_count
+        return ILeasingStore(self.store).lease_count
 
     @property
     def next_deadline(self) -> Optional[float]:
-        return self.store.next_deadline
+        return ILeasingStore(self.store).next_deadline
 
     @property
     def key_count(self) -> int:
-        """The wrapped store's key count, where it keeps one."""
-        return getattr(self.store, "key_count", 0)
+        """The wrapped store's key count (L{ICountedStore}, when it keeps one)."""
+        return ICountedStore(self.store).key_count
+
+    def add_reset_listener(self, listener) -> None:
+        """The wrapped store's watch resets (L{IWatchedStore}, when it has them)."""
+        IWatchedStore(self.store).add_reset_listener(listener)
 
     @property
     def size(self) -> int:
@@ -309,7 +331,7 @@ class CachedStore:
         return self.store.list(prefix, after, limit, max_bytes)
 
     def get_at(self, key: str, revision: int) -> Deferred:
-        return self.store.get_at(key, revision)
+        return IHistoricalStore(self.store).get_at(key, revision)
 
     def list_at(
         self,
@@ -319,42 +341,44 @@ class CachedStore:
         revision: int,
         max_bytes: Optional[int] = None,
     ) -> Deferred:
-        return self.store.list_at(prefix, after, limit, revision, max_bytes)
+        return IHistoricalStore(self.store).list_at(prefix, after, limit, revision, max_bytes)
 
     def changes(self, after: int, upto: int, max_records: int) -> Deferred:
-        return self.store.changes(after, upto, max_records)
+        return IHistoricalStore(self.store).changes(after, upto, max_records)
 
     def compact(self, revision: int, max_records: int) -> Deferred:
-        return self.store.compact(revision, max_records)
+        return IHistoricalStore(self.store).compact(revision, max_records)
 
     def grant(self, ttl: float, max_leases: int) -> Deferred:
-        return self.store.grant(ttl, max_leases)
+        return ILeasingStore(self.store).grant(ttl, max_leases)
 
     def keepalive(self, lease_id: int) -> Deferred:
-        return self.store.keepalive(lease_id)
+        return ILeasingStore(self.store).keepalive(lease_id)
 
     def lease(self, lease_id: int) -> Deferred:
-        return self.store.lease(lease_id)
+        return ILeasingStore(self.store).lease(lease_id)
 
     def held_leases(self, limit: int) -> Deferred:
-        return self.store.held_leases(limit)
+        return ILeaseListing(self.store).held_leases(limit)
 
     def revoke(self, lease_id: int) -> Deferred:
-        return self.store.revoke(lease_id)
+        return ILeasingStore(self.store).revoke(lease_id)
 
     def expired_leases(self, limit: int) -> Deferred:
-        return self.store.expired_leases(limit)
+        return ILeasingStore(self.store).expired_leases(limit)
 
     def expire_lease(self, lease_id: int) -> Deferred:
-        return self.store.expire_lease(lease_id)
+        return ILeasingStore(self.store).expire_lease(lease_id)
 
     def get_linearizable(self, key: str) -> Deferred:
         """
         Read C{key} from the store itself, never from memory, reflecting
         every commit acknowledged before the call (for C{?consistent=1}).
         """
-        read = getattr(self.store, "get_linearizable", self.store.get)
-        return read(key)
+        if ILinearizableReads.providedBy(self.store):
+            return ILinearizableReads(self.store).get_linearizable(key)
+        # A store without a cache of its own is read as it is now.
+        return self.store.get(key)
 
     def get(self, key: str) -> Deferred:
         hit, entry = self.peek(key)

@@ -39,15 +39,18 @@ from zope.interface import implementer
 from kvtwist.amp import Call, Feed, Scrape, error_from_state
 from kvtwist.errors import ConflictError, KVError, StoreUnavailable
 from kvtwist.interfaces import (
+    ICountedStore,
     IHistoricalStore,
     IKeyValueStore,
     ILeaseListing,
     ILeasingStore,
+    ILinearizableReads,
     ITransaction,
     ITransactionManager,
     ITransactionView,
 )
 from kvtwist.model import Check, CheckFailure, CommitResult, Op
+from kvtwist.transactions import EndsAfterCommit
 
 #: The id of the seed's shared queue in L{Call}s.
 QUEUE_ID = "shared"
@@ -64,8 +67,20 @@ STATE: Dict[str, Any] = {
 
 
 def state_of(store: IKeyValueStore) -> Dict[str, Any]:
-    """C{store}'s L{STATE} attributes now, for a worker to mirror."""
-    return {name: getattr(store, name, default) for name, default in STATE.items()}
+    """
+    C{store}'s L{STATE} attributes now, for a worker to mirror: those of
+    the capabilities it declares, the others as a store without them reads.
+    """
+    state = dict(STATE)
+    if ICountedStore.providedBy(store):
+        state["key_count"] = ICountedStore(store).key_count
+    if IHistoricalStore.providedBy(store):
+        history = IHistoricalStore(store)
+        state.update(compact_revision=history.compact_revision, history_size=history.history_size)
+    if ILeasingStore.providedBy(store):
+        leasing = ILeasingStore(store)
+        state.update(lease_count=leasing.lease_count, next_deadline=leasing.next_deadline)
+    return state
 
 
 class WorkerProtocol(amp.AMP):
@@ -137,7 +152,7 @@ def _hand_over(result: Any, outcome: Deferred) -> None:
         outcome.callback(result)
 
 
-@implementer(IHistoricalStore, ILeasingStore, ILeaseListing)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, ICountedStore, ILinearizableReads)
 class RemoteStore:
     """
     The owner's store, through C{protocol} (reactor thread only). The owner
@@ -366,7 +381,7 @@ class RemoteTransaction:
 
 
 @implementer(ITransactionManager)
-class RemoteTransactions:
+class RemoteTransactions(EndsAfterCommit):
     """The owner's transactions and shared queue, through C{store}."""
 
     def __init__(self, store: RemoteStore, timeout: float) -> None:

@@ -45,7 +45,7 @@ from kvtwist.errors import (
     StoreCorrupt,
     StoreUnavailable,
 )
-from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore, IWorkInFlight
+from kvtwist.interfaces import ICountedStore, IHistoricalStore, ILeaseListing, ILeasingStore, IWorkInFlight
 from kvtwist.model import Change, Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
 from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
@@ -416,7 +416,7 @@ def _commits(count: int, ops: int) -> str:
     return "%d commit%s (%d ops)" % (count, "" if count == 1 else "s", ops)
 
 
-@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, IWorkInFlight)
+@implementer(IHistoricalStore, ILeasingStore, ILeaseListing, IWorkInFlight, ICountedStore)
 class ShelveStore:
     """
     The shelve store in directory C{directory}.

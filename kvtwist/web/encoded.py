@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
+from kvtwist.interfaces import IReadCache
 from kvtwist.model import Entry
 from kvtwist.web.compression import LargeBodyGzip
 from kvtwist.web.resource import Response, etag, readable_key, write_response
@@ -100,11 +101,10 @@ def peek_encoded(
     refusals). The cache keeps one encoded form per key: a key read on
     both routes in turn is encoded again at each switch.
     """
-    peek = getattr(store, "peek_encoded", None)
-    if peek is None:
+    if not IReadCache.providedBy(store):
         return None
     key = readable_key(raw_key, request)
-    return peek(key, encode) if key is not None else None
+    return store.peek_encoded(key, encode) if key is not None else None
 
 
 def seed_response(entry: Entry) -> Response:

@@ -26,6 +26,7 @@ from zope.interface import implementer
 from kvtwist import wire
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput, KVError
+from kvtwist.interfaces import IReadCache
 from kvtwist.model import Entry
 from kvtwist.strictjson import MAX_KEY_BYTES
 from kvtwist.web.compression import LargeBodyGzip
@@ -131,15 +132,15 @@ def readable_key(raw_key: bytes, request: Request) -> Optional[str]:
 
 def peek_entry(store: Any, raw_key: bytes, request: Request) -> Optional[Entry]:
     """
-    The live entry for C{raw_key} if the store's read cache holds it and the
-    requester may read it, without any Deferred; else None (then take the
-    ordinary path, which also reports bad keys, absent keys and refusals).
+    The live entry for C{raw_key} if the store's read cache (L{IReadCache})
+    holds it and the requester may read it, without any Deferred; else None
+    (then take the ordinary path, which also reports bad keys, absent keys
+    and refusals).
     """
-    peek = getattr(store, "peek", None)
-    if peek is None:
+    if not IReadCache.providedBy(store):
         return None
     key = readable_key(raw_key, request)
-    return peek(key)[1] if key is not None else None
+    return store.peek(key)[1] if key is not None else None
 
 
 def _mark_gone(reason: Failure, request: Request) -> None:

@@ -30,7 +30,7 @@ from kvtwist.auth import ANYONE, Authorizer
 from kvtwist.events import ChangeHub
 from kvtwist.errors import Unauthorized
 from kvtwist.interfaces import IHistoricalStore, IKeyValueStore
-from kvtwist.limits import Limits
+from kvtwist.limits import Limits, WatcherCount
 from kvtwist.interfaces import ITransactionManager
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.resource import NOT_FOUND, KVResource, Refused, Response, json_response
@@ -43,7 +43,7 @@ from kvtwist.web.v1.snapshot import Snapshot
 from kvtwist.web.v1.kv import KeyCollection
 from kvtwist.web.v1.lease import LeaseCollection
 from kvtwist.web.v1.txn import TransactionCollection
-from kvtwist.web.v1.watch import Watch, WatcherCount
+from kvtwist.web.v1.watch import Watch
 
 
 class Root(KVResource):

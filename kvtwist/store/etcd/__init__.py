@@ -15,7 +15,7 @@ module per concept:
    replay;
  - L{kvtwist.store.etcd.leases}: client leases as etcd leases;
  - L{kvtwist.store.etcd.transactions}: transactions and the seed's queue
-   kept in etcd, through L{kvtwist.store.etcd.interfaces.IEtcdConnection};
+   kept in etcd, through L{kvtwist.interfaces.IEtcdConnection};
  - L{kvtwist.store.etcd.gateway}: the HTTP client of etcd's JSON gateway,
    with failover; L{kvtwist.store.etcd.tls}: its TLS and credentials;
  - L{kvtwist.store.etcd.codec}: base64, the key layout, the value

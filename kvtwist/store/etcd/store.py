@@ -24,7 +24,13 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from kvtwist.errors import StoreUnavailable
-from kvtwist.interfaces import IHistoricalStore, ILeasingStore
+from kvtwist.interfaces import (
+    IEtcdConnection,
+    IHistoricalStore,
+    ILeasingStore,
+    ILinearizableReads,
+    IWatchedStore,
+)
 from kvtwist.model import Check, Entry, Op, Page, PageBuilder
 from kvtwist.store.etcd.codec import KeySpace, Row, b64, unb64
 from kvtwist.store.etcd.commits import Commits, Rider
@@ -36,7 +42,6 @@ from kvtwist.store.etcd.gateway import (
     EtcdGateway,
 )
 from kvtwist.store.etcd.history import EtcdHistory
-from kvtwist.store.etcd.interfaces import IEtcdConnection
 from kvtwist.store.etcd.leases import EtcdLeases
 from kvtwist.store.etcd.tls import EtcdCredentials
 from kvtwist.store.etcd.watchloop import WatchLoop, WatchReset
@@ -66,7 +71,7 @@ def _gateway_setting(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
-@implementer(IHistoricalStore, ILeasingStore, IEtcdConnection)
+@implementer(IHistoricalStore, ILeasingStore, ILinearizableReads, IWatchedStore, IEtcdConnection)
 class EtcdStore:
     """
     A store on the etcd cluster reached through C{endpoints}.

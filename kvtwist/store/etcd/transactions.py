@@ -25,15 +25,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kvtwist.errors import LimitExceeded, StoreUnavailable
-from kvtwist.interfaces import ITransaction, ITransactionManager, ITransactionView
+from kvtwist.interfaces import IEtcdConnection, ITransaction, ITransactionManager, ITransactionView
 from kvtwist.limits import Limits
 from kvtwist.model import Check, CommitResult, Delete, DeletePrefix, Op, Put
 from kvtwist.staging import StagingArea
 from kvtwist.store.etcd.codec import b64, mod_compare, prefix_end, unb64
 from kvtwist.store.etcd.commits import Rider, RiderBroken
 from kvtwist.store.etcd.errors import Ambiguous, LeaseGone
-from kvtwist.store.etcd.interfaces import IEtcdConnection
-from kvtwist.transactions import StagedView, Vet, not_found, observation_checks
+from kvtwist.transactions import EndsAfterCommit, StagedView, Vet, not_found, observation_checks
 
 log = Logger()
 
@@ -221,7 +220,7 @@ class EtcdTransaction:
 
 
 @implementer(ITransactionManager)
-class EtcdTransactions:
+class EtcdTransactions(EndsAfterCommit):
     """
     Transactions and the seed's queue in etcd, through C{store}'s
     connection to it (see docs/etcd.md, "Transactions in etcd").
@@ -238,9 +237,9 @@ class EtcdTransactions:
     """
 
     def __init__(self, store: IEtcdConnection, clock: IReactorTime, limits: Limits) -> None:
-        # tentative: a wrapper passes the store's attributes through
-        # without declaring them itself.
-        verifyObject(IEtcdConnection, store, tentative=True)
+        # A wrapper (TimedStore) declares the connection exactly when the
+        # store it wraps does, so the check needs no tentative mode.
+        verifyObject(IEtcdConnection, store)
         self._store = store
         self._clock = clock
         self._limits = limits

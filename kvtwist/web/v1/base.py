@@ -17,7 +17,7 @@ from twisted.web.server import Request
 from kvtwist.auth import principal_of
 from kvtwist.errors import InvalidInput
 from kvtwist.interfaces import IKeyValueStore, ITransactionManager
-from kvtwist.limits import Limits
+from kvtwist.limits import Limits, WatcherCount
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
 from kvtwist.web.resource import Answers405, Response, etag, not_found_response, query_names
 from kvtwist.web.v1.leasing import lease_for_put
@@ -27,7 +27,6 @@ from kvtwist.wire import value_fields as value_fields
 
 if TYPE_CHECKING:
     from kvtwist.events import ChangeHub
-    from kvtwist.web.v1.watch import WatcherCount
 
 #: The longest TTL accepted (ten years), so expiry stays a sane float.
 MAX_TTL = 10 * 365 * 24 * 3600
@@ -48,10 +47,8 @@ class V1Context:
         clock: IReactorTime,
         hub: "ChangeHub",
         random: Callable[[], float] = random.random,
-        watchers: "Optional[WatcherCount]" = None,
+        watchers: Optional[WatcherCount] = None,
     ) -> None:
-        from kvtwist.web.v1.watch import WatcherCount
-
         self.store = store
         self.transactions = transactions
         self.limits = limits

@@ -19,7 +19,7 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.listing import list_readable
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
-from kvtwist.interfaces import IHistoricalStore
+from kvtwist.interfaces import IHistoricalStore, ILinearizableReads
 from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
 from kvtwist.web.encoded import encode_v1, peek_encoded, v1_entry_response, write_entry
@@ -296,7 +296,10 @@ class KeyResource(V1Resource):
         elif flag_arg(request, "consistent"):
             # Past every cache: what a quorum has acknowledged (etcd), or
             # the store itself (shelve).
-            entry = await getattr(store, "get_linearizable", store.get)(key)
+            if ILinearizableReads.providedBy(store):
+                entry = await ILinearizableReads(store).get_linearizable(key)
+            else:
+                entry = await store.get(key)
         else:
             entry = await store.get(key)
         if index is not None:

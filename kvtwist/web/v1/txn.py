@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, principal_of
-from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound
+from kvtwist.errors import InvalidInput, KeyNotFound
 from kvtwist.model import Put
 from kvtwist.operations import read, stage_deletes, stage_increment, stage_pairs, stage_put
 from kvtwist.strictjson import decode_key, parse
@@ -241,10 +241,7 @@ class TransactionCommit(TransactionPart):
 
     async def _commit(self, request: Request) -> Response:
         txn = await self.transaction(request)
-        try:
-            result = await txn.commit()
-        except ConflictError:
-            await self.context.transactions.finish(txn.id)
-            raise
-        await self.context.transactions.finish(txn.id)
+        # The manager ends it once committed or conflicted (a 503 leaves it
+        # open to retry).
+        result = await self.context.transactions.commit_and_end(txn)
         return json_response(200, {"revision": result.revision, "ops": len(result.changes)})

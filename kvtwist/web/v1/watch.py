@@ -25,7 +25,7 @@ resume point.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer
@@ -34,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from kvtwist.auth import principal_of
-from kvtwist.errors import HistoryGone, InvalidInput, KVError, LimitExceeded
+from kvtwist.errors import HistoryGone, InvalidInput, KVError
 from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import parse_revision
 from kvtwist.events import Event, commit_events
@@ -47,32 +47,6 @@ log = Logger()
 MAX_EVENT_VALUE = 64 * 1024
 #: History records read per trip to the store while a stream replays.
 REPLAY_BATCH = 1000
-
-
-class WatcherCount:
-    """Admission for long-polls and streams: at most C{limit} at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def admit(self) -> Callable[[], None]:
-        """
-        Take a slot and return the function that gives it back (once).
-
-        @raise LimitExceeded: (429) when every slot is taken.
-        """
-        if self.active >= self.limit:
-            raise LimitExceeded("max_watchers", self.limit, self.active + 1, too_many=True)
-        self.active += 1
-        released = []
-
-        def release() -> None:
-            if not released:
-                released.append(True)
-                self.active -= 1
-
-        return release
 
 
 def wait_seconds(request: Request, context: V1Context) -> float:
@@ -316,7 +290,9 @@ class EventStream:
         failed), dropping what it has not taken: it resumes where it was.
         """
         self._close()
-        transport = self._request.channel.transport if self._request.channel else None
+        # TCP and TLS transports both abort (ITCPTransport); the channel's
+        # declared ITransport does not say so.
+        transport: Any = self._request.channel.transport if self._request.channel else None
         if transport is not None:
             transport.abortConnection()
 
@@ -404,7 +380,7 @@ class Watch(V1Resource):
 
     def render_GET(self, request: Request) -> int:
         store = self.context.store
-        from_history = IHistoricalStore.providedBy(store)
+        history = IHistoricalStore(store) if IHistoricalStore.providedBy(store) else None
         try:
             prefix = query_arg(request, "prefix") or ""
             with_values = flag_arg(request, "values")
@@ -417,9 +393,9 @@ class Watch(V1Resource):
                 return key.startswith(prefix) and token.may_read(key)
 
             backlog: List[Event] = []
-            if resume is not None and from_history:
-                if resume < store.compact_revision:
-                    raise HistoryGone(resume, store.compact_revision)
+            if resume is not None and history is not None:
+                if resume < history.compact_revision:
+                    raise HistoryGone(resume, history.compact_revision)
             elif resume is not None:
                 backlog = self.context.hub.since(resume, matches)
             if self.context.watchers.active >= self.context.watchers.limit:
@@ -435,13 +411,13 @@ class Watch(V1Resource):
         # stream is open before the first event.
         request.write(b"retry: 1000\n\n")
         upto = self.context.hub.position
-        replaying = resume is not None and from_history and resume < upto
+        replay_from = resume if history is not None and resume is not None and resume < upto else None
         stream = EventStream(
             request, self.context, matches, with_values, with_previous,
-            replaying=replaying, position=resume,
+            replaying=replay_from is not None, position=resume,
         )
-        if replaying:
-            Deferred.fromCoroutine(replay(stream, store, resume, upto)).addErrback(
+        if history is not None and replay_from is not None:
+            Deferred.fromCoroutine(replay(stream, history, replay_from, upto)).addErrback(
                 _replay_failed, stream
             )
         else:
