@@ -52,7 +52,7 @@ class Response:
     headers: Dict[bytes, bytes] = field(default_factory=dict)
 
 
-Handler = Callable[[Request], Union[Response, Deferred]]
+Handler = Callable[[Request], Union[Response, "Deferred[Response]"]]
 
 
 def json_response(status: int, document: Any, **headers: bytes) -> Response:
@@ -72,8 +72,11 @@ def etag(mod_revision: int) -> bytes:
 
 def read_body(request: Request) -> bytes:
     """The request body (already bounded by the site's body limit)."""
-    request.content.seek(0)
-    return request.content.read()
+    # twisted.web sets content before any Resource renders the request.
+    content = request.content
+    assert content is not None
+    content.seek(0)
+    return content.read()
 
 
 def write_response(request: Request, response: Response) -> None:
@@ -268,11 +271,16 @@ class KVResource(Resource):
         Returns C{NOT_DONE_YET} for the render method to return.
         """
         request.notifyFinish().addErrback(_mark_gone, request)
-        d = maybeDeferred(handler, request)
+        # Twisted's overloads of maybeDeferred take a callable that returns
+        # a Deferred or a plain value, not one that may return either.
+        d: "Deferred[Response]" = maybeDeferred(handler, request)  # type: ignore[call-overload]
         d.addErrback(error_response)
-        d.addCallback(lambda response: write_response(request, self.decorate(response)))
+        d.addCallback(self._write, request)
         d.addErrback(lambda reason: log.failure("failed to write a response", reason))
         return NOT_DONE_YET
+
+    def _write(self, response: Response, request: Request) -> None:
+        write_response(request, self.decorate(response))
 
 
 def not_found_response() -> Response:

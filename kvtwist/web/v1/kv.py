@@ -76,6 +76,8 @@ def rest_of_path(name: bytes, request: Request) -> bytes:
     Consume the rest of the request path into one key: the key may contain
     C{/}, so it is everything after C{/v1/kv/}.
     """
+    # twisted.web sets both paths before it asks a Resource for a child.
+    assert request.prepath is not None and request.postpath is not None
     segments = [name] + request.postpath
     request.prepath.extend(request.postpath)
     request.postpath = []
