@@ -61,29 +61,45 @@ def is_json_type(content_type: str) -> bool:
 # Strict JSON.
 
 
-class _Rejected(Exception):
+class NotStrictJSON(Exception):
     """
-    Raised from inside the JSON decoder's hooks and turned into the
-    caller's error by L{strictjson}. Deliberately not a C{ValueError}, so it
-    is never mistaken for the decoder's own complaints.
+    Raised by L{parse_strict} (and from inside the JSON decoder's hooks),
+    and turned into the caller's error by L{strictjson}. Deliberately not a
+    C{ValueError}, so it is never mistaken for the decoder's own complaints.
+
+    @ivar code: as for L{ErrorFactory}.
+    @ivar detail: the sentence the error carries, naming what was parsed.
+    @ivar reason: the same without naming what was parsed, for a caller
+        that words its own sentence (the C{kvtwist} command).
+    @ivar position: for a syntax error, the offset in the text where the
+        decoder stopped; L{None} otherwise.
     """
 
-    def __init__(self, code: str, detail: str, **extra: object) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        reason: Optional[str] = None,
+        position: Optional[int] = None,
+        **extra: object,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.reason = detail if reason is None else reason
+        self.position = position
         self.extra = extra
 
 
 def _reject_constant(name: str) -> Any:
-    raise _Rejected("bad-json", "%s is not valid JSON" % (name,))
+    raise NotStrictJSON("bad-json", "%s is not valid JSON" % (name,))
 
 
 def _unique_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     result: Dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _Rejected(
+            raise NotStrictJSON(
                 "duplicate-key", "the JSON object repeats the key %r" % (key,), key=key
             )
         result[key] = value
@@ -93,7 +109,7 @@ def _unique_object(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
 def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise _Rejected(
+        raise NotStrictJSON(
             "bad-json", "the number %s is too large (it overflows to infinity)" % (text[:40],)
         )
     return value
@@ -108,10 +124,10 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def _too_deep(max_depth: Optional[int]) -> _Rejected:
+def _too_deep(max_depth: Optional[int]) -> NotStrictJSON:
     if max_depth is None:
-        return _Rejected("too-deep", "the JSON is nested too deeply")
-    return _Rejected(
+        return NotStrictJSON("too-deep", "the JSON is nested too deeply")
+    return NotStrictJSON(
         "too-deep", "JSON nesting is limited to %d levels" % (max_depth,), limit=max_depth
     )
 
@@ -127,30 +143,41 @@ def _check_depth(value: Any, max_depth: int) -> None:
             stack.extend((child, depth + 1) for child in children)
 
 
-def _parse(data: Union[bytes, str], max_depth: Optional[int], subject: str) -> Any:
+def parse_strict(
+    data: Union[bytes, str], *, max_depth: Optional[int] = MAX_DEPTH, subject: str = "body"
+) -> Any:
+    """
+    L{strictjson}, raising L{NotStrictJSON} itself: for a caller that words
+    its own messages from the rejection's C{reason} and C{position}.
+    """
     if isinstance(data, str):
         text = data
     else:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise _Rejected("bad-encoding", "the %s is not valid UTF-8: %s" % (subject, e))
+            raise NotStrictJSON("bad-encoding", "the %s is not valid UTF-8: %s" % (subject, e))
     if text.startswith("\ufeff"):
-        raise _Rejected("bad-json", "a JSON %s must not start with a BOM" % (subject,))
+        raise NotStrictJSON("bad-json", "a JSON %s must not start with a BOM" % (subject,))
     try:
         value = _DECODER.decode(text)
     except RecursionError:
         raise _too_deep(max_depth)
     except ValueError as e:
-        # _Rejected, raised by the hooks, is not a ValueError: only the
+        # NotStrictJSON, raised by the hooks, is not a ValueError: only the
         # decoder's own complaints (and int-size limits) land here.
-        raise _Rejected("bad-json", "the %s is not valid JSON: %s" % (subject, e))
+        raise NotStrictJSON(
+            "bad-json",
+            "the %s is not valid JSON: %s" % (subject, e),
+            reason=str(e),
+            position=getattr(e, "pos", None),
+        )
     if max_depth is not None:
         _check_depth(value, max_depth)
     try:
         encode_json(value)
     except UnicodeEncodeError:
-        raise _Rejected("bad-encoding", "the JSON contains a lone surrogate (\\ud800-\\udfff)")
+        raise NotStrictJSON("bad-encoding", "the JSON contains a lone surrogate (\\ud800-\\udfff)")
     return value
 
 
@@ -180,8 +207,8 @@ def strictjson(
         (C{bad-encoding}).
     """
     try:
-        return _parse(data, max_depth, subject)
-    except _Rejected as e:
+        return parse_strict(data, max_depth=max_depth, subject=subject)
+    except NotStrictJSON as e:
         raise error(e.code, e.detail, **e.extra) from None
 
 

@@ -30,7 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 
 import kvtwist
-from kvtwist import client
+from kvtwist import client, wire
 from kvtwist.cli import main
 from kvtwist.limits import Limits
 from kvtwist.model import Put
@@ -932,6 +932,12 @@ class TextValueTests(V1CLITestCase):
         self.assertEqual(self.json_out("get", "j"), "s")
         self.assertEqual(self.cli("-o", "text", "get", "j"), ("s\n", ""))
 
+    def test_get_json_type_that_is_not_strict_json(self) -> None:
+        """get of a JSON-typed NaN prints strict JSON (the text as a string), never a bare NaN."""
+        self.cli("put", "nan", "NaN", "-t", "application/json")
+        out, _ = self.cli("get", "nan")
+        self.assertEqual(wire.strictjson(out), "NaN")
+
     def test_cat_text(self) -> None:
         """cat's JSON gives a text value as "text", not value_base64."""
         item = self.json_out("cat", "app/x")
@@ -1081,10 +1087,10 @@ class OpsInputTests(V1CLITestCase):
                 (b"[{", "the ops in stdin are not strict JSON: "),
                 (b"", "the ops in stdin are not strict JSON: "),
                 (b'[{"op": "get", "key": "a", "key": "b"}]',
-                 "the ops in stdin are not strict JSON: the object repeats the key 'key'"),
+                 "the ops in stdin are not strict JSON: the JSON object repeats the key 'key'"),
                 (b'[{"op": "set", "key": "a", "value": NaN}]',
-                 "the ops in stdin are not strict JSON: NaN is not JSON"),
-                (b'["\\ud800"]', "the ops in stdin are not strict JSON: it holds a lone surrogate"),
+                 "the ops in stdin are not strict JSON: NaN is not valid JSON"),
+                (b'["\\ud800"]', "the ops in stdin are not strict JSON: the JSON contains a lone surrogate"),
                 (b"\xff[]", "the ops in stdin are not valid UTF-8"),
             ):
                 out, err = self.cli(command, stdin=data, code=2, http=Failing(AssertionError()))

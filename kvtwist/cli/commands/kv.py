@@ -14,13 +14,12 @@ nothing sent), then runs them through a multi-request transaction
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any, Dict, List, Mapping, TextIO, Tuple
 
 from twisted.internet.defer import Deferred
 
-from kvtwist import client
+from kvtwist import client, wire
 from kvtwist.cli.invocation import (
     Command,
     CommandFactory,
@@ -120,45 +119,25 @@ def add_commands(command: CommandFactory) -> None:
                      help="a JSON file of ops; '-' or nothing: stdin")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not JSON" % (name,))
-
-
-def _unique(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError("the object repeats the key %r" % (key,))
-        result[key] = value
-    return result
-
-
 def _strict_loads(text: str, subject: str) -> Any:
     """
-    Parse C{text} as strict JSON: no NaN or Infinity, no duplicate object
-    keys, no lone surrogates.
+    Parse C{text} as strict JSON (L{kvtwist.wire.parse_strict}: no NaN or
+    Infinity, no duplicate object keys, no lone surrogates; no nesting
+    limit but Python's, the server keeps its own).
 
     @param subject: what is parsed, with its verb (C{"the value is"}), for
         the messages.
-    @raise UsageError: C{"<subject> not strict JSON: ..."}.
-    @raise json.JSONDecodeError: for a syntax error, so the caller can add
-        a hint (a ValueError too).
+    @raise UsageError: C{"<subject> not strict JSON: <reason>"}, with a
+        hint when a bare word was given where a JSON string was meant.
     """
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique)
-    except RecursionError:
-        raise UsageError("%s not strict JSON: it is nested too deeply" % (subject,))
-    except json.JSONDecodeError:
-        raise
-    except ValueError as e:
-        raise UsageError("%s not strict JSON: %s" % (subject, e))
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError(
-            "%s not strict JSON: it holds a lone surrogate (\\ud800-\\udfff)" % (subject,)
-        )
-    return value
+        return wire.parse_strict(text, max_depth=None)
+    except wire.NotStrictJSON as e:
+        hint = ""
+        if e.position == 0 and text.strip():
+            # The usual slip: a bare word where a JSON string was meant.
+            hint = " (a string needs JSON quotes: '\"%s\"')" % (text,)
+        raise UsageError("%s not strict JSON: %s%s" % (subject, e.reason, hint))
 
 
 def parse_json_value(text: str) -> Any:
@@ -170,14 +149,7 @@ def parse_json_value(text: str) -> Any:
     @raise UsageError: if it does not parse.
     """
     check_text(text, "the JSON value")
-    try:
-        return _strict_loads(text, "the value is")
-    except json.JSONDecodeError as e:
-        hint = ""
-        if e.pos == 0 and text.strip():
-            # The usual slip: a bare word where a JSON string was meant.
-            hint = " (a string needs JSON quotes: '\"%s\"')" % (text,)
-        raise UsageError("the value is not strict JSON: %s%s" % (e, hint))
+    return _strict_loads(text, "the value is")
 
 
 def _source_name(source: str) -> str:
@@ -198,10 +170,7 @@ def _read_ops(inv: Invocation) -> List[Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError("%s are not valid UTF-8" % (what,))
-    try:
-        document = _strict_loads(text, what + " are")
-    except json.JSONDecodeError as e:
-        raise UsageError("%s are not strict JSON: %s" % (what, e))
+    document = _strict_loads(text, what + " are")
     if isinstance(document, dict) and isinstance(document.get("ops"), list):
         return document["ops"]
     if isinstance(document, list):
@@ -247,8 +216,9 @@ def _show_value(out: TextIO, err: TextIO, output: str, value: Tuple[bytes, str])
     data, content_type = value
     if client.is_json_type(content_type):
         try:
-            document = json.loads(data.decode("utf-8"))
-        except ValueError:
+            # Strict: a stored NaN is not JSON, and is shown as its bytes.
+            document = wire.parse_strict(data, max_depth=None)
+        except wire.NotStrictJSON:
             pass
         else:
             if output == "text" and isinstance(document, str):
@@ -265,7 +235,7 @@ def _show_value(out: TextIO, err: TextIO, output: str, value: Tuple[bytes, str])
     elif text is not None:
         print_json(out, text)
     else:
-        print_json(out, {"value_base64": base64.b64encode(data).decode("ascii"),
+        print_json(out, {"value_base64": wire.encode_base64(data),
                           "content_type": content_type})
 
 
