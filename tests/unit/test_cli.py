@@ -38,7 +38,7 @@ from kvtwist.testing import MemoryStore, memory_root
 from kvtwist.transactions import TransactionManager
 
 from tests.helpers.paths import REPO
-from tests.unit.test_client import AWKWARD_KEYS, FailAfter, Interloper, Recorder, Tap
+from tests.helpers.client import AWKWARD_KEYS, FailAfter, Interloper, Recorder, Tap
 
 PROJECT = REPO
 
