@@ -39,17 +39,6 @@ ROUTE_NAMES = ("healthz", "readyz", "metrics", "ui", "v1", "limits", "watch", "t
 PROBLEM = "application/problem+json"
 
 
-def as_deferred(coroutine_function):
-    """Run an C{async def} test method as a Deferred, for trial."""
-
-    def wrapper(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-
-    wrapper.__name__ = coroutine_function.__name__
-    wrapper.__doc__ = coroutine_function.__doc__
-    return wrapper
-
-
 async def call(client, method, url, body=None, headers=None):
     """One request with treq: C{(status, headers, body bytes)}."""
     response = await client.request(method, url, data=body, headers=headers)
@@ -132,7 +121,6 @@ _any = _Any()
 class SeedRoundTripTests(OnShelve, TestCase):
     """The seed API through the real server."""
 
-    @as_deferred
     async def test_done_when_scenario(self):
         """
         The issue's scenario: POST /set {"a":1} is 201, GET /a is still 404
@@ -160,7 +148,6 @@ class SeedRoundTripTests(OnShelve, TestCase):
         self.assertEqual((status, json.loads(body)), (200, {"a": "updated"}))
         assert_graceful_stop(self, server, server.terminate())
 
-    @as_deferred
     async def test_route_names_are_seed_keys(self):
         """
         Every single-segment name the server uses elsewhere round-trips as
@@ -191,7 +178,6 @@ class SeedRoundTripTests(OnShelve, TestCase):
         self.assertEqual((await call(client, "GET", server.url + "/ui/"))[0], 200)
         assert_graceful_stop(self, server, server.terminate())
 
-    @as_deferred
     async def test_restart_keeps_committed_loses_staged(self):
         """
         Committed keys (and deletes) survive SIGTERM and a restart on the
@@ -246,22 +232,18 @@ class SignalTests(TestCase):
         self.assertEqual(shutdown_state(server.data_dir, base), "clean")
         return code
 
-    @as_deferred
     async def test_sigterm_closes_store(self):
         """SIGTERM runs the shutdown path and closes the store cleanly."""
         await self._stop_with(signal.SIGTERM)
 
-    @as_deferred
     async def test_sigint_closes_store(self):
         """SIGINT (^C) runs the shutdown path and closes the store cleanly."""
         await self._stop_with(signal.SIGINT)
 
-    @as_deferred
     async def test_sigterm_exits_zero(self):
         """After SIGTERM the process exits with status 0 (SPEC section 7)."""
         self.assertEqual(await self._stop_with(signal.SIGTERM), 0)
 
-    @as_deferred
     async def test_sigint_exits_zero(self):
         """After SIGINT the process exits with status 0 (SPEC section 7)."""
         self.assertEqual(await self._stop_with(signal.SIGINT), 0)
@@ -308,7 +290,6 @@ class SignalTests(TestCase):
         server.start()
         return server, client, acknowledged, log, code
 
-    @as_deferred
     async def test_sigterm_during_commits(self):
         """
         SIGTERM while commits are in flight: the server stops through its
@@ -506,7 +487,6 @@ class BadInputTests(TestCase):
         status, _, _ = await call(self.client, "POST", url + "/set", b'{"good": 1}')
         self.assertEqual(status, 201)
 
-    @as_deferred
     async def test_malformed_json(self):
         """
         Invalid JSON, NaN/Infinity, duplicate keys, lone surrogates, invalid
@@ -536,7 +516,6 @@ class BadInputTests(TestCase):
         await self.expect_problem(400, "DELETE", "/" + long_key)
         await self.assert_unchanged(["bad1"])
 
-    @as_deferred
     async def test_body_too_large_declared(self):
         """A body whose Content-Length passes --max-body is a 413 naming the limit."""
         await self.stage_good()
@@ -547,7 +526,6 @@ class BadInputTests(TestCase):
         self.assertEqual(document.get("limit"), self.MAX_BODY)
         await self.assert_unchanged(["big0", "big39"])
 
-    @as_deferred
     async def test_body_too_large_chunked(self):
         """A chunked body that grows past --max-body is a 413 too."""
         await self.stage_good()
@@ -556,7 +534,6 @@ class BadInputTests(TestCase):
         self.assertEqual(document.get("limit"), self.MAX_BODY)
         await self.assert_unchanged(["big0"])
 
-    @as_deferred
     async def test_body_too_large_refused_before_sending(self):
         """
         A declared Content-Length past --max-body is refused with 413 right
@@ -574,7 +551,6 @@ class BadInputTests(TestCase):
         self.assertTrue(status_line.startswith(b"HTTP/1.1 413 "), status_line)
         await self.assert_unchanged([])
 
-    @as_deferred
     async def test_unknown_paths_and_methods(self):
         """
         Unknown paths and methods other than the seed's are 404 problems

@@ -55,17 +55,6 @@ SINGLE_PUT_CONCURRENCY = 8
 SINGLE_PUT_BUDGET = max(60.0, SINGLE_PUTS / 50.0)
 
 
-def as_deferred(coroutine_function):
-    """Run an C{async def} test method as a Deferred, for trial."""
-
-    def wrapper(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-
-    wrapper.__name__ = coroutine_function.__name__
-    wrapper.__doc__ = coroutine_function.__doc__
-    return wrapper
-
-
 def keep_alive_client(testcase, per_host: int) -> HTTPClient:
     """
     A treq client whose connections are kept alive (up to C{per_host}), for
@@ -163,7 +152,6 @@ class TwoClientTransactionTests:
     L{TwoClientTransactionTestsOnEtcd}).
     """
 
-    @as_deferred
     async def test_isolation_and_second_commit_conflicts(self):
         """
         Clients A and B, each with its own treq client and transaction,
@@ -266,7 +254,6 @@ class TwoClientTransactionTests:
         self.assertEqual(answer.code, 200, answer)
         self.assertGreater(answer.json()["revision"], revision_a)
 
-    @as_deferred
     async def test_simultaneous_commits_first_committer_wins(self):
         """
         Two transactions that both staged the same key send their commits
@@ -311,7 +298,6 @@ class KeySmokeTests:
     L{KeySmokeTestsOnShelve} and L{KeySmokeTestsOnEtcd}).
     """
 
-    @as_deferred
     async def test_put_get_conditional_delete(self):
         """
         PUT is 201 then 200 with a new ETag (the mod_revision) and every
@@ -379,7 +365,6 @@ class KeySmokeTests:
         self.assertEqual(wrong.code, 405)
         self.assertIn("PUT", wrong.header(b"allow"))
 
-    @as_deferred
     async def test_listing(self):
         """
         A prefix listing returns only that prefix, in key order, one
@@ -422,7 +407,6 @@ class KeySmokeTests:
         self.assertEqual(base64.b64decode(by_key["list/raw"]["value_base64"]), b"\x00\xff")
         self.assertEqual(by_key["list/raw"]["size"], 2)
 
-    @as_deferred
     async def test_batch(self):
         """
         A batch of set, get (seeing the batch's own earlier set), check and
@@ -477,7 +461,6 @@ class CounterTests:
     and L{CounterTestsOnEtcd}).
     """
 
-    @as_deferred
     async def test_concurrent_increments(self):
         """
         4 clients making 250 increments each, all at once on one key, end
@@ -558,7 +541,6 @@ class BigTransactionTests(TestCase):
         self.assertEqual({item["mod_revision"] for item in items}, {revision})
         self.assertEqual({json.dumps(item.get("value")) for item in items}, {json.dumps(value)})
 
-    @as_deferred
     async def test_ten_thousand_keys_in_one_set_commit_atomically(self):
         """
         One C{POST /v1/txn/{id}/set} stages 10,000 pairs; none is visible
@@ -606,7 +588,6 @@ class BigTransactionTests(TestCase):
             % (stage_seconds, len(body), commit_seconds, revision)
         )
 
-    @as_deferred
     async def test_ten_thousand_keys_staged_by_single_puts(self):
         """
         A 10,000-key transaction over 10,000 committed keys of an older
@@ -678,7 +659,6 @@ class TooBigForEtcdTests(OnEtcd, TestCase):
     HTTP client meets it.
     """
 
-    @as_deferred
     async def test_transaction_over_max_txn_ops_is_413(self):
         """
         On etcd (default C{--max-txn-ops} 128) a 200-key transaction stages

@@ -67,17 +67,6 @@ HOLD_DELAY = 0.02
 SETTLE_DELAY = 0.25
 
 
-def as_deferred(coroutine_function):
-    """Run an C{async def} test method as a Deferred, for trial."""
-
-    def wrapper(self):
-        return Deferred.fromCoroutine(coroutine_function(self))
-
-    wrapper.__name__ = coroutine_function.__name__
-    wrapper.__doc__ = coroutine_function.__doc__
-    return wrapper
-
-
 def sleep(seconds: float) -> Deferred:
     """Wait on the reactor (never block it: the watch must keep reading)."""
     return deferLater(reactor, seconds, lambda: None)
@@ -265,7 +254,6 @@ class ExpiryTests:
     ExpiryTestsOnShelve and ExpiryTestsOnEtcd below.
     """
 
-    @as_deferred
     async def test_ttl_expires_with_an_event(self):
         """
         PUT ?ttl=1 is readable at once (with KV-Expires), 404 after 2.5 s, and
@@ -306,7 +294,6 @@ class LongPollTests:
     by LongPollTestsOnShelve and LongPollTestsOnEtcd below.
     """
 
-    @as_deferred
     async def test_wakes_on_a_commit_from_another_connection(self):
         """
         A held long-poll answers with the new value soon after a PUT made on
@@ -339,7 +326,6 @@ class LongPollTests:
         self.assertLess(latency, 2.0)
 
 
-    @as_deferred
     async def test_index_zero_waits_for_a_missing_key(self):
         """
         A long-poll with index 0 on a key that was never written ("0: wait
@@ -364,7 +350,6 @@ class ResumeTests:
     ResumeTestsOnShelve and ResumeTestsOnEtcd below.
     """
 
-    @as_deferred
     async def test_no_gap_no_duplicate_across_disconnects(self):
         """
         1,000 commits while the watcher's connection is cut every 100
@@ -431,7 +416,6 @@ class HistoryGoneTests:
         self.assertEqual(answer.code, 200)
         await answer.content()
 
-    @as_deferred
     async def test_history_gone(self):
         """
         With the history before the fifth of 10 commits gone (compacted),
@@ -471,7 +455,6 @@ class RestartTests:
     history on disk); run by RestartTestsOnShelve below.
     """
 
-    @as_deferred
     async def test_resume_across_a_restart(self):
         """
         A watcher (through a proxy, so the server's address stays the same)
@@ -515,7 +498,6 @@ class CrowdTests:
     on each store by CrowdTestsOnShelve and CrowdTestsOnEtcd below.
     """
 
-    @as_deferred
     async def test_fds_and_memory_return_after_a_crowd_leaves(self):
         """
         100 concurrent long-polls and 20 event streams, then all of them
@@ -635,7 +617,6 @@ class LatencyTests:
     LatencyTestsOnShelve and LatencyTestsOnEtcd below.
     """
 
-    @as_deferred
     async def test_wake_up_latency(self):
         """
         Over 50 commits (200 with KVTWIST_THOROUGH=1), the time from
