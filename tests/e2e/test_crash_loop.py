@@ -53,6 +53,7 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers.crash import Tally
 from tests.helpers.e2e import ServerProcess, child_pids, connect, http_request, temp_dir, wait_ready
 
 #: Cycles of start, write, kill -9. The issue asks for at least 50.
@@ -160,7 +161,7 @@ def write_history(base_url: str, state: HistoryWriterState, stop: threading.Even
     run_rounds(base_url, state, stop, one_put)
 
 
-def check_history(base_url: str, state: HistoryWriterState, tally: "Tally", cycle: int) -> None:
+def check_history(base_url: str, state: HistoryWriterState, tally: "LoopTally", cycle: int) -> None:
     """
     After a restart: every acknowledged revision not yet verified is in the
     history, and every prefix's listing from the history at the current
@@ -282,7 +283,7 @@ def delete_batches(base_url: str, state: DeleterState, stop: threading.Event) ->
     run_rounds(base_url, state, stop, one_round)
 
 
-def check_deleter(base_url: str, state: DeleterState, tally: "Tally", cycle: int) -> None:
+def check_deleter(base_url: str, state: DeleterState, tally: "LoopTally", cycle: int) -> None:
     """Count a violation if the deleter's keys are split or not a state it passed through."""
     status, _, body = http_request(
         base_url, "GET", "/v1/kv/?prefix=%s&limit=%d&values=1" % (state.prefix, KEYS_PER_BATCH),
@@ -328,20 +329,15 @@ def read_generations(base_url: str, state: WriterState) -> List[Optional[int]]:
     return values
 
 
-class Tally:
-    """The loop's figures."""
+class LoopTally(Tally):
+    """The loop's figures: kills that hit a request, and history read back."""
 
     def __init__(self) -> None:
-        self.cycles = 0
-        self.acknowledged = 0
-        self.lost = 0
-        self.partial = 0
-        self.phantom = 0
+        super().__init__()
         self.kills_in_flight = 0
         self.history_checked = 0
         self.history_missing = 0
         self.history_mismatch = 0
-        self.violations: List[str] = []
 
     def summary(self, seconds: float, seed: int) -> str:
         return (
@@ -366,7 +362,7 @@ class Tally:
 
 
 def check_writer(
-    state: WriterState, values: List[Optional[int]], tally: Tally, cycle: int
+    state: WriterState, values: List[Optional[int]], tally: LoopTally, cycle: int
 ) -> None:
     """Count any violation in one writer's keys as read after a restart."""
     present = {value for value in values if value is not None}
@@ -495,7 +491,7 @@ class CrashLoopTests(SynchronousTestCase):
         writers = [WriterState(w) for w in range(WRITERS)]
         self.history_writer = HistoryWriterState()
         deleter = DeleterState()
-        tally = Tally()
+        tally = LoopTally()
         started = time.monotonic()
 
         for cycle in range(self.cycles + 1):

@@ -38,6 +38,7 @@ from typing import Dict, List, Optional
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers.crash import Tally
 from tests.helpers.e2e import ServerProcess, connect, http_request, temp_dir
 
 #: Cycles of start, check, stage, commit, kill -9 (at least 10 asked for).
@@ -184,20 +185,15 @@ def read_generation(base_url: str) -> Dict[str, object]:
     }
 
 
-class Tally:
-    """The loop's figures."""
+class TransactionTally(Tally):
+    """The loop's figures: where the kills fell, stage and commit times, errors."""
 
     def __init__(self) -> None:
-        self.cycles = 0
-        self.acknowledged = 0
-        self.lost = 0
-        self.partial = 0
-        self.phantom = 0
+        super().__init__()
         self.applied_unacknowledged = 0
         self.kills = {"before": 0, "during": 0, "after": 0}
         self.set_seconds: List[float] = []
         self.commit_seconds: List[float] = []
-        self.violations: List[str] = []
         self.errors: List[str] = []
 
     def summary(self, seconds: float, seed: int) -> str:
@@ -239,7 +235,7 @@ class TransactionCrashLoopTests(SynchronousTestCase):
         base = temp_dir(self, "crash-txn")
         server = ServerProcess(os.path.join(base, "data"), log_dir=base)
         self.addCleanup(server.stop)
-        tally = Tally()
+        tally = TransactionTally()
         started = time.monotonic()
         # The highest generation acknowledged, and the highest ever sent.
         acknowledged = 0
@@ -281,7 +277,7 @@ class TransactionCrashLoopTests(SynchronousTestCase):
         self.assertGreater(tally.kills["during"], 0, summary)
 
     def _check(
-        self, seen, acknowledged: int, attempted: int, last, tally: Tally, cycle: int
+        self, seen, acknowledged: int, attempted: int, last, tally: TransactionTally, cycle: int
     ) -> None:
         """Count any violation in what a restart shows."""
         present = seen["present"]
@@ -308,7 +304,7 @@ class TransactionCrashLoopTests(SynchronousTestCase):
         if last is not None and not last.acknowledged and generation == last.generation:
             tally.applied_unacknowledged += 1
 
-    def _write_and_kill(self, server, attempt: Attempt, phase: str, tally: Tally, rng) -> None:
+    def _write_and_kill(self, server, attempt: Attempt, phase: str, tally: TransactionTally, rng) -> None:
         """Run one writer and kill -9 the server at an instant aimed at C{phase}."""
         set_estimate = max(tally.set_seconds[-3:] or [FIRST_SET_ESTIMATE])
         commit_estimate = min(tally.commit_seconds[-3:] or [FIRST_COMMIT_ESTIMATE])

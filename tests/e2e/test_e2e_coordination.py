@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import TestCase
 
+from benchmarks.stats import percentile
 from tests.helpers.e2e import http_request, temp_dir
 from tests.helpers.e2e_stores import OnEtcd, OnShelve
 from tests.unit.test_cli import PROJECT
@@ -66,11 +67,6 @@ def _kill(process: subprocess.Popen) -> float:
     process.kill()
     process.wait(10)
     return time.monotonic()
-
-
-def _percentile(values: List[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 def _record(name: str, figures: dict) -> None:
@@ -174,8 +170,8 @@ class LockSafety:
         figures = {
             "acquisitions": len(holds), "kills": kills, "holder_kills": len(holder_kills),
             "overlaps": overlaps, "unexplained": unexplained,
-            "takeover_p50": round(_percentile(takeovers, 0.5), 3) if takeovers else None,
-            "takeover_p99": round(_percentile(takeovers, 0.99), 3) if takeovers else None,
+            "takeover_p50": round(percentile(takeovers, 0.5), 3) if takeovers else None,
+            "takeover_p99": round(percentile(takeovers, 0.99), 3) if takeovers else None,
             "takeover_max": round(max(takeovers), 3) if takeovers else None,
         }
         _record("lock-safety", figures)

@@ -26,7 +26,6 @@ node's own connections to etcd are not counted as the crowd's.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Any, Collection, Dict, List, Optional, Set
@@ -37,6 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyClient, ProxyClientFactory, ProxyFactory, ProxyServer
 from twisted.trial.unittest import TestCase
 
+from benchmarks.stats import percentile
 from kvtwist import client
 from tests.helpers.e2e import HOST, THOROUGH, rss_kib, treq_client
 from tests.helpers.e2e_stores import OnEtcd, OnShelve, OnWorkers
@@ -131,12 +131,6 @@ def backend_connections(pid: int, peer_ports: Collection[int]) -> int:
         return 0
     fds = os.listdir("/proc/%d/fd" % (pid,))
     return sum(1 for kind in classify_fds(pid, fds, peer_ports) if kind == "store")
-
-
-def percentile(values: List[float], fraction: float) -> float:
-    """The nearest-rank percentile of C{values} (not empty)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def describe_ms(name: str, seconds: List[float]) -> str:

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from benchmarks.stats import percentile
 from kvtwist.errors import ConflictError, StoreUnavailable
 from kvtwist.model import Check, CommitResult, Delete, Put
 from kvtwist.store.cache import CachedStore
@@ -46,13 +47,6 @@ SKIP = None if _AVAILABLE else _REASON
 
 #: Bytes of read cache per node: more than every test's keys.
 CACHE_BYTES = 4 << 20
-
-
-def percentile(values: List[float], fraction: float) -> float:
-    """The nearest-rank percentile of C{values} (not empty)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(round(fraction * len(ordered) + 0.5))))
-    return ordered[rank - 1]
 
 
 class Node:

@@ -33,6 +33,7 @@ from typing import Callable, List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from benchmarks.stats import percentile
 from tests.helpers.e2e import HOST, KEEP_ENV, ServerProcess, connect, http_request
 
 MAX_BODY = 1000
@@ -675,17 +676,17 @@ class HostileTests(SynchronousTestCase):
             under_attack = self.measure(min_seconds=REQUEST_TIMEOUT * 2)
         finally:
             attack.stop()
-        p99_before, p99_during = percentile(undisturbed, 99), percentile(under_attack, 99)
+        p99_before, p99_during = percentile(undisturbed, 0.99), percentile(under_attack, 0.99)
         print(
             "\nhostile p99: undisturbed %.2f ms (p50 %.2f ms, %d GETs), under attack %.2f ms "
             "(p50 %.2f ms, %d GETs); attack made %d refused requests, %d slow-drip cuts, "
             "%d idle connections"
             % (
                 p99_before * 1000,
-                percentile(undisturbed, 50) * 1000,
+                percentile(undisturbed, 0.5) * 1000,
                 len(undisturbed),
                 p99_during * 1000,
-                percentile(under_attack, 50) * 1000,
+                percentile(under_attack, 0.5) * 1000,
                 len(under_attack),
                 attack.refused,
                 attack.cut,
@@ -717,12 +718,6 @@ class HostileTests(SynchronousTestCase):
         finally:
             connection.close()
         return latencies
-
-
-def percentile(values: List[float], p: float) -> float:
-    """The C{p}th percentile (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(p / 100.0 * len(ordered))) - 1))]
 
 
 #: What the garbage threads send, round robin.

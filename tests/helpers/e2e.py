@@ -31,7 +31,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -48,7 +47,9 @@ from zope.interface import implementer
 
 from treq.client import HTTPClient
 
-HOST = "127.0.0.1"
+# A port found free may be taken before twistd binds it: ServerProcess.start
+# retries on a fresh one then.
+from benchmarks.procs import HOST, free_port
 
 #: Seconds a server gets to answer HTTP after it was started. Generous: on a
 #: busy 2-core machine importing Twisted alone can take a second.
@@ -82,16 +83,6 @@ def twistd_command() -> List[str]:
     if os.access(sibling, os.X_OK):
         return [sibling]
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that was free a moment ago. Someone may take it
-    before the server binds it; L{ServerProcess.start} retries then.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def run_twistd(

@@ -104,11 +104,6 @@ def etcd_available() -> Tuple[bool, str]:
     return True, "etcd %d.%d.%d at %s" % (version + (ETCD,))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> List[int]:
     """C{count} distinct TCP ports on 127.0.0.1 that were free a moment ago."""
     sockets = []
@@ -127,7 +122,7 @@ def free_ports(count: int) -> List[int]:
 def refused_port(testcase) -> int:
     """
     A port on 127.0.0.1 that refuses connections until C{testcase} ends: a
-    socket is bound to it and never listens. Unlike a port L{free_port}
+    socket is bound to it and never listens. Unlike a port L{benchmarks.procs.free_port}
     found free, no other process (a parallel test worker's server, say) can
     take it meanwhile and answer.
     """
