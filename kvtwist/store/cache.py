@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_cache -*-
 """
 The read cache: committed entries served from memory on the reactor thread.
 
