@@ -27,7 +27,7 @@ MARKER = "test-case-name"
 
 def python_files() -> List[str]:
     """Every C{.py} file under L{TREES}, as a path relative to the checkout."""
-    found = []
+    found: List[str] = []
     for tree in TREES:
         for directory, subdirectories, names in os.walk(os.path.join(REPO, tree)):
             subdirectories[:] = sorted(d for d in subdirectories if d != "__pycache__")
@@ -41,7 +41,7 @@ def python_files() -> List[str]:
 
 def headers() -> Dict[str, List[str]]:
     """Each file that has a header, with the module names it lists (as trial reads them)."""
-    named = {}
+    named: Dict[str, List[str]] = {}
     for path in python_files():
         modules = [m.strip() for m in getTestModules(os.path.join(REPO, path)) if m.strip()]
         if modules:
