@@ -17,13 +17,7 @@ import time
 from typing import Dict, List
 
 from benchmarks.procs import HOST
-
-
-def _percentile(sorted_values: List[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+from benchmarks.stats import percentile
 
 
 def bulk_set(port: int, keys: int, prefix: str) -> Dict[str, object]:
@@ -96,8 +90,8 @@ def seed_cycles(port: int, duration: float, key: str = "bench-size-probe", max_c
         "errors": errors,
         "commit_ms": {
             "p50": statistics.median(commits) if commits else float("nan"),
-            "p90": _percentile(commits, 90),
-            "p99": _percentile(commits, 99),
+            "p90": percentile(commits, 0.90) if commits else float("nan"),
+            "p99": percentile(commits, 0.99) if commits else float("nan"),
             "max": commits[-1] if commits else float("nan"),
         },
         "set_ms_p50": statistics.median(set_ms) if set_ms else float("nan"),

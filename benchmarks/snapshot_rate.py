@@ -30,7 +30,7 @@ WRITERS = 8
 
 def measure(directory: str, keys: int, rate: float) -> dict:
     """Populate, serve, write at C{rate} per second, take one snapshot."""
-    from tests.e2e import ServerProcess, connect, http_request
+    from tests.helpers.e2e import ServerProcess, connect, http_request
 
     populate(os.path.join(directory, "data"), keys)
     server = ServerProcess(os.path.join(directory, "data"), log_dir=directory, start_timeout=120)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers_amp -*-
+# -*- test-case-name: tests.unit.test_workers_amp -*-
 """
 The AMP vocabulary between the owner and its workers (C{--workers N}).
 

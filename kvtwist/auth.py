@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_auth -*-
 """
 Bearer tokens with per-key-prefix rules.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_compactor -*-
 """
 History compaction: automatic, by the retention in force, and on request.
 

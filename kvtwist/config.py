@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_config -*-
 """
 kvcache's configuration: every setting with its default, read from a TOML
 file, C{KVCACHE_*} environment variables and the command line (each one

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dumpload -*-
+# -*- test-case-name: tests.unit.test_dumpload -*-
 """
 The line format of C{kvtwist dump} (and of a snapshot's key lines, which
 C{kvtwist load} reads alike): one JSON object per key. docs/cli.md

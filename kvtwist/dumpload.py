@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dumpload -*-
+# -*- test-case-name: tests.unit.test_dumpload -*-
 """
 C{kvtwist dump} and C{kvtwist load}'s engine: copy keys out of a kvcache
 as JSON lines (L{kvtwist.dumpformat}), and back in, with treq.

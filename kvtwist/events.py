@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_watch -*-
 """
 The change feed: every committed change as an event, a bounded history to
 resume from, and subscriptions for long-polls and event streams.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_http_limits -*-
 """
 Every limit kvtwist enforces, with its default, in one place.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_ops -*-
 """
 kvcache's Prometheus metrics, served at C{/v1/metrics} through
 C{prometheus_client} with a registry of its own (never the process-global

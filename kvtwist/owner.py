@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers_amp -*-
+# -*- test-case-name: tests.unit.test_workers_amp -*-
 """
 The owner of the store when kvcache serves with C{--workers N}: the process
 twistd starts. It opens the store (its thread, group commit, the expiry

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_kit -*-
 """
 pytest fixtures for code that talks to kvcache, with pytest-twisted.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_snapshot -*-
+# -*- test-case-name: tests.unit.test_snapshot -*-
 """
 Snapshot files (what C{GET /v1/snapshot} streams and C{kvtwist snapshot
 save} keeps): L{read_snapshot} reads one back, checking its header and end

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_staging -*-
 """
 Staged writes: the ordered, bounded set of ops a queue or transaction holds
 until it is committed.

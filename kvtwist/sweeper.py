@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_watch,tests.unit.test_web_lease -*-
 """
 The expiry sweeper: removes expired keys as commits of their own, so each
 removal gets a revision and an C{expire} event.

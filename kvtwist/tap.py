@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_config -*-
 """
 The C{twistd kvcache} command: its L{Options} and L{makeService}.
 

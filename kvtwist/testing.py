@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_kit -*-
 """
 Test doubles shipped with kvtwist, for kvtwist's own tests and for yours.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_txn_managers -*-
 """
 Transactions kept in this process: staged writes plus what the client has
 seen, committed all or nothing with optimistic conflict checks.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers_e2e -*-
+# -*- test-case-name: tests.e2e.test_workers_e2e -*-
 """
 One worker of C{twistd kvcache --workers N}: C{python -m kvtwist.worker},
 spawned by the owner (L{kvtwist.owner.WorkerPool}), never by hand.

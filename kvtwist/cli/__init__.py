@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The C{kvtwist} command: kvcache from the shell, built on L{kvtwist.client}.
 

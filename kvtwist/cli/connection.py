@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 Where the C{kvtwist} command connects: the C{--url} it accepts, a server
 on a unix socket (C{--unix-socket PATH} or an C{http+unix} URL), the HTTP

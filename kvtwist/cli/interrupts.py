@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 SIGINT and SIGTERM for the C{kvtwist} command: a signal stops the command
 the way a failure would, so that its clean-up runs (temporary files

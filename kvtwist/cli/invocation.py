@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 What every C{kvtwist} command is given and what it gives back: the typed
 L{Invocation} one run of a command receives, and the L{Command} each

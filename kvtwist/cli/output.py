@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 How the C{kvtwist} command prints: one line of JSON per result, values
 that are text as text (L{kvtwist.client.text_of}), exact bytes through a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The C{kvtwist} command line: an argparse parser that writes to the streams
 it is given and raises L{ParserExit} instead of exiting (so tests can run

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 Runs one C{kvtwist} command: parses the arguments, resolves the server's
 URL and token, starts the command with its L{Invocation}, bounds it by its

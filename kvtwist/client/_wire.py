@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_wire -*-
 """
 The HTTP plumbing every call shares: URLs with percent-encoded keys,
 request headers and JSON bodies, sending through any treq-like client,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_batch -*-
 """
 Batch-shaped ops: L{batch} sends them as one-request transaction
 (C{POST /v1/batch}); L{transact} runs the same ops through a multi-request

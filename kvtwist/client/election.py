@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_coordination -*-
 """
 Leader election on leases and revisions (etcd's election recipe), on the
 same queue as L{kvtwist.client.lock.Lock}: the candidate whose key under

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_errors -*-
 """
 What a failed call raises: L{KVClientError} for an error answer (or one
 that is not what the route gives), with its subclasses for the statuses a

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_kv -*-
 """
 The v1 key routes (docs/api.md): one key at a time (L{put},
 L{get_entry}, L{remove}) and listings (L{list_keys}, L{iter_pages},

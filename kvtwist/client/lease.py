@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_coordination -*-
 """
 Leases (C{/v1/lease}): the routes one call each (L{grant}, L{keepalive},
 L{revoke}, L{show_lease}), and L{Lease}, a lease kept alive while held.

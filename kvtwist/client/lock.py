@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_coordination -*-
 """
 A fair distributed lock on leases and revisions (etcd's lock recipe).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_seed -*-
 """
 The seed routes (docs/api.md, "Two APIs"): JSON values staged in the
 server's one shared queue until somebody commits it.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_snapshot -*-
 """
 Snapshots (C{GET /v1/snapshot}): every key of a kvcache at one revision,
 as JSON Lines, taken online while writes go on (see

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_sse -*-
 """
 The Server-Sent Events wire format (the WHATWG event-stream rules) as
 kvcache's watch feed uses it: L{EventStreamParser} turns bytes into

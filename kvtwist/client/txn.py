@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_txn -*-
 """
 Multi-request transactions (docs/api.md, "Transactions"): L{begin} opens one
 on the server, and the L{Transaction} it gives stages, reads through,

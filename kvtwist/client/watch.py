@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_client_watch -*-
 """
 Watching (docs/api.md, "Watching"): L{watch} follows the Server-Sent Events
 feed as a L{Watch} that resumes by itself after a disconnect; L{wait_for} is

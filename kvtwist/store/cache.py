@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_cache -*-
 """
 The read cache: committed entries served from memory on the reactor thread.
 
@@ -50,7 +51,7 @@ from kvtwist.store.history import keeps_history_of
 from kvtwist.store.leases import grants_leases_of
 
 # What one cached key costs beyond the strings and bytes it holds, from
-# tracemalloc on CPython 3.11 (tests/test_cache.py checks the sums against
+# tracemalloc on CPython 3.11 (tests/unit/test_cache.py checks the sums against
 # it), rounded up because tracemalloc counts the bytes asked for and the
 # allocator hands out 16-byte multiples.
 #: Bytes of the key's OrderedDict item (about 92 with the table's slack)

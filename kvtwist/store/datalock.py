@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_shelve -*-
 """
 One owner per data directory: a kernel lock on C{DIR/lock}.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.property.test_lease_model,tests.contract.test_store_memory,tests.contract.test_store_shelve -*-
 """
 The lease rules every local store shares (see
 L{kvtwist.interfaces.ILeasingStore}): granting, renewing, attaching keys

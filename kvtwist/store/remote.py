@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers_amp -*-
+# -*- test-case-name: tests.unit.test_workers_amp -*-
 """
 A worker's view of the store its owner process holds (C{--workers N}).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_shelve -*-
 """
 The durable embedded store: a L{DataShelf} on SQLite, reached only through
 one dedicated thread.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_shelve -*-
 """
 A byte-string mapping on the stdlib C{sqlite3} module: the storage under
 kvtwist's C{shelve.Shelf}.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_browsers -*-
 """
 The front door for browsers: every request's C{Host} and C{Origin} are
 checked before any route runs, and the origins an operator invites get

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_compression -*-
 """
 gzip for answers over 1 KiB, when the client asks for it
 (C{Accept-Encoding: gzip}), through twisted.web's own encoder.

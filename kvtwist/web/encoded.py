@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_encoded -*-
 """
 The answer to a read of a cached key, encoded once and written many times:
 the GET hot path of C{GET /{key}} and C{GET /v1/kv/{key}}.

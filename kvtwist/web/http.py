@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_http_limits -*-
 """
 The HTTP server kvcache runs: a L{twisted.web.server.Site} that holds its
 own limits against hostile clients before any Resource sees a request.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_ops -*-
 """
 The operations endpoints, mounted under C{/v1} by L{kvtwist.tap} (through
 C{make_root(ops=...)}):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_seed -*-
 """
 The seed service's routes, kept exactly: C{GET /{key}}, C{DELETE /{key}},
 C{POST /set}, C{DELETE /set}, C{POST /commit}. Any other path or method is

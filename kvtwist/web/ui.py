@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_ui -*-
 """
 The admin page: C{/ui/} serves a small, dependency-free web page (HTML, CSS
 and vanilla JavaScript modules, no build step) that browses, edits and

@@ -4,7 +4,7 @@ way a user of kvtwist would write it (it is also the pytest example in
 C{docs/testing.md}).
 
 No conftest provides the fixtures: pytest finds them through kvtwist's
-C{pytest11} entry point. It runs in the main suite, and C{tests.test_kit}
+C{pytest11} entry point. It runs in the main suite, and C{tests.e2e.test_kit}
 runs it again in a subprocess (with and without plugin autoloading) to
 check that.
 """

@@ -5,7 +5,7 @@ C{docs/testing.md}).
 
 Run with C{python -m twisted.trial tests.kit.trial_example}; the file name
 does not start with C{test_} so pytest leaves it to trial, and
-C{tests.test_kit} runs it that way and checks the pass count.
+C{tests.e2e.test_kit} runs it that way and checks the pass count.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The C{kvtwist} subcommands, one module per family. Each module has an
 C{add_commands(command)} that adds its subcommands to the parser through

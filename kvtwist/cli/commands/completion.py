@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{kvtwist completion bash|zsh}: print a shell completion script, made by
 shtab from the C{kvtwist} parser itself, so it can never miss a command or

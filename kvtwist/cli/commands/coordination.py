@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli_coordination -*-
+# -*- test-case-name: tests.unit.test_cli_coordination -*-
 """
 The C{kvtwist} subcommands for leases, locks and elections:
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dumpload -*-
+# -*- test-case-name: tests.unit.test_dumpload -*-
 """
 C{kvtwist dump} and C{kvtwist load}: the command glue of L{kvtwist.dumpload}
 (the engine that copies keys out of a kvcache as JSON lines, and back in).

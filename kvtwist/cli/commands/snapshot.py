@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_snapshot -*-
+# -*- test-case-name: tests.unit.test_snapshot -*-
 """
 C{kvtwist snapshot save FILE}: take a consistent snapshot of a running
 kvcache (L{kvtwist.client.snapshot.save_snapshot}) into FILE, whole or not

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The etcd store: kvtwist's store contract, its history, client leases and
 transactions on an etcd v3 cluster that several kvcache nodes share. One

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 How kvtwist's data looks in etcd: base64 (the JSON gateway's encoding of
 keys and values, decoded strictly everywhere), the key layout under the

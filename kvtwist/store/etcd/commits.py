@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 Commits on etcd: each is one etcd transaction guarded by the
 mod_revisions it read, retried when another commit got in between, and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 Ordered delivery: listeners hear every revision that changed the store's
 key range once, in revision order, though concurrent commits' answers

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 What can go wrong between kvtwist and etcd, named once for every module of
 the package: how one request ended (L{NotSent}, L{Ambiguous},

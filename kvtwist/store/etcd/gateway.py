@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The HTTP transport between L{kvtwist.store.etcd.store.EtcdStore} and
 etcd's v3 JSON gateway (C{POST /v3/...}): the members' endpoints and which

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The etcd store's history (L{kvtwist.interfaces.IHistoricalStore}) mapped
 onto etcd's own MVCC revisions: etcd keeps every revision until it is

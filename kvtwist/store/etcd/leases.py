@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 Client leases (L{kvtwist.interfaces.ILeasingStore}) on etcd: a kvtwist
 lease is an etcd lease, so etcd's clock keeps it and etcd deletes its keys

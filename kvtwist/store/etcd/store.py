@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The etcd store: kvtwist's store contract on an etcd v3 cluster, spoken to
 through etcd's JSON gateway. Several kvcache nodes can share one etcd

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The body of one etcd watch answer, read line by line: the protocol both the
 store's long-running watch (L{kvtwist.store.etcd.watchloop}) and the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_etcd_tls_auth -*-
+# -*- test-case-name: tests.e2e.test_etcd_tls_auth -*-
 """
 How kvtwist reaches a secured etcd: L{EtcdTLS}, the TLS policy for
 C{https} endpoints (the CA to trust, a client certificate), and

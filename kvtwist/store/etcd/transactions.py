@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_txn_managers -*-
+# -*- test-case-name: tests.contract.test_txn_managers -*-
 """
 Transactions and the seed's shared queue kept in etcd, so that every kvcache
 node on the cluster sees them: a transaction begun on node A can be staged

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_etcd -*-
+# -*- test-case-name: tests.contract.test_store_etcd -*-
 """
 The store's watch: one etcd watch over its key range at a time, restarted
 on the next endpoint whenever it ends, which turns each etcd revision into

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1,tests.unit.test_batch_branching -*-
 """
 C{POST /v1/batch}: a one-request transaction, in one of two forms (their
 bodies are described in L{kvtwist.web.v1.batch_ops}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_batch_branching,tests.unit.test_web_v1 -*-
 """
 The body of C{POST /v1/batch}, validated: its ops, and the compares of
 the branching form.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1 -*-
 """
 Conditional requests (RFC 9110 §13) on keys, where the ETag is the key's
 mod_revision: C{If-Match} and C{If-None-Match} become store preconditions on

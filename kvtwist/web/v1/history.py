@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_history -*-
 """
 What the v1 routes share to read the past: the store's history ability,
 the C{revision} query parameter, and the listing cursor that pins a paged

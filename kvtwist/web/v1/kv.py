@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1 -*-
 """
 C{/v1/kv/}: keys with revisions and CAS, prefix listing (of entries, or
 of key names rolled up at a separator), and delete by prefix.

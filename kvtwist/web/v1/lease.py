@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_lease -*-
 """
 C{/v1/lease}: leases (see L{kvtwist.interfaces.ILeasingStore}).
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_lease -*-
 """
 What the v1 routes share about leases: the store's lease ability, and the
 lease id a write names (C{?lease=} on a C{PUT}, C{"lease"} in a batch set).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_snapshot -*-
 """
 C{GET /v1/snapshot?prefix=P}: every key (under C{P}) at one revision, as
 JSON Lines, while writes go on: a consistent online backup.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1 -*-
 """
 C{/v1/txn}: per-client transactions that span several requests.
 

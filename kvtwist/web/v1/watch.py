@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_watch -*-
 """
 Watching keys: long-polls on C{GET /v1/kv/{key}?index=N&wait=S} and the
 Server-Sent Events stream C{GET /v1/watch?prefix=P}.

@@ -1,0 +1,1 @@
+"""Support modules for the tests: no tests of their own."""

@@ -1,0 +1,1 @@
+"""Property tests: hypothesis drives a model and the real thing side by side."""
