@@ -28,6 +28,7 @@ from kvtwist.errors import InvalidInput, KVError
 from kvtwist.model import Entry
 from kvtwist.strictjson import MAX_KEY_BYTES
 from kvtwist.web.compression import LargeBodyGzip
+from kvtwist.web.http import KVRequest
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -42,12 +43,19 @@ JSON_CONTENT_TYPE = b"application/json"
 
 @dataclass
 class Response:
-    """What a handler answers: a status, a body and headers."""
+    """
+    What a handler answers: a status, a body and headers.
+
+    @ivar limit_name: for a refusal under a configured limit, the limit's
+        name (L{KVError.limit_name}); L{write_response} records it on the
+        request for the rejected-requests metric.
+    """
 
     status: int = 200
     body: bytes = b""
     content_type: Optional[bytes] = JSON_CONTENT_TYPE
     headers: Dict[bytes, bytes] = field(default_factory=dict)
+    limit_name: Optional[str] = None
 
 
 Handler = Callable[[Request], Union[Response, Deferred]]
@@ -85,6 +93,8 @@ def write_response(request: Request, response: Response) -> None:
         request.setHeader(name, value)
     if response.status not in (204, 304):
         request.setHeader(b"content-length", b"%d" % (len(response.body),))
+    if response.limit_name is not None and isinstance(request, KVRequest):
+        request.kvtwist_limit = response.limit_name
     if response.body:
         request.write(response.body)
     request.finish()
@@ -100,8 +110,9 @@ def problem_response(status: int, code: str, detail: str, **extra: object) -> Re
 def error_response(reason: Failure) -> Response:
     """The L{Response} for a failed handler: mapped if known, else a 500."""
     if reason.check(KVError):
-        status, body = problem_for(reason.value)
-        response = Response(status, body, PROBLEM_CONTENT_TYPE)
+        error = reason.value
+        status, body = problem_for(error)
+        response = Response(status, body, PROBLEM_CONTENT_TYPE, limit_name=error.limit_name)
         if status == 401:
             response.headers[b"www-authenticate"] = b'Bearer realm="kvtwist"'
         return response
