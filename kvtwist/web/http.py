@@ -83,15 +83,15 @@ class KVRequest(Request):
     A request that counts its body against C{site.max_body}, and records
     when it started and which limit refused it, for metrics.
 
-    @ivar kvtwist_limit: the configured limit an answer refused this request
-        under (the C{limit_name} of its problem body), recorded by
-        L{kvtwist.web.resource.write_response} from the error itself; the
-        label the rejected-requests metric counts a 413 or 429 under.
-
     Overrides that run for every request call the base class by name, not
     through C{super()}: on CPython 3.11 each C{super()} call cost about 1000
     instructions, and six of them were 3 % of a cached GET (here and in
     L{KVChannel}).
+
+    @ivar kvtwist_limit: the configured limit an answer refused this request
+        under (the C{limit_name} of its problem body), recorded by
+        L{kvtwist.web.resource.write_response} from the error itself; the
+        label the rejected-requests metric counts a 413 or 429 under.
     """
 
     channel: KVChannel
@@ -618,9 +618,9 @@ class KVSite(Site):
     @ivar open_connections: connections open now, over every listener.
     """
 
-    # HTTPFactory types protocol as its HTTP/2-capable proxy's factory; a
-    # channel class is called the same way by Factory.buildProtocol.
-    protocol: Type[KVChannel] = KVChannel  # type: ignore[assignment]  # see the comment above
+    # Factory.buildProtocol calls a channel class as it calls HTTPFactory's
+    # default, the factory function of Twisted's HTTP/2-capable proxy.
+    protocol: Type[KVChannel] = KVChannel  # type: ignore[assignment]  # HTTPFactory types protocol as that function
     requestFactory = KVRequest
 
     def __init__(
