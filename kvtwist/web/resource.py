@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource, _IEncodingResource
+from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
@@ -76,7 +77,7 @@ def etag(mod_revision: int) -> bytes:
     return b'"%d"' % (mod_revision,)
 
 
-def read_body(request: Request) -> bytes:
+def read_body(request: IRequest) -> bytes:
     """The request body (already bounded by the site's body limit)."""
     request.content.seek(0)
     return request.content.read()
@@ -277,7 +278,10 @@ class KVResource(Resource):
         Returns C{NOT_DONE_YET} for the render method to return.
         """
         request.notifyFinish().addErrback(_mark_gone, request)
-        d = maybeDeferred(handler, request)
+        # maybeDeferred waits for a Deferred the handler returns, so what
+        # fires is a Response; its overloads cannot say so of a handler that
+        # may return either.
+        d = cast("Deferred[Response]", maybeDeferred(handler, request))
         d.addErrback(error_response)
         d.addCallback(lambda response: write_response(request, self.decorate(response)))
         d.addErrback(lambda reason: log.failure("failed to write a response", reason))
