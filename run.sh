@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's two commands:
 #   ./run.sh [twistd kvcache options]   set up .venv and serve on 127.0.0.1:8080
-#   ./run.sh test [pytest args]         set up .venv with test tools and run the suite
-#                                       (in parallel: -n 0 runs it serially, see docs/testing.md)
+#   ./run.sh test [pytest args]         set up .venv with test tools, type-check kvtwist/
+#                                       with mypy, then run the suite (in parallel: -n 0
+#                                       runs it serially, see docs/testing.md)
 #   ./run.sh bench [benchmark args]     set up .venv with benchmark tools and run benchmarks/
 # PYTHON=/path/to/python3.13 ./run.sh test  uses that interpreter (and its own venv).
 set -euo pipefail
@@ -75,6 +76,17 @@ if [ "$mode" = test ]; then
     # The admin page is tested in a real headless Chromium.
     { need_deb chromium chromium && need_deb chromedriver chromium-driver; } \
         || echo "run.sh: browser tests will be skipped" >&2
+    # Type-check kvtwist/ first ([tool.mypy] in pyproject.toml): any error
+    # stops the run before the suite starts. The incremental cache lives in
+    # the venv, so an unchanged tree checks in a second or two.
+    # KVTWIST_MYPY=0 skips the check, to rerun one test while a change is
+    # still half-typed; CI never sets it.
+    if [ "${KVTWIST_MYPY:-1}" != 0 ]; then
+        if ! "$py" -m mypy --config-file pyproject.toml --cache-dir "$VENV/.mypy_cache"; then
+            echo "run.sh: mypy found type errors in kvtwist/ (listed above); the tests did not run" >&2
+            exit 1
+        fi
+    fi
     # Two pytest-xdist workers by default ($KVTWIST_TEST_WORKERS, or -n N
     # among the pytest args, which wins; -n 0 is a serial run). Whole
     # classes, in the collected order: tests/conftest.py says why.

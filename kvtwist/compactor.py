@@ -45,7 +45,6 @@ async def compact_until(store: IHistoricalStore, revision: int, batch: int) -> i
 class Compactor(BatchLoop):
     """Compact C{store}'s history by C{limits.history_retention} on C{clock}."""
 
-    name = "kvtwist-compactor"
     failure_message = "history compaction failed"
 
     def __init__(
@@ -56,6 +55,7 @@ class Compactor(BatchLoop):
         compacted: Optional[Callable[[], object]] = None,
     ) -> None:
         super().__init__(clock)
+        self.setName("kvtwist-compactor")
         self._store = store
         self._limits = limits
         #: Called after each step (the owner of C{--workers} tells its

@@ -917,7 +917,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
     """
     command = cli_layer(cli)
     env = env_layer(environ, overridden=command)
-    config_path = command.get("config", env.get("config"))
+    config_path: Optional[str] = command.get("config", env.get("config"))
     file_values: Dict[str, Any] = {}
     file_tokens: Dict[str, Any] = {}
     if config_path is not None:
@@ -931,10 +931,13 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         for name, value in settings.items():
             values[name] = value
             origin[name] = layer
-            sources[name] = (
-                config_path if layer == FILE else
-                BY_NAME[name].env if layer == ENV else "--" + name
-            )
+            if layer == ENV:
+                sources[name] = BY_NAME[name].env
+            elif layer == CLI:
+                sources[name] = "--" + name
+            elif config_path is not None:
+                # The file layer, which has settings only with a file.
+                sources[name] = config_path
     values["listen"] = tuple(values["listen"])
     values["ops-listen"] = tuple(values["ops-listen"])
 

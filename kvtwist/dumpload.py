@@ -343,7 +343,7 @@ def load(
     concurrency: int = DEFAULT_CONCURRENCY,
     token: Optional[str] = None,
     clock: Any = None,
-    on_progress: Optional[Callable[[int], None]] = None,
+    on_progress: Optional[Callable[[int], object]] = None,
 ) -> Deferred:
     """
     Write the records of C{source} (dump lines) to the server, up to
@@ -490,7 +490,7 @@ async def _load(
     concurrency: int,
     token: Optional[str],
     clock: Any,
-    on_progress: Optional[Callable[[int], None]],
+    on_progress: Optional[Callable[[int], object]],
 ) -> Dict[str, Any]:
     records = state.get("records", 0)
     if on_progress is not None and records:

@@ -21,9 +21,13 @@ class KVError(Exception):
     @ivar detail: a sentence for humans.
     @ivar extra: further problem fields that help the client (C{limit},
         C{size}, C{missing}, ...).
+    @ivar limit_name: the configured limit the request was refused under
+        (the problem's C{limit_name}), or None when no limit refused it; the
+        rejected-requests metric counts the refusal under this name.
     """
 
     code = "error"
+    limit_name: Optional[str] = None
 
     def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
@@ -147,6 +151,7 @@ class LimitExceeded(KVError):
         if hint:
             detail += "; " + hint
         super().__init__(detail, limit_name=name, limit=limit, size=size)
+        self.limit_name = name
         self.too_many = too_many
 
 
@@ -171,6 +176,7 @@ class StagedMemoryFull(LimitExceeded):
             limit=limit,
             size=size,
         )
+        self.limit_name = "max_staged_bytes_total"
         self.too_many = True
 
 

@@ -35,10 +35,9 @@ def url_of(address: Any, tls: bool) -> Optional[str]:
     if isinstance(address, IPv6Address):
         return "%s://[%s]:%d/" % (scheme, address.host, address.port)
     if isinstance(address, UNIXAddress) and address.name:
-        name = address.name
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "surrogateescape")
-        return "%s+unix://%s/" % (scheme, quote(name, safe=""))
+        # UNIXAddress keeps the path as bytes (it converts a str).
+        path = address.name.decode("utf-8", "surrogateescape")
+        return "%s+unix://%s/" % (scheme, quote(path, safe=""))
     return None
 
 

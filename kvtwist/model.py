@@ -171,6 +171,9 @@ class DeletePrefix:
 
 
 Op = Union[Put, Delete, Expire, DeletePrefix, Incr]
+#: An op that names one key: every op but a L{DeletePrefix}. What staging
+#: holds, and what a commit's prefix deletes expand into.
+KeyedOp = Union[Put, Delete, Expire, Incr]
 
 # The kinds of precondition a commit can carry.
 EQUALS = "equals"

@@ -43,9 +43,8 @@ class GracefulSignals(Service):
     commits), and twistd exits 0.
     """
 
-    name = "kvtwist-signals"
-
     def __init__(self, reactor) -> None:
+        self.setName("kvtwist-signals")
         self._reactor = reactor
 
     def startService(self) -> None:
@@ -77,9 +76,8 @@ class DataLockService(Service):
     kernel drops it when the process exits, after the store has closed.
     """
 
-    name = "kvtwist-data-lock"
-
     def __init__(self, lock) -> None:
+        self.setName("kvtwist-data-lock")
         self.lock = lock
 
     def startService(self) -> None:
@@ -111,8 +109,6 @@ class StoreService(Service):
     @param exit: ends the process (C{os._exit}; tests pass a recorder).
     """
 
-    name = "kvtwist-store"
-
     def __init__(
         self,
         store: IKeyValueStore,
@@ -122,6 +118,7 @@ class StoreService(Service):
         work_in_flight: Optional[IWorkInFlight] = None,
         exit: Callable[[int], object] = os._exit,
     ) -> None:
+        self.setName("kvtwist-store")
         self.store = store
         self.threadpool = threadpool
         self._reactor = reactor

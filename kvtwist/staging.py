@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from kvtwist.errors import LimitExceeded, StagedMemoryFull
 from kvtwist.limits import Limits
-from kvtwist.model import Op
+from kvtwist.model import DeletePrefix, Op
 
 #: Memory one staged op holds beyond its key and value bytes: the op
 #: object, the headers of its key string and value bytes, its slot in the
@@ -31,6 +31,18 @@ OP_OVERHEAD = 264
 def staged_cost(op: Op) -> int:
     """The bytes one staged op weighs against the staging limits."""
     return OP_OVERHEAD + op.size
+
+
+def _staged_key(op: Op) -> str:
+    """
+    The key C{op} is staged under.
+
+    @raise TypeError: for a L{DeletePrefix}, which names no one key: a
+        prefix delete is committed at once, never staged.
+    """
+    if isinstance(op, DeletePrefix):
+        raise TypeError("a prefix delete is committed at once, never staged")
+    return op.key
 
 
 class StagedMemory:
@@ -120,9 +132,10 @@ class StagingArea:
         """
         size = self._bytes
         for op in ops:
-            previous = self._ops.get(op.key)
+            key = _staged_key(op)
+            previous = self._ops.get(key)
             size += staged_cost(op) - (staged_cost(previous) if previous is not None else 0)
-            self._ops[op.key] = op
+            self._ops[key] = op
         self._resize(size)
 
     def _resize(self, size: int) -> None:
@@ -134,7 +147,7 @@ class StagingArea:
         """The ops by key and the staged bytes after staging them; raises past a limit."""
         incoming: Dict[str, Op] = {}
         for op in ops:
-            incoming[op.key] = op
+            incoming[_staged_key(op)] = op
         count = len(self._ops) + sum(1 for key in incoming if key not in self._ops)
         if count > self._limits.max_staged_ops:
             raise LimitExceeded("max_staged_ops", self._limits.max_staged_ops, count)
@@ -171,7 +184,7 @@ class StagingArea:
         by) anything staged since. Limits are not re-checked: these ops were
         already admitted.
         """
-        merged: Dict[str, Op] = {op.key: op for op in ops}
+        merged: Dict[str, Op] = {_staged_key(op): op for op in ops}
         merged.update(self._ops)
         self._ops = merged
         self._resize(sum(staged_cost(op) for op in merged.values()))

@@ -28,11 +28,11 @@ from kvtwist.model import Expire
 class Sweeper(BatchLoop):
     """Sweep C{store} every C{limits.sweep_interval} seconds of C{clock}."""
 
-    name = "kvtwist-sweeper"
     failure_message = "expiry sweep failed"
 
     def __init__(self, store: IKeyValueStore, clock: IReactorTime, limits: Limits) -> None:
         super().__init__(clock)
+        self.setName("kvtwist-sweeper")
         self._store = store
         self._limits = limits
         self.swept = 0

@@ -57,7 +57,7 @@ from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_di
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite
-from kvtwist.web.ops import ops_children, ops_root
+from kvtwist.web.ops import Exposing, Probed, ops_children, ops_root
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.root import make_root
 from kvtwist.web.ui import make_ui_resource
@@ -455,6 +455,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
         # belongs to etcd's own --auto-compaction-* (docs/scale-out.md).
         compacted = owner.feed.publish_state if owner is not None else None
         Compactor(store, reactor, limits, compacted).setServiceParent(top)
+    ops_store: Probed
+    ops_metrics: Exposing
     if owner is not None:
         # After the store too: the workers stop before it closes.
         worker_pool(config, options.command_line, owner, reactor).setServiceParent(top)

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -48,6 +49,12 @@ from kvtwist.store import leases as lease_rules
 from kvtwist.store.history import MemoryHistory, check_compactable, check_readable, check_replayable
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import count_delta, live
+
+if TYPE_CHECKING:
+    from twisted.web.resource import IResource
+
+    from kvtwist.limits import Limits
+    from kvtwist.web.http import KVSite
 
 __all__ = [
     "MemoryStore",
@@ -442,6 +449,7 @@ def memory_client(store: Optional[IKeyValueStore] = None, **options) -> Tuple[An
     return StubTreq(memory_root(store, **options)), store
 
 
+@implementer(IReactorFromThreads)
 class _ReactorThreadCalls:
     """
     The real reactor, except that C{callFromThread} runs the call at once.
@@ -456,36 +464,48 @@ class _ReactorThreadCalls:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
 
-    def callFromThread(self, f, *args, **kw) -> None:
-        f(*args, **kw)
+    def callFromThread(self, callable: Callable[..., Any], *args: object, **kwargs: object) -> None:
+        callable(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
 
 
-def _tracked_channel(base: type) -> type:
+def _tracking_site(root: IResource, limits: Limits, reactor: Any) -> KVSite:
     """
-    A subclass of the HTTP channel class C{base} that registers each
-    connection with its site, so L{KVCacheServer.stop} can close the
-    connections clients keep alive (stopListening alone leaves them open,
-    and trial would report the test's reactor as unclean).
+    kvcache's own site over C{root} (body cap, request deadline, idle
+    timeout and connection cap as in production; no access log lines) that
+    also keeps each open connection in C{kvtwist_connections}, with a
+    Deferred that fires once it is lost, so L{KVCacheServer.stop} can close
+    the connections clients keep alive (stopListening alone leaves them
+    open, and trial would report the test's reactor as unclean).
     """
+    # Imported here, as in KVCacheServer.start: kvtwist.testing stays light
+    # for the users of its in-memory fakes alone.
+    from kvtwist.web.http import KVChannel, KVSite
 
-    class TrackedChannel(base):  # type: ignore[valid-type, misc]
+    class TrackingSite(KVSite):
+        kvtwist_connections: Dict[KVChannel, Deferred]
+
+    class TrackedKVChannel(KVChannel):
+        site: TrackingSite
+
         def connectionMade(self) -> None:
-            self.factory.kvtwist_connections[self] = Deferred()
+            self.site.kvtwist_connections[self] = Deferred()
             super().connectionMade()
 
-        def connectionLost(self, reason) -> None:
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
             try:
                 super().connectionLost(reason)
             finally:
-                lost = self.factory.kvtwist_connections.pop(self, None)
+                lost = self.site.kvtwist_connections.pop(self, None)
                 if lost is not None:
                     lost.callback(None)
 
-    TrackedChannel.__name__ = "Tracked" + base.__name__
-    return TrackedChannel
+    TrackingSite.protocol = TrackedKVChannel
+    site = TrackingSite(root, limits, access_log="off", reactor=reactor)
+    site.kvtwist_connections = {}
+    return site
 
 
 class KVCacheServer:
@@ -603,7 +623,6 @@ class KVCacheServer:
             raise RuntimeError("a stopped kvcache server cannot start again; make a new one")
         from kvtwist.sweeper import Sweeper
         from kvtwist.transactions import TransactionManager
-        from kvtwist.web.http import KVSite
         from kvtwist.web.ops import ops_children
         from kvtwist.web.root import make_root
 
@@ -627,11 +646,7 @@ class KVCacheServer:
             ops=ops,
             **options,
         )
-        # kvcache's own site: body cap, request deadline, idle timeout and
-        # connection cap as in production; no access log lines in tests.
-        site = KVSite(root, self.limits, access_log="off", reactor=self._reactor)
-        site.protocol = _tracked_channel(site.protocol)
-        site.kvtwist_connections = {}
+        site = _tracking_site(root, self.limits, self._reactor)
         self._site = site
         self._listening = self._reactor.listenTCP(0, site, interface=self.host)
         self.port = self._listening.getHost().port

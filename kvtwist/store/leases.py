@@ -16,7 +16,7 @@ in a server), so a lease keeps its remaining time across a restart.
 from __future__ import annotations
 
 import secrets
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from zope.interface import alsoProvides
 
@@ -164,22 +164,23 @@ def commit(
     for change in result.changes:
         # A key changed by an op that names no single key (a range delete,
         # even after a put of it) is detached like any deleted key.
-        op = winners.get(change.key)
-        if isinstance(op, Incr):
-            op = _last_write(ops, change.key)
-            if op is None:
+        winner = winners.get(change.key)
+        if isinstance(winner, Incr):
+            winner = _last_write(ops, change.key)
+            if winner is None:
                 # An increment of the stored value keeps the key's lease,
                 # as it keeps its expiry.
                 continue
         leases.attach(
-            change.key, op.lease if isinstance(op, Put) and change.kind == "put" else None
+            change.key,
+            winner.lease if isinstance(winner, Put) and change.kind == "put" else None,
         )
     return result
 
 
-def _last_write(ops: Sequence[Op], key: str) -> Optional[Op]:
+def _last_write(ops: Sequence[Op], key: str) -> Optional[Union[Put, Delete]]:
     """The last L{Put} or L{Delete} of C{key} in C{ops}, which an increment after it builds on."""
-    found: Optional[Op] = None
+    found: Optional[Union[Put, Delete]] = None
     for op in ops:
         if isinstance(op, (Put, Delete)) and op.key == key:
             found = op

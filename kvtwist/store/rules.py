@@ -9,7 +9,7 @@ lets the memory fake and the shelve store pass one contract suite.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Protocol, Sequence
+from typing import Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, TypeVar, Union
 
 from kvtwist.errors import ConflictError, InvalidInput, LimitExceeded, NotAnInteger
 from kvtwist.model import (
@@ -23,10 +23,15 @@ from kvtwist.model import (
     Expire,
     Incr,
     JSON_CONTENT_TYPE,
+    KeyedOp,
     Op,
     Put,
 )
 from kvtwist.strictjson import encode, parse
+
+#: Some kinds of op: L{final_ops} and L{fold_increments} answer in the
+#: kinds they are given (a commit's expanded ops have no L{DeletePrefix}).
+_Ops = TypeVar("_Ops", bound=Op)
 
 
 class Table(Protocol):
@@ -65,13 +70,18 @@ def failed_checks(
     return failures
 
 
-def final_ops(ops: Iterable[Op]) -> Dict[str, Op]:
+def final_ops(ops: Iterable[_Ops]) -> Dict[str, _Ops]:
     """
     The op that wins for each key (the last one given), keyed in the order
     keys first appear.
+
+    @raise TypeError: for a L{DeletePrefix}, which names no one key (expand
+        it first: L{expand_prefix_deletes}).
     """
-    result: Dict[str, Op] = {}
+    result: Dict[str, _Ops] = {}
     for op in ops:
+        if isinstance(op, DeletePrefix):
+            raise TypeError("a prefix delete names no one key; expand it first")
         result[op.key] = op
     return result
 
@@ -82,7 +92,7 @@ def touched_keys(ops: Iterable[Op], checks: Iterable[Check]) -> List[str]:
     return keys + [check.key for check in checks]
 
 
-def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[Op]:
+def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[KeyedOp]:
     """
     C{ops} with each L{DeletePrefix} replaced by a L{Delete} of every key
     under its prefix at that point of the commit: stored keys, and keys
@@ -92,9 +102,7 @@ def expand_prefix_deletes(table: Table, ops: Sequence[Op], now: float) -> List[O
         would go (C{max_keys_per_request}: a prefix delete names each key
         it deletes); C{table} is untouched.
     """
-    if not any(isinstance(op, DeletePrefix) for op in ops):
-        return list(ops)
-    expanded: List[Op] = []
+    expanded: List[KeyedOp] = []
     for op in ops:
         if not isinstance(op, DeletePrefix):
             expanded.append(op)
@@ -147,7 +155,7 @@ def increment(base: "Optional[Put | Entry]", op: Incr) -> Put:
     return Put(op.key, encode(current + op.by), JSON_CONTENT_TYPE, expires)
 
 
-def fold_increments(ops: Sequence[Op]) -> List[Op]:
+def fold_increments(ops: Sequence[_Ops]) -> List[Union[_Ops, Put, Incr]]:
     """
     C{ops} with each L{Incr} that follows a write of its key in the same
     commit resolved against that write (a L{Put}, or absent after a
@@ -156,25 +164,28 @@ def fold_increments(ops: Sequence[Op]) -> List[Op]:
 
     @raise NotAnInteger: when a write before an increment is not an integer.
     """
-    folded: List[Op] = []
+    folded: List[Union[_Ops, Put, Incr]] = []
     last: Dict[str, int] = {}
     for op in ops:
-        key = getattr(op, "key", None)
+        if isinstance(op, DeletePrefix):
+            folded.append(op)
+            continue
+        key = op.key
         if isinstance(op, Incr) and key in last:
             earlier = folded[last[key]]
-            if isinstance(earlier, Incr):
-                op = Incr(key, earlier.by + op.by)
-            elif isinstance(earlier, Put):
-                op = increment(earlier, op)
-            elif isinstance(earlier, Delete):
-                op = increment(None, op)
+            # (After the sweeper's Expire the key may or may not go: the
+            # increment is left to meet the stored state.)
             if not isinstance(earlier, Expire):
-                # (After the sweeper's Expire the key may or may not go:
-                # the increment is left to meet the stored state.)
-                folded[last[key]] = op
+                merged: Union[Put, Incr] = op
+                if isinstance(earlier, Incr):
+                    merged = Incr(key, earlier.by + op.by)
+                elif isinstance(earlier, Put):
+                    merged = increment(earlier, op)
+                elif isinstance(earlier, Delete):
+                    merged = increment(None, op)
+                folded[last[key]] = merged
                 continue
-        if key is not None:
-            last[key] = len(folded)
+        last[key] = len(folded)
         folded.append(op)
     return folded
 
@@ -208,13 +219,12 @@ def apply_commit(
     failures = failed_checks(table, checks, now)
     if failures:
         raise ConflictError(failures)
-    ops = expand_prefix_deletes(table, ops, now)
-    ops = [
+    writes = [
         increment(live(table.read(op.key), now), op) if isinstance(op, Incr) else op
-        for op in fold_increments(ops)
+        for op in fold_increments(expand_prefix_deletes(table, ops, now))
     ]
-    planned = []
-    for op in final_ops(ops).values():
+    planned: List[Tuple[Union[Put, Delete, Expire], Optional[Entry]]] = []
+    for op in final_ops(writes).values():
         stored = table.read(op.key)
         if isinstance(op, Expire):
             if (

@@ -58,6 +58,10 @@ class DataShelf(shelve.Shelf):
     """
 
     dict: SQLiteMapping
+    # Set by shelve.Shelf.__init__; the standard library's stubs leave them
+    # undeclared.
+    keyencoding: str
+    _protocol: int
 
     def __init__(self, mapping: SQLiteMapping) -> None:
         super().__init__(mapping, protocol=PICKLE_PROTOCOL, writeback=False)

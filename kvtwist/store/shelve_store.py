@@ -194,6 +194,8 @@ class _ShelfTable:
             stamp, _, key = index_key[len(_EXPIRY):].partition("/")
             if float(stamp) > now:
                 break
+            if type(mod_revision) is not int:
+                raise StoreCorrupt("the expiry index record of %r is damaged" % (key,))
             due.append((key, mod_revision))
         return due
 

@@ -35,11 +35,12 @@ import json
 import re
 import sys
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Optional, Type, TypeVar
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.http import HTTPChannel
@@ -87,13 +88,18 @@ class KVRequest(Request):
     through C{super()}: on CPython 3.11 each C{super()} call cost about 1000
     instructions, and six of them were 3 % of a cached GET (here and in
     L{KVChannel}).
+
+    @ivar kvtwist_limit: the configured limit an answer refused this request
+        under (the C{limit_name} of its problem body), recorded by
+        L{kvtwist.web.resource.write_response} from the error itself; the
+        label the rejected-requests metric counts a 413 or 429 under.
     """
 
+    channel: KVChannel
     _body_received = 0
     _kv_started: Optional[float] = None
     #: The route template, set by the resource that answers (for metrics).
     kvtwist_route = "(none)"
-    #: The C{limit_name} of a 413/429 problem the application answered.
     kvtwist_limit: Optional[str] = None
 
     def __init__(self, *args, **kwargs) -> None:
@@ -125,21 +131,6 @@ class KVRequest(Request):
         self._kv_started = self.channel.site.reactor.seconds()
         Request.requestReceived(self, command, path, version)
 
-    def write(self, data: bytes) -> None:
-        if (
-            self.code in (413, 429)
-            and data
-            and not self.startedWriting
-            and self.kvtwist_limit is None
-        ):
-            # The application's limit refusals carry the limit's name in
-            # their problem body; keep it for the rejected-requests metric.
-            try:
-                self.kvtwist_limit = str(json.loads(data).get("limit_name") or "other")
-            except (ValueError, AttributeError):
-                self.kvtwist_limit = "other"
-        super().write(data)
-
 
 class KVChannel(HTTPChannel):
     """
@@ -148,7 +139,11 @@ class KVChannel(HTTPChannel):
 
     @ivar refused: set once an answer has refused the request; from then
         on nothing more is read or dispatched.
+    @ivar site: the L{KVSite} that made this channel (set by
+        L{Site.buildProtocol}).
     """
+
+    site: KVSite
 
     # The header limits (MAX_LENGTH, totalHeadersSize, maxHeaders) are class
     # attributes of the subclass each KVSite makes (see KVSite.__init__).
@@ -192,7 +187,11 @@ class KVChannel(HTTPChannel):
         if limit_name is not None:
             extra["limit_name"] = limit_name
         body = problem_body(status, code, detail, **extra)
-        self.transport.write(
+        transport = self.transport
+        if transport is None:
+            # Not connected (any more): nobody to answer.
+            return
+        transport.write(
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/problem+json\r\n"
             b"Content-Length: %d\r\n"
@@ -201,11 +200,13 @@ class KVChannel(HTTPChannel):
         )
         # Half-close: the client reads the whole answer; what it still sends
         # is discarded by dataReceived until it closes or the timer fires.
-        if hasattr(self.transport, "loseWriteConnection"):
-            self.transport.loseWriteConnection()
-            self.callLater(REFUSED_LINGER, self.transport.abortConnection)
+        # TCP and UNIX sockets can half-close; a TLS connection cannot, and
+        # closes once the answer is sent.
+        if ITCPTransport.providedBy(transport):
+            transport.loseWriteConnection()
+            self.callLater(REFUSED_LINGER, transport.abortConnection)
         else:
-            self.transport.loseConnection()
+            transport.loseConnection()
 
     def refuse_body(self, limit: int, size: int) -> None:
         """Answer 413 naming the limit and the size, then close."""
@@ -222,7 +223,7 @@ class KVChannel(HTTPChannel):
     def _refuse_head(self, size: int) -> None:
         # The request line alone too long is a URI too long; anything later
         # is the header section.
-        if self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if self._HTTPChannel__first_line:  # type: ignore[attr-defined]  # HTTPChannel's private state, read only
             self.refuse(
                 414,
                 "uri-too-long",
@@ -313,6 +314,7 @@ class KVChannel(HTTPChannel):
             self._start_request_clock()
         nested = self._busyReceiving
         HTTPChannel.dataReceived(self, data)
+        transport = self.transport
         if (
             not nested
             # Usually empty: a request arrives whole and is answered.
@@ -322,7 +324,8 @@ class KVChannel(HTTPChannel):
             and not self.paused
             and not self.refused
             and not self._handlingRequest
-            and not self.transport.disconnecting
+            and transport is not None
+            and not transport.disconnecting  # type: ignore[attr-defined]  # every Twisted stream transport (TCP, UNIX, TLS) has it; ITransport does not declare it
             and _BARE_LF.search(self._buffer)
         ):
             # What is left in line mode is an unfinished line of the head;
@@ -349,7 +352,7 @@ class KVChannel(HTTPChannel):
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse_head(self._receivedHeaderSize + len(line))
             return
-        if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if line[:1] in (b" ", b"\t") and not self._HTTPChannel__first_line:  # type: ignore[attr-defined]  # HTTPChannel's private state, read only
             # Twisted joins folded header lines; a proxy in front may not,
             # and two readings of one head are how requests get smuggled.
             # RFC 9112 5.2 allows rejecting them.
@@ -462,7 +465,7 @@ class KVChannel(HTTPChannel):
                 self._start_request_clock()
                 self.dataReceived(b"")
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         if self._counted:
             self._counted = False
@@ -474,7 +477,9 @@ class _Refused(Protocol):
     """A connection over the cap: closed as soon as it is made."""
 
     def connectionMade(self) -> None:
-        self.transport.abortConnection()
+        transport = self.transport
+        if transport is not None:
+            transport.abortConnection()  # type: ignore[attr-defined]  # every Twisted stream transport (TCP, UNIX, TLS) has it; ITransport does not declare it
 
 
 #: What twisted.web's access-log escaping changes: anything but printable
@@ -527,7 +532,9 @@ def json_log_formatter(timestamp: str, request: Request) -> str:
     """
     address = request.getClientAddress()
     started = getattr(request, "_kv_started", None)
-    now = request.channel.site.reactor.seconds() if request.channel is not None else None
+    # A request that lost its connection has no channel any more.
+    channel = request.channel
+    now = channel.site.reactor.seconds() if isinstance(channel, KVChannel) else None
     principal = getattr(request, "kvtwist_principal", None)
     document = {
         "time": datetime.fromtimestamp(
@@ -548,6 +555,30 @@ def json_log_formatter(timestamp: str, request: Request) -> str:
     if isinstance(document["remote"], bytes):
         document["remote"] = document["remote"].decode("latin-1")
     return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
+
+
+_Channel = TypeVar("_Channel", bound=KVChannel)
+
+
+def _with_header_limits(base: Type[_Channel], limits: Limits) -> Type[_Channel]:
+    """
+    A subclass of C{base} carrying C{limits}' header limits as class
+    attributes (see L{KVSite.__init__} for why not on each connection).
+    """
+    limited = type(
+        base.__name__,
+        (base,),
+        {
+            "__module__": base.__module__,
+            "MAX_LENGTH": limits.max_header_bytes,
+            "totalHeadersSize": limits.max_header_bytes,
+            "maxHeaders": limits.max_headers,
+        },
+    )
+    # Always true; it tells the type checker what type() made.
+    if not issubclass(limited, base):
+        raise TypeError("%r is not a subclass of %r" % (limited, base))
+    return limited
 
 
 class _WholeLines:
@@ -588,7 +619,9 @@ class KVSite(Site):
     @ivar open_connections: connections open now, over every listener.
     """
 
-    protocol = KVChannel
+    # Factory.buildProtocol calls a channel class as it calls HTTPFactory's
+    # default, the factory function of Twisted's HTTP/2-capable proxy.
+    protocol: Type[KVChannel] = KVChannel  # type: ignore[assignment]  # HTTPFactory types protocol as that function
     requestFactory = KVRequest
 
     def __init__(
@@ -624,16 +657,7 @@ class KVSite(Site):
         # pushed the channel's __dict__ past what CPython keeps as a shared
         # key table, and every attribute read on the channel, Twisted's own
         # included, got slower: 3.5 % of a cached GET's instructions.
-        self.protocol = type(
-            self.protocol.__name__,
-            (self.protocol,),
-            {
-                "__module__": self.protocol.__module__,
-                "MAX_LENGTH": limits.max_header_bytes,
-                "totalHeadersSize": limits.max_header_bytes,
-                "maxHeaders": limits.max_headers,
-            },
-        )
+        self.protocol = _with_header_limits(self.protocol, limits)
         self.metrics = metrics
         self.access_log = access_log
         self.open_connections = 0
@@ -680,12 +704,13 @@ class KVSite(Site):
         # operator's logrotate's job.
         return http.HTTPFactory._openLogFile(self, path)
 
-    def log(self, request: KVRequest) -> None:
+    def log(self, request: http.Request) -> None:
         # Runs for every answered request: plain attribute reads (KVRequest
         # has class defaults) and one bytes-keyed count; names are decoded
-        # only when /v1/metrics is scraped.
+        # only when /v1/metrics is scraped. Every request here is a
+        # KVRequest (requestFactory).
         metrics = self.metrics
-        if metrics is not None:
+        if metrics is not None and isinstance(request, KVRequest):
             started = request._kv_started
             method = request.method
             code = request.code

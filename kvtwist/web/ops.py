@@ -21,9 +21,9 @@ Other methods than GET and HEAD answer 405 with C{Allow}.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Protocol, Union
 
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,8 +32,7 @@ from twisted.web.server import Request
 
 from kvtwist.auth import Authorizer, principal_of
 from kvtwist.errors import KVError
-from kvtwist.interfaces import IKeyValueStore
-from kvtwist.metrics import CONTENT_TYPE, Metrics
+from kvtwist.metrics import CONTENT_TYPE
 from kvtwist.web.browsers import BrowserPolicy
 from kvtwist.web.resource import Answers405, KVResource, Response, json_response, problem_response
 
@@ -42,6 +41,31 @@ log = Logger()
 #: Seconds /readyz waits for the store's round trip: a store thread stuck
 #: behind a huge commit for longer is not ready for traffic.
 READY_TIMEOUT = 5.0
+
+
+class Probed(Protocol):
+    """
+    What C{/readyz} reads of a store: its write probe and revision (an
+    L{kvtwist.interfaces.IKeyValueStore}, or with C{--workers} the owner's
+    probes, ready when every worker is).
+    """
+
+    @property
+    def revision(self) -> int:
+        """The revision the answer reports."""
+
+    def ping(self) -> Deferred:
+        """The write probe (L{kvtwist.interfaces.IKeyValueStore.ping})."""
+
+
+class Exposing(Protocol):
+    """
+    What C{/metrics} exposes: a L{kvtwist.metrics.Metrics}, or with
+    C{--workers} a view of every process's (then a Deferred).
+    """
+
+    def exposition(self) -> Union[bytes, Deferred[bytes]]:
+        """The Prometheus text exposition."""
 
 
 class OpsResource(Answers405):
@@ -81,7 +105,7 @@ class Readyz(OpsResource):
     route = "/v1/readyz"
 
     def __init__(
-        self, store: IKeyValueStore, clock: IReactorTime, timeout: float = READY_TIMEOUT
+        self, store: Probed, clock: IReactorTime, timeout: float = READY_TIMEOUT
     ) -> None:
         super().__init__()
         self._store = store
@@ -137,7 +161,7 @@ class MetricsResource(OpsResource):
 
     route = "/v1/metrics"
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Exposing) -> None:
         super().__init__()
         self._metrics = metrics
 
@@ -147,13 +171,14 @@ class MetricsResource(OpsResource):
     def _expose(self, request: Request) -> Deferred:
         Authorizer.require_ops(principal_of(request))
         # A worker's exposition comes from its owner (--workers N): a Deferred.
-        d = maybeDeferred(self._metrics.exposition)
+        text = self._metrics.exposition()
+        d: Deferred[bytes] = text if isinstance(text, Deferred) else succeed(text)
         return d.addCallback(lambda text: Response(200, text, CONTENT_TYPE))
 
 
 def ops_children(
-    store: IKeyValueStore,
-    metrics: Optional[Metrics],
+    store: Probed,
+    metrics: Optional[Exposing],
     clock: IReactorTime,
     ready_timeout: float = READY_TIMEOUT,
     mount: str = "/v1",
@@ -177,8 +202,8 @@ def ops_children(
 
 
 def ops_root(
-    store: IKeyValueStore,
-    metrics: Optional[Metrics],
+    store: Probed,
+    metrics: Optional[Exposing],
     clock: IReactorTime,
     authorizer: Authorizer,
     browsers: Optional[BrowserPolicy] = None,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource, _IEncodingResource
+from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
@@ -30,6 +31,7 @@ from kvtwist.interfaces import IReadCache
 from kvtwist.model import Entry
 from kvtwist.strictjson import MAX_KEY_BYTES
 from kvtwist.web.compression import LargeBodyGzip
+from kvtwist.web.http import KVRequest
 from kvtwist.web.problems import (
     PROBLEM_CONTENT_TYPE,
     not_found_body,
@@ -44,12 +46,19 @@ JSON_CONTENT_TYPE = b"application/json"
 
 @dataclass
 class Response:
-    """What a handler answers: a status, a body and headers."""
+    """
+    What a handler answers: a status, a body and headers.
+
+    @ivar limit_name: for a refusal under a configured limit, the limit's
+        name (L{KVError.limit_name}); L{write_response} records it on the
+        request for the rejected-requests metric.
+    """
 
     status: int = 200
     body: bytes = b""
     content_type: Optional[bytes] = JSON_CONTENT_TYPE
     headers: Dict[bytes, bytes] = field(default_factory=dict)
+    limit_name: Optional[str] = None
 
 
 Handler = Callable[[Request], Union[Response, "Deferred[Response]"]]
@@ -70,7 +79,7 @@ def etag(mod_revision: int) -> bytes:
     return wire.etag(mod_revision).encode("ascii")
 
 
-def read_body(request: Request) -> bytes:
+def read_body(request: IRequest) -> bytes:
     """The request body (already bounded by the site's body limit)."""
     # twisted.web sets content before any Resource renders the request.
     content = request.content
@@ -90,6 +99,8 @@ def write_response(request: Request, response: Response) -> None:
         request.setHeader(name, value)
     if response.status not in (204, 304):
         request.setHeader(b"content-length", b"%d" % (len(response.body),))
+    if response.limit_name is not None and isinstance(request, KVRequest):
+        request.kvtwist_limit = response.limit_name
     if response.body:
         request.write(response.body)
     request.finish()
@@ -105,8 +116,9 @@ def problem_response(status: int, code: str, detail: str, **extra: object) -> Re
 def error_response(reason: Failure) -> Response:
     """The L{Response} for a failed handler: mapped if known, else a 500."""
     if reason.check(KVError):
-        status, body = problem_for(reason.value)
-        response = Response(status, body, PROBLEM_CONTENT_TYPE)
+        error = reason.value
+        status, body = problem_for(error)
+        response = Response(status, body, PROBLEM_CONTENT_TYPE, limit_name=error.limit_name)
         if status == 401:
             response.headers[b"www-authenticate"] = b'Bearer realm="kvtwist"'
         return response
@@ -271,9 +283,10 @@ class KVResource(Resource):
         Returns C{NOT_DONE_YET} for the render method to return.
         """
         request.notifyFinish().addErrback(_mark_gone, request)
-        # Twisted's overloads of maybeDeferred take a callable that returns
-        # a Deferred or a plain value, not one that may return either.
-        d: "Deferred[Response]" = maybeDeferred(handler, request)  # type: ignore[call-overload]
+        # maybeDeferred waits for a Deferred the handler returns, so what
+        # fires is a Response; its overloads cannot say so of a handler that
+        # may return either.
+        d = cast("Deferred[Response]", maybeDeferred(handler, request))
         d.addErrback(error_response)
         d.addCallback(self._write, request)
         d.addErrback(lambda reason: log.failure("failed to write a response", reason))

@@ -210,7 +210,8 @@ class Authenticating(Resource):
         if self._open:
             request.kvtwist_principal = ANYONE  # type: ignore[attr-defined]
             return self.root.getChildWithDefault(path, request)
-        if self._is_open(path, request.postpath):
+        # postpath is None only before traversal starts.
+        if self._is_open(path, request.postpath or []):
             return self.root.getChildWithDefault(path, request)
         refused = self._authenticated(request)
         if refused is not None:

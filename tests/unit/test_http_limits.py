@@ -24,12 +24,14 @@ from typing import List, Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
+from zope.interface import implementer
 
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
@@ -49,14 +51,33 @@ LIMITS = Limits(
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
 
+@implementer(ITCPTransport)
 class HalfClosingTransport(StringTransport):
-    """A StringTransport that records half-closes and aborts, like TCP's."""
+    """
+    A StringTransport that records half-closes and aborts, like TCP's (and
+    says it is one: the site half-closes only transports that provide
+    L{ITCPTransport}).
+    """
 
     write_closed = False
     aborted = False
+    no_delay = False
+    keep_alive = False
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+    def getTcpNoDelay(self) -> bool:
+        return self.no_delay
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.keep_alive
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.keep_alive = enabled
 
     def abortConnection(self) -> None:
         self.aborted = True

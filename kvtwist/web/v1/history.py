@@ -35,7 +35,7 @@ def historical(store: IKeyValueStore) -> IHistoricalStore:
     """
     if not IHistoricalStore.providedBy(store):
         raise HistoryUnsupported()
-    return store  # type: ignore[return-value]
+    return store
 
 
 def revision_arg(request: Request, name: str = "revision") -> Optional[int]:

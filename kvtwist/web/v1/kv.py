@@ -77,10 +77,12 @@ def rest_of_path(name: bytes, request: Request) -> bytes:
     Consume the rest of the request path into one key: the key may contain
     C{/}, so it is everything after C{/v1/kv/}.
     """
-    # twisted.web sets both paths before it asks a Resource for a child.
-    assert request.prepath is not None and request.postpath is not None
-    segments = [name] + request.postpath
-    request.prepath.extend(request.postpath)
+    # Both paths are lists once traversal has started, as it has here
+    # (None only before).
+    rest = request.postpath or []
+    segments = [name] + rest
+    if request.prepath is not None:
+        request.prepath.extend(rest)
     request.postpath = []
     return b"/".join(segments)
 

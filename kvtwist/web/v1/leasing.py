@@ -21,7 +21,7 @@ def leasing(store: IKeyValueStore) -> ILeasingStore:
     """
     if not ILeasingStore.providedBy(store):
         raise LeasesUnsupported()
-    return store  # type: ignore[return-value]
+    return store
 
 
 def parse_lease_id(raw: Any, name: str = "lease") -> Optional[int]:

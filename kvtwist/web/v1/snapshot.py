@@ -176,7 +176,7 @@ class Snapshot(V1Resource):
                 log.failure("a snapshot stream failed; aborting it", reason)
             transport = request.channel.transport if request.channel else None
             if transport is not None:
-                transport.abortConnection()
+                transport.abortConnection()  # type: ignore[attr-defined]  # every Twisted stream transport (TCP, UNIX, TLS) has it; ITransport does not declare it
 
         def refused(reason) -> None:
             self.respond(request, lambda request: reason)
