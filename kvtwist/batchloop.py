@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_compactor -*-
 """
 The shape the background services share (the expiry sweeper, the history
 compactor): do one bounded batch of work, then the next at once if there

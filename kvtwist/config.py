@@ -24,296 +24,50 @@ L{ConfigError} with a message naming the setting and where it came from.
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import math
-import os
-import re
-import stat
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
 from twisted.logger import Logger
 
 from kvtwist.auth import Token
 from kvtwist.limits import ETCD_MAX_REQUEST_BYTES, ETCD_MAX_TXN_OPS, HistoryRetention, Limits, MiB
+from kvtwist.config_tokens import (
+    check_protected,
+    check_unique_tokens,
+    parse_tokens,
+    readable_by_others,
+    token_file_tokens,
+)
+from kvtwist.config_values import (
+    CLI,
+    DEFAULT,
+    ENV,
+    FILE,
+    ConfigError,
+    Secret,
+    choice,
+    count,
+    endpoints,
+    flag,
+    host_names,
+    is_etcd_store,
+    origins,
+    port,
+    read_toml,
+    secret_text,
+    seconds,
+    size,
+    store_spec,
+    text,
+    workers,
+)
 from kvtwist.servicelinks import is_service_link
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 log = Logger()
 
 #: The prefix of every environment variable kvcache reads.
 ENV_PREFIX = "KVCACHE_"
-
-#: The shortest secret a token may have: a guessable token is no token.
-MIN_SECRET_LENGTH = 16
-
-#: Where a value came from, lowest precedence first.
-DEFAULT, FILE, ENV, CLI = range(4)
-
-
-class ConfigError(Exception):
-    """
-    A setting is unknown, malformed or contradicts another.
-
-    @ivar layer: where the offending value came from (L{FILE}, L{ENV},
-        L{CLI}, or L{DEFAULT} for a problem of the combination).
-    """
-
-    def __init__(self, message: str, layer: int = DEFAULT) -> None:
-        super().__init__(message)
-        self.layer = layer
-
-
-# -- value readers -------------------------------------------------------
-#
-# Each takes the value as TOML gives it (int, float, bool, str, list) or as
-# a string (the command line and the environment), and returns the value
-# or raises ValueError with a phrase saying what was expected.
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be an integer, not a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
-    raise ValueError("must be an integer")
-
-
-def count(value: Any) -> int:
-    """A positive integer."""
-    number = _integer(value)
-    if number <= 0:
-        raise ValueError("must be a positive integer")
-    return number
-
-
-def workers(value: Any) -> int:
-    """
-    A number of processes: a positive integer, or C{auto} for one per core
-    (C{os.cpu_count()}).
-    """
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return os.cpu_count() or 1
-    try:
-        return count(value)
-    except ValueError:
-        raise ValueError("must be a positive integer or auto") from None
-
-
-def port(value: Any) -> int:
-    """A TCP port number."""
-    number = _integer(value)
-    if not 0 < number < 65536:
-        raise ValueError("must be a port number between 1 and 65535")
-    return number
-
-
-_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": MiB, "mib": MiB, "g": 1024 * MiB, "gib": 1024 * MiB}
-
-
-def size(value: Any) -> int:
-    """A positive number of bytes: an integer, or a string like C{"64KiB"}."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise ValueError("must be a number of bytes, optionally with KiB, MiB or GiB")
-        number = int(match.group(1)) * _UNITS[match.group(2).lower()]
-    else:
-        number = _integer(value)
-    if number <= 0:
-        raise ValueError("must be a positive number of bytes")
-    return number
-
-
-def seconds(value: Any) -> float:
-    """A positive, finite number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number of seconds, not a boolean")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError("must be a number of seconds") from None
-    else:
-        raise ValueError("must be a number of seconds")
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a positive, finite number of seconds")
-    return number
-
-
-def text(value: Any) -> str:
-    """A non-empty string."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value
-
-
-def flag(value: Any) -> bool:
-    """A boolean (C{true}/C{false}; in the environment also 1/0, yes/no, on/off)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in ("1", "true", "yes", "on"):
-            return True
-        if word in ("0", "false", "no", "off"):
-            return False
-    raise ValueError("must be true or false")
-
-
-def endpoints(value: Any) -> Tuple[str, ...]:
-    """
-    Twisted server endpoint strings: a list (TOML, repeated options) or,
-    in the environment, one string of them separated by whitespace.
-    """
-    if isinstance(value, str):
-        value = value.split()
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError("must be a non-empty list of endpoint strings")
-    for item in value:
-        if not isinstance(item, str) or not item.strip() or ":" not in item:
-            raise ValueError(
-                "must be endpoint strings like tcp:8080:interface=127.0.0.1 (got %r)"
-                % (item,)
-            )
-    return tuple(value)
-
-
-def _text_list(value: Any, what: str) -> List[str]:
-    """
-    A list of strings (TOML, repeated options) or, in the environment, one
-    string of them separated by whitespace.
-    """
-    if isinstance(value, str):
-        value = value.split()
-    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-        raise ValueError("must be a list of %s" % (what,))
-    return list(value)
-
-
-#: A host (a name, an IPv4 address or a bracketed IPv6 one) and a port.
-_HOST_PORT = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?"
-_ORIGIN = re.compile(r"https?://" + _HOST_PORT)
-
-
-def origins(value: Any) -> Tuple[str, ...]:
-    """
-    Web origins a browser page may call from: C{scheme://host[:port]}
-    (http or https, no path), or C{*} for any; lower-cased.
-    """
-    items = _text_list(value, "origins")
-    for item in items:
-        if item != "*" and not _ORIGIN.fullmatch(item):
-            raise ValueError(
-                "must be origins like https://app.example or http://localhost:3000 "
-                "(scheme, host, optional port; no path), or * (got %r)" % (item,)
-            )
-    return tuple(item.lower() for item in items)
-
-
-_HOST_NAME = re.compile(_HOST_PORT)
-
-
-def host_names(value: Any) -> Tuple[str, ...]:
-    """Host names (or C{host:port}) the server answers to; lower-cased."""
-    items = _text_list(value, "host names")
-    for item in items:
-        if not _HOST_NAME.fullmatch(item):
-            raise ValueError("must be host names like kv.example or kv.example:8080 (got %r)" % (item,))
-    return tuple(item.lower() for item in items)
-
-
-#: The store-spec schemes of etcd, and the URL scheme each one means.
-ETCD_SCHEMES = {"etcd://": "http://", "etcds://": "https://"}
-
-
-def _etcd_scheme(spec: str) -> Optional[str]:
-    for scheme in ETCD_SCHEMES:
-        if spec.startswith(scheme):
-            return scheme
-    return None
-
-
-def store_spec(value: Any) -> str:
-    """
-    C{shelve} (the embedded store in --data), C{etcd://HOST:PORT[,...]}
-    (several kvcache nodes on one etcd cluster) or C{etcds://HOST:PORT[,...]}
-    (the same over TLS).
-    """
-    spec = text(value)
-    if spec == "shelve":
-        return spec
-    scheme = _etcd_scheme(spec)
-    if scheme is not None and all(
-        part.strip() and ":" in part for part in spec[len(scheme):].split(",")
-    ):
-        return spec
-    raise ValueError(
-        "expected shelve, etcd://HOST:PORT[,HOST:PORT...] or etcds://HOST:PORT[,...] (TLS)"
-    )
-
-
-def is_etcd_store(spec: str) -> bool:
-    """Whether a store spec names an etcd cluster (C{etcd://} or C{etcds://})."""
-    return _etcd_scheme(spec) is not None
-
-
-def etcd_endpoints(spec: str) -> List[str]:
-    """
-    The etcd client URLs named by an C{etcd://...} store spec (C{http}) or
-    an C{etcds://...} one (C{https}).
-    """
-    scheme = _etcd_scheme(spec)
-    if scheme is None:
-        raise ValueError("not an etcd store: %r" % (spec,))
-    return [ETCD_SCHEMES[scheme] + part.strip() for part in spec[len(scheme):].split(",")]
-
-
-def etcd_remote_plain_hosts(spec: str) -> List[str]:
-    """
-    The hosts of a plain C{etcd://} spec that are not loopback: what is sent
-    to them (a password, a token) crosses the network unencrypted.
-    """
-    if _etcd_scheme(spec) != "etcd://":
-        return []
-    hosts = [part.strip().rsplit(":", 1)[0] for part in spec[len("etcd://"):].split(",")]
-    return [host for host in hosts if not _loopback(host)]
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret setting (the etcd password): no repr or message shows it."""
-
-    value: str = field(repr=False)
-
-
-def secret_text(value: Any) -> Secret:
-    """A non-empty string, kept as a L{Secret}."""
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be a non-empty string")
-    return Secret(value)
-
-
-def choice(*choices: str) -> Callable[[Any], str]:
-    """One of C{choices}."""
-
-    def read(value: Any) -> str:
-        if value not in choices:
-            raise ValueError("must be one of %s" % (", ".join(choices),))
-        return value
-
-    read.__doc__ = "One of %s." % (", ".join(choices),)
-    return read
-
 
 # -- the settings ----------------------------------------------------------
 
@@ -523,10 +277,6 @@ BY_ENV[ENV_PREFIX + "TOKEN_FILE"] = BY_NAME["token-file"]
 REPEATABLE = ("listen", "ops-listen", "cors-origin", "allowed-host")
 
 #: Keys of a C{[tokens.<name>]} table.
-TOKEN_KEYS = ("secret", "read", "write", "ops")
-_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
 # -- the result ------------------------------------------------------------
 
 
@@ -610,21 +360,6 @@ def _read_value(setting: Setting, raw: Any, layer: int, path: Optional[str]) -> 
         raise ConfigError(
             "%s %s%s" % (_describe(layer, setting, path), e, shown), layer
         ) from None
-
-
-def read_toml(path: str, what: str) -> Dict[str, Any]:
-    """
-    The TOML document at C{path}.
-
-    @raise ConfigError: if it cannot be read or is not TOML.
-    """
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError("cannot read the %s %s: %s" % (what, path, e.strerror or e), FILE)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("%s: not valid TOML: %s" % (path, e), FILE)
 
 
 def _suggest(name: str) -> str:
@@ -725,183 +460,6 @@ def cli_layer(given: Mapping[str, Any]) -> Dict[str, Any]:
     return values
 
 
-# -- tokens ------------------------------------------------------------------
-
-
-def _prefixes(raw: Any, where: str) -> Tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
-        raise ConfigError('%s must be a list of key prefixes ("" means every key)' % (where,), FILE)
-    return tuple(raw)
-
-
-def parse_tokens(table: Mapping[str, Any], path: str) -> List[Token]:
-    """
-    The L{Token}s of a C{tokens} table read from C{path}.
-
-    @raise ConfigError: naming the token and the file, for a missing or
-        short secret, an unknown key or a bad rule. Secrets are never put
-        in a message.
-    """
-    tokens = []
-    for name, spec in table.items():
-        where = "%s: token %r" % (path, name)
-        if not _TOKEN_NAME.fullmatch(name):
-            raise ConfigError(
-                "%s: token name %r must be 1-64 letters, digits, '.', '_' or '-'" % (path, name),
-                FILE,
-            )
-        if not isinstance(spec, dict):
-            raise ConfigError("%s must be a table (secret, read, write, ops)" % (where,), FILE)
-        for key in spec:
-            if key not in TOKEN_KEYS:
-                raise ConfigError(
-                    "%s: unknown key %r (known: %s)" % (where, key, ", ".join(TOKEN_KEYS)), FILE
-                )
-        secret = spec.get("secret")
-        if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(
-                "%s: 'secret' must be a string of at least %d characters"
-                % (where, MIN_SECRET_LENGTH),
-                FILE,
-            )
-        if secret != secret.strip() or any(ord(c) < 0x21 or ord(c) > 0x7E for c in secret):
-            # It travels in an HTTP header: printable ASCII, no spaces.
-            raise ConfigError(
-                "%s: 'secret' must be printable ASCII without spaces" % (where,), FILE
-            )
-        ops = spec.get("ops", False)
-        if not isinstance(ops, bool):
-            raise ConfigError("%s: 'ops' must be true or false" % (where,), FILE)
-        tokens.append(
-            Token(
-                name,
-                secret,
-                read=_prefixes(spec.get("read", []), where + ": 'read'"),
-                write=_prefixes(spec.get("write", []), where + ": 'write'"),
-                ops=ops,
-            )
-        )
-    return tokens
-
-
-def token_file_tokens(path: str) -> List[Token]:
-    """
-    The tokens of a token file: a TOML document holding only
-    C{[tokens.<name>]} tables.
-    """
-    document = read_toml(path, "token file")
-    for key in document:
-        if key != "tokens":
-            raise ConfigError("%s: unknown key %r (a token file holds only [tokens.NAME] tables)" % (path, key), FILE)
-    table = document.get("tokens", {})
-    if not isinstance(table, dict):
-        raise ConfigError("%s: 'tokens' must be a table of [tokens.NAME] tables" % (path,), FILE)
-    return parse_tokens(table, path)
-
-
-def readable_by_others(path: str) -> bool:
-    """Whether the file at C{path} can be read by its group or by anyone."""
-    try:
-        return bool(os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO))
-    except OSError:
-        return False
-
-
-def _check_unique(tokens: Sequence[Token]) -> None:
-    names: Dict[str, Token] = {}
-    secrets: Dict[str, str] = {}
-    for token in tokens:
-        if token.name in names:
-            raise ConfigError("token %r is defined twice" % (token.name,))
-        names[token.name] = token
-        other = secrets.get(token.secret)
-        if other is not None:
-            # Which of the two a request is could not be told apart.
-            raise ConfigError("tokens %r and %r have the same secret" % (other, token.name))
-        secrets[token.secret] = token.name
-
-
-# -- protected mode --------------------------------------------------------------
-
-
-def _split_endpoint(description: str) -> Tuple[List[str], Dict[str, str]]:
-    """
-    An endpoint string's positional and keyword arguments, with Twisted's
-    quoting (a backslash escapes the next character).
-    """
-    parts: List[str] = []
-    current: List[str] = []
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    args: List[str] = []
-    kwargs: Dict[str, str] = {}
-    for part in parts:
-        name, equals, value = part.partition("=")
-        if equals and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            kwargs[name] = value
-        else:
-            args.append(part)
-    return args, kwargs
-
-
-def _loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def is_local_endpoint(description: str) -> bool:
-    """
-    Whether an endpoint can only be reached from this machine: a unix
-    socket, or TCP/TLS bound to a loopback address (127.0.0.0/8, ::1).
-    An empty interface (all interfaces) or an endpoint type not known here
-    counts as reaching beyond.
-    """
-    args, kwargs = _split_endpoint(description)
-    kind = args[0].lower() if args else ""
-    if kind == "unix":
-        return True
-    if kind in ("tcp", "tcp6", "ssl"):
-        default = "::" if kind == "tcp6" else ""
-        return _loopback(kwargs.get("interface", default))
-    return False
-
-
-def check_protected(endpoints: Sequence[str], tokens: Sequence[Token], allow_open: bool) -> None:
-    """
-    Protected mode: refuse to listen beyond loopback with no token.
-
-    @raise ConfigError: naming the first such endpoint.
-    """
-    if tokens or allow_open:
-        return
-    for endpoint in endpoints:
-        if not is_local_endpoint(endpoint):
-            raise ConfigError(
-                "protected mode: refusing to listen on %s, which is reachable "
-                "beyond this machine, with no token configured (anyone who "
-                "reaches it could read and write every key). Configure tokens "
-                "([tokens.NAME] tables in --config or --token-file), listen on "
-                "127.0.0.1 or a unix socket, or give --allow-open to serve "
-                "without authentication." % (endpoint,)
-            )
-
-
 # -- putting it together -----------------------------------------------------------
 
 
@@ -953,7 +511,7 @@ def resolve(cli: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
         tokens.extend(parse_tokens(file_tokens, config_path))
     if values["token-file"] is not None:
         tokens.extend(token_file_tokens(values["token-file"]))
-    _check_unique(tokens)
+    check_unique_tokens(tokens)
 
     _resolve_etcd(values, origin, config_path)
 

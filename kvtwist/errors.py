@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1,tests.unit.test_web_seed -*-
 """
 Domain errors: what can go wrong with a request, in kvtwist's own terms.
 

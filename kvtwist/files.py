@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_dumpload,tests.unit.test_snapshot -*-
 """
 Writing a file whole or not at all: the output of a long command (a dump,
 a snapshot) goes to a temporary file beside its destination, is synced,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_memory,tests.contract.test_store_shelve -*-
 """
 The contracts kvtwist's parts are written against: the store every backend
 implements (memory, shelve, etcd), and the transactions clients stage into

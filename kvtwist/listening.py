@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.e2e.test_tls -*-
 """
 kvcache's listeners: one Service per C{--listen} endpoint, each of which
 logs the URL it serves (and the admin page's) once it is bound, so an

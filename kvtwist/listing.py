@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1 -*-
 """
 Prefix listings as a token sees them: only keys it may read, and a cursor
 that never names another key.

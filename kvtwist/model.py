@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_memory -*-
 """
 The plain data that crosses the store contract: entries, write operations,
 preconditions and commit results.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_seed,tests.unit.test_web_v1 -*-
 """
 What clients do with a transaction, over a store: read through it, stage
 JSON pairs, stage deletes, stage one value with preconditions.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_shelve -*-
 """
 Services that own kvtwist's long-lived resources.
 

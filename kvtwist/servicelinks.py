@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_config -*-
 """
 Recognise the environment variables Kubernetes injects for a Service.
 

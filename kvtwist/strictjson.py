@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_wire,tests.unit.test_web_v1 -*-
 """
 Strict JSON for request bodies, and the canonical encoding of JSON values;
 keys as requests name them.

@@ -33,12 +33,10 @@ from kvtwist.config import (
     SETTINGS,
     Config,
     ConfigError,
-    etcd_endpoints,
-    etcd_remote_plain_hosts,
-    is_etcd_store,
     resolve,
     secret_files,
 )
+from kvtwist.config_values import etcd_endpoints, etcd_remote_plain_hosts, is_etcd_store
 from kvtwist.compactor import Compactor
 from kvtwist.errors import KVError
 from kvtwist.events import ChangeHub
@@ -53,7 +51,8 @@ from kvtwist.store.datalock import DataDirectoryBusy
 from kvtwist.store.etcd.store import EtcdStore
 from kvtwist.store.etcd.tls import EtcdCredentials, EtcdTLS
 from kvtwist.store.etcd.transactions import EtcdTransactions
-from kvtwist.store.shelve_store import ShelveStore, check_data_dir, hold_data_dir
+from kvtwist.store.datadir import check_data_dir, hold_data_dir
+from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.sweeper import Sweeper
 from kvtwist.transactions import TransactionManager
 from kvtwist.web.http import KVSite

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_wire -*-
 """
 The wire vocabulary client and server share: what a JSON content type is,
 strict JSON (L{strictjson}), a value as JSON fields (C{value} or

@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence
 from twisted.internet import protocol, tcp, unix
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
-from kvtwist.config import is_etcd_store, resolve
+from kvtwist.config import resolve
+from kvtwist.config_values import is_etcd_store
 from kvtwist.events import ChangeHub
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.owner import AMP_FD

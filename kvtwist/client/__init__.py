@@ -153,7 +153,8 @@ from kvtwist.client.seed import commit, delete, get, get_value, set_many
 from kvtwist.client.snapshot import save_snapshot
 from kvtwist.client.sse import EventStreamParser, ServerSentEvent, SSEComment
 from kvtwist.client.txn import Transaction, begin
-from kvtwist.client.watch import HistoryGone, Watch, WatchEvent, wait_for, watch
+from kvtwist.client.watch import Watch, wait_for, watch
+from kvtwist.client.watch_events import HistoryGone, WatchEvent
 
 __all__ = [
     "KVClientError",

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_ops -*-
 """
 Capabilities a store wrapper passes on: a wrapper (the read cache, the
 commit timer) forwards a capability's calls to the store it wraps, and

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.property.test_history_model -*-
 """
 What every local store shares about history (see
 L{kvtwist.interfaces.IHistoricalStore}): which revisions a read may ask

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_memory -*-
 """
 The commit listeners a store notifies (see
 L{kvtwist.interfaces.IKeyValueStore.add_listener}).

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_snapshot -*-
 """
 Building a data directory offline from a snapshot's entries: the keys as
 they were, with their create and mod revisions (so their ETags), versions
@@ -22,12 +23,8 @@ from typing import Iterable, Iterator, List
 from kvtwist.model import Entry
 from kvtwist.store.history import PUT
 from kvtwist.store.shelf import DataShelf
-from kvtwist.store.shelve_store import (
-    _COMPACT_REVISION,
-    _ShelfTable,
-    _locked,
-    _open_mapping,
-)
+from kvtwist.store.datadir import locked, open_mapping
+from kvtwist.store.shelf_layout import COMPACT_REVISION, ShelfTable
 
 #: Keys written per SQLite transaction.
 RESTORE_BATCH = 1000
@@ -58,12 +55,12 @@ def restore_data_dir(directory: str, revision: int, entries: Iterable[Entry]) ->
     building = "%s.restoring-%d" % (os.path.abspath(directory).rstrip(os.sep), os.getpid())
     count = 0
     try:
-        with _locked(building):
-            shelf = DataShelf(_open_mapping(building, check_integrity=False))
+        with locked(building):
+            shelf = DataShelf(open_mapping(building, check_integrity=False))
             try:
                 for batch in _batches(entries):
                     with shelf.dict.transaction():
-                        table = _ShelfTable(shelf)
+                        table = ShelfTable(shelf)
                         table.prefetch(entry.key for entry in batch)
                         for entry in batch:
                             if entry.mod_revision > revision or entry.create_revision > entry.mod_revision:
@@ -78,10 +75,10 @@ def restore_data_dir(directory: str, revision: int, entries: Iterable[Entry]) ->
                         )
                     count += len(batch)
                 with shelf.dict.transaction():
-                    table = _ShelfTable(shelf)
+                    table = ShelfTable(shelf)
                     table.set_revision(revision)
                     table.flush()
-                    shelf.dict.set_state(_COMPACT_REVISION, str(revision))
+                    shelf.dict.set_state(COMPACT_REVISION, str(revision))
             finally:
                 shelf.close()
         if os.path.isdir(directory):

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_memory -*-
 """
 The commit rules every local store shares: how checks are evaluated, how
 revisions, versions and create revisions advance, what an expired key means.

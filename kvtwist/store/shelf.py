@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.contract.test_store_shelve -*-
 """
 The shelf kvtwist keeps its data in: a C{shelve.Shelf} over
 L{SQLiteMapping}, whose unpickling accepts builtin data only.

@@ -26,9 +26,7 @@ commit waits for more than the sync in progress plus its own.
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -36,20 +34,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvtwist.errors import (
-    ConflictError,
-    FutureRevision,
-    InsufficientStorage,
-    KVError,
-    LimitExceeded,
-    NotAnInteger,
-    StoreCorrupt,
-    StoreUnavailable,
-)
+from kvtwist.errors import FutureRevision, KVError, StoreUnavailable
 from kvtwist.interfaces import ICountedStore, IHistoricalStore, ILeaseListing, ILeasingStore, IWorkInFlight
 from kvtwist.model import Change, Check, CommitResult, DeletePrefix, Entry, Op, Page, PageBuilder
 from kvtwist.store import leases as lease_rules
-from kvtwist.store.datalock import DataDirectoryLock, lock_data_dir
+from kvtwist.store.datadir import hold_data_dir, open_mapping, write_failure
+from kvtwist.store.datalock import DataDirectoryLock
 from kvtwist.store.history import (
     PUT,
     check_compactable,
@@ -59,314 +49,18 @@ from kvtwist.store.history import (
 )
 from kvtwist.store.listeners import Listeners
 from kvtwist.store.rules import count_delta, live, touched_keys
-from kvtwist.store.shelf import DataShelf, HistoryRecord
-from kvtwist.store.sqlitemap import SQLiteMapping, is_disk_full
-
-#: The file name of the shelf inside the data directory.
-DATA_FILE = "kvcache.sqlite3"
-
-# Shelf key prefixes: user keys, the expiry index and the store's own
-# metadata never collide.
-_KEY = "k/"
-_EXPIRY = "x/"
-_REVISION = "m/revision"
-#: The name of the compact revision in the SQLite state table.
-_COMPACT_REVISION = "compact_revision"
-#: Keys per read while the history is rebuilt from the keys.
-_REBUILD_CHUNK = 1000
-
-
-def _expiry_key(expires: float, key: str) -> str:
-    # Fixed-width so that the index sorts by time (to year 5138).
-    return "%s%017.3f/%s" % (_EXPIRY, expires, key)
-
-
-#: Rows read per statement when a prefix delete scans its keys.
-_SCAN_PAGE = 10000
-
-#: In L{_ShelfTable}'s pending writes: the shelf key is to be removed.
-_REMOVED = object()
-
-
-class _ShelfTable:
-    """
-    The L{kvtwist.store.rules.Table} view of a shelf (store thread only),
-    for one read or one group commit.
-
-    Rows read are remembered, and writes are held back until L{flush}, which
-    applies all of them in one statement or so: a group commit reads its keys
-    in one statement (L{prefetch}) and writes in one, not three statements a
-    key (see L{kvtwist.store.sqlitemap.SQLiteMapping.get_many} for why the
-    number of statements is what counts). Reads see the writes held back.
-    """
-
-    def __init__(self, shelf: DataShelf) -> None:
-        self._shelf = shelf
-        #: Each key read or written: its entry as the table stands now, or
-        #: None when absent.
-        self._rows: Dict[str, Optional[Entry]] = {}
-        #: Shelf keys changed and not yet flushed: their record, or _REMOVED.
-        self._pending: Dict[str, object] = {}
-        #: History records of the commits applied, not yet flushed.
-        self._history: List[HistoryRecord] = []
-
-    def prefetch(self, keys: Iterable[str]) -> None:
-        """Read every one of C{keys} not read yet, in one go."""
-        wanted = [key for key in dict.fromkeys(keys) if key not in self._rows]
-        if not wanted:
-            return
-        records = self._shelf.read_many(_KEY + key for key in wanted)
-        for key in wanted:
-            record = records.get(_KEY + key)
-            self._rows[key] = _entry(key, record) if record is not None else None
-
-    def read(self, key: str) -> Optional[Entry]:
-        if key not in self._rows:
-            self.prefetch([key])
-        return self._rows[key]
-
-    def _unindex(self, key: str) -> None:
-        stored = self.read(key)
-        if stored is not None and stored.expires is not None:
-            self._pending[_expiry_key(stored.expires, key)] = _REMOVED
-
-    def write(self, entry: Entry) -> None:
-        self._unindex(entry.key)
-        self._rows[entry.key] = entry
-        self._pending[_KEY + entry.key] = entry.to_record()
-        if entry.expires is not None:
-            self._pending[_expiry_key(entry.expires, entry.key)] = entry.mod_revision
-
-    def remove(self, key: str) -> None:
-        self._unindex(key)
-        self._rows[key] = None
-        self._pending[_KEY + key] = _REMOVED
-
-    def record_history(self, result: CommitResult) -> None:
-        """Keep C{result}'s changes for the history (written by L{flush})."""
-        for change in result.changes:
-            self._history.append(
-                (
-                    change.key,
-                    result.revision,
-                    change.kind,
-                    change.entry.to_record() if change.entry is not None else None,
-                )
-            )
-    def keys_under(self, prefix: str) -> List[str]:
-        """
-        Every key under C{prefix} as the table stands (the shelf's, and this
-        group's earlier writes), its rows read in pages as they are scanned.
-        """
-        cursor: Optional[str] = None
-        while True:
-            rows = self._shelf.scan(_KEY + prefix, cursor, _SCAN_PAGE)
-            for shelf_key, record in rows:
-                key = shelf_key[len(_KEY):]
-                if key not in self._rows:
-                    self._rows[key] = _entry(key, record)
-            if len(rows) < _SCAN_PAGE:
-                break
-            cursor = rows[-1][0]
-        return [
-            key for key, entry in self._rows.items()
-            if entry is not None and key.startswith(prefix)
-        ]
-
-    def set_revision(self, revision: int) -> None:
-        """Record the store's revision (written by the next L{flush})."""
-        self._pending[_REVISION] = revision
-
-    def flush(self) -> None:
-        """Write everything held back, inside the caller's transaction."""
-        pending, self._pending = self._pending, {}
-        history, self._history = self._history, []
-        self._shelf.write_many(
-            {key: record for key, record in pending.items() if record is not _REMOVED},
-            [key for key, record in pending.items() if record is _REMOVED],
-        )
-        self._shelf.write_history(history)
-
-    def expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
-        """Up to C{limit} C{(key, mod_revision)} whose expiry is at or before C{now}."""
-        due = []
-        for index_key, mod_revision in self._shelf.scan(_EXPIRY, None, limit):
-            stamp, _, key = index_key[len(_EXPIRY):].partition("/")
-            if float(stamp) > now:
-                break
-            if type(mod_revision) is not int:
-                raise StoreCorrupt("the expiry index record of %r is damaged" % (key,))
-            due.append((key, mod_revision))
-        return due
-
-
-class _ShelfLeases:
-    """
-    The L{kvtwist.store.leases.LeaseTable} view of the shelf's lease tables
-    (store thread only), for one group commit: key attachments are held
-    back and written together, a few statements for the whole group.
-    """
-
-    def __init__(self, shelf: DataShelf) -> None:
-        self._mapping = shelf.dict
-        self._encoding = shelf.keyencoding
-        self._attachments: Dict[bytes, Optional[int]] = {}
-
-    def lease(self, lease_id: int) -> Optional[Tuple[float, float]]:
-        return self._mapping.lease(lease_id)
-
-    def set_lease(self, lease_id: int, ttl: float, deadline: float) -> None:
-        self._mapping.set_lease(lease_id, ttl, deadline)
-
-    def drop_lease(self, lease_id: int) -> None:
-        self.flush()
-        self._mapping.drop_lease(lease_id)
-
-    def keys_of(self, lease_id: int) -> List[str]:
-        self.flush()
-        return [key.decode(self._encoding) for key in self._mapping.lease_keys(lease_id)]
-
-    def attach(self, key: str, lease_id: Optional[int]) -> None:
-        self._attachments[key.encode(self._encoding)] = lease_id
-
-    def due(self, now: float, limit: int) -> List[int]:
-        return self._mapping.due_leases(now, limit)
-
-    def count(self) -> int:
-        return self._mapping.lease_count
-
-    def held(self, now: float, limit: int) -> List[Tuple[int, float, float]]:
-        return self._mapping.held_leases(now, limit)
-
-    def flush(self) -> None:
-        """Write the attachments held back, inside the caller's transaction."""
-        attachments, self._attachments = self._attachments, {}
-        if attachments:
-            self._mapping.attach_many(attachments)
-
-
-def _entry(key: str, record: object) -> Entry:
-    """The L{Entry} a stored record describes; a damaged one is L{StoreCorrupt}."""
-    try:
-        return Entry.from_record(key, record)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise StoreCorrupt(str(e))
-
-
-def open_data_dir(directory: str) -> str:
-    """
-    Create C{directory} (mode 0700) if needed and return the data file path.
-    Runs before the reactor or on the store thread.
-    """
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    return os.path.join(directory, DATA_FILE)
-
-
-def check_data_dir(directory: str) -> int:
-    """
-    Open the store in C{directory} on the calling thread, verify it and close
-    it again; returns its revision. L{kvtwist.tap} calls this before the
-    reactor starts, so a damaged store stops startup with a message.
-
-    @raise StoreCorrupt: if the data is damaged or unreadable.
-    @raise DataDirectoryBusy: if another process owns the directory.
-    """
-    with _locked(directory):
-        # An older file format is migrated later, on the store thread.
-        shelf = DataShelf(_open_mapping(directory, check_integrity=True, migrate=False))
-        try:
-            return _read_revision(shelf)
-        finally:
-            shelf.close()
-
-
-def _open_mapping(directory: str, check_integrity: bool, migrate: bool = True) -> SQLiteMapping:
-    """
-    The data file of C{directory}, opened (the caller holds the lock); an
-    older file format is migrated unless C{migrate} is false (see
-    L{SQLiteMapping}).
-
-    @raise StoreCorrupt: if the data is damaged or unreadable.
-    """
-    try:
-        return SQLiteMapping(
-            open_data_dir(directory), check_integrity=check_integrity, migrate=migrate
-        )
-    except OSError as e:
-        raise _write_failure(
-            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
-        )
-
-
-def _write_failure(
-    error: BaseException, what: str, directory: str, other=StoreUnavailable
-) -> KVError:
-    """
-    The domain error for a write into C{directory} that failed with
-    C{error}: itself if it is one, L{InsufficientStorage} for a full disk,
-    else C{other}; C{what} says what could not be done.
-    """
-    if isinstance(error, KVError):
-        return error
-    if is_disk_full(error, directory):
-        return InsufficientStorage("%s: disk full (%s)" % (what, error))
-    return other("%s: %s" % (what, error))
-
-
-def hold_data_dir(directory: str) -> DataDirectoryLock:
-    """
-    Take (or share, within this process) C{directory}'s lock; see
-    L{kvtwist.store.datalock}.
-
-    @raise DataDirectoryBusy: if another process owns the directory.
-    @raise StoreCorrupt: if the directory or its lock file cannot be made.
-    """
-    try:
-        return lock_data_dir(directory)
-    except OSError as e:
-        raise _write_failure(
-            e, "cannot open the data directory %s" % (directory,), directory, StoreCorrupt
-        )
-
-
-@contextmanager
-def _locked(directory: str) -> Iterator[DataDirectoryLock]:
-    """Hold C{directory}'s lock for the block (L{hold_data_dir})."""
-    lock = hold_data_dir(directory)
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-def _read_compact_revision(shelf: DataShelf) -> int:
-    raw = shelf.dict.state(_COMPACT_REVISION)
-    try:
-        return int(raw) if raw is not None else 0
-    except ValueError:
-        raise StoreCorrupt("the store's compact revision record is damaged")
-
-
-def _history_entry(record: Optional[HistoryRecord]) -> Optional[Entry]:
-    """The entry a history record holds: L{None} for a tombstone or nothing."""
-    if record is None:
-        return None
-    key, _, kind, stored = record
-    if kind != PUT or stored is None:
-        return None
-    return _entry(key, stored)
-
-
-def _read_revision(shelf: DataShelf) -> int:
-    try:
-        revision = shelf[_REVISION]
-    except KeyError:
-        return 0
-    if type(revision) is not int or revision < 0:
-        raise StoreCorrupt("the store's revision record is damaged")
-    return revision
-
+from kvtwist.store.shelf import DataShelf
+from kvtwist.store.shelf_layout import (
+    COMPACT_REVISION,
+    KEY_PREFIX,
+    REBUILD_CHUNK,
+    ShelfLeases,
+    ShelfTable,
+    entry_of,
+    history_entry,
+    read_compact_revision,
+    read_revision,
+)
 
 def _collect_page(
     fetch: Callable[[Optional[str], int], List[Tuple[str, Optional[Entry]]]],
@@ -403,7 +97,7 @@ def _collect_page(
 #: L{CommitResult}, a L{kvtwist.model.Lease} or L{None}, or raises a
 #: L{KVError} having changed nothing; C{keys} are the keys it reads, read
 #: ahead with the rest of its group.
-_Work = Tuple[Sequence[str], Callable[["_ShelfTable", _ShelfLeases, int, float], object]]
+_Work = Tuple[Sequence[str], Callable[["ShelfTable", ShelfLeases, int, float], object]]
 
 #: A queued change: its work, the Deferred of its answer, and how many
 #: trips had finished when it was submitted.
@@ -594,7 +288,7 @@ class ShelveStore:
 
         def failed(reason: Failure) -> Failure:
             return Failure(
-                _write_failure(reason.value, "the store cannot write", self.directory)
+                write_failure(reason.value, "the store cannot write", self.directory)
             )
 
         return d.addErrback(failed)
@@ -721,7 +415,7 @@ class ShelveStore:
                 waiter.callback(outcome)
 
         def failed(reason: Failure) -> None:
-            error = _write_failure(
+            error = write_failure(
                 reason.value, "the commit could not be written", self.directory
             )
             waited()
@@ -748,17 +442,17 @@ class ShelveStore:
         # Held until the shelf closes: no other process writes the file.
         lock = hold_data_dir(self.directory)
         try:
-            mapping = _open_mapping(self.directory, self._check_integrity)
+            mapping = open_mapping(self.directory, self._check_integrity)
         except BaseException:
             lock.release()
             raise
         self._lock = lock
         self._shelf = DataShelf(mapping)
-        revision = _read_revision(self._shelf)
+        revision = read_revision(self._shelf)
         compact_revision = self._sync_prepare_history(revision)
         return (
             revision,
-            mapping.count_prefix(_KEY.encode("ascii")),
+            mapping.count_prefix(KEY_PREFIX.encode("ascii")),
             compact_revision,
             mapping.history_count(),
             mapping.lease_deadlines(),
@@ -775,7 +469,7 @@ class ShelveStore:
         """
         shelf = self._sync_shelf()
         mapping = shelf.dict
-        compact_revision = _read_compact_revision(shelf)
+        compact_revision = read_compact_revision(shelf)
         newest = mapping.history_bounds()[1] or 0
         if not mapping.history_created and (newest >= revision or compact_revision >= revision):
             return compact_revision
@@ -783,15 +477,15 @@ class ShelveStore:
             mapping.clear_history()
             cursor = None
             while True:
-                rows = shelf.scan(_KEY, cursor, _REBUILD_CHUNK)
+                rows = shelf.scan(KEY_PREFIX, cursor, REBUILD_CHUNK)
                 shelf.write_history(
-                    (key[len(_KEY):], record[3], PUT, record)  # type: ignore[index]
+                    (key[len(KEY_PREFIX):], record[3], PUT, record)  # type: ignore[index]
                     for key, record in rows
                 )
-                if len(rows) < _REBUILD_CHUNK:
+                if len(rows) < REBUILD_CHUNK:
                     break
                 cursor = rows[-1][0]
-            mapping.set_state(_COMPACT_REVISION, str(revision))
+            mapping.set_state(COMPACT_REVISION, str(revision))
         return revision
 
     def _sync_shelf(self) -> DataShelf:
@@ -813,12 +507,12 @@ class ShelveStore:
 
     def _sync_get(self, key: str, now: float) -> Optional[Entry]:
         """Store thread: read one live entry."""
-        return live(_ShelfTable(self._sync_shelf()).read(key), now)
+        return live(ShelfTable(self._sync_shelf()).read(key), now)
 
     def _sync_get_many(self, keys: List[str], now: float) -> Dict[str, Entry]:
         """Store thread: read several live entries at one revision."""
         shelf = self._sync_shelf()
-        table = _ShelfTable(shelf)
+        table = ShelfTable(shelf)
         found = {}
         with shelf.dict.snapshot():
             table.prefetch(keys)
@@ -835,27 +529,27 @@ class ShelveStore:
         shelf = self._sync_shelf()
 
         def fetch(cursor: Optional[str], count: int) -> List[Tuple[str, Optional[Entry]]]:
-            rows = shelf.scan(_KEY + prefix, _KEY + cursor if cursor is not None else None, count)
+            rows = shelf.scan(KEY_PREFIX + prefix, KEY_PREFIX + cursor if cursor is not None else None, count)
             return [
-                (shelf_key[len(_KEY):], _entry(shelf_key[len(_KEY):], record))
+                (shelf_key[len(KEY_PREFIX):], entry_of(shelf_key[len(KEY_PREFIX):], record))
                 for shelf_key, record in rows
             ]
 
         with shelf.dict.snapshot():
-            revision = _read_revision(shelf)
+            revision = read_revision(shelf)
             return _collect_page(fetch, revision, after, limit, max_bytes, now)
 
     def _sync_check_readable(self, revision: int) -> None:
         """Store thread, in a snapshot: refuse a compacted revision."""
         shelf = self._sync_shelf()
-        check_readable(revision, _read_compact_revision(shelf), _read_revision(shelf))
+        check_readable(revision, read_compact_revision(shelf), read_revision(shelf))
 
     def _sync_get_at(self, key: str, revision: int, now: float) -> Optional[Entry]:
         """Store thread: one key as of C{revision}, if live."""
         shelf = self._sync_shelf()
         with shelf.dict.snapshot():
             self._sync_check_readable(revision)
-            return live(_history_entry(shelf.history_at(key, revision)), now)
+            return live(history_entry(shelf.history_at(key, revision)), now)
 
     def _sync_list_at(
         self,
@@ -871,7 +565,7 @@ class ShelveStore:
 
         def fetch(cursor: Optional[str], count: int) -> List[Tuple[str, Optional[Entry]]]:
             return [
-                (record[0], _history_entry(record))
+                (record[0], history_entry(record))
                 for record in shelf.history_scan(prefix, cursor, revision, count)
             ]
 
@@ -884,11 +578,11 @@ class ShelveStore:
         shelf = self._sync_shelf()
         grouped: Dict[int, List[Change]] = {}
         with shelf.dict.snapshot():
-            check_replayable(after, _read_compact_revision(shelf))
+            check_replayable(after, read_compact_revision(shelf))
             for record, previous in shelf.history_changes(after, upto, max_records):
                 key, revision, kind, _ = record
                 grouped.setdefault(revision, []).append(
-                    replayed_change(kind, key, _history_entry(record), _history_entry(previous))
+                    replayed_change(kind, key, history_entry(record), history_entry(previous))
                 )
         return [CommitResult(revision, tuple(changes)) for revision, changes in grouped.items()]
 
@@ -901,30 +595,30 @@ class ShelveStore:
         shelf = self._sync_shelf()
         mapping = shelf.dict
         with mapping.transaction():
-            lower = _read_compact_revision(shelf)
+            lower = read_compact_revision(shelf)
             if revision <= lower:
                 return lower, 0
             reached, removed = mapping.compact_history(lower, revision, max_records)
-            mapping.set_state(_COMPACT_REVISION, str(reached))
+            mapping.set_state(COMPACT_REVISION, str(reached))
         return reached, removed
 
     def _sync_expired(self, now: float, limit: int) -> List[Tuple[str, int]]:
         """Store thread: the expiry index's entries that are due."""
         shelf = self._sync_shelf()
         with shelf.dict.snapshot():
-            return _ShelfTable(shelf).expired(now, limit)
+            return ShelfTable(shelf).expired(now, limit)
 
     def _sync_lease(self, lease_id: int, now: float):
         """Store thread: a held lease with its keys."""
         shelf = self._sync_shelf()
         with shelf.dict.snapshot():
-            return lease_rules.describe(_ShelfLeases(shelf), lease_id, now)
+            return lease_rules.describe(ShelfLeases(shelf), lease_id, now)
 
     def _sync_leases(self, limit: int, now: float):
         """Store thread: the leases held, with their keys, read at one snapshot."""
         shelf = self._sync_shelf()
         with shelf.dict.snapshot():
-            return lease_rules.listing(_ShelfLeases(shelf), limit, now)
+            return lease_rules.listing(ShelfLeases(shelf), limit, now)
 
     def _sync_expired_leases(self, now: float, limit: int) -> List[int]:
         """Store thread: the ids of leases past their deadline."""
@@ -947,11 +641,11 @@ class ShelveStore:
         and the exception propagates.
         """
         shelf = self._sync_shelf()
-        table = _ShelfTable(shelf)
-        leases = _ShelfLeases(shelf)
+        table = ShelfTable(shelf)
+        leases = ShelfLeases(shelf)
         outcomes: List[object] = []
         with shelf.dict.transaction() as timing:
-            revision = _read_revision(shelf)
+            revision = read_revision(shelf)
             table.prefetch(key for keys, _ in group for key in keys)
             for _, change in group:
                 try:

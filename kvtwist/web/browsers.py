@@ -42,6 +42,7 @@ from typing import Dict, Iterable, Optional, Tuple
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from kvtwist.config_values import is_loopback
 from kvtwist.errors import HostNotAllowed, InvalidInput, KVError, OriginNotAllowed
 from kvtwist.web.resource import KVResource, Refused, Response, write_response
 
@@ -101,12 +102,7 @@ def loopback_address(address: object) -> bool:
     if not isinstance(host, str):
         # A UNIX socket: only a proxy in front can bring a browser there.
         return False
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
+    return is_loopback(host)
 
 
 class BrowserGuard(Resource):

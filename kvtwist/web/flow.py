@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_watch -*-
 """
 Flow control for streamed answers (event streams, snapshots): a streaming
 Resource registers itself as a push producer, and a L{Drain} tracks whether

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1,tests.unit.test_docs -*-
 """
 Problem details (RFC 9457) for every error kvtwist answers, and the one
 place where domain errors become HTTP statuses.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_seed,tests.unit.test_web_v1 -*-
 """
 The base of every kvtwist Resource, and the single responder that turns a
 handler's outcome into bytes on the wire.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_ops -*-
 """
 The Resource tree: L{make_root} builds the whole of kvcache's URL space.
 

@@ -40,7 +40,8 @@ from kvtwist.model import Check, Delete, Expire, Put
 from kvtwist.service import StoreService, store_thread_pool
 from kvtwist.store import sqlitemap
 from kvtwist.store.datalock import LOCK_FILE, DataDirectoryBusy
-from kvtwist.store.shelve_store import DATA_FILE, ShelveStore, check_data_dir, hold_data_dir
+from kvtwist.store.datadir import DATA_FILE, check_data_dir, hold_data_dir
+from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor
 from tests.contract.store_contract import StoreContract
 

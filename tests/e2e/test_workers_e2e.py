@@ -5,7 +5,7 @@ killed worker is restarted, workers end with their owner, SIGTERM stops
 all), and history and leases forwarded to the owner (reads at a
 revision, watch resumes, leases used across workers). The API suites also
 run with workers (the C{OnWorkers} classes of
-tests/test_e2e_*.py).
+tests/e2e/test_e2e_*.py).
 """
 
 from __future__ import annotations

@@ -23,19 +23,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist.auth import Token
-from kvtwist.config import (
-    REPEATABLE,
-    SETTINGS,
-    ConfigError,
-    Secret,
-    count,
-    port,
-    seconds,
-    size,
-    is_local_endpoint,
-    resolve,
-    secret_files,
-)
+from kvtwist.config import REPEATABLE, SETTINGS, ConfigError, resolve, secret_files
+from kvtwist.config_tokens import is_local_endpoint
+from kvtwist.config_values import Secret, count, port, seconds, size
 from kvtwist.limits import Limits, MiB
 from kvtwist.tap import Options, makeService
 from kvtwist.limits import HistoryRetention
@@ -911,7 +901,7 @@ class StoreOptionTests(SynchronousTestCase):
 
     def test_etcd_store(self):
         """An etcd:// spec with its endpoints is accepted and split into URLs."""
-        from kvtwist.config import etcd_endpoints
+        from kvtwist.config_values import etcd_endpoints
 
         self.assertEqual(parse(["--store", "etcd://127.0.0.1:2379,127.0.0.1:22379"])["store"],
                          "etcd://127.0.0.1:2379,127.0.0.1:22379")
@@ -1004,7 +994,7 @@ class EtcdSecurityOptionTests(FileMixin, SynchronousTestCase):
 
     def test_etcds_endpoints(self):
         """etcds:// names https endpoints; etcd:// stays plain http."""
-        from kvtwist.config import etcd_endpoints, etcd_remote_plain_hosts
+        from kvtwist.config_values import etcd_endpoints, etcd_remote_plain_hosts
 
         self.assertEqual(
             etcd_endpoints(self.STORE), ["https://127.0.0.1:2379", "https://127.0.0.1:22379"]

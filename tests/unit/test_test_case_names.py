@@ -2,7 +2,7 @@
 Test-case-name headers, as Twisted writes them (a first line such as
 C{# -*- test-case-name: tests.unit.test_cache -*-}): the first line of a
 module names the test modules that test it, for
-C{trial --testmodule kvtwist/x.py} and for editors that run "the tests of
+C{trial --testmodule} on a kvtwist module and for editors that run "the tests of
 this file". A header that names a module that was moved or renamed runs
 nothing, silently; these tests keep every header pointing at a test module
 that exists.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_wire -*-
+# -*- test-case-name: tests.unit.test_wire -*-
 """
 The wire vocabulary client and server share (L{kvtwist.wire}): strict
 JSON, value fields, base64, RFC 3339 times, ETags and the batch-op schema;

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_v1 -*-
 """
 What every v1 resource shares: the context it works in, 405 with C{Allow},
 C{KV-Revision} on every answer, and the representation of an entry in

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.unit.test_web_history -*-
 """
 C{POST /v1/compact {"revision": N}}: compact the store's history up to
 revision N now (the operations permission), in the same bounded steps as
