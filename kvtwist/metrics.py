@@ -60,7 +60,7 @@ from kvtwist.interfaces import (
     IWatchedStore,
     IWorkInFlight,
 )
-from kvtwist.store.capabilities import passes_capabilities_of
+from kvtwist.store.capabilities import ForwardsHistory, ForwardsLeases, passes_capabilities_of
 
 #: The C{Content-Type} of the exposition: the classic text format 0.0.4,
 #: which C{generate_latest} writes and every Prometheus version reads
@@ -402,7 +402,7 @@ TIMED_CAPABILITIES = (
 
 
 @implementer(IKeyValueStore)
-class TimedStore:
+class TimedStore(ForwardsHistory, ForwardsLeases):
     """
     C{store} with its commits counted and timed on C{clock}; everything
     else passes straight through. kvcache puts it under the read cache, so
@@ -457,63 +457,7 @@ class TimedStore:
 
     # -- IHistoricalStore ----------------------------------------------------
 
-    @property
-    def compact_revision(self) -> int:
-        return IHistoricalStore(self.store).compact_revision
-
-    @property
-    def history_size(self) -> int:
-        return IHistoricalStore(self.store).history_size
-
-    def get_at(self, key: str, revision: int) -> Deferred:
-        return IHistoricalStore(self.store).get_at(key, revision)
-
-    def list_at(
-        self,
-        prefix: str,
-        after: Optional[str],
-        limit: int,
-        revision: int,
-        max_bytes: Optional[int] = None,
-    ) -> Deferred:
-        return IHistoricalStore(self.store).list_at(prefix, after, limit, revision, max_bytes)
-
-    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
-        return IHistoricalStore(self.store).changes(after, upto, max_records)
-
-    def compact(self, revision: int, max_records: int) -> Deferred:
-        return IHistoricalStore(self.store).compact(revision, max_records)
-
     # -- ILeasingStore and ILeaseListing -------------------------------------
-
-    @property
-    def lease_count(self) -> int:
-        return ILeasingStore(self.store).lease_count
-
-    @property
-    def next_deadline(self) -> Optional[float]:
-        return ILeasingStore(self.store).next_deadline
-
-    def grant(self, ttl: float, max_leases: int) -> Deferred:
-        return ILeasingStore(self.store).grant(ttl, max_leases)
-
-    def keepalive(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).keepalive(lease_id)
-
-    def lease(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).lease(lease_id)
-
-    def revoke(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).revoke(lease_id)
-
-    def expired_leases(self, limit: int) -> Deferred:
-        return ILeasingStore(self.store).expired_leases(limit)
-
-    def expire_lease(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).expire_lease(lease_id)
-
-    def held_leases(self, limit: int) -> Deferred:
-        return ILeaseListing(self.store).held_leases(limit)
 
     # -- the other capabilities ----------------------------------------------
 

@@ -37,16 +37,13 @@ from zope.interface import implementer
 
 from kvtwist.interfaces import (
     ICountedStore,
-    IHistoricalStore,
     IKeyValueStore,
-    ILeaseListing,
-    ILeasingStore,
     ILinearizableReads,
     IReadCache,
     IWatchedStore,
 )
 from kvtwist.model import Check, CommitResult, Entry, Op
-from kvtwist.store.capabilities import passes_capabilities_of
+from kvtwist.store.capabilities import ForwardsHistory, ForwardsLeases, passes_capabilities_of
 from kvtwist.store.history import keeps_history_of
 from kvtwist.store.leases import grants_leases_of
 
@@ -123,7 +120,7 @@ class _Slot:
 
 
 @implementer(IKeyValueStore, IReadCache, ILinearizableReads)
-class CachedStore:
+class CachedStore(ForwardsHistory, ForwardsLeases):
     """
     C{store} behind an LRU of at most C{max_bytes} (reactor thread only).
 
@@ -172,22 +169,6 @@ class CachedStore:
     @property
     def clock(self):  # type: ignore[override]
         return self.store.clock
-
-    @property
-    def compact_revision(self) -> int:
-        return IHistoricalStore(self.store).compact_revision
-
-    @property
-    def history_size(self) -> int:
-        return IHistoricalStore(self.store).history_size
-
-    @property
-    def lease_count(self) -> int:
-        return ILeasingStore(self.store).lease_count
-
-    @property
-    def next_deadline(self) -> Optional[float]:
-        return ILeasingStore(self.store).next_deadline
 
     @property
     def key_count(self) -> int:
@@ -330,46 +311,6 @@ class CachedStore:
         self, prefix: str, after: Optional[str], limit: int, max_bytes: Optional[int] = None
     ) -> Deferred:
         return self.store.list(prefix, after, limit, max_bytes)
-
-    def get_at(self, key: str, revision: int) -> Deferred:
-        return IHistoricalStore(self.store).get_at(key, revision)
-
-    def list_at(
-        self,
-        prefix: str,
-        after: Optional[str],
-        limit: int,
-        revision: int,
-        max_bytes: Optional[int] = None,
-    ) -> Deferred:
-        return IHistoricalStore(self.store).list_at(prefix, after, limit, revision, max_bytes)
-
-    def changes(self, after: int, upto: int, max_records: int) -> Deferred:
-        return IHistoricalStore(self.store).changes(after, upto, max_records)
-
-    def compact(self, revision: int, max_records: int) -> Deferred:
-        return IHistoricalStore(self.store).compact(revision, max_records)
-
-    def grant(self, ttl: float, max_leases: int) -> Deferred:
-        return ILeasingStore(self.store).grant(ttl, max_leases)
-
-    def keepalive(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).keepalive(lease_id)
-
-    def lease(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).lease(lease_id)
-
-    def held_leases(self, limit: int) -> Deferred:
-        return ILeaseListing(self.store).held_leases(limit)
-
-    def revoke(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).revoke(lease_id)
-
-    def expired_leases(self, limit: int) -> Deferred:
-        return ILeasingStore(self.store).expired_leases(limit)
-
-    def expire_lease(self, lease_id: int) -> Deferred:
-        return ILeasingStore(self.store).expire_lease(lease_id)
 
     def get_linearizable(self, key: str) -> Deferred:
         """
