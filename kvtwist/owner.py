@@ -52,9 +52,15 @@ from kvtwist.store.remote import QUEUE_ID, state_of
 
 log = Logger()
 
-#: Seconds before a dead worker is started again (a worker that cannot
-#: start at all is not restarted in a tight loop).
-RESTART_DELAY = 0.5
+#: Seconds before a dead worker is started again, the first time; each
+#: time it dies again soon the wait doubles, up to L{RESTART_MAX_DELAY}, so
+#: a worker that cannot start at all is not restarted in a tight loop.
+RESTART_DELAY = 0.1
+#: The longest wait before a worker that keeps dying is started again.
+RESTART_MAX_DELAY = 5.0
+#: Seconds a worker must stay up for its next death to wait
+#: L{RESTART_DELAY} again.
+RESTART_STABLE = 10.0
 #: Seconds a worker may take to apply a commit from the feed; past it the
 #: worker is cut off and replaced (commits stop waiting for it).
 FEED_TIMEOUT = 5.0
@@ -169,19 +175,31 @@ class ListeningSockets:
 class ChangeFeed:
     """
     Every commit of C{store}, sent to every attached worker, and which
-    revision all of them have applied. A worker that does not answer within
+    revision each of them has applied. A worker that does not answer within
     L{FEED_TIMEOUT} seconds of the store's clock (a stopped process) is cut
     off, so no commit waits for it forever.
+
+    Commits are sent in batches: L{publish} only keeps a commit, and
+    L{flush} sends everything kept as one L{Feed} per worker. The owner
+    flushes before it answers any commit (L{applied}), and a store's group
+    commit tells its listeners of every commit of the group before it
+    answers the first, so one group commit is one L{Feed}; a commit nobody
+    answers (the sweeper's) is flushed on the reactor's next turn.
     """
 
     def __init__(self, store: IKeyValueStore) -> None:
         self._store = store
         self._applied: Dict[amp.AMP, int] = {}
-        self._waiting: List[Tuple[int, Deferred]] = []
+        #: (revision, the worker not waited for, the Deferred to fire).
+        self._waiting: List[Tuple[int, Optional[amp.AMP], Deferred]] = []
+        self._pending: List[CommitResult] = []
+        self._flush_call: Optional[Any] = None
         store.add_listener(self.publish)
 
     def attach(self, worker: amp.AMP, revision: int) -> None:
         """Send C{worker} every commit after C{revision} from now on."""
+        # Commits kept until now are at most C{revision}: the others get them.
+        self.flush()
         self._applied[worker] = revision
 
     def detach(self, worker: amp.AMP) -> None:
@@ -190,14 +208,26 @@ class ChangeFeed:
         self._settle()
 
     def publish(self, result: CommitResult) -> None:
-        """A store listener: send C{result} to every worker."""
+        """A store listener: keep C{result} for the next L{flush}."""
+        self._pending.append(result)
+        if self._flush_call is None:
+            self._flush_call = self._store.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send every commit kept since the last flush to every worker, as one L{Feed}."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._pending:
+            return
+        results, self._pending = self._pending, []
         state = state_of(self._store)
+        revision = results[-1].revision
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=[result], state=state)
+            d = worker.callRemote(Feed, results=results, state=state)
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
-            d.addCallbacks(
-                self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
-            )
+            d.addCallbacks(self._applied_by, self._failed, callbackArgs=(worker, revision), errbackArgs=(worker,))
 
     def publish_state(self) -> Deferred:
         """
@@ -205,6 +235,7 @@ class ChangeFeed:
         no commit (a compaction): a Feed of no commits. A Deferred firing
         once every worker applied it (or was cut off for failing to).
         """
+        self.flush()
         state = state_of(self._store)
         sent = []
         for worker in list(self._applied):
@@ -226,23 +257,32 @@ class ChangeFeed:
         if worker.transport is not None:
             worker.transport.loseConnection()
 
-    def applied(self, revision: int) -> Deferred:
-        """A Deferred firing once every attached worker has applied C{revision}."""
-        if self._lowest() >= revision:
+    def applied(self, revision: int, but_for: Optional[amp.AMP] = None) -> Deferred:
+        """
+        A Deferred firing once every attached worker but C{but_for} has
+        applied C{revision}; the feed is flushed first.
+
+        C{but_for} is the worker a commit is answered to: its L{Feed} left
+        on the same connection before the answer will, so it applies the
+        commit before it reads the answer, and waiting for it to say so
+        would add a round trip to every commit.
+        """
+        self.flush()
+        if self._lowest(but_for) >= revision:
             return succeed(None)
         d: Deferred = Deferred()
-        self._waiting.append((revision, d))
+        self._waiting.append((revision, but_for, d))
         return d
 
-    def _lowest(self) -> float:
-        return min(self._applied.values(), default=float("inf"))
+    def _lowest(self, but_for: Optional[amp.AMP]) -> float:
+        return min((applied for worker, applied in self._applied.items() if worker is not but_for), default=float("inf"))
 
     def _settle(self) -> None:
-        lowest = self._lowest()
-        done = [d for revision, d in self._waiting if revision <= lowest]
-        self._waiting = [(revision, d) for revision, d in self._waiting if revision > lowest]
-        for d in done:
-            d.callback(None)
+        done = [d for revision, but_for, d in self._waiting if revision <= self._lowest(but_for)]
+        if done:
+            self._waiting = [entry for entry in self._waiting if entry[2] not in done]
+            for d in done:
+                d.callback(None)
 
 
 def _state(view) -> tuple:
@@ -332,9 +372,9 @@ class Owner(Supervisor):
             "get_many": lambda worker, keys: store.get_many(keys),
             "get_linearizable": lambda worker, key: store.get_linearizable(key),
             "list": lambda worker, *args: store.list(*args),
-            "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks)),
+            "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks), worker),
             "delete_prefix": lambda worker, prefix, max_keys: self._acknowledged(
-                store.delete_prefix(prefix, max_keys)
+                store.delete_prefix(prefix, max_keys), worker
             ),
             "txn_begin": lambda worker, owner: transactions.begin(owner).addCallback(lambda txn: txn.id),
             "txn_find": lambda worker, txn_id, owner: self._txn(txn_id, owner).addCallback(
@@ -450,11 +490,15 @@ class Owner(Supervisor):
 
     # -- commits and transactions --------------------------------------------
 
-    def _acknowledged(self, d: Deferred) -> Deferred:
-        """C{d}'s commit result, once every worker has applied it."""
+    def _acknowledged(self, d: Deferred, worker: Optional["OwnerProtocol"]) -> Deferred:
+        """
+        C{d}'s commit result, once every worker has applied it: every
+        worker but C{worker}, the one it is answered to, which reads the
+        commit's L{Feed} before the answer (L{ChangeFeed.applied}).
+        """
 
         def wait(result: CommitResult) -> Deferred:
-            return self.feed.applied(result.revision).addCallback(lambda _: result)
+            return self.feed.applied(result.revision, worker).addCallback(lambda _: result)
 
         return d.addCallback(wait)
 
@@ -536,7 +580,7 @@ class Owner(Supervisor):
         # The transaction's commit takes the staged ops before it returns,
         # so the hold may end as soon as it is called.
         committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
-        return self._acknowledged(committed)
+        return self._acknowledged(committed, worker)
 
 
 def _refuse(error: Callable[[], KVError]) -> Callable[..., Any]:
@@ -636,6 +680,10 @@ class WorkerPool(Service):
         self.transports: Dict[int, Any] = {}
         self.protocols: Dict[int, OwnerProtocol] = {}
         self.starts = 0
+        #: Each worker's last start (the reactor's clock) and the wait
+        #: before its next restart (see L{restart_delay}).
+        self._started_at: Dict[int, float] = {}
+        self._delays: Dict[int, float] = {}
         owner.on_lost = self.lost
 
     def startService(self) -> None:
@@ -675,6 +723,7 @@ class WorkerPool(Service):
             process, sys.executable, args, env=dict(os.environ), childFDs=child_fds
         )
         self.starts += 1
+        self._started_at[index] = self._reactor.seconds()
         theirs.close()
         amp_protocol = self.protocols[index] = OwnerProtocol(self._owner, index)
         factory = protocol.Factory.forProtocol(lambda: amp_protocol)
@@ -700,8 +749,27 @@ class WorkerPool(Service):
             del self.processes[process.index]
             self.transports.pop(process.index, None)
         if self.running:
-            log.warn("kvcache worker {index} died; starting it again", index=process.index)
-            self._reactor.callLater(RESTART_DELAY, self.spawn, process.index)
+            delay = self.restart_delay(process.index)
+            log.warn(
+                "kvcache worker {index} died; starting it again in {delay:.1f} s", index=process.index, delay=delay
+            )
+            self._reactor.callLater(delay, self.spawn, process.index)
+
+    def restart_delay(self, index: int) -> float:
+        """
+        The seconds to wait before starting worker C{index} again, now that
+        it died: L{RESTART_DELAY} if it had stayed up L{RESTART_STABLE}
+        seconds (or never died before), else twice the last wait, at most
+        L{RESTART_MAX_DELAY}.
+        """
+        up = self._reactor.seconds() - self._started_at.get(index, float("-inf"))
+        last = self._delays.get(index)
+        if last is None or up >= RESTART_STABLE:
+            delay = RESTART_DELAY
+        else:
+            delay = min(last * 2, RESTART_MAX_DELAY)
+        self._delays[index] = delay
+        return delay
 
     def pids(self) -> List[int]:
         """The worker processes' ids (for tests and operators)."""

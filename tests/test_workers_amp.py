@@ -81,6 +81,9 @@ class Cluster:
             if d.called:
                 break
             self.flush()
+        # What the answer did not wait for (the committer's own feed
+        # acknowledgement) arrives too, as it would before a clock moves.
+        self.flush()
         return d
 
     def result(self, d: Deferred):
@@ -152,6 +155,10 @@ class RemoteStoreContractTests(OverCluster, StoreContract, SynchronousTestCase):
         return self.cluster.caches[0]
 
     def advance(self, seconds):
+        # Bytes in flight arrive before time passes, as they would (the
+        # committer's own feed acknowledgement, which its answer did not
+        # wait for).
+        self.cluster.flush()
         self.cluster.clock.advance(seconds)
 
 
@@ -391,3 +398,80 @@ class ForwardedAbilitiesTests(SynchronousTestCase):
         self.assertEqual(sorted((c.kind, c.key) for c in seen[-1].changes), [("expire", "a"), ("expire", "b")])
         self.assertEqual((second.peek("a"), first.peek("b")), ((True, None), (True, None)))
         self.assertEqual(self.cluster.store.lease_count, 0)
+
+
+class _FakeProcessTransport:
+    """What C{spawnProcess} answers: a pid, and signals recorded."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, signal):
+        self.signals.append(signal)
+
+
+class _FakeReactor(Clock):
+    """A clock that spawns nothing: it records each worker started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, process, executable, args, env=None, childFDs=None):
+        self.spawned.append(process)
+        return _FakeProcessTransport(1000 + len(self.spawned))
+
+    def adoptStreamConnection(self, fd, family, factory):
+        pass
+
+
+class _NoSockets:
+    """A worker's listening sockets: none (the pool only hands them over)."""
+
+    per_worker = [[]]
+    addresses: list = []
+
+    def close(self):
+        pass
+
+
+class RestartBackoffTests(SynchronousTestCase):
+    """A worker that keeps dying is started again ever more slowly, up to a cap."""
+
+    def setUp(self):
+        self.reactor = _FakeReactor()
+        self.pool = owner_module.WorkerPool(self.reactor, owner_module.Supervisor(Metrics(process=False), 1), _NoSockets(), {})
+        self.pool.startService()
+        self.addCleanup(lambda: setattr(self.pool, "running", False))
+
+    def die(self, after: float) -> float:
+        """Let the worker run C{after} seconds, end it; the wait until it is started again."""
+        self.reactor.advance(after)
+        started = len(self.reactor.spawned)
+        self.reactor.spawned[-1].processEnded(None)
+        [call] = self.reactor.getDelayedCalls()
+        wait = call.getTime() - self.reactor.seconds()
+        self.reactor.advance(wait)
+        self.assertEqual(len(self.reactor.spawned), started + 1)
+        return wait
+
+    def test_waits_double_up_to_the_cap(self):
+        """Each death soon after a start doubles the wait from RESTART_DELAY, never past RESTART_MAX_DELAY."""
+        waits = [self.die(0) for _ in range(10)]
+        self.assertAlmostEqual(waits[0], owner_module.RESTART_DELAY)
+        self.assertAlmostEqual(waits[1], 2 * owner_module.RESTART_DELAY)
+        self.assertAlmostEqual(max(waits), owner_module.RESTART_MAX_DELAY)
+        self.assertEqual(waits, sorted(waits))
+
+    def test_reset_after_staying_up(self):
+        """A worker that stayed up RESTART_STABLE seconds is started again after RESTART_DELAY."""
+        for _ in range(5):
+            self.die(0)
+        self.assertAlmostEqual(self.die(owner_module.RESTART_STABLE), owner_module.RESTART_DELAY)
+
+    def test_stopped_pool_starts_nothing(self):
+        """A worker that dies while the pool stops is not started again."""
+        self.pool.running = False
+        self.reactor.spawned[-1].processEnded(None)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
