@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import pickle
 from dataclasses import is_dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Type
 
 from twisted.protocols import amp
 
@@ -87,7 +87,7 @@ class Pickled(amp.Argument):
 # -- domain errors across the wire -------------------------------------------
 
 #: The domain errors a call may fail with, by class name.
-ERRORS: Dict[str, type] = {
+ERRORS: Dict[str, Type[errors.KVError]] = {
     cls.__name__: cls
     for cls in vars(errors).values()
     if isinstance(cls, type) and issubclass(cls, errors.KVError)
@@ -138,11 +138,11 @@ class Feed(amp.Command):
     """
 
     arguments = [(b"results", Pickled()), (b"state", Pickled())]
-    response: list = []
+    # Inherited (ClassVar) from Command: none.
 
 
 class Scrape(amp.Command):
     """Owner to worker: the worker's Prometheus text exposition."""
 
-    arguments: list = []
+    # Inherited (ClassVar) from Command: none.
     response = [(b"text", Pickled())]

@@ -31,9 +31,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from twisted.application.service import Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, maybeDeferred, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from kvtwist.amp import Call, Feed, Scrape, error_state
 from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
@@ -328,7 +330,7 @@ class Supervisor:
         self.ready.add(worker.index)
         log.info("kvcache worker {index} ready", index=worker.index)
 
-    def exposition(self, worker: "OwnerProtocol") -> Deferred:
+    def exposition(self, worker: Optional["OwnerProtocol"]) -> Deferred:
         """Every process's metrics in one exposition, labelled by process."""
         indexes = sorted(self.connected)
         scrapes = [self.connected[i].callRemote(Scrape) for i in indexes]
@@ -442,7 +444,7 @@ class Owner(Supervisor):
         ]
         return self.hub.horizon, history, state_of(self.store)
 
-    def ping(self, worker: "OwnerProtocol") -> Deferred:
+    def ping(self, worker: Optional["OwnerProtocol"]) -> Deferred:
         """Ready when the store is and every worker serves."""
         missing = sorted(set(range(self.workers)) - self.ready)
         if missing:
@@ -543,9 +545,13 @@ class Owner(Supervisor):
         def held(_: object) -> Deferred:
             worker.held.add(txn_id)
             d = self._txn(txn_id, owner).addCallback(lambda txn: txn.view()).addCallback(_state)
-            return d.addErrback(lambda reason: (self.txn_let_go(worker, txn_id), reason)[1])
+            return d.addErrback(self._let_go_failing, worker, txn_id)
 
         return lock.acquire().addCallback(held)
+
+    def _let_go_failing(self, reason: Failure, worker: "OwnerProtocol", txn_id: str) -> Failure:
+        self.txn_let_go(worker, txn_id)
+        return reason
 
     def txn_let_go(self, worker: "OwnerProtocol", txn_id: str) -> None:
         """Stop holding the transaction (its commit was refused, or C{worker} is lost)."""
@@ -627,7 +633,7 @@ class OwnerProtocol(amp.AMP):
         super().connectionMade()
         self.owner.connected_worker(self)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.owner.lost_worker(self)
 
@@ -669,7 +675,7 @@ class WorkerPool(Service):
         resolves the same configuration (with the same environment).
     """
 
-    name = "kvtwist-workers"
+    name: Optional[str] = "kvtwist-workers"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, reactor, owner: Supervisor, sockets: ListeningSockets, given: Dict[str, Any]) -> None:
         self._reactor = reactor

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -47,7 +48,7 @@ from kvtwist.interfaces import (
     ITransactionManager,
     ITransactionView,
 )
-from kvtwist.model import Check, CheckFailure, CommitResult, Op
+from kvtwist.model import Check, CheckFailure, CommitResult, DeletePrefix, Op
 
 #: The id of the seed's shared queue in L{Call}s.
 QUEUE_ID = "shared"
@@ -92,7 +93,7 @@ class WorkerProtocol(amp.AMP):
     def scrape(self) -> Dict[str, Any]:
         return {"text": self._scrape()}
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.store is not None:
             self.store.closed = True
@@ -310,7 +311,9 @@ class TransactionSnapshot:
         self.observed = dict(observed)
         self.preconditions = list(preconditions)
         self._ops = list(ops)
-        self._by_key = {op.key: op for op in self._ops}
+        # Only ops with a key are staged (a transaction never stages a
+        # delete by prefix).
+        self._by_key = {op.key: op for op in self._ops if not isinstance(op, DeletePrefix)}
 
     def __len__(self) -> int:
         return len(self._ops)
