@@ -227,7 +227,7 @@ class ChangeFeed:
         state = state_of(self._store)
         revision = results[-1].revision
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=results, state=state)
+            d = worker.callRemote(Feed, feed=(results, state))
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
             d.addCallbacks(self._applied_by, self._failed, callbackArgs=(worker, revision), errbackArgs=(worker,))
 
@@ -241,7 +241,7 @@ class ChangeFeed:
         state = state_of(self._store)
         sent = []
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=[], state=state)
+            d = worker.callRemote(Feed, feed=([], state))
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
             sent.append(d.addErrback(self._failed, worker))
         return DeferredList(sent)
@@ -638,19 +638,20 @@ class OwnerProtocol(amp.AMP):
         self.owner.lost_worker(self)
 
     @Call.responder
-    def call(self, method: str, args: tuple) -> Deferred:
-        handler = self.owner.methods.get(method)
-        if handler is None:
+    def call(self, call: Any) -> Deferred:
+        method, args = call if isinstance(call, tuple) and len(call) == 2 else (None, ())
+        handler = self.owner.methods.get(method) if isinstance(method, str) else None
+        if handler is None or not isinstance(args, tuple):
             d = fail(StoreUnavailable("the owner does not answer %r" % (method,)))
         else:
             d = maybeDeferred(handler, self, *args)
-        return d.addCallbacks(lambda result: {"ok": True, "result": result}, self._failed)
+        return d.addCallbacks(lambda result: {"answer": (True, result)}, self._failed)
 
     def _failed(self, reason) -> Dict[str, Any]:
         if reason.check(KVError):
-            return {"ok": False, "result": error_state(reason.value)}
+            return {"answer": (False, error_state(reason.value))}
         log.failure("a worker's call failed", reason)
-        return {"ok": False, "result": error_state(StoreUnavailable("the store failed; see the owner's log"))}
+        return {"answer": (False, error_state(StoreUnavailable("the store failed; see the owner's log")))}
 
 
 class _WorkerProcess(protocol.ProcessProtocol):

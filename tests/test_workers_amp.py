@@ -121,6 +121,16 @@ class WireTests(SynchronousTestCase):
         argument.fromBox(b"args", strings, objects, None)
         self.assertEqual(objects["args"], big)
 
+    def test_small_value_is_one_key(self):
+        """A value whose pickle fits one AMP value is that one key, and is read back."""
+        argument = wire.Pickled()
+        strings = {}
+        argument.toBox(b"args", strings, {"args": ("get", "k")}, None)
+        self.assertEqual(list(strings), [b"args"])
+        objects = {}
+        argument.fromBox(b"args", strings, objects, None)
+        self.assertEqual(objects["args"], ("get", "k"))
+
     def test_domain_errors_cross(self):
         """A domain error comes back as itself, with its fields."""
         error = ConflictError([CheckFailure(Check.equals("a", 3), 4)])

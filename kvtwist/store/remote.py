@@ -83,7 +83,8 @@ class WorkerProtocol(amp.AMP):
         self.lost: Deferred = Deferred()
 
     @Feed.responder
-    def feed(self, results: List[CommitResult], state: Dict[str, Any]) -> Dict[str, Any]:
+    def feed(self, feed: tuple) -> Dict[str, Any]:
+        results, state = feed
         if self.store is not None:
             self.store.apply_state(state)
             self.store.apply(results)
@@ -108,9 +109,10 @@ def call(protocol: amp.AMP, method: str, *args: Any) -> Deferred:
     """
 
     def answered(box: Dict[str, Any]) -> Any:
-        if box["ok"]:
-            return box["result"]
-        raise error_from_state(*box["result"])
+        ok, result = box["answer"]
+        if ok:
+            return result
+        raise error_from_state(*result)
 
     def lost(reason):
         if reason.check(KVError):
@@ -120,7 +122,7 @@ def call(protocol: amp.AMP, method: str, *args: Any) -> Deferred:
         raise StoreUnavailable("the store's owner is unreachable: %s" % (reason.getErrorMessage(),))
 
     try:
-        d = protocol.callRemote(Call, method=method, args=args)
+        d = protocol.callRemote(Call, call=(method, args))
     except Exception as e:
         return fail(StoreUnavailable("the store's owner is unreachable: %s" % (e,)))
     # Handed over to a Deferred of our own: AMP treats a failure still on
