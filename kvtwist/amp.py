@@ -68,6 +68,13 @@ def loads(data: bytes) -> Any:
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+class Dumped:
+    """A value pickled once (L{dumps}), for a L{Pickled} argument sent to several peers."""
+
+    def __init__(self, value: Any) -> None:
+        self.data = dumps(value)
+
+
 class Pickled(amp.Argument):
     """
     Any value of builtins and L{kvtwist.model} classes, of any size. A
@@ -75,11 +82,13 @@ class Pickled(amp.Argument):
     key by key in Python, so the usual small value costs one key, not
     two); a larger one is cut into AMP-sized chunks under C{NAME.0},
     C{NAME.1}, ... and C{NAME} holds their count, in decimal digits (a
-    pickle starts with its protocol byte, never a digit).
+    pickle starts with its protocol byte, never a digit). A L{Dumped}
+    value is sent as the value it was made of, pickled once.
     """
 
     def toBox(self, name: bytes, strings: Dict[bytes, bytes], objects: Dict[str, Any], proto) -> None:
-        data = dumps(objects[name.decode("ascii")])
+        value = objects[name.decode("ascii")]
+        data = value.data if isinstance(value, Dumped) else dumps(value)
         if len(data) <= CHUNK:
             strings[name] = data
             return

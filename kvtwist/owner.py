@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from kvtwist.amp import Call, Feed, Scrape, error_state
+from kvtwist.amp import Call, Dumped, Feed, Scrape, error_state
 from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import (
@@ -224,10 +224,11 @@ class ChangeFeed:
         if not self._pending:
             return
         results, self._pending = self._pending, []
-        state = state_of(self._store)
         revision = results[-1].revision
+        # Pickled once for every worker.
+        feed = Dumped((results, state_of(self._store)))
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, feed=(results, state))
+            d = worker.callRemote(Feed, feed=feed)
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
             d.addCallbacks(self._applied_by, self._failed, callbackArgs=(worker, revision), errbackArgs=(worker,))
 
@@ -238,10 +239,10 @@ class ChangeFeed:
         once every worker applied it (or was cut off for failing to).
         """
         self.flush()
-        state = state_of(self._store)
+        feed = Dumped(([], state_of(self._store)))
         sent = []
         for worker in list(self._applied):
-            d = worker.callRemote(Feed, feed=([], state))
+            d = worker.callRemote(Feed, feed=feed)
             d.addTimeout(FEED_TIMEOUT, self._store.clock)
             sent.append(d.addErrback(self._failed, worker))
         return DeferredList(sent)
