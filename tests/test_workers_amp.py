@@ -485,3 +485,68 @@ class RestartBackoffTests(SynchronousTestCase):
         self.pool.running = False
         self.reactor.spawned[-1].processEnded(None)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class _FakeWorker:
+    """A worker's connection as the feed sees it: each Feed sent, answered by hand."""
+
+    transport = None
+
+    def __init__(self) -> None:
+        self.feeds = []
+
+    def callRemote(self, command, **arguments):
+        d = Deferred()
+        self.feeds.append((wire.loads(arguments["feed"].data), d))
+        return d
+
+
+class ChangeFeedTests(SynchronousTestCase):
+    """The feed: one message per group commit, and the committer is not waited for."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryStore(self.clock)
+        self.feed = owner_module.ChangeFeed(self.store)
+        self.workers = [_FakeWorker(), _FakeWorker()]
+        for worker in self.workers:
+            self.feed.attach(worker, 0)
+
+    def commit(self, key):
+        return self.successResultOf(self.store.commit([Put(key, b"v")]))
+
+    def test_one_feed_per_flush(self):
+        """Commits kept until the feed flushes go to each worker as one Feed, in order."""
+        self.commit("a")
+        self.commit("b")
+        self.feed.flush()
+        for worker in self.workers:
+            [((results, state), _)] = worker.feeds
+            self.assertEqual([r.revision for r in results], [1, 2])
+            self.assertEqual(state["key_count"], 2)
+
+    def test_unanswered_commits_flush_on_the_next_turn(self):
+        """A commit nobody waits on (the sweeper's) still reaches every worker, on the reactor's next turn."""
+        self.commit("a")
+        self.assertEqual(self.workers[0].feeds, [])
+        self.clock.advance(0)
+        self.assertEqual([len(worker.feeds) for worker in self.workers], [1, 1])
+
+    def test_committer_not_waited_for(self):
+        """applied(revision, but_for) flushes and fires once every other worker answered, whatever the committer does."""
+        committer, other = self.workers
+        self.commit("a")
+        d = self.feed.applied(1, committer)
+        self.assertEqual([len(worker.feeds) for worker in self.workers], [1, 1])
+        self.assertNoResult(d)
+        other.feeds[0][1].callback({})
+        self.successResultOf(d)
+
+    def test_others_wait_for_every_worker(self):
+        """Without but_for (a revoke, an expiry), every worker must have answered."""
+        self.commit("a")
+        d = self.feed.applied(1)
+        self.workers[1].feeds[0][1].callback({})
+        self.assertNoResult(d)
+        self.workers[0].feeds[0][1].callback({})
+        self.successResultOf(d)
