@@ -38,6 +38,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from kvtwist.amp import Call, Dumped, Feed, Scrape, error_state
+from kvtwist.auth import WriteRights
 from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import (
@@ -390,6 +391,7 @@ class Owner(Supervisor):
             "txn_hold": self.txn_hold,
             "txn_let_go": self.txn_let_go,
             "txn_commit": self.txn_commit,
+            "txn_commit_as": self.txn_commit_as,
             "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
         })
         if IHistoricalStore.providedBy(store):
@@ -583,10 +585,30 @@ class Owner(Supervisor):
 
         return lock.acquire().addCallback(take)
 
-    def _commit(self, worker, txn_id: str, owner: Optional[str]) -> Deferred:
+    def txn_commit_as(self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str], name: str, write: Any) -> Deferred:
+        """
+        Commit the transaction if the token C{name}, with the write
+        prefixes C{write}, may write every key staged
+        (L{kvtwist.auth.WriteRights}, run here: one call, no hold).
+        """
+        if not (isinstance(name, str) and isinstance(write, tuple) and all(isinstance(p, str) for p in write)):
+            return fail(StoreUnavailable("a worker called txn_commit_as with arguments of the wrong types"))
+        if txn_id in worker.held:
+            return fail(StoreUnavailable("a worker called txn_commit_as on a transaction it holds"))
+        lock = self._lock(txn_id)
+
+        def take(_: object) -> Deferred:
+            d = self._commit(worker, txn_id, owner, WriteRights(name, write))
+            lock.release()
+            self._forget_lock(None, txn_id)
+            return d
+
+        return lock.acquire().addCallback(take)
+
+    def _commit(self, worker, txn_id: str, owner: Optional[str], vet: Optional[WriteRights] = None) -> Deferred:
         # The transaction's commit takes the staged ops before it returns,
         # so the hold may end as soon as it is called.
-        committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
+        committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit(vet))
         return self._acknowledged(committed, worker)
 
 

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from kvtwist import amp as wire
 from kvtwist import owner as owner_module
+from kvtwist.auth import WriteRights
 from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
@@ -294,6 +295,23 @@ class HoldTests(SynchronousTestCase):
         self.failureResultOf(self.cluster.settle(self.queues[0].commit(vet=refuse)), Forbidden)
         self.cluster.result(self.queues[1].record([Put("b", b"2")]))
         self.assertEqual(self.staged(), ["a", "b"])
+
+    def test_write_rights_vetted_in_one_call(self):
+        """A token's write rights travel as data: the owner vets and commits in one call; a refusal keeps the ops staged."""
+        remote = self.cluster.remotes[0]
+        calls = []
+        original = remote._call
+
+        def counting(method, *args):
+            calls.append(method)
+            return original(method, *args)
+
+        remote._call = counting
+        self.failureResultOf(self.cluster.settle(self.queues[0].commit(vet=WriteRights("t", ("b",)))), Forbidden)
+        result = self.cluster.result(self.queues[0].commit(vet=WriteRights("t", ("a",))))
+        self.assertEqual(calls, ["txn_commit_as", "txn_commit_as"])
+        self.assertEqual([change.key for change in result.changes], ["a"])
+        self.assertEqual(self.cluster.owner._locks, {})
 
     def test_lost_worker_lets_go(self):
         """A worker lost while holding the queue frees it for the others."""

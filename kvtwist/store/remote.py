@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.amp import Call, Feed, Scrape, error_from_state
+from kvtwist.auth import WriteRights
 from kvtwist.errors import ConflictError, KVError, StoreUnavailable
 from kvtwist.interfaces import (
     IHistoricalStore,
@@ -359,6 +360,9 @@ class RemoteTransaction:
         """
         if vet is None:
             return (yield self._store._call("txn_commit", self.id, self.owner))
+        if isinstance(vet, WriteRights):
+            # Plain data: the owner vets and commits in one call.
+            return (yield self._store._call("txn_commit_as", self.id, self.owner, vet.name, tuple(vet.write)))
         view = snapshot((yield self._store._call("txn_hold", self.id, self.owner)))
         try:
             vet(view.ops())
