@@ -24,7 +24,8 @@ from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
 from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore
 from kvtwist.model import Check, CheckFailure, Entry, Put
-from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
+from kvtwist.changefeed import FEED_TIMEOUT, ChangeFeed
+from kvtwist.owner import Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import RemoteStore, RemoteTransactions, WorkerProtocol, call
 from kvtwist.sweeper import Sweeper
@@ -525,7 +526,7 @@ class ChangeFeedTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.store = MemoryStore(self.clock)
-        self.feed = owner_module.ChangeFeed(self.store)
+        self.feed = ChangeFeed(self.store)
         self.workers = [_FakeWorker(), _FakeWorker()]
         for worker in self.workers:
             self.feed.attach(worker, 0)
