@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import pickle
 from dataclasses import is_dataclass
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Type
 
 from twisted.protocols import amp
 
@@ -54,6 +54,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("%s.%s may not cross to another process" % (module, name))
 
 
+#: The first byte of every pickle L{dumps} makes (the PROTO opcode).
+PROTO = pickle.PROTO
+
+
 def dumps(value: Any) -> bytes:
     """C{value} as bytes for L{loads}."""
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -64,22 +68,41 @@ def loads(data: bytes) -> Any:
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+class Dumped:
+    """A value pickled once (L{dumps}), for a L{Pickled} argument sent to several peers."""
+
+    def __init__(self, value: Any) -> None:
+        self.data = dumps(value)
+
+
 class Pickled(amp.Argument):
     """
-    Any value of builtins and L{kvtwist.model} classes, of any size: its
-    pickle is cut into AMP-sized chunks under C{NAME.0}, C{NAME.1}, ... and
-    C{NAME} holds their count.
+    Any value of builtins and L{kvtwist.model} classes, of any size. A
+    pickle that fits one AMP value is C{NAME} itself (every box is parsed
+    key by key in Python, so the usual small value costs one key, not
+    two); a larger one is cut into AMP-sized chunks under C{NAME.0},
+    C{NAME.1}, ... and C{NAME} holds their count, in decimal digits (a
+    pickle starts with its protocol byte, never a digit). A L{Dumped}
+    value is sent as the value it was made of, pickled once.
     """
 
     def toBox(self, name: bytes, strings: Dict[bytes, bytes], objects: Dict[str, Any], proto) -> None:
-        data = dumps(objects[name.decode("ascii")])
-        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        value = objects[name.decode("ascii")]
+        data = value.data if isinstance(value, Dumped) else dumps(value)
+        if len(data) <= CHUNK:
+            strings[name] = data
+            return
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
         strings[name] = b"%d" % (len(chunks),)
         for index, chunk in enumerate(chunks):
             strings[b"%s.%d" % (name, index)] = chunk
 
     def fromBox(self, name: bytes, strings: Dict[bytes, bytes], objects: Dict[str, Any], proto) -> None:
-        count = int(strings[name])
+        data = strings[name]
+        if data[:1] == PROTO:
+            objects[name.decode("ascii")] = loads(data)
+            return
+        count = int(data)
         data = b"".join(strings[b"%s.%d" % (name, index)] for index in range(count))
         objects[name.decode("ascii")] = loads(data)
 
@@ -87,7 +110,7 @@ class Pickled(amp.Argument):
 # -- domain errors across the wire -------------------------------------------
 
 #: The domain errors a call may fail with, by class name.
-ERRORS: Dict[str, type] = {
+ERRORS: Dict[str, Type[errors.KVError]] = {
     cls.__name__: cls
     for cls in vars(errors).values()
     if isinstance(cls, type) and issubclass(cls, errors.KVError)
@@ -118,31 +141,36 @@ def error_from_state(name: str, state: Dict[str, Any]) -> errors.KVError:
 
 class Call(amp.Command):
     """
-    Worker to owner: run the whitelisted method C{method} with C{args}.
+    Worker to owner: C{call} is C{(method, args)}, run the whitelisted
+    method C{method} with C{args}. Answered C{answer}, C{(ok, result)}:
     C{ok} says whether C{result} is the method's result or a domain error
     (L{error_state}); other failures are answered as AMP errors.
+
+    One key each way (besides AMP's own): a box is parsed key by key in
+    Python, and every store call pays for it.
     """
 
-    arguments = [(b"method", amp.Unicode()), (b"args", Pickled())]
-    response = [(b"ok", amp.Boolean()), (b"result", Pickled())]
+    arguments = [(b"call", Pickled())]
+    response = [(b"answer", Pickled())]
     requiresAnswer = True
 
 
 class Feed(amp.Command):
     """
-    Owner to worker: C{results}, a list of L{kvtwist.model.CommitResult} in
-    revision order, to apply to the worker's cache and change feed before
-    answering; C{state}, the store's attributes after them that a worker
-    mirrors (L{kvtwist.store.remote.STATE}: key count, compaction, leases).
-    A Feed of no commits brings C{state} alone (after a compaction).
+    Owner to worker: C{feed} is C{(results, state)}. C{results}, a list of
+    L{kvtwist.model.CommitResult} in revision order (one group commit's),
+    to apply to the worker's cache and change feed before answering;
+    C{state}, the store's attributes after them that a worker mirrors
+    (L{kvtwist.store.remote.STATE}: key count, compaction, leases). A Feed
+    of no commits brings C{state} alone (after a compaction).
     """
 
-    arguments = [(b"results", Pickled()), (b"state", Pickled())]
-    response: list = []
+    arguments = [(b"feed", Pickled())]
+    # Inherited (ClassVar) from Command: none.
 
 
 class Scrape(amp.Command):
     """Owner to worker: the worker's Prometheus text exposition."""
 
-    arguments: list = []
+    # Inherited (ClassVar) from Command: none.
     response = [(b"text", Pickled())]

@@ -134,6 +134,27 @@ class Authorizer:
             raise Forbidden("token %r may not use the operations endpoints" % (token.name,))
 
 
+@dataclass(frozen=True)
+class WriteRights:
+    """
+    A commit's vet (L{kvtwist.interfaces.ITransaction.commit}): refuses
+    ops on keys the token C{name} may not write. Plain data (never the
+    secret), so the process that holds a transaction can run it itself
+    (with C{--workers}, the owner: the commit then takes one call).
+    """
+
+    name: str
+    write: Tuple[str, ...]
+
+    @classmethod
+    def of(cls, token: Token) -> "WriteRights":
+        return cls(token.name, tuple(token.write))
+
+    def __call__(self, ops: Sequence) -> None:
+        """@raise Forbidden: naming the keys of C{ops} the token may not write."""
+        Authorizer.require_write(Token(self.name, "", write=self.write), [op.key for op in ops])
+
+
 def principal_of(request) -> Token:
     """
     The token the request was authenticated as (L{ANYONE} if auth is off),

@@ -77,9 +77,11 @@ async def stage_pairs(
     """
     check_key_count(limits, len(pairs))
     ops = [Put(check_key(key), encode(value), JSON_CONTENT_TYPE) for key, value in pairs.items()]
-    view = await txn.view()
+    # Only an isolated transaction records what it saw; the seed's queue
+    # needs no view (with --workers, a view is a trip to the owner).
+    view = await txn.view() if txn.isolated else None
     committed = await store.get_many(list(pairs))
-    await txn.record(ops, _revisions(view, pairs, committed))
+    await txn.record(ops, _revisions(view, pairs, committed) if view is not None else {})
     return {key: "updated" if key in committed else "created" for key in pairs}
 
 

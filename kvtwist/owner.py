@@ -13,9 +13,10 @@ listening socket and spawns the workers that serve HTTP on them
     answers L{kvtwist.amp.Call} from a whitelist (L{Owner.methods}; on
     etcd, where every worker is a node with a store of its own, only
     L{Supervisor.methods}).
-  - L{ChangeFeed}: sends every commit to every worker (L{kvtwist.amp.Feed})
-    and tells when all of them have applied a revision; the owner answers a
-    commit only then, so a GET on any worker after the 2xx sees it.
+  - L{kvtwist.changefeed.ChangeFeed} (its own module): sends every commit
+    to every worker and tells when they have applied a revision; the owner
+    answers a commit only then, so a GET on any worker after the 2xx sees
+    it.
   - L{WorkerPool}: spawns the workers, restarts one that dies, stops them
     all (SIGTERM) before the store closes.
 """
@@ -31,16 +32,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from twisted.application.service import Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, maybeDeferred, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.internet.endpoints import TCP6ServerEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
-from kvtwist.amp import Call, Feed, Scrape, error_state
+from kvtwist.amp import Call, Scrape, error_state
+from kvtwist.auth import WriteRights
+from kvtwist.changefeed import ChangeFeed
 from kvtwist.errors import HistoryUnsupported, KVError, LeasesUnsupported, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import (
     IHistoricalStore,
-    IKeyValueStore,
     ILeaseListing,
     ILeasingStore,
     ITransactionManager,
@@ -52,12 +56,15 @@ from kvtwist.store.remote import QUEUE_ID, state_of
 
 log = Logger()
 
-#: Seconds before a dead worker is started again (a worker that cannot
-#: start at all is not restarted in a tight loop).
-RESTART_DELAY = 0.5
-#: Seconds a worker may take to apply a commit from the feed; past it the
-#: worker is cut off and replaced (commits stop waiting for it).
-FEED_TIMEOUT = 5.0
+#: Seconds before a dead worker is started again, the first time; each
+#: time it dies again soon the wait doubles, up to L{RESTART_MAX_DELAY}, so
+#: a worker that cannot start at all is not restarted in a tight loop.
+RESTART_DELAY = 0.1
+#: The longest wait before a worker that keeps dying is started again.
+RESTART_MAX_DELAY = 5.0
+#: Seconds a worker must stay up for its next death to wait
+#: L{RESTART_DELAY} again.
+RESTART_STABLE = 10.0
 #: Seconds the workers get to stop after SIGTERM before they are killed.
 STOP_TIMEOUT = 10.0
 #: The endpoint kinds workers can share (a TLS endpoint's context lives in
@@ -166,85 +173,6 @@ class ListeningSockets:
                 pass
 
 
-class ChangeFeed:
-    """
-    Every commit of C{store}, sent to every attached worker, and which
-    revision all of them have applied. A worker that does not answer within
-    L{FEED_TIMEOUT} seconds of the store's clock (a stopped process) is cut
-    off, so no commit waits for it forever.
-    """
-
-    def __init__(self, store: IKeyValueStore) -> None:
-        self._store = store
-        self._applied: Dict[amp.AMP, int] = {}
-        self._waiting: List[Tuple[int, Deferred]] = []
-        store.add_listener(self.publish)
-
-    def attach(self, worker: amp.AMP, revision: int) -> None:
-        """Send C{worker} every commit after C{revision} from now on."""
-        self._applied[worker] = revision
-
-    def detach(self, worker: amp.AMP) -> None:
-        """C{worker} is gone: commits no longer wait for it."""
-        self._applied.pop(worker, None)
-        self._settle()
-
-    def publish(self, result: CommitResult) -> None:
-        """A store listener: send C{result} to every worker."""
-        state = state_of(self._store)
-        for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=[result], state=state)
-            d.addTimeout(FEED_TIMEOUT, self._store.clock)
-            d.addCallbacks(
-                self._applied_by, self._failed, callbackArgs=(worker, result.revision), errbackArgs=(worker,)
-            )
-
-    def publish_state(self) -> Deferred:
-        """
-        Send every worker the store's attributes after a change that made
-        no commit (a compaction): a Feed of no commits. A Deferred firing
-        once every worker applied it (or was cut off for failing to).
-        """
-        state = state_of(self._store)
-        sent = []
-        for worker in list(self._applied):
-            d = worker.callRemote(Feed, results=[], state=state)
-            d.addTimeout(FEED_TIMEOUT, self._store.clock)
-            sent.append(d.addErrback(self._failed, worker))
-        return DeferredList(sent)
-
-    def _applied_by(self, _: object, worker: amp.AMP, revision: int) -> None:
-        if worker in self._applied and revision > self._applied[worker]:
-            self._applied[worker] = revision
-            self._settle()
-
-    def _failed(self, reason, worker: amp.AMP) -> None:
-        # A worker that missed a commit would serve stale reads: cut it
-        # off (it exits, and is started again with an empty cache).
-        log.warn("a worker failed to apply the change feed: {reason}", reason=reason.getErrorMessage())
-        self.detach(worker)
-        if worker.transport is not None:
-            worker.transport.loseConnection()
-
-    def applied(self, revision: int) -> Deferred:
-        """A Deferred firing once every attached worker has applied C{revision}."""
-        if self._lowest() >= revision:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._waiting.append((revision, d))
-        return d
-
-    def _lowest(self) -> float:
-        return min(self._applied.values(), default=float("inf"))
-
-    def _settle(self) -> None:
-        lowest = self._lowest()
-        done = [d for revision, d in self._waiting if revision <= lowest]
-        self._waiting = [(revision, d) for revision, d in self._waiting if revision > lowest]
-        for d in done:
-            d.callback(None)
-
-
 def _state(view) -> tuple:
     """An L{ITransactionView} as the plain tuple a worker rebuilds it from."""
     return (view.isolated, dict(view.observed), list(view.preconditions), list(view.ops()))
@@ -288,7 +216,7 @@ class Supervisor:
         self.ready.add(worker.index)
         log.info("kvcache worker {index} ready", index=worker.index)
 
-    def exposition(self, worker: "OwnerProtocol") -> Deferred:
+    def exposition(self, worker: Optional["OwnerProtocol"]) -> Deferred:
         """Every process's metrics in one exposition, labelled by process."""
         indexes = sorted(self.connected)
         scrapes = [self.connected[i].callRemote(Scrape) for i in indexes]
@@ -332,9 +260,9 @@ class Owner(Supervisor):
             "get_many": lambda worker, keys: store.get_many(keys),
             "get_linearizable": lambda worker, key: store.get_linearizable(key),
             "list": lambda worker, *args: store.list(*args),
-            "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks)),
+            "commit": lambda worker, ops, checks: self._acknowledged(store.commit(ops, checks), worker),
             "delete_prefix": lambda worker, prefix, max_keys: self._acknowledged(
-                store.delete_prefix(prefix, max_keys)
+                store.delete_prefix(prefix, max_keys), worker
             ),
             "txn_begin": lambda worker, owner: transactions.begin(owner).addCallback(lambda txn: txn.id),
             "txn_find": lambda worker, txn_id, owner: self._txn(txn_id, owner).addCallback(
@@ -347,6 +275,7 @@ class Owner(Supervisor):
             "txn_hold": self.txn_hold,
             "txn_let_go": self.txn_let_go,
             "txn_commit": self.txn_commit,
+            "txn_commit_as": self.txn_commit_as,
             "txn_finish": lambda worker, txn_id: transactions.finish(txn_id),
         })
         if IHistoricalStore.providedBy(store):
@@ -402,7 +331,7 @@ class Owner(Supervisor):
         ]
         return self.hub.horizon, history, state_of(self.store)
 
-    def ping(self, worker: "OwnerProtocol") -> Deferred:
+    def ping(self, worker: Optional["OwnerProtocol"]) -> Deferred:
         """Ready when the store is and every worker serves."""
         missing = sorted(set(range(self.workers)) - self.ready)
         if missing:
@@ -450,11 +379,15 @@ class Owner(Supervisor):
 
     # -- commits and transactions --------------------------------------------
 
-    def _acknowledged(self, d: Deferred) -> Deferred:
-        """C{d}'s commit result, once every worker has applied it."""
+    def _acknowledged(self, d: Deferred, worker: Optional["OwnerProtocol"]) -> Deferred:
+        """
+        C{d}'s commit result, once every worker has applied it: every
+        worker but C{worker}, the one it is answered to, which reads the
+        commit's L{kvtwist.amp.Feed} before the answer (L{ChangeFeed.applied}).
+        """
 
         def wait(result: CommitResult) -> Deferred:
-            return self.feed.applied(result.revision).addCallback(lambda _: result)
+            return self.feed.applied(result.revision, worker).addCallback(lambda _: result)
 
         return d.addCallback(wait)
 
@@ -499,9 +432,13 @@ class Owner(Supervisor):
         def held(_: object) -> Deferred:
             worker.held.add(txn_id)
             d = self._txn(txn_id, owner).addCallback(lambda txn: txn.view()).addCallback(_state)
-            return d.addErrback(lambda reason: (self.txn_let_go(worker, txn_id), reason)[1])
+            return d.addErrback(self._let_go_failing, worker, txn_id)
 
         return lock.acquire().addCallback(held)
+
+    def _let_go_failing(self, reason: Failure, worker: "OwnerProtocol", txn_id: str) -> Failure:
+        self.txn_let_go(worker, txn_id)
+        return reason
 
     def txn_let_go(self, worker: "OwnerProtocol", txn_id: str) -> None:
         """Stop holding the transaction (its commit was refused, or C{worker} is lost)."""
@@ -532,11 +469,31 @@ class Owner(Supervisor):
 
         return lock.acquire().addCallback(take)
 
-    def _commit(self, worker, txn_id: str, owner: Optional[str]) -> Deferred:
+    def txn_commit_as(self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str], name: str, write: Any) -> Deferred:
+        """
+        Commit the transaction if the token C{name}, with the write
+        prefixes C{write}, may write every key staged
+        (L{kvtwist.auth.WriteRights}, run here: one call, no hold).
+        """
+        if not (isinstance(name, str) and isinstance(write, tuple) and all(isinstance(p, str) for p in write)):
+            return fail(StoreUnavailable("a worker called txn_commit_as with arguments of the wrong types"))
+        if txn_id in worker.held:
+            return fail(StoreUnavailable("a worker called txn_commit_as on a transaction it holds"))
+        lock = self._lock(txn_id)
+
+        def take(_: object) -> Deferred:
+            d = self._commit(worker, txn_id, owner, WriteRights(name, write))
+            lock.release()
+            self._forget_lock(None, txn_id)
+            return d
+
+        return lock.acquire().addCallback(take)
+
+    def _commit(self, worker, txn_id: str, owner: Optional[str], vet: Optional[WriteRights] = None) -> Deferred:
         # The transaction's commit takes the staged ops before it returns,
         # so the hold may end as soon as it is called.
-        committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit())
-        return self._acknowledged(committed)
+        committed = self._txn(txn_id, owner).addCallback(lambda txn: txn.commit(vet))
+        return self._acknowledged(committed, worker)
 
 
 def _refuse(error: Callable[[], KVError]) -> Callable[..., Any]:
@@ -583,24 +540,25 @@ class OwnerProtocol(amp.AMP):
         super().connectionMade()
         self.owner.connected_worker(self)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.owner.lost_worker(self)
 
     @Call.responder
-    def call(self, method: str, args: tuple) -> Deferred:
-        handler = self.owner.methods.get(method)
-        if handler is None:
+    def call(self, call: Any) -> Deferred:
+        method, args = call if isinstance(call, tuple) and len(call) == 2 else (None, ())
+        handler = self.owner.methods.get(method) if isinstance(method, str) else None
+        if handler is None or not isinstance(args, tuple):
             d = fail(StoreUnavailable("the owner does not answer %r" % (method,)))
         else:
             d = maybeDeferred(handler, self, *args)
-        return d.addCallbacks(lambda result: {"ok": True, "result": result}, self._failed)
+        return d.addCallbacks(lambda result: {"answer": (True, result)}, self._failed)
 
     def _failed(self, reason) -> Dict[str, Any]:
         if reason.check(KVError):
-            return {"ok": False, "result": error_state(reason.value)}
+            return {"answer": (False, error_state(reason.value))}
         log.failure("a worker's call failed", reason)
-        return {"ok": False, "result": error_state(StoreUnavailable("the store failed; see the owner's log"))}
+        return {"answer": (False, error_state(StoreUnavailable("the store failed; see the owner's log")))}
 
 
 class _WorkerProcess(protocol.ProcessProtocol):
@@ -625,7 +583,7 @@ class WorkerPool(Service):
         resolves the same configuration (with the same environment).
     """
 
-    name = "kvtwist-workers"
+    name: Optional[str] = "kvtwist-workers"  # type: ignore[assignment]  # Service declares it None
 
     def __init__(self, reactor, owner: Supervisor, sockets: ListeningSockets, given: Dict[str, Any]) -> None:
         self._reactor = reactor
@@ -636,6 +594,10 @@ class WorkerPool(Service):
         self.transports: Dict[int, Any] = {}
         self.protocols: Dict[int, OwnerProtocol] = {}
         self.starts = 0
+        #: Each worker's last start (the reactor's clock) and the wait
+        #: before its next restart (see L{restart_delay}).
+        self._started_at: Dict[int, float] = {}
+        self._delays: Dict[int, float] = {}
         owner.on_lost = self.lost
 
     def startService(self) -> None:
@@ -675,6 +637,7 @@ class WorkerPool(Service):
             process, sys.executable, args, env=dict(os.environ), childFDs=child_fds
         )
         self.starts += 1
+        self._started_at[index] = self._reactor.seconds()
         theirs.close()
         amp_protocol = self.protocols[index] = OwnerProtocol(self._owner, index)
         factory = protocol.Factory.forProtocol(lambda: amp_protocol)
@@ -700,8 +663,27 @@ class WorkerPool(Service):
             del self.processes[process.index]
             self.transports.pop(process.index, None)
         if self.running:
-            log.warn("kvcache worker {index} died; starting it again", index=process.index)
-            self._reactor.callLater(RESTART_DELAY, self.spawn, process.index)
+            delay = self.restart_delay(process.index)
+            log.warn(
+                "kvcache worker {index} died; starting it again in {delay:.1f} s", index=process.index, delay=delay
+            )
+            self._reactor.callLater(delay, self.spawn, process.index)
+
+    def restart_delay(self, index: int) -> float:
+        """
+        The seconds to wait before starting worker C{index} again, now that
+        it died: L{RESTART_DELAY} if it had stayed up L{RESTART_STABLE}
+        seconds (or never died before), else twice the last wait, at most
+        L{RESTART_MAX_DELAY}.
+        """
+        up = self._reactor.seconds() - self._started_at.get(index, float("-inf"))
+        last = self._delays.get(index)
+        if last is None or up >= RESTART_STABLE:
+            delay = RESTART_DELAY
+        else:
+            delay = min(last * 2, RESTART_MAX_DELAY)
+        self._delays[index] = delay
+        return delay
 
     def pids(self) -> List[int]:
         """The worker processes' ids (for tests and operators)."""

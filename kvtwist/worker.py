@@ -25,6 +25,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from twisted.internet import protocol, tcp, unix
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
 from kvtwist.config import resolve
@@ -133,7 +134,7 @@ class Worker:
             d = call(self.protocol, "hello").addCallback(self.store.join)
         return d.addCallback(self._serve).addErrback(self._failed)
 
-    def _serve(self, _: object) -> None:
+    def _serve(self, _: object) -> Deferred:
         # Imported here: the site pulls in the whole web layer.
         from kvtwist.tap import build_site
 

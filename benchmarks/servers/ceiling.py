@@ -6,8 +6,9 @@ faster, so kvcache's GET is measured as a fraction of this.
     python -m benchmarks.servers.ceiling --port P [--no-access-log] [--processes N]
 
 With the access log on (the default) it logs the way C{twistd -n} does.
-C{--processes 2} serves the port from two processes (SO_REUSEPORT): the
-ceiling of kvcache with C{--workers 2}.
+C{--processes 2} serves the port from two processes (a C{SO_REUSEPORT}
+socket each, all bound by the first, as kvcache's owner binds its
+workers'): the ceiling of kvcache with C{--workers 2}.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args("bare twisted.web ceiling", argv)
     log_like_twistd()
     site_class = quiet_site_class() if args.no_access_log else Site
-    serve(site_class(Constant()), args.port, args.processes, args.reuse_port)
+    serve(site_class(Constant()), args.port, args.processes, args.listen_fd)
 
 
 if __name__ == "__main__":

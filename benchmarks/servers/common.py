@@ -40,7 +40,11 @@ def parse_args(description: str, argv: Optional[List[str]], **extra) -> argparse
         default=1,
         help="serve from this many processes sharing the port (SO_REUSEPORT)",
     )
-    parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set by --processes)")
+    parser.add_argument(
+        "--listen-fd",
+        type=int,
+        help="serve on this inherited listening socket (set by --processes for the copies)",
+    )
     for name, text in extra.items():
         parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=text)
     return parser.parse_args(argv)
@@ -72,36 +76,63 @@ def quiet_site_class():
     return QuietSite
 
 
-def serve(site, port: int, processes: int = 1, reuse_port: bool = False) -> None:
+def serve(site, port: int, processes: int = 1, listen_fd: Optional[int] = None) -> None:
     """
-    Listen on 127.0.0.1:C{port} and run the reactor until SIGTERM. With
-    C{processes} > 1, that many processes serve the port, each with its own
-    C{SO_REUSEPORT} socket (the kernel spreads connections over them): this
-    one and copies of it started with C{--reuse-port}, in its process group
-    so the benchmark's stop ends them all.
+    Listen on 127.0.0.1:C{port} and run the reactor until SIGTERM.
+
+    With C{processes} > 1, that many processes serve the port, as kvcache's
+    workers do: this one binds a C{SO_REUSEPORT} socket per process, all
+    listening before any process serves (so the kernel spreads the very
+    first connections over every socket, not just over those of the
+    processes that started first), keeps one and hands each other one to a
+    copy of itself (C{--listen-fd}), started in its process group so the
+    benchmark's stop ends them all. A copy serves the socket it inherited.
     """
     from twisted.internet import reactor
 
-    if processes > 1:
-        copy = [sys.executable, "-m", _main_module()] + [
-            arg for arg in sys.argv[1:] if not arg.startswith("--processes")
-        ]
-        copy = [arg for i, arg in enumerate(copy) if not (i > 0 and copy[i - 1] == "--processes")]
-        for _ in range(processes - 1):
-            subprocess.Popen(copy + ["--reuse-port"])
-        reuse_port = True
-    if not reuse_port:
-        reactor.listenTCP(port, site, interface="127.0.0.1")
+    if listen_fd is not None:
+        sock = socket.socket(fileno=listen_fd)
+    elif processes > 1:
+        sockets = [_reuse_port_socket(port) for _ in range(processes)]
+        for other in sockets[1:]:
+            fd = other.fileno()
+            subprocess.Popen(_copy_argv() + ["--listen-fd", str(fd)], pass_fds=[fd])
+            other.close()
+        sock = sockets[0]
     else:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(50)
-        sock.setblocking(False)
-        reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
-        sock.close()
+        reactor.listenTCP(port, site, interface="127.0.0.1")
+        reactor.run()
+        return
+    sock.setblocking(False)
+    reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, site)
+    sock.close()
     reactor.run()
+
+
+def _reuse_port_socket(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:C{port} that others may share (C{SO_REUSEPORT})."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    # Twisted's listenTCP backlog, as the one-process server has.
+    sock.listen(50)
+    return sock
+
+
+def _copy_argv() -> List[str]:
+    """
+    This server's command line without C{--processes N} (in either
+    spelling): a copy serves its one inherited socket.
+    """
+    copy = [sys.executable, "-m", _main_module()]
+    args = iter(sys.argv[1:])
+    for arg in args:
+        if arg == "--processes":
+            next(args, None)
+        elif not arg.startswith("--processes="):
+            copy.append(arg)
+    return copy
 
 
 def _main_module() -> str:

@@ -32,11 +32,13 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvtwist.amp import Call, Feed, Scrape, error_from_state
+from kvtwist.auth import WriteRights
 from kvtwist.errors import ConflictError, KVError, StoreUnavailable
 from kvtwist.interfaces import (
     ICountedStore,
@@ -49,7 +51,7 @@ from kvtwist.interfaces import (
     ITransactionManager,
     ITransactionView,
 )
-from kvtwist.model import Check, CheckFailure, CommitResult, Op
+from kvtwist.model import Check, CheckFailure, CommitResult, DeletePrefix, Op
 from kvtwist.transactions import EndsAfterCommit
 
 #: The id of the seed's shared queue in L{Call}s.
@@ -97,7 +99,8 @@ class WorkerProtocol(amp.AMP):
         self.lost: Deferred = Deferred()
 
     @Feed.responder
-    def feed(self, results: List[CommitResult], state: Dict[str, Any]) -> Dict[str, Any]:
+    def feed(self, feed: tuple) -> Dict[str, Any]:
+        results, state = feed
         if self.store is not None:
             self.store.apply_state(state)
             self.store.apply(results)
@@ -107,7 +110,7 @@ class WorkerProtocol(amp.AMP):
     def scrape(self) -> Dict[str, Any]:
         return {"text": self._scrape()}
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.store is not None:
             self.store.closed = True
@@ -122,9 +125,10 @@ def call(protocol: amp.AMP, method: str, *args: Any) -> Deferred:
     """
 
     def answered(box: Dict[str, Any]) -> Any:
-        if box["ok"]:
-            return box["result"]
-        raise error_from_state(*box["result"])
+        ok, result = box["answer"]
+        if ok:
+            return result
+        raise error_from_state(*result)
 
     def lost(reason):
         if reason.check(KVError):
@@ -134,7 +138,7 @@ def call(protocol: amp.AMP, method: str, *args: Any) -> Deferred:
         raise StoreUnavailable("the store's owner is unreachable: %s" % (reason.getErrorMessage(),))
 
     try:
-        d = protocol.callRemote(Call, method=method, args=args)
+        d = protocol.callRemote(Call, call=(method, args))
     except Exception as e:
         return fail(StoreUnavailable("the store's owner is unreachable: %s" % (e,)))
     # Handed over to a Deferred of our own: AMP treats a failure still on
@@ -325,7 +329,9 @@ class TransactionSnapshot:
         self.observed = dict(observed)
         self.preconditions = list(preconditions)
         self._ops = list(ops)
-        self._by_key = {op.key: op for op in self._ops}
+        # Only ops with a key are staged (a transaction never stages a
+        # delete by prefix).
+        self._by_key = {op.key: op for op in self._ops if not isinstance(op, DeletePrefix)}
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -369,6 +375,9 @@ class RemoteTransaction:
         """
         if vet is None:
             return (yield self._store._call("txn_commit", self.id, self.owner))
+        if isinstance(vet, WriteRights):
+            # Plain data: the owner vets and commits in one call.
+            return (yield self._store._call("txn_commit_as", self.id, self.owner, vet.name, tuple(vet.write)))
         view = snapshot((yield self._store._call("txn_hold", self.id, self.owner)))
         try:
             vet(view.ops())

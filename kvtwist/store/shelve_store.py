@@ -403,16 +403,20 @@ class ShelveStore:
             if self.sync_observer is not None:
                 self.sync_observer(sync_seconds, len(batch))
             waited()
-            for (_, waiter, _), outcome in zip(batch, outcomes):
-                if isinstance(outcome, KVError):
-                    waiter.errback(Failure(outcome))
-                    continue
+            # Every listener hears of the whole group before any commit of
+            # it is answered: a listener that batches (the workers' change
+            # feed) sends the group as one message.
+            for outcome in outcomes:
                 if isinstance(outcome, CommitResult):
                     self.revision = max(self.revision, outcome.revision)
                     self.key_count += count_delta(outcome)
                     self.history_size += len(outcome.changes)
                     self._listeners.notify(outcome)
-                waiter.callback(outcome)
+            for (_, waiter, _), outcome in zip(batch, outcomes):
+                if isinstance(outcome, KVError):
+                    waiter.errback(Failure(outcome))
+                else:
+                    waiter.callback(outcome)
 
         def failed(reason: Failure) -> None:
             error = write_failure(

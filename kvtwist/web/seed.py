@@ -16,7 +16,7 @@ from typing import Any, List
 from twisted.internet.defer import Deferred
 from twisted.web.server import NOT_DONE_YET, Request
 
-from kvtwist.auth import Authorizer, principal_of
+from kvtwist.auth import Authorizer, WriteRights, principal_of
 from kvtwist.errors import InvalidInput, KeyNotFound
 from kvtwist.interfaces import IKeyValueStore, ITransaction
 from kvtwist.limits import Limits
@@ -164,6 +164,6 @@ class SeedCommit(KVResource):
         # vet that cannot refuse would only cost a --workers commit a hold.
         vet = None
         if not principal.writes_everything:
-            vet = lambda ops: Authorizer.require_write(principal, [op.key for op in ops])  # noqa: E731
+            vet = WriteRights.of(principal)
         d = self._context.queue.commit(vet=vet)
         return d.addCallback(lambda result: Response(204, content_type=None))

@@ -319,6 +319,31 @@ class ShelveStoreDiskTests(InlineShelve, SynchronousTestCase):
         self.successResultOf(store.close())
 
 
+    def test_group_told_to_listeners_before_any_answer(self):
+        """
+        Every listener hears of each commit of a group before the first
+        commit of it is answered (so a listener that batches, such as the
+        workers' change feed, sends the group as one message).
+        """
+        pool = HeldThreadPool()
+        reactor = ThreadlessReactor()
+        store = ShelveStore(os.path.join(self.mktemp(), "data"), reactor, pool)
+        pool.release_all = True
+        self.successResultOf(store.open())
+        pool.release_all = False
+        events = []
+        store.add_listener(lambda result: events.append(("heard", result.revision)))
+        store.commit([Put("a", b"1")])
+        group = [store.commit([Put(key, b"1")]) for key in ("b", "c")]
+        for d in group:
+            d.addCallback(lambda result: events.append(("answered", result.revision)))
+        pool.run_next()
+        pool.run_next()
+        self.assertEqual(events, [("heard", 1), ("heard", 2), ("heard", 3), ("answered", 2), ("answered", 3)])
+        pool.release_all = True
+        self.successResultOf(store.close())
+
+
 def _lockable_elsewhere(directory: str) -> bool:
     """Whether a new open of DIR/lock could take its flock (as another process would)."""
     fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR)

@@ -17,13 +17,15 @@ from zope.interface.verify import verifyObject
 
 from kvtwist import amp as wire
 from kvtwist import owner as owner_module
+from kvtwist.auth import WriteRights
 from kvtwist.errors import ConflictError, Forbidden, LimitExceeded, StoreUnavailable
 from kvtwist.events import ChangeHub
 from kvtwist.limits import Limits
 from kvtwist.metrics import Metrics
 from kvtwist.interfaces import ICountedStore, IHistoricalStore, ILeaseListing, ILeasingStore, ILinearizableReads, IReadCache
 from kvtwist.model import Check, CheckFailure, Entry, Put
-from kvtwist.owner import FEED_TIMEOUT, Owner, OwnerProtocol
+from kvtwist.changefeed import FEED_TIMEOUT, ChangeFeed
+from kvtwist.owner import Owner, OwnerProtocol
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.remote import STATE, RemoteStore, RemoteTransactions, WorkerProtocol, call, state_of
 from kvtwist.sweeper import Sweeper
@@ -82,6 +84,9 @@ class Cluster:
             if d.called:
                 break
             self.flush()
+        # What the answer did not wait for (the committer's own feed
+        # acknowledgement) arrives too, as it would before a clock moves.
+        self.flush()
         return d
 
     def result(self, d: Deferred):
@@ -119,6 +124,16 @@ class WireTests(SynchronousTestCase):
         argument.fromBox(b"args", strings, objects, None)
         self.assertEqual(objects["args"], big)
 
+    def test_small_value_is_one_key(self):
+        """A value whose pickle fits one AMP value is that one key, and is read back."""
+        argument = wire.Pickled()
+        strings = {}
+        argument.toBox(b"args", strings, {"args": ("get", "k")}, None)
+        self.assertEqual(list(strings), [b"args"])
+        objects = {}
+        argument.fromBox(b"args", strings, objects, None)
+        self.assertEqual(objects["args"], ("get", "k"))
+
     def test_domain_errors_cross(self):
         """A domain error comes back as itself, with its fields."""
         error = ConflictError([CheckFailure(Check.equals("a", 3), 4)])
@@ -155,6 +170,10 @@ class RemoteStoreContractTests(OverCluster, StoreContract, SynchronousTestCase):
         return self.cluster.caches[0]
 
     def advance(self, seconds):
+        # Bytes in flight arrive before time passes, as they would (the
+        # committer's own feed acknowledgement, which its answer did not
+        # wait for).
+        self.cluster.flush()
         self.cluster.clock.advance(seconds)
 
 
@@ -280,6 +299,23 @@ class HoldTests(SynchronousTestCase):
         self.failureResultOf(self.cluster.settle(self.queues[0].commit(vet=refuse)), Forbidden)
         self.cluster.result(self.queues[1].record([Put("b", b"2")]))
         self.assertEqual(self.staged(), ["a", "b"])
+
+    def test_write_rights_vetted_in_one_call(self):
+        """A token's write rights travel as data: the owner vets and commits in one call; a refusal keeps the ops staged."""
+        remote = self.cluster.remotes[0]
+        calls = []
+        original = remote._call
+
+        def counting(method, *args):
+            calls.append(method)
+            return original(method, *args)
+
+        remote._call = counting
+        self.failureResultOf(self.cluster.settle(self.queues[0].commit(vet=WriteRights("t", ("b",)))), Forbidden)
+        result = self.cluster.result(self.queues[0].commit(vet=WriteRights("t", ("a",))))
+        self.assertEqual(calls, ["txn_commit_as", "txn_commit_as"])
+        self.assertEqual([change.key for change in result.changes], ["a"])
+        self.assertEqual(self.cluster.owner._locks, {})
 
     def test_lost_worker_lets_go(self):
         """A worker lost while holding the queue frees it for the others."""
@@ -415,3 +451,145 @@ class ForwardedAbilitiesTests(SynchronousTestCase):
         self.assertEqual(sorted((c.kind, c.key) for c in seen[-1].changes), [("expire", "a"), ("expire", "b")])
         self.assertEqual((second.peek("a"), first.peek("b")), ((True, None), (True, None)))
         self.assertEqual(self.cluster.store.lease_count, 0)
+
+
+class _FakeProcessTransport:
+    """What C{spawnProcess} answers: a pid, and signals recorded."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, signal):
+        self.signals.append(signal)
+
+
+class _FakeReactor(Clock):
+    """A clock that spawns nothing: it records each worker started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, process, executable, args, env=None, childFDs=None):
+        self.spawned.append(process)
+        return _FakeProcessTransport(1000 + len(self.spawned))
+
+    def adoptStreamConnection(self, fd, family, factory):
+        pass
+
+
+class _NoSockets:
+    """A worker's listening sockets: none (the pool only hands them over)."""
+
+    per_worker = [[]]
+    addresses: list = []
+
+    def close(self):
+        pass
+
+
+class RestartBackoffTests(SynchronousTestCase):
+    """A worker that keeps dying is started again ever more slowly, up to a cap."""
+
+    def setUp(self):
+        self.reactor = _FakeReactor()
+        self.pool = owner_module.WorkerPool(self.reactor, owner_module.Supervisor(Metrics(process=False), 1), _NoSockets(), {})
+        self.pool.startService()
+        self.addCleanup(lambda: setattr(self.pool, "running", False))
+
+    def die(self, after: float) -> float:
+        """Let the worker run C{after} seconds, end it; the wait until it is started again."""
+        self.reactor.advance(after)
+        started = len(self.reactor.spawned)
+        self.reactor.spawned[-1].processEnded(None)
+        [call] = self.reactor.getDelayedCalls()
+        wait = call.getTime() - self.reactor.seconds()
+        self.reactor.advance(wait)
+        self.assertEqual(len(self.reactor.spawned), started + 1)
+        return wait
+
+    def test_waits_double_up_to_the_cap(self):
+        """Each death soon after a start doubles the wait from RESTART_DELAY, never past RESTART_MAX_DELAY."""
+        waits = [self.die(0) for _ in range(10)]
+        self.assertAlmostEqual(waits[0], owner_module.RESTART_DELAY)
+        self.assertAlmostEqual(waits[1], 2 * owner_module.RESTART_DELAY)
+        self.assertAlmostEqual(max(waits), owner_module.RESTART_MAX_DELAY)
+        self.assertEqual(waits, sorted(waits))
+
+    def test_reset_after_staying_up(self):
+        """A worker that stayed up RESTART_STABLE seconds is started again after RESTART_DELAY."""
+        for _ in range(5):
+            self.die(0)
+        self.assertAlmostEqual(self.die(owner_module.RESTART_STABLE), owner_module.RESTART_DELAY)
+
+    def test_stopped_pool_starts_nothing(self):
+        """A worker that dies while the pool stops is not started again."""
+        self.pool.running = False
+        self.reactor.spawned[-1].processEnded(None)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class _FakeWorker:
+    """A worker's connection as the feed sees it: each Feed sent, answered by hand."""
+
+    transport = None
+
+    def __init__(self) -> None:
+        self.feeds = []
+
+    def callRemote(self, command, **arguments):
+        d = Deferred()
+        self.feeds.append((wire.loads(arguments["feed"].data), d))
+        return d
+
+
+class ChangeFeedTests(SynchronousTestCase):
+    """The feed: one message per group commit, and the committer is not waited for."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryStore(self.clock)
+        self.feed = ChangeFeed(self.store)
+        self.workers = [_FakeWorker(), _FakeWorker()]
+        for worker in self.workers:
+            self.feed.attach(worker, 0)
+
+    def commit(self, key):
+        return self.successResultOf(self.store.commit([Put(key, b"v")]))
+
+    def test_one_feed_per_flush(self):
+        """Commits kept until the feed flushes go to each worker as one Feed, in order."""
+        self.commit("a")
+        self.commit("b")
+        self.feed.flush()
+        for worker in self.workers:
+            [((results, state), _)] = worker.feeds
+            self.assertEqual([r.revision for r in results], [1, 2])
+            self.assertEqual(state["key_count"], 2)
+
+    def test_unanswered_commits_flush_on_the_next_turn(self):
+        """A commit nobody waits on (the sweeper's) still reaches every worker, on the reactor's next turn."""
+        self.commit("a")
+        self.assertEqual(self.workers[0].feeds, [])
+        self.clock.advance(0)
+        self.assertEqual([len(worker.feeds) for worker in self.workers], [1, 1])
+
+    def test_committer_not_waited_for(self):
+        """applied(revision, but_for) flushes and fires once every other worker answered, whatever the committer does."""
+        committer, other = self.workers
+        self.commit("a")
+        d = self.feed.applied(1, committer)
+        self.assertEqual([len(worker.feeds) for worker in self.workers], [1, 1])
+        self.assertNoResult(d)
+        other.feeds[0][1].callback({})
+        self.successResultOf(d)
+
+    def test_others_wait_for_every_worker(self):
+        """Without but_for (a revoke, an expiry), every worker must have answered."""
+        self.commit("a")
+        d = self.feed.applied(1)
+        self.workers[1].feeds[0][1].callback({})
+        self.assertNoResult(d)
+        self.workers[0].feeds[0][1].callback({})
+        self.successResultOf(d)
