@@ -27,7 +27,7 @@ import time
 import unittest
 from typing import Any, Dict, Optional
 
-from tests.helpers.e2e import test_ui
+from tests.e2e import test_ui
 from tests.helpers.e2e import ServerProcess, free_port, http_request, temp_dir
 
 #: The hostile page: it takes kvcache's URL from its query string, and

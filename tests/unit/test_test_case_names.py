@@ -103,5 +103,5 @@ class TestCaseNameTests(SynchronousTestCase):
     def test_a_stale_name_is_caught(self) -> None:
         """The existence check says no for a moved module and a missing package."""
         self.assertTrue(exists("tests.unit.test_test_case_names"))
-        self.assertFalse(exists("tests.helpers.client"))
+        self.assertFalse(exists("tests.test_client"))
         self.assertFalse(exists("tests.no_such_package.test_x"))
