@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from kvtwist import client
-from kvtwist.wire import encode_base64, parse_rfc3339, strictjson
+from kvtwist.wire import encode_base64, parse_rfc3339, strictjson, valid_content_type
 
 __all__ = ["DumpFormatError", "Record", "parse_record", "record_line", "strict_dumps"]
 
@@ -111,12 +111,7 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
             raise DumpFormatError(number, str(e))
         default_type = client.DEFAULT_CONTENT_TYPE
     content_type = document.get("content_type", default_type)
-    if (
-        not isinstance(content_type, str)
-        or not content_type.strip()
-        # Printable ASCII: 0x20 to 0x7E.
-        or not (content_type.isascii() and content_type.isprintable())
-    ):
+    if not isinstance(content_type, str) or not valid_content_type(content_type):
         raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
     expires = document.get("expires")
     if expires is not None:

@@ -53,6 +53,21 @@ class WireError(ValueError):
         self.extra = extra
 
 
+#: The longest content type kept with a value (it is sent back as a header).
+MAX_CONTENT_TYPE_LENGTH = 255
+
+
+def valid_content_type(content_type: str) -> bool:
+    """
+    Whether C{content_type}, surrounding spaces aside, is fit to store with
+    a value and send back as a header: 1 to L{MAX_CONTENT_TYPE_LENGTH}
+    printable ASCII characters. The server refuses any other; the client
+    and C{kvtwist load} refuse them before sending.
+    """
+    text = content_type.strip()
+    return 0 < len(text) <= MAX_CONTENT_TYPE_LENGTH and text.isascii() and text.isprintable()
+
+
 def is_json_type(content_type: str) -> bool:
     """Whether a Content-Type is JSON (C{application/json} or a C{+json} type)."""
     media = content_type.split(";", 1)[0].strip().lower()

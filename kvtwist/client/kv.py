@@ -24,7 +24,7 @@ from kvtwist.client._wire import (
     _request,
 )
 from kvtwist.client.errors import _bad_response
-from kvtwist.wire import etag, etag_revision
+from kvtwist.wire import etag, etag_revision, valid_content_type
 
 
 def _value_bytes(value: Any) -> bytes:
@@ -41,12 +41,13 @@ def _value_bytes(value: Any) -> bytes:
 def _content_type(content_type: Any) -> bytes:
     """
     @raise TypeError: unless it is a C{str}.
-    @raise ValueError: unless it is non-empty printable ASCII (what a
-        header value can carry).
+    @raise ValueError: unless the server would keep it
+        (L{kvtwist.wire.valid_content_type}: non-empty printable ASCII, what a
+        header value can carry, at most 255 characters).
     """
     if not isinstance(content_type, str):
         raise TypeError("content_type is a str, not %s" % (type(content_type).__name__,))
-    if not content_type.strip() or not all(0x20 <= ord(c) <= 0x7E for c in content_type):
+    if not valid_content_type(content_type):
         raise ValueError("content_type is non-empty printable ASCII: %r" % (content_type,))
     return content_type.encode("ascii")
 

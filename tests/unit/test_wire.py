@@ -13,7 +13,7 @@ import sys
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvtwist import client, wire
+from kvtwist import client, dumpformat, wire
 from kvtwist.client import KeyValue
 from kvtwist.errors import InvalidInput
 from kvtwist.testing import MemoryStore, memory_root
@@ -273,3 +273,27 @@ class BatchSchemaTests(SynchronousTestCase):
         self.assertEqual(parsed[0][1]["put"].value, b"\xff")
         self.assertEqual(parsed[0][1]["put"].content_type, "image/png")
         self.assertEqual(parsed[1][1]["by"], 2)
+
+
+class ContentTypeTests(SynchronousTestCase):
+    """One rule for a content type, kept by the server, the client and load alike."""
+
+    def test_the_rule(self) -> None:
+        """1 to 255 printable ASCII characters, surrounding spaces aside."""
+        self.assertTrue(wire.valid_content_type("text/plain; charset=utf-8"))
+        self.assertTrue(wire.valid_content_type(" a/b "))
+        self.assertTrue(wire.valid_content_type("x" * 255))
+        for bad in ("", "   ", "x" * 256, "caf\u00e9/x", "a/b\r\nx: y", "a\tb"):
+            self.assertFalse(wire.valid_content_type(bad), bad)
+
+    def test_every_side_refuses_the_same(self) -> None:
+        """What the server refuses (400), the client and the dump format refuse before sending."""
+        for bad in ("x" * 256, "caf\u00e9/x", " "):
+            with self.assertRaises(InvalidInput):
+                base.check_content_type(bad)
+            with self.assertRaises(ValueError):
+                client.kv._content_type(bad)
+        with self.assertRaises(ValueError):
+            dumpformat.parse_record(
+                json.dumps({"key": "k", "value_base64": "", "content_type": "x" * 256}).encode(), 1
+            )

@@ -22,7 +22,7 @@ from kvtwist.limits import Limits, WatcherCount
 from kvtwist.model import DEFAULT_CONTENT_TYPE, Entry, Put
 from kvtwist.web.resource import Answers405, Response, etag, not_found_response, query_names
 from kvtwist.web.v1.leasing import lease_for_put
-from kvtwist.wire import rfc3339
+from kvtwist.wire import rfc3339, valid_content_type
 # Re-exported for the v1 resources that describe entries with it.
 from kvtwist.wire import value_fields as value_fields
 
@@ -214,10 +214,9 @@ def check_content_type(value: str) -> str:
 
     @raise InvalidInput: otherwise.
     """
-    value = value.strip()
-    if not value or len(value) > 255 or not (value.isascii() and value.isprintable()):
+    if not valid_content_type(value):
         raise InvalidInput("bad-content-type", "the content type is not valid")
-    return value
+    return value.strip()
 
 
 def put_from(
