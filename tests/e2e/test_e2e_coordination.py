@@ -34,7 +34,7 @@ from twisted.trial.unittest import TestCase
 from benchmarks.stats import percentile
 from tests.helpers.e2e import http_request, temp_dir
 from tests.helpers.e2e_stores import OnEtcd, OnShelve
-from tests.unit.test_cli import PROJECT
+from tests.helpers.cli import PROJECT
 
 #: Every lease in these tests lives this long (seconds).
 TTL = 1.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from kvtwist.model import Put
-from tests.unit.test_cli import CLITestCase
+from tests.helpers.cli import CLITestCase
 
 
 class LeaseCommandTests(CLITestCase):

@@ -23,7 +23,7 @@ from kvtwist.model import Delete, Put
 from kvtwist.store.cache import CachedStore
 from kvtwist.store.shelve_store import ShelveStore
 from kvtwist.testing import InlineThreadPool, MemoryStore, ThreadlessReactor, memory_root
-from tests.unit.test_cli import CLITestCase
+from tests.helpers.cli import CLITestCase
 from tests.helpers.webtest import StoreWithoutHistory, TreeClient
 
 

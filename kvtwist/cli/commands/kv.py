@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli_v1,tests.unit.test_cli -*-
 """
 The C{kvtwist} commands that read and write keys: the seed's routes
 (C{get}, C{set}, C{delete}, C{commit}: JSON values, one staging queue

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli_watch -*-
 """
 C{kvtwist watch} and C{kvtwist wait}: follow the changes under a prefix
 as they are committed, or long-poll one key until it changes.
