@@ -7,6 +7,9 @@ Tests are coroutines; C{settle} turns the coroutine's Deferred into a test
 result: synchronously for stores whose Deferreds fire at once (memory, the
 shelve store on an inline thread pool), or by returning it to trial for
 stores that do real I/O (etcd).
+
+One module though long: the contract is one mixin, so that every store runs
+exactly the same behaviours.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ without etcd, by feeding watch documents to a store directly.
 Each test gets a fresh etcd process (about a third of a second to start), so
 no test sees another's revisions or leases. Without an etcd binary every
 test here is skipped with the reason.
+
+One module though long: every class shares the per-test etcd process and the
+store factory, and the contract run is one subclass among them.
 """
 
 from __future__ import annotations

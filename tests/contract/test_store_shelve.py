@@ -2,6 +2,9 @@
 The store contract run against L{kvtwist.store.shelve_store.ShelveStore},
 plus what only a store on disk has: persistence, file modes, refusal of
 damaged data, group commit and a real store thread.
+
+One module though long: the contract run and the on-disk behaviours share
+the temporary data directories and the inline store thread.
 """
 
 import fcntl

@@ -18,6 +18,9 @@ The last test measures a normal client's GET latency undisturbed and then
 while slow-drip clients, an idle-connection flood, a stream of malformed
 requests and oversized bodies run against the same server, prints both
 p99 figures, and checks only a generous sanity bound.
+
+One module though long: every case runs against the one server the module
+starts, with the same check that nothing changed.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ C{ui-live.png} (the open key following the live feed, with a diff),
 C{ui-conflict.png} (a save refused as a conflict), C{ui-history.png} (a
 key's versions, an older one shown to restore) and C{ui-leases.png} (the
 Leases panel).
+
+One module though long: the browser tests share one server subprocess and
+one Chromium session per class, and their page helpers.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ C{cryptography}; C{EtcdCluster(tls=...)} serves the client port over TLS
 creates etcd's root user, a user with read and write on one key prefix, and
 turns auth on, through the JSON gateway (Debian ships no C{etcdctl} with
 C{etcd-server}).
+
+One module though long: the cluster harness, its TLS material and the gate
+share the process management that must clean up on every path.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ API with the operations endpoints mounted as C{kvtwist.tap} mounts them.
 
 Server bugs found by these checks are kept as regression tests in
 L{FoundServerBugTests}.
+
+One module though long: the three checks share the parsed document, the
+route walker and the example-making L{World}.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ magic-wormhole-mailbox-server's C{test_config.py} does), so a new option or
 a changed default shows up here. Everything runs in memory except the files
 written to a temporary directory and one real C{twistd} start that must
 fail.
+
+One module though long: every test compares whole parsed configurations
+built by the same helpers, and the settings table it pins is one table.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ C{load} in batches with its checkpoint, and the command glue; in
 memory through C{StubTreq}, then end to end against the real C{twistd
 kvcache} with the commands run as subprocesses, including a load killed
 with SIGKILL half way and resumed.
+
+One module though long: dump and load are tested as a round trip, sharing
+the fixtures that build, dump and reload a store.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 The v1 API in memory: keys with revisions and CAS,
 listing, transactions and batches, through StubTreq over a MemoryStore with
 a task.Clock.
+
+One module though long: the classes share one in-memory tree builder and its
+client, and follow the v1 routes in order.
 """
 
 import base64
