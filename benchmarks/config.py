@@ -21,6 +21,8 @@ TARGET_NAMES = (
     "kvcache-nolog",
     "kvcache-w2",
     "kvcache-w2-nolog",
+    "kvcache-w3",
+    "kvcache-w4",
     "ceiling-log",
     "ceiling-nolog",
     "ceiling2-log",
@@ -29,6 +31,10 @@ TARGET_NAMES = (
     "naive",
     "etcd",
 )
+
+#: Targets that only trace the workers curve (throughput against
+#: --workers): they run only when named in --only.
+CURVE_TARGETS = ("kvcache-w3", "kvcache-w4")
 
 
 @dataclass
@@ -64,7 +70,9 @@ class Config:
 
     def wants_target(self, name: str) -> bool:
         named = [n for n in self.only if n in TARGET_NAMES]
-        return not named or name in named
+        if not named:
+            return name not in CURVE_TARGETS
+        return name in named
 
     def wants(self, measurement: str) -> bool:
         named = [n for n in self.only if n in MEASUREMENTS]

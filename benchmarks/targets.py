@@ -8,6 +8,8 @@ Names (used by C{--only} and in the report):
 - C{kvcache}, C{kvcache-nolog}: the real C{twistd -n kvcache} (the second
   only when kvcache has an option that turns its access log off);
 - C{kvcache-w2}, C{kvcache-w2-nolog}: the same with C{--workers 2};
+- C{kvcache-w3}, C{kvcache-w4}: C{--workers 3} and C{4}, for the curve of
+  throughput against workers (only when named in C{--only});
 - C{ceiling-log}, C{ceiling-nolog}: L{benchmarks.servers.ceiling};
 - C{ceiling2-log}, C{ceiling2-nolog}: the ceiling served by two processes
   on one port (C{SO_REUSEPORT}), the ceiling of two workers;
@@ -279,6 +281,16 @@ def all_targets(nolog_args: Optional[List[str]], skipped: Dict[str, str]) -> Lis
     targets.append(
         KvcacheTarget("kvcache-w2", "twistd -n kvcache --workers 2, default access log", True, True, list(WORKERS))
     )
+    for workers in (3, 4):
+        targets.append(
+            KvcacheTarget(
+                "kvcache-w%d" % (workers,),
+                "twistd -n kvcache --workers %d, default access log" % (workers,),
+                True,
+                True,
+                ["--workers", str(workers)],
+            )
+        )
     if nolog_args is not None:
         targets.append(
             KvcacheTarget(
