@@ -146,7 +146,23 @@ class FailAfter:
         return Deferred(cancel)
 
 
-class V1TestCase(SynchronousTestCase):
+class StubTreqTestCase(SynchronousTestCase):
+    """Client calls through C{self.http}, a StubTreq, settled at once."""
+
+    http: StubTreq
+
+    def result(self, d):
+        """What C{d} fires with once the stub has answered every request."""
+        self.http.flush()
+        return self.successResultOf(d)
+
+    def error(self, d, *types):
+        """The exception C{d} fails with (one of C{types}) once answered."""
+        self.http.flush()
+        return self.failureResultOf(d, *types).value
+
+
+class V1TestCase(StubTreqTestCase):
     """The whole tree in memory, with its transactions and clock at hand."""
 
     def setUp(self) -> None:
@@ -154,14 +170,6 @@ class V1TestCase(SynchronousTestCase):
         self.clock = self.store.clock
         self.transactions = TransactionManager(self.clock, Limits(), self.store)
         self.http = StubTreq(memory_root(self.store, transactions=self.transactions))
-
-    def result(self, d):
-        self.http.flush()
-        return self.successResultOf(d)
-
-    def error(self, d, *types):
-        self.http.flush()
-        return self.failureResultOf(d, *types).value
 
     def put(self, key: str, value: bytes = b"v", **kwargs):
         return self.result(client.put(self.http, URL, key, value, **kwargs))

@@ -7,29 +7,20 @@ tree in memory (C{StubTreq(memory_root())}).
 from __future__ import annotations
 
 from treq.testing import StubTreq
-from twisted.trial.unittest import SynchronousTestCase
 
 from kvtwist import client
 from kvtwist.client import KVClientError, NotFoundError
 from kvtwist.errors import StoreUnavailable
 from kvtwist.testing import MemoryStore, memory_root
-from tests.helpers.client import AWKWARD_KEYS, NoNetwork, URL
+from tests.helpers.client import AWKWARD_KEYS, URL, NoNetwork, StubTreqTestCase
 
 
-class MemoryServerTests(SynchronousTestCase):
+class MemoryServerTests(StubTreqTestCase):
     """Every client function against the real Resource tree over a MemoryStore."""
 
     def setUp(self) -> None:
         self.store = MemoryStore()
         self.http = StubTreq(memory_root(self.store))
-
-    def result(self, d):
-        self.http.flush()
-        return self.successResultOf(d)
-
-    def error(self, d, *types):
-        self.http.flush()
-        return self.failureResultOf(d, *types).value
 
     def committed(self, pairs: dict) -> None:
         self.result(client.set_many(self.http, URL, pairs))
