@@ -39,6 +39,7 @@ from kvtwist.config import (
 from kvtwist.config_values import etcd_endpoints, etcd_remote_plain_hosts, is_etcd_store
 from kvtwist.compactor import Compactor
 from kvtwist.errors import KVError
+from kvtwist.gcfreeze import FreezeStartupObjects
 from kvtwist.events import ChangeHub
 from kvtwist.interfaces import IHistoricalStore, IWorkInFlight
 from kvtwist.limits import WatcherCount
@@ -491,4 +492,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
         auth="on (%d tokens)" % len(config.tokens) if config.tokens else "off",
         limits=", ".join("%s=%s" % item for item in sorted(limits.as_dict().items())),
     )
+    # Last: once the reactor runs, every object of startup exists.
+    FreezeStartupObjects(reactor).setServiceParent(top)
     return top

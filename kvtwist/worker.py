@@ -22,7 +22,7 @@ import os
 import socket
 import stat
 import sys
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from twisted.internet import protocol, tcp, unix
 from twisted.internet.defer import Deferred
@@ -31,6 +31,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from kvtwist.config import resolve
 from kvtwist.config_values import is_etcd_store
 from kvtwist.events import ChangeHub
+from kvtwist.gcfreeze import freeze_startup
 from kvtwist.metrics import Metrics, TimedStore
 from kvtwist.owner import AMP_FD
 from kvtwist.store.cache import CachedStore
@@ -85,8 +86,11 @@ class Worker:
     store, its cache and change feed, the transactions, the site.
     """
 
-    def __init__(self, reactor, index: int, config, sockets: List[str]) -> None:
+    def __init__(
+        self, reactor, index: int, config, sockets: List[str], freeze: Callable[[], None] = freeze_startup
+    ) -> None:
         self.reactor = reactor
+        self.freeze = freeze
         self.index = index
         self.config = config
         self.sockets = sockets
@@ -157,6 +161,8 @@ class Worker:
             pid=os.getpid(),
             count=len(self.sockets),
         )
+        # Serving from here on: what exists now lives as long as the worker.
+        self.freeze()
         return call(self.protocol, "ready")
 
     def _failed(self, reason) -> None:

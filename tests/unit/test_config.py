@@ -799,6 +799,12 @@ class MakeServiceTests(FileMixin, SynchronousTestCase):
     def listeners(self, service):
         return [s for s in service if isinstance(s, StreamServerEndpointService)]
 
+    def test_startup_objects_frozen_last(self):
+        """The last service freezes startup's objects, so it runs after every other has started."""
+        from kvtwist.gcfreeze import FreezeStartupObjects
+
+        self.assertIsInstance(list(self.make([]))[-1], FreezeStartupObjects)
+
     def test_one_listener_per_endpoint_with_limits(self):
         """Each endpoint gets a listener serving one KVSite that holds the configured limits."""
         service = self.make(
