@@ -11,14 +11,13 @@ a listing item as a line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from kvtwist import client
-from kvtwist.wire import encode_base64, parse_rfc3339, strictjson, valid_content_type
+from kvtwist.wire import encode_base64, encode_json, parse_rfc3339, strictjson, valid_content_type
 
-__all__ = ["DumpFormatError", "Record", "parse_record", "record_line", "strict_dumps"]
+__all__ = ["DumpFormatError", "Record", "parse_record", "record_line"]
 
 
 class DumpFormatError(ValueError):
@@ -46,21 +45,6 @@ class Record:
     value: bytes
     content_type: str
     expires: Optional[float] = None
-
-
-# One encoder for every line: json.dumps with options builds a new one per
-# call, a tenth of a load's parsing time.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def strict_dumps(value: Any) -> str:
-    """
-    Compact JSON; raises C{ValueError} for what strict JSON cannot hold
-    (NaN, Infinity, lone surrogates).
-    """
-    text = _ENCODER.encode(value)
-    text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
-    return text
 
 
 def parse_record(line: bytes, number: int) -> Optional[Record]:
@@ -100,7 +84,7 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
         raise DumpFormatError(number, "a record has exactly one of value and value_base64")
     if has_json:
         try:
-            value = strict_dumps(document["value"]).encode("utf-8")
+            value = encode_json(document["value"])
         except ValueError as e:
             raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
         default_type = "application/json"
@@ -137,10 +121,10 @@ def record_line(item: Mapping[str, Any], exact_value: Optional[bytes] = None) ->
     if exact_value is not None:
         record["value_base64"] = encode_base64(exact_value)
     elif "value" in item:
-        strict_dumps(item["value"])
+        encode_json(item["value"])
         record["value"] = item["value"]
     else:
         record["value_base64"] = item["value_base64"]
     record["content_type"] = item.get("content_type", client.DEFAULT_CONTENT_TYPE)
     record["expires"] = item.get("expires")
-    return (strict_dumps(record) + "\n").encode("utf-8")
+    return encode_json(record) + b"\n"

@@ -28,10 +28,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kvtwist import client
-from kvtwist.dumpformat import DumpFormatError, Record, parse_record, record_line, strict_dumps
+from kvtwist.dumpformat import DumpFormatError, Record, parse_record, record_line
 from kvtwist.files import whole_file
 from kvtwist.limits import Limits
-from kvtwist.wire import set_op
+from kvtwist.wire import encode_json, set_op
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -450,7 +450,7 @@ async def _batch_limits(http: Any, url: str, token: Optional[str]) -> _BatchLimi
 
 def _set_op(record: Record) -> bytes:
     """The batch op that writes C{record}, without its TTL, as JSON."""
-    return strict_dumps(set_op(record.key, record.value, record.content_type)).encode("utf-8")
+    return encode_json(set_op(record.key, record.value, record.content_type))
 
 
 class _Unit:

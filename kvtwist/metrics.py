@@ -455,11 +455,7 @@ class TimedStore(ForwardsHistory, ForwardsLeases):
     def ping(self) -> Deferred:
         return self.store.ping()
 
-    # -- IHistoricalStore ----------------------------------------------------
-
-    # -- ILeasingStore and ILeaseListing -------------------------------------
-
-    # -- the other capabilities ----------------------------------------------
+    # -- capabilities besides history and leases (ForwardsHistory, ForwardsLeases)
 
     def get_linearizable(self, key: str) -> Deferred:
         return ILinearizableReads(self.store).get_linearizable(key)

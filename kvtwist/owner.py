@@ -457,17 +457,7 @@ class Owner(Supervisor):
             d = self._commit(worker, txn_id, owner)
             self.txn_let_go(worker, txn_id)
             return d
-        lock = self._lock(txn_id)
-
-        def take(_: object) -> Deferred:
-            # Held only while the commit takes the staged ops, not while it
-            # syncs: commits of the queue overlap, as in one process.
-            d = self._commit(worker, txn_id, owner)
-            lock.release()
-            self._forget_lock(None, txn_id)
-            return d
-
-        return lock.acquire().addCallback(take)
+        return self._commit_locked(worker, txn_id, owner)
 
     def txn_commit_as(self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str], name: str, write: Any) -> Deferred:
         """
@@ -479,10 +469,18 @@ class Owner(Supervisor):
             return fail(StoreUnavailable("a worker called txn_commit_as with arguments of the wrong types"))
         if txn_id in worker.held:
             return fail(StoreUnavailable("a worker called txn_commit_as on a transaction it holds"))
+        return self._commit_locked(worker, txn_id, owner, WriteRights(name, write))
+
+    def _commit_locked(
+        self, worker: "OwnerProtocol", txn_id: str, owner: Optional[str], vet: Optional[WriteRights] = None
+    ) -> Deferred:
+        """L{_commit} under the transaction's lock, taken for no longer than the commit takes the staged ops."""
         lock = self._lock(txn_id)
 
         def take(_: object) -> Deferred:
-            d = self._commit(worker, txn_id, owner, WriteRights(name, write))
+            # Held only while the commit takes the staged ops, not while it
+            # syncs: commits of the queue overlap, as in one process.
+            d = self._commit(worker, txn_id, owner, vet)
             lock.release()
             self._forget_lock(None, txn_id)
             return d

@@ -43,7 +43,7 @@ from kvtwist.interfaces import (
     IWatchedStore,
 )
 from kvtwist.model import Check, CommitResult, Entry, Op
-from kvtwist.store.capabilities import ForwardsHistory, ForwardsLeases, passes_capabilities_of
+from kvtwist.store.capabilities import ForwardsHistory, ForwardsLeases, passes_capabilities_of, read_linearizable
 from kvtwist.store.history import keeps_history_of
 from kvtwist.store.leases import grants_leases_of
 
@@ -317,10 +317,7 @@ class CachedStore(ForwardsHistory, ForwardsLeases):
         Read C{key} from the store itself, never from memory, reflecting
         every commit acknowledged before the call (for C{?consistent=1}).
         """
-        if ILinearizableReads.providedBy(self.store):
-            return ILinearizableReads(self.store).get_linearizable(key)
-        # A store without a cache of its own is read as it is now.
-        return self.store.get(key)
+        return read_linearizable(self.store, key)
 
     def get(self, key: str) -> Deferred:
         hit, entry = self.peek(key)

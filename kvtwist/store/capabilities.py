@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import alsoProvides
 from zope.interface.interface import InterfaceClass
 
-from kvtwist.interfaces import IHistoricalStore, ILeaseListing, ILeasingStore
+from kvtwist.interfaces import IHistoricalStore, IKeyValueStore, ILeaseListing, ILeasingStore, ILinearizableReads
 
 
 def passes_capabilities_of(wrapper: object, store: object, capabilities: Iterable[InterfaceClass]) -> None:
@@ -25,6 +25,18 @@ def passes_capabilities_of(wrapper: object, store: object, capabilities: Iterabl
     for capability in capabilities:
         if capability.providedBy(store):
             alsoProvides(wrapper, capability)
+
+
+def read_linearizable(store: IKeyValueStore, key: str) -> Deferred:
+    """
+    C{key} as of every commit acknowledged before the call: through
+    L{ILinearizableReads} when C{store} declares it (past every cache), else
+    its ordinary read, which for a store without a cache of its own is the
+    store as it is now.
+    """
+    if ILinearizableReads.providedBy(store):
+        return ILinearizableReads(store).get_linearizable(key)
+    return store.get(key)
 
 
 class ForwardsHistory:

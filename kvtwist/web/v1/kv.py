@@ -20,9 +20,10 @@ from kvtwist.auth import Authorizer, principal_of
 from kvtwist.listing import list_readable
 from kvtwist.errors import ConflictError, InvalidInput, KeyNotFound, PreconditionFailed
 from kvtwist.model import Check, Delete
-from kvtwist.interfaces import IHistoricalStore, ILinearizableReads
+from kvtwist.interfaces import IHistoricalStore
 from kvtwist.strictjson import check_key, decode_key, parse_revision
 from kvtwist.model import Entry
+from kvtwist.store.capabilities import read_linearizable
 from kvtwist.web.encoded import encode_v1, peek_encoded, v1_entry_response, write_entry
 from kvtwist.web.resource import Response, json_response, peek_entry, read_body, write_response
 from kvtwist.web.v1.base import (
@@ -301,10 +302,7 @@ class KeyResource(V1Resource):
         elif flag_arg(request, "consistent"):
             # Past every cache: what a quorum has acknowledged (etcd), or
             # the store itself (shelve).
-            if ILinearizableReads.providedBy(store):
-                entry = await ILinearizableReads(store).get_linearizable(key)
-            else:
-                entry = await store.get(key)
+            entry = await read_linearizable(store, key)
         else:
             entry = await store.get(key)
         if index is not None:
