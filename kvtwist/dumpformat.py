@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from kvtwist import client
-from kvtwist.wire import encode_base64, encode_json, parse_rfc3339, strictjson, valid_content_type
+from kvtwist.wire import (
+    encode_base64,
+    encode_json,
+    parse_rfc3339,
+    strictjson,
+    valid_content_type,
+    value_from_fields,
+)
 
 __all__ = ["DumpFormatError", "Record", "parse_record", "record_line"]
 
@@ -78,22 +85,15 @@ def parse_record(line: bytes, number: int) -> Optional[Record]:
     key = document.get("key")
     if not isinstance(key, str) or not key:
         raise DumpFormatError(number, "key must be a non-empty string")
-    has_json = "value" in document
-    has_b64 = "value_base64" in document
-    if has_json == has_b64:
-        raise DumpFormatError(number, "a record has exactly one of value and value_base64")
-    if has_json:
-        try:
-            value = encode_json(document["value"])
-        except ValueError as e:
-            raise DumpFormatError(number, "the value is not strict JSON: %s" % (e,))
-        default_type = "application/json"
-    else:
-        try:
-            value = client.decode_value_base64(document["value_base64"])
-        except ValueError as e:
-            raise DumpFormatError(number, str(e))
-        default_type = client.DEFAULT_CONTENT_TYPE
+
+    def refused(code: str, detail: str, **extra: object) -> DumpFormatError:
+        if code == "bad-op":
+            detail = "a record has exactly one of value and value_base64"
+        return DumpFormatError(number, detail)
+
+    # The value fields read as a batch's set op reads them (kvtwist.wire).
+    value, implied_type = value_from_fields(document, refused)
+    default_type = implied_type or client.DEFAULT_CONTENT_TYPE
     content_type = document.get("content_type", default_type)
     if not isinstance(content_type, str) or not valid_content_type(content_type):
         raise DumpFormatError(number, "content_type must be non-empty printable ASCII")
